@@ -1,0 +1,208 @@
+//! The replica contract: one sans-IO shape for every protocol.
+//!
+//! A protocol core is a plain struct implementing [`Replica`]. A driver (the simulator or
+//! the tokio runtime) feeds it [`Input`]s together with the current [`Time`], and carries
+//! out the [`Effect`]s it pushes into an [`Effects`] buffer: sending messages, making writes
+//! durable, handing committed commands to the state machine, answering clients, and
+//! reporting events. The core never performs I/O, reads a clock, spawns a thread or draws
+//! unseeded randomness, so the same code is proved in the simulator and run in production.
+//!
+//! Durability is asynchronous: a core asks for a write with [`Effect::Persist`] and learns
+//! it is durable from [`Input::Persisted`]. A core must not let a message leave that
+//! depends on a write not yet durable (a vote, an append acknowledgement); the
+//! [`crate::PersistGate`] helper holds such messages back until their write is reported.
+//!
+//! See `docs/replica-contract.md` for how Raft, Multi-Paxos, PBFT, HotStuff, Tendermint,
+//! 2PC/3PC and the Byzantine Generals algorithms map onto this one trait.
+
+use std::fmt::Debug;
+
+use bytes::Bytes;
+
+use crate::{NodeId, RequestId, Time};
+
+/// A deterministic protocol state machine.
+pub trait Replica {
+    /// What replicas send each other.
+    type Message: Clone + Debug;
+    /// One durable write the core asks for (a term and vote, log entries, a checkpoint).
+    type Write: Clone + Debug;
+    /// What survives a crash: the fold of every write that reached disk, in order.
+    /// A restarted replica is rebuilt from it.
+    type Stable: Durable<Self::Write> + Clone + Debug + Default;
+
+    fn id(&self) -> NodeId;
+
+    /// Advance the state machine by one input at time `now` (never earlier than the `now`
+    /// of the previous call).
+    fn step(
+        &mut self,
+        now: Time,
+        input: Input<Self::Message>,
+        out: &mut Effects<Self::Message, Self::Write>,
+    );
+}
+
+/// Folds durable writes into the state a replica restarts from.
+pub trait Durable<W> {
+    fn apply(&mut self, write: &W);
+}
+
+/// Everything that can happen to a replica.
+#[derive(Clone, Debug)]
+pub enum Input<M> {
+    /// A message from another replica.
+    Message { from: NodeId, msg: M },
+    /// A client request arriving at this replica.
+    Request(Request),
+    /// Time has passed: check timers. Drivers tick at a steady interval; `now` is on
+    /// every input, so a tick carries no other information.
+    Tick,
+    /// Every write with sequence number `<= seq` is durable.
+    Persisted { seq: u64 },
+}
+
+/// A client's request as a replica receives it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Request {
+    pub id: RequestId,
+    pub kind: RequestKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    /// A command to order and apply everywhere. Opaque to the protocol.
+    Write(Bytes),
+    /// A linearizable read barrier: the core answers [`Reply::ReadReady`] with an index
+    /// once it is safe to serve a read from a state machine that has applied that index.
+    /// Protocols without a cheaper path order the read like a write.
+    Read,
+}
+
+/// A committed command, delivered to the state machine in index order, exactly once per
+/// incarnation of the replica (a restarted replica delivers again from its recovery point).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Committed {
+    /// Position in the total order (log index, sequence number, height, slot).
+    pub index: u64,
+    pub entry: CommittedEntry,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CommittedEntry {
+    /// A client command: apply it; the replica that accepted the request replies.
+    Command { id: RequestId, command: Bytes },
+    /// A protocol entry with no effect on the state machine (a new leader's no-op, a
+    /// PBFT null request). Delivered so the applied index stays contiguous.
+    Noop,
+}
+
+/// The protocol's own answer to a request. A committed write is answered by the driver
+/// after applying it, since only the state machine knows the result.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Reply {
+    /// Definitely not executed: the client may retry elsewhere.
+    Rejected { id: RequestId, reason: Rejection },
+    /// Serve this read once the state machine has applied `index`.
+    ReadReady { id: RequestId, index: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// This replica cannot order requests now; `leader` is its best guess of who can.
+    NotLeader { leader: Option<NodeId> },
+    /// The replica is overloaded (too many proposals in flight).
+    Busy,
+    /// Leadership was lost before a read could be confirmed.
+    LeadershipLost,
+}
+
+/// Something worth counting or tracing. Never needed for correctness.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// This replica started competing for leadership of `term` (`pre_vote`: without
+    /// raising its term yet).
+    Campaign { term: u64, pre_vote: bool },
+    /// This replica became leader of `term` (term, view, round or ballot).
+    BecameLeader { term: u64 },
+    /// This replica stopped leading.
+    SteppedDown { term: u64, reason: StepDownReason },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StepDownReason {
+    HigherTerm,
+    LostQuorum,
+}
+
+/// An instruction from the core to its driver.
+#[derive(Clone, Debug)]
+pub enum Effect<M, W> {
+    Send {
+        to: NodeId,
+        msg: M,
+    },
+    /// Make `write` durable; report completion with [`Input::Persisted`]. Writes are
+    /// applied in `seq` order; `seq` increases by one per write.
+    Persist {
+        seq: u64,
+        write: W,
+    },
+    Commit(Committed),
+    Reply(Reply),
+    Event(Event),
+}
+
+/// The buffer a core pushes effects into. Drivers drain it after each step.
+#[derive(Debug)]
+pub struct Effects<M, W> {
+    list: Vec<Effect<M, W>>,
+}
+
+impl<M, W> Default for Effects<M, W> {
+    fn default() -> Self {
+        Effects { list: Vec::new() }
+    }
+}
+
+impl<M, W> Effects<M, W> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, effect: Effect<M, W>) {
+        self.list.push(effect);
+    }
+
+    pub fn send(&mut self, to: NodeId, msg: M) {
+        self.list.push(Effect::Send { to, msg });
+    }
+
+    pub fn commit(&mut self, index: u64, entry: CommittedEntry) {
+        self.list.push(Effect::Commit(Committed { index, entry }));
+    }
+
+    pub fn reply(&mut self, reply: Reply) {
+        self.list.push(Effect::Reply(reply));
+    }
+
+    pub fn event(&mut self, event: Event) {
+        self.list.push(Effect::Event(event));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Effect<M, W>> {
+        self.list.iter()
+    }
+
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Effect<M, W>> {
+        self.list.drain(..)
+    }
+}

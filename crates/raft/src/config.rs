@@ -1,0 +1,163 @@
+//! Raft's knobs, their defaults, and the planted bugs the simulator must catch.
+
+use std::time::Duration;
+
+use ekmat_core::NodeId;
+
+#[derive(Clone, Debug)]
+pub struct RaftConfig {
+    pub id: NodeId,
+    /// Every voting member, including `id`.
+    pub voters: Vec<NodeId>,
+    /// Election timeouts are drawn uniformly from this range, afresh each time.
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    pub heartbeat_interval: Duration,
+    /// Ask for pre-votes before raising the term (Ongaro's thesis §9.6), so a node that
+    /// was cut off cannot disrupt a healthy leader when it returns.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum within an election timeout steps down,
+    /// and followers that heard from a leader recently ignore vote requests (thesis §4.2.3).
+    pub check_quorum: bool,
+    /// Entries per AppendEntries message.
+    pub max_append_entries: usize,
+    /// AppendEntries messages in flight to one follower before the leader waits for acks.
+    pub max_inflight: usize,
+    /// Uncommitted entries a leader accepts before answering `Busy`.
+    pub max_uncommitted: usize,
+    /// Seed of the core's only randomness (election timeouts).
+    pub seed: u64,
+    pub mutant: Mutant,
+}
+
+impl RaftConfig {
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> RaftConfig {
+        RaftConfig {
+            id,
+            voters,
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            heartbeat_interval: Duration::from_millis(50),
+            pre_vote: true,
+            check_quorum: true,
+            max_append_entries: 64,
+            max_inflight: 16,
+            max_uncommitted: 10_000,
+            seed: u64::from(id.0),
+            mutant: Mutant::None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.voters.is_empty() {
+            return Err(ConfigError::NoVoters);
+        }
+        if !self.voters.contains(&self.id) {
+            return Err(ConfigError::NotAVoter(self.id));
+        }
+        let mut sorted = self.voters.clone();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::DuplicateVoter(w[0]));
+        }
+        if self.election_timeout_min.is_zero()
+            || self.election_timeout_min > self.election_timeout_max
+        {
+            return Err(ConfigError::ElectionTimeoutRange);
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.election_timeout_min
+        {
+            return Err(ConfigError::HeartbeatTooSlow);
+        }
+        if self.max_append_entries == 0 || self.max_inflight == 0 || self.max_uncommitted == 0 {
+            return Err(ConfigError::ZeroLimit);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("the cluster has no voters")]
+    NoVoters,
+    #[error("node {0} is not among the voters")]
+    NotAVoter(NodeId),
+    #[error("node {0} is listed twice among the voters")]
+    DuplicateVoter(NodeId),
+    #[error("election timeout range must be non-empty, non-zero and min <= max")]
+    ElectionTimeoutRange,
+    #[error("heartbeat interval must be non-zero and shorter than the minimum election timeout")]
+    HeartbeatTooSlow,
+    #[error("batch and in-flight limits must be at least 1")]
+    ZeroLimit,
+}
+
+/// A deliberately planted bug. The simulator's checkers must catch every one of them;
+/// each names the rule of the Raft paper it breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Mutant {
+    #[default]
+    None,
+    /// Commit an entry from an earlier term by counting replicas (Raft paper, Figure 8).
+    CommitOldTerm,
+    /// Grant votes without checking that the candidate's log is at least as up to date.
+    VoteWithoutLogCheck,
+    /// Grant a vote without making it durable first.
+    ForgetVotePersist,
+}
+
+impl Mutant {
+    pub const ALL: [Mutant; 3] = [
+        Mutant::CommitOldTerm,
+        Mutant::VoteWithoutLogCheck,
+        Mutant::ForgetVotePersist,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutant::None => "none",
+            Mutant::CommitOldTerm => "commit-old-term",
+            Mutant::VoteWithoutLogCheck => "vote-without-log-check",
+            Mutant::ForgetVotePersist => "forget-vote-persist",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Mutant> {
+        std::iter::once(Mutant::None)
+            .chain(Mutant::ALL)
+            .find(|m| m.name() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: u32) -> Vec<NodeId> {
+        (0..n).map(NodeId).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        RaftConfig::new(NodeId(0), ids(5)).validate().unwrap();
+    }
+
+    #[test]
+    fn bad_configs_are_named() {
+        let mut c = RaftConfig::new(NodeId(9), ids(3));
+        assert_eq!(c.validate(), Err(ConfigError::NotAVoter(NodeId(9))));
+        c.voters = vec![NodeId(9), NodeId(1), NodeId(1)];
+        assert_eq!(c.validate(), Err(ConfigError::DuplicateVoter(NodeId(1))));
+        let mut c = RaftConfig::new(NodeId(0), ids(3));
+        c.heartbeat_interval = c.election_timeout_min;
+        assert_eq!(c.validate(), Err(ConfigError::HeartbeatTooSlow));
+    }
+
+    #[test]
+    fn mutant_names_round_trip() {
+        for m in Mutant::ALL {
+            assert_eq!(Mutant::from_name(m.name()), Some(m));
+        }
+        assert_eq!(Mutant::from_name("nope"), None);
+    }
+}

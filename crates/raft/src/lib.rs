@@ -1,0 +1,32 @@
+//! Raft (Ongaro & Ousterhout 2014; Ongaro's thesis 2014) as a sans-IO [`Replica`]:
+//! randomized election timeouts, pre-vote, check-quorum, pipelined and batched log
+//! replication with fast conflict backtracking, the current-term commit rule, and
+//! ReadIndex linearizable reads. Durable state leaves as [`RaftWrite`]s, and nothing that
+//! depends on an undurable write is sent.
+//!
+//! | file | idea |
+//! |---|---|
+//! | `node.rs` | the replica's state and input dispatch |
+//! | `election.rs` | timeouts, pre-vote, votes, becoming leader |
+//! | `replication.rs` | AppendEntries, heartbeats, check-quorum, commit |
+//! | `read_index.rs` | ReadIndex reads |
+//! | `progress.rs` | the leader's per-follower replication window |
+//! | `log.rs` | the log, its durable prefix, and what is written to disk |
+//!
+//! [`Replica`]: ekmat_core::Replica
+
+mod config;
+mod election;
+mod log;
+mod message;
+mod node;
+mod progress;
+mod read_index;
+mod replication;
+
+pub use config::{ConfigError, Mutant, RaftConfig};
+pub use log::{Entry, Payload, RaftLog, RaftStable, RaftWrite};
+pub use message::{
+    AppendOutcome, AppendRequest, AppendResponse, Message, VoteRequest, VoteResponse,
+};
+pub use node::{RaftNode, Role};

@@ -1,0 +1,86 @@
+//! What Raft replicas say to each other. The sender is known from the transport.
+
+use crate::log::Entry;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Message {
+    Vote(VoteRequest),
+    VoteResponse(VoteResponse),
+    Append(AppendRequest),
+    AppendResponse(AppendResponse),
+}
+
+impl Message {
+    pub fn term(&self) -> u64 {
+        match self {
+            Message::Vote(m) => m.term,
+            Message::VoteResponse(m) => m.term,
+            Message::Append(m) => m.term,
+            Message::AppendResponse(m) => m.term,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Vote(m) if m.pre_vote => "PreVote",
+            Message::Vote(_) => "Vote",
+            Message::VoteResponse(m) if m.pre_vote => "PreVoteResp",
+            Message::VoteResponse(_) => "VoteResp",
+            Message::Append(m) if m.entries.is_empty() => "Heartbeat",
+            Message::Append(_) => "Append",
+            Message::AppendResponse(_) => "AppendResp",
+        }
+    }
+}
+
+/// RequestVote, or a pre-vote: "would you vote for me in `term`?" asked without raising
+/// the sender's own term.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VoteRequest {
+    pub term: u64,
+    pub last_log_index: u64,
+    pub last_log_term: u64,
+    pub pre_vote: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VoteResponse {
+    /// For a granted pre-vote, the term asked about; otherwise the voter's term.
+    pub term: u64,
+    pub granted: bool,
+    pub pre_vote: bool,
+}
+
+/// AppendEntries. With no entries it is a heartbeat that still carries the consistency
+/// check, the commit index and a read-confirmation sequence number.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AppendRequest {
+    pub term: u64,
+    pub prev_index: u64,
+    pub prev_term: u64,
+    pub entries: Vec<Entry>,
+    pub commit: u64,
+    /// Echoed back so the leader knows which ReadIndex rounds this follower confirmed.
+    pub read_seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AppendResponse {
+    pub term: u64,
+    pub outcome: AppendOutcome,
+    pub read_seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AppendOutcome {
+    /// The follower's log matches the leader's up to `match_index`, durably.
+    Accepted { match_index: u64 },
+    /// The entry at `prev_index` did not match. The hint lets the leader skip a whole
+    /// conflicting term at once: the follower's log ends before `hint_index`, or holds
+    /// `hint_term` from `hint_index` up to `prev_index`.
+    Rejected {
+        prev_index: u64,
+        hint_index: u64,
+        hint_term: Option<u64>,
+    },
+}

@@ -1,0 +1,157 @@
+//! A leader's view of each follower: how far its log matches, what to send next, and
+//! how much is already on the wire.
+
+use std::collections::VecDeque;
+
+use ekmat_core::Time;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationState {
+    /// Searching for the last matching index: one message at a time.
+    Probe,
+    /// Matching index known: stream entries, up to the in-flight bound.
+    Replicate,
+}
+
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Highest index known to match the leader's log, durably on the follower.
+    pub match_index: u64,
+    /// Next index to send.
+    pub next_index: u64,
+    pub state: ReplicationState,
+    /// In Probe: a probe is outstanding, so do not send another until it is answered or
+    /// the next heartbeat.
+    pub probe_sent: bool,
+    /// Last index carried by each AppendEntries in flight, oldest first.
+    inflight: VecDeque<u64>,
+    /// When this follower last moved `match_index` forward (or we started tracking it).
+    pub last_progress: Time,
+    /// Heard from since the last check-quorum round.
+    pub recent_active: bool,
+    /// Highest ReadIndex round this follower has confirmed.
+    pub read_ack: u64,
+}
+
+impl Progress {
+    pub fn new(next_index: u64, now: Time) -> Progress {
+        Progress {
+            match_index: 0,
+            next_index,
+            state: ReplicationState::Probe,
+            probe_sent: false,
+            inflight: VecDeque::new(),
+            last_progress: now,
+            recent_active: false,
+            read_ack: 0,
+        }
+    }
+
+    pub fn can_send(&self, max_inflight: usize) -> bool {
+        match self.state {
+            ReplicationState::Probe => !self.probe_sent,
+            ReplicationState::Replicate => self.inflight.len() < max_inflight,
+        }
+    }
+
+    pub fn has_inflight(&self) -> bool {
+        !self.inflight.is_empty()
+    }
+
+    /// An AppendEntries covering up to `last` was sent.
+    pub fn sent(&mut self, last: u64, carried_entries: bool) {
+        match self.state {
+            ReplicationState::Probe => self.probe_sent = true,
+            ReplicationState::Replicate if carried_entries => {
+                self.next_index = last + 1;
+                self.inflight.push_back(last);
+            }
+            ReplicationState::Replicate => {}
+        }
+    }
+
+    /// The follower matches up to `index`. Returns true if that is news.
+    pub fn accepted(&mut self, index: u64, now: Time) -> bool {
+        let advanced = index > self.match_index;
+        if advanced {
+            self.match_index = index;
+            self.last_progress = now;
+        }
+        self.next_index = self.next_index.max(index + 1);
+        while self.inflight.front().is_some_and(|&last| last <= index) {
+            self.inflight.pop_front();
+        }
+        if self.state == ReplicationState::Probe {
+            self.become_replicate();
+        }
+        advanced
+    }
+
+    /// The follower rejected a probe at `prev_index`; try `next` instead. Stale
+    /// rejections (of messages sent before a newer decision) are ignored.
+    pub fn rejected(&mut self, prev_index: u64, next: u64) -> bool {
+        let stale = match self.state {
+            ReplicationState::Replicate => prev_index < self.match_index,
+            ReplicationState::Probe => prev_index + 1 != self.next_index,
+        };
+        if stale {
+            return false;
+        }
+        self.become_probe();
+        self.next_index = next.clamp(self.match_index + 1, prev_index.max(self.match_index + 1));
+        true
+    }
+
+    pub fn become_probe(&mut self) {
+        self.state = ReplicationState::Probe;
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.next_index = self.match_index + 1;
+    }
+
+    fn become_replicate(&mut self) {
+        self.state = ReplicationState::Replicate;
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.next_index = self.match_index + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_then_stream_within_the_inflight_bound() {
+        let mut p = Progress::new(5, Time::ZERO);
+        assert!(p.can_send(2));
+        p.sent(6, true);
+        assert!(!p.can_send(2), "one probe at a time");
+        p.accepted(6, Time::ZERO);
+        assert_eq!(p.state, ReplicationState::Replicate);
+        p.sent(8, true);
+        p.sent(10, true);
+        assert!(!p.can_send(2));
+        assert_eq!(p.next_index, 11);
+        p.accepted(8, Time::ZERO);
+        assert!(p.can_send(2));
+    }
+
+    #[test]
+    fn rejection_backs_off_but_never_below_match() {
+        let mut p = Progress::new(1, Time::ZERO);
+        p.accepted(4, Time::ZERO);
+        p.sent(9, true);
+        assert!(p.rejected(9, 2));
+        assert_eq!(p.state, ReplicationState::Probe);
+        assert_eq!(p.next_index, 5);
+    }
+
+    #[test]
+    fn stale_rejections_are_ignored() {
+        let mut p = Progress::new(1, Time::ZERO);
+        p.accepted(6, Time::ZERO);
+        assert!(!p.rejected(3, 2));
+        assert_eq!(p.state, ReplicationState::Replicate);
+    }
+}

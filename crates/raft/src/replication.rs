@@ -1,0 +1,249 @@
+//! Log replication (Raft §5.3) and the commit rule (§5.4.2), with pipelining, batching,
+//! fast conflict backtracking, heartbeats and check-quorum.
+
+use ekmat_core::NodeId;
+
+use crate::config::Mutant;
+use crate::message::{AppendOutcome, AppendRequest, AppendResponse, Message};
+use crate::node::{Out, RaftNode, Role};
+use crate::progress::ReplicationState;
+
+impl RaftNode {
+    /// Send whatever each follower's window allows.
+    pub(crate) fn broadcast_append(&mut self, out: &mut Out) {
+        for peer in self.peers().collect::<Vec<_>>() {
+            while self.send_append(peer, out) {}
+        }
+    }
+
+    /// Send one AppendEntries carrying new entries (or a probe) to `to` if its window
+    /// allows. Returns true if more could follow at once.
+    pub(crate) fn send_append(&mut self, to: NodeId, out: &mut Out) -> bool {
+        let max_inflight = self.cfg.max_inflight;
+        let Some(pr) = self.progress.get(&to) else {
+            return false;
+        };
+        if !pr.can_send(max_inflight) {
+            return false;
+        }
+        let probing = pr.state == ReplicationState::Probe;
+        let next = pr.next_index;
+        let entries = self.log.slice(next, self.cfg.max_append_entries).to_vec();
+        if entries.is_empty() && !probing {
+            return false;
+        }
+        let prev_index = next - 1;
+        let prev_term = self.log.term_at(prev_index).expect("next index within log");
+        let last = prev_index + entries.len() as u64;
+        let carried = !entries.is_empty();
+        out.send(to, self.append_request(prev_index, prev_term, entries));
+        let pr = self.progress.get_mut(&to).expect("checked above");
+        pr.sent(last, carried);
+        carried && !probing
+    }
+
+    fn append_request(
+        &self,
+        prev_index: u64,
+        prev_term: u64,
+        entries: Vec<crate::Entry>,
+    ) -> Message {
+        Message::Append(AppendRequest {
+            term: self.term,
+            prev_index,
+            prev_term,
+            entries,
+            commit: self.commit,
+            read_seq: self.reads.seq(),
+        })
+    }
+
+    /// Heartbeats assert leadership, carry the commit index and confirm reads; to a
+    /// follower still being probed, the probe itself is resent.
+    pub(crate) fn broadcast_heartbeat(&mut self, out: &mut Out) {
+        let stall = self.cfg.election_timeout_min;
+        for peer in self.peers().collect::<Vec<_>>() {
+            let pr = self
+                .progress
+                .get_mut(&peer)
+                .expect("leader tracks every peer");
+            // A lost message in Replicate leaves the window stuck: fall back to probing.
+            if pr.state == ReplicationState::Replicate
+                && pr.has_inflight()
+                && self.now.since(pr.last_progress) > stall
+            {
+                pr.become_probe();
+            }
+            if pr.state == ReplicationState::Probe {
+                pr.probe_sent = false;
+                self.send_append(peer, out);
+                continue;
+            }
+            let prev_index = pr.match_index;
+            let prev_term = self.log.term_at(prev_index).expect("match within log");
+            out.send(peer, self.append_request(prev_index, prev_term, Vec::new()));
+        }
+    }
+
+    pub(crate) fn leader_tick(&mut self, out: &mut Out) {
+        if self.cfg.check_quorum && self.now >= self.quorum_check_deadline {
+            if !self.quorum_recently_active() {
+                self.become_follower(self.term, None, out);
+                return;
+            }
+            self.quorum_check_deadline = self.now + self.cfg.election_timeout_min;
+        }
+        if self.now >= self.heartbeat_deadline {
+            self.heartbeat_deadline = self.now + self.cfg.heartbeat_interval;
+            self.broadcast_heartbeat(out);
+        }
+    }
+
+    /// Whether a quorum (counting ourselves) was heard from since the last check; resets
+    /// the record for the next round.
+    fn quorum_recently_active(&mut self) -> bool {
+        let me = self.cfg.id;
+        let active: Vec<NodeId> = std::iter::once(me)
+            .chain(
+                self.progress
+                    .iter()
+                    .filter(|(_, p)| p.recent_active)
+                    .map(|(id, _)| *id),
+            )
+            .collect();
+        for pr in self.progress.values_mut() {
+            pr.recent_active = false;
+        }
+        self.quorum.is_quorum(active)
+    }
+
+    pub(crate) fn on_append(&mut self, from: NodeId, req: AppendRequest, out: &mut Out) {
+        if req.term < self.term {
+            // Tell a deposed leader about the newer term so it steps down.
+            let outcome = AppendOutcome::Rejected {
+                prev_index: req.prev_index,
+                hint_index: 0,
+                hint_term: None,
+            };
+            self.respond_append(from, outcome, 0, out);
+            return;
+        }
+        if req.term > self.term || self.role != Role::Follower {
+            self.become_follower(req.term, Some(from), out);
+        }
+        self.leader = Some(from);
+        self.last_leader_contact = Some(self.now);
+        self.reset_election_deadline();
+
+        if self.log.term_at(req.prev_index) != Some(req.prev_term) {
+            let outcome = self.conflict_hint(req.prev_index);
+            self.respond_append(from, outcome, req.read_seq, out);
+            return;
+        }
+        let written = self.log.merge(&req.entries, self.commit);
+        if !written.is_empty() {
+            let seq = self
+                .gate
+                .persist(crate::RaftWrite::Append { entries: written }, out);
+            self.log.note_write(seq);
+        }
+        let last_new = req.prev_index + req.entries.len() as u64;
+        self.advance_commit(req.commit.min(last_new), out);
+        let outcome = AppendOutcome::Accepted {
+            match_index: last_new,
+        };
+        self.respond_append(from, outcome, req.read_seq, out);
+    }
+
+    fn conflict_hint(&self, prev_index: u64) -> AppendOutcome {
+        if prev_index > self.log.last_index() {
+            return AppendOutcome::Rejected {
+                prev_index,
+                hint_index: self.log.last_index() + 1,
+                hint_term: None,
+            };
+        }
+        AppendOutcome::Rejected {
+            prev_index,
+            hint_index: self.log.first_index_of_term_ending_at(prev_index),
+            hint_term: self.log.term_at(prev_index),
+        }
+    }
+
+    /// Responses wait for our writes: an acknowledgement must describe a durable log.
+    fn respond_append(&mut self, to: NodeId, outcome: AppendOutcome, read_seq: u64, out: &mut Out) {
+        let resp = AppendResponse {
+            term: self.term,
+            outcome,
+            read_seq,
+        };
+        self.gate
+            .send_when_durable(to, Message::AppendResponse(resp), out);
+    }
+
+    pub(crate) fn on_append_response(&mut self, from: NodeId, resp: AppendResponse, out: &mut Out) {
+        if resp.term > self.term {
+            self.become_follower(resp.term, None, out);
+            return;
+        }
+        if self.role != Role::Leader || resp.term != self.term {
+            return;
+        }
+        let now = self.now;
+        let pr = self
+            .progress
+            .get_mut(&from)
+            .expect("leader tracks every peer");
+        pr.recent_active = true;
+        if resp.read_seq > pr.read_ack {
+            pr.read_ack = resp.read_seq;
+            self.confirm_reads(out);
+        }
+        match resp.outcome {
+            AppendOutcome::Accepted { match_index } => {
+                let pr = self.progress.get_mut(&from).expect("tracked");
+                if pr.accepted(match_index, now) {
+                    self.maybe_commit(out);
+                }
+                while self.send_append(from, out) {}
+            }
+            AppendOutcome::Rejected {
+                prev_index,
+                hint_index,
+                hint_term,
+            } => {
+                let next = match hint_term.and_then(|t| self.log.last_index_of_term(t)) {
+                    Some(last_of_term) => last_of_term + 1,
+                    None => hint_index,
+                };
+                let pr = self.progress.get_mut(&from).expect("tracked");
+                if pr.rejected(prev_index, next) {
+                    self.send_append(from, out);
+                }
+            }
+        }
+    }
+
+    /// Commit the highest index a quorum holds durably — but only by counting replicas
+    /// of an entry from our own term (§5.4.2, Figure 8).
+    pub(crate) fn maybe_commit(&mut self, out: &mut Out) {
+        let me = self.cfg.id;
+        let own = self.log.durable_index();
+        let progress = &self.progress;
+        let index = self.quorum.committed_index(|id| {
+            if id == me {
+                own
+            } else {
+                progress.get(&id).map_or(0, |p| p.match_index)
+            }
+        });
+        if index <= self.commit {
+            return;
+        }
+        let current_term = self.log.term_at(index) == Some(self.term);
+        if current_term || self.cfg.mutant == Mutant::CommitOldTerm {
+            self.advance_commit(index, out);
+            // Followers learn the new commit index with the next append or heartbeat.
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! Behaviour of the Raft core against the rules of the paper, one rule per test.
+
+mod cluster;
+
+use std::time::Duration;
+
+use cluster::Cluster;
+use ekmat_core::{CommittedEntry, Input, NodeId, Rejection, Replica, Reply};
+use ekmat_raft::{
+    AppendOutcome, AppendRequest, Entry, Message, Mutant, Payload, RaftConfig, RaftNode,
+    RaftStable, Role, VoteRequest,
+};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn commands(c: &Cluster, id: NodeId) -> Vec<u64> {
+    c.nodes[id.index()]
+        .committed
+        .iter()
+        .filter(|e| matches!(e.entry, CommittedEntry::Command { .. }))
+        .map(|e| e.index)
+        .collect()
+}
+
+#[test]
+fn single_node_elects_itself_and_commits() {
+    let mut c = Cluster::new(1);
+    let leader = c.elect();
+    c.write(leader, 1, "a");
+    assert_eq!(
+        commands(&c, leader),
+        vec![2],
+        "entry 1 is the leader's no-op"
+    );
+}
+
+#[test]
+fn three_nodes_elect_one_leader_and_replicate_everywhere() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    for seq in 1..=5 {
+        c.write(leader, seq, "v");
+    }
+    c.deliver_all();
+    c.run_for(ms(100)); // a heartbeat carries the commit index to followers
+    for i in 0..3 {
+        assert_eq!(commands(&c, NodeId(i)), vec![2, 3, 4, 5, 6], "node {i}");
+    }
+}
+
+#[test]
+fn followers_refuse_writes_and_name_the_leader() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let follower = NodeId((leader.0 + 1) % 3);
+    c.write(follower, 1, "x");
+    let replies = &c.nodes[follower.index()].replies;
+    assert!(matches!(
+        replies.last(),
+        Some(Reply::Rejected { reason: Rejection::NotLeader { leader: Some(l) }, .. }) if *l == leader
+    ));
+}
+
+#[test]
+fn a_vote_is_not_sent_before_it_is_durable() {
+    let mut c = Cluster::new(3);
+    c.auto_sync = false;
+    let req = VoteRequest {
+        term: 1,
+        last_log_index: 0,
+        last_log_term: 0,
+        pre_vote: false,
+    };
+    c.step(
+        NodeId(1),
+        Input::Message {
+            from: NodeId(0),
+            msg: Message::Vote(req),
+        },
+    );
+    assert!(c.queue.is_empty(), "grant left before the vote was on disk");
+    c.sync_all(NodeId(1));
+    assert!(matches!(&c.queue[0].2, Message::VoteResponse(r) if r.granted));
+    assert_eq!(c.nodes[1].stable.vote, Some(NodeId(0)));
+}
+
+#[test]
+fn forget_vote_persist_mutant_sends_the_grant_early() {
+    let mut c = Cluster::with(3, |cfg| cfg.mutant = Mutant::ForgetVotePersist);
+    c.auto_sync = false;
+    let req = VoteRequest {
+        term: 1,
+        last_log_index: 0,
+        last_log_term: 0,
+        pre_vote: false,
+    };
+    c.step(
+        NodeId(1),
+        Input::Message {
+            from: NodeId(0),
+            msg: Message::Vote(req),
+        },
+    );
+    c.sync_all(NodeId(1));
+    assert!(matches!(&c.queue[0].2, Message::VoteResponse(r) if r.granted));
+    assert_eq!(
+        c.nodes[1].stable.vote, None,
+        "the mutant never wrote its vote"
+    );
+}
+
+#[test]
+fn votes_go_only_to_up_to_date_candidates() {
+    let stable = RaftStable {
+        term: 3,
+        vote: None,
+        log: vec![entry(1, 1), entry(2, 3)],
+    };
+    for (mutant, expect) in [(Mutant::None, false), (Mutant::VoteWithoutLogCheck, true)] {
+        let mut cfg = RaftConfig::new(NodeId(1), vec![NodeId(0), NodeId(1), NodeId(2)]);
+        cfg.mutant = mutant;
+        let mut node = RaftNode::recover(cfg, stable.clone(), ekmat_core::Time::ZERO).unwrap();
+        let mut out = ekmat_core::Effects::new();
+        let stale = VoteRequest {
+            term: 4,
+            last_log_index: 5,
+            last_log_term: 2,
+            pre_vote: false,
+        };
+        node.step(
+            ekmat_core::Time::ZERO,
+            Input::Message {
+                from: NodeId(0),
+                msg: Message::Vote(stale),
+            },
+            &mut out,
+        );
+        assert_eq!(node.vote().is_some(), expect, "{mutant:?}");
+    }
+}
+
+#[test]
+fn a_leader_steps_down_when_it_sees_a_higher_term() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let term = c.raft(leader).term();
+    let other = NodeId((leader.0 + 1) % 3);
+    let msg = Message::Append(AppendRequest {
+        term: term + 1,
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![],
+        commit: 0,
+        read_seq: 0,
+    });
+    c.step(leader, Input::Message { from: other, msg });
+    assert_eq!(c.raft(leader).role(), Role::Follower);
+    assert_eq!(c.raft(leader).term(), term + 1);
+}
+
+#[test]
+fn a_conflicting_follower_suffix_is_replaced() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let lagging = NodeId((leader.0 + 1) % 3);
+    c.isolate(lagging);
+    for seq in 1..=70 {
+        c.write(leader, seq, "v");
+    }
+    c.deliver_all();
+    c.heal();
+    c.run_for(ms(500));
+    let want: Vec<u64> = (2..=71).collect();
+    assert_eq!(
+        commands(&c, lagging),
+        want,
+        "caught up across several batches"
+    );
+}
+
+#[test]
+fn a_follower_rejects_a_mismatched_previous_entry_with_a_hint() {
+    let stable = RaftStable {
+        term: 3,
+        vote: None,
+        log: vec![entry(1, 1), entry(2, 2), entry(3, 2), entry(4, 2)],
+    };
+    let cfg = RaftConfig::new(NodeId(1), vec![NodeId(0), NodeId(1), NodeId(2)]);
+    let mut node = RaftNode::recover(cfg, stable, ekmat_core::Time::ZERO).unwrap();
+    let mut out = ekmat_core::Effects::new();
+    let msg = Message::Append(AppendRequest {
+        term: 3,
+        prev_index: 4,
+        prev_term: 3,
+        entries: vec![],
+        commit: 0,
+        read_seq: 0,
+    });
+    node.step(
+        ekmat_core::Time::ZERO,
+        Input::Message {
+            from: NodeId(0),
+            msg,
+        },
+        &mut out,
+    );
+    let resp = out.drain().find_map(|e| match e {
+        ekmat_core::Effect::Send {
+            msg: Message::AppendResponse(r),
+            ..
+        } => Some(r),
+        _ => None,
+    });
+    assert_eq!(
+        resp.unwrap().outcome,
+        AppendOutcome::Rejected {
+            prev_index: 4,
+            hint_index: 2,
+            hint_term: Some(2)
+        }
+    );
+}
+
+/// Figure 8 of the Raft paper: an entry from an earlier term, replicated on a majority
+/// by a later leader, must not be committed by counting until an entry of the leader's
+/// own term is.
+#[test]
+fn old_term_entries_are_not_committed_by_counting() {
+    for (mutant, expect_commit) in [(Mutant::None, false), (Mutant::CommitOldTerm, true)] {
+        let stable = RaftStable {
+            term: 3,
+            vote: None,
+            log: vec![entry(1, 1), entry(2, 2)],
+        };
+        let mut cfg = RaftConfig::new(NodeId(0), (0..5).map(NodeId).collect());
+        cfg.mutant = mutant;
+        cfg.pre_vote = false;
+        let mut node = RaftNode::recover(cfg, stable, ekmat_core::Time::ZERO).unwrap();
+        let mut out = ekmat_core::Effects::new();
+        let later = ekmat_core::Time::from_millis(1000);
+        node.step(later, Input::Tick, &mut out);
+        node.step(later, Input::Persisted { seq: 1 }, &mut out);
+        for voter in [1, 2] {
+            let msg = Message::VoteResponse(ekmat_raft::VoteResponse {
+                term: 4,
+                granted: true,
+                pre_vote: false,
+            });
+            node.step(
+                later,
+                Input::Message {
+                    from: NodeId(voter),
+                    msg,
+                },
+                &mut out,
+            );
+        }
+        assert_eq!(node.role(), Role::Leader);
+        // Followers 1 and 2 confirm index 2 (term 2) but not yet the no-op at 3.
+        for f in [1, 2] {
+            let msg = Message::AppendResponse(ekmat_raft::AppendResponse {
+                term: 4,
+                outcome: AppendOutcome::Accepted { match_index: 2 },
+                read_seq: 0,
+            });
+            node.step(
+                later,
+                Input::Message {
+                    from: NodeId(f),
+                    msg,
+                },
+                &mut out,
+            );
+        }
+        assert_eq!(node.commit_index() == 2, expect_commit, "{mutant:?}");
+    }
+}
+
+#[test]
+fn read_index_waits_for_a_quorum_round() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.run_for(ms(100));
+    let f1 = NodeId((leader.0 + 1) % 3);
+    let f2 = NodeId((leader.0 + 2) % 3);
+    c.isolate(f1);
+    c.cut.insert((leader, f2));
+    c.read(leader, 1);
+    c.deliver_all();
+    assert!(
+        !c.nodes[leader.index()]
+            .replies
+            .iter()
+            .any(|r| matches!(r, Reply::ReadReady { .. }))
+    );
+    c.heal();
+    c.run_for(ms(60));
+    assert!(
+        c.nodes[leader.index()]
+            .replies
+            .iter()
+            .any(|r| matches!(r, Reply::ReadReady { .. }))
+    );
+}
+
+#[test]
+fn check_quorum_makes_an_isolated_leader_step_down() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.isolate(leader);
+    c.run_for(ms(400));
+    assert_ne!(c.raft(leader).role(), Role::Leader);
+    c.read(leader, 1);
+    assert!(matches!(
+        c.nodes[leader.index()].replies.last(),
+        Some(Reply::Rejected {
+            reason: Rejection::NotLeader { .. },
+            ..
+        })
+    ));
+}
+
+#[test]
+fn pre_vote_keeps_an_isolated_node_from_raising_its_term() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let loner = NodeId((leader.0 + 1) % 3);
+    let term = c.raft(leader).term();
+    c.isolate(loner);
+    c.run_for(ms(2000));
+    assert_eq!(
+        c.raft(loner).term(),
+        term,
+        "pre-vote failed to hold the term"
+    );
+    c.heal();
+    c.run_for(ms(500));
+    assert_eq!(
+        c.leaders(),
+        vec![leader],
+        "the healthy leader was not disturbed"
+    );
+}
+
+#[test]
+fn without_pre_vote_an_isolated_node_inflates_its_term() {
+    let mut c = Cluster::with(3, |cfg| {
+        cfg.pre_vote = false;
+        cfg.check_quorum = false;
+    });
+    let leader = c.elect();
+    let loner = NodeId((leader.0 + 1) % 3);
+    let term = c.raft(leader).term();
+    c.isolate(loner);
+    c.run_for(ms(2000));
+    assert!(c.raft(loner).term() > term + 3);
+}
+
+#[test]
+fn a_restarted_node_keeps_its_term_vote_and_log() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.write(leader, 1, "a");
+    c.deliver_all();
+    let (term, last) = (c.raft(leader).term(), c.raft(leader).log().last_index());
+    c.restart(leader);
+    assert_eq!(c.raft(leader).term(), term);
+    assert_eq!(c.raft(leader).log().last_index(), last);
+    assert_eq!(c.raft(leader).vote(), Some(leader));
+    c.elect();
+    c.run_for(ms(200));
+    assert_eq!(commands(&c, leader), vec![2], "re-applied after restart");
+}
+
+#[test]
+fn entries_appended_before_their_write_is_durable_do_not_count_for_the_leader() {
+    let mut c = Cluster::new(1);
+    let leader = c.elect();
+    c.auto_sync = false;
+    c.write(leader, 1, "a");
+    assert!(commands(&c, leader).is_empty(), "committed before durable");
+    c.sync_all(leader);
+    assert_eq!(commands(&c, leader), vec![2]);
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        term,
+        index,
+        payload: Payload::Noop,
+    }
+}
