@@ -104,13 +104,18 @@ pub enum Mutant {
     VoteWithoutLogCheck,
     /// Grant a vote without making it durable first.
     ForgetVotePersist,
+    /// Answer a read from the leader's commit index without first confirming, with a
+    /// heartbeat round, that it is still the leader (thesis §6.4): a deposed leader
+    /// that has not noticed yet serves stale reads.
+    ReadWithoutQuorum,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 3] = [
+    pub const ALL: [Mutant; 4] = [
         Mutant::CommitOldTerm,
         Mutant::VoteWithoutLogCheck,
         Mutant::ForgetVotePersist,
+        Mutant::ReadWithoutQuorum,
     ];
 
     pub fn name(self) -> &'static str {
@@ -119,6 +124,7 @@ impl Mutant {
             Mutant::CommitOldTerm => "commit-old-term",
             Mutant::VoteWithoutLogCheck => "vote-without-log-check",
             Mutant::ForgetVotePersist => "forget-vote-persist",
+            Mutant::ReadWithoutQuorum => "read-without-quorum",
         }
     }
 

@@ -1,0 +1,319 @@
+//! Raft's safety properties (Raft paper, Figure 3), checked on every effect:
+//!
+//! - **election safety**: at most one leader per term;
+//! - **log matching**: two entries with the same index and term have identical logs up
+//!   to them (checked by giving every entry a hash chained over its whole prefix);
+//! - **leader completeness**: a new leader holds every entry committed in earlier terms;
+//! - **state machine safety**: every replica applies the same entry at each index;
+//! - **commit safety**: when an entry is first committed, no replica lacking it could win
+//!   an election — it and the replicas whose logs are no more up to date than its own
+//!   fall short of a majority. This is the inductive invariant behind leader
+//!   completeness (Raft §5.4.3), checked when the danger arises rather than when a
+//!   later election happens to exploit it;
+//! - **durability**: entries a replica acknowledged, and votes it granted, survive its
+//!   crash — so committed entries are never lost.
+//!
+//! The checker shadows each replica's log from the writes it asks for, so it sees the
+//! log exactly as the replica holds it, durable or not.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use ekmat_core::{CommittedEntry, Effect, NodeId, Time};
+use ekmat_raft::{AppendOutcome, Entry, Message, Payload, RaftNode, RaftStable, RaftWrite};
+use rustc_hash::{FxHashMap, FxHasher};
+
+use crate::protocol::{ProtocolChecker, Violation};
+
+/// An entry as the checker remembers it: its term and the hash of the log up to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Link {
+    term: u64,
+    chain: u64,
+}
+
+#[derive(Debug)]
+pub struct RaftChecker {
+    leaders: BTreeMap<u64, NodeId>,
+    logs: Vec<Vec<Link>>,
+    /// Chain hash of every (index, term) ever written anywhere.
+    seen: FxHashMap<(u64, u64), u64>,
+    /// The committed prefix, as applied by whichever replica applied it first — the
+    /// leader that committed it — with the term in which it was committed.
+    committed: Vec<(Link, u64)>,
+    next_apply: Vec<u64>,
+    /// Highest index each replica acknowledged to a leader (a durability promise).
+    acked: Vec<u64>,
+    /// Last real vote each replica granted: (term, candidate).
+    votes: Vec<Option<(u64, NodeId)>>,
+}
+
+fn payload_hash(is_noop: bool, command: Option<(&ekmat_core::RequestId, &[u8])>) -> u64 {
+    let mut h = FxHasher::default();
+    is_noop.hash(&mut h);
+    command.hash(&mut h);
+    h.finish()
+}
+
+fn entry_payload_hash(e: &Entry) -> u64 {
+    match &e.payload {
+        Payload::Noop => payload_hash(true, None),
+        Payload::Command { id, command } => payload_hash(false, Some((id, command))),
+    }
+}
+
+fn committed_payload_hash(e: &CommittedEntry) -> u64 {
+    match e {
+        CommittedEntry::Noop => payload_hash(true, None),
+        CommittedEntry::Command { id, command } => payload_hash(false, Some((id, command))),
+    }
+}
+
+fn chain(prev: u64, index: u64, term: u64, payload: u64) -> u64 {
+    let mut h = FxHasher::default();
+    (prev, index, term, payload).hash(&mut h);
+    h.finish()
+}
+
+impl RaftChecker {
+    pub fn new(n: usize) -> RaftChecker {
+        RaftChecker {
+            leaders: BTreeMap::new(),
+            logs: vec![Vec::new(); n],
+            seen: FxHashMap::default(),
+            committed: Vec::new(),
+            next_apply: vec![1; n],
+            acked: vec![0; n],
+            votes: vec![None; n],
+        }
+    }
+
+    fn append(&mut self, now: Time, node: NodeId, entries: &[Entry]) -> Result<(), Violation> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let n = node.index();
+        let keep = (first.index - 1) as usize;
+        if keep > self.logs[n].len() {
+            let detail = format!(
+                "{node} wrote entry {} past its log end {}",
+                first.index,
+                self.logs[n].len()
+            );
+            return Err(Violation::new("log-matching", now, detail));
+        }
+        self.logs[n].truncate(keep);
+        self.acked[n] = self.acked[n].min(keep as u64);
+        for e in entries {
+            let prev = self.logs[n].last().map_or(0, |l| l.chain);
+            let link = Link {
+                term: e.term,
+                chain: chain(prev, e.index, e.term, entry_payload_hash(e)),
+            };
+            self.logs[n].push(link);
+            let known = *self.seen.entry((e.index, e.term)).or_insert(link.chain);
+            if known != link.chain {
+                let detail = format!(
+                    "{node} holds an entry at index {} term {} whose log differs from another replica's entry at the same index and term",
+                    e.index, e.term
+                );
+                return Err(Violation::new("log-matching", now, detail));
+            }
+        }
+        Ok(())
+    }
+
+    fn applied(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        term: u64,
+        index: u64,
+        entry: &CommittedEntry,
+    ) -> Result<(), Violation> {
+        let n = node.index();
+        if index != self.next_apply[n] {
+            let detail = format!(
+                "{node} applied index {index}, expected {}",
+                self.next_apply[n]
+            );
+            return Err(Violation::new("apply-order", now, detail));
+        }
+        self.next_apply[n] += 1;
+        let Some(&link) = self.logs[n].get(index as usize - 1) else {
+            let detail = format!("{node} applied index {index}, which is not in its log");
+            return Err(Violation::new("state-machine-safety", now, detail));
+        };
+        let prev = if index == 1 {
+            0
+        } else {
+            self.logs[n][index as usize - 2].chain
+        };
+        let expect = chain(prev, index, link.term, committed_payload_hash(entry));
+        if expect != link.chain {
+            let detail =
+                format!("{node} applied at index {index} something other than its log entry");
+            return Err(Violation::new("state-machine-safety", now, detail));
+        }
+        match self.committed.get(index as usize - 1).map(|(c, _)| c) {
+            Some(c) if *c != link => {
+                let detail = format!(
+                    "{node} applied an entry of term {} at index {index}, where another replica applied one of term {}",
+                    link.term, c.term
+                );
+                Err(Violation::new("state-machine-safety", now, detail))
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.committed.push((link, term));
+                self.check_commit_safety(now, node, index, link)
+            }
+        }
+    }
+
+    fn last_of(&self, node: usize) -> (u64, u64) {
+        let log = &self.logs[node];
+        (log.last().map_or(0, |l| l.term), log.len() as u64)
+    }
+
+    /// No replica without the entry just committed at `index` can gather a majority of
+    /// votes on log up-to-dateness alone.
+    fn check_commit_safety(
+        &self,
+        now: Time,
+        by: NodeId,
+        index: u64,
+        link: Link,
+    ) -> Result<(), Violation> {
+        let n = self.logs.len();
+        let majority = n / 2 + 1;
+        for lacking in 0..n {
+            if self.logs[lacking].get(index as usize - 1) == Some(&link) {
+                continue;
+            }
+            let own = self.last_of(lacking);
+            let voters = (0..n).filter(|&v| self.last_of(v) <= own).count();
+            if voters >= majority {
+                let detail = format!(
+                    "{by} committed index {index} (term {}), but n{lacking}, whose log lacks it, could win an election with {voters} of {n} votes",
+                    link.term
+                );
+                return Err(Violation::new("commit-safety", now, detail));
+            }
+        }
+        Ok(())
+    }
+
+    fn became_leader(&mut self, now: Time, node: NodeId, term: u64) -> Result<(), Violation> {
+        if let Some(other) = self.leaders.insert(term, node)
+            && other != node
+        {
+            let detail = format!("{other} and {node} both became leader of term {term}");
+            return Err(Violation::new("election-safety", now, detail));
+        }
+        // Entries committed in this term or later need not be here (a stale leader of
+        // an old term can be elected after newer terms committed more).
+        let c = self
+            .committed
+            .iter()
+            .rposition(|(_, committed_in)| *committed_in < term)
+            .map_or(0, |i| i + 1);
+        if c == 0 {
+            return Ok(());
+        }
+        let last = self.committed[c - 1].0;
+        let log = &self.logs[node.index()];
+        if log.len() < c || log[c - 1].chain != last.chain {
+            let detail = format!(
+                "{node} became leader of term {term} without the entries committed in earlier terms up to index {c} (its log has {})",
+                log.len()
+            );
+            return Err(Violation::new("leader-completeness", now, detail));
+        }
+        Ok(())
+    }
+
+    fn chain_of(log: &[Entry]) -> Vec<Link> {
+        let mut prev = 0;
+        log.iter()
+            .map(|e| {
+                prev = chain(prev, e.index, e.term, entry_payload_hash(e));
+                Link {
+                    term: e.term,
+                    chain: prev,
+                }
+            })
+            .collect()
+    }
+}
+
+impl ProtocolChecker<RaftNode> for RaftChecker {
+    fn on_effect(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        replica: &RaftNode,
+        effect: &Effect<Message, RaftWrite>,
+    ) -> Result<(), Violation> {
+        match effect {
+            Effect::Persist {
+                write: RaftWrite::Append { entries },
+                ..
+            } => self.append(now, node, entries),
+            Effect::Send {
+                to,
+                msg: Message::VoteResponse(r),
+            } if r.granted && !r.pre_vote => {
+                self.votes[node.index()] = Some((r.term, *to));
+                Ok(())
+            }
+            Effect::Send {
+                msg: Message::AppendResponse(r),
+                ..
+            } => {
+                if let AppendOutcome::Accepted { match_index } = r.outcome {
+                    let a = &mut self.acked[node.index()];
+                    *a = (*a).max(match_index);
+                }
+                Ok(())
+            }
+            Effect::Commit(c) => self.applied(now, node, replica.term(), c.index, &c.entry),
+            Effect::Event(ekmat_core::Event::BecameLeader { term }) => {
+                self.became_leader(now, node, *term)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn on_recover(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        stable: &RaftStable,
+    ) -> Result<(), Violation> {
+        let n = node.index();
+        let recovered = Self::chain_of(&stable.log);
+        let acked = self.acked[n] as usize;
+        if acked > 0 && recovered.get(acked - 1) != self.logs[n].get(acked - 1) {
+            let detail = format!(
+                "{node} acknowledged its log up to index {acked} but restarted with {} entries that do not match it",
+                recovered.len()
+            );
+            return Err(Violation::new("durability", now, detail));
+        }
+        if let Some((term, candidate)) = self.votes[n] {
+            let kept =
+                stable.term > term || (stable.term == term && stable.vote == Some(candidate));
+            if !kept {
+                let detail = format!(
+                    "{node} granted its vote in term {term} to {candidate} but restarted in term {} having voted for {:?}",
+                    stable.term, stable.vote
+                );
+                return Err(Violation::new("vote-durability", now, detail));
+            }
+        }
+        self.logs[n] = recovered;
+        self.next_apply[n] = 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,93 @@
+//! What the simulator needs from a protocol beyond the replica contract: how to boot and
+//! recover its replicas, who currently leads, and the protocol's own safety checker.
+
+use std::fmt;
+use std::hash::Hash;
+
+use ekmat_core::{DetRng, Effect, NodeId, Replica, Time};
+
+pub trait SimProtocol: Sync + Clone {
+    type Node: Replica<Message: Hash>;
+    type Checker: ProtocolChecker<Self::Node>;
+
+    fn name(&self) -> &'static str;
+
+    /// A fresh replica `id` of an `n`-node cluster. `seed` feeds its randomness.
+    fn boot(&self, id: NodeId, n: usize, seed: u64, now: Time) -> Result<Self::Node, String>;
+
+    /// Replica `id` restarted from its durable state.
+    fn recover(
+        &self,
+        id: NodeId,
+        n: usize,
+        seed: u64,
+        stable: <Self::Node as Replica>::Stable,
+        now: Time,
+    ) -> Result<Self::Node, String>;
+
+    /// The term (view, ballot) in which `node` believes it leads, if it does.
+    fn leading(&self, node: &Self::Node) -> Option<u64>;
+
+    /// `node`'s current term (view, ballot).
+    fn term(&self, node: &Self::Node) -> u64;
+
+    fn checker(&self, n: usize) -> Self::Checker;
+
+    /// A copy with the protocol's tunable knobs drawn for one run (FoundationDB's
+    /// "buggify": every seed also explores the configuration space), and a line naming
+    /// the values drawn. By default the knobs stay as they are.
+    fn vary(&self, rng: &mut DetRng) -> (Self, String) {
+        let _ = rng;
+        (self.clone(), String::new())
+    }
+}
+
+type FxOf<R> = Effect<<R as Replica>::Message, <R as Replica>::Write>;
+
+/// A protocol's invariants, checked as the run goes.
+pub trait ProtocolChecker<R: Replica> {
+    /// Every effect a replica emits, in order, with the replica as it is after the step
+    /// that emitted them.
+    fn on_effect(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        replica: &R,
+        effect: &FxOf<R>,
+    ) -> Result<(), Violation>;
+
+    /// `node` restarted from `stable` (what survived its crash).
+    fn on_recover(&mut self, now: Time, node: NodeId, stable: &R::Stable) -> Result<(), Violation>;
+}
+
+/// A broken safety or liveness property: the run failed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    /// Short name of the property, e.g. `election-safety`.
+    pub property: &'static str,
+    /// Virtual time, in microseconds, at which it was detected.
+    pub at_us: u64,
+    pub detail: String,
+}
+
+impl Violation {
+    pub fn new(property: &'static str, at: Time, detail: impl Into<String>) -> Violation {
+        Violation {
+            property,
+            at_us: at.as_micros(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at {}: {}",
+            self.property,
+            Time(self.at_us),
+            self.detail
+        )
+    }
+}

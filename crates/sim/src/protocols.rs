@@ -1,0 +1,104 @@
+//! The protocols the simulator knows how to drive.
+
+use std::time::Duration;
+
+use ekmat_core::{DetRng, NodeId, Time};
+use ekmat_raft::{Mutant, RaftConfig, RaftNode, RaftStable, Role};
+
+use crate::check::raft::RaftChecker;
+use crate::protocol::SimProtocol;
+
+/// Raft with the options a run can vary.
+#[derive(Clone, Debug)]
+pub struct RaftSim {
+    pub mutant: Mutant,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    pub election_timeout: (Duration, Duration),
+    pub heartbeat: Duration,
+    pub max_append_entries: usize,
+    pub max_inflight: usize,
+    /// Draw batch size and in-flight window per seed instead of using the values above.
+    pub vary_knobs: bool,
+}
+
+impl Default for RaftSim {
+    fn default() -> Self {
+        RaftSim {
+            mutant: Mutant::None,
+            pre_vote: true,
+            check_quorum: true,
+            election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
+            heartbeat: Duration::from_millis(50),
+            max_append_entries: 64,
+            max_inflight: 16,
+            vary_knobs: true,
+        }
+    }
+}
+
+impl RaftSim {
+    fn config(&self, id: NodeId, n: usize, seed: u64) -> RaftConfig {
+        let mut cfg = RaftConfig::new(id, (0..n as u32).map(NodeId).collect());
+        cfg.seed = seed;
+        cfg.mutant = self.mutant;
+        cfg.pre_vote = self.pre_vote;
+        cfg.check_quorum = self.check_quorum;
+        (cfg.election_timeout_min, cfg.election_timeout_max) = self.election_timeout;
+        cfg.heartbeat_interval = self.heartbeat;
+        cfg.max_append_entries = self.max_append_entries;
+        cfg.max_inflight = self.max_inflight;
+        cfg
+    }
+}
+
+impl SimProtocol for RaftSim {
+    type Node = RaftNode;
+    type Checker = RaftChecker;
+
+    fn name(&self) -> &'static str {
+        "raft"
+    }
+
+    fn boot(&self, id: NodeId, n: usize, seed: u64, now: Time) -> Result<RaftNode, String> {
+        RaftNode::new(self.config(id, n, seed), now).map_err(|e| e.to_string())
+    }
+
+    fn recover(
+        &self,
+        id: NodeId,
+        n: usize,
+        seed: u64,
+        stable: RaftStable,
+        now: Time,
+    ) -> Result<RaftNode, String> {
+        RaftNode::recover(self.config(id, n, seed), stable, now).map_err(|e| e.to_string())
+    }
+
+    fn leading(&self, node: &RaftNode) -> Option<u64> {
+        (node.role() == Role::Leader).then(|| node.term())
+    }
+
+    fn term(&self, node: &RaftNode) -> u64 {
+        node.term()
+    }
+
+    fn checker(&self, n: usize) -> RaftChecker {
+        RaftChecker::new(n)
+    }
+
+    /// Small batches and windows split a new leader's no-op from the old entries it
+    /// re-replicates, as a follower that lags far behind sees in practice.
+    fn vary(&self, rng: &mut DetRng) -> (Self, String) {
+        let mut v = self.clone();
+        if self.vary_knobs {
+            v.max_append_entries = [1, 2, 4, 64][rng.index(4)];
+            v.max_inflight = [1, 2, 16][rng.index(3)];
+        }
+        let knobs = format!(
+            "raft batch {} entries, {} in flight",
+            v.max_append_entries, v.max_inflight
+        );
+        (v, knobs)
+    }
+}

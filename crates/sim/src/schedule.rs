@@ -1,0 +1,666 @@
+//! Fault schedules: what goes wrong, when, and for how long.
+//!
+//! A schedule is generated from the seed, but it is also a value of its own with a text
+//! form, so a failing run's schedule can be shrunk and replayed with `--schedule`. Every
+//! fault carries its own duration, so removing one never leaves another half-applied.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ekmat_core::{DetRng, NodeId, Time};
+
+/// The families of faults a run may inject (`--faults`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// Symmetric partitions: majority/minority, 2|2|1, isolate one node or the leader.
+    Partition,
+    /// A bridge node that both halves of a split can reach.
+    Bridge,
+    /// One-way cuts: some nodes can send to others but not hear back.
+    Asymmetric,
+    /// Message loss.
+    Loss,
+    /// Message duplication.
+    Duplicate,
+    /// Large latency jitter, so messages overtake each other.
+    Reorder,
+    /// A link that holds every message until it unclogs.
+    Clog,
+    /// Crash and restart: volatile state lost, unsynced writes may be lost.
+    Crash,
+    /// A node that stops processing for a while (GC pause, CPU starvation).
+    Pause,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 9] = [
+        FaultKind::Partition,
+        FaultKind::Bridge,
+        FaultKind::Asymmetric,
+        FaultKind::Loss,
+        FaultKind::Duplicate,
+        FaultKind::Reorder,
+        FaultKind::Clog,
+        FaultKind::Crash,
+        FaultKind::Pause,
+    ];
+
+    /// How often this kind is drawn relative to the others: the faults that change
+    /// leadership and lose volatile state find the most bugs.
+    fn weight(self) -> u64 {
+        match self {
+            FaultKind::Crash | FaultKind::Partition => 3,
+            FaultKind::Pause => 2,
+            _ => 1,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Partition => "partition",
+            FaultKind::Bridge => "bridge",
+            FaultKind::Asymmetric => "asymmetric",
+            FaultKind::Loss => "loss",
+            FaultKind::Duplicate => "duplicate",
+            FaultKind::Reorder => "reorder",
+            FaultKind::Clog => "clog",
+            FaultKind::Crash => "crash",
+            FaultKind::Pause => "pause",
+        }
+    }
+
+    /// Parse `all`, `none` or a comma-separated list of names.
+    pub fn parse_list(list: &str) -> Result<Vec<FaultKind>, String> {
+        let mut kinds = Vec::new();
+        for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word {
+                "all" => kinds.extend(FaultKind::ALL),
+                "none" => {}
+                _ => match FaultKind::ALL.iter().find(|k| k.name() == word) {
+                    Some(k) => kinds.push(*k),
+                    None => {
+                        let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                        return Err(format!(
+                            "unknown fault '{word}' (known: all, none, {})",
+                            known.join(", ")
+                        ));
+                    }
+                },
+            }
+        }
+        kinds.sort_unstable();
+        kinds.dedup();
+        Ok(kinds)
+    }
+}
+
+/// Which node a fault strikes: one chosen when the schedule is written, the leader at
+/// the moment the fault begins, or the next node to win an election after the fault
+/// begins (struck within a few milliseconds of winning, before it has replicated much:
+/// the histories of the Raft paper's Figure 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Leader,
+    NextLeader,
+    Node(NodeId),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// Nodes in different groups cannot reach each other.
+    Partition {
+        groups: Vec<Vec<NodeId>>,
+    },
+    /// The target alone on one side.
+    Isolate {
+        target: Target,
+    },
+    /// The target with as many others as still leaves it in a minority.
+    Split {
+        target: Target,
+    },
+    /// `left` and `right` cannot reach each other; `bridge` reaches both.
+    Bridge {
+        bridge: NodeId,
+        left: Vec<NodeId>,
+        right: Vec<NodeId>,
+    },
+    /// Messages from `from` to `to` are dropped; the reverse direction works.
+    OneWay {
+        from: Vec<NodeId>,
+        to: Vec<NodeId>,
+    },
+    Clog {
+        from: NodeId,
+        to: NodeId,
+    },
+    Loss {
+        percent: u32,
+    },
+    Duplicate {
+        percent: u32,
+    },
+    Reorder {
+        jitter: Duration,
+    },
+    Crash {
+        target: Target,
+    },
+    Pause {
+        target: Target,
+    },
+}
+
+impl Fault {
+    pub fn target(&self) -> Option<Target> {
+        match self {
+            Fault::Isolate { target }
+            | Fault::Split { target }
+            | Fault::Crash { target }
+            | Fault::Pause { target } => Some(*target),
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            Fault::Partition { .. } | Fault::Isolate { .. } | Fault::Split { .. } => {
+                FaultKind::Partition
+            }
+            Fault::Bridge { .. } => FaultKind::Bridge,
+            Fault::OneWay { .. } => FaultKind::Asymmetric,
+            Fault::Clog { .. } => FaultKind::Clog,
+            Fault::Loss { .. } => FaultKind::Loss,
+            Fault::Duplicate { .. } => FaultKind::Duplicate,
+            Fault::Reorder { .. } => FaultKind::Reorder,
+            Fault::Crash { .. } => FaultKind::Crash,
+            Fault::Pause { .. } => FaultKind::Pause,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ScheduledFault {
+    pub at: Time,
+    pub lasts: Duration,
+    pub fault: Fault,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Schedule {
+    pub faults: Vec<ScheduledFault>,
+}
+
+/// How a schedule is drawn from a seed.
+#[derive(Clone, Debug)]
+pub struct ScheduleShape {
+    pub nodes: usize,
+    pub kinds: Vec<FaultKind>,
+    /// Faults start within `[0, safety)`, and each ends by then.
+    pub safety: Duration,
+    /// Mean gap between fault starts.
+    pub mean_gap: Duration,
+}
+
+impl Schedule {
+    pub fn generate(shape: &ScheduleShape, rng: &mut DetRng) -> Schedule {
+        let mut faults = Vec::new();
+        if shape.kinds.is_empty() || shape.nodes == 0 {
+            return Schedule { faults };
+        }
+        let end = shape.safety.as_millis() as u64;
+        let gap = shape.mean_gap.as_millis().max(1) as u64;
+        let mut t = rng.range(0, gap);
+        while t < end {
+            let kind = pick_weighted(&shape.kinds, rng);
+            let (fault, lasts_ms) = draw(kind, shape.nodes, rng);
+            let lasts_ms = lasts_ms.min(end - t).max(1);
+            faults.push(ScheduledFault {
+                at: Time::from_millis(t),
+                lasts: Duration::from_millis(lasts_ms),
+                fault,
+            });
+            t += rng.range(gap / 4, gap * 7 / 4);
+        }
+        Schedule { faults }
+    }
+
+    pub fn len(&self) -> usize {
+        self.faults.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.faults.is_empty()
+    }
+
+    /// When the last fault ends.
+    pub fn end(&self) -> Time {
+        self.faults
+            .iter()
+            .map(|f| f.at + f.lasts)
+            .max()
+            .unwrap_or(Time::ZERO)
+    }
+
+    /// Every node a fault names explicitly must exist.
+    pub fn validate(&self, nodes: usize) -> Result<(), String> {
+        for f in &self.faults {
+            for id in named_nodes(&f.fault) {
+                if id.index() >= nodes {
+                    return Err(format!(
+                        "fault '{f}' names {id}, but there are only {nodes} nodes"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pick_weighted(kinds: &[FaultKind], rng: &mut DetRng) -> FaultKind {
+    let total: u64 = kinds.iter().map(|k| k.weight()).sum();
+    let mut draw = rng.range(0, total - 1);
+    for &k in kinds {
+        if draw < k.weight() {
+            return k;
+        }
+        draw -= k.weight();
+    }
+    unreachable!("draw below the total weight")
+}
+
+fn named_nodes(fault: &Fault) -> Vec<NodeId> {
+    match fault {
+        Fault::Partition { groups } => groups.concat(),
+        Fault::Bridge {
+            bridge,
+            left,
+            right,
+        } => [vec![*bridge], left.clone(), right.clone()].concat(),
+        Fault::OneWay { from, to } => [from.clone(), to.clone()].concat(),
+        Fault::Clog { from, to } => vec![*from, *to],
+        _ => match fault.target() {
+            Some(Target::Node(n)) => vec![n],
+            _ => vec![],
+        },
+    }
+}
+
+fn shuffled_nodes(n: usize, rng: &mut DetRng) -> Vec<NodeId> {
+    let mut ids: Vec<NodeId> = (0..n as u32).map(NodeId).collect();
+    rng.shuffle(&mut ids);
+    ids
+}
+
+fn target(n: usize, rng: &mut DetRng) -> Target {
+    match rng.range(0, 99) {
+        0..=34 => Target::Leader,
+        35..=59 => Target::NextLeader,
+        _ => Target::Node(NodeId(rng.index(n) as u32)),
+    }
+}
+
+/// One fault of `kind` and how long it lasts, in milliseconds.
+fn draw(kind: FaultKind, n: usize, rng: &mut DetRng) -> (Fault, u64) {
+    let ids = shuffled_nodes(n, rng);
+    match kind {
+        FaultKind::Partition => {
+            let fault = match rng.range(0, 4) {
+                0 if n >= 2 => {
+                    let minority = (n - 1) / 2;
+                    let (a, b) = ids.split_at(minority.max(1));
+                    Fault::Partition {
+                        groups: vec![sorted(a), sorted(b)],
+                    }
+                }
+                1 if n >= 5 => Fault::Partition {
+                    groups: vec![sorted(&ids[..2]), sorted(&ids[2..4]), sorted(&ids[4..])],
+                },
+                2 => Fault::Isolate {
+                    target: target(n, rng),
+                },
+                3 => Fault::Split {
+                    target: target(n, rng),
+                },
+                _ => Fault::Partition {
+                    groups: vec![vec![ids[0]], sorted(&ids[1..])],
+                },
+            };
+            (fault, rng.range(300, 4000))
+        }
+        FaultKind::Bridge if n >= 3 => {
+            let half = (n - 1) / 2;
+            let fault = Fault::Bridge {
+                bridge: ids[0],
+                left: sorted(&ids[1..=half]),
+                right: sorted(&ids[half + 1..]),
+            };
+            (fault, rng.range(300, 4000))
+        }
+        FaultKind::Asymmetric if n >= 2 => {
+            let split = rng.range(1, n as u64 - 1) as usize;
+            let fault = Fault::OneWay {
+                from: sorted(&ids[..split]),
+                to: sorted(&ids[split..]),
+            };
+            (fault, rng.range(300, 3000))
+        }
+        FaultKind::Clog if n >= 2 => (
+            Fault::Clog {
+                from: ids[0],
+                to: ids[1],
+            },
+            rng.range(100, 2000),
+        ),
+        FaultKind::Loss => (
+            Fault::Loss {
+                percent: rng.range(1, 30) as u32,
+            },
+            rng.range(500, 5000),
+        ),
+        FaultKind::Duplicate => (
+            Fault::Duplicate {
+                percent: rng.range(1, 20) as u32,
+            },
+            rng.range(500, 5000),
+        ),
+        FaultKind::Reorder => (
+            Fault::Reorder {
+                jitter: Duration::from_millis(rng.range(10, 100)),
+            },
+            rng.range(500, 5000),
+        ),
+        FaultKind::Crash => (
+            Fault::Crash {
+                target: target(n, rng),
+            },
+            rng.range(50, 3000),
+        ),
+        FaultKind::Pause => (
+            Fault::Pause {
+                target: target(n, rng),
+            },
+            rng.range(50, 1500),
+        ),
+        // Kinds that need more nodes than the cluster has degrade to a crash.
+        _ => draw(FaultKind::Crash, n, rng),
+    }
+}
+
+fn sorted(ids: &[NodeId]) -> Vec<NodeId> {
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    v
+}
+
+// ---- text form: `@1200ms+800ms crash(leader); @3000ms+2s partition(0,1|2,3,4)` ----
+
+fn list(ids: &[NodeId]) -> String {
+    ids.iter()
+        .map(|i| i.0.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Leader => write!(f, "leader"),
+            Target::NextLeader => write!(f, "next-leader"),
+            Target::Node(n) => write!(f, "{}", n.0),
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Partition { groups } => {
+                let g: Vec<String> = groups.iter().map(|g| list(g)).collect();
+                write!(f, "partition({})", g.join("|"))
+            }
+            Fault::Isolate { target } => write!(f, "isolate({target})"),
+            Fault::Split { target } => write!(f, "split({target})"),
+            Fault::Bridge {
+                bridge,
+                left,
+                right,
+            } => write!(f, "bridge({}/{}|{})", bridge.0, list(left), list(right)),
+            Fault::OneWay { from, to } => write!(f, "oneway({}>{})", list(from), list(to)),
+            Fault::Clog { from, to } => write!(f, "clog({}>{})", from.0, to.0),
+            Fault::Loss { percent } => write!(f, "loss({percent}%)"),
+            Fault::Duplicate { percent } => write!(f, "duplicate({percent}%)"),
+            Fault::Reorder { jitter } => write!(f, "reorder({}ms)", jitter.as_millis()),
+            Fault::Crash { target } => write!(f, "crash({target})"),
+            Fault::Pause { target } => write!(f, "pause({target})"),
+        }
+    }
+}
+
+impl fmt::Display for ScheduledFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "@{}ms+{}ms {}",
+            self.at.as_millis(),
+            self.lasts.as_millis(),
+            self.fault
+        )
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.faults.iter().map(|x| x.to_string()).collect();
+        write!(f, "{}", parts.join("; "))
+    }
+}
+
+impl FromStr for Schedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Schedule, String> {
+        let faults = s
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(parse_scheduled)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Schedule { faults })
+    }
+}
+
+fn parse_ms(s: &str) -> Result<u64, String> {
+    let digits = s
+        .strip_suffix("ms")
+        .ok_or_else(|| format!("'{s}': times are written in ms, like 1200ms"))?;
+    digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of milliseconds"))
+}
+
+fn parse_scheduled(s: &str) -> Result<ScheduledFault, String> {
+    let bad = || format!("'{s}': expected '@<start>ms+<length>ms <fault>(<args>)'");
+    let rest = s.strip_prefix('@').ok_or_else(bad)?;
+    let (when, fault) = rest.split_once(' ').ok_or_else(bad)?;
+    let (at, lasts) = when.split_once('+').ok_or_else(bad)?;
+    Ok(ScheduledFault {
+        at: Time::from_millis(parse_ms(at)?),
+        lasts: Duration::from_millis(parse_ms(lasts)?),
+        fault: parse_fault(fault.trim())?,
+    })
+}
+
+fn parse_ids(s: &str) -> Result<Vec<NodeId>, String> {
+    s.split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<u32>()
+                .map(NodeId)
+                .map_err(|_| format!("'{x}' is not a node number"))
+        })
+        .collect()
+}
+
+fn parse_id(s: &str) -> Result<NodeId, String> {
+    let ids = parse_ids(s)?;
+    match ids[..] {
+        [id] => Ok(id),
+        _ => Err(format!("'{s}': expected one node number")),
+    }
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    match s {
+        "leader" => Ok(Target::Leader),
+        "next-leader" => Ok(Target::NextLeader),
+        _ => parse_id(s).map(Target::Node),
+    }
+}
+
+fn parse_percent(s: &str) -> Result<u32, String> {
+    let p: u32 = s
+        .strip_suffix('%')
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| format!("'{s}': expected a percentage like 10%"))?;
+    if p > 100 {
+        return Err(format!("'{s}': a percentage is at most 100%"));
+    }
+    Ok(p)
+}
+
+fn split_pair<'a>(s: &'a str, sep: char, what: &str) -> Result<(&'a str, &'a str), String> {
+    s.split_once(sep)
+        .ok_or_else(|| format!("'{s}': expected {what}"))
+}
+
+fn parse_fault(s: &str) -> Result<Fault, String> {
+    let (name, args) = s
+        .strip_suffix(')')
+        .and_then(|x| x.split_once('('))
+        .ok_or_else(|| format!("'{s}': expected name(args)"))?;
+    match name {
+        "partition" => {
+            let groups = args
+                .split('|')
+                .map(parse_ids)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Fault::Partition { groups })
+        }
+        "isolate" => Ok(Fault::Isolate {
+            target: parse_target(args)?,
+        }),
+        "split" => Ok(Fault::Split {
+            target: parse_target(args)?,
+        }),
+        "bridge" => {
+            let (b, sides) = split_pair(args, '/', "bridge(B/L,..|R,..)")?;
+            let (l, r) = split_pair(sides, '|', "bridge(B/L,..|R,..)")?;
+            Ok(Fault::Bridge {
+                bridge: parse_id(b)?,
+                left: parse_ids(l)?,
+                right: parse_ids(r)?,
+            })
+        }
+        "oneway" => {
+            let (from, to) = split_pair(args, '>', "oneway(A,..>B,..)")?;
+            Ok(Fault::OneWay {
+                from: parse_ids(from)?,
+                to: parse_ids(to)?,
+            })
+        }
+        "clog" => {
+            let (from, to) = split_pair(args, '>', "clog(A>B)")?;
+            Ok(Fault::Clog {
+                from: parse_id(from)?,
+                to: parse_id(to)?,
+            })
+        }
+        "loss" => Ok(Fault::Loss {
+            percent: parse_percent(args)?,
+        }),
+        "duplicate" => Ok(Fault::Duplicate {
+            percent: parse_percent(args)?,
+        }),
+        "reorder" => Ok(Fault::Reorder {
+            jitter: Duration::from_millis(parse_ms(args)?),
+        }),
+        "crash" => Ok(Fault::Crash {
+            target: parse_target(args)?,
+        }),
+        "pause" => Ok(Fault::Pause {
+            target: parse_target(args)?,
+        }),
+        _ => Err(format!("unknown fault '{name}'")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_schedules_round_trip_through_text() {
+        let shape = ScheduleShape {
+            nodes: 5,
+            kinds: FaultKind::ALL.to_vec(),
+            safety: Duration::from_secs(20),
+            mean_gap: Duration::from_millis(700),
+        };
+        let mut rng = DetRng::new(42);
+        for _ in 0..20 {
+            let s = Schedule::generate(&shape, &mut rng);
+            assert!(!s.is_empty());
+            assert!(s.end() <= Time::from_millis(20_000));
+            let text = s.to_string();
+            assert_eq!(text.parse::<Schedule>().unwrap(), s, "{text}");
+        }
+    }
+
+    #[test]
+    fn every_kind_is_generated() {
+        let shape = ScheduleShape {
+            nodes: 5,
+            kinds: FaultKind::ALL.to_vec(),
+            safety: Duration::from_secs(200),
+            mean_gap: Duration::from_millis(200),
+        };
+        let s = Schedule::generate(&shape, &mut DetRng::new(1));
+        for kind in FaultKind::ALL {
+            assert!(s.faults.iter().any(|f| f.fault.kind() == kind), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn fault_lists_parse_and_reject_unknown_names() {
+        assert_eq!(
+            FaultKind::parse_list("all").unwrap().len(),
+            FaultKind::ALL.len()
+        );
+        assert_eq!(
+            FaultKind::parse_list("crash, loss,crash").unwrap(),
+            vec![FaultKind::Loss, FaultKind::Crash]
+        );
+        assert!(FaultKind::parse_list("none").unwrap().is_empty());
+        let err = FaultKind::parse_list("crash,meteor").unwrap_err();
+        assert!(err.contains("meteor"), "{err}");
+    }
+
+    #[test]
+    fn malformed_schedules_are_explained() {
+        for bad in [
+            "crash(1)",
+            "@10+5ms crash(1)",
+            "@10ms+5ms crash(x)",
+            "@1ms+1ms loss(200%)",
+            "@1ms+1ms meteor(1)",
+        ] {
+            assert!(bad.parse::<Schedule>().is_err(), "{bad}");
+        }
+        let s: Schedule = "@5ms+10ms crash(3)".parse().unwrap();
+        assert_eq!(
+            s.validate(3).unwrap_err(),
+            "fault '@5ms+10ms crash(3)' names n3, but there are only 3 nodes"
+        );
+    }
+}

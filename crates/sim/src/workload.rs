@@ -1,0 +1,353 @@
+//! Simulated clients and the history they record.
+//!
+//! Each client runs one operation at a time against a small key space (so operations
+//! collide), on the node it believes leads. An operation ends `ok` (with its result),
+//! `failed` (definitely not executed: the node refused it) or `unknown` (timed out: it
+//! may or may not have executed). The history feeds the linearizability checker.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ekmat_core::{DetRng, NodeId, Request, RequestId, RequestKind, Time};
+use ekmat_kv::{KvCommand, KvResult};
+use ekmat_linearizability::Operation;
+use ekmat_linearizability::kv::{KvInput, KvOutput};
+
+#[derive(Clone, Debug)]
+pub struct WorkloadShape {
+    pub clients: usize,
+    pub ops: usize,
+    pub keys: u64,
+    /// Mean pause between a client's operations.
+    pub think: Duration,
+    /// How long a client waits before giving an operation up as unknown.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Status {
+    Ok,
+    Failed,
+    Unknown,
+}
+
+#[derive(Clone, Debug)]
+pub struct HistOp {
+    pub client: usize,
+    pub input: KvInput,
+    pub call: Time,
+    pub ret: Option<Time>,
+    pub output: Option<KvOutput>,
+    pub status: Status,
+    /// The node the request was first sent to.
+    pub node: NodeId,
+    /// The node whose answer ended the operation.
+    pub answered_by: Option<NodeId>,
+}
+
+/// How a node answered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Done(KvResult),
+    Refused { leader: Option<NodeId> },
+}
+
+/// Times a client sends one operation to the node named as leader (or to another node,
+/// when none is named) after a refusal, before giving the operation up as failed.
+const MAX_ATTEMPTS: u32 = 5;
+
+#[derive(Debug)]
+struct InFlight {
+    seq: u64,
+    index: usize,
+    sent: Sent,
+    attempts: u32,
+}
+
+#[derive(Debug)]
+struct Client {
+    seq: u64,
+    leader_guess: NodeId,
+    inflight: Option<InFlight>,
+    last_seen: BTreeMap<u64, Option<u64>>,
+}
+
+/// What a client does after an answer.
+#[derive(Debug)]
+pub enum Next {
+    /// The operation ended (ok or failed).
+    Finished,
+    /// Refused, so definitely not executed: send the same request again.
+    Retry { sent: Sent, after: Duration },
+    /// The answer was for an operation the client already gave up on.
+    Stale,
+}
+
+#[derive(Debug)]
+pub struct Workload {
+    shape: WorkloadShape,
+    nodes: usize,
+    clients: Vec<Client>,
+    history: Vec<HistOp>,
+    rng: DetRng,
+}
+
+/// A request on its way to a node, with what the node needs to answer a read.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub node: NodeId,
+    pub request: Request,
+    pub read_key: Option<Bytes>,
+}
+
+pub fn key_bytes(key: u64) -> Bytes {
+    Bytes::copy_from_slice(&key.to_be_bytes())
+}
+
+fn value_bytes(value: u64) -> Bytes {
+    Bytes::copy_from_slice(&value.to_be_bytes())
+}
+
+fn value_of(bytes: &Bytes) -> Option<u64> {
+    let arr: [u8; 8] = bytes.as_ref().try_into().ok()?;
+    Some(u64::from_be_bytes(arr))
+}
+
+impl Workload {
+    pub fn new(shape: WorkloadShape, nodes: usize, mut rng: DetRng) -> Workload {
+        let clients = (0..shape.clients)
+            .map(|_| Client {
+                seq: 0,
+                leader_guess: NodeId(rng.index(nodes) as u32),
+                inflight: None,
+                last_seen: BTreeMap::new(),
+            })
+            .collect();
+        Workload {
+            shape,
+            nodes,
+            clients,
+            history: Vec::new(),
+            rng,
+        }
+    }
+
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn history(&self) -> &[HistOp] {
+        &self.history
+    }
+
+    pub fn issued(&self) -> usize {
+        self.history.len()
+    }
+
+    /// All operations issued and finished.
+    pub fn done(&self) -> bool {
+        self.issued() >= self.shape.ops && self.clients.iter().all(|c| c.inflight.is_none())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.shape.timeout
+    }
+
+    pub fn think_time(&mut self) -> Duration {
+        let mean = self.shape.think.as_micros() as u64;
+        Duration::from_micros(self.rng.range(0, 2 * mean))
+    }
+
+    /// Start client `c`'s next operation, if it has budget left and nothing in flight.
+    pub fn issue(&mut self, c: usize, now: Time) -> Option<Sent> {
+        if self.issued() >= self.shape.ops || self.clients[c].inflight.is_some() {
+            return None;
+        }
+        let input = self.draw_input(c);
+        let client = &mut self.clients[c];
+        client.seq += 1;
+        let id = RequestId {
+            client: c as u64 + 1,
+            seq: client.seq,
+        };
+        let node = client.leader_guess;
+        let index = self.history.len();
+        self.history.push(HistOp {
+            client: c,
+            input,
+            call: now,
+            ret: None,
+            output: None,
+            status: Status::Unknown,
+            node,
+            answered_by: None,
+        });
+        let (kind, read_key) = match input {
+            KvInput::Get { key } => (RequestKind::Read, Some(key_bytes(key))),
+            _ => (RequestKind::Write(command(&input).encode()), None),
+        };
+        let sent = Sent {
+            node,
+            request: Request { id, kind },
+            read_key,
+        };
+        self.clients[c].inflight = Some(InFlight {
+            seq: id.seq,
+            index,
+            sent: sent.clone(),
+            attempts: 1,
+        });
+        Some(sent)
+    }
+
+    fn draw_input(&mut self, c: usize) -> KvInput {
+        let key = self.rng.range(0, self.shape.keys - 1);
+        let value = ((c as u64 + 1) << 32) | (self.clients[c].seq + 1);
+        match self.rng.range(0, 99) {
+            0..=39 => KvInput::Get { key },
+            40..=69 => KvInput::Put { key, value },
+            70..=89 => {
+                let seen = self.clients[c].last_seen.get(&key).copied().flatten();
+                let expected = if self.rng.chance(0.8) { seen } else { None };
+                KvInput::Cas {
+                    key,
+                    expected,
+                    new: value,
+                }
+            }
+            _ => KvInput::Delete { key },
+        }
+    }
+
+    /// A node answered client `c`'s request `seq`.
+    pub fn complete(
+        &mut self,
+        c: usize,
+        seq: u64,
+        from: NodeId,
+        outcome: Outcome,
+        now: Time,
+    ) -> Next {
+        let Some(inflight) = &mut self.clients[c].inflight else {
+            return Next::Stale;
+        };
+        if inflight.seq != seq {
+            return Next::Stale;
+        }
+        let index = inflight.index;
+        if let Outcome::Refused { leader } = outcome {
+            let current = inflight.sent.node;
+            let (node, after) = match leader.filter(|l| *l != current) {
+                Some(l) => (l, Duration::ZERO),
+                None => {
+                    let other = NodeId(self.rng.index(self.nodes) as u32);
+                    (other, Duration::from_millis(self.rng.range(10, 50)))
+                }
+            };
+            self.clients[c].leader_guess = node;
+            let inflight = self.clients[c].inflight.as_mut().expect("checked above");
+            if inflight.attempts < MAX_ATTEMPTS {
+                inflight.attempts += 1;
+                inflight.sent.node = node;
+                let sent = inflight.sent.clone();
+                return Next::Retry { sent, after };
+            }
+            self.clients[c].inflight = None;
+            let op = &mut self.history[index];
+            op.ret = Some(now);
+            op.status = Status::Failed;
+            op.answered_by = Some(from);
+            return Next::Finished;
+        }
+        let Outcome::Done(result) = outcome else {
+            unreachable!("refusals handled above")
+        };
+        self.clients[c].inflight = None;
+        let op = &mut self.history[index];
+        op.ret = Some(now);
+        op.status = Status::Ok;
+        op.answered_by = Some(from);
+        let output = output_of(&op.input, &result);
+        op.output = Some(output);
+        if let Some(seen) = observed_value(&op.input, &output) {
+            let key = op.input.key();
+            self.clients[c].last_seen.insert(key, seen);
+        }
+        Next::Finished
+    }
+
+    /// Client `c` gave up waiting on `seq`. Returns true if it ended an operation.
+    pub fn time_out(&mut self, c: usize, seq: u64) -> bool {
+        match &self.clients[c].inflight {
+            Some(inflight) if inflight.seq == seq => {
+                self.clients[c].inflight = None;
+                self.clients[c].leader_guess = NodeId(self.rng.index(self.nodes) as u32);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The history in the checker's terms: failed operations dropped (they had no
+    /// effect), unknown ones left open to the end of time.
+    pub fn for_checker(&self) -> Vec<Operation<KvInput, KvOutput>> {
+        self.history
+            .iter()
+            .filter(|op| op.status != Status::Failed)
+            .map(|op| Operation {
+                client: op.client as u64,
+                input: op.input,
+                call: op.call.as_micros(),
+                ret: op
+                    .ret
+                    .filter(|_| op.status == Status::Ok)
+                    .map(Time::as_micros),
+                output: op.output,
+            })
+            .collect()
+    }
+
+    pub fn count(&self, status: Status) -> usize {
+        self.history.iter().filter(|op| op.status == status).count()
+    }
+}
+
+pub fn command(input: &KvInput) -> KvCommand {
+    match *input {
+        KvInput::Get { key } => KvCommand::Get {
+            key: key_bytes(key),
+        },
+        KvInput::Put { key, value } => KvCommand::Put {
+            key: key_bytes(key),
+            value: value_bytes(value),
+        },
+        KvInput::Cas { key, expected, new } => KvCommand::Cas {
+            key: key_bytes(key),
+            expected: expected.map(value_bytes),
+            new: value_bytes(new),
+        },
+        KvInput::Delete { key } => KvCommand::Delete {
+            key: key_bytes(key),
+        },
+    }
+}
+
+fn output_of(input: &KvInput, result: &KvResult) -> KvOutput {
+    match (input, result) {
+        (_, KvResult::Value(v)) => KvOutput::Value(v.as_ref().and_then(value_of)),
+        (_, KvResult::Swapped(s)) => KvOutput::Cas(*s),
+        (_, KvResult::Done) => KvOutput::Done,
+    }
+}
+
+/// What an ok operation tells its client about the key's current value.
+fn observed_value(input: &KvInput, output: &KvOutput) -> Option<Option<u64>> {
+    match (input, output) {
+        (_, KvOutput::Value(v)) => Some(*v),
+        (KvInput::Put { value, .. }, _) => Some(Some(*value)),
+        (KvInput::Cas { new, .. }, KvOutput::Cas(true)) => Some(Some(*new)),
+        (KvInput::Delete { .. }, _) => Some(None),
+        _ => None,
+    }
+}

@@ -1,0 +1,1006 @@
+//! One simulated run: virtual time, an event queue, the replicas with their disks and
+//! state machines, the network, the clients, the fault schedule and the checkers.
+//!
+//! Everything random draws from streams forked off the run's seed, one per concern, so
+//! the run is a function of (seed, options, schedule).
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ekmat_core::{
+    CommittedEntry, DetRng, Effect, Effects, Event, Input, NodeId, Replica, Reply, RequestId, Time,
+};
+use ekmat_kv::{Applied, KvResult, KvStore};
+use rustc_hash::FxHashMap;
+
+use crate::disk::Disk;
+use crate::network::{LatencyRange, Network};
+use crate::protocol::{ProtocolChecker, SimProtocol, Violation};
+use crate::schedule::{Fault, Schedule, Target};
+use crate::trace::Trace;
+use crate::workload::{Next, Outcome, Sent, Workload, WorkloadShape};
+
+/// Everything that shapes one run besides the protocol.
+#[derive(Clone, Debug)]
+pub struct WorldConfig {
+    pub seed: u64,
+    pub nodes: usize,
+    pub latency: LatencyRange,
+    pub fsync: LatencyRange,
+    pub tick: Duration,
+    pub workload: WorkloadShape,
+    /// Faults happen before this; afterwards every fault is healed.
+    pub safety: Duration,
+    /// After healing, some write must commit within this bound.
+    pub liveness_bound: Duration,
+    /// After the workload finishes, every replica must reach the same state within this.
+    pub converge_bound: Duration,
+    /// The run fails if the workload has not finished by this time after healing.
+    pub max_tail: Duration,
+    pub trace: bool,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RunStats {
+    pub events: u64,
+    pub messages: u64,
+    pub elections: u64,
+    pub faults: u64,
+    pub crashes: u64,
+    pub sim_micros: u64,
+    pub max_term: u64,
+}
+
+type Msg<P> = <<P as SimProtocol>::Node as Replica>::Message;
+type Write<P> = <<P as SimProtocol>::Node as Replica>::Write;
+type Stable<P> = <<P as SimProtocol>::Node as Replica>::Stable;
+
+#[derive(Debug)]
+enum Ev<M> {
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        msg: M,
+    },
+    Request {
+        client: usize,
+        sent: Sent,
+    },
+    Reply {
+        client: usize,
+        seq: u64,
+        from: NodeId,
+        outcome: Outcome,
+    },
+    Tick {
+        node: NodeId,
+        epoch: u32,
+    },
+    Synced {
+        node: NodeId,
+        epoch: u32,
+        seq: u64,
+    },
+    FaultStart {
+        index: usize,
+    },
+    /// An armed `next-leader` fault strikes `node`, which just won an election.
+    FaultFire {
+        index: usize,
+        node: NodeId,
+    },
+    FaultEnd {
+        index: usize,
+        end: FaultEnd,
+    },
+    ClientWake {
+        client: usize,
+    },
+    ClientTimeout {
+        client: usize,
+        seq: u64,
+    },
+    Heal,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum FaultEnd {
+    Network,
+    Restart(NodeId),
+    Resume(NodeId),
+}
+
+struct Queued<M> {
+    at: Time,
+    order: u64,
+    ev: Ev<M>,
+}
+
+impl<M> PartialEq for Queued<M> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl<M> Eq for Queued<M> {}
+impl<M> PartialOrd for Queued<M> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<M> Ord for Queued<M> {
+    // Reversed: BinaryHeap is a max-heap and we want the earliest event first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.order).cmp(&(self.at, self.order))
+    }
+}
+
+/// How often a finished run checks whether replicas have converged.
+const CONVERGENCE_POLL: Duration = Duration::from_millis(100);
+
+struct PendingRequest {
+    client: usize,
+    read_key: Option<Bytes>,
+}
+
+struct Slot<P: SimProtocol> {
+    replica: Option<P::Node>,
+    epoch: u32,
+    disk: Disk<Stable<P>, Write<P>>,
+    kv: KvStore,
+    paused: bool,
+    backlog: Vec<Ev<Msg<P>>>,
+    pending: FxHashMap<RequestId, PendingRequest>,
+    /// Reads confirmed by the protocol, waiting for the state machine to catch up.
+    reads: Vec<(RequestId, u64)>,
+    last_sync: Time,
+}
+
+pub struct World<'p, P: SimProtocol> {
+    proto: &'p P,
+    cfg: WorldConfig,
+    schedule: Schedule,
+    now: Time,
+    queue: BinaryHeap<Queued<Msg<P>>>,
+    order: u64,
+    nodes: Vec<Slot<P>>,
+    net: Network,
+    workload: Workload,
+    checker: P::Checker,
+    net_rng: DetRng,
+    disk_rng: DetRng,
+    fault_rng: DetRng,
+    node_seeds: DetRng,
+    stats: RunStats,
+    trace: Trace,
+    violation: Option<Violation>,
+    /// `next-leader` faults waiting for an election, with when they stop waiting.
+    armed: Vec<(usize, Time)>,
+    healed_at: Option<Time>,
+    first_write_after_heal: Option<Time>,
+    finished_at: Option<Time>,
+    next_convergence_check: Time,
+    out: Effects<Msg<P>, Write<P>>,
+}
+
+impl<'p, P: SimProtocol> World<'p, P> {
+    pub fn new(proto: &'p P, cfg: WorldConfig, schedule: Schedule) -> Result<Self, String> {
+        if cfg.nodes == 0 {
+            return Err("a cluster needs at least one node".into());
+        }
+        schedule.validate(cfg.nodes)?;
+        let mut root = DetRng::new(cfg.seed);
+        let net_rng = root.fork();
+        let disk_rng = root.fork();
+        let fault_rng = root.fork();
+        let mut node_seeds = root.fork();
+        let workload = Workload::new(cfg.workload.clone(), cfg.nodes, root.fork());
+        let mut nodes = Vec::with_capacity(cfg.nodes);
+        for i in 0..cfg.nodes {
+            let id = NodeId(i as u32);
+            let replica = proto.boot(id, cfg.nodes, node_seeds.next_u64(), Time::ZERO)?;
+            nodes.push(Slot {
+                replica: Some(replica),
+                epoch: 0,
+                disk: Disk::default(),
+                kv: KvStore::new(),
+                paused: false,
+                backlog: Vec::new(),
+                pending: FxHashMap::default(),
+                reads: Vec::new(),
+                last_sync: Time::ZERO,
+            });
+        }
+        let mut world = World {
+            proto,
+            net: Network::new(cfg.nodes, cfg.latency),
+            checker: proto.checker(cfg.nodes),
+            trace: Trace::new(cfg.trace),
+            cfg,
+            schedule,
+            now: Time::ZERO,
+            queue: BinaryHeap::new(),
+            order: 0,
+            nodes,
+            workload,
+            net_rng,
+            disk_rng,
+            fault_rng,
+            node_seeds,
+            stats: RunStats::default(),
+            violation: None,
+            armed: Vec::new(),
+            healed_at: None,
+            first_write_after_heal: None,
+            finished_at: None,
+            next_convergence_check: Time::ZERO,
+            out: Effects::new(),
+        };
+        world.schedule_start();
+        Ok(world)
+    }
+
+    fn schedule_start(&mut self) {
+        for i in 0..self.cfg.nodes {
+            let id = NodeId(i as u32);
+            let phase = self.net_rng.range(0, self.cfg.tick.as_micros() as u64);
+            self.push(Time(phase), Ev::Tick { node: id, epoch: 0 });
+        }
+        for index in 0..self.schedule.faults.len() {
+            let at = self.schedule.faults[index].at;
+            self.push(at, Ev::FaultStart { index });
+        }
+        self.push(Time::ZERO + self.cfg.safety, Ev::Heal);
+        for client in 0..self.workload.clients() {
+            let at = Time::ZERO + self.workload.think_time();
+            self.push(at, Ev::ClientWake { client });
+        }
+    }
+
+    fn push(&mut self, at: Time, ev: Ev<Msg<P>>) {
+        self.order += 1;
+        self.queue.push(Queued {
+            at,
+            order: self.order,
+            ev,
+        });
+    }
+
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    pub fn stats(&self) -> &RunStats {
+        &self.stats
+    }
+
+    pub fn workload(&self) -> &Workload {
+        &self.workload
+    }
+
+    pub fn violation(&self) -> Option<&Violation> {
+        self.violation.as_ref()
+    }
+
+    pub fn trace(&mut self) -> &mut Trace {
+        &mut self.trace
+    }
+
+    pub fn replica(&self, id: NodeId) -> Option<&P::Node> {
+        self.nodes.get(id.index())?.replica.as_ref()
+    }
+
+    pub fn is_paused(&self, id: NodeId) -> bool {
+        self.nodes[id.index()].paused
+    }
+
+    pub fn kv(&self, id: NodeId) -> &KvStore {
+        &self.nodes[id.index()].kv
+    }
+
+    /// Every live node that believes it leads, with its term.
+    pub fn leaders(&self) -> Vec<(NodeId, u64)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((NodeId(i as u32), self.proto.leading(s.replica.as_ref()?)?)))
+            .collect()
+    }
+
+    /// The highest term any live node is in.
+    pub fn max_term(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|s| s.replica.as_ref().map(|r| self.proto.term(r)))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether a message from `a` to `b` would get through the network now.
+    pub fn reachable(&self, a: NodeId, b: NodeId) -> bool {
+        a == b || !self.net.is_blocked(a, b)
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// When the safety phase ended and every fault was healed.
+    pub fn healed_at(&self) -> Option<Time> {
+        self.healed_at
+    }
+
+    /// The node that believes it leads in the highest term, if any is up.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let term = self.proto.leading(s.replica.as_ref()?)?;
+                Some((term, NodeId(i as u32)))
+            })
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    /// Run until the workload is done and replicas have converged, a property fails, or
+    /// time runs out.
+    pub fn run(&mut self) {
+        self.run_observed(Duration::MAX, &mut |_| {});
+    }
+
+    /// [`World::run`], calling `observe` once per `every` of virtual time.
+    pub fn run_observed(&mut self, every: Duration, observe: &mut dyn FnMut(&Self)) {
+        let mut next_observation = Time::ZERO;
+        let deadline = Time::ZERO + self.cfg.safety + self.cfg.liveness_bound + self.cfg.max_tail;
+        loop {
+            if self.violation.is_some() {
+                return;
+            }
+            if let Some(done) = self.finished_at
+                && self.now >= self.next_convergence_check
+            {
+                self.next_convergence_check = self.now + CONVERGENCE_POLL;
+                match self.divergence() {
+                    None => return,
+                    Some(detail) if self.now >= done + self.cfg.converge_bound => {
+                        let detail = format!(
+                            "{detail}, {:?} after the workload finished",
+                            self.cfg.converge_bound
+                        );
+                        self.fail(Violation::new("convergence", self.now, detail));
+                        return;
+                    }
+                    Some(_) => {}
+                }
+            }
+            if self.now > deadline {
+                let detail = format!(
+                    "the workload did not finish: {} of {} operations issued by {}",
+                    self.workload.issued(),
+                    self.cfg.workload.ops,
+                    self.now
+                );
+                self.fail(Violation::new("liveness", self.now, detail));
+                return;
+            }
+            if self.now >= next_observation {
+                observe(self);
+                next_observation = self.now + every;
+            }
+            if !self.step_event() {
+                return;
+            }
+        }
+    }
+
+    /// Process events up to time `until` (scenarios drive runs piece by piece).
+    pub fn run_until(&mut self, until: Time) {
+        while self.violation.is_none() && self.queue.peek().is_some_and(|q| q.at <= until) {
+            self.step_event();
+        }
+        self.now = self.now.max(until);
+    }
+
+    fn step_event(&mut self) -> bool {
+        let Some(Queued { at, ev, .. }) = self.queue.pop() else {
+            return false;
+        };
+        self.now = at;
+        self.stats.events += 1;
+        self.stats.sim_micros = at.as_micros();
+        self.dispatch(ev);
+        self.check_liveness();
+        true
+    }
+
+    fn fail(&mut self, v: Violation) {
+        let now = self.now;
+        self.trace.line(now, || format!("VIOLATION {v}"));
+        if self.violation.is_none() {
+            self.violation = Some(v);
+        }
+    }
+
+    fn check_liveness(&mut self) {
+        let Some(healed) = self.healed_at else { return };
+        if self.first_write_after_heal.is_none() && self.now > healed + self.cfg.liveness_bound {
+            let detail = format!(
+                "no write committed within {:?} after faults stopped at {healed}",
+                self.cfg.liveness_bound
+            );
+            self.fail(Violation::new("liveness", self.now, detail));
+        }
+        if self.finished_at.is_none()
+            && self.first_write_after_heal.is_some()
+            && self.workload.done()
+        {
+            self.finished_at = Some(self.now);
+        }
+    }
+
+    fn dispatch(&mut self, ev: Ev<Msg<P>>) {
+        match ev {
+            Ev::Tick { node, epoch } => self.on_tick(node, epoch),
+            Ev::Deliver { from, to, msg } => {
+                if self.net.is_blocked(from, to) {
+                    return; // cut while in flight
+                }
+                self.deliver_to(to, Ev::Deliver { from, to, msg });
+            }
+            Ev::Synced { node, epoch, seq } => {
+                if self.nodes[node.index()].epoch == epoch {
+                    self.deliver_to(node, Ev::Synced { node, epoch, seq });
+                }
+            }
+            Ev::Request { client, sent } => {
+                self.deliver_to(sent.node, Ev::Request { client, sent })
+            }
+            Ev::Reply {
+                client,
+                seq,
+                from,
+                outcome,
+            } => self.on_client_reply(client, seq, from, outcome),
+            Ev::ClientWake { client } => self.on_client_wake(client),
+            Ev::ClientTimeout { client, seq } => {
+                if self.workload.time_out(client, seq) {
+                    let now = self.now;
+                    self.trace.line(now, || {
+                        format!("client {client} gives up on #{seq}: unknown")
+                    });
+                    let wake = self.now + self.workload.think_time();
+                    self.push(wake, Ev::ClientWake { client });
+                }
+            }
+            Ev::FaultStart { index } => self.start_fault(index),
+            Ev::FaultFire { index, node } => self.inject(index, Some(node)),
+            Ev::FaultEnd { index, end } => self.end_fault(index, end),
+            Ev::Heal => self.heal(),
+        }
+    }
+
+    /// Hand an event to a node: dropped if it is down, queued if it is paused.
+    fn deliver_to(&mut self, node: NodeId, ev: Ev<Msg<P>>) {
+        let slot = &mut self.nodes[node.index()];
+        if slot.replica.is_none() {
+            return;
+        }
+        if slot.paused {
+            slot.backlog.push(ev);
+            return;
+        }
+        match ev {
+            Ev::Deliver { from, msg, .. } => {
+                self.trace.hash_event(self.now, (1u8, from, node, &msg));
+                let now = self.now;
+                self.trace.line(now, || format!("{node} <- {from} {msg:?}"));
+                self.step(node, Input::Message { from, msg });
+            }
+            Ev::Synced { seq, .. } => {
+                self.nodes[node.index()].disk.sync(seq);
+                self.trace.hash_event(self.now, (2u8, node, seq));
+                self.step(node, Input::Persisted { seq });
+            }
+            Ev::Request { client, sent } => {
+                self.trace.hash_event(self.now, (3u8, node, &sent.request));
+                let now = self.now;
+                self.trace.line(now, || {
+                    format!("{node} <- client {client} {:?}", sent.request)
+                });
+                let pending = PendingRequest {
+                    client,
+                    read_key: sent.read_key,
+                };
+                self.nodes[node.index()]
+                    .pending
+                    .insert(sent.request.id, pending);
+                self.step(node, Input::Request(sent.request));
+            }
+            _ => unreachable!("only node events are delivered"),
+        }
+    }
+
+    fn on_tick(&mut self, node: NodeId, epoch: u32) {
+        let slot = &self.nodes[node.index()];
+        if slot.epoch != epoch || slot.replica.is_none() {
+            return;
+        }
+        let paused = slot.paused;
+        let next = self.now + self.cfg.tick;
+        self.push(next, Ev::Tick { node, epoch });
+        if !paused {
+            self.trace.hash_event(self.now, (4u8, node));
+            self.step(node, Input::Tick);
+        }
+    }
+
+    fn step(&mut self, node: NodeId, input: Input<Msg<P>>) {
+        let mut out = std::mem::take(&mut self.out);
+        let replica = self.nodes[node.index()]
+            .replica
+            .as_mut()
+            .expect("only live nodes step");
+        replica.step(self.now, input, &mut out);
+        let checked = out
+            .iter()
+            .try_for_each(|effect| self.checker.on_effect(self.now, node, replica, effect));
+        if let Err(v) = checked {
+            self.fail(v);
+        }
+        for effect in out.drain() {
+            if self.violation.is_some() {
+                break;
+            }
+            self.apply_effect(node, effect);
+        }
+        self.out = out;
+    }
+
+    fn apply_effect(&mut self, node: NodeId, effect: Effect<Msg<P>, Write<P>>) {
+        match effect {
+            Effect::Send { to, msg } => self.send(node, to, msg),
+            Effect::Persist { seq, write } => {
+                let slot = &mut self.nodes[node.index()];
+                slot.disk.write(seq, write);
+                let lat = self.disk_rng.range(
+                    self.cfg.fsync.min.as_micros() as u64,
+                    self.cfg.fsync.max.as_micros() as u64,
+                );
+                // One device per node: syncs complete in the order they were issued.
+                let at = slot.last_sync.max(self.now + Duration::from_micros(lat));
+                slot.last_sync = at;
+                let epoch = slot.epoch;
+                self.push(at, Ev::Synced { node, epoch, seq });
+            }
+            Effect::Commit(c) => self.apply_committed(node, c.index, c.entry),
+            Effect::Reply(reply) => self.on_protocol_reply(node, reply),
+            Effect::Event(e) => self.on_event(node, e),
+        }
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: Msg<P>) {
+        self.stats.messages += 1;
+        let times = self.net.deliveries(from, to, self.now, &mut self.net_rng);
+        let mut copies = times.into_iter().peekable();
+        while let Some(at) = copies.next() {
+            let msg = if copies.peek().is_some() {
+                msg.clone()
+            } else {
+                return self.push(at, Ev::Deliver { from, to, msg });
+            };
+            self.push(at, Ev::Deliver { from, to, msg });
+        }
+    }
+
+    fn on_event(&mut self, node: NodeId, e: Event) {
+        let now = self.now;
+        self.trace.line(now, || format!("{node} {e:?}"));
+        if let Event::BecameLeader { term } = e {
+            self.stats.elections += 1;
+            self.stats.max_term = self.stats.max_term.max(term);
+            self.fire_armed(node);
+        }
+    }
+
+    fn apply_committed(&mut self, node: NodeId, index: u64, entry: CommittedEntry) {
+        let slot = &mut self.nodes[node.index()];
+        match entry {
+            CommittedEntry::Noop => slot.kv.skip(index),
+            CommittedEntry::Command { id, command } => {
+                let applied = slot.kv.apply(index, id, &command);
+                if let Some(p) = slot.pending.remove(&id) {
+                    let outcome = match applied {
+                        Applied::Executed(r) | Applied::Repeated(r) => Outcome::Done(r),
+                        Applied::Superseded | Applied::Malformed(_) => {
+                            Outcome::Refused { leader: None }
+                        }
+                    };
+                    self.reply_to_client(node, p.client, id, outcome);
+                }
+            }
+        }
+        self.serve_ready_reads(node);
+    }
+
+    fn on_protocol_reply(&mut self, node: NodeId, reply: Reply) {
+        match reply {
+            Reply::Rejected { id, reason } => {
+                let Some(p) = self.nodes[node.index()].pending.remove(&id) else {
+                    return;
+                };
+                let leader = match reason {
+                    ekmat_core::Rejection::NotLeader { leader } => leader,
+                    _ => None,
+                };
+                self.reply_to_client(node, p.client, id, Outcome::Refused { leader });
+            }
+            Reply::ReadReady { id, index } => {
+                self.nodes[node.index()].reads.push((id, index));
+                self.serve_ready_reads(node);
+            }
+        }
+    }
+
+    fn serve_ready_reads(&mut self, node: NodeId) {
+        let slot = &mut self.nodes[node.index()];
+        if slot.reads.is_empty() {
+            return;
+        }
+        let applied = slot.kv.applied_index();
+        let mut answers = Vec::new();
+        slot.reads.retain(|&(id, index)| {
+            if index > applied {
+                return true;
+            }
+            if let Some(p) = slot.pending.remove(&id) {
+                let value = p.read_key.and_then(|k| slot.kv.read(&k));
+                answers.push((p.client, id, Outcome::Done(KvResult::Value(value))));
+            }
+            false
+        });
+        for (client, id, outcome) in answers {
+            self.reply_to_client(node, client, id, outcome);
+        }
+    }
+
+    fn reply_to_client(&mut self, from: NodeId, client: usize, id: RequestId, outcome: Outcome) {
+        let at = self.now + self.net.draw_latency(&mut self.net_rng);
+        let seq = id.seq;
+        self.push(
+            at,
+            Ev::Reply {
+                client,
+                seq,
+                from,
+                outcome,
+            },
+        );
+    }
+
+    fn on_client_reply(&mut self, client: usize, seq: u64, from: NodeId, outcome: Outcome) {
+        let is_write_ok = matches!(
+            outcome,
+            Outcome::Done(KvResult::Done | KvResult::Swapped(_))
+        );
+        let now = self.now;
+        self.trace.hash_event(now, (5u8, client, seq, &outcome));
+        self.trace
+            .line(now, || format!("client {client} #{seq} <- {outcome:?}"));
+        match self.workload.complete(client, seq, from, outcome, self.now) {
+            Next::Stale => return,
+            Next::Retry { sent, after } => {
+                let at = self.now + after + self.net.draw_latency(&mut self.net_rng);
+                self.push(at, Ev::Request { client, sent });
+                return;
+            }
+            Next::Finished => {}
+        }
+        if is_write_ok && self.first_write_after_heal.is_none() {
+            let op = self
+                .workload
+                .history()
+                .iter()
+                .rev()
+                .find(|o| o.client == client);
+            if let (Some(healed), Some(op)) = (self.healed_at, op)
+                && op.call >= healed
+            {
+                self.first_write_after_heal = Some(self.now);
+            }
+        }
+        let wake = self.now + self.workload.think_time();
+        self.push(wake, Ev::ClientWake { client });
+    }
+
+    fn on_client_wake(&mut self, client: usize) {
+        let Some(sent) = self.workload.issue(client, self.now) else {
+            return;
+        };
+        let seq = sent.request.id.seq;
+        let at = self.now + self.net.draw_latency(&mut self.net_rng);
+        let timeout = self.now + self.workload.timeout();
+        self.push(at, Ev::Request { client, sent });
+        self.push(timeout, Ev::ClientTimeout { client, seq });
+    }
+
+    // ---- faults ----
+
+    /// How long a `next-leader` fault waits for an election before it lapses.
+    const ARM_WINDOW: Duration = Duration::from_secs(5);
+
+    fn resolve(&mut self, target: Target, next_leader: Option<NodeId>) -> Option<NodeId> {
+        match target {
+            Target::Node(id) => Some(id),
+            Target::NextLeader => next_leader,
+            Target::Leader => self.leader().or_else(|| {
+                let up: Vec<NodeId> = (0..self.cfg.nodes as u32)
+                    .map(NodeId)
+                    .filter(|id| self.nodes[id.index()].replica.is_some())
+                    .collect();
+                (!up.is_empty()).then(|| up[self.fault_rng.index(up.len())])
+            }),
+        }
+    }
+
+    fn start_fault(&mut self, index: usize) {
+        if self.healed_at.is_some() {
+            return;
+        }
+        if self.schedule.faults[index].fault.target() == Some(Target::NextLeader) {
+            self.armed.push((index, self.now + Self::ARM_WINDOW));
+            return;
+        }
+        self.inject(index, None);
+    }
+
+    /// `node` just won an election: strike it with every armed fault, each after a
+    /// short delay of its own.
+    fn fire_armed(&mut self, node: NodeId) {
+        let now = self.now;
+        self.armed.retain(|(_, until)| *until >= now);
+        for (index, _) in std::mem::take(&mut self.armed) {
+            let delay = self.fault_rng.range(0, 30_000);
+            self.push(
+                now + Duration::from_micros(delay),
+                Ev::FaultFire { index, node },
+            );
+        }
+    }
+
+    /// The target with enough random companions to stay a minority.
+    fn minority_with(&mut self, node: NodeId) -> Vec<NodeId> {
+        let mut others: Vec<NodeId> = (0..self.cfg.nodes as u32)
+            .map(NodeId)
+            .filter(|&id| id != node)
+            .collect();
+        self.fault_rng.shuffle(&mut others);
+        let companions = (self.cfg.nodes - 1) / 2;
+        let mut side = vec![node];
+        side.extend(others.into_iter().take(companions.saturating_sub(1)));
+        side
+    }
+
+    fn inject(&mut self, index: usize, next_leader: Option<NodeId>) {
+        if self.healed_at.is_some() {
+            return;
+        }
+        let sf = self.schedule.faults[index].clone();
+        let id = index as u64;
+        let end_at = self.now + sf.lasts;
+        let target = match sf.fault.target() {
+            Some(t) => match self.resolve(t, next_leader) {
+                Some(node) => Some(node),
+                None => return,
+            },
+            None => None,
+        };
+        let end = match sf.fault {
+            Fault::Partition { ref groups } => {
+                self.net.partition(id, groups);
+                FaultEnd::Network
+            }
+            Fault::Isolate { .. } => {
+                let node = target.expect("isolate has a target");
+                self.net.partition(id, &[vec![node]]);
+                FaultEnd::Network
+            }
+            Fault::Split { .. } => {
+                let side = self.minority_with(target.expect("split has a target"));
+                self.net.partition(id, &[side]);
+                FaultEnd::Network
+            }
+            Fault::Bridge {
+                ref left,
+                ref right,
+                ..
+            } => {
+                self.net.bridge(id, left, right);
+                FaultEnd::Network
+            }
+            Fault::OneWay { ref from, ref to } => {
+                self.net.one_way(id, from, to);
+                FaultEnd::Network
+            }
+            Fault::Clog { from, to } => {
+                self.net.clog(id, from, to, end_at);
+                FaultEnd::Network
+            }
+            Fault::Loss { percent } => {
+                self.net.set_loss(id, percent);
+                FaultEnd::Network
+            }
+            Fault::Duplicate { percent } => {
+                self.net.set_duplicate(id, percent);
+                FaultEnd::Network
+            }
+            Fault::Reorder { jitter } => {
+                self.net.set_jitter(id, jitter);
+                FaultEnd::Network
+            }
+            Fault::Crash { .. } => {
+                let node = target.expect("crash has a target");
+                if !self.crash(node) {
+                    return;
+                }
+                FaultEnd::Restart(node)
+            }
+            Fault::Pause { .. } => {
+                let node = target.expect("pause has a target");
+                let slot = &mut self.nodes[node.index()];
+                if slot.paused || slot.replica.is_none() {
+                    return;
+                }
+                slot.paused = true;
+                FaultEnd::Resume(node)
+            }
+        };
+        self.stats.faults += 1;
+        let now = self.now;
+        self.trace.hash_event(now, (6u8, index));
+        self.trace.line(now, || match target {
+            Some(node) => format!("FAULT {} = {node} for {:?}", sf.fault, sf.lasts),
+            None => format!("FAULT {} for {:?}", sf.fault, sf.lasts),
+        });
+        self.push(end_at, Ev::FaultEnd { index, end });
+    }
+
+    fn end_fault(&mut self, index: usize, end: FaultEnd) {
+        let now = self.now;
+        self.trace.hash_event(now, (7u8, index));
+        match end {
+            FaultEnd::Network => {
+                self.net.remove(index as u64);
+                self.trace.line(now, || format!("HEAL fault #{index}"));
+            }
+            FaultEnd::Restart(node) => self.restart(node),
+            FaultEnd::Resume(node) => self.resume(node),
+        }
+    }
+
+    /// Returns false if the node was already down.
+    pub fn crash(&mut self, node: NodeId) -> bool {
+        let slot = &mut self.nodes[node.index()];
+        if slot.replica.is_none() {
+            return false;
+        }
+        let kept = slot.disk.crash(&mut self.disk_rng);
+        slot.replica = None;
+        slot.paused = false;
+        slot.backlog.clear();
+        slot.pending.clear();
+        slot.reads.clear();
+        slot.kv = KvStore::new();
+        slot.epoch += 1;
+        self.stats.crashes += 1;
+        let now = self.now;
+        self.trace.line(now, || {
+            format!("CRASH {node} ({kept} unsynced writes survived)")
+        });
+        true
+    }
+
+    pub fn restart(&mut self, node: NodeId) {
+        if self.nodes[node.index()].replica.is_some() {
+            return;
+        }
+        let stable = self.nodes[node.index()].disk.stable().clone();
+        if let Err(v) = self.checker.on_recover(self.now, node, &stable) {
+            self.fail(v);
+        }
+        let seed = self.node_seeds.next_u64();
+        match self
+            .proto
+            .recover(node, self.cfg.nodes, seed, stable, self.now)
+        {
+            Ok(replica) => {
+                let slot = &mut self.nodes[node.index()];
+                slot.replica = Some(replica);
+                slot.last_sync = self.now;
+                let epoch = slot.epoch;
+                let now = self.now;
+                self.trace.line(now, || format!("RESTART {node}"));
+                self.push(now + self.cfg.tick, Ev::Tick { node, epoch });
+            }
+            Err(e) => {
+                let v = Violation::new(
+                    "recovery",
+                    self.now,
+                    format!("{node} failed to recover: {e}"),
+                );
+                self.fail(v);
+            }
+        }
+    }
+
+    pub fn pause(&mut self, node: NodeId) {
+        let slot = &mut self.nodes[node.index()];
+        if slot.replica.is_some() {
+            slot.paused = true;
+        }
+    }
+
+    pub fn resume(&mut self, node: NodeId) {
+        let slot = &mut self.nodes[node.index()];
+        if !slot.paused {
+            return;
+        }
+        slot.paused = false;
+        let backlog = std::mem::take(&mut slot.backlog);
+        let now = self.now;
+        self.trace.line(now, || {
+            format!("RESUME {node} ({} queued events)", backlog.len())
+        });
+        for ev in backlog {
+            if self.nodes[node.index()].replica.is_none() || self.violation.is_some() {
+                break;
+            }
+            self.deliver_to(node, ev);
+        }
+    }
+
+    /// The safety phase ends: every fault is repaired.
+    fn heal(&mut self) {
+        self.armed.clear();
+        self.net.heal_all();
+        for i in 0..self.cfg.nodes {
+            let id = NodeId(i as u32);
+            self.restart(id);
+            self.resume(id);
+        }
+        self.healed_at = Some(self.now);
+        let now = self.now;
+        self.trace
+            .line(now, || "HEAL ALL: liveness phase begins".to_string());
+    }
+
+    /// How every replica's state differs from n0's, if it does.
+    fn divergence(&self) -> Option<String> {
+        let reference = &self.nodes[0].kv;
+        for (i, slot) in self.nodes.iter().enumerate().skip(1) {
+            if slot.kv.applied_index() != reference.applied_index() {
+                return Some(format!(
+                    "n0 applied {} entries but n{i} applied {}",
+                    reference.applied_index(),
+                    slot.kv.applied_index()
+                ));
+            }
+            if slot.kv != *reference {
+                return Some(format!(
+                    "n0 and n{i} applied as many entries but hold different data"
+                ));
+            }
+        }
+        None
+    }
+
+    /// Inject a fault now, outside the schedule (scenarios).
+    pub fn partition_now(&mut self, id: u64, groups: &[Vec<NodeId>]) {
+        self.net.partition(id, groups);
+    }
+
+    pub fn heal_network(&mut self, id: u64) {
+        self.net.remove(id);
+    }
+}
