@@ -121,7 +121,7 @@ impl QuorumSet {
             .iter()
             .map(|(&id, &w)| (index_of(id), w))
             .collect();
-        acks.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        acks.sort_unstable_by_key(|&(index, _)| std::cmp::Reverse(index));
         let mut weight = 0;
         for (index, w) in acks {
             weight += w;

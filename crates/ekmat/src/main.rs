@@ -1,5 +1,6 @@
 //! The `ekmat` command line.
 
+mod scenario;
 mod sim;
 
 use std::process::ExitCode;

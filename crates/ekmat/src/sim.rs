@@ -7,15 +7,13 @@ use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use ekmat_raft::Mutant;
 use ekmat_sim::protocols::RaftSim;
-use ekmat_sim::run::{SeedReport, SimOptions, Summary, run_seed, run_seeds};
+use ekmat_sim::run::{DEFAULT_SEEDS, SeedReport, SimOptions, Summary, run_seed, run_seeds};
 use ekmat_sim::shrink::shrink;
 use ekmat_sim::{FaultKind, Schedule};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::exit;
 
-/// Seeds run when neither `--seeds` nor `--seed` is given.
-pub const DEFAULT_SEEDS: u64 = 500;
 const DEFAULT_OPS: usize = 2000;
 const DEFAULT_CLIENTS: usize = 10;
 const DEFAULT_KEYS: u64 = 5;
@@ -89,6 +87,12 @@ fn usage_error(msg: &str) -> u8 {
 }
 
 pub fn run(args: SimArgs) -> u8 {
+    if args.scenario.as_deref() == Some("list") {
+        return crate::scenario::list();
+    }
+    if let Some(name) = &args.scenario {
+        return crate::scenario::run(name, args.json);
+    }
     if args.mutant.as_deref() == Some("list") {
         for m in Mutant::ALL {
             println!("{}", m.name());

@@ -16,6 +16,10 @@ use crate::schedule::{FaultKind, Schedule, ScheduleShape};
 use crate::workload::{HistOp, Status, WorkloadShape};
 use crate::world::{RunStats, World, WorldConfig};
 
+/// Seeds a run covers unless told otherwise. Every planted mutant must be caught within
+/// this many seeds (a test checks it).
+pub const DEFAULT_SEEDS: u64 = 500;
+
 /// What a user chooses for a simulation run (the CLI's flags).
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -99,7 +103,7 @@ impl fmt::Display for Derived {
     }
 }
 
-fn derive<P: SimProtocol>(
+pub(crate) fn derive<P: SimProtocol>(
     proto: &P,
     opts: &SimOptions,
     seed: u64,
@@ -111,9 +115,11 @@ fn derive<P: SimProtocol>(
     let lat_max = lat_min + rng.range(200, 12_000);
     let fsync_min = rng.range(50, 1000);
     let fsync_max = fsync_min + rng.range(100, 4000);
-    // Spread the operations over the safety phase and a little beyond.
-    let busy = opts.safety.as_millis() as u64 * 11 / 10;
-    let think_ms = (busy * opts.clients as u64 / opts.ops.max(1) as u64).max(1);
+    // Spread the operations started before the heal over the safety phase.
+    let busy = opts.safety.as_millis() as u64;
+    let reserved = (opts.ops / 10).max(opts.clients).min(opts.ops);
+    let before_heal = (opts.ops - reserved).max(1) as u64;
+    let think_ms = (busy * opts.clients as u64 / before_heal).max(1);
     let fault_gap_ms = rng.range(300, 1200);
     let client_timeout_ms = rng.range(500, 1500);
     let derived = Derived {
@@ -147,7 +153,7 @@ fn derive<P: SimProtocol>(
         safety: opts.safety,
         liveness_bound: opts.liveness_bound,
         converge_bound: Duration::from_secs(10),
-        max_tail: Duration::from_secs(60),
+        max_tail: Duration::from_secs(60) + opts.safety / 5,
         trace: opts.trace,
     };
     let schedule = opts.schedule.clone().unwrap_or_else(|| {

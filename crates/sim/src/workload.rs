@@ -55,7 +55,7 @@ pub enum Outcome {
 
 /// Times a client sends one operation to the node named as leader (or to another node,
 /// when none is named) after a refusal, before giving the operation up as failed.
-const MAX_ATTEMPTS: u32 = 5;
+const MAX_ATTEMPTS: u32 = 10;
 
 #[derive(Debug)]
 struct InFlight {
@@ -87,6 +87,10 @@ pub enum Next {
 #[derive(Debug)]
 pub struct Workload {
     shape: WorkloadShape,
+    /// Operations that may start before the faults are healed; the rest are kept for
+    /// the liveness phase, which must see the cluster serve again.
+    before_heal: usize,
+    healed: bool,
     nodes: usize,
     clients: Vec<Client>,
     history: Vec<HistOp>,
@@ -124,7 +128,10 @@ impl Workload {
                 last_seen: BTreeMap::new(),
             })
             .collect();
+        let reserved = (shape.ops / 10).max(shape.clients).min(shape.ops);
         Workload {
+            before_heal: shape.ops - reserved,
+            healed: false,
             shape,
             nodes,
             clients,
@@ -154,14 +161,41 @@ impl Workload {
         self.shape.timeout
     }
 
+    /// Mean pause between operations once the faults are over: the liveness phase
+    /// probes the healed cluster promptly instead of pacing itself.
+    const LIVENESS_THINK: Duration = Duration::from_millis(20);
+
     pub fn think_time(&mut self) -> Duration {
-        let mean = self.shape.think.as_micros() as u64;
+        let mut mean = self.shape.think;
+        if self.healed {
+            mean = mean.min(Self::LIVENESS_THINK);
+        }
+        let mean = mean.as_micros() as u64;
         Duration::from_micros(self.rng.range(0, 2 * mean))
+    }
+
+    /// Operations that may start before the heal.
+    pub fn before_heal(&self) -> usize {
+        self.before_heal
+    }
+
+    /// The faults are over: the reserved operations may start. Returns the clients that
+    /// are idle and should be woken.
+    pub fn heal(&mut self) -> Vec<usize> {
+        self.healed = true;
+        (0..self.clients.len())
+            .filter(|&c| self.clients[c].inflight.is_none())
+            .collect()
     }
 
     /// Start client `c`'s next operation, if it has budget left and nothing in flight.
     pub fn issue(&mut self, c: usize, now: Time) -> Option<Sent> {
-        if self.issued() >= self.shape.ops || self.clients[c].inflight.is_some() {
+        let budget = if self.healed {
+            self.shape.ops
+        } else {
+            self.before_heal
+        };
+        if self.issued() >= budget || self.clients[c].inflight.is_some() {
             return None;
         }
         let input = self.draw_input(c);
@@ -242,7 +276,7 @@ impl Workload {
                 Some(l) => (l, Duration::ZERO),
                 None => {
                     let other = NodeId(self.rng.index(self.nodes) as u32);
-                    (other, Duration::from_millis(self.rng.range(10, 50)))
+                    (other, Duration::from_millis(self.rng.range(20, 80)))
                 }
             };
             self.clients[c].leader_guess = node;

@@ -952,6 +952,10 @@ impl<'p, P: SimProtocol> World<'p, P> {
         self.trace.line(now, || {
             format!("RESUME {node} ({} queued events)", backlog.len())
         });
+        // A stalled process wakes to expired timers and a full socket buffer at once;
+        // its timers get to run first, as they may in a real event loop.
+        self.trace.hash_event(now, (4u8, node));
+        self.step(node, Input::Tick);
         for ev in backlog {
             if self.nodes[node.index()].replica.is_none() || self.violation.is_some() {
                 break;
@@ -970,6 +974,10 @@ impl<'p, P: SimProtocol> World<'p, P> {
             self.resume(id);
         }
         self.healed_at = Some(self.now);
+        for client in self.workload.heal() {
+            let at = self.now + self.workload.think_time();
+            self.push(at, Ev::ClientWake { client });
+        }
         let now = self.now;
         self.trace
             .line(now, || "HEAL ALL: liveness phase begins".to_string());

@@ -317,3 +317,197 @@ impl ProtocolChecker<RaftNode> for RaftChecker {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use ekmat_core::{Committed, RequestId};
+    use ekmat_raft::{RaftConfig, VoteResponse};
+
+    const T: Time = Time(0);
+
+    fn node(id: u32, term: u64) -> RaftNode {
+        let cfg = RaftConfig::new(NodeId(id), (0..5).map(NodeId).collect());
+        let stable = RaftStable {
+            term,
+            ..RaftStable::default()
+        };
+        RaftNode::recover(cfg, stable, T).unwrap()
+    }
+
+    fn cmd(index: u64, term: u64, seq: u64) -> Entry {
+        Entry {
+            term,
+            index,
+            payload: Payload::Command {
+                id: RequestId { client: 1, seq },
+                command: Bytes::from_static(b"x"),
+            },
+        }
+    }
+
+    fn write(c: &mut RaftChecker, n: u32, entries: Vec<Entry>) -> Result<(), Violation> {
+        let effect = Effect::Persist {
+            seq: 1,
+            write: RaftWrite::Append { entries },
+        };
+        c.on_effect(T, NodeId(n), &node(n, 1), &effect)
+    }
+
+    fn apply(c: &mut RaftChecker, n: u32, term: u64, e: &Entry) -> Result<(), Violation> {
+        let Payload::Command { id, command } = &e.payload else {
+            unreachable!()
+        };
+        let entry = CommittedEntry::Command {
+            id: *id,
+            command: command.clone(),
+        };
+        let effect = Effect::Commit(Committed {
+            index: e.index,
+            entry,
+        });
+        c.on_effect(T, NodeId(n), &node(n, term), &effect)
+    }
+
+    fn lead(c: &mut RaftChecker, n: u32, term: u64) -> Result<(), Violation> {
+        let effect = Effect::Event(ekmat_core::Event::BecameLeader { term });
+        c.on_effect(T, NodeId(n), &node(n, term), &effect)
+    }
+
+    fn property(r: Result<(), Violation>) -> &'static str {
+        r.expect_err("a violation").property
+    }
+
+    #[test]
+    fn two_leaders_in_one_term_break_election_safety() {
+        let mut c = RaftChecker::new(5);
+        lead(&mut c, 0, 3).unwrap();
+        lead(&mut c, 0, 3).unwrap();
+        assert_eq!(property(lead(&mut c, 1, 3)), "election-safety");
+    }
+
+    #[test]
+    fn same_index_and_term_with_different_prefixes_break_log_matching() {
+        let mut c = RaftChecker::new(5);
+        write(&mut c, 0, vec![cmd(1, 1, 1), cmd(2, 2, 2)]).unwrap();
+        assert_eq!(
+            property(write(&mut c, 1, vec![cmd(1, 1, 9), cmd(2, 2, 2)])),
+            "log-matching"
+        );
+    }
+
+    #[test]
+    fn different_entries_applied_at_one_index_break_state_machine_safety() {
+        let mut c = RaftChecker::new(5);
+        let (a, b) = (cmd(1, 1, 1), cmd(1, 2, 2));
+        write(&mut c, 0, vec![a.clone()]).unwrap();
+        write(&mut c, 0, vec![a.clone()]).unwrap();
+        write(&mut c, 1, vec![a.clone()]).unwrap();
+        write(&mut c, 2, vec![a.clone()]).unwrap();
+        apply(&mut c, 0, 1, &a).unwrap();
+        write(&mut c, 3, vec![b.clone()]).unwrap();
+        assert_eq!(property(apply(&mut c, 3, 2, &b)), "state-machine-safety");
+    }
+
+    #[test]
+    fn a_leader_without_earlier_commits_breaks_leader_completeness() {
+        let mut c = RaftChecker::new(5);
+        let e = cmd(1, 1, 1);
+        for n in 0..3 {
+            write(&mut c, n, vec![e.clone()]).unwrap();
+        }
+        apply(&mut c, 0, 1, &e).unwrap();
+        assert_eq!(property(lead(&mut c, 4, 2)), "leader-completeness");
+        // A stale leader of the term the entry was committed in is no violation.
+        let mut c = RaftChecker::new(5);
+        for n in 0..3 {
+            write(&mut c, n, vec![e.clone()]).unwrap();
+        }
+        apply(&mut c, 0, 3, &e).unwrap();
+        lead(&mut c, 4, 2).unwrap();
+    }
+
+    #[test]
+    fn committing_what_an_electable_log_lacks_breaks_commit_safety() {
+        // n0..n2 hold a term-1 entry; n3 holds a conflicting term-2 entry, so n3, n4 and
+        // either of n1, n2 could elect n3, which lacks the committed entry.
+        let mut c = RaftChecker::new(5);
+        let old = cmd(1, 1, 1);
+        for n in 0..3 {
+            write(&mut c, n, vec![old.clone()]).unwrap();
+        }
+        write(&mut c, 3, vec![cmd(1, 2, 7)]).unwrap();
+        assert_eq!(property(apply(&mut c, 0, 3, &old)), "commit-safety");
+    }
+
+    #[test]
+    fn committing_what_a_majority_protects_is_safe() {
+        let mut c = RaftChecker::new(5);
+        let e = cmd(1, 3, 1);
+        for n in 0..3 {
+            write(&mut c, n, vec![e.clone()]).unwrap();
+        }
+        write(&mut c, 3, vec![cmd(1, 2, 7)]).unwrap();
+        apply(&mut c, 0, 3, &e).unwrap();
+    }
+
+    #[test]
+    fn losing_acknowledged_entries_or_votes_in_a_crash_is_caught() {
+        let mut c = RaftChecker::new(5);
+        write(&mut c, 1, vec![cmd(1, 1, 1), cmd(2, 1, 2)]).unwrap();
+        let ack = Message::AppendResponse(ekmat_raft::AppendResponse {
+            term: 1,
+            outcome: AppendOutcome::Accepted { match_index: 2 },
+            read_seq: 0,
+        });
+        c.on_effect(
+            T,
+            NodeId(1),
+            &node(1, 1),
+            &Effect::Send {
+                to: NodeId(0),
+                msg: ack,
+            },
+        )
+        .unwrap();
+        let lost = RaftStable {
+            term: 1,
+            vote: None,
+            log: vec![cmd(1, 1, 1)],
+        };
+        assert_eq!(property(c.on_recover(T, NodeId(1), &lost)), "durability");
+
+        let mut c = RaftChecker::new(5);
+        let grant = Message::VoteResponse(VoteResponse {
+            term: 4,
+            granted: true,
+            pre_vote: false,
+        });
+        c.on_effect(
+            T,
+            NodeId(2),
+            &node(2, 4),
+            &Effect::Send {
+                to: NodeId(3),
+                msg: grant,
+            },
+        )
+        .unwrap();
+        let forgot = RaftStable {
+            term: 4,
+            vote: None,
+            log: vec![],
+        };
+        assert_eq!(
+            property(c.on_recover(T, NodeId(2), &forgot)),
+            "vote-durability"
+        );
+        let kept = RaftStable {
+            term: 4,
+            vote: Some(NodeId(3)),
+            log: vec![],
+        };
+        c.on_recover(T, NodeId(2), &kept).unwrap();
+    }
+}

@@ -49,6 +49,8 @@ pub struct ScenarioReport {
     pub about: &'static str,
     /// What happened, in order.
     pub story: Vec<String>,
+    #[serde(skip)]
+    told: Vec<Time>,
     pub checks: Vec<Check>,
     /// Measured figures, for the scenarios that measure something.
     pub figures: Vec<(String, String)>,
@@ -60,6 +62,7 @@ impl ScenarioReport {
             name: s.name,
             about: s.about,
             story: Vec::new(),
+            told: Vec::new(),
             checks: Vec::new(),
             figures: Vec::new(),
         }
@@ -69,8 +72,12 @@ impl ScenarioReport {
         self.checks.iter().all(|c| c.held)
     }
 
+    /// Add to the story, kept in time order.
     fn tell(&mut self, at: Time, line: impl Into<String>) {
-        self.story.push(format!("[{at:>9}] {}", line.into()));
+        let entry = format!("[{at:>9}] {}", line.into());
+        let pos = self.told.partition_point(|t| *t <= at);
+        self.told.insert(pos, at);
+        self.story.insert(pos, entry);
     }
 
     fn expect(&mut self, held: bool, expectation: impl Into<String>) {

@@ -1,0 +1,78 @@
+//! The checkers bite: every planted bug is caught within the default number of seeds
+//! (the `ekmat sim --mutant NAME` contract), and the correct protocol is not accused.
+
+use ekmat_raft::Mutant;
+use ekmat_sim::protocols::RaftSim;
+use ekmat_sim::run::{DEFAULT_SEEDS, SimOptions, Summary, run_seeds};
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn hunt(mutant: Mutant) -> Summary {
+    let proto = RaftSim {
+        mutant,
+        ..RaftSim::default()
+    };
+    run_seeds(
+        &proto,
+        &SimOptions::default(),
+        0,
+        DEFAULT_SEEDS,
+        threads(),
+        true,
+        &|_| {},
+    )
+}
+
+fn assert_caught(mutant: Mutant, properties: &[&str]) {
+    let summary = hunt(mutant);
+    let failure = summary
+        .first_failure
+        .unwrap_or_else(|| panic!("{} survived {DEFAULT_SEEDS} seeds", mutant.name()));
+    let v = failure.violation.expect("a failure carries its violation");
+    assert!(
+        properties.contains(&v.property),
+        "{} was caught, but by an unexpected property: {v}",
+        mutant.name()
+    );
+}
+
+#[test]
+fn committing_an_old_term_entry_by_counting_is_caught() {
+    assert_caught(
+        Mutant::CommitOldTerm,
+        &[
+            "commit-safety",
+            "leader-completeness",
+            "state-machine-safety",
+            "linearizability",
+        ],
+    );
+}
+
+#[test]
+fn voting_without_the_log_check_is_caught() {
+    assert_caught(
+        Mutant::VoteWithoutLogCheck,
+        &[
+            "leader-completeness",
+            "commit-safety",
+            "state-machine-safety",
+            "assertion",
+        ],
+    );
+}
+
+#[test]
+fn forgetting_to_persist_the_vote_is_caught() {
+    assert_caught(
+        Mutant::ForgetVotePersist,
+        &["vote-durability", "election-safety"],
+    );
+}
+
+#[test]
+fn reading_without_a_quorum_round_is_caught_by_linearizability() {
+    assert_caught(Mutant::ReadWithoutQuorum, &["linearizability"]);
+}
