@@ -127,6 +127,16 @@ pub enum Event {
     BecameLeader { term: u64 },
     /// This replica stopped leading.
     SteppedDown { term: u64, reason: StepDownReason },
+    /// `against` misbehaved (equivocated, sent an invalid signature). `proof` is
+    /// self-contained: anyone holding the replicas' public keys can verify it with the
+    /// protocol's own verifier.
+    Evidence {
+        against: NodeId,
+        what: &'static str,
+        proof: Bytes,
+    },
+    /// A protocol-specific count for metrics (a view change, a blocked transaction).
+    Counter { name: &'static str, delta: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

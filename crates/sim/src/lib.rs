@@ -8,6 +8,7 @@ pub mod disk;
 pub mod network;
 pub mod protocol;
 pub mod protocols;
+mod queue;
 pub mod run;
 pub mod scenario;
 pub mod schedule;

@@ -4,8 +4,6 @@
 //! Everything random draws from streams forked off the run's seed, one per concern, so
 //! the run is a function of (seed, options, schedule).
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +16,7 @@ use rustc_hash::FxHashMap;
 use crate::disk::Disk;
 use crate::network::{LatencyRange, Network};
 use crate::protocol::{ProtocolChecker, SimProtocol, Violation};
+use crate::queue::EventQueue;
 use crate::schedule::{Fault, Schedule, Target};
 use crate::trace::Trace;
 use crate::workload::{Next, Outcome, Sent, Workload, WorkloadShape};
@@ -112,30 +111,6 @@ enum FaultEnd {
     Resume(NodeId),
 }
 
-struct Queued<M> {
-    at: Time,
-    order: u64,
-    ev: Ev<M>,
-}
-
-impl<M> PartialEq for Queued<M> {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.order) == (other.at, other.order)
-    }
-}
-impl<M> Eq for Queued<M> {}
-impl<M> PartialOrd for Queued<M> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl<M> Ord for Queued<M> {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest event first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.order).cmp(&(self.at, self.order))
-    }
-}
-
 /// How often a finished run checks whether replicas have converged.
 const CONVERGENCE_POLL: Duration = Duration::from_millis(100);
 
@@ -162,8 +137,7 @@ pub struct World<'p, P: SimProtocol> {
     cfg: WorldConfig,
     schedule: Schedule,
     now: Time,
-    queue: BinaryHeap<Queued<Msg<P>>>,
-    order: u64,
+    queue: EventQueue<Ev<Msg<P>>>,
     nodes: Vec<Slot<P>>,
     net: Network,
     workload: Workload,
@@ -220,8 +194,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
             cfg,
             schedule,
             now: Time::ZERO,
-            queue: BinaryHeap::new(),
-            order: 0,
+            queue: EventQueue::default(),
             nodes,
             workload,
             net_rng,
@@ -259,12 +232,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
     }
 
     fn push(&mut self, at: Time, ev: Ev<Msg<P>>) {
-        self.order += 1;
-        self.queue.push(Queued {
-            at,
-            order: self.order,
-            ev,
-        });
+        self.queue.push(at, ev);
     }
 
     pub fn now(&self) -> Time {
@@ -397,14 +365,14 @@ impl<'p, P: SimProtocol> World<'p, P> {
 
     /// Process events up to time `until` (scenarios drive runs piece by piece).
     pub fn run_until(&mut self, until: Time) {
-        while self.violation.is_none() && self.queue.peek().is_some_and(|q| q.at <= until) {
+        while self.violation.is_none() && self.queue.next_time().is_some_and(|at| at <= until) {
             self.step_event();
         }
         self.now = self.now.max(until);
     }
 
     fn step_event(&mut self) -> bool {
-        let Some(Queued { at, ev, .. }) = self.queue.pop() else {
+        let Some((at, ev)) = self.queue.pop() else {
             return false;
         };
         self.now = at;
