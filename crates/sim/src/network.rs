@@ -13,10 +13,19 @@ pub struct LatencyRange {
     pub max: Duration,
 }
 
+/// A heavy tail on top of the uniform latency: `percent` of messages take `factor`
+/// times as long (a retransmission, a GC pause in a middlebox, a congested queue).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencyTail {
+    pub percent: u32,
+    pub factor: u32,
+}
+
 #[derive(Debug)]
 pub struct Network {
     n: usize,
     latency: LatencyRange,
+    tail: LatencyTail,
     /// Directed pairs blocked by each active cut.
     cuts: Vec<(u64, Vec<(NodeId, NodeId)>)>,
     blocked: Vec<bool>,
@@ -27,10 +36,11 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(n: usize, latency: LatencyRange) -> Network {
+    pub fn new(n: usize, latency: LatencyRange, tail: LatencyTail) -> Network {
         Network {
             n,
             latency,
+            tail,
             cuts: Vec::new(),
             blocked: vec![false; n * n],
             clogs: Vec::new(),
@@ -71,10 +81,13 @@ impl Network {
 
     /// Latency of a message that is not subject to faults (client traffic).
     pub fn draw_latency(&self, rng: &mut DetRng) -> Duration {
-        let base = rng.range(
+        let mut base = rng.range(
             self.latency.min.as_micros() as u64,
             self.latency.max.as_micros() as u64,
         );
+        if rng.chance(f64::from(self.tail.percent) / 100.0) {
+            base *= u64::from(self.tail.factor);
+        }
         let jitter = self
             .jitter
             .iter()
@@ -193,6 +206,7 @@ mod tests {
                 min: Duration::from_millis(1),
                 max: Duration::from_millis(2),
             },
+            LatencyTail::default(),
         )
     }
 

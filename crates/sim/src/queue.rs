@@ -44,7 +44,9 @@ impl<E> EventQueue<E> {
 
     pub fn pop(&mut self) -> Option<(Time, E)> {
         let Reverse((at, _, slot)) = self.heap.pop()?;
-        let event = self.slab[slot as usize].take().expect("a queued slot holds its event");
+        let event = self.slab[slot as usize]
+            .take()
+            .expect("a queued slot holds its event");
         self.free.push(slot);
         Some((at, event))
     }

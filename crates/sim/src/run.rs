@@ -10,7 +10,7 @@ use ekmat_core::{DetRng, Time};
 use ekmat_linearizability::CheckOptions;
 
 use crate::check::{Linearizability, check_history};
-use crate::network::LatencyRange;
+use crate::network::{LatencyRange, LatencyTail};
 use crate::protocol::{SimProtocol, Violation};
 use crate::schedule::{FaultKind, Schedule, ScheduleShape};
 use crate::workload::{HistOp, Status, WorkloadShape};
@@ -80,6 +80,8 @@ impl SimOptions {
 pub struct Derived {
     pub knobs: String,
     pub latency_us: (u64, u64),
+    /// Percent of messages, and how many times slower they are.
+    pub latency_tail: (u32, u32),
     pub fsync_us: (u64, u64),
     pub think_ms: u64,
     pub fault_gap_ms: u64,
@@ -90,10 +92,12 @@ impl fmt::Display for Derived {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}, latency {}-{}us, fsync {}-{}us, client think {}ms, timeout {}ms, mean fault gap {}ms",
+            "{}, latency {}-{}us (tail: {}% x{}), fsync {}-{}us, client think {}ms, timeout {}ms, mean fault gap {}ms",
             self.knobs,
             self.latency_us.0,
             self.latency_us.1,
+            self.latency_tail.0,
+            self.latency_tail.1,
             self.fsync_us.0,
             self.fsync_us.1,
             self.think_ms,
@@ -122,9 +126,15 @@ pub(crate) fn derive<P: SimProtocol>(
     let think_ms = (busy * opts.clients as u64 / before_heal).max(1);
     let fault_gap_ms = rng.range(300, 1200);
     let client_timeout_ms = rng.range(500, 1500);
+    let latency_tail = if rng.chance(0.5) {
+        (rng.range(1, 5) as u32, rng.range(5, 50) as u32)
+    } else {
+        (0, 1)
+    };
     let derived = Derived {
         knobs,
         latency_us: (lat_min, lat_max),
+        latency_tail,
         fsync_us: (fsync_min, fsync_max),
         think_ms,
         fault_gap_ms,
@@ -137,6 +147,10 @@ pub(crate) fn derive<P: SimProtocol>(
         latency: LatencyRange {
             min: us(lat_min),
             max: us(lat_max),
+        },
+        latency_tail: LatencyTail {
+            percent: latency_tail.0,
+            factor: latency_tail.1,
         },
         fsync: LatencyRange {
             min: us(fsync_min),

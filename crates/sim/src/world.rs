@@ -14,7 +14,7 @@ use ekmat_kv::{Applied, KvResult, KvStore};
 use rustc_hash::FxHashMap;
 
 use crate::disk::Disk;
-use crate::network::{LatencyRange, Network};
+use crate::network::{LatencyRange, LatencyTail, Network};
 use crate::protocol::{ProtocolChecker, SimProtocol, Violation};
 use crate::queue::EventQueue;
 use crate::schedule::{Fault, Schedule, Target};
@@ -27,6 +27,7 @@ pub struct WorldConfig {
     pub seed: u64,
     pub nodes: usize,
     pub latency: LatencyRange,
+    pub latency_tail: LatencyTail,
     pub fsync: LatencyRange,
     pub tick: Duration,
     pub workload: WorkloadShape,
@@ -188,7 +189,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
         }
         let mut world = World {
             proto,
-            net: Network::new(cfg.nodes, cfg.latency),
+            net: Network::new(cfg.nodes, cfg.latency, cfg.latency_tail),
             checker: proto.checker(cfg.nodes),
             trace: Trace::new(cfg.trace),
             cfg,

@@ -41,13 +41,14 @@ pub fn check_history(
                 let ret = op
                     .ret
                     .map_or("never".to_string(), |r| format!("{}", Time(r)));
+                let output = op
+                    .output
+                    .map_or("unknown".to_string(), |o| describe_output(&o));
                 format!(
-                    "client {} {:?} -> {:?} [{} .. {}]",
+                    "client {} {} -> {output} [{} .. {ret}]",
                     op.client,
-                    op.input,
-                    op.output,
+                    describe_input(&op.input),
                     Time(op.call),
-                    ret
                 )
             };
             let mut detail = format!(
@@ -75,5 +76,35 @@ pub fn check_history(
                 format!("malformed history: {e}"),
             )),
         ),
+    }
+}
+
+/// Values are written as `c<client>#<seq>`: who wrote them, in which operation.
+fn describe_value(v: Option<u64>) -> String {
+    match v {
+        None => "absent".to_string(),
+        Some(v) => format!("c{}#{}", (v >> 32).saturating_sub(1), v & 0xffff_ffff),
+    }
+}
+
+fn describe_input(input: &KvInput) -> String {
+    match *input {
+        KvInput::Get { key } => format!("get(k{key})"),
+        KvInput::Put { key, value } => format!("put(k{key}, {})", describe_value(Some(value))),
+        KvInput::Cas { key, expected, new } => format!(
+            "cas(k{key}, {} -> {})",
+            describe_value(expected),
+            describe_value(Some(new))
+        ),
+        KvInput::Delete { key } => format!("delete(k{key})"),
+    }
+}
+
+fn describe_output(output: &KvOutput) -> String {
+    match *output {
+        KvOutput::Value(v) => describe_value(v),
+        KvOutput::Done => "ok".to_string(),
+        KvOutput::Cas(true) => "swapped".to_string(),
+        KvOutput::Cas(false) => "not swapped".to_string(),
     }
 }
