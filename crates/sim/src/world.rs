@@ -552,15 +552,21 @@ impl<'p, P: SimProtocol> World<'p, P> {
     fn send(&mut self, from: NodeId, to: NodeId, msg: Msg<P>) {
         self.stats.messages += 1;
         let times = self.net.deliveries(from, to, self.now, &mut self.net_rng);
-        let mut copies = times.into_iter().peekable();
-        while let Some(at) = copies.next() {
-            let msg = if copies.peek().is_some() {
-                msg.clone()
-            } else {
-                return self.push(at, Ev::Deliver { from, to, msg });
-            };
-            self.push(at, Ev::Deliver { from, to, msg });
+        let Some((&last, duplicates)) = times.split_last() else {
+            return; // lost or cut
+        };
+        for &at in duplicates {
+            let copy = msg.clone();
+            self.push(
+                at,
+                Ev::Deliver {
+                    from,
+                    to,
+                    msg: copy,
+                },
+            );
         }
+        self.push(last, Ev::Deliver { from, to, msg });
     }
 
     fn on_event(&mut self, node: NodeId, e: Event) {

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use ekmat_core::{NodeId, Time};
 
-use crate::run::SeedReport;
+use crate::protocols::RaftSim;
+use crate::run::{SeedReport, SimOptions};
 use crate::workload::{HistOp, Status};
 
 pub struct Scenario {
@@ -120,6 +121,32 @@ impl fmt::Display for ScenarioReport {
         }
         write!(f, "{}", if self.passed() { "PASS" } else { "FAIL" })
     }
+}
+
+/// When the partition scenarios cut the network, and for how long.
+const SPLIT_AT: Time = Time(3_000_000);
+const SPLIT_FOR: Duration = Duration::from_secs(4);
+
+/// Raft with its default knobs, and a run whose only fault is `fault` (in schedule
+/// syntax), from `SPLIT_AT` for `SPLIT_FOR`.
+fn split_run(fault: &str) -> (RaftSim, SimOptions) {
+    let schedule = format!(
+        "@{}ms+{}ms {fault}",
+        SPLIT_AT.as_millis(),
+        SPLIT_FOR.as_millis()
+    );
+    let opts = SimOptions {
+        faults: vec![],
+        ops: 1500,
+        safety: Duration::from_secs(9),
+        schedule: Some(schedule.parse().expect("scenario schedules parse")),
+        ..SimOptions::default()
+    };
+    let proto = RaftSim {
+        vary_knobs: false,
+        ..RaftSim::default()
+    };
+    (proto, opts)
 }
 
 /// Writes (and reads) invoked in `[from, until)` that some node in `nodes` answered ok

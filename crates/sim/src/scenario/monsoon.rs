@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use ekmat_core::{NodeId, Time};
 
-use super::{Scenario, ScenarioConfig, ScenarioReport, acknowledged_by, ids, is_write, ms};
-use crate::protocols::RaftSim;
-use crate::run::{SimOptions, run_seed_observed};
+use super::{
+    SPLIT_AT, SPLIT_FOR, Scenario, ScenarioConfig, ScenarioReport, acknowledged_by, ids, is_write,
+    ms, split_run,
+};
+use crate::run::run_seed_observed;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "monsoon-partition",
@@ -18,8 +20,6 @@ pub const SCENARIO: Scenario = Scenario {
 };
 
 const SEED: u64 = 2;
-const SPLIT_AT: Time = Time(3_000_000);
-const SPLIT_FOR: Duration = Duration::from_secs(4);
 /// Check-quorum must depose the minority leader within two maximum election timeouts.
 const STEP_DOWN_BOUND: Duration = Duration::from_millis(600);
 /// The majority must elect a leader within this.
@@ -36,22 +36,7 @@ struct Seen {
 fn run(_: &ScenarioConfig) -> ScenarioReport {
     let mut report = ScenarioReport::new(&SCENARIO);
     let heal_at = SPLIT_AT + SPLIT_FOR;
-    let schedule = format!(
-        "@{}ms+{}ms split(leader)",
-        SPLIT_AT.as_millis(),
-        SPLIT_FOR.as_millis()
-    );
-    let opts = SimOptions {
-        faults: vec![],
-        ops: 1500,
-        safety: Duration::from_secs(9),
-        schedule: Some(schedule.parse().expect("scenario schedule parses")),
-        ..SimOptions::default()
-    };
-    let proto = RaftSim {
-        vary_knobs: false,
-        ..RaftSim::default()
-    };
+    let (proto, opts) = split_run("split(leader)");
     let mut seen = Seen::default();
     let run = run_seed_observed(&proto, &opts, SEED, Duration::from_millis(5), &mut |w| {
         let now = w.now();

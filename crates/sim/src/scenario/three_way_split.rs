@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use ekmat_core::{NodeId, Time};
 
-use super::{Scenario, ScenarioConfig, ScenarioReport, acknowledged_by, ms};
-use crate::protocols::RaftSim;
-use crate::run::{SimOptions, run_seed_observed};
+use super::{
+    SPLIT_AT, SPLIT_FOR, Scenario, ScenarioConfig, ScenarioReport, acknowledged_by, ms, split_run,
+};
+use crate::run::run_seed_observed;
 
 pub const SCENARIO: Scenario = Scenario {
     name: "three-way-split",
@@ -16,30 +17,13 @@ pub const SCENARIO: Scenario = Scenario {
 };
 
 const SEED: u64 = 3;
-const SPLIT_AT: Time = Time(3_000_000);
-const SPLIT_FOR: Duration = Duration::from_secs(4);
 /// After this, no node may still act as leader.
 const STEP_DOWN_BOUND: Duration = Duration::from_millis(600);
 
 fn run(_: &ScenarioConfig) -> ScenarioReport {
     let mut report = ScenarioReport::new(&SCENARIO);
     let heal_at = SPLIT_AT + SPLIT_FOR;
-    let schedule = format!(
-        "@{}ms+{}ms partition(0,1|2,3|4)",
-        SPLIT_AT.as_millis(),
-        SPLIT_FOR.as_millis()
-    );
-    let opts = SimOptions {
-        faults: vec![],
-        ops: 1500,
-        safety: Duration::from_secs(9),
-        schedule: Some(schedule.parse().expect("scenario schedule parses")),
-        ..SimOptions::default()
-    };
-    let proto = RaftSim {
-        vary_knobs: false,
-        ..RaftSim::default()
-    };
+    let (proto, opts) = split_run("partition(0,1|2,3|4)");
     let mut leader_before = None;
     let mut last_leader_seen = None;
     let mut leaders_late = Vec::new();
