@@ -3,7 +3,9 @@
 use std::fmt;
 
 /// A replica in a cluster. Small and `Copy`: it is on every message.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeId(pub u32);
 
 impl NodeId {
@@ -26,7 +28,9 @@ impl fmt::Display for NodeId {
 
 /// Identifies one client request across retries and replicas: the client's id and its
 /// per-client sequence number. State machines use it for at-most-once execution.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct RequestId {
     pub client: u64,
     pub seq: u64,

@@ -63,13 +63,13 @@ pub enum Input<M> {
 }
 
 /// A client's request as a replica receives it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     pub id: RequestId,
     pub kind: RequestKind,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RequestKind {
     /// A command to order and apply everywhere. Opaque to the protocol.
     Write(Bytes),

@@ -5,14 +5,14 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use ekmat_core::{Durable, NodeId, RequestId};
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     pub term: u64,
     pub index: u64,
     pub payload: Payload,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Payload {
     /// A new leader's first entry: committing it commits everything before it.
     Noop,
@@ -23,7 +23,7 @@ pub enum Payload {
 }
 
 /// A durable write Raft asks its driver for.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RaftWrite {
     HardState {
         term: u64,
@@ -36,7 +36,7 @@ pub enum RaftWrite {
 }
 
 /// What a Raft replica restarts from.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RaftStable {
     pub term: u64,
     pub vote: Option<NodeId>,

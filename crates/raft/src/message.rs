@@ -2,7 +2,7 @@
 
 use crate::log::Entry;
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Message {
     Vote(VoteRequest),
     VoteResponse(VoteResponse),
@@ -35,7 +35,7 @@ impl Message {
 
 /// RequestVote, or a pre-vote: "would you vote for me in `term`?" asked without raising
 /// the sender's own term.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct VoteRequest {
     pub term: u64,
     pub last_log_index: u64,
@@ -43,7 +43,7 @@ pub struct VoteRequest {
     pub pre_vote: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct VoteResponse {
     /// For a granted pre-vote, the term asked about; otherwise the voter's term.
     pub term: u64,
@@ -53,7 +53,7 @@ pub struct VoteResponse {
 
 /// AppendEntries. With no entries it is a heartbeat that still carries the consistency
 /// check, the commit index and a read-confirmation sequence number.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct AppendRequest {
     pub term: u64,
     pub prev_index: u64,
@@ -64,14 +64,14 @@ pub struct AppendRequest {
     pub read_seq: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct AppendResponse {
     pub term: u64,
     pub outcome: AppendOutcome,
     pub read_seq: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum AppendOutcome {
     /// The follower's log matches the leader's up to `match_index`, durably.
     Accepted { match_index: u64 },
