@@ -1,0 +1,284 @@
+//! Reading the log back at startup: find the newest checkpoint, read every record after it,
+//! repair a torn tail, and refuse anything that could mean acknowledged records were lost.
+//!
+//! The rule that separates a crash from damage: a crash can only tear the *end* of the
+//! *last* segment (every earlier segment was fsynced before the next one was created), so
+//! a bad record there with nothing valid after it is a torn write, cut off and reported.
+//! Anything else — a bad record with a valid one after it, a bad record in an earlier
+//! segment, a sequence number out of place, a missing segment — is corruption.
+
+use std::fs::{self, OpenOptions};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, WalError};
+use crate::record::{self, Decoded, HEADER_LEN, Kind};
+use crate::segment::{self, SegmentFile};
+use crate::wal::{Recovered, TornTail, WalOptions};
+
+/// Recovery's result: what the caller gets, and where appending resumes.
+#[derive(Debug)]
+pub struct Recovery {
+    pub recovered: Recovered,
+    /// The last live segment, or `None` for an empty directory.
+    pub tail: Option<Tail>,
+    /// Bases of the live segments, in order.
+    pub live: Vec<u64>,
+}
+
+/// The last segment, where appends go next.
+#[derive(Debug)]
+pub struct Tail {
+    pub base: u64,
+    pub path: PathBuf,
+    pub len: u64,
+    pub data_records: u64,
+}
+
+/// Records read so far and the sequence number the next one must carry.
+struct Reader {
+    checkpoint: Option<Vec<u8>>,
+    records: Vec<Vec<u8>>,
+    first_seq: u64,
+    expected: u64,
+}
+
+pub fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovery> {
+    let listing = segment::list(dir)?;
+    // A checkpoint that never got renamed into place was never part of the log.
+    for tmp in &listing.leftover_tmp {
+        remove(tmp)?;
+    }
+    let start = newest_checkpoint(&listing.segments)?;
+    let (obsolete, live) = listing.segments.split_at(start);
+    let recovery = read_live(live, opts)?;
+    // Only now that the rest is known good: a crash between a checkpoint and the deletion
+    // of the segments it replaced leaves them behind.
+    for old in obsolete {
+        remove(&old.path)?;
+    }
+    Ok(recovery)
+}
+
+/// Index of the newest segment that begins with a valid checkpoint (0 if none does).
+fn newest_checkpoint(segments: &[SegmentFile]) -> Result<usize> {
+    for (index, segment) in segments.iter().enumerate().rev() {
+        if segment::leading_checkpoint(&segment.path)?.is_some() {
+            return Ok(index);
+        }
+    }
+    Ok(0)
+}
+
+fn read_live(live: &[SegmentFile], opts: &WalOptions) -> Result<Recovery> {
+    let mut reader = Reader {
+        checkpoint: None,
+        records: Vec::new(),
+        first_seq: 1,
+        expected: 1,
+    };
+    let mut repaired = None;
+    let mut tail = None;
+    for (index, segment) in live.iter().enumerate() {
+        let is_last = index + 1 == live.len();
+        let bytes = fs::read(&segment.path).map_err(WalError::io(&segment.path))?;
+        let before = reader.records.len();
+        let good_len = reader.read_segment(segment, &bytes, index == 0, is_last)?;
+        if good_len < bytes.len() {
+            repaired = Some(truncate(segment, good_len, bytes.len(), opts)?);
+        }
+        if is_last {
+            tail = Some(Tail {
+                base: segment.base,
+                path: segment.path.clone(),
+                len: good_len as u64,
+                data_records: (reader.records.len() - before) as u64,
+            });
+        }
+    }
+    let last_seq = reader.expected - 1;
+    Ok(Recovery {
+        recovered: Recovered {
+            checkpoint: reader.checkpoint,
+            records: reader.records,
+            first_seq_after_checkpoint: reader.first_seq,
+            last_seq,
+            repaired,
+        },
+        tail,
+        live: live.iter().map(|segment| segment.base).collect(),
+    })
+}
+
+impl Reader {
+    /// Reads one segment's records; returns how many bytes of it are good (less than its
+    /// length only for a torn tail of the last segment).
+    fn read_segment(
+        &mut self,
+        segment: &SegmentFile,
+        bytes: &[u8],
+        is_first: bool,
+        is_last: bool,
+    ) -> Result<usize> {
+        let file = segment.path.as_path();
+        let mut offset = 0;
+        if is_first {
+            offset = self.start(segment, bytes)?;
+        } else if segment.base != self.expected {
+            return Err(WalError::corrupt(
+                file,
+                0,
+                format!(
+                    "sequence gap: the previous segment ends at seq {} but this one starts at \
+                     seq {}; a segment file is missing",
+                    self.expected - 1,
+                    segment.base
+                ),
+            ));
+        }
+        while offset < bytes.len() {
+            let problem = match record::decode(&bytes[offset..]) {
+                Decoded::Record(record) => {
+                    self.accept(file, offset, &record)?;
+                    offset += record.encoded_len();
+                    continue;
+                }
+                Decoded::Incomplete(reason) | Decoded::Invalid(reason) => reason,
+            };
+            return self.bad_record(file, bytes, offset, problem, is_last);
+        }
+        Ok(offset)
+    }
+
+    /// Reads the first live segment's checkpoint, if it has one; returns where its data
+    /// records begin.
+    fn start(&mut self, segment: &SegmentFile, bytes: &[u8]) -> Result<usize> {
+        let file = segment.path.as_path();
+        match record::decode(bytes) {
+            Decoded::Record(record) if record.kind == Kind::Checkpoint => {
+                self.start_at_checkpoint(file, segment.base, &record)
+            }
+            _ if segment.base == 1 => Ok(0),
+            _ => Err(WalError::corrupt(
+                file,
+                0,
+                format!(
+                    "the log starts at seq {} with no checkpoint before it, where seq 1 \
+                     belongs; earlier segments are missing",
+                    segment.base
+                ),
+            )),
+        }
+    }
+
+    fn start_at_checkpoint(
+        &mut self,
+        file: &Path,
+        base: u64,
+        record: &record::Record<'_>,
+    ) -> Result<usize> {
+        if record.seq.checked_add(1) != Some(base) {
+            return Err(WalError::corrupt(
+                file,
+                0,
+                format!(
+                    "checkpoint covers records up to seq {} but its segment is named for seq \
+                     {base}",
+                    record.seq
+                ),
+            ));
+        }
+        self.checkpoint = Some(record.payload.to_vec());
+        self.first_seq = base;
+        self.expected = base;
+        Ok(record.encoded_len())
+    }
+
+    fn accept(&mut self, file: &Path, offset: usize, record: &record::Record<'_>) -> Result<()> {
+        if record.kind == Kind::Checkpoint {
+            return Err(WalError::corrupt(
+                file,
+                offset as u64,
+                "a checkpoint record in the middle of the log",
+            ));
+        }
+        if record.seq != self.expected {
+            return Err(WalError::corrupt(
+                file,
+                offset as u64,
+                format!(
+                    "record carries seq {} where seq {} belongs",
+                    record.seq, self.expected
+                ),
+            ));
+        }
+        self.expected = self
+            .expected
+            .checked_add(1)
+            .ok_or_else(|| WalError::corrupt(file, offset as u64, "sequence number overflow"))?;
+        self.records.push(record.payload.to_vec());
+        Ok(())
+    }
+
+    /// A record that does not decode: a torn tail if it is in the last segment with
+    /// nothing valid after it (returns the good length), corruption otherwise.
+    fn bad_record(
+        &self,
+        file: &Path,
+        bytes: &[u8],
+        offset: usize,
+        problem: String,
+        is_last: bool,
+    ) -> Result<usize> {
+        if !is_last {
+            return Err(WalError::corrupt(
+                file,
+                offset as u64,
+                format!("{problem}, in a segment that is not the last one"),
+            ));
+        }
+        if let Some(found) = find_valid_after(bytes, offset, self.expected) {
+            return Err(WalError::corrupt(
+                file,
+                offset as u64,
+                format!("{problem}, but a valid record follows at byte {found}"),
+            ));
+        }
+        Ok(offset)
+    }
+}
+
+/// The offset of a valid data record after the damaged one at `bad`, if any. Only records
+/// whose sequence number could follow (at least `expected`, and no further on than the
+/// remaining bytes could hold) count, so stale or random bytes are not mistaken for one.
+fn find_valid_after(bytes: &[u8], bad: usize, expected: u64) -> Option<usize> {
+    let most_records = ((bytes.len() - bad) / HEADER_LEN) as u64;
+    let seqs: RangeInclusive<u64> = expected..=expected.saturating_add(most_records);
+    (bad + 1..bytes.len()).find(|&at| record::is_plausible_data_record(&bytes[at..], &seqs))
+}
+
+/// Cuts a torn tail off the last segment, durably, so it cannot resurface after the next
+/// records are appended behind it.
+fn truncate(segment: &SegmentFile, good: usize, len: usize, opts: &WalOptions) -> Result<TornTail> {
+    let path = &segment.path;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(WalError::io(path))?;
+    file.set_len(good as u64).map_err(WalError::io(path))?;
+    if opts.sync {
+        file.sync_all().map_err(WalError::io(path))?;
+    }
+    Ok(TornTail {
+        file: path.clone(),
+        offset: good as u64,
+        discarded_bytes: (len - good) as u64,
+    })
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(WalError::io(path)(err)),
+        _ => Ok(()),
+    }
+}

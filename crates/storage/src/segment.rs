@@ -1,0 +1,234 @@
+//! Segment files: their names, the directory listing, and the segment being appended to.
+//!
+//! A segment is named after its *base*: the sequence number of the first data record it
+//! holds or will hold, zero-padded to 20 digits so that name order is sequence order
+//! (`00000000000000000001.wal`). A checkpoint segment covering records up to `n` is named
+//! `n + 1`: its checkpoint record carries `n`, and the data records after it start at `n + 1`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, WalError};
+use crate::record::{self, Decoded, HEADER_LEN, Kind};
+
+const SUFFIX: &str = ".wal";
+/// A checkpoint is written under this suffix and renamed into place once durable, so a
+/// crash mid-write leaves a file recovery knows to ignore rather than a damaged segment.
+const TMP_SUFFIX: &str = ".wal.tmp";
+const DIGITS: usize = 20;
+
+/// Writes are handed to the kernel once this much is buffered, so a long batch between
+/// syncs neither grows memory without bound nor leaves all the copying to `sync`.
+const FLUSH_AT: usize = 1 << 20;
+
+/// The file name of the segment with this base.
+pub fn file_name(base: u64) -> String {
+    format!("{base:0DIGITS$}{SUFFIX}")
+}
+
+/// The temporary name a checkpoint segment is written under before its rename.
+pub fn tmp_name(base: u64) -> String {
+    format!("{base:0DIGITS$}{TMP_SUFFIX}")
+}
+
+fn parse_base(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
+    if digits.len() != DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A segment file found on disk.
+#[derive(Clone, Debug)]
+pub struct SegmentFile {
+    pub base: u64,
+    pub path: PathBuf,
+}
+
+/// What the log directory holds. Files with other names are left alone.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// In base order.
+    pub segments: Vec<SegmentFile>,
+    /// Checkpoints whose rename never happened.
+    pub leftover_tmp: Vec<PathBuf>,
+}
+
+pub fn list(dir: &Path) -> Result<Listing> {
+    let mut listing = Listing::default();
+    for entry in fs::read_dir(dir).map_err(WalError::io(dir))? {
+        let entry = entry.map_err(WalError::io(dir))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if let Some(base) = parse_base(&name, SUFFIX) {
+            let path = entry.path();
+            // Reading a device or FIFO could block forever; no writer of ours makes one.
+            if !fs::metadata(&path).map_err(WalError::io(&path))?.is_file() {
+                return Err(WalError::corrupt(&path, 0, "not a regular file"));
+            }
+            listing.segments.push(SegmentFile { base, path });
+        } else if parse_base(&name, TMP_SUFFIX).is_some() {
+            listing.leftover_tmp.push(entry.path());
+        }
+    }
+    listing.segments.sort_by_key(|segment| segment.base);
+    Ok(listing)
+}
+
+/// Makes the directory's entries (created, renamed, removed files) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(WalError::io(dir))
+}
+
+/// If the segment starts with a valid checkpoint record, its sequence number. Reads only
+/// that record, so finding the newest checkpoint does not read whole segments.
+pub fn leading_checkpoint(path: &Path) -> Result<Option<u64>> {
+    let mut file = File::open(path).map_err(WalError::io(path))?;
+    let mut header = [0u8; HEADER_LEN];
+    match file.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(err) => return Err(WalError::io(path)(err)),
+    }
+    if header[8] != Kind::Checkpoint as u8 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as u64;
+    let file_len = file.metadata().map_err(WalError::io(path))?.len();
+    if len > file_len.saturating_sub(HEADER_LEN as u64) {
+        return Ok(None);
+    }
+    let mut bytes = header.to_vec();
+    file.take(len)
+        .read_to_end(&mut bytes)
+        .map_err(WalError::io(path))?;
+    Ok(match record::decode(&bytes) {
+        Decoded::Record(record) if record.kind == Kind::Checkpoint => Some(record.seq),
+        _ => None,
+    })
+}
+
+/// The segment being appended to, with the records not yet handed to the kernel.
+#[derive(Debug)]
+pub struct ActiveSegment {
+    pub base: u64,
+    pub path: PathBuf,
+    file: File,
+    /// Bytes in the file plus bytes buffered.
+    len: u64,
+    /// Data records in the segment (a checkpoint record is not counted): a segment only
+    /// rolls over once it holds one, so no two segments can share a base.
+    pub data_records: u64,
+    buffer: Vec<u8>,
+    /// Written to the kernel since the last fsync.
+    unsynced: bool,
+}
+
+impl ActiveSegment {
+    /// Opens an existing segment to append after its `len` bytes.
+    pub fn open(base: u64, path: PathBuf, len: u64, data_records: u64) -> Result<Self> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(WalError::io(&path))?;
+        Ok(Self::new(base, path, file, len, data_records))
+    }
+
+    /// Creates a new, empty segment. Fails if the file exists: that would mean two
+    /// segments claim the same base.
+    pub fn create(dir: &Path, base: u64) -> Result<Self> {
+        let path = dir.join(file_name(base));
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(WalError::io(&path))?;
+        Ok(Self::new(base, path, file, 0, 0))
+    }
+
+    fn new(base: u64, path: PathBuf, file: File, len: u64, data_records: u64) -> Self {
+        ActiveSegment {
+            base,
+            path,
+            file,
+            len,
+            data_records,
+            buffer: Vec::new(),
+            unsynced: false,
+        }
+    }
+
+    /// Bytes in the segment, buffered ones included.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Buffers one data record. Returns the bytes handed to the kernel: 0, unless the
+    /// buffer grew large enough to write out.
+    pub fn push(&mut self, seq: u64, payload: &[u8]) -> Result<u64> {
+        let before = self.buffer.len();
+        record::encode(Kind::Data, seq, payload, &mut self.buffer);
+        self.len += (self.buffer.len() - before) as u64;
+        self.data_records += 1;
+        if self.buffer.len() >= FLUSH_AT {
+            return self.flush();
+        }
+        Ok(0)
+    }
+
+    /// Hands the buffered bytes to the kernel (no fsync); returns how many.
+    pub fn flush(&mut self) -> Result<u64> {
+        if self.buffer.is_empty() {
+            return Ok(0);
+        }
+        self.file
+            .write_all(&self.buffer)
+            .map_err(WalError::io(&self.path))?;
+        let written = self.buffer.len() as u64;
+        self.buffer.clear();
+        self.unsynced = true;
+        Ok(written)
+    }
+
+    /// Whether anything was written since the last fsync (after a `flush`).
+    pub fn needs_fsync(&self) -> bool {
+        self.unsynced
+    }
+
+    /// fsyncs the file's data. `fdatasync` suffices: it also persists the file size, which
+    /// is the only metadata an append changes.
+    pub fn fsync(&mut self) -> Result<()> {
+        self.file.sync_data().map_err(WalError::io(&self.path))?;
+        self.unsynced = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_in_sequence_order_and_parse_back() {
+        let names: Vec<String> = [1u64, 9, 10, 123_456, u64::MAX]
+            .iter()
+            .map(|&b| file_name(b))
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        assert_eq!(names[0], "00000000000000000001.wal");
+        for (name, base) in names.iter().zip([1u64, 9, 10, 123_456, u64::MAX]) {
+            assert_eq!(parse_base(name, SUFFIX), Some(base));
+        }
+        assert_eq!(parse_base(&tmp_name(5), TMP_SUFFIX), Some(5));
+        assert_eq!(parse_base(&tmp_name(5), SUFFIX), None);
+        assert_eq!(parse_base("1.wal", SUFFIX), None);
+        assert_eq!(parse_base("0000000000000000000x.wal", SUFFIX), None);
+    }
+}

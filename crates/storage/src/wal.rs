@@ -1,0 +1,385 @@
+//! The write-ahead log: append, group-commit `sync`, checkpoints, and opening with recovery.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, WalError};
+use crate::record::{self, HEADER_LEN, Kind, MAX_PAYLOAD};
+use crate::recovery::{self, Recovery};
+use crate::segment::{self, ActiveSegment};
+
+/// How the log behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalOptions {
+    /// A segment rolls over to a new file once the next record would take it past this many
+    /// bytes. A segment always takes at least one data record, so a record larger than this
+    /// gets a segment of its own. Default 64 MiB.
+    pub segment_bytes: u64,
+    /// **Whether to fsync at all. `false` makes nothing durable: a power loss or kernel
+    /// crash can lose any record, including ones `sync` "acknowledged".** Only for
+    /// benchmarks and tests that measure or exercise everything but the disk. Default `true`.
+    pub sync: bool,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_bytes: 64 << 20,
+            sync: true,
+        }
+    }
+}
+
+/// Everything the log held at [`Wal::open`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The state given to the newest durable [`Wal::checkpoint`], if any.
+    pub checkpoint: Option<Vec<u8>>,
+    /// Every record appended after that checkpoint (or ever, without one), in order.
+    pub records: Vec<Vec<u8>>,
+    /// The sequence number of `records[0]`: one past what the checkpoint covers, or 1.
+    pub first_seq_after_checkpoint: u64,
+    /// The sequence number of the last record (covered by the checkpoint or in `records`);
+    /// 0 for an empty log. The next append gets `last_seq + 1`.
+    pub last_seq: u64,
+    /// The torn tail cut off the last segment, if a crash left one.
+    pub repaired: Option<TornTail>,
+}
+
+/// An incomplete or damaged last record, left by a crash in the middle of a write and cut
+/// off at recovery. Nothing in it had been acknowledged by [`Wal::sync`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment it was in.
+    pub file: PathBuf,
+    /// Where the file now ends: the end of its last good record.
+    pub offset: u64,
+    /// How many bytes were cut off.
+    pub discarded_bytes: u64,
+}
+
+/// Counters for metrics, cheap to read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Bytes handed to the kernel since open (records, checkpoints).
+    pub bytes_written: u64,
+    /// `sync` calls that had something new to make durable.
+    pub syncs: u64,
+    /// fsync system calls issued (files and the directory).
+    pub fsyncs: u64,
+    /// Segment files currently making up the log.
+    pub segments: u64,
+    /// The last sequence number appended.
+    pub last_seq: u64,
+    /// The last sequence number known durable.
+    pub durable_seq: u64,
+}
+
+/// A durable, append-only log of opaque records. See the crate documentation for the
+/// durability contract and the file format.
+pub struct Wal {
+    dir: PathBuf,
+    opts: WalOptions,
+    active: ActiveSegment,
+    /// Bases of the segment files that make up the log, in order; the last is `active`.
+    live: Vec<u64>,
+    last_seq: u64,
+    durable_seq: u64,
+    /// A segment file was created since the directory was last fsynced.
+    dir_dirty: bool,
+    /// A write or fsync failed; see [`WalError::Poisoned`].
+    poisoned: bool,
+    bytes_written: u64,
+    syncs: u64,
+    fsyncs: u64,
+}
+
+impl fmt::Debug for Wal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("opts", &self.opts)
+            .field("active", &self.active.path)
+            .field("last_seq", &self.last_seq)
+            .field("durable_seq", &self.durable_seq)
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Wal {
+    /// Opens the log in `dir`, creating the directory if needed, and reads back everything
+    /// in it. A torn tail is cut off and reported in [`Recovered::repaired`]; any other
+    /// damage fails with [`WalError::Corrupt`] and leaves the files untouched.
+    pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Recovered)> {
+        ensure_dir(dir, opts.sync)?;
+        let Recovery {
+            recovered,
+            tail,
+            mut live,
+        } = recovery::recover(dir, &opts)?;
+        let active = match tail {
+            Some(tail) => ActiveSegment::open(tail.base, tail.path, tail.len, tail.data_records)?,
+            None => {
+                live.push(1);
+                ActiveSegment::create(dir, 1)?
+            }
+        };
+        let mut wal = Wal {
+            dir: dir.to_path_buf(),
+            opts,
+            active,
+            live,
+            last_seq: recovered.last_seq,
+            durable_seq: recovered.last_seq,
+            dir_dirty: true,
+            poisoned: false,
+            bytes_written: 0,
+            syncs: 0,
+            fsyncs: 0,
+        };
+        wal.make_recovered_durable()?;
+        Ok((wal, recovered))
+    }
+
+    /// What was recovered may only have reached the page cache (the previous process may
+    /// have exited without syncing); one fsync now makes `durable_seq = last_seq` true.
+    fn make_recovered_durable(&mut self) -> Result<()> {
+        if self.opts.sync {
+            self.active.fsync()?;
+            self.fsyncs += 1;
+        }
+        self.sync_dir()
+    }
+
+    /// Buffers one record and returns its sequence number: one more than the last record's,
+    /// across restarts and checkpoints. Not durable until [`Wal::sync`] returns a number at
+    /// least as large.
+    pub fn append(&mut self, payload: &[u8]) -> Result<u64> {
+        self.usable()?;
+        check_size(payload)?;
+        let seq = self.last_seq + 1;
+        let result = self.append_record(seq, payload);
+        self.poison_on_error(result)?;
+        self.last_seq = seq;
+        Ok(seq)
+    }
+
+    fn append_record(&mut self, seq: u64, payload: &[u8]) -> Result<()> {
+        let record_len = (HEADER_LEN + payload.len()) as u64;
+        let full = self.active.len().saturating_add(record_len) > self.opts.segment_bytes;
+        if full && self.active.data_records > 0 {
+            self.roll(seq)?;
+        }
+        self.bytes_written += self.active.push(seq, payload)?;
+        Ok(())
+    }
+
+    /// Starts a new segment whose first record will be `base`.
+    fn roll(&mut self, base: u64) -> Result<()> {
+        // Recovery treats damage in any segment but the last as corruption, so the old
+        // segment, and its directory entry, must be complete on disk before a newer one
+        // exists. This costs an fsync per segment, not per batch.
+        self.bytes_written += self.active.flush()?;
+        if self.opts.sync && self.active.needs_fsync() {
+            self.active.fsync()?;
+            self.fsyncs += 1;
+        }
+        if self.dir_dirty {
+            self.sync_dir()?;
+        }
+        self.active = ActiveSegment::create(&self.dir, base)?;
+        self.live.push(base);
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Writes every buffered record and fsyncs (the file's data, and the directory if a
+    /// segment was created since the last sync). Returns the highest durable sequence
+    /// number: every record up to it survives a crash. One call covers all the appends
+    /// before it (group commit); with nothing new it does no I/O.
+    pub fn sync(&mut self) -> Result<u64> {
+        self.usable()?;
+        let result = self.sync_active();
+        self.poison_on_error(result)?;
+        self.durable_seq = self.last_seq;
+        Ok(self.durable_seq)
+    }
+
+    fn sync_active(&mut self) -> Result<()> {
+        if self.last_seq > self.durable_seq || self.dir_dirty {
+            self.syncs += 1;
+        }
+        self.bytes_written += self.active.flush()?;
+        if self.opts.sync && self.active.needs_fsync() {
+            self.active.fsync()?;
+            self.fsyncs += 1;
+        }
+        self.sync_dir()
+    }
+
+    /// Makes `state` — the caller's serialized fold of every record so far — the log's new
+    /// starting point, and deletes the segments it replaces. When this returns `Ok`, the
+    /// checkpoint is durable and covers every record appended so far (buffered ones too:
+    /// they need no separate `sync`).
+    ///
+    /// The checkpoint goes into a new segment under a temporary name, is fsynced, renamed
+    /// into place, and the directory fsynced; only then are older segments deleted. A
+    /// crash before the rename is durable recovers the old log; after it, the checkpoint
+    /// and what follows (recovery deletes old segments a crash left behind).
+    ///
+    /// If deleting an old segment fails, the checkpoint still stands: the error is
+    /// returned, the log stays usable, and the next checkpoint (or open) retries.
+    pub fn checkpoint(&mut self, state: &[u8]) -> Result<()> {
+        self.usable()?;
+        check_size(state)?;
+        let result = self.write_checkpoint(state);
+        self.poison_on_error(result)?;
+        self.delete_obsolete()
+    }
+
+    fn write_checkpoint(&mut self, state: &[u8]) -> Result<()> {
+        let covered = self.last_seq;
+        let base = covered + 1;
+        // Buffered records are covered by the checkpoint, so they need no fsync; writing
+        // them out keeps the old segment a faithful prefix if we crash before the rename.
+        self.bytes_written += self.active.flush()?;
+        let mut bytes = Vec::with_capacity(HEADER_LEN + state.len());
+        record::encode(Kind::Checkpoint, covered, state, &mut bytes);
+        let tmp = self.dir.join(segment::tmp_name(base));
+        let path = self.dir.join(segment::file_name(base));
+        self.write_synced(&tmp, &bytes)?;
+        // Renaming over an existing file is atomic, which matters in one case: a second
+        // checkpoint with no record since replaces the first one's segment of that name.
+        fs::rename(&tmp, &path).map_err(WalError::io(&path))?;
+        // The rename must be durable before any old segment goes, or a crash could leave
+        // neither the old log nor the checkpoint.
+        self.dir_dirty = true;
+        self.sync_dir()?;
+        self.active = ActiveSegment::open(base, path, bytes.len() as u64, 0)?;
+        self.durable_seq = covered;
+        Ok(())
+    }
+
+    /// Writes a whole file and fsyncs it.
+    fn write_synced(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let mut file = File::create(path).map_err(WalError::io(path))?;
+        file.write_all(bytes).map_err(WalError::io(path))?;
+        self.bytes_written += bytes.len() as u64;
+        if self.opts.sync {
+            file.sync_data().map_err(WalError::io(path))?;
+            self.fsyncs += 1;
+        }
+        Ok(())
+    }
+
+    /// Deletes every segment before the active one. No directory fsync: if a crash undoes
+    /// a deletion, recovery finds the newer checkpoint and deletes the segment again.
+    fn delete_obsolete(&mut self) -> Result<()> {
+        let keep = self.active.base;
+        self.live.retain(|&base| base != keep);
+        let mut first_error = None;
+        let dir = &self.dir;
+        self.live.retain(|&base| {
+            let path = dir.join(segment::file_name(base));
+            match fs::remove_file(&path) {
+                Ok(()) => false,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => false,
+                Err(err) => {
+                    first_error.get_or_insert(WalError::io(&path)(err));
+                    true
+                }
+            }
+        });
+        self.live.push(keep);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn sync_dir(&mut self) -> Result<()> {
+        if self.dir_dirty && self.opts.sync {
+            segment::sync_dir(&self.dir)?;
+            self.fsyncs += 1;
+        }
+        self.dir_dirty = false;
+        Ok(())
+    }
+
+    fn usable(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(WalError::Poisoned {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn poison_on_error<T>(&mut self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    /// The last sequence number appended (0 if none ever was).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The last sequence number known durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The options the log was opened with.
+    pub fn options(&self) -> WalOptions {
+        self.opts
+    }
+
+    /// Counters for metrics; no I/O.
+    pub fn stats(&self) -> WalStats {
+        WalStats {
+            bytes_written: self.bytes_written,
+            syncs: self.syncs,
+            fsyncs: self.fsyncs,
+            segments: self.live.len() as u64,
+            last_seq: self.last_seq,
+            durable_seq: self.durable_seq,
+        }
+    }
+}
+
+fn check_size(payload: &[u8]) -> Result<()> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(WalError::RecordTooLarge {
+            len: payload.len(),
+            max: MAX_PAYLOAD,
+        });
+    }
+    Ok(())
+}
+
+/// Creates the directory if it is missing, durably (its entry in the parent is fsynced).
+fn ensure_dir(dir: &Path, sync: bool) -> Result<()> {
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(WalError::io(dir)(io::Error::other(
+            "exists but is not a directory",
+        ))),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(WalError::io(dir))?;
+            if sync {
+                let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+                segment::sync_dir(parent.unwrap_or(Path::new(".")))?;
+            }
+            Ok(())
+        }
+        Err(err) => Err(WalError::io(dir)(err)),
+    }
+}

@@ -1,0 +1,158 @@
+//! Random histories of appends, syncs, checkpoints, clean reopens and crashes, checked
+//! against a model: every synced record comes back, in order, after the right checkpoint.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+
+use ekmat_storage::{Recovered, Wal};
+
+use crate::{fast, segments};
+
+const SEGMENT: u64 = 128;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append(Vec<u8>),
+    Sync,
+    Checkpoint(Vec<u8>),
+    /// Drop the log without syncing and open it again.
+    Reopen,
+    /// Lose everything since the last sync, except `extra` bytes written after it into
+    /// the last synced segment (a torn write), then open again.
+    Crash {
+        extra: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => proptest::collection::vec(any::<u8>(), 0..60).prop_map(Op::Append),
+        3 => Just(Op::Sync),
+        1 => proptest::collection::vec(any::<u8>(), 0..200).prop_map(Op::Checkpoint),
+        1 => Just(Op::Reopen),
+        2 => (0u64..80).prop_map(|extra| Op::Crash { extra }),
+    ]
+}
+
+/// What the log must hold.
+struct Model {
+    checkpoint: Option<Vec<u8>>,
+    first_seq: u64,
+    records: Vec<Vec<u8>>,
+    synced: usize,
+    /// Segment files and their lengths at the last sync: the disk a crash falls back to.
+    durable_image: Vec<(PathBuf, u64)>,
+}
+
+impl Model {
+    fn last_seq(&self) -> u64 {
+        self.first_seq + self.records.len() as u64 - 1
+    }
+
+    fn synced_now(&mut self, dir: &Path) {
+        self.synced = self.records.len();
+        self.durable_image = segments(dir)
+            .into_iter()
+            .map(|path| {
+                let len = fs::metadata(&path).unwrap().len();
+                (path, len)
+            })
+            .collect();
+    }
+
+    /// Checks what a reopen recovered and adopts it: records past the synced ones may or
+    /// may not have survived, but only as a prefix of what was appended.
+    fn check_and_adopt(&mut self, recovered: Recovered, dir: &Path) -> Result<(), TestCaseError> {
+        prop_assert_eq!(&recovered.checkpoint, &self.checkpoint);
+        prop_assert_eq!(recovered.first_seq_after_checkpoint, self.first_seq);
+        let got = recovered.records.len();
+        prop_assert!(
+            got >= self.synced,
+            "lost synced records: {} < {}",
+            got,
+            self.synced
+        );
+        prop_assert!(got <= self.records.len(), "records from nowhere");
+        prop_assert_eq!(&recovered.records[..], &self.records[..got]);
+        self.records.truncate(got);
+        prop_assert_eq!(recovered.last_seq, self.last_seq());
+        self.synced_now(dir);
+        Ok(())
+    }
+
+    /// Puts the disk back to the last sync, plus `extra` unsynced bytes of the last file.
+    fn crash(&self, dir: &Path, extra: u64) {
+        let last = self.durable_image.last().map(|(path, _)| path.clone());
+        for path in segments(dir) {
+            let Some((_, len)) = self.durable_image.iter().find(|(p, _)| *p == path) else {
+                fs::remove_file(&path).unwrap();
+                continue;
+            };
+            let keep = if Some(&path) == last.as_ref() {
+                len + extra
+            } else {
+                *len
+            };
+            let file = fs::File::options().write(true).open(&path).unwrap();
+            if file.metadata().unwrap().len() > keep {
+                file.set_len(keep).unwrap();
+            }
+        }
+    }
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut wal, recovered) = Wal::open(dir, fast(SEGMENT)).unwrap();
+    let mut model = Model {
+        checkpoint: None,
+        first_seq: 1,
+        records: Vec::new(),
+        synced: 0,
+        durable_image: Vec::new(),
+    };
+    model.check_and_adopt(recovered, dir)?;
+    for op in ops {
+        match op {
+            Op::Append(payload) => {
+                let seq = wal.append(&payload).unwrap();
+                model.records.push(payload);
+                prop_assert_eq!(seq, model.last_seq());
+            }
+            Op::Sync => {
+                prop_assert_eq!(wal.sync().unwrap(), model.last_seq());
+                model.synced_now(dir);
+            }
+            Op::Checkpoint(state) => {
+                wal.checkpoint(&state).unwrap();
+                model.first_seq = model.last_seq() + 1;
+                model.checkpoint = Some(state);
+                model.records.clear();
+                model.synced_now(dir);
+            }
+            Op::Reopen | Op::Crash { .. } => {
+                drop(wal);
+                if let Op::Crash { extra } = op {
+                    model.crash(dir, extra);
+                }
+                let (reopened, recovered) = Wal::open(dir, fast(SEGMENT)).unwrap();
+                wal = reopened;
+                model.check_and_adopt(recovered, dir)?;
+            }
+        }
+        prop_assert_eq!(wal.last_seq(), model.last_seq());
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn recovery_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+        run(ops)?;
+    }
+}
