@@ -6,11 +6,15 @@
 //! may or may not have executed). The history feeds the linearizability checker.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ekmat_core::{DetRng, NodeId, Request, RequestId, RequestKind, Time};
-use ekmat_kv::{KvCommand, KvResult};
+use ekmat_kv::{
+    Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, Envelope, PutRequest,
+    RangeResponse, RequestOp, Response, TxnRequest,
+};
 use ekmat_linearizability::Operation;
 use ekmat_linearizability::kv::{KvInput, KvOutput};
 
@@ -49,7 +53,7 @@ pub struct HistOp {
 /// How a node answered.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
-    Done(KvResult),
+    Done(KvOutput),
     Refused { leader: Option<NodeId> },
 }
 
@@ -97,12 +101,42 @@ pub struct Workload {
     rng: DetRng,
 }
 
-/// A request on its way to a node, with what the node needs to answer a read.
+/// A request on its way to a node.
 #[derive(Clone, Debug)]
 pub struct Sent {
     pub node: NodeId,
-    pub request: Request,
-    pub read_key: Option<Bytes>,
+    pub id: RequestId,
+    pub op: SentOp,
+}
+
+/// What a client asks of the node.
+#[derive(Clone, Debug)]
+pub enum SentOp {
+    /// A command to order and apply. Shared, not inlined: requests sit in the event
+    /// queue, whose entries are as large as their largest kind.
+    Write(Arc<Command>),
+    /// A linearizable read of one key, served once the protocol's read barrier passes.
+    Read { key: Bytes },
+}
+
+impl Sent {
+    /// The request as the node hands it to its replica when it arrives at `now`: a write
+    /// is enveloped with the node's clock, as a leader stamps the commands it proposes.
+    pub fn request(&self, now: Time) -> Request {
+        let kind = match &self.op {
+            SentOp::Write(command) => RequestKind::Write(Envelope::wrap(now.as_millis(), command)),
+            SentOp::Read { .. } => RequestKind::Read,
+        };
+        Request { id: self.id, kind }
+    }
+
+    /// The key a read is about.
+    pub fn read_key(&self) -> Option<&Bytes> {
+        match &self.op {
+            SentOp::Read { key } => Some(key),
+            SentOp::Write(_) => None,
+        }
+    }
 }
 
 pub fn key_bytes(key: u64) -> Bytes {
@@ -217,15 +251,13 @@ impl Workload {
             node,
             answered_by: None,
         });
-        let (kind, read_key) = match input {
-            KvInput::Get { key } => (RequestKind::Read, Some(key_bytes(key))),
-            _ => (RequestKind::Write(command(&input).encode()), None),
+        let op = match command(&input) {
+            Some(command) => SentOp::Write(Arc::new(command)),
+            None => SentOp::Read {
+                key: key_bytes(input.key()),
+            },
         };
-        let sent = Sent {
-            node,
-            request: Request { id, kind },
-            read_key,
-        };
+        let sent = Sent { node, id, op };
         self.clients[c].inflight = Some(InFlight {
             seq: id.seq,
             index,
@@ -294,7 +326,7 @@ impl Workload {
             op.answered_by = Some(from);
             return Next::Finished;
         }
-        let Outcome::Done(result) = outcome else {
+        let Outcome::Done(output) = outcome else {
             unreachable!("refusals handled above")
         };
         self.clients[c].inflight = None;
@@ -302,7 +334,6 @@ impl Workload {
         op.ret = Some(now);
         op.status = Status::Ok;
         op.answered_by = Some(from);
-        let output = output_of(&op.input, &result);
         op.output = Some(output);
         if let Some(seen) = observed_value(&op.input, &output) {
             let key = op.input.key();
@@ -347,32 +378,48 @@ impl Workload {
     }
 }
 
-pub fn command(input: &KvInput) -> KvCommand {
-    match *input {
-        KvInput::Get { key } => KvCommand::Get {
-            key: key_bytes(key),
-        },
-        KvInput::Put { key, value } => KvCommand::Put {
-            key: key_bytes(key),
-            value: value_bytes(value),
-        },
-        KvInput::Cas { key, expected, new } => KvCommand::Cas {
-            key: key_bytes(key),
-            expected: expected.map(value_bytes),
-            new: value_bytes(new),
-        },
-        KvInput::Delete { key } => KvCommand::Delete {
-            key: key_bytes(key),
-        },
+/// The etcd command an operation becomes; `None` for a get, which is served by a read
+/// barrier instead of through the log.
+pub fn command(input: &KvInput) -> Option<Command> {
+    let command = match *input {
+        KvInput::Get { .. } => return None,
+        KvInput::Put { key, value } => {
+            Command::Put(PutRequest::new(key_bytes(key), value_bytes(value)))
+        }
+        KvInput::Delete { key } => Command::DeleteRange(DeleteRangeRequest::new(key_bytes(key))),
+        // Compare-and-swap is etcd's idiom: a txn guarded on the value, or on the key not
+        // existing (create revision 0), that puts the new value.
+        KvInput::Cas { key, expected, new } => {
+            let target = match expected {
+                Some(v) => CompareTarget::Value(value_bytes(v)),
+                None => CompareTarget::CreateRevision(0),
+            };
+            Command::Txn(TxnRequest {
+                compare: vec![Compare::new(key_bytes(key), CompareResult::Equal, target)],
+                success: vec![RequestOp::Put(PutRequest::new(
+                    key_bytes(key),
+                    value_bytes(new),
+                ))],
+                failure: vec![],
+            })
+        }
+    };
+    Some(command)
+}
+
+/// What an operation's client sees in the store's response.
+pub fn output_of(response: &Response) -> Option<KvOutput> {
+    match response {
+        Response::Put(_) | Response::DeleteRange(_) => Some(KvOutput::Done),
+        Response::Txn(txn) => Some(KvOutput::Cas(txn.succeeded)),
+        Response::Range(range) => Some(read_output(range)),
+        _ => None,
     }
 }
 
-fn output_of(input: &KvInput, result: &KvResult) -> KvOutput {
-    match (input, result) {
-        (_, KvResult::Value(v)) => KvOutput::Value(v.as_ref().and_then(value_of)),
-        (_, KvResult::Swapped(s)) => KvOutput::Cas(*s),
-        (_, KvResult::Done) => KvOutput::Done,
-    }
+/// What a get's client sees in a one-key range read.
+pub fn read_output(range: &RangeResponse) -> KvOutput {
+    KvOutput::Value(range.kvs.first().and_then(|kv| value_of(&kv.value)))
 }
 
 /// What an ok operation tells its client about the key's current value.

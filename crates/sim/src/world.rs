@@ -10,7 +10,8 @@ use bytes::Bytes;
 use ekmat_core::{
     CommittedEntry, DetRng, Effect, Effects, Event, Input, NodeId, Replica, Reply, RequestId, Time,
 };
-use ekmat_kv::{Applied, KvResult, KvStore};
+use ekmat_kv::{Applied, KvStore, RangeRequest};
+use ekmat_linearizability::kv::KvOutput;
 use rustc_hash::FxHashMap;
 
 use crate::disk::Disk;
@@ -19,7 +20,7 @@ use crate::protocol::{ProtocolChecker, SimProtocol, Violation};
 use crate::queue::EventQueue;
 use crate::schedule::{Fault, Schedule, Target};
 use crate::trace::Trace;
-use crate::workload::{Next, Outcome, Sent, Workload, WorkloadShape};
+use crate::workload::{Next, Outcome, Sent, Workload, WorkloadShape, output_of, read_output};
 
 /// Everything that shapes one run besides the protocol.
 #[derive(Clone, Debug)]
@@ -473,19 +474,17 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 self.step(node, Input::Persisted { seq });
             }
             Ev::Request { client, sent } => {
-                self.trace.hash_event(self.now, (3u8, node, &sent.request));
+                let request = sent.request(self.now);
+                self.trace.hash_event(self.now, (3u8, node, &request));
                 let now = self.now;
-                self.trace.line(now, || {
-                    format!("{node} <- client {client} {:?}", sent.request)
-                });
+                self.trace
+                    .line(now, || format!("{node} <- client {client} {:?}", sent.op));
                 let pending = PendingRequest {
                     client,
-                    read_key: sent.read_key,
+                    read_key: sent.read_key().cloned(),
                 };
-                self.nodes[node.index()]
-                    .pending
-                    .insert(sent.request.id, pending);
-                self.step(node, Input::Request(sent.request));
+                self.nodes[node.index()].pending.insert(request.id, pending);
+                self.step(node, Input::Request(request));
             }
             _ => unreachable!("only node events are delivered"),
         }
@@ -586,11 +585,14 @@ impl<'p, P: SimProtocol> World<'p, P> {
             CommittedEntry::Command { id, command } => {
                 let applied = slot.kv.apply(index, id, &command);
                 if let Some(p) = slot.pending.remove(&id) {
-                    let outcome = match applied {
-                        Applied::Executed(r) | Applied::Repeated(r) => Outcome::Done(r),
-                        Applied::Superseded | Applied::Malformed(_) => {
-                            Outcome::Refused { leader: None }
-                        }
+                    let response = match applied {
+                        Applied::Executed { result, .. } | Applied::Repeated(result) => result.ok(),
+                        Applied::Superseded | Applied::Malformed(_) => None,
+                    };
+                    // A request the store refused (or could not read) had no effect.
+                    let outcome = match response.as_ref().and_then(output_of) {
+                        Some(output) => Outcome::Done(output),
+                        None => Outcome::Refused { leader: None },
                     };
                     self.reply_to_client(node, p.client, id, outcome);
                 }
@@ -630,8 +632,11 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 return true;
             }
             if let Some(p) = slot.pending.remove(&id) {
-                let value = p.read_key.and_then(|k| slot.kv.read(&k));
-                answers.push((p.client, id, Outcome::Done(KvResult::Value(value))));
+                let outcome = match p.read_key.map(|k| slot.kv.range(&RangeRequest::new(k))) {
+                    Some(Ok(range)) => Outcome::Done(read_output(&range)),
+                    _ => Outcome::Refused { leader: None },
+                };
+                answers.push((p.client, id, outcome));
             }
             false
         });
@@ -655,10 +660,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
     }
 
     fn on_client_reply(&mut self, client: usize, seq: u64, from: NodeId, outcome: Outcome) {
-        let is_write_ok = matches!(
-            outcome,
-            Outcome::Done(KvResult::Done | KvResult::Swapped(_))
-        );
+        let is_write_ok = matches!(outcome, Outcome::Done(KvOutput::Done | KvOutput::Cas(_)));
         let now = self.now;
         self.trace.hash_event(now, (5u8, client, seq, &outcome));
         self.trace
@@ -693,7 +695,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
         let Some(sent) = self.workload.issue(client, self.now) else {
             return;
         };
-        let seq = sent.request.id.seq;
+        let seq = sent.id.seq;
         let at = self.now + self.net.draw_latency(&mut self.net_rng);
         let timeout = self.now + self.workload.timeout();
         self.push(at, Ev::Request { client, sent });
@@ -961,6 +963,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
     /// How every replica's state differs from n0's, if it does.
     fn divergence(&self) -> Option<String> {
         let reference = &self.nodes[0].kv;
+        let mut reference_hash = None;
         for (i, slot) in self.nodes.iter().enumerate().skip(1) {
             if slot.kv.applied_index() != reference.applied_index() {
                 return Some(format!(
@@ -969,7 +972,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
                     slot.kv.applied_index()
                 ));
             }
-            if slot.kv != *reference {
+            if slot.kv.hash() != *reference_hash.get_or_insert_with(|| reference.hash()) {
                 return Some(format!(
                     "n0 and n{i} applied as many entries but hold different data"
                 ));

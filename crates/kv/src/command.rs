@@ -1,0 +1,139 @@
+//! What travels through the log (an [`Envelope`] around a [`Command`]) and what applying
+//! it produces ([`Applied`]).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DecodeError, KvError};
+use crate::lease::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse,
+};
+use crate::rpc::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+};
+use crate::watch::Event;
+
+/// One logged command with the proposing leader's clock. The state machine's clock is
+/// the largest `now_ms` it has applied, so lease expiry is decided by the log, the same
+/// on every replica, and never runs backwards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The proposer's clock, in milliseconds.
+    pub now_ms: u64,
+    /// What to execute.
+    pub command: Command,
+}
+
+impl Envelope {
+    /// `command` as proposed at `now_ms` on the proposer's clock.
+    pub fn new(now_ms: u64, command: Command) -> Envelope {
+        Envelope { now_ms, command }
+    }
+
+    /// The bytes to put in the log.
+    pub fn encode(&self) -> Bytes {
+        Envelope::wrap(self.now_ms, &self.command)
+    }
+
+    /// The bytes of `Envelope::new(now_ms, command.clone()).encode()`, without the clone.
+    pub fn wrap(now_ms: u64, command: &Command) -> Bytes {
+        #[derive(Serialize)]
+        struct EnvelopeRef<'a> {
+            now_ms: u64,
+            command: &'a Command,
+        }
+        let envelope = EnvelopeRef { now_ms, command };
+        Bytes::from(postcard::to_stdvec(&envelope).expect("envelopes always serialize"))
+    }
+
+    /// Decode logged bytes; trailing bytes are an error, so one encoding means one thing.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        match postcard::take_from_bytes(bytes) {
+            Ok((envelope, [])) => Ok(envelope),
+            Ok((_, rest)) => Err(DecodeError(format!("{} trailing bytes", rest.len()))),
+            Err(e) => Err(DecodeError(e.to_string())),
+        }
+    }
+}
+
+/// A request the state machine executes in log order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// No operation: only lets the leader's clock advance (and leases expire).
+    Tick,
+    /// A read ordered through the log (reads usually go through [`crate::KvStore::range`]).
+    Range(RangeRequest),
+    /// Write one key.
+    Put(PutRequest),
+    /// Delete the keys in a range.
+    DeleteRange(DeleteRangeRequest),
+    /// Guarded, atomic reads and writes.
+    Txn(TxnRequest),
+    /// Drop history before a revision.
+    Compact(CompactionRequest),
+    /// Create a lease.
+    LeaseGrant(LeaseGrantRequest),
+    /// End a lease, deleting its keys.
+    LeaseRevoke(LeaseRevokeRequest),
+    /// Restart a lease's TTL.
+    LeaseKeepAlive(LeaseKeepAliveRequest),
+}
+
+/// The answer to a [`Tick`](Command::Tick).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickResponse {
+    pub header: ResponseHeader,
+}
+
+/// The answer to a [`Command`], variant for variant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Tick(TickResponse),
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseKeepAlive(LeaseKeepAliveResponse),
+}
+
+impl Response {
+    /// The header every response carries (the store revision after the command).
+    pub fn header(&self) -> ResponseHeader {
+        match self {
+            Response::Tick(r) => r.header,
+            Response::Range(r) => r.header,
+            Response::Put(r) => r.header,
+            Response::DeleteRange(r) => r.header,
+            Response::Txn(r) => r.header,
+            Response::Compact(r) => r.header,
+            Response::LeaseGrant(r) => r.header,
+            Response::LeaseRevoke(r) => r.header,
+            Response::LeaseKeepAlive(r) => r.header,
+        }
+    }
+}
+
+/// What applying a logged entry did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The command ran. `events` are every change it made, in order, including lease
+    /// expiries its clock triggered (which happen first, even if `result` is an error).
+    Executed {
+        /// The response, or why the command was refused (then it changed nothing but
+        /// the clock and what the clock expired).
+        result: Result<Response, KvError>,
+        /// The changes, in order.
+        events: Vec<Event>,
+    },
+    /// The same request ran before; this is its recorded result. Nothing changed.
+    Repeated(Result<Response, KvError>),
+    /// An older request of a client that has since moved on: it never runs.
+    Superseded,
+    /// Bytes that are not an envelope. Deterministically ignored on every replica.
+    Malformed(DecodeError),
+}

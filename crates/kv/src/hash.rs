@@ -1,0 +1,85 @@
+//! A hash of the replicated state for comparing replicas. Hand-rolled rather than
+//! `std`'s hashers, whose output may change between Rust releases and whose integer
+//! hashing follows the platform's byte order: replicas built differently must agree.
+
+use crate::mvcc::Version;
+use crate::store::KvStore;
+
+/// Word-at-a-time multiplicative hashing (FxHash's step) with a final avalanche. Not
+/// collision resistant against an adversary; replicas are not adversaries.
+struct StableHasher(u64);
+
+const SEED: u64 = 0x6b76_2d68_6173_6831; // "kv-hash1"
+const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl StableHasher {
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+    }
+
+    fn int(&mut self, i: i64) {
+        self.word(i as u64);
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.word(b.len() as u64);
+        let mut chunks = b.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.word(u64::from_le_bytes(chunk.try_into().expect("8-byte chunk")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.word(u64::from_le_bytes(last));
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        // splitmix64's finalizer, so every input bit reaches every output bit.
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+fn version(h: &mut StableHasher, v: &Version) {
+    h.word(u64::from(v.sub) << 1 | u64::from(v.deleted));
+    h.int(v.kv.create_revision);
+    h.int(v.kv.mod_revision);
+    h.int(v.kv.version);
+    h.int(v.kv.lease);
+    h.bytes(&v.kv.value);
+}
+
+pub(crate) fn hash(store: &KvStore) -> u64 {
+    let mut h = StableHasher(SEED);
+    h.int(store.mvcc.revision);
+    h.int(store.mvcc.compact_revision);
+    h.word(store.clock_ms);
+    h.int(store.leases.last_assigned);
+    h.word(store.mvcc.keys.len() as u64);
+    for (key, versions) in &store.mvcc.keys {
+        h.bytes(key);
+        h.word(versions.len() as u64);
+        for v in versions {
+            version(&mut h, v);
+        }
+    }
+    h.word(store.leases.by_id.len() as u64);
+    for (&id, lease) in &store.leases.by_id {
+        h.int(id);
+        h.int(lease.ttl);
+        h.word(lease.deadline_ms);
+    }
+    h.word(store.sessions.by_client.len() as u64);
+    for (&client, session) in &store.sessions.by_client {
+        h.word(client);
+        h.word(session.seq);
+        // Results are small and rare next to the data; their encoding is canonical.
+        let result = postcard::to_stdvec(&session.result).expect("results always serialize");
+        h.bytes(&result);
+    }
+    h.finish()
+}

@@ -1,0 +1,130 @@
+//! Snapshots: the whole state machine as bytes, and back. Derived indexes (the change
+//! log, lease attachments, the expiry queue) are rebuilt on restore rather than stored,
+//! so a restored store is checked for consistency instead of trusted.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::KvError;
+use crate::lease::Leases;
+use crate::mvcc::{Mvcc, Version};
+use crate::session::{Session, Sessions};
+use crate::store::KvStore;
+
+/// Bumped whenever the layout changes; older snapshots are refused, not misread.
+const FORMAT: u32 = 1;
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    format: u32,
+    applied: u64,
+    clock_ms: u64,
+    revision: i64,
+    compact_revision: i64,
+    last_lease_id: i64,
+    keys: &'a BTreeMap<Bytes, Vec<Version>>,
+    /// (id, ttl, deadline in ms) per lease.
+    leases: Vec<(i64, i64, u64)>,
+    sessions: &'a BTreeMap<u64, Session>,
+}
+
+#[derive(Deserialize)]
+struct Snapshot {
+    /// Checked before the rest is decoded.
+    _format: u32,
+    applied: u64,
+    clock_ms: u64,
+    revision: i64,
+    compact_revision: i64,
+    last_lease_id: i64,
+    keys: BTreeMap<Bytes, Vec<Version>>,
+    leases: Vec<(i64, i64, u64)>,
+    sessions: BTreeMap<u64, Session>,
+}
+
+pub(crate) fn encode(store: &KvStore) -> Bytes {
+    let snapshot = SnapshotRef {
+        format: FORMAT,
+        applied: store.applied,
+        clock_ms: store.clock_ms,
+        revision: store.mvcc.revision,
+        compact_revision: store.mvcc.compact_revision,
+        last_lease_id: store.leases.last_assigned,
+        keys: &store.mvcc.keys,
+        leases: store
+            .leases
+            .by_id
+            .iter()
+            .map(|(&id, l)| (id, l.ttl, l.deadline_ms))
+            .collect(),
+        sessions: &store.sessions.by_client,
+    };
+    Bytes::from(postcard::to_stdvec(&snapshot).expect("snapshots always serialize"))
+}
+
+fn bad(why: impl Into<String>) -> KvError {
+    KvError::BadSnapshot(why.into())
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<KvStore, KvError> {
+    let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(|e| bad(e.to_string()))?;
+    if format != FORMAT {
+        return Err(bad(format!("format {format}, expected {FORMAT}")));
+    }
+    let s: Snapshot = match postcard::take_from_bytes(bytes) {
+        Ok((s, [])) => s,
+        Ok((_, rest)) => return Err(bad(format!("{} trailing bytes", rest.len()))),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    if s.revision < 1 || s.compact_revision < 0 || s.compact_revision > s.revision {
+        return Err(bad(format!(
+            "revision {} with compaction at {}",
+            s.revision, s.compact_revision
+        )));
+    }
+    let mut leases = Leases::from_parts(&s.leases, s.last_lease_id);
+    if leases.by_id.len() != s.leases.len() || leases.contains(0) {
+        return Err(bad("duplicate or zero lease id"));
+    }
+    for (key, versions) in &s.keys {
+        check_history(key, versions, s.revision)?;
+        if let Some(kv) = versions.last().and_then(Version::live)
+            && kv.lease != 0
+        {
+            if !leases.contains(kv.lease) {
+                return Err(bad(format!("key attached to missing lease {}", kv.lease)));
+            }
+            leases.attach(kv.lease, key);
+        }
+    }
+    Ok(KvStore {
+        mvcc: Mvcc::from_parts(s.keys, s.revision, s.compact_revision),
+        leases,
+        sessions: Sessions {
+            by_client: s.sessions,
+        },
+        clock_ms: s.clock_ms,
+        applied: s.applied,
+    })
+}
+
+/// A key's versions must be its own, in order, and within the store's revisions.
+fn check_history(key: &Bytes, versions: &[Version], revision: i64) -> Result<(), KvError> {
+    if key.is_empty() || versions.is_empty() {
+        return Err(bad("empty key or history"));
+    }
+    let in_order = versions
+        .windows(2)
+        .all(|w| (w[0].main(), w[0].sub) < (w[1].main(), w[1].sub));
+    let sane = versions.iter().all(|v| {
+        v.kv.key == *key
+            && (2..=revision).contains(&v.main())
+            && (v.deleted || (v.kv.version >= 1 && (1..=v.main()).contains(&v.kv.create_revision)))
+    });
+    if !in_order || !sane {
+        return Err(bad(format!("inconsistent history for key {key:?}")));
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! The state machine: applies logged envelopes in index order and serves local reads.
+
+use bytes::Bytes;
+use ekmat_core::RequestId;
+
+use crate::command::{Applied, Command, Envelope, Response, TickResponse};
+use crate::error::KvError;
+use crate::lease::{
+    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
+    Leases,
+};
+use crate::mvcc::Mvcc;
+use crate::range::range;
+use crate::rpc::{CompactionResponse, RangeRequest, RangeResponse, ResponseHeader};
+use crate::session::{Seen, Sessions};
+use crate::txn::txn;
+use crate::watch::{Event, events_between};
+use crate::write::{Writer, check_delete_shape, check_put_shape, check_put_state};
+
+/// etcd's v3 data model as a deterministic state machine: every replica that applies the
+/// same log holds the same store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvStore {
+    pub(crate) mvcc: Mvcc,
+    pub(crate) leases: Leases,
+    pub(crate) sessions: Sessions,
+    /// The largest `now_ms` applied: the clock leases expire by.
+    pub(crate) clock_ms: u64,
+    pub(crate) applied: u64,
+}
+
+impl KvStore {
+    pub fn new() -> KvStore {
+        KvStore::default()
+    }
+
+    /// Log index of the last entry applied (or skipped).
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// The current revision (1 for an empty store).
+    pub fn revision(&self) -> i64 {
+        self.mvcc.revision
+    }
+
+    /// Reads and watches before this revision fail; 0 if never compacted.
+    pub fn compact_revision(&self) -> i64 {
+        self.mvcc.compact_revision
+    }
+
+    /// The state machine's clock: the largest `now_ms` of any executed envelope.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    fn header(&self) -> ResponseHeader {
+        ResponseHeader {
+            revision: self.mvcc.revision,
+        }
+    }
+
+    /// Record that `index` was applied without a command (a protocol no-op).
+    pub fn skip(&mut self, index: u64) {
+        self.advance(index);
+    }
+
+    /// Apply the log entry at `index`: the envelope `command` sent by request `id`.
+    /// Indices must be consecutive. Repeated and superseded requests do not run (and do
+    /// not move the clock); bytes that are not an envelope are skipped.
+    pub fn apply(&mut self, index: u64, id: RequestId, command: &[u8]) -> Applied {
+        self.advance(index);
+        match self.sessions.check(id) {
+            Seen::New => {}
+            Seen::Repeated(result) => return Applied::Repeated(result),
+            Seen::Superseded => return Applied::Superseded,
+        }
+        let envelope = match Envelope::decode(command) {
+            Ok(envelope) => envelope,
+            Err(e) => return Applied::Malformed(e),
+        };
+        let mut events = Vec::new();
+        self.advance_clock(envelope.now_ms, &mut events);
+        let result = self.execute(envelope.command, &mut events);
+        self.sessions.record(id, &result);
+        Applied::Executed { result, events }
+    }
+
+    fn advance(&mut self, index: u64) {
+        assert_eq!(
+            index,
+            self.applied + 1,
+            "state machine applied out of order: {index} after {}",
+            self.applied
+        );
+        self.applied = index;
+    }
+
+    /// Move the clock to `now_ms` if that is later, revoking the leases that expired, in
+    /// id order, each in its own revision.
+    fn advance_clock(&mut self, now_ms: u64, events: &mut Vec<Event>) {
+        if now_ms <= self.clock_ms {
+            return;
+        }
+        self.clock_ms = now_ms;
+        if !self.leases.any_expired(now_ms) {
+            return;
+        }
+        for id in self.leases.expired(now_ms) {
+            let revoked = self.writer(events).revoke(id);
+            debug_assert!(revoked.is_ok(), "an expiring lease exists");
+            self.mvcc.finish();
+        }
+    }
+
+    fn writer<'a>(&'a mut self, events: &'a mut Vec<Event>) -> Writer<'a> {
+        Writer {
+            mvcc: &mut self.mvcc,
+            leases: &mut self.leases,
+            events,
+        }
+    }
+
+    fn execute(&mut self, command: Command, events: &mut Vec<Event>) -> Result<Response, KvError> {
+        let response = match command {
+            Command::Tick => Response::Tick(TickResponse {
+                header: self.header(),
+            }),
+            Command::Range(req) => Response::Range(self.range(&req)?),
+            Command::Put(req) => {
+                check_put_shape(&req)?;
+                check_put_state(&self.mvcc, &self.leases, &req)?;
+                let mut resp = self.writer(events).put(req);
+                self.mvcc.finish();
+                resp.header = self.header();
+                Response::Put(resp)
+            }
+            Command::DeleteRange(req) => {
+                check_delete_shape(&req)?;
+                let mut resp = self.writer(events).delete_range(req);
+                self.mvcc.finish();
+                resp.header = self.header();
+                Response::DeleteRange(resp)
+            }
+            Command::Txn(req) => {
+                let result = txn(&mut self.writer(events), req);
+                // Finish even on error: a failed txn changed nothing, so this is a no-op.
+                self.mvcc.finish();
+                let mut resp = result?;
+                resp.header = self.header();
+                Response::Txn(resp)
+            }
+            Command::Compact(req) => {
+                self.mvcc.compact(req.revision)?;
+                Response::Compact(CompactionResponse {
+                    header: self.header(),
+                })
+            }
+            Command::LeaseGrant(req) => {
+                let id = self.leases.grant(req.id, req.ttl, self.clock_ms)?;
+                Response::LeaseGrant(LeaseGrantResponse {
+                    header: self.header(),
+                    id,
+                    ttl: req.ttl,
+                })
+            }
+            Command::LeaseRevoke(req) => {
+                let result = self.writer(events).revoke(req.id);
+                self.mvcc.finish();
+                result?;
+                Response::LeaseRevoke(LeaseRevokeResponse {
+                    header: self.header(),
+                })
+            }
+            Command::LeaseKeepAlive(req) => {
+                let ttl = self.leases.keep_alive(req.id, self.clock_ms)?;
+                Response::LeaseKeepAlive(LeaseKeepAliveResponse {
+                    header: self.header(),
+                    id: req.id,
+                    ttl,
+                })
+            }
+        };
+        Ok(response)
+    }
+
+    /// Serve a range read locally (after a ReadIndex barrier, or a serializable read):
+    /// nothing changes.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+        range(&self.mvcc, req)
+    }
+
+    /// A lease's remaining time on the state machine's clock. etcd answers an unknown
+    /// lease with TTL -1 rather than an error; the gRPC layer maps
+    /// [`KvError::LeaseNotFound`] to that.
+    pub fn lease_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> Result<LeaseTimeToLiveResponse, KvError> {
+        let mut resp = self.leases.time_to_live(id, keys, self.clock_ms)?;
+        resp.header = self.header();
+        Ok(resp)
+    }
+
+    /// Every live lease's id, in order.
+    pub fn leases(&self) -> Vec<i64> {
+        self.leases.by_id.keys().copied().collect()
+    }
+
+    /// Every event at revision `from` or later on keys in `(key, range_end)` (with the
+    /// range conventions of [`RangeRequest`]), in revision order. Fails with
+    /// [`KvError::Compacted`] if `from` is before the compaction point; starting at the
+    /// compaction point itself works, as in etcd.
+    pub fn events_between(
+        &self,
+        from: i64,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<Vec<Event>, KvError> {
+        events_between(&self.mvcc, from, key, range_end)
+    }
+
+    /// Everything the state machine holds, for [`KvStore::restore`].
+    pub fn snapshot(&self) -> Bytes {
+        crate::snapshot::encode(self)
+    }
+
+    /// The store a [`KvStore::snapshot`] was taken of.
+    pub fn restore(bytes: &[u8]) -> Result<KvStore, KvError> {
+        crate::snapshot::decode(bytes)
+    }
+
+    /// A deterministic hash of the replicated state — data with its history since the
+    /// compaction point, revisions, leases, clock and sessions — for comparing replicas.
+    /// It leaves out the applied index (compare that separately). Stable across builds
+    /// and platforms.
+    pub fn hash(&self) -> u64 {
+        crate::hash::hash(self)
+    }
+}

@@ -1,0 +1,12 @@
+//! etcd v3 semantics of the state machine, scenario by scenario, through the public API.
+
+mod compaction;
+mod harness;
+mod lease;
+mod props;
+mod range;
+mod revisions;
+mod sessions;
+mod snapshot;
+mod txn;
+mod watch;
