@@ -1,7 +1,14 @@
 //! The `ekmat` command line.
 
+mod bench;
+mod client;
+mod etcd;
+mod kv_cmd;
+mod node_cmd;
 mod scenario;
 mod sim;
+mod status_cmd;
+mod up;
 
 use std::process::ExitCode;
 
@@ -11,7 +18,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "ekmat",
     version,
-    about = "Consensus protocols, proved in a deterministic simulator"
+    about = "Consensus protocols, proved in a deterministic simulator and run as a real cluster"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -20,13 +27,24 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Start a local cluster of real processes and keep it running until Ctrl-C.
+    Up(up::UpArgs),
+    /// Run one cluster member from a configuration file.
+    Node(node_cmd::NodeArgs),
+    /// Read and write keys (etcdctl-compatible output).
+    Kv(kv_cmd::KvArgs),
+    /// Show each member's leader, term, indexes and lag.
+    Status(status_cmd::StatusArgs),
     /// Run a protocol in the deterministic simulator under faults, over many seeds.
     Sim(sim::SimArgs),
+    /// Measure a cluster under load (optionally beside a local etcd).
+    Bench(bench::BenchArgs),
 }
 
 /// Exit codes other tools rely on.
 pub mod exit {
     pub const OK: u8 = 0;
+    /// A violation was found, or a command failed.
     pub const VIOLATION: u8 = 1;
     pub const USAGE: u8 = 2;
 }
@@ -34,7 +52,12 @@ pub mod exit {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Node(args) => node_cmd::run(args),
+        Command::Kv(args) => kv_cmd::run(args),
+        Command::Status(args) => status_cmd::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     ExitCode::from(code)
 }

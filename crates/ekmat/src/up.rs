@@ -1,0 +1,379 @@
+//! `ekmat up`: a local cluster of real processes, one `ekmat node` child per member.
+//!
+//! Node i serves clients on `base-port + i`, peers on `base-port + 100 + i`, and metrics
+//! on `base-port + 200 + i`. Each member's configuration and log live in its data
+//! directory, so a member can be restarted by hand with the printed command, and
+//! running `ekmat up` again with the same `--data-dir` brings the cluster back with its
+//! data.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use ekmat_node::{Member, NodeConfig};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::client::connect;
+use crate::exit;
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Cluster size.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Consensus protocol.
+    #[arg(long, default_value = "raft")]
+    pub protocol: String,
+    /// Where members keep their data (default: a new directory under the system temp dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Client port of node 0; see the module docs for the other ports.
+    #[arg(long, default_value_t = 2379)]
+    pub base_port: u16,
+    /// Skip fsync (benchmarks only: a power failure can lose acknowledged writes).
+    #[arg(long)]
+    pub unsafe_no_fsync: bool,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Running {
+    name: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+fn addr(port: u32) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port as u16))
+}
+
+fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
+    if args.nodes == 0 || args.nodes > 50 {
+        return Err("--nodes must be between 1 and 50".into());
+    }
+    let base = u32::from(args.base_port);
+    if base == 0 || base + 200 + args.nodes as u32 > 65_535 {
+        return Err(format!(
+            "--base-port {base} leaves no room for {} nodes' ports",
+            args.nodes
+        ));
+    }
+    let members: Vec<Member> = (0..args.nodes as u32)
+        .map(|i| Member {
+            id: i,
+            name: format!("n{i}"),
+            client: addr(base + i),
+            peer: addr(base + 100 + i),
+            metrics: Some(addr(base + 200 + i)),
+        })
+        .collect();
+    let cfgs: Vec<NodeConfig> = (0..args.nodes as u32)
+        .map(|i| NodeConfig {
+            cluster: "ekmat-up".into(),
+            protocol: args.protocol.clone(),
+            id: i,
+            data_dir: data.join(format!("n{i}")),
+            members: members.clone(),
+            unsafe_no_fsync: args.unsafe_no_fsync,
+        })
+        .collect();
+    cfgs[0].validate().map_err(|e| e.to_string())?;
+    Ok(cfgs)
+}
+
+/// Fail early and clearly if a port is taken (the node would fail too, less helpfully).
+fn check_ports(cfgs: &[NodeConfig]) -> Result<(), String> {
+    for m in &cfgs[0].members {
+        for (what, a) in [
+            ("client", Some(m.client)),
+            ("peer", Some(m.peer)),
+            ("metrics", m.metrics),
+        ] {
+            let Some(a) = a else { continue };
+            if let Err(e) = TcpListener::bind(a) {
+                return Err(format!(
+                    "port {} ({}'s {what} port) is not available: {e}; choose another --base-port",
+                    a.port(),
+                    m.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn spawn(cfg: &NodeConfig) -> Result<Running, String> {
+    let dir = &cfg.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let config = dir.join("ekmat.toml");
+    std::fs::write(&config, cfg.to_toml())
+        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let log = dir.join("node.log");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the ekmat binary: {e}"))?;
+    let child = Command::new(exe)
+        .args(["node", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start node n{}: {e}", cfg.id))?;
+    Ok(Running {
+        name: format!("n{}", cfg.id),
+        config,
+        log,
+        child: Some(child),
+    })
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Some member names a leader that itself agrees it leads. Returns (leader name, term).
+async fn find_leader(cfgs: &[NodeConfig]) -> Option<(u32, u64)> {
+    use ekmat_api::etcdserverpb as pb;
+    for m in &cfgs[0].members {
+        let Ok(ch) = connect(&format!("http://{}", m.client)).await else {
+            continue;
+        };
+        let mut c = pb::maintenance_client::MaintenanceClient::new(ch);
+        let Ok(r) = c.status(pb::StatusRequest {}).await else {
+            continue;
+        };
+        let s = r.into_inner();
+        if s.leader != 0 && s.header.is_some_and(|h| h.member_id == s.leader) {
+            return Some((m.id, s.raft_term));
+        }
+    }
+    None
+}
+
+/// A cluster of `ekmat node` children, as `ekmat up` and `ekmat bench` run it.
+pub struct LocalCluster {
+    pub cfgs: Vec<NodeConfig>,
+    nodes: Vec<Running>,
+}
+
+impl LocalCluster {
+    /// Check the ports, write each member's configuration and start it.
+    pub fn start(args: &UpArgs, data: &Path) -> Result<LocalCluster, String> {
+        let cfgs = plan(args, data)?;
+        check_ports(&cfgs)?;
+        let mut cluster = LocalCluster {
+            cfgs,
+            nodes: Vec::new(),
+        };
+        for i in 0..cluster.cfgs.len() {
+            let running = spawn(&cluster.cfgs[i])?;
+            cluster.nodes.push(running);
+        }
+        Ok(cluster)
+    }
+
+    /// Wait for a leader: (its id, its term).
+    pub async fn wait_for_leader(&mut self) -> Result<(u32, u64), String> {
+        let started = Instant::now();
+        loop {
+            if let Some(found) = find_leader(&self.cfgs).await {
+                return Ok(found);
+            }
+            if check_exits(&mut self.nodes, true).is_some() {
+                return Err("a member exited before a leader was elected".into());
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(format!(
+                    "no leader was elected within {READY_TIMEOUT:?}; see the members' logs"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Client endpoints, `host:port`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.cfgs[0]
+            .members
+            .iter()
+            .map(|m| m.client.to_string())
+            .collect()
+    }
+
+    pub async fn stop(&mut self) {
+        stop_all(&mut self.nodes).await;
+    }
+}
+
+pub fn run(args: UpArgs) -> u8 {
+    let data = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("ekmat-up-{}", std::process::id())));
+    if let Err(e) = plan(&args, &data).and_then(|c| check_ports(&c)) {
+        eprintln!("error: {e}");
+        return exit::USAGE;
+    }
+    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    rt.block_on(supervise(&args, &data))
+}
+
+async fn supervise(args: &UpArgs, data: &Path) -> u8 {
+    let mut cluster = match LocalCluster::start(args, data) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::VIOLATION;
+        }
+    };
+    println!(
+        "ekmat: {}-node {} cluster, data in {}",
+        args.nodes,
+        args.protocol,
+        data.display()
+    );
+    for (cfg, n) in cluster.cfgs.iter().zip(&cluster.nodes) {
+        let me = cfg.me();
+        let metrics = me
+            .metrics
+            .map_or(String::new(), |m| format!("  metrics http://{m}/metrics"));
+        println!(
+            "  {}  client {}  peer {}{metrics}  log {}",
+            n.name,
+            me.client,
+            me.peer,
+            n.log.display()
+        );
+    }
+    let started = Instant::now();
+    let (leader, term) = match cluster.wait_for_leader().await {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("error: {e}");
+            cluster.stop().await;
+            return exit::VIOLATION;
+        }
+    };
+    println!(
+        "leader: n{leader} (term {term}), elected in {} ms",
+        started.elapsed().as_millis()
+    );
+    println!("ready: {}", cluster.endpoints().join(","));
+    println!("(Ctrl-C stops every node)");
+
+    let mut signal = std::pin::pin!(crate::node_cmd::wait_for_signal());
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => { check_exits(&mut cluster.nodes, false); }
+        }
+    }
+    println!("stopping...");
+    cluster.stop().await;
+    println!("stopped");
+    exit::OK
+}
+
+/// Report members that exited. Before the cluster is ready, an exit is fatal.
+fn check_exits(nodes: &mut [Running], starting: bool) -> Option<u8> {
+    for n in nodes.iter_mut() {
+        let Some(child) = n.child.as_mut() else {
+            continue;
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            n.child = None;
+            eprintln!(
+                "{} exited ({status}); its log {} ends:\n{}",
+                n.name,
+                n.log.display(),
+                tail(&n.log, 5)
+            );
+            if starting {
+                return Some(exit::VIOLATION);
+            }
+            eprintln!(
+                "restart it with: {} node --config {}",
+                std::env::current_exe().map_or("ekmat".into(), |p| p.display().to_string()),
+                n.config.display()
+            );
+        }
+    }
+    None
+}
+
+/// SIGTERM every member, wait for them to finish, SIGKILL whoever does not.
+async fn stop_all(nodes: &mut [Running]) {
+    for n in nodes.iter() {
+        if let Some(pid) = n.child.as_ref().and_then(Child::id) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    for n in nodes.iter_mut() {
+        let Some(mut child) = n.child.take() else {
+            continue;
+        };
+        if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "{} did not stop within {STOP_TIMEOUT:?}; killing it",
+                n.name
+            );
+            let _ = child.kill().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(nodes: usize, base_port: u16) -> UpArgs {
+        UpArgs {
+            nodes,
+            protocol: "raft".into(),
+            data_dir: None,
+            base_port,
+            unsafe_no_fsync: false,
+        }
+    }
+
+    #[test]
+    fn ports_follow_the_documented_layout() {
+        let cfgs = plan(&args(3, 2379), Path::new("/tmp/x")).unwrap();
+        let m = &cfgs[0].members[2];
+        assert_eq!(
+            (m.client.port(), m.peer.port(), m.metrics.unwrap().port()),
+            (2381, 2481, 2581)
+        );
+        assert_eq!(cfgs[1].data_dir, Path::new("/tmp/x/n1"));
+    }
+
+    #[test]
+    fn impossible_plans_are_refused() {
+        assert!(plan(&args(0, 2379), Path::new("/tmp/x")).is_err());
+        assert!(plan(&args(3, 65_500), Path::new("/tmp/x")).is_err());
+        let mut a = args(3, 2379);
+        a.protocol = "smoke".into();
+        assert!(
+            plan(&a, Path::new("/tmp/x"))
+                .unwrap_err()
+                .contains("unknown protocol")
+        );
+    }
+}

@@ -1,0 +1,310 @@
+//! Starting, stopping and restarting real nodes, and what they say about bad input.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ekmat_api::etcdserverpb as pb;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::{Cluster, channel, ekmat, free_port, write_config};
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let o = ekmat().args(args).output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configurations_exit_2_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(&["node", "--config", "/nonexistent/ekmat.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read configuration"), "{err}");
+
+    let mut cfg = sample(dir.path());
+    cfg.id = 9;
+    let path = dir.path().join("bad.toml");
+    write_config(&path, &cfg);
+    let (code, _, err) = run(&["node", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("id 9 is not among the members"), "{err}");
+
+    std::fs::write(&path, "cluster = \"x\"\nid = 0\nmystery = 1\n").unwrap();
+    let (code, _, err) = run(&["node", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid configuration"), "{err}");
+}
+
+fn sample(dir: &std::path::Path) -> ekmat_node::NodeConfig {
+    let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+    ekmat_node::NodeConfig {
+        cluster: "solo".into(),
+        protocol: "raft".into(),
+        id: 0,
+        data_dir: dir.join("data"),
+        members: vec![ekmat_node::Member {
+            id: 0,
+            name: "n0".into(),
+            peer: addr(free_port()),
+            client: addr(free_port()),
+            metrics: None,
+        }],
+        unsafe_no_fsync: false,
+    }
+}
+
+#[test]
+fn a_taken_port_an_unusable_or_foreign_data_dir_stop_the_node_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.toml");
+
+    let cfg = sample(dir.path());
+    let _hold = std::net::TcpListener::bind(cfg.members[0].client).unwrap();
+    write_config(&path, &cfg);
+    let (code, _, err) = run(&["node", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot listen for clients on"), "{err}");
+
+    let mut cfg = sample(dir.path());
+    std::fs::write(dir.path().join("plain-file"), b"x").unwrap();
+    cfg.data_dir = dir.path().join("plain-file").join("data");
+    write_config(&path, &cfg);
+    let (code, _, err) = run(&["node", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not usable"), "{err}");
+
+    // A data directory claimed by another cluster.
+    let mut other = sample(dir.path());
+    other.cluster = "other".into();
+    other.data_dir = dir.path().join("shared");
+    let mut c = Cluster::start(1);
+    let identity = c.cfgs[0].data_dir.join("ekmat-identity.toml");
+    let started = Instant::now();
+    while !identity.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the node never claimed its directory"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::create_dir_all(&other.data_dir).unwrap();
+    std::fs::copy(&identity, other.data_dir.join("ekmat-identity.toml")).unwrap();
+    write_config(&path, &other);
+    let (code, _, err) = run(&["node", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("belongs to cluster 'test'") && err.contains("refusing to start"),
+        "{err}"
+    );
+
+    // The running node's own directory is locked.
+    let (code, _, err) = run(&["node", "--config", c.config_path(0).to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("in use by another ekmat process"), "{err}");
+    assert!(c.stop(0).success(), "SIGTERM stops a node cleanly");
+}
+
+#[tokio::test]
+async fn a_cluster_restarted_from_disk_keeps_its_data() {
+    let mut c = Cluster::start(3);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
+    for i in 0..50 {
+        kv.put(pb::PutRequest {
+            key: format!("k{i}").into_bytes(),
+            value: format!("v{i}").into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    for i in 0..3 {
+        assert!(c.stop(i).success(), "n{i} stops cleanly on SIGTERM");
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
+    let r = kv
+        .range(pb::RangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.count, 50,
+        "all acknowledged writes survived a full restart"
+    );
+    assert_eq!(r.header.unwrap().revision, 51);
+}
+
+#[tokio::test]
+async fn a_corrupted_log_is_refused_with_file_and_offset() {
+    let mut c = Cluster::start(1);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
+    for i in 0..20 {
+        kv.put(pb::PutRequest {
+            key: format!("k{i}").into_bytes(),
+            value: vec![b'x'; 100],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    assert!(c.stop(0).success());
+    let wal = c.cfgs[0].data_dir.join("wal");
+    let segment = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "wal"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 3;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+    let (code, _, err) = run(&["node", "--config", c.config_path(0).to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("corrupt write-ahead log")
+            && err.contains(segment.file_name().unwrap().to_str().unwrap()),
+        "{err}"
+    );
+    assert!(err.contains("at byte"), "{err}");
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_requests_get_grpc_errors() {
+    let c = Cluster::start(1);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
+    let err = kv
+        .put(pb::PutRequest {
+            key: b"big".to_vec(),
+            value: vec![0; 2 << 20],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.message(), "etcdserver: request is too large");
+    let err = kv
+        .put(pb::PutRequest {
+            key: vec![],
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.message(), "etcdserver: key is not provided");
+    let err = kv
+        .txn(pb::TxnRequest {
+            success: vec![pb::RequestOp { request: None }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+#[test]
+fn ekmat_up_prints_ready_and_stops_every_node_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    // Find a base port whose whole layout is free.
+    let base = loop {
+        let p = free_port();
+        if p < 60_000
+            && (0..3).all(|i| {
+                [p + i, p + 100 + i, p + 200 + i]
+                    .iter()
+                    .all(|q| std::net::TcpListener::bind(("127.0.0.1", *q)).is_ok())
+            })
+        {
+            break p;
+        }
+    };
+    let mut up = ekmat()
+        .args([
+            "up",
+            "--nodes",
+            "3",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    let ready = loop {
+        let line = lines
+            .next()
+            .expect("ekmat up printed a ready line")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("ready: ") {
+            break rest.to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30));
+    };
+    let endpoints: Vec<&str> = ready.split(',').collect();
+    assert_eq!(
+        endpoints,
+        [
+            format!("127.0.0.1:{base}"),
+            format!("127.0.0.1:{}", base + 1),
+            format!("127.0.0.1:{}", base + 2)
+        ]
+    );
+    let (code, out, err) = run(&["kv", "put", "greeting", "namaste", "--endpoints", &ready]);
+    assert_eq!((code, out.trim()), (0, "OK"), "{err}");
+    let (code, out, _) = run(&["kv", "get", "greeting", "--endpoints", endpoints[2]]);
+    assert_eq!((code, out.as_str()), (0, "greeting\nnamaste\n"));
+    let (code, out, _) = run(&["status", "--endpoints", &ready]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("yes") && out.contains("leader: member"),
+        "{out}"
+    );
+
+    kill(Pid::from_raw(up.id() as i32), Signal::SIGINT).unwrap();
+    let status = up.wait().unwrap();
+    assert!(status.success(), "ekmat up exits 0 after Ctrl-C");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l == "stopped"), "{rest:?}");
+    for i in 0..3 {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok(),
+            "n{i} released its port"
+        );
+    }
+}
+
+#[test]
+fn kv_commands_explain_bad_endpoints_and_unreachable_clusters() {
+    let (code, _, err) = run(&["kv", "get", "k", "--endpoints", "https://127.0.0.1:1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("TLS"), "{err}");
+    let port = free_port();
+    let (code, _, err) = run(&[
+        "kv",
+        "get",
+        "k",
+        "--endpoints",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no endpoint answered"), "{err}");
+}

@@ -1,0 +1,202 @@
+//! A cluster of real `ekmat node` processes on 127.0.0.1, for tests.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ekmat_api::etcdserverpb as pb;
+use ekmat_node::{Member, NodeConfig};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint};
+
+pub fn ekmat() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ekmat"))
+}
+
+/// A port nothing is listening on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub cfgs: Vec<NodeConfig>,
+    children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    pub fn start(n: u32) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                id: i,
+                name: format!("n{i}"),
+                peer: addr(free_port()),
+                client: addr(free_port()),
+                metrics: Some(addr(free_port())),
+            })
+            .collect();
+        let cfgs: Vec<NodeConfig> = (0..n)
+            .map(|i| NodeConfig {
+                cluster: "test".into(),
+                protocol: "raft".into(),
+                id: i,
+                data_dir: dir.path().join(format!("n{i}")),
+                members: members.clone(),
+                unsafe_no_fsync: false,
+            })
+            .collect();
+        let mut c = Cluster {
+            dir,
+            cfgs,
+            children: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n as usize {
+            c.spawn(i);
+        }
+        c
+    }
+
+    pub fn config_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}.toml"))
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}.log"))
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let path = self.config_path(i);
+        std::fs::write(&path, self.cfgs[i].to_toml()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .unwrap();
+        let child = ekmat()
+            .args(["node", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children[i] = Some(child);
+    }
+
+    pub fn pid(&self, i: usize) -> Pid {
+        Pid::from_raw(self.children[i].as_ref().expect("running").id() as i32)
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        let mut child = self.children[i].take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn pause(&self, i: usize) {
+        kill(self.pid(i), Signal::SIGSTOP).unwrap();
+    }
+
+    pub fn resume(&self, i: usize) {
+        kill(self.pid(i), Signal::SIGCONT).unwrap();
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut child = self.children[i].take().expect("running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        child.wait().unwrap()
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://{}", self.cfgs[0].members[i].client)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.cfgs.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    /// The index of the member that says it leads, waiting up to `within`.
+    pub async fn leader(&self, within: Duration) -> usize {
+        let started = Instant::now();
+        loop {
+            for i in 0..self.cfgs.len() {
+                if self.children[i].is_none() {
+                    continue;
+                }
+                if let Ok(s) = status(&self.endpoint(i)).await
+                    && s.leader != 0
+                    && s.header.is_some_and(|h| h.member_id == s.leader)
+                {
+                    return i;
+                }
+            }
+            assert!(
+                started.elapsed() < within,
+                "no leader within {within:?}; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        (0..self.cfgs.len())
+            .map(|i| format!("--- n{i} ---\n{}", tail(&self.log(i), 15)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (i, child) in self.children.iter_mut().enumerate() {
+            if let Some(mut c) = child.take() {
+                let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+                let _ = c.kill();
+                let _ = c.wait();
+                let _ = i;
+            }
+        }
+    }
+}
+
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub async fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await
+}
+
+pub async fn status(url: &str) -> Result<pb::StatusResponse, String> {
+    let ch = channel(url).await.map_err(|e| e.to_string())?;
+    pb::maintenance_client::MaintenanceClient::new(ch)
+        .status(pb::StatusRequest {})
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|e| e.to_string())
+}
+
+pub fn write_config(path: &Path, cfg: &NodeConfig) {
+    std::fs::write(path, cfg.to_toml()).unwrap();
+}

@@ -1,0 +1,240 @@
+//! A node's configuration: the cluster it belongs to, its members and addresses, and
+//! where it keeps its data. Read from TOML; every mistake is reported with what to fix.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Cluster name. With the member list it determines the cluster id, which every
+    /// peer connection and every data directory is checked against.
+    pub cluster: String,
+    /// The consensus protocol the cluster runs.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// This node's member id.
+    pub id: u32,
+    pub data_dir: PathBuf,
+    #[serde(rename = "member")]
+    pub members: Vec<Member>,
+    /// Skip fsync (benchmarks only: acknowledged writes can be lost on power failure).
+    #[serde(default)]
+    pub unsafe_no_fsync: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u32,
+    #[serde(default)]
+    pub name: String,
+    /// Address peers connect to.
+    pub peer: SocketAddr,
+    /// Address clients (the etcd v3 gRPC API) connect to.
+    pub client: SocketAddr,
+    /// Address of the Prometheus `/metrics` and `/health` endpoint, if any.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+}
+
+fn default_protocol() -> String {
+    "raft".into()
+}
+
+/// Protocols the runtime can run.
+pub const PROTOCOLS: [&str; 1] = ["raft"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("configurations always serialize")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.cluster.trim().is_empty() {
+            return bad("`cluster` must name the cluster".into());
+        }
+        if !PROTOCOLS.contains(&self.protocol.as_str()) {
+            return bad(format!(
+                "unknown protocol '{}' (known: {})",
+                self.protocol,
+                PROTOCOLS.join(", ")
+            ));
+        }
+        if self.members.is_empty() {
+            return bad("the cluster needs at least one [[member]]".into());
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for m in &self.members {
+            if !ids.insert(m.id) {
+                return bad(format!("member id {} is listed twice", m.id));
+            }
+            for addr in [Some(m.peer), Some(m.client), m.metrics]
+                .into_iter()
+                .flatten()
+            {
+                if !addrs.insert(addr) {
+                    return bad(format!("address {addr} is used twice (member {})", m.id));
+                }
+            }
+        }
+        if !ids.contains(&self.id) {
+            let known: Vec<String> = ids.iter().map(u32::to_string).collect();
+            return bad(format!(
+                "this node's id {} is not among the members ({})",
+                self.id,
+                known.join(", ")
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("`data_dir` must be set".into());
+        }
+        Ok(())
+    }
+
+    pub fn me(&self) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.id == self.id)
+            .expect("validated: this node is a member")
+    }
+
+    pub fn member(&self, id: u32) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// A stable id for the cluster: a SHA-256 of its name and its members' ids and peer
+    /// addresses (stable across builds, since data directories record it).
+    pub fn cluster_id(&self) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut members: Vec<(u32, SocketAddr)> =
+            self.members.iter().map(|m| (m.id, m.peer)).collect();
+        members.sort();
+        let mut canonical = format!("{}\n", self.cluster);
+        for (id, peer) in members {
+            canonical.push_str(&format!("{id} {peer}\n"));
+        }
+        let digest = Sha256::digest(canonical.as_bytes());
+        u64::from_be_bytes(digest[..8].try_into().expect("a digest has 32 bytes"))
+    }
+
+    /// etcd member ids are 64-bit and never zero; ours are small, so shift them clear of 0.
+    pub fn member_id(id: u32) -> u64 {
+        u64::from(id) + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NodeConfig {
+        let member = |id: u32| Member {
+            id,
+            name: format!("n{id}"),
+            peer: format!("127.0.0.1:{}", 12380 + id).parse().unwrap(),
+            client: format!("127.0.0.1:{}", 2379 + id).parse().unwrap(),
+            metrics: None,
+        };
+        NodeConfig {
+            cluster: "test".into(),
+            protocol: "raft".into(),
+            id: 1,
+            data_dir: "/tmp/x".into(),
+            members: (0..3).map(member).collect(),
+            unsafe_no_fsync: false,
+        }
+    }
+
+    #[test]
+    fn a_valid_config_round_trips_through_toml() {
+        let cfg = sample();
+        cfg.validate().unwrap();
+        let back: NodeConfig = toml::from_str(&cfg.to_toml()).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let mut c = sample();
+        c.id = 7;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("id 7 is not among")
+        );
+        let mut c = sample();
+        c.members[2].id = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("listed twice")
+        );
+        let mut c = sample();
+        c.members[2].client = c.members[0].peer;
+        assert!(c.validate().unwrap_err().to_string().contains("used twice"));
+        let mut c = sample();
+        c.protocol = "smoke-signals".into();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("unknown protocol")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = sample()
+            .to_toml()
+            .replace("cluster = ", "clustr = 1\ncluster = ");
+        assert!(toml::from_str::<NodeConfig>(&text).is_err());
+    }
+
+    #[test]
+    fn the_cluster_id_depends_on_name_and_members() {
+        let a = sample();
+        let mut b = sample();
+        b.id = 0;
+        assert_eq!(
+            a.cluster_id(),
+            b.cluster_id(),
+            "the same cluster seen from two nodes"
+        );
+        b.cluster = "other".into();
+        assert_ne!(a.cluster_id(), b.cluster_id());
+    }
+}

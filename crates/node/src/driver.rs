@@ -1,0 +1,363 @@
+//! The driver: one task that owns the protocol core and the key-value state machine.
+//!
+//! It feeds the core every input — peer messages, client requests, ticks, durability
+//! notices — with the time since the node started, and carries out the effects: sends go
+//! to the transport, durable writes to the writer thread, committed entries to the state
+//! machine (answering the client that asked, if it is waiting here), refusals and read
+//! barriers back to the callers. No protocol logic lives here.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ekmat_core::{
+    CommittedEntry, Effect, Effects, Event, Input, NodeId, Rejection, Replica, Reply, Request,
+    RequestId, RequestKind, Time,
+};
+use ekmat_kv::{
+    Applied, Command, Envelope, KvError, KvStore, RangeRequest, RangeResponse, Response,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::protocol::{CoreStatus, RuntimeProtocol};
+use crate::transport::Transport;
+use crate::writer::Durability;
+
+/// How often the core is ticked. Its timers are 10 ms-granular.
+pub const TICK: Duration = Duration::from_millis(10);
+/// Client calls queued before callers wait.
+pub const CALL_QUEUE: usize = 16 * 1024;
+
+type Msg<P> = <<P as RuntimeProtocol>::Node as Replica>::Message;
+type Write<P> = <<P as RuntimeProtocol>::Node as Replica>::Write;
+
+/// A request from the client API.
+#[derive(Debug)]
+pub enum Call {
+    /// Order and apply a command.
+    Write {
+        command: Command,
+        reply: oneshot::Sender<Result<Response, CallError>>,
+    },
+    /// Read; linearizable reads wait for a read barrier from the protocol.
+    Read {
+        request: RangeRequest,
+        linearizable: bool,
+        reply: oneshot::Sender<Result<RangeResponse, CallError>>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// This node cannot order requests; `leader` may.
+    #[error("not the leader")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("etcdserver: too many requests")]
+    Busy,
+    #[error("etcdserver: leader changed")]
+    LeadershipLost,
+    #[error("{0}")]
+    Kv(KvError),
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+}
+
+/// What the rest of the node may know about the driver's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub core: CoreStatus,
+    pub applied: u64,
+    pub revision: i64,
+    pub compact_revision: i64,
+}
+
+type WriteReply = oneshot::Sender<Result<Response, CallError>>;
+type ReadReply = oneshot::Sender<Result<RangeResponse, CallError>>;
+
+pub struct Driver<P: RuntimeProtocol> {
+    core: P::Node,
+    kv: KvStore,
+    started: Instant,
+    transport: Transport<Msg<P>>,
+    writes: mpsc::Sender<(u64, Vec<u8>)>,
+    durable: watch::Receiver<Durability>,
+    status: watch::Sender<NodeStatus>,
+    next_id: u64,
+    pending_writes: HashMap<RequestId, WriteReply>,
+    pending_reads: HashMap<RequestId, (RangeRequest, ReadReply)>,
+    /// Reads the protocol confirmed, waiting for the state machine to reach `index`.
+    ready_reads: Vec<(u64, RequestId)>,
+    out: Effects<Msg<P>, Write<P>>,
+}
+
+pub struct DriverParts<P: RuntimeProtocol> {
+    pub core: P::Node,
+    pub kv: KvStore,
+    pub started: Instant,
+    pub transport: Transport<Msg<P>>,
+    pub writes: mpsc::Sender<(u64, Vec<u8>)>,
+    pub durable: watch::Receiver<Durability>,
+    pub status: watch::Sender<NodeStatus>,
+}
+
+impl<P: RuntimeProtocol> Driver<P> {
+    pub fn new(parts: DriverParts<P>) -> Driver<P> {
+        // Request ids must not collide with another node's or an earlier run's: the
+        // clock at start, shifted clear of a per-run counter.
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        Driver {
+            core: parts.core,
+            kv: parts.kv,
+            started: parts.started,
+            transport: parts.transport,
+            writes: parts.writes,
+            durable: parts.durable,
+            status: parts.status,
+            next_id: epoch << 20,
+            pending_writes: HashMap::new(),
+            pending_reads: HashMap::new(),
+            ready_reads: Vec::new(),
+            out: Effects::new(),
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time(self.started.elapsed().as_micros() as u64)
+    }
+
+    fn fresh_id(&mut self) -> RequestId {
+        self.next_id += 1;
+        // Client 0: anonymous, not deduplicated by the state machine's sessions.
+        RequestId {
+            client: 0,
+            seq: self.next_id,
+        }
+    }
+
+    /// Run until `stop` fires or a channel closes. Returns an error if durability failed.
+    pub async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<(NodeId, Msg<P>)>,
+        mut calls: mpsc::Receiver<Call>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                changed = self.durable.changed() => {
+                    if changed.is_err() {
+                        return Err("the storage writer stopped".into());
+                    }
+                    let d = self.durable.borrow_and_update().clone();
+                    if let Some(failed) = d.failed {
+                        return Err(failed);
+                    }
+                    self.step(Input::Persisted { seq: d.seq }).await;
+                }
+                Some((from, msg)) = inbound.recv() => {
+                    self.step(Input::Message { from, msg }).await;
+                }
+                Some(call) = calls.recv() => self.on_call(call).await,
+                _ = ticker.tick() => {
+                    self.step(Input::Tick).await;
+                    self.forget_abandoned_calls();
+                }
+            }
+        }
+        self.fail_pending(CallError::Stopped);
+        Ok(())
+    }
+
+    async fn on_call(&mut self, call: Call) {
+        match call {
+            Call::Write { command, reply } => {
+                let id = self.fresh_id();
+                let envelope = Envelope {
+                    now_ms: wall_clock_ms(),
+                    command,
+                };
+                self.pending_writes.insert(id, reply);
+                let kind = RequestKind::Write(envelope.encode());
+                self.step(Input::Request(Request { id, kind })).await;
+            }
+            Call::Read {
+                request,
+                linearizable: false,
+                reply,
+            } => {
+                let _ = reply.send(self.kv.range(&request).map_err(CallError::Kv));
+            }
+            Call::Read {
+                request,
+                linearizable: true,
+                reply,
+            } => {
+                let id = self.fresh_id();
+                self.pending_reads.insert(id, (request, reply));
+                let kind = RequestKind::Read;
+                self.step(Input::Request(Request { id, kind })).await;
+            }
+        }
+    }
+
+    async fn step(&mut self, input: Input<Msg<P>>) {
+        let now = self.now();
+        let mut out = std::mem::take(&mut self.out);
+        self.core.step(now, input, &mut out);
+        for effect in out.drain() {
+            self.apply_effect(effect).await;
+        }
+        self.out = out;
+        self.publish_status();
+    }
+
+    async fn apply_effect(&mut self, effect: Effect<Msg<P>, Write<P>>) {
+        match effect {
+            Effect::Send { to, msg } => {
+                if !self.transport.send(to, msg) {
+                    metrics::counter!("ekmat_messages_dropped_total").increment(1);
+                }
+                metrics::counter!("ekmat_messages_sent_total").increment(1);
+            }
+            Effect::Persist { seq, write } => {
+                let bytes = postcard::to_stdvec(&write).expect("durable writes serialize");
+                // Awaiting here is the back-pressure: the core runs no faster than the disk.
+                if self.writes.send((seq, bytes)).await.is_err() {
+                    tracing::error!("the storage writer is gone; durable writes cannot be made");
+                }
+            }
+            Effect::Commit(c) => self.apply_committed(c.index, c.entry),
+            Effect::Reply(reply) => self.on_reply(reply),
+            Effect::Event(e) => on_event(&e),
+        }
+    }
+
+    fn apply_committed(&mut self, index: u64, entry: CommittedEntry) {
+        match entry {
+            CommittedEntry::Noop => self.kv.skip(index),
+            CommittedEntry::Command { id, command } => {
+                let applied = self.kv.apply(index, id, &command);
+                metrics::counter!("ekmat_applied_total").increment(1);
+                if let Some(reply) = self.pending_writes.remove(&id) {
+                    let result = match applied {
+                        Applied::Executed { result, .. } | Applied::Repeated(result) => {
+                            result.map_err(CallError::Kv)
+                        }
+                        Applied::Superseded => Err(CallError::Busy),
+                        Applied::Malformed(e) => {
+                            tracing::error!(index, error = %e, "a committed entry is not a command");
+                            Err(CallError::Busy)
+                        }
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        self.serve_ready_reads();
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        match reply {
+            Reply::Rejected { id, reason } => {
+                let err = match reason {
+                    Rejection::NotLeader { leader } => CallError::NotLeader { leader },
+                    Rejection::Busy => CallError::Busy,
+                    Rejection::LeadershipLost => CallError::LeadershipLost,
+                };
+                if let Some(reply) = self.pending_writes.remove(&id) {
+                    let _ = reply.send(Err(err));
+                } else if let Some((_, reply)) = self.pending_reads.remove(&id) {
+                    let _ = reply.send(Err(err));
+                }
+            }
+            Reply::ReadReady { id, index } => {
+                self.ready_reads.push((index, id));
+                self.serve_ready_reads();
+            }
+        }
+    }
+
+    fn serve_ready_reads(&mut self) {
+        let applied = self.kv.applied_index();
+        let mut i = 0;
+        while i < self.ready_reads.len() {
+            let (index, id) = self.ready_reads[i];
+            if index > applied {
+                i += 1;
+                continue;
+            }
+            self.ready_reads.swap_remove(i);
+            if let Some((request, reply)) = self.pending_reads.remove(&id) {
+                let _ = reply.send(self.kv.range(&request).map_err(CallError::Kv));
+            }
+        }
+    }
+
+    /// Callers that gave up (their request timed out) left their reply channels behind.
+    fn forget_abandoned_calls(&mut self) {
+        self.pending_writes.retain(|_, reply| !reply.is_closed());
+        self.pending_reads
+            .retain(|_, (_, reply)| !reply.is_closed());
+    }
+
+    fn publish_status(&self) {
+        let status = NodeStatus {
+            core: P::status(&self.core),
+            applied: self.kv.applied_index(),
+            revision: self.kv.revision(),
+            compact_revision: self.kv.compact_revision(),
+        };
+        self.status.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+        metrics::gauge!("ekmat_term").set(status.core.term as f64);
+        metrics::gauge!("ekmat_commit_index").set(status.core.commit as f64);
+        metrics::gauge!("ekmat_applied_index").set(status.applied as f64);
+        metrics::gauge!("ekmat_is_leader").set(f64::from(u8::from(status.core.is_leader)));
+    }
+
+    fn fail_pending(&mut self, err: CallError) {
+        for (_, reply) in self.pending_writes.drain() {
+            let _ = reply.send(Err(err.clone()));
+        }
+        for (_, (_, reply)) in self.pending_reads.drain() {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+}
+
+fn on_event(e: &Event) {
+    match e {
+        Event::BecameLeader { term } => {
+            tracing::info!(term, "became leader");
+            metrics::counter!("ekmat_elections_won_total").increment(1);
+        }
+        Event::SteppedDown { term, reason } => {
+            tracing::info!(term, ?reason, "stepped down");
+        }
+        Event::Campaign { term, pre_vote } => {
+            tracing::debug!(term, pre_vote, "campaigning");
+            metrics::counter!("ekmat_campaigns_total").increment(1);
+        }
+        Event::Evidence { against, what, .. } => {
+            tracing::warn!(%against, what, "evidence of misbehaviour");
+        }
+        Event::Counter { name, delta } => {
+            metrics::counter!("ekmat_protocol_events_total", "name" => *name).increment(*delta);
+        }
+    }
+}
+
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,17 @@
+//! The ekmat runtime: one process per replica. It drives any protocol core through the
+//! replica contract over real TCP, makes its writes durable in a write-ahead log with
+//! group commit, applies committed commands to the key-value state machine, and serves
+//! the etcd v3 gRPC API, Prometheus metrics and a health check.
+
+pub mod config;
+pub mod driver;
+mod http;
+mod identity;
+pub mod node;
+pub mod protocol;
+pub mod service;
+pub mod transport;
+mod writer;
+
+pub use config::{Member, NodeConfig};
+pub use node::{NodeError, run};

@@ -1,0 +1,177 @@
+//! Starting and stopping one node: claim the data directory, recover the protocol's
+//! durable state from the write-ahead log, bind every listener (so a taken port is an
+//! error at start, not later), and run the driver until told to stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ekmat_core::{Durable, NodeId, Replica, Time};
+use ekmat_kv::KvStore;
+use ekmat_storage::{Wal, WalOptions};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::NodeConfig;
+use crate::driver::{CALL_QUEUE, Call, Driver, DriverParts, NodeStatus};
+use crate::identity::{self, Identity};
+use crate::protocol::{Raft, RuntimeProtocol};
+use crate::service::Services;
+use crate::transport::Transport;
+use crate::{http, writer};
+
+/// Messages queued from peers before their TCP streams are slowed down.
+const INBOUND_QUEUE: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error("{0}")]
+    Storage(String),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the protocol: {0}")]
+    Protocol(String),
+    #[error("the node stopped: {0}")]
+    Failed(String),
+}
+
+/// Run the node `cfg` describes until `stop` becomes true.
+pub async fn run(cfg: NodeConfig, stop: watch::Receiver<bool>) -> Result<(), NodeError> {
+    cfg.validate()?;
+    match cfg.protocol.as_str() {
+        "raft" => run_protocol::<Raft>(cfg, stop).await,
+        other => Err(NodeError::Protocol(format!("unknown protocol '{other}'"))),
+    }
+}
+
+async fn run_protocol<P: RuntimeProtocol>(
+    cfg: NodeConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let started = Instant::now();
+    let _lock = identity::claim(
+        &cfg.data_dir,
+        &Identity {
+            cluster: cfg.cluster.clone(),
+            cluster_id: cfg.cluster_id(),
+            member: cfg.id,
+            protocol: cfg.protocol.clone(),
+        },
+    )?;
+    let (wal, stable) = recover::<P>(&cfg)?;
+    let core = P::recover(&cfg, stable, Time::ZERO).map_err(NodeError::Protocol)?;
+
+    let me = cfg.me().clone();
+    let peers: Vec<(NodeId, SocketAddr)> = cfg
+        .members
+        .iter()
+        .filter(|m| m.id != cfg.id)
+        .map(|m| (NodeId(m.id), m.peer))
+        .collect();
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let transport = Transport::start(
+        NodeId(cfg.id),
+        cfg.cluster_id(),
+        me.peer,
+        &peers,
+        inbound_tx,
+    )
+    .await
+    .map_err(|source| NodeError::Bind {
+        what: "peers",
+        addr: me.peer,
+        source,
+    })?;
+    let client_listener = tokio::net::TcpListener::bind(me.client)
+        .await
+        .map_err(|source| NodeError::Bind {
+            what: "clients",
+            addr: me.client,
+            source,
+        })?;
+    let metrics_listener = match me.metrics {
+        Some(addr) => Some(http::bind(addr).await.map_err(|source| NodeError::Bind {
+            what: "metrics",
+            addr,
+            source,
+        })?),
+        None => None,
+    };
+
+    let w = writer::spawn(wal);
+    let (status_tx, status_rx) = watch::channel(NodeStatus::default());
+    let (calls_tx, calls_rx) = mpsc::channel::<Call>(CALL_QUEUE);
+    let driver = Driver::<P>::new(DriverParts {
+        core,
+        kv: KvStore::new(),
+        started,
+        transport,
+        writes: w.queue,
+        durable: w.durable,
+        status: status_tx,
+    });
+
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(http::serve(
+            listener,
+            http::install_recorder(),
+            status_rx.clone(),
+        ));
+    }
+    let services = Services::new(&cfg, calls_tx, status_rx);
+    let mut grpc_stop = stop.clone();
+    let grpc = tokio::spawn(services.serve(client_listener, async move {
+        let _ = grpc_stop.wait_for(|s| *s).await;
+    }));
+    tracing::info!(id = cfg.id, peer = %me.peer, client = %me.client, "node started");
+
+    let result = driver.run(inbound_rx, calls_rx, stop).await;
+    grpc.abort();
+    // Dropping the driver closed the writer's queue; the thread drains it and exits.
+    let _ = w.thread.join();
+    result.map_err(NodeError::Failed)
+}
+
+/// Open the write-ahead log and fold what it holds into the protocol's durable state.
+fn recover<P: RuntimeProtocol>(
+    cfg: &NodeConfig,
+) -> Result<(Wal, <P::Node as Replica>::Stable), NodeError> {
+    let dir: PathBuf = cfg.data_dir.join("wal");
+    let opts = WalOptions {
+        sync: !cfg.unsafe_no_fsync,
+        ..WalOptions::default()
+    };
+    let (wal, recovered) = Wal::open(&dir, opts).map_err(|e| NodeError::Storage(e.to_string()))?;
+    if let Some(torn) = &recovered.repaired {
+        tracing::warn!(
+            file = %torn.file.display(),
+            offset = torn.offset,
+            discarded = torn.discarded_bytes,
+            "repaired a torn write at the end of the log (a crash mid-write); nothing acknowledged was lost"
+        );
+    }
+    let undecodable = |what: &str, e: postcard::Error| {
+        NodeError::Storage(format!(
+            "the write-ahead log in {} holds a {what} this build cannot read: {e}",
+            dir.display()
+        ))
+    };
+    let mut stable = match &recovered.checkpoint {
+        Some(bytes) => postcard::from_bytes(bytes).map_err(|e| undecodable("checkpoint", e))?,
+        None => <P::Node as Replica>::Stable::default(),
+    };
+    for bytes in &recovered.records {
+        let write: <P::Node as Replica>::Write =
+            postcard::from_bytes(bytes).map_err(|e| undecodable("record", e))?;
+        stable.apply(&write);
+    }
+    tracing::info!(records = recovered.records.len(), "recovered durable state");
+    Ok((wal, stable))
+}

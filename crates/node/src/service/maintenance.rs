@@ -1,0 +1,91 @@
+//! etcd's Maintenance service. Status is what `ekmat status` and `etcdctl endpoint
+//! status` show; the rest of the service comes with the full etcd API.
+
+use ekmat_api::etcdserverpb as pb;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status};
+
+use super::Services;
+use crate::config::NodeConfig;
+
+/// The etcd API version ekmat implements, reported where etcd reports its own version.
+pub const API_VERSION: &str = "3.4.0";
+
+fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!("ekmat does not implement {what} yet"))
+}
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for Services {
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        match request.get_ref().action() {
+            pb::alarm_request::AlarmAction::Get => Ok(Response::new(pb::AlarmResponse {
+                header: Some(self.header(self.inner.status.borrow().revision)),
+                alarms: vec![],
+            })),
+            _ => Err(not_yet("raising or clearing alarms")),
+        }
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = *self.inner.status.borrow();
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(self.header(s.revision)),
+            version: API_VERSION.into(),
+            db_size: 0,
+            leader: s.core.leader.map_or(0, |l| NodeConfig::member_id(l.0)),
+            raft_index: s.core.commit,
+            raft_term: s.core.term,
+            raft_applied_index: s.applied,
+            errors: vec![],
+            db_size_in_use: 0,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // The state machine lives in memory: there is nothing to defragment.
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(self.header(self.inner.status.borrow().revision)),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        Err(not_yet("Hash"))
+    }
+
+    async fn hash_kv(
+        &self,
+        _: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        Err(not_yet("HashKV"))
+    }
+
+    type SnapshotStream = BoxStream<pb::SnapshotResponse>;
+
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(not_yet("Snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        _: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(not_yet("MoveLeader"))
+    }
+}

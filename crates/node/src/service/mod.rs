@@ -1,0 +1,174 @@
+//! The etcd v3 gRPC API: KV, Maintenance (status) and Cluster (member list).
+//!
+//! Handlers turn requests into calls on the driver. A node that is not the leader
+//! forwards writes and linearizable reads to the leader it knows of, once (a forwarded
+//! request is marked so it is never forwarded again), so clients may talk to any member.
+
+mod cluster;
+pub mod convert;
+mod kv;
+mod maintenance;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ekmat_api::etcdserverpb as pb;
+use ekmat_core::NodeId;
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use crate::config::NodeConfig;
+use crate::driver::{Call, CallError, NodeStatus};
+
+/// etcd's default limit on a request's size (`--max-request-bytes`).
+pub const MAX_REQUEST_BYTES: usize = 3 * 512 * 1024;
+/// How long a request may wait for consensus before the client is told it timed out
+/// (its outcome is then unknown, as with etcd).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// Marks a request one member forwarded to another.
+const FORWARDED: &str = "ekmat-forwarded";
+
+#[derive(Clone)]
+pub struct Services {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cluster_id: u64,
+    member_id: u64,
+    cfg: NodeConfig,
+    calls: mpsc::Sender<Call>,
+    status: watch::Receiver<NodeStatus>,
+    leaders: Mutex<HashMap<NodeId, Channel>>,
+}
+
+impl Services {
+    pub fn new(
+        cfg: &NodeConfig,
+        calls: mpsc::Sender<Call>,
+        status: watch::Receiver<NodeStatus>,
+    ) -> Services {
+        Services {
+            inner: Arc::new(Inner {
+                cluster_id: cfg.cluster_id(),
+                member_id: NodeConfig::member_id(cfg.id),
+                cfg: cfg.clone(),
+                calls,
+                status,
+                leaders: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let result = tonic::transport::Server::builder()
+            .add_service(
+                pb::kv_server::KvServer::new(self.clone())
+                    .max_decoding_message_size(MAX_REQUEST_BYTES * 2),
+            )
+            .add_service(pb::maintenance_server::MaintenanceServer::new(self.clone()))
+            .add_service(pb::cluster_server::ClusterServer::new(self))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "client API stopped");
+        }
+    }
+
+    fn header(&self, revision: i64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.inner.cluster_id,
+            member_id: self.inner.member_id,
+            revision,
+            raft_term: self.inner.status.borrow().core.term,
+        }
+    }
+
+    fn header_fn(
+        &self,
+    ) -> impl Fn(ekmat_kv::ResponseHeader) -> pb::ResponseHeader + Send + Sync + '_ {
+        move |h| self.header(h.revision)
+    }
+
+    /// Send a call to the driver and wait for its answer.
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, CallError>>) -> Call,
+    ) -> Result<T, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .calls
+            .send(make(tx))
+            .await
+            .map_err(|_| CallError::Stopped)?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CallError::Stopped),
+            Err(_) => Err(CallError::Timeout),
+        }
+    }
+
+    /// A channel to `leader`'s client endpoint, for forwarding.
+    fn channel_to(&self, leader: NodeId) -> Result<Channel, Status> {
+        let mut leaders = self.inner.leaders.lock().expect("no panics while held");
+        if let Some(ch) = leaders.get(&leader) {
+            return Ok(ch.clone());
+        }
+        let member = self
+            .inner
+            .cfg
+            .member(leader.0)
+            .ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
+        let ch = Endpoint::from_shared(format!("http://{}", member.client))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        leaders.insert(leader, ch.clone());
+        Ok(ch)
+    }
+
+    /// Where to send a request this node cannot serve, or why it cannot be served.
+    fn forward_target<T>(&self, req: &Request<T>, err: &CallError) -> Result<Channel, Status> {
+        match err {
+            CallError::NotLeader { leader: Some(l) } if req.metadata().get(FORWARDED).is_none() => {
+                self.channel_to(*l)
+            }
+            other => Err(call_error(other)),
+        }
+    }
+}
+
+fn forwarded<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r.set_timeout(REQUEST_TIMEOUT);
+    r
+}
+
+/// etcd's gRPC status for a call that could not be served here.
+pub fn call_error(e: &CallError) -> Status {
+    match e {
+        CallError::NotLeader { .. } => Status::unavailable("etcdserver: no leader"),
+        CallError::Busy => Status::resource_exhausted("etcdserver: too many requests"),
+        CallError::LeadershipLost => Status::unavailable("etcdserver: leader changed"),
+        CallError::Kv(e) => convert::kv_error(e),
+        CallError::Timeout => Status::unavailable("etcdserver: request timed out"),
+        CallError::Stopped => Status::unavailable("etcdserver: server stopped"),
+    }
+}
+
+fn check_size<T: prost::Message>(req: &T) -> Result<(), Status> {
+    if req.encoded_len() > MAX_REQUEST_BYTES {
+        return Err(Status::invalid_argument("etcdserver: request is too large"));
+    }
+    Ok(())
+}

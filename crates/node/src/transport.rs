@@ -1,0 +1,278 @@
+//! Peer-to-peer messaging over TCP.
+//!
+//! Every connection opens with a hello naming the cluster and the sender, so a node never
+//! takes messages from another cluster or a stranger. After it, each message is a frame:
+//! a 4-byte big-endian length and the postcard encoding of the protocol's message.
+//! Each peer has a bounded outgoing queue drained by one task that reconnects with
+//! backoff; a full queue drops the message (consensus protocols tolerate loss, and a slow
+//! peer must not stall the node). Incoming frames go to the driver through a bounded
+//! channel, so a busy driver slows its peers' TCP streams instead of buffering forever.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ekmat_core::NodeId;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Largest frame accepted: a batch of log entries, with room to spare.
+pub const MAX_FRAME: usize = 64 << 20;
+/// Messages queued per peer before new ones are dropped.
+pub const PEER_QUEUE: usize = 8192;
+const MAGIC: u32 = 0x454b_4d54; // "EKMT"
+const VERSION: u16 = 1;
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Hello {
+    magic: u32,
+    version: u16,
+    cluster_id: u64,
+    from: NodeId,
+}
+
+/// Sends to peers. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport<M> {
+    peers: BTreeMap<NodeId, mpsc::Sender<M>>,
+}
+
+impl<M> Transport<M>
+where
+    M: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Bind the peer listener and start connecting to `peers`. Incoming messages go to
+    /// `inbound`. Fails only if the listener cannot bind.
+    pub async fn start(
+        me: NodeId,
+        cluster_id: u64,
+        listen: SocketAddr,
+        peers: &[(NodeId, SocketAddr)],
+        inbound: mpsc::Sender<(NodeId, M)>,
+    ) -> std::io::Result<Transport<M>> {
+        let listener = TcpListener::bind(listen).await?;
+        let known: Vec<NodeId> = peers.iter().map(|(id, _)| *id).collect();
+        tokio::spawn(accept_loop(listener, cluster_id, known, inbound));
+        let mut senders = BTreeMap::new();
+        for &(id, addr) in peers {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let hello = Hello {
+                magic: MAGIC,
+                version: VERSION,
+                cluster_id,
+                from: me,
+            };
+            tokio::spawn(send_loop(addr, hello, rx));
+            senders.insert(id, tx);
+        }
+        Ok(Transport { peers: senders })
+    }
+
+    /// Queue `msg` for `to`. Returns false if it was dropped (unknown peer, full queue).
+    pub fn send(&self, to: NodeId, msg: M) -> bool {
+        match self.peers.get(&to) {
+            Some(tx) => tx.try_send(msg).is_ok(),
+            None => false,
+        }
+    }
+}
+
+async fn write_frame<W, T>(w: &mut W, value: &T) -> std::io::Result<()>
+where
+    W: AsyncWriteExt + Unpin,
+    T: Serialize,
+{
+    let body = postcard::to_stdvec(value).map_err(std::io::Error::other)?;
+    if body.len() > MAX_FRAME {
+        return Err(std::io::Error::other(format!(
+            "message of {} bytes exceeds the {MAX_FRAME}-byte frame limit",
+            body.len()
+        )));
+    }
+    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    w.write_all(&body).await
+}
+
+async fn read_frame<T: DeserializeOwned>(
+    r: &mut (impl AsyncReadExt + Unpin),
+) -> std::io::Result<T> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!(
+            "frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    postcard::from_bytes(&body).map_err(|e| std::io::Error::other(format!("malformed frame: {e}")))
+}
+
+/// Keep one connection to a peer up, and drain its queue into it.
+async fn send_loop<M: Serialize + Sync>(addr: SocketAddr, hello: Hello, mut rx: mpsc::Receiver<M>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut w = BufWriter::new(stream);
+        if write_frame(&mut w, &hello).await.is_err() || w.flush().await.is_err() {
+            continue;
+        }
+        backoff = BACKOFF_MIN;
+        match pump(&mut w, &mut rx).await {
+            Ok(()) => return, // the node is shutting down
+            Err(e) => {
+                tracing::debug!(peer = %addr, error = %e, "peer connection lost; reconnecting");
+                metrics::counter!("ekmat_peer_reconnects_total").increment(1);
+            }
+        }
+    }
+}
+
+/// Write queued messages, flushing once per batch: many messages, one syscall.
+async fn pump<M: Serialize + Sync>(
+    w: &mut BufWriter<TcpStream>,
+    rx: &mut mpsc::Receiver<M>,
+) -> std::io::Result<()> {
+    while let Some(first) = rx.recv().await {
+        write_frame(w, &first).await?;
+        while let Ok(more) = rx.try_recv() {
+            write_frame(w, &more).await?;
+        }
+        w.flush().await?;
+    }
+    Ok(())
+}
+
+async fn accept_loop<M: DeserializeOwned + Send + 'static>(
+    listener: TcpListener,
+    cluster_id: u64,
+    known: Vec<NodeId>,
+    inbound: mpsc::Sender<(NodeId, M)>,
+) {
+    loop {
+        let Ok((stream, remote)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let inbound = inbound.clone();
+        let known = known.clone();
+        tokio::spawn(async move {
+            if let Err(e) = receive(stream, cluster_id, &known, inbound).await {
+                tracing::debug!(%remote, error = %e, "peer connection closed");
+            }
+        });
+    }
+}
+
+async fn receive<M: DeserializeOwned>(
+    mut stream: TcpStream,
+    cluster_id: u64,
+    known: &[NodeId],
+    inbound: mpsc::Sender<(NodeId, M)>,
+) -> std::io::Result<()> {
+    let hello: Hello = read_frame(&mut stream).await?;
+    if hello.magic != MAGIC || hello.version != VERSION {
+        return Err(std::io::Error::other("not an ekmat peer (bad hello)"));
+    }
+    if hello.cluster_id != cluster_id {
+        tracing::warn!(from = %hello.from, "refused a peer of another cluster");
+        return Err(std::io::Error::other("peer belongs to another cluster"));
+    }
+    if !known.contains(&hello.from) {
+        tracing::warn!(from = %hello.from, "refused a peer that is not a member");
+        return Err(std::io::Error::other("peer is not a member"));
+    }
+    let mut r = tokio::io::BufReader::new(stream);
+    loop {
+        let msg: M = read_frame(&mut r).await?;
+        if inbound.send((hello.from, msg)).await.is_err() {
+            return Ok(()); // the driver is gone
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn free_addr() -> SocketAddr {
+        TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn messages_cross_and_strangers_are_refused() {
+        let (a, b) = (free_addr().await, free_addr().await);
+        let (tx_a, _rx_a) = mpsc::channel::<(NodeId, String)>(16);
+        let (tx_b, mut rx_b) = mpsc::channel::<(NodeId, String)>(16);
+        let ta = Transport::start(NodeId(0), 7, a, &[(NodeId(1), b)], tx_a)
+            .await
+            .unwrap();
+        let _tb = Transport::start(NodeId(1), 7, b, &[(NodeId(0), a)], tx_b)
+            .await
+            .unwrap();
+        for i in 0..100 {
+            assert!(ta.send(NodeId(1), format!("m{i}")));
+        }
+        for i in 0..100 {
+            let (from, m) = rx_b.recv().await.unwrap();
+            assert_eq!((from, m), (NodeId(0), format!("m{i}")));
+        }
+        // A node of another cluster is refused.
+        let c = free_addr().await;
+        let (tx_c, _rx_c) = mpsc::channel::<(NodeId, String)>(16);
+        let tc = Transport::start(NodeId(0), 8, c, &[(NodeId(1), b)], tx_c)
+            .await
+            .unwrap();
+        tc.send(NodeId(1), "intruder".into());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(rx_b.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_binding_conflict_is_an_error_not_a_panic() {
+        let a = free_addr().await;
+        let _hold = TcpListener::bind(a).await.unwrap();
+        let (tx, _rx) = mpsc::channel::<(NodeId, String)>(1);
+        assert!(Transport::start(NodeId(0), 1, a, &[], tx).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_close_the_connection() {
+        let (a, b) = (free_addr().await, free_addr().await);
+        let (tx, mut rx) = mpsc::channel::<(NodeId, String)>(4);
+        let _t = Transport::<String>::start(NodeId(0), 1, a, &[(NodeId(1), b)], tx)
+            .await
+            .unwrap();
+        let mut s = TcpStream::connect(a).await.unwrap();
+        let hello = Hello {
+            magic: MAGIC,
+            version: VERSION,
+            cluster_id: 1,
+            from: NodeId(1),
+        };
+        write_frame(&mut s, &hello).await.unwrap();
+        s.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the node hung up");
+        assert!(rx.try_recv().is_err());
+    }
+}
