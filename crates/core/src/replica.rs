@@ -107,7 +107,7 @@ pub enum Reply {
     ReadReady { id: RequestId, index: u64 },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Rejection {
     /// This replica cannot order requests now; `leader` is its best guess of who can.
     NotLeader { leader: Option<NodeId> },

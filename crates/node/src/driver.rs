@@ -4,10 +4,13 @@
 //! notices — with the time since the node started, and carries out the effects: sends go
 //! to the transport, durable writes to the writer thread, committed entries to the state
 //! machine (answering the client that asked, if it is waiting here), refusals and read
-//! barriers back to the callers. No protocol logic lives here.
+//! barriers back to the callers. A request this node cannot order goes to the leader over
+//! the peer connection (see `wire.rs`). No protocol logic lives here.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 
 use ekmat_core::{
     CommittedEntry, Effect, Effects, Event, Input, NodeId, Rejection, Replica, Reply, Request,
@@ -20,12 +23,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::protocol::{CoreStatus, RuntimeProtocol};
 use crate::transport::Transport;
+use crate::wire::Wire;
 use crate::writer::Durability;
 
 /// How often the core is ticked. Its timers are 10 ms-granular.
 pub const TICK: Duration = Duration::from_millis(10);
 /// Client calls queued before callers wait.
 pub const CALL_QUEUE: usize = 16 * 1024;
+/// How long this node remembers a request it proposed for another member.
+const ON_BEHALF_TTL: Duration = Duration::from_secs(30);
 
 type Msg<P> = <<P as RuntimeProtocol>::Node as Replica>::Message;
 type Write<P> = <<P as RuntimeProtocol>::Node as Replica>::Write;
@@ -75,17 +81,37 @@ pub struct NodeStatus {
 type WriteReply = oneshot::Sender<Result<Response, CallError>>;
 type ReadReply = oneshot::Sender<Result<RangeResponse, CallError>>;
 
+struct PendingWrite {
+    reply: WriteReply,
+    /// The encoded command, kept so it can be forwarded to the leader.
+    command: Bytes,
+    forwarded: bool,
+}
+
+struct PendingRead {
+    request: RangeRequest,
+    reply: ReadReply,
+    forwarded: bool,
+}
+
+/// A request proposed here on another member's behalf.
+struct OnBehalf {
+    origin: NodeId,
+    since: Instant,
+}
+
 pub struct Driver<P: RuntimeProtocol> {
     core: P::Node,
     kv: KvStore,
     started: Instant,
-    transport: Transport<Msg<P>>,
+    transport: Transport<Wire<Msg<P>>>,
     writes: mpsc::Sender<(u64, Vec<u8>)>,
     durable: watch::Receiver<Durability>,
     status: watch::Sender<NodeStatus>,
     next_id: u64,
-    pending_writes: HashMap<RequestId, WriteReply>,
-    pending_reads: HashMap<RequestId, (RangeRequest, ReadReply)>,
+    pending_writes: HashMap<RequestId, PendingWrite>,
+    pending_reads: HashMap<RequestId, PendingRead>,
+    on_behalf: HashMap<RequestId, OnBehalf>,
     /// Reads the protocol confirmed, waiting for the state machine to reach `index`.
     ready_reads: Vec<(u64, RequestId)>,
     out: Effects<Msg<P>, Write<P>>,
@@ -95,7 +121,7 @@ pub struct DriverParts<P: RuntimeProtocol> {
     pub core: P::Node,
     pub kv: KvStore,
     pub started: Instant,
-    pub transport: Transport<Msg<P>>,
+    pub transport: Transport<Wire<Msg<P>>>,
     pub writes: mpsc::Sender<(u64, Vec<u8>)>,
     pub durable: watch::Receiver<Durability>,
     pub status: watch::Sender<NodeStatus>,
@@ -119,6 +145,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             next_id: epoch << 20,
             pending_writes: HashMap::new(),
             pending_reads: HashMap::new(),
+            on_behalf: HashMap::new(),
             ready_reads: Vec::new(),
             out: Effects::new(),
         }
@@ -140,7 +167,7 @@ impl<P: RuntimeProtocol> Driver<P> {
     /// Run until `stop` fires or a channel closes. Returns an error if durability failed.
     pub async fn run(
         mut self,
-        mut inbound: mpsc::Receiver<(NodeId, Msg<P>)>,
+        mut inbound: mpsc::Receiver<(NodeId, Wire<Msg<P>>)>,
         mut calls: mpsc::Receiver<Call>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
@@ -160,9 +187,7 @@ impl<P: RuntimeProtocol> Driver<P> {
                     }
                     self.step(Input::Persisted { seq: d.seq }).await;
                 }
-                Some((from, msg)) = inbound.recv() => {
-                    self.step(Input::Message { from, msg }).await;
-                }
+                Some((from, wire)) = inbound.recv() => self.on_wire(from, wire).await,
                 Some(call) = calls.recv() => self.on_call(call).await,
                 _ = ticker.tick() => {
                     self.step(Input::Tick).await;
@@ -182,8 +207,16 @@ impl<P: RuntimeProtocol> Driver<P> {
                     now_ms: wall_clock_ms(),
                     command,
                 };
-                self.pending_writes.insert(id, reply);
-                let kind = RequestKind::Write(envelope.encode());
+                let command = envelope.encode();
+                self.pending_writes.insert(
+                    id,
+                    PendingWrite {
+                        reply,
+                        command: command.clone(),
+                        forwarded: false,
+                    },
+                );
+                let kind = RequestKind::Write(command);
                 self.step(Input::Request(Request { id, kind })).await;
             }
             Call::Read {
@@ -199,9 +232,36 @@ impl<P: RuntimeProtocol> Driver<P> {
                 reply,
             } => {
                 let id = self.fresh_id();
-                self.pending_reads.insert(id, (request, reply));
+                let read = PendingRead {
+                    request,
+                    reply,
+                    forwarded: false,
+                };
+                self.pending_reads.insert(id, read);
                 let kind = RequestKind::Read;
                 self.step(Input::Request(Request { id, kind })).await;
+            }
+        }
+    }
+
+    async fn on_wire(&mut self, from: NodeId, wire: Wire<Msg<P>>) {
+        match wire {
+            Wire::Protocol(msg) => self.step(Input::Message { from, msg }).await,
+            Wire::Forward(request) => {
+                let since = Instant::now();
+                self.on_behalf.insert(
+                    request.id,
+                    OnBehalf {
+                        origin: from,
+                        since,
+                    },
+                );
+                self.step(Input::Request(request)).await;
+            }
+            Wire::Refused { id, reason } => self.fail(id, rejection(reason)),
+            Wire::ReadIndex { id, index } => {
+                self.ready_reads.push((index, id));
+                self.serve_ready_reads();
             }
         }
     }
@@ -220,7 +280,7 @@ impl<P: RuntimeProtocol> Driver<P> {
     async fn apply_effect(&mut self, effect: Effect<Msg<P>, Write<P>>) {
         match effect {
             Effect::Send { to, msg } => {
-                if !self.transport.send(to, msg) {
+                if !self.transport.send(to, Wire::Protocol(msg)) {
                     metrics::counter!("ekmat_messages_dropped_total").increment(1);
                 }
                 metrics::counter!("ekmat_messages_sent_total").increment(1);
@@ -244,7 +304,8 @@ impl<P: RuntimeProtocol> Driver<P> {
             CommittedEntry::Command { id, command } => {
                 let applied = self.kv.apply(index, id, &command);
                 metrics::counter!("ekmat_applied_total").increment(1);
-                if let Some(reply) = self.pending_writes.remove(&id) {
+                self.on_behalf.remove(&id);
+                if let Some(PendingWrite { reply, .. }) = self.pending_writes.remove(&id) {
                     let result = match applied {
                         Applied::Executed { result, .. } | Applied::Repeated(result) => {
                             result.map_err(CallError::Kv)
@@ -265,21 +326,53 @@ impl<P: RuntimeProtocol> Driver<P> {
     fn on_reply(&mut self, reply: Reply) {
         match reply {
             Reply::Rejected { id, reason } => {
-                let err = match reason {
-                    Rejection::NotLeader { leader } => CallError::NotLeader { leader },
-                    Rejection::Busy => CallError::Busy,
-                    Rejection::LeadershipLost => CallError::LeadershipLost,
-                };
-                if let Some(reply) = self.pending_writes.remove(&id) {
-                    let _ = reply.send(Err(err));
-                } else if let Some((_, reply)) = self.pending_reads.remove(&id) {
-                    let _ = reply.send(Err(err));
+                if let Some(behalf) = self.on_behalf.remove(&id) {
+                    self.transport
+                        .send(behalf.origin, Wire::Refused { id, reason });
+                } else if !self.forward(id, reason) {
+                    self.fail(id, rejection(reason));
                 }
             }
             Reply::ReadReady { id, index } => {
-                self.ready_reads.push((index, id));
-                self.serve_ready_reads();
+                if let Some(behalf) = self.on_behalf.remove(&id) {
+                    self.transport
+                        .send(behalf.origin, Wire::ReadIndex { id, index });
+                } else {
+                    self.ready_reads.push((index, id));
+                    self.serve_ready_reads();
+                }
             }
+        }
+    }
+
+    /// Send a refused request of ours to the leader the protocol named, once. Returns
+    /// false if it cannot be forwarded.
+    fn forward(&mut self, id: RequestId, reason: Rejection) -> bool {
+        let Rejection::NotLeader {
+            leader: Some(leader),
+        } = reason
+        else {
+            return false;
+        };
+        let kind = if let Some(w) = self.pending_writes.get_mut(&id).filter(|w| !w.forwarded) {
+            w.forwarded = true;
+            RequestKind::Write(w.command.clone())
+        } else if let Some(r) = self.pending_reads.get_mut(&id).filter(|r| !r.forwarded) {
+            r.forwarded = true;
+            RequestKind::Read
+        } else {
+            return false;
+        };
+        metrics::counter!("ekmat_forwarded_total").increment(1);
+        self.transport
+            .send(leader, Wire::Forward(Request { id, kind }))
+    }
+
+    fn fail(&mut self, id: RequestId, err: CallError) {
+        if let Some(w) = self.pending_writes.remove(&id) {
+            let _ = w.reply.send(Err(err));
+        } else if let Some(r) = self.pending_reads.remove(&id) {
+            let _ = r.reply.send(Err(err));
         }
     }
 
@@ -293,17 +386,21 @@ impl<P: RuntimeProtocol> Driver<P> {
                 continue;
             }
             self.ready_reads.swap_remove(i);
-            if let Some((request, reply)) = self.pending_reads.remove(&id) {
-                let _ = reply.send(self.kv.range(&request).map_err(CallError::Kv));
+            if let Some(r) = self.pending_reads.remove(&id) {
+                let _ = r
+                    .reply
+                    .send(self.kv.range(&r.request).map_err(CallError::Kv));
             }
         }
     }
 
-    /// Callers that gave up (their request timed out) left their reply channels behind.
+    /// Callers that gave up (their request timed out) left their reply channels behind,
+    /// and requests proposed for others that never committed left their origins.
     fn forget_abandoned_calls(&mut self) {
-        self.pending_writes.retain(|_, reply| !reply.is_closed());
-        self.pending_reads
-            .retain(|_, (_, reply)| !reply.is_closed());
+        self.pending_writes.retain(|_, w| !w.reply.is_closed());
+        self.pending_reads.retain(|_, r| !r.reply.is_closed());
+        self.on_behalf
+            .retain(|_, b| b.since.elapsed() < ON_BEHALF_TTL);
     }
 
     fn publish_status(&self) {
@@ -325,12 +422,20 @@ impl<P: RuntimeProtocol> Driver<P> {
     }
 
     fn fail_pending(&mut self, err: CallError) {
-        for (_, reply) in self.pending_writes.drain() {
-            let _ = reply.send(Err(err.clone()));
+        for (_, w) in self.pending_writes.drain() {
+            let _ = w.reply.send(Err(err.clone()));
         }
-        for (_, (_, reply)) in self.pending_reads.drain() {
-            let _ = reply.send(Err(err.clone()));
+        for (_, r) in self.pending_reads.drain() {
+            let _ = r.reply.send(Err(err.clone()));
         }
+    }
+}
+
+fn rejection(reason: Rejection) -> CallError {
+    match reason {
+        Rejection::NotLeader { leader } => CallError::NotLeader { leader },
+        Rejection::Busy => CallError::Busy,
+        Rejection::LeadershipLost => CallError::LeadershipLost,
     }
 }
 

@@ -11,6 +11,7 @@ pub mod node;
 pub mod protocol;
 pub mod service;
 pub mod transport;
+pub mod wire;
 mod writer;
 
 pub use config::{Member, NodeConfig};

@@ -57,7 +57,7 @@ impl RuntimeProtocol for Raft {
             .map_or(0, |d| d.as_nanos() as u64);
         rc.seed = u64::from(cfg.id) ^ u64::from(std::process::id()) ^ clock;
         rc.max_append_entries = 256;
-        rc.max_inflight = 64;
+        rc.max_inflight = 4;
         RaftNode::recover(rc, stable, now).map_err(|e| e.to_string())
     }
 

@@ -1,24 +1,20 @@
 //! The etcd v3 gRPC API: KV, Maintenance (status) and Cluster (member list).
 //!
-//! Handlers turn requests into calls on the driver. A node that is not the leader
-//! forwards writes and linearizable reads to the leader it knows of, once (a forwarded
-//! request is marked so it is never forwarded again), so clients may talk to any member.
+//! Handlers turn requests into calls on the driver; the driver forwards what this member
+//! cannot order to the leader, so clients may talk to any member.
 
 mod cluster;
 pub mod convert;
 mod kv;
 mod maintenance;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ekmat_api::etcdserverpb as pb;
-use ekmat_core::NodeId;
 use tokio::sync::{mpsc, oneshot, watch};
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Status};
+use tonic::Status;
 
 use crate::config::NodeConfig;
 use crate::driver::{Call, CallError, NodeStatus};
@@ -28,8 +24,6 @@ pub const MAX_REQUEST_BYTES: usize = 3 * 512 * 1024;
 /// How long a request may wait for consensus before the client is told it timed out
 /// (its outcome is then unknown, as with etcd).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
-/// Marks a request one member forwarded to another.
-const FORWARDED: &str = "ekmat-forwarded";
 
 #[derive(Clone)]
 pub struct Services {
@@ -42,7 +36,6 @@ struct Inner {
     cfg: NodeConfig,
     calls: mpsc::Sender<Call>,
     status: watch::Receiver<NodeStatus>,
-    leaders: Mutex<HashMap<NodeId, Channel>>,
 }
 
 impl Services {
@@ -58,7 +51,6 @@ impl Services {
                 cfg: cfg.clone(),
                 calls,
                 status,
-                leaders: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -68,7 +60,15 @@ impl Services {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        use tokio_stream::StreamExt;
+        // The listener was bound by the node (so a taken port fails at start), which
+        // means tonic never sets TCP_NODELAY on what it accepts: without it, Nagle's
+        // algorithm and delayed ACKs hold small responses back ~40 ms.
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+            conn.inspect(|stream| {
+                let _ = stream.set_nodelay(true);
+            })
+        });
         let result = tonic::transport::Server::builder()
             .add_service(
                 pb::kv_server::KvServer::new(self.clone())
@@ -115,43 +115,6 @@ impl Services {
             Err(_) => Err(CallError::Timeout),
         }
     }
-
-    /// A channel to `leader`'s client endpoint, for forwarding.
-    fn channel_to(&self, leader: NodeId) -> Result<Channel, Status> {
-        let mut leaders = self.inner.leaders.lock().expect("no panics while held");
-        if let Some(ch) = leaders.get(&leader) {
-            return Ok(ch.clone());
-        }
-        let member = self
-            .inner
-            .cfg
-            .member(leader.0)
-            .ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
-        let ch = Endpoint::from_shared(format!("http://{}", member.client))
-            .map_err(|e| Status::internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
-        leaders.insert(leader, ch.clone());
-        Ok(ch)
-    }
-
-    /// Where to send a request this node cannot serve, or why it cannot be served.
-    fn forward_target<T>(&self, req: &Request<T>, err: &CallError) -> Result<Channel, Status> {
-        match err {
-            CallError::NotLeader { leader: Some(l) } if req.metadata().get(FORWARDED).is_none() => {
-                self.channel_to(*l)
-            }
-            other => Err(call_error(other)),
-        }
-    }
-}
-
-fn forwarded<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    r.set_timeout(REQUEST_TIMEOUT);
-    r
 }
 
 /// etcd's gRPC status for a call that could not be served here.
