@@ -217,6 +217,16 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_cluster_configuration_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster");
+        for i in 0..3 {
+            let cfg = NodeConfig::load(&dir.join(format!("n{i}.toml"))).unwrap();
+            assert_eq!(cfg.id, i);
+            assert_eq!(cfg.members.len(), 3);
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let text = sample()
             .to_toml()

@@ -32,6 +32,8 @@ pub const TICK: Duration = Duration::from_millis(10);
 pub const CALL_QUEUE: usize = 16 * 1024;
 /// How long this node remembers a request it proposed for another member.
 const ON_BEHALF_TTL: Duration = Duration::from_secs(30);
+/// How often each peer's round-trip time is measured.
+const PING_EVERY: Duration = Duration::from_secs(1);
 
 type Msg<P> = <<P as RuntimeProtocol>::Node as Replica>::Message;
 type Write<P> = <<P as RuntimeProtocol>::Node as Replica>::Write;
@@ -112,6 +114,8 @@ pub struct Driver<P: RuntimeProtocol> {
     pending_writes: HashMap<RequestId, PendingWrite>,
     pending_reads: HashMap<RequestId, PendingRead>,
     on_behalf: HashMap<RequestId, OnBehalf>,
+    peers: Vec<NodeId>,
+    last_ping: Instant,
     /// Reads the protocol confirmed, waiting for the state machine to reach `index`.
     ready_reads: Vec<(u64, RequestId)>,
     out: Effects<Msg<P>, Write<P>>,
@@ -125,6 +129,7 @@ pub struct DriverParts<P: RuntimeProtocol> {
     pub writes: mpsc::Sender<(u64, Vec<u8>)>,
     pub durable: watch::Receiver<Durability>,
     pub status: watch::Sender<NodeStatus>,
+    pub peers: Vec<NodeId>,
 }
 
 impl<P: RuntimeProtocol> Driver<P> {
@@ -146,6 +151,8 @@ impl<P: RuntimeProtocol> Driver<P> {
             pending_writes: HashMap::new(),
             pending_reads: HashMap::new(),
             on_behalf: HashMap::new(),
+            peers: parts.peers,
+            last_ping: parts.started,
             ready_reads: Vec::new(),
             out: Effects::new(),
         }
@@ -192,6 +199,7 @@ impl<P: RuntimeProtocol> Driver<P> {
                 _ = ticker.tick() => {
                     self.step(Input::Tick).await;
                     self.forget_abandoned_calls();
+                    self.ping_peers();
                 }
             }
         }
@@ -202,6 +210,7 @@ impl<P: RuntimeProtocol> Driver<P> {
     async fn on_call(&mut self, call: Call) {
         match call {
             Call::Write { command, reply } => {
+                metrics::counter!("ekmat_proposals_total").increment(1);
                 let id = self.fresh_id();
                 let envelope = Envelope {
                     now_ms: wall_clock_ms(),
@@ -263,6 +272,26 @@ impl<P: RuntimeProtocol> Driver<P> {
                 self.ready_reads.push((index, id));
                 self.serve_ready_reads();
             }
+            Wire::Ping { sent_us } => {
+                self.transport.send(from, Wire::Pong { sent_us });
+            }
+            Wire::Pong { sent_us } => {
+                let rtt = self.now().as_micros().saturating_sub(sent_us);
+                let peer = from.to_string();
+                metrics::histogram!("ekmat_peer_rtt_seconds", "peer" => peer)
+                    .record(rtt as f64 / 1e6);
+            }
+        }
+    }
+
+    fn ping_peers(&mut self) {
+        if self.last_ping.elapsed() < PING_EVERY {
+            return;
+        }
+        self.last_ping = Instant::now();
+        let sent_us = self.now().as_micros();
+        for &peer in &self.peers {
+            self.transport.send(peer, Wire::Ping { sent_us });
         }
     }
 

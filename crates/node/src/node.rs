@@ -116,6 +116,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         writes: w.queue,
         durable: w.durable,
         status: status_tx,
+        peers: peers.iter().map(|(id, _)| *id).collect(),
     });
 
     if let Some(listener) = metrics_listener {

@@ -23,4 +23,11 @@ pub enum Wire<M> {
         id: RequestId,
         index: u64,
     },
+    /// Round-trip measurement: the receiver echoes `sent_us` back as a `Pong`.
+    Ping {
+        sent_us: u64,
+    },
+    Pong {
+        sent_us: u64,
+    },
 }

@@ -103,17 +103,22 @@ impl Services {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, CallError>>) -> Call,
     ) -> Result<T, CallError> {
+        let started = std::time::Instant::now();
         let (tx, rx) = oneshot::channel();
         self.inner
             .calls
             .send(make(tx))
             .await
             .map_err(|_| CallError::Stopped)?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+        let result = match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(CallError::Stopped),
             Err(_) => Err(CallError::Timeout),
-        }
+        };
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::histogram!("ekmat_request_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 }
 
