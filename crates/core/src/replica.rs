@@ -60,6 +60,10 @@ pub enum Input<M> {
     Tick,
     /// Every write with sequence number `<= seq` is durable.
     Persisted { seq: u64 },
+    /// The state machine's state after applying every entry up to `index`, which the
+    /// driver has applied. The protocol keeps it as a snapshot, may compact its log
+    /// behind it, and sends it to replicas that fall too far behind.
+    Snapshot { index: u64, data: Bytes },
 }
 
 /// A client's request as a replica receives it.
@@ -159,6 +163,13 @@ pub enum Effect<M, W> {
         write: W,
     },
     Commit(Committed),
+    /// Replace the state machine with `data`, the state after applying every entry up to
+    /// `index` (a snapshot received from another replica, or recovered from disk). The
+    /// next `Commit` is `index + 1`.
+    Restore {
+        index: u64,
+        data: Bytes,
+    },
     Reply(Reply),
     Event(Event),
 }

@@ -308,6 +308,13 @@ fn print_table(args: &SimArgs, s: &Summary) {
             format!("{} ({} crashes)", s.faults, s.crashes),
         ),
         ("messages", s.messages.to_string()),
+        (
+            "snapshots",
+            format!(
+                "{} taken, {} restored (installs and restarts)",
+                s.snapshots_taken, s.snapshots_restored
+            ),
+        ),
         ("simulated time", format!("{:.0} s", s.sim_seconds)),
         ("violations", violations_cell(s)),
         (
@@ -383,6 +390,8 @@ fn print_json(args: &SimArgs, s: &Summary, replay: Option<&str>, shrunk: Option<
         "elections": s.elections,
         "faults_injected": s.faults,
         "crashes": s.crashes,
+        "snapshots_taken": s.snapshots_taken,
+        "snapshots_restored": s.snapshots_restored,
         "messages": s.messages,
         "events": s.events,
         "sim_seconds": s.sim_seconds,

@@ -75,12 +75,9 @@ fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
         .collect();
     let cfgs: Vec<NodeConfig> = (0..args.nodes as u32)
         .map(|i| NodeConfig {
-            cluster: "ekmat-up".into(),
             protocol: args.protocol.clone(),
-            id: i,
-            data_dir: data.join(format!("n{i}")),
-            members: members.clone(),
             unsafe_no_fsync: args.unsafe_no_fsync,
+            ..NodeConfig::new("ekmat-up", i, data.join(format!("n{i}")), members.clone())
         })
         .collect();
     cfgs[0].validate().map_err(|e| e.to_string())?;

@@ -33,7 +33,8 @@ fn lists_print_one_name_per_line() {
             "commit-old-term",
             "vote-without-log-check",
             "forget-vote-persist",
-            "read-without-quorum"
+            "read-without-quorum",
+            "install-stale-snapshot"
         ]
     );
     let scenarios = ekmat(&["sim", "--scenario", "list"]);

@@ -43,20 +43,18 @@ fn bad_configurations_exit_2_with_the_reason() {
 
 fn sample(dir: &std::path::Path) -> ekmat_node::NodeConfig {
     let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
-    ekmat_node::NodeConfig {
-        cluster: "solo".into(),
-        protocol: "raft".into(),
-        id: 0,
-        data_dir: dir.join("data"),
-        members: vec![ekmat_node::Member {
+    ekmat_node::NodeConfig::new(
+        "solo",
+        0,
+        dir.join("data"),
+        vec![ekmat_node::Member {
             id: 0,
             name: "n0".into(),
             peer: addr(free_port()),
             client: addr(free_port()),
             metrics: None,
         }],
-        unsafe_no_fsync: false,
-    }
+    )
 }
 
 #[test]
@@ -307,4 +305,98 @@ fn kv_commands_explain_bad_endpoints_and_unreachable_clusters() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("no endpoint answered"), "{err}");
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.map(|e| e.unwrap().metadata().unwrap().len()).sum())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_catches_up_from_a_snapshot_and_the_log_stays_bounded() {
+    let mut c = Cluster::start_with(3, |cfg| {
+        cfg.snapshot_every = 50;
+        cfg.checkpoint_bytes = 64 << 10;
+    });
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let behind = (leader + 1) % 3;
+    assert!(c.stop(behind).success());
+    let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
+    for i in 0..2000 {
+        kv.put(pb::PutRequest {
+            key: format!("k{i:04}").into_bytes(),
+            value: vec![b'v'; 100],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    c.spawn(behind);
+    // It can only catch up through the snapshot: the leader compacted the entries.
+    let started = Instant::now();
+    loop {
+        let applied = support::status(&c.endpoint(behind))
+            .await
+            .map_or(0, |s| s.raft_applied_index);
+        if applied >= 2001 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "n{behind} stuck at {applied}; logs:\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        c.log(behind)
+            .contains("restored the state machine from a snapshot"),
+        "{}",
+        c.log(behind)
+    );
+    let mut follower = pb::kv_client::KvClient::new(channel(&c.endpoint(behind)).await.unwrap());
+    let all = follower
+        .range(pb::RangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            serializable: true,
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.count, 2000, "the restored follower holds every key");
+
+    // The state is ~2000 keys of ~130 bytes, and a snapshot of it is written every 50
+    // entries: without checkpoints the log would hold all 40 snapshots (over 5 MiB). With
+    // them, it holds about one snapshot, the entries after it, and the writes since.
+    let wal = dir_bytes(&c.cfgs[leader].data_dir.join("wal"));
+    assert!(
+        wal < 1 << 20,
+        "the leader's log was checkpointed down, but holds {wal} bytes"
+    );
+    assert!(c.log(leader).contains("checkpointed the write-ahead log"));
+
+    // A full restart comes back from the checkpoints and snapshots.
+    for i in 0..3 {
+        assert!(c.stop(i).success());
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
+    let all = kv
+        .range(pb::RangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.count, 2000);
 }

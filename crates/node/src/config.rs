@@ -21,9 +21,25 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     #[serde(rename = "member")]
     pub members: Vec<Member>,
+    /// Hand the protocol a state machine snapshot every this many applied entries, so it
+    /// can compact its log (0: never).
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+    /// Rewrite the write-ahead log as one checkpoint once it has grown by this many
+    /// bytes (and by twice the last checkpoint).
+    #[serde(default = "default_checkpoint_bytes")]
+    pub checkpoint_bytes: u64,
     /// Skip fsync (benchmarks only: acknowledged writes can be lost on power failure).
     #[serde(default)]
     pub unsafe_no_fsync: bool,
+}
+
+fn default_snapshot_every() -> u64 {
+    10_000
+}
+
+fn default_checkpoint_bytes() -> u64 {
+    64 << 20
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +78,25 @@ pub enum ConfigError {
 }
 
 impl NodeConfig {
+    /// A Raft member `id` of `members`, with every other setting at its default.
+    pub fn new(
+        cluster: impl Into<String>,
+        id: u32,
+        data_dir: PathBuf,
+        members: Vec<Member>,
+    ) -> NodeConfig {
+        NodeConfig {
+            cluster: cluster.into(),
+            protocol: default_protocol(),
+            id,
+            data_dir,
+            members,
+            snapshot_every: default_snapshot_every(),
+            checkpoint_bytes: default_checkpoint_bytes(),
+            unsafe_no_fsync: false,
+        }
+    }
+
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -173,6 +208,8 @@ mod tests {
             id: 1,
             data_dir: "/tmp/x".into(),
             members: (0..3).map(member).collect(),
+            snapshot_every: default_snapshot_every(),
+            checkpoint_bytes: default_checkpoint_bytes(),
             unsafe_no_fsync: false,
         }
     }

@@ -107,9 +107,13 @@ pub struct Driver<P: RuntimeProtocol> {
     kv: KvStore,
     started: Instant,
     transport: Transport<Wire<Msg<P>>>,
-    writes: mpsc::Sender<(u64, Vec<u8>)>,
+    writes: mpsc::Sender<(u64, Write<P>)>,
     durable: watch::Receiver<Durability>,
     status: watch::Sender<NodeStatus>,
+    snapshot_every: u64,
+    last_snapshot: u64,
+    /// Why the node must stop, if an effect could not be carried out.
+    fatal: Option<String>,
     next_id: u64,
     pending_writes: HashMap<RequestId, PendingWrite>,
     pending_reads: HashMap<RequestId, PendingRead>,
@@ -126,10 +130,12 @@ pub struct DriverParts<P: RuntimeProtocol> {
     pub kv: KvStore,
     pub started: Instant,
     pub transport: Transport<Wire<Msg<P>>>,
-    pub writes: mpsc::Sender<(u64, Vec<u8>)>,
+    pub writes: mpsc::Sender<(u64, Write<P>)>,
     pub durable: watch::Receiver<Durability>,
     pub status: watch::Sender<NodeStatus>,
     pub peers: Vec<NodeId>,
+    /// Hand the protocol a snapshot every this many applied entries (0: never).
+    pub snapshot_every: u64,
 }
 
 impl<P: RuntimeProtocol> Driver<P> {
@@ -147,6 +153,9 @@ impl<P: RuntimeProtocol> Driver<P> {
             writes: parts.writes,
             durable: parts.durable,
             status: parts.status,
+            snapshot_every: parts.snapshot_every,
+            last_snapshot: 0,
+            fatal: None,
             next_id: epoch << 20,
             pending_writes: HashMap::new(),
             pending_reads: HashMap::new(),
@@ -201,6 +210,10 @@ impl<P: RuntimeProtocol> Driver<P> {
                     self.forget_abandoned_calls();
                     self.ping_peers();
                 }
+            }
+            if let Some(why) = self.fatal.take() {
+                self.fail_pending(CallError::Stopped);
+                return Err(why);
             }
         }
         self.fail_pending(CallError::Stopped);
@@ -303,7 +316,32 @@ impl<P: RuntimeProtocol> Driver<P> {
             self.apply_effect(effect).await;
         }
         self.out = out;
+        self.maybe_snapshot().await;
         self.publish_status();
+    }
+
+    /// Every `snapshot_every` applied entries, hand the protocol the state machine, so
+    /// it can compact its log.
+    async fn maybe_snapshot(&mut self) {
+        let applied = self.kv.applied_index();
+        if self.snapshot_every == 0 || applied < self.last_snapshot + self.snapshot_every {
+            return;
+        }
+        self.last_snapshot = applied;
+        let started = Instant::now();
+        let data = self.kv.snapshot();
+        metrics::counter!("ekmat_snapshots_total").increment(1);
+        tracing::info!(
+            index = applied,
+            bytes = data.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot"
+        );
+        Box::pin(self.step(Input::Snapshot {
+            index: applied,
+            data,
+        }))
+        .await;
     }
 
     async fn apply_effect(&mut self, effect: Effect<Msg<P>, Write<P>>) {
@@ -315,13 +353,27 @@ impl<P: RuntimeProtocol> Driver<P> {
                 metrics::counter!("ekmat_messages_sent_total").increment(1);
             }
             Effect::Persist { seq, write } => {
-                let bytes = postcard::to_stdvec(&write).expect("durable writes serialize");
                 // Awaiting here is the back-pressure: the core runs no faster than the disk.
-                if self.writes.send((seq, bytes)).await.is_err() {
+                if self.writes.send((seq, write)).await.is_err() {
                     tracing::error!("the storage writer is gone; durable writes cannot be made");
                 }
             }
             Effect::Commit(c) => self.apply_committed(c.index, c.entry),
+            Effect::Restore { index, data } => match KvStore::restore(&data) {
+                Ok(kv) => {
+                    tracing::info!(
+                        index,
+                        bytes = data.len(),
+                        "restored the state machine from a snapshot"
+                    );
+                    self.kv = kv;
+                    self.last_snapshot = index;
+                    self.serve_ready_reads();
+                }
+                Err(e) => {
+                    self.fatal = Some(format!("cannot restore the snapshot at index {index}: {e}"));
+                }
+            },
             Effect::Reply(reply) => self.on_reply(reply),
             Effect::Event(e) => on_event(&e),
         }

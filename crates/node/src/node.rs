@@ -66,7 +66,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         },
     )?;
     let (wal, stable) = recover::<P>(&cfg)?;
-    let core = P::recover(&cfg, stable, Time::ZERO).map_err(NodeError::Protocol)?;
+    let core = P::recover(&cfg, stable.clone(), Time::ZERO).map_err(NodeError::Protocol)?;
 
     let me = cfg.me().clone();
     let peers: Vec<(NodeId, SocketAddr)> = cfg
@@ -105,7 +105,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         None => None,
     };
 
-    let w = writer::spawn(wal);
+    let w = writer::spawn::<P>(wal, stable, cfg.checkpoint_bytes);
     let (status_tx, status_rx) = watch::channel(NodeStatus::default());
     let (calls_tx, calls_rx) = mpsc::channel::<Call>(CALL_QUEUE);
     let driver = Driver::<P>::new(DriverParts {
@@ -117,6 +117,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         durable: w.durable,
         status: status_tx,
         peers: peers.iter().map(|(id, _)| *id).collect(),
+        snapshot_every: cfg.snapshot_every,
     });
 
     if let Some(listener) = metrics_listener {

@@ -15,7 +15,7 @@ pub trait RuntimeProtocol: 'static {
     type Node: Replica<
             Message: Serialize + DeserializeOwned + Send + Sync + 'static,
             Write: Serialize + DeserializeOwned + Send + 'static,
-            Stable: Serialize + DeserializeOwned,
+            Stable: Serialize + DeserializeOwned + Send + 'static,
         > + Send
         + 'static;
 

@@ -2,17 +2,27 @@
 //! groups. The driver hands it writes; it appends every write that is waiting, makes them
 //! durable with one fsync, and publishes how far durability reached. Under load, one
 //! fsync covers many writes; when idle, a lone write is synced at once.
+//!
+//! It also folds the writes into the protocol's durable state, exactly as recovery would,
+//! and every so often writes that state as a checkpoint: the log files then start
+//! afresh, so with snapshots compacting the protocol's log, the disk stays bounded.
 
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use ekmat_core::{Durable, Replica};
 use ekmat_storage::Wal;
 use tokio::sync::{mpsc, watch};
+
+use crate::protocol::RuntimeProtocol;
 
 /// Writes queued before the driver waits (back-pressure instead of unbounded memory).
 pub const QUEUE: usize = 16 * 1024;
 /// Most writes gathered into one fsync.
 const MAX_BATCH: usize = 4096;
+
+type WriteOf<P> = <<P as RuntimeProtocol>::Node as Replica>::Write;
+type StableOf<P> = <<P as RuntimeProtocol>::Node as Replica>::Stable;
 
 /// How far the log is durable, in the driver's write sequence numbers, or why it
 /// stopped.
@@ -22,15 +32,38 @@ pub struct Durability {
     pub failed: Option<String>,
 }
 
-pub struct Writer {
-    pub queue: mpsc::Sender<(u64, Vec<u8>)>,
+pub struct Writer<W> {
+    pub queue: mpsc::Sender<(u64, W)>,
     pub durable: watch::Receiver<Durability>,
     pub thread: JoinHandle<()>,
 }
 
-pub fn spawn(mut wal: Wal) -> Writer {
-    let (queue, mut rx) = mpsc::channel::<(u64, Vec<u8>)>(QUEUE);
+struct State<P: RuntimeProtocol> {
+    wal: Wal,
+    stable: StableOf<P>,
+    /// Log bytes written since the last checkpoint, and that checkpoint's size.
+    since_checkpoint: u64,
+    last_checkpoint: u64,
+    checkpoint_bytes: u64,
+}
+
+/// Start the writer over `wal`, whose records fold into `stable`. The log is
+/// checkpointed once it has grown by `checkpoint_bytes` and by twice the last
+/// checkpoint's size (so rewriting a large state stays a small fraction of the writing).
+pub fn spawn<P: RuntimeProtocol>(
+    wal: Wal,
+    stable: StableOf<P>,
+    checkpoint_bytes: u64,
+) -> Writer<WriteOf<P>> {
+    let (queue, mut rx) = mpsc::channel::<(u64, WriteOf<P>)>(QUEUE);
     let (tx, durable) = watch::channel(Durability::default());
+    let mut state = State::<P> {
+        wal,
+        stable,
+        since_checkpoint: 0,
+        last_checkpoint: 0,
+        checkpoint_bytes,
+    };
     let thread = std::thread::Builder::new()
         .name("ekmat-wal-writer".into())
         .spawn(move || {
@@ -47,19 +80,15 @@ pub fn spawn(mut wal: Wal) -> Writer {
                     .last()
                     .map(|(seq, _)| *seq)
                     .expect("batch is not empty");
-                match write_batch(&mut wal, &batch) {
-                    Ok(()) => {
-                        tx.send_replace(Durability {
-                            seq: last,
-                            failed: None,
-                        });
-                    }
-                    Err(e) => {
-                        let failed = Some(format!("write-ahead log failed: {e}"));
-                        tx.send_modify(|d| d.failed = failed);
-                        return;
-                    }
+                if let Err(e) = state.write_batch(&batch) {
+                    let failed = Some(format!("write-ahead log failed: {e}"));
+                    tx.send_modify(|d| d.failed = failed);
+                    return;
                 }
+                tx.send_replace(Durability {
+                    seq: last,
+                    failed: None,
+                });
                 batch.clear();
             }
         })
@@ -71,13 +100,36 @@ pub fn spawn(mut wal: Wal) -> Writer {
     }
 }
 
-fn write_batch(wal: &mut Wal, batch: &[(u64, Vec<u8>)]) -> Result<(), ekmat_storage::WalError> {
-    for (_, bytes) in batch {
-        wal.append(bytes)?;
+impl<P: RuntimeProtocol> State<P> {
+    fn write_batch(&mut self, batch: &[(u64, WriteOf<P>)]) -> Result<(), String> {
+        for (_, write) in batch {
+            let bytes = postcard::to_stdvec(write).map_err(|e| e.to_string())?;
+            self.wal.append(&bytes).map_err(|e| e.to_string())?;
+            self.since_checkpoint += bytes.len() as u64;
+            self.stable.apply(write);
+        }
+        let started = Instant::now();
+        self.wal.sync().map_err(|e| e.to_string())?;
+        metrics::histogram!("ekmat_fsync_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("ekmat_fsync_batch_writes").record(batch.len() as f64);
+        if self.since_checkpoint >= self.checkpoint_bytes.max(2 * self.last_checkpoint) {
+            self.checkpoint()?;
+        }
+        Ok(())
     }
-    let started = Instant::now();
-    wal.sync()?;
-    metrics::histogram!("ekmat_fsync_seconds").record(started.elapsed().as_secs_f64());
-    metrics::histogram!("ekmat_fsync_batch_writes").record(batch.len() as f64);
-    Ok(())
+
+    fn checkpoint(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        let bytes = postcard::to_stdvec(&self.stable).map_err(|e| e.to_string())?;
+        self.wal.checkpoint(&bytes).map_err(|e| e.to_string())?;
+        self.last_checkpoint = bytes.len() as u64;
+        self.since_checkpoint = 0;
+        metrics::counter!("ekmat_wal_checkpoints_total").increment(1);
+        tracing::info!(
+            bytes = bytes.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "checkpointed the write-ahead log"
+        );
+        Ok(())
+    }
 }

@@ -25,6 +25,11 @@ pub struct RaftConfig {
     pub max_inflight: usize,
     /// Uncommitted entries a leader accepts before answering `Busy`.
     pub max_uncommitted: usize,
+    /// Entries kept behind a snapshot, so a follower slightly behind gets entries rather
+    /// than the whole snapshot.
+    pub snapshot_trailing: u64,
+    /// Bytes of snapshot per InstallSnapshot message.
+    pub snapshot_chunk_bytes: usize,
     /// Seed of the core's only randomness (election timeouts).
     pub seed: u64,
     pub mutant: Mutant,
@@ -43,6 +48,8 @@ impl RaftConfig {
             max_append_entries: 64,
             max_inflight: 16,
             max_uncommitted: 10_000,
+            snapshot_trailing: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
             seed: u64::from(id.0),
             mutant: Mutant::None,
         }
@@ -69,7 +76,11 @@ impl RaftConfig {
         {
             return Err(ConfigError::HeartbeatTooSlow);
         }
-        if self.max_append_entries == 0 || self.max_inflight == 0 || self.max_uncommitted == 0 {
+        if self.max_append_entries == 0
+            || self.max_inflight == 0
+            || self.max_uncommitted == 0
+            || self.snapshot_chunk_bytes == 0
+        {
             return Err(ConfigError::ZeroLimit);
         }
         Ok(())
@@ -108,14 +119,19 @@ pub enum Mutant {
     /// heartbeat round, that it is still the leader (thesis §6.4): a deposed leader
     /// that has not noticed yet serves stale reads.
     ReadWithoutQuorum,
+    /// Install a snapshot from the leader even if it is older than what this replica
+    /// already committed (Raft §7: such a snapshot must be ignored), rolling its state
+    /// machine back.
+    InstallStaleSnapshot,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 4] = [
+    pub const ALL: [Mutant; 5] = [
         Mutant::CommitOldTerm,
         Mutant::VoteWithoutLogCheck,
         Mutant::ForgetVotePersist,
         Mutant::ReadWithoutQuorum,
+        Mutant::InstallStaleSnapshot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -125,6 +141,7 @@ impl Mutant {
             Mutant::VoteWithoutLogCheck => "vote-without-log-check",
             Mutant::ForgetVotePersist => "forget-vote-persist",
             Mutant::ReadWithoutQuorum => "read-without-quorum",
+            Mutant::InstallStaleSnapshot => "install-stale-snapshot",
         }
     }
 

@@ -11,7 +11,8 @@
 //! | `replication.rs` | AppendEntries, heartbeats, check-quorum, commit |
 //! | `read_index.rs` | ReadIndex reads |
 //! | `progress.rs` | the leader's per-follower replication window |
-//! | `log.rs` | the log, its durable prefix, and what is written to disk |
+//! | `snapshot.rs` | taking snapshots, compacting the log, InstallSnapshot |
+//! | `log.rs` | the log, its durable prefix and snapshot, and what is written to disk |
 //!
 //! [`Replica`]: ekmat_core::Replica
 
@@ -23,9 +24,10 @@ mod node;
 mod progress;
 mod read_index;
 mod replication;
+mod snapshot;
 
 pub use config::{ConfigError, Mutant, RaftConfig};
-pub use log::{Entry, Payload, RaftLog, RaftStable, RaftWrite};
+pub use log::{Entry, Payload, RaftLog, RaftStable, RaftWrite, Snapshot};
 pub use message::{
     AppendOutcome, AppendRequest, AppendResponse, Message, VoteRequest, VoteResponse,
 };

@@ -1,4 +1,9 @@
-//! The replicated log, what of it is durable, and the writes that make it so.
+//! The replicated log, what of it is durable, its snapshot, and the writes that make it
+//! durable.
+//!
+//! A snapshot stands for every entry up to its index (Raft §7). Entries behind it may
+//! be compacted away; a few are kept so that a follower slightly behind can still be
+//! sent entries rather than the whole snapshot.
 
 use std::collections::VecDeque;
 
@@ -22,6 +27,15 @@ pub enum Payload {
     },
 }
 
+/// A state machine snapshot: the state after applying every entry up to `index`, whose
+/// entry had `term`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub index: u64,
+    pub term: u64,
+    pub data: Bytes,
+}
+
 /// A durable write Raft asks its driver for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RaftWrite {
@@ -33,6 +47,12 @@ pub enum RaftWrite {
     Append {
         entries: Vec<Entry>,
     },
+    /// Keep `snapshot`. If the log holds the snapshot's last entry, keep the entries from
+    /// `keep_from` on; otherwise the log disagrees with the snapshot and is dropped.
+    Snapshot {
+        snapshot: Snapshot,
+        keep_from: u64,
+    },
 }
 
 /// What a Raft replica restarts from.
@@ -40,6 +60,8 @@ pub enum RaftWrite {
 pub struct RaftStable {
     pub term: u64,
     pub vote: Option<NodeId>,
+    pub snapshot: Option<Snapshot>,
+    /// Consecutive entries; the first may follow the snapshot or overlap it.
     pub log: Vec<Entry>,
 }
 
@@ -52,17 +74,41 @@ impl Durable<RaftWrite> for RaftStable {
             }
             RaftWrite::Append { entries } => {
                 let Some(first) = entries.first() else { return };
-                let keep = first.index.saturating_sub(1) as usize;
+                let base = self
+                    .log
+                    .first()
+                    .map_or_else(|| self.after_snapshot(), |e| e.index);
                 assert!(
-                    keep <= self.log.len(),
-                    "append at index {} leaves a gap after {}",
+                    first.index >= base && first.index <= base + self.log.len() as u64,
+                    "append at index {} does not continue a log starting at {base} with {} entries",
                     first.index,
                     self.log.len()
                 );
-                self.log.truncate(keep);
+                self.log.truncate((first.index - base) as usize);
                 self.log.extend(entries.iter().cloned());
             }
+            RaftWrite::Snapshot {
+                snapshot,
+                keep_from,
+            } => {
+                let holds_last = self
+                    .log
+                    .iter()
+                    .any(|e| e.index == snapshot.index && e.term == snapshot.term);
+                if holds_last {
+                    self.log.retain(|e| e.index >= *keep_from);
+                } else {
+                    self.log.clear();
+                }
+                self.snapshot = Some(snapshot.clone());
+            }
         }
+    }
+}
+
+impl RaftStable {
+    fn after_snapshot(&self) -> u64 {
+        self.snapshot.as_ref().map_or(1, |s| s.index + 1)
     }
 }
 
@@ -70,8 +116,13 @@ impl Durable<RaftWrite> for RaftStable {
 /// Indexes start at 1; index 0 stands for the empty prefix, with term 0.
 #[derive(Clone, Debug, Default)]
 pub struct RaftLog {
+    /// Last entry covered by the snapshot (0 = none) and its term.
+    snapshot_index: u64,
+    snapshot_term: u64,
+    /// Index of `entries[0]`; at most `snapshot_index + 1`.
+    first: u64,
     entries: Vec<Entry>,
-    /// Entries `1..=durable` are on disk as they are in memory.
+    /// Entries up to `durable` are on disk as they are in memory (or in the snapshot).
     durable: u64,
     /// Appends not yet reported durable: (write seq, last index that write covers).
     unsynced: VecDeque<(u64, u64)>,
@@ -79,51 +130,84 @@ pub struct RaftLog {
 
 impl RaftLog {
     /// A log recovered from disk: all of it durable.
-    pub fn recovered(entries: Vec<Entry>) -> RaftLog {
+    pub fn recovered(snapshot: Option<(u64, u64)>, entries: Vec<Entry>) -> RaftLog {
+        let (snapshot_index, snapshot_term) = snapshot.unwrap_or((0, 0));
+        let first = entries.first().map_or(snapshot_index + 1, |e| e.index);
+        assert!(
+            first <= snapshot_index + 1,
+            "recovered log starts at {first}, after snapshot {snapshot_index}"
+        );
         for (i, e) in entries.iter().enumerate() {
             assert_eq!(
                 e.index,
-                i as u64 + 1,
+                first + i as u64,
                 "recovered log has a gap at {}",
-                i + 1
+                first + i as u64
             );
         }
-        let durable = entries.len() as u64;
-        RaftLog {
+        let mut log = RaftLog {
+            snapshot_index,
+            snapshot_term,
+            first,
             entries,
-            durable,
+            durable: 0,
             unsynced: VecDeque::new(),
-        }
+        };
+        log.durable = log.last_index();
+        log
+    }
+
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_index
+    }
+
+    pub fn snapshot_term(&self) -> u64 {
+        self.snapshot_term
+    }
+
+    /// The first index still held as an entry; earlier ones live only in the snapshot.
+    pub fn first_index(&self) -> u64 {
+        self.first
     }
 
     pub fn last_index(&self) -> u64 {
-        self.entries.len() as u64
+        (self.first - 1 + self.entries.len() as u64).max(self.snapshot_index)
     }
 
     pub fn last_term(&self) -> u64 {
-        self.entries.last().map_or(0, |e| e.term)
+        self.term_at(self.last_index())
+            .expect("the last index has a term")
     }
 
     pub fn durable_index(&self) -> u64 {
         self.durable
     }
 
-    /// Term of the entry at `index`; 0 for index 0, None past the end.
+    /// Term of the entry at `index`; 0 for index 0; None if compacted away or past the end.
     pub fn term_at(&self, index: u64) -> Option<u64> {
-        if index == 0 {
-            return Some(0);
+        if let Some(e) = self.get(index) {
+            return Some(e.term);
         }
-        self.get(index).map(|e| e.term)
+        match index {
+            0 => Some(0),
+            i if i == self.snapshot_index => Some(self.snapshot_term),
+            _ => None,
+        }
     }
 
     pub fn get(&self, index: u64) -> Option<&Entry> {
-        let i = index.checked_sub(1)? as usize;
+        let i = index.checked_sub(self.first)? as usize;
         self.entries.get(i)
     }
 
-    /// Up to `max` entries starting at `from`.
+    /// Up to `max` entries starting at `from` (which must not be compacted).
     pub fn slice(&self, from: u64, max: usize) -> &[Entry] {
-        let start = (from.max(1) - 1) as usize;
+        assert!(
+            from >= self.first,
+            "entry {from} was compacted (log starts at {})",
+            self.first
+        );
+        let start = (from - self.first) as usize;
         if start >= self.entries.len() {
             return &[];
         }
@@ -143,7 +227,7 @@ impl RaftLog {
             return from;
         };
         let mut i = from;
-        while i > 1 && self.term_at(i - 1) == Some(term) {
+        while i > self.first && self.term_at(i - 1) == Some(term) {
             i -= 1;
         }
         i
@@ -162,11 +246,12 @@ impl RaftLog {
 
     /// Append entries that start at `entries[0].index`, dropping whatever conflicts.
     /// Returns the suffix actually written (empty if every entry was already present).
-    /// `committed` entries must never be overwritten.
+    /// `committed` entries must never be overwritten. Entries at or before the snapshot
+    /// are committed, so they are skipped.
     pub fn merge(&mut self, entries: &[Entry], committed: u64) -> Vec<Entry> {
         let Some(pos) = entries
             .iter()
-            .position(|e| self.term_at(e.index) != Some(e.term))
+            .position(|e| e.index > self.snapshot_index && self.term_at(e.index) != Some(e.term))
         else {
             return Vec::new();
         };
@@ -192,15 +277,52 @@ impl RaftLog {
             entry.term >= self.last_term(),
             "log terms must not decrease"
         );
+        if self.entries.is_empty() {
+            self.first = entry.index;
+        }
         self.entries.push(entry);
     }
 
     fn truncate_after(&mut self, keep: u64) {
-        self.entries.truncate(keep as usize);
+        self.entries
+            .truncate(keep.saturating_sub(self.first - 1) as usize);
         self.durable = self.durable.min(keep);
         for (_, last) in self.unsynced.iter_mut() {
             *last = (*last).min(keep);
         }
+    }
+
+    /// Record a snapshot at `index` (which this log holds, with `term`) and drop the
+    /// entries before `keep_from`.
+    pub fn compact(&mut self, index: u64, term: u64, keep_from: u64) {
+        assert!(index >= self.snapshot_index, "snapshots move forward");
+        assert!(
+            keep_from <= index + 1 && keep_from >= self.first,
+            "keep_from {keep_from} out of range"
+        );
+        assert_eq!(
+            self.term_at(index),
+            Some(term),
+            "compacting at an entry this log does not hold"
+        );
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+        self.entries.drain(..(keep_from - self.first) as usize);
+        self.first = keep_from;
+    }
+
+    /// Replace the log with a snapshot received from the leader. Entries after it are
+    /// kept if the log agrees with the snapshot's last entry (Raft §7).
+    pub fn install(&mut self, index: u64, term: u64) {
+        if self.term_at(index) == Some(term) && index >= self.first {
+            self.entries.drain(..(index + 1 - self.first) as usize);
+        } else {
+            self.entries.clear();
+            self.durable = self.durable.min(index);
+        }
+        self.first = index + 1;
+        self.snapshot_index = index;
+        self.snapshot_term = term;
     }
 
     /// Remember that write `seq` covers the log up to its current end.
@@ -234,6 +356,7 @@ mod tests {
 
     fn log(terms: &[u64]) -> RaftLog {
         RaftLog::recovered(
+            None,
             terms
                 .iter()
                 .enumerate()
@@ -301,19 +424,91 @@ mod tests {
     }
 
     #[test]
-    fn stable_state_folds_writes() {
+    fn compaction_keeps_a_tail_and_the_snapshot_term() {
+        let mut l = log(&[1, 1, 2, 2, 3]);
+        l.compact(4, 2, 3);
+        assert_eq!(
+            (l.first_index(), l.last_index(), l.snapshot_index()),
+            (3, 5, 4)
+        );
+        assert_eq!(l.term_at(2), None, "compacted");
+        assert_eq!(l.term_at(3), Some(2));
+        assert_eq!(l.term_at(4), Some(2));
+        l.compact(5, 3, 6);
+        assert_eq!((l.first_index(), l.last_index(), l.last_term()), (6, 5, 3));
+        l.push(e(6, 4));
+        assert_eq!(l.slice(6, 10), &[e(6, 4)]);
+    }
+
+    #[test]
+    fn installing_a_snapshot_keeps_only_an_agreeing_suffix() {
+        let mut agree = log(&[1, 1, 2, 2]);
+        agree.install(3, 2);
+        assert_eq!((agree.first_index(), agree.last_index()), (4, 4));
+        let mut conflict = log(&[1, 1, 1, 1]);
+        conflict.install(3, 2);
+        assert_eq!((conflict.last_index(), conflict.last_term()), (3, 2));
+        let mut short = log(&[1]);
+        short.install(7, 3);
+        assert_eq!(
+            (short.first_index(), short.last_index(), short.last_term()),
+            (8, 7, 3)
+        );
+    }
+
+    #[test]
+    fn merge_skips_entries_the_snapshot_covers() {
+        let mut l = log(&[1, 1, 2]);
+        l.install(3, 2);
+        let written = l.merge(&[e(2, 1), e(3, 2), e(4, 2)], 3);
+        assert_eq!(written, vec![e(4, 2)]);
+    }
+
+    #[test]
+    fn stable_state_folds_writes_including_snapshots() {
         let mut s = RaftStable::default();
         s.apply(&RaftWrite::Append {
-            entries: vec![e(1, 1), e(2, 1)],
+            entries: vec![e(1, 1), e(2, 1), e(3, 2)],
         });
         s.apply(&RaftWrite::Append {
-            entries: vec![e(2, 2)],
+            entries: vec![e(3, 3)],
         });
         s.apply(&RaftWrite::HardState {
-            term: 2,
+            term: 3,
             vote: Some(NodeId(1)),
         });
-        assert_eq!(s.log, vec![e(1, 1), e(2, 2)]);
-        assert_eq!((s.term, s.vote), (2, Some(NodeId(1))));
+        assert_eq!(s.log, vec![e(1, 1), e(2, 1), e(3, 3)]);
+        let snap = Snapshot {
+            index: 2,
+            term: 1,
+            data: Bytes::from_static(b"state"),
+        };
+        s.apply(&RaftWrite::Snapshot {
+            snapshot: snap.clone(),
+            keep_from: 3,
+        });
+        assert_eq!(s.log, vec![e(3, 3)]);
+        s.apply(&RaftWrite::Append {
+            entries: vec![e(4, 3)],
+        });
+        assert_eq!(s.log, vec![e(3, 3), e(4, 3)]);
+        let other = Snapshot {
+            index: 9,
+            term: 5,
+            data: Bytes::new(),
+        };
+        s.apply(&RaftWrite::Snapshot {
+            snapshot: other.clone(),
+            keep_from: 10,
+        });
+        assert!(
+            s.log.is_empty(),
+            "a snapshot the log disagrees with replaces it"
+        );
+        s.apply(&RaftWrite::Append {
+            entries: vec![e(10, 5)],
+        });
+        assert_eq!(s.snapshot, Some(other));
+        assert_eq!(s.log, vec![e(10, 5)]);
     }
 }

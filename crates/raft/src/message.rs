@@ -8,6 +8,11 @@ pub enum Message {
     VoteResponse(VoteResponse),
     Append(AppendRequest),
     AppendResponse(AppendResponse),
+    /// A piece of the leader's snapshot, for a follower whose next entries were compacted.
+    Snapshot(SnapshotChunk),
+    /// A follower's acknowledgement of snapshot bytes received so far. Once the whole
+    /// snapshot is installed it answers with an accepting `AppendResponse` instead.
+    SnapshotAck(SnapshotAck),
 }
 
 impl Message {
@@ -17,6 +22,8 @@ impl Message {
             Message::VoteResponse(m) => m.term,
             Message::Append(m) => m.term,
             Message::AppendResponse(m) => m.term,
+            Message::Snapshot(m) => m.term,
+            Message::SnapshotAck(m) => m.term,
         }
     }
 
@@ -29,6 +36,8 @@ impl Message {
             Message::Append(m) if m.entries.is_empty() => "Heartbeat",
             Message::Append(_) => "Append",
             Message::AppendResponse(_) => "AppendResp",
+            Message::Snapshot(_) => "Snapshot",
+            Message::SnapshotAck(_) => "SnapshotAck",
         }
     }
 }
@@ -83,4 +92,24 @@ pub enum AppendOutcome {
         hint_index: u64,
         hint_term: Option<u64>,
     },
+}
+
+/// InstallSnapshot (Raft §7), one chunk at a time: bytes `offset..offset + data.len()` of
+/// the snapshot covering entries up to `index` (whose term is `last_term`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotChunk {
+    pub term: u64,
+    pub index: u64,
+    pub last_term: u64,
+    pub offset: u64,
+    pub total: u64,
+    pub data: bytes::Bytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotAck {
+    pub term: u64,
+    pub index: u64,
+    /// Bytes of the snapshot the follower holds, from the start.
+    pub received: u64,
 }

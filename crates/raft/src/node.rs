@@ -9,10 +9,11 @@ use ekmat_core::{
 };
 
 use crate::config::{ConfigError, RaftConfig};
-use crate::log::{Entry, Payload, RaftLog, RaftStable, RaftWrite};
+use crate::log::{Entry, Payload, RaftLog, RaftStable, RaftWrite, Snapshot};
 use crate::message::Message;
 use crate::progress::Progress;
 use crate::read_index::ReadIndex;
+use crate::snapshot::Incoming;
 
 pub(crate) type Out = Effects<Message, RaftWrite>;
 
@@ -51,6 +52,13 @@ pub struct RaftNode {
     pub(crate) heartbeat_deadline: Time,
     pub(crate) quorum_check_deadline: Time,
     pub(crate) reads: ReadIndex,
+
+    /// The latest snapshot: what compacted entries became, and what lagging followers get.
+    pub(crate) snapshot: Option<Snapshot>,
+    /// A snapshot being received from the leader.
+    pub(crate) incoming: Option<Incoming>,
+    /// A snapshot recovered from disk, for the driver to restore before anything else.
+    pending_restore: Option<Snapshot>,
 }
 
 impl RaftNode {
@@ -60,8 +68,8 @@ impl RaftNode {
     }
 
     /// A replica restarted from what it had made durable. Its state machine is assumed
-    /// empty: committed entries are delivered again from index 1 as the commit index is
-    /// relearned.
+    /// empty: the first step restores it from the recovered snapshot (if any), and
+    /// committed entries after it are delivered again as the commit index is relearned.
     pub fn recover(
         cfg: RaftConfig,
         stable: RaftStable,
@@ -70,6 +78,8 @@ impl RaftNode {
         cfg.validate()?;
         let quorum = QuorumSet::majority(cfg.voters.iter().copied());
         let rng = DetRng::new(cfg.seed);
+        let snapshot_at = stable.snapshot.as_ref().map(|s| (s.index, s.term));
+        let applied = snapshot_at.map_or(0, |(index, _)| index);
         let mut node = RaftNode {
             cfg,
             quorum,
@@ -77,11 +87,11 @@ impl RaftNode {
             now,
             term: stable.term,
             vote: stable.vote,
-            log: RaftLog::recovered(stable.log),
+            log: RaftLog::recovered(snapshot_at, stable.log),
             role: Role::Follower,
             leader: None,
-            commit: 0,
-            applied: 0,
+            commit: applied,
+            applied,
             gate: PersistGate::new(),
             election_deadline: now,
             last_leader_contact: None,
@@ -90,6 +100,9 @@ impl RaftNode {
             heartbeat_deadline: now,
             quorum_check_deadline: now,
             reads: ReadIndex::default(),
+            snapshot: stable.snapshot.clone(),
+            incoming: None,
+            pending_restore: stable.snapshot,
         };
         node.reset_election_deadline();
         Ok(node)
@@ -117,6 +130,10 @@ impl RaftNode {
 
     pub fn log(&self) -> &RaftLog {
         &self.log
+    }
+
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
     }
 
     pub fn config(&self) -> &RaftConfig {
@@ -272,6 +289,8 @@ impl RaftNode {
             Message::VoteResponse(resp) => self.on_vote_response(from, resp, out),
             Message::Append(req) => self.on_append(from, req, out),
             Message::AppendResponse(resp) => self.on_append_response(from, resp, out),
+            Message::Snapshot(chunk) => self.on_snapshot_chunk(from, chunk, out),
+            Message::SnapshotAck(ack) => self.on_snapshot_ack(from, ack, out),
         }
     }
 }
@@ -292,11 +311,18 @@ impl Replica for RaftNode {
             self.now
         );
         self.now = now;
+        if let Some(s) = self.pending_restore.take() {
+            out.push(ekmat_core::Effect::Restore {
+                index: s.index,
+                data: s.data,
+            });
+        }
         match input {
             Input::Message { from, msg } => self.on_message(from, msg, out),
             Input::Request(req) => self.on_request(req, out),
             Input::Tick => self.on_tick(out),
             Input::Persisted { seq } => self.on_persisted(seq, out),
+            Input::Snapshot { index, data } => self.on_snapshot_taken(index, data, out),
         }
         debug_assert!(self.applied <= self.commit && self.commit <= self.log.last_index());
     }

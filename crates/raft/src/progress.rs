@@ -5,12 +5,18 @@ use std::collections::VecDeque;
 
 use ekmat_core::Time;
 
+use crate::log::Snapshot;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplicationState {
     /// Searching for the last matching index: one message at a time.
     Probe,
     /// Matching index known: stream entries, up to the in-flight bound.
     Replicate,
+    /// The entries the follower needs were compacted: sending the snapshot covering up
+    /// to `index`, of which the follower has acknowledged `offset` bytes and has been
+    /// sent `sent`.
+    Snapshot { index: u64, offset: u64, sent: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -31,6 +37,9 @@ pub struct Progress {
     pub recent_active: bool,
     /// Highest ReadIndex round this follower has confirmed.
     pub read_ack: u64,
+    /// The snapshot being sent, pinned until the transfer finishes (a newer one taken
+    /// meanwhile would otherwise restart it forever).
+    pub sending: Option<Snapshot>,
 }
 
 impl Progress {
@@ -44,6 +53,7 @@ impl Progress {
             last_progress: now,
             recent_active: false,
             read_ack: 0,
+            sending: None,
         }
     }
 
@@ -51,6 +61,7 @@ impl Progress {
         match self.state {
             ReplicationState::Probe => !self.probe_sent,
             ReplicationState::Replicate => self.inflight.len() < max_inflight,
+            ReplicationState::Snapshot { .. } => false,
         }
     }
 
@@ -66,7 +77,7 @@ impl Progress {
                 self.next_index = last + 1;
                 self.inflight.push_back(last);
             }
-            ReplicationState::Replicate => {}
+            ReplicationState::Replicate | ReplicationState::Snapshot { .. } => {}
         }
     }
 
@@ -81,8 +92,10 @@ impl Progress {
         while self.inflight.front().is_some_and(|&last| last <= index) {
             self.inflight.pop_front();
         }
-        if self.state == ReplicationState::Probe {
-            self.become_replicate();
+        match self.state {
+            ReplicationState::Probe => self.become_replicate(),
+            ReplicationState::Snapshot { index: at, .. } if index >= at => self.become_replicate(),
+            _ => {}
         }
         advanced
     }
@@ -93,6 +106,7 @@ impl Progress {
         let stale = match self.state {
             ReplicationState::Replicate => prev_index < self.match_index,
             ReplicationState::Probe => prev_index + 1 != self.next_index,
+            ReplicationState::Snapshot { .. } => true,
         };
         if stale {
             return false;
@@ -102,8 +116,21 @@ impl Progress {
         true
     }
 
+    /// Start sending `snapshot`.
+    pub fn become_snapshot(&mut self, snapshot: Snapshot) {
+        self.state = ReplicationState::Snapshot {
+            index: snapshot.index,
+            offset: 0,
+            sent: 0,
+        };
+        self.sending = Some(snapshot);
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
     pub fn become_probe(&mut self) {
         self.state = ReplicationState::Probe;
+        self.sending = None;
         self.probe_sent = false;
         self.inflight.clear();
         self.next_index = self.match_index + 1;
@@ -111,6 +138,7 @@ impl Progress {
 
     fn become_replicate(&mut self) {
         self.state = ReplicationState::Replicate;
+        self.sending = None;
         self.probe_sent = false;
         self.inflight.clear();
         self.next_index = self.match_index + 1;

@@ -28,12 +28,21 @@ impl RaftNode {
         }
         let probing = pr.state == ReplicationState::Probe;
         let next = pr.next_index;
+        let prev_index = next - 1;
+        let prev_term = self
+            .log
+            .term_at(prev_index)
+            .filter(|_| next >= self.log.first_index());
+        let Some(prev_term) = prev_term else {
+            // What it needs (the next entry, or the term of the one before) was
+            // compacted: it gets the snapshot instead.
+            self.start_snapshot(to, out);
+            return false;
+        };
         let entries = self.log.slice(next, self.cfg.max_append_entries).to_vec();
         if entries.is_empty() && !probing {
             return false;
         }
-        let prev_index = next - 1;
-        let prev_term = self.log.term_at(prev_index).expect("next index within log");
         let last = prev_index + entries.len() as u64;
         let carried = !entries.is_empty();
         out.send(to, self.append_request(prev_index, prev_term, entries));
@@ -74,13 +83,25 @@ impl RaftNode {
             {
                 pr.become_probe();
             }
-            if pr.state == ReplicationState::Probe {
-                pr.probe_sent = false;
-                self.send_append(peer, out);
-                continue;
+            match pr.state {
+                ReplicationState::Probe => {
+                    pr.probe_sent = false;
+                    self.send_append(peer, out);
+                    continue;
+                }
+                // Chunks double as the heartbeat, and resend what was lost.
+                ReplicationState::Snapshot { .. } => {
+                    self.resend_snapshot(peer, out);
+                    continue;
+                }
+                ReplicationState::Replicate => {}
             }
             let prev_index = pr.match_index;
-            let prev_term = self.log.term_at(prev_index).expect("match within log");
+            let Some(prev_term) = self.log.term_at(prev_index) else {
+                // Compacted past what this follower holds.
+                self.start_snapshot(peer, out);
+                continue;
+            };
             out.send(peer, self.append_request(prev_index, prev_term, Vec::new()));
         }
     }
@@ -135,19 +156,29 @@ impl RaftNode {
         self.last_leader_contact = Some(self.now);
         self.reset_election_deadline();
 
-        if self.log.term_at(req.prev_index) != Some(req.prev_term) {
-            let outcome = self.conflict_hint(req.prev_index);
+        // Entries up to our snapshot are committed, so they match the leader's: check
+        // consistency from the snapshot on.
+        let snap = self.log.snapshot_index();
+        let (prev_index, prev_term, entries) = if req.prev_index < snap {
+            let skip = (snap - req.prev_index) as usize;
+            let rest = req.entries.get(skip..).unwrap_or_default();
+            (snap, self.log.snapshot_term(), rest)
+        } else {
+            (req.prev_index, req.prev_term, &req.entries[..])
+        };
+        if self.log.term_at(prev_index) != Some(prev_term) {
+            let outcome = self.conflict_hint(prev_index);
             self.respond_append(from, outcome, req.read_seq, out);
             return;
         }
-        let written = self.log.merge(&req.entries, self.commit);
+        let written = self.log.merge(entries, self.commit);
         if !written.is_empty() {
             let seq = self
                 .gate
                 .persist(crate::RaftWrite::Append { entries: written }, out);
             self.log.note_write(seq);
         }
-        let last_new = req.prev_index + req.entries.len() as u64;
+        let last_new = prev_index + entries.len() as u64;
         self.advance_commit(req.commit.min(last_new), out);
         let outcome = AppendOutcome::Accepted {
             match_index: last_new,
@@ -171,7 +202,13 @@ impl RaftNode {
     }
 
     /// Responses wait for our writes: an acknowledgement must describe a durable log.
-    fn respond_append(&mut self, to: NodeId, outcome: AppendOutcome, read_seq: u64, out: &mut Out) {
+    pub(crate) fn respond_append(
+        &mut self,
+        to: NodeId,
+        outcome: AppendOutcome,
+        read_seq: u64,
+        out: &mut Out,
+    ) {
         let resp = AppendResponse {
             term: self.term,
             outcome,

@@ -116,6 +116,7 @@ fn votes_go_only_to_up_to_date_candidates() {
     let stable = RaftStable {
         term: 3,
         vote: None,
+        snapshot: None,
         log: vec![entry(1, 1), entry(2, 3)],
     };
     for (mutant, expect) in [(Mutant::None, false), (Mutant::VoteWithoutLogCheck, true)] {
@@ -185,6 +186,7 @@ fn a_follower_rejects_a_mismatched_previous_entry_with_a_hint() {
     let stable = RaftStable {
         term: 3,
         vote: None,
+        snapshot: None,
         log: vec![entry(1, 1), entry(2, 2), entry(3, 2), entry(4, 2)],
     };
     let cfg = RaftConfig::new(NodeId(1), vec![NodeId(0), NodeId(1), NodeId(2)]);
@@ -232,6 +234,7 @@ fn old_term_entries_are_not_committed_by_counting() {
         let stable = RaftStable {
             term: 3,
             vote: None,
+            snapshot: None,
             log: vec![entry(1, 1), entry(2, 2)],
         };
         let mut cfg = RaftConfig::new(NodeId(0), (0..5).map(NodeId).collect());
@@ -391,4 +394,125 @@ fn entry(index: u64, term: u64) -> Entry {
         index,
         payload: Payload::Noop,
     }
+}
+
+#[test]
+fn a_follower_behind_the_compaction_point_catches_up_from_a_snapshot() {
+    let mut c = Cluster::with(3, |cfg| {
+        cfg.snapshot_trailing = 2;
+        cfg.snapshot_chunk_bytes = 4; // several chunks
+    });
+    let leader = c.elect();
+    let lagging = NodeId((leader.0 + 1) % 3);
+    c.isolate(lagging);
+    for seq in 1..=20 {
+        c.write(leader, seq, "v");
+    }
+    c.deliver_all();
+    let applied = c.raft(leader).commit_index();
+    let data = bytes::Bytes::from_static(b"state-machine-at-21");
+    c.step(
+        leader,
+        Input::Snapshot {
+            index: applied,
+            data: data.clone(),
+        },
+    );
+    assert_eq!(c.raft(leader).log().snapshot_index(), applied);
+    assert!(
+        c.raft(leader).log().first_index() > 2,
+        "the log was compacted"
+    );
+    c.heal();
+    c.run_for(ms(500));
+    let node = &c.nodes[lagging.index()];
+    assert_eq!(
+        node.restored,
+        vec![(applied, data)],
+        "the lagging follower restored the snapshot"
+    );
+    c.write(leader, 21, "after");
+    c.deliver_all();
+    c.run_for(ms(200));
+    let later: Vec<u64> = commands(&c, lagging);
+    assert_eq!(
+        later,
+        vec![applied + 1],
+        "commits continue right after the snapshot"
+    );
+    assert_eq!(
+        c.nodes[lagging.index()]
+            .stable
+            .snapshot
+            .as_ref()
+            .unwrap()
+            .index,
+        applied
+    );
+}
+
+#[test]
+fn a_restarted_node_restores_its_snapshot_first() {
+    let mut c = Cluster::new(1);
+    let leader = c.elect();
+    for seq in 1..=5 {
+        c.write(leader, seq, "v");
+    }
+    let data = bytes::Bytes::from_static(b"at-6");
+    c.step(
+        leader,
+        Input::Snapshot {
+            index: 6,
+            data: data.clone(),
+        },
+    );
+    c.restart(leader);
+    c.step(leader, Input::Tick);
+    assert_eq!(c.nodes[0].restored, vec![(6, data)]);
+    assert_eq!(c.raft(leader).commit_index(), 6);
+    c.elect();
+    c.write(leader, 6, "next");
+    assert_eq!(
+        commands(&c, leader),
+        vec![8],
+        "index 7 is the new leader's no-op"
+    );
+}
+
+#[test]
+fn stale_or_premature_snapshots_are_ignored() {
+    let mut c = Cluster::new(1);
+    let leader = c.elect();
+    c.write(leader, 1, "v");
+    c.step(
+        leader,
+        Input::Snapshot {
+            index: 9,
+            data: bytes::Bytes::new(),
+        },
+    );
+    assert_eq!(
+        c.raft(leader).log().snapshot_index(),
+        0,
+        "ahead of what was applied"
+    );
+    c.step(
+        leader,
+        Input::Snapshot {
+            index: 2,
+            data: bytes::Bytes::new(),
+        },
+    );
+    c.step(
+        leader,
+        Input::Snapshot {
+            index: 1,
+            data: bytes::Bytes::new(),
+        },
+    );
+    assert_eq!(
+        c.raft(leader).log().snapshot_index(),
+        2,
+        "snapshots only move forward"
+    );
 }

@@ -18,6 +18,8 @@ pub struct RaftSim {
     pub heartbeat: Duration,
     pub max_append_entries: usize,
     pub max_inflight: usize,
+    pub snapshot_trailing: u64,
+    pub snapshot_chunk_bytes: usize,
     /// Draw batch size and in-flight window per seed instead of using the values above.
     pub vary_knobs: bool,
 }
@@ -32,6 +34,8 @@ impl Default for RaftSim {
             heartbeat: Duration::from_millis(50),
             max_append_entries: 64,
             max_inflight: 16,
+            snapshot_trailing: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
             vary_knobs: true,
         }
     }
@@ -48,6 +52,8 @@ impl RaftSim {
         cfg.heartbeat_interval = self.heartbeat;
         cfg.max_append_entries = self.max_append_entries;
         cfg.max_inflight = self.max_inflight;
+        cfg.snapshot_trailing = self.snapshot_trailing;
+        cfg.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
         cfg
     }
 }
@@ -94,10 +100,12 @@ impl SimProtocol for RaftSim {
         if self.vary_knobs {
             v.max_append_entries = [1, 2, 4, 64][rng.index(4)];
             v.max_inflight = [1, 2, 16][rng.index(3)];
+            v.snapshot_trailing = [0, 3, 50][rng.index(3)];
+            v.snapshot_chunk_bytes = [256, 4096, 1 << 20][rng.index(3)];
         }
         let knobs = format!(
-            "raft batch {} entries, {} in flight",
-            v.max_append_entries, v.max_inflight
+            "raft batch {} entries, {} in flight, {} entries kept behind snapshots, {}-byte snapshot chunks",
+            v.max_append_entries, v.max_inflight, v.snapshot_trailing, v.snapshot_chunk_bytes
         );
         (v, knobs)
     }

@@ -82,6 +82,8 @@ pub struct Derived {
     pub latency_us: (u64, u64),
     /// Percent of messages, and how many times slower they are.
     pub latency_tail: (u32, u32),
+    /// Replicas snapshot every this many applied entries (0: never).
+    pub snapshot_every: u64,
     pub fsync_us: (u64, u64),
     pub think_ms: u64,
     pub fault_gap_ms: u64,
@@ -92,8 +94,9 @@ impl fmt::Display for Derived {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}, latency {}-{}us (tail: {}% x{}), fsync {}-{}us, client think {}ms, timeout {}ms, mean fault gap {}ms",
+            "{}, snapshot every {} entries, latency {}-{}us (tail: {}% x{}), fsync {}-{}us, client think {}ms, timeout {}ms, mean fault gap {}ms",
             self.knobs,
+            self.snapshot_every,
             self.latency_us.0,
             self.latency_us.1,
             self.latency_tail.0,
@@ -131,10 +134,13 @@ pub(crate) fn derive<P: SimProtocol>(
     } else {
         (0, 1)
     };
+    // Often enough that lagging replicas are sent snapshots under faults; sometimes never.
+    let snapshot_every = [0, 25, 100, 400][rng.index(4)];
     let derived = Derived {
         knobs,
         latency_us: (lat_min, lat_max),
         latency_tail,
+        snapshot_every,
         fsync_us: (fsync_min, fsync_max),
         think_ms,
         fault_gap_ms,
@@ -168,6 +174,7 @@ pub(crate) fn derive<P: SimProtocol>(
         liveness_bound: opts.liveness_bound,
         converge_bound: Duration::from_secs(10),
         max_tail: Duration::from_secs(60) + opts.safety / 5,
+        snapshot_every,
         trace: opts.trace,
     };
     let schedule = opts.schedule.clone().unwrap_or_else(|| {
@@ -325,6 +332,8 @@ pub struct Summary {
     pub elections: u64,
     pub faults: u64,
     pub crashes: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_restored: u64,
     pub events: u64,
     pub messages: u64,
     pub sim_seconds: f64,
@@ -350,6 +359,8 @@ impl Summary {
         self.elections += r.stats.elections;
         self.faults += r.stats.faults;
         self.crashes += r.stats.crashes;
+        self.snapshots_taken += r.stats.snapshots_taken;
+        self.snapshots_restored += r.stats.snapshots_restored;
         self.events += r.stats.events;
         self.messages += r.stats.messages;
         self.sim_seconds += r.stats.sim_micros as f64 / 1e6;

@@ -40,12 +40,16 @@ pub struct WorldConfig {
     pub converge_bound: Duration,
     /// The run fails if the workload has not finished by this time after healing.
     pub max_tail: Duration,
+    /// Replicas hand their protocol a snapshot every this many applied entries (0: never).
+    pub snapshot_every: u64,
     pub trace: bool,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RunStats {
     pub events: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_restored: u64,
     pub messages: u64,
     pub elections: u64,
     pub faults: u64,
@@ -132,6 +136,8 @@ struct Slot<P: SimProtocol> {
     /// Reads confirmed by the protocol, waiting for the state machine to catch up.
     reads: Vec<(RequestId, u64)>,
     last_sync: Time,
+    /// Applied index of this incarnation's last snapshot.
+    last_snapshot: u64,
 }
 
 pub struct World<'p, P: SimProtocol> {
@@ -154,6 +160,8 @@ pub struct World<'p, P: SimProtocol> {
     /// `next-leader` faults waiting for an election, with when they stop waiting.
     armed: Vec<(usize, Time)>,
     healed_at: Option<Time>,
+    /// The state machine's hash at each index some replica snapshotted.
+    snapshot_hashes: FxHashMap<u64, u64>,
     first_write_after_heal: Option<Time>,
     finished_at: Option<Time>,
     next_convergence_check: Time,
@@ -186,6 +194,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 pending: FxHashMap::default(),
                 reads: Vec::new(),
                 last_sync: Time::ZERO,
+                last_snapshot: 0,
             });
         }
         let mut world = World {
@@ -207,6 +216,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
             violation: None,
             armed: Vec::new(),
             healed_at: None,
+            snapshot_hashes: FxHashMap::default(),
             first_write_after_heal: None,
             finished_at: None,
             next_convergence_check: Time::ZERO,
@@ -524,6 +534,71 @@ impl<'p, P: SimProtocol> World<'p, P> {
             self.apply_effect(node, effect);
         }
         self.out = out;
+        self.maybe_snapshot(node);
+    }
+
+    /// Every `snapshot_every` applied entries, hand the protocol the state machine.
+    fn maybe_snapshot(&mut self, node: NodeId) {
+        let every = self.cfg.snapshot_every;
+        let slot = &self.nodes[node.index()];
+        let applied = slot.kv.applied_index();
+        if every == 0 || applied < slot.last_snapshot + every || self.violation.is_some() {
+            return;
+        }
+        let (data, hash) = (slot.kv.snapshot(), slot.kv.hash());
+        if let Some(&other) = self.snapshot_hashes.get(&applied)
+            && other != hash
+        {
+            let detail = format!(
+                "{node}'s state at index {applied} differs from another replica's at the same index"
+            );
+            return self.fail(Violation::new("snapshot-safety", self.now, detail));
+        }
+        self.snapshot_hashes.insert(applied, hash);
+        self.nodes[node.index()].last_snapshot = applied;
+        self.stats.snapshots_taken += 1;
+        self.step(
+            node,
+            Input::Snapshot {
+                index: applied,
+                data,
+            },
+        );
+    }
+
+    /// Replace a replica's state machine with a snapshot, which must be the state some
+    /// replica had at that index.
+    fn restore(&mut self, node: NodeId, index: u64, data: bytes::Bytes) {
+        self.stats.snapshots_restored += 1;
+        let applied = self.nodes[node.index()].kv.applied_index();
+        if index < applied {
+            let detail = format!(
+                "{node} was told to restore a snapshot at {index} after applying {applied}: its state machine would go back"
+            );
+            return self.fail(Violation::new("state-machine-rollback", self.now, detail));
+        }
+        let kv = match KvStore::restore(&data) {
+            Ok(kv) => kv,
+            Err(e) => {
+                let detail =
+                    format!("{node} was told to restore an unreadable snapshot at {index}: {e}");
+                return self.fail(Violation::new("snapshot-safety", self.now, detail));
+            }
+        };
+        let known = self.snapshot_hashes.get(&index).copied();
+        if kv.applied_index() != index || known.is_some_and(|h| h != kv.hash()) {
+            let detail = format!(
+                "{node} restored a snapshot at {index} that is not the state replicas had there"
+            );
+            return self.fail(Violation::new("snapshot-safety", self.now, detail));
+        }
+        let now = self.now;
+        self.trace
+            .line(now, || format!("{node} RESTORE snapshot at {index}"));
+        let slot = &mut self.nodes[node.index()];
+        slot.kv = kv;
+        slot.last_snapshot = slot.last_snapshot.max(index);
+        self.serve_ready_reads(node);
     }
 
     fn apply_effect(&mut self, node: NodeId, effect: Effect<Msg<P>, Write<P>>) {
@@ -543,6 +618,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 self.push(at, Ev::Synced { node, epoch, seq });
             }
             Effect::Commit(c) => self.apply_committed(node, c.index, c.entry),
+            Effect::Restore { index, data } => self.restore(node, index, data),
             Effect::Reply(reply) => self.on_protocol_reply(node, reply),
             Effect::Event(e) => self.on_event(node, e),
         }
@@ -869,6 +945,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
         slot.pending.clear();
         slot.reads.clear();
         slot.kv = KvStore::new();
+        slot.last_snapshot = 0;
         slot.epoch += 1;
         self.stats.crashes += 1;
         let now = self.now;

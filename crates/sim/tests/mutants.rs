@@ -76,3 +76,11 @@ fn forgetting_to_persist_the_vote_is_caught() {
 fn reading_without_a_quorum_round_is_caught_by_linearizability() {
     assert_caught(Mutant::ReadWithoutQuorum, &["linearizability"]);
 }
+
+#[test]
+fn installing_a_stale_snapshot_is_caught() {
+    assert_caught(
+        Mutant::InstallStaleSnapshot,
+        &["state-machine-rollback", "apply-order", "assertion"],
+    );
+}

@@ -34,6 +34,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(n: u32) -> Cluster {
+        Cluster::start_with(n, |_| {})
+    }
+
+    /// A cluster whose configurations `tweak` adjusts before the nodes start.
+    pub fn start_with(n: u32, tweak: impl Fn(&mut NodeConfig)) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         let members: Vec<Member> = (0..n)
@@ -46,13 +51,11 @@ impl Cluster {
             })
             .collect();
         let cfgs: Vec<NodeConfig> = (0..n)
-            .map(|i| NodeConfig {
-                cluster: "test".into(),
-                protocol: "raft".into(),
-                id: i,
-                data_dir: dir.path().join(format!("n{i}")),
-                members: members.clone(),
-                unsafe_no_fsync: false,
+            .map(|i| {
+                let mut cfg =
+                    NodeConfig::new("test", i, dir.path().join(format!("n{i}")), members.clone());
+                tweak(&mut cfg);
+                cfg
             })
             .collect();
         let mut c = Cluster {

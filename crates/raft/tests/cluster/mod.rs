@@ -17,6 +17,8 @@ pub struct Node {
     pub unsynced: Vec<(u64, RaftWrite)>,
     pub committed: Vec<Committed>,
     pub replies: Vec<Reply>,
+    /// Snapshots the core asked the state machine to restore: (index, data).
+    pub restored: Vec<(u64, bytes::Bytes)>,
 }
 
 pub struct Cluster {
@@ -51,6 +53,7 @@ impl Cluster {
                     unsynced: Vec::new(),
                     committed: Vec::new(),
                     replies: Vec::new(),
+                    restored: Vec::new(),
                 }
             })
             .collect();
@@ -82,6 +85,7 @@ impl Cluster {
                     }
                 }
                 Effect::Commit(c) => node.committed.push(c),
+                Effect::Restore { index, data } => node.restored.push((index, data)),
                 Effect::Reply(r) => node.replies.push(r),
                 Effect::Event(_) => {}
             }
@@ -191,6 +195,7 @@ impl Cluster {
         node.unsynced.clear();
         node.committed.clear();
         node.replies.clear();
+        node.restored.clear();
         node.raft = RaftNode::recover(cfg, node.stable.clone(), self.now).unwrap();
         self.queue.retain(|(_, to, _)| *to != id);
     }

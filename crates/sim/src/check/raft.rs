@@ -11,10 +11,14 @@
 //!   completeness (Raft §5.4.3), checked when the danger arises rather than when a
 //!   later election happens to exploit it;
 //! - **durability**: entries a replica acknowledged, and votes it granted, survive its
-//!   crash — so committed entries are never lost.
+//!   crash — so committed entries are never lost;
+//! - **snapshot safety**: a snapshot that replaces a replica's log covers only committed
+//!   entries (the simulator also checks that a restored state machine is the state
+//!   replicas had at that index).
 //!
 //! The checker shadows each replica's log from the writes it asks for, so it sees the
-//! log exactly as the replica holds it, durable or not.
+//! log exactly as the replica holds it, durable or not. Shadows are logical logs: entries
+//! a snapshot compacted away stay in them.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -233,17 +237,63 @@ impl RaftChecker {
         Ok(())
     }
 
-    fn chain_of(log: &[Entry]) -> Vec<Link> {
-        let mut prev = 0;
-        log.iter()
-            .map(|e| {
-                prev = chain(prev, e.index, e.term, entry_payload_hash(e));
-                Link {
-                    term: e.term,
-                    chain: prev,
-                }
-            })
-            .collect()
+    /// `prefix` extended by `entries` (which follow it).
+    fn chain_from(mut prefix: Vec<Link>, entries: &[Entry]) -> Vec<Link> {
+        let mut prev = prefix.last().map_or(0, |l| l.chain);
+        for e in entries {
+            prev = chain(prev, e.index, e.term, entry_payload_hash(e));
+            prefix.push(Link {
+                term: e.term,
+                chain: prev,
+            });
+        }
+        prefix
+    }
+
+    /// The committed prefix up to `index`, or a violation if less is committed.
+    fn committed_prefix(
+        &self,
+        now: Time,
+        node: NodeId,
+        index: u64,
+        term: Option<u64>,
+    ) -> Result<Vec<Link>, Violation> {
+        let links: Vec<Link> = self
+            .committed
+            .iter()
+            .take(index as usize)
+            .map(|(l, _)| *l)
+            .collect();
+        let agrees = links.len() == index as usize
+            && term.is_none_or(|t| index == 0 || links[index as usize - 1].term == t);
+        if !agrees {
+            let detail = format!(
+                "{node} holds a snapshot up to index {index}, but only {} entries are committed (or the terms disagree)",
+                self.committed.len()
+            );
+            return Err(Violation::new("snapshot-safety", now, detail));
+        }
+        Ok(links)
+    }
+
+    /// A snapshot was written: the replica's own (its log is unchanged up to it), or one
+    /// from the leader that replaced a log disagreeing with it.
+    fn snapshot_written(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        index: u64,
+        term: u64,
+    ) -> Result<(), Violation> {
+        let n = node.index();
+        let holds = self.logs[n]
+            .get(index as usize - 1)
+            .is_some_and(|l| l.term == term);
+        if !holds {
+            self.logs[n] = self.committed_prefix(now, node, index, Some(term))?;
+            self.acked[n] = self.acked[n].min(index);
+        }
+        Ok(())
     }
 }
 
@@ -277,6 +327,14 @@ impl ProtocolChecker<RaftNode> for RaftChecker {
                 }
                 Ok(())
             }
+            Effect::Persist {
+                write: RaftWrite::Snapshot { snapshot, .. },
+                ..
+            } => self.snapshot_written(now, node, snapshot.index, snapshot.term),
+            Effect::Restore { index, .. } => {
+                self.next_apply[node.index()] = index + 1;
+                Ok(())
+            }
             Effect::Commit(c) => self.applied(now, node, replica.term(), c.index, &c.entry),
             Effect::Event(ekmat_core::Event::BecameLeader { term }) => {
                 self.became_leader(now, node, *term)
@@ -292,7 +350,10 @@ impl ProtocolChecker<RaftNode> for RaftChecker {
         stable: &RaftStable,
     ) -> Result<(), Violation> {
         let n = node.index();
-        let recovered = Self::chain_of(&stable.log);
+        let snapshot_index = stable.snapshot.as_ref().map_or(0, |s| s.index);
+        let base = stable.log.first().map_or(snapshot_index, |e| e.index - 1);
+        let prefix = self.committed_prefix(now, node, base, None)?;
+        let recovered = Self::chain_from(prefix, &stable.log);
         let acked = self.acked[n] as usize;
         if acked > 0 && recovered.get(acked - 1) != self.logs[n].get(acked - 1) {
             let detail = format!(
@@ -474,6 +535,7 @@ mod tests {
         let lost = RaftStable {
             term: 1,
             vote: None,
+            snapshot: None,
             log: vec![cmd(1, 1, 1)],
         };
         assert_eq!(property(c.on_recover(T, NodeId(1), &lost)), "durability");
@@ -497,6 +559,7 @@ mod tests {
         let forgot = RaftStable {
             term: 4,
             vote: None,
+            snapshot: None,
             log: vec![],
         };
         assert_eq!(
@@ -506,6 +569,7 @@ mod tests {
         let kept = RaftStable {
             term: 4,
             vote: Some(NodeId(3)),
+            snapshot: None,
             log: vec![],
         };
         c.on_recover(T, NodeId(2), &kept).unwrap();

@@ -1,0 +1,256 @@
+//! Snapshots and log compaction (Raft §7).
+//!
+//! The driver hands the core the state machine's state at an applied index; the core
+//! keeps it, compacts its log behind it (keeping a trailing margin), and makes both
+//! durable. A follower whose next entries were compacted is sent the snapshot in chunks,
+//! a few in flight at a time; it keeps them in order (dropping any that arrive early),
+//! installs the snapshot, tells its driver to restore the state machine from it, and
+//! continues from the entry after.
+
+use bytes::Bytes;
+use ekmat_core::{Effect, NodeId};
+
+use crate::config::Mutant;
+use crate::log::{RaftWrite, Snapshot};
+use crate::message::{AppendOutcome, Message, SnapshotAck, SnapshotChunk};
+use crate::node::{Out, RaftNode, Role};
+use crate::progress::ReplicationState;
+
+/// Snapshot chunks in flight to one follower.
+const CHUNK_WINDOW: u64 = 4;
+
+/// A snapshot arriving from the leader, chunk by chunk.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    index: u64,
+    last_term: u64,
+    data: Vec<u8>,
+}
+
+impl RaftNode {
+    /// The driver's state machine as of `index`.
+    pub(crate) fn on_snapshot_taken(&mut self, index: u64, data: Bytes, out: &mut Out) {
+        if index <= self.log.snapshot_index() || index > self.applied {
+            return; // stale, or ahead of what the state machine can have applied
+        }
+        let term = self
+            .log
+            .term_at(index)
+            .expect("applied entries after the snapshot are in the log");
+        let keep_from = (index + 1)
+            .saturating_sub(self.cfg.snapshot_trailing)
+            .max(self.log.first_index());
+        self.log.compact(index, term, keep_from);
+        let snapshot = Snapshot { index, term, data };
+        self.snapshot = Some(snapshot.clone());
+        self.gate.persist(
+            RaftWrite::Snapshot {
+                snapshot,
+                keep_from,
+            },
+            out,
+        );
+    }
+
+    /// Begin sending our latest snapshot to `to`.
+    pub(crate) fn start_snapshot(&mut self, to: NodeId, out: &mut Out) {
+        let snapshot = self
+            .snapshot
+            .clone()
+            .expect("a compacted log has a snapshot");
+        let pr = self
+            .progress
+            .get_mut(&to)
+            .expect("leader tracks every peer");
+        pr.become_snapshot(snapshot);
+        self.send_snapshot_chunk(to, out);
+    }
+
+    /// Resend from the follower's acknowledged offset (the heartbeat's job: chunks may
+    /// have been lost), filling the window.
+    pub(crate) fn resend_snapshot(&mut self, to: NodeId, out: &mut Out) {
+        let pr = self
+            .progress
+            .get_mut(&to)
+            .expect("leader tracks every peer");
+        if let ReplicationState::Snapshot { index, offset, .. } = pr.state {
+            pr.state = ReplicationState::Snapshot {
+                index,
+                offset,
+                sent: offset,
+            };
+        }
+        self.send_snapshot_chunk(to, out);
+    }
+
+    /// Send chunks until `CHUNK_WINDOW` are unacknowledged (at least one, so an empty
+    /// snapshot still arrives).
+    pub(crate) fn send_snapshot_chunk(&mut self, to: NodeId, out: &mut Out) {
+        let chunk_bytes = self.cfg.snapshot_chunk_bytes as u64;
+        let term = self.term;
+        let pr = self
+            .progress
+            .get_mut(&to)
+            .expect("leader tracks every peer");
+        let (
+            ReplicationState::Snapshot {
+                index,
+                offset,
+                mut sent,
+            },
+            Some(snapshot),
+        ) = (pr.state, &pr.sending)
+        else {
+            return;
+        };
+        let total = snapshot.data.len() as u64;
+        sent = sent.max(offset);
+        let window_end = (offset + CHUNK_WINDOW * chunk_bytes).min(total);
+        loop {
+            let end = (sent + chunk_bytes).min(total);
+            let chunk = SnapshotChunk {
+                term,
+                index,
+                last_term: snapshot.term,
+                offset: sent,
+                total,
+                data: snapshot.data.slice(sent as usize..end as usize),
+            };
+            out.send(to, Message::Snapshot(chunk));
+            sent = end;
+            if sent >= window_end {
+                break;
+            }
+        }
+        pr.state = ReplicationState::Snapshot {
+            index,
+            offset,
+            sent,
+        };
+    }
+
+    pub(crate) fn on_snapshot_ack(&mut self, from: NodeId, ack: SnapshotAck, out: &mut Out) {
+        if ack.term > self.term {
+            self.become_follower(ack.term, None, out);
+            return;
+        }
+        if self.role != Role::Leader || ack.term != self.term {
+            return;
+        }
+        let pr = self
+            .progress
+            .get_mut(&from)
+            .expect("leader tracks every peer");
+        pr.recent_active = true;
+        // The follower's word on how much it holds is the truth, even if it went back
+        // (it may have restarted the transfer). Only progress sends the next chunk: a
+        // repeated ack sending one too would keep a duplicate stream alive forever. The
+        // heartbeat resends whatever was lost.
+        if let ReplicationState::Snapshot {
+            index,
+            offset,
+            sent,
+        } = pr.state
+            && index == ack.index
+            && ack.received != offset
+        {
+            pr.state = ReplicationState::Snapshot {
+                index,
+                offset: ack.received,
+                sent,
+            };
+            if ack.received > offset
+                && sent < pr.sending.as_ref().map_or(0, |s| s.data.len() as u64)
+            {
+                pr.last_progress = self.now;
+                self.send_snapshot_chunk(from, out);
+            }
+        }
+    }
+
+    pub(crate) fn on_snapshot_chunk(&mut self, from: NodeId, chunk: SnapshotChunk, out: &mut Out) {
+        if chunk.term < self.term {
+            let outcome = AppendOutcome::Rejected {
+                prev_index: 0,
+                hint_index: 0,
+                hint_term: None,
+            };
+            self.respond_append(from, outcome, 0, out);
+            return;
+        }
+        if chunk.term > self.term || self.role != Role::Follower {
+            self.become_follower(chunk.term, Some(from), out);
+        }
+        self.leader = Some(from);
+        self.last_leader_contact = Some(self.now);
+        self.reset_election_deadline();
+        let stale_ok = self.cfg.mutant == Mutant::InstallStaleSnapshot;
+        if chunk.index <= self.commit && !stale_ok {
+            // Everything it covers is committed here already, hence matches the leader.
+            let outcome = AppendOutcome::Accepted {
+                match_index: chunk.index,
+            };
+            self.respond_append(from, outcome, 0, out);
+            return;
+        }
+        let incoming = self.incoming.get_or_insert(Incoming {
+            index: chunk.index,
+            last_term: chunk.last_term,
+            data: Vec::new(),
+        });
+        // A new snapshot starts over; a repeated first chunk of this one is a duplicate.
+        if incoming.index != chunk.index {
+            *incoming = Incoming {
+                index: chunk.index,
+                last_term: chunk.last_term,
+                data: Vec::new(),
+            };
+        }
+        if chunk.offset == incoming.data.len() as u64 {
+            incoming.data.extend_from_slice(&chunk.data);
+        }
+        let received = incoming.data.len() as u64;
+        if received < chunk.total {
+            let ack = SnapshotAck {
+                term: self.term,
+                index: chunk.index,
+                received,
+            };
+            out.send(from, Message::SnapshotAck(ack));
+            return;
+        }
+        let done = self.incoming.take().expect("assembled above");
+        self.install(from, done, out);
+    }
+
+    fn install(&mut self, from: NodeId, incoming: Incoming, out: &mut Out) {
+        let data = Bytes::from(incoming.data);
+        let index = incoming.index;
+        self.log.install(index, incoming.last_term);
+        let snapshot = Snapshot {
+            index,
+            term: incoming.last_term,
+            data: data.clone(),
+        };
+        self.snapshot = Some(snapshot.clone());
+        let seq = self.gate.persist(
+            RaftWrite::Snapshot {
+                snapshot,
+                keep_from: index + 1,
+            },
+            out,
+        );
+        self.log.note_write(seq);
+        if self.cfg.mutant != Mutant::InstallStaleSnapshot {
+            assert!(
+                index > self.commit,
+                "installing a snapshot behind the commit index"
+            );
+        }
+        self.commit = index;
+        self.applied = index;
+        out.push(Effect::Restore { index, data });
+        let outcome = AppendOutcome::Accepted { match_index: index };
+        self.respond_append(from, outcome, 0, out);
+    }
+}
