@@ -22,7 +22,9 @@ pub struct NodeConfig {
     #[serde(rename = "member")]
     pub members: Vec<Member>,
     /// Hand the protocol a state machine snapshot every this many applied entries, so it
-    /// can compact its log (0: never).
+    /// can compact its log (0: never). A snapshot also waits until the entries applied
+    /// since the last one add up to that snapshot's size, which bounds the extra disk
+    /// writing snapshots cause to what the entries themselves cost.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
     /// Rewrite the write-ahead log as one checkpoint once it has grown by this many

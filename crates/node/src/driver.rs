@@ -112,6 +112,11 @@ pub struct Driver<P: RuntimeProtocol> {
     status: watch::Sender<NodeStatus>,
     snapshot_every: u64,
     last_snapshot: u64,
+    /// Command bytes applied since the last snapshot, and that snapshot's size: a
+    /// snapshot waits until the log has grown by as much as the state, so writing
+    /// snapshots costs at most as much disk bandwidth as writing entries.
+    applied_bytes: u64,
+    last_snapshot_bytes: u64,
     /// Why the node must stop, if an effect could not be carried out.
     fatal: Option<String>,
     next_id: u64,
@@ -155,6 +160,8 @@ impl<P: RuntimeProtocol> Driver<P> {
             status: parts.status,
             snapshot_every: parts.snapshot_every,
             last_snapshot: 0,
+            applied_bytes: 0,
+            last_snapshot_bytes: 0,
             fatal: None,
             next_id: epoch << 20,
             pending_writes: HashMap::new(),
@@ -320,16 +327,21 @@ impl<P: RuntimeProtocol> Driver<P> {
         self.publish_status();
     }
 
-    /// Every `snapshot_every` applied entries, hand the protocol the state machine, so
-    /// it can compact its log.
+    /// Every `snapshot_every` applied entries (and once the log has grown by the last
+    /// snapshot's size), hand the protocol the state machine, so it can compact its log.
     async fn maybe_snapshot(&mut self) {
         let applied = self.kv.applied_index();
-        if self.snapshot_every == 0 || applied < self.last_snapshot + self.snapshot_every {
+        if self.snapshot_every == 0
+            || applied < self.last_snapshot + self.snapshot_every
+            || self.applied_bytes < self.last_snapshot_bytes
+        {
             return;
         }
         self.last_snapshot = applied;
         let started = Instant::now();
         let data = self.kv.snapshot();
+        self.applied_bytes = 0;
+        self.last_snapshot_bytes = data.len() as u64;
         metrics::counter!("ekmat_snapshots_total").increment(1);
         tracing::info!(
             index = applied,
@@ -368,6 +380,8 @@ impl<P: RuntimeProtocol> Driver<P> {
                     );
                     self.kv = kv;
                     self.last_snapshot = index;
+                    self.applied_bytes = 0;
+                    self.last_snapshot_bytes = data.len() as u64;
                     self.serve_ready_reads();
                 }
                 Err(e) => {
@@ -383,6 +397,7 @@ impl<P: RuntimeProtocol> Driver<P> {
         match entry {
             CommittedEntry::Noop => self.kv.skip(index),
             CommittedEntry::Command { id, command } => {
+                self.applied_bytes += command.len() as u64;
                 let applied = self.kv.apply(index, id, &command);
                 metrics::counter!("ekmat_applied_total").increment(1);
                 self.on_behalf.remove(&id);
