@@ -31,6 +31,11 @@ pub struct NodeConfig {
     /// bytes (and by twice the last checkpoint).
     #[serde(default = "default_checkpoint_bytes")]
     pub checkpoint_bytes: u64,
+    /// Adapt heartbeat and election timeouts to measured round trips (heartbeat =
+    /// mean + 2σ, election = 3 heartbeats, never below the defaults, at most 1 s and
+    /// 3 s): fewer needless elections over slow, lossy WAN links.
+    #[serde(default)]
+    pub adaptive_timeouts: bool,
     /// Skip fsync (benchmarks only: acknowledged writes can be lost on power failure).
     #[serde(default)]
     pub unsafe_no_fsync: bool,
@@ -95,6 +100,7 @@ impl NodeConfig {
             members,
             snapshot_every: default_snapshot_every(),
             checkpoint_bytes: default_checkpoint_bytes(),
+            adaptive_timeouts: false,
             unsafe_no_fsync: false,
         }
     }
@@ -212,6 +218,7 @@ mod tests {
             members: (0..3).map(member).collect(),
             snapshot_every: default_snapshot_every(),
             checkpoint_bytes: default_checkpoint_bytes(),
+            adaptive_timeouts: false,
             unsafe_no_fsync: false,
         }
     }

@@ -3,7 +3,7 @@
 //! metrics. Everything else goes through `ekmat_core::Replica`.
 
 use ekmat_core::{NodeId, Replica, Time};
-use ekmat_raft::{RaftConfig, RaftNode, Role};
+use ekmat_raft::{AdaptiveTimeouts, RaftConfig, RaftNode, Role};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -58,6 +58,9 @@ impl RuntimeProtocol for Raft {
         rc.seed = u64::from(cfg.id) ^ u64::from(std::process::id()) ^ clock;
         rc.max_append_entries = 256;
         rc.max_inflight = 4;
+        if cfg.adaptive_timeouts {
+            rc.adaptive = Some(AdaptiveTimeouts::default());
+        }
         RaftNode::recover(rc, stable, now).map_err(|e| e.to_string())
     }
 

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use ekmat_core::NodeId;
 
+use crate::timing::AdaptiveTimeouts;
+
 #[derive(Clone, Debug)]
 pub struct RaftConfig {
     pub id: NodeId,
@@ -30,6 +32,9 @@ pub struct RaftConfig {
     pub snapshot_trailing: u64,
     /// Bytes of snapshot per InstallSnapshot message.
     pub snapshot_chunk_bytes: usize,
+    /// Adapt the heartbeat and election timeouts to measured round trips (seed 001),
+    /// never going below the fixed ones above.
+    pub adaptive: Option<AdaptiveTimeouts>,
     /// Seed of the core's only randomness (election timeouts).
     pub seed: u64,
     pub mutant: Mutant,
@@ -50,6 +55,7 @@ impl RaftConfig {
             max_uncommitted: 10_000,
             snapshot_trailing: 1_000,
             snapshot_chunk_bytes: 1 << 20,
+            adaptive: None,
             seed: u64::from(id.0),
             mutant: Mutant::None,
         }
@@ -83,6 +89,11 @@ impl RaftConfig {
         {
             return Err(ConfigError::ZeroLimit);
         }
+        if let Some(a) = self.adaptive
+            && (a.window == 0 || a.heartbeat_max < self.heartbeat_interval)
+        {
+            return Err(ConfigError::AdaptiveBounds);
+        }
         Ok(())
     }
 }
@@ -101,6 +112,10 @@ pub enum ConfigError {
     HeartbeatTooSlow,
     #[error("batch and in-flight limits must be at least 1")]
     ZeroLimit,
+    #[error(
+        "adaptive timeouts need a window of at least 1 and a heartbeat bound no shorter than the heartbeat interval"
+    )]
+    AdaptiveBounds,
 }
 
 /// A deliberately planted bug. The simulator's checkers must catch every one of them;

@@ -68,6 +68,7 @@ impl RaftNode {
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
             pre_vote,
+            sent_at_us: self.stamp(),
         }
     }
 
@@ -79,7 +80,7 @@ impl RaftNode {
         self.leader.is_some()
             && self
                 .last_leader_contact
-                .is_some_and(|t| self.now.since(t) < self.cfg.election_timeout_min)
+                .is_some_and(|t| self.now.since(t) < self.timeouts.election)
     }
 
     fn candidate_log_ok(&self, req: &VoteRequest) -> bool {
@@ -107,6 +108,7 @@ impl RaftNode {
             term,
             granted,
             pre_vote: true,
+            sent_at_us: req.sent_at_us,
         };
         out.send(from, Message::VoteResponse(resp));
     }
@@ -124,6 +126,7 @@ impl RaftNode {
             term: self.term,
             granted,
             pre_vote: false,
+            sent_at_us: req.sent_at_us,
         });
         if !granted {
             self.gate.send_when_durable(from, resp, out);
@@ -140,6 +143,9 @@ impl RaftNode {
     }
 
     pub(crate) fn on_vote_response(&mut self, from: NodeId, resp: VoteResponse, out: &mut Out) {
+        // Even a late answer says how long answers take: a candidate whose rounds keep
+        // timing out before the votes arrive learns to wait longer.
+        self.on_round_trip(resp.sent_at_us);
         if !resp.granted && resp.term > self.term {
             self.become_follower(resp.term, None, out);
             return;
@@ -179,8 +185,8 @@ impl RaftNode {
             .peers()
             .map(|p| (p, Progress::new(next, now)))
             .collect();
-        self.heartbeat_deadline = now + self.cfg.heartbeat_interval;
-        self.quorum_check_deadline = now + self.cfg.election_timeout_min;
+        self.heartbeat_deadline = now + self.timeouts.heartbeat;
+        self.quorum_check_deadline = now + self.timeouts.election;
         // Committing an entry of our own term commits every earlier one (§5.4.2), and
         // ReadIndex needs one before it can answer (§6.4).
         self.append_local(Payload::Noop, out);

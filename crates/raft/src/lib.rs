@@ -12,6 +12,7 @@
 //! | `read_index.rs` | ReadIndex reads |
 //! | `progress.rs` | the leader's per-follower replication window |
 //! | `snapshot.rs` | taking snapshots, compacting the log, InstallSnapshot |
+//! | `timing.rs` | heartbeat and election timeouts, fixed or adapted to round trips |
 //! | `log.rs` | the log, its durable prefix and snapshot, and what is written to disk |
 //!
 //! [`Replica`]: ekmat_core::Replica
@@ -25,6 +26,7 @@ mod progress;
 mod read_index;
 mod replication;
 mod snapshot;
+mod timing;
 
 pub use config::{ConfigError, Mutant, RaftConfig};
 pub use log::{Entry, Payload, RaftLog, RaftStable, RaftWrite, Snapshot};
@@ -32,3 +34,4 @@ pub use message::{
     AppendOutcome, AppendRequest, AppendResponse, Message, VoteRequest, VoteResponse,
 };
 pub use node::{RaftNode, Role};
+pub use timing::{AdaptiveTimeouts, from_round_trips};

@@ -50,6 +50,8 @@ pub struct VoteRequest {
     pub last_log_index: u64,
     pub last_log_term: u64,
     pub pre_vote: bool,
+    /// The candidate's clock, echoed back to time the round trip (0: not timed).
+    pub sent_at_us: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -58,6 +60,7 @@ pub struct VoteResponse {
     pub term: u64,
     pub granted: bool,
     pub pre_vote: bool,
+    pub sent_at_us: u64,
 }
 
 /// AppendEntries. With no entries it is a heartbeat that still carries the consistency
@@ -71,6 +74,11 @@ pub struct AppendRequest {
     pub commit: u64,
     /// Echoed back so the leader knows which ReadIndex rounds this follower confirmed.
     pub read_seq: u64,
+    /// The leader's clock when it sent this, echoed back to time the round trip (0: not
+    /// timed; only with adaptive timeouts).
+    pub sent_at_us: u64,
+    /// The election timeout the leader measured for the cluster (0: none).
+    pub election_timeout_us: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -78,6 +86,23 @@ pub struct AppendResponse {
     pub term: u64,
     pub outcome: AppendOutcome,
     pub read_seq: u64,
+    pub sent_at_us: u64,
+}
+
+/// What a follower's answer echoes from the request it answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Echo {
+    pub read_seq: u64,
+    pub sent_at_us: u64,
+}
+
+impl Echo {
+    pub fn of(req: &AppendRequest) -> Echo {
+        Echo {
+            read_seq: req.read_seq,
+            sent_at_us: req.sent_at_us,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -14,6 +14,7 @@ use crate::message::Message;
 use crate::progress::Progress;
 use crate::read_index::ReadIndex;
 use crate::snapshot::Incoming;
+use crate::timing::{RoundTrips, Timeouts};
 
 pub(crate) type Out = Effects<Message, RaftWrite>;
 
@@ -59,6 +60,10 @@ pub struct RaftNode {
     pub(crate) incoming: Option<Incoming>,
     /// A snapshot recovered from disk, for the driver to restore before anything else.
     pending_restore: Option<Snapshot>,
+
+    /// The heartbeat and election timeouts in force (fixed, or adapted to round trips).
+    pub(crate) timeouts: Timeouts,
+    pub(crate) round_trips: RoundTrips,
 }
 
 impl RaftNode {
@@ -103,13 +108,21 @@ impl RaftNode {
             snapshot: stable.snapshot.clone(),
             incoming: None,
             pending_restore: stable.snapshot,
+            timeouts: Timeouts::default(),
+            round_trips: RoundTrips::default(),
         };
+        node.timeouts = node.configured_timeouts();
         node.reset_election_deadline();
         Ok(node)
     }
 
     pub fn term(&self) -> u64 {
         self.term
+    }
+
+    /// The heartbeat interval and (shortest) election timeout in force.
+    pub fn timeouts(&self) -> (std::time::Duration, std::time::Duration) {
+        (self.timeouts.heartbeat, self.timeouts.election)
     }
 
     pub fn role(&self) -> Role {
@@ -229,9 +242,7 @@ impl RaftNode {
     }
 
     pub(crate) fn reset_election_deadline(&mut self) {
-        let min = self.cfg.election_timeout_min.as_micros() as u64;
-        let max = self.cfg.election_timeout_max.as_micros() as u64;
-        self.election_deadline = Time(self.now.0 + self.rng.range(min, max));
+        self.election_deadline = self.draw_election_deadline();
     }
 
     fn on_request(&mut self, req: Request, out: &mut Out) {

@@ -4,7 +4,7 @@
 use ekmat_core::NodeId;
 
 use crate::config::Mutant;
-use crate::message::{AppendOutcome, AppendRequest, AppendResponse, Message};
+use crate::message::{AppendOutcome, AppendRequest, AppendResponse, Echo, Message};
 use crate::node::{Out, RaftNode, Role};
 use crate::progress::ReplicationState;
 
@@ -64,13 +64,15 @@ impl RaftNode {
             entries,
             commit: self.commit,
             read_seq: self.reads.seq(),
+            sent_at_us: self.stamp(),
+            election_timeout_us: self.announced_election_timeout(),
         })
     }
 
     /// Heartbeats assert leadership, carry the commit index and confirm reads; to a
     /// follower still being probed, the probe itself is resent.
     pub(crate) fn broadcast_heartbeat(&mut self, out: &mut Out) {
-        let stall = self.cfg.election_timeout_min;
+        let stall = self.timeouts.election;
         for peer in self.peers().collect::<Vec<_>>() {
             let pr = self
                 .progress
@@ -112,10 +114,10 @@ impl RaftNode {
                 self.become_follower(self.term, None, out);
                 return;
             }
-            self.quorum_check_deadline = self.now + self.cfg.election_timeout_min;
+            self.quorum_check_deadline = self.now + self.timeouts.election;
         }
         if self.now >= self.heartbeat_deadline {
-            self.heartbeat_deadline = self.now + self.cfg.heartbeat_interval;
+            self.heartbeat_deadline = self.now + self.timeouts.heartbeat;
             self.broadcast_heartbeat(out);
         }
     }
@@ -146,7 +148,7 @@ impl RaftNode {
                 hint_index: 0,
                 hint_term: None,
             };
-            self.respond_append(from, outcome, 0, out);
+            self.respond_append(from, outcome, Echo::default(), out);
             return;
         }
         if req.term > self.term || self.role != Role::Follower {
@@ -154,6 +156,7 @@ impl RaftNode {
         }
         self.leader = Some(from);
         self.last_leader_contact = Some(self.now);
+        self.adopt_election_timeout(req.election_timeout_us);
         self.reset_election_deadline();
 
         // Entries up to our snapshot are committed, so they match the leader's: check
@@ -168,7 +171,7 @@ impl RaftNode {
         };
         if self.log.term_at(prev_index) != Some(prev_term) {
             let outcome = self.conflict_hint(prev_index);
-            self.respond_append(from, outcome, req.read_seq, out);
+            self.respond_append(from, outcome, Echo::of(&req), out);
             return;
         }
         let written = self.log.merge(entries, self.commit);
@@ -183,7 +186,7 @@ impl RaftNode {
         let outcome = AppendOutcome::Accepted {
             match_index: last_new,
         };
-        self.respond_append(from, outcome, req.read_seq, out);
+        self.respond_append(from, outcome, Echo::of(&req), out);
     }
 
     fn conflict_hint(&self, prev_index: u64) -> AppendOutcome {
@@ -206,13 +209,14 @@ impl RaftNode {
         &mut self,
         to: NodeId,
         outcome: AppendOutcome,
-        read_seq: u64,
+        echo: Echo,
         out: &mut Out,
     ) {
         let resp = AppendResponse {
             term: self.term,
             outcome,
-            read_seq,
+            read_seq: echo.read_seq,
+            sent_at_us: echo.sent_at_us,
         };
         self.gate
             .send_when_durable(to, Message::AppendResponse(resp), out);
@@ -232,7 +236,10 @@ impl RaftNode {
             .get_mut(&from)
             .expect("leader tracks every peer");
         pr.recent_active = true;
-        if resp.read_seq > pr.read_ack {
+        let read_ack = resp.read_seq > pr.read_ack;
+        self.on_round_trip(resp.sent_at_us);
+        let pr = self.progress.get_mut(&from).expect("tracked");
+        if read_ack {
             pr.read_ack = resp.read_seq;
             self.confirm_reads(out);
         }

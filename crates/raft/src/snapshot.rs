@@ -3,21 +3,26 @@
 //! The driver hands the core the state machine's state at an applied index; the core
 //! keeps it, compacts its log behind it (keeping a trailing margin), and makes both
 //! durable. A follower whose next entries were compacted is sent the snapshot in chunks,
-//! a few in flight at a time; it keeps them in order (dropping any that arrive early),
-//! installs the snapshot, tells its driver to restore the state machine from it, and
+//! a few in flight at a time; it assembles them in order (holding a few that arrive
+//! early, so reordering costs no resend), installs the snapshot, tells its driver to restore the state machine from it, and
 //! continues from the entry after.
+
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use ekmat_core::{Effect, NodeId};
 
 use crate::config::Mutant;
 use crate::log::{RaftWrite, Snapshot};
-use crate::message::{AppendOutcome, Message, SnapshotAck, SnapshotChunk};
+use crate::message::{AppendOutcome, Echo, Message, SnapshotAck, SnapshotChunk};
 use crate::node::{Out, RaftNode, Role};
 use crate::progress::ReplicationState;
 
 /// Snapshot chunks in flight to one follower.
 const CHUNK_WINDOW: u64 = 4;
+
+/// Chunks a follower holds that arrived ahead of a gap.
+const EARLY_CHUNKS: usize = 2 * CHUNK_WINDOW as usize;
 
 /// A snapshot arriving from the leader, chunk by chunk.
 #[derive(Debug)]
@@ -25,6 +30,46 @@ pub(crate) struct Incoming {
     index: u64,
     last_term: u64,
     data: Vec<u8>,
+    /// Chunks past the end of `data`, by offset.
+    early: BTreeMap<u64, Bytes>,
+}
+
+impl Incoming {
+    fn new(index: u64, last_term: u64) -> Incoming {
+        Incoming {
+            index,
+            last_term,
+            data: Vec::new(),
+            early: BTreeMap::new(),
+        }
+    }
+
+    /// Take in a chunk: append it if it continues the data, hold it if it is early.
+    fn receive(&mut self, offset: u64, chunk: Bytes) {
+        let end = self.data.len() as u64;
+        if offset > end {
+            if self.early.len() < EARLY_CHUNKS {
+                self.early.insert(offset, chunk);
+            }
+            return;
+        }
+        self.append_from(offset, &chunk);
+        while let Some(entry) = self.early.first_entry() {
+            if *entry.key() > self.data.len() as u64 {
+                break;
+            }
+            let (offset, chunk) = entry.remove_entry();
+            self.append_from(offset, &chunk);
+        }
+    }
+
+    /// Append what `chunk`, starting at `offset` (not past the end), adds.
+    fn append_from(&mut self, offset: u64, chunk: &[u8]) {
+        let overlap = (self.data.len() as u64 - offset) as usize;
+        if let Some(new) = chunk.get(overlap..) {
+            self.data.extend_from_slice(new);
+        }
+    }
 }
 
 impl RaftNode {
@@ -175,7 +220,7 @@ impl RaftNode {
                 hint_index: 0,
                 hint_term: None,
             };
-            self.respond_append(from, outcome, 0, out);
+            self.respond_append(from, outcome, Echo::default(), out);
             return;
         }
         if chunk.term > self.term || self.role != Role::Follower {
@@ -190,25 +235,17 @@ impl RaftNode {
             let outcome = AppendOutcome::Accepted {
                 match_index: chunk.index,
             };
-            self.respond_append(from, outcome, 0, out);
+            self.respond_append(from, outcome, Echo::default(), out);
             return;
         }
-        let incoming = self.incoming.get_or_insert(Incoming {
-            index: chunk.index,
-            last_term: chunk.last_term,
-            data: Vec::new(),
-        });
+        let incoming = self
+            .incoming
+            .get_or_insert_with(|| Incoming::new(chunk.index, chunk.last_term));
         // A new snapshot starts over; a repeated first chunk of this one is a duplicate.
         if incoming.index != chunk.index {
-            *incoming = Incoming {
-                index: chunk.index,
-                last_term: chunk.last_term,
-                data: Vec::new(),
-            };
+            *incoming = Incoming::new(chunk.index, chunk.last_term);
         }
-        if chunk.offset == incoming.data.len() as u64 {
-            incoming.data.extend_from_slice(&chunk.data);
-        }
+        incoming.receive(chunk.offset, chunk.data);
         let received = incoming.data.len() as u64;
         if received < chunk.total {
             let ack = SnapshotAck {
@@ -251,6 +288,53 @@ impl RaftNode {
         self.applied = index;
         out.push(Effect::Restore { index, data });
         let outcome = AppendOutcome::Accepted { match_index: index };
-        self.respond_append(from, outcome, 0, out);
+        self.respond_append(from, outcome, Echo::default(), out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(data: &[u8], size: usize) -> Vec<(u64, Bytes)> {
+        data.chunks(size)
+            .enumerate()
+            .map(|(i, c)| ((i * size) as u64, Bytes::copy_from_slice(c)))
+            .collect()
+    }
+
+    #[test]
+    fn chunks_in_any_order_within_the_window_assemble_the_snapshot() {
+        let data: Vec<u8> = (0..=255).collect();
+        let mut parts = chunks(&data, 32);
+        parts.reverse(); // 8 chunks, all early but the last to arrive
+        let mut incoming = Incoming::new(7, 1);
+        for (offset, chunk) in parts.iter().cloned() {
+            incoming.receive(offset, chunk);
+        }
+        assert_eq!(incoming.data, data);
+        assert!(incoming.early.is_empty());
+    }
+
+    #[test]
+    fn duplicates_and_overlaps_add_nothing_twice() {
+        let data: Vec<u8> = (0..100).collect();
+        let mut incoming = Incoming::new(7, 1);
+        incoming.receive(0, Bytes::copy_from_slice(&data[..40]));
+        incoming.receive(0, Bytes::copy_from_slice(&data[..40]));
+        incoming.receive(20, Bytes::copy_from_slice(&data[20..70]));
+        incoming.receive(90, Bytes::copy_from_slice(&data[90..]));
+        incoming.receive(70, Bytes::copy_from_slice(&data[70..90]));
+        assert_eq!(incoming.data, data);
+    }
+
+    #[test]
+    fn only_a_bounded_number_of_early_chunks_is_held() {
+        let mut incoming = Incoming::new(7, 1);
+        for i in 1..100u64 {
+            incoming.receive(i * 10, Bytes::from_static(&[0; 10]));
+        }
+        assert_eq!(incoming.early.len(), EARLY_CHUNKS);
+        assert!(incoming.data.is_empty());
     }
 }

@@ -72,6 +72,7 @@ fn a_vote_is_not_sent_before_it_is_durable() {
         last_log_index: 0,
         last_log_term: 0,
         pre_vote: false,
+        sent_at_us: 0,
     };
     c.step(
         NodeId(1),
@@ -95,6 +96,7 @@ fn forget_vote_persist_mutant_sends_the_grant_early() {
         last_log_index: 0,
         last_log_term: 0,
         pre_vote: false,
+        sent_at_us: 0,
     };
     c.step(
         NodeId(1),
@@ -129,6 +131,7 @@ fn votes_go_only_to_up_to_date_candidates() {
             last_log_index: 5,
             last_log_term: 2,
             pre_vote: false,
+            sent_at_us: 0,
         };
         node.step(
             ekmat_core::Time::ZERO,
@@ -155,6 +158,8 @@ fn a_leader_steps_down_when_it_sees_a_higher_term() {
         entries: vec![],
         commit: 0,
         read_seq: 0,
+        sent_at_us: 0,
+        election_timeout_us: 0,
     });
     c.step(leader, Input::Message { from: other, msg });
     assert_eq!(c.raft(leader).role(), Role::Follower);
@@ -199,6 +204,8 @@ fn a_follower_rejects_a_mismatched_previous_entry_with_a_hint() {
         entries: vec![],
         commit: 0,
         read_seq: 0,
+        sent_at_us: 0,
+        election_timeout_us: 0,
     });
     node.step(
         ekmat_core::Time::ZERO,
@@ -250,6 +257,7 @@ fn old_term_entries_are_not_committed_by_counting() {
                 term: 4,
                 granted: true,
                 pre_vote: false,
+                sent_at_us: 0,
             });
             node.step(
                 later,
@@ -267,6 +275,7 @@ fn old_term_entries_are_not_committed_by_counting() {
                 term: 4,
                 outcome: AppendOutcome::Accepted { match_index: 2 },
                 read_seq: 0,
+                sent_at_us: 0,
             });
             node.step(
                 later,

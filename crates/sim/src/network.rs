@@ -21,11 +21,53 @@ pub struct LatencyTail {
     pub factor: u32,
 }
 
+/// A link with a character of its own (a WAN link between two sites): its latency
+/// replaces the network's, its loss adds to any loss fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub latency: LatencyRange,
+    pub loss_percent: u32,
+}
+
+/// Links that differ from the network's default, both directions alike, from `since`
+/// on (before it, they are like every other link).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkTable {
+    pub since: Time,
+    links: Vec<(NodeId, NodeId, Link)>,
+}
+
+impl LinkTable {
+    /// A table whose links take effect at `since`.
+    pub fn from(since: Time) -> LinkTable {
+        LinkTable {
+            since,
+            links: Vec::new(),
+        }
+    }
+
+    pub fn set(&mut self, a: NodeId, b: NodeId, link: Link) {
+        self.links
+            .retain(|(x, y, _)| !((*x, *y) == (a, b) || (*x, *y) == (b, a)));
+        self.links.push((a, b, link));
+    }
+
+    pub fn get(&self, from: NodeId, to: NodeId) -> Option<Link> {
+        self.links
+            .iter()
+            .find(|(x, y, _)| (*x, *y) == (from, to) || (*x, *y) == (to, from))
+            .map(|(_, _, link)| *link)
+    }
+}
+
 #[derive(Debug)]
 pub struct Network {
     n: usize,
     latency: LatencyRange,
     tail: LatencyTail,
+    /// Per pair, the link's own character, if it has one, from `links_since` on.
+    links: Vec<Option<Link>>,
+    links_since: Time,
     /// Directed pairs blocked by each active cut.
     cuts: Vec<(u64, Vec<(NodeId, NodeId)>)>,
     blocked: Vec<bool>,
@@ -36,11 +78,19 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(n: usize, latency: LatencyRange, tail: LatencyTail) -> Network {
+    pub fn new(n: usize, latency: LatencyRange, tail: LatencyTail, table: &LinkTable) -> Network {
+        let mut links = vec![None; n * n];
+        for from in 0..n {
+            for to in 0..n {
+                links[from * n + to] = table.get(NodeId(from as u32), NodeId(to as u32));
+            }
+        }
         Network {
             n,
             latency,
             tail,
+            links,
+            links_since: table.since,
             cuts: Vec::new(),
             blocked: vec![false; n * n],
             clogs: Vec::new(),
@@ -60,9 +110,17 @@ impl Network {
         if self.is_blocked(from, to) {
             return Vec::new();
         }
+        let link =
+            self.links[from.index() * self.n + to.index()].filter(|_| now >= self.links_since);
         if rng.chance(f64::from(max_of(&self.loss)) / 100.0) {
             return Vec::new();
         }
+        if let Some(link) = link
+            && rng.chance(f64::from(link.loss_percent) / 100.0)
+        {
+            return Vec::new();
+        }
+        let latency = link.map_or(self.latency, |l| l.latency);
         let copies = if rng.chance(f64::from(max_of(&self.duplicate)) / 100.0) {
             2
         } else {
@@ -75,15 +133,19 @@ impl Network {
             .map(|(_, _, _, until)| *until)
             .fold(now, Time::max);
         (0..copies)
-            .map(|_| release + self.draw_latency(rng))
+            .map(|_| release + self.draw(latency, rng))
             .collect()
     }
 
     /// Latency of a message that is not subject to faults (client traffic).
     pub fn draw_latency(&self, rng: &mut DetRng) -> Duration {
+        self.draw(self.latency, rng)
+    }
+
+    fn draw(&self, latency: LatencyRange, rng: &mut DetRng) -> Duration {
         let mut base = rng.range(
-            self.latency.min.as_micros() as u64,
-            self.latency.max.as_micros() as u64,
+            latency.min.as_micros() as u64,
+            latency.max.as_micros() as u64,
         );
         if rng.chance(f64::from(self.tail.percent) / 100.0) {
             base *= u64::from(self.tail.factor);
@@ -207,7 +269,37 @@ mod tests {
                 max: Duration::from_millis(2),
             },
             LatencyTail::default(),
+            &LinkTable::default(),
         )
+    }
+
+    #[test]
+    fn a_link_of_its_own_has_its_latency_and_loss_both_ways() {
+        let mut table = LinkTable::default();
+        let slow = Link {
+            latency: LatencyRange {
+                min: Duration::from_millis(200),
+                max: Duration::from_millis(201),
+            },
+            loss_percent: 50,
+        };
+        table.set(NodeId(0), NodeId(1), slow);
+        let net = Network::new(3, net().latency, LatencyTail::default(), &table);
+        let mut rng = DetRng::new(1);
+        let (mut lost, mut sent) = (0, 0);
+        for _ in 0..1000 {
+            for (a, b) in [(0, 1), (1, 0)] {
+                sent += 1;
+                match net.deliveries(NodeId(a), NodeId(b), Time::ZERO, &mut rng)[..] {
+                    [] => lost += 1,
+                    [t] => assert!(t >= Time(200_000)),
+                    _ => unreachable!("no duplication fault is active"),
+                }
+            }
+            let fast = net.deliveries(NodeId(0), NodeId(2), Time::ZERO, &mut rng);
+            assert!(fast.len() == 1 && fast[0] <= Time(2_000));
+        }
+        assert!((800..1200).contains(&lost), "{lost} of {sent} lost");
     }
 
     #[test]

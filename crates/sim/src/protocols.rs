@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ekmat_core::{DetRng, NodeId, Time};
-use ekmat_raft::{Mutant, RaftConfig, RaftNode, RaftStable, Role};
+use ekmat_raft::{AdaptiveTimeouts, Mutant, RaftConfig, RaftNode, RaftStable, Role};
 
 use crate::check::raft::RaftChecker;
 use crate::protocol::SimProtocol;
@@ -16,6 +16,8 @@ pub struct RaftSim {
     pub check_quorum: bool,
     pub election_timeout: (Duration, Duration),
     pub heartbeat: Duration,
+    /// Timeouts adapted to measured round trips instead of fixed.
+    pub adaptive: Option<AdaptiveTimeouts>,
     pub max_append_entries: usize,
     pub max_inflight: usize,
     pub snapshot_trailing: u64,
@@ -32,6 +34,7 @@ impl Default for RaftSim {
             check_quorum: true,
             election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
             heartbeat: Duration::from_millis(50),
+            adaptive: None,
             max_append_entries: 64,
             max_inflight: 16,
             snapshot_trailing: 1_000,
@@ -50,6 +53,7 @@ impl RaftSim {
         cfg.check_quorum = self.check_quorum;
         (cfg.election_timeout_min, cfg.election_timeout_max) = self.election_timeout;
         cfg.heartbeat_interval = self.heartbeat;
+        cfg.adaptive = self.adaptive;
         cfg.max_append_entries = self.max_append_entries;
         cfg.max_inflight = self.max_inflight;
         cfg.snapshot_trailing = self.snapshot_trailing;
@@ -102,10 +106,21 @@ impl SimProtocol for RaftSim {
             v.max_inflight = [1, 2, 16][rng.index(3)];
             v.snapshot_trailing = [0, 3, 50][rng.index(3)];
             v.snapshot_chunk_bytes = [256, 4096, 1 << 20][rng.index(3)];
+            if rng.chance(0.3) {
+                v.adaptive = Some(AdaptiveTimeouts::default());
+            }
         }
         let knobs = format!(
-            "raft batch {} entries, {} in flight, {} entries kept behind snapshots, {}-byte snapshot chunks",
-            v.max_append_entries, v.max_inflight, v.snapshot_trailing, v.snapshot_chunk_bytes
+            "raft batch {} entries, {} in flight, {} entries kept behind snapshots, {}-byte snapshot chunks, {} timeouts",
+            v.max_append_entries,
+            v.max_inflight,
+            v.snapshot_trailing,
+            v.snapshot_chunk_bytes,
+            if v.adaptive.is_some() {
+                "adaptive"
+            } else {
+                "fixed"
+            }
         );
         (v, knobs)
     }

@@ -10,7 +10,7 @@ use ekmat_core::{DetRng, Time};
 use ekmat_linearizability::CheckOptions;
 
 use crate::check::{Linearizability, check_history};
-use crate::network::{LatencyRange, LatencyTail};
+use crate::network::{LatencyRange, LatencyTail, LinkTable};
 use crate::protocol::{SimProtocol, Violation};
 use crate::schedule::{FaultKind, Schedule, ScheduleShape};
 use crate::workload::{HistOp, Status, WorkloadShape};
@@ -33,6 +33,8 @@ pub struct SimOptions {
     pub liveness_bound: Duration,
     /// Replay exactly this schedule instead of drawing one from the seed.
     pub schedule: Option<Schedule>,
+    /// Links whose latency and loss differ from the seed's (a WAN between sites).
+    pub links: LinkTable,
     pub trace: bool,
     pub check: CheckOptions,
 }
@@ -48,6 +50,7 @@ impl Default for SimOptions {
             safety: Duration::from_secs(12),
             liveness_bound: Duration::from_secs(5),
             schedule: None,
+            links: LinkTable::default(),
             trace: false,
             check: CheckOptions::default(),
         }
@@ -158,6 +161,7 @@ pub(crate) fn derive<P: SimProtocol>(
             percent: latency_tail.0,
             factor: latency_tail.1,
         },
+        links: opts.links.clone(),
         fsync: LatencyRange {
             min: us(fsync_min),
             max: us(fsync_max),

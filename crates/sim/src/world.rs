@@ -15,7 +15,7 @@ use ekmat_linearizability::kv::KvOutput;
 use rustc_hash::FxHashMap;
 
 use crate::disk::Disk;
-use crate::network::{LatencyRange, LatencyTail, Network};
+use crate::network::{LatencyRange, LatencyTail, LinkTable, Network};
 use crate::protocol::{ProtocolChecker, SimProtocol, Violation};
 use crate::queue::EventQueue;
 use crate::schedule::{Fault, Schedule, Target};
@@ -29,6 +29,8 @@ pub struct WorldConfig {
     pub nodes: usize,
     pub latency: LatencyRange,
     pub latency_tail: LatencyTail,
+    /// Links with a latency and loss of their own.
+    pub links: LinkTable,
     pub fsync: LatencyRange,
     pub tick: Duration,
     pub workload: WorkloadShape,
@@ -199,7 +201,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
         }
         let mut world = World {
             proto,
-            net: Network::new(cfg.nodes, cfg.latency, cfg.latency_tail),
+            net: Network::new(cfg.nodes, cfg.latency, cfg.latency_tail, &cfg.links),
             checker: proto.checker(cfg.nodes),
             trace: Trace::new(cfg.trace),
             cfg,

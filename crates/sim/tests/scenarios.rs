@@ -24,11 +24,21 @@ fn election_storm() {
 }
 
 #[test]
+fn degraded_wan() {
+    passes("degraded-wan");
+}
+
+#[test]
 fn scenarios_are_listed_by_name() {
     let names: Vec<&str> = scenario::ALL.iter().map(|s| s.name).collect();
     assert_eq!(
         names,
-        ["monsoon-partition", "three-way-split", "election-storm"]
+        [
+            "monsoon-partition",
+            "three-way-split",
+            "election-storm",
+            "degraded-wan"
+        ]
     );
     assert!(scenario::find("nope").is_none());
 }

@@ -521,6 +521,7 @@ mod tests {
             term: 1,
             outcome: AppendOutcome::Accepted { match_index: 2 },
             read_seq: 0,
+            sent_at_us: 0,
         });
         c.on_effect(
             T,
@@ -545,6 +546,7 @@ mod tests {
             term: 4,
             granted: true,
             pre_vote: false,
+            sent_at_us: 0,
         });
         c.on_effect(
             T,

@@ -1,6 +1,7 @@
 //! Named, scripted runs that tell one story each from the seeds, and check that the
 //! story ends the way the protocol promises (`ekmat sim --scenario NAME`).
 
+mod degraded_wan;
 mod election_storm;
 mod monsoon;
 mod three_way_split;
@@ -31,6 +32,7 @@ pub const ALL: &[Scenario] = &[
     monsoon::SCENARIO,
     three_way_split::SCENARIO,
     election_storm::SCENARIO,
+    degraded_wan::SCENARIO,
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
