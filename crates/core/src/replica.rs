@@ -81,6 +81,10 @@ pub enum RequestKind {
     /// once it is safe to serve a read from a state machine that has applied that index.
     /// Protocols without a cheaper path order the read like a write.
     Read,
+    /// Hand leadership to `to` (Raft's TimeoutNow, etcd's MoveLeader). Answered with
+    /// [`Reply::Done`] once this replica has stepped down for `to`, or rejected (then
+    /// this replica leads on). Protocols without a stable leader reject it.
+    TransferLeadership { to: NodeId },
 }
 
 /// A committed command, delivered to the state machine in index order, exactly once per
@@ -109,6 +113,8 @@ pub enum Reply {
     Rejected { id: RequestId, reason: Rejection },
     /// Serve this read once the state machine has applied `index`.
     ReadReady { id: RequestId, index: u64 },
+    /// An administrative request (a leadership transfer) completed.
+    Done { id: RequestId },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -119,6 +125,9 @@ pub enum Rejection {
     Busy,
     /// Leadership was lost before a read could be confirmed.
     LeadershipLost,
+    /// A leadership transfer did not complete in time (the target is unknown,
+    /// unreachable or could not win); the old leader leads on.
+    TransferFailed,
 }
 
 /// Something worth counting or tracing. Never needed for correctness.

@@ -400,3 +400,42 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot_and_the_log_stays_boun
         .into_inner();
     assert_eq!(all.count, 2000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_hands_leadership_to_the_named_member() {
+    let c = Cluster::start(3);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let target = (leader + 1) % 3;
+    let target_id = ekmat_node::NodeConfig::member_id(c.cfgs[target].id);
+    let mut m =
+        pb::maintenance_client::MaintenanceClient::new(channel(&c.endpoint(leader)).await.unwrap());
+    m.move_leader(pb::MoveLeaderRequest { target_id })
+        .await
+        .unwrap();
+    // The old leader answers once it has stepped down; the target's election is one
+    // round of votes away.
+    let started = Instant::now();
+    while support::status(&c.endpoint(target)).await.map(|s| s.leader) != Ok(target_id) {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "n{target} did not take over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // etcd's answers for a member that does not lead, and for an unknown transferee.
+    let mut follower =
+        pb::maintenance_client::MaintenanceClient::new(channel(&c.endpoint(leader)).await.unwrap());
+    let err = follower
+        .move_leader(pb::MoveLeaderRequest { target_id })
+        .await
+        .unwrap_err();
+    assert_eq!(err.message(), "etcdserver: not leader");
+    let mut new_leader =
+        pb::maintenance_client::MaintenanceClient::new(channel(&c.endpoint(target)).await.unwrap());
+    let err = new_leader
+        .move_leader(pb::MoveLeaderRequest { target_id: 42 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.message(), "etcdserver: bad leader transferee");
+}

@@ -52,6 +52,11 @@ pub enum Call {
         linearizable: bool,
         reply: oneshot::Sender<Result<RangeResponse, CallError>>,
     },
+    /// Hand leadership to another member (this member must lead).
+    MoveLeader {
+        to: NodeId,
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +72,8 @@ pub enum CallError {
     Kv(KvError),
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    TransferFailed,
     #[error("etcdserver: server stopped")]
     Stopped,
 }
@@ -122,6 +129,7 @@ pub struct Driver<P: RuntimeProtocol> {
     next_id: u64,
     pending_writes: HashMap<RequestId, PendingWrite>,
     pending_reads: HashMap<RequestId, PendingRead>,
+    pending_transfers: HashMap<RequestId, oneshot::Sender<Result<(), CallError>>>,
     on_behalf: HashMap<RequestId, OnBehalf>,
     peers: Vec<NodeId>,
     last_ping: Instant,
@@ -166,6 +174,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             next_id: epoch << 20,
             pending_writes: HashMap::new(),
             pending_reads: HashMap::new(),
+            pending_transfers: HashMap::new(),
             on_behalf: HashMap::new(),
             peers: parts.peers,
             last_ping: parts.started,
@@ -268,6 +277,12 @@ impl<P: RuntimeProtocol> Driver<P> {
                 };
                 self.pending_reads.insert(id, read);
                 let kind = RequestKind::Read;
+                self.step(Input::Request(Request { id, kind })).await;
+            }
+            Call::MoveLeader { to, reply } => {
+                let id = self.fresh_id();
+                self.pending_transfers.insert(id, reply);
+                let kind = RequestKind::TransferLeadership { to };
                 self.step(Input::Request(Request { id, kind })).await;
             }
         }
@@ -438,6 +453,12 @@ impl<P: RuntimeProtocol> Driver<P> {
                     self.serve_ready_reads();
                 }
             }
+            Reply::Done { id } => {
+                self.on_behalf.remove(&id);
+                if let Some(reply) = self.pending_transfers.remove(&id) {
+                    let _ = reply.send(Ok(()));
+                }
+            }
         }
     }
 
@@ -469,6 +490,8 @@ impl<P: RuntimeProtocol> Driver<P> {
             let _ = w.reply.send(Err(err));
         } else if let Some(r) = self.pending_reads.remove(&id) {
             let _ = r.reply.send(Err(err));
+        } else if let Some(reply) = self.pending_transfers.remove(&id) {
+            let _ = reply.send(Err(err));
         }
     }
 
@@ -495,6 +518,7 @@ impl<P: RuntimeProtocol> Driver<P> {
     fn forget_abandoned_calls(&mut self) {
         self.pending_writes.retain(|_, w| !w.reply.is_closed());
         self.pending_reads.retain(|_, r| !r.reply.is_closed());
+        self.pending_transfers.retain(|_, reply| !reply.is_closed());
         self.on_behalf
             .retain(|_, b| b.since.elapsed() < ON_BEHALF_TTL);
     }
@@ -524,6 +548,9 @@ impl<P: RuntimeProtocol> Driver<P> {
         for (_, r) in self.pending_reads.drain() {
             let _ = r.reply.send(Err(err.clone()));
         }
+        for (_, reply) in self.pending_transfers.drain() {
+            let _ = reply.send(Err(err.clone()));
+        }
     }
 }
 
@@ -532,6 +559,7 @@ fn rejection(reason: Rejection) -> CallError {
         Rejection::NotLeader { leader } => CallError::NotLeader { leader },
         Rejection::Busy => CallError::Busy,
         Rejection::LeadershipLost => CallError::LeadershipLost,
+        Rejection::TransferFailed => CallError::TransferFailed,
     }
 }
 

@@ -14,7 +14,7 @@ impl RaftNode {
         if self.cfg.pre_vote {
             self.start_pre_vote(out);
         } else {
-            self.campaign(out);
+            self.campaign(false, out);
         }
     }
 
@@ -30,14 +30,15 @@ impl RaftNode {
             pre_vote: true,
         });
         self.start_tally();
-        let req = self.vote_request(term, true);
+        let req = self.vote_request(term, true, false);
         for peer in self.peers().collect::<Vec<_>>() {
             out.send(peer, Message::Vote(req.clone()));
         }
         self.count_votes(out);
     }
 
-    fn campaign(&mut self, out: &mut Out) {
+    /// Stand for election in the next term (`transfer`: because the leader asked).
+    pub(crate) fn campaign(&mut self, transfer: bool, out: &mut Out) {
         self.role = Role::Candidate;
         self.leader = None;
         self.term += 1;
@@ -49,7 +50,7 @@ impl RaftNode {
             pre_vote: false,
         });
         self.start_tally();
-        let req = self.vote_request(self.term, false);
+        let req = self.vote_request(self.term, false, transfer);
         for peer in self.peers().collect::<Vec<_>>() {
             self.gate
                 .send_when_durable(peer, Message::Vote(req.clone()), out);
@@ -62,13 +63,14 @@ impl RaftNode {
         self.votes.insert(self.cfg.id, true);
     }
 
-    fn vote_request(&self, term: u64, pre_vote: bool) -> VoteRequest {
+    fn vote_request(&self, term: u64, pre_vote: bool, transfer: bool) -> VoteRequest {
         VoteRequest {
             term,
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
             pre_vote,
             sent_at_us: self.stamp(),
+            transfer,
         }
     }
 
@@ -115,7 +117,7 @@ impl RaftNode {
 
     fn answer_vote(&mut self, from: NodeId, req: &VoteRequest, out: &mut Out) {
         if req.term > self.term {
-            if self.cfg.check_quorum && self.heard_from_leader_recently() {
+            if self.cfg.check_quorum && !req.transfer && self.heard_from_leader_recently() {
                 return; // a disruptive server: our leader is alive, so ignore it
             }
             self.become_follower(req.term, None, out);
@@ -166,7 +168,7 @@ impl RaftNode {
         let granted = self.votes.iter().filter(|(_, g)| **g).map(|(id, _)| *id);
         let rejected = self.votes.iter().filter(|(_, g)| !**g).map(|(id, _)| *id);
         match (self.quorum.vote_result(granted, rejected), self.role) {
-            (VoteResult::Won, Role::PreCandidate) => self.campaign(out),
+            (VoteResult::Won, Role::PreCandidate) => self.campaign(false, out),
             (VoteResult::Won, Role::Candidate) => self.become_leader(out),
             (VoteResult::Lost, _) => self.become_follower(self.term, None, out),
             _ => {}

@@ -13,6 +13,7 @@
 //! | `progress.rs` | the leader's per-follower replication window |
 //! | `snapshot.rs` | taking snapshots, compacting the log, InstallSnapshot |
 //! | `timing.rs` | heartbeat and election timeouts, fixed or adapted to round trips |
+//! | `transfer.rs` | leadership transfer (TimeoutNow) |
 //! | `log.rs` | the log, its durable prefix and snapshot, and what is written to disk |
 //!
 //! [`Replica`]: ekmat_core::Replica
@@ -27,11 +28,12 @@ mod read_index;
 mod replication;
 mod snapshot;
 mod timing;
+mod transfer;
 
 pub use config::{ConfigError, Mutant, RaftConfig};
 pub use log::{Entry, Payload, RaftLog, RaftStable, RaftWrite, Snapshot};
 pub use message::{
-    AppendOutcome, AppendRequest, AppendResponse, Message, VoteRequest, VoteResponse,
+    AppendOutcome, AppendRequest, AppendResponse, Message, TimeoutNow, VoteRequest, VoteResponse,
 };
 pub use node::{RaftNode, Role};
 pub use timing::{AdaptiveTimeouts, from_round_trips};

@@ -13,6 +13,8 @@ pub enum Message {
     /// A follower's acknowledgement of snapshot bytes received so far. Once the whole
     /// snapshot is installed it answers with an accepting `AppendResponse` instead.
     SnapshotAck(SnapshotAck),
+    /// The leader hands over: campaign now, without waiting for a timeout.
+    TimeoutNow(TimeoutNow),
 }
 
 impl Message {
@@ -24,6 +26,7 @@ impl Message {
             Message::AppendResponse(m) => m.term,
             Message::Snapshot(m) => m.term,
             Message::SnapshotAck(m) => m.term,
+            Message::TimeoutNow(m) => m.term,
         }
     }
 
@@ -38,6 +41,7 @@ impl Message {
             Message::AppendResponse(_) => "AppendResp",
             Message::Snapshot(_) => "Snapshot",
             Message::SnapshotAck(_) => "SnapshotAck",
+            Message::TimeoutNow(_) => "TimeoutNow",
         }
     }
 }
@@ -52,6 +56,15 @@ pub struct VoteRequest {
     pub pre_vote: bool,
     /// The candidate's clock, echoed back to time the round trip (0: not timed).
     pub sent_at_us: u64,
+    /// The candidate campaigns because the leader handed over: answer even if the
+    /// leader was heard from recently.
+    pub transfer: bool,
+}
+
+/// Leadership transfer: the leader's term, so a stale one is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct TimeoutNow {
+    pub term: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

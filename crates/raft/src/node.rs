@@ -15,6 +15,7 @@ use crate::progress::Progress;
 use crate::read_index::ReadIndex;
 use crate::snapshot::Incoming;
 use crate::timing::{RoundTrips, Timeouts};
+use crate::transfer::Transfer;
 
 pub(crate) type Out = Effects<Message, RaftWrite>;
 
@@ -64,6 +65,8 @@ pub struct RaftNode {
     /// The heartbeat and election timeouts in force (fixed, or adapted to round trips).
     pub(crate) timeouts: Timeouts,
     pub(crate) round_trips: RoundTrips,
+    /// A leadership transfer in progress (leaders only).
+    pub(crate) transfer: Option<Transfer>,
 }
 
 impl RaftNode {
@@ -110,6 +113,7 @@ impl RaftNode {
             pending_restore: stable.snapshot,
             timeouts: Timeouts::default(),
             round_trips: RoundTrips::default(),
+            transfer: None,
         };
         node.timeouts = node.configured_timeouts();
         node.reset_election_deadline();
@@ -229,6 +233,7 @@ impl RaftNode {
             });
             self.progress.clear();
             self.reads.abandon(out);
+            self.end_transfer(out);
         }
         if term > self.term {
             self.term = term;
@@ -255,7 +260,10 @@ impl RaftNode {
         }
         match req.kind {
             RequestKind::Write(command) => {
-                if self.log.last_index() - self.commit >= self.cfg.max_uncommitted as u64 {
+                // Entries proposed while handing over could keep the target behind.
+                if self.transfer.is_some()
+                    || self.log.last_index() - self.commit >= self.cfg.max_uncommitted as u64
+                {
                     out.reply(Reply::Rejected {
                         id: req.id,
                         reason: Rejection::Busy,
@@ -272,12 +280,16 @@ impl RaftNode {
                 self.broadcast_append(out);
             }
             RequestKind::Read => self.read(req.id, out),
+            RequestKind::TransferLeadership { to } => self.transfer_leadership(req.id, to, out),
         }
     }
 
     fn on_tick(&mut self, out: &mut Out) {
         match self.role {
-            Role::Leader => self.leader_tick(out),
+            Role::Leader => {
+                self.transfer_tick(out);
+                self.leader_tick(out);
+            }
             _ if self.now >= self.election_deadline => self.on_election_timeout(out),
             _ => {}
         }
@@ -302,6 +314,7 @@ impl RaftNode {
             Message::AppendResponse(resp) => self.on_append_response(from, resp, out),
             Message::Snapshot(chunk) => self.on_snapshot_chunk(from, chunk, out),
             Message::SnapshotAck(ack) => self.on_snapshot_ack(from, ack, out),
+            Message::TimeoutNow(msg) => self.on_timeout_now(from, msg, out),
         }
     }
 }

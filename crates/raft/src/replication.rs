@@ -248,6 +248,7 @@ impl RaftNode {
                 let pr = self.progress.get_mut(&from).expect("tracked");
                 if pr.accepted(match_index, now) {
                     self.maybe_commit(out);
+                    self.continue_transfer(out);
                 }
                 while self.send_append(from, out) {}
             }

@@ -5,7 +5,9 @@ mod cluster;
 use std::time::Duration;
 
 use cluster::Cluster;
-use ekmat_core::{CommittedEntry, Input, NodeId, Rejection, Replica, Reply};
+use ekmat_core::{
+    CommittedEntry, Input, NodeId, Rejection, Replica, Reply, RequestId, RequestKind,
+};
 use ekmat_raft::{
     AppendOutcome, AppendRequest, Entry, Message, Mutant, Payload, RaftConfig, RaftNode,
     RaftStable, Role, VoteRequest,
@@ -73,6 +75,7 @@ fn a_vote_is_not_sent_before_it_is_durable() {
         last_log_term: 0,
         pre_vote: false,
         sent_at_us: 0,
+        transfer: false,
     };
     c.step(
         NodeId(1),
@@ -97,6 +100,7 @@ fn forget_vote_persist_mutant_sends_the_grant_early() {
         last_log_term: 0,
         pre_vote: false,
         sent_at_us: 0,
+        transfer: false,
     };
     c.step(
         NodeId(1),
@@ -132,6 +136,7 @@ fn votes_go_only_to_up_to_date_candidates() {
             last_log_term: 2,
             pre_vote: false,
             sent_at_us: 0,
+            transfer: false,
         };
         node.step(
             ekmat_core::Time::ZERO,
@@ -524,4 +529,119 @@ fn stale_or_premature_snapshots_are_ignored() {
         2,
         "snapshots only move forward"
     );
+}
+
+fn transfer(c: &mut Cluster, at: NodeId, to: NodeId, seq: u64) {
+    let req = ekmat_core::Request {
+        id: RequestId { client: 9, seq },
+        kind: RequestKind::TransferLeadership { to },
+    };
+    c.step(at, Input::Request(req));
+}
+
+fn transfer_reply(c: &Cluster, at: NodeId, seq: u64) -> Option<Reply> {
+    c.nodes[at.index()]
+        .replies
+        .iter()
+        .find(|r| match r {
+            Reply::Done { id } | Reply::Rejected { id, .. } => *id == RequestId { client: 9, seq },
+            _ => false,
+        })
+        .cloned()
+}
+
+#[test]
+fn leadership_moves_to_the_named_node_in_the_next_term() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let term = c.raft(leader).term();
+    let target = NodeId((leader.0 + 1) % 3);
+    // The target lags: it must be caught up before it is told to take over.
+    c.isolate(target);
+    c.write(leader, 1, "a");
+    c.run_for(Duration::from_millis(100));
+    c.heal();
+    transfer(&mut c, leader, target, 1);
+    c.write(leader, 2, "refused while handing over");
+    c.run_for(Duration::from_millis(100));
+    assert_eq!(c.leaders(), vec![target]);
+    assert_eq!(
+        c.raft(target).term(),
+        term + 1,
+        "no pre-vote round, no wasted term"
+    );
+    assert_eq!(
+        transfer_reply(&c, leader, 1),
+        Some(Reply::Done {
+            id: RequestId { client: 9, seq: 1 }
+        })
+    );
+    assert!(c.nodes[leader.index()].replies.iter().any(|r| matches!(
+        r,
+        Reply::Rejected {
+            id: RequestId { client: 1, seq: 2 },
+            reason: Rejection::Busy
+        }
+    )));
+    let a = c.nodes[target.index()]
+        .committed
+        .iter()
+        .filter(|e| matches!(e.entry, CommittedEntry::Command { .. }))
+        .count();
+    assert_eq!(
+        a, 1,
+        "the new leader holds the write made before the transfer"
+    );
+}
+
+#[test]
+fn a_transfer_to_an_unreachable_node_gives_up_and_the_leader_leads_on() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let term = c.raft(leader).term();
+    let target = NodeId((leader.0 + 1) % 3);
+    c.isolate(target);
+    transfer(&mut c, leader, target, 1);
+    c.run_for(Duration::from_millis(600));
+    assert_eq!(
+        transfer_reply(&c, leader, 1),
+        Some(Reply::Rejected {
+            id: RequestId { client: 9, seq: 1 },
+            reason: Rejection::TransferFailed
+        })
+    );
+    assert_eq!(c.leaders(), vec![leader]);
+    assert_eq!(c.raft(leader).term(), term);
+    c.write(leader, 3, "accepted again");
+    c.run_for(Duration::from_millis(50));
+    assert!(!c.nodes[leader.index()].replies.iter().any(|r| matches!(
+        r,
+        Reply::Rejected {
+            id: RequestId { client: 1, seq: 3 },
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_transfer_to_an_unknown_node_or_on_a_follower_is_refused() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    transfer(&mut c, leader, NodeId(7), 1);
+    assert!(matches!(
+        transfer_reply(&c, leader, 1),
+        Some(Reply::Rejected {
+            reason: Rejection::TransferFailed,
+            ..
+        })
+    ));
+    let follower = NodeId((leader.0 + 1) % 3);
+    transfer(&mut c, follower, leader, 2);
+    assert!(matches!(
+        transfer_reply(&c, follower, 2),
+        Some(Reply::Rejected {
+            reason: Rejection::NotLeader { .. },
+            ..
+        })
+    ));
 }

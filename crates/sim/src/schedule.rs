@@ -31,10 +31,12 @@ pub enum FaultKind {
     Crash,
     /// A node that stops processing for a while (GC pause, CPU starvation).
     Pause,
+    /// The leader is asked to hand leadership to another node (an operator's move).
+    Transfer,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Partition,
         FaultKind::Bridge,
         FaultKind::Asymmetric,
@@ -44,6 +46,7 @@ impl FaultKind {
         FaultKind::Clog,
         FaultKind::Crash,
         FaultKind::Pause,
+        FaultKind::Transfer,
     ];
 
     /// How often this kind is drawn relative to the others: the faults that change
@@ -67,6 +70,7 @@ impl FaultKind {
             FaultKind::Clog => "clog",
             FaultKind::Crash => "crash",
             FaultKind::Pause => "pause",
+            FaultKind::Transfer => "transfer",
         }
     }
 
@@ -150,6 +154,10 @@ pub enum Fault {
     Pause {
         target: Target,
     },
+    /// Ask the leader of the moment to hand leadership to `target`.
+    Transfer {
+        target: Target,
+    },
 }
 
 impl Fault {
@@ -158,7 +166,8 @@ impl Fault {
             Fault::Isolate { target }
             | Fault::Split { target }
             | Fault::Crash { target }
-            | Fault::Pause { target } => Some(*target),
+            | Fault::Pause { target }
+            | Fault::Transfer { target } => Some(*target),
             _ => None,
         }
     }
@@ -176,6 +185,7 @@ impl Fault {
             Fault::Reorder { .. } => FaultKind::Reorder,
             Fault::Crash { .. } => FaultKind::Crash,
             Fault::Pause { .. } => FaultKind::Pause,
+            Fault::Transfer { .. } => FaultKind::Transfer,
         }
     }
 }
@@ -383,6 +393,12 @@ fn draw(kind: FaultKind, n: usize, rng: &mut DetRng) -> (Fault, u64) {
             },
             rng.range(50, 1500),
         ),
+        FaultKind::Transfer => (
+            Fault::Transfer {
+                target: Target::Node(NodeId(rng.index(n) as u32)),
+            },
+            0,
+        ),
         // Kinds that need more nodes than the cluster has degrade to a crash.
         _ => draw(FaultKind::Crash, n, rng),
     }
@@ -434,6 +450,7 @@ impl fmt::Display for Fault {
             Fault::Reorder { jitter } => write!(f, "reorder({}ms)", jitter.as_millis()),
             Fault::Crash { target } => write!(f, "crash({target})"),
             Fault::Pause { target } => write!(f, "pause({target})"),
+            Fault::Transfer { target } => write!(f, "transfer({target})"),
         }
     }
 }
@@ -589,6 +606,9 @@ fn parse_fault(s: &str) -> Result<Fault, String> {
             target: parse_target(args)?,
         }),
         "pause" => Ok(Fault::Pause {
+            target: parse_target(args)?,
+        }),
+        "transfer" => Ok(Fault::Transfer {
             target: parse_target(args)?,
         }),
         _ => Err(format!("unknown fault '{name}'")),

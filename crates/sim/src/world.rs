@@ -114,6 +114,8 @@ enum Ev<M> {
 
 #[derive(Clone, Copy, Debug)]
 enum FaultEnd {
+    /// Nothing to undo.
+    Instant,
     Network,
     Restart(NodeId),
     Resume(NodeId),
@@ -695,6 +697,8 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 self.nodes[node.index()].reads.push((id, index));
                 self.serve_ready_reads(node);
             }
+            // Only the nemesis asks for leadership transfers.
+            Reply::Done { .. } => {}
         }
     }
 
@@ -837,6 +841,23 @@ impl<'p, P: SimProtocol> World<'p, P> {
         side
     }
 
+    /// Ask the live leader, if any, to hand over to `to`. The request's id is no
+    /// client's, so its answer is dropped: only the protocol's behaviour matters.
+    fn ask_leader_to_transfer(&mut self, index: usize, to: NodeId) -> bool {
+        let Some(leader) = self.leader().filter(|&l| l != to && !self.is_paused(l)) else {
+            return false;
+        };
+        let request = ekmat_core::Request {
+            id: ekmat_core::RequestId {
+                client: u64::MAX,
+                seq: index as u64,
+            },
+            kind: ekmat_core::RequestKind::TransferLeadership { to },
+        };
+        self.step(leader, Input::Request(request));
+        true
+    }
+
     fn inject(&mut self, index: usize, next_leader: Option<NodeId>) {
         if self.healed_at.is_some() {
             return;
@@ -910,6 +931,13 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 slot.paused = true;
                 FaultEnd::Resume(node)
             }
+            Fault::Transfer { .. } => {
+                let to = target.expect("transfer has a target");
+                if !self.ask_leader_to_transfer(index, to) {
+                    return;
+                }
+                FaultEnd::Instant
+            }
         };
         self.stats.faults += 1;
         let now = self.now;
@@ -925,6 +953,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
         let now = self.now;
         self.trace.hash_event(now, (7u8, index));
         match end {
+            FaultEnd::Instant => {}
             FaultEnd::Network => {
                 self.net.remove(index as u64);
                 self.trace.line(now, || format!("HEAL fault #{index}"));

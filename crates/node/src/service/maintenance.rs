@@ -5,8 +5,9 @@ use ekmat_api::etcdserverpb as pb;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use super::Services;
+use super::{Services, call_error};
 use crate::config::NodeConfig;
+use crate::driver::{Call, CallError};
 
 /// The etcd API version ekmat implements, reported where etcd reports its own version.
 pub const API_VERSION: &str = "3.4.0";
@@ -82,10 +83,34 @@ impl pb::maintenance_server::Maintenance for Services {
         Err(not_yet("Snapshot"))
     }
 
+    /// etcd's MoveLeader: only the leader takes it; the answer comes once it has
+    /// stepped down for the target.
     async fn move_leader(
         &self,
-        _: Request<pb::MoveLeaderRequest>,
+        request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(not_yet("MoveLeader"))
+        let target = request.get_ref().target_id;
+        let Some(to) = self
+            .inner
+            .cfg
+            .members
+            .iter()
+            .find(|m| NodeConfig::member_id(m.id) == target)
+            .map(|m| ekmat_core::NodeId(m.id))
+        else {
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
+        };
+        let result = self.call(|reply| Call::MoveLeader { to, reply }).await;
+        match result {
+            Ok(()) => Ok(Response::new(pb::MoveLeaderResponse {
+                header: Some(self.header(self.inner.status.borrow().revision)),
+            })),
+            Err(CallError::NotLeader { .. }) => {
+                Err(Status::failed_precondition("etcdserver: not leader"))
+            }
+            Err(e) => Err(call_error(&e)),
+        }
     }
 }

@@ -130,6 +130,7 @@ pub fn call_error(e: &CallError) -> Status {
         CallError::LeadershipLost => Status::unavailable("etcdserver: leader changed"),
         CallError::Kv(e) => convert::kv_error(e),
         CallError::Timeout => Status::unavailable("etcdserver: request timed out"),
+        CallError::TransferFailed => Status::deadline_exceeded(e.to_string()),
         CallError::Stopped => Status::unavailable("etcdserver: server stopped"),
     }
 }
