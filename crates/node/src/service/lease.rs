@@ -60,12 +60,6 @@ impl Services {
             ttl,
         })
     }
-
-    /// The store revision this member has applied (for headers of answers that did not
-    /// come from the state machine).
-    fn revision(&self) -> i64 {
-        self.inner.status.borrow().revision
-    }
 }
 
 /// Answer each keep-alive request on `requests` in turn, until the client closes its side

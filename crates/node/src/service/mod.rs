@@ -109,6 +109,12 @@ impl Services {
         }
     }
 
+    /// The store revision this member has applied (for headers of answers that did not
+    /// come from the state machine).
+    fn revision(&self) -> i64 {
+        self.inner.status.borrow().revision
+    }
+
     fn header_fn(
         &self,
     ) -> impl Fn(ekmat_kv::ResponseHeader) -> pb::ResponseHeader + Send + Sync + '_ {

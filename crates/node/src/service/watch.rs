@@ -127,7 +127,7 @@ impl Session {
         if self.revision > 0 {
             self.revision
         } else {
-            self.services.inner.status.borrow().revision
+            self.services.revision()
         }
     }
 
