@@ -4,9 +4,10 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use support::Cluster;
 
@@ -47,6 +48,99 @@ fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> (bool, String
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// A long-running etcdctl (a watch) whose stdout and stderr are collected as they come.
+struct Running {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Running {
+    fn spawn(endpoints: &str, args: &[&str]) -> Running {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || collect(pipe, &output));
+        }
+        Running { child, output }
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Wait for the process to exit; panics if it has not within `within`.
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the collectors drain the pipes.
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(
+                started.elapsed() < within,
+                "still running after {within:?}: {:?}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until the output is `expected`; panics with what came if it is not within
+    /// `within`.
+    fn wait_for(&self, expected: &str, within: Duration) {
+        let started = Instant::now();
+        while self.output() != expected {
+            assert!(
+                started.elapsed() < within,
+                "expected {expected:?}, got {:?}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn collect(mut pipe: Box<dyn Read + Send>, output: &Mutex<String>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = pipe.read(&mut buf) {
+        if n == 0 {
+            return;
+        }
+        output
+            .lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client_endpoints(c: &Cluster) -> Vec<String> {
+    c.cfgs[0]
+        .members
+        .iter()
+        .map(|m| m.client.to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -128,5 +222,131 @@ async fn etcdctl_put_get_del_txn_members_and_status() {
             .count(),
         3,
         "{health}"
+    );
+}
+
+#[tokio::test]
+async fn etcdctl_lease_grant_put_timetolive_keepalive_list_revoke() {
+    if !etcdctl_available() {
+        return;
+    }
+    let c = Cluster::start(3);
+    c.leader(Duration::from_secs(15)).await;
+    let eps = client_endpoints(&c).join(",");
+    let ok = |args: &[&str]| {
+        let (success, out, err) = etcdctl(&eps, args, None);
+        assert!(success, "etcdctl {args:?} failed: {err}");
+        out
+    };
+    let fails = |args: &[&str]| {
+        let (success, out, err) = etcdctl(&eps, args, None);
+        assert!(!success, "etcdctl {args:?} succeeded: {out}");
+        out + &err
+    };
+
+    // etcdctl prints ids in hex; ekmat numbers leases from 1.
+    let id = "0000000000000001";
+    assert_eq!(
+        ok(&["lease", "grant", "10"]),
+        format!("lease {id} granted with TTL(10s)\n")
+    );
+    assert_eq!(ok(&["put", "--lease", id, "foo", "bar"]), "OK\n");
+    assert_eq!(ok(&["put", "--lease", id, "fop", "baz"]), "OK\n");
+    let ttl = ok(&["lease", "timetolive", id, "--keys"]);
+    assert!(
+        ttl.starts_with(&format!("lease {id} granted with TTL(10s), remaining("))
+            && ttl.ends_with("s), attached keys([foo fop])\n"),
+        "{ttl}"
+    );
+    assert_eq!(
+        ok(&["lease", "keep-alive", "--once", id]),
+        format!("lease {id} keepalived with TTL(10)\n")
+    );
+    // Below the minimum, a TTL is raised to it, as etcd does (2 s with etcd's defaults).
+    assert_eq!(
+        ok(&["lease", "grant", "1"]),
+        "lease 0000000000000002 granted with TTL(2s)\n"
+    );
+    let list = ok(&["lease", "list"]);
+    assert!(list.starts_with("found ") && list.contains(id), "{list}");
+
+    assert_eq!(
+        ok(&["lease", "revoke", id]),
+        format!("lease {id} revoked\n")
+    );
+    assert_eq!(
+        ok(&["get", "fo", "--prefix"]),
+        "",
+        "revoking deleted the keys"
+    );
+    assert_eq!(
+        ok(&["lease", "timetolive", id]),
+        format!("lease {id} already expired\n")
+    );
+
+    let err = fails(&["lease", "revoke", id]);
+    assert!(
+        err.contains("etcdserver: requested lease not found"),
+        "{err}"
+    );
+    // etcd answers a keep-alive for a lease that is gone with TTL 0; etcdctl says:
+    let err = fails(&["lease", "keep-alive", "--once", id]);
+    assert_eq!(err, "Error: etcdserver: requested lease not found\n");
+    let err = fails(&["lease", "grant", "9000000001"]);
+    assert!(err.contains("etcdserver: too large lease TTL"), "{err}");
+    let err = fails(&["put", "--lease", "63", "x", "y"]);
+    assert!(
+        err.contains("etcdserver: requested lease not found"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn etcdctl_watch_sees_puts_and_deletes_replays_history_and_prev_kv() {
+    if !etcdctl_available() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let all = client_endpoints(&c);
+    let follower = all[(leader + 1) % all.len()].clone();
+    let ok = |args: &[&str]| {
+        let (success, out, err) = etcdctl(&all[leader], args, None);
+        assert!(success, "etcdctl {args:?} failed: {err}");
+        out
+    };
+
+    // Watching on a follower; writing through the leader with another etcdctl.
+    let plain = Running::spawn(&follower, &["watch", "foo"]);
+    let prev = Running::spawn(&follower, &["watch", "--prev-kv", "foo"]);
+    // etcdctl prints nothing when its watch is set up; give it time to be.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(ok(&["put", "foo", "v1"]), "OK\n"); // revision 2
+    assert_eq!(ok(&["put", "foo", "v2"]), "OK\n"); // 3
+    assert_eq!(ok(&["put", "other", "x"]), "OK\n"); // 4, not watched
+    assert_eq!(ok(&["del", "foo"]), "1\n"); // 5
+    let within = Duration::from_secs(10);
+    // What etcd 3.4 prints for the same commands.
+    plain.wait_for("PUT\nfoo\nv1\nPUT\nfoo\nv2\nDELETE\nfoo\n\n", within);
+    prev.wait_for(
+        "PUT\nfoo\nv1\nPUT\nfoo\nv1\nfoo\nv2\nDELETE\nfoo\nv2\nfoo\n\n",
+        within,
+    );
+
+    let history = Running::spawn(&follower, &["watch", "--rev=1", "--prefix", "fo"]);
+    history.wait_for("PUT\nfoo\nv1\nPUT\nfoo\nv2\nDELETE\nfoo\n\n", within);
+
+    // On the leader, which has applied the compaction when etcdctl hears back (a
+    // follower may apply it a heartbeat later, and until then still has the history).
+    assert_eq!(ok(&["compact", "4"]), "compacted revision 4\n");
+    let mut compacted = Running::spawn(&all[leader], &["watch", "--rev=2", "foo"]);
+    let status = compacted.wait_exit(within);
+    assert_eq!(status.code(), Some(5), "{}", compacted.output());
+    assert!(
+        compacted.output().contains(
+            "watch was canceled (etcdserver: mvcc: required revision has been compacted)"
+        ),
+        "{}",
+        compacted.output()
     );
 }

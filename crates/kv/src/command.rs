@@ -79,9 +79,15 @@ pub enum Command {
     LeaseRevoke(LeaseRevokeRequest),
     /// Restart a lease's TTL.
     LeaseKeepAlive(LeaseKeepAliveRequest),
+    /// A new leader's first command: restart every lease's TTL from its clock (etcd's
+    /// lessor does the same on promotion). Keep-alives sent to the old leader may have
+    /// been lost with it, and the clock may have jumped while no leader proposed, so
+    /// without this a leader change could expire leases whose holders are alive. The
+    /// restart happens before the envelope's clock can expire anything.
+    LeaseRenewAll,
 }
 
-/// The answer to a [`Tick`](Command::Tick).
+/// The answer to a [`Tick`](Command::Tick) or a [`LeaseRenewAll`](Command::LeaseRenewAll).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TickResponse {
     pub header: ResponseHeader,
@@ -99,6 +105,7 @@ pub enum Response {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     LeaseKeepAlive(LeaseKeepAliveResponse),
+    LeaseRenewAll(TickResponse),
 }
 
 impl Response {
@@ -114,6 +121,7 @@ impl Response {
             Response::LeaseGrant(r) => r.header,
             Response::LeaseRevoke(r) => r.header,
             Response::LeaseKeepAlive(r) => r.header,
+            Response::LeaseRenewAll(r) => r.header,
         }
     }
 }

@@ -155,6 +155,20 @@ impl Leases {
         Ok(lease.ttl)
     }
 
+    /// Restart every lease's TTL from `clock_ms`.
+    pub fn renew_all(&mut self, clock_ms: u64) {
+        self.expiry.clear();
+        for (&id, lease) in &mut self.by_id {
+            lease.deadline_ms = deadline(clock_ms, lease.ttl);
+            self.expiry.insert((lease.deadline_ms, id));
+        }
+    }
+
+    /// The soonest deadline of any lease.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.expiry.first().map(|&(deadline, _)| deadline)
+    }
+
     /// Forget the lease, handing back its attached keys.
     pub fn remove(&mut self, id: i64) -> Option<Lease> {
         let lease = self.by_id.remove(&id)?;

@@ -31,7 +31,7 @@ pub use lease::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveResponse, MAX_LEASE_TTL,
 };
-pub use range::prefix_end;
+pub use range::{KeyRange, prefix_end};
 pub use rpc::{
     CompactionRequest, CompactionResponse, Compare, CompareResult, CompareTarget,
     DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest,

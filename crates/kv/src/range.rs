@@ -28,7 +28,7 @@ pub fn prefix_end(prefix: &[u8]) -> Bytes {
 
 /// The keys a `(key, range_end)` pair names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum KeyRange<'a> {
+pub enum KeyRange<'a> {
     /// `range_end` empty: just the key.
     Single(&'a [u8]),
     /// `range_end == "\0"`: every key from `key` on (with `key == "\0"`, every key).

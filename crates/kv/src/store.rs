@@ -80,6 +80,11 @@ impl KvStore {
             Err(e) => return Applied::Malformed(e),
         };
         let mut events = Vec::new();
+        if envelope.command == Command::LeaseRenewAll {
+            // Before the clock moves: the jump since the last leader's final entry is
+            // exactly what must not expire these leases.
+            self.leases.renew_all(envelope.now_ms.max(self.clock_ms));
+        }
         self.advance_clock(envelope.now_ms, &mut events);
         let result = self.execute(envelope.command, &mut events);
         self.sessions.record(id, &result);
@@ -124,6 +129,9 @@ impl KvStore {
     fn execute(&mut self, command: Command, events: &mut Vec<Event>) -> Result<Response, KvError> {
         let response = match command {
             Command::Tick => Response::Tick(TickResponse {
+                header: self.header(),
+            }),
+            Command::LeaseRenewAll => Response::LeaseRenewAll(TickResponse {
                 header: self.header(),
             }),
             Command::Range(req) => Response::Range(self.range(&req)?),
@@ -198,9 +206,29 @@ impl KvStore {
         id: i64,
         keys: bool,
     ) -> Result<LeaseTimeToLiveResponse, KvError> {
-        let mut resp = self.leases.time_to_live(id, keys, self.clock_ms)?;
+        self.lease_time_to_live_at(id, keys, self.clock_ms)
+    }
+
+    /// [`KvStore::lease_time_to_live`] with the remaining time measured at `now_ms` (a
+    /// node's own clock: the log's clock stands still while nothing is proposed), never
+    /// earlier than the log's clock.
+    pub fn lease_time_to_live_at(
+        &self,
+        id: i64,
+        keys: bool,
+        now_ms: u64,
+    ) -> Result<LeaseTimeToLiveResponse, KvError> {
+        let mut resp = self
+            .leases
+            .time_to_live(id, keys, now_ms.max(self.clock_ms))?;
         resp.header = self.header();
         Ok(resp)
+    }
+
+    /// When the soonest lease expires on the log's clock, if any lease exists: the
+    /// leader proposes a [`Command::Tick`] once its own clock passes it.
+    pub fn next_lease_deadline(&self) -> Option<u64> {
+        self.leases.next_deadline()
     }
 
     /// Every live lease's id, in order.

@@ -16,13 +16,13 @@ use ekmat_core::{
     CommittedEntry, Effect, Effects, Event, Input, NodeId, Rejection, Replica, Reply, Request,
     RequestId, RequestKind, Time,
 };
-use ekmat_kv::{
-    Applied, Command, Envelope, KvError, KvStore, RangeRequest, RangeResponse, Response,
-};
+use ekmat_kv::{Applied, Command, Envelope, KvError, KvStore, Response};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::protocol::{CoreStatus, RuntimeProtocol};
+use crate::query::{Answer, Query, wall_clock_ms};
 use crate::transport::Transport;
+use crate::watch_hub::{Published, WatchHub};
 use crate::wire::Wire;
 use crate::writer::Durability;
 
@@ -34,6 +34,9 @@ pub const CALL_QUEUE: usize = 16 * 1024;
 const ON_BEHALF_TTL: Duration = Duration::from_secs(30);
 /// How often each peer's round-trip time is measured.
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// How often, at most, the leader proposes a tick to expire leases whose deadline its
+/// clock has passed (a tick that did not commit is retried after this long).
+pub const LEASE_TICK_EVERY: Duration = Duration::from_millis(500);
 
 type Msg<P> = <<P as RuntimeProtocol>::Node as Replica>::Message;
 type Write<P> = <<P as RuntimeProtocol>::Node as Replica>::Write;
@@ -48,9 +51,9 @@ pub enum Call {
     },
     /// Read; linearizable reads wait for a read barrier from the protocol.
     Read {
-        request: RangeRequest,
+        query: Query,
         linearizable: bool,
-        reply: oneshot::Sender<Result<RangeResponse, CallError>>,
+        reply: oneshot::Sender<Result<Answer, CallError>>,
     },
     /// Hand leadership to another member (this member must lead).
     MoveLeader {
@@ -88,7 +91,7 @@ pub struct NodeStatus {
 }
 
 type WriteReply = oneshot::Sender<Result<Response, CallError>>;
-type ReadReply = oneshot::Sender<Result<RangeResponse, CallError>>;
+type ReadReply = oneshot::Sender<Result<Answer, CallError>>;
 
 struct PendingWrite {
     reply: WriteReply,
@@ -98,7 +101,7 @@ struct PendingWrite {
 }
 
 struct PendingRead {
-    request: RangeRequest,
+    query: Query,
     reply: ReadReply,
     forwarded: bool,
 }
@@ -136,6 +139,12 @@ pub struct Driver<P: RuntimeProtocol> {
     /// Reads the protocol confirmed, waiting for the state machine to reach `index`.
     ready_reads: Vec<(u64, RequestId)>,
     out: Effects<Msg<P>, Write<P>>,
+    /// Where applied changes go to watchers.
+    hub: WatchHub,
+    /// When this node last proposed a lease-expiry tick.
+    last_lease_tick: Instant,
+    /// This node just became leader and owes the log a [`Command::LeaseRenewAll`].
+    renew_leases: bool,
 }
 
 pub struct DriverParts<P: RuntimeProtocol> {
@@ -149,6 +158,7 @@ pub struct DriverParts<P: RuntimeProtocol> {
     pub peers: Vec<NodeId>,
     /// Hand the protocol a snapshot every this many applied entries (0: never).
     pub snapshot_every: u64,
+    pub hub: WatchHub,
 }
 
 impl<P: RuntimeProtocol> Driver<P> {
@@ -180,6 +190,9 @@ impl<P: RuntimeProtocol> Driver<P> {
             last_ping: parts.started,
             ready_reads: Vec::new(),
             out: Effects::new(),
+            hub: parts.hub,
+            last_lease_tick: parts.started,
+            renew_leases: false,
         }
     }
 
@@ -225,7 +238,14 @@ impl<P: RuntimeProtocol> Driver<P> {
                     self.step(Input::Tick).await;
                     self.forget_abandoned_calls();
                     self.ping_peers();
+                    self.expire_leases().await;
                 }
+            }
+            if std::mem::take(&mut self.renew_leases) {
+                // Right after the step that made this node leader, before any other
+                // request reaches the core: nothing this leader proposes can move the
+                // log's clock before the leases are renewed.
+                self.propose(Command::LeaseRenewAll).await;
             }
             if let Some(why) = self.fatal.take() {
                 self.fail_pending(CallError::Stopped);
@@ -258,20 +278,20 @@ impl<P: RuntimeProtocol> Driver<P> {
                 self.step(Input::Request(Request { id, kind })).await;
             }
             Call::Read {
-                request,
+                query,
                 linearizable: false,
                 reply,
             } => {
-                let _ = reply.send(self.kv.range(&request).map_err(CallError::Kv));
+                let _ = reply.send(query.serve(&self.kv).map_err(CallError::Kv));
             }
             Call::Read {
-                request,
+                query,
                 linearizable: true,
                 reply,
             } => {
                 let id = self.fresh_id();
                 let read = PendingRead {
-                    request,
+                    query,
                     reply,
                     forwarded: false,
                 };
@@ -288,10 +308,36 @@ impl<P: RuntimeProtocol> Driver<P> {
         }
     }
 
+    /// Propose a command of the node's own, whose answer nobody waits for.
+    async fn propose(&mut self, command: Command) {
+        let id = self.fresh_id();
+        let command = Envelope::wrap(wall_clock_ms(), &command);
+        let kind = RequestKind::Write(command);
+        self.step(Input::Request(Request { id, kind })).await;
+    }
+
+    /// As leader, propose a tick once this node's clock passes a lease's deadline, so
+    /// leases expire even when nobody writes. Followers never do: expiry happens only
+    /// when the log's clock says so, at the same entry on every member.
+    async fn expire_leases(&mut self) {
+        let Some(deadline) = self.kv.next_lease_deadline() else {
+            return;
+        };
+        if deadline > wall_clock_ms()
+            || self.last_lease_tick.elapsed() < LEASE_TICK_EVERY
+            || !P::status(&self.core).is_leader
+        {
+            return;
+        }
+        self.last_lease_tick = Instant::now();
+        self.propose(Command::Tick).await;
+    }
+
     async fn on_wire(&mut self, from: NodeId, wire: Wire<Msg<P>>) {
         match wire {
             Wire::Protocol(msg) => self.step(Input::Message { from, msg }).await,
-            Wire::Forward(request) => {
+            Wire::Forward(mut request) => {
+                restamp(&mut request);
                 let since = Instant::now();
                 self.on_behalf.insert(
                     request.id,
@@ -397,6 +443,7 @@ impl<P: RuntimeProtocol> Driver<P> {
                     self.last_snapshot = index;
                     self.applied_bytes = 0;
                     self.last_snapshot_bytes = data.len() as u64;
+                    self.hub.publish(Published::Reset);
                     self.serve_ready_reads();
                 }
                 Err(e) => {
@@ -404,7 +451,12 @@ impl<P: RuntimeProtocol> Driver<P> {
                 }
             },
             Effect::Reply(reply) => self.on_reply(reply),
-            Effect::Event(e) => on_event(&e),
+            Effect::Event(e) => {
+                if let Event::BecameLeader { .. } = e {
+                    self.renew_leases = true;
+                }
+                on_event(&e);
+            }
         }
     }
 
@@ -413,8 +465,9 @@ impl<P: RuntimeProtocol> Driver<P> {
             CommittedEntry::Noop => self.kv.skip(index),
             CommittedEntry::Command { id, command } => {
                 self.applied_bytes += command.len() as u64;
-                let applied = self.kv.apply(index, id, &command);
+                let mut applied = self.kv.apply(index, id, &command);
                 metrics::counter!("ekmat_applied_total").increment(1);
+                self.publish_events(&mut applied);
                 self.on_behalf.remove(&id);
                 if let Some(PendingWrite { reply, .. }) = self.pending_writes.remove(&id) {
                     let result = match applied {
@@ -432,6 +485,19 @@ impl<P: RuntimeProtocol> Driver<P> {
             }
         }
         self.serve_ready_reads();
+    }
+
+    /// Hand the entry's events to the watchers (the client waiting for the entry only
+    /// needs its result).
+    fn publish_events(&self, applied: &mut Applied) {
+        if let Applied::Executed { events, .. } = applied
+            && !events.is_empty()
+            && self.hub.has_watchers()
+        {
+            let events = std::mem::take(events);
+            self.hub
+                .publish(Published::Events(std::sync::Arc::new(events)));
+        }
     }
 
     fn on_reply(&mut self, reply: Reply) {
@@ -506,9 +572,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             }
             self.ready_reads.swap_remove(i);
             if let Some(r) = self.pending_reads.remove(&id) {
-                let _ = r
-                    .reply
-                    .send(self.kv.range(&r.request).map_err(CallError::Kv));
+                let _ = r.reply.send(r.query.serve(&self.kv).map_err(CallError::Kv));
             }
         }
     }
@@ -554,6 +618,18 @@ impl<P: RuntimeProtocol> Driver<P> {
     }
 }
 
+/// A forwarded write carries the clock of the member that took it; the leader's clock
+/// replaces it, so lease expiry follows one clock (the leader's) and a member whose
+/// clock runs ahead cannot expire leases early. Bytes that are not an envelope are left
+/// alone: the state machine ignores them deterministically.
+fn restamp(request: &mut Request) {
+    if let RequestKind::Write(bytes) = &mut request.kind
+        && let Ok(envelope) = Envelope::decode(bytes)
+    {
+        *bytes = Envelope::wrap(wall_clock_ms(), &envelope.command);
+    }
+}
+
 fn rejection(reason: Rejection) -> CallError {
     match reason {
         Rejection::NotLeader { leader } => CallError::NotLeader { leader },
@@ -583,10 +659,4 @@ fn on_event(e: &Event) {
             metrics::counter!("ekmat_protocol_events_total", "name" => *name).increment(*delta);
         }
     }
-}
-
-fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

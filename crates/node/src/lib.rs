@@ -9,8 +9,10 @@ mod http;
 mod identity;
 pub mod node;
 pub mod protocol;
+pub mod query;
 pub mod service;
 pub mod transport;
+pub mod watch_hub;
 pub mod wire;
 mod writer;
 

@@ -15,8 +15,9 @@ use crate::config::NodeConfig;
 use crate::driver::{CALL_QUEUE, Call, Driver, DriverParts, NodeStatus};
 use crate::identity::{self, Identity};
 use crate::protocol::{Raft, RuntimeProtocol};
-use crate::service::Services;
+use crate::service::{Services, min_lease_ttl};
 use crate::transport::Transport;
+use crate::watch_hub::WatchHub;
 use crate::{http, writer};
 
 /// Messages queued from peers before their TCP streams are slowed down.
@@ -108,6 +109,7 @@ async fn run_protocol<P: RuntimeProtocol>(
     let w = writer::spawn::<P>(wal, stable, cfg.checkpoint_bytes);
     let (status_tx, status_rx) = watch::channel(NodeStatus::default());
     let (calls_tx, calls_rx) = mpsc::channel::<Call>(CALL_QUEUE);
+    let hub = WatchHub::new();
     let driver = Driver::<P>::new(DriverParts {
         core,
         kv: KvStore::new(),
@@ -118,6 +120,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         status: status_tx,
         peers: peers.iter().map(|(id, _)| *id).collect(),
         snapshot_every: cfg.snapshot_every,
+        hub: hub.clone(),
     });
 
     if let Some(listener) = metrics_listener {
@@ -127,7 +130,13 @@ async fn run_protocol<P: RuntimeProtocol>(
             status_rx.clone(),
         ));
     }
-    let services = Services::new(&cfg, calls_tx, status_rx);
+    let services = Services::new(
+        &cfg,
+        calls_tx,
+        status_rx,
+        hub,
+        min_lease_ttl(P::election_timeout(&cfg)),
+    );
     let mut grpc_stop = stop.clone();
     let grpc = tokio::spawn(services.serve(client_listener, async move {
         let _ = grpc_stop.wait_for(|s| *s).await;

@@ -27,6 +27,10 @@ pub trait RuntimeProtocol: 'static {
     ) -> Result<Self::Node, String>;
 
     fn status(node: &Self::Node) -> CoreStatus;
+
+    /// The longest a member waits without hearing from a leader before it campaigns:
+    /// leases are never granted shorter than a few of these (see `service/lease.rs`).
+    fn election_timeout(cfg: &NodeConfig) -> std::time::Duration;
 }
 
 /// A protocol-neutral summary of a replica.
@@ -62,6 +66,11 @@ impl RuntimeProtocol for Raft {
             rc.adaptive = Some(AdaptiveTimeouts::default());
         }
         RaftNode::recover(rc, stable, now).map_err(|e| e.to_string())
+    }
+
+    fn election_timeout(cfg: &NodeConfig) -> std::time::Duration {
+        let voters = cfg.members.iter().map(|m| NodeId(m.id)).collect();
+        RaftConfig::new(NodeId(cfg.id), voters).election_timeout_max
     }
 
     fn status(node: &RaftNode) -> CoreStatus {

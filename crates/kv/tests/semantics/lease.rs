@@ -203,3 +203,33 @@ fn leases_expiring_together_go_in_id_order_one_revision_each() {
     assert_eq!(order, [(b("y"), 5), (b("x"), 6)]);
     assert_eq!(h.kv.leases(), [2]);
 }
+
+#[test]
+fn renew_all_restarts_every_lease_before_its_clock_expires_any() {
+    let mut h = Harness::new();
+    h.grant(1, 5).unwrap(); // deadline 5_000
+    h.grant(2, 20).unwrap(); // deadline 20_000
+    put_with_lease(&mut h, "a", 1).unwrap();
+    assert_eq!(h.kv.next_lease_deadline(), Some(5_000));
+    // A new leader's clock is past lease 1's deadline: the renewal still saves it.
+    h.now_ms = 9_000;
+    let (result, events) = h.run(Command::LeaseRenewAll);
+    assert!(matches!(result, Ok(Response::LeaseRenewAll(_))));
+    assert!(events.is_empty());
+    assert_eq!(h.kv.leases(), [1, 2]);
+    assert_eq!(h.kv.next_lease_deadline(), Some(14_000));
+    assert_eq!(h.kv.lease_time_to_live(2, false).unwrap().ttl, 20);
+    assert!(h.tick(13_999).is_empty());
+    assert_eq!(h.tick(14_000).len(), 1, "lease 1 expires a full TTL later");
+    assert_eq!(h.kv.next_lease_deadline(), Some(29_000));
+}
+
+#[test]
+fn time_to_live_at_counts_from_the_later_of_two_clocks() {
+    let mut h = Harness::new();
+    h.now_ms = 1_000;
+    h.grant(1, 10).unwrap(); // deadline 11_000
+    assert_eq!(h.kv.lease_time_to_live_at(1, false, 4_500).unwrap().ttl, 6);
+    assert_eq!(h.kv.lease_time_to_live_at(1, false, 0).unwrap().ttl, 10);
+    assert_eq!(h.kv.lease_time_to_live_at(1, false, 99_000).unwrap().ttl, 0);
+}

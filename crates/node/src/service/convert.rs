@@ -206,9 +206,10 @@ pub fn kv_error(e: &kv::KvError) -> Status {
         _ => e.to_string(),
     };
     match e {
-        E::Compacted | E::FutureRevision => Status::out_of_range(message),
-        E::LeaseNotFound | E::KeyNotFound => Status::not_found(message),
+        E::Compacted | E::FutureRevision | E::LeaseTtlTooLarge => Status::out_of_range(message),
+        E::LeaseNotFound => Status::not_found(message),
         E::LeaseExists => Status::failed_precondition(message),
+        // Including a missing key for ignore_value/ignore_lease, as in etcd.
         _ => Status::invalid_argument(message),
     }
 }
@@ -265,6 +266,36 @@ mod tests {
             txn_request(empty_op).unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
+    }
+
+    #[test]
+    fn lease_errors_carry_etcds_codes_and_messages() {
+        let cases = [
+            (
+                kv::KvError::LeaseNotFound,
+                tonic::Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                kv::KvError::LeaseExists,
+                tonic::Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (
+                kv::KvError::LeaseTtlTooLarge,
+                tonic::Code::OutOfRange,
+                "etcdserver: too large lease TTL",
+            ),
+            (
+                kv::KvError::KeyNotFound,
+                tonic::Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+        ];
+        for (e, code, message) in cases {
+            let s = kv_error(&e);
+            assert_eq!((s.code(), s.message()), (code, message));
+        }
     }
 
     #[test]

@@ -4,8 +4,9 @@ use ekmat_api::etcdserverpb as pb;
 use ekmat_kv::{Command, Response};
 use tonic::{Request, Response as Reply, Status};
 
-use super::{Services, call_error, check_size, convert};
+use super::{Services, call_error, check_size, convert, unexpected_answer};
 use crate::driver::Call;
+use crate::query::{Answer, Query};
 
 impl Services {
     /// Order `command` through consensus and answer with `answer(response)`.
@@ -20,7 +21,7 @@ impl Services {
             .map_err(|e| call_error(&e))?;
         answer(self, response)
             .map(Reply::new)
-            .ok_or_else(|| Status::internal("the state machine answered another request"))
+            .ok_or_else(unexpected_answer)
     }
 }
 
@@ -32,14 +33,13 @@ impl pb::kv_server::Kv for Services {
     ) -> Result<Reply<pb::RangeResponse>, Status> {
         let req = convert::range_request(request.into_inner())?;
         let linearizable = !req.serializable;
-        let response = self
-            .call(|reply| Call::Read {
-                request: req,
-                linearizable,
-                reply,
-            })
+        let answer = self
+            .read(Query::Range(req), linearizable)
             .await
             .map_err(|e| call_error(&e))?;
+        let Answer::Range(response) = answer else {
+            return Err(unexpected_answer());
+        };
         Ok(Reply::new(convert::range_response(
             response,
             &self.header_fn(),

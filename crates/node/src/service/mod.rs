@@ -1,4 +1,5 @@
-//! The etcd v3 gRPC API: KV, Maintenance (status) and Cluster (member list).
+//! The etcd v3 gRPC API: KV, Lease, Watch, Maintenance (status) and Cluster (member
+//! list).
 //!
 //! Handlers turn requests into calls on the driver; the driver forwards what this member
 //! cannot order to the leader, so clients may talk to any member.
@@ -6,18 +7,25 @@
 mod cluster;
 pub mod convert;
 mod kv;
+mod lease;
 mod maintenance;
+mod watch;
+mod watcher;
+
+pub use lease::min_lease_ttl;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ekmat_api::etcdserverpb as pb;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::config::NodeConfig;
 use crate::driver::{Call, CallError, NodeStatus};
+use crate::query::{Answer, Query};
+use crate::watch_hub::WatchHub;
 
 /// etcd's default limit on a request's size (`--max-request-bytes`).
 pub const MAX_REQUEST_BYTES: usize = 3 * 512 * 1024;
@@ -35,14 +43,19 @@ struct Inner {
     member_id: u64,
     cfg: NodeConfig,
     calls: mpsc::Sender<Call>,
-    status: watch::Receiver<NodeStatus>,
+    status: tokio::sync::watch::Receiver<NodeStatus>,
+    hub: WatchHub,
+    /// Granted TTLs below this many seconds are raised to it.
+    min_lease_ttl: i64,
 }
 
 impl Services {
     pub fn new(
         cfg: &NodeConfig,
         calls: mpsc::Sender<Call>,
-        status: watch::Receiver<NodeStatus>,
+        status: tokio::sync::watch::Receiver<NodeStatus>,
+        hub: WatchHub,
+        min_lease_ttl: i64,
     ) -> Services {
         Services {
             inner: Arc::new(Inner {
@@ -51,6 +64,8 @@ impl Services {
                 cfg: cfg.clone(),
                 calls,
                 status,
+                hub,
+                min_lease_ttl,
             }),
         }
     }
@@ -74,6 +89,8 @@ impl Services {
                 pb::kv_server::KvServer::new(self.clone())
                     .max_decoding_message_size(MAX_REQUEST_BYTES * 2),
             )
+            .add_service(pb::lease_server::LeaseServer::new(self.clone()))
+            .add_service(pb::watch_server::WatchServer::new(self.clone()))
             .add_service(pb::maintenance_server::MaintenanceServer::new(self.clone()))
             .add_service(pb::cluster_server::ClusterServer::new(self))
             .serve_with_incoming_shutdown(incoming, shutdown)
@@ -92,10 +109,26 @@ impl Services {
         }
     }
 
+    /// The store revision this member has applied (for headers of answers that did not
+    /// come from the state machine).
+    fn revision(&self) -> i64 {
+        self.inner.status.borrow().revision
+    }
+
     fn header_fn(
         &self,
     ) -> impl Fn(ekmat_kv::ResponseHeader) -> pb::ResponseHeader + Send + Sync + '_ {
         move |h| self.header(h.revision)
+    }
+
+    /// Serve `query`, after a read barrier if `linearizable`.
+    async fn read(&self, query: Query, linearizable: bool) -> Result<Answer, CallError> {
+        self.call(|reply| Call::Read {
+            query,
+            linearizable,
+            reply,
+        })
+        .await
     }
 
     /// Send a call to the driver and wait for its answer.
@@ -140,4 +173,10 @@ fn check_size<T: prost::Message>(req: &T) -> Result<(), Status> {
         return Err(Status::invalid_argument("etcdserver: request is too large"));
     }
     Ok(())
+}
+
+/// The driver answered a call with another call's kind of answer (a bug, not a client
+/// error).
+fn unexpected_answer() -> Status {
+    Status::internal("the state machine answered another request")
 }

@@ -1,0 +1,103 @@
+//! Reads the driver serves from the state machine without ordering them through the log:
+//! key ranges, lease state, and the event history a watch starts from. Linearizable ones
+//! wait for the protocol's read barrier first; the rest are served from this member's own
+//! applied state.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ekmat_kv::{
+    Event, KvError, KvStore, LeaseTimeToLiveResponse, RangeRequest, RangeResponse, ResponseHeader,
+};
+
+/// A read of the state machine.
+#[derive(Clone, Debug)]
+pub enum Query {
+    Range(RangeRequest),
+    /// A lease's remaining time (on this member's clock), optionally with its keys.
+    LeaseTimeToLive {
+        id: i64,
+        keys: bool,
+    },
+    /// Every live lease's id.
+    Leases,
+    /// The events at `from` and later on `(key, range_end)`, for a watch to replay;
+    /// `from == 0` asks for none, only the current revision.
+    History {
+        from: i64,
+        key: Bytes,
+        range_end: Bytes,
+    },
+}
+
+/// The answer to a [`Query`], variant for variant.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    Range(RangeResponse),
+    LeaseTimeToLive(LeaseTimeToLiveResponse),
+    Leases {
+        header: ResponseHeader,
+        ids: Vec<i64>,
+    },
+    History(History),
+}
+
+/// Where a watch starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum History {
+    /// Every event asked for, up to and including `revision` (the store's revision when
+    /// the history was read): live events after it follow.
+    Events { revision: i64, events: Vec<Event> },
+    /// The history asked for is gone: it starts before `compact_revision`.
+    Compacted {
+        revision: i64,
+        compact_revision: i64,
+    },
+}
+
+impl Query {
+    /// Serve the query from `kv` as it stands.
+    pub fn serve(&self, kv: &KvStore) -> Result<Answer, KvError> {
+        match self {
+            Query::Range(req) => kv.range(req).map(Answer::Range),
+            Query::LeaseTimeToLive { id, keys } => kv
+                .lease_time_to_live_at(*id, *keys, wall_clock_ms())
+                .map(Answer::LeaseTimeToLive),
+            Query::Leases => Ok(Answer::Leases {
+                header: ResponseHeader {
+                    revision: kv.revision(),
+                },
+                ids: kv.leases(),
+            }),
+            Query::History {
+                from,
+                key,
+                range_end,
+            } => Ok(Answer::History(history(kv, *from, key, range_end))),
+        }
+    }
+}
+
+fn history(kv: &KvStore, from: i64, key: &[u8], range_end: &[u8]) -> History {
+    let revision = kv.revision();
+    if from <= 0 || from > revision {
+        return History::Events {
+            revision,
+            events: Vec::new(),
+        };
+    }
+    match kv.events_between(from, key, range_end) {
+        Ok(events) => History::Events { revision, events },
+        Err(_) => History::Compacted {
+            revision,
+            compact_revision: kv.compact_revision(),
+        },
+    }
+}
+
+/// Milliseconds since the Unix epoch: the clock envelopes carry and leases expire by.
+pub fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
