@@ -67,6 +67,8 @@ pub struct KvBench {
 pub struct Phase {
     pub ops: u64,
     pub errors: u64,
+    /// The first error's message, so a run with errors says what they were.
+    pub first_error: Option<String>,
     pub per_second: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -199,6 +201,7 @@ async fn load(system: &str, endpoints: &[String], b: &KvBench) -> Result<SystemR
 
 async fn phase(channels: &[Channel], b: &KvBench, op: Op) -> Phase {
     let errors = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let started = Instant::now();
     let until = started + b.duration;
     let value = vec![b'x'; b.value_size];
@@ -206,6 +209,7 @@ async fn phase(channels: &[Channel], b: &KvBench, op: Op) -> Phase {
         .map(|c| {
             let mut kv = pb::kv_client::KvClient::new(channels[c % channels.len()].clone());
             let errors = errors.clone();
+            let first_error = first_error.clone();
             let value = value.clone();
             let keys = b.keys;
             tokio::spawn(async move {
@@ -215,7 +219,7 @@ async fn phase(channels: &[Channel], b: &KvBench, op: Op) -> Phase {
                 while Instant::now() < until {
                     let key = format!("bench/{:08}", rng.range(0, keys - 1)).into_bytes();
                     let t = Instant::now();
-                    let ok = match op {
+                    let result = match op {
                         Op::Put => kv
                             .put(pb::PutRequest {
                                 key,
@@ -223,7 +227,7 @@ async fn phase(channels: &[Channel], b: &KvBench, op: Op) -> Phase {
                                 ..Default::default()
                             })
                             .await
-                            .is_ok(),
+                            .map(drop),
                         Op::Read { serializable } => kv
                             .range(pb::RangeRequest {
                                 key,
@@ -231,12 +235,19 @@ async fn phase(channels: &[Channel], b: &KvBench, op: Op) -> Phase {
                                 ..Default::default()
                             })
                             .await
-                            .is_ok(),
+                            .map(drop),
                     };
-                    if ok {
-                        let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    match result {
+                        Ok(()) => {
+                            let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
+                        }
+                        Err(status) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            let mut first = first_error.lock().expect("not poisoned");
+                            first.get_or_insert_with(|| {
+                                format!("{:?}: {}", status.code(), status.message())
+                            });
+                        }
                     }
                 }
                 hist
@@ -254,6 +265,7 @@ async fn phase(channels: &[Channel], b: &KvBench, op: Op) -> Phase {
     Phase {
         ops: all.len(),
         errors: errors.load(Ordering::Relaxed),
+        first_error: first_error.lock().expect("not poisoned").take(),
         per_second: all.len() as f64 / secs,
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
@@ -281,9 +293,13 @@ fn print(b: &KvBench, results: &[SystemResult]) {
         let mut row = vec![name.to_string()];
         for r in results {
             let p = r.phases()[i].1;
+            let errors = match &p.first_error {
+                Some(e) => format!("{} errors, first: {e}", p.errors),
+                None => format!("{} errors", p.errors),
+            };
             row.push(format!(
-                "{:.0}/s  p50 {:.2} ms  p99 {:.2} ms  ({} errors)",
-                p.per_second, p.p50_ms, p.p99_ms, p.errors
+                "{:.0}/s  p50 {:.2} ms  p99 {:.2} ms  ({errors})",
+                p.per_second, p.p50_ms, p.p99_ms
             ));
         }
         if let [a, e] = results {

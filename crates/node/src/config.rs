@@ -42,7 +42,7 @@ pub struct NodeConfig {
 }
 
 fn default_snapshot_every() -> u64 {
-    10_000
+    100_000
 }
 
 fn default_checkpoint_bytes() -> u64 {
