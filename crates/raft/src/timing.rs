@@ -54,22 +54,40 @@ pub fn from_round_trips(samples: &[Duration]) -> Option<(Duration, Duration)> {
     Some((heartbeat, heartbeat * 3))
 }
 
-/// Round trips the leader measured, oldest first.
+/// Round trips measured, oldest first, with running sums so each new sample costs
+/// O(1) (one arrives with every AppendEntries answer).
 #[derive(Clone, Debug, Default)]
 pub struct RoundTrips {
-    samples: VecDeque<Duration>,
+    samples: VecDeque<f64>,
+    sum: f64,
+    sum_sq: f64,
 }
 
 impl RoundTrips {
     fn record(&mut self, rtt: Duration, window: usize) {
-        if self.samples.len() == window {
-            self.samples.pop_front();
+        if self.samples.len() == window
+            && let Some(old) = self.samples.pop_front()
+        {
+            self.sum -= old;
+            self.sum_sq -= old * old;
         }
-        self.samples.push_back(rtt);
+        let ms = rtt.as_secs_f64() * 1e3;
+        self.samples.push_back(ms);
+        self.sum += ms;
+        self.sum_sq += ms * ms;
     }
 
-    fn estimate(&mut self) -> Option<(Duration, Duration)> {
-        from_round_trips(self.samples.make_contiguous())
+    /// As [`from_round_trips`] over the window.
+    fn estimate(&self) -> Option<(Duration, Duration)> {
+        let n = self.samples.len() as f64;
+        if n == 0.0 {
+            return None;
+        }
+        let mean = self.sum / n;
+        // Rounding in the running sums can leave a tiny negative variance.
+        let sigma = (self.sum_sq / n - mean * mean).max(0.0).sqrt();
+        let heartbeat = Duration::from_millis((mean + 2.0 * sigma) as u64);
+        Some((heartbeat, heartbeat * 3))
     }
 }
 
@@ -185,5 +203,15 @@ mod tests {
             rt.record(Duration::from_millis(10), 4);
         }
         assert_eq!(rt.estimate().unwrap().0, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn the_running_window_agrees_with_the_formula() {
+        let samples = ms(&[25, 30, 45, 28, 35, 150, 40, 33]);
+        let mut rt = RoundTrips::default();
+        for s in ms(&[500, 700]).into_iter().chain(samples.iter().copied()) {
+            rt.record(s, samples.len());
+        }
+        assert_eq!(rt.estimate(), from_round_trips(&samples));
     }
 }
