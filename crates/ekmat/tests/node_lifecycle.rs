@@ -439,3 +439,61 @@ async fn move_leader_hands_leadership_to_the_named_member() {
         .unwrap_err();
     assert_eq!(err.message(), "etcdserver: bad leader transferee");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_reports_the_same_hash_kv_for_a_revision() {
+    let c = Cluster::start(3);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
+    let mut revision = 0;
+    for i in 0..50 {
+        let put = pb::PutRequest {
+            key: format!("h{}", i % 7).into_bytes(),
+            value: format!("v{i}").into_bytes(),
+            ..Default::default()
+        };
+        revision = kv
+            .put(put)
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision;
+    }
+    let mut hashes = Vec::new();
+    for i in 0..3 {
+        let mut m =
+            pb::maintenance_client::MaintenanceClient::new(channel(&c.endpoint(i)).await.unwrap());
+        let started = Instant::now();
+        let hash = loop {
+            match m.hash_kv(pb::HashKvRequest { revision }).await {
+                Ok(r) => break r.into_inner().hash,
+                // A follower that has not applied `revision` yet calls it a future one.
+                Err(e) if e.message().contains("future revision") => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(5),
+                        "n{i} never reached {revision}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("n{i}: {e}"),
+            }
+        };
+        hashes.push(hash);
+    }
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    let mut m =
+        pb::maintenance_client::MaintenanceClient::new(channel(&c.endpoint(leader)).await.unwrap());
+    let err = m
+        .hash_kv(pb::HashKvRequest {
+            revision: revision + 100,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("required revision is a future revision"),
+        "{err}"
+    );
+}

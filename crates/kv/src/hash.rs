@@ -2,6 +2,7 @@
 //! `std`'s hashers, whose output may change between Rust releases and whose integer
 //! hashing follows the platform's byte order: replicas built differently must agree.
 
+use crate::error::KvError;
 use crate::mvcc::Version;
 use crate::store::KvStore;
 
@@ -51,6 +52,37 @@ fn version(h: &mut StableHasher, v: &Version) {
     h.int(v.kv.version);
     h.int(v.kv.lease);
     h.bytes(&v.kv.value);
+}
+
+/// etcd's HashKV: a hash of every key version this store holds with a revision at or
+/// below `revision` (0: the current one), for comparing members' data. Returns the hash
+/// folded to 32 bits and the revision it covers.
+pub(crate) fn hash_kv(store: &KvStore, revision: i64) -> Result<(u32, i64), KvError> {
+    let current = store.mvcc.revision;
+    let upto = if revision <= 0 { current } else { revision };
+    if upto > current {
+        return Err(KvError::FutureRevision);
+    }
+    if upto < store.mvcc.compact_revision {
+        return Err(KvError::Compacted);
+    }
+    let mut h = StableHasher(SEED);
+    h.int(store.mvcc.compact_revision);
+    for (key, versions) in &store.mvcc.keys {
+        let held: Vec<&Version> = versions
+            .iter()
+            .filter(|v| v.kv.mod_revision <= upto)
+            .collect();
+        if held.is_empty() {
+            continue;
+        }
+        h.bytes(key);
+        for v in held {
+            version(&mut h, v);
+        }
+    }
+    let full = h.finish();
+    Ok(((full ^ (full >> 32)) as u32, upto))
 }
 
 pub(crate) fn hash(store: &KvStore) -> u64 {

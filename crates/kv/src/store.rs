@@ -266,4 +266,10 @@ impl KvStore {
     pub fn hash(&self) -> u64 {
         crate::hash::hash(self)
     }
+
+    /// etcd's HashKV over key versions up to `revision` (0: now): the 32-bit hash and the
+    /// revision it covers. Members that applied the same writes agree on it.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
+        crate::hash::hash_kv(self, revision)
+    }
 }

@@ -21,6 +21,10 @@ pub enum Query {
     },
     /// Every live lease's id.
     Leases,
+    /// etcd's HashKV of key versions up to `revision` (0: now).
+    HashKv {
+        revision: i64,
+    },
     /// The events at `from` and later on `(key, range_end)`, for a watch to replay;
     /// `from == 0` asks for none, only the current revision.
     History {
@@ -40,6 +44,11 @@ pub enum Answer {
         ids: Vec<i64>,
     },
     History(History),
+    HashKv {
+        header: ResponseHeader,
+        hash: u32,
+        compact_revision: i64,
+    },
 }
 
 /// Where a watch starts.
@@ -74,6 +83,13 @@ impl Query {
                 key,
                 range_end,
             } => Ok(Answer::History(history(kv, *from, key, range_end))),
+            Query::HashKv { revision } => kv.hash_kv(*revision).map(|(hash, _)| Answer::HashKv {
+                header: ResponseHeader {
+                    revision: kv.revision(),
+                },
+                hash,
+                compact_revision: kv.compact_revision(),
+            }),
         }
     }
 }

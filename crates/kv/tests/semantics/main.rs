@@ -2,6 +2,7 @@
 
 mod compaction;
 mod harness;
+mod hash_kv;
 mod lease;
 mod props;
 mod range;

@@ -5,9 +5,10 @@ use ekmat_api::etcdserverpb as pb;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use super::{Services, call_error};
+use super::{Services, call_error, unexpected_answer};
 use crate::config::NodeConfig;
 use crate::driver::{Call, CallError};
+use crate::query::{Answer, Query};
 
 /// The etcd API version ekmat implements, reported where etcd reports its own version.
 pub const API_VERSION: &str = "3.4.0";
@@ -67,11 +68,26 @@ impl pb::maintenance_server::Maintenance for Services {
         Err(not_yet("Hash"))
     }
 
+    /// Served from this member's own applied state, as etcd does: compare members at
+    /// a revision they have all applied.
     async fn hash_kv(
         &self,
-        _: Request<pb::HashKvRequest>,
+        request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        Err(not_yet("HashKV"))
+        let revision = request.get_ref().revision;
+        match self.read(Query::HashKv { revision }, false).await {
+            Ok(Answer::HashKv {
+                header,
+                hash,
+                compact_revision,
+            }) => Ok(Response::new(pb::HashKvResponse {
+                header: Some(self.header(header.revision)),
+                hash,
+                compact_revision,
+            })),
+            Ok(_) => Err(unexpected_answer()),
+            Err(e) => Err(call_error(&e)),
+        }
     }
 
     type SnapshotStream = BoxStream<pb::SnapshotResponse>;
