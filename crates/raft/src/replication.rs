@@ -140,22 +140,37 @@ impl RaftNode {
         self.quorum.is_quorum(active)
     }
 
-    pub(crate) fn on_append(&mut self, from: NodeId, req: AppendRequest, out: &mut Out) {
-        if req.term < self.term {
+    /// A message from a node that leads `term`: rejected (false) if the term is stale,
+    /// else the sender is followed and the election timer restarts.
+    pub(crate) fn hear_from_leader(
+        &mut self,
+        from: NodeId,
+        term: u64,
+        prev_index: u64,
+        out: &mut Out,
+    ) -> bool {
+        if term < self.term {
             // Tell a deposed leader about the newer term so it steps down.
             let outcome = AppendOutcome::Rejected {
-                prev_index: req.prev_index,
+                prev_index,
                 hint_index: 0,
                 hint_term: None,
             };
             self.respond_append(from, outcome, Echo::default(), out);
-            return;
+            return false;
         }
-        if req.term > self.term || self.role != Role::Follower {
-            self.become_follower(req.term, Some(from), out);
+        if term > self.term || self.role != Role::Follower {
+            self.become_follower(term, Some(from), out);
         }
         self.leader = Some(from);
         self.last_leader_contact = Some(self.now);
+        true
+    }
+
+    pub(crate) fn on_append(&mut self, from: NodeId, req: AppendRequest, out: &mut Out) {
+        if !self.hear_from_leader(from, req.term, req.prev_index, out) {
+            return;
+        }
         self.adopt_election_timeout(req.election_timeout_us);
         self.reset_election_deadline();
 

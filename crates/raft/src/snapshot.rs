@@ -214,20 +214,9 @@ impl RaftNode {
     }
 
     pub(crate) fn on_snapshot_chunk(&mut self, from: NodeId, chunk: SnapshotChunk, out: &mut Out) {
-        if chunk.term < self.term {
-            let outcome = AppendOutcome::Rejected {
-                prev_index: 0,
-                hint_index: 0,
-                hint_term: None,
-            };
-            self.respond_append(from, outcome, Echo::default(), out);
+        if !self.hear_from_leader(from, chunk.term, 0, out) {
             return;
         }
-        if chunk.term > self.term || self.role != Role::Follower {
-            self.become_follower(chunk.term, Some(from), out);
-        }
-        self.leader = Some(from);
-        self.last_leader_contact = Some(self.now);
         self.reset_election_deadline();
         let stale_ok = self.cfg.mutant == Mutant::InstallStaleSnapshot;
         if chunk.index <= self.commit && !stale_ok {

@@ -49,9 +49,14 @@ pub fn from_round_trips(samples: &[Duration]) -> Option<(Duration, Duration)> {
     let n = ms.len() as f64;
     let mean = ms.iter().sum::<f64>() / n;
     let sigma = (ms.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+    Some(the_rule(mean, sigma))
+}
+
+/// Heartbeat and election timeout from the round trips' mean and σ, in milliseconds.
+fn the_rule(mean: f64, sigma: f64) -> (Duration, Duration) {
     // Whole milliseconds, as the seed's example rounds.
     let heartbeat = Duration::from_millis((mean + 2.0 * sigma) as u64);
-    Some((heartbeat, heartbeat * 3))
+    (heartbeat, heartbeat * 3)
 }
 
 /// Round trips measured, oldest first, with running sums so each new sample costs
@@ -86,8 +91,7 @@ impl RoundTrips {
         let mean = self.sum / n;
         // Rounding in the running sums can leave a tiny negative variance.
         let sigma = (self.sum_sq / n - mean * mean).max(0.0).sqrt();
-        let heartbeat = Duration::from_millis((mean + 2.0 * sigma) as u64);
-        Some((heartbeat, heartbeat * 3))
+        Some(the_rule(mean, sigma))
     }
 }
 

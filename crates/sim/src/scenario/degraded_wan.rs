@@ -108,11 +108,7 @@ fn measure(
 
 fn run(cfg: &ScenarioConfig) -> ScenarioReport {
     let mut report = ScenarioReport::new(&SCENARIO);
-    let length = if cfg.quick {
-        Duration::from_secs(600)
-    } else {
-        Duration::from_secs(3600)
-    };
+    let length = cfg.hour();
     report.tell(
         DEGRADE_AT,
         format!(

@@ -68,11 +68,7 @@ fn terms_per_hour(run: &SeedReport, length: Duration) -> f64 {
 
 fn run(cfg: &ScenarioConfig) -> ScenarioReport {
     let mut report = ScenarioReport::new(&SCENARIO);
-    let length = if cfg.quick {
-        Duration::from_secs(600)
-    } else {
-        Duration::from_secs(3600)
-    };
+    let length = cfg.hour();
 
     // Find the first leader: it is the node that will be overloaded.
     let mut first_leader = None;

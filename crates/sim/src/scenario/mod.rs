@@ -28,6 +28,17 @@ pub struct ScenarioConfig {
     pub quick: bool,
 }
 
+impl ScenarioConfig {
+    /// How long an hour-long scenario runs: ten minutes when quick.
+    fn hour(&self) -> Duration {
+        if self.quick {
+            Duration::from_secs(600)
+        } else {
+            Duration::from_secs(3600)
+        }
+    }
+}
+
 pub const ALL: &[Scenario] = &[
     monsoon::SCENARIO,
     three_way_split::SCENARIO,
