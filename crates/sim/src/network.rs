@@ -39,7 +39,7 @@ pub struct LinkTable {
 
 impl LinkTable {
     /// A table whose links take effect at `since`.
-    pub fn from(since: Time) -> LinkTable {
+    pub fn starting_at(since: Time) -> LinkTable {
         LinkTable {
             since,
             links: Vec::new(),

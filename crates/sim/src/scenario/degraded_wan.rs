@@ -42,7 +42,7 @@ fn degraded(ms: u64, loss_percent: u32) -> Link {
 }
 
 fn links() -> LinkTable {
-    let mut table = LinkTable::from(DEGRADE_AT);
+    let mut table = LinkTable::starting_at(DEGRADE_AT);
     let mut connect = |a: &[u32], b: &[u32], link: Link| {
         for &x in a {
             for &y in b {
