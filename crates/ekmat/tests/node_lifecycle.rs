@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ekmat_api::etcdserverpb as pb;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::{Cluster, channel, ekmat, free_port, write_config};
+use support::{Cluster, channel, ekmat, free_port, unused_port_block, write_config};
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let o = ekmat().args(args).output().unwrap();
@@ -218,19 +218,8 @@ async fn oversized_and_malformed_requests_get_grpc_errors() {
 #[test]
 fn ekmat_up_prints_ready_and_stops_every_node_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
-    // Find a base port whose whole layout is free.
-    let base = loop {
-        let p = free_port();
-        if p < 60_000
-            && (0..3).all(|i| {
-                [p + i, p + 100 + i, p + 200 + i]
-                    .iter()
-                    .all(|q| std::net::TcpListener::bind(("127.0.0.1", *q)).is_ok())
-            })
-        {
-            break p;
-        }
-    };
+    // `up` lays nodes out at base+i (peer), base+100+i and base+200+i.
+    let base = unused_port_block(203);
     let mut up = ekmat()
         .args([
             "up",

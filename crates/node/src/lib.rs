@@ -8,6 +8,7 @@ pub mod driver;
 mod http;
 mod identity;
 pub mod node;
+pub mod ports;
 pub mod protocol;
 pub mod query;
 pub mod service;

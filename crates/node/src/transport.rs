@@ -210,11 +210,7 @@ mod tests {
     use super::*;
 
     async fn free_addr() -> SocketAddr {
-        TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap()
+        SocketAddr::from(([127, 0, 0, 1], crate::ports::unused_port()))
     }
 
     #[tokio::test]

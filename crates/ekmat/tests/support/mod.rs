@@ -2,7 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,14 +17,7 @@ pub fn ekmat() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ekmat"))
 }
 
-/// A port nothing is listening on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use ekmat_node::ports::{unused_port as free_port, unused_port_block};
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
