@@ -2,6 +2,7 @@
 //! identifiers, driver-supplied time and a seeded RNG. No I/O and no clocks live here.
 
 mod id;
+mod membership;
 mod persist;
 mod quorum;
 mod replica;
@@ -9,6 +10,7 @@ mod rng;
 mod time;
 
 pub use id::{NodeId, RequestId};
+pub use membership::{ChangeAction, ChangeError, Membership, MembershipChange};
 pub use persist::PersistGate;
 pub use quorum::{QuorumSet, VoteResult};
 pub use replica::{

@@ -19,7 +19,7 @@ use std::fmt::Debug;
 
 use bytes::Bytes;
 
-use crate::{NodeId, RequestId, Time};
+use crate::{ChangeError, Membership, MembershipChange, NodeId, RequestId, Time};
 
 /// A deterministic protocol state machine.
 pub trait Replica {
@@ -85,6 +85,10 @@ pub enum RequestKind {
     /// [`Reply::Done`] once this replica has stepped down for `to`, or rejected (then
     /// this replica leads on). Protocols without a stable leader reject it.
     TransferLeadership { to: NodeId },
+    /// Change who takes part (all of `changes` at once). Answered with [`Reply::Done`]
+    /// once the resulting configuration is committed (after the joint phase, if voters
+    /// change). Protocols without reconfiguration reject it.
+    ChangeMembership(Vec<MembershipChange>),
 }
 
 /// A committed command, delivered to the state machine in index order, exactly once per
@@ -103,6 +107,13 @@ pub enum CommittedEntry {
     /// A protocol entry with no effect on the state machine (a new leader's no-op, a
     /// PBFT null request). Delivered so the applied index stays contiguous.
     Noop,
+    /// A configuration is now committed: `changes` made it (none for the entry that
+    /// ends a joint phase). The state machine ignores it; the driver updates its
+    /// member list.
+    Membership {
+        membership: Membership,
+        changes: Vec<MembershipChange>,
+    },
 }
 
 /// The protocol's own answer to a request. A committed write is answered by the driver
@@ -128,6 +139,10 @@ pub enum Rejection {
     /// A leadership transfer did not complete in time (the target is unknown,
     /// unreachable or could not win); the old leader leads on.
     TransferFailed,
+    /// A membership change is already under way; propose the next once it commits.
+    ChangeInProgress,
+    /// The membership change makes no sense for the current configuration.
+    InvalidChange(ChangeError),
 }
 
 /// Something worth counting or tracing. Never needed for correctness.
@@ -156,6 +171,8 @@ pub enum Event {
 pub enum StepDownReason {
     HigherTerm,
     LostQuorum,
+    /// The configuration it committed leaves it out.
+    Removed,
 }
 
 /// An instruction from the core to its driver.

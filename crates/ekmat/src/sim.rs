@@ -141,6 +141,12 @@ fn build(args: &SimArgs) -> Result<(RaftSim, SimOptions), String> {
         ..SimOptions::default()
     };
     opts.validate()?;
+    if mutant == Mutant::ConfigBeforeJoint && !opts.faults.contains(&FaultKind::Membership) {
+        return Err(
+            "the config-before-joint mutant only shows under membership churn: add --faults all,membership"
+                .into(),
+        );
+    }
     let proto = RaftSim {
         mutant,
         pre_vote: !args.no_pre_vote,
@@ -303,6 +309,7 @@ fn print_table(args: &SimArgs, s: &Summary) {
             ),
         ),
         ("elections", s.elections.to_string()),
+        ("configurations committed", s.reconfigurations.to_string()),
         (
             "faults injected",
             format!("{} ({} crashes)", s.faults, s.crashes),
@@ -390,6 +397,7 @@ fn print_json(args: &SimArgs, s: &Summary, replay: Option<&str>, shrunk: Option<
         "elections": s.elections,
         "faults_injected": s.faults,
         "crashes": s.crashes,
+        "reconfigurations": s.reconfigurations,
         "snapshots_taken": s.snapshots_taken,
         "snapshots_restored": s.snapshots_restored,
         "messages": s.messages,

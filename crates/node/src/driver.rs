@@ -79,6 +79,22 @@ pub enum CallError {
     TransferFailed,
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// A membership change is under way; etcd answers the same while unhealthy.
+    #[error("etcdserver: unhealthy cluster")]
+    ChangeInProgress,
+    #[error("{}", membership_error(*.0))]
+    InvalidChange(ekmat_core::ChangeError),
+}
+
+/// etcd's wording for membership changes that make no sense (its clients match on it).
+fn membership_error(e: ekmat_core::ChangeError) -> String {
+    use ekmat_core::ChangeError;
+    match e {
+        ChangeError::AlreadyMember(_) => "etcdserver: member ID already exist".into(),
+        ChangeError::NotMember(_) => "etcdserver: member not found".into(),
+        ChangeError::NotLearner(_) => "etcdserver: can only promote a learner member".into(),
+        other => format!("etcdserver: {other}"),
+    }
 }
 
 /// What the rest of the node may know about the driver's state.
@@ -463,6 +479,10 @@ impl<P: RuntimeProtocol> Driver<P> {
     fn apply_committed(&mut self, index: u64, entry: CommittedEntry) {
         match entry {
             CommittedEntry::Noop => self.kv.skip(index),
+            CommittedEntry::Membership { membership, .. } => {
+                tracing::info!(index, %membership, "configuration committed");
+                self.kv.skip(index);
+            }
             CommittedEntry::Command { id, command } => {
                 self.applied_bytes += command.len() as u64;
                 let mut applied = self.kv.apply(index, id, &command);
@@ -636,6 +656,8 @@ fn rejection(reason: Rejection) -> CallError {
         Rejection::Busy => CallError::Busy,
         Rejection::LeadershipLost => CallError::LeadershipLost,
         Rejection::TransferFailed => CallError::TransferFailed,
+        Rejection::ChangeInProgress => CallError::ChangeInProgress,
+        Rejection::InvalidChange(e) => CallError::InvalidChange(e),
     }
 }
 

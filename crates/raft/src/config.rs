@@ -9,7 +9,8 @@ use crate::timing::AdaptiveTimeouts;
 #[derive(Clone, Debug)]
 pub struct RaftConfig {
     pub id: NodeId,
-    /// Every voting member, including `id`.
+    /// The voters a new cluster starts with, including `id`. Empty for a node joining
+    /// an existing cluster: it learns the configuration from the leader.
     pub voters: Vec<NodeId>,
     /// Election timeouts are drawn uniformly from this range, afresh each time.
     pub election_timeout_min: Duration,
@@ -62,10 +63,7 @@ impl RaftConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.voters.is_empty() {
-            return Err(ConfigError::NoVoters);
-        }
-        if !self.voters.contains(&self.id) {
+        if !self.voters.is_empty() && !self.voters.contains(&self.id) {
             return Err(ConfigError::NotAVoter(self.id));
         }
         let mut sorted = self.voters.clone();
@@ -100,8 +98,6 @@ impl RaftConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("the cluster has no voters")]
-    NoVoters,
     #[error("node {0} is not among the voters")]
     NotAVoter(NodeId),
     #[error("node {0} is listed twice among the voters")]
@@ -138,15 +134,20 @@ pub enum Mutant {
     /// already committed (Raft §7: such a snapshot must be ignored), rolling its state
     /// machine back.
     InstallStaleSnapshot,
+    /// Switch straight to a new set of voters instead of through the joint
+    /// configuration (thesis §4.3): a majority of the old voters and a majority of the
+    /// new ones may then decide different things.
+    ConfigBeforeJoint,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 5] = [
+    pub const ALL: [Mutant; 6] = [
         Mutant::CommitOldTerm,
         Mutant::VoteWithoutLogCheck,
         Mutant::ForgetVotePersist,
         Mutant::ReadWithoutQuorum,
         Mutant::InstallStaleSnapshot,
+        Mutant::ConfigBeforeJoint,
     ];
 
     pub fn name(self) -> &'static str {
@@ -157,6 +158,7 @@ impl Mutant {
             Mutant::ForgetVotePersist => "forget-vote-persist",
             Mutant::ReadWithoutQuorum => "read-without-quorum",
             Mutant::InstallStaleSnapshot => "install-stale-snapshot",
+            Mutant::ConfigBeforeJoint => "config-before-joint",
         }
     }
 

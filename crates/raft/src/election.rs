@@ -11,6 +11,11 @@ use crate::progress::Progress;
 
 impl RaftNode {
     pub(crate) fn on_election_timeout(&mut self, out: &mut Out) {
+        // Learners, joiners and removed nodes never campaign.
+        if !self.is_voter() {
+            self.reset_election_deadline();
+            return;
+        }
         if self.cfg.pre_vote {
             self.start_pre_vote(out);
         } else {
@@ -167,7 +172,8 @@ impl RaftNode {
     fn count_votes(&mut self, out: &mut Out) {
         let granted = self.votes.iter().filter(|(_, g)| **g).map(|(id, _)| *id);
         let rejected = self.votes.iter().filter(|(_, g)| !**g).map(|(id, _)| *id);
-        match (self.quorum.vote_result(granted, rejected), self.role) {
+        let result = self.membership().vote_result(granted, rejected);
+        match (result, self.role) {
             (VoteResult::Won, Role::PreCandidate) => self.campaign(false, out),
             (VoteResult::Won, Role::Candidate) => self.become_leader(out),
             (VoteResult::Lost, _) => self.become_follower(self.term, None, out),

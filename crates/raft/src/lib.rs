@@ -14,6 +14,7 @@
 //! | `snapshot.rs` | taking snapshots, compacting the log, InstallSnapshot |
 //! | `timing.rs` | heartbeat and election timeouts, fixed or adapted to round trips |
 //! | `transfer.rs` | leadership transfer (TimeoutNow) |
+//! | `membership.rs` | membership changes by joint consensus, learners |
 //! | `log.rs` | the log, its durable prefix and snapshot, and what is written to disk |
 //!
 //! [`Replica`]: ekmat_core::Replica
@@ -21,6 +22,7 @@
 mod config;
 mod election;
 mod log;
+mod membership;
 mod message;
 mod node;
 mod progress;

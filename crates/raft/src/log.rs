@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use ekmat_core::{Durable, NodeId, RequestId};
+use ekmat_core::{Durable, Membership, MembershipChange, NodeId, RequestId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
@@ -25,6 +25,12 @@ pub enum Payload {
         id: RequestId,
         command: Bytes,
     },
+    /// A configuration, in force from this entry on (`changes` made it; none for the
+    /// entry that ends a joint phase).
+    Config {
+        membership: Membership,
+        changes: Vec<MembershipChange>,
+    },
 }
 
 /// A state machine snapshot: the state after applying every entry up to `index`, whose
@@ -33,6 +39,8 @@ pub enum Payload {
 pub struct Snapshot {
     pub index: u64,
     pub term: u64,
+    /// The configuration in force at `index`.
+    pub membership: Membership,
     pub data: Bytes,
 }
 
@@ -481,6 +489,7 @@ mod tests {
         let snap = Snapshot {
             index: 2,
             term: 1,
+            membership: Default::default(),
             data: Bytes::from_static(b"state"),
         };
         s.apply(&RaftWrite::Snapshot {
@@ -495,6 +504,7 @@ mod tests {
         let other = Snapshot {
             index: 9,
             term: 5,
+            membership: Default::default(),
             data: Bytes::new(),
         };
         s.apply(&RaftWrite::Snapshot {

@@ -139,6 +139,8 @@ pub struct SnapshotChunk {
     pub term: u64,
     pub index: u64,
     pub last_term: u64,
+    /// The configuration in force at `index`.
+    pub membership: ekmat_core::Membership,
     pub offset: u64,
     pub total: u64,
     pub data: bytes::Bytes,

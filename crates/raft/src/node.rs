@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use ekmat_core::{
-    CommittedEntry, DetRng, Effects, Event, Input, NodeId, PersistGate, QuorumSet, Rejection,
-    Replica, Reply, Request, RequestKind, StepDownReason, Time,
+    CommittedEntry, DetRng, Effects, Event, Input, Membership, NodeId, PersistGate, Rejection,
+    Replica, Reply, Request, RequestId, RequestKind, StepDownReason, Time,
 };
 
 use crate::config::{ConfigError, RaftConfig};
 use crate::log::{Entry, Payload, RaftLog, RaftStable, RaftWrite, Snapshot};
+use crate::membership::Configs;
 use crate::message::Message;
 use crate::progress::Progress;
 use crate::read_index::ReadIndex;
@@ -30,7 +31,10 @@ pub enum Role {
 #[derive(Debug)]
 pub struct RaftNode {
     pub(crate) cfg: RaftConfig,
-    pub(crate) quorum: QuorumSet,
+    /// The configurations this replica knows; the latest is in force.
+    pub(crate) configs: Configs,
+    /// The membership change this leader is carrying out, and its first entry.
+    pub(crate) pending_change: Option<(RequestId, u64)>,
     pub(crate) rng: DetRng,
     pub(crate) now: Time,
 
@@ -84,13 +88,14 @@ impl RaftNode {
         now: Time,
     ) -> Result<RaftNode, ConfigError> {
         cfg.validate()?;
-        let quorum = QuorumSet::majority(cfg.voters.iter().copied());
+        let configs = recovered_configs(&cfg, &stable);
         let rng = DetRng::new(cfg.seed);
         let snapshot_at = stable.snapshot.as_ref().map(|s| (s.index, s.term));
         let applied = snapshot_at.map_or(0, |(index, _)| index);
         let mut node = RaftNode {
             cfg,
-            quorum,
+            configs,
+            pending_change: None,
             rng,
             now,
             term: stable.term,
@@ -159,7 +164,7 @@ impl RaftNode {
 
     pub(crate) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         let me = self.cfg.id;
-        self.quorum.members().filter(move |&m| m != me)
+        self.configs.latest().members().filter(move |&m| m != me)
     }
 
     pub(crate) fn persist_hard_state(&mut self, out: &mut Out) {
@@ -210,11 +215,19 @@ impl RaftNode {
                     id: *id,
                     command: command.clone(),
                 },
+                Payload::Config {
+                    membership,
+                    changes,
+                } => CommittedEntry::Membership {
+                    membership: membership.clone(),
+                    changes: changes.clone(),
+                },
             };
             out.commit(self.applied, committed);
         }
         if self.role == Role::Leader {
             self.on_leader_commit(out);
+            self.on_config_commit(out);
         }
     }
 
@@ -232,6 +245,7 @@ impl RaftNode {
                 reason,
             });
             self.progress.clear();
+            self.pending_change = None;
             self.reads.abandon(out);
             self.end_transfer(out);
         }
@@ -281,6 +295,7 @@ impl RaftNode {
             }
             RequestKind::Read => self.read(req.id, out),
             RequestKind::TransferLeadership { to } => self.transfer_leadership(req.id, to, out),
+            RequestKind::ChangeMembership(changes) => self.change_membership(req.id, changes, out),
         }
     }
 
@@ -304,7 +319,9 @@ impl RaftNode {
     }
 
     fn on_message(&mut self, from: NodeId, msg: Message, out: &mut Out) {
-        if from == self.cfg.id || !self.quorum.contains(from) {
+        // Messages from non-members count too: a new member's leader may be unknown to
+        // its stale configuration, and a removed node's pre-votes are refused anyway.
+        if from == self.cfg.id {
             return;
         }
         match msg {
@@ -317,6 +334,23 @@ impl RaftNode {
             Message::TimeoutNow(msg) => self.on_timeout_now(from, msg, out),
         }
     }
+}
+
+/// The configurations a replica restarts with: its snapshot's (or the bootstrap voters,
+/// unless it is joining), then those in its log after the snapshot.
+fn recovered_configs(cfg: &RaftConfig, stable: &RaftStable) -> Configs {
+    let mut configs = match &stable.snapshot {
+        Some(s) => Configs::new(s.index, Some(s.membership.clone())),
+        None if cfg.voters.is_empty() => Configs::new(0, None),
+        None => Configs::new(0, Some(Membership::of(cfg.voters.iter().copied()))),
+    };
+    let after = stable.snapshot.as_ref().map_or(0, |s| s.index);
+    for e in stable.log.iter().filter(|e| e.index > after) {
+        if let Payload::Config { membership, .. } = &e.payload {
+            configs.push(e.index, membership.clone());
+        }
+    }
+    configs
 }
 
 impl Replica for RaftNode {

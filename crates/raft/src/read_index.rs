@@ -80,7 +80,7 @@ impl RaftNode {
         let me = self.cfg.id;
         let own = self.reads.seq;
         let progress = &self.progress;
-        let confirmed = self.quorum.committed_index(|id| {
+        let confirmed = self.configs.latest().committed_index(|id| {
             if id == me {
                 own
             } else {

@@ -137,7 +137,7 @@ impl RaftNode {
         for pr in self.progress.values_mut() {
             pr.recent_active = false;
         }
-        self.quorum.is_quorum(active)
+        self.membership().is_quorum(active)
     }
 
     /// A message from a node that leads `term`: rejected (false) if the term is stale,
@@ -190,7 +190,8 @@ impl RaftNode {
             return;
         }
         let written = self.log.merge(entries, self.commit);
-        if !written.is_empty() {
+        if let Some(first) = written.first().map(|e| e.index) {
+            self.track_configs(first, &written);
             let seq = self
                 .gate
                 .persist(crate::RaftWrite::Append { entries: written }, out);
@@ -246,10 +247,9 @@ impl RaftNode {
             return;
         }
         let now = self.now;
-        let pr = self
-            .progress
-            .get_mut(&from)
-            .expect("leader tracks every peer");
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return; // no longer a member
+        };
         pr.recent_active = true;
         let read_ack = resp.read_seq > pr.read_ack;
         self.on_round_trip(resp.sent_at_us);
@@ -290,7 +290,7 @@ impl RaftNode {
         let me = self.cfg.id;
         let own = self.log.durable_index();
         let progress = &self.progress;
-        let index = self.quorum.committed_index(|id| {
+        let index = self.configs.latest().committed_index(|id| {
             if id == me {
                 own
             } else {

@@ -82,11 +82,20 @@ impl RaftNode {
             .log
             .term_at(index)
             .expect("applied entries after the snapshot are in the log");
+        let Some(membership) = self.configs.at(index).cloned() else {
+            return; // a joiner that never learned the configuration this far back
+        };
         let keep_from = (index + 1)
             .saturating_sub(self.cfg.snapshot_trailing)
             .max(self.log.first_index());
         self.log.compact(index, term, keep_from);
-        let snapshot = Snapshot { index, term, data };
+        self.configs.compact(index, membership.clone());
+        let snapshot = Snapshot {
+            index,
+            term,
+            membership,
+            data,
+        };
         self.snapshot = Some(snapshot.clone());
         self.gate.persist(
             RaftWrite::Snapshot {
@@ -157,6 +166,7 @@ impl RaftNode {
                 term,
                 index,
                 last_term: snapshot.term,
+                membership: snapshot.membership.clone(),
                 offset: sent,
                 total,
                 data: snapshot.data.slice(sent as usize..end as usize),
@@ -182,10 +192,9 @@ impl RaftNode {
         if self.role != Role::Leader || ack.term != self.term {
             return;
         }
-        let pr = self
-            .progress
-            .get_mut(&from)
-            .expect("leader tracks every peer");
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return; // no longer a member
+        };
         pr.recent_active = true;
         // The follower's word on how much it holds is the truth, even if it went back
         // (it may have restarted the transfer). Only progress sends the next chunk: a
@@ -246,16 +255,26 @@ impl RaftNode {
             return;
         }
         let done = self.incoming.take().expect("assembled above");
-        self.install(from, done, out);
+        self.install(from, done, chunk.membership, out);
     }
 
-    fn install(&mut self, from: NodeId, incoming: Incoming, out: &mut Out) {
+    fn install(
+        &mut self,
+        from: NodeId,
+        incoming: Incoming,
+        membership: ekmat_core::Membership,
+        out: &mut Out,
+    ) {
         let data = Bytes::from(incoming.data);
         let index = incoming.index;
         self.log.install(index, incoming.last_term);
+        // Configurations in entries kept after the snapshot stay in force.
+        self.configs.truncate_from(self.log.last_index() + 1);
+        self.configs.compact(index, membership.clone());
         let snapshot = Snapshot {
             index,
             term: incoming.last_term,
+            membership,
             data: data.clone(),
         };
         self.snapshot = Some(snapshot.clone());

@@ -25,7 +25,7 @@ impl RaftNode {
             out.reply(Reply::Done { id });
             return;
         }
-        if !self.quorum.contains(to) || self.transfer.is_some() {
+        if !self.membership().is_voter(to) || self.transfer.is_some() {
             let reason = Rejection::TransferFailed;
             out.reply(Reply::Rejected { id, reason });
             return;
@@ -82,7 +82,11 @@ impl RaftNode {
     }
 
     pub(crate) fn on_timeout_now(&mut self, from: NodeId, msg: TimeoutNow, out: &mut Out) {
-        if msg.term == self.term && self.role == Role::Follower && self.leader == Some(from) {
+        if msg.term == self.term
+            && self.role == Role::Follower
+            && self.leader == Some(from)
+            && self.is_voter()
+        {
             self.campaign(true, out);
         }
     }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::hash::Hash;
 
-use ekmat_core::{DetRng, Effect, NodeId, Replica, Time};
+use ekmat_core::{DetRng, Effect, Membership, NodeId, Replica, Time};
 
 pub trait SimProtocol: Sync + Clone {
     type Node: Replica<Message: Hash>;
@@ -12,14 +12,15 @@ pub trait SimProtocol: Sync + Clone {
 
     fn name(&self) -> &'static str;
 
-    /// A fresh replica `id` of an `n`-node cluster. `seed` feeds its randomness.
-    fn boot(&self, id: NodeId, n: usize, seed: u64, now: Time) -> Result<Self::Node, String>;
+    /// A fresh replica `id` of a cluster founded by nodes `0..voters`; a higher `id` is a
+    /// spare that knows no configuration until it is added. `seed` feeds its randomness.
+    fn boot(&self, id: NodeId, voters: usize, seed: u64, now: Time) -> Result<Self::Node, String>;
 
     /// Replica `id` restarted from its durable state.
     fn recover(
         &self,
         id: NodeId,
-        n: usize,
+        voters: usize,
         seed: u64,
         stable: <Self::Node as Replica>::Stable,
         now: Time,
@@ -31,7 +32,14 @@ pub trait SimProtocol: Sync + Clone {
     /// `node`'s current term (view, ballot).
     fn term(&self, node: &Self::Node) -> u64;
 
-    fn checker(&self, n: usize) -> Self::Checker;
+    /// The checker for `n` nodes of which `0..voters` founded the cluster.
+    fn checker(&self, n: usize, voters: usize) -> Self::Checker;
+
+    /// The configuration `node` has in force, for protocols that change membership.
+    fn membership(&self, node: &Self::Node) -> Option<Membership> {
+        let _ = node;
+        None
+    }
 
     /// A copy with the protocol's tunable knobs drawn for one run (FoundationDB's
     /// "buggify": every seed also explores the configuration space), and a line naming

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ekmat_core::{DetRng, NodeId, Time};
+use ekmat_core::{DetRng, Membership, NodeId, Time};
 use ekmat_raft::{AdaptiveTimeouts, Mutant, RaftConfig, RaftNode, RaftStable, Role};
 
 use crate::check::raft::RaftChecker;
@@ -45,8 +45,13 @@ impl Default for RaftSim {
 }
 
 impl RaftSim {
-    fn config(&self, id: NodeId, n: usize, seed: u64) -> RaftConfig {
-        let mut cfg = RaftConfig::new(id, (0..n as u32).map(NodeId).collect());
+    fn config(&self, id: NodeId, voters: usize, seed: u64) -> RaftConfig {
+        let founders = if id.index() < voters {
+            (0..voters as u32).map(NodeId).collect()
+        } else {
+            Vec::new() // a spare joins later and learns the configuration then
+        };
+        let mut cfg = RaftConfig::new(id, founders);
         cfg.seed = seed;
         cfg.mutant = self.mutant;
         cfg.pre_vote = self.pre_vote;
@@ -70,19 +75,19 @@ impl SimProtocol for RaftSim {
         "raft"
     }
 
-    fn boot(&self, id: NodeId, n: usize, seed: u64, now: Time) -> Result<RaftNode, String> {
-        RaftNode::new(self.config(id, n, seed), now).map_err(|e| e.to_string())
+    fn boot(&self, id: NodeId, voters: usize, seed: u64, now: Time) -> Result<RaftNode, String> {
+        RaftNode::new(self.config(id, voters, seed), now).map_err(|e| e.to_string())
     }
 
     fn recover(
         &self,
         id: NodeId,
-        n: usize,
+        voters: usize,
         seed: u64,
         stable: RaftStable,
         now: Time,
     ) -> Result<RaftNode, String> {
-        RaftNode::recover(self.config(id, n, seed), stable, now).map_err(|e| e.to_string())
+        RaftNode::recover(self.config(id, voters, seed), stable, now).map_err(|e| e.to_string())
     }
 
     fn leading(&self, node: &RaftNode) -> Option<u64> {
@@ -93,8 +98,12 @@ impl SimProtocol for RaftSim {
         node.term()
     }
 
-    fn checker(&self, n: usize) -> RaftChecker {
-        RaftChecker::new(n)
+    fn checker(&self, n: usize, voters: usize) -> RaftChecker {
+        RaftChecker::new(n, voters)
+    }
+
+    fn membership(&self, node: &RaftNode) -> Option<Membership> {
+        Some(node.membership().clone())
     }
 
     /// Small batches and windows split a new leader's no-op from the old entries it

@@ -58,6 +58,15 @@ impl Default for SimOptions {
 }
 
 impl SimOptions {
+    /// The cluster's founding voters plus the spares membership churn adds.
+    pub fn total_nodes(&self) -> usize {
+        if self.faults.contains(&FaultKind::Membership) {
+            self.nodes + SPARES
+        } else {
+            self.nodes
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.nodes == 0 {
             return Err("--nodes must be at least 1".into());
@@ -72,7 +81,7 @@ impl SimOptions {
             return Err("--keys must be at least 1".into());
         }
         if let Some(s) = &self.schedule {
-            s.validate(self.nodes)?;
+            s.validate(self.total_nodes())?;
         }
         Ok(())
     }
@@ -150,9 +159,12 @@ pub(crate) fn derive<P: SimProtocol>(
         client_timeout_ms,
     };
     let us = Duration::from_micros;
+    // Membership churn needs nodes outside the cluster to add.
+    let spares = opts.total_nodes() - opts.nodes;
     let cfg = WorldConfig {
         seed,
-        nodes: opts.nodes,
+        nodes: opts.nodes + spares,
+        voters: opts.nodes,
         latency: LatencyRange {
             min: us(lat_min),
             max: us(lat_max),
@@ -183,7 +195,7 @@ pub(crate) fn derive<P: SimProtocol>(
     };
     let schedule = opts.schedule.clone().unwrap_or_else(|| {
         let shape = ScheduleShape {
-            nodes: opts.nodes,
+            nodes: opts.nodes + spares,
             kinds: swarm(&opts.faults, &mut rng),
             safety: opts.safety,
             mean_gap: Duration::from_millis(fault_gap_ms),
@@ -207,6 +219,9 @@ fn swarm(kinds: &[FaultKind], rng: &mut DetRng) -> Vec<FaultKind> {
         chosen
     }
 }
+
+/// Nodes outside the founding cluster when membership churn is on.
+pub const SPARES: usize = 2;
 
 /// Salt of the derived-options stream: a constant, so a seed means the same run in
 /// every build.
@@ -336,6 +351,7 @@ pub struct Summary {
     pub elections: u64,
     pub faults: u64,
     pub crashes: u64,
+    pub reconfigurations: u64,
     pub snapshots_taken: u64,
     pub snapshots_restored: u64,
     pub events: u64,
@@ -363,6 +379,7 @@ impl Summary {
         self.elections += r.stats.elections;
         self.faults += r.stats.faults;
         self.crashes += r.stats.crashes;
+        self.reconfigurations += r.stats.reconfigurations;
         self.snapshots_taken += r.stats.snapshots_taken;
         self.snapshots_restored += r.stats.snapshots_restored;
         self.events += r.stats.events;

@@ -33,6 +33,9 @@ pub enum FaultKind {
     Pause,
     /// The leader is asked to hand leadership to another node (an operator's move).
     Transfer,
+    /// Membership churn: nodes are added (as learners or voters), promoted, removed
+    /// and replaced, while the other faults go on. Two spare nodes join the run.
+    Membership,
 }
 
 impl FaultKind {
@@ -49,12 +52,19 @@ impl FaultKind {
         FaultKind::Transfer,
     ];
 
+    /// Kinds `all` leaves out, since they change the cluster's shape: name them.
+    pub const EXTRA: [FaultKind; 1] = [FaultKind::Membership];
+
+    fn known() -> impl Iterator<Item = FaultKind> {
+        FaultKind::ALL.into_iter().chain(FaultKind::EXTRA)
+    }
+
     /// How often this kind is drawn relative to the others: the faults that change
     /// leadership and lose volatile state find the most bugs.
     fn weight(self) -> u64 {
         match self {
             FaultKind::Crash | FaultKind::Partition => 3,
-            FaultKind::Pause => 2,
+            FaultKind::Pause | FaultKind::Membership => 2,
             _ => 1,
         }
     }
@@ -71,6 +81,7 @@ impl FaultKind {
             FaultKind::Crash => "crash",
             FaultKind::Pause => "pause",
             FaultKind::Transfer => "transfer",
+            FaultKind::Membership => "membership",
         }
     }
 
@@ -81,10 +92,10 @@ impl FaultKind {
             match word {
                 "all" => kinds.extend(FaultKind::ALL),
                 "none" => {}
-                _ => match FaultKind::ALL.iter().find(|k| k.name() == word) {
-                    Some(k) => kinds.push(*k),
+                _ => match FaultKind::known().find(|k| k.name() == word) {
+                    Some(k) => kinds.push(k),
                     None => {
-                        let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                        let known: Vec<&str> = FaultKind::known().map(|k| k.name()).collect();
                         return Err(format!(
                             "unknown fault '{word}' (known: all, none, {})",
                             known.join(", ")
@@ -108,6 +119,22 @@ pub enum Target {
     Leader,
     NextLeader,
     Node(NodeId),
+    /// The next node to install a snapshot (struck mid-install, before or after the
+    /// snapshot is durable).
+    NextInstall,
+    /// The next node to take a new configuration into its log (struck between writing
+    /// the configuration and applying it).
+    NextReconfiguration,
+}
+
+impl Target {
+    /// Whether the fault waits for something to happen before it strikes.
+    pub fn is_armed(self) -> bool {
+        matches!(
+            self,
+            Target::NextLeader | Target::NextInstall | Target::NextReconfiguration
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -158,6 +185,46 @@ pub enum Fault {
     Transfer {
         target: Target,
     },
+    /// Ask the leader of the moment for a membership change of this kind; which nodes
+    /// it names is decided then, from the configuration in force.
+    Churn {
+        change: Churn,
+    },
+}
+
+/// The membership changes the nemesis makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Churn {
+    /// A node outside the configuration joins as a learner.
+    AddLearner,
+    /// A node outside the configuration joins as a voter straight away.
+    AddVoter,
+    /// A learner becomes a voter.
+    Promote,
+    /// A voter or learner leaves (possibly the leader).
+    Remove,
+    /// One voter out and another in, in one change.
+    Replace,
+}
+
+impl Churn {
+    const ALL: [Churn; 5] = [
+        Churn::AddLearner,
+        Churn::AddVoter,
+        Churn::Promote,
+        Churn::Remove,
+        Churn::Replace,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Churn::AddLearner => "add-learner",
+            Churn::AddVoter => "add-voter",
+            Churn::Promote => "promote",
+            Churn::Remove => "remove",
+            Churn::Replace => "replace",
+        }
+    }
 }
 
 impl Fault {
@@ -186,6 +253,7 @@ impl Fault {
             Fault::Crash { .. } => FaultKind::Crash,
             Fault::Pause { .. } => FaultKind::Pause,
             Fault::Transfer { .. } => FaultKind::Transfer,
+            Fault::Churn { .. } => FaultKind::Membership,
         }
     }
 }
@@ -399,6 +467,27 @@ fn draw(kind: FaultKind, n: usize, rng: &mut DetRng) -> (Fault, u64) {
             },
             0,
         ),
+        // Churn, and crashes timed to hit a node mid-change or mid-install.
+        FaultKind::Membership => match rng.range(0, 9) {
+            0 => (
+                Fault::Crash {
+                    target: Target::NextReconfiguration,
+                },
+                rng.range(50, 2000),
+            ),
+            1 => (
+                Fault::Crash {
+                    target: Target::NextInstall,
+                },
+                rng.range(50, 2000),
+            ),
+            _ => (
+                Fault::Churn {
+                    change: Churn::ALL[rng.index(Churn::ALL.len())],
+                },
+                0,
+            ),
+        },
         // Kinds that need more nodes than the cluster has degrade to a crash.
         _ => draw(FaultKind::Crash, n, rng),
     }
@@ -424,6 +513,8 @@ impl fmt::Display for Target {
         match self {
             Target::Leader => write!(f, "leader"),
             Target::NextLeader => write!(f, "next-leader"),
+            Target::NextInstall => write!(f, "next-install"),
+            Target::NextReconfiguration => write!(f, "next-reconfiguration"),
             Target::Node(n) => write!(f, "{}", n.0),
         }
     }
@@ -451,6 +542,7 @@ impl fmt::Display for Fault {
             Fault::Crash { target } => write!(f, "crash({target})"),
             Fault::Pause { target } => write!(f, "pause({target})"),
             Fault::Transfer { target } => write!(f, "transfer({target})"),
+            Fault::Churn { change } => write!(f, "churn({})", change.name()),
         }
     }
 }
@@ -531,6 +623,8 @@ fn parse_target(s: &str) -> Result<Target, String> {
     match s {
         "leader" => Ok(Target::Leader),
         "next-leader" => Ok(Target::NextLeader),
+        "next-install" => Ok(Target::NextInstall),
+        "next-reconfiguration" => Ok(Target::NextReconfiguration),
         _ => parse_id(s).map(Target::Node),
     }
 }
@@ -611,6 +705,13 @@ fn parse_fault(s: &str) -> Result<Fault, String> {
         "transfer" => Ok(Fault::Transfer {
             target: parse_target(args)?,
         }),
+        "churn" => match Churn::ALL.into_iter().find(|c| c.name() == args) {
+            Some(change) => Ok(Fault::Churn { change }),
+            None => {
+                let known: Vec<&str> = Churn::ALL.iter().map(|c| c.name()).collect();
+                Err(format!("'{s}': churn takes one of {}", known.join(", ")))
+            }
+        },
         _ => Err(format!("unknown fault '{name}'")),
     }
 }

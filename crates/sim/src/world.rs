@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ekmat_core::{
-    CommittedEntry, DetRng, Effect, Effects, Event, Input, NodeId, Replica, Reply, RequestId, Time,
+    ChangeAction, CommittedEntry, DetRng, Effect, Effects, Event, Input, Membership,
+    MembershipChange, NodeId, Replica, Reply, RequestId, Time,
 };
 use ekmat_kv::{Applied, KvStore, RangeRequest};
 use ekmat_linearizability::kv::KvOutput;
@@ -18,7 +19,7 @@ use crate::disk::Disk;
 use crate::network::{LatencyRange, LatencyTail, LinkTable, Network};
 use crate::protocol::{ProtocolChecker, SimProtocol, Violation};
 use crate::queue::EventQueue;
-use crate::schedule::{Fault, Schedule, Target};
+use crate::schedule::{Churn, Fault, Schedule, Target};
 use crate::trace::Trace;
 use crate::workload::{Next, Outcome, Sent, Workload, WorkloadShape, output_of, read_output};
 
@@ -27,6 +28,8 @@ use crate::workload::{Next, Outcome, Sent, Workload, WorkloadShape, output_of, r
 pub struct WorldConfig {
     pub seed: u64,
     pub nodes: usize,
+    /// Nodes `0..voters` found the cluster; the rest are spares for membership churn.
+    pub voters: usize,
     pub latency: LatencyRange,
     pub latency_tail: LatencyTail,
     /// Links with a latency and loss of their own.
@@ -56,6 +59,8 @@ pub struct RunStats {
     pub elections: u64,
     pub faults: u64,
     pub crashes: u64,
+    /// Configurations committed (each counted once, by its index).
+    pub reconfigurations: u64,
     pub sim_micros: u64,
     pub max_term: u64,
 }
@@ -161,9 +166,13 @@ pub struct World<'p, P: SimProtocol> {
     stats: RunStats,
     trace: Trace,
     violation: Option<Violation>,
-    /// `next-leader` faults waiting for an election, with when they stop waiting.
-    armed: Vec<(usize, Time)>,
+    /// Faults waiting for their moment (an election, an install, a configuration), with
+    /// what they wait for and when they stop waiting.
+    armed: Vec<(usize, Target, Time)>,
     healed_at: Option<Time>,
+    /// The members (voters and learners) of the latest configuration any replica
+    /// applied, and the index that committed it: they must converge.
+    members: (u64, Vec<NodeId>),
     /// The state machine's hash at each index some replica snapshotted.
     snapshot_hashes: FxHashMap<u64, u64>,
     first_write_after_heal: Option<Time>,
@@ -174,8 +183,8 @@ pub struct World<'p, P: SimProtocol> {
 
 impl<'p, P: SimProtocol> World<'p, P> {
     pub fn new(proto: &'p P, cfg: WorldConfig, schedule: Schedule) -> Result<Self, String> {
-        if cfg.nodes == 0 {
-            return Err("a cluster needs at least one node".into());
+        if cfg.nodes == 0 || cfg.voters == 0 || cfg.voters > cfg.nodes {
+            return Err("a cluster needs at least one founding voter among its nodes".into());
         }
         schedule.validate(cfg.nodes)?;
         let mut root = DetRng::new(cfg.seed);
@@ -187,7 +196,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
         let mut nodes = Vec::with_capacity(cfg.nodes);
         for i in 0..cfg.nodes {
             let id = NodeId(i as u32);
-            let replica = proto.boot(id, cfg.nodes, node_seeds.next_u64(), Time::ZERO)?;
+            let replica = proto.boot(id, cfg.voters, node_seeds.next_u64(), Time::ZERO)?;
             nodes.push(Slot {
                 replica: Some(replica),
                 epoch: 0,
@@ -204,7 +213,8 @@ impl<'p, P: SimProtocol> World<'p, P> {
         let mut world = World {
             proto,
             net: Network::new(cfg.nodes, cfg.latency, cfg.latency_tail, &cfg.links),
-            checker: proto.checker(cfg.nodes),
+            checker: proto.checker(cfg.nodes, cfg.voters),
+            members: (0, (0..cfg.voters as u32).map(NodeId).collect()),
             trace: Trace::new(cfg.trace),
             cfg,
             schedule,
@@ -520,11 +530,25 @@ impl<'p, P: SimProtocol> World<'p, P> {
 
     fn step(&mut self, node: NodeId, input: Input<Msg<P>>) {
         let mut out = std::mem::take(&mut self.out);
+        let watch_config = self
+            .armed
+            .iter()
+            .any(|(_, t, _)| *t == Target::NextReconfiguration);
         let replica = self.nodes[node.index()]
             .replica
             .as_mut()
             .expect("only live nodes step");
+        let config_before = watch_config.then(|| self.proto.membership(replica));
         replica.step(self.now, input, &mut out);
+        if let Some(before) = config_before
+            && self.proto.membership(replica) != before
+        {
+            self.fire_armed(node, Target::NextReconfiguration);
+        }
+        let replica = self.nodes[node.index()]
+            .replica
+            .as_ref()
+            .expect("only live nodes step");
         let checked = out
             .iter()
             .try_for_each(|effect| self.checker.on_effect(self.now, node, replica, effect));
@@ -622,7 +646,10 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 self.push(at, Ev::Synced { node, epoch, seq });
             }
             Effect::Commit(c) => self.apply_committed(node, c.index, c.entry),
-            Effect::Restore { index, data } => self.restore(node, index, data),
+            Effect::Restore { index, data } => {
+                self.fire_armed(node, Target::NextInstall);
+                self.restore(node, index, data);
+            }
             Effect::Reply(reply) => self.on_protocol_reply(node, reply),
             Effect::Event(e) => self.on_event(node, e),
         }
@@ -654,7 +681,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
         if let Event::BecameLeader { term } = e {
             self.stats.elections += 1;
             self.stats.max_term = self.stats.max_term.max(term);
-            self.fire_armed(node);
+            self.fire_armed(node, Target::NextLeader);
         }
     }
 
@@ -662,6 +689,10 @@ impl<'p, P: SimProtocol> World<'p, P> {
         let slot = &mut self.nodes[node.index()];
         match entry {
             CommittedEntry::Noop => slot.kv.skip(index),
+            CommittedEntry::Membership { membership, .. } => {
+                slot.kv.skip(index);
+                self.config_committed(node, index, &membership);
+            }
             CommittedEntry::Command { id, command } => {
                 let applied = slot.kv.apply(index, id, &command);
                 if let Some(p) = slot.pending.remove(&id) {
@@ -681,6 +712,17 @@ impl<'p, P: SimProtocol> World<'p, P> {
         self.serve_ready_reads(node);
     }
 
+    fn config_committed(&mut self, node: NodeId, index: u64, membership: &Membership) {
+        if index <= self.members.0 {
+            return;
+        }
+        self.members = (index, membership.members().collect());
+        self.stats.reconfigurations += 1;
+        let now = self.now;
+        self.trace
+            .line(now, || format!("{node} COMMITTED CONFIG {membership}"));
+    }
+
     fn on_protocol_reply(&mut self, node: NodeId, reply: Reply) {
         match reply {
             Reply::Rejected { id, reason } => {
@@ -697,7 +739,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 self.nodes[node.index()].reads.push((id, index));
                 self.serve_ready_reads(node);
             }
-            // Only the nemesis asks for leadership transfers.
+            // Only the nemesis asks for leadership transfers and membership changes.
             Reply::Done { .. } => {}
         }
     }
@@ -792,7 +834,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
     fn resolve(&mut self, target: Target, next_leader: Option<NodeId>) -> Option<NodeId> {
         match target {
             Target::Node(id) => Some(id),
-            Target::NextLeader => next_leader,
+            Target::NextLeader | Target::NextInstall | Target::NextReconfiguration => next_leader,
             Target::Leader => self.leader().or_else(|| {
                 let up: Vec<NodeId> = (0..self.cfg.nodes as u32)
                     .map(NodeId)
@@ -807,19 +849,29 @@ impl<'p, P: SimProtocol> World<'p, P> {
         if self.healed_at.is_some() {
             return;
         }
-        if self.schedule.faults[index].fault.target() == Some(Target::NextLeader) {
-            self.armed.push((index, self.now + Self::ARM_WINDOW));
+        if let Some(t) = self.schedule.faults[index].fault.target()
+            && t.is_armed()
+        {
+            self.armed.push((index, t, self.now + Self::ARM_WINDOW));
             return;
         }
         self.inject(index, None);
     }
 
-    /// `node` just won an election: strike it with every armed fault, each after a
-    /// short delay of its own.
-    fn fire_armed(&mut self, node: NodeId) {
+    /// `moment` came for `node` (it won an election, installed a snapshot, took in a
+    /// configuration): strike it with every fault armed for that, each after a short
+    /// delay of its own.
+    fn fire_armed(&mut self, node: NodeId, moment: Target) {
         let now = self.now;
-        self.armed.retain(|(_, until)| *until >= now);
-        for (index, _) in std::mem::take(&mut self.armed) {
+        self.armed.retain(|(_, _, until)| *until >= now);
+        if !self.armed.iter().any(|(_, t, _)| *t == moment) {
+            return;
+        }
+        let (fire, keep) = std::mem::take(&mut self.armed)
+            .into_iter()
+            .partition(|(_, t, _)| *t == moment);
+        self.armed = keep;
+        for (index, _, _) in fire {
             let delay = self.fault_rng.range(0, 30_000);
             self.push(
                 now + Duration::from_micros(delay),
@@ -853,6 +905,65 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 seq: index as u64,
             },
             kind: ekmat_core::RequestKind::TransferLeadership { to },
+        };
+        self.step(leader, Input::Request(request));
+        true
+    }
+
+    /// Ask the live leader, if any, for a membership change of kind `churn`, naming
+    /// nodes drawn from the configuration it has in force. The cluster keeps between
+    /// three and six voters, so the nemesis never removes what liveness needs.
+    fn ask_leader_to_change(&mut self, index: usize, churn: Churn) -> bool {
+        let Some(leader) = self.leader().filter(|&l| !self.is_paused(l)) else {
+            return false;
+        };
+        let Some(m) = self.replica(leader).and_then(|r| self.proto.membership(r)) else {
+            return false;
+        };
+        let outside: Vec<NodeId> = (0..self.cfg.nodes as u32)
+            .map(NodeId)
+            .filter(|&id| !m.contains(id))
+            .collect();
+        let voters: Vec<NodeId> = m.voters.iter().copied().collect();
+        let learners: Vec<NodeId> = m.learners.iter().copied().collect();
+        let rng = &mut self.fault_rng;
+        let mut pick = |from: &[NodeId]| (!from.is_empty()).then(|| from[rng.index(from.len())]);
+        let (spare, voter, learner) = (pick(&outside), pick(&voters), pick(&learners));
+        use ChangeAction::*;
+        let changes = match churn {
+            Churn::AddLearner => spare.map(|s| vec![(AddLearner, s)]),
+            Churn::AddVoter => spare
+                .filter(|_| voters.len() < 6)
+                .map(|s| vec![(AddVoter, s)]),
+            Churn::Promote => learner
+                .filter(|_| voters.len() < 6)
+                .map(|l| vec![(Promote, l)]),
+            Churn::Remove => match (voter.filter(|_| voters.len() > 3), learner) {
+                (Some(v), _) => Some(vec![(Remove, v)]),
+                (None, Some(l)) => Some(vec![(Remove, l)]),
+                (None, None) => None,
+            },
+            Churn::Replace => spare
+                .zip(voter)
+                .map(|(s, v)| vec![(AddVoter, s), (Remove, v)]),
+        };
+        let Some(changes) = changes else {
+            return false;
+        };
+        let changes = changes
+            .into_iter()
+            .map(|(action, node)| MembershipChange {
+                action,
+                node,
+                context: Bytes::new(),
+            })
+            .collect();
+        let request = ekmat_core::Request {
+            id: ekmat_core::RequestId {
+                client: u64::MAX - 1,
+                seq: index as u64,
+            },
+            kind: ekmat_core::RequestKind::ChangeMembership(changes),
         };
         self.step(leader, Input::Request(request));
         true
@@ -938,6 +1049,12 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 }
                 FaultEnd::Instant
             }
+            Fault::Churn { change } => {
+                if !self.ask_leader_to_change(index, change) {
+                    return;
+                }
+                FaultEnd::Instant
+            }
         };
         self.stats.faults += 1;
         let now = self.now;
@@ -997,7 +1114,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
         let seed = self.node_seeds.next_u64();
         match self
             .proto
-            .recover(node, self.cfg.nodes, seed, stable, self.now)
+            .recover(node, self.cfg.voters, seed, stable, self.now)
         {
             Ok(replica) => {
                 let slot = &mut self.nodes[node.index()];
@@ -1068,21 +1185,25 @@ impl<'p, P: SimProtocol> World<'p, P> {
             .line(now, || "HEAL ALL: liveness phase begins".to_string());
     }
 
-    /// How every replica's state differs from n0's, if it does.
+    /// How the state of each member of the latest configuration differs from the first
+    /// member's, if it does. Removed nodes and spares never added are left behind.
     fn divergence(&self) -> Option<String> {
-        let reference = &self.nodes[0].kv;
+        let members = &self.members.1;
+        let first = members.first()?;
+        let reference = &self.nodes[first.index()].kv;
         let mut reference_hash = None;
-        for (i, slot) in self.nodes.iter().enumerate().skip(1) {
+        for id in &members[1..] {
+            let (i, slot) = (id.index(), &self.nodes[id.index()]);
             if slot.kv.applied_index() != reference.applied_index() {
                 return Some(format!(
-                    "n0 applied {} entries but n{i} applied {}",
+                    "{first} applied {} entries but n{i} applied {}",
                     reference.applied_index(),
                     slot.kv.applied_index()
                 ));
             }
             if slot.kv.hash() != *reference_hash.get_or_insert_with(|| reference.hash()) {
                 return Some(format!(
-                    "n0 and n{i} applied as many entries but hold different data"
+                    "{first} and n{i} applied as many entries but hold different data"
                 ));
             }
         }

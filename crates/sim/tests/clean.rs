@@ -34,6 +34,34 @@ fn raft_survives_all_faults_on_five_nodes() {
 }
 
 #[test]
+fn raft_survives_membership_churn_with_all_faults() {
+    let opts = SimOptions {
+        faults: FaultKind::ALL.into_iter().chain(FaultKind::EXTRA).collect(),
+        ..SimOptions::default()
+    };
+    let summary = run_seeds(
+        &RaftSim::default(),
+        &opts,
+        30_000,
+        80,
+        threads(),
+        false,
+        &|_| {},
+    );
+    assert_eq!(
+        summary.violations,
+        0,
+        "first failure: {:?}",
+        summary.first_failure.map(|f| (f.seed, f.violation))
+    );
+    assert!(
+        summary.reconfigurations > 40,
+        "only {} configurations committed",
+        summary.reconfigurations
+    );
+}
+
+#[test]
 fn raft_survives_on_other_cluster_sizes() {
     for nodes in [1, 2, 3, 4, 7] {
         let opts = SimOptions {

@@ -4,29 +4,29 @@
 use ekmat_raft::Mutant;
 use ekmat_sim::protocols::RaftSim;
 use ekmat_sim::run::{DEFAULT_SEEDS, SimOptions, Summary, run_seeds};
+use ekmat_sim::schedule::FaultKind;
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn hunt(mutant: Mutant) -> Summary {
+    hunt_with(mutant, SimOptions::default())
+}
+
+fn hunt_with(mutant: Mutant, opts: SimOptions) -> Summary {
     let proto = RaftSim {
         mutant,
         ..RaftSim::default()
     };
-    run_seeds(
-        &proto,
-        &SimOptions::default(),
-        0,
-        DEFAULT_SEEDS,
-        threads(),
-        true,
-        &|_| {},
-    )
+    run_seeds(&proto, &opts, 0, DEFAULT_SEEDS, threads(), true, &|_| {})
 }
 
 fn assert_caught(mutant: Mutant, properties: &[&str]) {
-    let summary = hunt(mutant);
+    assert_caught_in(hunt(mutant), mutant, properties);
+}
+
+fn assert_caught_in(summary: Summary, mutant: Mutant, properties: &[&str]) {
     let failure = summary
         .first_failure
         .unwrap_or_else(|| panic!("{} survived {DEFAULT_SEEDS} seeds", mutant.name()));
@@ -82,5 +82,24 @@ fn installing_a_stale_snapshot_is_caught() {
     assert_caught(
         Mutant::InstallStaleSnapshot,
         &["state-machine-rollback", "apply-order", "assertion"],
+    );
+}
+
+#[test]
+fn skipping_the_joint_configuration_is_caught_under_membership_churn() {
+    let opts = SimOptions {
+        faults: FaultKind::ALL.into_iter().chain(FaultKind::EXTRA).collect(),
+        ..SimOptions::default()
+    };
+    assert_caught_in(
+        hunt_with(Mutant::ConfigBeforeJoint, opts),
+        Mutant::ConfigBeforeJoint,
+        &[
+            "commit-safety",
+            "election-safety",
+            "leader-completeness",
+            "state-machine-safety",
+            "linearizability",
+        ],
     );
 }

@@ -165,6 +165,11 @@ pub fn call_error(e: &CallError) -> Status {
         CallError::Timeout => Status::unavailable("etcdserver: request timed out"),
         CallError::TransferFailed => Status::deadline_exceeded(e.to_string()),
         CallError::Stopped => Status::unavailable("etcdserver: server stopped"),
+        CallError::ChangeInProgress => Status::unavailable(e.to_string()),
+        CallError::InvalidChange(ekmat_core::ChangeError::NotMember(_)) => {
+            Status::not_found(e.to_string())
+        }
+        CallError::InvalidChange(_) => Status::failed_precondition(e.to_string()),
     }
 }
 

@@ -1,6 +1,8 @@
 //! A tiny synchronous cluster for behaviour tests: messages are delivered in FIFO order
 //! when the test says so, links can be cut, and writes become durable on demand.
 
+#![allow(dead_code)] // each test binary uses a different part
+
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
@@ -43,9 +45,18 @@ impl Cluster {
     }
 
     pub fn with(n: u32, tweak: impl Fn(&mut RaftConfig)) -> Cluster {
-        let nodes = (0..n)
+        Cluster::with_joiners(n, 0, tweak)
+    }
+
+    /// `voters` founding members, then `joiners` nodes that start knowing no
+    /// configuration, as nodes about to be added do.
+    pub fn with_joiners(voters: u32, joiners: u32, tweak: impl Fn(&mut RaftConfig)) -> Cluster {
+        let nodes = (0..voters + joiners)
             .map(|i| {
-                let mut cfg = config(i, n);
+                let mut cfg = config(i, voters);
+                if i >= voters {
+                    cfg.voters.clear();
+                }
                 tweak(&mut cfg);
                 Node {
                     raft: RaftNode::new(cfg, Time::ZERO).unwrap(),

@@ -7,9 +7,12 @@
 //! - **state machine safety**: every replica applies the same entry at each index;
 //! - **commit safety**: when an entry is first committed, no replica lacking it could win
 //!   an election — it and the replicas whose logs are no more up to date than its own
-//!   fall short of a majority. This is the inductive invariant behind leader
-//!   completeness (Raft §5.4.3), checked when the danger arises rather than when a
-//!   later election happens to exploit it;
+//!   fall short of a majority of every voter set of the configuration that replica has
+//!   in force (whichever configuration that is: old, joint or new). This is the
+//!   inductive invariant behind leader completeness (Raft §5.4.3) and behind joint
+//!   consensus (thesis §4.3): a committed entry survives in every later configuration's
+//!   majority. It is checked when the danger arises rather than when a later election
+//!   happens to exploit it;
 //! - **durability**: entries a replica acknowledged, and votes it granted, survive its
 //!   crash — so committed entries are never lost;
 //! - **snapshot safety**: a snapshot that replaces a replica's log covers only committed
@@ -23,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
-use ekmat_core::{CommittedEntry, Effect, NodeId, Time};
+use ekmat_core::{CommittedEntry, Effect, Membership, NodeId, Time};
 use ekmat_raft::{AppendOutcome, Entry, Message, Payload, RaftNode, RaftStable, RaftWrite};
 use rustc_hash::{FxHashMap, FxHasher};
 
@@ -50,27 +53,76 @@ pub struct RaftChecker {
     acked: Vec<u64>,
     /// Last real vote each replica granted: (term, candidate).
     votes: Vec<Option<(u64, NodeId)>>,
+    /// The configurations each replica's shadow log holds.
+    configs: Vec<Configs>,
+    /// What the founding members start with (spares start knowing nothing).
+    founders: Membership,
 }
 
-fn payload_hash(is_noop: bool, command: Option<(&ekmat_core::RequestId, &[u8])>) -> u64 {
+/// A replica's configuration before its log (bootstrap or snapshot), and those in it.
+#[derive(Clone, Debug, Default)]
+struct Configs {
+    base: Membership,
+    in_log: Vec<(u64, Membership)>,
+}
+
+impl Configs {
+    fn latest(&self) -> &Membership {
+        self.in_log.last().map_or(&self.base, |(_, m)| m)
+    }
+
+    fn track(&mut self, entries: &[Entry]) {
+        for e in entries {
+            if let Payload::Config { membership, .. } = &e.payload {
+                self.in_log.push((e.index, membership.clone()));
+            }
+        }
+    }
+}
+
+fn hash_of(value: impl Hash) -> u64 {
     let mut h = FxHasher::default();
-    is_noop.hash(&mut h);
-    command.hash(&mut h);
+    value.hash(&mut h);
     h.finish()
 }
 
 fn entry_payload_hash(e: &Entry) -> u64 {
     match &e.payload {
-        Payload::Noop => payload_hash(true, None),
-        Payload::Command { id, command } => payload_hash(false, Some((id, command))),
+        Payload::Noop => hash_of(0u8),
+        Payload::Command { id, command } => hash_of((1u8, id, command)),
+        Payload::Config {
+            membership,
+            changes,
+        } => hash_of((2u8, membership, changes)),
     }
 }
 
 fn committed_payload_hash(e: &CommittedEntry) -> u64 {
     match e {
-        CommittedEntry::Noop => payload_hash(true, None),
-        CommittedEntry::Command { id, command } => payload_hash(false, Some((id, command))),
+        CommittedEntry::Noop => hash_of(0u8),
+        CommittedEntry::Command { id, command } => hash_of((1u8, id, command)),
+        CommittedEntry::Membership {
+            membership,
+            changes,
+        } => hash_of((2u8, membership, changes)),
     }
+}
+
+/// How many leading entries two shadow logs share. Chain hashes cover the whole prefix,
+/// so agreement at an index means agreement up to it.
+fn common_prefix(a: &[Link], b: &[Link]) -> u64 {
+    let len = a.len().min(b.len());
+    let agree = |i: usize| a[i - 1] == b[i - 1];
+    let (mut lo, mut hi) = (0, len); // agree(lo) holds (trivially at 0); find the last
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if agree(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo as u64
 }
 
 fn chain(prev: u64, index: u64, term: u64, payload: u64) -> u64 {
@@ -80,8 +132,22 @@ fn chain(prev: u64, index: u64, term: u64, payload: u64) -> u64 {
 }
 
 impl RaftChecker {
-    pub fn new(n: usize) -> RaftChecker {
+    /// A checker for `n` replicas, of which `0..voters` found the cluster.
+    pub fn new(n: usize, voters: usize) -> RaftChecker {
+        let founders = Membership::of((0..voters as u32).map(NodeId));
+        let configs = (0..n)
+            .map(|i| Configs {
+                base: if i < voters {
+                    founders.clone()
+                } else {
+                    Membership::default()
+                },
+                in_log: Vec::new(),
+            })
+            .collect();
         RaftChecker {
+            configs,
+            founders,
             leaders: BTreeMap::new(),
             logs: vec![Vec::new(); n],
             seen: FxHashMap::default(),
@@ -108,6 +174,8 @@ impl RaftChecker {
         }
         self.logs[n].truncate(keep);
         self.acked[n] = self.acked[n].min(keep as u64);
+        self.configs[n].in_log.retain(|(i, _)| *i <= keep as u64);
+        self.configs[n].track(entries);
         for e in entries {
             let prev = self.logs[n].last().map_or(0, |l| l.chain);
             let link = Link {
@@ -180,8 +248,8 @@ impl RaftChecker {
         (log.last().map_or(0, |l| l.term), log.len() as u64)
     }
 
-    /// No replica without the entry just committed at `index` can gather a majority of
-    /// votes on log up-to-dateness alone.
+    /// No replica without the entry just committed at `index` can gather, on log
+    /// up-to-dateness alone, a quorum of the configuration it has in force.
     fn check_commit_safety(
         &self,
         now: Time,
@@ -190,16 +258,20 @@ impl RaftChecker {
         link: Link,
     ) -> Result<(), Violation> {
         let n = self.logs.len();
-        let majority = n / 2 + 1;
         for lacking in 0..n {
-            if self.logs[lacking].get(index as usize - 1) == Some(&link) {
-                continue;
+            let config = self.configs[lacking].latest();
+            let id = NodeId(lacking as u32);
+            if !config.is_voter(id) || self.logs[lacking].get(index as usize - 1) == Some(&link) {
+                continue; // it cannot campaign, or it holds the entry
             }
             let own = self.last_of(lacking);
-            let voters = (0..n).filter(|&v| self.last_of(v) <= own).count();
-            if voters >= majority {
+            let supporters: Vec<NodeId> = (0..n)
+                .filter(|&v| self.last_of(v) <= own)
+                .map(|v| NodeId(v as u32))
+                .collect();
+            if config.is_quorum(supporters.iter().copied()) {
                 let detail = format!(
-                    "{by} committed index {index} (term {}), but n{lacking}, whose log lacks it, could win an election with {voters} of {n} votes",
+                    "{by} committed index {index} (term {}), but {id}, whose log lacks it, could win an election in its configuration ({config}) with the votes of {supporters:?}",
                     link.term
                 );
                 return Err(Violation::new("commit-safety", now, detail));
@@ -282,16 +354,25 @@ impl RaftChecker {
         &mut self,
         now: Time,
         node: NodeId,
-        index: u64,
-        term: u64,
+        snapshot: &ekmat_raft::Snapshot,
     ) -> Result<(), Violation> {
-        let n = node.index();
+        let (n, index, term) = (node.index(), snapshot.index, snapshot.term);
         let holds = self.logs[n]
             .get(index as usize - 1)
             .is_some_and(|l| l.term == term);
-        if !holds {
-            self.logs[n] = self.committed_prefix(now, node, index, Some(term))?;
-            self.acked[n] = self.acked[n].min(index);
+        let configs = &mut self.configs[n];
+        configs.base = snapshot.membership.clone();
+        if holds {
+            configs.in_log.retain(|(i, _)| *i > index);
+        } else {
+            configs.in_log.clear();
+            let replaced = self.committed_prefix(now, node, index, Some(term))?;
+            // What it acknowledged of the log it had is only kept where that log agrees
+            // with the snapshot; the rest is gone (or back, if the snapshot never
+            // reaches disk — then its old log is what it acknowledged).
+            let common = common_prefix(&self.logs[n], &replaced);
+            self.logs[n] = replaced;
+            self.acked[n] = self.acked[n].min(common);
         }
         Ok(())
     }
@@ -330,7 +411,7 @@ impl ProtocolChecker<RaftNode> for RaftChecker {
             Effect::Persist {
                 write: RaftWrite::Snapshot { snapshot, .. },
                 ..
-            } => self.snapshot_written(now, node, snapshot.index, snapshot.term),
+            } => self.snapshot_written(now, node, snapshot),
             Effect::Restore { index, .. } => {
                 self.next_apply[node.index()] = index + 1;
                 Ok(())
@@ -375,6 +456,22 @@ impl ProtocolChecker<RaftNode> for RaftChecker {
         }
         self.logs[n] = recovered;
         self.next_apply[n] = 1;
+        let base = match &stable.snapshot {
+            Some(s) => s.membership.clone(),
+            None if n < self.founders.voters.len() => self.founders.clone(),
+            None => Membership::default(),
+        };
+        self.configs[n] = Configs {
+            base,
+            in_log: Vec::new(),
+        };
+        let after: Vec<Entry> = stable
+            .log
+            .iter()
+            .filter(|e| e.index > snapshot_index)
+            .cloned()
+            .collect();
+        self.configs[n].track(&after);
         Ok(())
     }
 }
@@ -441,8 +538,19 @@ mod tests {
     }
 
     #[test]
+    fn common_prefix_finds_where_two_logs_part() {
+        let link = |term, chain| Link { term, chain };
+        let a = [link(1, 1), link(1, 2), link(2, 3), link(2, 4)];
+        let b = [link(1, 1), link(1, 2), link(3, 9)];
+        assert_eq!(common_prefix(&a, &b), 2);
+        assert_eq!(common_prefix(&a, &a[..3]), 3);
+        assert_eq!(common_prefix(&a, &[]), 0);
+        assert_eq!(common_prefix(&a, &[link(5, 5)]), 0);
+    }
+
+    #[test]
     fn two_leaders_in_one_term_break_election_safety() {
-        let mut c = RaftChecker::new(5);
+        let mut c = RaftChecker::new(5, 5);
         lead(&mut c, 0, 3).unwrap();
         lead(&mut c, 0, 3).unwrap();
         assert_eq!(property(lead(&mut c, 1, 3)), "election-safety");
@@ -450,7 +558,7 @@ mod tests {
 
     #[test]
     fn same_index_and_term_with_different_prefixes_break_log_matching() {
-        let mut c = RaftChecker::new(5);
+        let mut c = RaftChecker::new(5, 5);
         write(&mut c, 0, vec![cmd(1, 1, 1), cmd(2, 2, 2)]).unwrap();
         assert_eq!(
             property(write(&mut c, 1, vec![cmd(1, 1, 9), cmd(2, 2, 2)])),
@@ -460,7 +568,7 @@ mod tests {
 
     #[test]
     fn different_entries_applied_at_one_index_break_state_machine_safety() {
-        let mut c = RaftChecker::new(5);
+        let mut c = RaftChecker::new(5, 5);
         let (a, b) = (cmd(1, 1, 1), cmd(1, 2, 2));
         write(&mut c, 0, vec![a.clone()]).unwrap();
         write(&mut c, 0, vec![a.clone()]).unwrap();
@@ -473,7 +581,7 @@ mod tests {
 
     #[test]
     fn a_leader_without_earlier_commits_breaks_leader_completeness() {
-        let mut c = RaftChecker::new(5);
+        let mut c = RaftChecker::new(5, 5);
         let e = cmd(1, 1, 1);
         for n in 0..3 {
             write(&mut c, n, vec![e.clone()]).unwrap();
@@ -481,7 +589,7 @@ mod tests {
         apply(&mut c, 0, 1, &e).unwrap();
         assert_eq!(property(lead(&mut c, 4, 2)), "leader-completeness");
         // A stale leader of the term the entry was committed in is no violation.
-        let mut c = RaftChecker::new(5);
+        let mut c = RaftChecker::new(5, 5);
         for n in 0..3 {
             write(&mut c, n, vec![e.clone()]).unwrap();
         }
@@ -493,7 +601,7 @@ mod tests {
     fn committing_what_an_electable_log_lacks_breaks_commit_safety() {
         // n0..n2 hold a term-1 entry; n3 holds a conflicting term-2 entry, so n3, n4 and
         // either of n1, n2 could elect n3, which lacks the committed entry.
-        let mut c = RaftChecker::new(5);
+        let mut c = RaftChecker::new(5, 5);
         let old = cmd(1, 1, 1);
         for n in 0..3 {
             write(&mut c, n, vec![old.clone()]).unwrap();
@@ -504,7 +612,7 @@ mod tests {
 
     #[test]
     fn committing_what_a_majority_protects_is_safe() {
-        let mut c = RaftChecker::new(5);
+        let mut c = RaftChecker::new(5, 5);
         let e = cmd(1, 3, 1);
         for n in 0..3 {
             write(&mut c, n, vec![e.clone()]).unwrap();
@@ -515,7 +623,7 @@ mod tests {
 
     #[test]
     fn losing_acknowledged_entries_or_votes_in_a_crash_is_caught() {
-        let mut c = RaftChecker::new(5);
+        let mut c = RaftChecker::new(5, 5);
         write(&mut c, 1, vec![cmd(1, 1, 1), cmd(2, 1, 2)]).unwrap();
         let ack = Message::AppendResponse(ekmat_raft::AppendResponse {
             term: 1,
@@ -541,7 +649,7 @@ mod tests {
         };
         assert_eq!(property(c.on_recover(T, NodeId(1), &lost)), "durability");
 
-        let mut c = RaftChecker::new(5);
+        let mut c = RaftChecker::new(5, 5);
         let grant = Message::VoteResponse(VoteResponse {
             term: 4,
             granted: true,
