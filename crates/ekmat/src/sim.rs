@@ -35,8 +35,9 @@ pub struct SimArgs {
     /// First seed of a multi-seed run.
     #[arg(long, default_value_t = 0)]
     pub first_seed: u64,
-    /// Faults to inject: `all`, `none`, or a comma-separated list of
-    /// partition, bridge, asymmetric, loss, duplicate, reorder, clog, crash, pause.
+    /// Faults to inject: `all`, `none`, or a comma-separated list of partition, bridge,
+    /// asymmetric, loss, duplicate, reorder, clog, crash, pause, transfer — and
+    /// membership (churn with two spare nodes), which `all` leaves out: `all,membership`.
     #[arg(long, default_value = "all")]
     pub faults: String,
     /// Plant a known bug (`list` shows them); the simulator must catch it.
