@@ -71,6 +71,7 @@ fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
             client: addr(base + i),
             peer: addr(base + 100 + i),
             metrics: Some(addr(base + 200 + i)),
+            joined: false,
         })
         .collect();
     let cfgs: Vec<NodeConfig> = (0..args.nodes as u32)

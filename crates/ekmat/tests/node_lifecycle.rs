@@ -53,6 +53,7 @@ fn sample(dir: &std::path::Path) -> ekmat_node::NodeConfig {
             peer: addr(free_port()),
             client: addr(free_port()),
             metrics: None,
+            joined: false,
         }],
     )
 }

@@ -62,6 +62,11 @@ pub struct Member {
     /// Address of the Prometheus `/metrics` and `/health` endpoint, if any.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Added to the running cluster (with `etcdctl member add`) rather than founding it.
+    /// A node whose own entry says so starts knowing no configuration and waits for the
+    /// leader to send it the log; the cluster id counts only founding members.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub joined: bool,
 }
 
 fn default_protocol() -> String {
@@ -134,8 +139,11 @@ impl NodeConfig {
                 PROTOCOLS.join(", ")
             ));
         }
-        if self.members.is_empty() {
-            return bad("the cluster needs at least one [[member]]".into());
+        if self.founders().next().is_none() {
+            return bad(
+                "the cluster needs at least one founding [[member]] (one without `joined = true`)"
+                    .into(),
+            );
         }
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
@@ -173,6 +181,11 @@ impl NodeConfig {
             .expect("validated: this node is a member")
     }
 
+    /// The members that founded the cluster (not added at run time).
+    pub fn founders(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| !m.joined)
+    }
+
     pub fn member(&self, id: u32) -> Option<&Member> {
         self.members.iter().find(|m| m.id == id)
     }
@@ -181,8 +194,7 @@ impl NodeConfig {
     /// addresses (stable across builds, since data directories record it).
     pub fn cluster_id(&self) -> u64 {
         use sha2::{Digest, Sha256};
-        let mut members: Vec<(u32, SocketAddr)> =
-            self.members.iter().map(|m| (m.id, m.peer)).collect();
+        let mut members: Vec<(u32, SocketAddr)> = self.founders().map(|m| (m.id, m.peer)).collect();
         members.sort();
         let mut canonical = format!("{}\n", self.cluster);
         for (id, peer) in members {
@@ -209,6 +221,7 @@ mod tests {
             peer: format!("127.0.0.1:{}", 12380 + id).parse().unwrap(),
             client: format!("127.0.0.1:{}", 2379 + id).parse().unwrap(),
             metrics: None,
+            joined: false,
         };
         NodeConfig {
             cluster: "test".into(),

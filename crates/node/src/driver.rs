@@ -13,12 +13,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use ekmat_core::{
-    CommittedEntry, Effect, Effects, Event, Input, NodeId, Rejection, Replica, Reply, Request,
-    RequestId, RequestKind, Time,
+    CommittedEntry, Effect, Effects, Event, Input, MembershipChange, NodeId, Rejection, Replica,
+    Reply, Request, RequestId, RequestKind, Time,
 };
 use ekmat_kv::{Applied, Command, Envelope, KvError, KvStore, Response};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::members::{MemberRecord, Members};
 use crate::protocol::{CoreStatus, RuntimeProtocol};
 use crate::query::{Answer, Query, wall_clock_ms};
 use crate::transport::Transport;
@@ -58,6 +59,11 @@ pub enum Call {
     /// Hand leadership to another member (this member must lead).
     MoveLeader {
         to: NodeId,
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
+    /// Change the membership; answered once the new configuration is committed.
+    ChangeMembership {
+        changes: Vec<MembershipChange>,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
 }
@@ -116,6 +122,14 @@ struct PendingWrite {
     forwarded: bool,
 }
 
+/// A leadership transfer or membership change waiting for the protocol's answer.
+struct PendingAdmin {
+    reply: oneshot::Sender<Result<(), CallError>>,
+    /// Kept so a membership change can be forwarded to the leader.
+    kind: RequestKind,
+    forwarded: bool,
+}
+
 struct PendingRead {
     query: Query,
     reply: ReadReply,
@@ -148,9 +162,11 @@ pub struct Driver<P: RuntimeProtocol> {
     next_id: u64,
     pending_writes: HashMap<RequestId, PendingWrite>,
     pending_reads: HashMap<RequestId, PendingRead>,
-    pending_transfers: HashMap<RequestId, oneshot::Sender<Result<(), CallError>>>,
+    pending_admin: HashMap<RequestId, PendingAdmin>,
     on_behalf: HashMap<RequestId, OnBehalf>,
-    peers: Vec<NodeId>,
+    /// Who is in the cluster, as the committed configurations say.
+    members: Members,
+    members_tx: watch::Sender<Vec<MemberRecord>>,
     last_ping: Instant,
     /// Reads the protocol confirmed, waiting for the state machine to reach `index`.
     ready_reads: Vec<(u64, RequestId)>,
@@ -171,7 +187,8 @@ pub struct DriverParts<P: RuntimeProtocol> {
     pub writes: mpsc::Sender<(u64, Write<P>)>,
     pub durable: watch::Receiver<Durability>,
     pub status: watch::Sender<NodeStatus>,
-    pub peers: Vec<NodeId>,
+    pub members: Members,
+    pub members_tx: watch::Sender<Vec<MemberRecord>>,
     /// Hand the protocol a snapshot every this many applied entries (0: never).
     pub snapshot_every: u64,
     pub hub: WatchHub,
@@ -200,9 +217,10 @@ impl<P: RuntimeProtocol> Driver<P> {
             next_id: epoch << 20,
             pending_writes: HashMap::new(),
             pending_reads: HashMap::new(),
-            pending_transfers: HashMap::new(),
+            pending_admin: HashMap::new(),
             on_behalf: HashMap::new(),
-            peers: parts.peers,
+            members: parts.members,
+            members_tx: parts.members_tx,
             last_ping: parts.started,
             ready_reads: Vec::new(),
             out: Effects::new(),
@@ -316,12 +334,50 @@ impl<P: RuntimeProtocol> Driver<P> {
                 self.step(Input::Request(Request { id, kind })).await;
             }
             Call::MoveLeader { to, reply } => {
-                let id = self.fresh_id();
-                self.pending_transfers.insert(id, reply);
-                let kind = RequestKind::TransferLeadership { to };
-                self.step(Input::Request(Request { id, kind })).await;
+                self.admin(RequestKind::TransferLeadership { to }, reply)
+                    .await
+            }
+            Call::ChangeMembership { changes, reply } => {
+                self.admin(RequestKind::ChangeMembership(changes), reply)
+                    .await
             }
         }
+    }
+
+    async fn admin(&mut self, kind: RequestKind, reply: oneshot::Sender<Result<(), CallError>>) {
+        let id = self.fresh_id();
+        let pending = PendingAdmin {
+            reply,
+            kind: kind.clone(),
+            forwarded: false,
+        };
+        self.pending_admin.insert(id, pending);
+        self.step(Input::Request(Request { id, kind })).await;
+    }
+
+    /// A committed configuration: follow it in the member table and the transport.
+    fn on_membership(&mut self, membership: &ekmat_core::Membership, changes: &[MembershipChange]) {
+        for added in self.members.apply(membership, changes) {
+            tracing::info!(id = added.id, peer = %added.peer, "member added");
+            self.transport.add_peer(NodeId(added.id), added.peer);
+        }
+        self.sync_peers();
+    }
+
+    /// The transport sends to exactly the members in the table.
+    fn sync_peers(&mut self) {
+        let gone: Vec<NodeId> = self
+            .transport
+            .peers()
+            .filter(|id| self.members.get(id.0).is_none())
+            .collect();
+        for id in gone {
+            self.transport.remove_peer(id);
+        }
+        for r in self.members.list() {
+            self.transport.add_peer(NodeId(r.id), r.peer);
+        }
+        self.members_tx.send_replace(self.members.list());
     }
 
     /// Propose a command of the node's own, whose answer nobody waits for.
@@ -365,6 +421,11 @@ impl<P: RuntimeProtocol> Driver<P> {
                 self.step(Input::Request(request)).await;
             }
             Wire::Refused { id, reason } => self.fail(id, rejection(reason)),
+            Wire::Done { id } => {
+                if let Some(admin) = self.pending_admin.remove(&id) {
+                    let _ = admin.reply.send(Ok(()));
+                }
+            }
             Wire::ReadIndex { id, index } => {
                 self.ready_reads.push((index, id));
                 self.serve_ready_reads();
@@ -387,7 +448,7 @@ impl<P: RuntimeProtocol> Driver<P> {
         }
         self.last_ping = Instant::now();
         let sent_us = self.now().as_micros();
-        for &peer in &self.peers {
+        for peer in self.transport.peers().collect::<Vec<_>>() {
             self.transport.send(peer, Wire::Ping { sent_us });
         }
     }
@@ -416,7 +477,7 @@ impl<P: RuntimeProtocol> Driver<P> {
         }
         self.last_snapshot = applied;
         let started = Instant::now();
-        let data = self.kv.snapshot();
+        let data = self.members.wrap_snapshot(self.kv.snapshot());
         self.applied_bytes = 0;
         self.last_snapshot_bytes = data.len() as u64;
         metrics::counter!("ekmat_snapshots_total").increment(1);
@@ -448,24 +509,32 @@ impl<P: RuntimeProtocol> Driver<P> {
                 }
             }
             Effect::Commit(c) => self.apply_committed(c.index, c.entry),
-            Effect::Restore { index, data } => match KvStore::restore(&data) {
-                Ok(kv) => {
-                    tracing::info!(
-                        index,
-                        bytes = data.len(),
-                        "restored the state machine from a snapshot"
-                    );
-                    self.kv = kv;
-                    self.last_snapshot = index;
-                    self.applied_bytes = 0;
-                    self.last_snapshot_bytes = data.len() as u64;
-                    self.hub.publish(Published::Reset);
-                    self.serve_ready_reads();
+            Effect::Restore { index, data } => {
+                match Members::unwrap_snapshot(&data).and_then(|(members, kv)| {
+                    let kv = KvStore::restore(&kv).map_err(|e| e.to_string())?;
+                    Ok((members, kv))
+                }) {
+                    Ok((members, kv)) => {
+                        self.members = members;
+                        self.sync_peers();
+                        tracing::info!(
+                            index,
+                            bytes = data.len(),
+                            "restored the state machine from a snapshot"
+                        );
+                        self.kv = kv;
+                        self.last_snapshot = index;
+                        self.applied_bytes = 0;
+                        self.last_snapshot_bytes = data.len() as u64;
+                        self.hub.publish(Published::Reset);
+                        self.serve_ready_reads();
+                    }
+                    Err(e) => {
+                        self.fatal =
+                            Some(format!("cannot restore the snapshot at index {index}: {e}"));
+                    }
                 }
-                Err(e) => {
-                    self.fatal = Some(format!("cannot restore the snapshot at index {index}: {e}"));
-                }
-            },
+            }
             Effect::Reply(reply) => self.on_reply(reply),
             Effect::Event(e) => {
                 if let Event::BecameLeader { .. } = e {
@@ -479,9 +548,13 @@ impl<P: RuntimeProtocol> Driver<P> {
     fn apply_committed(&mut self, index: u64, entry: CommittedEntry) {
         match entry {
             CommittedEntry::Noop => self.kv.skip(index),
-            CommittedEntry::Membership { membership, .. } => {
+            CommittedEntry::Membership {
+                membership,
+                changes,
+            } => {
                 tracing::info!(index, %membership, "configuration committed");
                 self.kv.skip(index);
+                self.on_membership(&membership, &changes);
             }
             CommittedEntry::Command { id, command } => {
                 self.applied_bytes += command.len() as u64;
@@ -540,9 +613,11 @@ impl<P: RuntimeProtocol> Driver<P> {
                 }
             }
             Reply::Done { id } => {
-                self.on_behalf.remove(&id);
-                if let Some(reply) = self.pending_transfers.remove(&id) {
-                    let _ = reply.send(Ok(()));
+                if let Some(behalf) = self.on_behalf.remove(&id) {
+                    self.transport.send(behalf.origin, Wire::Done { id });
+                }
+                if let Some(admin) = self.pending_admin.remove(&id) {
+                    let _ = admin.reply.send(Ok(()));
                 }
             }
         }
@@ -563,6 +638,13 @@ impl<P: RuntimeProtocol> Driver<P> {
         } else if let Some(r) = self.pending_reads.get_mut(&id).filter(|r| !r.forwarded) {
             r.forwarded = true;
             RequestKind::Read
+        } else if let Some(a) = self
+            .pending_admin
+            .get_mut(&id)
+            .filter(|a| !a.forwarded && matches!(a.kind, RequestKind::ChangeMembership(_)))
+        {
+            a.forwarded = true;
+            a.kind.clone()
         } else {
             return false;
         };
@@ -576,8 +658,8 @@ impl<P: RuntimeProtocol> Driver<P> {
             let _ = w.reply.send(Err(err));
         } else if let Some(r) = self.pending_reads.remove(&id) {
             let _ = r.reply.send(Err(err));
-        } else if let Some(reply) = self.pending_transfers.remove(&id) {
-            let _ = reply.send(Err(err));
+        } else if let Some(admin) = self.pending_admin.remove(&id) {
+            let _ = admin.reply.send(Err(err));
         }
     }
 
@@ -602,7 +684,7 @@ impl<P: RuntimeProtocol> Driver<P> {
     fn forget_abandoned_calls(&mut self) {
         self.pending_writes.retain(|_, w| !w.reply.is_closed());
         self.pending_reads.retain(|_, r| !r.reply.is_closed());
-        self.pending_transfers.retain(|_, reply| !reply.is_closed());
+        self.pending_admin.retain(|_, a| !a.reply.is_closed());
         self.on_behalf
             .retain(|_, b| b.since.elapsed() < ON_BEHALF_TTL);
     }
@@ -632,8 +714,8 @@ impl<P: RuntimeProtocol> Driver<P> {
         for (_, r) in self.pending_reads.drain() {
             let _ = r.reply.send(Err(err.clone()));
         }
-        for (_, reply) in self.pending_transfers.drain() {
-            let _ = reply.send(Err(err.clone()));
+        for (_, admin) in self.pending_admin.drain() {
+            let _ = admin.reply.send(Err(err.clone()));
         }
     }
 }

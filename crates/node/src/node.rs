@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::NodeConfig;
 use crate::driver::{CALL_QUEUE, Call, Driver, DriverParts, NodeStatus};
 use crate::identity::{self, Identity};
+use crate::members::Members;
 use crate::protocol::{Raft, RuntimeProtocol};
 use crate::service::{Services, min_lease_ttl};
 use crate::transport::Transport;
@@ -109,6 +110,8 @@ async fn run_protocol<P: RuntimeProtocol>(
     let w = writer::spawn::<P>(wal, stable, cfg.checkpoint_bytes);
     let (status_tx, status_rx) = watch::channel(NodeStatus::default());
     let (calls_tx, calls_rx) = mpsc::channel::<Call>(CALL_QUEUE);
+    let members = Members::from_config(&cfg);
+    let (members_tx, members_rx) = watch::channel(members.list());
     let hub = WatchHub::new();
     let driver = Driver::<P>::new(DriverParts {
         core,
@@ -118,7 +121,8 @@ async fn run_protocol<P: RuntimeProtocol>(
         writes: w.queue,
         durable: w.durable,
         status: status_tx,
-        peers: peers.iter().map(|(id, _)| *id).collect(),
+        members,
+        members_tx,
         snapshot_every: cfg.snapshot_every,
         hub: hub.clone(),
     });
@@ -134,6 +138,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         &cfg,
         calls_tx,
         status_rx,
+        members_rx,
         hub,
         min_lease_ttl(P::election_timeout(&cfg)),
     );

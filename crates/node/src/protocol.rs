@@ -53,7 +53,12 @@ impl RuntimeProtocol for Raft {
         stable: ekmat_raft::RaftStable,
         now: Time,
     ) -> Result<RaftNode, String> {
-        let voters = cfg.members.iter().map(|m| NodeId(m.id)).collect();
+        // A joining node starts knowing no configuration: the leader's log brings it.
+        let voters = if cfg.me().joined {
+            Vec::new()
+        } else {
+            cfg.founders().map(|m| NodeId(m.id)).collect()
+        };
         let mut rc = RaftConfig::new(NodeId(cfg.id), voters);
         // The core's only randomness (election timeouts) is seeded afresh on every start.
         let clock = std::time::SystemTime::now()

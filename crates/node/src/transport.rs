@@ -1,7 +1,9 @@
 //! Peer-to-peer messaging over TCP.
 //!
 //! Every connection opens with a hello naming the cluster and the sender, so a node never
-//! takes messages from another cluster or a stranger. After it, each message is a frame:
+//! takes messages from another cluster. A sender it does not know yet is accepted: it may
+//! be a member added since this node last heard (the protocol, not the transport, decides
+//! what a message from a non-member is worth). Peers added at run time get a sender too. After it, each message is a frame:
 //! a 4-byte big-endian length and the postcard encoding of the protocol's message.
 //! Each peer has a bounded outgoing queue drained by one task that reconnects with
 //! backoff; a full queue drops the message (consensus protocols tolerate loss, and a slow
@@ -36,10 +38,10 @@ struct Hello {
     from: NodeId,
 }
 
-/// Sends to peers. Cheap to clone.
-#[derive(Clone)]
+/// Sends to peers.
 pub struct Transport<M> {
-    peers: BTreeMap<NodeId, mpsc::Sender<M>>,
+    hello: Hello,
+    peers: BTreeMap<NodeId, (SocketAddr, mpsc::Sender<M>)>,
 }
 
 impl<M> Transport<M>
@@ -56,29 +58,50 @@ where
         inbound: mpsc::Sender<(NodeId, M)>,
     ) -> std::io::Result<Transport<M>> {
         let listener = TcpListener::bind(listen).await?;
-        let known: Vec<NodeId> = peers.iter().map(|(id, _)| *id).collect();
-        tokio::spawn(accept_loop(listener, cluster_id, known, inbound));
-        let mut senders = BTreeMap::new();
+        tokio::spawn(accept_loop(listener, cluster_id, inbound));
+        let hello = Hello {
+            magic: MAGIC,
+            version: VERSION,
+            cluster_id,
+            from: me,
+        };
+        let mut transport = Transport {
+            hello,
+            peers: BTreeMap::new(),
+        };
         for &(id, addr) in peers {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            let hello = Hello {
-                magic: MAGIC,
-                version: VERSION,
-                cluster_id,
-                from: me,
-            };
-            tokio::spawn(send_loop(addr, hello, rx));
-            senders.insert(id, tx);
+            transport.add_peer(id, addr);
         }
-        Ok(Transport { peers: senders })
+        Ok(transport)
+    }
+
+    /// Start sending to `id` at `addr` (a member added at run time). A peer already
+    /// known at another address is redirected there.
+    pub fn add_peer(&mut self, id: NodeId, addr: SocketAddr) {
+        if id == self.hello.from || self.peers.get(&id).is_some_and(|(a, _)| *a == addr) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        tokio::spawn(send_loop(addr, self.hello, rx));
+        // Dropping the old sender ends its task.
+        self.peers.insert(id, (addr, tx));
+    }
+
+    /// Stop sending to `id` (a removed member).
+    pub fn remove_peer(&mut self, id: NodeId) {
+        self.peers.remove(&id);
     }
 
     /// Queue `msg` for `to`. Returns false if it was dropped (unknown peer, full queue).
     pub fn send(&self, to: NodeId, msg: M) -> bool {
         match self.peers.get(&to) {
-            Some(tx) => tx.try_send(msg).is_ok(),
+            Some((_, tx)) => tx.try_send(msg).is_ok(),
             None => false,
         }
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers.keys().copied()
     }
 }
 
@@ -160,7 +183,6 @@ async fn pump<M: Serialize + Sync>(
 async fn accept_loop<M: DeserializeOwned + Send + 'static>(
     listener: TcpListener,
     cluster_id: u64,
-    known: Vec<NodeId>,
     inbound: mpsc::Sender<(NodeId, M)>,
 ) {
     loop {
@@ -169,9 +191,8 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
         };
         let _ = stream.set_nodelay(true);
         let inbound = inbound.clone();
-        let known = known.clone();
         tokio::spawn(async move {
-            if let Err(e) = receive(stream, cluster_id, &known, inbound).await {
+            if let Err(e) = receive(stream, cluster_id, inbound).await {
                 tracing::debug!(%remote, error = %e, "peer connection closed");
             }
         });
@@ -181,7 +202,6 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
 async fn receive<M: DeserializeOwned>(
     mut stream: TcpStream,
     cluster_id: u64,
-    known: &[NodeId],
     inbound: mpsc::Sender<(NodeId, M)>,
 ) -> std::io::Result<()> {
     let hello: Hello = read_frame(&mut stream).await?;
@@ -191,10 +211,6 @@ async fn receive<M: DeserializeOwned>(
     if hello.cluster_id != cluster_id {
         tracing::warn!(from = %hello.from, "refused a peer of another cluster");
         return Err(std::io::Error::other("peer belongs to another cluster"));
-    }
-    if !known.contains(&hello.from) {
-        tracing::warn!(from = %hello.from, "refused a peer that is not a member");
-        return Err(std::io::Error::other("peer is not a member"));
     }
     let mut r = tokio::io::BufReader::new(stream);
     loop {
@@ -214,7 +230,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn messages_cross_and_strangers_are_refused() {
+    async fn messages_cross_and_other_clusters_are_refused() {
         let (a, b) = (free_addr().await, free_addr().await);
         let (tx_a, _rx_a) = mpsc::channel::<(NodeId, String)>(16);
         let (tx_b, mut rx_b) = mpsc::channel::<(NodeId, String)>(16);
@@ -240,6 +256,26 @@ mod tests {
         tc.send(NodeId(1), "intruder".into());
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(rx_b.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_member_added_at_run_time_is_heard_and_can_be_sent_to() {
+        let (a, b) = (free_addr().await, free_addr().await);
+        let (tx_a, mut rx_a) = mpsc::channel::<(NodeId, String)>(16);
+        let (tx_b, mut rx_b) = mpsc::channel::<(NodeId, String)>(16);
+        let mut ta = Transport::start(NodeId(0), 7, a, &[], tx_a).await.unwrap();
+        // The newcomer knows the cluster; the cluster does not know it yet.
+        let tb = Transport::start(NodeId(5), 7, b, &[(NodeId(0), a)], tx_b)
+            .await
+            .unwrap();
+        assert!(tb.send(NodeId(0), "hello".into()));
+        assert_eq!(rx_a.recv().await.unwrap(), (NodeId(5), "hello".into()));
+        assert!(!ta.send(NodeId(5), "too early".into()));
+        ta.add_peer(NodeId(5), b);
+        assert!(ta.send(NodeId(5), "welcome".into()));
+        assert_eq!(rx_b.recv().await.unwrap(), (NodeId(0), "welcome".into()));
+        ta.remove_peer(NodeId(5));
+        assert!(!ta.send(NodeId(5), "gone".into()));
     }
 
     #[tokio::test]

@@ -23,6 +23,10 @@ pub enum Wire<M> {
         id: RequestId,
         index: u64,
     },
+    /// A forwarded administrative request (a membership change) completed.
+    Done {
+        id: RequestId,
+    },
     /// Round-trip measurement: the receiver echoes `sent_us` back as a `Pong`.
     Ping {
         sent_us: u64,

@@ -42,6 +42,7 @@ impl Cluster {
                 peer: addr(free_port()),
                 client: addr(free_port()),
                 metrics: Some(addr(free_port())),
+                joined: false,
             })
             .collect();
         let cfgs: Vec<NodeConfig> = (0..n)
@@ -61,6 +62,27 @@ impl Cluster {
             c.spawn(i);
         }
         c
+    }
+
+    /// Configure (not start) a node that will join the running cluster: it knows the
+    /// founding members and itself, marked `joined`. Returns its index.
+    pub fn prepare_joiner(&mut self) -> usize {
+        let i = self.cfgs.len();
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let mut members = self.cfgs[0].members.clone();
+        members.push(Member {
+            id: i as u32,
+            name: format!("n{i}"),
+            peer: addr(free_port()),
+            client: addr(free_port()),
+            metrics: None,
+            joined: true,
+        });
+        let data = self.dir.path().join(format!("n{i}"));
+        self.cfgs
+            .push(NodeConfig::new("test", i as u32, data, members));
+        self.children.push(None);
+        i
     }
 
     pub fn config_path(&self, i: usize) -> PathBuf {
@@ -116,7 +138,7 @@ impl Cluster {
     }
 
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://{}", self.cfgs[0].members[i].client)
+        format!("http://{}", self.cfgs[i].me().client)
     }
 
     pub fn endpoints(&self) -> Vec<String> {

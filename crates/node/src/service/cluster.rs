@@ -1,34 +1,78 @@
-//! etcd's Cluster service: the member list from the configuration. Changing membership
-//! comes with Raft's joint consensus.
+//! etcd's Cluster service: the member list, and membership changes carried out by the
+//! protocol (Raft's joint consensus). A member added here starts as a record with its
+//! peer address only; the node itself is then started with `joined = true`.
 
+use std::net::SocketAddr;
+
+use bytes::Bytes;
 use ekmat_api::etcdserverpb as pb;
+use ekmat_core::{ChangeAction, MembershipChange, NodeId};
 use tonic::{Request, Response, Status};
 
-use super::Services;
+use super::{Services, call_error};
 use crate::config::NodeConfig;
+use crate::driver::Call;
+use crate::members::{MemberRecord, encode_context};
 
 fn not_yet(what: &str) -> Status {
     Status::unimplemented(format!("ekmat does not support {what} yet"))
 }
 
+fn to_pb(m: &MemberRecord) -> pb::Member {
+    pb::Member {
+        id: NodeConfig::member_id(m.id),
+        // etcd shows a member that has not started yet with no name and no client URLs.
+        name: match (&m.client, m.name.is_empty()) {
+            (None, _) => String::new(),
+            (Some(_), true) => format!("n{}", m.id),
+            (Some(_), false) => m.name.clone(),
+        },
+        peer_ur_ls: vec![format!("http://{}", m.peer)],
+        client_ur_ls: m.client.iter().map(|c| format!("http://{c}")).collect(),
+        is_learner: m.learner,
+    }
+}
+
+/// `http://host:port` as a socket address (ekmat speaks no TLS between peers yet).
+fn peer_addr(url: &str) -> Result<SocketAddr, Status> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(Status::invalid_argument(format!(
+            "peer URL {url:?} must be http://IP:PORT (TLS between peers is not supported)"
+        )));
+    };
+    rest.trim_end_matches('/')
+        .parse()
+        .map_err(|_| Status::invalid_argument(format!("peer URL {url:?} is not http://IP:PORT")))
+}
+
 impl Services {
-    fn members(&self) -> Vec<pb::Member> {
-        self.inner
-            .cfg
-            .members
+    pub(crate) fn members(&self) -> Vec<pb::Member> {
+        self.inner.members.borrow().iter().map(to_pb).collect()
+    }
+
+    /// The member with etcd's 64-bit `id`, if there is one.
+    pub(crate) fn member_by_etcd_id(&self, id: u64) -> Option<MemberRecord> {
+        let members = self.inner.members.borrow();
+        members
             .iter()
-            .map(|m| pb::Member {
-                id: NodeConfig::member_id(m.id),
-                name: if m.name.is_empty() {
-                    format!("n{}", m.id)
-                } else {
-                    m.name.clone()
-                },
-                peer_ur_ls: vec![format!("http://{}", m.peer)],
-                client_ur_ls: vec![format!("http://{}", m.client)],
-                is_learner: false,
-            })
-            .collect()
+            .find(|m| NodeConfig::member_id(m.id) == id)
+            .cloned()
+    }
+
+    async fn change(&self, action: ChangeAction, node: u32, context: Bytes) -> Result<(), Status> {
+        let changes = vec![MembershipChange {
+            action,
+            node: NodeId(node),
+            context,
+        }];
+        self.call(|reply| Call::ChangeMembership { changes, reply })
+            .await
+            .map_err(|e| call_error(&e))
+    }
+
+    fn existing(&self, id: u64) -> Result<MemberRecord, Status> {
+        self.member_by_etcd_id(id)
+            .ok_or_else(|| Status::not_found("etcdserver: member not found"))
     }
 }
 
@@ -36,23 +80,63 @@ impl Services {
 impl pb::cluster_server::Cluster for Services {
     async fn member_add(
         &self,
-        _: Request<pb::MemberAddRequest>,
+        request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(not_yet("adding members"))
+        let req = request.into_inner();
+        let [url] = &req.peer_ur_ls[..] else {
+            return Err(Status::invalid_argument(
+                "give exactly one peer URL (http://IP:PORT)",
+            ));
+        };
+        let peer = peer_addr(url)?;
+        let (id, taken) = {
+            let members = self.inner.members.borrow();
+            let next = members.iter().map(|m| m.id + 1).max().unwrap_or(0);
+            (next, members.iter().any(|m| m.peer == peer))
+        };
+        if taken {
+            return Err(Status::failed_precondition(
+                "etcdserver: Peer URLs already exists",
+            ));
+        }
+        let record = MemberRecord {
+            id,
+            name: String::new(),
+            peer,
+            client: None,
+            learner: req.is_learner,
+        };
+        let action = if req.is_learner {
+            ChangeAction::AddLearner
+        } else {
+            ChangeAction::AddVoter
+        };
+        self.change(action, id, encode_context(&record)).await?;
+        Ok(Response::new(pb::MemberAddResponse {
+            header: Some(self.header(self.revision())),
+            member: Some(to_pb(&record)),
+            members: self.members(),
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<pb::MemberRemoveRequest>,
+        request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(not_yet("removing members"))
+        let m = self.existing(request.get_ref().id)?;
+        self.change(ChangeAction::Remove, m.id, Bytes::new())
+            .await?;
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: Some(self.header(self.revision())),
+            members: self.members(),
+        }))
     }
 
     async fn member_update(
         &self,
         _: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(not_yet("updating members"))
+        Err(not_yet("changing a member's peer URLs"))
     }
 
     async fn member_list(
@@ -60,15 +144,41 @@ impl pb::cluster_server::Cluster for Services {
         _: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.header(self.inner.status.borrow().revision)),
+            header: Some(self.header(self.revision())),
             members: self.members(),
         }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<pb::MemberPromoteRequest>,
+        request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(not_yet("promoting learners"))
+        let m = self.existing(request.get_ref().id)?;
+        if !m.learner {
+            return Err(Status::failed_precondition(
+                "etcdserver: can only promote a learner member",
+            ));
+        }
+        self.change(ChangeAction::Promote, m.id, Bytes::new())
+            .await?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: Some(self.header(self.revision())),
+            members: self.members(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_urls_must_be_plain_http_addresses() {
+        assert_eq!(
+            peer_addr("http://127.0.0.1:2380").unwrap(),
+            "127.0.0.1:2380".parse().unwrap()
+        );
+        assert!(peer_addr("https://127.0.0.1:2380").is_err());
+        assert!(peer_addr("http://example.com:2380").is_err());
     }
 }

@@ -107,11 +107,7 @@ impl pb::maintenance_server::Maintenance for Services {
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         let target = request.get_ref().target_id;
         let Some(to) = self
-            .inner
-            .cfg
-            .members
-            .iter()
-            .find(|m| NodeConfig::member_id(m.id) == target)
+            .member_by_etcd_id(target)
             .map(|m| ekmat_core::NodeId(m.id))
         else {
             return Err(Status::failed_precondition(

@@ -24,6 +24,7 @@ use tonic::Status;
 
 use crate::config::NodeConfig;
 use crate::driver::{Call, CallError, NodeStatus};
+use crate::members::MemberRecord;
 use crate::query::{Answer, Query};
 use crate::watch_hub::WatchHub;
 
@@ -41,9 +42,10 @@ pub struct Services {
 struct Inner {
     cluster_id: u64,
     member_id: u64,
-    cfg: NodeConfig,
     calls: mpsc::Sender<Call>,
     status: tokio::sync::watch::Receiver<NodeStatus>,
+    /// The member table, as the driver follows committed configurations.
+    members: tokio::sync::watch::Receiver<Vec<MemberRecord>>,
     hub: WatchHub,
     /// Granted TTLs below this many seconds are raised to it.
     min_lease_ttl: i64,
@@ -54,6 +56,7 @@ impl Services {
         cfg: &NodeConfig,
         calls: mpsc::Sender<Call>,
         status: tokio::sync::watch::Receiver<NodeStatus>,
+        members: tokio::sync::watch::Receiver<Vec<MemberRecord>>,
         hub: WatchHub,
         min_lease_ttl: i64,
     ) -> Services {
@@ -61,9 +64,9 @@ impl Services {
             inner: Arc::new(Inner {
                 cluster_id: cfg.cluster_id(),
                 member_id: NodeConfig::member_id(cfg.id),
-                cfg: cfg.clone(),
                 calls,
                 status,
+                members,
                 hub,
                 min_lease_ttl,
             }),
