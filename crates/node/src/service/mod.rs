@@ -97,7 +97,9 @@ impl Services {
             .add_service(pb::watch_server::WatchServer::new(self.clone()))
             .add_service(pb::maintenance_server::MaintenanceServer::new(self.clone()))
             .add_service(pb::cluster_server::ClusterServer::new(self.clone()))
-            .add_service(v3electionpb::election_server::ElectionServer::new(self.clone()))
+            .add_service(v3electionpb::election_server::ElectionServer::new(
+                self.clone(),
+            ))
             .add_service(v3lockpb::lock_server::LockServer::new(self))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;

@@ -19,6 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
 
 use super::{Services, call_error, unexpected_answer};
+use crate::driver::CallError;
 use crate::watch_hub::Published;
 
 /// The TTL of the lease etcd's server grants a Lock or Campaign that names none (its
@@ -69,7 +70,7 @@ impl From<Status> for WaitError {
 impl Services {
     /// Order `command` through the log.
     async fn order(&self, command: Command) -> Result<Response, Status> {
-        self.write(command).await.map_err(|e| call_error(&e))
+        self.write(command).await.map_err(|e| inner_error(&e))
     }
 
     pub(super) async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse, Status> {
@@ -84,7 +85,7 @@ impl Services {
         match self.read(crate::query::Query::Range(req), true).await {
             Ok(crate::query::Answer::Range(r)) => Ok(r),
             Ok(_) => Err(unexpected_answer()),
-            Err(e) => Err(call_error(&e)),
+            Err(e) => Err(inner_error(&e)),
         }
     }
 
@@ -208,12 +209,20 @@ impl Services {
                     }
                     Ok(Published::Reset) | Err(RecvError::Lagged(_)) => break,
                     Err(RecvError::Closed) => {
-                        return Err(Status::unavailable("etcdserver: server stopped").into());
+                        return Err(Status::unknown("etcdserver: server stopped").into());
                     }
                 }
             }
         }
     }
+}
+
+/// An error of a KV or lease call made on a Lock or Election call's behalf. etcd's
+/// server makes those calls through its in-process client, which hands the services
+/// its errors without their gRPC codes: a client sees `Unknown` with etcd's message
+/// (for example "etcdserver: requested lease not found"), and matches on the message.
+fn inner_error(e: &CallError) -> Status {
+    Status::unknown(call_error(e).message())
 }
 
 /// "`key` was created at `rev`" (0: the key does not exist).
@@ -269,7 +278,10 @@ mod tests {
 
     #[test]
     fn waiter_keys_are_the_name_a_slash_and_the_lease_in_hex() {
-        assert_eq!(waiter_key(b"job", 0x694d_8a1c_2b3e_4f10), "job/694d8a1c2b3e4f10");
+        assert_eq!(
+            waiter_key(b"job", 0x694d_8a1c_2b3e_4f10),
+            "job/694d8a1c2b3e4f10"
+        );
         assert_eq!(waiter_key(b"job", 26), "job/1a");
         assert_eq!(waiter_key(b"", 1), "/1");
         assert_eq!(line_prefix(b"job"), "job/");
