@@ -139,7 +139,9 @@ impl Timings {
     }
 }
 
-/// Timestamps for the demo's lines: wall-clock UTC and time since the start.
+/// Timestamps for the demo's lines: wall-clock UTC and time since the start. Workers
+/// print their own lines, so each is stamped when it happens.
+#[derive(Clone, Copy)]
 struct Clock {
     started: Instant,
 }
@@ -166,14 +168,9 @@ impl Clock {
     }
 }
 
-/// What workers tell the demo.
-enum Report {
-    Elected {
-        worker: usize,
-        key: Vec<u8>,
-        rev: i64,
-    },
-    Line(String),
+/// A worker was elected (it has printed so).
+struct Elected {
+    worker: usize,
 }
 
 async fn leader_election(
@@ -265,36 +262,35 @@ async fn compete(
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
             let ch = channels[w % channels.len()].clone();
-            tokio::spawn(worker(w, ch, args.election.clone(), t, tx.clone()))
+            tokio::spawn(worker(w, ch, args.election.clone(), t, *clock, tx.clone()))
         })
         .collect();
-    let observer = tokio::spawn(observe(
-        channels[0].clone(),
-        args.election.clone(),
-        tx.clone(),
-    ));
+    let observer = tokio::spawn(observe(channels[0].clone(), args.election.clone(), *clock));
     drop(tx);
 
     // Generous bounds, so a stuck demo fails rather than hangs.
     let patience = Duration::from_secs(t.ttl as u64 * 3 + 15);
-    let (first, ..) = next_leader(&mut reports, None, patience, clock).await?;
+    let first = next_leader(&mut reports, None, patience).await?;
     tokio::time::sleep(t.lead_for).await;
     clock.say(&format!(
         "killing worker-{first}, the leader: it stops renewing its lease and does not resign"
     ));
     workers[first].abort();
     let killed = Instant::now();
-    let (second, ..) = next_leader(&mut reports, Some(first), patience, clock).await?;
+    let second = next_leader(&mut reports, Some(first), patience).await?;
     clock.say(&format!(
         "handover: worker-{second} took over from worker-{first} {:.1}s after worker-{first} \
          stopped renewing (lease {}s)",
         killed.elapsed().as_secs_f64(),
         t.ttl
     ));
-    // Let the observer report the new leader, then stop.
+    // Let the observer report the new leader, then stop. Only one worker may have
+    // been told it leads (etcd 3.4, for one, has answered every waiting campaign here).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    while let Ok(Report::Line(line)) = reports.try_recv() {
-        clock.say(&line);
+    while let Ok(Elected { worker }) = reports.try_recv() {
+        clock.say(&format!(
+            "warning: worker-{worker} was told it leads too: the server ended two campaigns"
+        ));
     }
     for w in &workers {
         w.abort();
@@ -304,44 +300,41 @@ async fn compete(
     Ok(())
 }
 
-/// Print reports until a worker other than `not` is elected; that worker.
+/// Wait until a worker other than `not` is elected; that worker.
 async fn next_leader(
-    reports: &mut mpsc::Receiver<Report>,
+    reports: &mut mpsc::Receiver<Elected>,
     not: Option<usize>,
     patience: Duration,
-    clock: &Clock,
-) -> Result<(usize, Vec<u8>, i64), String> {
+) -> Result<usize, String> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        let report = tokio::time::timeout_at(deadline, reports.recv())
+        let elected = tokio::time::timeout_at(deadline, reports.recv())
             .await
             .map_err(|_| format!("no new leader within {patience:?}"))?
             .ok_or("every worker stopped")?;
-        match report {
-            Report::Line(line) => clock.say(&line),
-            Report::Elected { worker, key, rev } => {
-                clock.say(&format!(
-                    "worker-{worker}: elected leader (key {}, create revision {rev})",
-                    String::from_utf8_lossy(&key)
-                ));
-                if Some(worker) != not {
-                    return Ok((worker, key, rev));
-                }
-            }
+        if Some(elected.worker) != not {
+            return Ok(elected.worker);
         }
     }
 }
 
 /// One worker: campaign with a lease kept alive; on any failure, wait `retry` and
 /// campaign again with a new lease.
-async fn worker(w: usize, ch: Channel, election: String, t: Timings, out: mpsc::Sender<Report>) {
+async fn worker(
+    w: usize,
+    ch: Channel,
+    election: String,
+    t: Timings,
+    clock: Clock,
+    out: mpsc::Sender<Elected>,
+) {
     loop {
-        let err = attempt(w, ch.clone(), &election, t, &out).await;
-        let line = format!(
+        let err = attempt(w, ch.clone(), &election, t, clock, &out).await;
+        clock.say(&format!(
             "worker-{w}: {err}; campaigning again in {}",
             humantime::format_duration(t.retry)
-        );
-        if out.send(Report::Line(line)).await.is_err() {
+        ));
+        if out.is_closed() {
             return;
         }
         tokio::time::sleep(t.retry).await;
@@ -353,7 +346,8 @@ async fn attempt(
     ch: Channel,
     election: &str,
     t: Timings,
-    out: &mpsc::Sender<Report>,
+    clock: Clock,
+    out: &mpsc::Sender<Elected>,
 ) -> String {
     let mut leases = pb::lease_client::LeaseClient::new(ch.clone());
     let grant = leases.lease_grant(pb::LeaseGrantRequest { ttl: t.ttl, id: 0 });
@@ -361,14 +355,12 @@ async fn attempt(
         Ok(g) => g.into_inner(),
         Err(e) => return format!("lease grant failed: {}", status_message(&e)),
     };
-    let _ = out
-        .send(Report::Line(format!(
-            "worker-{w}: lease {:x} granted (TTL {}s); campaigning",
-            lease.id, lease.ttl
-        )))
-        .await;
+    clock.say(&format!(
+        "worker-{w}: lease {:x} granted (TTL {}s); campaigning",
+        lease.id, lease.ttl
+    ));
     let leading = std::sync::atomic::AtomicBool::new(false);
-    let renewing = renew(w, leases, lease.id, t.renew, &leading, out);
+    let renewing = renew(w, leases, lease.id, t.renew, &leading, clock);
     let campaigning = async {
         let mut election_client = ElectionClient::new(ch);
         let req = el::CampaignRequest {
@@ -380,13 +372,12 @@ async fn attempt(
             Ok(r) => {
                 let leader = r.into_inner().leader.unwrap_or_default();
                 leading.store(true, std::sync::atomic::Ordering::Relaxed);
-                let _ = out
-                    .send(Report::Elected {
-                        worker: w,
-                        key: leader.key,
-                        rev: leader.rev,
-                    })
-                    .await;
+                clock.say(&format!(
+                    "worker-{w}: elected leader (key {}, create revision {})",
+                    String::from_utf8_lossy(&leader.key),
+                    leader.rev
+                ));
+                let _ = out.send(Elected { worker: w }).await;
                 // Lead until the lease is lost (or the demo kills this worker).
                 std::future::pending::<String>().await
             }
@@ -406,7 +397,7 @@ async fn renew(
     lease: i64,
     every: Duration,
     leading: &std::sync::atomic::AtomicBool,
-    out: &mpsc::Sender<Report>,
+    clock: Clock,
 ) -> String {
     let (tx, rx) = mpsc::channel(1);
     let mut answers = match leases.lease_keep_alive(ReceiverStream::new(rx)).await {
@@ -427,8 +418,10 @@ async fn renew(
         match answers.next().await {
             Some(Ok(a)) if a.ttl > 0 => {
                 if leading.load(std::sync::atomic::Ordering::Relaxed) {
-                    let line = format!("worker-{w}: renewed its lease as leader (TTL {}s)", a.ttl);
-                    let _ = out.send(Report::Line(line)).await;
+                    clock.say(&format!(
+                        "worker-{w}: renewed its lease as leader (TTL {}s)",
+                        a.ttl
+                    ));
                 }
             }
             Some(Ok(_)) => return format!("lease {lease:x} expired"),
@@ -439,7 +432,7 @@ async fn renew(
 }
 
 /// Report every change of leader the Election service's Observe stream shows.
-async fn observe(ch: Channel, election: String, out: mpsc::Sender<Report>) {
+async fn observe(ch: Channel, election: String, clock: Clock) {
     let mut client = ElectionClient::new(ch);
     let req = el::LeaderRequest {
         name: election.into_bytes(),
@@ -447,8 +440,7 @@ async fn observe(ch: Channel, election: String, out: mpsc::Sender<Report>) {
     let mut stream = match client.observe(req).await {
         Ok(s) => s.into_inner(),
         Err(e) => {
-            let line = format!("observer: {}", status_message(&e));
-            let _ = out.send(Report::Line(line)).await;
+            clock.say(&format!("observer: {}", status_message(&e)));
             return;
         }
     };
@@ -456,14 +448,11 @@ async fn observe(ch: Channel, election: String, out: mpsc::Sender<Report>) {
     while let Some(Ok(r)) = stream.next().await {
         let kv = r.kv.unwrap_or_default();
         if kv.key != last {
-            let line = format!(
+            clock.say(&format!(
                 "observer: the leader is now {}",
                 String::from_utf8_lossy(&kv.value)
-            );
+            ));
             last = kv.key;
-            if out.send(Report::Line(line)).await.is_err() {
-                return;
-            }
         }
     }
 }

@@ -467,9 +467,11 @@ async fn a_dead_leaders_successor_takes_over_when_its_lease_expires() {
     let first = observed.next().await.unwrap().unwrap();
     assert_eq!(kv_text(first.kv), format!("e/{dead:x} = dead"));
     let started = Instant::now();
-    let next = finished(client.campaign("e", alive, "alive"))
-        .await
-        .unwrap();
+    let third_lease = client.grant(60).await;
+    let next = client.campaign("e", alive, "alive");
+    assert!(still_waiting(&next, Duration::from_millis(300)).await);
+    let third = client.campaign("e", third_lease, "third");
+    let next = finished(next).await.unwrap();
     let took = started.elapsed();
     assert_eq!(
         next.leader.unwrap().key,
@@ -479,6 +481,8 @@ async fn a_dead_leaders_successor_takes_over_when_its_lease_expires() {
     let second = tokio::time::timeout(Duration::from_secs(5), observed.next()).await;
     let second = second.unwrap().unwrap().unwrap();
     assert_eq!(kv_text(second.kv), format!("e/{alive:x} = alive"));
+    // Exactly one successor: the campaigner behind it still waits.
+    assert!(still_waiting(&third, Duration::from_millis(500)).await);
 }
 
 /// `ekmat demo leader-election` with short timings: a local cluster, three workers, the
