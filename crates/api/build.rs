@@ -2,7 +2,12 @@
 //! `protoc` on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/mvccpb/kv.proto", "proto/etcdserverpb/rpc.proto"];
+    let files = [
+        "proto/mvccpb/kv.proto",
+        "proto/etcdserverpb/rpc.proto",
+        "proto/v3electionpb/v3election.proto",
+        "proto/v3lockpb/v3lock.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

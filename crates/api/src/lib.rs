@@ -1,7 +1,8 @@
 //! The etcd v3 gRPC API as generated Rust types, servers and clients.
 //!
-//! `etcdserverpb` and `mvccpb` match etcd's packages, so gRPC method paths
-//! (`/etcdserverpb.KV/Put`, ...) and encodings are etcd's.
+//! `etcdserverpb`, `mvccpb`, `v3electionpb` and `v3lockpb` match etcd's packages, so
+//! gRPC method paths (`/etcdserverpb.KV/Put`, `/v3lockpb.Lock/Lock`, ...) and encodings
+//! are etcd's.
 
 #![allow(clippy::all, missing_docs)] // generated code
 
@@ -11,4 +12,12 @@ pub mod mvccpb {
 
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
 }

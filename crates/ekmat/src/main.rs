@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod demo;
 mod etcd;
 mod kv_cmd;
 mod node_cmd;
@@ -39,6 +40,8 @@ enum Command {
     Sim(sim::SimArgs),
     /// Measure a cluster under load (optionally beside a local etcd).
     Bench(bench::BenchArgs),
+    /// Demonstrations on a real cluster: `leader-election`.
+    Demo(demo::DemoArgs),
 }
 
 /// Exit codes other tools rely on.
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status_cmd::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     ExitCode::from(code)
 }

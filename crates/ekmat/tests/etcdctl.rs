@@ -350,3 +350,125 @@ async fn etcdctl_watch_sees_puts_and_deletes_replays_history_and_prev_kv() {
         compacted.output()
     );
 }
+
+/// `text` with every `NAME/<lease id in hex>` key written `NAME/<lease>`: lease ids
+/// differ between servers (ekmat counts from 1; etcd's look random).
+fn leases_named(text: &str, name: &str) -> String {
+    text.lines()
+        .map(|line| match line.strip_prefix(&format!("{name}/")) {
+            Some(id) if !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()) => {
+                format!("{name}/<lease>\n")
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect()
+}
+
+impl Running {
+    fn interrupt(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    }
+
+    /// Wait until the output, leases named, is `expected`.
+    fn wait_for_named(&self, name: &str, expected: &str, within: Duration) {
+        let started = Instant::now();
+        while leases_named(&self.output(), name) != expected {
+            assert!(
+                started.elapsed() < within,
+                "expected {expected:?}, got {:?}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// etcdctl's `elect` runs etcd's election recipe over KV, Lease and Watch (not the
+/// Election service): a campaigner prints its key and value once elected, an observer
+/// every leader's; interrupting the leader resigns and hands over at once. The outputs
+/// are what etcd 3.4 prints for the same commands.
+#[tokio::test]
+async fn etcdctl_elect_campaigns_observes_and_hands_over_on_resign() {
+    if !etcdctl_available() {
+        return;
+    }
+    let c = Cluster::start(3);
+    c.leader(Duration::from_secs(15)).await;
+    let eps = client_endpoints(&c).join(",");
+    let within = Duration::from_secs(10);
+    let mut first = Running::spawn(&eps, &["elect", "myelect", "v1"]);
+    first.wait_for_named("myelect", "myelect/<lease>\nv1\n", within);
+    let mut observer = Running::spawn(&eps, &["elect", "-l", "myelect"]);
+    observer.wait_for_named("myelect", "myelect/<lease>\nv1\n", within);
+    let mut second = Running::spawn(&eps, &["elect", "myelect", "v2"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(second.output(), "", "the second campaigner waits");
+
+    first.interrupt();
+    assert!(first.wait_exit(within).success(), "{}", first.output());
+    second.wait_for_named("myelect", "myelect/<lease>\nv2\n", within);
+    observer.wait_for_named(
+        "myelect",
+        "myelect/<lease>\nv1\nmyelect/<lease>\nv2\n",
+        within,
+    );
+    assert_ne!(first.output(), second.output().replace("v2", "v1"));
+    second.interrupt();
+    observer.interrupt();
+    assert!(second.wait_exit(within).success(), "{}", second.output());
+    assert!(
+        observer.wait_exit(within).success(),
+        "{}",
+        observer.output()
+    );
+}
+
+/// etcdctl's `lock` (etcd's mutex recipe): the holder prints its key; a waiter with a
+/// command runs it once the holder unlocks, with etcd's ETCD_LOCK_KEY/ETCD_LOCK_REV;
+/// a holder killed with `kill -9` (its lease not revoked) is replaced once its lease
+/// expires. Outputs as etcd 3.4 prints them.
+#[tokio::test]
+async fn etcdctl_lock_hands_over_on_unlock_and_when_a_killed_holders_lease_expires() {
+    if !etcdctl_available() {
+        return;
+    }
+    let c = Cluster::start(3);
+    c.leader(Duration::from_secs(15)).await;
+    let eps = client_endpoints(&c).join(",");
+    let within = Duration::from_secs(10);
+    let mut holder = Running::spawn(&eps, &["lock", "mylock"]);
+    holder.wait_for_named("mylock", "mylock/<lease>\n\n", within);
+    let script = "echo key=$ETCD_LOCK_KEY rev=$ETCD_LOCK_REV";
+    let mut waiter = Running::spawn(&eps, &["lock", "mylock", "--", "sh", "-c", script]);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(waiter.output(), "", "the waiter waits");
+    let released = Instant::now();
+    holder.interrupt();
+    assert!(waiter.wait_exit(within).success(), "{}", waiter.output());
+    assert!(released.elapsed() < Duration::from_secs(3));
+    assert!(holder.wait_exit(within).success(), "{}", holder.output());
+    let out = waiter.output();
+    let rev = out
+        .strip_prefix("key=mylock/")
+        .and_then(|rest| rest.split_once(" rev="))
+        .map(|(_, rev)| rev.trim_end());
+    assert!(
+        rev.is_some_and(|r| r.parse::<i64>().is_ok()) && out.ends_with('\n'),
+        "{out:?}"
+    );
+
+    // A holder that dies without unlocking: its 2 s session lease expires.
+    let mut doomed = Running::spawn(&eps, &["lock", "--ttl", "2", "mylock"]);
+    doomed.wait_for_named("mylock", "mylock/<lease>\n\n", within);
+    let next = Running::spawn(&eps, &["lock", "mylock"]);
+    std::thread::sleep(Duration::from_millis(500));
+    doomed.child.kill().unwrap(); // SIGKILL: no unlock, no revoke
+    let killed = Instant::now();
+    next.wait_for_named("mylock", "mylock/<lease>\n\n", within);
+    let took = killed.elapsed();
+    assert!(
+        took > Duration::from_millis(500) && took < Duration::from_secs(6),
+        "handed over {took:?} after the kill"
+    );
+}

@@ -40,7 +40,7 @@ pub fn min_lease_ttl(election_timeout: Duration) -> i64 {
 
 impl Services {
     /// Order `command` through the log and return the state machine's response.
-    async fn write(&self, command: Command) -> Result<Response, CallError> {
+    pub(super) async fn write(&self, command: Command) -> Result<Response, CallError> {
         self.call(|reply| Call::Write { command, reply }).await
     }
 

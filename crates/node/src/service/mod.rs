@@ -1,14 +1,17 @@
-//! The etcd v3 gRPC API: KV, Lease, Watch, Maintenance (status) and Cluster (member
-//! list).
+//! The etcd v3 gRPC API: KV, Lease, Watch, Maintenance (status), Cluster (member
+//! list), and the Election and Lock services built on them.
 //!
 //! Handlers turn requests into calls on the driver; the driver forwards what this member
 //! cannot order to the leader, so clients may talk to any member.
 
 mod cluster;
 pub mod convert;
+pub mod election;
 mod kv;
 mod lease;
+pub mod lock;
 mod maintenance;
+mod queue;
 mod watch;
 mod watcher;
 
@@ -19,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ekmat_api::etcdserverpb as pb;
+use ekmat_api::{v3electionpb, v3lockpb};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
@@ -95,7 +99,11 @@ impl Services {
             .add_service(pb::lease_server::LeaseServer::new(self.clone()))
             .add_service(pb::watch_server::WatchServer::new(self.clone()))
             .add_service(pb::maintenance_server::MaintenanceServer::new(self.clone()))
-            .add_service(pb::cluster_server::ClusterServer::new(self))
+            .add_service(pb::cluster_server::ClusterServer::new(self.clone()))
+            .add_service(v3electionpb::election_server::ElectionServer::new(
+                self.clone(),
+            ))
+            .add_service(v3lockpb::lock_server::LockServer::new(self))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         if let Err(e) = result {
