@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use ekmat_core::NodeId;
 
+use crate::lease::{PPM, ReadMode, lease_duration};
 use crate::timing::AdaptiveTimeouts;
 
 #[derive(Clone, Debug)]
@@ -35,6 +36,11 @@ pub struct RaftConfig {
     /// Adapt the heartbeat and election timeouts to measured round trips (seed 001),
     /// never going below the fixed ones above.
     pub adaptive: Option<AdaptiveTimeouts>,
+    /// How reads are confirmed: ReadIndex rounds, or a leader lease (`lease.rs`).
+    pub read_mode: ReadMode,
+    /// The bound ρ on clock drift, in parts per million: every clock's rate is within
+    /// 1 ± ρ of real time. Lease reads shorten their lease by it.
+    pub max_clock_drift_ppm: u32,
     /// Seed of the core's only randomness (election timeouts).
     pub seed: u64,
     pub mutant: Mutant,
@@ -56,6 +62,9 @@ impl RaftConfig {
             snapshot_trailing: 1_000,
             snapshot_chunk_bytes: 1 << 20,
             adaptive: None,
+            read_mode: ReadMode::ReadIndex,
+            // 1%: far above quartz (~100 ppm) and NTP's slew limit (500 ppm).
+            max_clock_drift_ppm: 10_000,
             seed: u64::from(id.0),
             mutant: Mutant::None,
         }
@@ -94,6 +103,23 @@ impl RaftConfig {
         {
             return Err(ConfigError::AdaptiveBounds);
         }
+        if self.max_clock_drift_ppm >= PPM {
+            return Err(ConfigError::ClockDrift(self.max_clock_drift_ppm));
+        }
+        if self.read_mode == ReadMode::Lease {
+            // Followers' stickiness, which the lease relies on, comes with check-quorum.
+            if !self.check_quorum {
+                return Err(ConfigError::LeaseWithoutCheckQuorum);
+            }
+            let lease = lease_duration(self.election_timeout_min, self.max_clock_drift_ppm)
+                .expect("drift checked above");
+            if lease <= self.heartbeat_interval {
+                return Err(ConfigError::LeaseTooShort {
+                    lease,
+                    heartbeat: self.heartbeat_interval,
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -116,6 +142,19 @@ pub enum ConfigError {
         "adaptive timeouts need a window of at least 1 and a heartbeat bound no shorter than the heartbeat interval"
     )]
     AdaptiveBounds,
+    #[error("max clock drift must be below 1000000 ppm (100%), got {0} ppm")]
+    ClockDrift(u32),
+    #[error(
+        "lease reads need check_quorum: without it followers vote while a leader's lease holds"
+    )]
+    LeaseWithoutCheckQuorum,
+    #[error(
+        "the lease (election_timeout_min x (1-drift)/(1+drift) = {lease:?}) must be longer than the heartbeat interval ({heartbeat:?}); lower the drift bound or raise the election timeout"
+    )]
+    LeaseTooShort {
+        lease: Duration,
+        heartbeat: Duration,
+    },
 }
 
 /// A deliberately planted bug. The simulator's checkers must catch every one of them;
@@ -138,15 +177,20 @@ pub enum Mutant {
     /// already committed (Raft §7: such a snapshot must be ignored), rolling its state
     /// machine back.
     InstallStaleSnapshot,
+    /// Serve lease reads for the whole `election_timeout_min`, ignoring the clock-drift
+    /// bound (thesis §6.4.1): a slow leader clock and fast follower clocks let a new
+    /// leader commit while the old one still serves reads.
+    ServeLeaseReadPastBound,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 5] = [
+    pub const ALL: [Mutant; 6] = [
         Mutant::CommitOldTerm,
         Mutant::VoteWithoutLogCheck,
         Mutant::ForgetVotePersist,
         Mutant::ReadWithoutQuorum,
         Mutant::InstallStaleSnapshot,
+        Mutant::ServeLeaseReadPastBound,
     ];
 
     pub fn name(self) -> &'static str {
@@ -157,6 +201,7 @@ impl Mutant {
             Mutant::ForgetVotePersist => "forget-vote-persist",
             Mutant::ReadWithoutQuorum => "read-without-quorum",
             Mutant::InstallStaleSnapshot => "install-stale-snapshot",
+            Mutant::ServeLeaseReadPastBound => "serve-lease-read-past-bound",
         }
     }
 
@@ -189,6 +234,27 @@ mod tests {
         let mut c = RaftConfig::new(NodeId(0), ids(3));
         c.heartbeat_interval = c.election_timeout_min;
         assert_eq!(c.validate(), Err(ConfigError::HeartbeatTooSlow));
+    }
+
+    #[test]
+    fn lease_configs_are_checked() {
+        let mut c = RaftConfig::new(NodeId(0), ids(3));
+        c.read_mode = ReadMode::Lease;
+        c.validate().unwrap();
+        c.max_clock_drift_ppm = PPM;
+        assert_eq!(c.validate(), Err(ConfigError::ClockDrift(PPM)));
+        // 150 ms · 0.5 / 1.5 = 50 ms: no longer than a heartbeat.
+        c.max_clock_drift_ppm = 500_000;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::LeaseTooShort { .. })
+        ));
+        c.max_clock_drift_ppm = 10_000;
+        c.check_quorum = false;
+        assert_eq!(c.validate(), Err(ConfigError::LeaseWithoutCheckQuorum));
+        // ReadIndex does not care about either.
+        c.read_mode = ReadMode::ReadIndex;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::progress::Progress;
 
 impl RaftNode {
     pub(crate) fn on_election_timeout(&mut self, out: &mut Out) {
+        self.assert_campaign_respects_leases();
         if self.cfg.pre_vote {
             self.start_pre_vote(out);
         } else {
@@ -79,10 +80,7 @@ impl RaftNode {
         if self.role == Role::Leader {
             return true;
         }
-        self.leader.is_some()
-            && self
-                .last_leader_contact
-                .is_some_and(|t| self.now.since(t) < self.timeouts.election)
+        self.lease_stickiness(self.leader.is_some())
     }
 
     fn candidate_log_ok(&self, req: &VoteRequest) -> bool {
@@ -189,6 +187,7 @@ impl RaftNode {
             .collect();
         self.heartbeat_deadline = now + self.timeouts.heartbeat;
         self.quorum_check_deadline = now + self.timeouts.election;
+        self.lease_term_started();
         // Committing an entry of our own term commits every earlier one (§5.4.2), and
         // ReadIndex needs one before it can answer (§6.4).
         self.append_local(Payload::Noop, out);
