@@ -177,9 +177,10 @@ pub enum Mutant {
     /// already committed (Raft §7: such a snapshot must be ignored), rolling its state
     /// machine back.
     InstallStaleSnapshot,
-    /// Serve lease reads for the whole `election_timeout_min`, ignoring the clock-drift
-    /// bound (thesis §6.4.1): a slow leader clock and fast follower clocks let a new
-    /// leader commit while the old one still serves reads.
+    /// Serve lease reads past the bound (thesis §6.4.1): a lease of the whole
+    /// `election_timeout_min`, ignoring the clock-drift bound, renewed by every round the
+    /// leader sends rather than by a quorum's echo of it. A leader cut off from the
+    /// quorum keeps serving reads while a new leader commits writes.
     ServeLeaseReadPastBound,
 }
 

@@ -87,6 +87,8 @@ pub(crate) struct Lease {
     rounds: VecDeque<(u64, Time)>,
     /// The lease holds while `now < until`.
     until: Option<Time>,
+    /// The latest round a quorum has echoed.
+    confirmed: u64,
     /// TimeoutNow went out this term: its target may be elected at any moment.
     revoked: bool,
     /// (Pre-)votes wait until then after a restart.
@@ -123,6 +125,7 @@ impl RaftNode {
         lease.rounds.push_back((seq, now));
         lease.until = None;
         lease.revoked = false;
+        lease.confirmed = 0;
     }
 
     /// Round `seq` starts now (it goes out with every message from here on).
@@ -137,6 +140,11 @@ impl RaftNode {
             );
         }
         self.lease.rounds.push_back((seq, self.now));
+        if self.cfg.mutant == Mutant::ServeLeaseReadPastBound && self.lease.until.is_some() {
+            // The planted bug: a round renews the lease when sent, echoed or not, so a
+            // cut-off leader's lease outlives the quorum's patience.
+            self.lease.until = Some(self.now + self.lease_length());
+        }
     }
 
     /// A leader's heartbeat in lease mode starts a round, so the lease keeps renewing.
@@ -150,9 +158,10 @@ impl RaftNode {
     /// A quorum (counting us) has echoed round `confirmed` or later: the lease runs from
     /// when that round started.
     pub(crate) fn extend_lease(&mut self, confirmed: u64) {
-        if !self.lease_mode() || self.role != Role::Leader {
+        if !self.lease_mode() || self.role != Role::Leader || confirmed <= self.lease.confirmed {
             return;
         }
+        self.lease.confirmed = confirmed;
         let rounds = &mut self.lease.rounds;
         // Keep the newest round at or before `confirmed`; older ones can only give less.
         while rounds.len() > 1 && rounds[1].0 <= confirmed {

@@ -79,23 +79,43 @@ fn an_expired_lease_falls_back_to_a_read_index_round() {
 
 #[test]
 fn the_lease_runs_from_when_the_round_was_sent_not_from_the_acks() {
-    let mut c = lease_cluster(|_| {});
-    let leader = elected_with_lapsed_lease(&mut c);
-    let sent_at = c.now;
-    c.read(leader, 1); // starts a round at `sent_at`
-    c.now = sent_at + ms(30); // the acks take 30 ms
-    c.deliver_all();
-    assert!(read_ready(&c, leader, 1));
-    let l = lease(&c, leader);
-    c.now = sent_at + l - ms(1);
-    c.read(leader, 2);
-    assert!(read_ready(&c, leader, 2), "within the lease");
-    c.now = sent_at + l + ms(1); // but well within the acks' time + the lease
-    c.read(leader, 3);
-    assert!(
-        !read_ready(&c, leader, 3),
-        "the lease ended a lease after sending"
-    );
+    for mutant in [Mutant::None, Mutant::ServeLeaseReadPastBound] {
+        let mut c = lease_cluster(|cfg| cfg.mutant = mutant);
+        let leader = elected_with_lapsed_lease(&mut c);
+        let sent_at = c.now;
+        c.read(leader, 1); // starts a round at `sent_at`
+        c.now = sent_at + ms(30); // the acks take 30 ms
+        c.deliver_all();
+        assert!(read_ready(&c, leader, 1));
+        let l = lease(&c, leader);
+        c.now = sent_at + l - ms(1);
+        c.read(leader, 2);
+        assert!(read_ready(&c, leader, 2), "within the lease");
+        c.now = sent_at + l + ms(1); // but well within the acks' time + the lease
+        c.read(leader, 3);
+        let bug = mutant == Mutant::ServeLeaseReadPastBound;
+        assert_eq!(read_ready(&c, leader, 3), bug, "{mutant:?}");
+    }
+}
+
+#[test]
+fn a_cut_off_leader_lease_is_not_renewed_by_its_own_heartbeats() {
+    for mutant in [Mutant::None, Mutant::ServeLeaseReadPastBound] {
+        let mut c = lease_cluster(|cfg| {
+            cfg.max_clock_drift_ppm = 200_000; // a 100 ms lease
+            cfg.mutant = mutant;
+        });
+        let leader = c.elect();
+        c.run_for(ms(100));
+        c.isolate(leader);
+        // Heartbeats go out (and are lost) for longer than the lease, but not for the
+        // 150 ms after which check-quorum could depose the leader.
+        c.run_for(ms(120));
+        assert_eq!(c.leaders(), vec![leader]);
+        c.read(leader, 1);
+        let bug = mutant == Mutant::ServeLeaseReadPastBound;
+        assert_eq!(read_ready(&c, leader, 1), bug, "{mutant:?}");
+    }
 }
 
 #[test]
