@@ -33,10 +33,13 @@ pub enum FaultKind {
     Pause,
     /// The leader is asked to hand leadership to another node (an operator's move).
     Transfer,
+    /// Clock drift at the edge of the configured bound: one node's clock runs slow, every
+    /// other node's fast (the worst case for leader leases).
+    Clock,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Partition,
         FaultKind::Bridge,
         FaultKind::Asymmetric,
@@ -47,6 +50,7 @@ impl FaultKind {
         FaultKind::Crash,
         FaultKind::Pause,
         FaultKind::Transfer,
+        FaultKind::Clock,
     ];
 
     /// How often this kind is drawn relative to the others: the faults that change
@@ -71,6 +75,7 @@ impl FaultKind {
             FaultKind::Crash => "crash",
             FaultKind::Pause => "pause",
             FaultKind::Transfer => "transfer",
+            FaultKind::Clock => "clock",
         }
     }
 
@@ -158,6 +163,10 @@ pub enum Fault {
     Transfer {
         target: Target,
     },
+    /// `target`'s clock runs slow by the drift bound, every other node's fast by it.
+    Clock {
+        target: Target,
+    },
 }
 
 impl Fault {
@@ -167,7 +176,8 @@ impl Fault {
             | Fault::Split { target }
             | Fault::Crash { target }
             | Fault::Pause { target }
-            | Fault::Transfer { target } => Some(*target),
+            | Fault::Transfer { target }
+            | Fault::Clock { target } => Some(*target),
             _ => None,
         }
     }
@@ -186,6 +196,7 @@ impl Fault {
             Fault::Crash { .. } => FaultKind::Crash,
             Fault::Pause { .. } => FaultKind::Pause,
             Fault::Transfer { .. } => FaultKind::Transfer,
+            Fault::Clock { .. } => FaultKind::Clock,
         }
     }
 }
@@ -399,6 +410,12 @@ fn draw(kind: FaultKind, n: usize, rng: &mut DetRng) -> (Fault, u64) {
             },
             0,
         ),
+        FaultKind::Clock => (
+            Fault::Clock {
+                target: target(n, rng),
+            },
+            rng.range(500, 5000),
+        ),
         // Kinds that need more nodes than the cluster has degrade to a crash.
         _ => draw(FaultKind::Crash, n, rng),
     }
@@ -451,6 +468,7 @@ impl fmt::Display for Fault {
             Fault::Crash { target } => write!(f, "crash({target})"),
             Fault::Pause { target } => write!(f, "pause({target})"),
             Fault::Transfer { target } => write!(f, "transfer({target})"),
+            Fault::Clock { target } => write!(f, "clock({target})"),
         }
     }
 }
@@ -611,6 +629,9 @@ fn parse_fault(s: &str) -> Result<Fault, String> {
         "transfer" => Ok(Fault::Transfer {
             target: parse_target(args)?,
         }),
+        "clock" => Ok(Fault::Clock {
+            target: parse_target(args)?,
+        }),
         _ => Err(format!("unknown fault '{name}'")),
     }
 }
@@ -662,6 +683,25 @@ mod tests {
             vec![FaultKind::Loss, FaultKind::Crash]
         );
         assert!(FaultKind::parse_list("none").unwrap().is_empty());
+        assert_eq!(
+            FaultKind::parse_list("all,clock").unwrap(),
+            FaultKind::parse_list("all").unwrap()
+        );
+        assert!(
+            FaultKind::parse_list("all")
+                .unwrap()
+                .contains(&FaultKind::Clock)
+        );
+        let s: Schedule = "@5ms+900ms clock(leader); @7ms+1ms clock(2)"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            s.faults[0].fault,
+            Fault::Clock {
+                target: Target::Leader
+            }
+        );
+        assert_eq!(s.to_string(), "@5ms+900ms clock(leader); @7ms+1ms clock(2)");
         let err = FaultKind::parse_list("crash,meteor").unwrap_err();
         assert!(err.contains("meteor"), "{err}");
     }

@@ -84,3 +84,8 @@ fn installing_a_stale_snapshot_is_caught() {
         &["state-machine-rollback", "apply-order", "assertion"],
     );
 }
+
+#[test]
+fn serving_lease_reads_past_the_bound_is_caught_by_linearizability() {
+    assert_caught(Mutant::ServeLeaseReadPastBound, &["linearizability"]);
+}
