@@ -17,6 +17,7 @@ pub fn ekmat() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ekmat"))
 }
 
+#[allow(unused_imports)] // each test binary uses a different part
 pub use ekmat_node::ports::{unused_port as free_port, unused_port_block};
 
 pub struct Cluster {
