@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use ekmat_raft::Mutant;
+use ekmat_raft::{Mutant, ReadMode};
 use ekmat_sim::protocols::RaftSim;
 use ekmat_sim::run::{DEFAULT_SEEDS, SeedReport, SimOptions, Summary, run_seed, run_seeds};
 use ekmat_sim::shrink::shrink;
@@ -36,7 +36,7 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 0)]
     pub first_seed: u64,
     /// Faults to inject: `all`, `none`, or a comma-separated list of partition, bridge,
-    /// asymmetric, loss, duplicate, reorder, clog, crash, pause, transfer — and
+    /// asymmetric, loss, duplicate, reorder, clog, crash, pause, transfer, clock — and
     /// membership (churn with two spare nodes), which `all` leaves out: `all,membership`.
     #[arg(long, default_value = "all")]
     pub faults: String,
@@ -80,6 +80,10 @@ pub struct SimArgs {
     /// Turn check-quorum off.
     #[arg(long)]
     pub no_check_quorum: bool,
+    /// How Raft confirms reads: `read-index` or `lease` (default: lease on half the
+    /// seeds, drawn from the seed and printed with the derived options).
+    #[arg(long, value_parser = ["read-index", "lease"])]
+    pub read_mode: Option<String>,
 }
 
 fn usage_error(msg: &str) -> u8 {
@@ -148,10 +152,18 @@ fn build(args: &SimArgs) -> Result<(RaftSim, SimOptions), String> {
                 .into(),
         );
     }
+    let read_mode = args
+        .read_mode
+        .as_deref()
+        .map(|m| ReadMode::from_name(m).expect("clap allows only the names of read modes"));
+    if read_mode == Some(ReadMode::Lease) && args.no_check_quorum {
+        return Err("--read-mode lease needs check-quorum (drop --no-check-quorum)".into());
+    }
     let proto = RaftSim {
         mutant,
         pre_vote: !args.no_pre_vote,
         check_quorum: !args.no_check_quorum,
+        read_mode,
         ..RaftSim::default()
     };
     Ok((proto, opts))
@@ -183,6 +195,9 @@ fn replay_command(args: &SimArgs, seed: u64, schedule: Option<&Schedule>) -> Str
     }
     if args.no_check_quorum {
         cmd.push_str(" --no-check-quorum");
+    }
+    if let Some(m) = &args.read_mode {
+        cmd.push_str(&format!(" --read-mode {m}"));
     }
     if let Some(s) = schedule
         .map(ToString::to_string)

@@ -34,7 +34,8 @@ fn lists_print_one_name_per_line() {
             "vote-without-log-check",
             "forget-vote-persist",
             "read-without-quorum",
-            "install-stale-snapshot"
+            "install-stale-snapshot",
+            "serve-lease-read-past-bound"
         ]
     );
     let scenarios = ekmat(&["sim", "--scenario", "list"]);

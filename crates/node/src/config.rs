@@ -5,6 +5,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use ekmat_core::NodeId;
+use ekmat_raft::{RaftConfig, ReadMode};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +38,14 @@ pub struct NodeConfig {
     /// 3 s): fewer needless elections over slow, lossy WAN links.
     #[serde(default)]
     pub adaptive_timeouts: bool,
+    /// How the leader makes sure a read sees every committed write: "read-index" (a
+    /// heartbeat round per batch of reads, whatever the clocks do) or "lease" (answer at
+    /// once while a lease holds; assumes clock rates within `max_clock_drift_ppm`).
+    #[serde(default = "default_read_mode")]
+    pub read_mode: String,
+    /// The bound on clock drift lease reads assume, in parts per million (10000 = 1%).
+    #[serde(default = "default_max_clock_drift_ppm")]
+    pub max_clock_drift_ppm: u32,
     /// Skip fsync (benchmarks only: acknowledged writes can be lost on power failure).
     #[serde(default)]
     pub unsafe_no_fsync: bool,
@@ -47,6 +57,14 @@ fn default_snapshot_every() -> u64 {
 
 fn default_checkpoint_bytes() -> u64 {
     64 << 20
+}
+
+fn default_read_mode() -> String {
+    ReadMode::default().name().into()
+}
+
+fn default_max_clock_drift_ppm() -> u32 {
+    RaftConfig::new(NodeId(0), vec![NodeId(0)]).max_clock_drift_ppm
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +124,8 @@ impl NodeConfig {
             snapshot_every: default_snapshot_every(),
             checkpoint_bytes: default_checkpoint_bytes(),
             adaptive_timeouts: false,
+            read_mode: default_read_mode(),
+            max_clock_drift_ppm: default_max_clock_drift_ppm(),
             unsafe_no_fsync: false,
         }
     }
@@ -171,6 +191,23 @@ impl NodeConfig {
         if self.data_dir.as_os_str().is_empty() {
             return bad("`data_dir` must be set".into());
         }
+        let Some(read_mode) = ReadMode::from_name(&self.read_mode) else {
+            return bad(format!(
+                "unknown read_mode '{}' (known: read-index, lease)",
+                self.read_mode
+            ));
+        };
+        // The Raft core's own checks: the drift bound, and a lease longer than a heartbeat.
+        let voters: Vec<NodeId> = self.members.iter().map(|m| NodeId(m.id)).collect();
+        let mut rc = RaftConfig::new(NodeId(self.id), voters);
+        rc.read_mode = read_mode;
+        rc.max_clock_drift_ppm = self.max_clock_drift_ppm;
+        if let Err(e) = rc.validate() {
+            return bad(format!(
+                "read_mode = \"{}\", max_clock_drift_ppm = {}: {e}",
+                self.read_mode, self.max_clock_drift_ppm
+            ));
+        }
         Ok(())
     }
 
@@ -232,6 +269,8 @@ mod tests {
             snapshot_every: default_snapshot_every(),
             checkpoint_bytes: default_checkpoint_bytes(),
             adaptive_timeouts: false,
+            read_mode: default_read_mode(),
+            max_clock_drift_ppm: default_max_clock_drift_ppm(),
             unsafe_no_fsync: false,
         }
     }
@@ -265,6 +304,19 @@ mod tests {
         let mut c = sample();
         c.members[2].client = c.members[0].peer;
         assert!(c.validate().unwrap_err().to_string().contains("used twice"));
+        let mut c = sample();
+        c.read_mode = "hope".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("unknown read_mode 'hope'"), "{err}");
+        let mut c = sample();
+        c.read_mode = "lease".into();
+        c.validate().unwrap();
+        c.max_clock_drift_ppm = 2_000_000;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("below 1000000 ppm"), "{err}");
+        c.max_clock_drift_ppm = 600_000;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("longer than the heartbeat interval"), "{err}");
         let mut c = sample();
         c.protocol = "smoke-signals".into();
         assert!(

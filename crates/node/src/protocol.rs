@@ -3,7 +3,7 @@
 //! metrics. Everything else goes through `ekmat_core::Replica`.
 
 use ekmat_core::{NodeId, Replica, Time};
-use ekmat_raft::{AdaptiveTimeouts, RaftConfig, RaftNode, Role};
+use ekmat_raft::{AdaptiveTimeouts, RaftConfig, RaftNode, ReadMode, Role};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -70,6 +70,8 @@ impl RuntimeProtocol for Raft {
         if cfg.adaptive_timeouts {
             rc.adaptive = Some(AdaptiveTimeouts::default());
         }
+        rc.read_mode = ReadMode::from_name(&cfg.read_mode).ok_or("validated: a known read mode")?;
+        rc.max_clock_drift_ppm = cfg.max_clock_drift_ppm;
         RaftNode::recover(rc, stable, now).map_err(|e| e.to_string())
     }
 

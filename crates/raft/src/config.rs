@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use ekmat_core::NodeId;
 
+use crate::lease::{PPM, ReadMode, lease_duration};
 use crate::timing::AdaptiveTimeouts;
 
 #[derive(Clone, Debug)]
@@ -36,6 +37,11 @@ pub struct RaftConfig {
     /// Adapt the heartbeat and election timeouts to measured round trips (seed 001),
     /// never going below the fixed ones above.
     pub adaptive: Option<AdaptiveTimeouts>,
+    /// How reads are confirmed: ReadIndex rounds, or a leader lease (`lease.rs`).
+    pub read_mode: ReadMode,
+    /// The bound ρ on clock drift, in parts per million: every clock's rate is within
+    /// 1 ± ρ of real time. Lease reads shorten their lease by it.
+    pub max_clock_drift_ppm: u32,
     /// Seed of the core's only randomness (election timeouts).
     pub seed: u64,
     pub mutant: Mutant,
@@ -57,6 +63,9 @@ impl RaftConfig {
             snapshot_trailing: 1_000,
             snapshot_chunk_bytes: 1 << 20,
             adaptive: None,
+            read_mode: ReadMode::ReadIndex,
+            // 1%: far above quartz (~100 ppm) and NTP's slew limit (500 ppm).
+            max_clock_drift_ppm: 10_000,
             seed: u64::from(id.0),
             mutant: Mutant::None,
         }
@@ -92,6 +101,23 @@ impl RaftConfig {
         {
             return Err(ConfigError::AdaptiveBounds);
         }
+        if self.max_clock_drift_ppm >= PPM {
+            return Err(ConfigError::ClockDrift(self.max_clock_drift_ppm));
+        }
+        if self.read_mode == ReadMode::Lease {
+            // Followers' stickiness, which the lease relies on, comes with check-quorum.
+            if !self.check_quorum {
+                return Err(ConfigError::LeaseWithoutCheckQuorum);
+            }
+            let lease = lease_duration(self.election_timeout_min, self.max_clock_drift_ppm)
+                .expect("drift checked above");
+            if lease <= self.heartbeat_interval {
+                return Err(ConfigError::LeaseTooShort {
+                    lease,
+                    heartbeat: self.heartbeat_interval,
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -112,6 +138,19 @@ pub enum ConfigError {
         "adaptive timeouts need a window of at least 1 and a heartbeat bound no shorter than the heartbeat interval"
     )]
     AdaptiveBounds,
+    #[error("max clock drift must be below 1000000 ppm (100%), got {0} ppm")]
+    ClockDrift(u32),
+    #[error(
+        "lease reads need check_quorum: without it followers vote while a leader's lease holds"
+    )]
+    LeaseWithoutCheckQuorum,
+    #[error(
+        "the lease (election_timeout_min x (1-drift)/(1+drift) = {lease:?}) must be longer than the heartbeat interval ({heartbeat:?}); lower the drift bound or raise the election timeout"
+    )]
+    LeaseTooShort {
+        lease: Duration,
+        heartbeat: Duration,
+    },
 }
 
 /// A deliberately planted bug. The simulator's checkers must catch every one of them;
@@ -138,16 +177,22 @@ pub enum Mutant {
     /// configuration (thesis §4.3): a majority of the old voters and a majority of the
     /// new ones may then decide different things.
     ConfigBeforeJoint,
+    /// Serve lease reads past the bound (thesis §6.4.1): a lease of the whole
+    /// `election_timeout_min`, ignoring the clock-drift bound, renewed by every round the
+    /// leader sends rather than by a quorum's echo of it. A leader cut off from the
+    /// quorum keeps serving reads while a new leader commits writes.
+    ServeLeaseReadPastBound,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 6] = [
+    pub const ALL: [Mutant; 7] = [
         Mutant::CommitOldTerm,
         Mutant::VoteWithoutLogCheck,
         Mutant::ForgetVotePersist,
         Mutant::ReadWithoutQuorum,
         Mutant::InstallStaleSnapshot,
         Mutant::ConfigBeforeJoint,
+        Mutant::ServeLeaseReadPastBound,
     ];
 
     pub fn name(self) -> &'static str {
@@ -159,6 +204,7 @@ impl Mutant {
             Mutant::ReadWithoutQuorum => "read-without-quorum",
             Mutant::InstallStaleSnapshot => "install-stale-snapshot",
             Mutant::ConfigBeforeJoint => "config-before-joint",
+            Mutant::ServeLeaseReadPastBound => "serve-lease-read-past-bound",
         }
     }
 
@@ -191,6 +237,27 @@ mod tests {
         let mut c = RaftConfig::new(NodeId(0), ids(3));
         c.heartbeat_interval = c.election_timeout_min;
         assert_eq!(c.validate(), Err(ConfigError::HeartbeatTooSlow));
+    }
+
+    #[test]
+    fn lease_configs_are_checked() {
+        let mut c = RaftConfig::new(NodeId(0), ids(3));
+        c.read_mode = ReadMode::Lease;
+        c.validate().unwrap();
+        c.max_clock_drift_ppm = PPM;
+        assert_eq!(c.validate(), Err(ConfigError::ClockDrift(PPM)));
+        // 150 ms · 0.5 / 1.5 = 50 ms: no longer than a heartbeat.
+        c.max_clock_drift_ppm = 500_000;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::LeaseTooShort { .. })
+        ));
+        c.max_clock_drift_ppm = 10_000;
+        c.check_quorum = false;
+        assert_eq!(c.validate(), Err(ConfigError::LeaseWithoutCheckQuorum));
+        // ReadIndex does not care about either.
+        c.read_mode = ReadMode::ReadIndex;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -16,6 +16,7 @@ impl RaftNode {
             self.reset_election_deadline();
             return;
         }
+        self.assert_campaign_respects_leases();
         if self.cfg.pre_vote {
             self.start_pre_vote(out);
         } else {
@@ -84,10 +85,7 @@ impl RaftNode {
         if self.role == Role::Leader {
             return true;
         }
-        self.leader.is_some()
-            && self
-                .last_leader_contact
-                .is_some_and(|t| self.now.since(t) < self.timeouts.election)
+        self.lease_stickiness(self.leader.is_some())
     }
 
     fn candidate_log_ok(&self, req: &VoteRequest) -> bool {
@@ -195,6 +193,7 @@ impl RaftNode {
             .collect();
         self.heartbeat_deadline = now + self.timeouts.heartbeat;
         self.quorum_check_deadline = now + self.timeouts.election;
+        self.lease_term_started();
         // Committing an entry of our own term commits every earlier one (§5.4.2), and
         // ReadIndex needs one before it can answer (§6.4).
         self.append_local(Payload::Noop, out);

@@ -1,8 +1,8 @@
 //! Raft (Ongaro & Ousterhout 2014; Ongaro's thesis 2014) as a sans-IO [`Replica`]:
 //! randomized election timeouts, pre-vote, check-quorum, pipelined and batched log
 //! replication with fast conflict backtracking, the current-term commit rule, and
-//! ReadIndex linearizable reads. Durable state leaves as [`RaftWrite`]s, and nothing that
-//! depends on an undurable write is sent.
+//! linearizable reads by ReadIndex or by leader lease. Durable state leaves as
+//! [`RaftWrite`]s, and nothing that depends on an undurable write is sent.
 //!
 //! | file | idea |
 //! |---|---|
@@ -10,6 +10,7 @@
 //! | `election.rs` | timeouts, pre-vote, votes, becoming leader |
 //! | `replication.rs` | AppendEntries, heartbeats, check-quorum, commit |
 //! | `read_index.rs` | ReadIndex reads |
+//! | `lease.rs` | lease-based reads under a clock-drift bound |
 //! | `progress.rs` | the leader's per-follower replication window |
 //! | `snapshot.rs` | taking snapshots, compacting the log, InstallSnapshot |
 //! | `timing.rs` | heartbeat and election timeouts, fixed or adapted to round trips |
@@ -21,6 +22,7 @@
 
 mod config;
 mod election;
+mod lease;
 mod log;
 mod membership;
 mod message;
@@ -33,6 +35,7 @@ mod timing;
 mod transfer;
 
 pub use config::{ConfigError, Mutant, RaftConfig};
+pub use lease::{PPM, ReadMode, lease_duration};
 pub use log::{Entry, Payload, RaftLog, RaftStable, RaftWrite, Snapshot};
 pub use message::{
     AppendOutcome, AppendRequest, AppendResponse, Message, TimeoutNow, VoteRequest, VoteResponse,

@@ -103,6 +103,7 @@ impl RaftNode {
         }
         if self.role == Role::Leader {
             self.sync_progress();
+            self.lease_config_changed();
         }
     }
 

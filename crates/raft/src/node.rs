@@ -9,6 +9,7 @@ use ekmat_core::{
 };
 
 use crate::config::{ConfigError, RaftConfig};
+use crate::lease::Lease;
 use crate::log::{Entry, Payload, RaftLog, RaftStable, RaftWrite, Snapshot};
 use crate::membership::Configs;
 use crate::message::Message;
@@ -58,6 +59,7 @@ pub struct RaftNode {
     pub(crate) heartbeat_deadline: Time,
     pub(crate) quorum_check_deadline: Time,
     pub(crate) reads: ReadIndex,
+    pub(crate) lease: Lease,
 
     /// The latest snapshot: what compacted entries became, and what lagging followers get.
     pub(crate) snapshot: Option<Snapshot>,
@@ -113,6 +115,7 @@ impl RaftNode {
             heartbeat_deadline: now,
             quorum_check_deadline: now,
             reads: ReadIndex::default(),
+            lease: Lease::default(),
             snapshot: stable.snapshot.clone(),
             incoming: None,
             pending_restore: stable.snapshot,
@@ -121,6 +124,8 @@ impl RaftNode {
             transfer: None,
         };
         node.timeouts = node.configured_timeouts();
+        let min = node.cfg.election_timeout_min;
+        node.lease.started(now, min);
         node.reset_election_deadline();
         Ok(node)
     }

@@ -4,6 +4,9 @@
 //! leader by hearing from a quorum in a heartbeat round started after the read arrived.
 //! A new leader first waits for an entry of its own term to commit, since only then is
 //! its commit index known to cover everything committed before it.
+//!
+//! In lease mode (`lease.rs`) a read is answered at once while the leader's lease holds,
+//! and takes a round as here when it does not.
 
 use std::collections::VecDeque;
 
@@ -24,6 +27,12 @@ pub struct ReadIndex {
 
 impl ReadIndex {
     pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Start a confirmation round; returns its number.
+    pub fn new_round(&mut self) -> u64 {
+        self.seq += 1;
         self.seq
     }
 
@@ -48,6 +57,9 @@ impl RaftNode {
             });
             return;
         }
+        if self.serve_lease_read(id, out) {
+            return;
+        }
         if self.log.term_at(self.commit) != Some(self.term) {
             self.reads.awaiting_commit.push(id);
             return;
@@ -66,8 +78,8 @@ impl RaftNode {
     }
 
     fn start_read_round(&mut self, ids: Vec<RequestId>, out: &mut Out) {
-        self.reads.seq += 1;
-        let (seq, index) = (self.reads.seq, self.commit);
+        let (seq, index) = (self.reads.new_round(), self.commit);
+        self.lease_round_started(seq);
         self.reads
             .pending
             .extend(ids.into_iter().map(|id| (id, index, seq)));
@@ -87,6 +99,7 @@ impl RaftNode {
                 progress.get(&id).map_or(0, |p| p.read_ack)
             }
         });
+        self.extend_lease(confirmed);
         while let Some(&(id, index, seq)) = self.reads.pending.front() {
             if seq > confirmed {
                 break;

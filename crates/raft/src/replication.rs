@@ -4,6 +4,7 @@
 use ekmat_core::NodeId;
 
 use crate::config::Mutant;
+use crate::lease::ReadMode;
 use crate::message::{AppendOutcome, AppendRequest, AppendResponse, Echo, Message};
 use crate::node::{Out, RaftNode, Role};
 use crate::progress::ReplicationState;
@@ -118,7 +119,11 @@ impl RaftNode {
         }
         if self.now >= self.heartbeat_deadline {
             self.heartbeat_deadline = self.now + self.timeouts.heartbeat;
-            self.broadcast_heartbeat(out);
+            if self.cfg.read_mode == ReadMode::Lease {
+                self.lease_heartbeat(out);
+            } else {
+                self.broadcast_heartbeat(out);
+            }
         }
     }
 

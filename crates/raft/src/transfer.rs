@@ -50,6 +50,7 @@ impl RaftNode {
             self.send_append(to, out);
             return;
         }
+        self.revoke_lease();
         out.send(to, Message::TimeoutNow(TimeoutNow { term: self.term }));
         if let Some(t) = self.transfer.as_mut() {
             t.sent = true;

@@ -1,9 +1,10 @@
 //! ekmat's deterministic simulator: every protocol core, driven with virtual time over a
 //! seeded network and disk, under partitions, loss, duplication, reordering, clogged
-//! links, crashes and pauses, with checkers for the protocol's invariants and for
-//! linearizability of what clients saw. One `u64` seed decides a whole run.
+//! links, crashes, pauses and clock drift, with checkers for the protocol's invariants
+//! and for linearizability of what clients saw. One `u64` seed decides a whole run.
 
 pub mod check;
+pub mod clock;
 pub mod disk;
 pub mod network;
 pub mod protocol;

@@ -41,6 +41,12 @@ pub trait SimProtocol: Sync + Clone {
         None
     }
 
+    /// The bound on clock drift the protocol assumes, in ppm: `clock` faults drift
+    /// exactly this much (0: clocks never drift).
+    fn max_clock_drift_ppm(&self) -> u32 {
+        0
+    }
+
     /// A copy with the protocol's tunable knobs drawn for one run (FoundationDB's
     /// "buggify": every seed also explores the configuration space), and a line naming
     /// the values drawn. By default the knobs stay as they are.

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ekmat_core::{DetRng, Membership, NodeId, Time};
-use ekmat_raft::{AdaptiveTimeouts, Mutant, RaftConfig, RaftNode, RaftStable, Role};
+use ekmat_raft::{AdaptiveTimeouts, Mutant, RaftConfig, RaftNode, RaftStable, ReadMode, Role};
 
 use crate::check::raft::RaftChecker;
 use crate::protocol::SimProtocol;
@@ -24,6 +24,12 @@ pub struct RaftSim {
     pub snapshot_chunk_bytes: usize,
     /// Draw batch size and in-flight window per seed instead of using the values above.
     pub vary_knobs: bool,
+    /// How reads are confirmed; `None`: drawn per seed (lease reads on half the seeds,
+    /// when knobs vary and check-quorum is on), always lease for the lease mutant.
+    pub read_mode: Option<ReadMode>,
+    /// The clock-drift bound the replicas assume and `clock` faults drift by, in ppm.
+    /// Far beyond real clocks, so a lease that ignores it is caught.
+    pub max_clock_drift_ppm: u32,
 }
 
 impl Default for RaftSim {
@@ -40,6 +46,8 @@ impl Default for RaftSim {
             snapshot_trailing: 1_000,
             snapshot_chunk_bytes: 1 << 20,
             vary_knobs: true,
+            read_mode: None,
+            max_clock_drift_ppm: 200_000,
         }
     }
 }
@@ -63,6 +71,8 @@ impl RaftSim {
         cfg.max_inflight = self.max_inflight;
         cfg.snapshot_trailing = self.snapshot_trailing;
         cfg.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
+        cfg.read_mode = self.read_mode.unwrap_or_default();
+        cfg.max_clock_drift_ppm = self.max_clock_drift_ppm;
         cfg
     }
 }
@@ -106,6 +116,10 @@ impl SimProtocol for RaftSim {
         Some(node.membership().clone())
     }
 
+    fn max_clock_drift_ppm(&self) -> u32 {
+        self.max_clock_drift_ppm
+    }
+
     /// Small batches and windows split a new leader's no-op from the old entries it
     /// re-replicates, as a follower that lags far behind sees in practice.
     fn vary(&self, rng: &mut DetRng) -> (Self, String) {
@@ -119,8 +133,20 @@ impl SimProtocol for RaftSim {
                 v.adaptive = Some(AdaptiveTimeouts::default());
             }
         }
+        // Drawn last, so the draws above stay what they were for every seed.
+        let lease = if self.mutant == Mutant::ServeLeaseReadPastBound {
+            true
+        } else {
+            self.vary_knobs && self.check_quorum && rng.chance(0.5)
+        };
+        let drawn = if lease {
+            ReadMode::Lease
+        } else {
+            ReadMode::ReadIndex
+        };
+        v.read_mode = Some(self.read_mode.unwrap_or(drawn));
         let knobs = format!(
-            "raft batch {} entries, {} in flight, {} entries kept behind snapshots, {}-byte snapshot chunks, {} timeouts",
+            "raft batch {} entries, {} in flight, {} entries kept behind snapshots, {}-byte snapshot chunks, {} timeouts, {} reads, clock drift bound {} ppm",
             v.max_append_entries,
             v.max_inflight,
             v.snapshot_trailing,
@@ -129,7 +155,9 @@ impl SimProtocol for RaftSim {
                 "adaptive"
             } else {
                 "fixed"
-            }
+            },
+            v.read_mode.unwrap_or_default().name(),
+            v.max_clock_drift_ppm
         );
         (v, knobs)
     }

@@ -191,6 +191,7 @@ pub(crate) fn derive<P: SimProtocol>(
         converge_bound: Duration::from_secs(10),
         max_tail: Duration::from_secs(60) + opts.safety / 5,
         snapshot_every,
+        max_clock_drift_ppm: proto.max_clock_drift_ppm(),
         trace: opts.trace,
     };
     let schedule = opts.schedule.clone().unwrap_or_else(|| {

@@ -36,10 +36,13 @@ pub enum FaultKind {
     /// Membership churn: nodes are added (as learners or voters), promoted, removed
     /// and replaced, while the other faults go on. Two spare nodes join the run.
     Membership,
+    /// Clock drift at the edge of the configured bound: one node's clock runs slow, every
+    /// other node's fast (the worst case for leader leases).
+    Clock,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Partition,
         FaultKind::Bridge,
         FaultKind::Asymmetric,
@@ -50,6 +53,7 @@ impl FaultKind {
         FaultKind::Crash,
         FaultKind::Pause,
         FaultKind::Transfer,
+        FaultKind::Clock,
     ];
 
     /// Kinds `all` leaves out, since they change the cluster's shape: name them.
@@ -82,6 +86,7 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Transfer => "transfer",
             FaultKind::Membership => "membership",
+            FaultKind::Clock => "clock",
         }
     }
 
@@ -190,6 +195,10 @@ pub enum Fault {
     Churn {
         change: Churn,
     },
+    /// `target`'s clock runs slow by the drift bound, every other node's fast by it.
+    Clock {
+        target: Target,
+    },
 }
 
 /// The membership changes the nemesis makes.
@@ -234,7 +243,8 @@ impl Fault {
             | Fault::Split { target }
             | Fault::Crash { target }
             | Fault::Pause { target }
-            | Fault::Transfer { target } => Some(*target),
+            | Fault::Transfer { target }
+            | Fault::Clock { target } => Some(*target),
             _ => None,
         }
     }
@@ -254,6 +264,7 @@ impl Fault {
             Fault::Pause { .. } => FaultKind::Pause,
             Fault::Transfer { .. } => FaultKind::Transfer,
             Fault::Churn { .. } => FaultKind::Membership,
+            Fault::Clock { .. } => FaultKind::Clock,
         }
     }
 }
@@ -488,6 +499,12 @@ fn draw(kind: FaultKind, n: usize, rng: &mut DetRng) -> (Fault, u64) {
                 0,
             ),
         },
+        FaultKind::Clock => (
+            Fault::Clock {
+                target: target(n, rng),
+            },
+            rng.range(500, 5000),
+        ),
         // Kinds that need more nodes than the cluster has degrade to a crash.
         _ => draw(FaultKind::Crash, n, rng),
     }
@@ -543,6 +560,7 @@ impl fmt::Display for Fault {
             Fault::Pause { target } => write!(f, "pause({target})"),
             Fault::Transfer { target } => write!(f, "transfer({target})"),
             Fault::Churn { change } => write!(f, "churn({})", change.name()),
+            Fault::Clock { target } => write!(f, "clock({target})"),
         }
     }
 }
@@ -712,6 +730,9 @@ fn parse_fault(s: &str) -> Result<Fault, String> {
                 Err(format!("'{s}': churn takes one of {}", known.join(", ")))
             }
         },
+        "clock" => Ok(Fault::Clock {
+            target: parse_target(args)?,
+        }),
         _ => Err(format!("unknown fault '{name}'")),
     }
 }
@@ -763,6 +784,25 @@ mod tests {
             vec![FaultKind::Loss, FaultKind::Crash]
         );
         assert!(FaultKind::parse_list("none").unwrap().is_empty());
+        assert_eq!(
+            FaultKind::parse_list("all,clock").unwrap(),
+            FaultKind::parse_list("all").unwrap()
+        );
+        assert!(
+            FaultKind::parse_list("all")
+                .unwrap()
+                .contains(&FaultKind::Clock)
+        );
+        let s: Schedule = "@5ms+900ms clock(leader); @7ms+1ms clock(2)"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            s.faults[0].fault,
+            Fault::Clock {
+                target: Target::Leader
+            }
+        );
+        assert_eq!(s.to_string(), "@5ms+900ms clock(leader); @7ms+1ms clock(2)");
         let err = FaultKind::parse_list("crash,meteor").unwrap_err();
         assert!(err.contains("meteor"), "{err}");
     }

@@ -15,6 +15,7 @@ use ekmat_kv::{Applied, KvStore, RangeRequest};
 use ekmat_linearizability::kv::KvOutput;
 use rustc_hash::FxHashMap;
 
+use crate::clock::Clock;
 use crate::disk::Disk;
 use crate::network::{LatencyRange, LatencyTail, LinkTable, Network};
 use crate::protocol::{ProtocolChecker, SimProtocol, Violation};
@@ -47,6 +48,8 @@ pub struct WorldConfig {
     pub max_tail: Duration,
     /// Replicas hand their protocol a snapshot every this many applied entries (0: never).
     pub snapshot_every: u64,
+    /// The clock-drift bound the protocol assumes, in ppm: `clock` faults drift this much.
+    pub max_clock_drift_ppm: u32,
     pub trace: bool,
 }
 
@@ -124,6 +127,7 @@ enum FaultEnd {
     Network,
     Restart(NodeId),
     Resume(NodeId),
+    Clock,
 }
 
 /// How often a finished run checks whether replicas have converged.
@@ -147,6 +151,8 @@ struct Slot<P: SimProtocol> {
     last_sync: Time,
     /// Applied index of this incarnation's last snapshot.
     last_snapshot: u64,
+    /// The node's own clock: its `now` and its timers go by it (it survives crashes).
+    clock: Clock,
 }
 
 pub struct World<'p, P: SimProtocol> {
@@ -169,6 +175,8 @@ pub struct World<'p, P: SimProtocol> {
     /// Faults waiting for their moment (an election, an install, a configuration), with
     /// what they wait for and when they stop waiting.
     armed: Vec<(usize, Target, Time)>,
+    /// Clock faults in force (fault index, slow node), latest last; the latest decides.
+    clock_faults: Vec<(usize, NodeId)>,
     healed_at: Option<Time>,
     /// The members (voters and learners) of the latest configuration any replica
     /// applied, and the index that committed it: they must converge.
@@ -208,6 +216,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 reads: Vec::new(),
                 last_sync: Time::ZERO,
                 last_snapshot: 0,
+                clock: Clock::default(),
             });
         }
         let mut world = World {
@@ -229,6 +238,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
             stats: RunStats::default(),
             violation: None,
             armed: Vec::new(),
+            clock_faults: Vec::new(),
             healed_at: None,
             snapshot_hashes: FxHashMap::default(),
             first_write_after_heal: None,
@@ -520,12 +530,18 @@ impl<'p, P: SimProtocol> World<'p, P> {
             return;
         }
         let paused = slot.paused;
-        let next = self.now + self.cfg.tick;
+        let next = self.next_tick(node);
         self.push(next, Ev::Tick { node, epoch });
         if !paused {
             self.trace.hash_event(self.now, (4u8, node));
             self.step(node, Input::Tick);
         }
+    }
+
+    /// When `node`'s next tick is due: a tick later by its own clock.
+    fn next_tick(&self, node: NodeId) -> Time {
+        let clock = &self.nodes[node.index()].clock;
+        clock.real_at(clock.local(self.now) + self.cfg.tick)
     }
 
     fn step(&mut self, node: NodeId, input: Input<Msg<P>>) {
@@ -534,12 +550,11 @@ impl<'p, P: SimProtocol> World<'p, P> {
             .armed
             .iter()
             .any(|(_, t, _)| *t == Target::NextReconfiguration);
-        let replica = self.nodes[node.index()]
-            .replica
-            .as_mut()
-            .expect("only live nodes step");
+        let slot = &mut self.nodes[node.index()];
+        let local = slot.clock.local(self.now);
+        let replica = slot.replica.as_mut().expect("only live nodes step");
         let config_before = watch_config.then(|| self.proto.membership(replica));
-        replica.step(self.now, input, &mut out);
+        replica.step(local, input, &mut out);
         if let Some(before) = config_before
             && self.proto.membership(replica) != before
         {
@@ -1055,6 +1070,12 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 }
                 FaultEnd::Instant
             }
+            Fault::Clock { .. } => {
+                let slow = target.expect("clock has a target");
+                self.clock_faults.push((index, slow));
+                self.set_clock_rates();
+                FaultEnd::Clock
+            }
         };
         self.stats.faults += 1;
         let now = self.now;
@@ -1077,7 +1098,39 @@ impl<'p, P: SimProtocol> World<'p, P> {
             }
             FaultEnd::Restart(node) => self.restart(node),
             FaultEnd::Resume(node) => self.resume(node),
+            FaultEnd::Clock => {
+                self.clock_faults.retain(|&(i, _)| i != index);
+                self.set_clock_rates();
+            }
         }
+    }
+
+    /// Clock rates as the latest clock fault in force says: its node slow by the drift
+    /// bound, the others fast by it (a slow leader's lease outlasts fast followers'
+    /// patience most); without one, every clock keeps real time's pace.
+    fn set_clock_rates(&mut self) {
+        let rho = i32::try_from(self.cfg.max_clock_drift_ppm).expect("bound below 100%");
+        let slow = self.clock_faults.last().map(|&(_, n)| n);
+        let now = self.now;
+        let mut changed = false;
+        for (i, slot) in self.nodes.iter_mut().enumerate() {
+            let rate = match slow {
+                None => 0,
+                Some(n) if n.index() == i => -rho,
+                Some(_) => rho,
+            };
+            if slot.clock.rate_ppm() != rate {
+                slot.clock.set_rate(now, rate);
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+        self.trace.line(now, || match slow {
+            Some(n) => format!("CLOCKS {n} at -{rho}ppm, the others at +{rho}ppm"),
+            None => "CLOCKS back to real time's pace".to_string(),
+        });
     }
 
     /// Returns false if the node was already down.
@@ -1112,9 +1165,10 @@ impl<'p, P: SimProtocol> World<'p, P> {
             self.fail(v);
         }
         let seed = self.node_seeds.next_u64();
+        let local = self.nodes[node.index()].clock.local(self.now);
         match self
             .proto
-            .recover(node, self.cfg.voters, seed, stable, self.now)
+            .recover(node, self.cfg.voters, seed, stable, local)
         {
             Ok(replica) => {
                 let slot = &mut self.nodes[node.index()];
@@ -1123,7 +1177,8 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 let epoch = slot.epoch;
                 let now = self.now;
                 self.trace.line(now, || format!("RESTART {node}"));
-                self.push(now + self.cfg.tick, Ev::Tick { node, epoch });
+                let next = self.next_tick(node);
+                self.push(next, Ev::Tick { node, epoch });
             }
             Err(e) => {
                 let v = Violation::new(
@@ -1169,6 +1224,8 @@ impl<'p, P: SimProtocol> World<'p, P> {
     /// The safety phase ends: every fault is repaired.
     fn heal(&mut self) {
         self.armed.clear();
+        self.clock_faults.clear();
+        self.set_clock_rates();
         self.net.heal_all();
         for i in 0..self.cfg.nodes {
             let id = NodeId(i as u32);

@@ -103,3 +103,8 @@ fn skipping_the_joint_configuration_is_caught_under_membership_churn() {
         ],
     );
 }
+
+#[test]
+fn serving_lease_reads_past_the_bound_is_caught_by_linearizability() {
+    assert_caught(Mutant::ServeLeaseReadPastBound, &["linearizability"]);
+}
