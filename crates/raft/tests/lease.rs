@@ -1,7 +1,6 @@
 //! Lease-based reads (thesis §6.4.1): when a lease answers at once, when it must not,
 //! and the follower-side rules it relies on.
 
-#[allow(dead_code)] // shared with behaviour.rs, which uses all of it
 mod cluster;
 
 use std::time::Duration;
