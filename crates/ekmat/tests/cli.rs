@@ -35,6 +35,7 @@ fn lists_print_one_name_per_line() {
             "forget-vote-persist",
             "read-without-quorum",
             "install-stale-snapshot",
+            "config-before-joint",
             "serve-lease-read-past-bound"
         ]
     );
