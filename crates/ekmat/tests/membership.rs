@@ -64,7 +64,8 @@ async fn a_learner_joins_catches_up_is_promoted_and_the_old_leader_is_removed() 
 
     let joiner = c.prepare_joiner();
     let peer = format!("http://{}", c.cfgs[joiner].me().peer);
-    let mut admin = cluster_client(&url).await;
+    // Asked of a follower, the change is forwarded to the leader.
+    let mut admin = cluster_client(&c.endpoint((leader + 1) % 3)).await;
     let added = admin
         .member_add(pb::MemberAddRequest {
             peer_ur_ls: vec![peer.clone()],

@@ -59,6 +59,15 @@ impl Services {
             .cloned()
     }
 
+    /// The member list once a change is committed. This member may not have applied the
+    /// change yet (the leader answered a forwarded request), so `edit` applies it to the
+    /// list as well; applying it twice changes nothing.
+    fn members_after(&self, edit: impl Fn(&mut Vec<MemberRecord>)) -> Vec<pb::Member> {
+        let mut list = self.inner.members.borrow().clone();
+        edit(&mut list);
+        list.iter().map(to_pb).collect()
+    }
+
     async fn change(&self, action: ChangeAction, node: u32, context: Bytes) -> Result<(), Status> {
         let changes = vec![MembershipChange {
             action,
@@ -112,10 +121,15 @@ impl pb::cluster_server::Cluster for Services {
             ChangeAction::AddVoter
         };
         self.change(action, id, encode_context(&record)).await?;
+        let members = self.members_after(|list| {
+            if !list.iter().any(|m| m.id == id) {
+                list.push(record.clone());
+            }
+        });
         Ok(Response::new(pb::MemberAddResponse {
             header: Some(self.header(self.revision())),
             member: Some(to_pb(&record)),
-            members: self.members(),
+            members,
         }))
     }
 
@@ -128,7 +142,7 @@ impl pb::cluster_server::Cluster for Services {
             .await?;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: Some(self.header(self.revision())),
-            members: self.members(),
+            members: self.members_after(|list| list.retain(|r| r.id != m.id)),
         }))
     }
 
@@ -161,9 +175,14 @@ impl pb::cluster_server::Cluster for Services {
         }
         self.change(ChangeAction::Promote, m.id, Bytes::new())
             .await?;
+        let members = self.members_after(|list| {
+            for r in list.iter_mut().filter(|r| r.id == m.id) {
+                r.learner = false;
+            }
+        });
         Ok(Response::new(pb::MemberPromoteResponse {
             header: Some(self.header(self.revision())),
-            members: self.members(),
+            members,
         }))
     }
 }
