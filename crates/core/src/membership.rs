@@ -51,6 +51,9 @@ pub enum ChangeError {
     NotLearner(NodeId),
     /// The change would leave no voter.
     NoVoters,
+    /// A learner is promoted only once it holds most of the log, so the cluster does not
+    /// count on a voter that cannot vote usefully yet.
+    NotCaughtUp(NodeId),
 }
 
 impl fmt::Display for ChangeError {
@@ -62,6 +65,9 @@ impl fmt::Display for ChangeError {
             ChangeError::NotMember(n) => write!(f, "{n} is not a member"),
             ChangeError::NotLearner(n) => write!(f, "{n} is not a learner"),
             ChangeError::NoVoters => write!(f, "the change would leave the cluster without voters"),
+            ChangeError::NotCaughtUp(n) => {
+                write!(f, "learner {n} has not caught up with the leader")
+            }
         }
     }
 }

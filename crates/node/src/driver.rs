@@ -99,6 +99,9 @@ fn membership_error(e: ekmat_core::ChangeError) -> String {
         ChangeError::AlreadyMember(_) => "etcdserver: member ID already exist".into(),
         ChangeError::NotMember(_) => "etcdserver: member not found".into(),
         ChangeError::NotLearner(_) => "etcdserver: can only promote a learner member".into(),
+        ChangeError::NotCaughtUp(_) => {
+            "etcdserver: can only promote a learner member which is in sync with leader".into()
+        }
         other => format!("etcdserver: {other}"),
     }
 }

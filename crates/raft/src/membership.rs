@@ -10,7 +10,8 @@
 //! committed, then steps down. Learners get the log but never count towards a quorum.
 
 use ekmat_core::{
-    Event, Membership, MembershipChange, NodeId, Rejection, Reply, RequestId, StepDownReason,
+    ChangeAction, ChangeError, Event, Membership, MembershipChange, NodeId, Rejection, Reply,
+    RequestId, StepDownReason,
 };
 
 use crate::config::Mutant;
@@ -134,6 +135,11 @@ impl RaftNode {
             out.reply(Reply::Rejected { id, reason });
             return;
         }
+        if let Some(lagging) = self.lagging_promotion(&changes) {
+            let reason = Rejection::InvalidChange(ChangeError::NotCaughtUp(lagging));
+            out.reply(Reply::Rejected { id, reason });
+            return;
+        }
         let mut next = match self.membership().apply(&changes) {
             Ok(next) => next,
             Err(e) => {
@@ -147,6 +153,19 @@ impl RaftNode {
         }
         let index = self.append_config(next, changes, out);
         self.pending_change = Some((id, index));
+    }
+
+    /// A learner to be promoted that holds less than 90% of the committed log (etcd's
+    /// rule), if any.
+    fn lagging_promotion(&self, changes: &[MembershipChange]) -> Option<NodeId> {
+        changes
+            .iter()
+            .filter(|c| c.action == ChangeAction::Promote)
+            .map(|c| c.node)
+            .find(|n| {
+                let matched = self.progress.get(n).map_or(0, |p| p.match_index);
+                self.membership().learners.contains(n) && matched * 10 < self.commit * 9
+            })
     }
 
     fn append_config(

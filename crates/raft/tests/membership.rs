@@ -224,3 +224,28 @@ fn the_config_before_joint_mutant_skips_the_joint_phase() {
     change(&mut c, leader, 1, &[(ChangeAction::AddVoter, 3)]);
     assert!(!c.raft(leader).membership().is_joint());
 }
+
+#[test]
+fn a_learner_that_has_not_caught_up_is_not_promoted() {
+    let mut c = Cluster::with_joiners(3, 1, |_| {});
+    let leader = c.elect();
+    c.isolate(NodeId(3));
+    change(&mut c, leader, 1, &[(ChangeAction::AddLearner, 3)]);
+    for seq in 1..=20 {
+        c.write(leader, seq, "v");
+    }
+    c.run_for(ms(200));
+    change(&mut c, leader, 2, &[(ChangeAction::Promote, 3)]);
+    assert_eq!(
+        reply(&c, leader, 2),
+        Some(Reply::Rejected {
+            id: RequestId { client: 7, seq: 2 },
+            reason: Rejection::InvalidChange(ChangeError::NotCaughtUp(NodeId(3)))
+        })
+    );
+    c.heal();
+    c.run_for(ms(300));
+    change(&mut c, leader, 3, &[(ChangeAction::Promote, 3)]);
+    c.run_for(ms(300));
+    assert_eq!(reply(&c, leader, 3), done(3));
+}
