@@ -37,6 +37,9 @@ pub enum ChangeAction {
     /// Turn a learner into a voter.
     Promote,
     Remove,
+    /// Replace a member's record (its `context`: name, addresses) without changing who
+    /// votes.
+    Update,
 }
 
 /// Why a membership change was refused.
@@ -141,7 +144,10 @@ impl Membership {
                     next.learners.remove(&n);
                     next.voters.insert(n);
                 }
-                ChangeAction::Remove if !self.contains(n) => return Err(ChangeError::NotMember(n)),
+                ChangeAction::Remove | ChangeAction::Update if !self.contains(n) => {
+                    return Err(ChangeError::NotMember(n));
+                }
+                ChangeAction::Update => {}
                 ChangeAction::Remove => {
                     next.voters.remove(&n);
                     next.learners.remove(&n);
@@ -311,6 +317,14 @@ mod tests {
         let at = [10, 1, 1, 9];
         // New reaches 9 (0 and 3) but old only 1.
         assert_eq!(m.committed_index(|id| at[id.index()]), 1);
+    }
+
+    #[test]
+    fn an_update_changes_no_quorum() {
+        let m = Membership::of(ids(&[0, 1, 2]));
+        assert_eq!(m.apply(&[change(ChangeAction::Update, 1)]), Ok(m.clone()));
+        let u9 = change(ChangeAction::Update, 9);
+        assert_eq!(m.apply(&[u9]), Err(ChangeError::NotMember(NodeId(9))));
     }
 
     #[test]

@@ -96,6 +96,31 @@ async fn a_learner_joins_catches_up_is_promoted_and_the_old_leader_is_removed() 
     )
     .await;
 
+    // Once it holds the log, the new member publishes its name and client address.
+    eventually(
+        "the new member publishes itself",
+        Duration::from_secs(10),
+        async || {
+            let list = admin
+                .member_list(pb::MemberListRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            list.members
+                .iter()
+                .any(|m| m.id == new.id && m.name == "n3" && m.client_ur_ls == [joined.clone()])
+        },
+    )
+    .await;
+    let bad = admin
+        .member_update(pb::MemberUpdateRequest {
+            id: new.id,
+            peer_ur_ls: vec!["https://127.0.0.1:1".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
     admin
         .member_promote(pb::MemberPromoteRequest { id: new.id })
         .await

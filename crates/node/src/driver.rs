@@ -38,6 +38,9 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 /// How often, at most, the leader proposes a tick to expire leases whose deadline its
 /// clock has passed (a tick that did not commit is retried after this long).
 pub const LEASE_TICK_EVERY: Duration = Duration::from_millis(500);
+/// How long a member added at run time waits for its published record to commit
+/// before it tries again.
+const PUBLISH_RETRY: Duration = Duration::from_secs(3);
 
 type Msg<P> = <<P as RuntimeProtocol>::Node as Replica>::Message;
 type Write<P> = <<P as RuntimeProtocol>::Node as Replica>::Write;
@@ -170,6 +173,10 @@ pub struct Driver<P: RuntimeProtocol> {
     /// Who is in the cluster, as the committed configurations say.
     members: Members,
     members_tx: watch::Sender<Vec<MemberRecord>>,
+    /// This node's own record, as its configuration file gives it.
+    me: MemberRecord,
+    /// This node's record, proposed to the cluster and not yet answered.
+    publishing: Option<(Instant, oneshot::Receiver<Result<(), CallError>>)>,
     last_ping: Instant,
     /// Reads the protocol confirmed, waiting for the state machine to reach `index`.
     ready_reads: Vec<(u64, RequestId)>,
@@ -192,6 +199,7 @@ pub struct DriverParts<P: RuntimeProtocol> {
     pub status: watch::Sender<NodeStatus>,
     pub members: Members,
     pub members_tx: watch::Sender<Vec<MemberRecord>>,
+    pub me: MemberRecord,
     /// Hand the protocol a snapshot every this many applied entries (0: never).
     pub snapshot_every: u64,
     pub hub: WatchHub,
@@ -224,6 +232,8 @@ impl<P: RuntimeProtocol> Driver<P> {
             on_behalf: HashMap::new(),
             members: parts.members,
             members_tx: parts.members_tx,
+            me: parts.me,
+            publishing: None,
             last_ping: parts.started,
             ready_reads: Vec::new(),
             out: Effects::new(),
@@ -276,6 +286,7 @@ impl<P: RuntimeProtocol> Driver<P> {
                     self.forget_abandoned_calls();
                     self.ping_peers();
                     self.expire_leases().await;
+                    self.publish_self().await;
                 }
             }
             if std::mem::take(&mut self.renew_leases) {
@@ -365,6 +376,38 @@ impl<P: RuntimeProtocol> Driver<P> {
             self.transport.add_peer(NodeId(added.id), added.peer);
         }
         self.sync_peers();
+    }
+
+    /// A member added at run time is known to the others by its peer address alone; it
+    /// tells them its name and client address (etcd's publish) once the table holds it,
+    /// trying again until its record as committed matches its own.
+    async fn publish_self(&mut self) {
+        if let Some((since, rx)) = &mut self.publishing {
+            let waiting = matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+            if waiting && since.elapsed() < PUBLISH_RETRY {
+                return;
+            }
+            self.publishing = None;
+        }
+        let Some(known) = self.members.get(self.me.id) else {
+            return; // not (yet, or any longer) a member
+        };
+        let mine = MemberRecord {
+            learner: known.learner,
+            ..self.me.clone()
+        };
+        if *known == mine {
+            return;
+        }
+        let change = MembershipChange {
+            action: ekmat_core::ChangeAction::Update,
+            node: NodeId(mine.id),
+            context: crate::members::encode_context(&mine),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.publishing = Some((Instant::now(), rx));
+        self.admin(RequestKind::ChangeMembership(vec![change]), tx)
+            .await;
     }
 
     /// The transport sends to exactly the members in the table.

@@ -60,6 +60,18 @@ impl Members {
         Members { records }
     }
 
+    /// This node's own record, as its configuration file gives it.
+    pub fn own_record(cfg: &NodeConfig) -> MemberRecord {
+        let me = cfg.me();
+        MemberRecord {
+            id: me.id,
+            name: me.name.clone(),
+            peer: me.peer,
+            client: Some(me.client),
+            learner: false,
+        }
+    }
+
     pub fn list(&self) -> Vec<MemberRecord> {
         self.records.values().cloned().collect()
     }
@@ -73,8 +85,8 @@ impl Members {
         self.records.keys().next_back().map_or(0, |id| id + 1)
     }
 
-    /// Follow a committed configuration. Returns the members added, whose addresses the
-    /// transport needs.
+    /// Follow a committed configuration. Returns the members added or updated, whose
+    /// addresses the transport needs.
     pub fn apply(
         &mut self,
         membership: &Membership,
@@ -82,8 +94,11 @@ impl Members {
     ) -> Vec<MemberRecord> {
         let mut added = Vec::new();
         for c in changes {
-            let adds = matches!(c.action, ChangeAction::AddVoter | ChangeAction::AddLearner);
-            if adds && let Some(record) = decode_context(&c.context) {
+            let carries_record = matches!(
+                c.action,
+                ChangeAction::AddVoter | ChangeAction::AddLearner | ChangeAction::Update
+            );
+            if carries_record && let Some(record) = decode_context(&c.context) {
                 added.push(record.clone());
                 self.records.insert(c.node.0, record);
             }

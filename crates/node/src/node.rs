@@ -123,6 +123,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         status: status_tx,
         members,
         members_tx,
+        me: Members::own_record(&cfg),
         snapshot_every: cfg.snapshot_every,
         hub: hub.clone(),
     });

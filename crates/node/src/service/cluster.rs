@@ -14,10 +14,6 @@ use crate::config::NodeConfig;
 use crate::driver::Call;
 use crate::members::{MemberRecord, encode_context};
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("ekmat does not support {what} yet"))
-}
-
 fn to_pb(m: &MemberRecord) -> pb::Member {
     pb::Member {
         id: NodeConfig::member_id(m.id),
@@ -146,11 +142,42 @@ impl pb::cluster_server::Cluster for Services {
         }))
     }
 
+    /// A member's new peer address, carried through the log like an addition.
     async fn member_update(
         &self,
-        _: Request<pb::MemberUpdateRequest>,
+        request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(not_yet("changing a member's peer URLs"))
+        let req = request.into_inner();
+        let m = self.existing(req.id)?;
+        let [url] = &req.peer_ur_ls[..] else {
+            return Err(Status::invalid_argument(
+                "give exactly one peer URL (http://IP:PORT)",
+            ));
+        };
+        let peer = peer_addr(url)?;
+        let taken = self
+            .inner
+            .members
+            .borrow()
+            .iter()
+            .any(|o| o.peer == peer && o.id != m.id);
+        if taken {
+            return Err(Status::failed_precondition(
+                "etcdserver: Peer URLs already exists",
+            ));
+        }
+        let record = MemberRecord { peer, ..m.clone() };
+        self.change(ChangeAction::Update, m.id, encode_context(&record))
+            .await?;
+        let members = self.members_after(|list| {
+            for r in list.iter_mut().filter(|r| r.id == m.id) {
+                r.peer = peer;
+            }
+        });
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: Some(self.header(self.revision())),
+            members,
+        }))
     }
 
     async fn member_list(
