@@ -175,6 +175,10 @@ pub struct Driver<P: RuntimeProtocol> {
     members_tx: watch::Sender<Vec<MemberRecord>>,
     /// This node's own record, as its configuration file gives it.
     me: MemberRecord,
+    /// A snapshot is being serialized; it arrives on `snapshots_rx`.
+    snapshot_in_progress: bool,
+    snapshots_tx: mpsc::Sender<(u64, Bytes)>,
+    snapshots_rx: mpsc::Receiver<(u64, Bytes)>,
     /// This node's record, proposed to the cluster and not yet answered.
     publishing: Option<(Instant, oneshot::Receiver<Result<(), CallError>>)>,
     last_ping: Instant,
@@ -212,6 +216,7 @@ impl<P: RuntimeProtocol> Driver<P> {
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
+        let (snapshots_tx, snapshots_rx) = mpsc::channel(1);
         Driver {
             core: parts.core,
             kv: parts.kv,
@@ -234,6 +239,9 @@ impl<P: RuntimeProtocol> Driver<P> {
             members_tx: parts.members_tx,
             me: parts.me,
             publishing: None,
+            snapshot_in_progress: false,
+            snapshots_tx,
+            snapshots_rx,
             last_ping: parts.started,
             ready_reads: Vec::new(),
             out: Effects::new(),
@@ -281,6 +289,9 @@ impl<P: RuntimeProtocol> Driver<P> {
                 }
                 Some((from, wire)) = inbound.recv() => self.on_wire(from, wire).await,
                 Some(call) = calls.recv() => self.on_call(call).await,
+                Some((index, data)) = self.snapshots_rx.recv() => {
+                    self.on_snapshot_ready(index, data).await;
+                }
                 _ = ticker.tick() => {
                     self.step(Input::Tick).await;
                     self.forget_abandoned_calls();
@@ -507,37 +518,49 @@ impl<P: RuntimeProtocol> Driver<P> {
             self.apply_effect(effect).await;
         }
         self.out = out;
-        self.maybe_snapshot().await;
+        self.maybe_snapshot();
         self.publish_status();
     }
 
     /// Every `snapshot_every` applied entries (and once the log has grown by the last
     /// snapshot's size), hand the protocol the state machine, so it can compact its log.
-    async fn maybe_snapshot(&mut self) {
+    /// The store is copied here and serialized on a blocking thread: serializing a large
+    /// store on the driver took seconds, long enough to miss heartbeats and lose the
+    /// leadership. The protocol takes the snapshot when it is ready (`on_snapshot_ready`).
+    fn maybe_snapshot(&mut self) {
         let applied = self.kv.applied_index();
         if self.snapshot_every == 0
+            || self.snapshot_in_progress
             || applied < self.last_snapshot + self.snapshot_every
             || self.applied_bytes < self.last_snapshot_bytes
         {
             return;
         }
         self.last_snapshot = applied;
-        let started = Instant::now();
-        let data = self.members.wrap_snapshot(self.kv.snapshot());
         self.applied_bytes = 0;
+        self.snapshot_in_progress = true;
+        let started = Instant::now();
+        let (kv, members) = (self.kv.clone(), self.members.clone());
+        let copied_ms = started.elapsed().as_millis() as u64;
+        let done = self.snapshots_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let data = members.wrap_snapshot(kv.snapshot());
+            tracing::info!(
+                index = applied,
+                bytes = data.len(),
+                copied_ms,
+                took_ms = started.elapsed().as_millis() as u64,
+                "snapshot"
+            );
+            let _ = done.blocking_send((applied, data));
+        });
+    }
+
+    async fn on_snapshot_ready(&mut self, index: u64, data: Bytes) {
+        self.snapshot_in_progress = false;
         self.last_snapshot_bytes = data.len() as u64;
         metrics::counter!("ekmat_snapshots_total").increment(1);
-        tracing::info!(
-            index = applied,
-            bytes = data.len(),
-            took_ms = started.elapsed().as_millis() as u64,
-            "snapshot"
-        );
-        Box::pin(self.step(Input::Snapshot {
-            index: applied,
-            data,
-        }))
-        .await;
+        self.step(Input::Snapshot { index, data }).await;
     }
 
     async fn apply_effect(&mut self, effect: Effect<Msg<P>, Write<P>>) {
