@@ -27,6 +27,9 @@ use crate::watch_hub::{Published, WatchHub};
 use crate::wire::Wire;
 use crate::writer::Durability;
 
+mod membership;
+mod snapshot;
+
 /// How often the core is ticked. Its timers are 10 ms-granular.
 pub const TICK: Duration = Duration::from_millis(10);
 /// Client calls queued before callers wait.
@@ -369,74 +372,6 @@ impl<P: RuntimeProtocol> Driver<P> {
         }
     }
 
-    async fn admin(&mut self, kind: RequestKind, reply: oneshot::Sender<Result<(), CallError>>) {
-        let id = self.fresh_id();
-        let pending = PendingAdmin {
-            reply,
-            kind: kind.clone(),
-            forwarded: false,
-        };
-        self.pending_admin.insert(id, pending);
-        self.step(Input::Request(Request { id, kind })).await;
-    }
-
-    /// A committed configuration: follow it in the member table and the transport.
-    fn on_membership(&mut self, membership: &ekmat_core::Membership, changes: &[MembershipChange]) {
-        for added in self.members.apply(membership, changes) {
-            tracing::info!(id = added.id, peer = %added.peer, "member added");
-            self.transport.add_peer(NodeId(added.id), added.peer);
-        }
-        self.sync_peers();
-    }
-
-    /// A member added at run time is known to the others by its peer address alone; it
-    /// tells them its name and client address (etcd's publish) once the table holds it,
-    /// trying again until its record as committed matches its own.
-    async fn publish_self(&mut self) {
-        if let Some((since, rx)) = &mut self.publishing {
-            let waiting = matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
-            if waiting && since.elapsed() < PUBLISH_RETRY {
-                return;
-            }
-            self.publishing = None;
-        }
-        let Some(known) = self.members.get(self.me.id) else {
-            return; // not (yet, or any longer) a member
-        };
-        let mine = MemberRecord {
-            learner: known.learner,
-            ..self.me.clone()
-        };
-        if *known == mine {
-            return;
-        }
-        let change = MembershipChange {
-            action: ekmat_core::ChangeAction::Update,
-            node: NodeId(mine.id),
-            context: crate::members::encode_context(&mine),
-        };
-        let (tx, rx) = oneshot::channel();
-        self.publishing = Some((Instant::now(), rx));
-        self.admin(RequestKind::ChangeMembership(vec![change]), tx)
-            .await;
-    }
-
-    /// The transport sends to exactly the members in the table.
-    fn sync_peers(&mut self) {
-        let gone: Vec<NodeId> = self
-            .transport
-            .peers()
-            .filter(|id| self.members.get(id.0).is_none())
-            .collect();
-        for id in gone {
-            self.transport.remove_peer(id);
-        }
-        for r in self.members.list() {
-            self.transport.add_peer(NodeId(r.id), r.peer);
-        }
-        self.members_tx.send_replace(self.members.list());
-    }
-
     /// Propose a command of the node's own, whose answer nobody waits for.
     async fn propose(&mut self, command: Command) {
         let id = self.fresh_id();
@@ -520,47 +455,6 @@ impl<P: RuntimeProtocol> Driver<P> {
         self.out = out;
         self.maybe_snapshot();
         self.publish_status();
-    }
-
-    /// Every `snapshot_every` applied entries (and once the log has grown by the last
-    /// snapshot's size), hand the protocol the state machine, so it can compact its log.
-    /// The store is copied here and serialized on a blocking thread: serializing a large
-    /// store on the driver took seconds, long enough to miss heartbeats and lose the
-    /// leadership. The protocol takes the snapshot when it is ready (`on_snapshot_ready`).
-    fn maybe_snapshot(&mut self) {
-        let applied = self.kv.applied_index();
-        if self.snapshot_every == 0
-            || self.snapshot_in_progress
-            || applied < self.last_snapshot + self.snapshot_every
-            || self.applied_bytes < self.last_snapshot_bytes
-        {
-            return;
-        }
-        self.last_snapshot = applied;
-        self.applied_bytes = 0;
-        self.snapshot_in_progress = true;
-        let started = Instant::now();
-        let (kv, members) = (self.kv.clone(), self.members.clone());
-        let copied_ms = started.elapsed().as_millis() as u64;
-        let done = self.snapshots_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let data = members.wrap_snapshot(kv.snapshot());
-            tracing::info!(
-                index = applied,
-                bytes = data.len(),
-                copied_ms,
-                took_ms = started.elapsed().as_millis() as u64,
-                "snapshot"
-            );
-            let _ = done.blocking_send((applied, data));
-        });
-    }
-
-    async fn on_snapshot_ready(&mut self, index: u64, data: Bytes) {
-        self.snapshot_in_progress = false;
-        self.last_snapshot_bytes = data.len() as u64;
-        metrics::counter!("ekmat_snapshots_total").increment(1);
-        self.step(Input::Snapshot { index, data }).await;
     }
 
     async fn apply_effect(&mut self, effect: Effect<Msg<P>, Write<P>>) {
