@@ -34,8 +34,7 @@ impl<P: RuntimeProtocol> Driver<P> {
         changes: &[MembershipChange],
     ) {
         for added in self.members.apply(membership, changes) {
-            tracing::info!(id = added.id, peer = %added.peer, "member added");
-            self.transport.add_peer(NodeId(added.id), added.peer);
+            tracing::info!(id = added.id, peer = %added.peer, "member added or updated");
         }
         self.sync_peers();
     }
@@ -82,9 +81,10 @@ impl<P: RuntimeProtocol> Driver<P> {
         for id in gone {
             self.transport.remove_peer(id);
         }
-        for r in self.members.list() {
+        let list = self.members.list();
+        for r in &list {
             self.transport.add_peer(NodeId(r.id), r.peer);
         }
-        self.members_tx.send_replace(self.members.list());
+        self.members_tx.send_replace(list);
     }
 }

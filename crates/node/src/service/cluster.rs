@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::{Services, call_error};
 use crate::config::NodeConfig;
 use crate::driver::Call;
-use crate::members::{MemberRecord, encode_context};
+use crate::members::{MemberRecord, encode_context, next_id};
 
 fn to_pb(m: &MemberRecord) -> pb::Member {
     pb::Member {
@@ -75,6 +75,26 @@ impl Services {
             .map_err(|e| call_error(&e))
     }
 
+    /// The one peer address `urls` names, if no member other than `except` has it.
+    fn free_peer(&self, urls: &[String], except: Option<u32>) -> Result<SocketAddr, Status> {
+        let [url] = urls else {
+            return Err(Status::invalid_argument(
+                "give exactly one peer URL (http://IP:PORT)",
+            ));
+        };
+        let peer = peer_addr(url)?;
+        let members = self.inner.members.borrow();
+        if members
+            .iter()
+            .any(|m| m.peer == peer && Some(m.id) != except)
+        {
+            return Err(Status::failed_precondition(
+                "etcdserver: Peer URLs already exists",
+            ));
+        }
+        Ok(peer)
+    }
+
     fn existing(&self, id: u64) -> Result<MemberRecord, Status> {
         self.member_by_etcd_id(id)
             .ok_or_else(|| Status::not_found("etcdserver: member not found"))
@@ -88,22 +108,8 @@ impl pb::cluster_server::Cluster for Services {
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         let req = request.into_inner();
-        let [url] = &req.peer_ur_ls[..] else {
-            return Err(Status::invalid_argument(
-                "give exactly one peer URL (http://IP:PORT)",
-            ));
-        };
-        let peer = peer_addr(url)?;
-        let (id, taken) = {
-            let members = self.inner.members.borrow();
-            let next = members.iter().map(|m| m.id + 1).max().unwrap_or(0);
-            (next, members.iter().any(|m| m.peer == peer))
-        };
-        if taken {
-            return Err(Status::failed_precondition(
-                "etcdserver: Peer URLs already exists",
-            ));
-        }
+        let peer = self.free_peer(&req.peer_ur_ls, None)?;
+        let id = next_id(&self.inner.members.borrow());
         let record = MemberRecord {
             id,
             name: String::new(),
@@ -149,23 +155,7 @@ impl pb::cluster_server::Cluster for Services {
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         let req = request.into_inner();
         let m = self.existing(req.id)?;
-        let [url] = &req.peer_ur_ls[..] else {
-            return Err(Status::invalid_argument(
-                "give exactly one peer URL (http://IP:PORT)",
-            ));
-        };
-        let peer = peer_addr(url)?;
-        let taken = self
-            .inner
-            .members
-            .borrow()
-            .iter()
-            .any(|o| o.peer == peer && o.id != m.id);
-        if taken {
-            return Err(Status::failed_precondition(
-                "etcdserver: Peer URLs already exists",
-            ));
-        }
+        let peer = self.free_peer(&req.peer_ur_ls, Some(m.id))?;
         let record = MemberRecord { peer, ..m.clone() };
         self.change(ChangeAction::Update, m.id, encode_context(&record))
             .await?;
