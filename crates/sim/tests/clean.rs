@@ -4,10 +4,23 @@ use std::time::Duration;
 
 use ekmat_sim::FaultKind;
 use ekmat_sim::protocols::RaftSim;
-use ekmat_sim::run::{SimOptions, run_seed, run_seeds};
+use ekmat_sim::run::{SimOptions, Summary, run_seed, run_seeds};
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// No seed of the run found a violation; `what` names the run if one did.
+fn assert_clean(summary: &Summary, what: &str) {
+    assert_eq!(
+        summary.violations,
+        0,
+        "{what}: first failure: {:?}",
+        summary
+            .first_failure
+            .as_ref()
+            .map(|f| (f.seed, &f.violation))
+    );
 }
 
 #[test]
@@ -21,12 +34,7 @@ fn raft_survives_all_faults_on_five_nodes() {
         false,
         &|_| {},
     );
-    assert_eq!(
-        summary.violations,
-        0,
-        "first failure: {:?}",
-        summary.first_failure.map(|f| (f.seed, f.violation))
-    );
+    assert_clean(&summary, "five nodes");
     assert_eq!(summary.seeds, 150);
     assert!(summary.faults > 150 * 5, "faults were injected");
     assert!(summary.crashes > 0 && summary.elections > 150);
@@ -48,12 +56,7 @@ fn raft_survives_membership_churn_with_all_faults() {
         false,
         &|_| {},
     );
-    assert_eq!(
-        summary.violations,
-        0,
-        "first failure: {:?}",
-        summary.first_failure.map(|f| (f.seed, f.violation))
-    );
+    assert_clean(&summary, "membership churn");
     assert!(
         summary.reconfigurations > 40,
         "only {} configurations committed",
@@ -79,12 +82,7 @@ fn raft_survives_on_other_cluster_sizes() {
             false,
             &|_| {},
         );
-        assert_eq!(
-            summary.violations,
-            0,
-            "{nodes} nodes: {:?}",
-            summary.first_failure.map(|f| (f.seed, f.violation))
-        );
+        assert_clean(&summary, &format!("{nodes} nodes"));
     }
 }
 
@@ -124,12 +122,7 @@ fn each_fault_kind_alone_is_survived() {
             false,
             &|_| {},
         );
-        assert_eq!(
-            summary.violations,
-            0,
-            "{kind:?}: {:?}",
-            summary.first_failure.map(|f| (f.seed, f.violation))
-        );
+        assert_clean(&summary, &format!("{kind:?}"));
         assert!(summary.faults > 0, "{kind:?} was never injected");
     }
 }
