@@ -182,10 +182,14 @@ pub enum Mutant {
     /// leader sends rather than by a quorum's echo of it. A leader cut off from the
     /// quorum keeps serving reads while a new leader commits writes.
     ServeLeaseReadPastBound,
+    /// A lease of the whole `election_timeout_min`, renewed only by a quorum's echo as it
+    /// should be, but ignoring the clock-drift bound: a leader whose clock runs slow
+    /// still serves reads after followers with fast clocks have elected a successor.
+    LeaseIgnoresDrift,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 7] = [
+    pub const ALL: [Mutant; 8] = [
         Mutant::CommitOldTerm,
         Mutant::VoteWithoutLogCheck,
         Mutant::ForgetVotePersist,
@@ -193,6 +197,7 @@ impl Mutant {
         Mutant::InstallStaleSnapshot,
         Mutant::ConfigBeforeJoint,
         Mutant::ServeLeaseReadPastBound,
+        Mutant::LeaseIgnoresDrift,
     ];
 
     pub fn name(self) -> &'static str {
@@ -205,6 +210,7 @@ impl Mutant {
             Mutant::InstallStaleSnapshot => "install-stale-snapshot",
             Mutant::ConfigBeforeJoint => "config-before-joint",
             Mutant::ServeLeaseReadPastBound => "serve-lease-read-past-bound",
+            Mutant::LeaseIgnoresDrift => "lease-ignores-drift",
         }
     }
 

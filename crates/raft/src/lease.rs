@@ -109,7 +109,10 @@ impl RaftNode {
 
     /// How long a lease lasts on our clock (the mutant ignores the drift bound).
     pub(crate) fn lease_length(&self) -> Duration {
-        if self.cfg.mutant == Mutant::ServeLeaseReadPastBound {
+        if matches!(
+            self.cfg.mutant,
+            Mutant::ServeLeaseReadPastBound | Mutant::LeaseIgnoresDrift
+        ) {
             return self.cfg.election_timeout_min;
         }
         lease_duration(self.cfg.election_timeout_min, self.cfg.max_clock_drift_ppm)
@@ -173,6 +176,11 @@ impl RaftNode {
         assert!(started <= self.now && seq <= self.reads.seq());
         let until = started + self.lease_length();
         self.lease.until = Some(self.lease.until.map_or(until, |u| u.max(until)));
+    }
+
+    /// When the lease ends on this node's clock, if it leads and holds one.
+    pub fn lease_expires(&self) -> Option<Time> {
+        self.lease_holds().then_some(self.lease.until).flatten()
     }
 
     /// Whether a read may be answered from the lease now.

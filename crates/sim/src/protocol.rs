@@ -41,6 +41,13 @@ pub trait SimProtocol: Sync + Clone {
         None
     }
 
+    /// When `node`'s read lease ends on its own clock, if it leads and holds one
+    /// (`next-lease-renewal` faults strike when this moves forward).
+    fn lease_expires(&self, node: &Self::Node) -> Option<Time> {
+        let _ = node;
+        None
+    }
+
     /// The bound on clock drift the protocol assumes, in ppm: `clock` faults drift
     /// exactly this much (0: clocks never drift).
     fn max_clock_drift_ppm(&self) -> u32 {

@@ -47,7 +47,7 @@ impl Default for RaftSim {
             snapshot_chunk_bytes: 1 << 20,
             vary_knobs: true,
             read_mode: None,
-            max_clock_drift_ppm: 200_000,
+            max_clock_drift_ppm: 400_000,
         }
     }
 }
@@ -120,6 +120,10 @@ impl SimProtocol for RaftSim {
         self.max_clock_drift_ppm
     }
 
+    fn lease_expires(&self, node: &RaftNode) -> Option<Time> {
+        node.lease_expires()
+    }
+
     /// Small batches and windows split a new leader's no-op from the old entries it
     /// re-replicates, as a follower that lags far behind sees in practice.
     fn vary(&self, rng: &mut DetRng) -> (Self, String) {
@@ -134,7 +138,10 @@ impl SimProtocol for RaftSim {
             }
         }
         // Drawn last, so the draws above stay what they were for every seed.
-        let lease = if self.mutant == Mutant::ServeLeaseReadPastBound {
+        let lease = if matches!(
+            self.mutant,
+            Mutant::ServeLeaseReadPastBound | Mutant::LeaseIgnoresDrift
+        ) {
             true
         } else {
             self.vary_knobs && self.check_quorum && rng.chance(0.5)

@@ -130,6 +130,8 @@ pub enum Target {
     /// The next node to take a new configuration into its log (struck between writing
     /// the configuration and applying it).
     NextReconfiguration,
+    /// The next leader whose read lease a quorum renews (struck at once).
+    NextLeaseRenewal,
 }
 
 impl Target {
@@ -137,7 +139,10 @@ impl Target {
     pub fn is_armed(self) -> bool {
         matches!(
             self,
-            Target::NextLeader | Target::NextInstall | Target::NextReconfiguration
+            Target::NextLeader
+                | Target::NextInstall
+                | Target::NextReconfiguration
+                | Target::NextLeaseRenewal
         )
     }
 }
@@ -199,6 +204,13 @@ pub enum Fault {
     Clock {
         target: Target,
     },
+    /// A lease's worst case: `target` is cut off from every other node, its clock slow by
+    /// the drift bound and theirs fast. Aimed at `next-lease-renewal`, it strikes a
+    /// leader just after a quorum renewed its read lease, so the lease and the
+    /// followers' patience run out as close together as the bound allows.
+    LeaseCut {
+        target: Target,
+    },
 }
 
 /// The membership changes the nemesis makes.
@@ -244,7 +256,8 @@ impl Fault {
             | Fault::Crash { target }
             | Fault::Pause { target }
             | Fault::Transfer { target }
-            | Fault::Clock { target } => Some(*target),
+            | Fault::Clock { target }
+            | Fault::LeaseCut { target } => Some(*target),
             _ => None,
         }
     }
@@ -264,7 +277,7 @@ impl Fault {
             Fault::Pause { .. } => FaultKind::Pause,
             Fault::Transfer { .. } => FaultKind::Transfer,
             Fault::Churn { .. } => FaultKind::Membership,
-            Fault::Clock { .. } => FaultKind::Clock,
+            Fault::Clock { .. } | Fault::LeaseCut { .. } => FaultKind::Clock,
         }
     }
 }
@@ -499,6 +512,12 @@ fn draw(kind: FaultKind, n: usize, rng: &mut DetRng) -> (Fault, u64) {
                 0,
             ),
         },
+        FaultKind::Clock if rng.chance(0.5) => (
+            Fault::LeaseCut {
+                target: Target::NextLeaseRenewal,
+            },
+            rng.range(300, 1500),
+        ),
         FaultKind::Clock => (
             Fault::Clock {
                 target: target(n, rng),
@@ -532,6 +551,7 @@ impl fmt::Display for Target {
             Target::NextLeader => write!(f, "next-leader"),
             Target::NextInstall => write!(f, "next-install"),
             Target::NextReconfiguration => write!(f, "next-reconfiguration"),
+            Target::NextLeaseRenewal => write!(f, "next-lease-renewal"),
             Target::Node(n) => write!(f, "{}", n.0),
         }
     }
@@ -561,6 +581,7 @@ impl fmt::Display for Fault {
             Fault::Transfer { target } => write!(f, "transfer({target})"),
             Fault::Churn { change } => write!(f, "churn({})", change.name()),
             Fault::Clock { target } => write!(f, "clock({target})"),
+            Fault::LeaseCut { target } => write!(f, "lease-cut({target})"),
         }
     }
 }
@@ -643,6 +664,7 @@ fn parse_target(s: &str) -> Result<Target, String> {
         "next-leader" => Ok(Target::NextLeader),
         "next-install" => Ok(Target::NextInstall),
         "next-reconfiguration" => Ok(Target::NextReconfiguration),
+        "next-lease-renewal" => Ok(Target::NextLeaseRenewal),
         _ => parse_id(s).map(Target::Node),
     }
 }
@@ -731,6 +753,9 @@ fn parse_fault(s: &str) -> Result<Fault, String> {
             }
         },
         "clock" => Ok(Fault::Clock {
+            target: parse_target(args)?,
+        }),
+        "lease-cut" => Ok(Fault::LeaseCut {
             target: parse_target(args)?,
         }),
         _ => Err(format!("unknown fault '{name}'")),

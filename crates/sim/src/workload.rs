@@ -1,7 +1,11 @@
 //! Simulated clients and the history they record.
 //!
 //! Each client runs one operation at a time against a small key space (so operations
-//! collide), on the node it believes leads. An operation ends `ok` (with its result),
+//! collide). Half the clients send each operation to the node they believe leads; the
+//! other half start every operation at a home node of their own, as an etcd client
+//! bound to one endpoint does, and follow its redirect to the leader for that operation
+//! only. Those keep some clients beside every node, so when a cut-off leader and a newly
+//! elected one both answer, both have clients. An operation ends `ok` (with its result),
 //! `failed` (definitely not executed: the node refused it) or `unknown` (timed out: it
 //! may or may not have executed). The history feeds the linearizability checker.
 
@@ -67,12 +71,17 @@ struct InFlight {
     index: usize,
     sent: Sent,
     attempts: u32,
+    /// An attempt went unanswered: it may still execute, so the operation can no
+    /// longer end as definitely failed.
+    unanswered: bool,
 }
 
 #[derive(Debug)]
 struct Client {
     seq: u64,
     leader_guess: NodeId,
+    /// Where every operation starts, for clients bound to one node.
+    home: Option<NodeId>,
     inflight: Option<InFlight>,
     last_seen: BTreeMap<u64, Option<u64>>,
 }
@@ -155,9 +164,10 @@ fn value_of(bytes: &Bytes) -> Option<u64> {
 impl Workload {
     pub fn new(shape: WorkloadShape, nodes: usize, mut rng: DetRng) -> Workload {
         let clients = (0..shape.clients)
-            .map(|_| Client {
+            .map(|c| Client {
                 seq: 0,
                 leader_guess: NodeId(rng.index(nodes) as u32),
+                home: (c % 2 == 1).then(|| NodeId((c / 2 % nodes) as u32)),
                 inflight: None,
                 last_seen: BTreeMap::new(),
             })
@@ -239,7 +249,7 @@ impl Workload {
             client: c as u64 + 1,
             seq: client.seq,
         };
-        let node = client.leader_guess;
+        let node = client.home.unwrap_or(client.leader_guess);
         let index = self.history.len();
         self.history.push(HistOp {
             client: c,
@@ -263,6 +273,7 @@ impl Workload {
             index,
             sent: sent.clone(),
             attempts: 1,
+            unanswered: false,
         });
         Some(sent)
     }
@@ -319,11 +330,14 @@ impl Workload {
                 let sent = inflight.sent.clone();
                 return Next::Retry { sent, after };
             }
+            let unanswered = inflight.unanswered;
             self.clients[c].inflight = None;
             let op = &mut self.history[index];
-            op.ret = Some(now);
-            op.status = Status::Failed;
             op.answered_by = Some(from);
+            if !unanswered {
+                op.ret = Some(now);
+                op.status = Status::Failed;
+            }
             return Next::Finished;
         }
         let Outcome::Done(output) = outcome else {
@@ -340,6 +354,50 @@ impl Workload {
             self.clients[c].last_seen.insert(key, seen);
         }
         Next::Finished
+    }
+
+    /// How long a client waits for one node's answer before trying another.
+    pub fn attempt_timeout(&self) -> Duration {
+        self.shape.timeout / 4
+    }
+
+    /// The number of client `c`'s current attempt (0 when idle).
+    pub fn attempt(&self, c: usize) -> u32 {
+        self.clients[c].inflight.as_ref().map_or(0, |i| i.attempts)
+    }
+
+    /// Attempt `attempt` of client `c`'s `seq` went unanswered: send the same request
+    /// (same id, so it still executes at most once) to another node — the client's
+    /// home, or any other — unless the operation moved on, is out of attempts, or was
+    /// already sent elsewhere once for want of an answer.
+    pub fn retry_elsewhere(&mut self, c: usize, seq: u64, attempt: u32) -> Option<Sent> {
+        let nodes = self.nodes;
+        let home = self.clients[c].home;
+        let inflight = self.clients[c].inflight.as_mut()?;
+        // Once per operation: every retry that reaches the leader is proposed again, and
+        // retrying each slow answer would snowball into a retry storm under load.
+        if inflight.seq != seq
+            || inflight.attempts != attempt
+            || attempt >= MAX_ATTEMPTS
+            || inflight.unanswered
+        {
+            return None;
+        }
+        let current = inflight.sent.node;
+        let node = match home.filter(|h| *h != current) {
+            Some(h) => h,
+            None if nodes > 1 => {
+                let other = self.rng.index(nodes - 1) as u32;
+                NodeId(if other >= current.0 { other + 1 } else { other })
+            }
+            None => current,
+        };
+        inflight.attempts += 1;
+        inflight.unanswered = true;
+        inflight.sent.node = node;
+        let sent = inflight.sent.clone();
+        self.clients[c].leader_guess = node;
+        Some(sent)
     }
 
     /// Client `c` gave up waiting on `seq`. Returns true if it ended an operation.

@@ -108,3 +108,8 @@ fn skipping_the_joint_configuration_is_caught_under_membership_churn() {
 fn serving_lease_reads_past_the_bound_is_caught_by_linearizability() {
     assert_caught(Mutant::ServeLeaseReadPastBound, &["linearizability"]);
 }
+
+#[test]
+fn a_lease_that_ignores_the_clock_drift_bound_is_caught_by_linearizability() {
+    assert_caught(Mutant::LeaseIgnoresDrift, &["linearizability"]);
+}

@@ -22,7 +22,10 @@ impl<'p, P: SimProtocol> World<'p, P> {
     ) -> Option<NodeId> {
         match target {
             Target::Node(id) => Some(id),
-            Target::NextLeader | Target::NextInstall | Target::NextReconfiguration => next_leader,
+            Target::NextLeader
+            | Target::NextInstall
+            | Target::NextReconfiguration
+            | Target::NextLeaseRenewal => next_leader,
             Target::Leader => self.leader().or_else(|| {
                 let up: Vec<NodeId> = (0..self.cfg.nodes as u32)
                     .map(NodeId)
@@ -59,8 +62,14 @@ impl<'p, P: SimProtocol> World<'p, P> {
             .into_iter()
             .partition(|(_, t, _)| *t == moment);
         self.armed = keep;
+        // A lease renewal is struck at once: any delay only shortens the race.
+        let within = if moment == Target::NextLeaseRenewal {
+            1_000
+        } else {
+            30_000
+        };
         for (index, _, _) in fire {
-            let delay = self.fault_rng.range(0, 30_000);
+            let delay = self.fault_rng.range(0, within);
             self.push(
                 now + Duration::from_micros(delay),
                 Ev::FaultFire { index, node },
@@ -249,6 +258,13 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 self.set_clock_rates();
                 FaultEnd::Clock
             }
+            Fault::LeaseCut { .. } => {
+                let node = target.expect("lease-cut has a target");
+                self.net.partition(id, &[vec![node]]);
+                self.clock_faults.push((index, node));
+                self.set_clock_rates();
+                FaultEnd::LeaseCut
+            }
         };
         self.stats.faults += 1;
         let now = self.now;
@@ -274,6 +290,12 @@ impl<'p, P: SimProtocol> World<'p, P> {
             FaultEnd::Clock => {
                 self.clock_faults.retain(|&(i, _)| i != index);
                 self.set_clock_rates();
+            }
+            FaultEnd::LeaseCut => {
+                self.net.remove(index as u64);
+                self.clock_faults.retain(|&(i, _)| i != index);
+                self.set_clock_rates();
+                self.trace.line(now, || format!("HEAL fault #{index}"));
             }
         }
     }

@@ -119,6 +119,12 @@ enum Ev<M> {
         client: usize,
         seq: u64,
     },
+    /// Attempt `attempt` of an operation has had no answer for a while.
+    ClientRetry {
+        client: usize,
+        seq: u64,
+        attempt: u32,
+    },
     Heal,
 }
 
@@ -130,6 +136,8 @@ enum FaultEnd {
     Restart(NodeId),
     Resume(NodeId),
     Clock,
+    /// Both a network cut and a clock fault to undo.
+    LeaseCut,
 }
 
 /// How often a finished run checks whether replicas have converged.
@@ -480,6 +488,19 @@ impl<'p, P: SimProtocol> World<'p, P> {
                     self.push(wake, Ev::ClientWake { client });
                 }
             }
+            Ev::ClientRetry {
+                client,
+                seq,
+                attempt,
+            } => {
+                if let Some(sent) = self.workload.retry_elsewhere(client, seq, attempt) {
+                    let now = self.now;
+                    self.trace.line(now, || {
+                        format!("client {client} #{seq}: no answer, tries {}", sent.node)
+                    });
+                    self.send_attempt(client, sent, Duration::ZERO);
+                }
+            }
             Ev::FaultStart { index } => self.start_fault(index),
             Ev::FaultFire { index, node } => self.inject(index, Some(node)),
             Ev::FaultEnd { index, end } => self.end_fault(index, end),
@@ -515,6 +536,14 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 let now = self.now;
                 self.trace
                     .line(now, || format!("{node} <- client {client} {:?}", sent.op));
+                // A client's retry reaching a leader that already holds the request: it
+                // is in the log, and its answer will reach the client (proposing it again
+                // would only grow the log, and under load feed a retry storm).
+                let slot = &self.nodes[node.index()];
+                let leading = slot.replica.as_ref().and_then(|r| self.proto.leading(r));
+                if leading.is_some() && slot.pending.contains_key(&request.id) {
+                    return;
+                }
                 let pending = PendingRequest {
                     client,
                     read_key: sent.read_key().cloned(),
@@ -548,19 +577,22 @@ impl<'p, P: SimProtocol> World<'p, P> {
 
     fn step(&mut self, node: NodeId, input: Input<Msg<P>>) {
         let mut out = std::mem::take(&mut self.out);
-        let watch_config = self
-            .armed
-            .iter()
-            .any(|(_, t, _)| *t == Target::NextReconfiguration);
+        let watching = |t| self.armed.iter().any(|(_, a, _)| *a == t);
+        let watch_config = watching(Target::NextReconfiguration);
+        let watch_lease = watching(Target::NextLeaseRenewal);
         let slot = &mut self.nodes[node.index()];
         let local = slot.clock.local(self.now);
         let replica = slot.replica.as_mut().expect("only live nodes step");
         let config_before = watch_config.then(|| self.proto.membership(replica));
+        let lease_before = watch_lease.then(|| self.proto.lease_expires(replica));
         replica.step(local, input, &mut out);
-        if let Some(before) = config_before
-            && self.proto.membership(replica) != before
-        {
+        let reconfigured = config_before.is_some_and(|b| self.proto.membership(replica) != b);
+        let renewed = lease_before.is_some_and(|b| self.proto.lease_expires(replica) > b);
+        if reconfigured {
             self.fire_armed(node, Target::NextReconfiguration);
+        }
+        if renewed {
+            self.fire_armed(node, Target::NextLeaseRenewal);
         }
         let replica = self.nodes[node.index()]
             .replica
@@ -809,8 +841,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
         match self.workload.complete(client, seq, from, outcome, self.now) {
             Next::Stale => return,
             Next::Retry { sent, after } => {
-                let at = self.now + after + self.net.draw_latency(&mut self.net_rng);
-                self.push(at, Ev::Request { client, sent });
+                self.send_attempt(client, sent, after);
                 return;
             }
             Next::Finished => {}
@@ -837,10 +868,27 @@ impl<'p, P: SimProtocol> World<'p, P> {
             return;
         };
         let seq = sent.id.seq;
-        let at = self.now + self.net.draw_latency(&mut self.net_rng);
         let timeout = self.now + self.workload.timeout();
-        self.push(at, Ev::Request { client, sent });
         self.push(timeout, Ev::ClientTimeout { client, seq });
+        self.send_attempt(client, sent, Duration::ZERO);
+    }
+
+    /// Send one attempt of an operation after `after`, and look again if it goes
+    /// unanswered (a client gives up on a node that does not answer, not on the op).
+    fn send_attempt(&mut self, client: usize, sent: Sent, after: Duration) {
+        let seq = sent.id.seq;
+        let attempt = self.workload.attempt(client);
+        let at = self.now + after + self.net.draw_latency(&mut self.net_rng);
+        let retry = at + self.workload.attempt_timeout();
+        self.push(at, Ev::Request { client, sent });
+        self.push(
+            retry,
+            Ev::ClientRetry {
+                client,
+                seq,
+                attempt,
+            },
+        );
     }
 
     /// How the state of each member of the latest configuration differs from the first
