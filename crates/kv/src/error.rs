@@ -39,6 +39,12 @@ pub enum KvError {
     /// A grant asked for more than [`crate::MAX_LEASE_TTL`] seconds.
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    /// A NOSPACE alarm is raised and the request would add data.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// A CORRUPT alarm is raised: no write runs until it is cleared.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     /// [`crate::KvStore::restore`] was given bytes that are not a consistent snapshot.
     #[error("malformed snapshot: {0}")]
     BadSnapshot(String),
