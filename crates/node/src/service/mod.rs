@@ -4,6 +4,7 @@
 //! Handlers turn requests into calls on the driver; the driver forwards what this member
 //! cannot order to the leader, so clients may talk to any member.
 
+mod alarm;
 mod cluster;
 pub mod convert;
 pub mod election;
@@ -12,6 +13,8 @@ mod lease;
 pub mod lock;
 mod maintenance;
 mod queue;
+mod quota;
+pub mod snapshot;
 mod watch;
 mod watcher;
 
@@ -53,6 +56,8 @@ struct Inner {
     hub: WatchHub,
     /// Granted TTLs below this many seconds are raised to it.
     min_lease_ttl: i64,
+    /// The space quota of the store's size estimate (0: none).
+    quota_bytes: u64,
 }
 
 impl Services {
@@ -73,6 +78,7 @@ impl Services {
                 members,
                 hub,
                 min_lease_ttl,
+                quota_bytes: cfg.quota_backend_bytes,
             }),
         }
     }
