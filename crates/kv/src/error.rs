@@ -39,15 +39,17 @@ pub enum KvError {
     /// A grant asked for more than [`crate::MAX_LEASE_TTL`] seconds.
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    /// [`crate::KvStore::restore`] was given bytes that are not a consistent snapshot.
+    #[error("malformed snapshot: {0}")]
+    BadSnapshot(String),
+    // Variants are serialized by position (recorded results live in snapshots and are
+    // compared across replicas): new ones go last.
     /// A NOSPACE alarm is raised and the request would add data.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
     /// A CORRUPT alarm is raised: no write runs until it is cleared.
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
-    /// [`crate::KvStore::restore`] was given bytes that are not a consistent snapshot.
-    #[error("malformed snapshot: {0}")]
-    BadSnapshot(String),
 }
 
 /// Bytes that do not decode as an [`crate::Envelope`].
