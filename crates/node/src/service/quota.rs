@@ -61,3 +61,36 @@ impl Services {
         Err(convert::kv_error(&KvError::NoSpace))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: key.into(),
+                value: value.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn costs_are_etcds() {
+        let p = pb::PutRequest {
+            key: b"key".to_vec(),
+            value: b"value".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(put_cost(&p), 256 + 8);
+        // The costlier branch counts; reads and deletes cost nothing.
+        let txn = pb::TxnRequest {
+            success: vec![put("a", "1"), put("b", "2")],
+            failure: vec![put("c", "12345678")],
+            compare: vec![],
+        };
+        assert_eq!(txn_cost(&txn), 2 * (256 + 2));
+        assert_eq!(txn_cost(&pb::TxnRequest::default()), 0);
+    }
+}
