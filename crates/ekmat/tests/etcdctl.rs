@@ -472,3 +472,57 @@ async fn etcdctl_lock_hands_over_on_unlock_and_when_a_killed_holders_lease_expir
         "handed over {took:?} after the kill"
     );
 }
+
+/// What etcd 3.4 prints for `alarm list` and `alarm disarm` (each alarm in protobuf text
+/// form, trailing space included) and for `snapshot save`, on a cluster with a small
+/// space quota.
+#[tokio::test]
+async fn etcdctl_alarm_list_disarm_and_snapshot_save() {
+    if !etcdctl_available() {
+        return;
+    }
+    let c = Cluster::start_with(3, |cfg| cfg.quota_backend_bytes = 16 * 1024);
+    c.leader(Duration::from_secs(15)).await;
+    let eps = client_endpoints(&c)[1].clone();
+    let run = |args: &[&str]| etcdctl(&eps, args, None);
+    assert_eq!(
+        run(&["alarm", "list"]),
+        (true, String::new(), String::new())
+    );
+
+    let big = "x".repeat(1024);
+    let refused = (0..32)
+        .map(|i| run(&["put", &format!("big{i}"), &big]))
+        .find(|(ok, _, _)| !ok)
+        .expect("the quota is reached");
+    assert!(
+        refused
+            .2
+            .ends_with("Error: etcdserver: mvcc: database space exceeded\n"),
+        "{}",
+        refused.2
+    );
+    // The member that took the write raised the alarm (etcd member id 2 for n1).
+    let alarm = "memberID:2 alarm:NOSPACE \n";
+    assert_eq!(run(&["alarm", "list"]), (true, alarm.into(), String::new()));
+
+    let file = c.dir.path().join("backup.db");
+    let (ok, out, err) = run(&["snapshot", "save", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("Snapshot saved at {}\n", file.display()));
+    let saved = std::fs::read(&file).unwrap();
+    assert_eq!(
+        saved.len() % 512,
+        32,
+        "content in 512-byte multiples, then the sha256"
+    );
+
+    assert_eq!(
+        run(&["alarm", "disarm"]),
+        (true, alarm.into(), String::new())
+    );
+    assert_eq!(
+        run(&["alarm", "list"]),
+        (true, String::new(), String::new())
+    );
+}

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::alarm::{AlarmRequest, AlarmResponse};
 use crate::error::{DecodeError, KvError};
 use crate::lease::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -85,6 +86,9 @@ pub enum Command {
     /// without this a leader change could expire leases whose holders are alive. The
     /// restart happens before the envelope's clock can expire anything.
     LeaseRenewAll,
+    /// List, raise or clear an alarm. Raised alarms are replicated state: every member
+    /// refuses the same writes from the same entry on.
+    Alarm(AlarmRequest),
 }
 
 /// The answer to a [`Tick`](Command::Tick) or a [`LeaseRenewAll`](Command::LeaseRenewAll).
@@ -106,6 +110,7 @@ pub enum Response {
     LeaseRevoke(LeaseRevokeResponse),
     LeaseKeepAlive(LeaseKeepAliveResponse),
     LeaseRenewAll(TickResponse),
+    Alarm(AlarmResponse),
 }
 
 impl Response {
@@ -122,6 +127,7 @@ impl Response {
             Response::LeaseRevoke(r) => r.header,
             Response::LeaseKeepAlive(r) => r.header,
             Response::LeaseRenewAll(r) => r.header,
+            Response::Alarm(r) => r.header,
         }
     }
 }

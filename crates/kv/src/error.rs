@@ -42,6 +42,14 @@ pub enum KvError {
     /// [`crate::KvStore::restore`] was given bytes that are not a consistent snapshot.
     #[error("malformed snapshot: {0}")]
     BadSnapshot(String),
+    // Variants are serialized by position (recorded results live in snapshots and are
+    // compared across replicas): new ones go last.
+    /// A NOSPACE alarm is raised and the request would add data.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// A CORRUPT alarm is raised: no write runs until it is cleared.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
 }
 
 /// Bytes that do not decode as an [`crate::Envelope`].

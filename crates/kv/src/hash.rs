@@ -113,5 +113,13 @@ pub(crate) fn hash(store: &KvStore) -> u64 {
         let result = postcard::to_stdvec(&session.result).expect("results always serialize");
         h.bytes(&result);
     }
+    // Only when raised, so stores without alarms hash as they did before alarms existed.
+    if !store.alarms.active.is_empty() {
+        h.word(store.alarms.active.len() as u64);
+        for a in &store.alarms.active {
+            h.word(a.member_id);
+            h.word(a.alarm as u64);
+        }
+    }
     h.finish()
 }

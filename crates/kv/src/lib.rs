@@ -11,6 +11,7 @@
 //! Messages mirror etcd's `rpc.proto` field for field, and error messages are etcd's, so a
 //! gRPC layer can expose the store as the etcd API one to one.
 
+mod alarm;
 mod command;
 mod error;
 mod hash;
@@ -25,6 +26,7 @@ mod txn;
 mod watch;
 mod write;
 
+pub use alarm::{AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, txn_puts};
 pub use command::{Applied, Command, Envelope, Response, TickResponse};
 pub use error::{DecodeError, KvError};
 pub use lease::{

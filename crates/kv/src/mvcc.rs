@@ -26,7 +26,16 @@ pub(crate) struct Version {
     pub kv: KeyValue,
 }
 
+/// What one version adds to the store's size estimate beyond its key and value: about
+/// what etcd's backend spends on a revision key and a key's metadata.
+pub(crate) const VERSION_OVERHEAD: u64 = 64;
+
 impl Version {
+    /// This version's share of [`Mvcc::bytes`].
+    fn cost(&self) -> u64 {
+        (self.kv.key.len() + self.kv.value.len()) as u64 + VERSION_OVERHEAD
+    }
+
     pub fn main(&self) -> i64 {
         self.kv.mod_revision
     }
@@ -59,6 +68,9 @@ pub(crate) struct Mvcc {
     pub revision: i64,
     /// Reads before this revision fail; 0 until the first compaction.
     pub compact_revision: i64,
+    /// An estimate of the space the retained history takes: what the space quota and
+    /// Status's database size measure. Derived, like `changes`.
+    pub bytes: u64,
     /// Changes made so far by the write in progress.
     pending: u32,
 }
@@ -71,6 +83,7 @@ impl Default for Mvcc {
             // etcd's first revision: an empty store is at 1, its first write makes 2.
             revision: 1,
             compact_revision: 0,
+            bytes: 0,
             pending: 0,
         }
     }
@@ -97,7 +110,9 @@ impl Mvcc {
             })
             .collect();
         changes.sort_by_key(|c| (c.main, c.sub));
+        let bytes = keys.values().flatten().map(Version::cost).sum();
         Mvcc {
+            bytes,
             keys,
             changes: changes.into(),
             revision,
@@ -191,11 +206,13 @@ impl Mvcc {
                 .or_else(|| prev.as_ref().map(|p| p.lease))
                 .unwrap_or_default(),
         };
-        versions.push(Version {
+        let version = Version {
             sub,
             deleted: false,
             kv: kv.clone(),
-        });
+        };
+        self.bytes += version.cost();
+        versions.push(version);
         self.log(main, sub, key);
         (kv, prev)
     }
@@ -212,14 +229,16 @@ impl Mvcc {
             mod_revision: main,
             ..KeyValue::default()
         };
+        let version = Version {
+            sub,
+            deleted: true,
+            kv: tombstone.clone(),
+        };
+        self.bytes += version.cost();
         self.keys
             .get_mut(&key)
             .expect("looked up above")
-            .push(Version {
-                sub,
-                deleted: true,
-                kv: tombstone.clone(),
-            });
+            .push(version);
         self.log(main, sub, key);
         Some((tombstone, prev))
     }
@@ -255,6 +274,7 @@ impl Mvcc {
             return Err(KvError::FutureRevision);
         }
         self.compact_revision = rev;
+        let mut freed = 0;
         self.keys.retain(|_, versions| {
             let first_kept = versions.partition_point(|v| v.main() < rev);
             // The last version before `rev` is what reads at `rev` see and the previous
@@ -263,9 +283,10 @@ impl Mvcc {
                 Some(last_before) if !versions[last_before].deleted => last_before,
                 _ => first_kept,
             };
-            versions.drain(..keep_from);
+            freed += versions.drain(..keep_from).map(|v| v.cost()).sum::<u64>();
             !versions.is_empty()
         });
+        self.bytes -= freed;
         let first_kept = self.changes.partition_point(|c| c.main < rev);
         self.changes.drain(..first_kept);
         Ok(())

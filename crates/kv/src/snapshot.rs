@@ -7,14 +7,18 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::alarm::{AlarmMember, Alarms};
 use crate::error::KvError;
 use crate::lease::Leases;
 use crate::mvcc::{Mvcc, Version};
 use crate::session::{Session, Sessions};
 use crate::store::KvStore;
 
-/// Bumped whenever the layout changes; older snapshots are refused, not misread.
-const FORMAT: u32 = 1;
+/// Bumped whenever the layout changes; unknown formats are refused, not misread.
+/// Format 2 appends the raised alarms to format 1's layout, so format 1 (no alarms) is
+/// still read.
+const FORMAT: u32 = 2;
+const FORMAT_WITHOUT_ALARMS: u32 = 1;
 
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
@@ -61,7 +65,10 @@ pub(crate) fn encode(store: &KvStore) -> Bytes {
             .collect(),
         sessions: &store.sessions.by_client,
     };
-    Bytes::from(postcard::to_stdvec(&snapshot).expect("snapshots always serialize"))
+    let mut bytes = postcard::to_stdvec(&snapshot).expect("snapshots always serialize");
+    let alarms: Vec<AlarmMember> = store.alarms.active.iter().copied().collect();
+    bytes.extend(postcard::to_stdvec(&alarms).expect("alarms always serialize"));
+    Bytes::from(bytes)
 }
 
 fn bad(why: impl Into<String>) -> KvError {
@@ -70,14 +77,19 @@ fn bad(why: impl Into<String>) -> KvError {
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<KvStore, KvError> {
     let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(|e| bad(e.to_string()))?;
-    if format != FORMAT {
+    if format != FORMAT && format != FORMAT_WITHOUT_ALARMS {
         return Err(bad(format!("format {format}, expected {FORMAT}")));
     }
-    let s: Snapshot = match postcard::take_from_bytes(bytes) {
-        Ok((s, [])) => s,
-        Ok((_, rest)) => return Err(bad(format!("{} trailing bytes", rest.len()))),
-        Err(e) => return Err(bad(e.to_string())),
+    let (s, rest): (Snapshot, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|e| bad(e.to_string()))?;
+    let (alarms, rest): (Vec<AlarmMember>, &[u8]) = if format == FORMAT {
+        postcard::take_from_bytes(rest).map_err(|e| bad(e.to_string()))?
+    } else {
+        (Vec::new(), rest)
     };
+    if !rest.is_empty() {
+        return Err(bad(format!("{} trailing bytes", rest.len())));
+    }
     if s.revision < 1 || s.compact_revision < 0 || s.compact_revision > s.revision {
         return Err(bad(format!(
             "revision {} with compaction at {}",
@@ -104,6 +116,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvStore, KvError> {
         leases,
         sessions: Sessions {
             by_client: s.sessions,
+        },
+        alarms: Alarms {
+            active: alarms.into_iter().collect(),
         },
         clock_ms: s.clock_ms,
         applied: s.applied,

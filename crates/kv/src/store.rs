@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use ekmat_core::RequestId;
 
+use crate::alarm::{AlarmMember, AlarmResponse, AlarmType, Alarms};
 use crate::command::{Applied, Command, Envelope, Response, TickResponse};
 use crate::error::KvError;
 use crate::lease::{
@@ -17,6 +18,9 @@ use crate::txn::txn;
 use crate::watch::{Event, events_between};
 use crate::write::{Writer, check_delete_shape, check_put_shape, check_put_state};
 
+/// What a lease adds to [`KvStore::size_bytes`] (etcd's `leaseOverhead`).
+const LEASE_OVERHEAD: u64 = 64;
+
 /// etcd's v3 data model as a deterministic state machine: every replica that applies the
 /// same log holds the same store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +28,7 @@ pub struct KvStore {
     pub(crate) mvcc: Mvcc,
     pub(crate) leases: Leases,
     pub(crate) sessions: Sessions,
+    pub(crate) alarms: Alarms,
     /// The largest `now_ms` applied: the clock leases expire by.
     pub(crate) clock_ms: u64,
     pub(crate) applied: u64,
@@ -52,6 +57,18 @@ impl KvStore {
     /// The state machine's clock: the largest `now_ms` of any executed envelope.
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms
+    }
+
+    /// An estimate of the space the store takes, in bytes: every retained key version
+    /// (key, value and a fixed overhead) and every lease (etcd's estimate of one). The same
+    /// on every replica that applied the same log; what the space quota is checked against.
+    pub fn size_bytes(&self) -> u64 {
+        self.mvcc.bytes + self.leases.by_id.len() as u64 * LEASE_OVERHEAD
+    }
+
+    /// The raised alarms of type `alarm` ([`AlarmType::None`]: all), by member.
+    pub fn alarms(&self, alarm: AlarmType) -> Vec<AlarmMember> {
+        self.alarms.get(alarm)
     }
 
     fn header(&self) -> ResponseHeader {
@@ -127,6 +144,7 @@ impl KvStore {
     }
 
     fn execute(&mut self, command: Command, events: &mut Vec<Event>) -> Result<Response, KvError> {
+        self.alarms.check(&command)?;
         let response = match command {
             Command::Tick => Response::Tick(TickResponse {
                 header: self.header(),
@@ -188,6 +206,10 @@ impl KvStore {
                     ttl,
                 })
             }
+            Command::Alarm(req) => Response::Alarm(AlarmResponse {
+                alarms: self.alarms.apply(&req),
+                header: self.header(),
+            }),
         };
         Ok(response)
     }

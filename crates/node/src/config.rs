@@ -46,6 +46,13 @@ pub struct NodeConfig {
     /// The bound on clock drift lease reads assume, in parts per million (10000 = 1%).
     #[serde(default = "default_max_clock_drift_ppm")]
     pub max_clock_drift_ppm: u32,
+    /// The space quota, in bytes, of the store's size estimate (etcd's
+    /// `--quota-backend-bytes`, with its default of 2 GiB; 0 turns the quota off). A write
+    /// that would take the store past it raises the NOSPACE alarm, and while that alarm
+    /// is raised the cluster refuses writes that add data until an operator frees space
+    /// and runs `etcdctl alarm disarm`.
+    #[serde(default = "default_quota_backend_bytes")]
+    pub quota_backend_bytes: u64,
     /// Skip fsync (benchmarks only: acknowledged writes can be lost on power failure).
     #[serde(default)]
     pub unsafe_no_fsync: bool,
@@ -53,6 +60,13 @@ pub struct NodeConfig {
 
 fn default_snapshot_every() -> u64 {
     100_000
+}
+
+/// etcd's default space quota (`DefaultQuotaBytes`).
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 << 30;
+
+fn default_quota_backend_bytes() -> u64 {
+    DEFAULT_QUOTA_BACKEND_BYTES
 }
 
 fn default_checkpoint_bytes() -> u64 {
@@ -126,6 +140,7 @@ impl NodeConfig {
             adaptive_timeouts: false,
             read_mode: default_read_mode(),
             max_clock_drift_ppm: default_max_clock_drift_ppm(),
+            quota_backend_bytes: default_quota_backend_bytes(),
             unsafe_no_fsync: false,
         }
     }
@@ -271,6 +286,7 @@ mod tests {
             adaptive_timeouts: false,
             read_mode: default_read_mode(),
             max_clock_drift_ppm: default_max_clock_drift_ppm(),
+            quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
             unsafe_no_fsync: false,
         }
     }

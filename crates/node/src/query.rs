@@ -7,7 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ekmat_kv::{
-    Event, KvError, KvStore, LeaseTimeToLiveResponse, RangeRequest, RangeResponse, ResponseHeader,
+    AlarmMember, AlarmType, Event, KvError, KvStore, LeaseTimeToLiveResponse, RangeRequest,
+    RangeResponse, ResponseHeader,
 };
 
 /// A read of the state machine.
@@ -32,6 +33,13 @@ pub enum Query {
         key: Bytes,
         range_end: Bytes,
     },
+    /// The raised alarms of one type ([`AlarmType::None`]: all).
+    Alarms {
+        alarm: AlarmType,
+    },
+    /// A copy of the whole state machine, to stream as a snapshot (copying is cheap next
+    /// to serializing, which the caller does off the driver's task).
+    Snapshot,
 }
 
 /// The answer to a [`Query`], variant for variant.
@@ -49,6 +57,11 @@ pub enum Answer {
         hash: u32,
         compact_revision: i64,
     },
+    Alarms {
+        header: ResponseHeader,
+        alarms: Vec<AlarmMember>,
+    },
+    Snapshot(Box<KvStore>),
 }
 
 /// Where a watch starts.
@@ -90,6 +103,13 @@ impl Query {
                 hash,
                 compact_revision: kv.compact_revision(),
             }),
+            Query::Alarms { alarm } => Ok(Answer::Alarms {
+                header: ResponseHeader {
+                    revision: kv.revision(),
+                },
+                alarms: kv.alarms(*alarm),
+            }),
+            Query::Snapshot => Ok(Answer::Snapshot(Box::new(kv.clone()))),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! etcd v3 semantics of the state machine, scenario by scenario, through the public API.
 
+mod alarm;
 mod compaction;
 mod harness;
 mod hash_kv;

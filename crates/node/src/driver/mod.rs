@@ -119,6 +119,9 @@ pub struct NodeStatus {
     pub applied: u64,
     pub revision: i64,
     pub compact_revision: i64,
+    /// The state machine's size estimate, in bytes (Status's database size, and what the
+    /// space quota is checked against).
+    pub db_size: u64,
 }
 
 type WriteReply = oneshot::Sender<Result<Response, CallError>>;
@@ -658,6 +661,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             applied: self.kv.applied_index(),
             revision: self.kv.revision(),
             compact_revision: self.kv.compact_revision(),
+            db_size: self.kv.size_bytes(),
         };
         self.status.send_if_modified(|s| {
             let changed = *s != status;

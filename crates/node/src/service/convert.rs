@@ -209,6 +209,8 @@ pub fn kv_error(e: &kv::KvError) -> Status {
         E::Compacted | E::FutureRevision | E::LeaseTtlTooLarge => Status::out_of_range(message),
         E::LeaseNotFound => Status::not_found(message),
         E::LeaseExists => Status::failed_precondition(message),
+        E::NoSpace => Status::resource_exhausted(message),
+        E::Corrupt => Status::data_loss(message),
         // Including a missing key for ignore_value/ignore_lease, as in etcd.
         _ => Status::invalid_argument(message),
     }

@@ -4,7 +4,7 @@ use ekmat_api::etcdserverpb as pb;
 use ekmat_kv::{Command, Response};
 use tonic::{Request, Response as Reply, Status};
 
-use super::{Services, call_error, check_size, convert, unexpected_answer};
+use super::{Services, call_error, check_size, convert, quota, unexpected_answer};
 use crate::driver::Call;
 use crate::query::{Answer, Query};
 
@@ -51,6 +51,7 @@ impl pb::kv_server::Kv for Services {
         request: Request<pb::PutRequest>,
     ) -> Result<Reply<pb::PutResponse>, Status> {
         check_size(request.get_ref())?;
+        self.check_quota(quota::put_cost(request.get_ref())).await?;
         let command = Command::Put(convert::put_request(request.into_inner()));
         self.ordered(command, |s, r| match r {
             Response::Put(r) => Some(convert::put_response(r, &s.header_fn())),
@@ -77,6 +78,7 @@ impl pb::kv_server::Kv for Services {
         request: Request<pb::TxnRequest>,
     ) -> Result<Reply<pb::TxnResponse>, Status> {
         check_size(request.get_ref())?;
+        self.check_quota(quota::txn_cost(request.get_ref())).await?;
         let command = Command::Txn(convert::txn_request(request.into_inner())?);
         self.ordered(command, |s, r| match r {
             Response::Txn(r) => Some(convert::txn_response(r, &s.header_fn())),

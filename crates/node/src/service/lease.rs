@@ -89,6 +89,7 @@ impl pb::lease_server::Lease for Services {
         if r.ttl > MAX_LEASE_TTL {
             return Err(call_error(&CallError::Kv(KvError::LeaseTtlTooLarge)));
         }
+        self.check_quota(super::quota::LEASE_COST).await?;
         let ttl = r.ttl.max(self.inner.min_lease_ttl);
         let command = Command::LeaseGrant(LeaseGrantRequest { ttl, id: r.id });
         match self.write(command).await.map_err(|e| call_error(&e))? {

@@ -1,5 +1,6 @@
-//! etcd's Maintenance service. Status is what `ekmat status` and `etcdctl endpoint
-//! status` show; the rest of the service comes with the full etcd API.
+//! etcd's Maintenance service: Status (what `ekmat status` and `etcdctl endpoint status`
+//! show), Alarm (`alarm.rs`), Defragment, HashKV, Snapshot (`snapshot.rs`) and
+//! MoveLeader. Hash (of the bbolt file) has no counterpart in ekmat.
 
 use ekmat_api::etcdserverpb as pb;
 use tonic::codegen::BoxStream;
@@ -23,13 +24,9 @@ impl pb::maintenance_server::Maintenance for Services {
         &self,
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
-        match request.get_ref().action() {
-            pb::alarm_request::AlarmAction::Get => Ok(Response::new(pb::AlarmResponse {
-                header: Some(self.header(self.inner.status.borrow().revision)),
-                alarms: vec![],
-            })),
-            _ => Err(not_yet("raising or clearing alarms")),
-        }
+        self.alarm_request(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn status(
@@ -37,16 +34,19 @@ impl pb::maintenance_server::Maintenance for Services {
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let s = *self.inner.status.borrow();
+        let errors = self.status_errors(s.core.leader.is_some()).await;
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.header(s.revision)),
             version: API_VERSION.into(),
-            db_size: 0,
+            // The store's size estimate: ekmat keeps no file that grows and shrinks
+            // separately from its data, so the size and the size in use are one.
+            db_size: s.db_size as i64,
             leader: s.core.leader.map_or(0, |l| NodeConfig::member_id(l.0)),
             raft_index: s.core.commit,
             raft_term: s.core.term,
             raft_applied_index: s.applied,
-            errors: vec![],
-            db_size_in_use: 0,
+            errors,
+            db_size_in_use: s.db_size as i64,
             is_learner: false,
         }))
     }
@@ -96,7 +96,7 @@ impl pb::maintenance_server::Maintenance for Services {
         &self,
         _: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_yet("Snapshot"))
+        self.snapshot_stream().await.map(Response::new)
     }
 
     /// etcd's MoveLeader: only the leader takes it; the answer comes once it has

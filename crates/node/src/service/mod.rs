@@ -1,9 +1,11 @@
-//! The etcd v3 gRPC API: KV, Lease, Watch, Maintenance (status), Cluster (member
-//! list), and the Election and Lock services built on them.
+//! The etcd v3 gRPC API: KV, Lease, Watch, Maintenance (status, alarms, HashKV, snapshot,
+//! defragment, move-leader), Cluster (members), and the Election and Lock services built
+//! on them. Writes that add data pass the space quota first (`quota.rs`).
 //!
 //! Handlers turn requests into calls on the driver; the driver forwards what this member
 //! cannot order to the leader, so clients may talk to any member.
 
+mod alarm;
 mod cluster;
 pub mod convert;
 pub mod election;
@@ -12,6 +14,8 @@ mod lease;
 pub mod lock;
 mod maintenance;
 mod queue;
+mod quota;
+pub mod snapshot;
 mod watch;
 mod watcher;
 
@@ -53,6 +57,8 @@ struct Inner {
     hub: WatchHub,
     /// Granted TTLs below this many seconds are raised to it.
     min_lease_ttl: i64,
+    /// The space quota of the store's size estimate (0: none).
+    quota_bytes: u64,
 }
 
 impl Services {
@@ -73,6 +79,7 @@ impl Services {
                 members,
                 hub,
                 min_lease_ttl,
+                quota_bytes: cfg.quota_backend_bytes,
             }),
         }
     }
