@@ -36,7 +36,8 @@ fn lists_print_one_name_per_line() {
             "read-without-quorum",
             "install-stale-snapshot",
             "config-before-joint",
-            "serve-lease-read-past-bound"
+            "serve-lease-read-past-bound",
+            "lease-ignores-drift"
         ]
     );
     let scenarios = ekmat(&["sim", "--scenario", "list"]);
