@@ -96,6 +96,10 @@ proptest! {
                     prop_assert_eq!(partition, history[read].input.key());
                     prop_assert!(ops.contains(&read));
                 }
+                // Proving a history impossible means exhausting the search; a one-sided
+                // order may run out of budget on a hard one (seen: 9 clients, 14% unknown
+                // outcomes), but never call it linearizable. The default order must decide.
+                Verdict::Unknown { .. } if order != SearchOrder::Both => {}
                 other => prop_assert!(false, "{:?}: read {} of {:?}: {:?}", order, read, value, other),
             }
         }
