@@ -162,3 +162,9 @@ impl SimProtocol for RaftSim {
         (v, knobs)
     }
 }
+
+mod byzantine;
+mod pbft;
+
+pub use byzantine::Adversary;
+pub use pbft::{PbftNode, PbftSim};
