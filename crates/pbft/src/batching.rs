@@ -70,9 +70,11 @@ impl Pbft {
         self.pending_order = order.into_iter().map(|(_, d)| d).collect();
     }
 
-    /// A backup with work outstanding suspects the primary after a timeout.
+    /// A replica with work outstanding suspects the view after a timeout. The primary
+    /// too: one that restarted may hold sequence numbers it can no longer complete, and
+    /// backups that missed its NEW-VIEW never join it; only a new view unsticks both.
     pub(crate) fn arm_timer(&mut self) {
-        if self.normal && !self.is_primary() && self.timer.is_none() && !self.pending.is_empty() {
+        if self.normal && self.timer.is_none() && !self.pending.is_empty() {
             self.timer = Some(self.now + self.timeout());
         }
     }

@@ -413,3 +413,40 @@ impl Replica for Pbft {
         self.execute_ready(out);
     }
 }
+
+impl std::fmt::Debug for Pbft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} view {}{} exec {} low {} next {} pending {} inflight {} timer {:?} failed {} vcs {:?} log {:?} transfers {} gate {}/{} held {}",
+            self.cfg.id,
+            self.view,
+            if self.normal { "" } else { " (changing)" },
+            self.last_executed,
+            self.stable.seq,
+            self.next_seq,
+            self.pending.len(),
+            self.in_flight.len(),
+            self.timer,
+            self.failed_views,
+            self.view_changes
+                .iter()
+                .map(|(v, m)| (*v, m.keys().map(|k| k.0).collect::<Vec<_>>()))
+                .collect::<Vec<_>>(),
+            self.log
+                .iter()
+                .map(|(s, sl)| (
+                    *s,
+                    sl.pre_prepare.is_some(),
+                    sl.prepares.len(),
+                    sl.commits.len(),
+                    sl.committed.is_some()
+                ))
+                .collect::<Vec<_>>(),
+            self.transfers.len(),
+            self.gate.durable(),
+            self.gate.written(),
+            self.gate.held(),
+        )
+    }
+}

@@ -32,7 +32,8 @@ impl Pbft {
 
     pub(crate) fn maybe_fetch(&mut self, out: &mut Fx) {
         let (seq, view) = self.reached_by_f_plus_1();
-        if seq <= self.last_executed && view <= self.view {
+        let view_behind = view > self.view || (view == self.view && !self.normal);
+        if seq <= self.last_executed && !view_behind {
             self.behind_since = None;
             return;
         }

@@ -92,12 +92,13 @@ impl Pbft {
         }
     }
 
-    /// While changing views without a timer (no quorum yet), repeat the VIEW-CHANGE.
+    /// While changing views, repeat the VIEW-CHANGE now and then: messages get lost, and
+    /// a new primary that restarted has forgotten the ones it had.
     pub(crate) fn repeat_view_change(&mut self, out: &mut Fx) {
         let due = self
             .last_vc_sent
             .is_none_or(|t| self.now.since(t) >= self.cfg.view_timeout);
-        if !self.normal && self.timer.is_none() && due {
+        if !self.normal && due {
             self.send_own_view_change(out);
         }
     }
@@ -136,7 +137,6 @@ impl Pbft {
         if !self.view_change_valid(&vc) {
             return self.reject_signature(out);
         }
-        self.note_seen(vc.signer, 0, target);
         self.view_changes
             .entry(target)
             .or_default()

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use ekmat_sim::FaultKind;
 use ekmat_sim::protocols::{Adversary, PbftSim};
 use ekmat_sim::run::{SimOptions, run_seed};
-use ekmat_sim::FaultKind;
 
 fn opts(nodes: usize) -> SimOptions {
     SimOptions {
@@ -38,6 +38,11 @@ fn honest_pbft_survives_crashes_and_partitions() {
     let proto = sim(4, 0, vec![]);
     for seed in 0..20 {
         let r = run_seed(&proto, &opts(4), seed);
-        assert!(r.violation.is_none(), "seed {seed}: {:?} ({})", r.violation, r.derived);
+        assert!(
+            r.violation.is_none(),
+            "seed {seed}: {:?} ({})",
+            r.violation,
+            r.derived
+        );
     }
 }

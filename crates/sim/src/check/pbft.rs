@@ -48,15 +48,23 @@ impl PbftChecker {
 
     fn absorb_submissions(&mut self, node: NodeId, replica: &PbftNode) {
         let read = &mut self.submitted_read[node.index()];
-        self.submitted.extend(replica.submitted()[*read..].iter().copied());
+        self.submitted
+            .extend(replica.submitted()[*read..].iter().copied());
         *read = replica.submitted().len();
     }
 
-    fn check_batches(&mut self, now: Time, node: NodeId, replica: &PbftNode) -> Result<(), Violation> {
+    fn check_batches(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        replica: &PbftNode,
+    ) -> Result<(), Violation> {
         let r = replica.replica();
         let from = self.checked_seq[node.index()] + 1;
         for seq in from..=r.last_executed() {
-            let Some((_, qc)) = r.executed(seq) else { continue };
+            let Some((_, qc)) = r.executed(seq) else {
+                continue;
+            };
             match self.batches.get(&seq) {
                 Some(&(d, first)) if d != qc.digest => {
                     let detail = format!(
@@ -85,7 +93,10 @@ impl PbftChecker {
         digest: Digest,
     ) -> Result<(), Violation> {
         if !self.submitted.contains(&(id, digest)) {
-            let detail = format!("{node} executed {id:?} ({}), which no client submitted", hex(&digest));
+            let detail = format!(
+                "{node} executed {id:?} ({}), which no client submitted",
+                hex(&digest)
+            );
             return Err(Violation::new("validity", now, detail));
         }
         if !self.delivered[node.index()].insert((id, digest)) {
@@ -136,7 +147,12 @@ impl ProtocolChecker<PbftNode> for PbftChecker {
         }
     }
 
-    fn on_recover(&mut self, _now: Time, node: NodeId, _stable: &PbftStable) -> Result<(), Violation> {
+    fn on_recover(
+        &mut self,
+        _now: Time,
+        node: NodeId,
+        _stable: &PbftStable,
+    ) -> Result<(), Violation> {
         self.checked_seq[node.index()] = 0;
         self.submitted_read[node.index()] = 0;
         self.delivered[node.index()].clear();

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use ekmat_pbft::crypto::SigningKey;
 use ekmat_core::{DetRng, Effect, Effects, NodeId, Time};
+use ekmat_pbft::crypto::SigningKey;
 use ekmat_pbft::crypto::sign;
 use ekmat_pbft::message::{
     Batch, Commit, Digest, Encode, Message, NewView, PrePrepare, Prepare, Sig, Signed, sha256,
@@ -173,7 +173,11 @@ impl Byzantine {
             }
             Adversary::Replay => sends.push((to, msg)),
             Adversary::Mutate => {
-                let msg = if self.rng.chance(0.2) { self.mutate(msg) } else { msg };
+                let msg = if self.rng.chance(0.2) {
+                    self.mutate(msg)
+                } else {
+                    msg
+                };
                 sends.push((to, msg));
             }
             Adversary::Starve => sends.push((to, self.starve(msg))),
@@ -207,7 +211,13 @@ impl Byzantine {
                 }
                 let (h, b, _) = self.twins[&key].clone();
                 if self.gets_twin(key.0, to) {
-                    sends.push((to, Message::PrePrepare { header: h, batch: b }));
+                    sends.push((
+                        to,
+                        Message::PrePrepare {
+                            header: h,
+                            batch: b,
+                        },
+                    ));
                 } else {
                     sends.push((to, Message::PrePrepare { header, batch }));
                 }
@@ -216,7 +226,10 @@ impl Byzantine {
                 let key = (c.body.view, c.body.seq);
                 match self.twins.get(&key) {
                     Some((h, _, _)) if self.gets_twin(key.0, to) => {
-                        let body = Commit { digest: h.body.digest, ..c.body };
+                        let body = Commit {
+                            digest: h.body.digest,
+                            ..c.body
+                        };
                         sends.push((to, Message::Commit(sign(&self.key, self.id, body))));
                     }
                     _ => sends.push((to, Message::Commit(c))),
@@ -243,7 +256,11 @@ impl Byzantine {
             digest: twin.digest(),
             ..header.body
         };
-        Some((sign(&self.key, self.id, body), Arc::new(twin), header.body.digest))
+        Some((
+            sign(&self.key, self.id, body),
+            Arc::new(twin),
+            header.body.digest,
+        ))
     }
 
     /// Prepares from the primary for both batches, to everyone (honest replicas ignore
@@ -287,8 +304,16 @@ impl Byzantine {
                 seq: h.body.seq,
                 digest: h.body.digest,
             };
-            let p = Signed { body: prepare, signer, sig: bad };
-            let c = Signed { body: commit, signer, sig: bad };
+            let p = Signed {
+                body: prepare,
+                signer,
+                sig: bad,
+            };
+            let c = Signed {
+                body: commit,
+                signer,
+                sig: bad,
+            };
             sends.push((to, Message::Prepare(p)));
             sends.push((to, Message::Commit(c)));
         }
@@ -300,11 +325,17 @@ impl Byzantine {
         }
         match msg {
             Message::Prepare(p) if p.signer == self.id => {
-                let body = Prepare { digest: sha256(&p.body.digest), ..p.body };
+                let body = Prepare {
+                    digest: sha256(&p.body.digest),
+                    ..p.body
+                };
                 Message::Prepare(sign(&self.key, self.id, body))
             }
             Message::Commit(c) if c.signer == self.id => {
-                let body = Commit { digest: sha256(&c.body.digest), ..c.body };
+                let body = Commit {
+                    digest: sha256(&c.body.digest),
+                    ..c.body
+                };
                 Message::Commit(sign(&self.key, self.id, body))
             }
             m => m,
@@ -344,7 +375,11 @@ impl Byzantine {
     }
 
     fn maybe_resign<T: Encode + Copy>(&self, s: Signed<T>, resign: bool) -> Signed<T> {
-        if resign { sign(&self.key, self.id, s.body) } else { s }
+        if resign {
+            sign(&self.key, self.id, s.body)
+        } else {
+            s
+        }
     }
 
     /// Leave the victim's requests out of every batch this primary proposes (the same
@@ -366,8 +401,15 @@ impl Byzantine {
                     .cloned()
                     .collect(),
             };
-            let body = PrePrepare { digest: kept.digest(), ..header.body };
-            let twin = (sign(&self.key, self.id, body), Arc::new(kept), header.body.digest);
+            let body = PrePrepare {
+                digest: kept.digest(),
+                ..header.body
+            };
+            let twin = (
+                sign(&self.key, self.id, body),
+                Arc::new(kept),
+                header.body.digest,
+            );
             self.twins.insert(key, twin);
         }
         let (header, batch, _) = self.twins[&key].clone();
@@ -376,7 +418,9 @@ impl Byzantine {
 
     /// Re-issue every sequence number of a NEW-VIEW as a null request.
     fn forge_new_view(&mut self, _inner: &Pbft, msg: Message) -> Message {
-        let Message::NewView(nv) = msg else { return msg };
+        let Message::NewView(nv) = msg else {
+            return msg;
+        };
         if nv.signer != self.id {
             return Message::NewView(nv);
         }
@@ -385,7 +429,16 @@ impl Byzantine {
             .body
             .pre_prepares
             .iter()
-            .map(|p| sign(&self.key, self.id, PrePrepare { digest: null, ..p.body }))
+            .map(|p| {
+                sign(
+                    &self.key,
+                    self.id,
+                    PrePrepare {
+                        digest: null,
+                        ..p.body
+                    },
+                )
+            })
             .collect();
         let body = NewView {
             view: nv.body.view,

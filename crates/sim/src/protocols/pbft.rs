@@ -54,7 +54,7 @@ impl Default for PbftSim {
             checkpoint_interval: 16,
             max_inflight: 8,
             batch_max: 256,
-            view_timeout: Duration::from_millis(400),
+            view_timeout: Duration::from_millis(300),
             assigned: Vec::new(),
         }
     }
@@ -74,7 +74,11 @@ impl PbftSim {
     }
 
     fn wrap(&self, inner: Pbft, id: NodeId, seed: u64) -> PbftNode {
-        let adversary = self.assigned.iter().find(|(n, _)| *n == id).map(|(_, a)| *a);
+        let adversary = self
+            .assigned
+            .iter()
+            .find(|(n, _)| *n == id)
+            .map(|(_, a)| *a);
         let until = Time::ZERO + self.byzantine_until;
         PbftNode {
             byzantine: adversary.map(|a| Byzantine::new(a, id, &inner, until, seed)),
@@ -175,7 +179,9 @@ impl SimProtocol for PbftSim {
     }
 
     fn checker(&self, n: usize, voters: usize) -> PbftChecker {
-        let honest = (0..n as u32).map(|i| !self.is_byzantine(NodeId(i))).collect();
+        let honest = (0..n as u32)
+            .map(|i| !self.is_byzantine(NodeId(i)))
+            .collect();
         PbftChecker::new(voters, honest)
     }
 
@@ -187,7 +193,7 @@ impl SimProtocol for PbftSim {
             v.checkpoint_interval = [2, 4, 16][rng.index(3)];
             v.max_inflight = [1, 3, 8][rng.index(3)];
             v.batch_max = [1, 4, 256][rng.index(3)];
-            v.view_timeout = Duration::from_millis([300, 500, 800][rng.index(3)]);
+            v.view_timeout = Duration::from_millis([150, 300, 500][rng.index(3)]);
         }
         v.assigned = self.cast(rng);
         let cast: Vec<String> = v
