@@ -293,7 +293,7 @@ fn a_message_with_a_bad_signature_is_dropped_and_counted() {
 fn a_non_validator_cannot_act_as_one() {
     let mut cfg = config(0, 4);
     cfg.id = NodeId(4);
-    let err = Pbft::new(cfg).err().expect("refused");
+    let err = Pbft::new(cfg).expect_err("refused");
     assert!(err.contains("not a validator"), "{err}");
     let mut cfg = config(1, 4);
     cfg.secret = config(2, 4).secret;

@@ -22,8 +22,8 @@ pub enum Adversary {
     EquivocateBackup,
     /// Send nothing.
     Silent,
-    /// Equivocate as primary, and forge the other replicas' prepares and commits for the
-    /// second batch (their signatures cannot be right).
+    /// Equivocate as primary, and forge the other replicas' prepares and commits for
+    /// whichever batch each backup got (their signatures cannot be right).
     Forge,
     /// Corrupt the signature of half the messages it sends.
     Corrupt,
@@ -92,6 +92,9 @@ const REPLAY_MEMORY: usize = 256;
 
 type Fx = Effects<Message, Write>;
 
+/// A second pre-prepare signed for a slot, its batch, and the first one's digest.
+type Twin = (Signed<PrePrepare>, Arc<Batch>, Digest);
+
 pub struct Byzantine {
     kind: Adversary,
     id: NodeId,
@@ -100,7 +103,7 @@ pub struct Byzantine {
     until: Time,
     rng: DetRng,
     /// The second pre-prepare (and batch) sent for a (view, seq), and the first's digest.
-    twins: BTreeMap<(u64, u64), (Signed<PrePrepare>, Arc<Batch>, Digest)>,
+    twins: BTreeMap<(u64, u64), Twin>,
     received: VecDeque<Message>,
 }
 
@@ -240,11 +243,7 @@ impl Byzantine {
     }
 
     /// The second batch: the same bundles in reverse order, or a null request.
-    fn make_twin(
-        &self,
-        header: &Signed<PrePrepare>,
-        batch: &Batch,
-    ) -> Option<(Signed<PrePrepare>, Arc<Batch>, Digest)> {
+    fn make_twin(&self, header: &Signed<PrePrepare>, batch: &Batch) -> Option<Twin> {
         if batch.is_null() {
             return None;
         }
@@ -264,8 +263,8 @@ impl Byzantine {
     }
 
     /// Prepares from the primary for both batches, to everyone (honest replicas ignore
-    /// a primary's prepares); with `forge`, the other replicas' prepares and commits for
-    /// the twin too, to the backups that got it.
+    /// a primary's prepares); with `forge`, every other replica's prepare and commit
+    /// for the batch each backup got, with signatures it cannot have made.
     fn vote_for_both(
         &mut self,
         header: &Signed<PrePrepare>,
@@ -284,8 +283,13 @@ impl Byzantine {
                 };
                 sends.push((to, Message::Prepare(sign(&self.key, self.id, body))));
             }
-            if forge && self.gets_twin(twin.body.view, to) {
-                self.forge_votes(&twin, to, sends);
+            if forge {
+                let theirs = if self.gets_twin(twin.body.view, to) {
+                    &twin
+                } else {
+                    header
+                };
+                self.forge_votes(theirs, to, sends);
             }
         }
     }
@@ -320,7 +324,7 @@ impl Byzantine {
     }
 
     fn equivocate_vote(&mut self, to: NodeId, msg: Message) -> Message {
-        if to.0 % 2 == 0 {
+        if to.0.is_multiple_of(2) {
             return msg;
         }
         match msg {

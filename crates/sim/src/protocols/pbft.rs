@@ -37,7 +37,7 @@ pub struct PbftSim {
     pub max_inflight: u64,
     pub batch_max: usize,
     pub view_timeout: Duration,
-    /// The Byzantine nodes and what each does (drawn per seed by `vary`).
+    /// The Byzantine nodes and what each does: drawn per seed by `vary`, unless set.
     pub assigned: Vec<(NodeId, Adversary)>,
 }
 
@@ -195,7 +195,10 @@ impl SimProtocol for PbftSim {
             v.batch_max = [1, 4, 256][rng.index(3)];
             v.view_timeout = Duration::from_millis([150, 300, 500][rng.index(3)]);
         }
-        v.assigned = self.cast(rng);
+        // A cast fixed in advance (scenarios) is kept; otherwise it is drawn.
+        if self.assigned.is_empty() {
+            v.assigned = self.cast(rng);
+        }
         let cast: Vec<String> = v
             .assigned
             .iter()
