@@ -101,7 +101,7 @@ pub struct Pbft {
     pub(crate) timer: Option<Time>,
     pub(crate) last_vc_sent: Option<Time>,
     pub(crate) failed_views: u32,
-    pub(crate) future: Vec<(NodeId, Message)>,
+    pub(crate) future: Vec<Message>,
     pub(crate) evidence: EvidenceLog,
     /// The highest sequence number and view each replica was seen working on.
     pub(crate) seen: BTreeMap<NodeId, (u64, u64)>,
@@ -364,7 +364,7 @@ impl Pbft {
             return false;
         }
         if view >= self.view && self.future.len() < MAX_FUTURE {
-            self.future.push((NodeId(u32::MAX), msg));
+            self.future.push(msg);
         }
         true
     }
@@ -374,10 +374,10 @@ impl Pbft {
         let view = self.view;
         let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.future)
             .into_iter()
-            .filter(|(_, m)| m.normal_case_view().is_some_and(|v| v >= view))
-            .partition(|(_, m)| m.normal_case_view() == Some(view));
+            .filter(|m| m.normal_case_view().is_some_and(|v| v >= view))
+            .partition(|m| m.normal_case_view() == Some(view));
         self.future = later;
-        for (_, msg) in now {
+        for msg in now {
             match msg {
                 Message::PrePrepare { header, batch } => self.on_pre_prepare(header, batch, out),
                 Message::Prepare(p) => self.on_prepare(p, out),
