@@ -25,6 +25,36 @@ use crate::replica::{Fx, Pbft, primary_of};
 /// Recent request numbers kept per client for at-most-once execution.
 const SESSION_DEPTH: usize = 8;
 
+/// What one client had executed: the digests of its recent requests, and a floor below
+/// which every request counts as executed. A bundle may be ordered twice (a primary
+/// cannot know everything executed elsewhere, and gateways resend), so execution itself
+/// must refuse repeats, for as long as the client could repeat them.
+#[derive(Default)]
+pub(crate) struct Session {
+    floor: u64,
+    recent: std::collections::BTreeMap<u64, Vec<Digest>>,
+}
+
+impl Session {
+    /// True the first time (request number, bytes) is seen above the floor.
+    fn admit(&mut self, seq: u64, digest: Digest) -> bool {
+        if seq < self.floor {
+            return false;
+        }
+        let seen = self.recent.entry(seq).or_default();
+        if seen.contains(&digest) {
+            return false;
+        }
+        seen.push(digest);
+        while self.recent.len() > SESSION_DEPTH {
+            if let Some((oldest, _)) = self.recent.pop_first() {
+                self.floor = oldest + 1;
+            }
+        }
+        true
+    }
+}
+
 impl Pbft {
     pub(crate) fn on_pre_prepare(
         &mut self,
@@ -341,15 +371,13 @@ impl Pbft {
                 }
                 continue;
             };
-            let digest = sha256(op);
-            let session = self.sessions.entry(r.id.client).or_default();
-            let seen = session.entry(r.id.seq).or_default();
-            if seen.contains(&digest) {
+            if !self
+                .sessions
+                .entry(r.id.client)
+                .or_default()
+                .admit(r.id.seq, sha256(op))
+            {
                 continue;
-            }
-            seen.push(digest);
-            while session.len() > SESSION_DEPTH {
-                session.pop_first();
             }
             self.applied += 1;
             let entry = CommittedEntry::Command {

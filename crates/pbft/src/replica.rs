@@ -86,8 +86,8 @@ pub struct Pbft {
     /// Verified committed batches not yet executable (a gap before them), and whether
     /// they came from this replica's own disk.
     pub(crate) transfers: BTreeMap<u64, (Arc<Batch>, QuorumCertificate, bool)>,
-    /// Per client: recent request sequence numbers and the digests executed for them.
-    pub(crate) sessions: BTreeMap<u64, BTreeMap<u64, Vec<Digest>>>,
+    /// Per client: what it had executed (at-most-once).
+    pub(crate) sessions: BTreeMap<u64, crate::normal_case::Session>,
     pub(crate) accepted: BTreeMap<u64, (u64, Digest)>,
     pub(crate) prepared_certs: BTreeMap<u64, PreparedCert>,
     pub(crate) pending: BTreeMap<Digest, PendingBundle>,
