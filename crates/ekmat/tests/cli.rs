@@ -41,7 +41,7 @@ fn lists_print_one_name_per_line() {
     );
     let scenarios = ekmat(&["sim", "--scenario", "list"]);
     assert_eq!(scenarios.status.code(), Some(0));
-    assert_eq!(stdout(&scenarios).lines().count(), 4);
+    assert_eq!(stdout(&scenarios).lines().count(), 5);
 }
 
 #[test]
