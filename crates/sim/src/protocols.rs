@@ -165,6 +165,7 @@ impl SimProtocol for RaftSim {
 
 mod byzantine;
 mod pbft;
+mod twins;
 
 pub use byzantine::Adversary;
 pub use pbft::{PbftNode, PbftSim};

@@ -36,10 +36,12 @@ pub enum Adversary {
     Starve,
     /// As new primary, send a NEW-VIEW whose pre-prepares drop every prepared batch.
     ForgeNewView,
+    /// Two honest copies with one identity, each talking to half the cluster.
+    Twins,
 }
 
 impl Adversary {
-    pub const ALL: [Adversary; 9] = [
+    pub const ALL: [Adversary; 10] = [
         Adversary::Equivocate,
         Adversary::EquivocateBackup,
         Adversary::Silent,
@@ -49,6 +51,7 @@ impl Adversary {
         Adversary::Mutate,
         Adversary::Starve,
         Adversary::ForgeNewView,
+        Adversary::Twins,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +65,7 @@ impl Adversary {
             Adversary::Mutate => "mutate",
             Adversary::Starve => "starve",
             Adversary::ForgeNewView => "forge-new-view",
+            Adversary::Twins => "twins",
         }
     }
 
@@ -119,6 +123,10 @@ impl Byzantine {
             twins: BTreeMap::new(),
             received: VecDeque::new(),
         }
+    }
+
+    pub fn active(&self, now: Time) -> bool {
+        now < self.until
     }
 
     pub fn remember(&mut self, msg: &Message) {
@@ -185,6 +193,9 @@ impl Byzantine {
             }
             Adversary::Starve => sends.push((to, self.starve(msg))),
             Adversary::ForgeNewView => sends.push((to, self.forge_new_view(inner, msg))),
+            // The first copy talks to its half only; the twin (twins.rs) to the other.
+            Adversary::Twins if super::twins::talks_to_twin(to) => {}
+            Adversary::Twins => sends.push((to, msg)),
         }
     }
 

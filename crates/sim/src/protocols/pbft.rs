@@ -10,6 +10,7 @@ use ekmat_pbft::message::{Digest, Message, sha256};
 use ekmat_pbft::{Mutant, Pbft, PbftConfig, PbftStable, Write};
 
 use super::byzantine::{Adversary, Byzantine};
+use super::twins::{Twin, talks_to_twin};
 use crate::check::pbft::PbftChecker;
 use crate::protocol::SimProtocol;
 
@@ -80,9 +81,13 @@ impl PbftSim {
             .find(|(n, _)| *n == id)
             .map(|(_, a)| *a);
         let until = Time::ZERO + self.byzantine_until;
+        let twin = (adversary == Some(Adversary::Twins))
+            .then(|| Twin::new(&inner))
+            .flatten();
         PbftNode {
             byzantine: adversary.map(|a| Byzantine::new(a, id, &inner, until, seed)),
             inner,
+            twin,
             submitted: Vec::new(),
         }
     }
@@ -97,6 +102,8 @@ impl PbftSim {
 pub struct PbftNode {
     inner: Pbft,
     byzantine: Option<Byzantine>,
+    /// The second copy of a Twins node.
+    twin: Option<Twin>,
     submitted: Vec<(ekmat_core::RequestId, Digest)>,
 }
 
@@ -112,6 +119,33 @@ impl PbftNode {
 
     pub fn is_byzantine(&self) -> bool {
         self.byzantine.is_some()
+    }
+}
+
+impl PbftNode {
+    /// A Twins node routes the twin's half of the cluster to the twin, ticks both, and
+    /// sends what the twin sends. True if the input was the twin's alone.
+    fn step_twin(
+        &mut self,
+        now: Time,
+        input: &Input<Message>,
+        out: &mut Effects<Message, Write>,
+    ) -> bool {
+        let active = self.byzantine.as_ref().is_some_and(|b| b.active(now));
+        let Some(twin) = self.twin.as_mut().filter(|_| active) else {
+            return false;
+        };
+        let (sends, twin_only) = match input {
+            Input::Message { from, .. } if talks_to_twin(*from) => {
+                (twin.step(now, input.clone()), true)
+            }
+            Input::Tick => (twin.step(now, Input::Tick), false),
+            _ => (Vec::new(), false),
+        };
+        for (to, msg) in sends {
+            out.send(to, msg);
+        }
+        twin_only
     }
 }
 
@@ -136,6 +170,9 @@ impl Replica for PbftNode {
         }
         if let (Some(b), Input::Message { msg, .. }) = (&mut self.byzantine, &input) {
             b.remember(msg);
+        }
+        if self.step_twin(now, &input, out) {
+            return;
         }
         self.inner.step(now, input, out);
         if let Some(b) = &mut self.byzantine {
