@@ -104,6 +104,16 @@ impl Pbft {
         if !self.normal || !self.is_primary() {
             return;
         }
+        // A sequence number this view already assigned (a pre-prepare of this view is
+        // in the log: one this replica issued before, or — for a Twins copy — its other
+        // self's) is never assigned again.
+        while self
+            .log
+            .get(&(self.next_seq + 1))
+            .is_some_and(|s| s.pre_prepare.is_some())
+        {
+            self.next_seq += 1;
+        }
         while self.next_seq < self.high_watermark()
             && self.next_seq < self.last_executed + self.cfg.max_inflight
         {
@@ -139,6 +149,12 @@ impl Pbft {
     /// Sign and send a pre-prepare, after the record that it was issued is durable (a
     /// restarted primary must not assign the sequence number again).
     pub(crate) fn issue_pre_prepare(&mut self, seq: u64, batch: Arc<Batch>, out: &mut Fx) {
+        debug_assert!(
+            self.log.get(&seq).is_none_or(|s| s.pre_prepare.is_none()),
+            "{} would assign {seq} twice in view {}",
+            self.cfg.id,
+            self.view
+        );
         let body = PrePrepare {
             view: self.view,
             seq,

@@ -333,7 +333,12 @@ impl Pbft {
         out: &mut Fx,
     ) {
         assert_eq!(seq, self.last_executed + 1, "execution must be gapless");
-        assert_eq!(qc.digest, batch.digest(), "a certificate for another batch");
+        assert_eq!(
+            qc.digest,
+            batch.digest(),
+            "{}: a certificate for another batch at {seq}",
+            self.cfg.id
+        );
         if !from_disk {
             let write = Write::Executed {
                 batch: batch.clone(),
