@@ -123,3 +123,17 @@ fn accepting_an_unverified_new_view_is_caught() {
 fn skipping_signature_verification_is_caught() {
     assert_caught(Mutant::SkipSignatureVerification, Adversary::Forge, 1);
 }
+
+/// Found by Twins: a copy that turned honest learned pre-prepares its other self had
+/// issued, then assigned the same sequence number again
+/// (`ekmat sim --protocol pbft --nodes 4 --seed 187 --byzantine 1 --adversary all`).
+#[test]
+fn a_twins_copy_never_assigns_a_sequence_number_twice() {
+    let proto = sim(4, 1, &Adversary::ALL, Mutant::None);
+    let cli = SimOptions {
+        ops: 2000,
+        ..opts(4)
+    };
+    let r = run_seed(&proto, &cli, 187);
+    assert!(r.violation.is_none(), "{:?}", r.violation);
+}
