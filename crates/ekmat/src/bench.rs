@@ -28,6 +28,8 @@ pub struct BenchArgs {
 pub enum BenchKind {
     /// Puts, then linearizable reads, from concurrent clients.
     Kv(KvBench),
+    /// PBFT: an in-process cluster with real signatures, and messages per batch vs n.
+    Pbft(crate::bench_pbft::PbftBench),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -94,7 +96,10 @@ impl SystemResult {
 }
 
 pub fn run(args: BenchArgs) -> u8 {
-    let BenchKind::Kv(b) = args.kind;
+    let b = match args.kind {
+        BenchKind::Kv(b) => b,
+        BenchKind::Pbft(p) => return crate::bench_pbft::run(&p),
+    };
     if b.clients == 0 || b.conns == 0 || b.keys == 0 || b.duration.is_zero() {
         eprintln!("error: --clients, --conns, --keys and --duration must be positive");
         return exit::USAGE;

@@ -6,7 +6,8 @@ use std::time::Duration;
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use ekmat_raft::{Mutant, ReadMode};
-use ekmat_sim::protocols::RaftSim;
+use ekmat_sim::SimProtocol;
+use ekmat_sim::protocols::{Adversary, PbftSim, RaftSim};
 use ekmat_sim::run::{DEFAULT_SEEDS, SeedReport, SimOptions, Summary, run_seed, run_seeds};
 use ekmat_sim::shrink::shrink;
 use ekmat_sim::{FaultKind, Schedule};
@@ -21,7 +22,7 @@ const DEFAULT_KEYS: u64 = 5;
 #[derive(Args, Debug, Clone)]
 pub struct SimArgs {
     /// Protocol to simulate.
-    #[arg(long, default_value = "raft", value_parser = ["raft"])]
+    #[arg(long, default_value = "raft", value_parser = ["raft", "pbft"])]
     pub protocol: String,
     /// Cluster size.
     #[arg(long, default_value_t = 5)]
@@ -80,6 +81,15 @@ pub struct SimArgs {
     /// Turn check-quorum off.
     #[arg(long)]
     pub no_check_quorum: bool,
+    /// PBFT: how many replicas are Byzantine. With fewer than 3f+1 nodes, quorums are
+    /// n - f (the most a protocol can wait for), to show why 3f+1 are needed.
+    #[arg(long, default_value_t = 0)]
+    pub byzantine: usize,
+    /// PBFT: what Byzantine replicas do: `all` (one drawn per node per seed) or a
+    /// comma-separated list of equivocate, equivocate-backup, silent, forge, corrupt,
+    /// replay, mutate, starve, forge-new-view.
+    #[arg(long, default_value = "all")]
+    pub adversary: String,
     /// How Raft confirms reads: `read-index` or `lease` (default: lease on half the
     /// seeds, drawn from the seed and printed with the derived options).
     #[arg(long, value_parser = ["read-index", "lease"])]
@@ -99,19 +109,85 @@ pub fn run(args: SimArgs) -> u8 {
         return crate::scenario::run(name, args.json);
     }
     if args.mutant.as_deref() == Some("list") {
-        for m in Mutant::ALL {
-            println!("{}", m.name());
+        if args.protocol == "pbft" {
+            ekmat_pbft::Mutant::ALL
+                .iter()
+                .for_each(|m| println!("{}", m.name()));
+        } else {
+            Mutant::ALL.iter().for_each(|m| println!("{}", m.name()));
         }
         return exit::OK;
+    }
+    if args.protocol == "pbft" {
+        return match build_pbft(&args) {
+            Ok((proto, opts)) => dispatch(&args, &proto, &opts),
+            Err(e) => usage_error(&e),
+        };
     }
     let (proto, opts) = match build(&args) {
         Ok(x) => x,
         Err(e) => return usage_error(&e),
     };
+    dispatch(&args, &proto, &opts)
+}
+
+fn dispatch<P: SimProtocol>(args: &SimArgs, proto: &P, opts: &SimOptions) -> u8 {
     match args.seed {
-        Some(seed) => run_one(&args, &proto, &opts, seed),
-        None => run_many(&args, &proto, &opts),
+        Some(seed) => run_one(args, proto, opts, seed),
+        None => run_many(args, proto, opts),
     }
+}
+
+/// PBFT's options. Faults that PBFT has no use for (leadership transfer, membership
+/// churn) are left out of `all`.
+fn build_pbft(args: &SimArgs) -> Result<(PbftSim, SimOptions), String> {
+    if args.trace && args.seed.is_none() {
+        return Err("--trace shows one run: give it a --seed".into());
+    }
+    let mutant = match &args.mutant {
+        None => ekmat_pbft::Mutant::None,
+        Some(name) => ekmat_pbft::Mutant::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = ekmat_pbft::Mutant::ALL.iter().map(|m| m.name()).collect();
+            format!("unknown pbft mutant '{name}' (known: {})", known.join(", "))
+        })?,
+    };
+    if args.byzantine >= args.nodes {
+        return Err("--byzantine must be smaller than --nodes".into());
+    }
+    let faults: Vec<FaultKind> = FaultKind::parse_list(&args.faults)?
+        .into_iter()
+        .filter(|k| !matches!(k, FaultKind::Transfer | FaultKind::Membership))
+        .collect();
+    let schedule = match &args.schedule {
+        None => None,
+        Some(text) => Some(
+            text.parse::<Schedule>()
+                .map_err(|e| format!("bad --schedule: {e}"))?,
+        ),
+    };
+    let opts = SimOptions {
+        nodes: args.nodes,
+        faults,
+        ops: args.ops,
+        clients: args.clients,
+        keys: args.keys,
+        schedule,
+        trace: args.trace,
+        ..SimOptions::default()
+    };
+    opts.validate()?;
+    // n = 3f+1 tolerates f; below that, wait for n - f (no more can be waited for).
+    let quorum = (args.nodes < 3 * args.byzantine + 1).then(|| args.nodes - args.byzantine);
+    let proto = PbftSim {
+        nodes: args.nodes,
+        mutant,
+        byzantine: args.byzantine,
+        adversaries: Adversary::parse_list(&args.adversary)?,
+        byzantine_until: opts.safety,
+        quorum,
+        ..PbftSim::default()
+    };
+    Ok((proto, opts))
 }
 
 fn build(args: &SimArgs) -> Result<(RaftSim, SimOptions), String> {
@@ -178,6 +254,12 @@ fn replay_command(args: &SimArgs, seed: u64, schedule: Option<&Schedule>) -> Str
     if args.faults != "all" {
         cmd.push_str(&format!(" --faults {}", args.faults));
     }
+    if args.protocol == "pbft" && args.byzantine > 0 {
+        cmd.push_str(&format!(
+            " --byzantine {} --adversary {}",
+            args.byzantine, args.adversary
+        ));
+    }
     if let Some(m) = &args.mutant {
         cmd.push_str(&format!(" --mutant {m}"));
     }
@@ -208,7 +290,7 @@ fn replay_command(args: &SimArgs, seed: u64, schedule: Option<&Schedule>) -> Str
     cmd
 }
 
-fn run_one(args: &SimArgs, proto: &RaftSim, opts: &SimOptions, seed: u64) -> u8 {
+fn run_one<P: SimProtocol>(args: &SimArgs, proto: &P, opts: &SimOptions, seed: u64) -> u8 {
     let report = run_seed(proto, opts, seed);
     if args.trace && !args.json {
         for line in &report.trace {
@@ -229,7 +311,7 @@ fn run_one(args: &SimArgs, proto: &RaftSim, opts: &SimOptions, seed: u64) -> u8 
     finish(args, proto, opts, summary)
 }
 
-fn run_many(args: &SimArgs, proto: &RaftSim, opts: &SimOptions) -> u8 {
+fn run_many<P: SimProtocol>(args: &SimArgs, proto: &P, opts: &SimOptions) -> u8 {
     let count = args.seeds.unwrap_or(DEFAULT_SEEDS);
     let threads = args
         .threads
@@ -267,7 +349,7 @@ fn run_many(args: &SimArgs, proto: &RaftSim, opts: &SimOptions) -> u8 {
     finish(args, proto, opts, summary)
 }
 
-fn finish(args: &SimArgs, proto: &RaftSim, opts: &SimOptions, summary: Summary) -> u8 {
+fn finish<P: SimProtocol>(args: &SimArgs, proto: &P, opts: &SimOptions, summary: Summary) -> u8 {
     let failure = summary.first_failure.clone();
     let mut shrunk = None;
     if let (Some(f), true) = (&failure, args.shrink) {
@@ -324,7 +406,11 @@ fn print_table(args: &SimArgs, s: &Summary) {
                 s.ops, s.ok, s.failed, s.unknown
             ),
         ),
-        ("elections", s.elections.to_string()),
+        (
+            "elections (views installed, for pbft)",
+            s.elections.to_string(),
+        ),
+        ("evidence of misbehaviour", s.evidence.to_string()),
         ("configurations committed", s.reconfigurations.to_string()),
         (
             "faults injected",
@@ -411,6 +497,10 @@ fn print_json(args: &SimArgs, s: &Summary, replay: Option<&str>, shrunk: Option<
         "failed": s.failed,
         "unknown": s.unknown,
         "elections": s.elections,
+        "view_changes": s.elections,
+        "evidence": s.evidence,
+        "byzantine": args.byzantine,
+        "adversary": args.adversary,
         "faults_injected": s.faults,
         "crashes": s.crashes,
         "reconfigurations": s.reconfigurations,

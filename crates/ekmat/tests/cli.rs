@@ -42,7 +42,7 @@ fn lists_print_one_name_per_line() {
     );
     let scenarios = ekmat(&["sim", "--scenario", "list"]);
     assert_eq!(scenarios.status.code(), Some(0));
-    assert_eq!(stdout(&scenarios).lines().count(), 4);
+    assert_eq!(stdout(&scenarios).lines().count(), 5);
 }
 
 #[test]
@@ -155,4 +155,53 @@ fn a_scenario_reports_pass_and_exits_0() {
     let o = ekmat(&["sim", "--scenario", "three-way-split"]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     assert!(stdout(&o).trim_end().ends_with("PASS"));
+}
+
+#[test]
+fn pbft_with_one_traitor_of_four_is_clean_and_counts_views_and_evidence() {
+    let o = ekmat(&[
+        "sim",
+        "--protocol",
+        "pbft",
+        "--nodes",
+        "4",
+        "--byzantine",
+        "1",
+        "--adversary",
+        "equivocate",
+        "--seeds",
+        "3",
+        "--ops",
+        "300",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let j = json(&o);
+    assert_eq!(j["protocol"], "pbft");
+    assert_eq!(j["violations"], 0);
+    assert!(j["view_changes"].is_u64() && j["evidence"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn pbft_with_three_generals_and_one_traitor_exits_1_on_agreement() {
+    let o = ekmat(&[
+        "sim",
+        "--protocol",
+        "pbft",
+        "--nodes",
+        "3",
+        "--byzantine",
+        "1",
+        "--adversary",
+        "equivocate",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let j = json(&o);
+    assert_eq!(j["violation"]["property"], "agreement");
+    let replay = j["replay"].as_str().expect("a replay command");
+    assert!(
+        replay.contains("--byzantine 1 --adversary equivocate"),
+        "{replay}"
+    );
 }

@@ -169,3 +169,10 @@ impl SimProtocol for RaftSim {
         (v, knobs)
     }
 }
+
+mod byzantine;
+mod pbft;
+mod twins;
+
+pub use byzantine::Adversary;
+pub use pbft::{PbftNode, PbftSim};

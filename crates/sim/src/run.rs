@@ -350,6 +350,8 @@ pub struct Summary {
     pub failed: u64,
     pub unknown: u64,
     pub elections: u64,
+    /// Proofs of misbehaviour reported (Byzantine protocols).
+    pub evidence: u64,
     pub faults: u64,
     pub crashes: u64,
     pub reconfigurations: u64,
@@ -378,6 +380,7 @@ impl Summary {
         self.failed += r.failed as u64;
         self.unknown += r.unknown as u64;
         self.elections += r.stats.elections;
+        self.evidence += r.stats.evidence;
         self.faults += r.stats.faults;
         self.crashes += r.stats.crashes;
         self.reconfigurations += r.stats.reconfigurations;

@@ -29,6 +29,11 @@ fn degraded_wan() {
 }
 
 #[test]
+fn three_generals() {
+    passes("three-generals");
+}
+
+#[test]
 fn scenarios_are_listed_by_name() {
     let names: Vec<&str> = scenario::ALL.iter().map(|s| s.name).collect();
     assert_eq!(
@@ -37,7 +42,8 @@ fn scenarios_are_listed_by_name() {
             "monsoon-partition",
             "three-way-split",
             "election-storm",
-            "degraded-wan"
+            "degraded-wan",
+            "three-generals"
         ]
     );
     assert!(scenario::find("nope").is_none());

@@ -1,5 +1,6 @@
 //! Checkers: per-protocol invariants, and linearizability of the client history.
 
+pub mod pbft;
 pub mod raft;
 
 use ekmat_core::Time;

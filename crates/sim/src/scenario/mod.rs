@@ -4,6 +4,7 @@
 mod degraded_wan;
 mod election_storm;
 mod monsoon;
+mod three_generals;
 mod three_way_split;
 
 use std::fmt;
@@ -44,6 +45,7 @@ pub const ALL: &[Scenario] = &[
     three_way_split::SCENARIO,
     election_storm::SCENARIO,
     degraded_wan::SCENARIO,
+    three_generals::SCENARIO,
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {

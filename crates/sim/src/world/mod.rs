@@ -68,6 +68,8 @@ pub struct RunStats {
     pub reconfigurations: u64,
     pub sim_micros: u64,
     pub max_term: u64,
+    /// Proofs of misbehaviour replicas reported (`Event::Evidence`).
+    pub evidence: u64,
 }
 
 type Msg<P> = <<P as SimProtocol>::Node as Replica>::Message;
@@ -727,6 +729,9 @@ impl<'p, P: SimProtocol> World<'p, P> {
     fn on_event(&mut self, node: NodeId, e: Event) {
         let now = self.now;
         self.trace.line(now, || format!("{node} {e:?}"));
+        if let Event::Evidence { .. } = e {
+            self.stats.evidence += 1;
+        }
         if let Event::BecameLeader { term } = e {
             self.stats.elections += 1;
             self.stats.max_term = self.stats.max_term.max(term);

@@ -1,0 +1,185 @@
+//! Gateways bundle client requests; the primary cuts batches from the bundles and keeps
+//! several sequence numbers in flight between the watermarks (pipelining).
+//!
+//! Every replica is a gateway for the clients that talk to it: it signs their requests
+//! as a bundle and sends the bundle to every replica, so backups know what the primary
+//! owes them and can suspect it (start the view-change timer) when it does not deliver.
+
+use std::sync::Arc;
+
+use crate::durable::Write;
+use crate::message::{Batch, Bundle, Message, PrePrepare, bundle_digest};
+use crate::replica::{Fx, Pbft, PendingBundle};
+
+impl Pbft {
+    /// Sign the requests collected so far as one bundle and send it everywhere.
+    pub(crate) fn flush_bundle(&mut self, out: &mut Fx) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        self.nonce += 1;
+        let bundle = Bundle {
+            gateway: self.cfg.id,
+            nonce: self.nonce,
+            requests: std::mem::take(&mut self.outbox),
+        };
+        let signed = Arc::new(self.keys.sign(bundle));
+        self.broadcast(Message::Bundle(signed.clone()), out);
+        self.add_pending(signed);
+        self.try_propose(out);
+    }
+
+    pub(crate) fn on_bundle(&mut self, b: Arc<crate::message::Signed<Bundle>>, out: &mut Fx) {
+        if b.signer != b.body.gateway || !self.keys.verify(&b) {
+            return self.reject_signature(out);
+        }
+        self.add_pending(b);
+        self.try_propose(out);
+    }
+
+    fn add_pending(&mut self, bundle: Arc<crate::message::Signed<Bundle>>) {
+        let d = bundle_digest(&bundle);
+        if self.executed_bundles.contains(&d) || self.pending.contains_key(&d) {
+            return;
+        }
+        self.pending.insert(
+            d,
+            PendingBundle {
+                bundle,
+                since: self.now,
+                resent: false,
+            },
+        );
+        self.pending_order.push_back(d);
+        self.arm_timer();
+    }
+
+    /// After a view change every bundle not executed nor re-issued is proposable again,
+    /// oldest first.
+    pub(crate) fn requeue_pending(&mut self) {
+        let mut order: Vec<_> = self
+            .pending
+            .iter_mut()
+            .map(|(d, p)| {
+                p.resent = false;
+                (p.since, *d)
+            })
+            .filter(|(_, d)| !self.in_flight.contains(d))
+            .collect();
+        order.sort_unstable();
+        self.pending_order = order.into_iter().map(|(_, d)| d).collect();
+    }
+
+    /// A replica with work outstanding suspects the view after a timeout. The primary
+    /// too: one that restarted may hold sequence numbers it can no longer complete, and
+    /// backups that missed its NEW-VIEW never join it; only a new view unsticks both.
+    pub(crate) fn arm_timer(&mut self) {
+        if self.normal && self.timer.is_none() && !self.pending.is_empty() {
+            self.timer = Some(self.now + self.timeout());
+        }
+    }
+
+    /// A bundle still not executed half-way to the view-change timeout goes to every
+    /// replica once more (per view): the primary may have missed it, and backups that
+    /// never saw it cannot suspect the primary (PBFT's client retransmission).
+    pub(crate) fn resend_stale_bundles(&mut self, out: &mut Fx) {
+        let (now, half) = (self.now, self.cfg.view_timeout / 2);
+        let stale: Vec<_> = self
+            .pending
+            .values_mut()
+            .filter(|p| !p.resent && now.since(p.since) >= half)
+            .map(|p| {
+                p.resent = true;
+                p.bundle.clone()
+            })
+            .collect();
+        for b in stale {
+            self.broadcast(Message::Bundle(b), out);
+        }
+    }
+
+    /// The primary assigns sequence numbers to pending bundles while the window and the
+    /// pipeline have room.
+    pub(crate) fn try_propose(&mut self, out: &mut Fx) {
+        if !self.normal || !self.is_primary() {
+            return;
+        }
+        // A sequence number this view already assigned (a pre-prepare of this view is
+        // in the log: one this replica issued before, or — for a Twins copy — its other
+        // self's) is never assigned again.
+        while self
+            .log
+            .get(&(self.next_seq + 1))
+            .is_some_and(|s| s.pre_prepare.is_some())
+        {
+            self.next_seq += 1;
+        }
+        while self.next_seq < self.high_watermark()
+            && self.next_seq < self.last_executed + self.cfg.max_inflight
+        {
+            let batch = self.cut_batch();
+            if batch.is_null() {
+                return;
+            }
+            self.next_seq += 1;
+            self.issue_pre_prepare(self.next_seq, Arc::new(batch), out);
+        }
+    }
+
+    fn cut_batch(&mut self) -> Batch {
+        let mut batch = Batch::default();
+        let mut requests = 0;
+        while requests < self.cfg.batch_max {
+            let Some(d) = self.pending_order.pop_front() else {
+                break;
+            };
+            let Some(p) = self.pending.get(&d) else {
+                continue; // executed meanwhile
+            };
+            if self.in_flight.contains(&d) {
+                continue;
+            }
+            requests += p.bundle.body.requests.len();
+            batch.bundles.push(p.bundle.clone());
+            self.in_flight.insert(d);
+        }
+        batch
+    }
+
+    /// Sign and send a pre-prepare, after the record that it was issued is durable (a
+    /// restarted primary must not assign the sequence number again).
+    pub(crate) fn issue_pre_prepare(&mut self, seq: u64, batch: Arc<Batch>, out: &mut Fx) {
+        debug_assert!(
+            self.log.get(&seq).is_none_or(|s| s.pre_prepare.is_none()),
+            "{} would assign {seq} twice in view {}",
+            self.cfg.id,
+            self.view
+        );
+        let body = PrePrepare {
+            view: self.view,
+            seq,
+            digest: batch.digest(),
+        };
+        let header = self.keys.sign(body);
+        self.install_pre_prepare(header, batch.clone(), out);
+        self.broadcast_durable(Message::PrePrepare { header, batch }, out);
+        self.stats.batches += 1;
+    }
+
+    /// Record an accepted pre-prepare durably and in the slot.
+    pub(crate) fn install_pre_prepare(
+        &mut self,
+        header: crate::message::Signed<PrePrepare>,
+        batch: Arc<Batch>,
+        out: &mut Fx,
+    ) {
+        let PrePrepare { view, seq, digest } = header.body;
+        self.persist(Write::Accepted { view, seq, digest }, out);
+        self.accepted.insert(seq, (view, digest));
+        for b in &batch.bundles {
+            self.in_flight.insert(bundle_digest(b));
+        }
+        self.observe(crate::evidence::Statement::of(&header), out);
+        self.log.entry(seq).or_default().pre_prepare = Some((header, batch));
+    }
+}

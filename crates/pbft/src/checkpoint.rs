@@ -1,0 +1,91 @@
+//! Checkpoints and garbage collection (TOCS'02 §4.3).
+//!
+//! Every K sequence numbers a replica signs CHECKPOINT(n, d), where d chains the digests
+//! of every batch executed through n. 2f+1 matching checkpoints are a proof that n is
+//! stable: the log at or below it is discarded and the watermarks move up to (n, n + L].
+
+use crate::certificate::checkpoint_proof_valid;
+use crate::durable::Write;
+use crate::message::{Checkpoint, CheckpointProof, Message, Signed};
+use crate::replica::{Fx, Pbft};
+
+impl Pbft {
+    pub(crate) fn maybe_checkpoint(&mut self, seq: u64, out: &mut Fx) {
+        if !seq.is_multiple_of(self.cfg.checkpoint_interval) || seq <= self.stable.seq {
+            return;
+        }
+        let body = Checkpoint {
+            seq,
+            digest: self.history,
+        };
+        self.own_checkpoints.insert(seq, self.history);
+        let signed = self.keys.sign(body);
+        self.broadcast(Message::Checkpoint(signed), out);
+        self.add_checkpoint_vote(signed, out);
+    }
+
+    pub(crate) fn on_checkpoint(&mut self, c: Signed<Checkpoint>, out: &mut Fx) {
+        if !self.keys.verify(&c) {
+            return self.reject_signature(out);
+        }
+        self.note_seen(c.signer, c.body.seq, 0);
+        if c.body.seq <= self.stable.seq || c.body.seq > self.high_watermark() + self.cfg.window {
+            return;
+        }
+        self.add_checkpoint_vote(c, out);
+    }
+
+    fn add_checkpoint_vote(&mut self, c: Signed<Checkpoint>, out: &mut Fx) {
+        let seq = c.body.seq;
+        let votes = self.checkpoint_votes.entry(seq).or_default();
+        votes.entry(c.signer).or_insert(c);
+        let matching: Vec<Signed<Checkpoint>> = votes
+            .values()
+            .filter(|v| v.body == c.body)
+            .cloned()
+            .collect();
+        if matching.len() >= self.quorum() {
+            let proof = CheckpointProof {
+                seq,
+                digest: c.body.digest,
+                sigs: matching,
+            };
+            self.make_stable(proof, out);
+        }
+    }
+
+    /// Adopt a valid proof of a later stable checkpoint: persist it, discard the log
+    /// below it, and move the watermarks. A replica that has not executed that far
+    /// fetches the committed batches it misses (state transfer).
+    pub(crate) fn make_stable(&mut self, proof: CheckpointProof, out: &mut Fx) {
+        if proof.seq <= self.stable.seq {
+            return;
+        }
+        let quorum = self.quorum();
+        debug_assert!(checkpoint_proof_valid(&proof, &mut self.keys, quorum));
+        if let Some(own) = self.own_checkpoints.get(&proof.seq) {
+            // Agreement guarantees this among correct replicas.
+            debug_assert!(
+                *own == proof.digest || self.cfg.mutant != crate::Mutant::None,
+                "{} executed a different history than a quorum through {}",
+                self.cfg.id,
+                proof.seq
+            );
+        }
+        let seq = proof.seq;
+        for s in &proof.sigs {
+            self.note_seen(s.signer, seq, 0);
+        }
+        self.persist(Write::Checkpoint(proof.clone()), out);
+        self.stable = proof;
+        self.log.retain(|s, _| *s > seq);
+        self.checkpoint_votes.retain(|s, _| *s > seq);
+        self.own_checkpoints.retain(|s, _| *s > seq);
+        self.accepted.retain(|s, _| *s > seq);
+        self.prepared_certs.retain(|s, _| *s > seq);
+        self.evidence.forget_through(seq);
+        self.next_seq = self.next_seq.max(seq);
+        self.counter("stable-checkpoint", out);
+        self.try_propose(out);
+    }
+}

@@ -1,0 +1,129 @@
+//! A validator's configuration: who the validators are (their public keys), its own
+//! secret key, and the protocol's knobs.
+
+use std::time::Duration;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use ekmat_core::NodeId;
+
+use crate::crypto::{derive_key, derive_public_keys};
+
+/// Planted bugs the simulator must catch (see `crates/sim/tests/mutants.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mutant {
+    #[default]
+    None,
+    /// Send COMMIT for any digest with 2f matching prepares, without the matching
+    /// pre-prepare (and counting anyone's prepares, the primary's too).
+    CommitWithoutPrePrepare,
+    /// Accept a NEW-VIEW without checking its view-changes or recomputing its pre-prepares.
+    AcceptUnverifiedNewView,
+    /// Believe every signature.
+    SkipSignatureVerification,
+}
+
+impl Mutant {
+    pub const ALL: [Mutant; 3] = [
+        Mutant::CommitWithoutPrePrepare,
+        Mutant::AcceptUnverifiedNewView,
+        Mutant::SkipSignatureVerification,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutant::None => "none",
+            Mutant::CommitWithoutPrePrepare => "commit-without-pre-prepare",
+            Mutant::AcceptUnverifiedNewView => "accept-unverified-new-view",
+            Mutant::SkipSignatureVerification => "skip-signature-verification",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Mutant> {
+        Mutant::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PbftConfig {
+    pub id: NodeId,
+    /// Every validator's public key; validator `i` is `NodeId(i)`.
+    pub validators: Vec<VerifyingKey>,
+    pub secret: SigningKey,
+    /// Votes that make a quorum. `None`: 2f+1 with f = (n-1)/3. Setting it to n-f with
+    /// n = 3f demonstrates why PBFT needs 3f+1 replicas.
+    pub quorum: Option<usize>,
+    /// A checkpoint every this many sequence numbers (K).
+    pub checkpoint_interval: u64,
+    /// Sequence numbers in flight between the watermarks: H = h + this (L = 2K).
+    pub window: u64,
+    /// Batches the primary keeps in flight at once (pipelining).
+    pub max_inflight: u64,
+    /// Requests at most per batch.
+    pub batch_max: usize,
+    /// A gateway signs and sends a bundle once it has this many requests (or on a tick).
+    pub bundle_max: usize,
+    /// The view-change timeout; doubled per consecutive failed view, up to 8x.
+    pub view_timeout: Duration,
+    /// How long a replica waits, behind, before fetching committed batches.
+    pub fetch_timeout: Duration,
+    pub mutant: Mutant,
+}
+
+impl PbftConfig {
+    /// Validator `id` of `n`, with keys derived from `key_seed`.
+    pub fn from_seed(id: NodeId, n: usize, key_seed: u64) -> PbftConfig {
+        PbftConfig {
+            id,
+            validators: derive_public_keys(key_seed, n),
+            secret: derive_key(key_seed, id.0),
+            quorum: None,
+            checkpoint_interval: 16,
+            window: 32,
+            max_inflight: 8,
+            batch_max: 256,
+            bundle_max: 1,
+            view_timeout: Duration::from_millis(400),
+            fetch_timeout: Duration::from_millis(300),
+            mutant: Mutant::None,
+        }
+    }
+
+    pub fn n(&self) -> usize {
+        self.validators.len()
+    }
+
+    pub fn f(&self) -> usize {
+        (self.n().saturating_sub(1)) / 3
+    }
+
+    pub fn quorum(&self) -> usize {
+        self.quorum.unwrap_or(2 * self.f() + 1)
+    }
+
+    /// Refuse configurations the protocol cannot run with.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.n();
+        if self.id.index() >= n {
+            return Err(format!(
+                "{} is not a validator ({n} validators): a non-validator cannot take part in consensus",
+                self.id
+            ));
+        }
+        if self.validators[self.id.index()] != self.secret.verifying_key() {
+            return Err(format!(
+                "{}'s secret key does not match its public key",
+                self.id
+            ));
+        }
+        if self.quorum() > n || self.quorum() == 0 {
+            return Err(format!("quorum {} of {n} validators", self.quorum()));
+        }
+        if self.checkpoint_interval == 0 || self.window < self.checkpoint_interval {
+            return Err("the window must hold at least one checkpoint interval".into());
+        }
+        if self.max_inflight == 0 || self.batch_max == 0 || self.bundle_max == 0 {
+            return Err("batch, bundle and in-flight bounds must be positive".into());
+        }
+        Ok(())
+    }
+}

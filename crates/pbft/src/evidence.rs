@@ -1,0 +1,188 @@
+//! Equivocation evidence: two statements a replica signed for the same (view, sequence)
+//! that name different digests. Either one alone is legitimate; the pair proves the
+//! signer Byzantine, to anyone holding the validators' public keys, with nothing else.
+//!
+//! The proof is self-contained bytes: `signer | len a | a | sig a | len b | b | sig b`,
+//! where `a` and `b` are the canonical encodings of two PRE-PREPAREs, PREPAREs or
+//! COMMITs (each begins `tag | view | seq | digest`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use ed25519_dalek::{Signature, VerifyingKey};
+use ekmat_core::NodeId;
+
+use crate::message::{Digest, Encode, Sig, Signed};
+
+/// One signed normal-case statement, as evidence needs it.
+#[derive(Clone, Debug)]
+pub struct Statement {
+    pub signer: NodeId,
+    pub bytes: Vec<u8>,
+    pub sig: Sig,
+}
+
+/// Tag, view and sequence of an encoded statement; its digest.
+type Slot = (u8, u64, u64);
+
+fn parse(bytes: &[u8]) -> Option<(Slot, Digest)> {
+    let tag = *bytes.first()?;
+    if !(3..=5).contains(&tag) || bytes.len() < 49 {
+        return None;
+    }
+    let view = u64::from_le_bytes(bytes[1..9].try_into().ok()?);
+    let seq = u64::from_le_bytes(bytes[9..17].try_into().ok()?);
+    let digest: Digest = bytes[17..49].try_into().ok()?;
+    Some(((tag, view, seq), digest))
+}
+
+impl Statement {
+    pub fn of<T: Encode>(s: &Signed<T>) -> Statement {
+        Statement {
+            signer: s.signer,
+            bytes: s.body.to_bytes(),
+            sig: s.sig,
+        }
+    }
+}
+
+/// Encode two conflicting statements of one signer as a proof.
+pub fn proof(a: &Statement, b: &Statement) -> Bytes {
+    debug_assert_eq!(a.signer, b.signer);
+    let mut out = Vec::with_capacity(a.bytes.len() + b.bytes.len() + 160);
+    out.extend_from_slice(&a.signer.0.to_le_bytes());
+    for s in [a, b] {
+        out.extend_from_slice(&(s.bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&s.bytes);
+        out.extend_from_slice(&s.sig.0);
+    }
+    Bytes::from(out)
+}
+
+/// Why a proof does not hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvidenceError {
+    Malformed,
+    UnknownSigner,
+    BadSignature,
+    /// The statements are for different slots or name the same digest.
+    NoConflict,
+}
+
+/// Check a proof; on success, the replica it convicts.
+pub fn verify(proof: &[u8], keys: &[VerifyingKey]) -> Result<NodeId, EvidenceError> {
+    let take = |at: &mut usize, len: usize| -> Result<&[u8], EvidenceError> {
+        let s = proof.get(*at..*at + len).ok_or(EvidenceError::Malformed)?;
+        *at += len;
+        Ok(s)
+    };
+    let mut at = 0;
+    let signer = NodeId(u32::from_le_bytes(take(&mut at, 4)?.try_into().unwrap()));
+    let key = keys
+        .get(signer.index())
+        .ok_or(EvidenceError::UnknownSigner)?;
+    let mut parsed = Vec::new();
+    for _ in 0..2 {
+        let len = u32::from_le_bytes(take(&mut at, 4)?.try_into().unwrap()) as usize;
+        let body = take(&mut at, len)?;
+        let sig: [u8; 64] = take(&mut at, 64)?.try_into().unwrap();
+        key.verify_strict(body, &Signature::from_bytes(&sig))
+            .map_err(|_| EvidenceError::BadSignature)?;
+        parsed.push(parse(body).ok_or(EvidenceError::Malformed)?);
+    }
+    let ((slot_a, d_a), (slot_b, d_b)) = (parsed[0], parsed[1]);
+    if at != proof.len() {
+        return Err(EvidenceError::Malformed);
+    }
+    if slot_a != slot_b || d_a == d_b {
+        return Err(EvidenceError::NoConflict);
+    }
+    Ok(signer)
+}
+
+/// What a replica has seen each replica sign, per slot, to notice conflicts; and the
+/// record of who was convicted (the slashing record).
+#[derive(Default)]
+pub struct EvidenceLog {
+    seen: BTreeMap<(Slot, NodeId), (Digest, Statement)>,
+    reported: BTreeSet<(Slot, NodeId)>,
+    pub convicted: BTreeMap<NodeId, u64>,
+}
+
+impl EvidenceLog {
+    /// Record a verified statement; a proof if it conflicts with one seen before (each
+    /// slot and signer reported once).
+    pub fn observe(&mut self, s: Statement) -> Option<Bytes> {
+        let (slot, digest) = parse(&s.bytes)?;
+        let key = (slot, s.signer);
+        match self.seen.get(&key) {
+            None => {
+                self.seen.insert(key, (digest, s));
+                None
+            }
+            Some((d, _)) if *d == digest => None,
+            Some((_, first)) => {
+                if !self.reported.insert(key) {
+                    return None;
+                }
+                *self.convicted.entry(s.signer).or_default() += 1;
+                Some(proof(first, &s))
+            }
+        }
+    }
+
+    /// Forget slots at or below `seq` (garbage collection at a stable checkpoint).
+    pub fn forget_through(&mut self, seq: u64) {
+        self.seen.retain(|((_, _, s), _), _| *s > seq);
+        self.reported.retain(|((_, _, s), _)| *s > seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{derive_key, derive_public_keys, sign};
+    use crate::message::{Commit, PrePrepare};
+
+    fn pp(digest: u8) -> Statement {
+        let body = PrePrepare {
+            view: 1,
+            seq: 9,
+            digest: [digest; 32],
+        };
+        Statement::of(&sign(&derive_key(3, 1), NodeId(1), body))
+    }
+
+    #[test]
+    fn two_pre_prepares_for_one_slot_convict_their_signer() {
+        let mut log = EvidenceLog::default();
+        assert!(log.observe(pp(1)).is_none());
+        assert!(log.observe(pp(1)).is_none(), "a repeat is no conflict");
+        let proof = log.observe(pp(2)).expect("conflict");
+        assert_eq!(verify(&proof, &derive_public_keys(3, 4)), Ok(NodeId(1)));
+        assert!(log.observe(pp(3)).is_none(), "reported once");
+        assert_eq!(log.convicted[&NodeId(1)], 1);
+    }
+
+    #[test]
+    fn a_tampered_or_unrelated_pair_proves_nothing() {
+        let keys = derive_public_keys(3, 4);
+        let mut p = proof(&pp(1), &pp(2)).to_vec();
+        p[10] ^= 1;
+        assert_eq!(verify(&p, &keys), Err(EvidenceError::BadSignature));
+        assert_eq!(
+            verify(&proof(&pp(1), &pp(1)), &keys),
+            Err(EvidenceError::NoConflict)
+        );
+        let other = Commit {
+            view: 1,
+            seq: 9,
+            digest: [2; 32],
+        };
+        let c = Statement::of(&sign(&derive_key(3, 1), NodeId(1), other));
+        assert_eq!(
+            verify(&proof(&pp(1), &c), &keys),
+            Err(EvidenceError::NoConflict)
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! PBFT — Practical Byzantine Fault Tolerance (Castro & Liskov, OSDI'99 and TOCS'02) — as
+//! a sans-IO ekmat replica.
+//!
+//! n = 3f+1 validators order batches of client requests so that every correct replica
+//! executes the same batches in the same order, whatever f Byzantine replicas do:
+//!
+//! - [`message`]: the signed messages and their canonical encoding;
+//! - [`crypto`]: ed25519 signatures, a verified-signature cache, batch verification;
+//! - `normal_case`: pre-prepare, prepare, commit, execute;
+//! - `batching`: gateways' signed bundles, the primary's batches and pipeline;
+//! - `checkpoint`: stable checkpoints, garbage collection, watermarks;
+//! - `view_change`: VIEW-CHANGE / NEW-VIEW with proofs every replica checks;
+//! - `state_transfer`: committed batches fetched with their quorum certificates;
+//! - [`certificate`]: quorum certificates anyone can verify with the public keys;
+//! - [`evidence`]: equivocation turned into self-contained proofs;
+//! - [`durable`]: what is persisted so a restarted replica never contradicts itself.
+//!
+//! Deterministic: no clock, no threads, no randomness; `BTreeMap`s only.
+
+mod batching;
+pub mod certificate;
+mod checkpoint;
+pub mod config;
+pub mod crypto;
+pub mod durable;
+pub mod evidence;
+pub mod message;
+mod normal_case;
+mod replica;
+mod state_transfer;
+mod view_change;
+
+pub use certificate::{CertError, QuorumCertificate};
+pub use config::{Mutant, PbftConfig};
+pub use durable::{PbftStable, Write};
+pub use ekmat_core::{NodeId, Time};
+pub use message::Message;
+pub use replica::{Pbft, PbftStats, primary_of};
+
+#[cfg(test)]
+mod tests;

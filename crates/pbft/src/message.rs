@@ -1,0 +1,382 @@
+//! PBFT's messages (Castro & Liskov, TOCS'02 §4) and the one canonical encoding their
+//! signatures and digests cover.
+//!
+//! Every message a replica sends is a [`Signed`] body. The encoding starts with a tag per
+//! body type (domain separation), so a signature over a PREPARE can never be replayed as
+//! a COMMIT with the same fields.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ekmat_core::{NodeId, RequestId};
+use sha2::{Digest as _, Sha256};
+
+use crate::certificate::QuorumCertificate;
+
+/// A SHA-256 digest.
+pub type Digest = [u8; 32];
+
+pub fn sha256(bytes: &[u8]) -> Digest {
+    Sha256::digest(bytes).into()
+}
+
+/// An ed25519 signature's 64 bytes (kept as bytes so messages are `Hash`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sig(pub [u8; 64]);
+
+impl fmt::Debug for Sig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sig:{:02x}{:02x}", self.0[0], self.0[1])
+    }
+}
+
+/// A body signed by `signer`. The signature covers `body.encode()` only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Signed<T> {
+    pub body: T,
+    pub signer: NodeId,
+    pub sig: Sig,
+}
+
+/// The canonical encoding signatures and digests are computed over.
+pub trait Encode {
+    fn encode(&self, out: &mut Vec<u8>);
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        self.encode(&mut out);
+        out
+    }
+}
+
+pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_u64(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+impl<T: Encode> Encode for Signed<T> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.body.encode(out);
+        put_u64(out, self.signer.0 as u64);
+        out.extend_from_slice(&self.sig.0);
+    }
+}
+
+/// One client operation as a gateway received it. `op` is `None` for a linearizable
+/// read, which is ordered like a write but changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientRequest {
+    pub id: RequestId,
+    pub op: Option<Bytes>,
+}
+
+/// Requests a gateway collected and vouches for with one signature: one signature
+/// check per bundle, not per request, is what lets batching pay off.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Bundle {
+    pub gateway: NodeId,
+    /// Distinguishes two bundles of the same gateway with equal contents.
+    pub nonce: u64,
+    pub requests: Vec<ClientRequest>,
+}
+
+impl Encode for Bundle {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(1);
+        put_u64(out, self.gateway.0 as u64);
+        put_u64(out, self.nonce);
+        put_u64(out, self.requests.len() as u64);
+        for r in &self.requests {
+            put_u64(out, r.id.client);
+            put_u64(out, r.id.seq);
+            match &r.op {
+                Some(op) => put_bytes(out, op),
+                None => put_u64(out, u64::MAX),
+            }
+        }
+    }
+}
+
+/// What the primary orders at one sequence number: whole signed bundles. An empty
+/// batch is PBFT's null request.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Batch {
+    pub bundles: Vec<Arc<Signed<Bundle>>>,
+}
+
+impl fmt::Debug for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let requests: usize = self.bundles.iter().map(|b| b.body.requests.len()).sum();
+        write!(
+            f,
+            "batch[{} bundles, {requests} requests]",
+            self.bundles.len()
+        )
+    }
+}
+
+impl Batch {
+    /// The digest a pre-prepare names: over every bundle with its signature.
+    pub fn digest(&self) -> Digest {
+        let mut h = Sha256::new();
+        h.update([2u8]);
+        for b in &self.bundles {
+            h.update(bundle_digest(b));
+        }
+        h.finalize().into()
+    }
+
+    pub fn is_null(&self) -> bool {
+        self.bundles.is_empty()
+    }
+
+    pub fn requests(&self) -> impl Iterator<Item = (&Signed<Bundle>, &ClientRequest)> {
+        self.bundles
+            .iter()
+            .flat_map(|b| b.body.requests.iter().map(move |r| (&**b, r)))
+    }
+}
+
+/// Identifies a bundle (with its signature) in pending queues and batch digests.
+pub fn bundle_digest(b: &Signed<Bundle>) -> Digest {
+    sha256(&b.to_bytes())
+}
+
+/// PRE-PREPARE ⟨v, n, d⟩: the primary assigns digest `d` to sequence number `n` in view `v`.
+/// The batch travels beside the signed header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrePrepare {
+    pub view: u64,
+    pub seq: u64,
+    pub digest: Digest,
+}
+
+/// PREPARE ⟨v, n, d, i⟩. It carries the primary's pre-prepare signature, so a replica
+/// that was sent a different pre-prepare for the same (v, n) holds two conflicting
+/// signed statements of the primary — evidence within one round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Prepare {
+    pub view: u64,
+    pub seq: u64,
+    pub digest: Digest,
+    pub primary_sig: Sig,
+}
+
+/// COMMIT ⟨v, n, d, i⟩.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Commit {
+    pub view: u64,
+    pub seq: u64,
+    pub digest: Digest,
+}
+
+/// CHECKPOINT ⟨n, d, i⟩: `digest` chains the digests of every batch executed up to `n`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub digest: Digest,
+}
+
+impl Encode for PrePrepare {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(3);
+        put_u64(out, self.view);
+        put_u64(out, self.seq);
+        out.extend_from_slice(&self.digest);
+    }
+}
+
+impl Encode for Prepare {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(4);
+        put_u64(out, self.view);
+        put_u64(out, self.seq);
+        out.extend_from_slice(&self.digest);
+        out.extend_from_slice(&self.primary_sig.0);
+    }
+}
+
+impl Encode for Commit {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(5);
+        put_u64(out, self.view);
+        put_u64(out, self.seq);
+        out.extend_from_slice(&self.digest);
+    }
+}
+
+impl Encode for Checkpoint {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(6);
+        put_u64(out, self.seq);
+        out.extend_from_slice(&self.digest);
+    }
+}
+
+/// 2f+1 matching signed checkpoints: the proof that `seq` is stable. Sequence 0 (the
+/// initial state) needs no signatures.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CheckpointProof {
+    pub seq: u64,
+    pub digest: Digest,
+    pub sigs: Vec<Signed<Checkpoint>>,
+}
+
+/// A prepared certificate: the pre-prepare, its batch, and 2f matching prepares from
+/// distinct backups. A VIEW-CHANGE carries one per sequence number above the stable
+/// checkpoint the sender prepared.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PreparedCert {
+    pub pre_prepare: Signed<PrePrepare>,
+    pub batch: Arc<Batch>,
+    pub prepares: Vec<Signed<Prepare>>,
+}
+
+/// VIEW-CHANGE ⟨v+1, n, C, P, i⟩.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ViewChange {
+    pub new_view: u64,
+    pub checkpoint: CheckpointProof,
+    pub prepared: Vec<PreparedCert>,
+}
+
+/// NEW-VIEW ⟨v+1, V, O⟩: the view-changes the new primary used and the pre-prepares it
+/// re-issues (null ones for gaps), which every replica recomputes before accepting.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NewView {
+    pub view: u64,
+    pub view_changes: Vec<Arc<Signed<ViewChange>>>,
+    pub pre_prepares: Vec<Signed<PrePrepare>>,
+}
+
+/// A lagging replica asks for the committed batches from `from` on, and (if it is in an
+/// older view) for the NEW-VIEW that installed the responder's view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fetch {
+    pub from: u64,
+    pub view: u64,
+}
+
+/// Committed batches, each with the quorum certificate that proves it committed: the
+/// receiver needs nothing but the validators' public keys to check them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Transfer {
+    pub entries: Vec<(Arc<Batch>, QuorumCertificate)>,
+}
+
+impl Encode for CheckpointProof {
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.seq);
+        out.extend_from_slice(&self.digest);
+        put_u64(out, self.sigs.len() as u64);
+        for s in &self.sigs {
+            s.encode(out);
+        }
+    }
+}
+
+impl Encode for PreparedCert {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.pre_prepare.encode(out);
+        out.extend_from_slice(&self.batch.digest());
+        put_u64(out, self.prepares.len() as u64);
+        for p in &self.prepares {
+            p.encode(out);
+        }
+    }
+}
+
+impl Encode for ViewChange {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(7);
+        put_u64(out, self.new_view);
+        self.checkpoint.encode(out);
+        put_u64(out, self.prepared.len() as u64);
+        for p in &self.prepared {
+            p.encode(out);
+        }
+    }
+}
+
+impl Encode for NewView {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(8);
+        put_u64(out, self.view);
+        put_u64(out, self.view_changes.len() as u64);
+        for v in &self.view_changes {
+            v.encode(out);
+        }
+        put_u64(out, self.pre_prepares.len() as u64);
+        for p in &self.pre_prepares {
+            p.encode(out);
+        }
+    }
+}
+
+impl Encode for Fetch {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(9);
+        put_u64(out, self.from);
+        put_u64(out, self.view);
+    }
+}
+
+impl Encode for Transfer {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(10);
+        put_u64(out, self.entries.len() as u64);
+        for (batch, qc) in &self.entries {
+            out.extend_from_slice(&batch.digest());
+            qc.encode(out);
+        }
+    }
+}
+
+/// Everything replicas send each other.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Message {
+    /// A gateway's requests, sent to every replica (so backups can watch the primary).
+    Bundle(Arc<Signed<Bundle>>),
+    PrePrepare {
+        header: Signed<PrePrepare>,
+        batch: Arc<Batch>,
+    },
+    Prepare(Signed<Prepare>),
+    Commit(Signed<Commit>),
+    Checkpoint(Signed<Checkpoint>),
+    ViewChange(Arc<Signed<ViewChange>>),
+    NewView(Arc<Signed<NewView>>),
+    Fetch(Signed<Fetch>),
+    Transfer(Arc<Signed<Transfer>>),
+}
+
+impl Message {
+    /// The view a normal-case message belongs to (for buffering early arrivals).
+    pub fn normal_case_view(&self) -> Option<u64> {
+        match self {
+            Message::PrePrepare { header, .. } => Some(header.body.view),
+            Message::Prepare(p) => Some(p.body.view),
+            Message::Commit(c) => Some(c.body.view),
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Bundle(_) => "bundle",
+            Message::PrePrepare { .. } => "pre-prepare",
+            Message::Prepare(_) => "prepare",
+            Message::Commit(_) => "commit",
+            Message::Checkpoint(_) => "checkpoint",
+            Message::ViewChange(_) => "view-change",
+            Message::NewView(_) => "new-view",
+            Message::Fetch(_) => "fetch",
+            Message::Transfer(_) => "transfer",
+        }
+    }
+}

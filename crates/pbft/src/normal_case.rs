@@ -1,0 +1,403 @@
+//! The normal case (TOCS'02 §4.2): PRE-PREPARE → PREPARE → COMMIT → execute in
+//! sequence order.
+//!
+//! A backup accepts a pre-prepare in its view, inside the watermarks, signed by the
+//! primary, if it accepted no other digest for that sequence number in this view. A
+//! request is *prepared* with the pre-prepare and 2f matching prepares from distinct
+//! backups; *committed-local* once prepared with 2f+1 matching commits. Those 2f+1
+//! commits are the batch's quorum certificate.
+
+use std::sync::Arc;
+
+use ekmat_core::{CommittedEntry, Reply};
+
+use crate::certificate::QuorumCertificate;
+use crate::config::Mutant;
+use crate::crypto::SigItem;
+use crate::durable::Write;
+use crate::evidence::Statement;
+use crate::message::{
+    Batch, Commit, Digest, Message, PrePrepare, Prepare, PreparedCert, Signed, bundle_digest,
+    sha256,
+};
+use crate::replica::{Fx, Pbft, primary_of};
+
+/// Recent request numbers kept per client for at-most-once execution.
+const SESSION_DEPTH: usize = 8;
+
+/// What one client had executed: the digests of its recent requests, and a floor below
+/// which every request counts as executed. A bundle may be ordered twice (a primary
+/// cannot know everything executed elsewhere, and gateways resend), so execution itself
+/// must refuse repeats, for as long as the client could repeat them.
+#[derive(Default)]
+pub(crate) struct Session {
+    floor: u64,
+    recent: std::collections::BTreeMap<u64, Vec<Digest>>,
+}
+
+impl Session {
+    /// True the first time (request number, bytes) is seen above the floor.
+    fn admit(&mut self, seq: u64, digest: Digest) -> bool {
+        if seq < self.floor {
+            return false;
+        }
+        let seen = self.recent.entry(seq).or_default();
+        if seen.contains(&digest) {
+            return false;
+        }
+        seen.push(digest);
+        while self.recent.len() > SESSION_DEPTH {
+            if let Some((oldest, _)) = self.recent.pop_first() {
+                self.floor = oldest + 1;
+            }
+        }
+        true
+    }
+}
+
+impl Pbft {
+    pub(crate) fn on_pre_prepare(
+        &mut self,
+        header: Signed<PrePrepare>,
+        batch: Arc<Batch>,
+        out: &mut Fx,
+    ) {
+        let pp = header.body;
+        if header.signer != primary_of(pp.view, self.n())
+            || !self.pre_prepare_verifies(&header, &batch)
+        {
+            return self.reject_signature(out);
+        }
+        self.note_seen(header.signer, pp.seq, pp.view);
+        if self.defer_if_other_view(
+            pp.view,
+            Message::PrePrepare {
+                header,
+                batch: batch.clone(),
+            },
+        ) {
+            return;
+        }
+        if !self.in_window(pp.seq) || self.is_primary() {
+            return;
+        }
+        let conflicting = self
+            .accepted
+            .get(&pp.seq)
+            .is_some_and(|&(v, d)| v == pp.view && d != pp.digest);
+        if conflicting {
+            // The primary equivocated: keep the proof, accept neither again.
+            return self.observe(Statement::of(&header), out);
+        }
+        if self
+            .log
+            .get(&pp.seq)
+            .is_some_and(|s| s.pre_prepare.is_some())
+        {
+            return;
+        }
+        self.install_pre_prepare(header, batch, out);
+        self.send_prepare(&header, out);
+        self.check_prepared(pp.seq, out);
+    }
+
+    /// The header's signature, the batch's digest and every bundle's signature (verified
+    /// as one batch, skipping those already seen alone).
+    fn pre_prepare_verifies(&mut self, header: &Signed<PrePrepare>, batch: &Batch) -> bool {
+        if batch.digest() != header.body.digest
+            && self.cfg.mutant != Mutant::SkipSignatureVerification
+        {
+            return false;
+        }
+        let gateways_sign = batch.bundles.iter().all(|b| b.signer == b.body.gateway);
+        let mut items = vec![SigItem::of(header)];
+        items.extend(batch.bundles.iter().map(|b| SigItem::of(&**b)));
+        gateways_sign && self.keys.verify_all(items)
+    }
+
+    pub(crate) fn send_prepare(&mut self, header: &Signed<PrePrepare>, out: &mut Fx) {
+        let body = Prepare {
+            view: header.body.view,
+            seq: header.body.seq,
+            digest: header.body.digest,
+            primary_sig: header.sig,
+        };
+        let prepare = self.keys.sign(body);
+        self.broadcast_durable(Message::Prepare(prepare), out);
+        self.log
+            .entry(body.seq)
+            .or_default()
+            .prepares
+            .insert(self.cfg.id, prepare);
+    }
+
+    pub(crate) fn on_prepare(&mut self, p: Signed<Prepare>, out: &mut Fx) {
+        if !self.keys.verify(&p) {
+            return self.reject_signature(out);
+        }
+        self.note_seen(p.signer, p.body.seq, p.body.view);
+        if self.defer_if_other_view(p.body.view, Message::Prepare(p)) || !self.in_window(p.body.seq)
+        {
+            return;
+        }
+        self.observe(Statement::of(&p), out);
+        self.check_primary_consistency(&p, out);
+        let primary = primary_of(self.view, self.n());
+        if p.signer == primary && self.cfg.mutant != Mutant::CommitWithoutPrePrepare {
+            return; // the primary's word is its pre-prepare; it does not prepare
+        }
+        let seq = p.body.seq;
+        self.log
+            .entry(seq)
+            .or_default()
+            .prepares
+            .entry(p.signer)
+            .or_insert(p);
+        self.check_prepared(seq, out);
+    }
+
+    /// A prepare carries the primary's signature over the pre-prepare its sender
+    /// accepted. If that names another digest than the pre-prepare this replica holds,
+    /// the primary signed two: evidence.
+    fn check_primary_consistency(&mut self, p: &Signed<Prepare>, out: &mut Fx) {
+        let Some((mine, _)) = self
+            .log
+            .get(&p.body.seq)
+            .and_then(|s| s.pre_prepare.as_ref())
+        else {
+            return;
+        };
+        if mine.body.digest == p.body.digest {
+            return;
+        }
+        let theirs = Signed {
+            body: PrePrepare {
+                view: p.body.view,
+                seq: p.body.seq,
+                digest: p.body.digest,
+            },
+            signer: mine.signer,
+            sig: p.body.primary_sig,
+        };
+        if self.keys.verify(&theirs) {
+            self.observe(Statement::of(&theirs), out);
+        }
+    }
+
+    /// Prepared: the pre-prepare and `quorum - 1` matching prepares from distinct
+    /// backups. Then the prepared certificate is made durable before COMMIT leaves.
+    pub(crate) fn check_prepared(&mut self, seq: u64, out: &mut Fx) {
+        if self.cfg.mutant == Mutant::CommitWithoutPrePrepare {
+            return self.check_prepared_mutant(seq, out);
+        }
+        let need = self.quorum() - 1;
+        let Some(slot) = self.log.get(&seq) else {
+            return;
+        };
+        let Some((header, batch)) = slot.pre_prepare.clone() else {
+            return;
+        };
+        if !slot.commit_sent.is_empty() {
+            return;
+        }
+        let prepares: Vec<_> = slot
+            .prepares
+            .values()
+            .filter(|p| p.body.digest == header.body.digest)
+            .cloned()
+            .collect();
+        if prepares.len() < need {
+            return;
+        }
+        let cert = PreparedCert {
+            pre_prepare: header,
+            batch,
+            prepares,
+        };
+        self.persist(Write::Prepared(cert.clone()), out);
+        self.prepared_certs.insert(seq, cert.clone());
+        self.send_commit(cert.pre_prepare.body, out);
+    }
+
+    /// The planted bug: any digest with 2f prepares from anyone gets a COMMIT, whatever
+    /// pre-prepare (if any) this replica accepted.
+    fn check_prepared_mutant(&mut self, seq: u64, out: &mut Fx) {
+        let need = self.quorum() - 1;
+        let Some(slot) = self.log.get(&seq) else {
+            return;
+        };
+        let mut counts: std::collections::BTreeMap<Digest, usize> = Default::default();
+        for p in slot.prepares.values() {
+            *counts.entry(p.body.digest).or_default() += 1;
+        }
+        let ready: Vec<Digest> = counts
+            .into_iter()
+            .filter(|&(d, c)| c >= need && !slot.commit_sent.contains(&d))
+            .map(|(d, _)| d)
+            .collect();
+        for digest in ready {
+            let body = PrePrepare {
+                view: self.view,
+                seq,
+                digest,
+            };
+            self.send_commit(body, out);
+        }
+    }
+
+    fn send_commit(&mut self, pp: PrePrepare, out: &mut Fx) {
+        let body = Commit {
+            view: pp.view,
+            seq: pp.seq,
+            digest: pp.digest,
+        };
+        let commit = self.keys.sign(body);
+        self.broadcast_durable(Message::Commit(commit), out);
+        let slot = self.log.entry(pp.seq).or_default();
+        slot.commit_sent.insert(pp.digest);
+        slot.commits.entry(self.cfg.id).or_insert(commit);
+        self.check_committed(pp.seq);
+    }
+
+    pub(crate) fn on_commit(&mut self, c: Signed<Commit>, out: &mut Fx) {
+        if !self.keys.verify(&c) {
+            return self.reject_signature(out);
+        }
+        self.note_seen(c.signer, c.body.seq, c.body.view);
+        if self.defer_if_other_view(c.body.view, Message::Commit(c)) || !self.in_window(c.body.seq)
+        {
+            return;
+        }
+        self.observe(Statement::of(&c), out);
+        let seq = c.body.seq;
+        self.log
+            .entry(seq)
+            .or_default()
+            .commits
+            .entry(c.signer)
+            .or_insert(c);
+        self.check_committed(seq);
+    }
+
+    /// Committed-local: this replica sent COMMIT for a digest (it prepared it) and
+    /// `quorum` replicas committed that digest, and it holds the batch.
+    fn check_committed(&mut self, seq: u64) {
+        let quorum = self.quorum();
+        let Some(slot) = self.log.get_mut(&seq) else {
+            return;
+        };
+        if slot.committed.is_some() {
+            return;
+        }
+        let Some((header, _)) = &slot.pre_prepare else {
+            return;
+        };
+        let digest = header.body.digest;
+        if !slot.commit_sent.contains(&digest) {
+            return;
+        }
+        let matching: Vec<&Signed<Commit>> = slot
+            .commits
+            .values()
+            .filter(|c| c.body.digest == digest)
+            .collect();
+        if matching.len() >= quorum {
+            let statement = matching[0].body;
+            slot.committed = Some(QuorumCertificate::from_commits(statement, matching));
+        }
+    }
+
+    /// Execute every batch that is committed, in sequence order, with no gaps.
+    pub(crate) fn execute_ready(&mut self, out: &mut Fx) {
+        loop {
+            let next = self.last_executed + 1;
+            let from_log = self.log.get(&next).and_then(|s| {
+                let qc = s.committed.clone()?;
+                Some((s.pre_prepare.as_ref()?.1.clone(), qc, false))
+            });
+            let Some((batch, qc, from_disk)) = from_log.or_else(|| self.transfers.remove(&next))
+            else {
+                break;
+            };
+            self.execute(next, batch, qc, from_disk, out);
+        }
+        self.transfers.retain(|s, _| *s > self.last_executed);
+    }
+
+    fn execute(
+        &mut self,
+        seq: u64,
+        batch: Arc<Batch>,
+        qc: QuorumCertificate,
+        from_disk: bool,
+        out: &mut Fx,
+    ) {
+        assert_eq!(seq, self.last_executed + 1, "execution must be gapless");
+        assert_eq!(
+            qc.digest,
+            batch.digest(),
+            "{}: a certificate for another batch at {seq}",
+            self.cfg.id
+        );
+        if !from_disk {
+            let write = Write::Executed {
+                batch: batch.clone(),
+                qc: qc.clone(),
+            };
+            self.persist(write, out);
+        }
+        let mut chain = self.history.to_vec();
+        chain.extend_from_slice(&qc.digest);
+        self.history = sha256(&chain);
+        self.last_executed = seq;
+        self.deliver(&batch, out);
+        for b in &batch.bundles {
+            let d = bundle_digest(b);
+            self.pending.remove(&d);
+            self.in_flight.remove(&d);
+            self.executed_bundles.insert(d);
+        }
+        self.executed.insert(seq, (batch, qc));
+        self.on_progress();
+        self.maybe_checkpoint(seq, out);
+        self.try_propose(out);
+    }
+
+    /// Hand a batch's requests to the state machine, each (client, request, bytes) at
+    /// most once. Reads change nothing; their gateway answers once it has applied this far.
+    fn deliver(&mut self, batch: &Batch, out: &mut Fx) {
+        for (bundle, r) in batch.requests() {
+            let Some(op) = &r.op else {
+                if bundle.body.gateway == self.cfg.id {
+                    out.reply(Reply::ReadReady {
+                        id: r.id,
+                        index: self.applied,
+                    });
+                }
+                continue;
+            };
+            if !self
+                .sessions
+                .entry(r.id.client)
+                .or_default()
+                .admit(r.id.seq, sha256(op))
+            {
+                continue;
+            }
+            self.applied += 1;
+            let entry = CommittedEntry::Command {
+                id: r.id,
+                command: op.clone(),
+            };
+            out.commit(self.applied, entry);
+        }
+    }
+
+    /// Execution moved on: the primary is doing its job.
+    fn on_progress(&mut self) {
+        self.failed_views = 0;
+        self.timer = None;
+        self.behind_since = None;
+        self.arm_timer();
+    }
+}

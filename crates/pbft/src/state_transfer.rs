@@ -1,0 +1,97 @@
+//! State transfer: a replica that fell behind (a crash, a partition, a lost message)
+//! fetches committed batches from the others. Each comes with its quorum certificate,
+//! so the receiver trusts no single sender: it checks 2f+1 commit signatures and the
+//! batch digest, nothing else. A replica stuck in an older view is sent the NEW-VIEW
+//! that installed the responder's view, which it validates like any other.
+//!
+//! The executed log is kept whole (the state machine lives outside the core, so a
+//! snapshot-based transfer would need the state digest from the driver: not done).
+
+use std::sync::Arc;
+
+use crate::message::{Fetch, Message, Signed, Transfer};
+use crate::replica::{Fx, Pbft};
+
+/// Batches per transfer message.
+const TRANSFER_MAX: usize = 64;
+
+impl Pbft {
+    /// The highest sequence number and view that f+1 replicas (so at least one correct
+    /// one) were seen working on.
+    fn reached_by_f_plus_1(&self) -> (u64, u64) {
+        let mut seqs: Vec<u64> = self.seen.values().map(|s| s.0).collect();
+        let mut views: Vec<u64> = self.seen.values().map(|s| s.1).collect();
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        views.sort_unstable_by(|a, b| b.cmp(a));
+        let k = self.f();
+        (
+            seqs.get(k).copied().unwrap_or(0),
+            views.get(k).copied().unwrap_or(0),
+        )
+    }
+
+    pub(crate) fn maybe_fetch(&mut self, out: &mut Fx) {
+        let (seq, view) = self.reached_by_f_plus_1();
+        let view_behind = view > self.view || (view == self.view && !self.normal);
+        if seq <= self.last_executed && !view_behind {
+            self.behind_since = None;
+            return;
+        }
+        let since = *self.behind_since.get_or_insert(self.now);
+        let waited = self.now.since(since) >= self.cfg.fetch_timeout;
+        let rested = self
+            .last_fetch
+            .is_none_or(|t| self.now.since(t) >= self.cfg.fetch_timeout);
+        if waited && rested {
+            self.last_fetch = Some(self.now);
+            let body = Fetch {
+                from: self.last_executed + 1,
+                view: self.view,
+            };
+            self.counter("fetch", out);
+            self.broadcast(Message::Fetch(self.keys.sign(body)), out);
+        }
+    }
+
+    pub(crate) fn on_fetch(&mut self, f: Signed<Fetch>, out: &mut Fx) {
+        if !self.keys.verify(&f) {
+            return self.reject_signature(out);
+        }
+        let entries: Vec<_> = self
+            .executed
+            .range(f.body.from..)
+            .take(TRANSFER_MAX)
+            .map(|(_, e)| e.clone())
+            .collect();
+        if !entries.is_empty() {
+            let t = self.keys.sign(Transfer { entries });
+            out.send(f.signer, Message::Transfer(Arc::new(t)));
+        }
+        if f.body.view < self.view
+            && self.normal
+            && let Some(nv) = &self.last_new_view
+        {
+            out.send(f.signer, Message::NewView(nv.clone()));
+        }
+    }
+
+    pub(crate) fn on_transfer(&mut self, t: Arc<Signed<Transfer>>, out: &mut Fx) {
+        if !self.keys.verify(&*t) {
+            return self.reject_signature(out);
+        }
+        let quorum = self.quorum();
+        for (batch, qc) in &t.body.entries {
+            let useful = qc.seq > self.last_executed && !self.transfers.contains_key(&qc.seq);
+            if !useful {
+                continue;
+            }
+            if batch.digest() != qc.digest || !qc.verify_cached(&mut self.keys, quorum) {
+                self.reject_signature(out);
+                return;
+            }
+            self.stats.fetched += 1;
+            self.transfers
+                .insert(qc.seq, (batch.clone(), qc.clone(), false));
+        }
+    }
+}

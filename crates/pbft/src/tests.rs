@@ -1,0 +1,314 @@
+//! Behaviour of a whole cluster, driven by a tiny deterministic in-memory harness:
+//! messages delivered in FIFO order, writes durable at once.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ekmat_core::{
+    Committed, Durable, Effect, Effects, Event, Input, NodeId, Replica, Request, RequestId,
+    RequestKind, Time,
+};
+
+use crate::message::{Batch, Message};
+use crate::{Pbft, PbftConfig, PbftStable, Write, evidence};
+
+const KEY_SEED: u64 = 99;
+
+type Cut = Box<dyn Fn(NodeId, NodeId, &Message) -> bool>;
+
+struct Cluster {
+    nodes: Vec<Option<Pbft>>,
+    disks: Vec<PbftStable>,
+    queue: VecDeque<(NodeId, NodeId, Message)>,
+    now: Time,
+    committed: Vec<Vec<Committed>>,
+    events: Vec<(NodeId, Event)>,
+    /// Drop messages this returns true for.
+    cut: Cut,
+}
+
+fn config(i: u32, n: usize) -> PbftConfig {
+    let mut c = PbftConfig::from_seed(NodeId(i), n, KEY_SEED);
+    c.checkpoint_interval = 4;
+    c.window = 8;
+    c.max_inflight = 4;
+    c
+}
+
+impl Cluster {
+    fn new(n: usize) -> Cluster {
+        Cluster {
+            nodes: (0..n as u32)
+                .map(|i| Some(Pbft::new(config(i, n)).unwrap()))
+                .collect(),
+            disks: vec![PbftStable::default(); n],
+            queue: VecDeque::new(),
+            now: Time::ZERO,
+            committed: vec![Vec::new(); n],
+            events: Vec::new(),
+            cut: Box::new(|_, _, _| false),
+        }
+    }
+
+    fn input(&mut self, i: usize, input: Input<Message>) {
+        let Some(node) = self.nodes[i].as_mut() else {
+            return;
+        };
+        let mut out = Effects::new();
+        node.step(self.now, input, &mut out);
+        let me = NodeId(i as u32);
+        let mut persisted = None;
+        for e in out.drain() {
+            match e {
+                Effect::Send { to, msg } => {
+                    if !(self.cut)(me, to, &msg) {
+                        self.queue.push_back((me, to, msg));
+                    }
+                }
+                Effect::Persist { seq, write } => {
+                    self.disks[i].apply(&write);
+                    persisted = Some(seq);
+                }
+                Effect::Commit(c) => self.committed[i].push(c),
+                Effect::Event(ev) => self.events.push((me, ev)),
+                Effect::Reply(_) | Effect::Restore { .. } => {}
+            }
+        }
+        if let Some(seq) = persisted {
+            self.input(i, Input::Persisted { seq });
+        }
+    }
+
+    fn request(&mut self, at: usize, client: u64, seq: u64) {
+        let r = Request {
+            id: RequestId { client, seq },
+            kind: RequestKind::Write(Bytes::from(format!("op {client}/{seq}"))),
+        };
+        self.input(at, Input::Request(r));
+    }
+
+    fn run(&mut self) {
+        while let Some((from, to, msg)) = self.queue.pop_front() {
+            self.input(to.index(), Input::Message { from, msg });
+        }
+    }
+
+    /// Let `ms` of time pass, ticking every 10ms and delivering everything between.
+    fn advance(&mut self, ms: u64) {
+        for _ in 0..ms / 10 {
+            self.now = self.now + Duration::from_millis(10);
+            for i in 0..self.nodes.len() {
+                self.input(i, Input::Tick);
+            }
+            self.run();
+        }
+    }
+
+    fn node(&self, i: usize) -> &Pbft {
+        self.nodes[i].as_ref().unwrap()
+    }
+
+    fn assert_agree(&self, live: &[usize]) {
+        let first = &self.committed[live[0]];
+        for &i in live {
+            assert_eq!(&self.committed[i], first, "n{i} executed differently");
+        }
+    }
+}
+
+#[test]
+fn four_replicas_order_requests_and_agree() {
+    let mut c = Cluster::new(4);
+    for s in 1..=10 {
+        c.request((s % 4) as usize, 1, s);
+        c.run();
+    }
+    c.advance(50);
+    assert_eq!(c.committed[0].len(), 10);
+    c.assert_agree(&[0, 1, 2, 3]);
+    let indexes: Vec<u64> = c.committed[2].iter().map(|e| e.index).collect();
+    assert_eq!(indexes, (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn every_executed_batch_carries_a_verifiable_quorum_certificate() {
+    let mut c = Cluster::new(4);
+    c.request(1, 1, 1);
+    c.advance(30);
+    let (batch, qc) = c.node(3).executed(1).expect("executed").clone();
+    assert_eq!(qc.digest, batch.digest());
+    let keys = crate::crypto::derive_public_keys(KEY_SEED, 4);
+    assert_eq!(qc.verify(&keys, 3), Ok(()));
+}
+
+#[test]
+fn checkpoints_become_stable_and_collect_garbage() {
+    let mut c = Cluster::new(4);
+    for s in 1..=12 {
+        c.request(0, 1, s);
+        c.run();
+    }
+    c.advance(50);
+    for i in 0..4 {
+        assert!(
+            c.node(i).low_watermark() >= 8,
+            "n{i}: {}",
+            c.node(i).low_watermark()
+        );
+        assert!(c.node(i).log.keys().all(|s| *s > c.node(i).low_watermark()));
+    }
+    assert!(
+        c.disks[2].checkpoint.seq >= 8,
+        "stable checkpoints are durable"
+    );
+}
+
+#[test]
+fn a_silent_primary_is_replaced_and_the_backlog_executes() {
+    let mut c = Cluster::new(4);
+    c.cut = Box::new(|from, _, _| from == NodeId(0));
+    c.request(1, 7, 1);
+    c.request(2, 8, 1);
+    c.advance(3000);
+    for i in 1..4 {
+        assert!(c.node(i).view() >= 1, "n{i} still in view 0");
+        assert_eq!(c.committed[i].len(), 2, "n{i}");
+    }
+    c.assert_agree(&[1, 2, 3]);
+    assert!(
+        c.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::BecameLeader { term: 1 }))
+    );
+}
+
+#[test]
+fn view_change_timeouts_double_up_to_eight_times_and_reset_on_progress() {
+    let mut c = Cluster::new(4);
+    // Every primary fails to lead: its pre-prepares and NEW-VIEWs are lost.
+    c.cut = Box::new(|_, _, m| matches!(m, Message::PrePrepare { .. } | Message::NewView(_)));
+    c.request(1, 1, 1);
+    let base = c.node(1).cfg.view_timeout;
+    assert_eq!(c.node(1).timeout(), base);
+    c.advance(40_000);
+    assert_eq!(c.node(1).timeout(), base * 8, "capped at 8x");
+    c.cut = Box::new(|_, _, _| false);
+    c.advance(40_000);
+    assert_eq!(c.committed[1].len(), 1);
+    assert_eq!(c.node(1).timeout(), base, "progress resets it");
+}
+
+#[test]
+fn a_restarted_replica_replays_its_executed_batches_and_keeps_its_view() {
+    let mut c = Cluster::new(4);
+    for s in 1..=5 {
+        c.request(0, 1, s);
+        c.run();
+    }
+    c.advance(50);
+    let stable = c.disks[2].clone();
+    c.nodes[2] = Some(Pbft::recover(config(2, 4), stable, c.now).unwrap());
+    c.committed[2].clear();
+    c.request(3, 1, 6);
+    c.advance(100);
+    assert_eq!(c.committed[2].len(), 6);
+    c.assert_agree(&[0, 1, 2, 3]);
+}
+
+#[test]
+fn a_replica_cut_off_catches_up_by_state_transfer() {
+    let mut c = Cluster::new(4);
+    c.cut = Box::new(|_, to, _| to == NodeId(3));
+    for s in 1..=20 {
+        c.request(0, 1, s);
+        c.advance(20);
+    }
+    assert!(c.committed[3].is_empty());
+    c.cut = Box::new(|_, _, _| false);
+    c.request(0, 1, 21);
+    c.advance(2000);
+    assert_eq!(c.committed[3].len(), 21);
+    assert!(c.node(3).stats().fetched > 0);
+    c.assert_agree(&[0, 1, 2, 3]);
+}
+
+#[test]
+fn an_equivocating_primary_is_convicted_by_its_own_signatures() {
+    let mut c = Cluster::new(4);
+    // The primary's pre-prepare for replica 3 is re-signed over another batch.
+    let primary_key = config(0, 4).secret;
+    c.request(0, 1, 1);
+    let mut swapped = 0;
+    let queue = std::mem::take(&mut c.queue);
+    for (from, to, msg) in queue {
+        let msg = match msg {
+            Message::PrePrepare { header, .. } if to == NodeId(3) => {
+                swapped += 1;
+                let batch = std::sync::Arc::new(Batch::default());
+                let mut body = header.body;
+                body.digest = batch.digest();
+                let header = crate::crypto::sign(&primary_key, NodeId(0), body);
+                Message::PrePrepare { header, batch }
+            }
+            m => m,
+        };
+        c.queue.push_back((from, to, msg));
+    }
+    assert_eq!(swapped, 1);
+    c.advance(50);
+    let proofs: Vec<_> = c
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Evidence { against, proof, .. } => Some((*against, proof.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(!proofs.is_empty(), "equivocation noticed");
+    let keys = crate::crypto::derive_public_keys(KEY_SEED, 4);
+    for (against, proof) in proofs {
+        assert_eq!(against, NodeId(0));
+        assert_eq!(evidence::verify(&proof, &keys), Ok(NodeId(0)));
+    }
+    c.assert_agree(&[0, 1, 2]);
+}
+
+#[test]
+fn a_message_with_a_bad_signature_is_dropped_and_counted() {
+    let mut c = Cluster::new(4);
+    c.request(0, 1, 1);
+    for (_, _, msg) in c.queue.iter_mut() {
+        if let Message::Bundle(b) = msg {
+            let mut forged = (**b).clone();
+            forged.sig.0[5] ^= 0xff;
+            *b = std::sync::Arc::new(forged);
+        }
+    }
+    c.run();
+    assert_eq!(c.node(1).stats().bad_signatures, 1);
+}
+
+#[test]
+fn a_non_validator_cannot_act_as_one() {
+    let mut cfg = config(0, 4);
+    cfg.id = NodeId(4);
+    let err = Pbft::new(cfg).expect_err("refused");
+    assert!(err.contains("not a validator"), "{err}");
+    let mut cfg = config(1, 4);
+    cfg.secret = config(2, 4).secret;
+    assert!(Pbft::new(cfg).is_err(), "someone else's key");
+}
+
+#[test]
+fn the_same_request_bytes_execute_at_most_once() {
+    let mut c = Cluster::new(4);
+    c.request(1, 5, 1);
+    c.request(1, 5, 1); // the same request submitted twice: two bundles
+    c.advance(50);
+    assert_eq!(c.committed[0].len(), 1);
+    let _ = Write::View {
+        view: 0,
+        normal: true,
+    };
+}

@@ -1,0 +1,161 @@
+//! PBFT's safety properties, judged on honest replicas only (a Byzantine replica may
+//! execute anything; what matters is that it cannot make honest ones disagree):
+//!
+//! - **agreement**: no two honest replicas execute different batches at one sequence
+//!   number;
+//! - **state machine safety**: every honest replica delivers the same command at each
+//!   index of the state machine;
+//! - **validity**: only commands some client submitted are executed;
+//! - **at-most-once**: an honest replica delivers a given request (client, number and
+//!   bytes) at most once per incarnation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ekmat_core::{CommittedEntry, Effect, NodeId, RequestId, Time};
+use ekmat_pbft::message::{Digest, Message, sha256};
+use ekmat_pbft::{PbftStable, Write};
+
+use crate::protocol::{ProtocolChecker, Violation};
+use crate::protocols::PbftNode;
+
+pub struct PbftChecker {
+    honest: Vec<bool>,
+    /// The batch digest executed at each sequence number, and by whom first.
+    batches: BTreeMap<u64, (Digest, NodeId)>,
+    /// The command delivered at each state-machine index, and by whom first.
+    commands: BTreeMap<u64, (RequestId, Digest, NodeId)>,
+    /// Highest sequence number checked per node (this incarnation).
+    checked_seq: Vec<u64>,
+    /// What clients submitted anywhere, and how much of each node's record was read.
+    submitted: BTreeSet<(RequestId, Digest)>,
+    submitted_read: Vec<usize>,
+    delivered: Vec<BTreeSet<(RequestId, Digest)>>,
+}
+
+impl PbftChecker {
+    pub fn new(n: usize, honest: Vec<bool>) -> PbftChecker {
+        let n = n.max(honest.len());
+        PbftChecker {
+            honest,
+            batches: BTreeMap::new(),
+            commands: BTreeMap::new(),
+            checked_seq: vec![0; n],
+            submitted: BTreeSet::new(),
+            submitted_read: vec![0; n],
+            delivered: vec![BTreeSet::new(); n],
+        }
+    }
+
+    fn absorb_submissions(&mut self, node: NodeId, replica: &PbftNode) {
+        let read = &mut self.submitted_read[node.index()];
+        self.submitted
+            .extend(replica.submitted()[*read..].iter().copied());
+        *read = replica.submitted().len();
+    }
+
+    fn check_batches(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        replica: &PbftNode,
+    ) -> Result<(), Violation> {
+        let r = replica.replica();
+        let from = self.checked_seq[node.index()] + 1;
+        for seq in from..=r.last_executed() {
+            let Some((_, qc)) = r.executed(seq) else {
+                continue;
+            };
+            match self.batches.get(&seq) {
+                Some(&(d, first)) if d != qc.digest => {
+                    let detail = format!(
+                        "{node} executed batch {} at sequence {seq}, {first} executed batch {}",
+                        hex(&qc.digest),
+                        hex(&d)
+                    );
+                    return Err(Violation::new("agreement", now, detail));
+                }
+                Some(_) => {}
+                None => {
+                    self.batches.insert(seq, (qc.digest, node));
+                }
+            }
+        }
+        self.checked_seq[node.index()] = r.last_executed();
+        Ok(())
+    }
+
+    fn check_command(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        index: u64,
+        id: RequestId,
+        digest: Digest,
+    ) -> Result<(), Violation> {
+        if !self.submitted.contains(&(id, digest)) {
+            let detail = format!(
+                "{node} executed {id:?} ({}), which no client submitted",
+                hex(&digest)
+            );
+            return Err(Violation::new("validity", now, detail));
+        }
+        if !self.delivered[node.index()].insert((id, digest)) {
+            let detail = format!("{node} executed {id:?} ({}) twice", hex(&digest));
+            return Err(Violation::new("at-most-once", now, detail));
+        }
+        match self.commands.get(&index) {
+            Some(&(other, d, first)) if (other, d) != (id, digest) => {
+                let detail = format!(
+                    "{node} delivered {id:?} at index {index}, {first} delivered {other:?} there"
+                );
+                Err(Violation::new("state-machine-safety", now, detail))
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.commands.insert(index, (id, digest, node));
+                Ok(())
+            }
+        }
+    }
+}
+
+fn hex(d: &Digest) -> String {
+    d[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ProtocolChecker<PbftNode> for PbftChecker {
+    fn on_effect(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        replica: &PbftNode,
+        effect: &Effect<Message, Write>,
+    ) -> Result<(), Violation> {
+        self.absorb_submissions(node, replica);
+        if !self.honest.get(node.index()).copied().unwrap_or(true) {
+            return Ok(());
+        }
+        self.check_batches(now, node, replica)?;
+        match effect {
+            Effect::Commit(c) => match &c.entry {
+                CommittedEntry::Command { id, command } => {
+                    self.check_command(now, node, c.index, *id, sha256(command))
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    fn on_recover(
+        &mut self,
+        _now: Time,
+        node: NodeId,
+        _stable: &PbftStable,
+    ) -> Result<(), Violation> {
+        self.checked_seq[node.index()] = 0;
+        self.submitted_read[node.index()] = 0;
+        self.delivered[node.index()].clear();
+        Ok(())
+    }
+}

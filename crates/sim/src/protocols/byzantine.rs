@@ -1,0 +1,483 @@
+//! Byzantine behaviours for PBFT nodes. A Byzantine node runs the honest replica and
+//! rewrites the messages it sends; it can sign anything as itself, and nothing as
+//! anyone else (a message it forges for another replica carries a bad signature).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use ekmat_core::{DetRng, Effect, Effects, NodeId, Time};
+use ekmat_pbft::crypto::SigningKey;
+use ekmat_pbft::crypto::sign;
+use ekmat_pbft::message::{
+    Batch, Commit, Digest, Encode, Message, NewView, PrePrepare, Prepare, Sig, Signed, sha256,
+};
+use ekmat_pbft::{Pbft, Write, primary_of};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Adversary {
+    /// As primary, send one batch to some backups and another to the rest, and vote
+    /// for both.
+    Equivocate,
+    /// As backup, send prepares and commits for another digest to half the replicas.
+    EquivocateBackup,
+    /// Send nothing.
+    Silent,
+    /// Equivocate as primary, and forge the other replicas' prepares and commits for
+    /// whichever batch each backup got (their signatures cannot be right).
+    Forge,
+    /// Corrupt the signature of half the messages it sends.
+    Corrupt,
+    /// Send old messages it received to random replicas again.
+    Replay,
+    /// ByzzFuzz-style small mutations of its messages (view, sequence, digest), re-signed
+    /// or not.
+    Mutate,
+    /// As primary, leave out every request of one client.
+    Starve,
+    /// As new primary, send a NEW-VIEW whose pre-prepares drop every prepared batch.
+    ForgeNewView,
+    /// Two honest copies with one identity, each talking to half the cluster.
+    Twins,
+}
+
+impl Adversary {
+    pub const ALL: [Adversary; 10] = [
+        Adversary::Equivocate,
+        Adversary::EquivocateBackup,
+        Adversary::Silent,
+        Adversary::Forge,
+        Adversary::Corrupt,
+        Adversary::Replay,
+        Adversary::Mutate,
+        Adversary::Starve,
+        Adversary::ForgeNewView,
+        Adversary::Twins,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Adversary::Equivocate => "equivocate",
+            Adversary::EquivocateBackup => "equivocate-backup",
+            Adversary::Silent => "silent",
+            Adversary::Forge => "forge",
+            Adversary::Corrupt => "corrupt",
+            Adversary::Replay => "replay",
+            Adversary::Mutate => "mutate",
+            Adversary::Starve => "starve",
+            Adversary::ForgeNewView => "forge-new-view",
+            Adversary::Twins => "twins",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Adversary> {
+        Adversary::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// `all`, or a comma-separated list of names.
+    pub fn parse_list(text: &str) -> Result<Vec<Adversary>, String> {
+        if text == "all" {
+            return Ok(Adversary::ALL.to_vec());
+        }
+        text.split(',')
+            .map(|n| {
+                Adversary::from_name(n.trim()).ok_or_else(|| {
+                    let known: Vec<_> = Adversary::ALL.iter().map(|a| a.name()).collect();
+                    format!("unknown adversary '{n}' (known: {}, all)", known.join(", "))
+                })
+            })
+            .collect()
+    }
+}
+
+/// The client whose requests a starving primary leaves out.
+const VICTIM_CLIENT: u64 = 1;
+/// Messages a replaying node remembers.
+const REPLAY_MEMORY: usize = 256;
+
+type Fx = Effects<Message, Write>;
+
+/// A second pre-prepare signed for a slot, its batch, and the first one's digest.
+type Twin = (Signed<PrePrepare>, Arc<Batch>, Digest);
+
+pub struct Byzantine {
+    kind: Adversary,
+    id: NodeId,
+    n: usize,
+    key: SigningKey,
+    until: Time,
+    rng: DetRng,
+    /// The second pre-prepare (and batch) sent for a (view, seq), and the first's digest.
+    twins: BTreeMap<(u64, u64), Twin>,
+    received: VecDeque<Message>,
+}
+
+impl Byzantine {
+    pub fn new(kind: Adversary, id: NodeId, inner: &Pbft, until: Time, seed: u64) -> Byzantine {
+        Byzantine {
+            kind,
+            id,
+            n: inner.config().n(),
+            key: inner.keyring().secret().clone(),
+            until,
+            rng: DetRng::new(seed ^ 0xb12a_4711),
+            twins: BTreeMap::new(),
+            received: VecDeque::new(),
+        }
+    }
+
+    pub fn active(&self, now: Time) -> bool {
+        now < self.until
+    }
+
+    pub fn remember(&mut self, msg: &Message) {
+        if self.kind == Adversary::Replay {
+            if self.received.len() == REPLAY_MEMORY {
+                self.received.pop_front();
+            }
+            self.received.push_back(msg.clone());
+        }
+    }
+
+    /// Rewrite the effects of one honest step.
+    pub fn rewrite(&mut self, now: Time, inner: &Pbft, out: &mut Fx) {
+        if now >= self.until {
+            return;
+        }
+        let effects: Vec<_> = out.drain().collect();
+        let mut sends = Vec::new();
+        for e in effects {
+            match e {
+                Effect::Send { to, msg } => self.rewrite_send(inner, to, msg, &mut sends),
+                other => out.push(other),
+            }
+        }
+        if self.kind == Adversary::Replay && !self.received.is_empty() && self.rng.chance(0.2) {
+            let msg = self.received[self.rng.index(self.received.len())].clone();
+            let to = NodeId(self.rng.index(self.n) as u32);
+            sends.push((to, msg));
+        }
+        for (to, msg) in sends {
+            if to != self.id {
+                out.send(to, msg);
+            }
+        }
+    }
+
+    fn rewrite_send(
+        &mut self,
+        inner: &Pbft,
+        to: NodeId,
+        msg: Message,
+        sends: &mut Vec<(NodeId, Message)>,
+    ) {
+        match self.kind {
+            Adversary::Silent => {}
+            Adversary::Equivocate => self.equivocate(to, msg, false, sends),
+            Adversary::Forge => self.equivocate(to, msg, true, sends),
+            Adversary::EquivocateBackup => sends.push((to, self.equivocate_vote(to, msg))),
+            Adversary::Corrupt => {
+                let mut msg = msg;
+                if self.rng.chance(0.5) {
+                    corrupt(&mut msg);
+                }
+                sends.push((to, msg));
+            }
+            Adversary::Replay => sends.push((to, msg)),
+            Adversary::Mutate => {
+                let msg = if self.rng.chance(0.2) {
+                    self.mutate(msg)
+                } else {
+                    msg
+                };
+                sends.push((to, msg));
+            }
+            Adversary::Starve => sends.push((to, self.starve(msg))),
+            Adversary::ForgeNewView => sends.push((to, self.forge_new_view(inner, msg))),
+            // The first copy talks to its half only; the twin (twins.rs) to the other.
+            Adversary::Twins if super::twins::talks_to_twin(to) => {}
+            Adversary::Twins => sends.push((to, msg)),
+        }
+    }
+
+    /// Backups of view `view` split in two: every other one (by rank) gets the twin.
+    fn gets_twin(&self, view: u64, to: NodeId) -> bool {
+        let primary = primary_of(view, self.n);
+        let rank = (to.0 + self.n as u32 - primary.0) % self.n as u32;
+        rank % 2 == 1
+    }
+
+    fn equivocate(
+        &mut self,
+        to: NodeId,
+        msg: Message,
+        forge: bool,
+        sends: &mut Vec<(NodeId, Message)>,
+    ) {
+        match msg {
+            Message::PrePrepare { header, batch } if header.signer == self.id => {
+                let key = (header.body.view, header.body.seq);
+                if !self.twins.contains_key(&key) {
+                    let Some(twin) = self.make_twin(&header, &batch) else {
+                        return sends.push((to, Message::PrePrepare { header, batch }));
+                    };
+                    self.twins.insert(key, twin);
+                    self.vote_for_both(&header, forge, sends);
+                }
+                let (h, b, _) = self.twins[&key].clone();
+                if self.gets_twin(key.0, to) {
+                    sends.push((
+                        to,
+                        Message::PrePrepare {
+                            header: h,
+                            batch: b,
+                        },
+                    ));
+                } else {
+                    sends.push((to, Message::PrePrepare { header, batch }));
+                }
+            }
+            Message::Commit(c) if c.signer == self.id => {
+                let key = (c.body.view, c.body.seq);
+                match self.twins.get(&key) {
+                    Some((h, _, _)) if self.gets_twin(key.0, to) => {
+                        let body = Commit {
+                            digest: h.body.digest,
+                            ..c.body
+                        };
+                        sends.push((to, Message::Commit(sign(&self.key, self.id, body))));
+                    }
+                    _ => sends.push((to, Message::Commit(c))),
+                }
+            }
+            m => sends.push((to, m)),
+        }
+    }
+
+    /// The second batch: the same bundles in reverse order, or a null request.
+    fn make_twin(&self, header: &Signed<PrePrepare>, batch: &Batch) -> Option<Twin> {
+        if batch.is_null() {
+            return None;
+        }
+        let mut twin = Batch::default();
+        if batch.bundles.len() > 1 {
+            twin.bundles = batch.bundles.iter().rev().cloned().collect();
+        }
+        let body = PrePrepare {
+            digest: twin.digest(),
+            ..header.body
+        };
+        Some((
+            sign(&self.key, self.id, body),
+            Arc::new(twin),
+            header.body.digest,
+        ))
+    }
+
+    /// Prepares from the primary for both batches, to everyone (honest replicas ignore
+    /// a primary's prepares); with `forge`, every other replica's prepare and commit
+    /// for the batch each backup got, with signatures it cannot have made.
+    fn vote_for_both(
+        &mut self,
+        header: &Signed<PrePrepare>,
+        forge: bool,
+        sends: &mut Vec<(NodeId, Message)>,
+    ) {
+        let (twin, _, _) = &self.twins[&(header.body.view, header.body.seq)];
+        let twin = *twin;
+        for to in (0..self.n as u32).map(NodeId).filter(|&t| t != self.id) {
+            for h in [header, &twin] {
+                let body = Prepare {
+                    view: h.body.view,
+                    seq: h.body.seq,
+                    digest: h.body.digest,
+                    primary_sig: h.sig,
+                };
+                sends.push((to, Message::Prepare(sign(&self.key, self.id, body))));
+            }
+            if forge {
+                let theirs = if self.gets_twin(twin.body.view, to) {
+                    &twin
+                } else {
+                    header
+                };
+                self.forge_votes(theirs, to, sends);
+            }
+        }
+    }
+
+    fn forge_votes(&self, h: &Signed<PrePrepare>, to: NodeId, sends: &mut Vec<(NodeId, Message)>) {
+        let bad = Sig([0x5a; 64]);
+        for signer in (0..self.n as u32).map(NodeId).filter(|&s| s != self.id) {
+            let prepare = Prepare {
+                view: h.body.view,
+                seq: h.body.seq,
+                digest: h.body.digest,
+                primary_sig: h.sig,
+            };
+            let commit = Commit {
+                view: h.body.view,
+                seq: h.body.seq,
+                digest: h.body.digest,
+            };
+            let p = Signed {
+                body: prepare,
+                signer,
+                sig: bad,
+            };
+            let c = Signed {
+                body: commit,
+                signer,
+                sig: bad,
+            };
+            sends.push((to, Message::Prepare(p)));
+            sends.push((to, Message::Commit(c)));
+        }
+    }
+
+    fn equivocate_vote(&mut self, to: NodeId, msg: Message) -> Message {
+        if to.0.is_multiple_of(2) {
+            return msg;
+        }
+        match msg {
+            Message::Prepare(p) if p.signer == self.id => {
+                let body = Prepare {
+                    digest: sha256(&p.body.digest),
+                    ..p.body
+                };
+                Message::Prepare(sign(&self.key, self.id, body))
+            }
+            Message::Commit(c) if c.signer == self.id => {
+                let body = Commit {
+                    digest: sha256(&c.body.digest),
+                    ..c.body
+                };
+                Message::Commit(sign(&self.key, self.id, body))
+            }
+            m => m,
+        }
+    }
+
+    fn mutate(&mut self, msg: Message) -> Message {
+        let resign = self.rng.chance(0.5);
+        let choice = self.rng.index(3);
+        let tweak = |view: &mut u64, seq: &mut u64, digest: &mut Digest| match choice {
+            0 => *view += 1,
+            1 => *seq += 1,
+            _ => digest[0] ^= 0x80,
+        };
+        match msg {
+            Message::Prepare(mut p) if p.signer == self.id => {
+                let b = &mut p.body;
+                tweak(&mut b.view, &mut b.seq, &mut b.digest);
+                Message::Prepare(self.maybe_resign(p, resign))
+            }
+            Message::Commit(mut c) if c.signer == self.id => {
+                let b = &mut c.body;
+                tweak(&mut b.view, &mut b.seq, &mut b.digest);
+                Message::Commit(self.maybe_resign(c, resign))
+            }
+            Message::PrePrepare { mut header, batch } if header.signer == self.id => {
+                let b = &mut header.body;
+                tweak(&mut b.view, &mut b.seq, &mut b.digest);
+                let header = self.maybe_resign(header, resign);
+                Message::PrePrepare { header, batch }
+            }
+            mut m => {
+                corrupt(&mut m);
+                m
+            }
+        }
+    }
+
+    fn maybe_resign<T: Encode + Copy>(&self, s: Signed<T>, resign: bool) -> Signed<T> {
+        if resign {
+            sign(&self.key, self.id, s.body)
+        } else {
+            s
+        }
+    }
+
+    /// Leave the victim's requests out of every batch this primary proposes (the same
+    /// batch to everyone: this is censorship, not equivocation).
+    fn starve(&mut self, msg: Message) -> Message {
+        let Message::PrePrepare { header, batch } = msg else {
+            return msg;
+        };
+        if header.signer != self.id {
+            return Message::PrePrepare { header, batch };
+        }
+        let key = (header.body.view, header.body.seq);
+        if !self.twins.contains_key(&key) {
+            let kept = Batch {
+                bundles: batch
+                    .bundles
+                    .iter()
+                    .filter(|b| b.body.requests.iter().all(|r| r.id.client != VICTIM_CLIENT))
+                    .cloned()
+                    .collect(),
+            };
+            let body = PrePrepare {
+                digest: kept.digest(),
+                ..header.body
+            };
+            let twin = (
+                sign(&self.key, self.id, body),
+                Arc::new(kept),
+                header.body.digest,
+            );
+            self.twins.insert(key, twin);
+        }
+        let (header, batch, _) = self.twins[&key].clone();
+        Message::PrePrepare { header, batch }
+    }
+
+    /// Re-issue every sequence number of a NEW-VIEW as a null request.
+    fn forge_new_view(&mut self, _inner: &Pbft, msg: Message) -> Message {
+        let Message::NewView(nv) = msg else {
+            return msg;
+        };
+        if nv.signer != self.id {
+            return Message::NewView(nv);
+        }
+        let null = Batch::default().digest();
+        let pre_prepares = nv
+            .body
+            .pre_prepares
+            .iter()
+            .map(|p| {
+                sign(
+                    &self.key,
+                    self.id,
+                    PrePrepare {
+                        digest: null,
+                        ..p.body
+                    },
+                )
+            })
+            .collect();
+        let body = NewView {
+            view: nv.body.view,
+            view_changes: nv.body.view_changes.clone(),
+            pre_prepares,
+        };
+        Message::NewView(Arc::new(sign(&self.key, self.id, body)))
+    }
+}
+
+/// Flip one bit of the message's (outer) signature.
+fn corrupt(msg: &mut Message) {
+    fn flip<T: Clone>(s: &mut Signed<T>) {
+        s.sig.0[7] ^= 0x01;
+    }
+    match msg {
+        Message::Bundle(b) => flip(Arc::make_mut(b)),
+        Message::PrePrepare { header, .. } => flip(header),
+        Message::Prepare(p) => flip(p),
+        Message::Commit(c) => flip(c),
+        Message::Checkpoint(c) => flip(c),
+        Message::ViewChange(v) => flip(Arc::make_mut(v)),
+        Message::NewView(v) => flip(Arc::make_mut(v)),
+        Message::Fetch(f) => flip(f),
+        Message::Transfer(t) => flip(Arc::make_mut(t)),
+    }
+}

@@ -1,0 +1,279 @@
+//! PBFT in the simulator: validators with keys derived from a fixed seed, some of them
+//! Byzantine. A Byzantine node runs the honest replica and rewrites what it sends
+//! (`byzantine.rs`), so it knows everything an honest replica knows and holds its own
+//! key, but no other replica's.
+
+use std::time::Duration;
+
+use ekmat_core::{DetRng, Effects, Input, NodeId, Replica, RequestKind, Time};
+use ekmat_pbft::message::{Digest, Message, sha256};
+use ekmat_pbft::{Mutant, Pbft, PbftConfig, PbftStable, Write};
+
+use super::byzantine::{Adversary, Byzantine};
+use super::twins::{Twin, talks_to_twin};
+use crate::check::pbft::PbftChecker;
+use crate::protocol::SimProtocol;
+
+/// The validators' keys are derived from this (the same in every run: keys are not
+/// what the simulator explores).
+const KEY_SEED: u64 = 0x00ec_3a71;
+
+#[derive(Clone, Debug)]
+pub struct PbftSim {
+    /// Cluster size (the Byzantine cast is drawn from `0..nodes`).
+    pub nodes: usize,
+    pub mutant: Mutant,
+    /// How many replicas are Byzantine.
+    pub byzantine: usize,
+    /// The behaviours Byzantine replicas draw from (one per node per seed).
+    pub adversaries: Vec<Adversary>,
+    /// Byzantine replicas behave until this time after the start, then turn honest
+    /// (faults stop for the liveness phase).
+    pub byzantine_until: Duration,
+    /// Quorum override: n - f for the 3f+1 demonstration; `None`: 2f+1.
+    pub quorum: Option<usize>,
+    /// Draw the protocol's knobs per seed.
+    pub vary_knobs: bool,
+    pub checkpoint_interval: u64,
+    pub max_inflight: u64,
+    pub batch_max: usize,
+    pub view_timeout: Duration,
+    /// The Byzantine nodes and what each does: drawn per seed by `vary`, unless set.
+    pub assigned: Vec<(NodeId, Adversary)>,
+}
+
+impl Default for PbftSim {
+    fn default() -> Self {
+        PbftSim {
+            nodes: 4,
+            mutant: Mutant::None,
+            byzantine: 0,
+            adversaries: Adversary::ALL.to_vec(),
+            byzantine_until: Duration::from_secs(12),
+            quorum: None,
+            vary_knobs: true,
+            checkpoint_interval: 16,
+            max_inflight: 8,
+            batch_max: 256,
+            view_timeout: Duration::from_millis(300),
+            assigned: Vec::new(),
+        }
+    }
+}
+
+impl PbftSim {
+    fn config(&self, id: NodeId, voters: usize) -> PbftConfig {
+        let mut cfg = PbftConfig::from_seed(id, voters, KEY_SEED);
+        cfg.mutant = self.mutant;
+        cfg.quorum = self.quorum;
+        cfg.checkpoint_interval = self.checkpoint_interval;
+        cfg.window = 2 * self.checkpoint_interval;
+        cfg.max_inflight = self.max_inflight;
+        cfg.batch_max = self.batch_max;
+        cfg.view_timeout = self.view_timeout;
+        cfg
+    }
+
+    fn wrap(&self, inner: Pbft, id: NodeId, seed: u64) -> PbftNode {
+        let adversary = self
+            .assigned
+            .iter()
+            .find(|(n, _)| *n == id)
+            .map(|(_, a)| *a);
+        let until = Time::ZERO + self.byzantine_until;
+        let twin = (adversary == Some(Adversary::Twins))
+            .then(|| Twin::new(&inner))
+            .flatten();
+        PbftNode {
+            byzantine: adversary.map(|a| Byzantine::new(a, id, &inner, until, seed)),
+            inner,
+            twin,
+            submitted: Vec::new(),
+        }
+    }
+
+    pub fn is_byzantine(&self, id: NodeId) -> bool {
+        self.assigned.iter().any(|(n, _)| *n == id)
+    }
+}
+
+/// A validator as the simulator runs it: the replica, what clients submitted to it
+/// (for the validity check), and, if Byzantine, its adversary.
+pub struct PbftNode {
+    inner: Pbft,
+    byzantine: Option<Byzantine>,
+    /// The second copy of a Twins node.
+    twin: Option<Twin>,
+    submitted: Vec<(ekmat_core::RequestId, Digest)>,
+}
+
+impl PbftNode {
+    pub fn replica(&self) -> &Pbft {
+        &self.inner
+    }
+
+    /// Every write request clients handed this node since it (re)started.
+    pub fn submitted(&self) -> &[(ekmat_core::RequestId, Digest)] {
+        &self.submitted
+    }
+
+    pub fn is_byzantine(&self) -> bool {
+        self.byzantine.is_some()
+    }
+}
+
+impl PbftNode {
+    /// A Twins node routes the twin's half of the cluster to the twin, ticks both, and
+    /// sends what the twin sends. True if the input was the twin's alone.
+    fn step_twin(
+        &mut self,
+        now: Time,
+        input: &Input<Message>,
+        out: &mut Effects<Message, Write>,
+    ) -> bool {
+        let active = self.byzantine.as_ref().is_some_and(|b| b.active(now));
+        let Some(twin) = self.twin.as_mut().filter(|_| active) else {
+            return false;
+        };
+        let (sends, twin_only) = match input {
+            Input::Message { from, .. } if talks_to_twin(*from) => {
+                (twin.step(now, input.clone()), true)
+            }
+            Input::Tick => (twin.step(now, Input::Tick), false),
+            _ => (Vec::new(), false),
+        };
+        for (to, msg) in sends {
+            out.send(to, msg);
+        }
+        twin_only
+    }
+}
+
+impl Replica for PbftNode {
+    type Message = Message;
+    type Write = Write;
+    type Stable = PbftStable;
+
+    fn id(&self) -> NodeId {
+        self.inner.id()
+    }
+
+    fn step(&mut self, now: Time, input: Input<Message>, out: &mut Effects<Message, Write>) {
+        if let Input::Request(r) = &input
+            && let RequestKind::Write(op) = &r.kind
+        {
+            self.submitted.push((r.id, sha256(op)));
+            out.event(ekmat_core::Event::Counter {
+                name: "submitted",
+                delta: 1,
+            });
+        }
+        if let (Some(b), Input::Message { msg, .. }) = (&mut self.byzantine, &input) {
+            b.remember(msg);
+        }
+        if self.step_twin(now, &input, out) {
+            return;
+        }
+        self.inner.step(now, input, out);
+        if let Some(b) = &mut self.byzantine {
+            b.rewrite(now, &self.inner, out);
+        }
+    }
+}
+
+impl SimProtocol for PbftSim {
+    type Node = PbftNode;
+    type Checker = PbftChecker;
+
+    fn name(&self) -> &'static str {
+        "pbft"
+    }
+
+    fn boot(&self, id: NodeId, voters: usize, seed: u64, _now: Time) -> Result<PbftNode, String> {
+        let inner = Pbft::new(self.config(id, voters))?;
+        Ok(self.wrap(inner, id, seed))
+    }
+
+    fn recover(
+        &self,
+        id: NodeId,
+        voters: usize,
+        seed: u64,
+        stable: PbftStable,
+        now: Time,
+    ) -> Result<PbftNode, String> {
+        let inner = Pbft::recover(self.config(id, voters), stable, now)?;
+        Ok(self.wrap(inner, id, seed))
+    }
+
+    fn leading(&self, node: &PbftNode) -> Option<u64> {
+        let r = &node.inner;
+        (r.is_primary() && r.is_normal()).then(|| r.view())
+    }
+
+    fn term(&self, node: &PbftNode) -> u64 {
+        node.inner.view()
+    }
+
+    fn checker(&self, n: usize, voters: usize) -> PbftChecker {
+        let honest = (0..n as u32)
+            .map(|i| !self.is_byzantine(NodeId(i)))
+            .collect();
+        PbftChecker::new(voters, honest)
+    }
+
+    /// Knobs and the Byzantine cast are drawn per seed. The primary of view 0 is
+    /// Byzantine on half the seeds, since a faulty primary is where PBFT is tested most.
+    fn vary(&self, rng: &mut DetRng) -> (Self, String) {
+        let mut v = self.clone();
+        if self.vary_knobs {
+            v.checkpoint_interval = [2, 4, 16][rng.index(3)];
+            // Batching is what keeps PBFT ahead of its clients: a batch of one request
+            // with one in flight falls behind ten clients on slow links, and clients
+            // that time out only add to the queue.
+            v.max_inflight = [2, 4, 8][rng.index(3)];
+            v.batch_max = [8, 64, 256][rng.index(3)];
+            v.view_timeout = Duration::from_millis([150, 300, 500][rng.index(3)]);
+        }
+        // A cast fixed in advance (scenarios) is kept; otherwise it is drawn.
+        if self.assigned.is_empty() {
+            v.assigned = self.cast(rng);
+        }
+        let cast: Vec<String> = v
+            .assigned
+            .iter()
+            .map(|(n, a)| format!("{n} {}", a.name()))
+            .collect();
+        let knobs = format!(
+            "pbft checkpoint every {}, {} batches in flight, {} requests per batch, view timeout {:?}, byzantine: [{}]",
+            v.checkpoint_interval,
+            v.max_inflight,
+            v.batch_max,
+            v.view_timeout,
+            cast.join(", ")
+        );
+        (v, knobs)
+    }
+}
+
+impl PbftSim {
+    fn cast(&self, rng: &mut DetRng) -> Vec<(NodeId, Adversary)> {
+        if self.byzantine == 0 || self.adversaries.is_empty() {
+            return Vec::new();
+        }
+        let mut ids: Vec<u32> = (0..self.nodes.max(1) as u32).collect();
+        rng.shuffle(&mut ids);
+        if rng.chance(0.5)
+            && let Some(pos) = ids.iter().position(|&i| i == 0)
+        {
+            ids.swap(0, pos);
+        }
+        ids.into_iter()
+            .take(self.byzantine)
+            .map(|i| {
+                let a = self.adversaries[rng.index(self.adversaries.len())];
+                (NodeId(i), a)
+            })
+            .collect()
+    }
+}
