@@ -103,7 +103,13 @@ fn assert_caught(mutant: Mutant, adversary: Adversary, by_seed: u64) {
         .unwrap_or_else(|| panic!("{} survived {} seeds", mutant.name(), by_seed + 1));
     let v = f.violation.expect("a failure carries its violation");
     assert!(
-        ["agreement", "state-machine-safety", "validity"].contains(&v.property),
+        [
+            "agreement",
+            "state-machine-safety",
+            "validity",
+            "snapshot-safety"
+        ]
+        .contains(&v.property),
         "{} caught by an unexpected property: {v}",
         mutant.name()
     );
