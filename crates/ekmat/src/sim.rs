@@ -141,9 +141,6 @@ fn dispatch<P: SimProtocol>(args: &SimArgs, proto: &P, opts: &SimOptions) -> u8 
 /// PBFT's options. Faults that PBFT has no use for (leadership transfer, membership
 /// churn) are left out of `all`.
 fn build_pbft(args: &SimArgs) -> Result<(PbftSim, SimOptions), String> {
-    if args.trace && args.seed.is_none() {
-        return Err("--trace shows one run: give it a --seed".into());
-    }
     let mutant = match &args.mutant {
         None => ekmat_pbft::Mutant::None,
         Some(name) => ekmat_pbft::Mutant::from_name(name).ok_or_else(|| {
@@ -158,6 +155,29 @@ fn build_pbft(args: &SimArgs) -> Result<(PbftSim, SimOptions), String> {
         .into_iter()
         .filter(|k| !matches!(k, FaultKind::Transfer | FaultKind::Membership))
         .collect();
+    let opts = sim_options(args, faults)?;
+    // n = 3f+1 tolerates f; below that, wait for n - f (no more can be waited for).
+    let quorum = (args.nodes < 3 * args.byzantine + 1).then(|| args.nodes - args.byzantine);
+    let proto = PbftSim {
+        nodes: args.nodes,
+        mutant,
+        byzantine: args.byzantine,
+        adversaries: Adversary::parse_list(&args.adversary)?,
+        byzantine_until: opts.safety,
+        quorum,
+        ..PbftSim::default()
+    };
+    Ok((proto, opts))
+}
+
+/// The run's options, whatever the protocol, from the flags and the faults it uses.
+fn sim_options(args: &SimArgs, faults: Vec<FaultKind>) -> Result<SimOptions, String> {
+    if args.trace && args.seed.is_none() {
+        return Err("--trace shows one run: give it a --seed".into());
+    }
+    if args.seeds == Some(0) {
+        return Err("--seeds must be at least 1".into());
+    }
     let schedule = match &args.schedule {
         None => None,
         Some(text) => Some(
@@ -176,27 +196,10 @@ fn build_pbft(args: &SimArgs) -> Result<(PbftSim, SimOptions), String> {
         ..SimOptions::default()
     };
     opts.validate()?;
-    // n = 3f+1 tolerates f; below that, wait for n - f (no more can be waited for).
-    let quorum = (args.nodes < 3 * args.byzantine + 1).then(|| args.nodes - args.byzantine);
-    let proto = PbftSim {
-        nodes: args.nodes,
-        mutant,
-        byzantine: args.byzantine,
-        adversaries: Adversary::parse_list(&args.adversary)?,
-        byzantine_until: opts.safety,
-        quorum,
-        ..PbftSim::default()
-    };
-    Ok((proto, opts))
+    Ok(opts)
 }
 
 fn build(args: &SimArgs) -> Result<(RaftSim, SimOptions), String> {
-    if args.trace && args.seed.is_none() {
-        return Err("--trace shows one run: give it a --seed".into());
-    }
-    if args.seeds == Some(0) {
-        return Err("--seeds must be at least 1".into());
-    }
     let mutant = match &args.mutant {
         None => Mutant::None,
         Some(name) => Mutant::from_name(name).ok_or_else(|| {
@@ -204,24 +207,7 @@ fn build(args: &SimArgs) -> Result<(RaftSim, SimOptions), String> {
             format!("unknown mutant '{name}' (known: {})", known.join(", "))
         })?,
     };
-    let schedule = match &args.schedule {
-        None => None,
-        Some(text) => Some(
-            text.parse::<Schedule>()
-                .map_err(|e| format!("bad --schedule: {e}"))?,
-        ),
-    };
-    let opts = SimOptions {
-        nodes: args.nodes,
-        faults: FaultKind::parse_list(&args.faults)?,
-        ops: args.ops,
-        clients: args.clients,
-        keys: args.keys,
-        schedule,
-        trace: args.trace,
-        ..SimOptions::default()
-    };
-    opts.validate()?;
+    let opts = sim_options(args, FaultKind::parse_list(&args.faults)?)?;
     if mutant == Mutant::ConfigBeforeJoint && !opts.faults.contains(&FaultKind::Membership) {
         return Err(
             "the config-before-joint mutant only shows under membership churn: add --faults all,membership"
