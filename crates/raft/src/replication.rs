@@ -204,10 +204,30 @@ impl RaftNode {
         }
         let last_new = prev_index + entries.len() as u64;
         self.advance_commit(req.commit.min(last_new), out);
+        if req.entries.is_empty() {
+            self.ack_heartbeat(from, last_new, Echo::of(&req), out);
+            return;
+        }
         let outcome = AppendOutcome::Accepted {
             match_index: last_new,
         };
         self.respond_append(from, outcome, Echo::of(&req), out);
+    }
+
+    /// A heartbeat is answered at once, claiming only the durable part of the match: a
+    /// long write in progress (a large snapshot, say) must not silence this follower, or
+    /// the leader would lose its quorum, and its reads their confirmations, for as long as
+    /// the disk is busy. Nothing in the answer depends on the write: entries up to
+    /// `durable_index` are on disk exactly as they are in memory.
+    fn ack_heartbeat(&mut self, to: NodeId, matched: u64, echo: Echo, out: &mut Out) {
+        let match_index = matched.min(self.log.durable_index());
+        let resp = AppendResponse {
+            term: self.term,
+            outcome: AppendOutcome::Accepted { match_index },
+            read_seq: echo.read_seq,
+            sent_at_us: echo.sent_at_us,
+        };
+        out.send(to, Message::AppendResponse(resp));
     }
 
     fn conflict_hint(&self, prev_index: u64) -> AppendOutcome {
