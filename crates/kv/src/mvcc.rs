@@ -6,9 +6,10 @@
 //! as in etcd; `finish` makes that revision current. A write that changed nothing leaves
 //! the revision alone.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::Bytes;
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::KvError;
@@ -60,8 +61,10 @@ pub(crate) struct Change {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Mvcc {
-    /// Every key with retained history, its versions in (main, sub) order.
-    pub keys: BTreeMap<Bytes, Vec<Version>>,
+    /// Every key with retained history, its versions in (main, sub) order. A persistent
+    /// map: a snapshot takes it in O(1) and serializes it on another thread while writes
+    /// go on, instead of copying hundreds of megabytes on the apply path.
+    pub keys: OrdMap<Bytes, Vec<Version>>,
     /// Every change with main revision `>= compact_revision`, in order. Derivable from
     /// `keys`; kept so a watch resumes in time proportional to what it missed.
     pub changes: VecDeque<Change>,
@@ -78,7 +81,7 @@ pub(crate) struct Mvcc {
 impl Default for Mvcc {
     fn default() -> Mvcc {
         Mvcc {
-            keys: BTreeMap::new(),
+            keys: OrdMap::new(),
             changes: VecDeque::new(),
             // etcd's first revision: an empty store is at 1, its first write makes 2.
             revision: 1,
@@ -92,7 +95,7 @@ impl Default for Mvcc {
 impl Mvcc {
     /// Rebuild from restored parts, deriving the change log.
     pub fn from_parts(
-        keys: BTreeMap<Bytes, Vec<Version>>,
+        keys: OrdMap<Bytes, Vec<Version>>,
         revision: i64,
         compact_revision: i64,
     ) -> Mvcc {
@@ -161,7 +164,7 @@ impl Mvcc {
     ) -> impl Iterator<Item = &'a KeyValue> + 'a {
         let (single, span) = match *range {
             KeyRange::Single(key) => (self.keys.get_key_value(key), None),
-            _ => (None, Some(range.span(&self.keys))),
+            _ => (None, Some(self.keys.range::<_, [u8]>(range.bounds()))),
         };
         single
             .into_iter()
@@ -275,17 +278,23 @@ impl Mvcc {
         }
         self.compact_revision = rev;
         let mut freed = 0;
-        self.keys.retain(|_, versions| {
-            let first_kept = versions.partition_point(|v| v.main() < rev);
-            // The last version before `rev` is what reads at `rev` see and the previous
-            // value of the first event from `rev`, unless it was a deletion.
-            let keep_from = match first_kept.checked_sub(1) {
-                Some(last_before) if !versions[last_before].deleted => last_before,
-                _ => first_kept,
-            };
+        // Only keys with history to drop are touched: the others stay shared with any
+        // snapshot being taken.
+        let trimmed: Vec<(Bytes, usize)> = self
+            .keys
+            .iter()
+            .filter_map(|(key, versions)| {
+                let keep_from = compacted_prefix(versions, rev);
+                (keep_from > 0).then(|| (key.clone(), keep_from))
+            })
+            .collect();
+        for (key, keep_from) in trimmed {
+            let versions = self.keys.get_mut(&key).expect("listed above");
             freed += versions.drain(..keep_from).map(|v| v.cost()).sum::<u64>();
-            !versions.is_empty()
-        });
+            if versions.is_empty() {
+                self.keys.remove(&key);
+            }
+        }
         self.bytes -= freed;
         let first_kept = self.changes.partition_point(|c| c.main < rev);
         self.changes.drain(..first_kept);
@@ -301,6 +310,17 @@ impl Mvcc {
             .filter(|v| v.order() == (change.main, change.sub))?;
         let prev = at.checked_sub(1).and_then(|p| versions[p].live());
         Some((version, prev))
+    }
+}
+
+/// How many of a key's oldest versions a compaction at `rev` drops. The last version
+/// before `rev` stays, unless it was a deletion: it is what reads at `rev` see and the
+/// previous value of the first event from `rev`.
+fn compacted_prefix(versions: &[Version], rev: i64) -> usize {
+    let first_kept = versions.partition_point(|v| v.main() < rev);
+    match first_kept.checked_sub(1) {
+        Some(last_before) if !versions[last_before].deleted => last_before,
+        _ => first_kept,
     }
 }
 

@@ -1,8 +1,6 @@
 //! Key ranges with etcd's conventions, and range reads: revision, filters, sort, limit.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
-use std::collections::btree_map;
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -55,8 +53,9 @@ impl<'a> KeyRange<'a> {
     }
 
     /// The entries of `map` whose keys are in the range.
-    pub fn span<'m, V>(&self, map: &'m BTreeMap<Bytes, V>) -> btree_map::Range<'m, Bytes, V> {
-        let bounds: (Bound<&[u8]>, Bound<&[u8]>) = match *self {
+    /// The bounds of the keys in this range, for a map's `range`.
+    pub fn bounds(&self) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+        match *self {
             KeyRange::Single(key) => (Bound::Included(key), Bound::Included(key)),
             KeyRange::From(key) => (Bound::Included(key), Bound::Unbounded),
             // `BTreeMap::range` panics on reversed bounds: an inverted range is empty.
@@ -64,8 +63,7 @@ impl<'a> KeyRange<'a> {
                 (Bound::Included(start), Bound::Excluded(start))
             }
             KeyRange::Between(start, end) => (Bound::Included(start), Bound::Excluded(end)),
-        };
-        map.range::<[u8], _>(bounds)
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use crate::alarm::{AlarmMember, Alarms};
@@ -20,18 +21,52 @@ use crate::store::KvStore;
 const FORMAT: u32 = 2;
 const FORMAT_WITHOUT_ALARMS: u32 = 1;
 
-#[derive(Serialize)]
-struct SnapshotRef<'a> {
+/// Everything a snapshot holds, taken from the store without copying its data (the key
+/// index is a persistent map), so the store can go on applying writes while another
+/// thread encodes it.
+#[derive(Clone, Serialize)]
+pub struct SnapshotSource {
     format: u32,
     applied: u64,
     clock_ms: u64,
     revision: i64,
     compact_revision: i64,
     last_lease_id: i64,
-    keys: &'a BTreeMap<Bytes, Vec<Version>>,
+    keys: OrdMap<Bytes, Vec<Version>>,
     /// (id, ttl, deadline in ms) per lease.
     leases: Vec<(i64, i64, u64)>,
-    sessions: &'a BTreeMap<u64, Session>,
+    sessions: BTreeMap<u64, Session>,
+    #[serde(skip)]
+    alarms: Vec<AlarmMember>,
+}
+
+impl SnapshotSource {
+    pub(crate) fn of(store: &KvStore) -> SnapshotSource {
+        SnapshotSource {
+            format: FORMAT,
+            applied: store.applied,
+            clock_ms: store.clock_ms,
+            revision: store.mvcc.revision,
+            compact_revision: store.mvcc.compact_revision,
+            last_lease_id: store.leases.last_assigned,
+            keys: store.mvcc.keys.clone(),
+            leases: store
+                .leases
+                .by_id
+                .iter()
+                .map(|(&id, l)| (id, l.ttl, l.deadline_ms))
+                .collect(),
+            sessions: store.sessions.by_client.clone(),
+            alarms: store.alarms.active.iter().copied().collect(),
+        }
+    }
+
+    /// The snapshot's bytes: what [`KvStore::restore`] reads.
+    pub fn encode(&self) -> Bytes {
+        let mut bytes = postcard::to_stdvec(self).expect("snapshots always serialize");
+        bytes.extend(postcard::to_stdvec(&self.alarms).expect("alarms always serialize"));
+        Bytes::from(bytes)
+    }
 }
 
 #[derive(Deserialize)]
@@ -43,32 +78,9 @@ struct Snapshot {
     revision: i64,
     compact_revision: i64,
     last_lease_id: i64,
-    keys: BTreeMap<Bytes, Vec<Version>>,
+    keys: OrdMap<Bytes, Vec<Version>>,
     leases: Vec<(i64, i64, u64)>,
     sessions: BTreeMap<u64, Session>,
-}
-
-pub(crate) fn encode(store: &KvStore) -> Bytes {
-    let snapshot = SnapshotRef {
-        format: FORMAT,
-        applied: store.applied,
-        clock_ms: store.clock_ms,
-        revision: store.mvcc.revision,
-        compact_revision: store.mvcc.compact_revision,
-        last_lease_id: store.leases.last_assigned,
-        keys: &store.mvcc.keys,
-        leases: store
-            .leases
-            .by_id
-            .iter()
-            .map(|(&id, l)| (id, l.ttl, l.deadline_ms))
-            .collect(),
-        sessions: &store.sessions.by_client,
-    };
-    let mut bytes = postcard::to_stdvec(&snapshot).expect("snapshots always serialize");
-    let alarms: Vec<AlarmMember> = store.alarms.active.iter().copied().collect();
-    bytes.extend(postcard::to_stdvec(&alarms).expect("alarms always serialize"));
-    Bytes::from(bytes)
 }
 
 fn bad(why: impl Into<String>) -> KvError {

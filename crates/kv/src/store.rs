@@ -14,6 +14,7 @@ use crate::mvcc::Mvcc;
 use crate::range::range;
 use crate::rpc::{CompactionResponse, RangeRequest, RangeResponse, ResponseHeader};
 use crate::session::{Seen, Sessions};
+use crate::snapshot::SnapshotSource;
 use crate::txn::txn;
 use crate::watch::{Event, events_between};
 use crate::write::{Writer, check_delete_shape, check_put_shape, check_put_state};
@@ -273,7 +274,12 @@ impl KvStore {
 
     /// Everything the state machine holds, for [`KvStore::restore`].
     pub fn snapshot(&self) -> Bytes {
-        crate::snapshot::encode(self)
+        self.snapshot_source().encode()
+    }
+
+    /// What a snapshot is made of, in O(1): encode it elsewhere while this store goes on.
+    pub fn snapshot_source(&self) -> SnapshotSource {
+        SnapshotSource::of(self)
     }
 
     /// The store a [`KvStore::snapshot`] was taken of.

@@ -233,6 +233,15 @@ impl NodeConfig {
             .expect("validated: this node is a member")
     }
 
+    /// This member's share of `period`: its place among the members times `period / n`.
+    /// Members start their periodic heavy work (snapshots, log checkpoints) this far
+    /// apart, so no two of them stall at once and a quorum always keeps pace.
+    pub fn stagger(&self, period: u64) -> u64 {
+        let n = self.members.len().max(1) as u64;
+        let rank = self.members.iter().filter(|m| m.id < self.id).count() as u64;
+        period / n * rank
+    }
+
     /// The members that founded the cluster (not added at run time).
     pub fn founders(&self) -> impl Iterator<Item = &Member> {
         self.members.iter().filter(|m| !m.joined)

@@ -107,7 +107,12 @@ async fn run_protocol<P: RuntimeProtocol>(
         None => None,
     };
 
-    let w = writer::spawn::<P>(wal, stable, cfg.checkpoint_bytes);
+    let w = writer::spawn::<P>(
+        wal,
+        stable,
+        cfg.checkpoint_bytes,
+        cfg.stagger(cfg.checkpoint_bytes),
+    );
     let (status_tx, status_rx) = watch::channel(NodeStatus::default());
     let (calls_tx, calls_rx) = mpsc::channel::<Call>(CALL_QUEUE);
     let members = Members::from_config(&cfg);
@@ -125,6 +130,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         members_tx,
         me: Members::own_record(&cfg),
         snapshot_every: cfg.snapshot_every,
+        snapshot_stagger: cfg.stagger(cfg.snapshot_every),
         hub: hub.clone(),
     });
 
@@ -157,7 +163,7 @@ async fn run_protocol<P: RuntimeProtocol>(
 }
 
 /// Open the write-ahead log and fold what it holds into the protocol's durable state.
-fn recover<P: RuntimeProtocol>(
+pub(crate) fn recover<P: RuntimeProtocol>(
     cfg: &NodeConfig,
 ) -> Result<(Wal, <P::Node as Replica>::Stable), NodeError> {
     let dir: PathBuf = cfg.data_dir.join("wal");

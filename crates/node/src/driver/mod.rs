@@ -212,6 +212,9 @@ pub struct DriverParts<P: RuntimeProtocol> {
     pub me: MemberRecord,
     /// Hand the protocol a snapshot every this many applied entries (0: never).
     pub snapshot_every: u64,
+    /// How many entries later than `snapshot_every` the first snapshot comes (see
+    /// `NodeConfig::stagger`).
+    pub snapshot_stagger: u64,
     pub hub: WatchHub,
 }
 
@@ -232,7 +235,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             durable: parts.durable,
             status: parts.status,
             snapshot_every: parts.snapshot_every,
-            last_snapshot: 0,
+            last_snapshot: parts.snapshot_stagger,
             applied_bytes: 0,
             last_snapshot_bytes: 0,
             fatal: None,

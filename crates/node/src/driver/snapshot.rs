@@ -11,9 +11,10 @@ use crate::protocol::RuntimeProtocol;
 impl<P: RuntimeProtocol> Driver<P> {
     /// Every `snapshot_every` applied entries (and once the log has grown by the last
     /// snapshot's size), hand the protocol the state machine, so it can compact its log.
-    /// The store is copied here and serialized on a blocking thread: serializing a large
-    /// store on the driver took seconds, long enough to miss heartbeats and lose the
-    /// leadership. The protocol takes the snapshot when it is ready (`on_snapshot_ready`).
+    /// The store's parts are taken here in O(1) (its key index is a persistent map) and
+    /// encoded on a blocking thread: encoding a large store on the driver took seconds,
+    /// and even copying it there stalled every request for up to half a second. The
+    /// protocol takes the snapshot when it is ready (`on_snapshot_ready`).
     pub(super) fn maybe_snapshot(&mut self) {
         let applied = self.kv.applied_index();
         if self.snapshot_every == 0
@@ -27,20 +28,28 @@ impl<P: RuntimeProtocol> Driver<P> {
         self.applied_bytes = 0;
         self.snapshot_in_progress = true;
         let started = Instant::now();
-        let (kv, members) = (self.kv.clone(), self.members.clone());
+        let (source, members) = (self.kv.snapshot_source(), self.members.clone());
         let copied_ms = started.elapsed().as_millis() as u64;
         let done = self.snapshots_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let data = members.wrap_snapshot(kv.snapshot());
-            tracing::info!(
-                index = applied,
-                bytes = data.len(),
-                copied_ms,
-                took_ms = started.elapsed().as_millis() as u64,
-                "snapshot"
-            );
-            let _ = done.blocking_send((applied, data));
-        });
+        let spawned = std::thread::Builder::new()
+            .name("ekmat-snapshot".into())
+            .spawn(move || {
+                lower_priority();
+                let data = members.wrap_snapshot(source.encode());
+                tracing::info!(
+                    index = applied,
+                    bytes = data.len(),
+                    copied_ms,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "snapshot"
+                );
+                let _ = done.blocking_send((applied, data));
+            });
+        if let Err(e) = spawned {
+            // Without a thread the snapshot is skipped; the next one is tried later.
+            tracing::warn!(error = %e, "cannot start a snapshot thread");
+            self.snapshot_in_progress = false;
+        }
     }
 
     pub(super) async fn on_snapshot_ready(&mut self, index: u64, data: Bytes) {
@@ -48,5 +57,15 @@ impl<P: RuntimeProtocol> Driver<P> {
         self.last_snapshot_bytes = data.len() as u64;
         metrics::counter!("ekmat_snapshots_total").increment(1);
         self.step(Input::Snapshot { index, data }).await;
+    }
+}
+
+/// Encoding a large store takes seconds of CPU: on a small machine, at normal priority,
+/// it starves the threads that serve requests and replicate. At the lowest priority it
+/// uses only what they leave. (On Linux: the highest niceness, for this thread only.)
+fn lower_priority() {
+    use thread_priority::{ThreadPriority, set_current_thread_priority};
+    if let Err(e) = set_current_thread_priority(ThreadPriority::Min) {
+        tracing::debug!(error = ?e, "snapshot thread keeps its priority");
     }
 }
