@@ -1,4 +1,5 @@
-//! `ekmat bench kv`: write then read load against a cluster, with throughput and latency
+//! `ekmat bench kv`: puts, linearizable and serializable reads, transactions and lease
+//! keep-alives against a cluster, one phase after another, with throughput and latency
 //! percentiles. Against a cluster it starts itself, against `--endpoints` (any etcd v3
 //! cluster), or `--against-etcd`: ekmat and a local etcd in one run, side by side.
 
@@ -11,6 +12,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use ekmat_api::etcdserverpb as pb;
 use ekmat_core::DetRng;
 use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::client::{connect, parse_endpoints};
@@ -26,7 +28,7 @@ pub struct BenchArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchKind {
-    /// Puts, then linearizable reads, from concurrent clients.
+    /// Puts, reads, transactions and lease keep-alives, from concurrent clients.
     Kv(KvBench),
     /// PBFT: an in-process cluster with real signatures, and messages per batch vs n.
     Pbft(crate::bench_pbft::PbftBench),
@@ -60,6 +62,14 @@ pub struct KvBench {
     /// First port of the clusters the benchmark starts.
     #[arg(long, default_value_t = 23_790)]
     pub base_port: u16,
+    /// Which phases to run, in order (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "puts,linearizable-reads,serializable-reads,txns,lease-keepalives"
+    )]
+    pub phases: Vec<Op>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -67,6 +77,7 @@ pub struct KvBench {
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Phase {
+    pub name: &'static str,
     pub ops: u64,
     pub errors: u64,
     /// The first error's message, so a run with errors says what they were.
@@ -80,19 +91,7 @@ pub struct Phase {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SystemResult {
     pub system: String,
-    pub writes: Phase,
-    pub linearizable_reads: Phase,
-    pub serializable_reads: Phase,
-}
-
-impl SystemResult {
-    fn phases(&self) -> [(&'static str, &Phase); 3] {
-        [
-            ("writes", &self.writes),
-            ("linearizable reads", &self.linearizable_reads),
-            ("serializable reads", &self.serializable_reads),
-        ]
-    }
+    pub phases: Vec<Phase>,
 }
 
 pub fn run(args: BenchArgs) -> u8 {
@@ -102,6 +101,10 @@ pub fn run(args: BenchArgs) -> u8 {
     };
     if b.clients == 0 || b.conns == 0 || b.keys == 0 || b.duration.is_zero() {
         eprintln!("error: --clients, --conns, --keys and --duration must be positive");
+        return exit::USAGE;
+    }
+    if b.phases.is_empty() {
+        eprintln!("error: --phases names no phase");
         return exit::USAGE;
     }
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
@@ -174,10 +177,31 @@ fn tempdir(prefix: &str) -> Result<std::path::PathBuf, String> {
     Ok(dir)
 }
 
-#[derive(Clone, Copy)]
-enum Op {
-    Put,
-    Read { serializable: bool },
+/// One kind of operation a phase repeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Op {
+    /// Put a random key.
+    Puts,
+    /// Get a random key through the leader's read barrier.
+    LinearizableReads,
+    /// Get a random key from the member's own state.
+    SerializableReads,
+    /// A transaction: if the key exists, put it, else read it.
+    Txns,
+    /// One keep-alive of the client's own lease, on its LeaseKeepAlive stream.
+    LeaseKeepalives,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Puts => "puts",
+            Op::LinearizableReads => "linearizable reads",
+            Op::SerializableReads => "serializable reads",
+            Op::Txns => "txns",
+            Op::LeaseKeepalives => "lease keep-alives",
+        }
+    }
 }
 
 async fn load(system: &str, endpoints: &[String], b: &KvBench) -> Result<SystemResult, String> {
@@ -186,80 +210,181 @@ async fn load(system: &str, endpoints: &[String], b: &KvBench) -> Result<SystemR
         let ep = &endpoints[i % endpoints.len()];
         channels.push(connect(ep).await.map_err(|e| format!("{ep}: {e}"))?);
     }
-    let writes = phase(&channels, b, Op::Put).await;
-    let linearizable_reads = phase(
-        &channels,
-        b,
-        Op::Read {
-            serializable: false,
-        },
-    )
-    .await;
-    let serializable_reads = phase(&channels, b, Op::Read { serializable: true }).await;
+    let mut phases = Vec::new();
+    for &op in &b.phases {
+        phases.push(phase(&channels, b, op).await);
+    }
     Ok(SystemResult {
         system: system.to_string(),
-        writes,
-        linearizable_reads,
-        serializable_reads,
+        phases,
     })
 }
 
+/// A lease and the open stream that keeps it alive.
+struct KeepAlive {
+    id: i64,
+    requests: mpsc::Sender<pb::LeaseKeepAliveRequest>,
+    responses: tonic::Streaming<pb::LeaseKeepAliveResponse>,
+}
+
+impl KeepAlive {
+    async fn open(channel: Channel) -> Result<KeepAlive, tonic::Status> {
+        let mut lease = pb::lease_client::LeaseClient::new(channel);
+        let id = lease
+            .lease_grant(pb::LeaseGrantRequest { ttl: 60, id: 0 })
+            .await?
+            .into_inner()
+            .id;
+        let (requests, rx) = mpsc::channel(1);
+        // etcd sends the stream's response headers only with its first answer, so the
+        // first keep-alive must be on its way before the call can return.
+        let _ = requests.try_send(pb::LeaseKeepAliveRequest { id });
+        let responses = lease
+            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let mut keep_alive = KeepAlive {
+            id,
+            requests,
+            responses,
+        };
+        keep_alive.answer().await?;
+        Ok(keep_alive)
+    }
+
+    async fn renew(&mut self) -> Result<(), tonic::Status> {
+        let request = pb::LeaseKeepAliveRequest { id: self.id };
+        if self.requests.send(request).await.is_err() {
+            return Err(tonic::Status::unavailable("keep-alive stream closed"));
+        }
+        self.answer().await
+    }
+
+    async fn answer(&mut self) -> Result<(), tonic::Status> {
+        match self.responses.message().await? {
+            Some(r) if r.ttl > 0 => Ok(()),
+            Some(_) => Err(tonic::Status::not_found("lease expired")),
+            None => Err(tonic::Status::unavailable("keep-alive stream ended")),
+        }
+    }
+}
+
+/// One client's connection and, in the keep-alive phase, its lease.
+struct Worker {
+    kv: pb::kv_client::KvClient<Channel>,
+    keep_alive: Option<KeepAlive>,
+}
+
+impl Worker {
+    async fn start(channel: Channel, op: Op) -> Result<Worker, tonic::Status> {
+        let keep_alive = match op {
+            Op::LeaseKeepalives => Some(KeepAlive::open(channel.clone()).await?),
+            _ => None,
+        };
+        Ok(Worker {
+            kv: pb::kv_client::KvClient::new(channel),
+            keep_alive,
+        })
+    }
+
+    async fn run(&mut self, op: Op, key: Vec<u8>, value: &[u8]) -> Result<(), tonic::Status> {
+        let read = |serializable| pb::RangeRequest {
+            key: key.clone(),
+            serializable,
+            ..Default::default()
+        };
+        let put = || pb::PutRequest {
+            key: key.clone(),
+            value: value.to_vec(),
+            ..Default::default()
+        };
+        match op {
+            Op::Puts => self.kv.put(put()).await.map(drop),
+            Op::LinearizableReads => self.kv.range(read(false)).await.map(drop),
+            Op::SerializableReads => self.kv.range(read(true)).await.map(drop),
+            Op::Txns => {
+                use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+                use pb::request_op::Request;
+                let txn = pb::TxnRequest {
+                    compare: vec![pb::Compare {
+                        result: CompareResult::Greater as i32,
+                        target: CompareTarget::Version as i32,
+                        key: key.clone(),
+                        target_union: Some(TargetUnion::Version(0)),
+                        ..Default::default()
+                    }],
+                    success: vec![pb::RequestOp {
+                        request: Some(Request::RequestPut(put())),
+                    }],
+                    failure: vec![pb::RequestOp {
+                        request: Some(Request::RequestRange(read(false))),
+                    }],
+                };
+                self.kv.txn(txn).await.map(drop)
+            }
+            Op::LeaseKeepalives => match &mut self.keep_alive {
+                Some(k) => k.renew().await,
+                None => Err(tonic::Status::internal("no lease")),
+            },
+        }
+    }
+}
+
+/// Errors counted across a phase's clients, with the first one's message.
+#[derive(Clone, Default)]
+struct Errors {
+    count: Arc<AtomicU64>,
+    first: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Errors {
+    fn record(&self, status: &tonic::Status) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first.lock().expect("not poisoned");
+        first.get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
+}
+
 async fn phase(channels: &[Channel], b: &KvBench, op: Op) -> Phase {
-    let errors = Arc::new(AtomicU64::new(0));
-    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let errors = Errors::default();
     let started = Instant::now();
     let until = started + b.duration;
     let value = vec![b'x'; b.value_size];
     let tasks: Vec<_> = (0..b.clients)
         .map(|c| {
-            let mut kv = pb::kv_client::KvClient::new(channels[c % channels.len()].clone());
+            let channel = channels[c % channels.len()].clone();
             let errors = errors.clone();
-            let first_error = first_error.clone();
             let value = value.clone();
             let keys = b.keys;
             tokio::spawn(async move {
-                let mut hist =
-                    Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
+                let mut hist = histogram();
+                let mut worker = match Worker::start(channel, op).await {
+                    Ok(w) => w,
+                    Err(status) => {
+                        errors.record(&status);
+                        return hist;
+                    }
+                };
                 let mut rng = DetRng::new(c as u64 + 1);
                 while Instant::now() < until {
                     let key = format!("bench/{:08}", rng.range(0, keys - 1)).into_bytes();
                     let t = Instant::now();
-                    let result = match op {
-                        Op::Put => kv
-                            .put(pb::PutRequest {
-                                key,
-                                value: value.clone(),
-                                ..Default::default()
-                            })
-                            .await
-                            .map(drop),
-                        Op::Read { serializable } => kv
-                            .range(pb::RangeRequest {
-                                key,
-                                serializable,
-                                ..Default::default()
-                            })
-                            .await
-                            .map(drop),
-                    };
-                    match result {
+                    match worker.run(op, key, &value).await {
                         Ok(()) => {
                             let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
                         }
-                        Err(status) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            let mut first = first_error.lock().expect("not poisoned");
-                            first.get_or_insert_with(|| {
-                                format!("{:?}: {}", status.code(), status.message())
-                            });
-                        }
+                        Err(status) => errors.record(&status),
                     }
                 }
                 hist
             })
         })
         .collect();
-    let mut all = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
+    let mut all = histogram();
     for t in tasks {
         if let Ok(h) = t.await {
             let _ = all.add(h);
@@ -268,9 +393,10 @@ async fn phase(channels: &[Channel], b: &KvBench, op: Op) -> Phase {
     let secs = started.elapsed().as_secs_f64();
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
     Phase {
+        name: op.name(),
         ops: all.len(),
-        errors: errors.load(Ordering::Relaxed),
-        first_error: first_error.lock().expect("not poisoned").take(),
+        errors: errors.count.load(Ordering::Relaxed),
+        first_error: errors.first.lock().expect("not poisoned").take(),
         per_second: all.len() as f64 / secs,
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
@@ -293,11 +419,10 @@ fn print(b: &KvBench, results: &[SystemResult]) {
         header.push("ratio".into());
     }
     t.set_header(header);
-    for i in 0..3 {
-        let name = results[0].phases()[i].0;
-        let mut row = vec![name.to_string()];
+    for i in 0..results[0].phases.len() {
+        let mut row = vec![results[0].phases[i].name.to_string()];
         for r in results {
-            let p = r.phases()[i].1;
+            let p = &r.phases[i];
             let errors = match &p.first_error {
                 Some(e) => format!("{} errors, first: {e}", p.errors),
                 None => format!("{} errors", p.errors),
@@ -308,7 +433,12 @@ fn print(b: &KvBench, results: &[SystemResult]) {
             ));
         }
         if let [a, e] = results {
-            let (a, e) = (a.phases()[i].1, e.phases()[i].1);
+            let (a, e) = (&a.phases[i], &e.phases[i]);
+            if a.ops == 0 || e.ops == 0 {
+                row.push("n/a (a side completed nothing)".into());
+                t.add_row(row);
+                continue;
+            }
             row.push(format!(
                 "{:.2}x throughput, {:.2}x p99",
                 a.per_second / e.per_second.max(1e-9),

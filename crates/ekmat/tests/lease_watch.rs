@@ -413,3 +413,56 @@ async fn a_watcher_that_stops_reading_stalls_nothing_and_catches_up_from_history
         "the watcher lagged and resynced from history"
     );
 }
+
+/// The log index member `i` has applied.
+async fn applied(c: &Cluster, i: usize) -> u64 {
+    support::status(&c.endpoint(i))
+        .await
+        .unwrap()
+        .raft_applied_index
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_keep_alives_keep_the_lease_without_a_log_entry_each() {
+    let c = Cluster::start(3);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let follower = (leader + 1) % 3;
+    let id = grant(&mut lease(&c, leader).await, 3).await;
+    let mut kv = kv(&c, leader).await;
+    put(&mut kv, "held", "1", id).await;
+
+    // Keep-alives on one stream through a follower, as fast as answers come, for longer
+    // than the TTL: the lease must live on, and only about one renewal per half second
+    // may reach the log.
+    let mut client = lease(&c, follower).await;
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(pb::LeaseKeepAliveRequest { id }).await.unwrap();
+    let mut answers = client
+        .lease_keep_alive(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = applied(&c, leader).await;
+    let started = Instant::now();
+    let mut count = 0u64;
+    while started.elapsed() < Duration::from_secs(4) {
+        let answer = answers.message().await.unwrap().expect("an answer");
+        assert_eq!(answer.ttl, 3, "a live lease answers its granted TTL");
+        count += 1;
+        tx.send(pb::LeaseKeepAliveRequest { id }).await.unwrap();
+    }
+    let entries = applied(&c, leader).await - before;
+    assert!(count > 100, "only {count} keep-alives in 4 s");
+    assert!(
+        entries < count / 4 && entries < 40,
+        "{count} keep-alives took {entries} log entries"
+    );
+    assert!(
+        has_key(&c, leader, "held").await,
+        "the lease outlived its TTL"
+    );
+
+    // Once keep-alives stop, the lease runs out as granted.
+    drop(tx);
+    wait_gone(&c, &[0, 1, 2], "held", Duration::from_secs(8)).await;
+}

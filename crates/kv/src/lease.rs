@@ -207,6 +207,12 @@ impl Leases {
             .is_some_and(|(deadline, _)| *deadline <= clock_ms)
     }
 
+    /// Milliseconds left on lease `id` at `clock_ms`, and its granted TTL in seconds.
+    pub fn remaining_ms(&self, id: i64, clock_ms: u64) -> Result<(u64, i64), KvError> {
+        let lease = self.by_id.get(&id).ok_or(KvError::LeaseNotFound)?;
+        Ok((lease.deadline_ms.saturating_sub(clock_ms), lease.ttl))
+    }
+
     pub fn time_to_live(
         &self,
         id: i64,

@@ -248,6 +248,12 @@ impl KvStore {
         Ok(resp)
     }
 
+    /// Milliseconds left on lease `id` at `now_ms` (never earlier than the log's clock),
+    /// and the TTL it was granted, in seconds.
+    pub fn lease_remaining_ms(&self, id: i64, now_ms: u64) -> Result<(u64, i64), KvError> {
+        self.leases.remaining_ms(id, now_ms.max(self.clock_ms))
+    }
+
     /// When the soonest lease expires on the log's clock, if any lease exists: the
     /// leader proposes a [`Command::Tick`] once its own clock passes it.
     pub fn next_lease_deadline(&self) -> Option<u64> {

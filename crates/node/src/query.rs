@@ -20,6 +20,10 @@ pub enum Query {
         id: i64,
         keys: bool,
     },
+    /// How long a lease has left (on this member's clock), in milliseconds.
+    LeaseRemaining {
+        id: i64,
+    },
     /// Every live lease's id.
     Leases,
     /// etcd's HashKV of key versions up to `revision` (0: now).
@@ -47,6 +51,11 @@ pub enum Query {
 pub enum Answer {
     Range(RangeResponse),
     LeaseTimeToLive(LeaseTimeToLiveResponse),
+    LeaseRemaining {
+        header: ResponseHeader,
+        left_ms: u64,
+        granted_ttl: i64,
+    },
     Leases {
         header: ResponseHeader,
         ids: Vec<i64>,
@@ -85,6 +94,16 @@ impl Query {
             Query::LeaseTimeToLive { id, keys } => kv
                 .lease_time_to_live_at(*id, *keys, wall_clock_ms())
                 .map(Answer::LeaseTimeToLive),
+            Query::LeaseRemaining { id } => {
+                kv.lease_remaining_ms(*id, wall_clock_ms())
+                    .map(|(left_ms, granted_ttl)| Answer::LeaseRemaining {
+                        header: ResponseHeader {
+                            revision: kv.revision(),
+                        },
+                        left_ms,
+                        granted_ttl,
+                    })
+            }
             Query::Leases => Ok(Answer::Leases {
                 header: ResponseHeader {
                     revision: kv.revision(),
