@@ -487,3 +487,59 @@ async fn every_member_reports_the_same_hash_kv_for_a_revision() {
         "{err}"
     );
 }
+
+/// Maintenance.Hash of member `i` once it has applied `revision` (it hashes the whole
+/// state, so members agree only at the same point).
+async fn hash_at(c: &Cluster, i: usize, revision: i64) -> u32 {
+    let mut m =
+        pb::maintenance_client::MaintenanceClient::new(channel(&c.endpoint(i)).await.unwrap());
+    let started = Instant::now();
+    loop {
+        let r = m.hash(pb::HashRequest {}).await.unwrap().into_inner();
+        if r.header.unwrap().revision == revision {
+            return r.hash;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "n{i} never reached {revision}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_member_reports_the_same_whole_state_hash_and_a_write_changes_it() {
+    let c = Cluster::start(3);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
+    let put = |i: usize| pb::PutRequest {
+        key: format!("w{}", i % 3).into_bytes(),
+        value: format!("v{i}").into_bytes(),
+        ..Default::default()
+    };
+    let mut revision = 0;
+    for i in 0..20 {
+        revision = kv
+            .put(put(i))
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision;
+    }
+    let mut hashes = Vec::new();
+    for i in 0..3 {
+        hashes.push(hash_at(&c, i, revision).await);
+    }
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    let after = kv
+        .put(put(20))
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    assert_ne!(hash_at(&c, leader, after).await, hashes[0]);
+}

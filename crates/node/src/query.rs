@@ -26,6 +26,8 @@ pub enum Query {
     },
     /// Every live lease's id.
     Leases,
+    /// A hash of the whole replicated state (etcd's Hash, which hashes its backend).
+    Hash,
     /// etcd's HashKV of key versions up to `revision` (0: now).
     HashKv {
         revision: i64,
@@ -65,6 +67,10 @@ pub enum Answer {
         header: ResponseHeader,
         hash: u32,
         compact_revision: i64,
+    },
+    Hash {
+        header: ResponseHeader,
+        hash: u32,
     },
     Alarms {
         header: ResponseHeader,
@@ -115,6 +121,15 @@ impl Query {
                 key,
                 range_end,
             } => Ok(Answer::History(history(kv, *from, key, range_end))),
+            Query::Hash => {
+                let full = kv.hash();
+                Ok(Answer::Hash {
+                    header: ResponseHeader {
+                        revision: kv.revision(),
+                    },
+                    hash: (full ^ (full >> 32)) as u32,
+                })
+            }
             Query::HashKv { revision } => kv.hash_kv(*revision).map(|(hash, _)| Answer::HashKv {
                 header: ResponseHeader {
                     revision: kv.revision(),
