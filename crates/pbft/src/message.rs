@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ekmat_core::{NodeId, RequestId};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::certificate::QuorumCertificate;
@@ -25,6 +26,41 @@ pub fn sha256(bytes: &[u8]) -> Digest {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Sig(pub [u8; 64]);
 
+/// Serialized as a byte string (serde derives stop at 32-element arrays).
+impl Serialize for Sig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Sig, D::Error> {
+        struct SigVisitor;
+        impl<'de> serde::de::Visitor<'de> for SigVisitor {
+            type Value = Sig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a 64-byte ed25519 signature")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Sig, E> {
+                let bytes: [u8; 64] = v
+                    .try_into()
+                    .map_err(|_| E::invalid_length(v.len(), &self))?;
+                Ok(Sig(bytes))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Sig, A::Error> {
+                let mut bytes = [0u8; 64];
+                for (i, b) in bytes.iter_mut().enumerate() {
+                    *b = seq
+                        .next_element()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                }
+                Ok(Sig(bytes))
+            }
+        }
+        d.deserialize_bytes(SigVisitor)
+    }
+}
+
 impl fmt::Debug for Sig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "sig:{:02x}{:02x}", self.0[0], self.0[1])
@@ -32,7 +68,7 @@ impl fmt::Debug for Sig {
 }
 
 /// A body signed by `signer`. The signature covers `body.encode()` only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Signed<T> {
     pub body: T,
     pub signer: NodeId,
@@ -69,7 +105,7 @@ impl<T: Encode> Encode for Signed<T> {
 
 /// One client operation as a gateway received it. `op` is `None` for a linearizable
 /// read, which is ordered like a write but changes nothing.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ClientRequest {
     pub id: RequestId,
     pub op: Option<Bytes>,
@@ -77,7 +113,7 @@ pub struct ClientRequest {
 
 /// Requests a gateway collected and vouches for with one signature: one signature
 /// check per bundle, not per request, is what lets batching pay off.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Bundle {
     pub gateway: NodeId,
     /// Distinguishes two bundles of the same gateway with equal contents.
@@ -104,7 +140,7 @@ impl Encode for Bundle {
 
 /// What the primary orders at one sequence number: whole signed bundles. An empty
 /// batch is PBFT's null request.
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Batch {
     pub bundles: Vec<Arc<Signed<Bundle>>>,
 }
@@ -149,7 +185,7 @@ pub fn bundle_digest(b: &Signed<Bundle>) -> Digest {
 
 /// PRE-PREPARE ⟨v, n, d⟩: the primary assigns digest `d` to sequence number `n` in view `v`.
 /// The batch travels beside the signed header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PrePrepare {
     pub view: u64,
     pub seq: u64,
@@ -159,7 +195,7 @@ pub struct PrePrepare {
 /// PREPARE ⟨v, n, d, i⟩. It carries the primary's pre-prepare signature, so a replica
 /// that was sent a different pre-prepare for the same (v, n) holds two conflicting
 /// signed statements of the primary — evidence within one round.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Prepare {
     pub view: u64,
     pub seq: u64,
@@ -168,7 +204,7 @@ pub struct Prepare {
 }
 
 /// COMMIT ⟨v, n, d, i⟩.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Commit {
     pub view: u64,
     pub seq: u64,
@@ -176,7 +212,7 @@ pub struct Commit {
 }
 
 /// CHECKPOINT ⟨n, d, i⟩: `digest` chains the digests of every batch executed up to `n`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub seq: u64,
     pub digest: Digest,
@@ -220,7 +256,7 @@ impl Encode for Checkpoint {
 
 /// 2f+1 matching signed checkpoints: the proof that `seq` is stable. Sequence 0 (the
 /// initial state) needs no signatures.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct CheckpointProof {
     pub seq: u64,
     pub digest: Digest,
@@ -230,7 +266,7 @@ pub struct CheckpointProof {
 /// A prepared certificate: the pre-prepare, its batch, and 2f matching prepares from
 /// distinct backups. A VIEW-CHANGE carries one per sequence number above the stable
 /// checkpoint the sender prepared.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PreparedCert {
     pub pre_prepare: Signed<PrePrepare>,
     pub batch: Arc<Batch>,
@@ -238,7 +274,7 @@ pub struct PreparedCert {
 }
 
 /// VIEW-CHANGE ⟨v+1, n, C, P, i⟩.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ViewChange {
     pub new_view: u64,
     pub checkpoint: CheckpointProof,
@@ -247,7 +283,7 @@ pub struct ViewChange {
 
 /// NEW-VIEW ⟨v+1, V, O⟩: the view-changes the new primary used and the pre-prepares it
 /// re-issues (null ones for gaps), which every replica recomputes before accepting.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NewView {
     pub view: u64,
     pub view_changes: Vec<Arc<Signed<ViewChange>>>,
@@ -256,7 +292,7 @@ pub struct NewView {
 
 /// A lagging replica asks for the committed batches from `from` on, and (if it is in an
 /// older view) for the NEW-VIEW that installed the responder's view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fetch {
     pub from: u64,
     pub view: u64,
@@ -264,7 +300,7 @@ pub struct Fetch {
 
 /// Committed batches, each with the quorum certificate that proves it committed: the
 /// receiver needs nothing but the validators' public keys to check them.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Transfer {
     pub entries: Vec<(Arc<Batch>, QuorumCertificate)>,
 }
@@ -338,7 +374,7 @@ impl Encode for Transfer {
 }
 
 /// Everything replicas send each other.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Message {
     /// A gateway's requests, sent to every replica (so backups can watch the primary).
     Bundle(Arc<Signed<Bundle>>),

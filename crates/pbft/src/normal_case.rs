@@ -17,10 +17,13 @@ use crate::crypto::SigItem;
 use crate::durable::Write;
 use crate::evidence::Statement;
 use crate::message::{
-    Batch, Commit, Digest, Message, PrePrepare, Prepare, PreparedCert, Signed, bundle_digest,
-    sha256,
+    Batch, Bundle, ClientRequest, Commit, Digest, Message, PrePrepare, Prepare, PreparedCert,
+    Signed, bundle_digest, sha256,
 };
 use crate::replica::{Fx, Pbft, primary_of};
+
+/// The client id of requests a gateway numbered itself (the runtime's, see `deliver`).
+const ANONYMOUS_CLIENT: u64 = 0;
 
 /// Recent request numbers kept per client for at-most-once execution.
 const SESSION_DEPTH: usize = 8;
@@ -365,32 +368,49 @@ impl Pbft {
 
     /// Hand a batch's requests to the state machine, each (client, request, bytes) at
     /// most once. Reads change nothing; their gateway answers once it has applied this far.
+    ///
+    /// A signed bundle executes once, whichever batches carry it (a bundle may be
+    /// ordered twice across a view change). Requests of the anonymous client 0 — a
+    /// runtime gateway's own ids, unique per gateway, not a client's session — are
+    /// deduplicated by that alone: the per-client session's small window would refuse
+    /// requests of one gateway that arrive out of order behind another gateway's.
     fn deliver(&mut self, batch: &Batch, out: &mut Fx) {
-        for (bundle, r) in batch.requests() {
-            let Some(op) = &r.op else {
-                if bundle.body.gateway == self.cfg.id {
-                    out.reply(Reply::ReadReady {
-                        id: r.id,
-                        index: self.applied,
-                    });
-                }
+        for bundle in &batch.bundles {
+            if !self.executed_bundles.insert(bundle_digest(bundle)) {
+                self.counter("duplicate-bundle", out);
                 continue;
-            };
-            if !self
+            }
+            for r in &bundle.body.requests {
+                self.deliver_request(bundle, r, out);
+            }
+        }
+    }
+
+    fn deliver_request(&mut self, bundle: &Signed<Bundle>, r: &ClientRequest, out: &mut Fx) {
+        let Some(op) = &r.op else {
+            if bundle.body.gateway == self.cfg.id {
+                out.reply(Reply::ReadReady {
+                    id: r.id,
+                    index: self.applied,
+                });
+            }
+            return;
+        };
+        if r.id.client != ANONYMOUS_CLIENT
+            && !self
                 .sessions
                 .entry(r.id.client)
                 .or_default()
                 .admit(r.id.seq, sha256(op))
-            {
-                continue;
-            }
-            self.applied += 1;
-            let entry = CommittedEntry::Command {
-                id: r.id,
-                command: op.clone(),
-            };
-            out.commit(self.applied, entry);
+        {
+            return;
         }
+        self.applied += 1;
+        let entry = CommittedEntry::Command {
+            id: r.id,
+            command: op.clone(),
+        };
+        out.commit(self.applied, entry);
     }
 
     /// Execution moved on: the primary is doing its job.
