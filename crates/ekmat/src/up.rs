@@ -53,6 +53,10 @@ fn addr(port: u32) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port as u16))
 }
 
+fn node_dir(data: &Path, id: u32) -> PathBuf {
+    data.join(format!("n{id}"))
+}
+
 fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
     if args.nodes == 0 || args.nodes > 50 {
         return Err("--nodes must be between 1 and 50".into());
@@ -64,7 +68,12 @@ fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
             args.nodes
         ));
     }
-    let members: Vec<Member> = (0..args.nodes as u32)
+    if args.protocol == "pbft"
+        && let Some(e) = ekmat_node::config::pbft_size_error(args.nodes)
+    {
+        return Err(format!("--nodes {}: {e}", args.nodes));
+    }
+    let mut members: Vec<Member> = (0..args.nodes as u32)
         .map(|i| Member {
             id: i,
             name: format!("n{i}"),
@@ -72,13 +81,24 @@ fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
             peer: addr(base + 100 + i),
             metrics: Some(addr(base + 200 + i)),
             joined: false,
+            public_key: None,
         })
         .collect();
+    if args.protocol == "pbft" {
+        // Each member's signing key lives in its own data directory (kept if it is
+        // already there, so a cluster restarted on the same --data-dir keeps its keys);
+        // every member's configuration lists all the public keys.
+        for m in &mut members {
+            let dir = node_dir(data, m.id);
+            let (key, _) = ekmat_node::keys::load_or_generate(&dir).map_err(|e| e.to_string())?;
+            m.public_key = Some(ekmat_node::keys::public_key_hex(&key.verifying_key()));
+        }
+    }
     let cfgs: Vec<NodeConfig> = (0..args.nodes as u32)
         .map(|i| NodeConfig {
             protocol: args.protocol.clone(),
             unsafe_no_fsync: args.unsafe_no_fsync,
-            ..NodeConfig::new("ekmat-up", i, data.join(format!("n{i}")), members.clone())
+            ..NodeConfig::new("ekmat-up", i, node_dir(data, i), members.clone())
         })
         .collect();
     cfgs[0].validate().map_err(|e| e.to_string())?;
