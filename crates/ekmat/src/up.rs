@@ -383,6 +383,41 @@ mod tests {
     }
 
     #[test]
+    fn a_pbft_plan_gives_each_member_a_key_and_every_config_all_public_keys() {
+        let dir = std::env::temp_dir().join(format!("ekmat-up-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut a = args(4, 2379);
+        a.protocol = "pbft".into();
+        let cfgs = plan(&a, &dir).unwrap();
+        let keys: Vec<_> = cfgs[0]
+            .members
+            .iter()
+            .map(|m| m.public_key.clone().unwrap())
+            .collect();
+        assert_eq!(
+            keys.iter().collect::<std::collections::BTreeSet<_>>().len(),
+            4
+        );
+        for (i, cfg) in cfgs.iter().enumerate() {
+            cfg.validate().unwrap();
+            let (secret, fresh) = ekmat_node::keys::load_or_generate(&cfg.data_dir).unwrap();
+            assert!(!fresh, "n{i}'s key is in its data directory");
+            let public = ekmat_node::keys::public_key_hex(&secret.verifying_key());
+            assert_eq!(public, keys[i]);
+        }
+        let again = plan(&a, &dir).unwrap();
+        assert_eq!(again[0].members, cfgs[0].members, "a rerun keeps the keys");
+        let _ = std::fs::remove_dir_all(&dir);
+        a.nodes = 3;
+        let err = plan(&a, &dir).unwrap_err();
+        assert!(err.contains("3f+1"), "{err}");
+        assert!(
+            !dir.exists(),
+            "no key is generated for a plan that is refused"
+        );
+    }
+
+    #[test]
     fn impossible_plans_are_refused() {
         assert!(plan(&args(0, 2379), Path::new("/tmp/x")).is_err());
         assert!(plan(&args(3, 65_500), Path::new("/tmp/x")).is_err());

@@ -114,7 +114,7 @@ pub const PROTOCOLS: [&str; 2] = ["raft", "pbft"];
 
 /// Why `n` members cannot run PBFT, if they cannot: it needs n = 3f+1 with f >= 1.
 pub fn pbft_size_error(n: usize) -> Option<String> {
-    if n >= 4 && (n - 1) % 3 == 0 {
+    if n >= 4 && (n - 1).is_multiple_of(3) {
         return None;
     }
     let hint = if n < 4 {
