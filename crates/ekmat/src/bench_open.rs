@@ -51,6 +51,12 @@ pub struct OpenLoopBench {
     /// Distinct keys written.
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
+    /// Puts per request: 1 sends each put as its own Put call; K > 1 sends K puts (to
+    /// K distinct keys) in one Txn call, which the cluster orders and applies as one
+    /// command — rates and throughput still count puts. It shows what the cluster does
+    /// when the cost of one gRPC call per put (client and server side) is shared.
+    #[arg(long, default_value_t = 1)]
+    pub puts_per_request: u64,
     /// gRPC connections, spread over every member (each member takes client requests).
     #[arg(long, default_value_t = 16)]
     pub conns: usize,
@@ -86,6 +92,10 @@ pub fn run(b: &OpenLoopBench) -> u8 {
         eprintln!("error: --rates, --conns and --keys must be positive");
         return exit::USAGE;
     }
+    if b.puts_per_request == 0 || b.puts_per_request > b.keys {
+        eprintln!("error: --puts-per-request must be between 1 and --keys");
+        return exit::USAGE;
+    }
     if b.duration <= b.warmup {
         eprintln!("error: --duration must be longer than --warmup");
         return exit::USAGE;
@@ -116,6 +126,7 @@ pub fn run(b: &OpenLoopBench) -> u8 {
                 "protocol": b.protocol,
                 "nodes": b.nodes,
                 "value_size": b.value_size,
+                "puts_per_request": b.puts_per_request,
                 "fsync": !b.unsafe_no_fsync,
                 "points": points,
             })
@@ -172,17 +183,19 @@ async fn load(b: &OpenLoopBench, rate: u64, endpoints: &[String]) -> Result<Rate
     }
     // One worker per connection, each with an equal share of the arrivals, interleaved.
     let workers = b.conns as u64;
+    let k = b.puts_per_request;
     let start = Instant::now() + Duration::from_millis(50);
     let mut tasks = JoinSet::new();
     for (w, channel) in channels.into_iter().enumerate() {
         let plan = Plan {
             start,
-            interval: Duration::from_secs_f64(workers as f64 / rate as f64),
-            offset: Duration::from_secs_f64(w as f64 / rate as f64),
+            interval: Duration::from_secs_f64(workers as f64 * k as f64 / rate as f64),
+            offset: Duration::from_secs_f64(w as f64 * k as f64 / rate as f64),
             window: (start + b.warmup, start + b.duration),
             drain: b.drain,
             value: vec![b'x'; b.value_size],
             keys: b.keys,
+            puts: k,
             seed: w as u64 + 1,
         };
         tasks.spawn(worker(channel, plan));
@@ -205,7 +218,7 @@ async fn load(b: &OpenLoopBench, rate: u64, endpoints: &[String]) -> Result<Rate
         offered_per_second: rate,
         acknowledged_per_second: acked as f64 / window,
         scheduled,
-        acknowledged: all.len(),
+        acknowledged: all.len() * k,
         errors,
         timed_out,
         first_error,
@@ -227,7 +240,14 @@ struct Plan {
     drain: Duration,
     value: Vec<u8>,
     keys: u64,
+    /// Puts per request (more than one: a Txn).
+    puts: u64,
     seed: u64,
+}
+
+enum Call {
+    Put(pb::PutRequest),
+    Txn(pb::TxnRequest),
 }
 
 /// Send puts at the planned instants, never waiting for earlier ones to be answered.
@@ -244,26 +264,26 @@ async fn worker(channel: Channel, plan: Plan) -> Measured {
     };
     let mut inflight: JoinSet<(Instant, Result<(), String>, Instant)> = JoinSet::new();
     let (from, until) = plan.window;
+    let puts = plan.puts;
     let mut next = plan.start + plan.offset;
-    let record =
-        |m: &mut Measured, (at, result, done): (Instant, Result<(), String>, Instant)| {
-            if result.is_ok() && done >= from && done < until {
-                m.acknowledged_in_window += 1;
+    let record = |m: &mut Measured, (at, result, done): (Instant, Result<(), String>, Instant)| {
+        if result.is_ok() && done >= from && done < until {
+            m.acknowledged_in_window += puts;
+        }
+        if at < from {
+            return; // warm-up
+        }
+        match result {
+            Ok(()) => {
+                let us = done.saturating_duration_since(at).as_micros().max(1) as u64;
+                let _ = m.hist.record(us);
             }
-            if at < from {
-                return; // warm-up
+            Err(e) => {
+                m.errors += puts;
+                m.first_error.get_or_insert(e);
             }
-            match result {
-                Ok(()) => {
-                    let us = done.saturating_duration_since(at).as_micros().max(1) as u64;
-                    let _ = m.hist.record(us);
-                }
-                Err(e) => {
-                    m.errors += 1;
-                    m.first_error.get_or_insert(e);
-                }
-            }
-        };
+        }
+    };
     while next < until {
         tokio::select! {
             biased;
@@ -275,20 +295,34 @@ async fn worker(channel: Channel, plan: Plan) -> Measured {
                     let at = next;
                     next += plan.interval;
                     if at >= from {
-                        m.scheduled += 1;
+                        m.scheduled += plan.puts;
                     }
                     let mut kv = kv.clone();
-                    let req = pb::PutRequest {
-                        key: format!("bench/{:08}", rng.range(0, plan.keys - 1)).into_bytes(),
+                    let first = rng.range(0, plan.keys - 1);
+                    let put = |i: u64| pb::PutRequest {
+                        key: format!("bench/{:08}", (first + i) % plan.keys).into_bytes(),
                         value: plan.value.clone(),
                         ..Default::default()
                     };
+                    let call = if plan.puts == 1 {
+                        Call::Put(put(0))
+                    } else {
+                        Call::Txn(pb::TxnRequest {
+                            success: (0..plan.puts)
+                                .map(|i| pb::RequestOp {
+                                    request: Some(pb::request_op::Request::RequestPut(put(i))),
+                                })
+                                .collect(),
+                            ..Default::default()
+                        })
+                    };
                     inflight.spawn(async move {
-                        let result = kv
-                            .put(req)
-                            .await
-                            .map(drop)
-                            .map_err(|s| format!("{:?}: {}", s.code(), s.message()));
+                        let result = match call {
+                            Call::Put(req) => kv.put(req).await.map(drop),
+                            Call::Txn(req) => kv.txn(req).await.map(drop),
+                        };
+                        let result =
+                            result.map_err(|s| format!("{:?}: {}", s.code(), s.message()));
                         (at, result, Instant::now())
                     });
                 }
@@ -302,7 +336,7 @@ async fn worker(channel: Channel, plan: Plan) -> Measured {
             Ok(Some(Err(_))) => {}
             Ok(None) => break,
             Err(_) => {
-                m.timed_out += inflight.len() as u64;
+                m.timed_out += inflight.len() as u64 * plan.puts;
                 inflight.abort_all();
                 break;
             }
@@ -313,10 +347,15 @@ async fn worker(channel: Channel, plan: Plan) -> Measured {
 
 fn print(b: &OpenLoopBench, points: &[RatePoint]) {
     println!(
-        "{} nodes, {}, open loop: {}-byte values over {} keys, {} connections spread over every member, {:?} per rate ({:?} warm-up), fsync {}",
+        "{} nodes, {}, open loop: {}-byte puts ({}) over {} keys, {} connections spread over every member, {:?} per rate ({:?} warm-up), fsync {}",
         b.nodes,
         b.protocol,
         b.value_size,
+        if b.puts_per_request == 1 {
+            "one per Put call".to_string()
+        } else {
+            format!("{} per Txn call", b.puts_per_request)
+        },
         b.keys,
         b.conns,
         b.duration,

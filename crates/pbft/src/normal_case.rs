@@ -18,7 +18,7 @@ use crate::durable::Write;
 use crate::evidence::Statement;
 use crate::message::{
     Batch, Bundle, ClientRequest, Commit, Digest, Message, PrePrepare, Prepare, PreparedCert,
-    Signed, bundle_digest, sha256,
+    Signed, sha256,
 };
 use crate::replica::{Fx, Pbft, primary_of};
 
@@ -105,16 +105,27 @@ impl Pbft {
     }
 
     /// The header's signature, the batch's digest and every bundle's signature (verified
-    /// as one batch, skipping those already seen alone).
+    /// as one batch). A bundle this replica holds as pending or executed was verified
+    /// when it arrived, and its digest covers its signature: it is not checked again.
     fn pre_prepare_verifies(&mut self, header: &Signed<PrePrepare>, batch: &Batch) -> bool {
-        if batch.digest() != header.body.digest
+        let digests = batch.bundle_digests();
+        if Batch::digest_of(&digests) != header.body.digest
             && self.cfg.mutant != Mutant::SkipSignatureVerification
         {
             return false;
         }
         let gateways_sign = batch.bundles.iter().all(|b| b.signer == b.body.gateway);
         let mut items = vec![SigItem::of(header)];
-        items.extend(batch.bundles.iter().map(|b| SigItem::of(&**b)));
+        items.extend(
+            batch
+                .bundles
+                .iter()
+                .zip(&digests)
+                .filter(|(_, d)| {
+                    !self.pending.contains_key(*d) && !self.executed_bundles.contains(*d)
+                })
+                .map(|(b, _)| SigItem::of(&**b)),
+        );
         gateways_sign && self.keys.verify_all(items)
     }
 
@@ -336,9 +347,10 @@ impl Pbft {
         out: &mut Fx,
     ) {
         assert_eq!(seq, self.last_executed + 1, "execution must be gapless");
+        let digests = batch.bundle_digests();
         assert_eq!(
             qc.digest,
-            batch.digest(),
+            Batch::digest_of(&digests),
             "{}: a certificate for another batch at {seq}",
             self.cfg.id
         );
@@ -353,12 +365,10 @@ impl Pbft {
         chain.extend_from_slice(&qc.digest);
         self.history = sha256(&chain);
         self.last_executed = seq;
-        self.deliver(&batch, out);
-        for b in &batch.bundles {
-            let d = bundle_digest(b);
-            self.pending.remove(&d);
-            self.in_flight.remove(&d);
-            self.executed_bundles.insert(d);
+        self.deliver(&batch, &digests, out);
+        for d in &digests {
+            self.pending.remove(d);
+            self.in_flight.remove(d);
         }
         self.executed.insert(seq, (batch, qc));
         self.on_progress();
@@ -374,9 +384,9 @@ impl Pbft {
     /// runtime gateway's own ids, unique per gateway, not a client's session — are
     /// deduplicated by that alone: the per-client session's small window would refuse
     /// requests of one gateway that arrive out of order behind another gateway's.
-    fn deliver(&mut self, batch: &Batch, out: &mut Fx) {
-        for bundle in &batch.bundles {
-            if !self.executed_bundles.insert(bundle_digest(bundle)) {
+    fn deliver(&mut self, batch: &Batch, digests: &[Digest], out: &mut Fx) {
+        for (bundle, digest) in batch.bundles.iter().zip(digests) {
+            if !self.executed_bundles.insert(*digest) {
                 self.counter("duplicate-bundle", out);
                 continue;
             }

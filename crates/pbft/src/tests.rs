@@ -410,3 +410,42 @@ fn header(batch: &Batch) -> crate::message::PrePrepare {
         digest: batch.digest(),
     }
 }
+
+/// A bundle's signature covers its requests (through their digest): changing one
+/// request's bytes, number or client breaks it, and changes the bundle's digest.
+#[test]
+fn a_bundle_signature_covers_every_request() {
+    use crate::message::{Bundle, ClientRequest, bundle_digest};
+    let key = crate::crypto::derive_key(KEY_SEED, 1);
+    let mut ring = crate::crypto::Keyring::new(
+        NodeId(0),
+        crate::crypto::derive_public_keys(KEY_SEED, 4),
+        crate::crypto::derive_key(KEY_SEED, 0),
+    );
+    let request = |seq: u64, op: &str| ClientRequest {
+        id: RequestId { client: 0, seq },
+        op: Some(Bytes::from(op.to_string())),
+    };
+    let signed = crate::crypto::sign(
+        &key,
+        NodeId(1),
+        Bundle {
+            gateway: NodeId(1),
+            nonce: 1,
+            requests: vec![request(1, "a"), request(2, "b")],
+        },
+    );
+    assert!(ring.verify(&signed));
+    let changes: [fn(&mut Bundle); 4] = [
+        |b| b.requests[1].op = Some(Bytes::from_static(b"c")),
+        |b| b.requests[1].id.seq = 3,
+        |b| b.requests[0].id.client = 9,
+        |b| b.requests[1].op = None,
+    ];
+    for change in changes {
+        let mut forged = signed.clone();
+        change(&mut forged.body);
+        assert!(!ring.verify(&forged), "{:?}", forged.body);
+        assert_ne!(bundle_digest(&forged), bundle_digest(&signed));
+    }
+}
