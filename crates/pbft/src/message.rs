@@ -205,6 +205,16 @@ pub fn bundle_digest(b: &Signed<Bundle>) -> Digest {
     sha256(&b.to_bytes())
 }
 
+/// [`bundle_digest`] of the bundle `item` was made from, from the bytes it already
+/// holds (the body's encoding, then the signer and the signature, as `Signed` encodes).
+pub fn signed_digest(item: &crate::crypto::SigItem) -> Digest {
+    let mut h = Sha256::new();
+    h.update(&item.msg);
+    h.update((item.signer.0 as u64).to_le_bytes());
+    h.update(item.sig.0);
+    h.finalize().into()
+}
+
 /// PRE-PREPARE ⟨v, n, d⟩: the primary assigns digest `d` to sequence number `n` in view `v`.
 /// The batch travels beside the signed header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -66,11 +66,12 @@ impl Pbft {
         out: &mut Fx,
     ) {
         let pp = header.body;
-        if header.signer != primary_of(pp.view, self.n())
-            || !self.pre_prepare_verifies(&header, &batch)
-        {
+        if header.signer != primary_of(pp.view, self.n()) {
             return self.reject_signature(out);
         }
+        let Some(digests) = self.pre_prepare_verifies(&header, &batch) else {
+            return self.reject_signature(out);
+        };
         self.note_seen(header.signer, pp.seq, pp.view);
         if self.defer_if_other_view(
             pp.view,
@@ -99,7 +100,7 @@ impl Pbft {
         {
             return;
         }
-        self.install_pre_prepare(header, batch, out);
+        self.install_pre_prepare(header, batch, &digests, out);
         self.send_prepare(&header, out);
         self.check_prepared(pp.seq, out);
     }
@@ -107,12 +108,17 @@ impl Pbft {
     /// The header's signature, the batch's digest and every bundle's signature (verified
     /// as one batch). A bundle this replica holds as pending or executed was verified
     /// when it arrived, and its digest covers its signature: it is not checked again.
-    fn pre_prepare_verifies(&mut self, header: &Signed<PrePrepare>, batch: &Batch) -> bool {
+    /// Returns the bundles' digests if it all holds.
+    fn pre_prepare_verifies(
+        &mut self,
+        header: &Signed<PrePrepare>,
+        batch: &Batch,
+    ) -> Option<Vec<Digest>> {
         let digests = batch.bundle_digests();
         if Batch::digest_of(&digests) != header.body.digest
             && self.cfg.mutant != Mutant::SkipSignatureVerification
         {
-            return false;
+            return None;
         }
         let gateways_sign = batch.bundles.iter().all(|b| b.signer == b.body.gateway);
         let mut items = vec![SigItem::of(header)];
@@ -126,7 +132,7 @@ impl Pbft {
                 })
                 .map(|(b, _)| SigItem::of(&**b)),
         );
-        gateways_sign && self.keys.verify_all(items)
+        (gateways_sign && self.keys.verify_all(items)).then_some(digests)
     }
 
     pub(crate) fn send_prepare(&mut self, header: &Signed<PrePrepare>, out: &mut Fx) {

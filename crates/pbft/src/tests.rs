@@ -436,6 +436,11 @@ fn a_bundle_signature_covers_every_request() {
         },
     );
     assert!(ring.verify(&signed));
+    assert_eq!(
+        crate::message::signed_digest(&crate::crypto::SigItem::of(&signed)),
+        bundle_digest(&signed),
+        "the digest from the verified bytes is the bundle's digest"
+    );
     let changes: [fn(&mut Bundle); 4] = [
         |b| b.requests[1].op = Some(Bytes::from_static(b"c")),
         |b| b.requests[1].id.seq = 3,
