@@ -32,6 +32,8 @@ pub enum BenchKind {
     Kv(KvBench),
     /// PBFT: an in-process cluster with real signatures, and messages per batch vs n.
     Pbft(crate::bench_pbft::PbftBench),
+    /// A real cluster (Raft or PBFT) under open-loop puts at fixed arrival rates.
+    OpenLoop(crate::bench_open::OpenLoopBench),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -98,6 +100,7 @@ pub fn run(args: BenchArgs) -> u8 {
     let b = match args.kind {
         BenchKind::Kv(b) => b,
         BenchKind::Pbft(p) => return crate::bench_pbft::run(&p),
+        BenchKind::OpenLoop(o) => return crate::bench_open::run(&o),
     };
     if b.clients == 0 || b.conns == 0 || b.keys == 0 || b.duration.is_zero() {
         eprintln!("error: --clients, --conns, --keys and --duration must be positive");

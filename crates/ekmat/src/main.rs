@@ -1,6 +1,7 @@
 //! The `ekmat` command line.
 
 mod bench;
+mod bench_open;
 mod bench_pbft;
 mod client;
 mod demo;

@@ -151,10 +151,7 @@ fn build_pbft(args: &SimArgs) -> Result<(PbftSim, SimOptions), String> {
     if args.byzantine >= args.nodes {
         return Err("--byzantine must be smaller than --nodes".into());
     }
-    let faults: Vec<FaultKind> = FaultKind::parse_list(&args.faults)?
-        .into_iter()
-        .filter(|k| !matches!(k, FaultKind::Transfer | FaultKind::Membership))
-        .collect();
+    let faults = pbft_faults(&args.faults)?;
     let opts = sim_options(args, faults)?;
     // n = 3f+1 tolerates f; below that, wait for n - f (no more can be waited for).
     let quorum = (args.nodes < 3 * args.byzantine + 1).then(|| args.nodes - args.byzantine);
@@ -168,6 +165,30 @@ fn build_pbft(args: &SimArgs) -> Result<(PbftSim, SimOptions), String> {
         ..PbftSim::default()
     };
     Ok((proto, opts))
+}
+
+/// The faults a PBFT run injects. `all` means every fault PBFT can meet; naming
+/// leadership transfer or membership churn, which PBFT's fixed membership and rotating
+/// primary have no counterpart for, is an error rather than a fault silently not injected.
+fn pbft_faults(list: &str) -> Result<Vec<FaultKind>, String> {
+    let unsupported = [FaultKind::Transfer, FaultKind::Membership];
+    for word in list.split(',').map(str::trim) {
+        if let Some(k) = unsupported.iter().find(|k| k.name() == word) {
+            return Err(format!(
+                "--faults {word}: PBFT has no {} (its membership is fixed and its primary changes only by view change); \
+                 use `all` or a list without {}",
+                match k {
+                    FaultKind::Transfer => "leadership transfer",
+                    _ => "membership changes",
+                },
+                k.name()
+            ));
+        }
+    }
+    Ok(FaultKind::parse_list(list)?
+        .into_iter()
+        .filter(|k| !unsupported.contains(k))
+        .collect())
 }
 
 /// The run's options, whatever the protocol, from the flags and the faults it uses.

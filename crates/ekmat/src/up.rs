@@ -53,6 +53,10 @@ fn addr(port: u32) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port as u16))
 }
 
+fn node_dir(data: &Path, id: u32) -> PathBuf {
+    data.join(format!("n{id}"))
+}
+
 fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
     if args.nodes == 0 || args.nodes > 50 {
         return Err("--nodes must be between 1 and 50".into());
@@ -64,7 +68,12 @@ fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
             args.nodes
         ));
     }
-    let members: Vec<Member> = (0..args.nodes as u32)
+    if args.protocol == "pbft"
+        && let Some(e) = ekmat_node::config::pbft_size_error(args.nodes)
+    {
+        return Err(format!("--nodes {}: {e}", args.nodes));
+    }
+    let mut members: Vec<Member> = (0..args.nodes as u32)
         .map(|i| Member {
             id: i,
             name: format!("n{i}"),
@@ -72,13 +81,24 @@ fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
             peer: addr(base + 100 + i),
             metrics: Some(addr(base + 200 + i)),
             joined: false,
+            public_key: None,
         })
         .collect();
+    if args.protocol == "pbft" {
+        // Each member's signing key lives in its own data directory (kept if it is
+        // already there, so a cluster restarted on the same --data-dir keeps its keys);
+        // every member's configuration lists all the public keys.
+        for m in &mut members {
+            let dir = node_dir(data, m.id);
+            let (key, _) = ekmat_node::keys::load_or_generate(&dir).map_err(|e| e.to_string())?;
+            m.public_key = Some(ekmat_node::keys::public_key_hex(&key.verifying_key()));
+        }
+    }
     let cfgs: Vec<NodeConfig> = (0..args.nodes as u32)
         .map(|i| NodeConfig {
             protocol: args.protocol.clone(),
             unsafe_no_fsync: args.unsafe_no_fsync,
-            ..NodeConfig::new("ekmat-up", i, data.join(format!("n{i}")), members.clone())
+            ..NodeConfig::new("ekmat-up", i, node_dir(data, i), members.clone())
         })
         .collect();
     cfgs[0].validate().map_err(|e| e.to_string())?;
@@ -360,6 +380,41 @@ mod tests {
             (2381, 2481, 2581)
         );
         assert_eq!(cfgs[1].data_dir, Path::new("/tmp/x/n1"));
+    }
+
+    #[test]
+    fn a_pbft_plan_gives_each_member_a_key_and_every_config_all_public_keys() {
+        let dir = std::env::temp_dir().join(format!("ekmat-up-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut a = args(4, 2379);
+        a.protocol = "pbft".into();
+        let cfgs = plan(&a, &dir).unwrap();
+        let keys: Vec<_> = cfgs[0]
+            .members
+            .iter()
+            .map(|m| m.public_key.clone().unwrap())
+            .collect();
+        assert_eq!(
+            keys.iter().collect::<std::collections::BTreeSet<_>>().len(),
+            4
+        );
+        for (i, cfg) in cfgs.iter().enumerate() {
+            cfg.validate().unwrap();
+            let (secret, fresh) = ekmat_node::keys::load_or_generate(&cfg.data_dir).unwrap();
+            assert!(!fresh, "n{i}'s key is in its data directory");
+            let public = ekmat_node::keys::public_key_hex(&secret.verifying_key());
+            assert_eq!(public, keys[i]);
+        }
+        let again = plan(&a, &dir).unwrap();
+        assert_eq!(again[0].members, cfgs[0].members, "a rerun keeps the keys");
+        let _ = std::fs::remove_dir_all(&dir);
+        a.nodes = 3;
+        let err = plan(&a, &dir).unwrap_err();
+        assert!(err.contains("3f+1"), "{err}");
+        assert!(
+            !dir.exists(),
+            "no key is generated for a plan that is refused"
+        );
     }
 
     #[test]

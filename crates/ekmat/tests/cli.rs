@@ -59,6 +59,22 @@ fn bad_usage_exits_2_with_a_reason() {
         (&["sim", "--seeds", "0"], "--seeds"),
         (&["sim", "--seeds", "many"], "many"),
         (&["sim", "--clients", "0"], "--clients"),
+        (
+            &["sim", "--protocol", "pbft", "--faults", "crash,membership"],
+            "PBFT has no membership changes",
+        ),
+        (
+            &["sim", "--protocol", "pbft", "--faults", "transfer"],
+            "PBFT has no leadership transfer",
+        ),
+        (
+            &["up", "--protocol", "pbft", "--nodes", "3"],
+            "3f+1 members",
+        ),
+        (
+            &["up", "--protocol", "pbft", "--nodes", "5"],
+            "exactly 3f+1",
+        ),
     ];
     for (args, reason) in cases {
         let o = ekmat(args);

@@ -54,6 +54,7 @@ fn sample(dir: &std::path::Path) -> ekmat_node::NodeConfig {
             client: addr(free_port()),
             metrics: None,
             joined: false,
+            public_key: None,
         }],
     )
 }

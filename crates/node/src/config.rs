@@ -99,6 +99,10 @@ pub struct Member {
     /// leader to send it the log; the cluster id counts only founding members.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub joined: bool,
+    /// The member's ed25519 public key, 64 hex digits (PBFT: every member needs one; the
+    /// secret half stays in the member's data directory, see `keys.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 fn default_protocol() -> String {
@@ -106,7 +110,26 @@ fn default_protocol() -> String {
 }
 
 /// Protocols the runtime can run.
-pub const PROTOCOLS: [&str; 1] = ["raft"];
+pub const PROTOCOLS: [&str; 2] = ["raft", "pbft"];
+
+/// Why `n` members cannot run PBFT, if they cannot: it needs n = 3f+1 with f >= 1.
+pub fn pbft_size_error(n: usize) -> Option<String> {
+    if n >= 4 && (n - 1).is_multiple_of(3) {
+        return None;
+    }
+    let hint = if n < 4 {
+        "fewer than 4 members tolerate no Byzantine member".to_string()
+    } else {
+        let f = (n - 1) / 3;
+        format!(
+            "{n} members tolerate no more Byzantine members than {} do, and PBFT's quorums of 2f+1 are only safe with exactly 3f+1",
+            3 * f + 1
+        )
+    };
+    Some(format!(
+        "protocol \"pbft\" needs 3f+1 members (4, 7, 10, ...) to tolerate f >= 1 Byzantine members; this cluster has {n}: {hint}"
+    ))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -206,6 +229,16 @@ impl NodeConfig {
         if self.data_dir.as_os_str().is_empty() {
             return bad("`data_dir` must be set".into());
         }
+        for m in &self.members {
+            if let Some(key) = &m.public_key
+                && let Err(e) = crate::keys::parse_public_key(key)
+            {
+                return bad(format!("member {}'s public_key {key:?}: {e}", m.id));
+            }
+        }
+        if self.protocol == "pbft" {
+            self.validate_pbft()?;
+        }
         let Some(read_mode) = ReadMode::from_name(&self.read_mode) else {
             return bad(format!(
                 "unknown read_mode '{}' (known: read-index, lease)",
@@ -224,6 +257,70 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+
+    /// PBFT's needs: n = 3f+1 members with f >= 1 (its quorums of 2f+1 intersect in a
+    /// correct member only then), a public key for each, and a fixed membership.
+    fn validate_pbft(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(m) = self.members.iter().find(|m| m.joined) {
+            return bad(format!(
+                "member {} is marked `joined`, but protocol \"pbft\" has a fixed membership (no members are added at run time)",
+                m.id
+            ));
+        }
+        let n = self.members.len();
+        if let Some(e) = pbft_size_error(n) {
+            return bad(e);
+        }
+        let mut ids: Vec<u32> = self.members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        if ids.iter().enumerate().any(|(i, &id)| id as usize != i) {
+            return bad(format!(
+                "protocol \"pbft\" numbers its members 0..{}: member ids must be exactly those (this cluster has {:?}), since member i is the primary of views i, i+n, ...",
+                n - 1,
+                ids
+            ));
+        }
+        let missing: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.public_key.is_none())
+            .map(|m| m.id.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return bad(format!(
+                "protocol \"pbft\" needs every member's `public_key` (64 hex digits); missing for member(s) {}. A node prints its public key when it first generates its signing key (`ekmat up --protocol pbft` writes them for you)",
+                missing.join(", ")
+            ));
+        }
+        let mut keys = BTreeSet::new();
+        for m in &self.members {
+            if !keys.insert(m.public_key.as_deref().unwrap_or_default().to_lowercase()) {
+                return bad(format!(
+                    "member {}'s public_key is another member's too: each member needs its own key",
+                    m.id
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The members' public keys in member-id order (PBFT validator `i` is the i-th
+    /// member by id). Validated configurations only.
+    pub fn public_keys(&self) -> Result<Vec<ed25519_dalek::VerifyingKey>, String> {
+        let mut members: Vec<&Member> = self.members.iter().collect();
+        members.sort_by_key(|m| m.id);
+        members
+            .iter()
+            .map(|m| {
+                let key = m
+                    .public_key
+                    .as_deref()
+                    .ok_or_else(|| format!("member {} has no public_key", m.id))?;
+                crate::keys::parse_public_key(key).map_err(|e| format!("member {}: {e}", m.id))
+            })
+            .collect()
     }
 
     pub fn me(&self) -> &Member {
@@ -283,6 +380,7 @@ mod tests {
             client: format!("127.0.0.1:{}", 2379 + id).parse().unwrap(),
             metrics: None,
             joined: false,
+            public_key: None,
         };
         NodeConfig {
             cluster: "test".into(),
@@ -350,6 +448,64 @@ mod tests {
                 .to_string()
                 .contains("unknown protocol")
         );
+    }
+
+    fn pbft(n: u32) -> NodeConfig {
+        let mut c = sample();
+        c.protocol = "pbft".into();
+        c.members = (0..n)
+            .map(|id| Member {
+                id,
+                name: format!("n{id}"),
+                peer: format!("127.0.0.1:{}", 12380 + id).parse().unwrap(),
+                client: format!("127.0.0.1:{}", 2379 + id).parse().unwrap(),
+                metrics: None,
+                joined: false,
+                public_key: Some(crate::keys::public_key_hex(
+                    &ed25519_dalek::SigningKey::from_bytes(&[id as u8 + 1; 32]).verifying_key(),
+                )),
+            })
+            .collect();
+        c
+    }
+
+    #[test]
+    fn pbft_configurations_are_checked() {
+        let c = pbft(4);
+        c.validate().unwrap();
+        assert_eq!(c.public_keys().unwrap().len(), 4);
+        pbft(7).validate().unwrap();
+        let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+
+        let err = |c: NodeConfig| c.validate().unwrap_err().to_string();
+        let mut small = pbft(4);
+        small.members.truncate(3);
+        assert!(err(small).contains("needs 3f+1 members"));
+        let e = err(pbft(5));
+        assert!(e.contains("no more Byzantine members than 4"), "{e}");
+        let mut c = pbft(4);
+        c.members[2].public_key = None;
+        let e = err(c);
+        assert!(e.contains("missing for member(s) 2"), "{e}");
+        let mut c = pbft(4);
+        c.members[3].public_key = Some("beef".into());
+        let e = err(c);
+        assert!(e.contains("member 3's public_key \"beef\""), "{e}");
+        let mut c = pbft(4);
+        c.members[3].public_key = c.members[0].public_key.clone();
+        assert!(err(c).contains("another member's too"));
+        let mut c = pbft(4);
+        c.members[3].joined = true;
+        assert!(err(c).contains("fixed membership"));
+        let mut c = pbft(4);
+        c.members[3].id = 9;
+        let e = err(c);
+        assert!(e.contains("member ids must be exactly those"), "{e}");
+        // Raft ignores public keys, but a malformed one is still a mistake.
+        let mut c = sample();
+        c.members[0].public_key = Some("xyz".into());
+        assert!(err(c).contains("public_key"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod driver;
 mod http;
 mod identity;
+pub mod keys;
 pub mod members;
 pub mod node;
 pub mod ports;

@@ -15,7 +15,7 @@ use crate::config::NodeConfig;
 use crate::driver::{CALL_QUEUE, Call, Driver, DriverParts, NodeStatus};
 use crate::identity::{self, Identity};
 use crate::members::Members;
-use crate::protocol::{Raft, RuntimeProtocol};
+use crate::protocol::{Pbft, Raft, RuntimeProtocol};
 use crate::service::{Services, min_lease_ttl};
 use crate::transport::Transport;
 use crate::watch_hub::WatchHub;
@@ -49,6 +49,7 @@ pub async fn run(cfg: NodeConfig, stop: watch::Receiver<bool>) -> Result<(), Nod
     cfg.validate()?;
     match cfg.protocol.as_str() {
         "raft" => run_protocol::<Raft>(cfg, stop).await,
+        "pbft" => run_protocol::<Pbft>(cfg, stop).await,
         other => Err(NodeError::Protocol(format!("unknown protocol '{other}'"))),
     }
 }
@@ -129,7 +130,12 @@ async fn run_protocol<P: RuntimeProtocol>(
         members,
         members_tx,
         me: Members::own_record(&cfg),
-        snapshot_every: cfg.snapshot_every,
+        // A protocol that compacts nothing from snapshots would only pay for them.
+        snapshot_every: if P::TAKES_SNAPSHOTS {
+            cfg.snapshot_every
+        } else {
+            0
+        },
         snapshot_stagger: cfg.stagger(cfg.snapshot_every),
         hub: hub.clone(),
     });

@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
+use crate::crypto::SigItem;
 use crate::durable::Write;
-use crate::message::{Batch, Bundle, Message, PrePrepare, bundle_digest};
+use crate::message::{Batch, Bundle, Digest, Message, PrePrepare, bundle_digest, signed_digest};
 use crate::replica::{Fx, Pbft, PendingBundle};
 
 impl Pbft {
@@ -30,15 +31,23 @@ impl Pbft {
     }
 
     pub(crate) fn on_bundle(&mut self, b: Arc<crate::message::Signed<Bundle>>, out: &mut Fx) {
-        if b.signer != b.body.gateway || !self.keys.verify(&b) {
+        // The signed bytes, encoded (and the requests hashed) once for both the
+        // signature check and the bundle's digest.
+        let item = SigItem::of(&*b);
+        let d = signed_digest(&item);
+        if b.signer != b.body.gateway || !self.keys.verify_all(vec![item]) {
             return self.reject_signature(out);
         }
-        self.add_pending(b);
+        self.add_pending_as(b, d);
         self.try_propose(out);
     }
 
     fn add_pending(&mut self, bundle: Arc<crate::message::Signed<Bundle>>) {
         let d = bundle_digest(&bundle);
+        self.add_pending_as(bundle, d);
+    }
+
+    fn add_pending_as(&mut self, bundle: Arc<crate::message::Signed<Bundle>>, d: Digest) {
         if self.executed_bundles.contains(&d) || self.pending.contains_key(&d) {
             return;
         }
@@ -155,30 +164,32 @@ impl Pbft {
             self.cfg.id,
             self.view
         );
+        let digests = batch.bundle_digests();
         let body = PrePrepare {
             view: self.view,
             seq,
-            digest: batch.digest(),
+            digest: Batch::digest_of(&digests),
         };
         let header = self.keys.sign(body);
-        self.install_pre_prepare(header, batch.clone(), out);
+        self.install_pre_prepare(header, batch.clone(), &digests, out);
         self.broadcast_durable(Message::PrePrepare { header, batch }, out);
         self.stats.batches += 1;
     }
 
     /// Record an accepted pre-prepare durably and in the slot.
+    /// `digests` are the batch's bundle digests, which the caller computed already.
     pub(crate) fn install_pre_prepare(
         &mut self,
         header: crate::message::Signed<PrePrepare>,
         batch: Arc<Batch>,
+        digests: &[Digest],
         out: &mut Fx,
     ) {
+        debug_assert_eq!(digests.len(), batch.bundles.len());
         let PrePrepare { view, seq, digest } = header.body;
         self.persist(Write::Accepted { view, seq, digest }, out);
         self.accepted.insert(seq, (view, digest));
-        for b in &batch.bundles {
-            self.in_flight.insert(bundle_digest(b));
-        }
+        self.in_flight.extend(digests.iter().copied());
         self.observe(crate::evidence::Statement::of(&header), out);
         self.log.entry(seq).or_default().pre_prepare = Some((header, batch));
     }

@@ -17,7 +17,7 @@ use crate::message::{
 };
 
 /// 2f+1 commit signatures over one (view, seq, digest).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct QuorumCertificate {
     pub view: u64,
     pub seq: u64,

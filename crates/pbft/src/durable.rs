@@ -15,7 +15,7 @@ use ekmat_core::Durable;
 use crate::certificate::QuorumCertificate;
 use crate::message::{Batch, CheckpointProof, Digest, PreparedCert};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Write {
     /// The replica entered `view` (`normal`) or started changing to it.
     View {
@@ -36,7 +36,7 @@ pub enum Write {
     },
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct PbftStable {
     pub view: u64,
     pub normal: bool,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ekmat_core::{NodeId, RequestId};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::certificate::QuorumCertificate;
@@ -25,6 +26,41 @@ pub fn sha256(bytes: &[u8]) -> Digest {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Sig(pub [u8; 64]);
 
+/// Serialized as a byte string (serde derives stop at 32-element arrays).
+impl Serialize for Sig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Sig, D::Error> {
+        struct SigVisitor;
+        impl<'de> serde::de::Visitor<'de> for SigVisitor {
+            type Value = Sig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a 64-byte ed25519 signature")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Sig, E> {
+                let bytes: [u8; 64] = v
+                    .try_into()
+                    .map_err(|_| E::invalid_length(v.len(), &self))?;
+                Ok(Sig(bytes))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Sig, A::Error> {
+                let mut bytes = [0u8; 64];
+                for (i, b) in bytes.iter_mut().enumerate() {
+                    *b = seq
+                        .next_element()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                }
+                Ok(Sig(bytes))
+            }
+        }
+        d.deserialize_bytes(SigVisitor)
+    }
+}
+
 impl fmt::Debug for Sig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "sig:{:02x}{:02x}", self.0[0], self.0[1])
@@ -32,7 +68,7 @@ impl fmt::Debug for Sig {
 }
 
 /// A body signed by `signer`. The signature covers `body.encode()` only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Signed<T> {
     pub body: T,
     pub signer: NodeId,
@@ -54,11 +90,6 @@ pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    put_u64(out, b.len() as u64);
-    out.extend_from_slice(b);
-}
-
 impl<T: Encode> Encode for Signed<T> {
     fn encode(&self, out: &mut Vec<u8>) {
         self.body.encode(out);
@@ -69,7 +100,7 @@ impl<T: Encode> Encode for Signed<T> {
 
 /// One client operation as a gateway received it. `op` is `None` for a linearizable
 /// read, which is ordered like a write but changes nothing.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ClientRequest {
     pub id: RequestId,
     pub op: Option<Bytes>,
@@ -77,7 +108,7 @@ pub struct ClientRequest {
 
 /// Requests a gateway collected and vouches for with one signature: one signature
 /// check per bundle, not per request, is what lets batching pay off.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Bundle {
     pub gateway: NodeId,
     /// Distinguishes two bundles of the same gateway with equal contents.
@@ -85,26 +116,43 @@ pub struct Bundle {
     pub requests: Vec<ClientRequest>,
 }
 
+/// A bundle's signature and digest cover its requests through their SHA-256 (as
+/// collision-resistant a binding as the bytes themselves): the requests are hashed once
+/// per use, streamed, never copied, and ed25519's own SHA-512 runs over a short header
+/// instead of every request again.
 impl Encode for Bundle {
     fn encode(&self, out: &mut Vec<u8>) {
         out.push(1);
         put_u64(out, self.gateway.0 as u64);
         put_u64(out, self.nonce);
         put_u64(out, self.requests.len() as u64);
+        out.extend_from_slice(&self.requests_digest());
+    }
+}
+
+impl Bundle {
+    /// SHA-256 over the requests' canonical encoding: per request its client, its
+    /// number, and its bytes with their length (u64::MAX for a read).
+    pub fn requests_digest(&self) -> Digest {
+        let mut h = Sha256::new();
         for r in &self.requests {
-            put_u64(out, r.id.client);
-            put_u64(out, r.id.seq);
+            h.update(r.id.client.to_le_bytes());
+            h.update(r.id.seq.to_le_bytes());
             match &r.op {
-                Some(op) => put_bytes(out, op),
-                None => put_u64(out, u64::MAX),
+                Some(op) => {
+                    h.update((op.len() as u64).to_le_bytes());
+                    h.update(op);
+                }
+                None => h.update(u64::MAX.to_le_bytes()),
             }
         }
+        h.finalize().into()
     }
 }
 
 /// What the primary orders at one sequence number: whole signed bundles. An empty
 /// batch is PBFT's null request.
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Batch {
     pub bundles: Vec<Arc<Signed<Bundle>>>,
 }
@@ -123,10 +171,20 @@ impl fmt::Debug for Batch {
 impl Batch {
     /// The digest a pre-prepare names: over every bundle with its signature.
     pub fn digest(&self) -> Digest {
+        Batch::digest_of(&self.bundle_digests())
+    }
+
+    /// Each bundle's digest, in order (each hashes the bundle's requests once).
+    pub fn bundle_digests(&self) -> Vec<Digest> {
+        self.bundles.iter().map(|b| bundle_digest(b)).collect()
+    }
+
+    /// The batch digest from its bundles' digests.
+    pub fn digest_of(bundle_digests: &[Digest]) -> Digest {
         let mut h = Sha256::new();
         h.update([2u8]);
-        for b in &self.bundles {
-            h.update(bundle_digest(b));
+        for d in bundle_digests {
+            h.update(d);
         }
         h.finalize().into()
     }
@@ -147,9 +205,19 @@ pub fn bundle_digest(b: &Signed<Bundle>) -> Digest {
     sha256(&b.to_bytes())
 }
 
+/// [`bundle_digest`] of the bundle `item` was made from, from the bytes it already
+/// holds (the body's encoding, then the signer and the signature, as `Signed` encodes).
+pub fn signed_digest(item: &crate::crypto::SigItem) -> Digest {
+    let mut h = Sha256::new();
+    h.update(&item.msg);
+    h.update((item.signer.0 as u64).to_le_bytes());
+    h.update(item.sig.0);
+    h.finalize().into()
+}
+
 /// PRE-PREPARE ⟨v, n, d⟩: the primary assigns digest `d` to sequence number `n` in view `v`.
 /// The batch travels beside the signed header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PrePrepare {
     pub view: u64,
     pub seq: u64,
@@ -159,7 +227,7 @@ pub struct PrePrepare {
 /// PREPARE ⟨v, n, d, i⟩. It carries the primary's pre-prepare signature, so a replica
 /// that was sent a different pre-prepare for the same (v, n) holds two conflicting
 /// signed statements of the primary — evidence within one round.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Prepare {
     pub view: u64,
     pub seq: u64,
@@ -168,7 +236,7 @@ pub struct Prepare {
 }
 
 /// COMMIT ⟨v, n, d, i⟩.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Commit {
     pub view: u64,
     pub seq: u64,
@@ -176,7 +244,7 @@ pub struct Commit {
 }
 
 /// CHECKPOINT ⟨n, d, i⟩: `digest` chains the digests of every batch executed up to `n`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub seq: u64,
     pub digest: Digest,
@@ -220,7 +288,7 @@ impl Encode for Checkpoint {
 
 /// 2f+1 matching signed checkpoints: the proof that `seq` is stable. Sequence 0 (the
 /// initial state) needs no signatures.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct CheckpointProof {
     pub seq: u64,
     pub digest: Digest,
@@ -230,7 +298,7 @@ pub struct CheckpointProof {
 /// A prepared certificate: the pre-prepare, its batch, and 2f matching prepares from
 /// distinct backups. A VIEW-CHANGE carries one per sequence number above the stable
 /// checkpoint the sender prepared.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PreparedCert {
     pub pre_prepare: Signed<PrePrepare>,
     pub batch: Arc<Batch>,
@@ -238,7 +306,7 @@ pub struct PreparedCert {
 }
 
 /// VIEW-CHANGE ⟨v+1, n, C, P, i⟩.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ViewChange {
     pub new_view: u64,
     pub checkpoint: CheckpointProof,
@@ -247,7 +315,7 @@ pub struct ViewChange {
 
 /// NEW-VIEW ⟨v+1, V, O⟩: the view-changes the new primary used and the pre-prepares it
 /// re-issues (null ones for gaps), which every replica recomputes before accepting.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NewView {
     pub view: u64,
     pub view_changes: Vec<Arc<Signed<ViewChange>>>,
@@ -256,7 +324,7 @@ pub struct NewView {
 
 /// A lagging replica asks for the committed batches from `from` on, and (if it is in an
 /// older view) for the NEW-VIEW that installed the responder's view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fetch {
     pub from: u64,
     pub view: u64,
@@ -264,7 +332,7 @@ pub struct Fetch {
 
 /// Committed batches, each with the quorum certificate that proves it committed: the
 /// receiver needs nothing but the validators' public keys to check them.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Transfer {
     pub entries: Vec<(Arc<Batch>, QuorumCertificate)>,
 }
@@ -338,7 +406,7 @@ impl Encode for Transfer {
 }
 
 /// Everything replicas send each other.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Message {
     /// A gateway's requests, sent to every replica (so backups can watch the primary).
     Bundle(Arc<Signed<Bundle>>),

@@ -17,10 +17,13 @@ use crate::crypto::SigItem;
 use crate::durable::Write;
 use crate::evidence::Statement;
 use crate::message::{
-    Batch, Commit, Digest, Message, PrePrepare, Prepare, PreparedCert, Signed, bundle_digest,
-    sha256,
+    Batch, Bundle, ClientRequest, Commit, Digest, Message, PrePrepare, Prepare, PreparedCert,
+    Signed, sha256,
 };
 use crate::replica::{Fx, Pbft, primary_of};
+
+/// The client id of requests a gateway numbered itself (the runtime's, see `deliver`).
+const ANONYMOUS_CLIENT: u64 = 0;
 
 /// Recent request numbers kept per client for at-most-once execution.
 const SESSION_DEPTH: usize = 8;
@@ -63,11 +66,12 @@ impl Pbft {
         out: &mut Fx,
     ) {
         let pp = header.body;
-        if header.signer != primary_of(pp.view, self.n())
-            || !self.pre_prepare_verifies(&header, &batch)
-        {
+        if header.signer != primary_of(pp.view, self.n()) {
             return self.reject_signature(out);
         }
+        let Some(digests) = self.pre_prepare_verifies(&header, &batch) else {
+            return self.reject_signature(out);
+        };
         self.note_seen(header.signer, pp.seq, pp.view);
         if self.defer_if_other_view(
             pp.view,
@@ -96,23 +100,39 @@ impl Pbft {
         {
             return;
         }
-        self.install_pre_prepare(header, batch, out);
+        self.install_pre_prepare(header, batch, &digests, out);
         self.send_prepare(&header, out);
         self.check_prepared(pp.seq, out);
     }
 
     /// The header's signature, the batch's digest and every bundle's signature (verified
-    /// as one batch, skipping those already seen alone).
-    fn pre_prepare_verifies(&mut self, header: &Signed<PrePrepare>, batch: &Batch) -> bool {
-        if batch.digest() != header.body.digest
+    /// as one batch). A bundle this replica holds as pending or executed was verified
+    /// when it arrived, and its digest covers its signature: it is not checked again.
+    /// Returns the bundles' digests if it all holds.
+    fn pre_prepare_verifies(
+        &mut self,
+        header: &Signed<PrePrepare>,
+        batch: &Batch,
+    ) -> Option<Vec<Digest>> {
+        let digests = batch.bundle_digests();
+        if Batch::digest_of(&digests) != header.body.digest
             && self.cfg.mutant != Mutant::SkipSignatureVerification
         {
-            return false;
+            return None;
         }
         let gateways_sign = batch.bundles.iter().all(|b| b.signer == b.body.gateway);
         let mut items = vec![SigItem::of(header)];
-        items.extend(batch.bundles.iter().map(|b| SigItem::of(&**b)));
-        gateways_sign && self.keys.verify_all(items)
+        items.extend(
+            batch
+                .bundles
+                .iter()
+                .zip(&digests)
+                .filter(|(_, d)| {
+                    !self.pending.contains_key(*d) && !self.executed_bundles.contains(*d)
+                })
+                .map(|(b, _)| SigItem::of(&**b)),
+        );
+        (gateways_sign && self.keys.verify_all(items)).then_some(digests)
     }
 
     pub(crate) fn send_prepare(&mut self, header: &Signed<PrePrepare>, out: &mut Fx) {
@@ -333,9 +353,10 @@ impl Pbft {
         out: &mut Fx,
     ) {
         assert_eq!(seq, self.last_executed + 1, "execution must be gapless");
+        let digests = batch.bundle_digests();
         assert_eq!(
             qc.digest,
-            batch.digest(),
+            Batch::digest_of(&digests),
             "{}: a certificate for another batch at {seq}",
             self.cfg.id
         );
@@ -350,12 +371,10 @@ impl Pbft {
         chain.extend_from_slice(&qc.digest);
         self.history = sha256(&chain);
         self.last_executed = seq;
-        self.deliver(&batch, out);
-        for b in &batch.bundles {
-            let d = bundle_digest(b);
-            self.pending.remove(&d);
-            self.in_flight.remove(&d);
-            self.executed_bundles.insert(d);
+        self.deliver(&batch, &digests, out);
+        for d in &digests {
+            self.pending.remove(d);
+            self.in_flight.remove(d);
         }
         self.executed.insert(seq, (batch, qc));
         self.on_progress();
@@ -365,32 +384,49 @@ impl Pbft {
 
     /// Hand a batch's requests to the state machine, each (client, request, bytes) at
     /// most once. Reads change nothing; their gateway answers once it has applied this far.
-    fn deliver(&mut self, batch: &Batch, out: &mut Fx) {
-        for (bundle, r) in batch.requests() {
-            let Some(op) = &r.op else {
-                if bundle.body.gateway == self.cfg.id {
-                    out.reply(Reply::ReadReady {
-                        id: r.id,
-                        index: self.applied,
-                    });
-                }
+    ///
+    /// A signed bundle executes once, whichever batches carry it (a bundle may be
+    /// ordered twice across a view change). Requests of the anonymous client 0 — a
+    /// runtime gateway's own ids, unique per gateway, not a client's session — are
+    /// deduplicated by that alone: the per-client session's small window would refuse
+    /// requests of one gateway that arrive out of order behind another gateway's.
+    fn deliver(&mut self, batch: &Batch, digests: &[Digest], out: &mut Fx) {
+        for (bundle, digest) in batch.bundles.iter().zip(digests) {
+            if !self.executed_bundles.insert(*digest) {
+                self.counter("duplicate-bundle", out);
                 continue;
-            };
-            if !self
+            }
+            for r in &bundle.body.requests {
+                self.deliver_request(bundle, r, out);
+            }
+        }
+    }
+
+    fn deliver_request(&mut self, bundle: &Signed<Bundle>, r: &ClientRequest, out: &mut Fx) {
+        let Some(op) = &r.op else {
+            if bundle.body.gateway == self.cfg.id {
+                out.reply(Reply::ReadReady {
+                    id: r.id,
+                    index: self.applied,
+                });
+            }
+            return;
+        };
+        if r.id.client != ANONYMOUS_CLIENT
+            && !self
                 .sessions
                 .entry(r.id.client)
                 .or_default()
                 .admit(r.id.seq, sha256(op))
-            {
-                continue;
-            }
-            self.applied += 1;
-            let entry = CommittedEntry::Command {
-                id: r.id,
-                command: op.clone(),
-            };
-            out.commit(self.applied, entry);
+        {
+            return;
         }
+        self.applied += 1;
+        let entry = CommittedEntry::Command {
+            id: r.id,
+            command: op.clone(),
+        };
+        out.commit(self.applied, entry);
     }
 
     /// Execution moved on: the primary is doing its job.

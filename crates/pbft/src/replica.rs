@@ -197,6 +197,11 @@ impl Pbft {
         self.last_executed
     }
 
+    /// Index of the last command delivered to the state machine.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
     pub fn low_watermark(&self) -> u64 {
         self.stable.seq
     }

@@ -312,3 +312,145 @@ fn the_same_request_bytes_execute_at_most_once() {
         normal: true,
     };
 }
+
+/// Two gateways number their own requests as the anonymous client 0 (the runtime does):
+/// one gateway's numbers far above the other's must not make the other's look old.
+#[test]
+fn anonymous_requests_of_two_gateways_all_execute() {
+    let mut c = Cluster::new(4);
+    for s in 0..20 {
+        c.request(1, 0, 1_000_000 + s);
+        c.request(2, 0, 10 + s);
+        c.run();
+    }
+    c.advance(50);
+    assert_eq!(c.committed[0].len(), 40);
+    c.assert_agree(&[0, 1, 2, 3]);
+}
+
+/// A signed bundle ordered twice (as across a view change) executes once.
+#[test]
+fn a_bundle_ordered_twice_executes_once() {
+    let mut c = Cluster::new(4);
+    c.request(1, 0, 1);
+    c.advance(50);
+    assert_eq!(c.committed[0].len(), 1);
+    let (batch, _) = c.node(0).executed(1).expect("executed").clone();
+    let primary = c.nodes[0].as_mut().unwrap();
+    let next = primary.next_seq + 1;
+    let mut out = Effects::new();
+    primary.issue_pre_prepare(next, batch, &mut out);
+    c.nodes[0]
+        .as_mut()
+        .unwrap()
+        .gate
+        .on_persisted(u64::MAX, &mut out);
+    for e in out.drain() {
+        if let Effect::Send { to, msg } = e {
+            c.queue.push_back((NodeId(0), to, msg));
+        }
+    }
+    c.advance(50);
+    for i in 0..4 {
+        assert_eq!(c.node(i).last_executed(), 2, "n{i}");
+        assert_eq!(c.committed[i].len(), 1, "n{i} executed the bundle twice");
+    }
+}
+
+/// Everything a replica sends or writes crosses the wire and the disk in postcard.
+#[test]
+fn messages_writes_and_state_survive_serialization() {
+    let mut c = Cluster::new(4);
+    for s in 1..=6 {
+        c.request(1, 3, s);
+        c.run();
+    }
+    c.advance(50);
+    let (batch, qc) = c.node(2).executed(1).unwrap().clone();
+    let write = Write::Executed {
+        batch: batch.clone(),
+        qc: qc.clone(),
+    };
+    let bytes = postcard::to_stdvec(&write).unwrap();
+    let Write::Executed { batch: b2, qc: q2 } = postcard::from_bytes(&bytes).unwrap() else {
+        panic!("another write came back");
+    };
+    assert_eq!((&*b2, &q2), (&*batch, &qc));
+    let keys = crate::crypto::derive_public_keys(KEY_SEED, 4);
+    assert_eq!(
+        q2.verify(&keys, 3),
+        Ok(()),
+        "signatures survive the round trip"
+    );
+    let msg = Message::PrePrepare {
+        header: c.node(0).log.values().next().map_or_else(
+            || {
+                crate::crypto::sign(
+                    &crate::crypto::derive_key(KEY_SEED, 0),
+                    NodeId(0),
+                    header(&batch),
+                )
+            },
+            |s| s.pre_prepare.as_ref().unwrap().0,
+        ),
+        batch,
+    };
+    let back: Message = postcard::from_bytes(&postcard::to_stdvec(&msg).unwrap()).unwrap();
+    assert_eq!(back, msg);
+    let stable = c.disks[2].clone();
+    let back: PbftStable = postcard::from_bytes(&postcard::to_stdvec(&stable).unwrap()).unwrap();
+    assert_eq!(back.executed.len(), stable.executed.len());
+    assert_eq!(back.checkpoint, stable.checkpoint);
+}
+
+fn header(batch: &Batch) -> crate::message::PrePrepare {
+    crate::message::PrePrepare {
+        view: 0,
+        seq: 1,
+        digest: batch.digest(),
+    }
+}
+
+/// A bundle's signature covers its requests (through their digest): changing one
+/// request's bytes, number or client breaks it, and changes the bundle's digest.
+#[test]
+fn a_bundle_signature_covers_every_request() {
+    use crate::message::{Bundle, ClientRequest, bundle_digest};
+    let key = crate::crypto::derive_key(KEY_SEED, 1);
+    let mut ring = crate::crypto::Keyring::new(
+        NodeId(0),
+        crate::crypto::derive_public_keys(KEY_SEED, 4),
+        crate::crypto::derive_key(KEY_SEED, 0),
+    );
+    let request = |seq: u64, op: &str| ClientRequest {
+        id: RequestId { client: 0, seq },
+        op: Some(Bytes::from(op.to_string())),
+    };
+    let signed = crate::crypto::sign(
+        &key,
+        NodeId(1),
+        Bundle {
+            gateway: NodeId(1),
+            nonce: 1,
+            requests: vec![request(1, "a"), request(2, "b")],
+        },
+    );
+    assert!(ring.verify(&signed));
+    assert_eq!(
+        crate::message::signed_digest(&crate::crypto::SigItem::of(&signed)),
+        bundle_digest(&signed),
+        "the digest from the verified bytes is the bundle's digest"
+    );
+    let changes: [fn(&mut Bundle); 4] = [
+        |b| b.requests[1].op = Some(Bytes::from_static(b"c")),
+        |b| b.requests[1].id.seq = 3,
+        |b| b.requests[0].id.client = 9,
+        |b| b.requests[1].op = None,
+    ];
+    for change in changes {
+        let mut forged = signed.clone();
+        change(&mut forged.body);
+        assert!(!ring.verify(&forged), "{:?}", forged.body);
+        assert_ne!(bundle_digest(&forged), bundle_digest(&signed));
+    }
+}

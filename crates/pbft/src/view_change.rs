@@ -276,7 +276,8 @@ impl Pbft {
             if !self.in_window(pp.seq) {
                 continue;
             }
-            self.install_pre_prepare(header, batch, out);
+            let digests = batch.bundle_digests();
+            self.install_pre_prepare(header, batch, &digests, out);
             if !self.is_primary() {
                 self.send_prepare(&header, out);
             }

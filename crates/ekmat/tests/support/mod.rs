@@ -43,6 +43,7 @@ impl Cluster {
                 client: addr(free_port()),
                 metrics: Some(addr(free_port())),
                 joined: false,
+                public_key: None,
             })
             .collect();
         let cfgs: Vec<NodeConfig> = (0..n)
@@ -77,6 +78,7 @@ impl Cluster {
             client: addr(free_port()),
             metrics: None,
             joined: true,
+            public_key: None,
         });
         let data = self.dir.path().join(format!("n{i}"));
         self.cfgs

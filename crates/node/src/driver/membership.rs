@@ -17,6 +17,10 @@ impl<P: RuntimeProtocol> Driver<P> {
         kind: RequestKind,
         reply: oneshot::Sender<Result<(), CallError>>,
     ) {
+        if !P::RECONFIGURES {
+            let _ = reply.send(Err(CallError::Unsupported(unsupported(P::NAME, &kind))));
+            return;
+        }
         let id = self.fresh_id();
         let pending = PendingAdmin {
             reply,
@@ -43,6 +47,9 @@ impl<P: RuntimeProtocol> Driver<P> {
     /// tells them its name and client address (etcd's publish) once the table holds it,
     /// trying again until its record as committed matches its own.
     pub(super) async fn publish_self(&mut self) {
+        if !P::RECONFIGURES {
+            return;
+        }
         if let Some((since, rx)) = &mut self.publishing {
             let waiting = matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
             if waiting && since.elapsed() < PUBLISH_RETRY {
@@ -86,5 +93,17 @@ impl<P: RuntimeProtocol> Driver<P> {
             self.transport.add_peer(NodeId(r.id), r.peer);
         }
         self.members_tx.send_replace(list);
+    }
+}
+
+/// Why a protocol with a fixed membership refuses an administrative request.
+fn unsupported(protocol: &str, kind: &RequestKind) -> String {
+    match kind {
+        RequestKind::TransferLeadership { .. } => format!(
+            "etcdserver: protocol {protocol} does not transfer leadership on request (its primary changes only by view change)"
+        ),
+        _ => format!(
+            "etcdserver: protocol {protocol} has a fixed membership: members, learners and peer addresses cannot be changed at run time"
+        ),
     }
 }

@@ -96,6 +96,9 @@ pub enum CallError {
     ChangeInProgress,
     #[error("{}", membership_error(*.0))]
     InvalidChange(ekmat_core::ChangeError),
+    /// The protocol does not do this at all (PBFT: membership changes, leader transfer).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// etcd's wording for membership changes that make no sense (its clients match on it).

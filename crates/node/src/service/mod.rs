@@ -188,6 +188,7 @@ pub fn call_error(e: &CallError) -> Status {
             Status::not_found(e.to_string())
         }
         CallError::InvalidChange(_) => Status::failed_precondition(e.to_string()),
+        CallError::Unsupported(why) => Status::unimplemented(why.clone()),
     }
 }
 

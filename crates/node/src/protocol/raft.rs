@@ -1,52 +1,18 @@
-//! What the runtime needs from a protocol beyond the replica contract: how to start a
-//! replica from what it made durable, and a summary of its state for status and
-//! metrics. Everything else goes through `ekmat_core::Replica`.
+//! Raft as the runtime runs it.
 
-use ekmat_core::{NodeId, Replica, Time};
+use ekmat_core::{NodeId, Time};
 use ekmat_raft::{AdaptiveTimeouts, RaftConfig, RaftNode, ReadMode, Role};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
+use super::{CoreStatus, RuntimeProtocol};
 use crate::config::NodeConfig;
-
-/// The protocol's message, durable-write and durable-state types must cross the wire
-/// and the disk.
-pub trait RuntimeProtocol: 'static {
-    type Node: Replica<
-            Message: Serialize + DeserializeOwned + Send + Sync + 'static,
-            Write: Serialize + DeserializeOwned + Send + 'static,
-            Stable: Serialize + DeserializeOwned + Send + 'static,
-        > + Send
-        + 'static;
-
-    /// A replica restarted from `stable` (the default value on first start).
-    fn recover(
-        cfg: &NodeConfig,
-        stable: <Self::Node as Replica>::Stable,
-        now: Time,
-    ) -> Result<Self::Node, String>;
-
-    fn status(node: &Self::Node) -> CoreStatus;
-
-    /// The longest a member waits without hearing from a leader before it campaigns:
-    /// leases are never granted shorter than a few of these (see `service/lease.rs`).
-    fn election_timeout(cfg: &NodeConfig) -> std::time::Duration;
-}
-
-/// A protocol-neutral summary of a replica.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CoreStatus {
-    pub term: u64,
-    pub leader: Option<NodeId>,
-    pub is_leader: bool,
-    pub commit: u64,
-    pub last_index: u64,
-}
 
 pub struct Raft;
 
 impl RuntimeProtocol for Raft {
     type Node = RaftNode;
+    const NAME: &'static str = "raft";
+    const RECONFIGURES: bool = true;
+    const TAKES_SNAPSHOTS: bool = true;
 
     fn recover(
         cfg: &NodeConfig,

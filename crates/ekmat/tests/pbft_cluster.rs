@@ -1,0 +1,244 @@
+//! PBFT as a real cluster: four `ekmat node` processes over TCP, each with its own
+//! signing key in its data directory and every public key in the shared configuration,
+//! serving the etcd v3 API. A backup is killed and the cluster keeps serving; it
+//! restarts and catches up; the primary is killed and, after a view change, the cluster
+//! serves again; the old primary restarts and catches up. Every acknowledged write is
+//! then readable at every member.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ekmat_api::etcdserverpb as pb;
+use ekmat_node::NodeConfig;
+use support::{Cluster, channel, status};
+
+/// Member `id`'s data directory, beside `cfg`'s own (the support cluster's layout).
+fn dir_of(cfg: &NodeConfig, id: u32) -> std::path::PathBuf {
+    cfg.data_dir
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!("n{id}"))
+}
+
+/// A 4-member PBFT cluster whose keys are generated into the data directories first,
+/// as `ekmat up --protocol pbft` does.
+fn start() -> Cluster {
+    Cluster::start_with(4, |cfg| {
+        cfg.protocol = "pbft".into();
+        let dirs: Vec<_> = cfg.members.iter().map(|m| dir_of(cfg, m.id)).collect();
+        for (m, dir) in cfg.members.iter_mut().zip(dirs) {
+            let (key, _) = ekmat_node::keys::load_or_generate(&dir).unwrap();
+            m.public_key = Some(ekmat_node::keys::public_key_hex(&key.verifying_key()));
+        }
+    })
+}
+
+async fn kv(c: &Cluster, i: usize) -> Option<pb::kv_client::KvClient<tonic::transport::Channel>> {
+    channel(&c.endpoint(i))
+        .await
+        .ok()
+        .map(pb::kv_client::KvClient::new)
+}
+
+/// Put through member `i`, retrying until it is acknowledged (or `within` passes).
+async fn put(c: &Cluster, i: usize, key: &str, value: &str, within: Duration) {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < within {
+        if let Some(mut client) = kv(c, i).await {
+            let req = pb::PutRequest {
+                key: key.into(),
+                value: value.into(),
+                ..Default::default()
+            };
+            match client.put(req).await {
+                Ok(_) => return,
+                Err(s) => last = s.to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "put {key} at n{i} not acknowledged within {within:?} ({last}); logs:\n{}",
+        c.logs()
+    );
+}
+
+/// A linearizable (or serializable) read of `key` at member `i`.
+async fn get(c: &Cluster, i: usize, key: &str, serializable: bool) -> Option<String> {
+    let mut client = kv(c, i).await.expect("member reachable");
+    let req = pb::RangeRequest {
+        key: key.into(),
+        serializable,
+        ..Default::default()
+    };
+    let r = client.range(req).await.expect("read answered").into_inner();
+    r.kvs
+        .first()
+        .map(|kv| String::from_utf8(kv.value.clone()).unwrap())
+}
+
+/// Wait until member `i` has applied everything member `of` has.
+async fn caught_up(c: &Cluster, i: usize, of: usize, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let target = status(&c.endpoint(of)).await.map(|s| s.raft_applied_index);
+        let mine = status(&c.endpoint(i)).await.map(|s| s.raft_applied_index);
+        if let (Ok(t), Ok(m)) = (target, mine)
+            && m >= t
+            && t > 0
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "n{i} did not catch up with n{of} within {within:?}; logs:\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbft_cluster_survives_a_backup_and_a_primary_crash_and_catches_up() {
+    let mut c = start();
+    let primary = c.leader(Duration::from_secs(20)).await;
+    assert_eq!(primary, 0, "view 0's primary is member 0");
+    let s = status(&c.endpoint(0)).await.unwrap();
+    assert_eq!(s.raft_term, 0, "the term is the view");
+
+    // Writes at a backup and at the primary; linearizable reads anywhere.
+    put(&c, 1, "a", "1", Duration::from_secs(10)).await;
+    put(&c, 0, "b", "2", Duration::from_secs(10)).await;
+    assert_eq!(get(&c, 2, "a", false).await.as_deref(), Some("1"));
+    assert_eq!(get(&c, 3, "b", false).await.as_deref(), Some("2"));
+
+    // Reconfiguration and leadership transfer are refused with a reason.
+    let ch = channel(&c.endpoint(0)).await.unwrap();
+    let err = pb::maintenance_client::MaintenanceClient::new(ch.clone())
+        .move_leader(pb::MoveLeaderRequest { target_id: 2 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
+    assert!(err.message().contains("pbft"), "{err}");
+    let err = pb::cluster_client::ClusterClient::new(ch)
+        .member_add(pb::MemberAddRequest {
+            peer_ur_ls: vec!["http://127.0.0.1:1".into()],
+            is_learner: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
+    assert!(err.message().contains("fixed membership"), "{err}");
+
+    // A backup crashes: 3 of 4 still make a quorum of 2f+1.
+    c.kill9(3);
+    for k in 0..10 {
+        put(
+            &c,
+            k % 3,
+            &format!("k{k}"),
+            &format!("v{k}"),
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    assert_eq!(get(&c, 1, "k9", false).await.as_deref(), Some("v9"));
+
+    // It restarts from its disk and catches up by state transfer.
+    c.spawn(3);
+    caught_up(&c, 3, 1, Duration::from_secs(20)).await;
+    assert_eq!(get(&c, 3, "k9", true).await.as_deref(), Some("v9"));
+
+    // The primary crashes: a view change installs member 1, and writes go on.
+    c.kill9(0);
+    let started = Instant::now();
+    put(&c, 2, "after-primary", "yes", Duration::from_secs(20)).await;
+    let took = started.elapsed();
+    let new_primary = c.leader(Duration::from_secs(10)).await;
+    assert_ne!(new_primary, 0);
+    let s = status(&c.endpoint(new_primary)).await.unwrap();
+    assert!(
+        s.raft_term >= 1,
+        "a view change happened: view {}",
+        s.raft_term
+    );
+    for k in 10..20 {
+        put(
+            &c,
+            1 + k % 3,
+            &format!("k{k}"),
+            &format!("v{k}"),
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    eprintln!("first write after the primary's crash took {took:?}");
+
+    // The old primary restarts in its old view, learns the new one, and catches up.
+    c.spawn(0);
+    caught_up(&c, 0, new_primary, Duration::from_secs(20)).await;
+    put(&c, 0, "from-old-primary", "ok", Duration::from_secs(10)).await;
+    for i in 0..4 {
+        assert_eq!(
+            get(&c, i, "from-old-primary", false).await.as_deref(),
+            Some("ok")
+        );
+        for k in 0..20 {
+            let want = format!("v{k}");
+            assert_eq!(
+                get(&c, i, &format!("k{k}"), true).await.as_deref(),
+                Some(want.as_str()),
+                "n{i} lost k{k}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_node_whose_key_does_not_match_the_configuration_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+    let members: Vec<ekmat_node::Member> = (0..4u32)
+        .map(|i| ekmat_node::Member {
+            id: i,
+            name: format!("n{i}"),
+            peer: addr(support::free_port()),
+            client: addr(support::free_port()),
+            metrics: None,
+            joined: false,
+            // Keys nobody holds the secret of.
+            public_key: Some(ekmat_node::keys::public_key_hex(
+                &ekmat_node::keys::SigningKey::from_bytes(&[i as u8 + 1; 32]).verifying_key(),
+            )),
+        })
+        .collect();
+    let mut cfg = NodeConfig::new("test", 2, dir.path().join("n2"), members);
+    cfg.protocol = "pbft".into();
+    let path = dir.path().join("n2.toml");
+    support::write_config(&path, &cfg);
+    let run = || {
+        support::ekmat()
+            .args(["node", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("generated one"), "{err}");
+    assert!(err.contains("put public_key"), "{err}");
+    let key_file = dir.path().join("n2").join(ekmat_node::keys::KEY_FILE);
+    assert!(key_file.exists(), "the new key is kept for the operator");
+
+    // Once the configuration names the generated key, the same data directory works
+    // until the key file is damaged.
+    std::fs::write(&key_file, "garbage\n").unwrap();
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is corrupt"), "{err}");
+}

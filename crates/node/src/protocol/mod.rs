@@ -1,0 +1,64 @@
+//! What the runtime needs from a protocol beyond the replica contract: how to start a
+//! replica from what it made durable, and a summary of its state for status and
+//! metrics. Everything else goes through `ekmat_core::Replica`.
+//!
+//! - `raft.rs`: Raft (membership changes, leadership transfer, snapshots);
+//! - `pbft.rs`: PBFT (signed messages, keys from the data directory and the
+//!   configuration, a fixed membership).
+
+use ekmat_core::{NodeId, Replica, Time};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::NodeConfig;
+
+mod pbft;
+mod raft;
+
+pub use pbft::Pbft;
+pub use raft::Raft;
+
+/// The protocol's message, durable-write and durable-state types must cross the wire
+/// and the disk.
+pub trait RuntimeProtocol: 'static {
+    type Node: Replica<
+            Message: Serialize + DeserializeOwned + Send + Sync + 'static,
+            Write: Serialize + DeserializeOwned + Send + 'static,
+            Stable: Serialize + DeserializeOwned + Send + 'static,
+        > + Send
+        + 'static;
+
+    /// The protocol's name in configurations (`protocol = "..."`).
+    const NAME: &'static str;
+
+    /// Whether the protocol changes its membership and hands leadership over at run
+    /// time. If not, the runtime refuses both with a clear error before they reach it.
+    const RECONFIGURES: bool;
+
+    /// Whether the protocol compacts its log from state machine snapshots the driver
+    /// hands it. If not, the driver makes none.
+    const TAKES_SNAPSHOTS: bool;
+
+    /// A replica restarted from `stable` (the default value on first start).
+    fn recover(
+        cfg: &NodeConfig,
+        stable: <Self::Node as Replica>::Stable,
+        now: Time,
+    ) -> Result<Self::Node, String>;
+
+    fn status(node: &Self::Node) -> CoreStatus;
+
+    /// The longest a member waits without hearing from a leader before it campaigns:
+    /// leases are never granted shorter than a few of these (see `service/lease.rs`).
+    fn election_timeout(cfg: &NodeConfig) -> std::time::Duration;
+}
+
+/// A protocol-neutral summary of a replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreStatus {
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub is_leader: bool,
+    pub commit: u64,
+    pub last_index: u64,
+}

@@ -1,0 +1,96 @@
+//! PBFT as the runtime runs it: validator i is member i; every member's public key comes
+//! from the configuration, its own secret key from its data directory (generated there
+//! on first start, see `keys.rs`). The membership is fixed: PBFT's core has no
+//! reconfiguration, so membership changes and leadership transfer are refused.
+//!
+//! Every member is a gateway: a client request at any member is signed into a bundle
+//! and sent to every replica, so nothing is forwarded to the primary. A request is
+//! answered only once its batch committed (2f+1 COMMITs, a quorum certificate) and the
+//! local replica executed it.
+
+use std::time::Duration;
+
+use ekmat_core::{NodeId, Time};
+use ekmat_pbft::{PbftConfig, PbftStable, primary_of};
+
+use super::{CoreStatus, RuntimeProtocol};
+use crate::config::NodeConfig;
+use crate::keys;
+
+pub struct Pbft;
+
+/// The view-change timeout (doubled per failed view, up to 8x). Longer than the
+/// simulator's: a real disk and a loaded machine stall for hundreds of milliseconds.
+const VIEW_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// The core's knobs for a real cluster.
+fn tune(pc: &mut PbftConfig) {
+    pc.checkpoint_interval = 16;
+    pc.window = 64;
+    pc.max_inflight = 8;
+    pc.batch_max = 2048;
+    pc.bundle_max = 256;
+    pc.view_timeout = VIEW_TIMEOUT;
+    pc.fetch_timeout = Duration::from_millis(300);
+}
+
+impl RuntimeProtocol for Pbft {
+    type Node = ekmat_pbft::Pbft;
+    const NAME: &'static str = "pbft";
+    const RECONFIGURES: bool = false;
+    const TAKES_SNAPSHOTS: bool = false;
+
+    fn recover(
+        cfg: &NodeConfig,
+        stable: PbftStable,
+        now: Time,
+    ) -> Result<ekmat_pbft::Pbft, String> {
+        let validators = cfg.public_keys()?;
+        let path = keys::key_path(&cfg.data_dir);
+        let (secret, generated) =
+            keys::load_or_generate(&cfg.data_dir).map_err(|e| e.to_string())?;
+        let mine = keys::public_key_hex(&secret.verifying_key());
+        let listed = keys::public_key_hex(&validators[cfg.id as usize]);
+        if mine != listed {
+            let how = if generated {
+                "this node had no signing key and generated one"
+            } else {
+                "this node's signing key"
+            };
+            return Err(format!(
+                "{how} in {} has public key {mine}, but the configuration lists {listed} for member {}: \
+                 restore the member's original key file, or (for a new member) put public_key = \"{mine}\" \
+                 in member {}'s entry of every member's configuration",
+                path.display(),
+                cfg.id,
+                cfg.id
+            ));
+        }
+        if generated {
+            tracing::info!(path = %path.display(), public_key = %mine, "generated this node's signing key");
+        }
+        let mut pc = PbftConfig {
+            validators,
+            secret,
+            ..PbftConfig::from_seed(NodeId(cfg.id), cfg.members.len(), 0)
+        };
+        tune(&mut pc);
+        ekmat_pbft::Pbft::recover(pc, stable, now)
+    }
+
+    fn election_timeout(_: &NodeConfig) -> Duration {
+        VIEW_TIMEOUT
+    }
+
+    fn status(node: &ekmat_pbft::Pbft) -> CoreStatus {
+        let n = node.config().n();
+        let primary = primary_of(node.view(), n);
+        CoreStatus {
+            term: node.view(),
+            leader: node.is_normal().then_some(primary),
+            is_leader: node.is_normal() && node.is_primary(),
+            commit: node.applied(),
+            last_index: node.applied(),
+        }
+    }
+}
