@@ -304,7 +304,8 @@ impl<P: RuntimeProtocol> Driver<P> {
                 Some((index, data)) = self.snapshots_rx.recv() => {
                     self.on_snapshot_ready(index, data).await;
                 }
-                _ = ticker.tick() => {
+                due = ticker.tick() => {
+                    note_lateness(due);
                     self.step(Input::Tick).await;
                     self.forget_abandoned_calls();
                     self.ping_peers();
@@ -692,6 +693,21 @@ impl<P: RuntimeProtocol> Driver<P> {
         }
     }
 }
+
+/// How late a tick ran: the driver waits for nothing but its inputs, so a late tick
+/// means this process got no CPU (or the driver spent that long on one input). Timers
+/// judged on such a tick (check-quorum, elections) may misjudge their peers, so it is
+/// worth a line in the log when it happens.
+fn note_lateness(due: tokio::time::Instant) {
+    let late = due.elapsed();
+    metrics::histogram!("ekmat_tick_lateness_seconds").record(late.as_secs_f64());
+    if late >= LATE_TICK {
+        tracing::warn!(late_ms = late.as_millis() as u64, "the driver ran late");
+    }
+}
+
+/// A tick this late is logged.
+const LATE_TICK: Duration = Duration::from_millis(100);
 
 /// A forwarded write carries the clock of the member that took it; the leader's clock
 /// replaces it, so lease expiry follows one clock (the leader's) and a member whose
