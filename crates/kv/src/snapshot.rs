@@ -40,6 +40,18 @@ pub struct SnapshotSource {
     alarms: Vec<AlarmMember>,
 }
 
+/// A summary: the whole key index would flood any log it reached.
+impl std::fmt::Debug for SnapshotSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotSource")
+            .field("applied", &self.applied)
+            .field("revision", &self.revision)
+            .field("keys", &self.keys.len())
+            .field("leases", &self.leases.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl SnapshotSource {
     pub(crate) fn of(store: &KvStore) -> SnapshotSource {
         SnapshotSource {
@@ -59,6 +71,11 @@ impl SnapshotSource {
             sessions: store.sessions.by_client.clone(),
             alarms: store.alarms.active.iter().copied().collect(),
         }
+    }
+
+    /// The store revision the snapshot was taken at.
+    pub fn revision(&self) -> i64 {
+        self.revision
     }
 
     /// The snapshot's bytes: what [`KvStore::restore`] reads.

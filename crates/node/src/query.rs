@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use ekmat_kv::{
     AlarmMember, AlarmType, Event, KvError, KvStore, LeaseTimeToLiveResponse, RangeRequest,
-    RangeResponse, ResponseHeader,
+    RangeResponse, ResponseHeader, SnapshotSource,
 };
 
 /// A read of the state machine.
@@ -43,8 +43,8 @@ pub enum Query {
     Alarms {
         alarm: AlarmType,
     },
-    /// A copy of the whole state machine, to stream as a snapshot (copying is cheap next
-    /// to serializing, which the caller does off the driver's task).
+    /// What a snapshot of the state machine is made of, taken in O(1); the caller
+    /// encodes it off the driver's task.
     Snapshot,
 }
 
@@ -76,7 +76,7 @@ pub enum Answer {
         header: ResponseHeader,
         alarms: Vec<AlarmMember>,
     },
-    Snapshot(Box<KvStore>),
+    Snapshot(Box<SnapshotSource>),
 }
 
 /// Where a watch starts.
@@ -143,7 +143,7 @@ impl Query {
                 },
                 alarms: kv.alarms(*alarm),
             }),
-            Query::Snapshot => Ok(Answer::Snapshot(Box::new(kv.clone()))),
+            Query::Snapshot => Ok(Answer::Snapshot(Box::new(kv.snapshot_source()))),
         }
     }
 }

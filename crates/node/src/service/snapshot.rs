@@ -58,12 +58,12 @@ impl Services {
             .read(Query::Snapshot, false)
             .await
             .map_err(|e| call_error(&e))?;
-        let Answer::Snapshot(kv) = answer else {
+        let Answer::Snapshot(source) = answer else {
             return Err(unexpected_answer());
         };
-        let header = self.header(kv.revision());
+        let header = self.header(source.revision());
         // Serializing a large store takes a while: not on a task the runtime shares.
-        let content = tokio::task::spawn_blocking(move || backup(&kv.snapshot()))
+        let content = tokio::task::spawn_blocking(move || backup(&source.encode()))
             .await
             .map_err(|e| Status::internal(format!("snapshot failed: {e}")))?;
         Ok(Box::pin(tokio_stream::iter(
