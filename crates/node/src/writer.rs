@@ -106,11 +106,12 @@ pub fn spawn<P: RuntimeProtocol>(
 
 impl<P: RuntimeProtocol> State<P> {
     fn write_batch(&mut self, batch: &[(u64, WriteOf<P>)]) -> Result<(), String> {
-        let encoded = batch
+        // Measured, not encoded: a batch that ends up in a checkpoint is encoded there.
+        let size = batch
             .iter()
-            .map(|(_, write)| postcard::to_stdvec(write).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let size: u64 = encoded.iter().map(|bytes| bytes.len() as u64).sum();
+            .map(|(_, write)| postcard::experimental::serialized_size(write).map(|n| n as u64))
+            .sum::<Result<u64, _>>()
+            .map_err(|e| e.to_string())?;
         let threshold = self.checkpoint_bytes.max(2 * self.last_checkpoint) + self.stagger;
         for (_, write) in batch {
             self.stable.apply(write);
@@ -120,8 +121,9 @@ impl<P: RuntimeProtocol> State<P> {
             // would write it twice (for a snapshot, hundreds of megabytes).
             return self.checkpoint();
         }
-        for bytes in &encoded {
-            self.wal.append(bytes).map_err(|e| e.to_string())?;
+        for (_, write) in batch {
+            let bytes = postcard::to_stdvec(write).map_err(|e| e.to_string())?;
+            self.wal.append(&bytes).map_err(|e| e.to_string())?;
         }
         self.since_checkpoint += size;
         let started = Instant::now();
