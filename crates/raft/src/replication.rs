@@ -221,13 +221,8 @@ impl RaftNode {
     /// `durable_index` are on disk exactly as they are in memory.
     fn ack_heartbeat(&mut self, to: NodeId, matched: u64, echo: Echo, out: &mut Out) {
         let match_index = matched.min(self.log.durable_index());
-        let resp = AppendResponse {
-            term: self.term,
-            outcome: AppendOutcome::Accepted { match_index },
-            read_seq: echo.read_seq,
-            sent_at_us: echo.sent_at_us,
-        };
-        out.send(to, Message::AppendResponse(resp));
+        let resp = self.append_response(AppendOutcome::Accepted { match_index }, echo);
+        out.send(to, resp);
     }
 
     fn conflict_hint(&self, prev_index: u64) -> AppendOutcome {
@@ -253,14 +248,17 @@ impl RaftNode {
         echo: Echo,
         out: &mut Out,
     ) {
-        let resp = AppendResponse {
+        let resp = self.append_response(outcome, echo);
+        self.gate.send_when_durable(to, resp, out);
+    }
+
+    fn append_response(&self, outcome: AppendOutcome, echo: Echo) -> Message {
+        Message::AppendResponse(AppendResponse {
             term: self.term,
             outcome,
             read_seq: echo.read_seq,
             sent_at_us: echo.sent_at_us,
-        };
-        self.gate
-            .send_when_durable(to, Message::AppendResponse(resp), out);
+        })
     }
 
     pub(crate) fn on_append_response(&mut self, from: NodeId, resp: AppendResponse, out: &mut Out) {
