@@ -82,7 +82,12 @@ pub(crate) fn hash_kv(store: &KvStore, revision: i64) -> Result<(u32, i64), KvEr
         }
     }
     let full = h.finish();
-    Ok(((full ^ (full >> 32)) as u32, upto))
+    Ok((fold(full), upto))
+}
+
+/// A 64-bit hash folded to the 32 bits etcd's hash answers carry.
+pub(crate) fn fold(full: u64) -> u32 {
+    (full ^ (full >> 32)) as u32
 }
 
 pub(crate) fn hash(store: &KvStore) -> u64 {

@@ -301,6 +301,11 @@ impl KvStore {
         crate::hash::hash(self)
     }
 
+    /// [`KvStore::hash`] folded to 32 bits, as etcd's Maintenance.Hash answers.
+    pub fn hash32(&self) -> u32 {
+        crate::hash::fold(self.hash())
+    }
+
     /// etcd's HashKV over key versions up to `revision` (0: now): the 32-bit hash and the
     /// revision it covers. Members that applied the same writes agree on it.
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {

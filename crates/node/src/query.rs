@@ -121,15 +121,12 @@ impl Query {
                 key,
                 range_end,
             } => Ok(Answer::History(history(kv, *from, key, range_end))),
-            Query::Hash => {
-                let full = kv.hash();
-                Ok(Answer::Hash {
-                    header: ResponseHeader {
-                        revision: kv.revision(),
-                    },
-                    hash: (full ^ (full >> 32)) as u32,
-                })
-            }
+            Query::Hash => Ok(Answer::Hash {
+                header: ResponseHeader {
+                    revision: kv.revision(),
+                },
+                hash: kv.hash32(),
+            }),
             Query::HashKv { revision } => kv.hash_kv(*revision).map(|(hash, _)| Answer::HashKv {
                 header: ResponseHeader {
                     revision: kv.revision(),
