@@ -134,43 +134,68 @@ async fn run_all(b: &KvBench) -> Result<Vec<SystemResult>, String> {
         results.push(load("cluster at --endpoints", &eps, b).await?);
         return Ok(results);
     }
-    let data = tempdir("ekmat-bench")?;
     let up = UpArgs {
         nodes: b.nodes,
         protocol: "raft".into(),
-        data_dir: Some(data.clone()),
+        data_dir: None,
         base_port: b.base_port,
         unsafe_no_fsync: false,
     };
-    let mut cluster = LocalCluster::start(&up, &data)?;
-    let result = match cluster.wait_for_leader().await {
-        Ok(_) => {
-            let eps: Vec<String> = cluster
-                .endpoints()
-                .iter()
-                .map(|e| format!("http://{e}"))
-                .collect();
-            load(&format!("ekmat ({} nodes)", b.nodes), &eps, b).await
-        }
-        Err(e) => Err(e),
-    };
+    let cluster = BenchCluster::start("ekmat-bench", up).await?;
+    let result = load(&format!("ekmat ({} nodes)", b.nodes), &cluster.urls, b).await;
     cluster.stop().await;
-    let _ = std::fs::remove_dir_all(&data);
     results.push(result?);
     if b.against_etcd {
         let data = tempdir("ekmat-bench-etcd")?;
         let mut etcd = EtcdCluster::start(b.nodes, b.base_port + 1000, &data).await?;
-        let eps: Vec<String> = etcd
-            .endpoints
-            .iter()
-            .map(|e| format!("http://{e}"))
-            .collect();
+        let eps = urls(&etcd.endpoints);
         let result = load(&format!("etcd 3.4 ({} nodes)", b.nodes), &eps, b).await;
         etcd.stop().await;
         let _ = std::fs::remove_dir_all(&data);
         results.push(result?);
     }
     Ok(results)
+}
+
+/// A local ekmat cluster of real processes, started for one measurement in a fresh
+/// temporary directory, with a leader.
+pub struct BenchCluster {
+    cluster: LocalCluster,
+    data: std::path::PathBuf,
+    /// The members' client URLs.
+    pub urls: Vec<String>,
+}
+
+impl BenchCluster {
+    /// Start `up` (its `data_dir` is replaced by a fresh directory named after `prefix`)
+    /// and wait for a leader.
+    pub async fn start(prefix: &str, mut up: UpArgs) -> Result<BenchCluster, String> {
+        let data = tempdir(prefix)?;
+        up.data_dir = Some(data.clone());
+        let mut cluster = LocalCluster::start(&up, &data)?;
+        if let Err(e) = cluster.wait_for_leader().await {
+            cluster.stop().await;
+            let _ = std::fs::remove_dir_all(&data);
+            return Err(e);
+        }
+        let urls = urls(&cluster.endpoints());
+        Ok(BenchCluster {
+            cluster,
+            data,
+            urls,
+        })
+    }
+
+    /// Stop every member and remove the data.
+    pub async fn stop(mut self) {
+        self.cluster.stop().await;
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// `host:port` endpoints as the URLs gRPC connects to.
+fn urls(endpoints: &[String]) -> Vec<String> {
+    endpoints.iter().map(|e| format!("http://{e}")).collect()
 }
 
 fn tempdir(prefix: &str) -> Result<std::path::PathBuf, String> {

@@ -18,9 +18,10 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
+use crate::bench::BenchCluster;
 use crate::client::connect;
 use crate::exit;
-use crate::up::{LocalCluster, UpArgs};
+use crate::up::UpArgs;
 
 #[derive(Args, Debug, Clone)]
 pub struct OpenLoopBench {
@@ -138,30 +139,16 @@ pub fn run(b: &OpenLoopBench) -> u8 {
 }
 
 async fn one_rate(b: &OpenLoopBench, rate: u64) -> Result<RatePoint, String> {
-    let data = std::env::temp_dir().join(format!("ekmat-bench-open-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
     let up = UpArgs {
         nodes: b.nodes,
         protocol: b.protocol.clone(),
-        data_dir: Some(data.clone()),
+        data_dir: None,
         base_port: b.base_port,
         unsafe_no_fsync: b.unsafe_no_fsync,
     };
-    let mut cluster = LocalCluster::start(&up, &data)?;
-    let result = match cluster.wait_for_leader().await {
-        Ok(_) => {
-            let eps: Vec<String> = cluster
-                .endpoints()
-                .iter()
-                .map(|e| format!("http://{e}"))
-                .collect();
-            load(b, rate, &eps).await
-        }
-        Err(e) => Err(e),
-    };
+    let cluster = BenchCluster::start("ekmat-bench-open", up).await?;
+    let result = load(b, rate, &cluster.urls).await;
     cluster.stop().await;
-    let _ = std::fs::remove_dir_all(&data);
     result
 }
 
