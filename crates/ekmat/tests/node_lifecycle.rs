@@ -438,19 +438,7 @@ async fn every_member_reports_the_same_hash_kv_for_a_revision() {
     let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
     let mut revision = 0;
     for i in 0..50 {
-        let put = pb::PutRequest {
-            key: format!("h{}", i % 7).into_bytes(),
-            value: format!("v{i}").into_bytes(),
-            ..Default::default()
-        };
-        revision = kv
-            .put(put)
-            .await
-            .unwrap()
-            .into_inner()
-            .header
-            .unwrap()
-            .revision;
+        revision = put_revision(&mut kv, format!("h{}", i % 7), format!("v{i}")).await;
     }
     let mut hashes = Vec::new();
     for i in 0..3 {
@@ -489,6 +477,21 @@ async fn every_member_reports_the_same_hash_kv_for_a_revision() {
     );
 }
 
+/// Put `key`, returning the revision the put made.
+async fn put_revision(
+    kv: &mut pb::kv_client::KvClient<tonic::transport::Channel>,
+    key: String,
+    value: String,
+) -> i64 {
+    let put = pb::PutRequest {
+        key: key.into_bytes(),
+        value: value.into_bytes(),
+        ..Default::default()
+    };
+    let reply = kv.put(put).await.unwrap().into_inner();
+    reply.header.unwrap().revision
+}
+
 /// Maintenance.Hash of member `i` once it has applied `revision` (it hashes the whole
 /// state, so members agree only at the same point).
 async fn hash_at(c: &Cluster, i: usize, revision: i64) -> u32 {
@@ -513,34 +516,15 @@ async fn every_member_reports_the_same_whole_state_hash_and_a_write_changes_it()
     let c = Cluster::start(3);
     let leader = c.leader(Duration::from_secs(15)).await;
     let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
-    let put = |i: usize| pb::PutRequest {
-        key: format!("w{}", i % 3).into_bytes(),
-        value: format!("v{i}").into_bytes(),
-        ..Default::default()
-    };
     let mut revision = 0;
     for i in 0..20 {
-        revision = kv
-            .put(put(i))
-            .await
-            .unwrap()
-            .into_inner()
-            .header
-            .unwrap()
-            .revision;
+        revision = put_revision(&mut kv, format!("w{}", i % 3), format!("v{i}")).await;
     }
     let mut hashes = Vec::new();
     for i in 0..3 {
         hashes.push(hash_at(&c, i, revision).await);
     }
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
-    let after = kv
-        .put(put(20))
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
+    let after = put_revision(&mut kv, "w2".into(), "v20".into()).await;
     assert_ne!(hash_at(&c, leader, after).await, hashes[0]);
 }

@@ -372,8 +372,8 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
-    fn sample() -> NodeConfig {
-        let member = |id: u32| Member {
+    fn member(id: u32) -> Member {
+        Member {
             id,
             name: format!("n{id}"),
             peer: format!("127.0.0.1:{}", 12380 + id).parse().unwrap(),
@@ -381,7 +381,10 @@ mod tests {
             metrics: None,
             joined: false,
             public_key: None,
-        };
+        }
+    }
+
+    fn sample() -> NodeConfig {
         NodeConfig {
             cluster: "test".into(),
             protocol: "raft".into(),
@@ -455,15 +458,10 @@ mod tests {
         c.protocol = "pbft".into();
         c.members = (0..n)
             .map(|id| Member {
-                id,
-                name: format!("n{id}"),
-                peer: format!("127.0.0.1:{}", 12380 + id).parse().unwrap(),
-                client: format!("127.0.0.1:{}", 2379 + id).parse().unwrap(),
-                metrics: None,
-                joined: false,
                 public_key: Some(crate::keys::public_key_hex(
                     &ed25519_dalek::SigningKey::from_bytes(&[id as u8 + 1; 32]).verifying_key(),
                 )),
+                ..member(id)
             })
             .collect();
         c
