@@ -44,6 +44,12 @@
 //! as `<base>.wal.tmp`, fsynced and renamed into place. Segments roll over once the next
 //! record would take them past [`WalOptions::segment_bytes`].
 //!
+//! A checkpoint written while appends go on ([`Wal::begin_checkpoint`]) is a file of its
+//! own, `<base>.checkpoint`, holding one checkpoint record that covers records up to
+//! `base - 1`; the log had rolled over to a segment named `base` when it began. It too is
+//! written under a temporary name (`.checkpoint.tmp`), fsynced and renamed; only then are
+//! the segments before `base` deleted.
+//!
 //! Sequence numbers are stored in each record rather than implied by position: 8 bytes a
 //! record buys a check that every record is where it belongs (a stale, duplicated or
 //! misplaced record is caught, not replayed), and makes telling a torn tail from damage in
@@ -53,8 +59,10 @@
 //!
 //! # Recovery
 //!
-//! [`Wal::open`] starts at the newest segment that begins with a valid checkpoint (older
-//! segments are deleted), then reads every record after it, checking checksums and that
+//! [`Wal::open`] starts at the newest checkpoint — a segment that begins with a valid
+//! checkpoint record, or a checkpoint file (which must read back whole: it was durable
+//! before anything it replaced was deleted) — deletes the segments and checkpoint files
+//! before it, then reads every record after it, checking checksums and that
 //! sequence numbers run without gaps within and across segments.
 //!
 //! - A **torn tail** — the last segment ending in an incomplete record, or in one that
@@ -86,4 +94,4 @@ mod wal;
 
 pub use error::{Result, WalError};
 pub use record::{HEADER_LEN, MAX_PAYLOAD};
-pub use wal::{Recovered, TornTail, Wal, WalOptions, WalStats};
+pub use wal::{CheckpointJob, Recovered, TornTail, Wal, WalOptions, WalStats, WrittenCheckpoint};

@@ -53,6 +53,37 @@ pub fn encode(kind: Kind, seq: u64, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// The header of a record whose payload is written piece by piece (a checkpoint streamed
+/// to its file): [`Streamed::update`] with each piece, then [`Streamed::header`].
+pub struct Streamed {
+    header: [u8; HEADER_LEN],
+    crc: u32,
+}
+
+impl Streamed {
+    /// The caller has checked `len <= MAX_PAYLOAD`.
+    pub fn new(kind: Kind, seq: u64, len: usize) -> Streamed {
+        let len = u32::try_from(len).expect("caller checks MAX_PAYLOAD");
+        let mut header = [0u8; HEADER_LEN];
+        header[4..8].copy_from_slice(&len.to_le_bytes());
+        header[8] = kind as u8;
+        header[9..17].copy_from_slice(&seq.to_le_bytes());
+        let crc = crc32c::crc32c(&header[4..]);
+        Streamed { header, crc }
+    }
+
+    pub fn update(&mut self, piece: &[u8]) {
+        self.crc = crc32c::crc32c_append(self.crc, piece);
+    }
+
+    /// The header, checksum filled in, once every piece of the payload has gone through
+    /// [`Streamed::update`].
+    pub fn header(mut self) -> [u8; HEADER_LEN] {
+        self.header[0..4].copy_from_slice(&self.crc.to_le_bytes());
+        self.header
+    }
+}
+
 fn checksum(header_tail: &[u8], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(header_tail), payload)
 }

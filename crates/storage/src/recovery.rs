@@ -38,6 +38,8 @@ pub struct Tail {
 /// Records read so far and the sequence number the next one must carry.
 struct Reader {
     checkpoint: Option<Vec<u8>>,
+    /// The checkpoint came from a checkpoint file; the log continues at `expected`.
+    checkpoint_file: bool,
     records: Vec<Vec<u8>>,
     first_seq: u64,
     expected: u64,
@@ -49,33 +51,98 @@ pub fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovery> {
     for tmp in &listing.leftover_tmp {
         remove(tmp)?;
     }
-    let start = newest_checkpoint(&listing.segments)?;
+    let in_segment = newest_checkpoint(&listing.segments)?;
+    let file = newest_checkpoint_file(&listing.checkpoints)?;
+    // The newer of the two starting points wins; both name the first record after them.
+    let segment_base = in_segment.map(|i| listing.segments[i].base);
+    let (start, from_file) = match file {
+        Some((base, state)) if segment_base.is_none_or(|s| base >= s) => {
+            let first = listing.segments.partition_point(|s| s.base < base);
+            (first, Some((base, state)))
+        }
+        _ => (in_segment.unwrap_or(0), None),
+    };
+    let base = from_file.as_ref().map(|(base, _)| *base);
     let (obsolete, live) = listing.segments.split_at(start);
-    let recovery = read_live(live, opts)?;
+    let recovery = read_live(live, opts, from_file)?;
     // Only now that the rest is known good: a crash between a checkpoint and the deletion
-    // of the segments it replaced leaves them behind.
+    // of what it replaced leaves segments and older checkpoint files behind.
     for old in obsolete {
         remove(&old.path)?;
+    }
+    for old in &listing.checkpoints {
+        if base.is_none_or(|base| old.base < base) {
+            remove(&old.path)?;
+        }
     }
     Ok(recovery)
 }
 
-/// Index of the newest segment that begins with a valid checkpoint (0 if none does).
-fn newest_checkpoint(segments: &[SegmentFile]) -> Result<usize> {
+/// Index of the newest segment that begins with a valid checkpoint.
+fn newest_checkpoint(segments: &[SegmentFile]) -> Result<Option<usize>> {
     for (index, segment) in segments.iter().enumerate().rev() {
         if segment::leading_checkpoint(&segment.path)?.is_some() {
-            return Ok(index);
+            return Ok(Some(index));
         }
     }
-    Ok(0)
+    Ok(None)
 }
 
-fn read_live(live: &[SegmentFile], opts: &WalOptions) -> Result<Recovery> {
+/// The newest checkpoint file's base and state. It was fsynced before its rename, so
+/// one that does not read back whole is damage, not a crash: the segments it replaced
+/// may be gone, and starting from an older point could silently lose records.
+fn newest_checkpoint_file(files: &[SegmentFile]) -> Result<Option<(u64, Vec<u8>)>> {
+    let Some(newest) = files.last() else {
+        return Ok(None);
+    };
+    let path = newest.path.as_path();
+    let bytes = fs::read(path).map_err(WalError::io(path))?;
+    let record = match record::decode(&bytes) {
+        Decoded::Record(record) if record.kind == Kind::Checkpoint => record,
+        Decoded::Record(_) => {
+            return Err(WalError::corrupt(
+                path,
+                0,
+                "a checkpoint file without a checkpoint",
+            ));
+        }
+        Decoded::Incomplete(reason) | Decoded::Invalid(reason) => {
+            return Err(WalError::corrupt(
+                path,
+                0,
+                format!("damaged checkpoint: {reason}"),
+            ));
+        }
+    };
+    if record.seq.checked_add(1) != Some(newest.base) || record.encoded_len() != bytes.len() {
+        return Err(WalError::corrupt(
+            path,
+            0,
+            format!(
+                "checkpoint covers records up to seq {} but its file is named for seq {} \
+                 (or has bytes after its record)",
+                record.seq, newest.base
+            ),
+        ));
+    }
+    Ok(Some((newest.base, record.payload.to_vec())))
+}
+
+fn read_live(
+    live: &[SegmentFile],
+    opts: &WalOptions,
+    from_file: Option<(u64, Vec<u8>)>,
+) -> Result<Recovery> {
+    let (first_seq, checkpoint) = match from_file {
+        Some((base, state)) => (base, Some(state)),
+        None => (1, None),
+    };
     let mut reader = Reader {
-        checkpoint: None,
+        checkpoint_file: checkpoint.is_some(),
+        checkpoint,
         records: Vec::new(),
-        first_seq: 1,
-        expected: 1,
+        first_seq,
+        expected: first_seq,
     };
     let mut repaired = None;
     let mut tail = None;
@@ -154,6 +221,25 @@ impl Reader {
     /// records begin.
     fn start(&mut self, segment: &SegmentFile, bytes: &[u8]) -> Result<usize> {
         let file = segment.path.as_path();
+        if self.checkpoint_file {
+            if segment.base != self.expected {
+                return Err(WalError::corrupt(
+                    file,
+                    0,
+                    format!(
+                        "the checkpoint file covers records up to seq {} but the next segment \
+                         starts at seq {}; a segment file is missing",
+                        self.expected - 1,
+                        segment.base
+                    ),
+                ));
+            }
+            // An in-segment checkpoint here covers the same records: the file supersedes it.
+            return Ok(match record::decode(bytes) {
+                Decoded::Record(record) if record.kind == Kind::Checkpoint => record.encoded_len(),
+                _ => 0,
+            });
+        }
         match record::decode(bytes) {
             Decoded::Record(record) if record.kind == Kind::Checkpoint => {
                 self.start_at_checkpoint(file, segment.base, &record)

@@ -16,6 +16,11 @@ const SUFFIX: &str = ".wal";
 /// A checkpoint is written under this suffix and renamed into place once durable, so a
 /// crash mid-write leaves a file recovery knows to ignore rather than a damaged segment.
 const TMP_SUFFIX: &str = ".wal.tmp";
+/// A checkpoint written beside the segments while appends go on (see
+/// [`crate::Wal::begin_checkpoint`]): one checkpoint record covering records up to `n`,
+/// in a file named for `n + 1`, the base of the segment appends had moved on to.
+const CHECKPOINT_SUFFIX: &str = ".checkpoint";
+const CHECKPOINT_TMP_SUFFIX: &str = ".checkpoint.tmp";
 const DIGITS: usize = 20;
 
 /// Writes are handed to the kernel once this much is buffered, so a long batch between
@@ -30,6 +35,16 @@ pub fn file_name(base: u64) -> String {
 /// The temporary name a checkpoint segment is written under before its rename.
 pub fn tmp_name(base: u64) -> String {
     format!("{base:0DIGITS$}{TMP_SUFFIX}")
+}
+
+/// The file name of a checkpoint file whose records continue from `base`.
+pub fn checkpoint_name(base: u64) -> String {
+    format!("{base:0DIGITS$}{CHECKPOINT_SUFFIX}")
+}
+
+/// The temporary name a checkpoint file is written under before its rename.
+pub fn checkpoint_tmp_name(base: u64) -> String {
+    format!("{base:0DIGITS$}{CHECKPOINT_TMP_SUFFIX}")
 }
 
 fn parse_base(name: &str, suffix: &str) -> Option<u64> {
@@ -52,6 +67,8 @@ pub struct SegmentFile {
 pub struct Listing {
     /// In base order.
     pub segments: Vec<SegmentFile>,
+    /// Checkpoint files, in base order.
+    pub checkpoints: Vec<SegmentFile>,
     /// Checkpoints whose rename never happened.
     pub leftover_tmp: Vec<PathBuf>,
 }
@@ -64,18 +81,28 @@ pub fn list(dir: &Path) -> Result<Listing> {
             continue;
         };
         if let Some(base) = parse_base(&name, SUFFIX) {
-            let path = entry.path();
-            // Reading a device or FIFO could block forever; no writer of ours makes one.
-            if !fs::metadata(&path).map_err(WalError::io(&path))?.is_file() {
-                return Err(WalError::corrupt(&path, 0, "not a regular file"));
-            }
-            listing.segments.push(SegmentFile { base, path });
-        } else if parse_base(&name, TMP_SUFFIX).is_some() {
+            listing.segments.push(regular_file(base, entry.path())?);
+        } else if let Some(base) = parse_base(&name, CHECKPOINT_SUFFIX) {
+            listing.checkpoints.push(regular_file(base, entry.path())?);
+        } else if parse_base(&name, TMP_SUFFIX).is_some()
+            || parse_base(&name, CHECKPOINT_TMP_SUFFIX).is_some()
+        {
             listing.leftover_tmp.push(entry.path());
         }
     }
     listing.segments.sort_by_key(|segment| segment.base);
+    listing
+        .checkpoints
+        .sort_by_key(|checkpoint| checkpoint.base);
     Ok(listing)
+}
+
+fn regular_file(base: u64, path: PathBuf) -> Result<SegmentFile> {
+    // Reading a device or FIFO could block forever; no writer of ours makes one.
+    if !fs::metadata(&path).map_err(WalError::io(&path))?.is_file() {
+        return Err(WalError::corrupt(&path, 0, "not a regular file"));
+    }
+    Ok(SegmentFile { base, path })
 }
 
 /// Makes the directory's entries (created, renamed, removed files) durable.

@@ -123,8 +123,10 @@ impl Wal {
         let active = match tail {
             Some(tail) => ActiveSegment::open(tail.base, tail.path, tail.len, tail.data_records)?,
             None => {
-                live.push(1);
-                ActiveSegment::create(dir, 1)?
+                // Empty, or everything is in a checkpoint file: appends go on after it.
+                let base = recovered.last_seq + 1;
+                live.push(base);
+                ActiveSegment::create(dir, base)?
             }
         };
         let mut wal = Wal {
@@ -263,6 +265,53 @@ impl Wal {
         Ok(())
     }
 
+    /// Starts a checkpoint of every record appended so far that the caller writes with
+    /// [`CheckpointJob::write`] — on another thread, while appends and syncs go on here —
+    /// and then hands to [`Wal::finish_checkpoint`], which deletes what it replaced.
+    ///
+    /// Unlike [`Wal::checkpoint`], this makes nothing durable: the records it covers stay
+    /// in the log until the checkpoint is finished, so a crash at any point recovers them
+    /// either way. The log rolls over to a new segment here (one fsync of the old one), so
+    /// the checkpoint replaces whole segments.
+    pub fn begin_checkpoint(&mut self) -> Result<CheckpointJob> {
+        self.usable()?;
+        let base = self.last_seq + 1;
+        if self.active.data_records > 0 {
+            let result = self.roll(base);
+            self.poison_on_error(result)?;
+        }
+        debug_assert_eq!(
+            self.active.base, base,
+            "an empty segment starts at the next seq"
+        );
+        Ok(CheckpointJob {
+            dir: self.dir.clone(),
+            base,
+            sync: self.opts.sync,
+        })
+    }
+
+    /// Deletes the segments and older checkpoint files that a written checkpoint
+    /// replaces. If a deletion fails, the checkpoint still stands: the error is returned,
+    /// the log stays usable, and the next checkpoint (or open) retries.
+    pub fn finish_checkpoint(&mut self, done: WrittenCheckpoint) -> Result<()> {
+        self.usable()?;
+        debug_assert!(done.base <= self.active.base, "checkpoints cover the past");
+        self.bytes_written += done.bytes;
+        self.fsyncs += done.fsyncs;
+        let dir = &self.dir;
+        let mut first_error = None;
+        self.live.retain(|&base| {
+            base >= done.base || !remove(&dir.join(segment::file_name(base)), &mut first_error)
+        });
+        for old in segment::list(dir)?.checkpoints {
+            if old.base < done.base {
+                remove(&old.path, &mut first_error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Writes a whole file and fsyncs it.
     fn write_synced(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
         let mut file = File::create(path).map_err(WalError::io(path))?;
@@ -275,25 +324,24 @@ impl Wal {
         Ok(())
     }
 
-    /// Deletes every segment before the active one. No directory fsync: if a crash undoes
+    /// Deletes every segment before the active one, and checkpoint files it supersedes.
+    /// No directory fsync: if a crash undoes
     /// a deletion, recovery finds the newer checkpoint and deletes the segment again.
     fn delete_obsolete(&mut self) -> Result<()> {
         let keep = self.active.base;
-        self.live.retain(|&base| base != keep);
-        let mut first_error = None;
         let dir = &self.dir;
+        let mut first_error = None;
         self.live.retain(|&base| {
-            let path = dir.join(segment::file_name(base));
-            match fs::remove_file(&path) {
-                Ok(()) => false,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => false,
-                Err(err) => {
-                    first_error.get_or_insert(WalError::io(&path)(err));
-                    true
-                }
-            }
+            base != keep && remove(&dir.join(segment::file_name(base)), &mut first_error)
         });
+        // The checkpoint's own segment is new, or replaced one of the same name.
         self.live.push(keep);
+        // A checkpoint file of the same base covers the same records: this one replaces it.
+        for old in segment::list(dir)?.checkpoints {
+            if old.base <= keep {
+                remove(&old.path, &mut first_error);
+            }
+        }
         first_error.map_or(Ok(()), Err)
     }
 
@@ -355,10 +403,119 @@ impl Wal {
     }
 }
 
+/// Removes a file; records the first failure and returns whether it is still there.
+fn remove(path: &Path, first_error: &mut Option<WalError>) -> bool {
+    match fs::remove_file(path) {
+        Ok(()) => false,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => false,
+        Err(err) => {
+            first_error.get_or_insert(WalError::io(path)(err));
+            true
+        }
+    }
+}
+
+/// A checkpoint started by [`Wal::begin_checkpoint`], to be written on any thread.
+#[derive(Debug)]
+pub struct CheckpointJob {
+    dir: PathBuf,
+    base: u64,
+    sync: bool,
+}
+
+/// A checkpoint on disk, durable, waiting for [`Wal::finish_checkpoint`].
+#[derive(Debug)]
+pub struct WrittenCheckpoint {
+    base: u64,
+    bytes: u64,
+    fsyncs: u64,
+}
+
+impl CheckpointJob {
+    /// The last sequence number the checkpoint covers: the state written must be the
+    /// fold of every record up to it.
+    pub fn covers(&self) -> u64 {
+        self.base - 1
+    }
+
+    /// Streams a state of exactly `len` bytes from `fill` into the checkpoint file (under
+    /// a temporary name, fsynced, renamed into place, directory fsynced): the state is
+    /// never held as one more buffer in memory.
+    pub fn write(
+        self,
+        len: usize,
+        fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<WrittenCheckpoint> {
+        check_size_len(len)?;
+        let tmp = self.dir.join(segment::checkpoint_tmp_name(self.base));
+        let path = self.dir.join(segment::checkpoint_name(self.base));
+        let file = File::create(&tmp).map_err(WalError::io(&tmp))?;
+        let mut out = Checksummed {
+            out: io::BufWriter::with_capacity(1 << 20, &file),
+            record: record::Streamed::new(Kind::Checkpoint, self.covers(), len),
+            written: 0,
+        };
+        out.out
+            .write_all(&[0; HEADER_LEN])
+            .and_then(|()| fill(&mut out))
+            .and_then(|()| out.out.flush())
+            .map_err(WalError::io(&tmp))?;
+        if out.written != len as u64 {
+            return Err(WalError::io(&tmp)(io::Error::other(format!(
+                "the checkpoint's state was announced as {len} bytes but {} were written",
+                out.written
+            ))));
+        }
+        let header = out.record.header();
+        drop(out.out);
+        std::os::unix::fs::FileExt::write_all_at(&file, &header, 0).map_err(WalError::io(&tmp))?;
+        let mut fsyncs = 0;
+        if self.sync {
+            file.sync_data().map_err(WalError::io(&tmp))?;
+            fsyncs += 1;
+        }
+        fs::rename(&tmp, &path).map_err(WalError::io(&path))?;
+        // Durable before anything it replaces is deleted.
+        if self.sync {
+            segment::sync_dir(&self.dir)?;
+            fsyncs += 1;
+        }
+        Ok(WrittenCheckpoint {
+            base: self.base,
+            bytes: (HEADER_LEN + len) as u64,
+            fsyncs,
+        })
+    }
+}
+
+/// Passes writes on, checksumming and counting them.
+struct Checksummed<W> {
+    out: W,
+    record: record::Streamed,
+    written: u64,
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.record.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 fn check_size(payload: &[u8]) -> Result<()> {
-    if payload.len() > MAX_PAYLOAD {
+    check_size_len(payload.len())
+}
+
+fn check_size_len(len: usize) -> Result<()> {
+    if len > MAX_PAYLOAD {
         return Err(WalError::RecordTooLarge {
-            len: payload.len(),
+            len,
             max: MAX_PAYLOAD,
         });
     }

@@ -5,6 +5,7 @@ mod bench;
 mod checkpoint;
 mod corruption;
 mod crash;
+mod detached;
 mod io_errors;
 mod model;
 mod round_trip;

@@ -17,6 +17,11 @@ enum Op {
     Append(Vec<u8>),
     Sync,
     Checkpoint(Vec<u8>),
+    /// A checkpoint written beside the log, with these appends made while it is written.
+    Detached {
+        state: Vec<u8>,
+        meanwhile: Vec<Vec<u8>>,
+    },
     /// Drop the log without syncing and open it again.
     Reopen,
     /// Lose everything since the last sync, except `extra` bytes written after it into
@@ -31,6 +36,11 @@ fn op() -> impl Strategy<Value = Op> {
         8 => proptest::collection::vec(any::<u8>(), 0..60).prop_map(Op::Append),
         3 => Just(Op::Sync),
         1 => proptest::collection::vec(any::<u8>(), 0..200).prop_map(Op::Checkpoint),
+        1 => (
+            proptest::collection::vec(any::<u8>(), 0..200),
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..60), 0..6),
+        )
+            .prop_map(|(state, meanwhile)| Op::Detached { state, meanwhile }),
         1 => Just(Op::Reopen),
         2 => (0u64..80).prop_map(|extra| Op::Crash { extra }),
     ]
@@ -132,6 +142,22 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model.checkpoint = Some(state);
                 model.records.clear();
                 model.synced_now(dir);
+            }
+            Op::Detached { state, meanwhile } => {
+                let job = wal.begin_checkpoint().unwrap();
+                prop_assert_eq!(job.covers(), model.last_seq());
+                // Nothing new is durable yet; the old segments are whole on disk.
+                model.synced_now(dir);
+                let first_after = model.last_seq() + 1;
+                for payload in &meanwhile {
+                    wal.append(payload).unwrap();
+                }
+                let done = job.write(state.len(), |out| out.write_all(&state)).unwrap();
+                wal.finish_checkpoint(done).unwrap();
+                model.checkpoint = Some(state);
+                model.first_seq = first_after;
+                model.records = meanwhile;
+                model.synced = 0;
             }
             Op::Reopen | Op::Crash { .. } => {
                 drop(wal);
