@@ -46,6 +46,15 @@ pub trait Replica {
 /// Folds durable writes into the state a replica restarts from.
 pub trait Durable<W> {
     fn apply(&mut self, write: &W);
+
+    /// Whether a crash may lose `write` without harm even after it was reported durable:
+    /// a replica's compaction of its own log, whose entries are all in earlier writes.
+    /// Storage may then make it durable lazily; recovering without it is recovering as
+    /// if the compaction had not happened yet.
+    fn is_compaction(write: &W) -> bool {
+        let _ = write;
+        false
+    }
 }
 
 /// Everything that can happen to a replica.

@@ -4,14 +4,19 @@
 //! fsync covers many writes; when idle, a lone write is synced at once.
 //!
 //! It also folds the writes into the protocol's durable state, exactly as recovery would,
-//! and every so often writes that state as a checkpoint: the log files then start
-//! afresh, so with snapshots compacting the protocol's log, the disk stays bounded.
+//! and every so often has that state written as a checkpoint that replaces the log files
+//! before it, so with snapshots compacting the protocol's log, the disk stays bounded.
+//! The checkpoint is written by a thread of its own at the lowest priority while the
+//! writer goes on appending and syncing: encoding a large state takes seconds, and a
+//! replica whose log stops for seconds stops acknowledging, so its leader stops sending
+//! it entries and the requests it forwarded wait.
 
+use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ekmat_core::{Durable, Replica};
-use ekmat_storage::Wal;
+use ekmat_storage::{CheckpointJob, Wal, WrittenCheckpoint};
 use tokio::sync::{mpsc, watch};
 
 use crate::protocol::RuntimeProtocol;
@@ -38,15 +43,22 @@ pub struct Writer<W> {
     pub thread: JoinHandle<()>,
 }
 
+/// A checkpoint written on its own thread: its size and how long it took, once done.
+type CheckpointDone = Result<(WrittenCheckpoint, u64, Duration), String>;
+
 struct State<P: RuntimeProtocol> {
     wal: Wal,
     stable: StableOf<P>,
-    /// Log bytes written since the last checkpoint, and that checkpoint's size.
+    /// Log bytes written since the last checkpoint began, and that checkpoint's size.
     since_checkpoint: u64,
     last_checkpoint: u64,
     checkpoint_bytes: u64,
     /// Bytes added to the first checkpoint's threshold (see `NodeConfig::stagger`).
     stagger: u64,
+    /// The checkpoint being written, if one is.
+    checkpointing: Option<std_mpsc::Receiver<CheckpointDone>>,
+    /// A compaction was folded into `stable` but into no checkpoint yet.
+    compaction_pending: bool,
 }
 
 /// Start the writer over `wal`, whose records fold into `stable`. The log is
@@ -67,6 +79,11 @@ pub fn spawn<P: RuntimeProtocol>(
         last_checkpoint: 0,
         checkpoint_bytes,
         stagger,
+        checkpointing: None,
+        compaction_pending: false,
+    };
+    let fail = move |tx: &watch::Sender<Durability>, e: String| {
+        tx.send_modify(|d| d.failed = Some(format!("write-ahead log failed: {e}")));
     };
     let thread = std::thread::Builder::new()
         .name("ekmat-wal-writer".into())
@@ -85,15 +102,20 @@ pub fn spawn<P: RuntimeProtocol>(
                     .map(|(seq, _)| *seq)
                     .expect("batch is not empty");
                 if let Err(e) = state.write_batch(&batch) {
-                    let failed = Some(format!("write-ahead log failed: {e}"));
-                    tx.send_modify(|d| d.failed = failed);
-                    return;
+                    return fail(&tx, e);
                 }
                 tx.send_replace(Durability {
                     seq: last,
                     failed: None,
                 });
                 batch.clear();
+                if let Err(e) = state.checkpoint_if_due() {
+                    return fail(&tx, e);
+                }
+            }
+            // Stopping: a checkpoint under way is finished, not left half-written.
+            if let Err(e) = state.finish_checkpoint(true) {
+                fail(&tx, e);
             }
         })
         .expect("spawning the writer thread");
@@ -106,26 +128,19 @@ pub fn spawn<P: RuntimeProtocol>(
 
 impl<P: RuntimeProtocol> State<P> {
     fn write_batch(&mut self, batch: &[(u64, WriteOf<P>)]) -> Result<(), String> {
-        // Measured, not encoded: a batch that ends up in a checkpoint is encoded there.
-        let size = batch
-            .iter()
-            .map(|(_, write)| postcard::experimental::serialized_size(write).map(|n| n as u64))
-            .sum::<Result<u64, _>>()
-            .map_err(|e| e.to_string())?;
-        let threshold = self.checkpoint_bytes.max(2 * self.last_checkpoint) + self.stagger;
         for (_, write) in batch {
             self.stable.apply(write);
-        }
-        if self.since_checkpoint + size >= threshold {
-            // The checkpoint makes the batch durable too: writing it to the log first
-            // would write it twice (for a snapshot, hundreds of megabytes).
-            return self.checkpoint();
-        }
-        for (_, write) in batch {
+            if <StableOf<P> as Durable<WriteOf<P>>>::is_compaction(write) {
+                // Lost in a crash, it costs nothing (see `Durable::is_compaction`); in
+                // the log it would hold up every write after it while hundreds of
+                // megabytes are copied and written.
+                self.compaction_pending = true;
+                continue;
+            }
             let bytes = postcard::to_stdvec(write).map_err(|e| e.to_string())?;
             self.wal.append(&bytes).map_err(|e| e.to_string())?;
+            self.since_checkpoint += bytes.len() as u64;
         }
-        self.since_checkpoint += size;
         let started = Instant::now();
         self.wal.sync().map_err(|e| e.to_string())?;
         metrics::histogram!("ekmat_fsync_seconds").record(started.elapsed().as_secs_f64());
@@ -133,28 +148,95 @@ impl<P: RuntimeProtocol> State<P> {
         Ok(())
     }
 
-    fn checkpoint(&mut self) -> Result<(), String> {
-        let started = Instant::now();
-        let bytes = postcard::to_stdvec(&self.stable).map_err(|e| e.to_string())?;
-        self.wal.checkpoint(&bytes).map_err(|e| e.to_string())?;
-        self.last_checkpoint = bytes.len() as u64;
-        self.since_checkpoint = 0;
-        self.stagger = 0;
+    /// Finish a checkpoint that is done, and start one if the log has grown enough.
+    fn checkpoint_if_due(&mut self) -> Result<(), String> {
+        self.finish_checkpoint(false)?;
+        let threshold = self.checkpoint_bytes.max(2 * self.last_checkpoint) + self.stagger;
+        let due = self.compaction_pending || self.since_checkpoint >= threshold;
+        if self.checkpointing.is_none() && due {
+            self.compaction_pending = false;
+            let job = self.wal.begin_checkpoint().map_err(|e| e.to_string())?;
+            self.checkpointing = Some(write_checkpoint::<P>(job, self.stable.clone()));
+            self.since_checkpoint = 0;
+            self.stagger = 0;
+        }
+        Ok(())
+    }
+
+    /// If a checkpoint is being written and is done (or `wait`), let it replace the log
+    /// before it.
+    fn finish_checkpoint(&mut self, wait: bool) -> Result<(), String> {
+        let Some(done) = &self.checkpointing else {
+            return Ok(());
+        };
+        let result = if wait {
+            done.recv()
+                .map_err(|_| std_mpsc::TryRecvError::Disconnected)
+        } else {
+            done.try_recv()
+        };
+        let (written, bytes, took) = match result {
+            Ok(result) => result.map_err(|e| format!("checkpoint failed: {e}"))?,
+            Err(std_mpsc::TryRecvError::Empty) => return Ok(()),
+            Err(std_mpsc::TryRecvError::Disconnected) => {
+                return Err("the checkpoint thread died".into());
+            }
+        };
+        self.checkpointing = None;
+        self.wal
+            .finish_checkpoint(written)
+            .map_err(|e| e.to_string())?;
+        self.last_checkpoint = bytes;
         metrics::counter!("ekmat_wal_checkpoints_total").increment(1);
         tracing::info!(
-            bytes = bytes.len(),
-            took_ms = started.elapsed().as_millis() as u64,
+            bytes,
+            took_ms = took.as_millis() as u64,
             "checkpointed the write-ahead log"
         );
         Ok(())
     }
 }
 
+/// Encode `stable` straight into the checkpoint file, on a thread of its own at the
+/// lowest priority. The receiver hears once, when it is durable (or failed).
+fn write_checkpoint<P: RuntimeProtocol>(
+    job: CheckpointJob,
+    stable: StableOf<P>,
+) -> std_mpsc::Receiver<CheckpointDone> {
+    let (tx, rx) = std_mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("ekmat-checkpoint".into())
+        .spawn(move || {
+            crate::driver::snapshot::lower_priority();
+            let started = Instant::now();
+            let result = postcard::experimental::serialized_size(&stable)
+                .map_err(|e| e.to_string())
+                .and_then(|len| {
+                    job.write(len, |out| {
+                        postcard::to_io(&stable, out)
+                            .map(drop)
+                            .map_err(std::io::Error::other)
+                    })
+                    .map(|written| (written, len as u64, started.elapsed()))
+                    .map_err(|e| e.to_string())
+                });
+            // The writer may have stopped waiting (its own failure): nothing to tell.
+            let _ = tx.send(result);
+        });
+    if let Err(e) = spawned {
+        let (tx, failed) = std_mpsc::sync_channel(1);
+        let _ = tx.send(Err(format!("cannot start the checkpoint thread: {e}")));
+        return failed;
+    }
+    rx
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+    use ekmat_core::Membership;
     use ekmat_core::{NodeId, RequestId};
-    use ekmat_raft::{Entry, Payload, RaftStable, RaftWrite};
+    use ekmat_raft::{Entry, Payload, RaftStable, RaftWrite, Snapshot};
 
     use super::*;
     use crate::config::NodeConfig;
@@ -178,7 +260,10 @@ mod tests {
 
     /// Writes `writes` through a writer that checkpoints after `checkpoint_bytes`, then
     /// recovers the directory as a restarting node would.
-    fn write_and_recover(writes: &[RaftWrite], checkpoint_bytes: u64) -> (RaftStable, RaftStable) {
+    fn write_and_recover(
+        writes: &[RaftWrite],
+        checkpoint_bytes: u64,
+    ) -> (RaftStable, RaftStable, usize) {
         let dir = tempfile::tempdir().unwrap();
         let cfg = NodeConfig::new("t", 0, dir.path().to_path_buf(), Vec::new());
         let (wal, stable) = crate::node::recover::<Raft>(&cfg).unwrap();
@@ -200,27 +285,62 @@ mod tests {
             writes.len() as u64,
             "every write reported durable"
         );
+        let checkpoints = std::fs::read_dir(dir.path().join("wal"))
+            .map(|files| {
+                files
+                    .filter(|f| {
+                        f.as_ref().unwrap().path().extension() == Some("checkpoint".as_ref())
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
         let (_, recovered) = crate::node::recover::<Raft>(&cfg).unwrap();
-        (expected, recovered)
+        (expected, recovered, checkpoints)
     }
 
     #[test]
-    fn writes_folded_into_a_checkpoint_instead_of_the_log_are_recovered() {
+    fn writes_checkpointed_while_the_log_goes_on_are_recovered() {
         let mut writes = vec![RaftWrite::HardState {
             term: 1,
             vote: Some(NodeId(0)),
         }];
         // Large writes: every few of them cross the threshold and become a checkpoint.
         writes.extend((1..=40).map(|i| append(i, 10_000)));
-        let (expected, recovered) = write_and_recover(&writes, 32 << 10);
+        let (expected, recovered, checkpoints) = write_and_recover(&writes, 32 << 10);
         assert_eq!(recovered, expected);
         assert_eq!(recovered.log.len(), 40);
+        assert_eq!(
+            checkpoints, 1,
+            "the last checkpoint replaced the ones before it"
+        );
+    }
+
+    #[test]
+    fn a_compaction_goes_into_a_checkpoint_at_once_not_into_the_log() {
+        let mut writes: Vec<RaftWrite> = (1..=30).map(|i| append(i, 100)).collect();
+        writes.push(RaftWrite::Compact {
+            snapshot: Snapshot {
+                index: 20,
+                term: 1,
+                membership: Membership::default(),
+                data: Bytes::from(vec![5; 50_000]),
+            },
+            keep_from: 15,
+        });
+        writes.extend((31..=35).map(|i| append(i, 100)));
+        // Far below the size threshold: only the compaction asks for the checkpoint.
+        let (expected, recovered, checkpoints) = write_and_recover(&writes, 64 << 20);
+        assert_eq!(recovered, expected);
+        assert_eq!(recovered.snapshot.as_ref().map(|s| s.index), Some(20));
+        assert_eq!(recovered.log.first().map(|e| e.index), Some(15));
+        assert_eq!(checkpoints, 1);
     }
 
     #[test]
     fn without_a_checkpoint_the_log_alone_recovers_every_write() {
         let writes: Vec<RaftWrite> = (1..=20).map(|i| append(i, 100)).collect();
-        let (expected, recovered) = write_and_recover(&writes, 64 << 20);
+        let (expected, recovered, checkpoints) = write_and_recover(&writes, 64 << 20);
         assert_eq!(recovered, expected);
+        assert_eq!(checkpoints, 0);
     }
 }

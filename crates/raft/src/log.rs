@@ -61,6 +61,22 @@ pub enum RaftWrite {
         snapshot: Snapshot,
         keep_from: u64,
     },
+    /// This replica's own snapshot of its state machine, compacting its log as
+    /// `Snapshot` does. Everything it covers is in the log writes before it, so a crash
+    /// that loses it loses nothing: the replica restarts from its previous snapshot and
+    /// the longer log. A storage layer may therefore make it durable lazily (folded into
+    /// a background checkpoint) while reporting the writes after it durable as usual.
+    Compact {
+        snapshot: Snapshot,
+        keep_from: u64,
+    },
+}
+
+impl RaftWrite {
+    /// Whether losing this write in a crash loses nothing (see [`RaftWrite::Compact`]).
+    pub fn is_compaction(&self) -> bool {
+        matches!(self, RaftWrite::Compact { .. })
+    }
 }
 
 /// What a Raft replica restarts from.
@@ -74,6 +90,10 @@ pub struct RaftStable {
 }
 
 impl Durable<RaftWrite> for RaftStable {
+    fn is_compaction(write: &RaftWrite) -> bool {
+        write.is_compaction()
+    }
+
     fn apply(&mut self, write: &RaftWrite) {
         match write {
             RaftWrite::HardState { term, vote } => {
@@ -96,6 +116,10 @@ impl Durable<RaftWrite> for RaftStable {
                 self.log.extend(entries.iter().cloned());
             }
             RaftWrite::Snapshot {
+                snapshot,
+                keep_from,
+            }
+            | RaftWrite::Compact {
                 snapshot,
                 keep_from,
             } => {

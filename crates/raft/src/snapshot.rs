@@ -98,7 +98,7 @@ impl RaftNode {
         };
         self.snapshot = Some(snapshot.clone());
         self.gate.persist(
-            RaftWrite::Snapshot {
+            RaftWrite::Compact {
                 snapshot,
                 keep_from,
             },

@@ -9,6 +9,9 @@ use ekmat_core::{DetRng, Durable};
 #[derive(Debug)]
 pub struct Disk<S, W> {
     stable: S,
+    /// `stable` without the compactions since the last crash, which storage may make
+    /// durable lazily (`Durable::is_compaction`): a crash may come back to either.
+    uncompacted: Option<S>,
     unsynced: VecDeque<(u64, W)>,
 }
 
@@ -16,6 +19,7 @@ impl<S: Durable<W> + Clone + Default, W> Default for Disk<S, W> {
     fn default() -> Self {
         Disk {
             stable: S::default(),
+            uncompacted: None,
             unsynced: VecDeque::new(),
         }
     }
@@ -30,18 +34,39 @@ impl<S: Durable<W> + Clone + Default, W> Disk<S, W> {
     pub fn sync(&mut self, seq: u64) {
         while self.unsynced.front().is_some_and(|(s, _)| *s <= seq) {
             let (_, w) = self.unsynced.pop_front().expect("front checked");
-            self.stable.apply(&w);
+            self.land(&w);
         }
     }
 
-    /// Power loss: a prefix of the unsynced writes survives, the rest is gone. Sequence
-    /// numbers restart with the next incarnation.
+    fn land(&mut self, write: &W) {
+        if S::is_compaction(write) {
+            self.uncompacted.get_or_insert_with(|| self.stable.clone());
+        } else if let Some(uncompacted) = &mut self.uncompacted {
+            uncompacted.apply(write);
+        }
+        self.stable.apply(write);
+    }
+
+    /// Power loss: a prefix of the unsynced writes survives, the rest is gone; and the
+    /// compactions since the last crash may be gone too. Sequence numbers restart with
+    /// the next incarnation.
     pub fn crash(&mut self, rng: &mut DetRng) -> usize {
         let survive = rng.range(0, self.unsynced.len() as u64) as usize;
-        for (_, w) in self.unsynced.drain(..).take(survive) {
-            self.stable.apply(&w);
+        let survivors: Vec<W> = self
+            .unsynced
+            .drain(..)
+            .take(survive)
+            .map(|(_, w)| w)
+            .collect();
+        for w in &survivors {
+            self.land(w);
         }
         self.unsynced.clear();
+        if let Some(uncompacted) = self.uncompacted.take()
+            && rng.range(0, 1) == 0
+        {
+            self.stable = uncompacted;
+        }
         survive
     }
 

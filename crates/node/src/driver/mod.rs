@@ -28,7 +28,7 @@ use crate::wire::Wire;
 use crate::writer::Durability;
 
 mod membership;
-mod snapshot;
+pub(crate) mod snapshot;
 
 /// How often the core is ticked. Its timers are 10 ms-granular.
 pub const TICK: Duration = Duration::from_millis(10);

@@ -63,9 +63,9 @@ impl<P: RuntimeProtocol> Driver<P> {
 /// Encoding a large store takes seconds of CPU: on a small machine, at normal priority,
 /// it starves the threads that serve requests and replicate. At the lowest priority it
 /// uses only what they leave. (On Linux: the highest niceness, for this thread only.)
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     use thread_priority::{ThreadPriority, set_current_thread_priority};
     if let Err(e) = set_current_thread_priority(ThreadPriority::Min) {
-        tracing::debug!(error = ?e, "snapshot thread keeps its priority");
+        tracing::debug!(error = ?e, "background thread keeps its priority");
     }
 }

@@ -409,7 +409,7 @@ impl ProtocolChecker<RaftNode> for RaftChecker {
                 Ok(())
             }
             Effect::Persist {
-                write: RaftWrite::Snapshot { snapshot, .. },
+                write: RaftWrite::Snapshot { snapshot, .. } | RaftWrite::Compact { snapshot, .. },
                 ..
             } => self.snapshot_written(now, node, snapshot),
             Effect::Restore { index, .. } => {
