@@ -27,6 +27,7 @@ use crate::watch_hub::{Published, WatchHub};
 use crate::wire::Wire;
 use crate::writer::Durability;
 
+mod clock;
 mod membership;
 pub(crate) mod snapshot;
 
@@ -161,6 +162,7 @@ pub struct Driver<P: RuntimeProtocol> {
     core: P::Node,
     kv: KvStore,
     started: Instant,
+    clock: clock::CoreClock,
     transport: Transport<Wire<Msg<P>>>,
     writes: mpsc::Sender<(u64, Write<P>)>,
     durable: watch::Receiver<Durability>,
@@ -233,6 +235,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             core: parts.core,
             kv: parts.kv,
             started: parts.started,
+            clock: clock::CoreClock::new(parts.started),
             transport: parts.transport,
             writes: parts.writes,
             durable: parts.durable,
@@ -263,6 +266,7 @@ impl<P: RuntimeProtocol> Driver<P> {
         }
     }
 
+    /// Wall time since the node started (round trips; the core's time is `clock`'s).
     fn now(&self) -> Time {
         Time(self.started.elapsed().as_micros() as u64)
     }
@@ -307,6 +311,8 @@ impl<P: RuntimeProtocol> Driver<P> {
                 due = ticker.tick() => {
                     note_lateness(due);
                     self.step(Input::Tick).await;
+                    metrics::gauge!("ekmat_clock_paused_seconds")
+                        .set(self.clock.paused().as_secs_f64());
                     self.forget_abandoned_calls();
                     self.ping_peers();
                     self.expire_leases().await;
@@ -456,7 +462,7 @@ impl<P: RuntimeProtocol> Driver<P> {
     }
 
     async fn step(&mut self, input: Input<Msg<P>>) {
-        let now = self.now();
+        let now = self.clock.now(!P::status(&self.core).is_leader);
         let mut out = std::mem::take(&mut self.out);
         self.core.step(now, input, &mut out);
         for effect in out.drain() {
