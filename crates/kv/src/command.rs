@@ -12,7 +12,7 @@ use crate::lease::{
 };
 use crate::rpc::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::watch::Event;
 
@@ -91,6 +91,28 @@ pub enum Command {
     Alarm(AlarmRequest),
 }
 
+impl Command {
+    /// Whether applying this may touch many keys: a ranged delete (alone or in a txn), a
+    /// compaction, a lease revocation, a tick that may expire leases. With half a million
+    /// keys such a command takes a second; the rest take microseconds.
+    pub fn touches_many_keys(&self) -> bool {
+        let ranged =
+            |op: &RequestOp| matches!(op, RequestOp::DeleteRange(d) if !d.range_end.is_empty());
+        match self {
+            Command::DeleteRange(d) => !d.range_end.is_empty(),
+            Command::Txn(t) => t.success.iter().chain(&t.failure).any(ranged),
+            Command::Compact(_) | Command::LeaseRevoke(_) | Command::Tick => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether the log entry `command` (an [`Envelope`]) may touch many keys (see
+/// [`Command::touches_many_keys`]). Bytes that are not an envelope touch none.
+pub fn touches_many_keys(command: &[u8]) -> bool {
+    Envelope::decode(command).is_ok_and(|e| e.command.touches_many_keys())
+}
+
 /// The answer to a [`Tick`](Command::Tick) or a [`LeaseRenewAll`](Command::LeaseRenewAll).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TickResponse {
@@ -150,4 +172,37 @@ pub enum Applied {
     Superseded,
     /// Bytes that are not an envelope. Deterministically ignored on every replica.
     Malformed(DecodeError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delete(range_end: &'static [u8]) -> DeleteRangeRequest {
+        DeleteRangeRequest {
+            key: Bytes::from_static(b"a"),
+            range_end: Bytes::from_static(range_end),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ranged_deletes_compactions_and_revocations_touch_many_keys_puts_do_not() {
+        let heavy = |c: Command| touches_many_keys(&Envelope::new(1, c).encode());
+        assert!(heavy(Command::DeleteRange(delete(b"b"))));
+        assert!(!heavy(Command::DeleteRange(delete(b""))));
+        assert!(heavy(Command::Txn(TxnRequest {
+            failure: vec![RequestOp::DeleteRange(delete(b"\0"))],
+            ..Default::default()
+        })));
+        assert!(!heavy(Command::Txn(TxnRequest {
+            success: vec![RequestOp::DeleteRange(delete(b""))],
+            ..Default::default()
+        })));
+        assert!(heavy(Command::Compact(CompactionRequest::default())));
+        assert!(heavy(Command::LeaseRevoke(LeaseRevokeRequest::default())));
+        assert!(heavy(Command::Tick));
+        assert!(!heavy(Command::Put(PutRequest::default())));
+        assert!(!touches_many_keys(b"not an envelope"));
+    }
 }

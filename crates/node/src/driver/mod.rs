@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use ekmat_core::{
-    CommittedEntry, Effect, Effects, Event, Input, MembershipChange, NodeId, Rejection, Replica,
-    Reply, Request, RequestId, RequestKind, Time,
+    Effect, Effects, Event, Input, MembershipChange, NodeId, Rejection, Replica, Reply, Request,
+    RequestId, RequestKind, Time,
 };
 use ekmat_kv::{Applied, Command, Envelope, KvError, KvStore, Response};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,6 +27,7 @@ use crate::watch_hub::{Published, WatchHub};
 use crate::wire::Wire;
 use crate::writer::Durability;
 
+mod apply;
 mod clock;
 mod membership;
 pub(crate) mod snapshot;
@@ -198,6 +199,10 @@ pub struct Driver<P: RuntimeProtocol> {
     out: Effects<Msg<P>, Write<P>>,
     /// Where applied changes go to watchers.
     hub: WatchHub,
+    /// A heavy entry being applied off the driver, with the store (see `apply.rs`).
+    applying: Option<apply::Applying>,
+    /// What committed behind it, in order.
+    backlog: std::collections::VecDeque<apply::Backlogged>,
     /// When this node last proposed a lease-expiry tick.
     last_lease_tick: Instant,
     /// This node just became leader and owes the log a [`Command::LeaseRenewAll`].
@@ -262,6 +267,8 @@ impl<P: RuntimeProtocol> Driver<P> {
             out: Effects::new(),
             hub: parts.hub,
             last_lease_tick: parts.started,
+            applying: None,
+            backlog: std::collections::VecDeque::new(),
             renew_leases: false,
         }
     }
@@ -290,6 +297,7 @@ impl<P: RuntimeProtocol> Driver<P> {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let store_away = self.store_away();
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
@@ -304,7 +312,8 @@ impl<P: RuntimeProtocol> Driver<P> {
                     self.step(Input::Persisted { seq: d.seq }).await;
                 }
                 Some((from, wire)) = inbound.recv() => self.on_wire(from, wire).await,
-                Some(call) = calls.recv() => self.on_call(call).await,
+                result = apply::applied(&mut self.applying) => self.on_applied(result),
+                Some(call) = calls.recv(), if !store_away => self.on_call(call).await,
                 Some((index, data)) = self.snapshots_rx.recv() => {
                     self.on_snapshot_ready(index, data).await;
                 }
@@ -400,6 +409,9 @@ impl<P: RuntimeProtocol> Driver<P> {
     /// leases expire even when nobody writes. Followers never do: expiry happens only
     /// when the log's clock says so, at the same entry on every member.
     async fn expire_leases(&mut self) {
+        if self.store_away() {
+            return;
+        }
         let Some(deadline) = self.kv.next_lease_deadline() else {
             return;
         };
@@ -487,33 +499,8 @@ impl<P: RuntimeProtocol> Driver<P> {
                     tracing::error!("the storage writer is gone; durable writes cannot be made");
                 }
             }
-            Effect::Commit(c) => self.apply_committed(c.index, c.entry),
-            Effect::Restore { index, data } => {
-                match Members::unwrap_snapshot(&data).and_then(|(members, kv)| {
-                    let kv = KvStore::restore(&kv).map_err(|e| e.to_string())?;
-                    Ok((members, kv))
-                }) {
-                    Ok((members, kv)) => {
-                        self.members = members;
-                        self.sync_peers();
-                        tracing::info!(
-                            index,
-                            bytes = data.len(),
-                            "restored the state machine from a snapshot"
-                        );
-                        self.kv = kv;
-                        self.last_snapshot = index;
-                        self.applied_bytes = 0;
-                        self.last_snapshot_bytes = data.len() as u64;
-                        self.hub.publish(Published::Reset);
-                        self.serve_ready_reads();
-                    }
-                    Err(e) => {
-                        self.fatal =
-                            Some(format!("cannot restore the snapshot at index {index}: {e}"));
-                    }
-                }
-            }
+            Effect::Commit(c) => self.on_committed(c.index, c.entry),
+            Effect::Restore { index, data } => self.on_restore(index, data),
             Effect::Reply(reply) => self.on_reply(reply),
             Effect::Event(e) => {
                 if let Event::BecameLeader { .. } = e {
@@ -522,41 +509,6 @@ impl<P: RuntimeProtocol> Driver<P> {
                 on_event(&e);
             }
         }
-    }
-
-    fn apply_committed(&mut self, index: u64, entry: CommittedEntry) {
-        match entry {
-            CommittedEntry::Noop => self.kv.skip(index),
-            CommittedEntry::Membership {
-                membership,
-                changes,
-            } => {
-                tracing::info!(index, %membership, "configuration committed");
-                self.kv.skip(index);
-                self.on_membership(&membership, &changes);
-            }
-            CommittedEntry::Command { id, command } => {
-                self.applied_bytes += command.len() as u64;
-                let mut applied = self.kv.apply(index, id, &command);
-                metrics::counter!("ekmat_applied_total").increment(1);
-                self.publish_events(&mut applied);
-                self.on_behalf.remove(&id);
-                if let Some(PendingWrite { reply, .. }) = self.pending_writes.remove(&id) {
-                    let result = match applied {
-                        Applied::Executed { result, .. } | Applied::Repeated(result) => {
-                            result.map_err(CallError::Kv)
-                        }
-                        Applied::Superseded => Err(CallError::Busy),
-                        Applied::Malformed(e) => {
-                            tracing::error!(index, error = %e, "a committed entry is not a command");
-                            Err(CallError::Busy)
-                        }
-                    };
-                    let _ = reply.send(result);
-                }
-            }
-        }
-        self.serve_ready_reads();
     }
 
     /// Hand the entry's events to the watchers (the client waiting for the entry only
@@ -643,6 +595,9 @@ impl<P: RuntimeProtocol> Driver<P> {
     }
 
     fn serve_ready_reads(&mut self) {
+        if self.store_away() {
+            return; // served once the store is back
+        }
         let applied = self.kv.applied_index();
         let mut i = 0;
         while i < self.ready_reads.len() {
@@ -669,6 +624,9 @@ impl<P: RuntimeProtocol> Driver<P> {
     }
 
     fn publish_status(&self) {
+        if self.store_away() {
+            return; // the store's figures come back with it
+        }
         let status = NodeStatus {
             core: P::status(&self.core),
             applied: self.kv.applied_index(),

@@ -16,6 +16,9 @@ impl<P: RuntimeProtocol> Driver<P> {
     /// and even copying it there stalled every request for up to half a second. The
     /// protocol takes the snapshot when it is ready (`on_snapshot_ready`).
     pub(super) fn maybe_snapshot(&mut self) {
+        if self.store_away() {
+            return;
+        }
         let applied = self.kv.applied_index();
         if self.snapshot_every == 0
             || self.snapshot_in_progress
