@@ -183,15 +183,15 @@ impl Mvcc {
         let main = self.revision + 1;
         let sub = self.next_sub();
         // Share the index's copy of a known key: cloning a freshly decoded `Bytes` costs an
-        // allocation, and a put is the hot path of every replica.
-        let key = match self.keys.get_key_value(&key) {
-            Some((known, _)) => known.clone(),
+        // allocation, and a put is the hot path of every replica. One lookup finds both.
+        let (key, versions) = match self.keys.get_key_value_mut(&key) {
+            Some((known, versions)) => (known.clone(), versions),
             None => {
                 self.keys.insert(key.clone(), Vec::new());
-                key
+                let versions = self.keys.get_mut(&key).expect("just inserted");
+                (key, versions)
             }
         };
-        let versions = self.keys.get_mut(&key).expect("present or just inserted");
         let prev = versions.last().and_then(Version::live).cloned();
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
@@ -223,10 +223,10 @@ impl Mvcc {
     /// Delete `key` if it exists. Returns the tombstone and the deleted version.
     pub fn delete(&mut self, key: &[u8]) -> Option<(KeyValue, KeyValue)> {
         let main = self.revision + 1;
-        let (key, versions) = self.keys.get_key_value(key)?;
+        let sub = self.pending;
+        let (key, versions) = self.keys.get_key_value_mut(key)?;
         let prev = versions.last()?.live()?.clone();
         let key = key.clone();
-        let sub = self.next_sub();
         let tombstone = KeyValue {
             key: key.clone(),
             mod_revision: main,
@@ -237,11 +237,10 @@ impl Mvcc {
             deleted: true,
             kv: tombstone.clone(),
         };
-        self.bytes += version.cost();
-        self.keys
-            .get_mut(&key)
-            .expect("looked up above")
-            .push(version);
+        let cost = version.cost();
+        versions.push(version);
+        self.pending += 1; // what `next_sub` does, once the borrow of `versions` allows
+        self.bytes += cost;
         self.log(main, sub, key);
         Some((tombstone, prev))
     }
