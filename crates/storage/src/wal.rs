@@ -304,11 +304,7 @@ impl Wal {
         self.live.retain(|&base| {
             base >= done.base || !remove(&dir.join(segment::file_name(base)), &mut first_error)
         });
-        for old in segment::list(dir)?.checkpoints {
-            if old.base < done.base {
-                remove(&old.path, &mut first_error);
-            }
-        }
+        remove_checkpoint_files_below(dir, done.base, &mut first_error)?;
         first_error.map_or(Ok(()), Err)
     }
 
@@ -337,11 +333,7 @@ impl Wal {
         // The checkpoint's own segment is new, or replaced one of the same name.
         self.live.push(keep);
         // A checkpoint file of the same base covers the same records: this one replaces it.
-        for old in segment::list(dir)?.checkpoints {
-            if old.base <= keep {
-                remove(&old.path, &mut first_error);
-            }
-        }
+        remove_checkpoint_files_below(dir, keep + 1, &mut first_error)?;
         first_error.map_or(Ok(()), Err)
     }
 
@@ -413,6 +405,21 @@ fn remove(path: &Path, first_error: &mut Option<WalError>) -> bool {
             true
         }
     }
+}
+
+/// Removes the checkpoint files whose base is below `limit` (recording the first
+/// failure, as [`remove`] does).
+fn remove_checkpoint_files_below(
+    dir: &Path,
+    limit: u64,
+    first_error: &mut Option<WalError>,
+) -> Result<()> {
+    for old in segment::list(dir)?.checkpoints {
+        if old.base < limit {
+            remove(&old.path, first_error);
+        }
+    }
+    Ok(())
 }
 
 /// A checkpoint started by [`Wal::begin_checkpoint`], to be written on any thread.
