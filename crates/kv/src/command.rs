@@ -107,12 +107,6 @@ impl Command {
     }
 }
 
-/// Whether the log entry `command` (an [`Envelope`]) may touch many keys (see
-/// [`Command::touches_many_keys`]). Bytes that are not an envelope touch none.
-pub fn touches_many_keys(command: &[u8]) -> bool {
-    Envelope::decode(command).is_ok_and(|e| e.command.touches_many_keys())
-}
-
 /// The answer to a [`Tick`](Command::Tick) or a [`LeaseRenewAll`](Command::LeaseRenewAll).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TickResponse {
@@ -188,7 +182,7 @@ mod tests {
 
     #[test]
     fn ranged_deletes_compactions_and_revocations_touch_many_keys_puts_do_not() {
-        let heavy = |c: Command| touches_many_keys(&Envelope::new(1, c).encode());
+        let heavy = |c: Command| c.touches_many_keys();
         assert!(heavy(Command::DeleteRange(delete(b"b"))));
         assert!(!heavy(Command::DeleteRange(delete(b""))));
         assert!(heavy(Command::Txn(TxnRequest {
@@ -203,6 +197,5 @@ mod tests {
         assert!(heavy(Command::LeaseRevoke(LeaseRevokeRequest::default())));
         assert!(heavy(Command::Tick));
         assert!(!heavy(Command::Put(PutRequest::default())));
-        assert!(!touches_many_keys(b"not an envelope"));
     }
 }

@@ -27,7 +27,7 @@ mod watch;
 mod write;
 
 pub use alarm::{AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, txn_puts};
-pub use command::{Applied, Command, Envelope, Response, TickResponse, touches_many_keys};
+pub use command::{Applied, Command, Envelope, Response, TickResponse};
 pub use error::{DecodeError, KvError};
 pub use lease::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,

@@ -5,7 +5,7 @@ use ekmat_core::RequestId;
 
 use crate::alarm::{AlarmMember, AlarmResponse, AlarmType, Alarms};
 use crate::command::{Applied, Command, Envelope, Response, TickResponse};
-use crate::error::KvError;
+use crate::error::{DecodeError, KvError};
 use crate::lease::{
     LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
     Leases,
@@ -87,13 +87,23 @@ impl KvStore {
     /// Indices must be consecutive. Repeated and superseded requests do not run (and do
     /// not move the clock); bytes that are not an envelope are skipped.
     pub fn apply(&mut self, index: u64, id: RequestId, command: &[u8]) -> Applied {
+        self.apply_decoded(index, id, Envelope::decode(command))
+    }
+
+    /// [`KvStore::apply`] for a caller that has decoded the entry already.
+    pub fn apply_decoded(
+        &mut self,
+        index: u64,
+        id: RequestId,
+        decoded: Result<Envelope, DecodeError>,
+    ) -> Applied {
         self.advance(index);
         match self.sessions.check(id) {
             Seen::New => {}
             Seen::Repeated(result) => return Applied::Repeated(result),
             Seen::Superseded => return Applied::Superseded,
         }
-        let envelope = match Envelope::decode(command) {
+        let envelope = match decoded {
             Ok(envelope) => envelope,
             Err(e) => return Applied::Malformed(e),
         };

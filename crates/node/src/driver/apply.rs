@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 use ekmat_core::{CommittedEntry, RequestId};
-use ekmat_kv::{Applied, KvStore, touches_many_keys};
+use ekmat_kv::{Applied, DecodeError, Envelope, KvStore};
 use tokio::sync::oneshot;
 
 use super::{CallError, Driver, PendingWrite};
@@ -78,21 +78,31 @@ impl<P: RuntimeProtocol> Driver<P> {
             }
             CommittedEntry::Command { id, command } => {
                 self.applied_bytes += command.len() as u64;
-                if touches_many_keys(&command) {
-                    return self.apply_elsewhere(index, id, command);
+                // Decoded once, here: bytes that are no envelope are the store's to refuse.
+                let decoded = Envelope::decode(&command);
+                if decoded
+                    .as_ref()
+                    .is_ok_and(|e| e.command.touches_many_keys())
+                {
+                    return self.apply_elsewhere(index, id, decoded);
                 }
-                let applied = self.kv.apply(index, id, &command);
+                let applied = self.kv.apply_decoded(index, id, decoded);
                 self.finish_command(index, id, applied);
             }
         }
         self.serve_ready_reads();
     }
 
-    fn apply_elsewhere(&mut self, index: u64, id: RequestId, command: Bytes) {
+    fn apply_elsewhere(
+        &mut self,
+        index: u64,
+        id: RequestId,
+        decoded: Result<Envelope, DecodeError>,
+    ) {
         let mut kv = std::mem::take(&mut self.kv);
         let (tx, done) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let applied = kv.apply(index, id, &command);
+            let applied = kv.apply_decoded(index, id, decoded);
             // The driver may have stopped meanwhile: then nobody needs the store.
             let _ = tx.send((kv, applied));
         });
