@@ -93,7 +93,10 @@ impl Progress {
             self.inflight.pop_front();
         }
         match self.state {
-            ReplicationState::Probe => self.become_replicate(),
+            // Only an answer at the probe's own position ends probing: a heartbeat's,
+            // which claims no more than the match already known, says nothing of where
+            // the follower's log goes on from there.
+            ReplicationState::Probe if index + 1 >= self.next_index => self.become_replicate(),
             ReplicationState::Snapshot { index: at, .. } if index >= at => self.become_replicate(),
             _ => {}
         }

@@ -87,9 +87,21 @@ impl RaftNode {
                 pr.become_probe();
             }
             match pr.state {
+                // A probe that carries entries is answered only once the follower's disk
+                // has them; the heartbeat beside it is answered at once, so a follower
+                // whose disk stalls still counts for check-quorum and read confirmations.
                 ReplicationState::Probe => {
                     pr.probe_sent = false;
+                    let matched = pr.match_index;
+                    let probe_is_heartbeat =
+                        pr.next_index == matched + 1 && self.log.last_index() <= matched;
                     self.send_append(peer, out);
+                    if probe_is_heartbeat {
+                        continue;
+                    }
+                    if let Some(term) = self.log.term_at(matched) {
+                        out.send(peer, self.append_request(matched, term, Vec::new()));
+                    }
                     continue;
                 }
                 // Chunks double as the heartbeat, and resend what was lost.

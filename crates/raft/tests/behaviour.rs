@@ -645,3 +645,32 @@ fn a_transfer_to_an_unknown_node_or_on_a_follower_is_refused() {
         })
     ));
 }
+
+/// Followers whose disks stall for several election timeouts stop acknowledging new
+/// entries, but they are alive: the leader must keep counting them (check-quorum, read
+/// confirmations) rather than step down for a lost quorum that it still has.
+#[test]
+fn a_leader_keeps_its_quorum_while_its_followers_disks_stall() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.run_for(ms(100));
+    let term = c.raft(leader).term();
+    c.auto_sync = false;
+    for seq in 1..=150 {
+        c.write(leader, seq, "a");
+        c.run_for(ms(10));
+        c.sync_all(leader);
+    }
+    assert_eq!(c.leaders(), vec![leader], "stepped down for a slow disk");
+    assert_eq!(c.raft(leader).term(), term);
+    assert!(
+        commands(&c, leader).is_empty(),
+        "committed what no follower made durable"
+    );
+    c.auto_sync = true;
+    for i in 0..3 {
+        c.sync_all(NodeId(i));
+    }
+    c.run_for(ms(200));
+    assert_eq!(commands(&c, leader).len(), 150);
+}
