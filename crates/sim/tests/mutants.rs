@@ -109,7 +109,18 @@ fn serving_lease_reads_past_the_bound_is_caught_by_linearizability() {
     assert_caught(Mutant::ServeLeaseReadPastBound, &["linearizability"]);
 }
 
+/// The bug shows only when clocks drift at the moment a lease is cut off: under every
+/// kind of fault that is about one seed in a thousand (so which seed first finds it moves
+/// with any change to message timing); under clock faults alone, one in fifteen.
 #[test]
 fn a_lease_that_ignores_the_clock_drift_bound_is_caught_by_linearizability() {
-    assert_caught(Mutant::LeaseIgnoresDrift, &["linearizability"]);
+    let opts = SimOptions {
+        faults: vec![FaultKind::Clock],
+        ..SimOptions::default()
+    };
+    assert_caught_in(
+        hunt_with(Mutant::LeaseIgnoresDrift, opts),
+        Mutant::LeaseIgnoresDrift,
+        &["linearizability"],
+    );
 }
