@@ -152,6 +152,8 @@ pub enum Rejection {
     ChangeInProgress,
     /// The membership change makes no sense for the current configuration.
     InvalidChange(ChangeError),
+    /// The request's client id is one the protocol keeps for requests of its own.
+    ReservedClient,
 }
 
 /// Something worth counting or tracing. Never needed for correctness.

@@ -418,6 +418,7 @@ fn print_table(args: &SimArgs, s: &Summary) {
             s.elections.to_string(),
         ),
         ("evidence of misbehaviour", s.evidence.to_string()),
+        ("exclusions applied (per replica)", s.exclusions.to_string()),
         ("configurations committed", s.reconfigurations.to_string()),
         (
             "faults injected",
@@ -506,6 +507,7 @@ fn print_json(args: &SimArgs, s: &Summary, replay: Option<&str>, shrunk: Option<
         "elections": s.elections,
         "view_changes": s.elections,
         "evidence": s.evidence,
+        "exclusions": s.exclusions,
         "byzantine": args.byzantine,
         "adversary": args.adversary,
         "faults_injected": s.faults,

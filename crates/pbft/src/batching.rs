@@ -48,7 +48,8 @@ impl Pbft {
     }
 
     fn add_pending_as(&mut self, bundle: Arc<crate::message::Signed<Bundle>>, d: Digest) {
-        if self.executed_bundles.contains(&d) || self.pending.contains_key(&d) {
+        let excluded = self.is_excluded(bundle.body.gateway);
+        if excluded || self.executed_bundles.contains(&d) || self.pending.contains_key(&d) {
             return;
         }
         self.pending.insert(

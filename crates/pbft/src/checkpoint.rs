@@ -51,12 +51,17 @@ impl Pbft {
                 sigs: matching,
             };
             self.make_stable(proof, out);
+            self.try_propose(out);
         }
     }
 
     /// Adopt a valid proof of a later stable checkpoint: persist it, discard the log
     /// below it, and move the watermarks. A replica that has not executed that far
     /// fetches the committed batches it misses (state transfer).
+    ///
+    /// It proposes nothing itself: a new primary entering its view adopts the NEW-VIEW's
+    /// checkpoint before it installs the pre-prepares it re-issued, and proposing in
+    /// between would sign a second pre-prepare for their sequence numbers.
     pub(crate) fn make_stable(&mut self, proof: CheckpointProof, out: &mut Fx) {
         if proof.seq <= self.stable.seq {
             return;
@@ -86,6 +91,5 @@ impl Pbft {
         self.evidence.forget_through(seq);
         self.next_seq = self.next_seq.max(seq);
         self.counter("stable-checkpoint", out);
-        self.try_propose(out);
     }
 }

@@ -20,13 +20,17 @@ pub enum Mutant {
     AcceptUnverifiedNewView,
     /// Believe every signature.
     SkipSignatureVerification,
+    /// Exclude a replica on this replica's own evidence, at once, instead of ordering the
+    /// exclusion through consensus.
+    ExcludeOnOwnEvidence,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 3] = [
+    pub const ALL: [Mutant; 4] = [
         Mutant::CommitWithoutPrePrepare,
         Mutant::AcceptUnverifiedNewView,
         Mutant::SkipSignatureVerification,
+        Mutant::ExcludeOnOwnEvidence,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +39,7 @@ impl Mutant {
             Mutant::CommitWithoutPrePrepare => "commit-without-pre-prepare",
             Mutant::AcceptUnverifiedNewView => "accept-unverified-new-view",
             Mutant::SkipSignatureVerification => "skip-signature-verification",
+            Mutant::ExcludeOnOwnEvidence => "exclude-on-own-evidence",
         }
     }
 

@@ -13,6 +13,7 @@
 //! - `state_transfer`: committed batches fetched with their quorum certificates;
 //! - [`certificate`]: quorum certificates anyone can verify with the public keys;
 //! - [`evidence`]: equivocation turned into self-contained proofs;
+//! - `exclusion`: a convicted replica excluded at one sequence number, through consensus;
 //! - [`durable`]: what is persisted so a restarted replica never contradicts itself.
 //!
 //! Deterministic: no clock, no threads, no randomness; `BTreeMap`s only.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod crypto;
 pub mod durable;
 pub mod evidence;
+mod exclusion;
 pub mod message;
 mod normal_case;
 mod replica;
@@ -34,6 +36,7 @@ pub use certificate::{CertError, QuorumCertificate};
 pub use config::{Mutant, PbftConfig};
 pub use durable::{PbftStable, Write};
 pub use ekmat_core::{NodeId, Time};
+pub use exclusion::EXCLUSION_CLIENT;
 pub use message::Message;
 pub use replica::{Pbft, PbftStats, primary_of};
 

@@ -371,7 +371,7 @@ impl Pbft {
         chain.extend_from_slice(&qc.digest);
         self.history = sha256(&chain);
         self.last_executed = seq;
-        self.deliver(&batch, &digests, out);
+        self.deliver(seq, &batch, &digests, out);
         for d in &digests {
             self.pending.remove(d);
             self.in_flight.remove(d);
@@ -390,19 +390,29 @@ impl Pbft {
     /// runtime gateway's own ids, unique per gateway, not a client's session — are
     /// deduplicated by that alone: the per-client session's small window would refuse
     /// requests of one gateway that arrive out of order behind another gateway's.
-    fn deliver(&mut self, batch: &Batch, digests: &[Digest], out: &mut Fx) {
+    fn deliver(&mut self, seq: u64, batch: &Batch, digests: &[Digest], out: &mut Fx) {
         for (bundle, digest) in batch.bundles.iter().zip(digests) {
             if !self.executed_bundles.insert(*digest) {
                 self.counter("duplicate-bundle", out);
                 continue;
             }
             for r in &bundle.body.requests {
-                self.deliver_request(bundle, r, out);
+                self.deliver_request(seq, bundle, r, out);
             }
         }
     }
 
-    fn deliver_request(&mut self, bundle: &Signed<Bundle>, r: &ClientRequest, out: &mut Fx) {
+    fn deliver_request(
+        &mut self,
+        seq: u64,
+        bundle: &Signed<Bundle>,
+        r: &ClientRequest,
+        out: &mut Fx,
+    ) {
+        if r.id.client == crate::EXCLUSION_CLIENT {
+            let proof = r.op.as_deref().unwrap_or_default();
+            return self.execute_exclusion(seq, proof, out);
+        }
         let Some(op) = &r.op else {
             if bundle.body.gateway == self.cfg.id {
                 out.reply(Reply::ReadReady {

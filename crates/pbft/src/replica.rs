@@ -103,6 +103,10 @@ pub struct Pbft {
     pub(crate) failed_views: u32,
     pub(crate) future: Vec<Message>,
     pub(crate) evidence: EvidenceLog,
+    /// Replicas excluded (see `exclusion.rs`), with the sequence number that excluded them.
+    pub(crate) excluded: BTreeMap<NodeId, u64>,
+    /// Replicas this one submitted a proof against.
+    pub(crate) exclusions_proposed: BTreeSet<NodeId>,
     /// The highest sequence number and view each replica was seen working on.
     pub(crate) seen: BTreeMap<NodeId, (u64, u64)>,
     pub(crate) behind_since: Option<Time>,
@@ -148,6 +152,8 @@ impl Pbft {
             failed_views: 0,
             future: Vec::new(),
             evidence: EvidenceLog::default(),
+            excluded: BTreeMap::new(),
+            exclusions_proposed: BTreeSet::new(),
             seen: BTreeMap::new(),
             behind_since: None,
             last_fetch: None,
@@ -223,6 +229,11 @@ impl Pbft {
         &self.cfg
     }
 
+    /// Replicas excluded through consensus, with the sequence number that excluded each.
+    pub fn excluded(&self) -> &BTreeMap<NodeId, u64> {
+        &self.excluded
+    }
+
     /// Replicas convicted of equivocation, with how many proofs against each.
     pub fn convicted(&self) -> &BTreeMap<NodeId, u64> {
         &self.evidence.convicted
@@ -294,8 +305,9 @@ impl Pbft {
             out.event(Event::Evidence {
                 against,
                 what: "equivocation",
-                proof,
+                proof: proof.clone(),
             });
+            self.propose_exclusion(against, proof, out);
         }
     }
 
@@ -315,6 +327,10 @@ impl Pbft {
     }
 
     fn on_request(&mut self, r: Request, out: &mut Fx) {
+        if r.id.client == crate::EXCLUSION_CLIENT {
+            let reason = Rejection::ReservedClient;
+            return out.reply(Reply::Rejected { id: r.id, reason });
+        }
         let op = match r.kind {
             RequestKind::Write(op) => Some(op),
             RequestKind::Read => None,
@@ -335,6 +351,7 @@ impl Pbft {
 
     fn on_tick(&mut self, out: &mut Fx) {
         self.flush_bundle(out);
+        self.skip_excluded_primary(out);
         if self.timer.is_some_and(|t| self.now >= t) {
             self.timer = None;
             self.start_view_change(self.view + 1, out);

@@ -233,12 +233,9 @@ fn a_replica_cut_off_catches_up_by_state_transfer() {
     c.assert_agree(&[0, 1, 2, 3]);
 }
 
-#[test]
-fn an_equivocating_primary_is_convicted_by_its_own_signatures() {
-    let mut c = Cluster::new(4);
-    // The primary's pre-prepare for replica 3 is re-signed over another batch.
+/// Re-sign the primary's queued pre-prepare for replica 3 over another batch.
+fn primary_equivocates_to_3(c: &mut Cluster) {
     let primary_key = config(0, 4).secret;
-    c.request(0, 1, 1);
     let mut swapped = 0;
     let queue = std::mem::take(&mut c.queue);
     for (from, to, msg) in queue {
@@ -256,6 +253,13 @@ fn an_equivocating_primary_is_convicted_by_its_own_signatures() {
         c.queue.push_back((from, to, msg));
     }
     assert_eq!(swapped, 1);
+}
+
+#[test]
+fn an_equivocating_primary_is_convicted_by_its_own_signatures() {
+    let mut c = Cluster::new(4);
+    c.request(0, 1, 1);
+    primary_equivocates_to_3(&mut c);
     c.advance(50);
     let proofs: Vec<_> = c
         .events
@@ -272,6 +276,100 @@ fn an_equivocating_primary_is_convicted_by_its_own_signatures() {
         assert_eq!(evidence::verify(&proof, &keys), Ok(NodeId(0)));
     }
     c.assert_agree(&[0, 1, 2]);
+}
+
+#[test]
+fn a_convicted_primary_is_excluded_by_every_replica_at_one_sequence_number() {
+    let mut c = Cluster::new(4);
+    c.request(0, 1, 1);
+    primary_equivocates_to_3(&mut c);
+    c.advance(3000);
+    let at = c.node(1).excluded().get(&NodeId(0)).copied();
+    assert!(at.is_some(), "the proof was ordered and executed");
+    for i in 0..4 {
+        let excluded: Vec<_> = c.node(i).excluded().iter().collect();
+        assert_eq!(excluded, [(&NodeId(0), &at.unwrap())], "n{i}");
+    }
+    // Views led by the convict are skipped; the others go on without it.
+    for i in 1..4 {
+        assert_ne!(crate::primary_of(c.node(i).view(), 4), NodeId(0), "n{i}");
+    }
+    let before = c.committed[1].len();
+    c.request(1, 1, 2);
+    c.request(2, 2, 1);
+    c.advance(500);
+    assert_eq!(c.committed[1].len(), before + 2);
+    c.assert_agree(&[1, 2, 3]);
+}
+
+#[test]
+fn an_exclusion_with_a_forged_proof_excludes_nobody() {
+    let mut c = Cluster::new(4);
+    let keys = crate::crypto::derive_public_keys(KEY_SEED, 4);
+    let statement = |digest: u8| {
+        let body = crate::message::Commit {
+            view: 0,
+            seq: 1,
+            digest: [digest; 32],
+        };
+        evidence::Statement::of(&crate::crypto::sign(&config(2, 4).secret, NodeId(2), body))
+    };
+    let mut forged = evidence::proof(&statement(1), &statement(2)).to_vec();
+    forged[20] ^= 1;
+    assert!(evidence::verify(&forged, &keys).is_err());
+    // A Byzantine gateway (replica 1) submits the forged proof as an exclusion.
+    let bundle = crate::message::Bundle {
+        gateway: NodeId(1),
+        nonce: 77,
+        requests: vec![crate::message::ClientRequest {
+            id: RequestId {
+                client: crate::EXCLUSION_CLIENT,
+                seq: 2,
+            },
+            op: Some(Bytes::from(forged)),
+        }],
+    };
+    let signed = std::sync::Arc::new(crate::crypto::sign(&config(1, 4).secret, NodeId(1), bundle));
+    for to in [0, 2, 3] {
+        c.queue
+            .push_back((NodeId(1), NodeId(to), Message::Bundle(signed.clone())));
+    }
+    c.request(0, 1, 1);
+    c.advance(200);
+    for i in 0..4 {
+        assert!(c.node(i).excluded().is_empty(), "n{i}");
+    }
+    assert!(c.events.iter().any(|(_, e)| matches!(
+        e,
+        Event::Counter {
+            name: "invalid-exclusion",
+            ..
+        }
+    )));
+    assert_eq!(c.committed[2].len(), 1, "the client request still executes");
+}
+
+#[test]
+fn a_client_cannot_use_the_exclusion_client_id() {
+    let mut node = Pbft::new(config(0, 4)).unwrap();
+    let id = RequestId {
+        client: crate::EXCLUSION_CLIENT,
+        seq: 1,
+    };
+    let r = Request {
+        id,
+        kind: RequestKind::Write(Bytes::from_static(b"x")),
+    };
+    let mut out = Effects::new();
+    node.step(Time::ZERO, Input::Request(r), &mut out);
+    let effects: Vec<_> = out.drain().collect();
+    assert!(matches!(
+        effects[..],
+        [Effect::Reply(ekmat_core::Reply::Rejected {
+            reason: ekmat_core::Rejection::ReservedClient,
+            ..
+        })]
+    ));
 }
 
 #[test]

@@ -29,6 +29,7 @@ type Reissue = Vec<(PrePrepare, Arc<Batch>)>;
 
 impl Pbft {
     pub(crate) fn start_view_change(&mut self, target: u64, out: &mut Fx) {
+        let target = self.first_view_not_led_by_excluded(target);
         if target <= self.view && !(target == self.view && self.normal) {
             return;
         }
@@ -82,12 +83,18 @@ impl Pbft {
         self.broadcast_durable(Message::ViewChange(vc), out);
     }
 
-    /// The NEW-VIEW timer starts only once 2f+1 replicas want the view (TOCS'02
-    /// §4.5.2): a replica alone in suspecting the primary must not race ahead through
-    /// views the others will never join.
+    /// The NEW-VIEW timer starts only once 2f+1 replicas want the view or a later one
+    /// (TOCS'02 §4.5.2): a replica alone in suspecting the primary must not race ahead
+    /// through views the others will never join. Counting later views too matters when
+    /// a replica is silent: one that gave up on this view no longer repeats its
+    /// VIEW-CHANGE for it, and if that was lost, the rest would never reach 2f+1 for it.
     fn start_timer_on_quorum(&mut self) {
-        let wanted = self.view_changes.get(&self.view).map_or(0, |m| m.len());
-        if !self.normal && self.timer.is_none() && wanted >= self.quorum() {
+        let wanted: BTreeSet<_> = self
+            .view_changes
+            .range(self.view..)
+            .flat_map(|(_, m)| m.keys())
+            .collect();
+        if !self.normal && self.timer.is_none() && wanted.len() >= self.quorum() {
             self.timer = Some(self.now + self.timeout());
         }
     }
@@ -146,10 +153,15 @@ impl Pbft {
         self.try_new_view(out);
     }
 
-    /// A replica still asking for the view this one is in missed its NEW-VIEW.
+    /// A replica still asking for a view this one saw installed missed its NEW-VIEW.
+    /// Any replica passes it on (it carries its own proof), even one that has since
+    /// moved on: otherwise replicas split between a view whose NEW-VIEW they missed and
+    /// the next, each side too few to install its own, wait for each other for ever
+    /// whenever one replica is silent.
     fn help_laggard(&self, vc: &Signed<ViewChange>, out: &mut Fx) {
-        let current = vc.body.new_view == self.view && self.normal && self.is_primary();
-        if let (true, Some(nv)) = (current, &self.last_new_view) {
+        if let Some(nv) = &self.last_new_view
+            && nv.body.view >= vc.body.new_view
+        {
             out.send(vc.signer, Message::NewView(nv.clone()));
         }
     }

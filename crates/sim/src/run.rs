@@ -352,6 +352,8 @@ pub struct Summary {
     pub elections: u64,
     /// Proofs of misbehaviour reported (Byzantine protocols).
     pub evidence: u64,
+    /// Exclusions of convicted replicas, as each replica applied them.
+    pub exclusions: u64,
     pub faults: u64,
     pub crashes: u64,
     pub reconfigurations: u64,
@@ -381,6 +383,7 @@ impl Summary {
         self.unknown += r.unknown as u64;
         self.elections += r.stats.elections;
         self.evidence += r.stats.evidence;
+        self.exclusions += r.stats.exclusions;
         self.faults += r.stats.faults;
         self.crashes += r.stats.crashes;
         self.reconfigurations += r.stats.reconfigurations;

@@ -107,7 +107,8 @@ fn assert_caught(mutant: Mutant, adversary: Adversary, by_seed: u64) {
             "agreement",
             "state-machine-safety",
             "validity",
-            "snapshot-safety"
+            "snapshot-safety",
+            "exclusion"
         ]
         .contains(&v.property),
         "{} caught by an unexpected property: {v}",
@@ -128,6 +129,11 @@ fn accepting_an_unverified_new_view_is_caught() {
 #[test]
 fn skipping_signature_verification_is_caught() {
     assert_caught(Mutant::SkipSignatureVerification, Adversary::Forge, 1);
+}
+
+#[test]
+fn excluding_on_own_evidence_is_caught() {
+    assert_caught(Mutant::ExcludeOnOwnEvidence, Adversary::Equivocate, 20);
 }
 
 /// Found by Twins: a copy that turned honest learned pre-prepares its other self had

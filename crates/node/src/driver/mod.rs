@@ -693,6 +693,9 @@ fn rejection(reason: Rejection) -> CallError {
         Rejection::TransferFailed => CallError::TransferFailed,
         Rejection::ChangeInProgress => CallError::ChangeInProgress,
         Rejection::InvalidChange(e) => CallError::InvalidChange(e),
+        Rejection::ReservedClient => {
+            CallError::Unsupported("the request's client id is reserved by the protocol".into())
+        }
     }
 }
 

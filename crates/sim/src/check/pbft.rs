@@ -7,7 +7,9 @@
 //!   index of the state machine;
 //! - **validity**: only commands some client submitted are executed;
 //! - **at-most-once**: an honest replica delivers a given request (client, number and
-//!   bytes) at most once per incarnation.
+//!   bytes) at most once per incarnation;
+//! - **exclusion**: only a Byzantine replica is ever excluded, and every honest replica
+//!   that excludes one does so at the same sequence number.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,6 +32,8 @@ pub struct PbftChecker {
     submitted: BTreeSet<(RequestId, Digest)>,
     submitted_read: Vec<usize>,
     delivered: Vec<BTreeSet<(RequestId, Digest)>>,
+    /// The sequence number each excluded replica was excluded at, and by whom first.
+    exclusions: BTreeMap<NodeId, (u64, NodeId)>,
 }
 
 impl PbftChecker {
@@ -43,6 +47,7 @@ impl PbftChecker {
             submitted: BTreeSet::new(),
             submitted_read: vec![0; n],
             delivered: vec![BTreeSet::new(); n],
+            exclusions: BTreeMap::new(),
         }
     }
 
@@ -81,6 +86,33 @@ impl PbftChecker {
             }
         }
         self.checked_seq[node.index()] = r.last_executed();
+        Ok(())
+    }
+
+    fn check_exclusions(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        replica: &PbftNode,
+    ) -> Result<(), Violation> {
+        for (&convict, &seq) in replica.replica().excluded() {
+            if self.honest.get(convict.index()).copied().unwrap_or(true) {
+                let detail = format!("{node} excluded honest {convict} at sequence {seq}");
+                return Err(Violation::new("exclusion", now, detail));
+            }
+            match self.exclusions.get(&convict) {
+                Some(&(at, first)) if at != seq => {
+                    let detail = format!(
+                        "{node} excluded {convict} at sequence {seq}, {first} at sequence {at}"
+                    );
+                    return Err(Violation::new("exclusion", now, detail));
+                }
+                Some(_) => {}
+                None => {
+                    self.exclusions.insert(convict, (seq, node));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -136,6 +168,7 @@ impl ProtocolChecker<PbftNode> for PbftChecker {
             return Ok(());
         }
         self.check_batches(now, node, replica)?;
+        self.check_exclusions(now, node, replica)?;
         match effect {
             Effect::Commit(c) => match &c.entry {
                 CommittedEntry::Command { id, command } => {

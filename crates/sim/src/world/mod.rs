@@ -70,6 +70,8 @@ pub struct RunStats {
     pub max_term: u64,
     /// Proofs of misbehaviour replicas reported (`Event::Evidence`).
     pub evidence: u64,
+    /// Exclusions replicas applied (each replica counts its own).
+    pub exclusions: u64,
 }
 
 type Msg<P> = <<P as SimProtocol>::Node as Replica>::Message;
@@ -729,8 +731,13 @@ impl<'p, P: SimProtocol> World<'p, P> {
     fn on_event(&mut self, node: NodeId, e: Event) {
         let now = self.now;
         self.trace.line(now, || format!("{node} {e:?}"));
-        if let Event::Evidence { .. } = e {
-            self.stats.evidence += 1;
+        match e {
+            Event::Evidence { .. } => self.stats.evidence += 1,
+            Event::Counter {
+                name: "exclusion",
+                delta,
+            } => self.stats.exclusions += delta,
+            _ => {}
         }
         if let Event::BecameLeader { term } = e {
             self.stats.elections += 1;
