@@ -53,6 +53,12 @@ pub struct NodeConfig {
     /// and runs `etcdctl alarm disarm`.
     #[serde(default = "default_quota_backend_bytes")]
     pub quota_backend_bytes: u64,
+    /// Every this many milliseconds the leader compares every member's HashKV at one
+    /// revision and raises the CORRUPT alarm for members whose data differs (etcd's
+    /// `--experimental-corrupt-check-time`; 0, the default as in etcd: never). Each round
+    /// hashes the whole key history on every member.
+    #[serde(default)]
+    pub corrupt_check_ms: u64,
     /// Skip fsync (benchmarks only: acknowledged writes can be lost on power failure).
     #[serde(default)]
     pub unsafe_no_fsync: bool,
@@ -164,6 +170,7 @@ impl NodeConfig {
             read_mode: default_read_mode(),
             max_clock_drift_ppm: default_max_clock_drift_ppm(),
             quota_backend_bytes: default_quota_backend_bytes(),
+            corrupt_check_ms: 0,
             unsafe_no_fsync: false,
         }
     }
@@ -397,6 +404,7 @@ mod tests {
             read_mode: default_read_mode(),
             max_clock_drift_ppm: default_max_clock_drift_ppm(),
             quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
+            corrupt_check_ms: 0,
             unsafe_no_fsync: false,
         }
     }

@@ -155,6 +155,10 @@ async fn run_protocol<P: RuntimeProtocol>(
         hub,
         min_lease_ttl(P::election_timeout(&cfg)),
     );
+    let corruption_check = (cfg.corrupt_check_ms > 0).then(|| {
+        let every = std::time::Duration::from_millis(cfg.corrupt_check_ms);
+        tokio::spawn(services.clone().check_corruption_every(every))
+    });
     let mut grpc_stop = stop.clone();
     let grpc = tokio::spawn(services.serve(client_listener, async move {
         let _ = grpc_stop.wait_for(|s| *s).await;
@@ -163,6 +167,9 @@ async fn run_protocol<P: RuntimeProtocol>(
 
     let result = driver.run(inbound_rx, calls_rx, stop).await;
     grpc.abort();
+    if let Some(task) = corruption_check {
+        task.abort();
+    }
     // Dropping the driver closed the writer's queue; the thread drains it and exits.
     let _ = w.thread.join();
     result.map_err(NodeError::Failed)

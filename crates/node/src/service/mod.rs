@@ -1,6 +1,7 @@
 //! The etcd v3 gRPC API: KV, Lease, Watch, Maintenance (status, alarms, HashKV, snapshot,
 //! defragment, move-leader), Cluster (members), and the Election and Lock services built
-//! on them. Writes that add data pass the space quota first (`quota.rs`).
+//! on them. Writes that add data pass the space quota first (`quota.rs`); the leader can
+//! compare members' data now and then (`corruption.rs`).
 //!
 //! Handlers turn requests into calls on the driver; the driver forwards what this member
 //! cannot order to the leader, so clients may talk to any member.
@@ -8,6 +9,7 @@
 mod alarm;
 mod cluster;
 pub mod convert;
+pub mod corruption;
 pub mod election;
 mod kv;
 mod lease;

@@ -1,0 +1,136 @@
+//! The leader's periodic corruption check (`corrupt_check_ms`, etcd's
+//! `--experimental-corrupt-check-time`) against real members over gRPC.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use ekmat_api::etcdserverpb as pb;
+use ekmat_node::NodeConfig;
+use support::{Cluster, channel};
+
+const CHECK_MS: u64 = 200;
+
+async fn put(url: &str, key: &str, value: &str) -> Result<(), tonic::Status> {
+    let ch = channel(url).await.expect("connect");
+    pb::kv_client::KvClient::new(ch)
+        .put(pb::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn alarms(url: &str) -> Vec<(u64, i32)> {
+    let Ok(ch) = channel(url).await else {
+        return Vec::new();
+    };
+    let req = pb::AlarmRequest {
+        action: pb::alarm_request::AlarmAction::Get as i32,
+        member_id: 0,
+        alarm: pb::AlarmType::None as i32,
+    };
+    match pb::maintenance_client::MaintenanceClient::new(ch)
+        .alarm(req)
+        .await
+    {
+        Ok(r) => r
+            .into_inner()
+            .alarms
+            .iter()
+            .map(|a| (a.member_id, a.alarm))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_data_differs_is_reported_corrupt_and_writes_stop() {
+    let mut c = Cluster::start_with(3, |cfg| cfg.corrupt_check_ms = CHECK_MS);
+    c.stop(2);
+    // Member 2 comes back on its addresses with other data: a store of its own (another
+    // cluster name, so its peers refuse its protocol connections), written differently.
+    let mut other = c.cfgs[2].clone();
+    other.cluster = "elsewhere".into();
+    other.members = vec![other.me().clone()];
+    other.data_dir = c.dir.path().join("n2-other-data");
+    c.cfgs[2] = NodeConfig { ..other };
+    c.spawn(2);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    assert_ne!(leader, 2, "the impostor leads only itself");
+    for i in 0..5 {
+        put(&c.endpoint(leader), &format!("k{i}"), "v")
+            .await
+            .unwrap();
+    }
+    let impostor = c.endpoint(2);
+    let started = Instant::now();
+    while put(&impostor, "x", "other").await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(15), "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..9 {
+        put(&impostor, &format!("x{i}"), "other").await.unwrap();
+    }
+
+    let corrupt = (NodeConfig::member_id(2), pb::AlarmType::Corrupt as i32);
+    let started = Instant::now();
+    while !alarms(&c.endpoint(leader)).await.contains(&corrupt) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no CORRUPT alarm for member 2\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let healthy = 1 - leader.min(1); // the other healthy member (0 or 1)
+    assert_eq!(alarms(&c.endpoint(healthy)).await, [corrupt]);
+    let refused = put(&c.endpoint(healthy), "k9", "v").await.unwrap_err();
+    assert_eq!(refused.message(), "etcdserver: corrupt cluster");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_with_the_same_data_are_compared_and_never_reported() {
+    let c = Cluster::start_with(3, |cfg| cfg.corrupt_check_ms = CHECK_MS);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let started = Instant::now();
+    let mut i = 0;
+    // Writes keep landing while the rounds run, so members are often a few revisions
+    // apart when asked: the check must compare them at one revision all have applied.
+    while started.elapsed() < Duration::from_millis(CHECK_MS * 12) {
+        put(&c.endpoint(i % 3), &format!("k{}", i % 50), "v")
+            .await
+            .unwrap();
+        i += 1;
+    }
+    let metrics = c.cfgs[leader].me().metrics.expect("metrics address");
+    let text = scrape(metrics);
+    assert!(
+        metric(&text, "ekmat_corruption_checks_total") >= 3.0,
+        "the check did not run:\n{text}"
+    );
+    assert!(metric(&text, "ekmat_corruption_peers_compared_total") >= 6.0);
+    assert_eq!(metric(&text, "ekmat_corruption_found_total"), 0.0);
+    assert!(alarms(&c.endpoint(leader)).await.is_empty());
+}

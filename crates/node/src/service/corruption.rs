@@ -1,0 +1,245 @@
+//! etcd's periodic corruption check (`--experimental-corrupt-check-time`): every so often
+//! the leader compares its HashKV with every other member's, at one revision all of them
+//! have applied, and raises the CORRUPT alarm — through the log, so every member then
+//! refuses writes at the same entry — for each member whose key history differs.
+//!
+//! Members are compared only when their compaction revisions match (a hash covers the
+//! versions above compaction). The majority of the compared members is taken as right;
+//! with no majority, every member that differs from the leader is named, as etcd does.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ekmat_api::etcdserverpb as pb;
+use ekmat_kv::{AlarmAction, AlarmRequest, AlarmType, Command};
+
+use super::Services;
+use crate::config::NodeConfig;
+use crate::query::{Answer, Query};
+
+/// How long one peer may take to answer a request of the check.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One member's HashKV at the compared revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberHash {
+    pub member_id: u64,
+    pub hash: u32,
+    pub compact_revision: i64,
+}
+
+/// The members whose hash at one revision shows their data corrupt: those outside the
+/// strict majority of the members compared (the leader and the peers with the leader's
+/// compaction revision), or with no majority, those that differ from the leader.
+pub fn corrupted(leader: MemberHash, peers: &[MemberHash]) -> Vec<u64> {
+    let compared: Vec<MemberHash> = std::iter::once(leader)
+        .chain(
+            peers
+                .iter()
+                .copied()
+                .filter(|p| p.compact_revision == leader.compact_revision),
+        )
+        .collect();
+    let mut votes: BTreeMap<u32, usize> = BTreeMap::new();
+    for m in &compared {
+        *votes.entry(m.hash).or_default() += 1;
+    }
+    let majority = votes
+        .iter()
+        .find(|&(_, &n)| n * 2 > compared.len())
+        .map(|(&h, _)| h);
+    let right = majority.unwrap_or(leader.hash);
+    compared
+        .iter()
+        .filter(|m| m.hash != right)
+        .map(|m| m.member_id)
+        .collect()
+}
+
+/// What one round of the check did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckRound {
+    /// The revision compared at (0: not the leader, or nothing to compare with).
+    pub revision: i64,
+    /// Peers whose hash was compared with the leader's.
+    pub compared: usize,
+    /// Members found corrupt (a CORRUPT alarm was raised for each).
+    pub corrupt: Vec<u64>,
+}
+
+impl Services {
+    /// Run the check every `every` while the node runs (on the leader; elsewhere each
+    /// round does nothing).
+    pub async fn check_corruption_every(self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.check_corruption().await {
+                Ok(round) if !round.corrupt.is_empty() => {
+                    tracing::error!(?round, "corruption check: members' data differ");
+                }
+                Ok(round) => tracing::debug!(?round, "corruption check"),
+                Err(e) => tracing::warn!(error = %e, "corruption check could not run"),
+            }
+        }
+    }
+
+    /// One round: compare every peer's HashKV with this leader's, raise CORRUPT for the
+    /// members that differ.
+    pub async fn check_corruption(&self) -> Result<CheckRound, String> {
+        if !self.inner.status.borrow().core.is_leader {
+            return Ok(CheckRound::default());
+        }
+        let peers: Vec<SocketAddr> = self
+            .inner
+            .members
+            .borrow()
+            .iter()
+            .filter(|m| NodeConfig::member_id(m.id) != self.inner.member_id)
+            .filter_map(|m| m.client)
+            .collect();
+        let mut revision = self.revision();
+        for &peer in &peers {
+            if let Ok(r) = peer_revision(peer).await {
+                revision = revision.min(r);
+            }
+        }
+        if revision <= 0 || peers.is_empty() {
+            return Ok(CheckRound::default());
+        }
+        let leader = self.own_hash(revision).await?;
+        let mut hashes = Vec::new();
+        for &peer in &peers {
+            match peer_hash(peer, revision).await {
+                Ok(h) => hashes.push(h),
+                Err(e) => tracing::debug!(%peer, error = %e, "corruption check skips a peer"),
+            }
+        }
+        metrics::counter!("ekmat_corruption_checks_total").increment(1);
+        metrics::counter!("ekmat_corruption_peers_compared_total").increment(hashes.len() as u64);
+        let corrupt = corrupted(leader, &hashes);
+        for &member_id in &corrupt {
+            self.raise_corrupt(member_id).await?;
+        }
+        Ok(CheckRound {
+            revision,
+            compared: hashes.len(),
+            corrupt,
+        })
+    }
+
+    async fn own_hash(&self, revision: i64) -> Result<MemberHash, String> {
+        match self.read(Query::HashKv { revision }, false).await {
+            Ok(Answer::HashKv {
+                hash,
+                compact_revision,
+                ..
+            }) => Ok(MemberHash {
+                member_id: self.inner.member_id,
+                hash,
+                compact_revision,
+            }),
+            Ok(_) => Err("unexpected answer to HashKV".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn raise_corrupt(&self, member_id: u64) -> Result<(), String> {
+        tracing::error!(
+            member = format_args!("{member_id:x}"),
+            "data differs from the cluster's: raising the CORRUPT alarm"
+        );
+        metrics::counter!("ekmat_corruption_found_total").increment(1);
+        let raise = Command::Alarm(AlarmRequest {
+            action: AlarmAction::Activate,
+            member_id,
+            alarm: AlarmType::Corrupt,
+        });
+        self.write(raise)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+async fn maintenance(
+    peer: SocketAddr,
+) -> Result<pb::maintenance_client::MaintenanceClient<tonic::transport::Channel>, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{peer}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(PEER_TIMEOUT)
+        .timeout(PEER_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(pb::maintenance_client::MaintenanceClient::new(channel))
+}
+
+async fn peer_revision(peer: SocketAddr) -> Result<i64, String> {
+    let status = maintenance(peer)
+        .await?
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(|e| e.message().to_string())?;
+    Ok(status.into_inner().header.map_or(0, |h| h.revision))
+}
+
+async fn peer_hash(peer: SocketAddr, revision: i64) -> Result<MemberHash, String> {
+    let r = maintenance(peer)
+        .await?
+        .hash_kv(pb::HashKvRequest { revision })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    Ok(MemberHash {
+        member_id: r.header.map_or(0, |h| h.member_id),
+        hash: r.hash,
+        compact_revision: r.compact_revision,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(member_id: u64, hash: u32) -> MemberHash {
+        MemberHash {
+            member_id,
+            hash,
+            compact_revision: 5,
+        }
+    }
+
+    #[test]
+    fn agreeing_members_are_not_corrupt() {
+        assert!(corrupted(at(1, 7), &[at(2, 7), at(3, 7)]).is_empty());
+    }
+
+    #[test]
+    fn a_follower_outvoted_is_corrupt() {
+        assert_eq!(corrupted(at(1, 7), &[at(2, 9), at(3, 7)]), [2]);
+    }
+
+    #[test]
+    fn a_leader_outvoted_is_corrupt() {
+        assert_eq!(corrupted(at(1, 7), &[at(2, 9), at(3, 9)]), [1]);
+    }
+
+    #[test]
+    fn with_no_majority_those_differing_from_the_leader_are_named() {
+        assert_eq!(corrupted(at(1, 7), &[at(2, 9)]), [2]);
+        assert_eq!(corrupted(at(1, 7), &[at(2, 8), at(3, 9)]), [2, 3]);
+    }
+
+    #[test]
+    fn members_compacted_elsewhere_are_not_compared() {
+        let other = MemberHash {
+            compact_revision: 6,
+            ..at(2, 9)
+        };
+        assert!(corrupted(at(1, 7), &[other, at(3, 7)]).is_empty());
+    }
+}
