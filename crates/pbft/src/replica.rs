@@ -331,6 +331,12 @@ impl Pbft {
             let reason = Rejection::ReservedClient;
             return out.reply(Reply::Rejected { id: r.id, reason });
         }
+        if self.is_excluded(self.cfg.id) {
+            // Nobody takes this replica's bundles any more: its clients go elsewhere.
+            let leader = self.normal.then(|| primary_of(self.view, self.n()));
+            let reason = Rejection::NotLeader { leader };
+            return out.reply(Reply::Rejected { id: r.id, reason });
+        }
         let op = match r.kind {
             RequestKind::Write(op) => Some(op),
             RequestKind::Read => None,

@@ -23,6 +23,7 @@ struct Cluster {
     queue: VecDeque<(NodeId, NodeId, Message)>,
     now: Time,
     committed: Vec<Vec<Committed>>,
+    replies: Vec<Vec<ekmat_core::Reply>>,
     events: Vec<(NodeId, Event)>,
     /// Drop messages this returns true for.
     cut: Cut,
@@ -46,6 +47,7 @@ impl Cluster {
             queue: VecDeque::new(),
             now: Time::ZERO,
             committed: vec![Vec::new(); n],
+            replies: vec![Vec::new(); n],
             events: Vec::new(),
             cut: Box::new(|_, _, _| false),
         }
@@ -72,7 +74,8 @@ impl Cluster {
                 }
                 Effect::Commit(c) => self.committed[i].push(c),
                 Effect::Event(ev) => self.events.push((me, ev)),
-                Effect::Reply(_) | Effect::Restore { .. } => {}
+                Effect::Reply(r) => self.replies[i].push(r),
+                Effect::Restore { .. } => {}
             }
         }
         if let Some(seq) = persisted {
@@ -300,6 +303,16 @@ fn a_convicted_primary_is_excluded_by_every_replica_at_one_sequence_number() {
     c.advance(500);
     assert_eq!(c.committed[1].len(), before + 2);
     c.assert_agree(&[1, 2, 3]);
+    // The convict's clients are sent to the primary.
+    c.request(0, 3, 1);
+    let primary = crate::primary_of(c.node(1).view(), 4);
+    assert!(matches!(
+        c.replies[0].last(),
+        Some(ekmat_core::Reply::Rejected {
+            reason: ekmat_core::Rejection::NotLeader { leader: Some(p) },
+            ..
+        }) if *p == primary
+    ));
 }
 
 #[test]
