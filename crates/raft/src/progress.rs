@@ -29,6 +29,9 @@ pub struct Progress {
     /// In Probe: a probe is outstanding, so do not send another until it is answered or
     /// the next heartbeat.
     pub probe_sent: bool,
+    /// The last probe sent carried entries: only an answer that advances the match
+    /// ends probing then (a heartbeat's answer repeats the match already known).
+    pub probe_carried: bool,
     /// Last index carried by each AppendEntries in flight, oldest first.
     inflight: VecDeque<u64>,
     /// When this follower last moved `match_index` forward (or we started tracking it).
@@ -49,6 +52,7 @@ impl Progress {
             next_index,
             state: ReplicationState::Probe,
             probe_sent: false,
+            probe_carried: false,
             inflight: VecDeque::new(),
             last_progress: now,
             recent_active: false,
@@ -72,7 +76,10 @@ impl Progress {
     /// An AppendEntries covering up to `last` was sent.
     pub fn sent(&mut self, last: u64, carried_entries: bool) {
         match self.state {
-            ReplicationState::Probe => self.probe_sent = true,
+            ReplicationState::Probe => {
+                self.probe_sent = true;
+                self.probe_carried = carried_entries;
+            }
             ReplicationState::Replicate if carried_entries => {
                 self.next_index = last + 1;
                 self.inflight.push_back(last);
@@ -93,10 +100,14 @@ impl Progress {
             self.inflight.pop_front();
         }
         match self.state {
-            // Only an answer at the probe's own position ends probing: a heartbeat's,
-            // which claims no more than the match already known, says nothing of where
-            // the follower's log goes on from there.
-            ReplicationState::Probe if index + 1 >= self.next_index => self.become_replicate(),
+            // Only an answer to the probe itself ends probing: one that advances the match,
+            // or, for a probe without entries, one at its position. A heartbeat's answer
+            // claims no more than the match already known.
+            ReplicationState::Probe
+                if advanced || (!self.probe_carried && index + 1 >= self.next_index) =>
+            {
+                self.become_replicate()
+            }
             ReplicationState::Snapshot { index: at, .. } if index >= at => self.become_replicate(),
             _ => {}
         }

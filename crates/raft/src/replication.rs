@@ -70,8 +70,8 @@ impl RaftNode {
         })
     }
 
-    /// Heartbeats assert leadership, carry the commit index and confirm reads; to a
-    /// follower still being probed, the probe itself is resent.
+    /// Heartbeats assert leadership, carry the commit index and confirm reads; a
+    /// follower still being probed gets the probe again, beside the heartbeat.
     pub(crate) fn broadcast_heartbeat(&mut self, out: &mut Out) {
         let stall = self.timeouts.election;
         for peer in self.peers().collect::<Vec<_>>() {

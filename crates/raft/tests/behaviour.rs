@@ -663,6 +663,16 @@ fn a_leader_keeps_its_quorum_while_its_followers_disks_stall() {
     }
     assert_eq!(c.leaders(), vec![leader], "stepped down for a slow disk");
     assert_eq!(c.raft(leader).term(), term);
+    // Each stalled follower gets about one probe and one heartbeat per heartbeat
+    // interval, not a window of appends every time.
+    let appends = c
+        .sent
+        .iter()
+        .filter(|(from, _, m)| {
+            *from == leader && matches!(m, Message::Append(a) if !a.entries.is_empty())
+        })
+        .count();
+    assert!(appends < 2 * 150, "{appends} appends with entries in 1.5 s");
     assert!(
         commands(&c, leader).is_empty(),
         "committed what no follower made durable"
