@@ -81,9 +81,10 @@ impl Pbft {
             .unwrap_or(view)
     }
 
-    /// A view led by an excluded replica will get no honest pre-prepare: leave it now.
+    /// A view led by an excluded replica will get no honest pre-prepare, nor a NEW-VIEW
+    /// worth waiting for: leave it now.
     pub(crate) fn skip_excluded_primary(&mut self, out: &mut Fx) {
-        if self.normal && self.is_excluded(primary_of(self.view, self.n())) {
+        if self.is_excluded(primary_of(self.view, self.n())) {
             self.start_view_change(self.view + 1, out);
         }
     }

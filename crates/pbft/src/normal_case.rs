@@ -439,11 +439,16 @@ impl Pbft {
         out.commit(self.applied, entry);
     }
 
-    /// Execution moved on: the primary is doing its job.
+    /// Execution moved on: the primary is doing its job. Batches executed while
+    /// changing views (fetched, or an exclusion that started the change) say nothing of
+    /// the view being changed to, so its timer stands.
     fn on_progress(&mut self) {
+        self.behind_since = None;
+        if !self.normal {
+            return;
+        }
         self.failed_views = 0;
         self.timer = None;
-        self.behind_since = None;
         self.arm_timer();
     }
 }

@@ -100,6 +100,8 @@ pub struct Pbft {
     pub(crate) last_new_view: Option<Arc<Signed<NewView>>>,
     pub(crate) timer: Option<Time>,
     pub(crate) last_vc_sent: Option<Time>,
+    /// When each replica was last sent a NEW-VIEW it missed.
+    pub(crate) helped: BTreeMap<NodeId, Time>,
     pub(crate) failed_views: u32,
     pub(crate) future: Vec<Message>,
     pub(crate) evidence: EvidenceLog,
@@ -149,6 +151,7 @@ impl Pbft {
             last_new_view: None,
             timer: None,
             last_vc_sent: None,
+            helped: BTreeMap::new(),
             failed_views: 0,
             future: Vec::new(),
             evidence: EvidenceLog::default(),

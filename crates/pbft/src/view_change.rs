@@ -158,12 +158,23 @@ impl Pbft {
     /// moved on: otherwise replicas split between a view whose NEW-VIEW they missed and
     /// the next, each side too few to install its own, wait for each other for ever
     /// whenever one replica is silent.
-    fn help_laggard(&self, vc: &Signed<ViewChange>, out: &mut Fx) {
-        if let Some(nv) = &self.last_new_view
-            && nv.body.view >= vc.body.new_view
-        {
-            out.send(vc.signer, Message::NewView(nv.clone()));
+    ///
+    /// Only for a signed VIEW-CHANGE, and once per signer per view timeout: a NEW-VIEW is
+    /// large, and a Byzantine replica must not make every replica send it again and
+    /// again to whomever it names.
+    fn help_laggard(&mut self, vc: &Signed<ViewChange>, out: &mut Fx) {
+        let Some(nv) = self.last_new_view.clone() else {
+            return;
+        };
+        let rested = self
+            .helped
+            .get(&vc.signer)
+            .is_none_or(|t| self.now.since(*t) >= self.cfg.view_timeout);
+        if nv.body.view < vc.body.new_view || !rested || !self.keys.verify(vc) {
+            return;
         }
+        self.helped.insert(vc.signer, self.now);
+        out.send(vc.signer, Message::NewView(nv));
     }
 
     /// f+1 replicas want later views: at least one correct one suspects the primary.

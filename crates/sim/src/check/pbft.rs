@@ -113,6 +113,16 @@ impl PbftChecker {
                 }
             }
         }
+        let r = replica.replica();
+        for (&convict, &(seq, first)) in &self.exclusions {
+            if r.last_executed() >= seq && !r.excluded().contains_key(&convict) {
+                let detail = format!(
+                    "{node} executed through {} without excluding {convict}, whom {first} excluded at sequence {seq}",
+                    r.last_executed()
+                );
+                return Err(Violation::new("exclusion", now, detail));
+            }
+        }
         Ok(())
     }
 
