@@ -93,17 +93,23 @@ impl Services {
         if !self.inner.status.borrow().core.is_leader {
             return Ok(CheckRound::default());
         }
-        let peers: Vec<SocketAddr> = self
+        let peers: Vec<(u64, SocketAddr)> = self
             .inner
             .members
             .borrow()
             .iter()
-            .filter(|m| NodeConfig::member_id(m.id) != self.inner.member_id)
-            .filter_map(|m| m.client)
+            .map(|m| (NodeConfig::member_id(m.id), m.client))
+            .filter(|(id, _)| *id != self.inner.member_id)
+            .filter_map(|(id, client)| Some((id, client?)))
             .collect();
+        // The lowest revision every member has applied; a member behind the compaction
+        // point cannot be compared at all, and must not stop the rest being compared.
+        let compacted = self.inner.status.borrow().compact_revision;
         let mut revision = self.revision();
-        for &peer in &peers {
-            if let Ok(r) = peer_revision(peer).await {
+        for &(_, peer) in &peers {
+            if let Ok(r) = peer_revision(peer).await
+                && r > compacted
+            {
                 revision = revision.min(r);
             }
         }
@@ -112,16 +118,22 @@ impl Services {
         }
         let leader = self.own_hash(revision).await?;
         let mut hashes = Vec::new();
-        for &peer in &peers {
+        for &(member_id, peer) in &peers {
             match peer_hash(peer, revision).await {
-                Ok(h) => hashes.push(h),
+                // An answer from another member than the one at that address (a stale
+                // address, say) must not count as this member's, nor twice.
+                Ok(h) if h.member_id == member_id => hashes.push(h),
+                Ok(h) => tracing::warn!(%peer, expected = member_id, answered = h.member_id,
+                    "corruption check: another member answers at this member's address"),
                 Err(e) => tracing::debug!(%peer, error = %e, "corruption check skips a peer"),
             }
         }
         metrics::counter!("ekmat_corruption_checks_total").increment(1);
         metrics::counter!("ekmat_corruption_peers_compared_total").increment(hashes.len() as u64);
         let corrupt = corrupted(leader, &hashes);
-        for &member_id in &corrupt {
+        metrics::counter!("ekmat_corruption_found_total").increment(corrupt.len() as u64);
+        let raised = self.corrupt_alarms().await?;
+        for &member_id in corrupt.iter().filter(|id| !raised.contains(id)) {
             self.raise_corrupt(member_id).await?;
         }
         Ok(CheckRound {
@@ -147,12 +159,23 @@ impl Services {
         }
     }
 
+    /// The members a CORRUPT alarm is raised for already.
+    async fn corrupt_alarms(&self) -> Result<Vec<u64>, String> {
+        let query = Query::Alarms {
+            alarm: AlarmType::Corrupt,
+        };
+        match self.read(query, false).await {
+            Ok(Answer::Alarms { alarms, .. }) => Ok(alarms.iter().map(|a| a.member_id).collect()),
+            Ok(_) => Err("unexpected answer to an alarm query".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     async fn raise_corrupt(&self, member_id: u64) -> Result<(), String> {
         tracing::error!(
             member = format_args!("{member_id:x}"),
             "data differs from the cluster's: raising the CORRUPT alarm"
         );
-        metrics::counter!("ekmat_corruption_found_total").increment(1);
         let raise = Command::Alarm(AlarmRequest {
             action: AlarmAction::Activate,
             member_id,
