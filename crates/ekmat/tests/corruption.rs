@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ekmat_api::etcdserverpb as pb;
 use ekmat_node::NodeConfig;
-use support::{Cluster, channel, status};
+use support::{Cluster, channel, metric, scrape, status};
 
 const CHECK_MS: u64 = 200;
 
@@ -42,25 +42,6 @@ async fn alarms(url: &str) -> Result<Vec<(u64, i32)>, String> {
             .collect()),
         Err(e) => Err(e.to_string()),
     }
-}
-
-fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Which of members 0 and 1 leads them.
@@ -143,10 +124,13 @@ async fn members_with_the_same_data_are_compared_and_never_reported() {
     let metrics = c.cfgs[leader].me().metrics.expect("metrics address");
     let text = scrape(metrics);
     assert!(
-        metric(&text, "ekmat_corruption_checks_total") >= 3.0,
+        metric(&text, "ekmat_corruption_checks_total").unwrap_or(0.0) >= 3.0,
         "the check did not run:\n{text}"
     );
-    assert!(metric(&text, "ekmat_corruption_peers_compared_total") >= 6.0);
-    assert_eq!(metric(&text, "ekmat_corruption_found_total"), 0.0);
+    assert!(metric(&text, "ekmat_corruption_peers_compared_total").unwrap_or(0.0) >= 6.0);
+    assert_eq!(
+        metric(&text, "ekmat_corruption_found_total").unwrap_or(0.0),
+        0.0
+    );
     assert!(alarms(&c.endpoint(leader)).await.unwrap().is_empty());
 }

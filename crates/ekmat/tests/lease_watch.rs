@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ekmat_api::etcdserverpb as pb;
 use ekmat_api::mvccpb;
 use pb::watch_request::RequestUnion;
-use support::{Cluster, channel};
+use support::{Cluster, channel, metric, scrape};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -352,22 +352,6 @@ async fn a_watcher_on_a_follower_sees_writes_made_through_the_leader() {
 }
 
 /// Prometheus text: the value of the first sample named `name`.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_stops_reading_stalls_nothing_and_catches_up_from_history() {
     // The client buffers about 2 MiB of responses, the server 64 responses and 4096

@@ -221,3 +221,21 @@ pub async fn status(url: &str) -> Result<pb::StatusResponse, String> {
 pub fn write_config(path: &Path, cfg: &NodeConfig) {
     std::fs::write(path, cfg.to_toml()).unwrap();
 }
+
+/// A metric's value in a Prometheus text page.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The `/metrics` page of a member's metrics address.
+pub fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}

@@ -25,7 +25,7 @@ pub struct PbftChecker {
     /// The batch digest executed at each sequence number, and by whom first.
     batches: BTreeMap<u64, (Digest, NodeId)>,
     /// The command delivered at each state-machine index, and by whom first.
-    commands: BTreeMap<u64, (RequestId, Digest, NodeId)>,
+    commands: BTreeMap<u64, ((RequestId, Digest), NodeId)>,
     /// Highest sequence number checked per node (this incarnation).
     checked_seq: Vec<u64>,
     /// What clients submitted anywhere, and how much of each node's record was read.
@@ -70,19 +70,13 @@ impl PbftChecker {
             let Some((_, qc)) = r.executed(seq) else {
                 continue;
             };
-            match self.batches.get(&seq) {
-                Some(&(d, first)) if d != qc.digest => {
-                    let detail = format!(
-                        "{node} executed batch {} at sequence {seq}, {first} executed batch {}",
-                        hex(&qc.digest),
-                        hex(&d)
-                    );
-                    return Err(Violation::new("agreement", now, detail));
-                }
-                Some(_) => {}
-                None => {
-                    self.batches.insert(seq, (qc.digest, node));
-                }
+            if let Some((d, first)) = first_other(&mut self.batches, seq, qc.digest, node) {
+                let detail = format!(
+                    "{node} executed batch {} at sequence {seq}, {first} executed batch {}",
+                    hex(&qc.digest),
+                    hex(&d)
+                );
+                return Err(Violation::new("agreement", now, detail));
             }
         }
         self.checked_seq[node.index()] = r.last_executed();
@@ -100,17 +94,11 @@ impl PbftChecker {
                 let detail = format!("{node} excluded honest {convict} at sequence {seq}");
                 return Err(Violation::new("exclusion", now, detail));
             }
-            match self.exclusions.get(&convict) {
-                Some(&(at, first)) if at != seq => {
-                    let detail = format!(
-                        "{node} excluded {convict} at sequence {seq}, {first} at sequence {at}"
-                    );
-                    return Err(Violation::new("exclusion", now, detail));
-                }
-                Some(_) => {}
-                None => {
-                    self.exclusions.insert(convict, (seq, node));
-                }
+            if let Some((at, first)) = first_other(&mut self.exclusions, convict, seq, node) {
+                let detail = format!(
+                    "{node} excluded {convict} at sequence {seq}, {first} at sequence {at}"
+                );
+                return Err(Violation::new("exclusion", now, detail));
             }
         }
         let r = replica.replica();
@@ -145,20 +133,28 @@ impl PbftChecker {
             let detail = format!("{node} executed {id:?} ({}) twice", hex(&digest));
             return Err(Violation::new("at-most-once", now, detail));
         }
-        match self.commands.get(&index) {
-            Some(&(other, d, first)) if (other, d) != (id, digest) => {
+        match first_other(&mut self.commands, index, (id, digest), node) {
+            Some(((other, _), first)) => {
                 let detail = format!(
                     "{node} delivered {id:?} at index {index}, {first} delivered {other:?} there"
                 );
                 Err(Violation::new("state-machine-safety", now, detail))
             }
-            Some(_) => Ok(()),
-            None => {
-                self.commands.insert(index, (id, digest, node));
-                Ok(())
-            }
+            None => Ok(()),
         }
     }
+}
+
+/// What another node recorded first at `key`, if it differs from `value`; the first
+/// record there is kept (with `node`) when there is none yet.
+fn first_other<K: Ord, V: PartialEq + Copy>(
+    seen: &mut BTreeMap<K, (V, NodeId)>,
+    key: K,
+    value: V,
+    node: NodeId,
+) -> Option<(V, NodeId)> {
+    let &mut (first_value, first) = seen.entry(key).or_insert((value, node));
+    (first_value != value).then_some((first_value, first))
 }
 
 fn hex(d: &Digest) -> String {
