@@ -56,13 +56,18 @@ pub struct NodeConfig {
     /// Every this many milliseconds the leader compares every member's HashKV at one
     /// revision and raises the CORRUPT alarm for members whose data differs (etcd's
     /// `--experimental-corrupt-check-time`; 0, the default as in etcd: never). Each round
-    /// hashes the whole key history on every member.
+    /// hashes the whole key history on every member, so a period shorter than
+    /// [`MIN_CORRUPT_CHECK_MS`] is refused.
     #[serde(default)]
     pub corrupt_check_ms: u64,
     /// Skip fsync (benchmarks only: acknowledged writes can be lost on power failure).
     #[serde(default)]
     pub unsafe_no_fsync: bool,
 }
+
+/// The shortest corruption-check period accepted: below it the rounds would hash the
+/// store nearly without pause.
+pub const MIN_CORRUPT_CHECK_MS: u64 = 100;
 
 fn default_snapshot_every() -> u64 {
     100_000
@@ -242,6 +247,12 @@ impl NodeConfig {
             {
                 return bad(format!("member {}'s public_key {key:?}: {e}", m.id));
             }
+        }
+        if self.corrupt_check_ms > 0 && self.corrupt_check_ms < MIN_CORRUPT_CHECK_MS {
+            return bad(format!(
+                "corrupt_check_ms = {} is too short: each round hashes the whole key history on every member, so it must be 0 (off) or at least {MIN_CORRUPT_CHECK_MS}",
+                self.corrupt_check_ms
+            ));
         }
         if self.protocol == "pbft" {
             self.validate_pbft()?;
@@ -521,6 +532,19 @@ mod tests {
             let cfg = NodeConfig::load(&dir.join(format!("n{i}.toml"))).unwrap();
             assert_eq!(cfg.id, i);
             assert_eq!(cfg.members.len(), 3);
+        }
+    }
+
+    #[test]
+    fn a_corruption_check_period_is_off_or_not_too_short() {
+        let mut c = sample();
+        c.corrupt_check_ms = 1;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("corrupt_check_ms = 1 is too short"), "{e}");
+        for ok in [0, MIN_CORRUPT_CHECK_MS, 60_000] {
+            let mut c = sample();
+            c.corrupt_check_ms = ok;
+            assert!(c.validate().is_ok(), "{ok}");
         }
     }
 
