@@ -2,6 +2,9 @@
 //! `std`'s hashers, whose output may change between Rust releases and whose integer
 //! hashing follows the platform's byte order: replicas built differently must agree.
 
+use bytes::Bytes;
+use imbl::OrdMap;
+
 use crate::error::KvError;
 use crate::mvcc::Version;
 use crate::store::KvStore;
@@ -54,35 +57,68 @@ fn version(h: &mut StableHasher, v: &Version) {
     h.bytes(&v.kv.value);
 }
 
-/// etcd's HashKV: a hash of every key version this store holds with a revision at or
-/// below `revision` (0: the current one), for comparing members' data. Returns the hash
-/// folded to 32 bits and the revision it covers.
-pub(crate) fn hash_kv(store: &KvStore, revision: i64) -> Result<(u32, i64), KvError> {
-    let current = store.mvcc.revision;
-    let upto = if revision <= 0 { current } else { revision };
-    if upto > current {
-        return Err(KvError::FutureRevision);
-    }
-    if upto < store.mvcc.compact_revision {
-        return Err(KvError::Compacted);
-    }
-    let mut h = StableHasher(SEED);
-    h.int(store.mvcc.compact_revision);
-    for (key, versions) in &store.mvcc.keys {
-        let held: Vec<&Version> = versions
-            .iter()
-            .filter(|v| v.kv.mod_revision <= upto)
-            .collect();
-        if held.is_empty() {
-            continue;
-        }
-        h.bytes(key);
-        for v in held {
-            version(&mut h, v);
+/// What etcd's HashKV reads: the key history and the revisions bounding it. Taken from
+/// a store in O(1) (the key index is a persistent map), so the hashing, which visits
+/// every retained version, can run on another thread while the store moves on.
+#[derive(Clone)]
+pub struct KeyHistory {
+    keys: OrdMap<Bytes, Vec<Version>>,
+    revision: i64,
+    compact_revision: i64,
+}
+
+impl KeyHistory {
+    pub(crate) fn of(store: &KvStore) -> KeyHistory {
+        KeyHistory {
+            keys: store.mvcc.keys.clone(),
+            revision: store.mvcc.revision,
+            compact_revision: store.mvcc.compact_revision,
         }
     }
-    let full = h.finish();
-    Ok((fold(full), upto))
+
+    /// The store's revision when this was taken.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The store's compaction revision when this was taken.
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
+    /// etcd's HashKV: a hash of every key version held with a revision at or below
+    /// `revision` (0: the current one), for comparing members' data. Returns the hash
+    /// folded to 32 bits and the revision it covers.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
+        let upto = if revision <= 0 {
+            self.revision
+        } else {
+            revision
+        };
+        if upto > self.revision {
+            return Err(KvError::FutureRevision);
+        }
+        if upto < self.compact_revision {
+            return Err(KvError::Compacted);
+        }
+        let mut h = StableHasher(SEED);
+        h.int(self.compact_revision);
+        for (key, versions) in &self.keys {
+            let held: Vec<&Version> = versions
+                .iter()
+                .filter(|v| v.kv.mod_revision <= upto)
+                .collect();
+            if held.is_empty() {
+                continue;
+            }
+            h.bytes(key);
+            for v in held {
+                version(&mut h, v);
+            }
+        }
+        let full = h.finish();
+        Ok((fold(full), upto))
+    }
 }
 
 /// A 64-bit hash folded to the 32 bits etcd's hash answers carry.

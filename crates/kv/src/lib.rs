@@ -29,6 +29,7 @@ mod write;
 pub use alarm::{AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, txn_puts};
 pub use command::{Applied, Command, Envelope, Response, TickResponse};
 pub use error::{DecodeError, KvError};
+pub use hash::KeyHistory;
 pub use lease::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveResponse, MAX_LEASE_TTL,

@@ -319,6 +319,12 @@ impl KvStore {
     /// etcd's HashKV over key versions up to `revision` (0: now): the 32-bit hash and the
     /// revision it covers. Members that applied the same writes agree on it.
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
-        crate::hash::hash_kv(self, revision)
+        self.key_history().hash_kv(revision)
+    }
+
+    /// The key history as it stands, in O(1): HashKV computed from it away from the
+    /// apply path gives what [`KvStore::hash_kv`] gives now.
+    pub fn key_history(&self) -> crate::KeyHistory {
+        crate::KeyHistory::of(self)
     }
 }

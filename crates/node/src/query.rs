@@ -92,7 +92,31 @@ pub enum History {
     },
 }
 
+/// A query's answer computed away from the driver, from a view of the store taken when
+/// it was due.
+pub type Offloaded = Box<dyn FnOnce() -> Result<Answer, KvError> + Send>;
+
 impl Query {
+    /// For a query that visits the whole store (HashKV hashes every retained version),
+    /// the work to do on a blocking thread instead of the driver, which would otherwise
+    /// stop ordering and applying, and could miss its heartbeats, for as long as it takes.
+    /// `None`: serve it at once with [`Query::serve`].
+    pub fn offload(&self, kv: &KvStore) -> Option<Offloaded> {
+        let Query::HashKv { revision } = *self else {
+            return None;
+        };
+        let history = kv.key_history();
+        Some(Box::new(move || {
+            history.hash_kv(revision).map(|(hash, _)| Answer::HashKv {
+                header: ResponseHeader {
+                    revision: history.revision(),
+                },
+                hash,
+                compact_revision: history.compact_revision(),
+            })
+        }))
+    }
+
     /// Serve the query from `kv` as it stands.
     pub fn serve(&self, kv: &KvStore) -> Result<Answer, KvError> {
         match self {
@@ -127,13 +151,7 @@ impl Query {
                 },
                 hash: kv.hash32(),
             }),
-            Query::HashKv { revision } => kv.hash_kv(*revision).map(|(hash, _)| Answer::HashKv {
-                header: ResponseHeader {
-                    revision: kv.revision(),
-                },
-                hash,
-                compact_revision: kv.compact_revision(),
-            }),
+            Query::HashKv { .. } => self.offload(kv).expect("HashKV is offloaded")(),
             Query::Alarms { alarm } => Ok(Answer::Alarms {
                 header: ResponseHeader {
                     revision: kv.revision(),

@@ -44,3 +44,17 @@ fn future_and_compacted_revisions_are_refused_as_etcd_does() {
     assert_eq!(h.kv.hash_kv(now - 2), Err(KvError::Compacted));
     assert!(h.kv.hash_kv(now - 1).is_ok());
 }
+
+#[test]
+fn a_key_history_taken_earlier_hashes_the_store_as_it_was_then() {
+    let mut h = Harness::new();
+    writes(&mut h, "2");
+    let then = h.kv.hash_kv(0).unwrap();
+    let history = h.kv.key_history();
+    h.put("a", "3");
+    h.compact(h.kv.revision()).unwrap();
+    assert_eq!(history.hash_kv(0), Ok(then));
+    assert_eq!(history.revision(), then.1);
+    assert_eq!(history.compact_revision(), 0);
+    assert_ne!(h.kv.hash_kv(0).unwrap().0, then.0);
+}

@@ -369,7 +369,7 @@ impl<P: RuntimeProtocol> Driver<P> {
                 linearizable: false,
                 reply,
             } => {
-                let _ = reply.send(query.serve(&self.kv).map_err(CallError::Kv));
+                answer(&query, &self.kv, reply);
             }
             Call::Read {
                 query,
@@ -608,7 +608,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             }
             self.ready_reads.swap_remove(i);
             if let Some(r) = self.pending_reads.remove(&id) {
-                let _ = r.reply.send(r.query.serve(&self.kv).map_err(CallError::Kv));
+                answer(&r.query, &self.kv, r.reply);
             }
         }
     }
@@ -672,6 +672,21 @@ fn note_lateness(due: tokio::time::Instant) {
 
 /// A tick this late is logged.
 const LATE_TICK: Duration = Duration::from_millis(100);
+
+/// Answer `query` from `kv` as it stands now: at once, or from a view of it on a
+/// blocking thread if answering means visiting the whole store.
+fn answer(query: &Query, kv: &KvStore, reply: ReadReply) {
+    match query.offload(kv) {
+        Some(work) => {
+            tokio::task::spawn_blocking(move || {
+                let _ = reply.send(work().map_err(CallError::Kv));
+            });
+        }
+        None => {
+            let _ = reply.send(query.serve(kv).map_err(CallError::Kv));
+        }
+    }
+}
 
 /// A forwarded write carries the clock of the member that took it; the leader's clock
 /// replaces it, so lease expiry follows one clock (the leader's) and a member whose
