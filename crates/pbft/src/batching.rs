@@ -83,10 +83,26 @@ impl Pbft {
     /// A replica with work outstanding suspects the view after a timeout. The primary
     /// too: one that restarted may hold sequence numbers it can no longer complete, and
     /// backups that missed its NEW-VIEW never join it; only a new view unsticks both.
+    ///
+    /// The timer runs for one bundle, the oldest pending (Castro and Liskov's rule): it
+    /// restarts when that bundle executes, not on any progress, so a primary that keeps
+    /// executing other bundles while leaving one out is still suspected. An honest
+    /// primary proposes oldest first, so the oldest executes within a round or two
+    /// however long the queue behind it.
     pub(crate) fn arm_timer(&mut self) {
         if self.normal && self.timer.is_none() && !self.pending.is_empty() {
             self.timer = Some(self.now + self.timeout());
+            self.timed = self
+                .pending
+                .iter()
+                .min_by_key(|(d, p)| (p.since, **d))
+                .map(|(d, _)| *d);
         }
+    }
+
+    /// Whether the bundle the view timer runs for still waits.
+    pub(crate) fn timed_bundle_waits(&self) -> bool {
+        self.timed.is_some_and(|d| self.pending.contains_key(&d))
     }
 
     /// A bundle still not executed half-way to the view-change timeout goes to every

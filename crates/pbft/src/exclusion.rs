@@ -50,7 +50,15 @@ impl Pbft {
 
     /// Execute an ordered exclusion request at sequence number `seq`. A proof that does not
     /// hold excludes nobody (a Byzantine gateway may submit anything); it is counted.
-    pub(crate) fn execute_exclusion(&mut self, seq: u64, proof: &[u8], out: &mut Fx) {
+    /// Replaying its own executed batches after a restart, a replica applies the
+    /// exclusions again without counting them again.
+    pub(crate) fn execute_exclusion(
+        &mut self,
+        seq: u64,
+        proof: &[u8],
+        replayed: bool,
+        out: &mut Fx,
+    ) {
         match evidence::verify(proof, &self.cfg.validators) {
             Ok(convict) if self.excluded.contains_key(&convict) => {}
             // More than f proven faulty is outside what the protocol tolerates; dropping
@@ -62,7 +70,9 @@ impl Pbft {
                 self.excluded.insert(convict, seq);
                 // Waiting on its bundles would only time the view out.
                 self.pending.retain(|_, p| p.bundle.body.gateway != convict);
-                self.counter("exclusion", out);
+                if !replayed {
+                    self.counter("exclusion", out);
+                }
                 self.skip_excluded_primary(out);
             }
             Err(_) => self.counter("invalid-exclusion", out),

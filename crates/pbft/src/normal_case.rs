@@ -371,7 +371,7 @@ impl Pbft {
         chain.extend_from_slice(&qc.digest);
         self.history = sha256(&chain);
         self.last_executed = seq;
-        self.deliver(seq, &batch, &digests, out);
+        self.deliver(seq, &batch, &digests, from_disk, out);
         for d in &digests {
             self.pending.remove(d);
             self.in_flight.remove(d);
@@ -390,14 +390,21 @@ impl Pbft {
     /// runtime gateway's own ids, unique per gateway, not a client's session — are
     /// deduplicated by that alone: the per-client session's small window would refuse
     /// requests of one gateway that arrive out of order behind another gateway's.
-    fn deliver(&mut self, seq: u64, batch: &Batch, digests: &[Digest], out: &mut Fx) {
+    fn deliver(
+        &mut self,
+        seq: u64,
+        batch: &Batch,
+        digests: &[Digest],
+        replayed: bool,
+        out: &mut Fx,
+    ) {
         for (bundle, digest) in batch.bundles.iter().zip(digests) {
             if !self.executed_bundles.insert(*digest) {
                 self.counter("duplicate-bundle", out);
                 continue;
             }
             for r in &bundle.body.requests {
-                self.deliver_request(seq, bundle, r, out);
+                self.deliver_request(seq, bundle, r, replayed, out);
             }
         }
     }
@@ -407,11 +414,12 @@ impl Pbft {
         seq: u64,
         bundle: &Signed<Bundle>,
         r: &ClientRequest,
+        replayed: bool,
         out: &mut Fx,
     ) {
         if r.id.client == crate::EXCLUSION_CLIENT {
             let proof = r.op.as_deref().unwrap_or_default();
-            return self.execute_exclusion(seq, proof, out);
+            return self.execute_exclusion(seq, proof, replayed, out);
         }
         let Some(op) = &r.op else {
             if bundle.body.gateway == self.cfg.id {
@@ -439,15 +447,19 @@ impl Pbft {
         out.commit(self.applied, entry);
     }
 
-    /// Execution moved on: the primary is doing its job. Batches executed while
-    /// changing views (fetched, or an exclusion that started the change) say nothing of
-    /// the view being changed to, so its timer stands.
+    /// Execution moved on: the primary is doing its job, unless the bundle the view
+    /// timer runs for still waits (then the timer stands: see `arm_timer`). Batches
+    /// executed while changing views (fetched, or an exclusion that started the change)
+    /// say nothing of the view being changed to, so its timer stands too.
     fn on_progress(&mut self) {
         self.behind_since = None;
         if !self.normal {
             return;
         }
         self.failed_views = 0;
+        if self.timed_bundle_waits() {
+            return;
+        }
         self.timer = None;
         self.arm_timer();
     }

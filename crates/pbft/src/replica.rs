@@ -99,6 +99,8 @@ pub struct Pbft {
     pub(crate) view_changes: BTreeMap<u64, BTreeMap<NodeId, Arc<Signed<ViewChange>>>>,
     pub(crate) last_new_view: Option<Arc<Signed<NewView>>>,
     pub(crate) timer: Option<Time>,
+    /// The pending bundle the view timer runs for, while in a view (see `arm_timer`).
+    pub(crate) timed: Option<Digest>,
     pub(crate) last_vc_sent: Option<Time>,
     /// When each replica was last sent a NEW-VIEW it missed.
     pub(crate) helped: BTreeMap<NodeId, Time>,
@@ -150,6 +152,7 @@ impl Pbft {
             view_changes: BTreeMap::new(),
             last_new_view: None,
             timer: None,
+            timed: None,
             last_vc_sent: None,
             helped: BTreeMap::new(),
             failed_views: 0,

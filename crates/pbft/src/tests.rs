@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ekmat_core::{
-    Committed, Durable, Effect, Effects, Event, Input, NodeId, Replica, Request, RequestId,
-    RequestKind, Time,
+    Committed, CommittedEntry, Durable, Effect, Effects, Event, Input, NodeId, Replica, Request,
+    RequestId, RequestKind, Time,
 };
 
 use crate::message::{Batch, Message};
@@ -187,6 +187,36 @@ fn a_silent_primary_is_replaced_and_the_backlog_executes() {
 }
 
 #[test]
+fn a_primary_that_leaves_one_client_out_while_executing_others_is_replaced() {
+    let mut c = Cluster::new(4);
+    // Replica 0, the primary, ignores every bundle with a request of client 1 (as if
+    // it never saw them; it proposes the others).
+    c.cut = Box::new(|_, to, m| {
+        to == NodeId(0)
+            && matches!(m, Message::Bundle(b) if b.body.requests.iter().any(|r| r.id.client == 1))
+    });
+    c.request(1, 1, 1);
+    // Others' requests keep executing all along: progress alone must not excuse the
+    // primary.
+    for s in 1..=40 {
+        c.request(2, 9, s);
+        c.advance(100);
+    }
+    let victim =
+        |e: &Committed| matches!(&e.entry, CommittedEntry::Command { id, .. } if id.client == 1);
+    for i in 1..4 {
+        assert!(c.node(i).view() >= 1, "n{i} still in view 0");
+        assert_eq!(
+            c.committed[i].iter().filter(|e| victim(e)).count(),
+            1,
+            "n{i}"
+        );
+        assert_eq!(c.committed[i].len(), 41, "n{i}");
+    }
+    c.assert_agree(&[1, 2, 3]);
+}
+
+#[test]
 fn view_change_timeouts_double_up_to_eight_times_and_reset_on_progress() {
     let mut c = Cluster::new(4);
     // Every primary fails to lead: its pre-prepares and NEW-VIEWs are lost.
@@ -313,6 +343,30 @@ fn a_convicted_primary_is_excluded_by_every_replica_at_one_sequence_number() {
             ..
         }) if *p == primary
     ));
+    // A restarted replica excludes the convict again as it replays its batches, at the
+    // same sequence number, without counting a second exclusion.
+    let counted = |c: &Cluster| {
+        c.events
+            .iter()
+            .filter(|(n, e)| {
+                *n == NodeId(2)
+                    && matches!(
+                        e,
+                        Event::Counter {
+                            name: "exclusion",
+                            ..
+                        }
+                    )
+            })
+            .count()
+    };
+    assert_eq!(counted(&c), 1);
+    let stable = c.disks[2].clone();
+    c.nodes[2] = Some(Pbft::recover(config(2, 4), stable, c.now).unwrap());
+    c.advance(500);
+    let excluded: Vec<_> = c.node(2).excluded().iter().collect();
+    assert_eq!(excluded, [(&NodeId(0), &at.unwrap())]);
+    assert_eq!(counted(&c), 1);
 }
 
 #[test]
