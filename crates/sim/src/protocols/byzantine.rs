@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use ekmat_core::{DetRng, Effect, Effects, NodeId, Time};
+use ekmat_core::{DetRng, Effect, Effects, Input, NodeId, Time};
 use ekmat_pbft::crypto::SigningKey;
 use ekmat_pbft::crypto::sign;
 use ekmat_pbft::message::{
@@ -32,7 +32,7 @@ pub enum Adversary {
     /// ByzzFuzz-style small mutations of its messages (view, sequence, digest), re-signed
     /// or not.
     Mutate,
-    /// As primary, leave out every request of one client.
+    /// As primary, leave out every request of one client (see `Byzantine::ignores`).
     Starve,
     /// As new primary, send a NEW-VIEW whose pre-prepares drop every prepared batch.
     ForgeNewView,
@@ -191,7 +191,7 @@ impl Byzantine {
                 };
                 sends.push((to, msg));
             }
-            Adversary::Starve => sends.push((to, self.starve(msg))),
+            Adversary::Starve => sends.push((to, msg)), // see `ignores`
             Adversary::ForgeNewView => sends.push((to, self.forge_new_view(inner, msg))),
             // The first copy talks to its half only; the twin (twins.rs) to the other.
             Adversary::Twins if super::twins::talks_to_twin(to) => {}
@@ -397,41 +397,24 @@ impl Byzantine {
         }
     }
 
-    /// Leave the victim's requests out of every batch this primary proposes (the same
-    /// batch to everyone: this is censorship, not equivocation).
-    fn starve(&mut self, msg: Message) -> Message {
-        let Message::PrePrepare { header, batch } = msg else {
-            return msg;
-        };
-        if header.signer != self.id {
-            return Message::PrePrepare { header, batch };
+    /// A starving replica censors consistently: it ignores the victim's requests and
+    /// every bundle holding one, so as primary it never proposes them, while its own
+    /// state and signatures stay those of an honest replica (nothing to convict it of).
+    /// Only the view timer can end it.
+    pub fn ignores(&self, now: Time, input: &Input<Message>) -> bool {
+        if self.kind != Adversary::Starve || !self.active(now) {
+            return false;
         }
-        let key = (header.body.view, header.body.seq);
-        if !self.twins.contains_key(&key) {
-            let kept = Batch {
-                bundles: batch
-                    .bundles
-                    .iter()
-                    .filter(|b| b.body.requests.iter().all(|r| r.id.client != VICTIM_CLIENT))
-                    .cloned()
-                    .collect(),
-            };
-            let body = PrePrepare {
-                digest: kept.digest(),
-                ..header.body
-            };
-            let twin = (
-                sign(&self.key, self.id, body),
-                Arc::new(kept),
-                header.body.digest,
-            );
-            self.twins.insert(key, twin);
+        match input {
+            Input::Request(r) => r.id.client == VICTIM_CLIENT,
+            Input::Message {
+                msg: Message::Bundle(b),
+                ..
+            } => b.body.requests.iter().any(|r| r.id.client == VICTIM_CLIENT),
+            _ => false,
         }
-        let (header, batch, _) = self.twins[&key].clone();
-        Message::PrePrepare { header, batch }
     }
 
-    /// Re-issue every sequence number of a NEW-VIEW as a null request.
     fn forge_new_view(&mut self, _inner: &Pbft, msg: Message) -> Message {
         let Message::NewView(nv) = msg else {
             return msg;

@@ -171,6 +171,13 @@ impl Replica for PbftNode {
         if let (Some(b), Input::Message { msg, .. }) = (&mut self.byzantine, &input) {
             b.remember(msg);
         }
+        if self
+            .byzantine
+            .as_ref()
+            .is_some_and(|b| b.ignores(now, &input))
+        {
+            return;
+        }
         if self.step_twin(now, &input, out) {
             return;
         }
