@@ -60,6 +60,13 @@ pub struct NodeConfig {
     /// [`MIN_CORRUPT_CHECK_MS`] is refused.
     #[serde(default)]
     pub corrupt_check_ms: u64,
+    /// Admission control: the most writes this member holds from its clients without
+    /// an answer yet. Past it, writes are refused at once with etcd's `etcdserver: too
+    /// many requests` (a client backs off and retries) instead of queueing: a queue
+    /// longer than the cluster drains in a moment only adds latency, and for PBFT,
+    /// bundles that wait past the view timeout change views, which costs throughput.
+    #[serde(default = "default_max_pending_writes")]
+    pub max_pending_writes: usize,
     /// Skip fsync (benchmarks only: acknowledged writes can be lost on power failure).
     #[serde(default)]
     pub unsafe_no_fsync: bool,
@@ -68,6 +75,10 @@ pub struct NodeConfig {
 /// The shortest corruption-check period accepted: below it the rounds would hash the
 /// store nearly without pause.
 pub const MIN_CORRUPT_CHECK_MS: u64 = 100;
+
+fn default_max_pending_writes() -> usize {
+    5_000
+}
 
 fn default_snapshot_every() -> u64 {
     100_000
@@ -171,6 +182,7 @@ impl NodeConfig {
             members,
             snapshot_every: default_snapshot_every(),
             checkpoint_bytes: default_checkpoint_bytes(),
+            max_pending_writes: default_max_pending_writes(),
             adaptive_timeouts: false,
             read_mode: default_read_mode(),
             max_clock_drift_ppm: default_max_clock_drift_ppm(),
@@ -247,6 +259,11 @@ impl NodeConfig {
             {
                 return bad(format!("member {}'s public_key {key:?}: {e}", m.id));
             }
+        }
+        if self.max_pending_writes == 0 {
+            return bad(
+                "max_pending_writes = 0 would refuse every write; it must be at least 1".into(),
+            );
         }
         if self.corrupt_check_ms > 0 && self.corrupt_check_ms < MIN_CORRUPT_CHECK_MS {
             return bad(format!(
@@ -411,6 +428,7 @@ mod tests {
             members: (0..3).map(member).collect(),
             snapshot_every: default_snapshot_every(),
             checkpoint_bytes: default_checkpoint_bytes(),
+            max_pending_writes: default_max_pending_writes(),
             adaptive_timeouts: false,
             read_mode: default_read_mode(),
             max_clock_drift_ppm: default_max_clock_drift_ppm(),
@@ -536,11 +554,15 @@ mod tests {
     }
 
     #[test]
-    fn a_corruption_check_period_is_off_or_not_too_short() {
+    fn a_corruption_check_period_is_off_or_not_too_short_and_some_write_is_admitted() {
         let mut c = sample();
         c.corrupt_check_ms = 1;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("corrupt_check_ms = 1 is too short"), "{e}");
+        let mut c = sample();
+        c.max_pending_writes = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("max_pending_writes = 0"), "{e}");
         for ok in [0, MIN_CORRUPT_CHECK_MS, 60_000] {
             let mut c = sample();
             c.corrupt_check_ms = ok;

@@ -5,7 +5,6 @@ use ekmat_kv::{Command, Response};
 use tonic::{Request, Response as Reply, Status};
 
 use super::{Services, call_error, check_size, convert, quota, unexpected_answer};
-use crate::driver::Call;
 use crate::query::{Answer, Query};
 
 impl Services {
@@ -15,10 +14,7 @@ impl Services {
         command: Command,
         answer: impl FnOnce(&Self, Response) -> Option<Resp>,
     ) -> Result<Reply<Resp>, Status> {
-        let response = self
-            .call(|reply| Call::Write { command, reply })
-            .await
-            .map_err(|e| call_error(&e))?;
+        let response = self.write(command).await.map_err(|e| call_error(&e))?;
         answer(self, response)
             .map(Reply::new)
             .ok_or_else(unexpected_answer)

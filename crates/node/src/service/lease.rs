@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as Reply, Status, Streaming};
 
 use super::{Services, call_error, unexpected_answer};
-use crate::driver::{Call, CallError};
+use crate::driver::CallError;
 use crate::query::{Answer, Query};
 
 /// The shortest TTL etcd grants with its default settings (1.5 election timeouts of 1 s,
@@ -44,11 +44,6 @@ pub fn min_lease_ttl(election_timeout: Duration) -> i64 {
 const FRESH_MS: u64 = 500;
 
 impl Services {
-    /// Order `command` through the log and return the state machine's response.
-    pub(super) async fn write(&self, command: Command) -> Result<Response, CallError> {
-        self.call(|reply| Call::Write { command, reply }).await
-    }
-
     /// Restart lease `id`'s TTL. An unknown lease answers TTL 0, as in etcd, which is how
     /// its clients learn that the lease is gone.
     ///

@@ -25,6 +25,7 @@ pub use lease::min_lease_ttl;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ekmat_api::etcdserverpb as pb;
@@ -61,6 +62,18 @@ struct Inner {
     min_lease_ttl: i64,
     /// The space quota of the store's size estimate (0: none).
     quota_bytes: u64,
+    /// Writes taken from clients and not answered yet, and the most admitted.
+    writes_in_flight: Arc<AtomicUsize>,
+    max_pending_writes: usize,
+}
+
+/// A write's place among those in flight, given back when it is answered (or dropped).
+struct WriteSlot(Arc<AtomicUsize>);
+
+impl Drop for WriteSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Services {
@@ -82,6 +95,8 @@ impl Services {
                 hub,
                 min_lease_ttl,
                 quota_bytes: cfg.quota_backend_bytes,
+                writes_in_flight: Arc::new(AtomicUsize::new(0)),
+                max_pending_writes: cfg.max_pending_writes,
             }),
         }
     }
@@ -152,6 +167,31 @@ impl Services {
     }
 
     /// Send a call to the driver and wait for its answer.
+    /// Order `command` through the log and return the state machine's response.
+    ///
+    /// Admission control: with `max_pending_writes` writes already waiting for their
+    /// answers, it is refused at once with etcd's "too many requests" (clients back off
+    /// and retry) rather than queued where the driver or the protocol is the bottleneck:
+    /// a longer queue only adds latency, and for PBFT bundles waiting past the view
+    /// timeout change views, which costs throughput.
+    pub(super) async fn write(
+        &self,
+        command: ekmat_kv::Command,
+    ) -> Result<ekmat_kv::Response, CallError> {
+        let _slot = self.admit_write()?;
+        self.call(|reply| Call::Write { command, reply }).await
+    }
+
+    fn admit_write(&self) -> Result<WriteSlot, CallError> {
+        let in_flight = &self.inner.writes_in_flight;
+        let slot = WriteSlot(in_flight.clone());
+        if in_flight.fetch_add(1, Ordering::Relaxed) >= self.inner.max_pending_writes {
+            metrics::counter!("ekmat_writes_refused_total").increment(1);
+            return Err(CallError::Busy);
+        }
+        Ok(slot)
+    }
+
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, CallError>>) -> Call,
