@@ -51,7 +51,7 @@ impl Pbft {
     /// Execute an ordered exclusion request at sequence number `seq`. A proof that does not
     /// hold excludes nobody (a Byzantine gateway may submit anything); it is counted.
     /// Replaying its own executed batches after a restart, a replica applies the
-    /// exclusions again without counting them again.
+    /// exclusions again without counting anything again.
     pub(crate) fn execute_exclusion(
         &mut self,
         seq: u64,
@@ -59,23 +59,22 @@ impl Pbft {
         replayed: bool,
         out: &mut Fx,
     ) {
-        match evidence::verify(proof, &self.cfg.validators) {
-            Ok(convict) if self.excluded.contains_key(&convict) => {}
+        let counted = match evidence::verify(proof, &self.cfg.validators) {
+            Ok(convict) if self.excluded.contains_key(&convict) => return,
             // More than f proven faulty is outside what the protocol tolerates; dropping
             // one more replica's messages would then only cost the rest their quorum.
-            Ok(_) if self.excluded.len() >= self.f() => {
-                self.counter("exclusion-beyond-f", out);
-            }
+            Ok(_) if self.excluded.len() >= self.f() => "exclusion-beyond-f",
             Ok(convict) => {
                 self.excluded.insert(convict, seq);
                 // Waiting on its bundles would only time the view out.
                 self.pending.retain(|_, p| p.bundle.body.gateway != convict);
-                if !replayed {
-                    self.counter("exclusion", out);
-                }
                 self.skip_excluded_primary(out);
+                "exclusion"
             }
-            Err(_) => self.counter("invalid-exclusion", out),
+            Err(_) => "invalid-exclusion",
+        };
+        if !replayed {
+            self.counter(counted, out);
         }
     }
 

@@ -448,7 +448,8 @@ impl Pbft {
     }
 
     /// Execution moved on: the primary is doing its job, unless the bundle the view
-    /// timer runs for still waits (then the timer stands: see `arm_timer`). Batches
+    /// timer runs for still waits (then the timer stands, and the timeout keeps
+    /// doubling across views that fail it: see `arm_timer`). Batches
     /// executed while changing views (fetched, or an exclusion that started the change)
     /// say nothing of the view being changed to, so its timer stands too.
     fn on_progress(&mut self) {
@@ -456,10 +457,14 @@ impl Pbft {
         if !self.normal {
             return;
         }
-        self.failed_views = 0;
-        if self.timed_bundle_waits() {
+        // Catching up (f+1 replicas, so a correct one, are further on), the bundle it
+        // times may be ordered far past what it executes now: any execution shows the
+        // view works.
+        let catching_up = self.reached_by_f_plus_1().0 > self.last_executed;
+        if self.timed_bundle_waits() && !catching_up {
             return;
         }
+        self.failed_views = 0;
         self.timer = None;
         self.arm_timer();
     }

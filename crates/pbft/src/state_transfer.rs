@@ -18,7 +18,7 @@ const TRANSFER_MAX: usize = 64;
 impl Pbft {
     /// The highest sequence number and view that f+1 replicas (so at least one correct
     /// one) were seen working on.
-    fn reached_by_f_plus_1(&self) -> (u64, u64) {
+    pub(crate) fn reached_by_f_plus_1(&self) -> (u64, u64) {
         let mut seqs: Vec<u64> = self.seen.values().map(|s| s.0).collect();
         let mut views: Vec<u64> = self.seen.values().map(|s| s.1).collect();
         seqs.sort_unstable_by(|a, b| b.cmp(a));

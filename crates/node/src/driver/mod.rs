@@ -8,6 +8,7 @@
 //! the peer connection (see `wire.rs`). No protocol logic lives here.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use ekmat_core::{
     RequestId, RequestKind, Time,
 };
 use ekmat_kv::{Applied, Command, Envelope, KvError, KvStore, Response};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::members::{MemberRecord, Members};
 use crate::protocol::{CoreStatus, RuntimeProtocol};
@@ -179,6 +180,8 @@ pub struct Driver<P: RuntimeProtocol> {
     fatal: Option<String>,
     next_id: u64,
     pending_writes: HashMap<RequestId, PendingWrite>,
+    /// Whole-store queries answered off the driver, one at a time (see `answer`).
+    offloaded: Arc<Semaphore>,
     pending_reads: HashMap<RequestId, PendingRead>,
     pending_admin: HashMap<RequestId, PendingAdmin>,
     on_behalf: HashMap<RequestId, OnBehalf>,
@@ -252,6 +255,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             fatal: None,
             next_id: epoch << 20,
             pending_writes: HashMap::new(),
+            offloaded: Arc::new(Semaphore::new(1)),
             pending_reads: HashMap::new(),
             pending_admin: HashMap::new(),
             on_behalf: HashMap::new(),
@@ -369,7 +373,7 @@ impl<P: RuntimeProtocol> Driver<P> {
                 linearizable: false,
                 reply,
             } => {
-                answer(&query, &self.kv, reply);
+                answer(&query, &self.kv, reply, &self.offloaded);
             }
             Call::Read {
                 query,
@@ -608,7 +612,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             }
             self.ready_reads.swap_remove(i);
             if let Some(r) = self.pending_reads.remove(&id) {
-                answer(&r.query, &self.kv, r.reply);
+                answer(&r.query, &self.kv, r.reply, &self.offloaded);
             }
         }
     }
@@ -674,12 +678,24 @@ fn note_lateness(due: tokio::time::Instant) {
 const LATE_TICK: Duration = Duration::from_millis(100);
 
 /// Answer `query` from `kv` as it stands now: at once, or from a view of it on a
-/// blocking thread if answering means visiting the whole store.
-fn answer(query: &Query, kv: &KvStore, reply: ReadReply) {
+/// blocking thread if answering means visiting the whole store — one such at a time
+/// (`offloaded` has one permit), so a flood of them neither takes every core nor pins
+/// many old versions of the store.
+fn answer(query: &Query, kv: &KvStore, reply: ReadReply, offloaded: &Arc<Semaphore>) {
     match query.offload(kv) {
         Some(work) => {
-            tokio::task::spawn_blocking(move || {
-                let _ = reply.send(work().map_err(CallError::Kv));
+            let permits = offloaded.clone();
+            tokio::spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                if reply.is_closed() {
+                    return; // the caller gave up while waiting its turn
+                }
+                let answered = tokio::task::spawn_blocking(move || work().map_err(CallError::Kv));
+                if let Ok(result) = answered.await {
+                    let _ = reply.send(result);
+                }
             });
         }
         None => {

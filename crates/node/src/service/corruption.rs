@@ -181,7 +181,7 @@ impl Services {
             member_id,
             alarm: AlarmType::Corrupt,
         });
-        self.write(raise)
+        self.write_internal(raise)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())

@@ -67,7 +67,7 @@ impl Services {
             });
         }
         let command = Command::LeaseKeepAlive(LeaseKeepAliveRequest { id });
-        let (revision, ttl) = match self.write(command).await {
+        let (revision, ttl) = match self.write_internal(command).await {
             Ok(Response::LeaseKeepAlive(r)) => (r.header.revision, r.ttl),
             Ok(_) => return Err(unexpected_answer()),
             Err(CallError::Kv(KvError::LeaseNotFound)) => (self.revision(), 0),

@@ -166,19 +166,30 @@ impl Services {
         .await
     }
 
-    /// Send a call to the driver and wait for its answer.
-    /// Order `command` through the log and return the state machine's response.
+    /// Order a client's `command` through the log and return the state machine's
+    /// response.
     ///
-    /// Admission control: with `max_pending_writes` writes already waiting for their
-    /// answers, it is refused at once with etcd's "too many requests" (clients back off
-    /// and retry) rather than queued where the driver or the protocol is the bottleneck:
-    /// a longer queue only adds latency, and for PBFT bundles waiting past the view
-    /// timeout change views, which costs throughput.
+    /// Admission control: with `max_pending_writes` clients' writes already waiting for
+    /// their answers, it is refused at once with etcd's "too many requests" (clients
+    /// back off and retry) rather than queued where the driver or the protocol is the
+    /// bottleneck: a longer queue only adds latency, and for PBFT, bundles waiting past
+    /// the view timeout change views. A write whose caller gave up (its deadline, or
+    /// the 7 s request timeout) stops counting, though it may still be ordered.
     pub(super) async fn write(
         &self,
         command: ekmat_kv::Command,
     ) -> Result<ekmat_kv::Response, CallError> {
         let _slot = self.admit_write()?;
+        self.write_internal(command).await
+    }
+
+    /// Order a write the node owes on its own account — a lease renewal, an alarm, the
+    /// removal of an abandoned waiter's key — past admission control: refusing those
+    /// under load would lose leases, locks and alarms to the very load it sheds.
+    pub(super) async fn write_internal(
+        &self,
+        command: ekmat_kv::Command,
+    ) -> Result<ekmat_kv::Response, CallError> {
         self.call(|reply| Call::Write { command, reply }).await
     }
 
@@ -192,6 +203,7 @@ impl Services {
         Ok(slot)
     }
 
+    /// Send a call to the driver and wait for its answer.
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, CallError>>) -> Call,

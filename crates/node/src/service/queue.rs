@@ -108,7 +108,12 @@ impl Services {
             success: vec![RequestOp::DeleteRange(DeleteRangeRequest::new(key))],
             failure: vec![],
         };
-        Ok(self.txn(txn).await?.header.revision)
+        // Also the cleanup of an abandoned waiter's key, which must not be shed.
+        match self.write_internal(Command::Txn(txn)).await {
+            Ok(Response::Txn(r)) => Ok(r.header.revision),
+            Ok(_) => Err(unexpected_answer()),
+            Err(e) => Err(inner_error(&e)),
+        }
     }
 
     /// The lease a waiter's key is attached to: the one asked for, or, for none, a new

@@ -55,7 +55,7 @@ impl Services {
         });
         // The write is refused whether or not the alarm made it into the log: etcd does
         // the same, and the next write over the quota tries again.
-        if let Err(e) = self.write(raise).await {
+        if let Err(e) = self.write_internal(raise).await {
             tracing::warn!(error = %e, "could not raise the NOSPACE alarm");
         }
         Err(convert::kv_error(&KvError::NoSpace))

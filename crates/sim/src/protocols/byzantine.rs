@@ -415,6 +415,7 @@ impl Byzantine {
         }
     }
 
+    /// Re-issue every sequence number of a NEW-VIEW as a null request.
     fn forge_new_view(&mut self, _inner: &Pbft, msg: Message) -> Message {
         let Message::NewView(nv) = msg else {
             return msg;
