@@ -526,3 +526,41 @@ async fn etcdctl_alarm_list_disarm_and_snapshot_save() {
         (true, String::new(), String::new())
     );
 }
+
+/// Endpoints written with a scheme (as etcd's documentation writes them) and
+/// `--cluster` (which reads the members' URLs): etcdctl then dials each member itself
+/// for status, hashkv, defrag and move-leader, and sends the scheme in `:authority`.
+#[tokio::test]
+async fn etcdctl_endpoints_with_a_scheme_and_cluster_wide_commands() {
+    if !etcdctl_available() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let urls: Vec<String> = client_endpoints(&c)
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect();
+    let eps = urls.join(",");
+    let ok = |args: &[&str]| {
+        let (success, out, err) = etcdctl(&eps, args, None);
+        assert!(success, "etcdctl {args:?}: {out}{err}");
+        out
+    };
+    ok(&["put", "k", "v"]);
+    let status = ok(&["endpoint", "status", "--cluster"]);
+    assert_eq!(status.lines().count(), 3, "{status}");
+    for url in &urls {
+        assert!(status.contains(url.as_str()), "{status}");
+    }
+    let hashes = ok(&["endpoint", "hashkv", "--cluster", "--rev=2"]);
+    let values: std::collections::BTreeSet<&str> = hashes
+        .lines()
+        .map(|l| l.rsplit(", ").next().unwrap())
+        .collect();
+    assert_eq!(values.len(), 1, "the members agree at revision 2: {hashes}");
+    assert!(ok(&["defrag"]).contains("Finished defragmenting"));
+    let target = c.cfgs[0].members[(leader + 1) % 3].id + 1;
+    let moved = ok(&["move-leader", &format!("{target:x}")]);
+    assert!(moved.contains("Leadership transferred"), "{moved}");
+}

@@ -7,6 +7,7 @@
 //! cannot order to the leader, so clients may talk to any member.
 
 mod alarm;
+mod authority;
 mod cluster;
 pub mod convert;
 pub mod corruption;
@@ -111,8 +112,9 @@ impl Services {
         // means tonic never sets TCP_NODELAY on what it accepts: without it, Nagle's
         // algorithm and delayed ACKs hold small responses back ~40 ms.
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-            conn.inspect(|stream| {
+            conn.map(|stream| {
                 let _ = stream.set_nodelay(true);
+                authority::AuthorityFix::new(stream)
             })
         });
         let result = tonic::transport::Server::builder()
