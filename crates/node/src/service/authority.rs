@@ -28,6 +28,9 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// The frame size every HTTP/2 peer accepts (SETTINGS_MAX_FRAME_SIZE's floor).
 const MAX_FRAME: usize = 16_384;
+/// A header block gathered past this is handed to `h2` as it is, to enforce its own
+/// limits on: endless CONTINUATION frames must not grow memory here.
+const MAX_BLOCK: usize = 256 * 1024;
 
 /// A header block being gathered: its HEADERS frame's flags, stream and priority, the
 /// block fragments so far, and the frames' original bytes.
@@ -114,6 +117,10 @@ impl<S> AuthorityFix<S> {
             (CONTINUATION, Some(b)) if b.stream == stream => {
                 b.fragment.extend_from_slice(payload);
                 b.raw.extend_from_slice(frame);
+                if b.raw.len() > MAX_BLOCK {
+                    self.opaque = true;
+                    return;
+                }
             }
             _ => {
                 // Not ours to judge (h2 rejects a frame that interrupts a block).
@@ -361,6 +368,22 @@ mod tests {
         client.extend([0, 0, 4, 0, 1, 0, 0, 0, 1, 1, 2, 3, 4]); // a DATA frame
         client.extend([0, 0, 9]); // and the start of one cut off by the close
         assert_eq!(through(client.clone()).await, client);
+    }
+
+    #[tokio::test]
+    async fn an_endless_header_block_is_handed_on_rather_than_gathered() {
+        let mut client = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut frames = BytesMut::new();
+        put_frame(&mut frames, HEADERS, 0, 1, &[0x82]);
+        for _ in 0..(MAX_BLOCK / MAX_FRAME + 2) {
+            put_frame(&mut frames, CONTINUATION, 0, 1, &[0x82; MAX_FRAME]);
+        }
+        client.extend_from_slice(&frames);
+        let mut fix = AuthorityFix::new(&client[..]);
+        let mut out = Vec::new();
+        fix.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, client);
+        assert!(fix.block.is_none() && fix.opaque);
     }
 
     #[test]
