@@ -102,24 +102,33 @@ impl Services {
             .filter(|(id, _)| *id != self.inner.member_id)
             .filter_map(|(id, client)| Some((id, client?)))
             .collect();
+        // One connection per reachable peer serves both of its requests.
+        let mut clients = Vec::new();
+        for (member_id, peer) in peers {
+            match maintenance(peer).await {
+                Ok(client) => clients.push((member_id, peer, client)),
+                Err(e) => tracing::debug!(%peer, error = %e, "corruption check skips a peer"),
+            }
+        }
         // The lowest revision every member has applied; a member behind the compaction
         // point cannot be compared at all, and must not stop the rest being compared.
         let compacted = self.inner.status.borrow().compact_revision;
         let mut revision = self.revision();
-        for &(_, peer) in &peers {
-            if let Ok(r) = peer_revision(peer).await
+        for (_, _, client) in &mut clients {
+            if let Ok(r) = peer_revision(client).await
                 && r > compacted
             {
                 revision = revision.min(r);
             }
         }
-        if revision <= 0 || peers.is_empty() {
+        if revision <= 0 || clients.is_empty() {
             return Ok(CheckRound::default());
         }
         let leader = self.own_hash(revision).await?;
         let mut hashes = Vec::new();
-        for &(member_id, peer) in &peers {
-            match peer_hash(peer, revision).await {
+        for (member_id, peer, client) in &mut clients {
+            let (member_id, peer) = (*member_id, *peer);
+            match peer_hash(client, revision).await {
                 // An answer from another member than the one at that address (a stale
                 // address, say) must not count as this member's, nor twice.
                 Ok(h) if h.member_id == member_id => hashes.push(h),
@@ -188,9 +197,9 @@ impl Services {
     }
 }
 
-async fn maintenance(
-    peer: SocketAddr,
-) -> Result<pb::maintenance_client::MaintenanceClient<tonic::transport::Channel>, String> {
+type MaintenanceClient = pb::maintenance_client::MaintenanceClient<tonic::transport::Channel>;
+
+async fn maintenance(peer: SocketAddr) -> Result<MaintenanceClient, String> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{peer}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(PEER_TIMEOUT)
@@ -198,21 +207,19 @@ async fn maintenance(
         .connect()
         .await
         .map_err(|e| e.to_string())?;
-    Ok(pb::maintenance_client::MaintenanceClient::new(channel))
+    Ok(MaintenanceClient::new(channel))
 }
 
-async fn peer_revision(peer: SocketAddr) -> Result<i64, String> {
-    let status = maintenance(peer)
-        .await?
+async fn peer_revision(client: &mut MaintenanceClient) -> Result<i64, String> {
+    let status = client
         .status(pb::StatusRequest {})
         .await
         .map_err(|e| e.message().to_string())?;
     Ok(status.into_inner().header.map_or(0, |h| h.revision))
 }
 
-async fn peer_hash(peer: SocketAddr, revision: i64) -> Result<MemberHash, String> {
-    let r = maintenance(peer)
-        .await?
+async fn peer_hash(client: &mut MaintenanceClient, revision: i64) -> Result<MemberHash, String> {
+    let r = client
         .hash_kv(pb::HashKvRequest { revision })
         .await
         .map_err(|e| e.message().to_string())?
