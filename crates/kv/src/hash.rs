@@ -2,8 +2,13 @@
 //! `std`'s hashers, whose output may change between Rust releases and whose integer
 //! hashing follows the platform's byte order: replicas built differently must agree.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use imbl::OrdMap;
+
+use crate::alarm::AlarmMember;
+use crate::session::Session;
 
 use crate::error::KvError;
 use crate::mvcc::Version;
@@ -126,28 +131,64 @@ pub(crate) fn fold(full: u64) -> u32 {
     (full ^ (full >> 32)) as u32
 }
 
+/// The parts of the replicated state [`hash`] covers, borrowed from a store or from a
+/// snapshot's source (which hashes the same, away from the store).
+pub(crate) struct StateParts<'a, L, A> {
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub clock_ms: u64,
+    pub last_lease_id: i64,
+    pub keys: &'a OrdMap<Bytes, Vec<Version>>,
+    /// (id, ttl, deadline in ms) per lease, in id order.
+    pub leases: L,
+    pub sessions: &'a BTreeMap<u64, Session>,
+    /// Raised alarms, in order.
+    pub alarms: A,
+}
+
 pub(crate) fn hash(store: &KvStore) -> u64 {
+    hash_parts(StateParts {
+        revision: store.mvcc.revision,
+        compact_revision: store.mvcc.compact_revision,
+        clock_ms: store.clock_ms,
+        last_lease_id: store.leases.last_assigned,
+        keys: &store.mvcc.keys,
+        leases: store
+            .leases
+            .by_id
+            .iter()
+            .map(|(&id, l)| (id, l.ttl, l.deadline_ms)),
+        sessions: &store.sessions.by_client,
+        alarms: store.alarms.active.iter().copied(),
+    })
+}
+
+pub(crate) fn hash_parts<L, A>(parts: StateParts<'_, L, A>) -> u64
+where
+    L: ExactSizeIterator<Item = (i64, i64, u64)>,
+    A: ExactSizeIterator<Item = AlarmMember>,
+{
     let mut h = StableHasher(SEED);
-    h.int(store.mvcc.revision);
-    h.int(store.mvcc.compact_revision);
-    h.word(store.clock_ms);
-    h.int(store.leases.last_assigned);
-    h.word(store.mvcc.keys.len() as u64);
-    for (key, versions) in &store.mvcc.keys {
+    h.int(parts.revision);
+    h.int(parts.compact_revision);
+    h.word(parts.clock_ms);
+    h.int(parts.last_lease_id);
+    h.word(parts.keys.len() as u64);
+    for (key, versions) in parts.keys {
         h.bytes(key);
         h.word(versions.len() as u64);
         for v in versions {
             version(&mut h, v);
         }
     }
-    h.word(store.leases.by_id.len() as u64);
-    for (&id, lease) in &store.leases.by_id {
+    h.word(parts.leases.len() as u64);
+    for (id, ttl, deadline_ms) in parts.leases {
         h.int(id);
-        h.int(lease.ttl);
-        h.word(lease.deadline_ms);
+        h.int(ttl);
+        h.word(deadline_ms);
     }
-    h.word(store.sessions.by_client.len() as u64);
-    for (&client, session) in &store.sessions.by_client {
+    h.word(parts.sessions.len() as u64);
+    for (&client, session) in parts.sessions {
         h.word(client);
         h.word(session.seq);
         // Results are small and rare next to the data; their encoding is canonical.
@@ -155,9 +196,9 @@ pub(crate) fn hash(store: &KvStore) -> u64 {
         h.bytes(&result);
     }
     // Only when raised, so stores without alarms hash as they did before alarms existed.
-    if !store.alarms.active.is_empty() {
-        h.word(store.alarms.active.len() as u64);
-        for a in &store.alarms.active {
+    if parts.alarms.len() > 0 {
+        h.word(parts.alarms.len() as u64);
+        for a in parts.alarms {
             h.word(a.member_id);
             h.word(a.alarm as u64);
         }

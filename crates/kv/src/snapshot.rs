@@ -78,6 +78,21 @@ impl SnapshotSource {
         self.revision
     }
 
+    /// [`KvStore::hash32`] of the store this was taken from, computed from the snapshot
+    /// alone (so off the thread that applies writes).
+    pub fn hash32(&self) -> u32 {
+        crate::hash::fold(crate::hash::hash_parts(crate::hash::StateParts {
+            revision: self.revision,
+            compact_revision: self.compact_revision,
+            clock_ms: self.clock_ms,
+            last_lease_id: self.last_lease_id,
+            keys: &self.keys,
+            leases: self.leases.iter().copied(),
+            sessions: &self.sessions,
+            alarms: self.alarms.iter().copied(),
+        }))
+    }
+
     /// The snapshot's bytes: what [`KvStore::restore`] reads.
     pub fn encode(&self) -> Bytes {
         let mut bytes = postcard::to_stdvec(self).expect("snapshots always serialize");

@@ -97,24 +97,38 @@ pub enum History {
 pub type Offloaded = Box<dyn FnOnce() -> Result<Answer, KvError> + Send>;
 
 impl Query {
-    /// For a query that visits the whole store (HashKV hashes every retained version),
-    /// the work to do on a blocking thread instead of the driver, which would otherwise
-    /// stop ordering and applying, and could miss its heartbeats, for as long as it takes.
+    /// For a query that visits the whole store (Hash and HashKV hash every retained
+    /// version), the work to do on a blocking thread instead of the driver, which would
+    /// otherwise stop ordering and applying, and could miss its heartbeats, for as long
+    /// as it takes.
     /// `None`: serve it at once with [`Query::serve`].
     pub fn offload(&self, kv: &KvStore) -> Option<Offloaded> {
-        let Query::HashKv { revision } = *self else {
-            return None;
-        };
-        let history = kv.key_history();
-        Some(Box::new(move || {
-            history.hash_kv(revision).map(|(hash, _)| Answer::HashKv {
-                header: ResponseHeader {
-                    revision: history.revision(),
-                },
-                hash,
-                compact_revision: history.compact_revision(),
-            })
-        }))
+        match *self {
+            Query::HashKv { revision } => {
+                let history = kv.key_history();
+                Some(Box::new(move || {
+                    history.hash_kv(revision).map(|(hash, _)| Answer::HashKv {
+                        header: ResponseHeader {
+                            revision: history.revision(),
+                        },
+                        hash,
+                        compact_revision: history.compact_revision(),
+                    })
+                }))
+            }
+            Query::Hash => {
+                let source = kv.snapshot_source();
+                Some(Box::new(move || {
+                    Ok(Answer::Hash {
+                        header: ResponseHeader {
+                            revision: source.revision(),
+                        },
+                        hash: source.hash32(),
+                    })
+                }))
+            }
+            _ => None,
+        }
     }
 
     /// Serve the query from `kv` as it stands.
@@ -145,13 +159,9 @@ impl Query {
                 key,
                 range_end,
             } => Ok(Answer::History(history(kv, *from, key, range_end))),
-            Query::Hash => Ok(Answer::Hash {
-                header: ResponseHeader {
-                    revision: kv.revision(),
-                },
-                hash: kv.hash32(),
-            }),
-            Query::HashKv { .. } => self.offload(kv).expect("HashKV is offloaded")(),
+            Query::Hash | Query::HashKv { .. } => {
+                self.offload(kv).expect("whole-store hashes are offloaded")()
+            }
             Query::Alarms { alarm } => Ok(Answer::Alarms {
                 header: ResponseHeader {
                     revision: kv.revision(),

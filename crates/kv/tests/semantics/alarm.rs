@@ -153,3 +153,11 @@ fn alarms_survive_a_snapshot_and_count_in_the_replica_hash() {
     assert_eq!(restored.alarms(AlarmType::None), vec![nospace(2)]);
     assert_eq!(restored.hash(), h.kv.hash());
 }
+
+#[test]
+fn a_snapshot_source_hashes_raised_alarms_like_the_store() {
+    let mut h = Harness::new();
+    h.put("a", "1");
+    alarm(&mut h, AlarmAction::Activate, 2, AlarmType::NoSpace);
+    assert_eq!(h.kv.snapshot_source().hash32(), h.kv.hash32());
+}

@@ -136,3 +136,15 @@ fn the_hash_is_stable_across_builds() {
     // Pinned: a change here means replicas of different versions would disagree.
     assert_eq!(KvStore::new().hash(), 0x60b6_bc8b_a26b_bab6);
 }
+
+#[test]
+fn a_snapshot_source_hashes_like_the_store_it_was_taken_from() {
+    let mut h = busy();
+    let source = h.kv.snapshot_source();
+    assert_eq!(source.hash32(), h.kv.hash32());
+    let before = h.kv.hash32();
+    h.put("k1", "later");
+    assert_ne!(h.kv.hash32(), before);
+    // Taken earlier, it still hashes the store as it was then.
+    assert_eq!(source.hash32(), before);
+}

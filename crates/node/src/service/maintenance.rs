@@ -1,6 +1,7 @@
 //! etcd's Maintenance service: Status (what `ekmat status` and `etcdctl endpoint status`
 //! show), Alarm (`alarm.rs`), Defragment, HashKV, Snapshot (`snapshot.rs`) and
-//! MoveLeader. Hash (of the bbolt file) has no counterpart in ekmat.
+//! MoveLeader. Hash answers a hash of the whole replicated state (etcd hashes its bbolt
+//! file, which ekmat does not have).
 
 use ekmat_api::etcdserverpb as pb;
 use tonic::codegen::BoxStream;
@@ -60,7 +61,8 @@ impl pb::maintenance_server::Maintenance for Services {
     /// etcd hashes its whole backend file; ekmat hashes its whole replicated state (data
     /// with history, revisions, leases, the log's clock, client sessions), served from
     /// this member's own applied state. Members agree once they have applied the same
-    /// entries; the values differ from etcd's, which depend on its file layout.
+    /// entries; the values differ from etcd's, which depend on its file layout. Like
+    /// HashKV, it is computed off the driver, from a view of the state taken when asked.
     async fn hash(
         &self,
         _: Request<pb::HashRequest>,
