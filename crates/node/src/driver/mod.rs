@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -39,6 +40,9 @@ pub const TICK: Duration = Duration::from_millis(10);
 pub const CALL_QUEUE: usize = 16 * 1024;
 /// How long this node remembers a request it proposed for another member.
 const ON_BEHALF_TTL: Duration = Duration::from_secs(30);
+/// How long a proposed write whose caller gave up is still counted (and its admission
+/// slot held): it may yet commit, as long as the protocol's queues hold it.
+const ABANDONED_WRITE_TTL: Duration = Duration::from_secs(30);
 /// How often each peer's round-trip time is measured.
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// How often, at most, the leader proposes a tick to expire leases whose deadline its
@@ -58,6 +62,8 @@ pub enum Call {
     Write {
         command: Command,
         reply: oneshot::Sender<Result<Response, CallError>>,
+        /// The write's place under admission control (none for the node's own writes).
+        slot: Option<WriteSlot>,
     },
     /// Read; linearizable reads wait for a read barrier from the protocol.
     Read {
@@ -130,6 +136,24 @@ pub struct NodeStatus {
     pub db_size: u64,
 }
 
+/// A client write's place among those a member holds (admission control), given back
+/// when the driver is done with the write.
+#[derive(Debug)]
+pub struct WriteSlot(Arc<AtomicUsize>);
+
+impl WriteSlot {
+    /// Take a place in `in_flight` (the caller has counted it there).
+    pub fn new(in_flight: Arc<AtomicUsize>) -> WriteSlot {
+        WriteSlot(in_flight)
+    }
+}
+
+impl Drop for WriteSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 type WriteReply = oneshot::Sender<Result<Response, CallError>>;
 type ReadReply = oneshot::Sender<Result<Answer, CallError>>;
 
@@ -138,6 +162,10 @@ struct PendingWrite {
     /// The encoded command, kept so it can be forwarded to the leader.
     command: Bytes,
     forwarded: bool,
+    /// Held until the write is answered or forgotten.
+    _slot: Option<WriteSlot>,
+    /// When its caller was first seen gone (it may still commit).
+    abandoned: Option<Instant>,
 }
 
 /// A leadership transfer or membership change waiting for the protocol's answer.
@@ -349,7 +377,17 @@ impl<P: RuntimeProtocol> Driver<P> {
 
     async fn on_call(&mut self, call: Call) {
         match call {
-            Call::Write { command, reply } => {
+            Call::Write {
+                command,
+                reply,
+                slot,
+            } => {
+                if reply.is_closed() {
+                    // The caller gave up before its turn came: never proposed, so the
+                    // timeout it was told ("may or may not have been applied") holds.
+                    metrics::counter!("ekmat_writes_abandoned_total").increment(1);
+                    return;
+                }
                 metrics::counter!("ekmat_proposals_total").increment(1);
                 let id = self.fresh_id();
                 let envelope = Envelope {
@@ -363,6 +401,8 @@ impl<P: RuntimeProtocol> Driver<P> {
                         reply,
                         command: command.clone(),
                         forwarded: false,
+                        _slot: slot,
+                        abandoned: None,
                     },
                 );
                 let kind = RequestKind::Write(command);
@@ -618,9 +658,14 @@ impl<P: RuntimeProtocol> Driver<P> {
     }
 
     /// Callers that gave up (their request timed out) left their reply channels behind,
-    /// and requests proposed for others that never committed left their origins.
+    /// and requests proposed for others that never committed left their origins. A
+    /// write is kept a while longer: it was proposed and may still commit.
     fn forget_abandoned_calls(&mut self) {
-        self.pending_writes.retain(|_, w| !w.reply.is_closed());
+        let now = Instant::now();
+        self.pending_writes.retain(|_, w| {
+            !w.reply.is_closed()
+                || now.duration_since(*w.abandoned.get_or_insert(now)) < ABANDONED_WRITE_TTL
+        });
         self.pending_reads.retain(|_, r| !r.reply.is_closed());
         self.pending_admin.retain(|_, a| !a.reply.is_closed());
         self.on_behalf

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::config::NodeConfig;
-use crate::driver::{Call, CallError, NodeStatus};
+use crate::driver::{Call, CallError, NodeStatus, WriteSlot};
 use crate::members::MemberRecord;
 use crate::query::{Answer, Query};
 use crate::watch_hub::WatchHub;
@@ -66,15 +66,6 @@ struct Inner {
     /// Writes taken from clients and not answered yet, and the most admitted.
     writes_in_flight: Arc<AtomicUsize>,
     max_pending_writes: usize,
-}
-
-/// A write's place among those in flight, given back when it is answered (or dropped).
-struct WriteSlot(Arc<AtomicUsize>);
-
-impl Drop for WriteSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Services {
@@ -175,14 +166,20 @@ impl Services {
     /// their answers, it is refused at once with etcd's "too many requests" (clients
     /// back off and retry) rather than queued where the driver or the protocol is the
     /// bottleneck: a longer queue only adds latency, and for PBFT, bundles waiting past
-    /// the view timeout change views. A write whose caller gave up (its deadline, or
-    /// the 7 s request timeout) stops counting, though it may still be ordered.
+    /// the view timeout change views. The driver holds the write's slot until the write
+    /// is answered or refused, even if its caller gave up meanwhile (it may still be
+    /// ordered), or, if it never is, for a while after (see `ABANDONED_WRITE_TTL`).
     pub(super) async fn write(
         &self,
         command: ekmat_kv::Command,
     ) -> Result<ekmat_kv::Response, CallError> {
-        let _slot = self.admit_write()?;
-        self.write_internal(command).await
+        let slot = Some(self.admit_write()?);
+        self.call(|reply| Call::Write {
+            command,
+            reply,
+            slot,
+        })
+        .await
     }
 
     /// Order a write the node owes on its own account — a lease renewal, an alarm, the
@@ -192,12 +189,17 @@ impl Services {
         &self,
         command: ekmat_kv::Command,
     ) -> Result<ekmat_kv::Response, CallError> {
-        self.call(|reply| Call::Write { command, reply }).await
+        self.call(|reply| Call::Write {
+            command,
+            reply,
+            slot: None,
+        })
+        .await
     }
 
     fn admit_write(&self) -> Result<WriteSlot, CallError> {
         let in_flight = &self.inner.writes_in_flight;
-        let slot = WriteSlot(in_flight.clone());
+        let slot = WriteSlot::new(in_flight.clone());
         if in_flight.fetch_add(1, Ordering::Relaxed) >= self.inner.max_pending_writes {
             metrics::counter!("ekmat_writes_refused_total").increment(1);
             return Err(CallError::Busy);
