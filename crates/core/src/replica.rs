@@ -207,6 +207,14 @@ pub enum Effect<M, W> {
         index: u64,
         data: Bytes,
     },
+    /// Take a snapshot of the state machine as it stands after applying every entry up
+    /// to `index`, and none after, and hand it back with [`Input::Snapshot`] (perhaps
+    /// much later: encoding takes time). Hosts that hand snapshots over at a cadence of
+    /// their own may ignore it; protocols that need snapshots at points they choose
+    /// (PBFT, whose replicas must snapshot at the same sequence numbers) ask with it.
+    WantSnapshot {
+        index: u64,
+    },
     Reply(Reply),
     Event(Event),
 }

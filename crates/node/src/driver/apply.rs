@@ -31,6 +31,8 @@ pub(super) struct Applying {
 pub(super) enum Backlogged {
     Commit(u64, CommittedEntry),
     Restore(u64, Bytes),
+    /// The protocol asked for a snapshot once the entries before it are applied.
+    Snapshot(u64),
 }
 
 /// Resolves when the heavy entry is applied (never, if none is being applied).
@@ -63,6 +65,16 @@ impl<P: RuntimeProtocol> Driver<P> {
             return;
         }
         self.restore(index, data);
+    }
+
+    /// The protocol wants the state machine as of `index`: taken once every entry
+    /// before the request is applied (at once, unless the store is away).
+    pub(super) fn on_snapshot_wanted(&mut self, index: u64) {
+        if self.store_away() || !self.backlog.is_empty() {
+            self.backlog.push_back(Backlogged::Snapshot(index));
+            return;
+        }
+        self.snapshot_at(index);
     }
 
     fn apply_committed(&mut self, index: u64, entry: CommittedEntry) {
@@ -125,6 +137,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             match self.backlog.pop_front() {
                 Some(Backlogged::Commit(index, entry)) => self.apply_committed(index, entry),
                 Some(Backlogged::Restore(index, data)) => self.restore(index, data),
+                Some(Backlogged::Snapshot(index)) => self.snapshot_at(index),
                 None => break,
             }
         }

@@ -545,6 +545,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             }
             Effect::Commit(c) => self.on_committed(c.index, c.entry),
             Effect::Restore { index, data } => self.on_restore(index, data),
+            Effect::WantSnapshot { index } => self.on_snapshot_wanted(index),
             Effect::Reply(reply) => self.on_reply(reply),
             Effect::Event(e) => {
                 if let Event::BecameLeader { .. } = e {

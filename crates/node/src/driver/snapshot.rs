@@ -30,6 +30,25 @@ impl<P: RuntimeProtocol> Driver<P> {
         self.last_snapshot = applied;
         self.applied_bytes = 0;
         self.snapshot_in_progress = true;
+        self.encode_snapshot(applied);
+    }
+
+    /// The snapshot the protocol asked for at `index`, where the store stands now
+    /// (the protocol's own points, PBFT's: whatever the cadence above is doing).
+    pub(super) fn snapshot_at(&mut self, index: u64) {
+        let applied = self.kv.applied_index();
+        if applied != index {
+            // The entries before the request are applied and none after, so this
+            // cannot happen; if it did, a snapshot at the wrong index would be a lie.
+            tracing::error!(index, applied, "a snapshot was asked for at another index");
+            return;
+        }
+        self.encode_snapshot(applied);
+    }
+
+    /// Take the store's parts now (O(1)) and encode them on a thread of their own; the
+    /// protocol gets the snapshot when it is ready (`on_snapshot_ready`).
+    fn encode_snapshot(&mut self, applied: u64) {
         let started = Instant::now();
         let (source, members) = (self.kv.snapshot_source(), self.members.clone());
         let copied_ms = started.elapsed().as_millis() as u64;

@@ -98,6 +98,8 @@ impl Cluster {
                 Effect::Commit(c) => node.committed.push(c),
                 Effect::Restore { index, data } => node.restored.push((index, data)),
                 Effect::Reply(r) => node.replies.push(r),
+                // Raft takes snapshots at its driver's cadence and never asks for one.
+                Effect::WantSnapshot { .. } => unreachable!("raft asked for a snapshot"),
                 Effect::Event(_) => {}
             }
         }

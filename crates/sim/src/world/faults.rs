@@ -342,6 +342,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
         slot.reads.clear();
         slot.kv = KvStore::new();
         slot.last_snapshot = 0;
+        slot.asked_snapshot = None;
         slot.epoch += 1;
         self.stats.crashes += 1;
         let now = self.now;

@@ -165,6 +165,8 @@ struct Slot<P: SimProtocol> {
     last_sync: Time,
     /// Applied index of this incarnation's last snapshot.
     last_snapshot: u64,
+    /// A snapshot the protocol asked for, taken at its index, to hand over after the step.
+    asked_snapshot: Option<(u64, bytes::Bytes)>,
     /// The node's own clock: its `now` and its timers go by it (it survives crashes).
     clock: Clock,
 }
@@ -230,6 +232,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 reads: Vec::new(),
                 last_sync: Time::ZERO,
                 last_snapshot: 0,
+                asked_snapshot: None,
                 clock: Clock::default(),
             });
         }
@@ -618,14 +621,30 @@ impl<'p, P: SimProtocol> World<'p, P> {
         self.maybe_snapshot(node);
     }
 
-    /// Every `snapshot_every` applied entries, hand the protocol the state machine.
+    /// Every `snapshot_every` applied entries, and whenever the protocol asked for one,
+    /// hand the protocol the state machine.
     fn maybe_snapshot(&mut self, node: NodeId) {
         let every = self.cfg.snapshot_every;
-        let slot = &self.nodes[node.index()];
-        let applied = slot.kv.applied_index();
-        if every == 0 || applied < slot.last_snapshot + every || self.violation.is_some() {
+        if self.violation.is_some() {
             return;
         }
+        let slot = &mut self.nodes[node.index()];
+        let applied = slot.kv.applied_index();
+        let taken = match slot.asked_snapshot.take() {
+            Some(asked) => Some(asked),
+            None if every != 0 && applied >= slot.last_snapshot + every => self.take_snapshot(node),
+            None => None,
+        };
+        if let Some((index, data)) = taken {
+            self.step(node, Input::Snapshot { index, data });
+        }
+    }
+
+    /// The node's state machine as it stands, checked against every other replica's at
+    /// the same index.
+    fn take_snapshot(&mut self, node: NodeId) -> Option<(u64, bytes::Bytes)> {
+        let slot = &self.nodes[node.index()];
+        let applied = slot.kv.applied_index();
         let (data, hash) = (slot.kv.snapshot(), slot.kv.hash());
         if let Some(&other) = self.snapshot_hashes.get(&applied)
             && other != hash
@@ -633,18 +652,13 @@ impl<'p, P: SimProtocol> World<'p, P> {
             let detail = format!(
                 "{node}'s state at index {applied} differs from another replica's at the same index"
             );
-            return self.fail(Violation::new("snapshot-safety", self.now, detail));
+            self.fail(Violation::new("snapshot-safety", self.now, detail));
+            return None;
         }
         self.snapshot_hashes.insert(applied, hash);
         self.nodes[node.index()].last_snapshot = applied;
         self.stats.snapshots_taken += 1;
-        self.step(
-            node,
-            Input::Snapshot {
-                index: applied,
-                data,
-            },
-        );
+        Some((applied, data))
     }
 
     /// Replace a replica's state machine with a snapshot, which must be the state some
@@ -702,6 +716,19 @@ impl<'p, P: SimProtocol> World<'p, P> {
             Effect::Restore { index, data } => {
                 self.fire_armed(node, Target::NextInstall);
                 self.restore(node, index, data);
+            }
+            Effect::WantSnapshot { index } => {
+                // Taken now, exactly at `index` (the commits before it are applied, none
+                // after), and handed over once the step's effects are done.
+                let applied = self.nodes[node.index()].kv.applied_index();
+                if applied != index {
+                    let detail = format!(
+                        "{node} asked for a snapshot at {index} with its state machine at {applied}"
+                    );
+                    return self.fail(Violation::new("snapshot-safety", self.now, detail));
+                }
+                let taken = self.take_snapshot(node);
+                self.nodes[node.index()].asked_snapshot = taken;
             }
             Effect::Reply(reply) => self.on_protocol_reply(node, reply),
             Effect::Event(e) => self.on_event(node, e),
