@@ -23,14 +23,17 @@ pub enum Mutant {
     /// Exclude a replica on this replica's own evidence, at once, instead of ordering the
     /// exclusion through consensus.
     ExcludeOnOwnEvidence,
+    /// Install a snapshot one replica vouches for, instead of waiting for f+1.
+    TrustOneSnapshot,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 4] = [
+    pub const ALL: [Mutant; 5] = [
         Mutant::CommitWithoutPrePrepare,
         Mutant::AcceptUnverifiedNewView,
         Mutant::SkipSignatureVerification,
         Mutant::ExcludeOnOwnEvidence,
+        Mutant::TrustOneSnapshot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Mutant {
             Mutant::AcceptUnverifiedNewView => "accept-unverified-new-view",
             Mutant::SkipSignatureVerification => "skip-signature-verification",
             Mutant::ExcludeOnOwnEvidence => "exclude-on-own-evidence",
+            Mutant::TrustOneSnapshot => "trust-one-snapshot",
         }
     }
 
@@ -59,6 +63,10 @@ pub struct PbftConfig {
     pub quorum: Option<usize>,
     /// A checkpoint every this many sequence numbers (K).
     pub checkpoint_interval: u64,
+    /// A snapshot of the state (see `snapshot.rs`) every this many sequence numbers, a
+    /// multiple of `checkpoint_interval`; the executed batches it covers are dropped.
+    /// 0: never, and the executed log is kept whole.
+    pub snapshot_every: u64,
     /// Sequence numbers in flight between the watermarks: H = h + this (L = 2K).
     pub window: u64,
     /// Batches the primary keeps in flight at once (pipelining).
@@ -83,6 +91,7 @@ impl PbftConfig {
             secret: derive_key(key_seed, id.0),
             quorum: None,
             checkpoint_interval: 16,
+            snapshot_every: 0,
             window: 32,
             max_inflight: 8,
             batch_max: 256,
@@ -125,6 +134,12 @@ impl PbftConfig {
         }
         if self.checkpoint_interval == 0 || self.window < self.checkpoint_interval {
             return Err("the window must hold at least one checkpoint interval".into());
+        }
+        if !self.snapshot_every.is_multiple_of(self.checkpoint_interval) {
+            return Err(format!(
+                "snapshot_every ({}) must be a multiple of the checkpoint interval ({}): replicas snapshot at checkpoints",
+                self.snapshot_every, self.checkpoint_interval
+            ));
         }
         if self.max_inflight == 0 || self.batch_max == 0 || self.bundle_max == 0 {
             return Err("batch, bundle and in-flight bounds must be positive".into());

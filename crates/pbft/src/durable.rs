@@ -5,7 +5,7 @@
 //! PREPARE (or, as primary, before sending the PRE-PREPARE), each prepared certificate
 //! before sending COMMIT, and its stable checkpoints. Executed batches are persisted with
 //! their quorum certificates so a restarted replica rebuilds its state machine and can
-//! serve state transfer.
+//! serve state transfer; a snapshot replaces the batches it covers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use ekmat_core::Durable;
 
 use crate::certificate::QuorumCertificate;
 use crate::message::{Batch, CheckpointProof, Digest, PreparedCert};
+use crate::snapshot::Snapshot;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Write {
@@ -34,6 +35,8 @@ pub enum Write {
         batch: Arc<Batch>,
         qc: QuorumCertificate,
     },
+    /// The replica's state at a snapshot point (taken, or installed from others).
+    Snapshot(Arc<Snapshot>),
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -45,7 +48,9 @@ pub struct PbftStable {
     /// Per sequence number: the prepared certificate of the highest view.
     pub prepared: BTreeMap<u64, PreparedCert>,
     pub checkpoint: CheckpointProof,
+    /// Executed batches after `snapshot`'s point.
     pub executed: BTreeMap<u64, (Arc<Batch>, QuorumCertificate)>,
+    pub snapshot: Option<Arc<Snapshot>>,
 }
 
 impl Durable<Write> for PbftStable {
@@ -77,7 +82,16 @@ impl Durable<Write> for PbftStable {
                 }
             }
             Write::Executed { batch, qc } => {
-                self.executed.insert(qc.seq, (batch.clone(), qc.clone()));
+                if qc.seq > self.snapshot.as_ref().map_or(0, |s| s.seq()) {
+                    self.executed.insert(qc.seq, (batch.clone(), qc.clone()));
+                }
+            }
+            Write::Snapshot(snapshot) => {
+                let seq = snapshot.seq();
+                if self.snapshot.as_ref().is_none_or(|s| s.seq() < seq) {
+                    self.executed.retain(|s, _| *s > seq);
+                    self.snapshot = Some(snapshot.clone());
+                }
             }
         }
     }

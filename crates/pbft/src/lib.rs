@@ -11,6 +11,7 @@
 //! - `checkpoint`: stable checkpoints, garbage collection, watermarks;
 //! - `view_change`: VIEW-CHANGE / NEW-VIEW with proofs every replica checks;
 //! - `state_transfer`: committed batches fetched with their quorum certificates;
+//! - [`snapshot`]: the executed log bounded by snapshots, sent to replicas far behind;
 //! - [`certificate`]: quorum certificates anyone can verify with the public keys;
 //! - [`evidence`]: equivocation turned into self-contained proofs;
 //! - `exclusion`: a convicted replica excluded at one sequence number, through consensus;
@@ -29,6 +30,7 @@ mod exclusion;
 pub mod message;
 mod normal_case;
 mod replica;
+pub mod snapshot;
 mod state_transfer;
 mod view_change;
 

@@ -421,6 +421,8 @@ pub enum Message {
     NewView(Arc<Signed<NewView>>),
     Fetch(Signed<Fetch>),
     Transfer(Arc<Signed<Transfer>>),
+    /// A snapshot, for a replica that asked for batches the sender no longer holds.
+    Snapshot(Arc<crate::snapshot::SnapshotOffer>),
 }
 
 impl Message {
@@ -445,6 +447,7 @@ impl Message {
             Message::NewView(_) => "new-view",
             Message::Fetch(_) => "fetch",
             Message::Transfer(_) => "transfer",
+            Message::Snapshot(_) => "snapshot",
         }
     }
 }

@@ -32,7 +32,7 @@ const SESSION_DEPTH: usize = 8;
 /// which every request counts as executed. A bundle may be ordered twice (a primary
 /// cannot know everything executed elsewhere, and gateways resend), so execution itself
 /// must refuse repeats, for as long as the client could repeat them.
-#[derive(Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Session {
     floor: u64,
     recent: std::collections::BTreeMap<u64, Vec<Digest>>,
@@ -379,6 +379,7 @@ impl Pbft {
         self.executed.insert(seq, (batch, qc));
         self.on_progress();
         self.maybe_checkpoint(seq, out);
+        self.maybe_want_snapshot(seq, out);
         self.try_propose(out);
     }
 

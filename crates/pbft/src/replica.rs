@@ -59,6 +59,7 @@ pub struct PbftStats {
     pub fetched: u64,
     pub batches: u64,
     pub rejected_new_views: u64,
+    pub snapshots_installed: u64,
 }
 
 pub struct Pbft {
@@ -82,7 +83,16 @@ pub struct Pbft {
     pub(crate) last_executed: u64,
     /// Index of the last command delivered to the state machine.
     pub(crate) applied: u64,
+    /// Executed batches after `own_snapshot`'s point (all of them without snapshots).
     pub(crate) executed: BTreeMap<u64, (Arc<Batch>, QuorumCertificate)>,
+    /// The execution state at the snapshot point asked of the host, until it answers.
+    pub(crate) wanted_snapshot: Option<crate::snapshot::ExecState>,
+    /// This replica's latest snapshot, vouched for, as it offers it.
+    pub(crate) own_snapshot: Option<Arc<crate::snapshot::SnapshotOffer>>,
+    /// Snapshots ahead of this replica, the latest per sender (see `snapshot.rs`).
+    pub(crate) offers: BTreeMap<NodeId, Arc<crate::snapshot::SnapshotOffer>>,
+    /// A recovered snapshot the host has yet to restore (the first step hands it over).
+    pub(crate) restore_due: Option<(u64, bytes::Bytes)>,
     /// Verified committed batches not yet executable (a gap before them), and whether
     /// they came from this replica's own disk.
     pub(crate) transfers: BTreeMap<u64, (Arc<Batch>, QuorumCertificate, bool)>,
@@ -139,6 +149,10 @@ impl Pbft {
             last_executed: 0,
             applied: 0,
             executed: BTreeMap::new(),
+            wanted_snapshot: None,
+            own_snapshot: None,
+            offers: BTreeMap::new(),
+            restore_due: None,
             transfers: BTreeMap::new(),
             sessions: BTreeMap::new(),
             accepted: BTreeMap::new(),
@@ -185,8 +199,15 @@ impl Pbft {
             .map(|(s, _)| *s)
             .max()
             .unwrap_or(0);
+        let snapshot_seq = stable.snapshot.as_ref().map_or(0, |s| s.seq());
+        if let Some(snapshot) = stable.snapshot {
+            p.recover_snapshot(snapshot);
+        }
         let last_on_disk = stable.executed.keys().next_back().copied().unwrap_or(0);
-        p.next_seq = last_accepted.max(p.stable.seq).max(last_on_disk);
+        p.next_seq = last_accepted
+            .max(p.stable.seq)
+            .max(last_on_disk)
+            .max(snapshot_seq);
         for (seq, (batch, qc)) in stable.executed {
             p.transfers.insert(seq, (batch, qc, true));
         }
@@ -388,6 +409,7 @@ impl Pbft {
             Message::NewView(nv) => self.on_new_view(nv, out),
             Message::Fetch(f) => self.on_fetch(f, out),
             Message::Transfer(t) => self.on_transfer(t, out),
+            Message::Snapshot(s) => self.on_snapshot_offer(s, out),
         }
     }
 
@@ -434,6 +456,9 @@ impl Replica for Pbft {
     fn step(&mut self, now: Time, input: Input<Message>, out: &mut Fx) {
         debug_assert!(now >= self.now, "time went backwards");
         self.now = now;
+        if let Some((index, data)) = self.restore_due.take() {
+            out.push(ekmat_core::Effect::Restore { index, data });
+        }
         match input {
             Input::Message { from, msg } => self.on_message(from, msg, out),
             Input::Request(r) => self.on_request(r, out),
@@ -441,8 +466,7 @@ impl Replica for Pbft {
             Input::Persisted { seq } => {
                 self.gate.on_persisted(seq, out);
             }
-            // State transfer ships executed batches with their certificates instead.
-            Input::Snapshot { .. } => {}
+            Input::Snapshot { index, data } => self.on_snapshot_taken(index, data, out),
         }
         self.execute_ready(out);
     }

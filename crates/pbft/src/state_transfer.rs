@@ -2,10 +2,9 @@
 //! fetches committed batches from the others. Each comes with its quorum certificate,
 //! so the receiver trusts no single sender: it checks 2f+1 commit signatures and the
 //! batch digest, nothing else. A replica stuck in an older view is sent the NEW-VIEW
-//! that installed the responder's view, which it validates like any other.
-//!
-//! The executed log is kept whole (the state machine lives outside the core, so a
-//! snapshot-based transfer would need the state digest from the driver: not done).
+//! that installed the responder's view, which it validates like any other. A replica
+//! asking for batches the responder dropped behind its snapshot is sent the snapshot
+//! (see `snapshot.rs`), and the batches after it.
 
 use std::sync::Arc;
 
@@ -35,6 +34,9 @@ impl Pbft {
         let view_behind = view > self.view || (view == self.view && !self.normal);
         if seq <= self.last_executed && !view_behind {
             self.behind_since = None;
+            // Caught up by batches: snapshots offered meanwhile are of no more use.
+            let executed = self.last_executed;
+            self.offers.retain(|_, o| o.snapshot.seq() > executed);
             return;
         }
         let since = *self.behind_since.get_or_insert(self.now);
@@ -56,6 +58,9 @@ impl Pbft {
     pub(crate) fn on_fetch(&mut self, f: Signed<Fetch>, out: &mut Fx) {
         if !self.keys.verify(&f) {
             return self.reject_signature(out);
+        }
+        if let Some(offer) = self.offer_for(f.body.from) {
+            out.send(f.signer, Message::Snapshot(offer));
         }
         let entries: Vec<_> = self
             .executed

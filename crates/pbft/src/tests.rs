@@ -37,8 +37,67 @@ fn config(i: u32, n: usize) -> PbftConfig {
     c
 }
 
+/// With a snapshot every 8 sequence numbers (every other checkpoint).
+fn snapshotting(i: u32, n: usize) -> PbftConfig {
+    PbftConfig {
+        snapshot_every: 8,
+        ..config(i, n)
+    }
+}
+
+/// The harness's state machine is the list of commands a replica delivered; this is its
+/// snapshot encoding (index, client, request number, command, each length-prefixed).
+fn encode_state(committed: &[Committed]) -> Bytes {
+    let mut out = Vec::new();
+    for c in committed {
+        let CommittedEntry::Command { id, command } = &c.entry else {
+            panic!("PBFT delivers commands only");
+        };
+        for word in [c.index, id.client, id.seq, command.len() as u64] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        out.extend_from_slice(command);
+    }
+    Bytes::from(out)
+}
+
+fn decode_state(mut bytes: &[u8]) -> Vec<Committed> {
+    let word = |b: &mut &[u8]| {
+        let (w, rest) = b.split_at(8);
+        *b = rest;
+        u64::from_le_bytes(w.try_into().unwrap())
+    };
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (index, client, seq, len) = (
+            word(&mut bytes),
+            word(&mut bytes),
+            word(&mut bytes),
+            word(&mut bytes),
+        );
+        let (command, rest) = bytes.split_at(len as usize);
+        bytes = rest;
+        out.push(Committed {
+            index,
+            entry: CommittedEntry::Command {
+                id: RequestId { client, seq },
+                command: Bytes::copy_from_slice(command),
+            },
+        });
+    }
+    out
+}
+
+fn last_index(committed: &[Committed]) -> u64 {
+    committed.last().map_or(0, |c| c.index)
+}
+
 impl Cluster {
     fn new(n: usize) -> Cluster {
+        Cluster::with(n, config)
+    }
+
+    fn with(n: usize, config: impl Fn(u32, usize) -> PbftConfig) -> Cluster {
         Cluster {
             nodes: (0..n as u32)
                 .map(|i| Some(Pbft::new(config(i, n)).unwrap()))
@@ -61,6 +120,7 @@ impl Cluster {
         node.step(self.now, input, &mut out);
         let me = NodeId(i as u32);
         let mut persisted = None;
+        let mut snapshot = None;
         for e in out.drain() {
             match e {
                 Effect::Send { to, msg } => {
@@ -75,11 +135,26 @@ impl Cluster {
                 Effect::Commit(c) => self.committed[i].push(c),
                 Effect::Event(ev) => self.events.push((me, ev)),
                 Effect::Reply(r) => self.replies[i].push(r),
-                Effect::Restore { .. } => {}
+                Effect::Restore { index, data } => {
+                    let state = decode_state(&data);
+                    assert_eq!(last_index(&state), index, "a snapshot of another index");
+                    assert!(
+                        index >= last_index(&self.committed[i]),
+                        "n{i} would go back"
+                    );
+                    self.committed[i] = state;
+                }
+                Effect::WantSnapshot { index } => {
+                    assert_eq!(last_index(&self.committed[i]), index);
+                    snapshot = Some((index, encode_state(&self.committed[i])));
+                }
             }
         }
         if let Some(seq) = persisted {
             self.input(i, Input::Persisted { seq });
+        }
+        if let Some((index, data)) = snapshot {
+            self.input(i, Input::Snapshot { index, data });
         }
     }
 
@@ -618,4 +693,157 @@ fn a_bundle_signature_covers_every_request() {
         assert!(!ring.verify(&forged), "{:?}", forged.body);
         assert_ne!(bundle_digest(&forged), bundle_digest(&signed));
     }
+}
+
+#[test]
+fn snapshots_bound_the_executed_log_in_memory_and_on_disk() {
+    let mut c = Cluster::with(4, snapshotting);
+    for s in 1..=40 {
+        c.request(0, 1, s);
+        c.advance(20);
+    }
+    assert_eq!(c.committed[0].len(), 40);
+    for i in 0..4 {
+        let node = c.node(i);
+        assert!(
+            node.last_executed() >= 40,
+            "n{i} executed {}",
+            node.last_executed()
+        );
+        assert!(
+            node.executed.len() <= 8,
+            "n{i} holds {} batches",
+            node.executed.len()
+        );
+        let disk = &c.disks[i];
+        let snapshot = disk.snapshot.as_ref().expect("a snapshot on disk");
+        assert!(snapshot.seq() >= 32);
+        assert!(disk.executed.keys().all(|&s| s > snapshot.seq()));
+    }
+    c.assert_agree(&[0, 1, 2, 3]);
+}
+
+#[test]
+fn a_replica_behind_every_held_batch_installs_a_snapshot_f_plus_1_vouch_for() {
+    let mut c = Cluster::with(4, snapshotting);
+    c.cut = Box::new(|_, to, _| to == NodeId(3));
+    for s in 1..=30 {
+        c.request(0, 1, s);
+        c.advance(20);
+    }
+    assert!(c.committed[3].is_empty());
+    assert!(
+        c.node(0).executed(1).is_none(),
+        "batch 1 was dropped behind a snapshot"
+    );
+    c.cut = Box::new(|_, _, _| false);
+    c.request(0, 1, 31);
+    c.advance(2000);
+    assert_eq!(c.node(3).stats().snapshots_installed, 1);
+    assert_eq!(c.committed[3].len(), 31);
+    c.assert_agree(&[0, 1, 2, 3]);
+    // Installed state counts for at-most-once: a request it never executed itself, sent
+    // again, does not execute again.
+    c.request(2, 1, 5);
+    c.advance(200);
+    assert_eq!(c.committed[3].len(), 31);
+    c.assert_agree(&[0, 1, 2, 3]);
+}
+
+#[test]
+fn a_restarted_replica_recovers_from_its_snapshot_and_the_batches_after_it() {
+    let mut c = Cluster::with(4, snapshotting);
+    for s in 1..=20 {
+        c.request(0, 1, s);
+        c.advance(20);
+    }
+    let stable = c.disks[2].clone();
+    assert!(stable.snapshot.is_some() && !stable.executed.is_empty());
+    c.nodes[2] = Some(Pbft::recover(snapshotting(2, 4), stable, c.now).unwrap());
+    c.committed[2].clear();
+    c.request(3, 1, 21);
+    c.advance(200);
+    assert_eq!(c.committed[2].len(), 21);
+    c.assert_agree(&[0, 1, 2, 3]);
+}
+
+/// A snapshot offer for `seq`'s state as `signer` would sign it, with its state machine
+/// replaced by `app`.
+fn forged_offer(real: &crate::snapshot::SnapshotOffer, signer: u32, app: Bytes) -> Message {
+    let snapshot = crate::snapshot::Snapshot {
+        exec: real.snapshot.exec.clone(),
+        app,
+    };
+    let vouch = crate::snapshot::SnapshotVouch {
+        seq: snapshot.seq(),
+        digest: snapshot.digest(),
+    };
+    let key = crate::crypto::derive_key(KEY_SEED, signer);
+    let offer = crate::snapshot::SnapshotOffer {
+        vouch: crate::crypto::sign(&key, NodeId(signer), vouch),
+        snapshot: std::sync::Arc::new(snapshot),
+    };
+    Message::Snapshot(std::sync::Arc::new(offer))
+}
+
+fn one_forged_snapshot_to_a_replica_behind(mutant: crate::Mutant) -> Cluster {
+    let mut c = Cluster::with(4, |i, n| PbftConfig {
+        mutant: if i == 3 { mutant } else { crate::Mutant::None },
+        ..snapshotting(i, n)
+    });
+    c.cut = Box::new(|_, to, _| to == NodeId(3));
+    for s in 1..=20 {
+        c.request(0, 1, s);
+        c.advance(20);
+    }
+    let real = c.node(0).own_snapshot.clone().expect("n0 took a snapshot");
+    // Validly signed by n0, self-consistent, and a lie: one command's bytes changed.
+    let mut state = decode_state(&real.snapshot.app);
+    let Some(Committed {
+        entry: CommittedEntry::Command { command, .. },
+        ..
+    }) = state.first_mut()
+    else {
+        panic!("n0's snapshot holds commands");
+    };
+    *command = Bytes::from_static(b"forged");
+    let msg = forged_offer(&real, 0, encode_state(&state));
+    c.input(
+        3,
+        Input::Message {
+            from: NodeId(0),
+            msg,
+        },
+    );
+    c
+}
+
+#[test]
+fn one_replica_vouching_for_a_snapshot_is_not_enough() {
+    let c = one_forged_snapshot_to_a_replica_behind(crate::Mutant::None);
+    assert_eq!(c.node(3).stats().snapshots_installed, 0);
+    assert_eq!(c.node(3).last_executed(), 0);
+}
+
+#[test]
+fn the_trust_one_snapshot_mutant_installs_a_lie() {
+    let c = one_forged_snapshot_to_a_replica_behind(crate::Mutant::TrustOneSnapshot);
+    assert_eq!(c.node(3).stats().snapshots_installed, 1);
+    assert!(c.node(3).last_executed() >= 16);
+    let forged = &c.committed[3];
+    assert_ne!(
+        forged,
+        &c.committed[0][..forged.len()],
+        "it took the forged state"
+    );
+}
+
+#[test]
+fn a_snapshot_point_that_is_not_a_checkpoint_is_refused() {
+    let cfg = PbftConfig {
+        snapshot_every: 6,
+        ..config(0, 4)
+    };
+    let err = Pbft::new(cfg).expect_err("refused");
+    assert!(err.contains("multiple of the checkpoint interval"), "{err}");
 }

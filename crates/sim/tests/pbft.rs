@@ -131,6 +131,14 @@ fn skipping_signature_verification_is_caught() {
     assert_caught(Mutant::SkipSignatureVerification, Adversary::Forge, 1);
 }
 
+/// A replica that installs a snapshot on one replica's word takes a forger's empty store
+/// for the cluster's state: the restore is checked against the state every replica had
+/// at that index.
+#[test]
+fn trusting_one_snapshot_is_caught() {
+    assert_caught(Mutant::TrustOneSnapshot, Adversary::ForgeSnapshot, 2);
+}
+
 #[test]
 fn excluding_on_own_evidence_is_caught() {
     assert_caught(Mutant::ExcludeOnOwnEvidence, Adversary::Equivocate, 20);

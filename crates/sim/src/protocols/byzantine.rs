@@ -11,6 +11,7 @@ use ekmat_pbft::crypto::sign;
 use ekmat_pbft::message::{
     Batch, Commit, Digest, Encode, Message, NewView, PrePrepare, Prepare, Sig, Signed, sha256,
 };
+use ekmat_pbft::snapshot::{Snapshot, SnapshotOffer, SnapshotVouch};
 use ekmat_pbft::{Pbft, Write, primary_of};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,10 +39,13 @@ pub enum Adversary {
     ForgeNewView,
     /// Two honest copies with one identity, each talking to half the cluster.
     Twins,
+    /// Answer a replica that fell behind with a snapshot of an empty store claiming to
+    /// be the state at the snapshot's index, vouched for with its own valid signature.
+    ForgeSnapshot,
 }
 
 impl Adversary {
-    pub const ALL: [Adversary; 10] = [
+    pub const ALL: [Adversary; 11] = [
         Adversary::Equivocate,
         Adversary::EquivocateBackup,
         Adversary::Silent,
@@ -52,6 +56,7 @@ impl Adversary {
         Adversary::Starve,
         Adversary::ForgeNewView,
         Adversary::Twins,
+        Adversary::ForgeSnapshot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +71,7 @@ impl Adversary {
             Adversary::Starve => "starve",
             Adversary::ForgeNewView => "forge-new-view",
             Adversary::Twins => "twins",
+            Adversary::ForgeSnapshot => "forge-snapshot",
         }
     }
 
@@ -196,7 +202,32 @@ impl Byzantine {
             // The first copy talks to its half only; the twin (twins.rs) to the other.
             Adversary::Twins if super::twins::talks_to_twin(to) => {}
             Adversary::Twins => sends.push((to, msg)),
+            Adversary::ForgeSnapshot => sends.push((to, self.forge_snapshot(msg))),
         }
+    }
+
+    /// A snapshot offer rewritten into a lie: the same execution state and index, an
+    /// empty store, and a vouch for exactly that, signed (validly) by this replica.
+    fn forge_snapshot(&self, msg: Message) -> Message {
+        let Message::Snapshot(offer) = msg else {
+            return msg;
+        };
+        let mut lie = ekmat_kv::KvStore::new();
+        for index in 1..=offer.snapshot.exec.applied {
+            lie.skip(index);
+        }
+        let snapshot = Snapshot {
+            exec: offer.snapshot.exec.clone(),
+            app: lie.snapshot(),
+        };
+        let vouch = SnapshotVouch {
+            seq: snapshot.seq(),
+            digest: snapshot.digest(),
+        };
+        Message::Snapshot(Arc::new(SnapshotOffer {
+            vouch: sign(&self.key, self.id, vouch),
+            snapshot: Arc::new(snapshot),
+        }))
     }
 
     /// Backups of view `view` split in two: every other one (by rank) gets the twin.
@@ -463,5 +494,6 @@ fn corrupt(msg: &mut Message) {
         Message::NewView(v) => flip(Arc::make_mut(v)),
         Message::Fetch(f) => flip(f),
         Message::Transfer(t) => flip(Arc::make_mut(t)),
+        Message::Snapshot(s) => flip(&mut Arc::make_mut(s).vouch),
     }
 }

@@ -38,6 +38,8 @@ pub struct PbftSim {
     pub max_inflight: u64,
     pub batch_max: usize,
     pub view_timeout: Duration,
+    /// A snapshot every this many sequence numbers (0: never; see `ekmat_pbft::snapshot`).
+    pub snapshot_every: u64,
     /// The Byzantine nodes and what each does: drawn per seed by `vary`, unless set.
     pub assigned: Vec<(NodeId, Adversary)>,
 }
@@ -56,6 +58,7 @@ impl Default for PbftSim {
             max_inflight: 8,
             batch_max: 256,
             view_timeout: Duration::from_millis(300),
+            snapshot_every: 0,
             assigned: Vec::new(),
         }
     }
@@ -71,6 +74,7 @@ impl PbftSim {
         cfg.max_inflight = self.max_inflight;
         cfg.batch_max = self.batch_max;
         cfg.view_timeout = self.view_timeout;
+        cfg.snapshot_every = self.snapshot_every;
         cfg
     }
 
@@ -246,14 +250,19 @@ impl SimProtocol for PbftSim {
         if self.assigned.is_empty() {
             v.assigned = self.cast(rng);
         }
+        if self.vary_knobs {
+            // Drawn last, so the draws before it stay what they were for each seed.
+            v.snapshot_every = [0, 2, 4][rng.index(3)] * v.checkpoint_interval;
+        }
         let cast: Vec<String> = v
             .assigned
             .iter()
             .map(|(n, a)| format!("{n} {}", a.name()))
             .collect();
         let knobs = format!(
-            "pbft checkpoint every {}, {} batches in flight, {} requests per batch, view timeout {:?}, byzantine: [{}]",
+            "pbft checkpoint every {}, snapshot every {}, {} batches in flight, {} requests per batch, view timeout {:?}, byzantine: [{}]",
             v.checkpoint_interval,
+            v.snapshot_every,
             v.max_inflight,
             v.batch_max,
             v.view_timeout,

@@ -1,0 +1,231 @@
+//! Snapshots: keeping the executed log bounded (TOCS'02 §4.3, state transfer of §5.3.2
+//! in a simpler form).
+//!
+//! Every `snapshot_every` sequence numbers (a multiple of the checkpoint interval, so
+//! every correct replica snapshots at the same points) a replica asks its host for the
+//! state machine as it stands after that batch ([`Effect::WantSnapshot`]) and keeps it
+//! beside its own execution state: the history digest, the at-most-once records, the
+//! exclusions. With the snapshot in hand, the executed batches at or below its point are
+//! dropped from memory and, once the snapshot is durable, from disk.
+//!
+//! A replica behind the batches the others still hold is sent their snapshots instead.
+//! Nothing in a checkpoint certifies the state itself (a state digest in every
+//! checkpoint would make each one wait for the host to snapshot), so a snapshot is
+//! installed only once f+1 replicas, so at least one correct one, vouch by signature
+//! for the same digest of it. Correct replicas that executed the same batches hold the
+//! same state, byte for byte (the host's encoding is canonical), so they agree on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ekmat_core::{Effect, NodeId};
+use serde::{Deserialize, Serialize};
+
+use crate::durable::Write;
+use crate::message::{Digest, Encode, Signed, put_u64, sha256};
+use crate::normal_case::Session;
+use crate::replica::{Fx, Pbft};
+
+/// What execution depends on besides the state machine, as of `seq`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecState {
+    pub seq: u64,
+    /// The chained digest of every batch executed through `seq` (what checkpoints sign).
+    pub history: Digest,
+    /// The state machine's index after `seq`'s batch.
+    pub applied: u64,
+    pub(crate) sessions: BTreeMap<u64, Session>,
+    pub(crate) executed_bundles: BTreeSet<Digest>,
+    pub excluded: BTreeMap<NodeId, u64>,
+}
+
+/// A replica's whole state at a snapshot point: its own and its state machine's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub exec: ExecState,
+    /// The host's snapshot of the state machine at `exec.applied`.
+    pub app: Bytes,
+}
+
+impl Snapshot {
+    pub fn seq(&self) -> u64 {
+        self.exec.seq
+    }
+
+    /// What replicas vouch for: the execution state's canonical encoding and the state
+    /// machine's bytes, under a tag of their own.
+    pub fn digest(&self) -> Digest {
+        let mut bytes = vec![12];
+        bytes.extend(postcard::to_stdvec(&self.exec).expect("execution state always encodes"));
+        bytes.extend_from_slice(&sha256(&self.app));
+        sha256(&bytes)
+    }
+}
+
+/// "My state after `seq` has digest `digest`", signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SnapshotVouch {
+    pub seq: u64,
+    pub digest: Digest,
+}
+
+impl Encode for SnapshotVouch {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(11);
+        put_u64(out, self.seq);
+        out.extend_from_slice(&self.digest);
+    }
+}
+
+/// A snapshot sent to a replica that asked for batches the sender no longer holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotOffer {
+    pub vouch: Signed<SnapshotVouch>,
+    pub snapshot: Arc<Snapshot>,
+}
+
+impl std::hash::Hash for SnapshotOffer {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.vouch.hash(state);
+    }
+}
+
+impl Pbft {
+    /// After executing `seq`: at a snapshot point, ask the host for the state machine.
+    pub(crate) fn maybe_want_snapshot(&mut self, seq: u64, out: &mut Fx) {
+        let every = self.cfg.snapshot_every;
+        if every == 0 || !seq.is_multiple_of(every) {
+            return;
+        }
+        self.wanted_snapshot = Some(self.exec_state());
+        out.push(Effect::WantSnapshot {
+            index: self.applied,
+        });
+    }
+
+    fn exec_state(&self) -> ExecState {
+        ExecState {
+            seq: self.last_executed,
+            history: self.history,
+            applied: self.applied,
+            sessions: self.sessions.clone(),
+            executed_bundles: self.executed_bundles.clone(),
+            excluded: self.excluded.clone(),
+        }
+    }
+
+    /// The host's snapshot at `index`: if it is the one asked for, keep it, vouch for
+    /// it, persist it, and drop the batches it covers.
+    pub(crate) fn on_snapshot_taken(&mut self, index: u64, data: Bytes, out: &mut Fx) {
+        let Some(exec) = self.wanted_snapshot.take_if(|e| e.applied == index) else {
+            return; // a snapshot of the host's own cadence, or an outdated one
+        };
+        let snapshot = Arc::new(Snapshot { exec, app: data });
+        self.counter("snapshot-taken", out);
+        self.keep_snapshot(snapshot, out);
+    }
+
+    /// Make `snapshot` this replica's: what it offers, what it restarts from.
+    fn keep_snapshot(&mut self, snapshot: Arc<Snapshot>, out: &mut Fx) {
+        let seq = snapshot.seq();
+        if self
+            .own_snapshot
+            .as_ref()
+            .is_some_and(|o| o.snapshot.seq() >= seq)
+        {
+            return;
+        }
+        let vouch = self.keys.sign(SnapshotVouch {
+            seq,
+            digest: snapshot.digest(),
+        });
+        self.persist(Write::Snapshot(snapshot.clone()), out);
+        self.executed.retain(|s, _| *s > seq);
+        self.own_snapshot = Some(Arc::new(SnapshotOffer { vouch, snapshot }));
+    }
+
+    /// The snapshot to send a replica that asked for batches from `from` on, if this
+    /// replica no longer holds them.
+    pub(crate) fn offer_for(&self, from: u64) -> Option<Arc<SnapshotOffer>> {
+        self.own_snapshot
+            .as_ref()
+            .filter(|o| from <= o.snapshot.seq())
+            .cloned()
+    }
+
+    /// A snapshot from another replica: kept (the latest per sender) if it checks out and
+    /// is ahead of this replica; installed once f+1 replicas vouch for the same one.
+    pub(crate) fn on_snapshot_offer(&mut self, offer: Arc<SnapshotOffer>, out: &mut Fx) {
+        let vouch = offer.vouch;
+        if vouch.signer == self.cfg.id || !self.keys.verify(&vouch) {
+            return self.reject_signature(out);
+        }
+        if vouch.body.seq <= self.last_executed {
+            return;
+        }
+        if offer.snapshot.seq() != vouch.body.seq || offer.snapshot.digest() != vouch.body.digest {
+            // Signed by its sender, so the sender lied: nothing to install, and counted.
+            return self.counter("bad-snapshot", out);
+        }
+        self.note_seen(vouch.signer, vouch.body.seq, 0);
+        self.offers.insert(vouch.signer, offer.clone());
+        let vouchers = self
+            .offers
+            .values()
+            .filter(|o| o.vouch.body == vouch.body)
+            .count();
+        if vouchers > self.f() || self.cfg.mutant == crate::Mutant::TrustOneSnapshot {
+            self.install(offer.snapshot.clone(), out);
+        }
+    }
+
+    /// Jump to a vouched-for snapshot ahead of this replica's execution.
+    fn install(&mut self, snapshot: Arc<Snapshot>, out: &mut Fx) {
+        let e = &snapshot.exec;
+        debug_assert!(e.seq > self.last_executed && e.applied >= self.applied);
+        self.history = e.history;
+        self.applied = e.applied;
+        self.sessions = e.sessions.clone();
+        self.executed_bundles = e.executed_bundles.clone();
+        self.excluded = e.excluded.clone();
+        self.last_executed = e.seq;
+        self.next_seq = self.next_seq.max(e.seq);
+        self.wanted_snapshot = None;
+        out.push(Effect::Restore {
+            index: e.applied,
+            data: snapshot.app.clone(),
+        });
+        let executed = &self.executed_bundles;
+        self.pending.retain(|d, _| !executed.contains(d));
+        self.in_flight.retain(|d| !executed.contains(d));
+        self.pending_order.retain(|d| !executed.contains(d));
+        self.transfers.retain(|s, _| *s > e.seq);
+        self.offers.retain(|_, o| o.snapshot.seq() > e.seq);
+        self.behind_since = None;
+        self.stats.snapshots_installed += 1;
+        self.counter("snapshot-installed", out);
+        let seq = e.seq;
+        self.keep_snapshot(snapshot, out);
+        self.maybe_checkpoint(seq, out);
+        self.skip_excluded_primary(out);
+    }
+
+    /// A restarted replica's snapshot from disk: its state, and the state machine's to
+    /// hand the host on the first step.
+    pub(crate) fn recover_snapshot(&mut self, snapshot: Arc<Snapshot>) {
+        let e = &snapshot.exec;
+        self.history = e.history;
+        self.applied = e.applied;
+        self.sessions = e.sessions.clone();
+        self.executed_bundles = e.executed_bundles.clone();
+        self.excluded = e.excluded.clone();
+        self.last_executed = e.seq;
+        self.restore_due = Some((e.applied, snapshot.app.clone()));
+        let vouch = self.keys.sign(SnapshotVouch {
+            seq: e.seq,
+            digest: snapshot.digest(),
+        });
+        self.own_snapshot = Some(Arc::new(SnapshotOffer { vouch, snapshot }));
+    }
+}
