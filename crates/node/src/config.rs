@@ -29,6 +29,12 @@ pub struct NodeConfig {
     /// writing snapshots cause to what the entries themselves cost.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+    /// PBFT: snapshot the state every this many sequence numbers (batches), rounded up
+    /// to a multiple of the checkpoint interval (16), and drop the executed batches it
+    /// covers (0: never, and the executed log grows without bound). Every member must
+    /// use the same value: snapshots are vouched for by members that took the same one.
+    #[serde(default = "default_pbft_snapshot_every")]
+    pub pbft_snapshot_every: u64,
     /// Rewrite the write-ahead log as one checkpoint once it has grown by this many
     /// bytes (and by twice the last checkpoint).
     #[serde(default = "default_checkpoint_bytes")]
@@ -82,6 +88,10 @@ fn default_max_pending_writes() -> usize {
 
 fn default_snapshot_every() -> u64 {
     100_000
+}
+
+fn default_pbft_snapshot_every() -> u64 {
+    1024
 }
 
 /// etcd's default space quota (`DefaultQuotaBytes`).
@@ -181,6 +191,7 @@ impl NodeConfig {
             data_dir,
             members,
             snapshot_every: default_snapshot_every(),
+            pbft_snapshot_every: default_pbft_snapshot_every(),
             checkpoint_bytes: default_checkpoint_bytes(),
             max_pending_writes: default_max_pending_writes(),
             adaptive_timeouts: false,
@@ -427,6 +438,7 @@ mod tests {
             data_dir: "/tmp/x".into(),
             members: (0..3).map(member).collect(),
             snapshot_every: default_snapshot_every(),
+            pbft_snapshot_every: default_pbft_snapshot_every(),
             checkpoint_bytes: default_checkpoint_bytes(),
             max_pending_writes: default_max_pending_writes(),
             adaptive_timeouts: false,

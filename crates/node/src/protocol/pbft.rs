@@ -24,8 +24,13 @@ pub struct Pbft;
 const VIEW_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// The core's knobs for a real cluster.
-fn tune(pc: &mut PbftConfig) {
+fn tune(pc: &mut PbftConfig, cfg: &NodeConfig) {
     pc.checkpoint_interval = 16;
+    // The executed log (memory and disk) stays within this many batches; a snapshot of
+    // the store is encoded that often.
+    pc.snapshot_every = cfg
+        .pbft_snapshot_every
+        .next_multiple_of(pc.checkpoint_interval);
     pc.window = 64;
     pc.max_inflight = 8;
     pc.batch_max = 2048;
@@ -74,7 +79,7 @@ impl RuntimeProtocol for Pbft {
             secret,
             ..PbftConfig::from_seed(NodeId(cfg.id), cfg.members.len(), 0)
         };
-        tune(&mut pc);
+        tune(&mut pc, cfg);
         ekmat_pbft::Pbft::recover(pc, stable, now)
     }
 
