@@ -209,9 +209,9 @@ pub enum Effect<M, W> {
     },
     /// Take a snapshot of the state machine as it stands after applying every entry up
     /// to `index`, and none after, and hand it back with [`Input::Snapshot`] (perhaps
-    /// much later: encoding takes time). Hosts that hand snapshots over at a cadence of
-    /// their own may ignore it; protocols that need snapshots at points they choose
-    /// (PBFT, whose replicas must snapshot at the same sequence numbers) ask with it.
+    /// much later: encoding takes time; a core keeps a few requests outstanding). PBFT's
+    /// replicas must snapshot at the same sequence numbers to vouch for one another's
+    /// snapshots, so they ask with this; a host that ignores it leaves their log to grow.
     WantSnapshot {
         index: u64,
     },

@@ -112,13 +112,34 @@ where
 {
     let body = postcard::to_stdvec(value).map_err(std::io::Error::other)?;
     if body.len() > MAX_FRAME {
-        return Err(std::io::Error::other(format!(
-            "message of {} bytes exceeds the {MAX_FRAME}-byte frame limit",
-            body.len()
-        )));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "message of {} bytes exceeds the {MAX_FRAME}-byte frame limit",
+                body.len()
+            ),
+        ));
     }
     w.write_all(&(body.len() as u32).to_be_bytes()).await?;
     w.write_all(&body).await
+}
+
+/// Write one queued message; one too large for a frame is dropped, loudly, and the
+/// connection (with the messages buffered before it) is kept: the peer could never
+/// receive it, and tearing the connection down for it would lose the others too.
+async fn write_queued<W, T>(w: &mut W, value: &T, peer: SocketAddr) -> std::io::Result<()>
+where
+    W: AsyncWriteExt + Unpin,
+    T: Serialize,
+{
+    match write_frame(w, value).await {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            tracing::error!(%peer, error = %e, "message dropped");
+            metrics::counter!("ekmat_messages_oversize_total").increment(1);
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 async fn read_frame<T: DeserializeOwned>(
@@ -155,7 +176,7 @@ async fn send_loop<M: Serialize + Sync>(addr: SocketAddr, hello: Hello, mut rx: 
             continue;
         }
         backoff = BACKOFF_MIN;
-        match pump(&mut w, &mut rx).await {
+        match pump(&mut w, &mut rx, addr).await {
             Ok(()) => return, // the node is shutting down
             Err(e) => {
                 tracing::debug!(peer = %addr, error = %e, "peer connection lost; reconnecting");
@@ -169,11 +190,12 @@ async fn send_loop<M: Serialize + Sync>(addr: SocketAddr, hello: Hello, mut rx: 
 async fn pump<M: Serialize + Sync>(
     w: &mut BufWriter<TcpStream>,
     rx: &mut mpsc::Receiver<M>,
+    peer: SocketAddr,
 ) -> std::io::Result<()> {
     while let Some(first) = rx.recv().await {
-        write_frame(w, &first).await?;
+        write_queued(w, &first, peer).await?;
         while let Ok(more) = rx.try_recv() {
-            write_frame(w, &more).await?;
+            write_queued(w, &more, peer).await?;
         }
         w.flush().await?;
     }
@@ -276,6 +298,26 @@ mod tests {
         assert_eq!(rx_b.recv().await.unwrap(), (NodeId(0), "welcome".into()));
         ta.remove_peer(NodeId(5));
         assert!(!ta.send(NodeId(5), "gone".into()));
+    }
+
+    #[tokio::test]
+    async fn a_message_too_large_to_send_is_dropped_and_the_rest_still_arrive() {
+        let (a, b) = (free_addr().await, free_addr().await);
+        let (tx_a, _rx_a) = mpsc::channel::<(NodeId, String)>(16);
+        let (tx_b, mut rx_b) = mpsc::channel::<(NodeId, String)>(16);
+        let ta = Transport::start(NodeId(0), 7, a, &[(NodeId(1), b)], tx_a)
+            .await
+            .unwrap();
+        let _tb = Transport::start(NodeId(1), 7, b, &[(NodeId(0), a)], tx_b)
+            .await
+            .unwrap();
+        assert!(ta.send(NodeId(1), "before".into()));
+        assert!(ta.send(NodeId(1), "x".repeat(MAX_FRAME + 1)));
+        assert!(ta.send(NodeId(1), "after".into()));
+        for want in ["before", "after"] {
+            let got = tokio::time::timeout(Duration::from_secs(5), rx_b.recv()).await;
+            assert_eq!(got.unwrap().unwrap(), (NodeId(0), want.to_string()));
+        }
     }
 
     #[tokio::test]

@@ -84,6 +84,7 @@ impl Pbft {
         self.persist(Write::Checkpoint(proof.clone()), out);
         self.stable = proof;
         self.log.retain(|s, _| *s > seq);
+        self.prune_executed();
         self.checkpoint_votes.retain(|s, _| *s > seq);
         self.own_checkpoints.retain(|s, _| *s > seq);
         self.accepted.retain(|s, _| *s > seq);

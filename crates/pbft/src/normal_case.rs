@@ -453,7 +453,7 @@ impl Pbft {
     /// doubling across views that fail it: see `arm_timer`). Batches
     /// executed while changing views (fetched, or an exclusion that started the change)
     /// say nothing of the view being changed to, so its timer stands too.
-    fn on_progress(&mut self) {
+    pub(crate) fn on_progress(&mut self) {
         self.behind_since = None;
         if !self.normal {
             return;

@@ -85,12 +85,18 @@ pub struct Pbft {
     pub(crate) applied: u64,
     /// Executed batches after `own_snapshot`'s point (all of them without snapshots).
     pub(crate) executed: BTreeMap<u64, (Arc<Batch>, QuorumCertificate)>,
-    /// The execution state at the snapshot point asked of the host, until it answers.
-    pub(crate) wanted_snapshot: Option<crate::snapshot::ExecState>,
-    /// This replica's latest snapshot, vouched for, as it offers it.
-    pub(crate) own_snapshot: Option<Arc<crate::snapshot::SnapshotOffer>>,
+    /// Per state-machine index: the execution state at a snapshot point asked of the
+    /// host, until it answers (a few at most).
+    pub(crate) wanted_snapshots: BTreeMap<u64, crate::snapshot::ExecState>,
+    /// This replica's latest snapshot, with its vouch for it.
+    pub(crate) own_snapshot: Option<(
+        Signed<crate::snapshot::SnapshotVouch>,
+        Arc<crate::snapshot::Snapshot>,
+    )>,
     /// Snapshots ahead of this replica, the latest per sender (see `snapshot.rs`).
     pub(crate) offers: BTreeMap<NodeId, Arc<crate::snapshot::SnapshotOffer>>,
+    /// When each replica was last sent this replica's snapshot.
+    pub(crate) offered: BTreeMap<NodeId, Time>,
     /// A recovered snapshot the host has yet to restore (the first step hands it over).
     pub(crate) restore_due: Option<(u64, bytes::Bytes)>,
     /// Verified committed batches not yet executable (a gap before them), and whether
@@ -149,9 +155,10 @@ impl Pbft {
             last_executed: 0,
             applied: 0,
             executed: BTreeMap::new(),
-            wanted_snapshot: None,
+            wanted_snapshots: BTreeMap::new(),
             own_snapshot: None,
             offers: BTreeMap::new(),
+            offered: BTreeMap::new(),
             restore_due: None,
             transfers: BTreeMap::new(),
             sessions: BTreeMap::new(),

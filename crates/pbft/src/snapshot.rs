@@ -13,7 +13,13 @@
 //! checkpoint would make each one wait for the host to snapshot), so a snapshot is
 //! installed only once f+1 replicas, so at least one correct one, vouch by signature
 //! for the same digest of it. Correct replicas that executed the same batches hold the
-//! same state, byte for byte (the host's encoding is canonical), so they agree on it.
+//! same state, byte for byte, provided the host's encoding is canonical and made of
+//! replicated state only (the node leaves its configuration's member table out).
+//!
+//! Executed batches are dropped only through the lower of the own snapshot and the
+//! stable checkpoint: below a stable checkpoint 2f+1 replicas executed every batch, so
+//! f+1 correct ones hold either the batch or a snapshot at the same point. Each replica
+//! sends its snapshot to a given replica at most once per four of its fetches.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -22,8 +28,9 @@ use bytes::Bytes;
 use ekmat_core::{Effect, NodeId};
 use serde::{Deserialize, Serialize};
 
+use crate::certificate::checkpoint_proof_valid;
 use crate::durable::Write;
-use crate::message::{Digest, Encode, Signed, put_u64, sha256};
+use crate::message::{CheckpointProof, Digest, Encode, Signed, put_u64, sha256};
 use crate::normal_case::Session;
 use crate::replica::{Fx, Pbft};
 
@@ -78,11 +85,13 @@ impl Encode for SnapshotVouch {
     }
 }
 
-/// A snapshot sent to a replica that asked for batches the sender no longer holds.
+/// A snapshot sent to a replica that asked for batches the sender no longer holds, with
+/// the sender's stable checkpoint (so the receiver's watermarks can move with it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotOffer {
     pub vouch: Signed<SnapshotVouch>,
     pub snapshot: Arc<Snapshot>,
+    pub stable: CheckpointProof,
 }
 
 impl std::hash::Hash for SnapshotOffer {
@@ -91,6 +100,10 @@ impl std::hash::Hash for SnapshotOffer {
     }
 }
 
+/// Snapshot requests a host may have outstanding at once; older ones are forgotten (a
+/// host that slow answers the newer ones).
+const MAX_WANTED: usize = 4;
+
 impl Pbft {
     /// After executing `seq`: at a snapshot point, ask the host for the state machine.
     pub(crate) fn maybe_want_snapshot(&mut self, seq: u64, out: &mut Fx) {
@@ -98,7 +111,13 @@ impl Pbft {
         if every == 0 || !seq.is_multiple_of(every) {
             return;
         }
-        self.wanted_snapshot = Some(self.exec_state());
+        // Two points with no command between share an index (and a state machine):
+        // the later execution state is the one to keep.
+        self.wanted_snapshots
+            .insert(self.applied, self.exec_state());
+        while self.wanted_snapshots.len() > MAX_WANTED {
+            self.wanted_snapshots.pop_first();
+        }
         out.push(Effect::WantSnapshot {
             index: self.applied,
         });
@@ -115,12 +134,13 @@ impl Pbft {
         }
     }
 
-    /// The host's snapshot at `index`: if it is the one asked for, keep it, vouch for
-    /// it, persist it, and drop the batches it covers.
+    /// The host's snapshot at `index`: if it is one asked for, keep it, vouch for it,
+    /// persist it, and drop the batches it covers.
     pub(crate) fn on_snapshot_taken(&mut self, index: u64, data: Bytes, out: &mut Fx) {
-        let Some(exec) = self.wanted_snapshot.take_if(|e| e.applied == index) else {
-            return; // a snapshot of the host's own cadence, or an outdated one
+        let Some(exec) = self.wanted_snapshots.remove(&index) else {
+            return; // a snapshot of the host's own cadence, or a forgotten request
         };
+        self.wanted_snapshots.retain(|applied, _| *applied > index);
         let snapshot = Arc::new(Snapshot { exec, app: data });
         self.counter("snapshot-taken", out);
         self.keep_snapshot(snapshot, out);
@@ -132,7 +152,7 @@ impl Pbft {
         if self
             .own_snapshot
             .as_ref()
-            .is_some_and(|o| o.snapshot.seq() >= seq)
+            .is_some_and(|(v, _)| v.body.seq >= seq)
         {
             return;
         }
@@ -141,28 +161,60 @@ impl Pbft {
             digest: snapshot.digest(),
         });
         self.persist(Write::Snapshot(snapshot.clone()), out);
-        self.executed.retain(|s, _| *s > seq);
-        self.own_snapshot = Some(Arc::new(SnapshotOffer { vouch, snapshot }));
+        self.own_snapshot = Some((vouch, snapshot));
+        self.prune_executed();
     }
 
-    /// The snapshot to send a replica that asked for batches from `from` on, if this
-    /// replica no longer holds them.
-    pub(crate) fn offer_for(&self, from: u64) -> Option<Arc<SnapshotOffer>> {
-        self.own_snapshot
-            .as_ref()
-            .filter(|o| from <= o.snapshot.seq())
-            .cloned()
+    /// Drop the executed batches both the own snapshot and the stable checkpoint cover.
+    /// Not past the stable checkpoint: below it, 2f+1 replicas executed every batch, so
+    /// f+1 correct ones hold either the batch or a snapshot at the same point, which is
+    /// what a replica behind needs (a batch from one, or a snapshot from f+1).
+    pub(crate) fn prune_executed(&mut self) {
+        let snapshot = self.own_snapshot.as_ref().map_or(0, |(v, _)| v.body.seq);
+        let through = snapshot.min(self.stable.seq);
+        self.executed.retain(|s, _| *s > through);
+    }
+
+    /// The snapshot to send `to`, which asked for batches from `from` on, if this replica
+    /// dropped them, and did not send it one lately (a snapshot is the whole store).
+    pub(crate) fn offer_for(&mut self, to: NodeId, from: u64) -> Option<Arc<SnapshotOffer>> {
+        let (vouch, snapshot) = self.own_snapshot.as_ref()?;
+        let held_from = self.executed.keys().next().copied().unwrap_or(u64::MAX);
+        if from >= held_from || from > vouch.body.seq {
+            return None;
+        }
+        let every = self.cfg.fetch_timeout * OFFER_EVERY_FETCHES;
+        if self
+            .offered
+            .get(&to)
+            .is_some_and(|t| self.now.since(*t) < every)
+        {
+            return None;
+        }
+        self.offered.insert(to, self.now);
+        Some(Arc::new(SnapshotOffer {
+            vouch: *vouch,
+            snapshot: snapshot.clone(),
+            stable: self.stable.clone(),
+        }))
     }
 
     /// A snapshot from another replica: kept (the latest per sender) if it checks out and
     /// is ahead of this replica; installed once f+1 replicas vouch for the same one.
     pub(crate) fn on_snapshot_offer(&mut self, offer: Arc<SnapshotOffer>, out: &mut Fx) {
         let vouch = offer.vouch;
-        if vouch.signer == self.cfg.id || !self.keys.verify(&vouch) {
+        if vouch.signer == self.cfg.id {
+            return; // its own, replayed
+        }
+        if !self.keys.verify(&vouch) {
             return self.reject_signature(out);
         }
-        if vouch.body.seq <= self.last_executed {
-            return;
+        let newer = self
+            .offers
+            .get(&vouch.signer)
+            .is_none_or(|o| o.vouch.body.seq < vouch.body.seq);
+        if vouch.body.seq <= self.last_executed || !newer {
+            return; // behind this replica, or not newer than what this sender offered
         }
         if offer.snapshot.seq() != vouch.body.seq || offer.snapshot.digest() != vouch.body.digest {
             // Signed by its sender, so the sender lied: nothing to install, and counted.
@@ -170,62 +222,92 @@ impl Pbft {
         }
         self.note_seen(vouch.signer, vouch.body.seq, 0);
         self.offers.insert(vouch.signer, offer.clone());
-        let vouchers = self
+        let vouchers: Vec<Arc<SnapshotOffer>> = self
             .offers
             .values()
             .filter(|o| o.vouch.body == vouch.body)
-            .count();
-        if vouchers > self.f() || self.cfg.mutant == crate::Mutant::TrustOneSnapshot {
-            self.install(offer.snapshot.clone(), out);
+            .cloned()
+            .collect();
+        if vouchers.len() > self.f() || self.cfg.mutant == crate::Mutant::TrustOneSnapshot {
+            self.install(offer.snapshot.clone(), &vouchers, out);
         }
     }
 
-    /// Jump to a vouched-for snapshot ahead of this replica's execution.
-    fn install(&mut self, snapshot: Arc<Snapshot>, out: &mut Fx) {
+    /// Jump to a vouched-for snapshot ahead of this replica's execution, and to the
+    /// highest valid stable checkpoint its vouchers sent.
+    fn install(&mut self, snapshot: Arc<Snapshot>, vouchers: &[Arc<SnapshotOffer>], out: &mut Fx) {
         let e = &snapshot.exec;
         debug_assert!(e.seq > self.last_executed && e.applied >= self.applied);
-        self.history = e.history;
-        self.applied = e.applied;
-        self.sessions = e.sessions.clone();
-        self.executed_bundles = e.executed_bundles.clone();
-        self.excluded = e.excluded.clone();
-        self.last_executed = e.seq;
+        self.adopt_exec_state(e);
         self.next_seq = self.next_seq.max(e.seq);
-        self.wanted_snapshot = None;
+        self.wanted_snapshots.clear();
         out.push(Effect::Restore {
             index: e.applied,
             data: snapshot.app.clone(),
         });
         let executed = &self.executed_bundles;
         self.pending.retain(|d, _| !executed.contains(d));
+        // Replicas the snapshot excluded: nobody orders their bundles any more.
+        let excluded = &self.excluded;
+        self.pending
+            .retain(|_, p| !excluded.contains_key(&p.bundle.body.gateway));
+        let pending = &self.pending;
+        self.pending_order.retain(|d| pending.contains_key(d));
         self.in_flight.retain(|d| !executed.contains(d));
-        self.pending_order.retain(|d| !executed.contains(d));
         self.transfers.retain(|s, _| *s > e.seq);
         self.offers.retain(|_, o| o.snapshot.seq() > e.seq);
-        self.behind_since = None;
         self.stats.snapshots_installed += 1;
         self.counter("snapshot-installed", out);
         let seq = e.seq;
         self.keep_snapshot(snapshot, out);
         self.maybe_checkpoint(seq, out);
+        if let Some(proof) = self.best_stable_proof(vouchers) {
+            self.make_stable(proof, out);
+        }
+        // The bundle the view timer ran for may be executed or excluded now.
+        self.on_progress();
         self.skip_excluded_primary(out);
     }
 
-    /// A restarted replica's snapshot from disk: its state, and the state machine's to
-    /// hand the host on the first step.
-    pub(crate) fn recover_snapshot(&mut self, snapshot: Arc<Snapshot>) {
-        let e = &snapshot.exec;
+    /// The highest stable checkpoint among the vouchers' that holds, if it is ahead of
+    /// this replica's.
+    fn best_stable_proof(&mut self, vouchers: &[Arc<SnapshotOffer>]) -> Option<CheckpointProof> {
+        let mut proofs: Vec<&CheckpointProof> = vouchers
+            .iter()
+            .map(|o| &o.stable)
+            .filter(|p| p.seq > self.stable.seq)
+            .collect();
+        proofs.sort_by_key(|p| std::cmp::Reverse(p.seq));
+        let quorum = self.quorum();
+        proofs
+            .into_iter()
+            .find(|p| checkpoint_proof_valid(p, &mut self.keys, quorum))
+            .cloned()
+    }
+
+    fn adopt_exec_state(&mut self, e: &ExecState) {
         self.history = e.history;
         self.applied = e.applied;
         self.sessions = e.sessions.clone();
         self.executed_bundles = e.executed_bundles.clone();
         self.excluded = e.excluded.clone();
         self.last_executed = e.seq;
-        self.restore_due = Some((e.applied, snapshot.app.clone()));
+        self.behind_since = None;
+    }
+
+    /// A restarted replica's snapshot from disk: its state, and the state machine's to
+    /// hand the host on the first step.
+    pub(crate) fn recover_snapshot(&mut self, snapshot: Arc<Snapshot>) {
+        self.adopt_exec_state(&snapshot.exec);
+        self.restore_due = Some((snapshot.exec.applied, snapshot.app.clone()));
         let vouch = self.keys.sign(SnapshotVouch {
-            seq: e.seq,
+            seq: snapshot.seq(),
             digest: snapshot.digest(),
         });
-        self.own_snapshot = Some(Arc::new(SnapshotOffer { vouch, snapshot }));
+        self.own_snapshot = Some((vouch, snapshot));
     }
 }
+
+/// A replica asking again and again (every fetch timeout) gets the snapshot at most
+/// once per this many of its fetches from each replica.
+const OFFER_EVERY_FETCHES: u32 = 4;

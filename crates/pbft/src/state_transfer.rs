@@ -59,7 +59,7 @@ impl Pbft {
         if !self.keys.verify(&f) {
             return self.reject_signature(out);
         }
-        if let Some(offer) = self.offer_for(f.body.from) {
+        if let Some(offer) = self.offer_for(f.signer, f.body.from) {
             out.send(f.signer, Message::Snapshot(offer));
         }
         let entries: Vec<_> = self

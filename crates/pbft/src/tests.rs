@@ -27,6 +27,11 @@ struct Cluster {
     events: Vec<(NodeId, Event)>,
     /// Drop messages this returns true for.
     cut: Cut,
+    /// Answer snapshot requests this many ticks late (0: at once).
+    snapshot_delay: u64,
+    /// Requested snapshots not handed over yet: (due tick, node, index, data).
+    asked: VecDeque<(u64, usize, u64, Bytes)>,
+    ticks: u64,
 }
 
 fn config(i: u32, n: usize) -> PbftConfig {
@@ -109,6 +114,9 @@ impl Cluster {
             replies: vec![Vec::new(); n],
             events: Vec::new(),
             cut: Box::new(|_, _, _| false),
+            snapshot_delay: 0,
+            asked: VecDeque::new(),
+            ticks: 0,
         }
     }
 
@@ -154,7 +162,12 @@ impl Cluster {
             self.input(i, Input::Persisted { seq });
         }
         if let Some((index, data)) = snapshot {
-            self.input(i, Input::Snapshot { index, data });
+            if self.snapshot_delay == 0 {
+                self.input(i, Input::Snapshot { index, data });
+            } else {
+                let due = self.ticks + self.snapshot_delay;
+                self.asked.push_back((due, i, index, data));
+            }
         }
     }
 
@@ -176,6 +189,11 @@ impl Cluster {
     fn advance(&mut self, ms: u64) {
         for _ in 0..ms / 10 {
             self.now = self.now + Duration::from_millis(10);
+            self.ticks += 1;
+            while self.asked.front().is_some_and(|a| a.0 <= self.ticks) {
+                let (_, i, index, data) = self.asked.pop_front().expect("checked");
+                self.input(i, Input::Snapshot { index, data });
+            }
             for i in 0..self.nodes.len() {
                 self.input(i, Input::Tick);
             }
@@ -769,9 +787,9 @@ fn a_restarted_replica_recovers_from_its_snapshot_and_the_batches_after_it() {
 
 /// A snapshot offer for `seq`'s state as `signer` would sign it, with its state machine
 /// replaced by `app`.
-fn forged_offer(real: &crate::snapshot::SnapshotOffer, signer: u32, app: Bytes) -> Message {
+fn forged_offer(real: &crate::snapshot::Snapshot, signer: u32, app: Bytes) -> Message {
     let snapshot = crate::snapshot::Snapshot {
-        exec: real.snapshot.exec.clone(),
+        exec: real.exec.clone(),
         app,
     };
     let vouch = crate::snapshot::SnapshotVouch {
@@ -782,6 +800,7 @@ fn forged_offer(real: &crate::snapshot::SnapshotOffer, signer: u32, app: Bytes) 
     let offer = crate::snapshot::SnapshotOffer {
         vouch: crate::crypto::sign(&key, NodeId(signer), vouch),
         snapshot: std::sync::Arc::new(snapshot),
+        stable: Default::default(),
     };
     Message::Snapshot(std::sync::Arc::new(offer))
 }
@@ -796,9 +815,9 @@ fn one_forged_snapshot_to_a_replica_behind(mutant: crate::Mutant) -> Cluster {
         c.request(0, 1, s);
         c.advance(20);
     }
-    let real = c.node(0).own_snapshot.clone().expect("n0 took a snapshot");
+    let (_, real) = c.node(0).own_snapshot.clone().expect("n0 took a snapshot");
     // Validly signed by n0, self-consistent, and a lie: one command's bytes changed.
-    let mut state = decode_state(&real.snapshot.app);
+    let mut state = decode_state(&real.app);
     let Some(Committed {
         entry: CommittedEntry::Command { command, .. },
         ..
@@ -846,4 +865,74 @@ fn a_snapshot_point_that_is_not_a_checkpoint_is_refused() {
     };
     let err = Pbft::new(cfg).expect_err("refused");
     assert!(err.contains("multiple of the checkpoint interval"), "{err}");
+}
+
+#[test]
+fn snapshots_answered_later_than_the_next_point_still_bound_the_log() {
+    let mut c = Cluster::with(4, snapshotting);
+    // Points come every 8 batches, 16 ticks apart; each answer takes 24 ticks, so the
+    // next request is always out before the last answer is in.
+    c.snapshot_delay = 24;
+    for s in 1..=60 {
+        c.request(0, 1, s);
+        c.advance(20);
+    }
+    // Checked while requests are still coming, not once they stop and the last
+    // answer is the newest request.
+    for i in 0..4 {
+        let node = c.node(i);
+        let (vouch, _) = node.own_snapshot.as_ref().expect("a snapshot kept");
+        assert!(vouch.body.seq >= 40, "n{i} kept one at {}", vouch.body.seq);
+        assert!(
+            node.executed.len() <= 24,
+            "n{i} holds {}",
+            node.executed.len()
+        );
+    }
+    c.advance(500);
+    c.assert_agree(&[0, 1, 2, 3]);
+}
+
+#[test]
+fn a_real_vouch_on_a_forged_body_is_refused_and_counted() {
+    let mut c = Cluster::with(4, snapshotting);
+    c.cut = Box::new(|_, to, _| to == NodeId(3));
+    for s in 1..=20 {
+        c.request(0, 1, s);
+        c.advance(20);
+    }
+    let (vouch, real) = c.node(0).own_snapshot.clone().expect("n0 took a snapshot");
+    let forged = crate::snapshot::Snapshot {
+        exec: real.exec.clone(),
+        app: encode_state(&[]),
+    };
+    let offer = crate::snapshot::SnapshotOffer {
+        vouch,
+        snapshot: std::sync::Arc::new(forged),
+        stable: Default::default(),
+    };
+    let msg = Message::Snapshot(std::sync::Arc::new(offer));
+    c.input(
+        3,
+        Input::Message {
+            from: NodeId(0),
+            msg,
+        },
+    );
+    assert_eq!(c.node(3).last_executed(), 0);
+    let bad = c
+        .events
+        .iter()
+        .filter(|(n, e)| {
+            *n == NodeId(3)
+                && matches!(
+                    e,
+                    Event::Counter {
+                        name: "bad-snapshot",
+                        ..
+                    }
+                )
+        })
+        .count();
+    assert_eq!(bad, 1);
 }

@@ -123,7 +123,7 @@ fn committing_without_the_pre_prepare_is_caught() {
 
 #[test]
 fn accepting_an_unverified_new_view_is_caught() {
-    assert_caught(Mutant::AcceptUnverifiedNewView, Adversary::ForgeNewView, 15);
+    assert_caught(Mutant::AcceptUnverifiedNewView, Adversary::ForgeNewView, 40);
 }
 
 #[test]

@@ -179,8 +179,10 @@ impl<P: RuntimeProtocol> Driver<P> {
                 return;
             }
         };
-        self.members = members;
-        self.sync_peers();
+        if P::RECONFIGURES {
+            self.members = members;
+            self.sync_peers();
+        }
         tracing::info!(
             index,
             bytes = data.len(),

@@ -220,6 +220,8 @@ pub struct Driver<P: RuntimeProtocol> {
     me: MemberRecord,
     /// A snapshot is being serialized; it arrives on `snapshots_rx`.
     snapshot_in_progress: bool,
+    /// A snapshot the protocol asked for while another was being serialized.
+    queued_snapshot: Option<(u64, ekmat_kv::SnapshotSource)>,
     snapshots_tx: mpsc::Sender<(u64, Bytes)>,
     snapshots_rx: mpsc::Receiver<(u64, Bytes)>,
     /// This node's record, proposed to the cluster and not yet answered.
@@ -292,6 +294,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             me: parts.me,
             publishing: None,
             snapshot_in_progress: false,
+            queued_snapshot: None,
             snapshots_tx,
             snapshots_rx,
             last_ping: parts.started,

@@ -29,12 +29,14 @@ impl<P: RuntimeProtocol> Driver<P> {
         }
         self.last_snapshot = applied;
         self.applied_bytes = 0;
-        self.snapshot_in_progress = true;
-        self.encode_snapshot(applied);
+        let source = self.kv.snapshot_source();
+        self.encode_snapshot(applied, source);
     }
 
-    /// The snapshot the protocol asked for at `index`, where the store stands now
-    /// (the protocol's own points, PBFT's: whatever the cadence above is doing).
+    /// The snapshot the protocol asked for at `index` (PBFT's points), where the store
+    /// stands now. Its parts are taken at once; encodings run one at a time, and of
+    /// those asked for while one runs only the latest waits (the protocol takes any it
+    /// asked for, and the latest covers the most).
     pub(super) fn snapshot_at(&mut self, index: u64) {
         let applied = self.kv.applied_index();
         if applied != index {
@@ -43,15 +45,27 @@ impl<P: RuntimeProtocol> Driver<P> {
             tracing::error!(index, applied, "a snapshot was asked for at another index");
             return;
         }
-        self.encode_snapshot(applied);
+        let source = self.kv.snapshot_source();
+        if self.snapshot_in_progress {
+            self.queued_snapshot = Some((applied, source));
+        } else {
+            self.encode_snapshot(applied, source);
+        }
     }
 
-    /// Take the store's parts now (O(1)) and encode them on a thread of their own; the
-    /// protocol gets the snapshot when it is ready (`on_snapshot_ready`).
-    fn encode_snapshot(&mut self, applied: u64) {
+    /// Encode `source` (taken at `applied`) on a thread of its own; the protocol gets
+    /// the snapshot when it is ready (`on_snapshot_ready`).
+    fn encode_snapshot(&mut self, applied: u64, source: ekmat_kv::SnapshotSource) {
+        self.snapshot_in_progress = true;
         let started = Instant::now();
-        let (source, members) = (self.kv.snapshot_source(), self.members.clone());
-        let copied_ms = started.elapsed().as_millis() as u64;
+        // A protocol with a fixed membership keeps its member table out of snapshots:
+        // replicas vouch for each other's snapshots byte for byte, and the table comes
+        // from each member's own configuration file.
+        let members = if P::RECONFIGURES {
+            self.members.clone()
+        } else {
+            crate::members::Members::default()
+        };
         let done = self.snapshots_tx.clone();
         let spawned = std::thread::Builder::new()
             .name("ekmat-snapshot".into())
@@ -61,7 +75,6 @@ impl<P: RuntimeProtocol> Driver<P> {
                 tracing::info!(
                     index = applied,
                     bytes = data.len(),
-                    copied_ms,
                     took_ms = started.elapsed().as_millis() as u64,
                     "snapshot"
                 );
@@ -76,6 +89,9 @@ impl<P: RuntimeProtocol> Driver<P> {
 
     pub(super) async fn on_snapshot_ready(&mut self, index: u64, data: Bytes) {
         self.snapshot_in_progress = false;
+        if let Some((applied, source)) = self.queued_snapshot.take() {
+            self.encode_snapshot(applied, source);
+        }
         self.last_snapshot_bytes = data.len() as u64;
         metrics::counter!("ekmat_snapshots_total").increment(1);
         self.step(Input::Snapshot { index, data }).await;

@@ -227,6 +227,7 @@ impl Byzantine {
         Message::Snapshot(Arc::new(SnapshotOffer {
             vouch: sign(&self.key, self.id, vouch),
             snapshot: Arc::new(snapshot),
+            stable: offer.stable.clone(),
         }))
     }
 
