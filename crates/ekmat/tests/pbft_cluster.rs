@@ -202,13 +202,13 @@ async fn pbft_cluster_survives_a_backup_and_a_primary_crash_and_catches_up() {
     }
 }
 
-/// The executed log is cut behind snapshots (every 16 batches here), so a backup that
-/// missed more than that cannot be sent the batches: it installs a snapshot that f+1
-/// members vouch for, then the batches after it. A member restarted later recovers
-/// from its own snapshot on disk.
+/// The executed log is cut behind snapshots (every 256 bytes of puts here, about ten
+/// puts), so a backup that missed more than that cannot be sent the batches: it
+/// installs a snapshot that f+1 members vouch for, then the batches after it. A member
+/// restarted later recovers from its own snapshot on disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_behind_every_held_batch_catches_up_from_a_snapshot() {
-    let mut c = start_with(|cfg| cfg.pbft_snapshot_every = 16);
+    let mut c = start_with(|cfg| cfg.pbft_snapshot_bytes = 256);
     c.leader(Duration::from_secs(20)).await;
     c.kill9(3);
     for k in 0..80 {

@@ -29,12 +29,12 @@ pub struct NodeConfig {
     /// writing snapshots cause to what the entries themselves cost.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
-    /// PBFT: snapshot the state every this many sequence numbers (batches), rounded up
-    /// to a multiple of the checkpoint interval (16), and drop the executed batches it
-    /// covers (0: never, and the executed log grows without bound). Every member must
-    /// use the same value: snapshots are vouched for by members that took the same one.
-    #[serde(default = "default_pbft_snapshot_every")]
-    pub pbft_snapshot_every: u64,
+    /// PBFT: snapshot the state at the first checkpoint after every this many bytes of
+    /// executed requests, and drop the executed batches it covers (0: never, and the
+    /// executed log grows without bound). Every member must use the same value:
+    /// snapshots are vouched for by members that took the same one.
+    #[serde(default = "default_pbft_snapshot_bytes")]
+    pub pbft_snapshot_bytes: u64,
     /// Rewrite the write-ahead log as one checkpoint once it has grown by this many
     /// bytes (and by twice the last checkpoint).
     #[serde(default = "default_checkpoint_bytes")]
@@ -90,8 +90,12 @@ fn default_snapshot_every() -> u64 {
     100_000
 }
 
-fn default_pbft_snapshot_every() -> u64 {
-    1024
+/// Each snapshot is a whole store written through the write-ahead log, which holds up
+/// the messages behind it (measured: p99 of 1.7 s in a 40 s run at 5,000 puts/s with a
+/// 60 MB store and 64 MiB here): rare enough at 256 MiB that the log stays bounded
+/// without a stall every few seconds.
+fn default_pbft_snapshot_bytes() -> u64 {
+    256 << 20
 }
 
 /// etcd's default space quota (`DefaultQuotaBytes`).
@@ -191,7 +195,7 @@ impl NodeConfig {
             data_dir,
             members,
             snapshot_every: default_snapshot_every(),
-            pbft_snapshot_every: default_pbft_snapshot_every(),
+            pbft_snapshot_bytes: default_pbft_snapshot_bytes(),
             checkpoint_bytes: default_checkpoint_bytes(),
             max_pending_writes: default_max_pending_writes(),
             adaptive_timeouts: false,
@@ -438,7 +442,7 @@ mod tests {
             data_dir: "/tmp/x".into(),
             members: (0..3).map(member).collect(),
             snapshot_every: default_snapshot_every(),
-            pbft_snapshot_every: default_pbft_snapshot_every(),
+            pbft_snapshot_bytes: default_pbft_snapshot_bytes(),
             checkpoint_bytes: default_checkpoint_bytes(),
             max_pending_writes: default_max_pending_writes(),
             adaptive_timeouts: false,

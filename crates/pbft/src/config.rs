@@ -63,10 +63,10 @@ pub struct PbftConfig {
     pub quorum: Option<usize>,
     /// A checkpoint every this many sequence numbers (K).
     pub checkpoint_interval: u64,
-    /// A snapshot of the state (see `snapshot.rs`) every this many sequence numbers, a
-    /// multiple of `checkpoint_interval`; the executed batches it covers are dropped.
+    /// A snapshot of the state (see `snapshot.rs`) at the first checkpoint after every
+    /// this many bytes of executed requests; the executed batches it covers are dropped.
     /// 0: never, and the executed log is kept whole.
-    pub snapshot_every: u64,
+    pub snapshot_bytes: u64,
     /// Sequence numbers in flight between the watermarks: H = h + this (L = 2K).
     pub window: u64,
     /// Batches the primary keeps in flight at once (pipelining).
@@ -91,7 +91,7 @@ impl PbftConfig {
             secret: derive_key(key_seed, id.0),
             quorum: None,
             checkpoint_interval: 16,
-            snapshot_every: 0,
+            snapshot_bytes: 0,
             window: 32,
             max_inflight: 8,
             batch_max: 256,
@@ -134,12 +134,6 @@ impl PbftConfig {
         }
         if self.checkpoint_interval == 0 || self.window < self.checkpoint_interval {
             return Err("the window must hold at least one checkpoint interval".into());
-        }
-        if !self.snapshot_every.is_multiple_of(self.checkpoint_interval) {
-            return Err(format!(
-                "snapshot_every ({}) must be a multiple of the checkpoint interval ({}): replicas snapshot at checkpoints",
-                self.snapshot_every, self.checkpoint_interval
-            ));
         }
         if self.max_inflight == 0 || self.batch_max == 0 || self.bundle_max == 0 {
             return Err("batch, bundle and in-flight bounds must be positive".into());

@@ -380,6 +380,7 @@ impl Pbft {
         self.on_progress();
         self.maybe_checkpoint(seq, out);
         self.maybe_want_snapshot(seq, out);
+        self.maybe_write_snapshot(out);
         self.try_propose(out);
     }
 
@@ -441,6 +442,7 @@ impl Pbft {
             return;
         }
         self.applied += 1;
+        self.executed_bytes += op.len() as u64;
         let entry = CommittedEntry::Command {
             id: r.id,
             command: op.clone(),

@@ -88,11 +88,12 @@ pub struct Pbft {
     /// Per state-machine index: the execution state at a snapshot point asked of the
     /// host, until it answers (a few at most).
     pub(crate) wanted_snapshots: BTreeMap<u64, crate::snapshot::ExecState>,
-    /// This replica's latest snapshot, with its vouch for it.
-    pub(crate) own_snapshot: Option<(
-        Signed<crate::snapshot::SnapshotVouch>,
-        Arc<crate::snapshot::Snapshot>,
-    )>,
+    /// This replica's latest snapshot.
+    pub(crate) own_snapshot: Option<crate::snapshot::OwnSnapshot>,
+    /// Bytes of requests executed since the start, and as of the last checkpoint
+    /// executed (snapshot points follow them).
+    pub(crate) executed_bytes: u64,
+    pub(crate) bytes_at_checkpoint: u64,
     /// Snapshots ahead of this replica, the latest per sender (see `snapshot.rs`).
     pub(crate) offers: BTreeMap<NodeId, Arc<crate::snapshot::SnapshotOffer>>,
     /// When each replica was last sent this replica's snapshot.
@@ -157,6 +158,8 @@ impl Pbft {
             executed: BTreeMap::new(),
             wanted_snapshots: BTreeMap::new(),
             own_snapshot: None,
+            executed_bytes: 0,
+            bytes_at_checkpoint: 0,
             offers: BTreeMap::new(),
             offered: BTreeMap::new(),
             restore_due: None,

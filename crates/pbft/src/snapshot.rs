@@ -1,12 +1,15 @@
 //! Snapshots: keeping the executed log bounded (TOCS'02 §4.3, state transfer of §5.3.2
 //! in a simpler form).
 //!
-//! Every `snapshot_every` sequence numbers (a multiple of the checkpoint interval, so
-//! every correct replica snapshots at the same points) a replica asks its host for the
-//! state machine as it stands after that batch ([`Effect::WantSnapshot`]) and keeps it
-//! beside its own execution state: the history digest, the at-most-once records, the
-//! exclusions. With the snapshot in hand, the executed batches at or below its point are
-//! dropped from memory and, once the snapshot is durable, from disk.
+//! At the first checkpoint after every `snapshot_bytes` bytes of executed requests (a
+//! count that is part of the execution state, so every correct replica snapshots at the
+//! same points, and that keeps the log's size, not its length in batches, bounded) a
+//! replica asks its host for the state machine as it stands after that batch
+//! ([`Effect::WantSnapshot`]) and keeps it beside its own execution state: the history
+//! digest, the at-most-once records, the exclusions. With the snapshot in hand, the
+//! executed batches at or below its point are dropped from memory and, once the
+//! snapshot is durable, from disk. Its digest is computed, and vouched for, only when
+//! a replica behind asks: hashing a large store costs the driver's thread real time.
 //!
 //! A replica behind the batches the others still hold is sent their snapshots instead.
 //! Nothing in a checkpoint certifies the state itself (a state digest in every
@@ -42,6 +45,8 @@ pub struct ExecState {
     pub history: Digest,
     /// The state machine's index after `seq`'s batch.
     pub applied: u64,
+    /// Bytes of requests executed through `seq` (what snapshot points follow).
+    pub executed_bytes: u64,
     pub(crate) sessions: BTreeMap<u64, Session>,
     pub(crate) executed_bundles: BTreeSet<Digest>,
     pub excluded: BTreeMap<NodeId, u64>,
@@ -100,15 +105,36 @@ impl std::hash::Hash for SnapshotOffer {
     }
 }
 
+/// A replica's own latest snapshot, and its vouch for it once one was needed.
+#[derive(Clone, Debug)]
+pub struct OwnSnapshot {
+    pub snapshot: Arc<Snapshot>,
+    pub vouch: Option<Signed<SnapshotVouch>>,
+    /// Once execution reaches this sequence number, the snapshot is written (`None`:
+    /// written already). Replicas take snapshots at the same points, and writing a
+    /// whole store holds up every message sent behind it until it is on disk: each
+    /// waits its own turn (by id), so a quorum is never writing at once.
+    pub write_at: Option<u64>,
+}
+
+/// Sequence numbers, in checkpoint intervals, between one replica's snapshot write and
+/// the next one's.
+const WRITE_STAGGER_CHECKPOINTS: u64 = 4;
+
 /// Snapshot requests a host may have outstanding at once; older ones are forgotten (a
 /// host that slow answers the newer ones).
 const MAX_WANTED: usize = 4;
 
 impl Pbft {
-    /// After executing `seq`: at a snapshot point, ask the host for the state machine.
+    /// After executing `seq`: at a snapshot point (a checkpoint after the executed
+    /// bytes crossed a multiple of `snapshot_bytes`), ask the host for the state machine.
     pub(crate) fn maybe_want_snapshot(&mut self, seq: u64, out: &mut Fx) {
-        let every = self.cfg.snapshot_every;
-        if every == 0 || !seq.is_multiple_of(every) {
+        let every = self.cfg.snapshot_bytes;
+        if !seq.is_multiple_of(self.cfg.checkpoint_interval) {
+            return;
+        }
+        let before = std::mem::replace(&mut self.bytes_at_checkpoint, self.executed_bytes);
+        if every == 0 || self.executed_bytes / every == before / every {
             return;
         }
         // Two points with no command between share an index (and a state machine):
@@ -128,6 +154,7 @@ impl Pbft {
             seq: self.last_executed,
             history: self.history,
             applied: self.applied,
+            executed_bytes: self.executed_bytes,
             sessions: self.sessions.clone(),
             executed_bundles: self.executed_bundles.clone(),
             excluded: self.excluded.clone(),
@@ -143,26 +170,51 @@ impl Pbft {
         self.wanted_snapshots.retain(|applied, _| *applied > index);
         let snapshot = Arc::new(Snapshot { exec, app: data });
         self.counter("snapshot-taken", out);
-        self.keep_snapshot(snapshot, out);
+        let stagger = u64::from(self.cfg.id.0) * WRITE_STAGGER_CHECKPOINTS;
+        let write_at = snapshot.seq() + stagger * self.cfg.checkpoint_interval;
+        self.keep_snapshot(snapshot, Some(write_at), out);
     }
 
-    /// Make `snapshot` this replica's: what it offers, what it restarts from.
-    fn keep_snapshot(&mut self, snapshot: Arc<Snapshot>, out: &mut Fx) {
+    /// Make `snapshot` this replica's: what it offers and, once written (at once, or
+    /// when execution reaches `write_at`), what it restarts from. Until then the disk
+    /// keeps the batches it covers.
+    fn keep_snapshot(&mut self, snapshot: Arc<Snapshot>, write_at: Option<u64>, out: &mut Fx) {
         let seq = snapshot.seq();
         if self
             .own_snapshot
             .as_ref()
-            .is_some_and(|(v, _)| v.body.seq >= seq)
+            .is_some_and(|o| o.snapshot.seq() >= seq)
         {
             return;
         }
-        let vouch = self.keys.sign(SnapshotVouch {
-            seq,
-            digest: snapshot.digest(),
+        // One not written yet keeps its turn for the newer one: snapshots coming faster
+        // than the turns must not put the write off for ever.
+        let pending = self.own_snapshot.as_ref().and_then(|o| o.write_at);
+        let write_at = match (write_at, pending) {
+            (Some(at), Some(earlier)) => at.min(earlier),
+            (Some(at), None) => at,
+            (None, _) => 0,
+        };
+        self.own_snapshot = Some(OwnSnapshot {
+            snapshot,
+            vouch: None,
+            write_at: Some(write_at),
         });
-        self.persist(Write::Snapshot(snapshot.clone()), out);
-        self.own_snapshot = Some((vouch, snapshot));
+        self.maybe_write_snapshot(out);
         self.prune_executed();
+    }
+
+    /// Write the own snapshot once its turn has come.
+    pub(crate) fn maybe_write_snapshot(&mut self, out: &mut Fx) {
+        let executed = self.last_executed;
+        let Some(own) = self.own_snapshot.as_mut() else {
+            return;
+        };
+        if own.write_at.is_some_and(|at| executed >= at) {
+            own.write_at = None;
+            let snapshot = own.snapshot.clone();
+            self.persist(Write::Snapshot(snapshot), out);
+        }
     }
 
     /// Drop the executed batches both the own snapshot and the stable checkpoint cover.
@@ -170,7 +222,7 @@ impl Pbft {
     /// f+1 correct ones hold either the batch or a snapshot at the same point, which is
     /// what a replica behind needs (a batch from one, or a snapshot from f+1).
     pub(crate) fn prune_executed(&mut self) {
-        let snapshot = self.own_snapshot.as_ref().map_or(0, |(v, _)| v.body.seq);
+        let snapshot = self.own_snapshot.as_ref().map_or(0, |o| o.snapshot.seq());
         let through = snapshot.min(self.stable.seq);
         self.executed.retain(|s, _| *s > through);
     }
@@ -178,9 +230,9 @@ impl Pbft {
     /// The snapshot to send `to`, which asked for batches from `from` on, if this replica
     /// dropped them, and did not send it one lately (a snapshot is the whole store).
     pub(crate) fn offer_for(&mut self, to: NodeId, from: u64) -> Option<Arc<SnapshotOffer>> {
-        let (vouch, snapshot) = self.own_snapshot.as_ref()?;
+        let seq = self.own_snapshot.as_ref()?.snapshot.seq();
         let held_from = self.executed.keys().next().copied().unwrap_or(u64::MAX);
-        if from >= held_from || from > vouch.body.seq {
+        if from >= held_from || from > seq {
             return None;
         }
         let every = self.cfg.fetch_timeout * OFFER_EVERY_FETCHES;
@@ -192,11 +244,26 @@ impl Pbft {
             return None;
         }
         self.offered.insert(to, self.now);
+        let vouch = self.own_vouch()?;
+        let own = self.own_snapshot.as_ref()?;
         Some(Arc::new(SnapshotOffer {
-            vouch: *vouch,
-            snapshot: snapshot.clone(),
+            vouch,
+            snapshot: own.snapshot.clone(),
             stable: self.stable.clone(),
         }))
+    }
+
+    /// The vouch for the own snapshot, signed the first time it is needed.
+    pub fn own_vouch(&mut self) -> Option<Signed<SnapshotVouch>> {
+        let own = self.own_snapshot.as_mut()?;
+        if own.vouch.is_none() {
+            let body = SnapshotVouch {
+                seq: own.snapshot.seq(),
+                digest: own.snapshot.digest(),
+            };
+            own.vouch = Some(self.keys.sign(body));
+        }
+        own.vouch
     }
 
     /// A snapshot from another replica: kept (the latest per sender) if it checks out and
@@ -259,7 +326,8 @@ impl Pbft {
         self.stats.snapshots_installed += 1;
         self.counter("snapshot-installed", out);
         let seq = e.seq;
-        self.keep_snapshot(snapshot, out);
+        // Written at once: this replica holds no batches below it.
+        self.keep_snapshot(snapshot, None, out);
         self.maybe_checkpoint(seq, out);
         if let Some(proof) = self.best_stable_proof(vouchers) {
             self.make_stable(proof, out);
@@ -288,6 +356,8 @@ impl Pbft {
     fn adopt_exec_state(&mut self, e: &ExecState) {
         self.history = e.history;
         self.applied = e.applied;
+        self.executed_bytes = e.executed_bytes;
+        self.bytes_at_checkpoint = e.executed_bytes;
         self.sessions = e.sessions.clone();
         self.executed_bundles = e.executed_bundles.clone();
         self.excluded = e.excluded.clone();
@@ -300,11 +370,11 @@ impl Pbft {
     pub(crate) fn recover_snapshot(&mut self, snapshot: Arc<Snapshot>) {
         self.adopt_exec_state(&snapshot.exec);
         self.restore_due = Some((snapshot.exec.applied, snapshot.app.clone()));
-        let vouch = self.keys.sign(SnapshotVouch {
-            seq: snapshot.seq(),
-            digest: snapshot.digest(),
+        self.own_snapshot = Some(OwnSnapshot {
+            snapshot,
+            vouch: None,
+            write_at: None,
         });
-        self.own_snapshot = Some((vouch, snapshot));
     }
 }
 

@@ -136,7 +136,7 @@ fn skipping_signature_verification_is_caught() {
 /// at that index.
 #[test]
 fn trusting_one_snapshot_is_caught() {
-    assert_caught(Mutant::TrustOneSnapshot, Adversary::ForgeSnapshot, 2);
+    assert_caught(Mutant::TrustOneSnapshot, Adversary::ForgeSnapshot, 20);
 }
 
 #[test]

@@ -26,11 +26,9 @@ const VIEW_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The core's knobs for a real cluster.
 fn tune(pc: &mut PbftConfig, cfg: &NodeConfig) {
     pc.checkpoint_interval = 16;
-    // The executed log (memory and disk) stays within this many batches; a snapshot of
-    // the store is encoded that often.
-    pc.snapshot_every = cfg
-        .pbft_snapshot_every
-        .next_multiple_of(pc.checkpoint_interval);
+    // The executed log (memory and disk) stays within about this many bytes of
+    // requests; a snapshot of the store is encoded that often.
+    pc.snapshot_bytes = cfg.pbft_snapshot_bytes;
     pc.window = 64;
     pc.max_inflight = 8;
     pc.batch_max = 2048;

@@ -38,8 +38,9 @@ pub struct PbftSim {
     pub max_inflight: u64,
     pub batch_max: usize,
     pub view_timeout: Duration,
-    /// A snapshot every this many sequence numbers (0: never; see `ekmat_pbft::snapshot`).
-    pub snapshot_every: u64,
+    /// A snapshot after every this many bytes of requests (0: never; see
+    /// `ekmat_pbft::snapshot`).
+    pub snapshot_bytes: u64,
     /// The Byzantine nodes and what each does: drawn per seed by `vary`, unless set.
     pub assigned: Vec<(NodeId, Adversary)>,
 }
@@ -58,7 +59,7 @@ impl Default for PbftSim {
             max_inflight: 8,
             batch_max: 256,
             view_timeout: Duration::from_millis(300),
-            snapshot_every: 0,
+            snapshot_bytes: 0,
             assigned: Vec::new(),
         }
     }
@@ -74,7 +75,7 @@ impl PbftSim {
         cfg.max_inflight = self.max_inflight;
         cfg.batch_max = self.batch_max;
         cfg.view_timeout = self.view_timeout;
-        cfg.snapshot_every = self.snapshot_every;
+        cfg.snapshot_bytes = self.snapshot_bytes;
         cfg
     }
 
@@ -252,7 +253,8 @@ impl SimProtocol for PbftSim {
         }
         if self.vary_knobs {
             // Drawn last, so the draws before it stay what they were for each seed.
-            v.snapshot_every = [0, 2, 4][rng.index(3)] * v.checkpoint_interval;
+            // A seed's requests add up to tens of kilobytes: tens of snapshots, or a few.
+            v.snapshot_bytes = [0, 1024, 4096][rng.index(3)];
         }
         let cast: Vec<String> = v
             .assigned
@@ -260,9 +262,9 @@ impl SimProtocol for PbftSim {
             .map(|(n, a)| format!("{n} {}", a.name()))
             .collect();
         let knobs = format!(
-            "pbft checkpoint every {}, snapshot every {}, {} batches in flight, {} requests per batch, view timeout {:?}, byzantine: [{}]",
+            "pbft checkpoint every {}, snapshot every {} bytes, {} batches in flight, {} requests per batch, view timeout {:?}, byzantine: [{}]",
             v.checkpoint_interval,
-            v.snapshot_every,
+            v.snapshot_bytes,
             v.max_inflight,
             v.batch_max,
             v.view_timeout,
