@@ -950,3 +950,44 @@ fn a_real_vouch_on_a_forged_body_is_refused_and_counted() {
         .count();
     assert_eq!(bad, 1);
 }
+
+#[test]
+fn a_durable_state_written_before_snapshots_existed_still_reads() {
+    /// `PbftStable` as it was before snapshots: the same fields, without the last.
+    #[derive(serde::Serialize)]
+    struct Before<'a> {
+        view: u64,
+        normal: bool,
+        accepted: &'a std::collections::BTreeMap<u64, (u64, crate::message::Digest)>,
+        prepared: &'a std::collections::BTreeMap<u64, crate::message::PreparedCert>,
+        checkpoint: &'a crate::message::CheckpointProof,
+        executed: &'a std::collections::BTreeMap<
+            u64,
+            (std::sync::Arc<Batch>, crate::certificate::QuorumCertificate),
+        >,
+    }
+    let mut c = Cluster::with(4, snapshotting);
+    for s in 1..=20 {
+        c.request(0, 1, s);
+        c.advance(20);
+    }
+    let now = &c.disks[0];
+    assert!(now.snapshot.is_some());
+    let old = postcard::to_stdvec(&Before {
+        view: now.view,
+        normal: now.normal,
+        accepted: &now.accepted,
+        prepared: &now.prepared,
+        checkpoint: &now.checkpoint,
+        executed: &now.executed,
+    })
+    .unwrap();
+    let read: PbftStable = postcard::from_bytes(&old).unwrap();
+    assert!(read.snapshot.is_none());
+    assert_eq!(read.executed.len(), now.executed.len());
+    assert_eq!(read.checkpoint, now.checkpoint);
+    // And today's, with its snapshot, round-trips.
+    let back: PbftStable = postcard::from_bytes(&postcard::to_stdvec(now).unwrap()).unwrap();
+    assert_eq!(back.snapshot, now.snapshot);
+    assert_eq!(back.executed.len(), now.executed.len());
+}
