@@ -240,6 +240,12 @@ impl Pbft {
         self.last_executed
     }
 
+    /// The chained digest of every batch executed through `last_executed` (what its
+    /// checkpoints sign), however it got there: executing, or installing a snapshot.
+    pub fn history(&self) -> Digest {
+        self.history
+    }
+
     /// Index of the last command delivered to the state machine.
     pub fn applied(&self) -> u64 {
         self.applied

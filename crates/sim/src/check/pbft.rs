@@ -2,7 +2,8 @@
 //! execute anything; what matters is that it cannot make honest ones disagree):
 //!
 //! - **agreement**: no two honest replicas execute different batches at one sequence
-//!   number;
+//!   number, nor reach different histories (the chained batch digests) there, however
+//!   they got there (a replica that installed a snapshot executed no batch below it);
 //! - **state machine safety**: every honest replica delivers the same command at each
 //!   index of the state machine;
 //! - **validity**: only commands some client submitted are executed;
@@ -24,6 +25,8 @@ pub struct PbftChecker {
     honest: Vec<bool>,
     /// The batch digest executed at each sequence number, and by whom first.
     batches: BTreeMap<u64, (Digest, NodeId)>,
+    /// The history digest replicas had through each sequence number, and who first.
+    histories: BTreeMap<u64, (Digest, NodeId)>,
     /// The command delivered at each state-machine index, and by whom first.
     commands: BTreeMap<u64, ((RequestId, Digest), NodeId)>,
     /// Highest sequence number checked per node (this incarnation).
@@ -42,6 +45,7 @@ impl PbftChecker {
         PbftChecker {
             honest,
             batches: BTreeMap::new(),
+            histories: BTreeMap::new(),
             commands: BTreeMap::new(),
             checked_seq: vec![0; n],
             submitted: BTreeSet::new(),
@@ -80,6 +84,15 @@ impl PbftChecker {
             }
         }
         self.checked_seq[node.index()] = r.last_executed();
+        let (seq, history) = (r.last_executed(), r.history());
+        if let Some((other, first)) = first_other(&mut self.histories, seq, history, node) {
+            let detail = format!(
+                "{node} reached history {} through sequence {seq}, {first} history {}",
+                hex(&history),
+                hex(&other)
+            );
+            return Err(Violation::new("agreement", now, detail));
+        }
         Ok(())
     }
 
