@@ -172,13 +172,13 @@ impl Pbft {
         self.counter("snapshot-taken", out);
         let stagger = u64::from(self.cfg.id.0) * WRITE_STAGGER_CHECKPOINTS;
         let write_at = snapshot.seq() + stagger * self.cfg.checkpoint_interval;
-        self.keep_snapshot(snapshot, Some(write_at), out);
+        self.keep_snapshot(snapshot, write_at, out);
     }
 
-    /// Make `snapshot` this replica's: what it offers and, once written (at once, or
-    /// when execution reaches `write_at`), what it restarts from. Until then the disk
-    /// keeps the batches it covers.
-    fn keep_snapshot(&mut self, snapshot: Arc<Snapshot>, write_at: Option<u64>, out: &mut Fx) {
+    /// Make `snapshot` this replica's: what it offers and, once written (when execution
+    /// reaches `write_at`; 0: at once), what it restarts from. Until then the disk keeps
+    /// the batches it covers.
+    fn keep_snapshot(&mut self, snapshot: Arc<Snapshot>, write_at: u64, out: &mut Fx) {
         let seq = snapshot.seq();
         if self
             .own_snapshot
@@ -190,11 +190,7 @@ impl Pbft {
         // One not written yet keeps its turn for the newer one: snapshots coming faster
         // than the turns must not put the write off for ever.
         let pending = self.own_snapshot.as_ref().and_then(|o| o.write_at);
-        let write_at = match (write_at, pending) {
-            (Some(at), Some(earlier)) => at.min(earlier),
-            (Some(at), None) => at,
-            (None, _) => 0,
-        };
+        let write_at = pending.map_or(write_at, |earlier| earlier.min(write_at));
         self.own_snapshot = Some(OwnSnapshot {
             snapshot,
             vouch: None,
@@ -312,12 +308,10 @@ impl Pbft {
             index: e.applied,
             data: snapshot.app.clone(),
         });
-        let executed = &self.executed_bundles;
-        self.pending.retain(|d, _| !executed.contains(d));
-        // Replicas the snapshot excluded: nobody orders their bundles any more.
-        let excluded = &self.excluded;
+        // Executed, or from a gateway the snapshot excluded (nobody orders those any more).
+        let (executed, excluded) = (&self.executed_bundles, &self.excluded);
         self.pending
-            .retain(|_, p| !excluded.contains_key(&p.bundle.body.gateway));
+            .retain(|d, p| !executed.contains(d) && !excluded.contains_key(&p.bundle.body.gateway));
         let pending = &self.pending;
         self.pending_order.retain(|d| pending.contains_key(d));
         self.in_flight.retain(|d| !executed.contains(d));
@@ -327,7 +321,7 @@ impl Pbft {
         self.counter("snapshot-installed", out);
         let seq = e.seq;
         // Written at once: this replica holds no batches below it.
-        self.keep_snapshot(snapshot, None, out);
+        self.keep_snapshot(snapshot, 0, out);
         self.maybe_checkpoint(seq, out);
         if let Some(proof) = self.best_stable_proof(vouchers) {
             self.make_stable(proof, out);

@@ -202,6 +202,14 @@ impl Cluster {
         }
     }
 
+    /// Client 1's requests 1..=`count` at n0, each given time to execute alone.
+    fn one_request_per_batch(&mut self, count: u64) {
+        for s in 1..=count {
+            self.request(0, 1, s);
+            self.advance(20);
+        }
+    }
+
     fn node(&self, i: usize) -> &Pbft {
         self.nodes[i].as_ref().unwrap()
     }
@@ -347,10 +355,7 @@ fn a_restarted_replica_replays_its_executed_batches_and_keeps_its_view() {
 fn a_replica_cut_off_catches_up_by_state_transfer() {
     let mut c = Cluster::new(4);
     c.cut = Box::new(|_, to, _| to == NodeId(3));
-    for s in 1..=20 {
-        c.request(0, 1, s);
-        c.advance(20);
-    }
+    c.one_request_per_batch(20);
     assert!(c.committed[3].is_empty());
     c.cut = Box::new(|_, _, _| false);
     c.request(0, 1, 21);
@@ -717,10 +722,7 @@ fn a_bundle_signature_covers_every_request() {
 #[test]
 fn snapshots_bound_the_executed_log_in_memory_and_on_disk() {
     let mut c = Cluster::with(4, snapshotting);
-    for s in 1..=80 {
-        c.request(0, 1, s);
-        c.advance(20);
-    }
+    c.one_request_per_batch(80);
     assert_eq!(c.committed[0].len(), 80);
     let mut written = Vec::new();
     for i in 0..4 {
@@ -754,10 +756,7 @@ fn snapshots_bound_the_executed_log_in_memory_and_on_disk() {
 fn a_replica_behind_every_held_batch_installs_a_snapshot_f_plus_1_vouch_for() {
     let mut c = Cluster::with(4, snapshotting);
     c.cut = Box::new(|_, to, _| to == NodeId(3));
-    for s in 1..=30 {
-        c.request(0, 1, s);
-        c.advance(20);
-    }
+    c.one_request_per_batch(30);
     assert!(c.committed[3].is_empty());
     assert!(
         c.node(0).executed(1).is_none(),
@@ -780,10 +779,7 @@ fn a_replica_behind_every_held_batch_installs_a_snapshot_f_plus_1_vouch_for() {
 #[test]
 fn a_restarted_replica_recovers_from_its_snapshot_and_the_batches_after_it() {
     let mut c = Cluster::with(4, snapshotting);
-    for s in 1..=40 {
-        c.request(0, 1, s);
-        c.advance(20);
-    }
+    c.one_request_per_batch(40);
     // n1: the first backup to write its snapshot (n0 writes first, n1 a turn later).
     let stable = c.disks[1].clone();
     assert!(stable.snapshot.is_some() && !stable.executed.is_empty());
@@ -821,10 +817,7 @@ fn one_forged_snapshot_to_a_replica_behind(mutant: crate::Mutant) -> Cluster {
         ..snapshotting(i, n)
     });
     c.cut = Box::new(|_, to, _| to == NodeId(3));
-    for s in 1..=20 {
-        c.request(0, 1, s);
-        c.advance(20);
-    }
+    c.one_request_per_batch(20);
     let real = c
         .node(0)
         .own_snapshot
@@ -878,10 +871,7 @@ fn snapshots_answered_later_than_the_next_point_still_bound_the_log() {
     // Points come every 8 batches, 16 ticks apart; each answer takes 24 ticks, so the
     // next request is always out before the last answer is in.
     c.snapshot_delay = 24;
-    for s in 1..=60 {
-        c.request(0, 1, s);
-        c.advance(20);
-    }
+    c.one_request_per_batch(60);
     // Checked while requests are still coming, not once they stop and the last
     // answer is the newest request.
     for i in 0..4 {
@@ -906,10 +896,7 @@ fn snapshots_answered_later_than_the_next_point_still_bound_the_log() {
 fn a_real_vouch_on_a_forged_body_is_refused_and_counted() {
     let mut c = Cluster::with(4, snapshotting);
     c.cut = Box::new(|_, to, _| to == NodeId(3));
-    for s in 1..=20 {
-        c.request(0, 1, s);
-        c.advance(20);
-    }
+    c.one_request_per_batch(20);
     let vouch = c.nodes[0]
         .as_mut()
         .unwrap()
@@ -967,10 +954,7 @@ fn a_durable_state_written_before_snapshots_existed_still_reads() {
         >,
     }
     let mut c = Cluster::with(4, snapshotting);
-    for s in 1..=20 {
-        c.request(0, 1, s);
-        c.advance(20);
-    }
+    c.one_request_per_batch(20);
     let now = &c.disks[0];
     assert!(now.snapshot.is_some());
     let old = postcard::to_stdvec(&Before {
