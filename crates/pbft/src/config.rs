@@ -67,6 +67,8 @@ pub struct PbftConfig {
     /// this many bytes of executed requests; the executed batches it covers are dropped.
     /// 0: never, and the executed log is kept whole.
     pub snapshot_bytes: u64,
+    /// A snapshot is sent to a replica behind in chunks of at most this many bytes.
+    pub snapshot_chunk_bytes: usize,
     /// Sequence numbers in flight between the watermarks: H = h + this (L = 2K).
     pub window: u64,
     /// Batches the primary keeps in flight at once (pipelining).
@@ -92,6 +94,7 @@ impl PbftConfig {
             quorum: None,
             checkpoint_interval: 16,
             snapshot_bytes: 0,
+            snapshot_chunk_bytes: 1 << 20,
             window: 32,
             max_inflight: 8,
             batch_max: 256,
@@ -134,6 +137,13 @@ impl PbftConfig {
         }
         if self.checkpoint_interval == 0 || self.window < self.checkpoint_interval {
             return Err("the window must hold at least one checkpoint interval".into());
+        }
+        let max_chunk = crate::snapshot_transfer::MAX_CHUNK_BYTES;
+        if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes > max_chunk {
+            return Err(format!(
+                "snapshot chunks must be 1 to {max_chunk} bytes, not {}",
+                self.snapshot_chunk_bytes
+            ));
         }
         if self.max_inflight == 0 || self.batch_max == 0 || self.bundle_max == 0 {
             return Err("batch, bundle and in-flight bounds must be positive".into());

@@ -35,8 +35,12 @@ pub enum Write {
         batch: Arc<Batch>,
         qc: QuorumCertificate,
     },
-    /// The replica's state at a snapshot point (taken, or installed from others).
+    /// A snapshot installed from others: the replica holds no batches below it.
     Snapshot(Arc<Snapshot>),
+    /// The replica's own snapshot, of batches it executed and wrote: a compaction
+    /// (see [`Durable::is_compaction`]), which storage may make durable lazily, off the
+    /// log's order, since recovering without it replays those batches instead.
+    OwnSnapshot(Arc<Snapshot>),
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -101,6 +105,10 @@ impl<'de> serde::de::Visitor<'de> for StableVisitor {
 }
 
 impl Durable<Write> for PbftStable {
+    fn is_compaction(write: &Write) -> bool {
+        matches!(write, Write::OwnSnapshot(_))
+    }
+
     fn apply(&mut self, write: &Write) {
         match write {
             Write::View { view, normal } => {
@@ -133,7 +141,7 @@ impl Durable<Write> for PbftStable {
                     self.executed.insert(qc.seq, (batch.clone(), qc.clone()));
                 }
             }
-            Write::Snapshot(snapshot) => {
+            Write::Snapshot(snapshot) | Write::OwnSnapshot(snapshot) => {
                 let seq = snapshot.seq();
                 if self.snapshot.as_ref().is_none_or(|s| s.seq() < seq) {
                     self.executed.retain(|s, _| *s > seq);

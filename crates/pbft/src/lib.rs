@@ -11,7 +11,9 @@
 //! - `checkpoint`: stable checkpoints, garbage collection, watermarks;
 //! - `view_change`: VIEW-CHANGE / NEW-VIEW with proofs every replica checks;
 //! - `state_transfer`: committed batches fetched with their quorum certificates;
-//! - [`snapshot`]: the executed log bounded by snapshots, sent to replicas far behind;
+//! - [`snapshot`]: the executed log bounded by snapshots;
+//! - [`snapshot_transfer`]: vouches for snapshots, and their images served in chunks;
+//! - `snapshot_download`: a snapshot f+1 vouch for, fetched in chunks from one of them;
 //! - [`certificate`]: quorum certificates anyone can verify with the public keys;
 //! - [`evidence`]: equivocation turned into self-contained proofs;
 //! - `exclusion`: a convicted replica excluded at one sequence number, through consensus;
@@ -31,6 +33,8 @@ pub mod message;
 mod normal_case;
 mod replica;
 pub mod snapshot;
+mod snapshot_download;
+pub mod snapshot_transfer;
 mod state_transfer;
 mod view_change;
 

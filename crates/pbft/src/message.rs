@@ -421,8 +421,13 @@ pub enum Message {
     NewView(Arc<Signed<NewView>>),
     Fetch(Signed<Fetch>),
     Transfer(Arc<Signed<Transfer>>),
-    /// A snapshot, for a replica that asked for batches the sender no longer holds.
-    Snapshot(Arc<crate::snapshot::SnapshotOffer>),
+    /// A vouch for the sender's snapshot, for a replica that asked for batches the
+    /// sender no longer holds.
+    SnapshotOffer(Arc<crate::snapshot_transfer::SnapshotOffer>),
+    /// A request for part of a vouched-for snapshot's image.
+    SnapshotFetch(Signed<crate::snapshot_transfer::ChunkRequest>),
+    /// Part of a snapshot's image.
+    SnapshotChunk(Arc<crate::snapshot_transfer::SnapshotChunk>),
 }
 
 impl Message {
@@ -447,7 +452,9 @@ impl Message {
             Message::NewView(_) => "new-view",
             Message::Fetch(_) => "fetch",
             Message::Transfer(_) => "transfer",
-            Message::Snapshot(_) => "snapshot",
+            Message::SnapshotOffer(_) => "snapshot-offer",
+            Message::SnapshotFetch(_) => "snapshot-fetch",
+            Message::SnapshotChunk(_) => "snapshot-chunk",
         }
     }
 }

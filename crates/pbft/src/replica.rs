@@ -94,10 +94,13 @@ pub struct Pbft {
     /// executed (snapshot points follow them).
     pub(crate) executed_bytes: u64,
     pub(crate) bytes_at_checkpoint: u64,
-    /// Snapshots ahead of this replica, the latest per sender (see `snapshot.rs`).
-    pub(crate) offers: BTreeMap<NodeId, Arc<crate::snapshot::SnapshotOffer>>,
-    /// When each replica was last sent this replica's snapshot.
-    pub(crate) offered: BTreeMap<NodeId, Time>,
+    /// Vouches for snapshots ahead of this replica, the latest per sender (see
+    /// `snapshot_transfer.rs`).
+    pub(crate) offers: BTreeMap<NodeId, Arc<crate::snapshot_transfer::SnapshotOffer>>,
+    /// The snapshot being fetched, once f+1 vouch for one.
+    pub(crate) download: Option<crate::snapshot_download::Download>,
+    /// Snapshots this replica replaced but still serves to replicas fetching them.
+    pub(crate) serving: Vec<crate::snapshot_transfer::Served>,
     /// A recovered snapshot the host has yet to restore (the first step hands it over).
     pub(crate) restore_due: Option<(u64, bytes::Bytes)>,
     /// Verified committed batches not yet executable (a gap before them), and whether
@@ -161,7 +164,8 @@ impl Pbft {
             executed_bytes: 0,
             bytes_at_checkpoint: 0,
             offers: BTreeMap::new(),
-            offered: BTreeMap::new(),
+            download: None,
+            serving: Vec::new(),
             restore_due: None,
             transfers: BTreeMap::new(),
             sessions: BTreeMap::new(),
@@ -258,6 +262,11 @@ impl Pbft {
     /// The batch executed at `seq`, with its quorum certificate.
     pub fn executed(&self, seq: u64) -> Option<&(Arc<Batch>, QuorumCertificate)> {
         self.executed.get(&seq)
+    }
+
+    /// This replica's latest snapshot, if it took or installed one.
+    pub fn own_snapshot(&self) -> Option<&Arc<crate::snapshot::Snapshot>> {
+        self.own_snapshot.as_ref().map(|o| &o.snapshot)
     }
 
     pub fn stats(&self) -> PbftStats {
@@ -408,6 +417,7 @@ impl Pbft {
         self.repeat_view_change(out);
         self.resend_stale_bundles(out);
         self.maybe_fetch(out);
+        self.check_download(out);
         self.try_propose(out);
     }
 
@@ -425,7 +435,9 @@ impl Pbft {
             Message::NewView(nv) => self.on_new_view(nv, out),
             Message::Fetch(f) => self.on_fetch(f, out),
             Message::Transfer(t) => self.on_transfer(t, out),
-            Message::Snapshot(s) => self.on_snapshot_offer(s, out),
+            Message::SnapshotOffer(s) => self.on_snapshot_offer(s, out),
+            Message::SnapshotFetch(r) => self.on_chunk_request(r, out),
+            Message::SnapshotChunk(c) => self.on_snapshot_chunk(c, out),
         }
     }
 

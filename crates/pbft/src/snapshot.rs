@@ -11,18 +11,22 @@
 //! snapshot is durable, from disk. Its digest is computed, and vouched for, only when
 //! a replica behind asks: hashing a large store costs the driver's thread real time.
 //!
-//! A replica behind the batches the others still hold is sent their snapshots instead.
-//! Nothing in a checkpoint certifies the state itself (a state digest in every
-//! checkpoint would make each one wait for the host to snapshot), so a snapshot is
-//! installed only once f+1 replicas, so at least one correct one, vouch by signature
-//! for the same digest of it. Correct replicas that executed the same batches hold the
-//! same state, byte for byte, provided the host's encoding is canonical and made of
-//! replicated state only (the node leaves its configuration's member table out).
+//! A replica behind the batches the others still hold fetches a snapshot instead
+//! (`snapshot_transfer.rs`, `snapshot_download.rs`). Nothing in a checkpoint
+//! certifies the state itself (a state digest in every checkpoint would make each one
+//! wait for the host to snapshot), so a snapshot is installed only once f+1 replicas,
+//! so at least one correct one, vouch by signature for the same digest of it. Correct
+//! replicas that executed the same batches hold the same state, byte for byte,
+//! provided the host's encoding is canonical and made of replicated state only (the
+//! node leaves its configuration's member table out).
 //!
 //! Executed batches are dropped only through the lower of the own snapshot and the
 //! stable checkpoint: below a stable checkpoint 2f+1 replicas executed every batch, so
-//! f+1 correct ones hold either the batch or a snapshot at the same point. Each replica
-//! sends its snapshot to a given replica at most once per four of its fetches.
+//! f+1 correct ones hold either the batch or a snapshot at the same point.
+//!
+//! The own snapshot is persisted as a compaction (`Write::OwnSnapshot`): the host may
+//! make it durable lazily, off its log's order, since a crash that loses it leaves the
+//! batches it covers in the log. An installed one is written like any other write.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -33,9 +37,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::certificate::checkpoint_proof_valid;
 use crate::durable::Write;
-use crate::message::{CheckpointProof, Digest, Encode, Signed, put_u64, sha256};
+use crate::message::{CheckpointProof, Digest, Signed, sha256};
 use crate::normal_case::Session;
 use crate::replica::{Fx, Pbft};
+use crate::snapshot_transfer::{SnapshotOffer, SnapshotVouch};
 
 /// What execution depends on besides the state machine, as of `seq`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,35 +78,33 @@ impl Snapshot {
         bytes.extend_from_slice(&sha256(&self.app));
         sha256(&bytes)
     }
-}
 
-/// "My state after `seq` has digest `digest`", signed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct SnapshotVouch {
-    pub seq: u64,
-    pub digest: Digest,
-}
-
-impl Encode for SnapshotVouch {
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.push(11);
-        put_u64(out, self.seq);
-        out.extend_from_slice(&self.digest);
+    /// The start of the image sent to a replica behind: the execution state's encoded
+    /// length (8 bytes, little-endian) and its encoding. The state machine's bytes follow.
+    pub fn image_head(&self) -> Bytes {
+        let exec = postcard::to_stdvec(&self.exec).expect("execution state always encodes");
+        let mut head = (exec.len() as u64).to_le_bytes().to_vec();
+        head.extend(exec);
+        Bytes::from(head)
     }
-}
 
-/// A snapshot sent to a replica that asked for batches the sender no longer holds, with
-/// the sender's stable checkpoint (so the receiver's watermarks can move with it).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotOffer {
-    pub vouch: Signed<SnapshotVouch>,
-    pub snapshot: Arc<Snapshot>,
-    pub stable: CheckpointProof,
-}
+    /// The whole image, in one buffer.
+    pub fn image(&self) -> Bytes {
+        let mut image = self.image_head().to_vec();
+        image.extend_from_slice(&self.app);
+        Bytes::from(image)
+    }
 
-impl std::hash::Hash for SnapshotOffer {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.vouch.hash(state);
+    /// Read an image back; `None` if it is not one. The state machine's bytes are a
+    /// slice of `image`, not a copy.
+    pub fn from_image(image: &Bytes) -> Option<Snapshot> {
+        let len = u64::from_le_bytes(image.get(..8)?.try_into().ok()?);
+        let end = 8usize.checked_add(usize::try_from(len).ok()?)?;
+        let exec = postcard::from_bytes(image.get(8..end)?).ok()?;
+        Some(Snapshot {
+            exec,
+            app: image.slice(end..),
+        })
     }
 }
 
@@ -109,12 +112,18 @@ impl std::hash::Hash for SnapshotOffer {
 #[derive(Clone, Debug)]
 pub struct OwnSnapshot {
     pub snapshot: Arc<Snapshot>,
-    pub vouch: Option<Signed<SnapshotVouch>>,
+    /// Its vouch and the head of its image, made the first time a replica behind
+    /// needs them (see `snapshot_transfer.rs`).
+    pub vouch: Option<(Signed<SnapshotVouch>, Bytes)>,
     /// Once execution reaches this sequence number, the snapshot is written (`None`:
-    /// written already). Replicas take snapshots at the same points, and writing a
-    /// whole store holds up every message sent behind it until it is on disk: each
-    /// waits its own turn (by id), so a quorum is never writing at once.
+    /// written already). Replicas take snapshots at the same points, and the host
+    /// rewrites its whole durable state to make one durable (a checkpoint, on a thread
+    /// of its own): each waits its own turn (by id), so a quorum is never doing that
+    /// at once.
     pub write_at: Option<u64>,
+    /// Installed from others rather than taken: written into the log, since the
+    /// replica has no batches to recover it from.
+    pub installed: bool,
 }
 
 /// Sequence numbers, in checkpoint intervals, between one replica's snapshot write and
@@ -172,13 +181,19 @@ impl Pbft {
         self.counter("snapshot-taken", out);
         let stagger = u64::from(self.cfg.id.0) * WRITE_STAGGER_CHECKPOINTS;
         let write_at = snapshot.seq() + stagger * self.cfg.checkpoint_interval;
-        self.keep_snapshot(snapshot, write_at, out);
+        self.keep_snapshot(snapshot, write_at, false, out);
     }
 
     /// Make `snapshot` this replica's: what it offers and, once written (when execution
     /// reaches `write_at`; 0: at once), what it restarts from. Until then the disk keeps
     /// the batches it covers.
-    fn keep_snapshot(&mut self, snapshot: Arc<Snapshot>, write_at: u64, out: &mut Fx) {
+    fn keep_snapshot(
+        &mut self,
+        snapshot: Arc<Snapshot>,
+        write_at: u64,
+        installed: bool,
+        out: &mut Fx,
+    ) {
         let seq = snapshot.seq();
         if self
             .own_snapshot
@@ -191,10 +206,12 @@ impl Pbft {
         // than the turns must not put the write off for ever.
         let pending = self.own_snapshot.as_ref().and_then(|o| o.write_at);
         let write_at = pending.map_or(write_at, |earlier| earlier.min(write_at));
+        self.retire_own_snapshot();
         self.own_snapshot = Some(OwnSnapshot {
             snapshot,
             vouch: None,
             write_at: Some(write_at),
+            installed,
         });
         self.maybe_write_snapshot(out);
         self.prune_executed();
@@ -209,7 +226,12 @@ impl Pbft {
         if own.write_at.is_some_and(|at| executed >= at) {
             own.write_at = None;
             let snapshot = own.snapshot.clone();
-            self.persist(Write::Snapshot(snapshot), out);
+            let write = if own.installed {
+                Write::Snapshot(snapshot)
+            } else {
+                Write::OwnSnapshot(snapshot)
+            };
+            self.persist(write, out);
         }
     }
 
@@ -223,82 +245,14 @@ impl Pbft {
         self.executed.retain(|s, _| *s > through);
     }
 
-    /// The snapshot to send `to`, which asked for batches from `from` on, if this replica
-    /// dropped them, and did not send it one lately (a snapshot is the whole store).
-    pub(crate) fn offer_for(&mut self, to: NodeId, from: u64) -> Option<Arc<SnapshotOffer>> {
-        let seq = self.own_snapshot.as_ref()?.snapshot.seq();
-        let held_from = self.executed.keys().next().copied().unwrap_or(u64::MAX);
-        if from >= held_from || from > seq {
-            return None;
-        }
-        let every = self.cfg.fetch_timeout * OFFER_EVERY_FETCHES;
-        if self
-            .offered
-            .get(&to)
-            .is_some_and(|t| self.now.since(*t) < every)
-        {
-            return None;
-        }
-        self.offered.insert(to, self.now);
-        let vouch = self.own_vouch()?;
-        let own = self.own_snapshot.as_ref()?;
-        Some(Arc::new(SnapshotOffer {
-            vouch,
-            snapshot: own.snapshot.clone(),
-            stable: self.stable.clone(),
-        }))
-    }
-
-    /// The vouch for the own snapshot, signed the first time it is needed.
-    pub fn own_vouch(&mut self) -> Option<Signed<SnapshotVouch>> {
-        let own = self.own_snapshot.as_mut()?;
-        if own.vouch.is_none() {
-            let body = SnapshotVouch {
-                seq: own.snapshot.seq(),
-                digest: own.snapshot.digest(),
-            };
-            own.vouch = Some(self.keys.sign(body));
-        }
-        own.vouch
-    }
-
-    /// A snapshot from another replica: kept (the latest per sender) if it checks out and
-    /// is ahead of this replica; installed once f+1 replicas vouch for the same one.
-    pub(crate) fn on_snapshot_offer(&mut self, offer: Arc<SnapshotOffer>, out: &mut Fx) {
-        let vouch = offer.vouch;
-        if vouch.signer == self.cfg.id {
-            return; // its own, replayed
-        }
-        if !self.keys.verify(&vouch) {
-            return self.reject_signature(out);
-        }
-        let newer = self
-            .offers
-            .get(&vouch.signer)
-            .is_none_or(|o| o.vouch.body.seq < vouch.body.seq);
-        if vouch.body.seq <= self.last_executed || !newer {
-            return; // behind this replica, or not newer than what this sender offered
-        }
-        if offer.snapshot.seq() != vouch.body.seq || offer.snapshot.digest() != vouch.body.digest {
-            // Signed by its sender, so the sender lied: nothing to install, and counted.
-            return self.counter("bad-snapshot", out);
-        }
-        self.note_seen(vouch.signer, vouch.body.seq, 0);
-        self.offers.insert(vouch.signer, offer.clone());
-        let vouchers: Vec<Arc<SnapshotOffer>> = self
-            .offers
-            .values()
-            .filter(|o| o.vouch.body == vouch.body)
-            .cloned()
-            .collect();
-        if vouchers.len() > self.f() || self.cfg.mutant == crate::Mutant::TrustOneSnapshot {
-            self.install(offer.snapshot.clone(), &vouchers, out);
-        }
-    }
-
     /// Jump to a vouched-for snapshot ahead of this replica's execution, and to the
     /// highest valid stable checkpoint its vouchers sent.
-    fn install(&mut self, snapshot: Arc<Snapshot>, vouchers: &[Arc<SnapshotOffer>], out: &mut Fx) {
+    pub(crate) fn install(
+        &mut self,
+        snapshot: Arc<Snapshot>,
+        vouchers: &[Arc<SnapshotOffer>],
+        out: &mut Fx,
+    ) {
         let e = &snapshot.exec;
         debug_assert!(e.seq > self.last_executed && e.applied >= self.applied);
         self.adopt_exec_state(e);
@@ -316,12 +270,13 @@ impl Pbft {
         self.pending_order.retain(|d| pending.contains_key(d));
         self.in_flight.retain(|d| !executed.contains(d));
         self.transfers.retain(|s, _| *s > e.seq);
-        self.offers.retain(|_, o| o.snapshot.seq() > e.seq);
+        self.offers.retain(|_, o| o.vouch.body.seq > e.seq);
+        self.download = None;
         self.stats.snapshots_installed += 1;
         self.counter("snapshot-installed", out);
         let seq = e.seq;
         // Written at once: this replica holds no batches below it.
-        self.keep_snapshot(snapshot, 0, out);
+        self.keep_snapshot(snapshot, 0, true, out);
         self.maybe_checkpoint(seq, out);
         if let Some(proof) = self.best_stable_proof(vouchers) {
             self.make_stable(proof, out);
@@ -368,10 +323,7 @@ impl Pbft {
             snapshot,
             vouch: None,
             write_at: None,
+            installed: false,
         });
     }
 }
-
-/// A replica asking again and again (every fetch timeout) gets the snapshot at most
-/// once per this many of its fetches from each replica.
-const OFFER_EVERY_FETCHES: u32 = 4;

@@ -3,8 +3,8 @@
 //! so the receiver trusts no single sender: it checks 2f+1 commit signatures and the
 //! batch digest, nothing else. A replica stuck in an older view is sent the NEW-VIEW
 //! that installed the responder's view, which it validates like any other. A replica
-//! asking for batches the responder dropped behind its snapshot is sent the snapshot
-//! (see `snapshot.rs`), and the batches after it.
+//! asking for batches the responder dropped behind its snapshot is sent a vouch for the
+//! snapshot (see `snapshot_transfer.rs`), and the batches after it.
 
 use std::sync::Arc;
 
@@ -36,7 +36,7 @@ impl Pbft {
             self.behind_since = None;
             // Caught up by batches: snapshots offered meanwhile are of no more use.
             let executed = self.last_executed;
-            self.offers.retain(|_, o| o.snapshot.seq() > executed);
+            self.offers.retain(|_, o| o.vouch.body.seq > executed);
             return;
         }
         let since = *self.behind_since.get_or_insert(self.now);
@@ -59,8 +59,8 @@ impl Pbft {
         if !self.keys.verify(&f) {
             return self.reject_signature(out);
         }
-        if let Some(offer) = self.offer_for(f.signer, f.body.from) {
-            out.send(f.signer, Message::Snapshot(offer));
+        if let Some(offer) = self.offer_for(f.body.from) {
+            out.send(f.signer, Message::SnapshotOffer(offer));
         }
         let entries: Vec<_> = self
             .executed

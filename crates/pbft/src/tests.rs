@@ -1,7 +1,7 @@
 //! Behaviour of a whole cluster, driven by a tiny deterministic in-memory harness:
 //! messages delivered in FIFO order, writes durable at once.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +20,8 @@ type Cut = Box<dyn Fn(NodeId, NodeId, &Message) -> bool>;
 struct Cluster {
     nodes: Vec<Option<Pbft>>,
     disks: Vec<PbftStable>,
+    /// The same writes without compactions: what a crash that lost them leaves.
+    logged: Vec<PbftStable>,
     queue: VecDeque<(NodeId, NodeId, Message)>,
     now: Time,
     committed: Vec<Vec<Committed>>,
@@ -109,6 +111,7 @@ impl Cluster {
                 .map(|i| Some(Pbft::new(config(i, n)).unwrap()))
                 .collect(),
             disks: vec![PbftStable::default(); n],
+            logged: vec![PbftStable::default(); n],
             queue: VecDeque::new(),
             now: Time::ZERO,
             committed: vec![Vec::new(); n],
@@ -139,6 +142,9 @@ impl Cluster {
                 }
                 Effect::Persist { seq, write } => {
                     self.disks[i].apply(&write);
+                    if !<PbftStable as Durable<Write>>::is_compaction(&write) {
+                        self.logged[i].apply(&write);
+                    }
                     persisted = Some(seq);
                 }
                 Effect::Commit(c) => self.committed[i].push(c),
@@ -766,6 +772,10 @@ fn a_replica_behind_every_held_batch_installs_a_snapshot_f_plus_1_vouch_for() {
     c.request(0, 1, 31);
     c.advance(2000);
     assert_eq!(c.node(3).stats().snapshots_installed, 1);
+    // Logged, not left to a lazy compaction: restarted from what a crash must keep,
+    // n3 starts from the snapshot it installed, with no batches below it to replay.
+    let restarted = Pbft::recover(snapshotting(3, 4), c.logged[3].clone(), c.now).unwrap();
+    assert!(restarted.last_executed() >= 16);
     assert_eq!(c.committed[3].len(), 31);
     c.assert_agree(&[0, 1, 2, 3]);
     // Installed state counts for at-most-once: a request it never executed itself, sent
@@ -791,24 +801,100 @@ fn a_restarted_replica_recovers_from_its_snapshot_and_the_batches_after_it() {
     c.assert_agree(&[0, 1, 2, 3]);
 }
 
-/// A snapshot offer for `seq`'s state as `signer` would sign it, with its state machine
-/// replaced by `app`.
-fn forged_offer(real: &crate::snapshot::Snapshot, signer: u32, app: Bytes) -> Message {
-    let snapshot = crate::snapshot::Snapshot {
-        exec: real.exec.clone(),
-        app,
-    };
-    let vouch = crate::snapshot::SnapshotVouch {
+#[test]
+fn a_restart_that_lost_its_own_snapshot_replays_the_batches_it_covered() {
+    let mut c = Cluster::with(4, snapshotting);
+    c.one_request_per_batch(40);
+    // n1's snapshot was written as a compaction, which storage may lose in a crash:
+    // its log still holds every batch.
+    assert!(c.disks[1].snapshot.is_some());
+    let logged = c.logged[1].clone();
+    assert!(logged.snapshot.is_none());
+    assert!(logged.executed.contains_key(&1));
+    c.nodes[1] = Some(Pbft::recover(snapshotting(1, 4), logged, c.now).unwrap());
+    c.committed[1].clear();
+    c.request(3, 1, 41);
+    c.advance(200);
+    assert_eq!(c.committed[1].len(), 41);
+    c.assert_agree(&[0, 1, 2, 3]);
+}
+
+/// `signer`'s vouch for `snapshot`, with no stable checkpoint.
+fn offer_of(snapshot: &crate::snapshot::Snapshot, signer: u32) -> Message {
+    let vouch = crate::snapshot_transfer::SnapshotVouch {
         seq: snapshot.seq(),
         digest: snapshot.digest(),
+        len: snapshot.image().len() as u64,
     };
     let key = crate::crypto::derive_key(KEY_SEED, signer);
-    let offer = crate::snapshot::SnapshotOffer {
+    let offer = crate::snapshot_transfer::SnapshotOffer {
         vouch: crate::crypto::sign(&key, NodeId(signer), vouch),
-        snapshot: std::sync::Arc::new(snapshot),
         stable: Default::default(),
     };
-    Message::Snapshot(std::sync::Arc::new(offer))
+    Message::SnapshotOffer(std::sync::Arc::new(offer))
+}
+
+/// The whole of `image` in one chunk, signed by `signer`, for the snapshot vouched for
+/// as `vouched`.
+fn chunk_of(vouched: &crate::snapshot::Snapshot, image: Bytes, signer: u32) -> Message {
+    let header = crate::snapshot_transfer::ChunkHeader {
+        seq: vouched.seq(),
+        digest: vouched.digest(),
+        offset: 0,
+        data: crate::message::sha256(&image),
+    };
+    let key = crate::crypto::derive_key(KEY_SEED, signer);
+    let chunk = crate::snapshot_transfer::SnapshotChunk {
+        header: crate::crypto::sign(&key, NodeId(signer), header),
+        data: image,
+    };
+    Message::SnapshotChunk(std::sync::Arc::new(chunk))
+}
+
+/// Who sent each snapshot chunk, and how many bytes, as the cluster runs.
+type ChunkLog = std::rc::Rc<std::cell::RefCell<Vec<(NodeId, u64, usize)>>>;
+
+/// Let everything through, logging snapshot chunks (sender, snapshot, bytes) and the
+/// image length each snapshot was vouched for with.
+fn log_chunks(
+    c: &mut Cluster,
+) -> (
+    ChunkLog,
+    std::rc::Rc<std::cell::RefCell<BTreeMap<u64, u64>>>,
+) {
+    let chunks: ChunkLog = Default::default();
+    let lens: std::rc::Rc<std::cell::RefCell<BTreeMap<u64, u64>>> = Default::default();
+    let (seen, vouched) = (chunks.clone(), lens.clone());
+    c.cut = Box::new(move |from, _, msg| {
+        match msg {
+            Message::SnapshotChunk(ch) => {
+                seen.borrow_mut()
+                    .push((from, ch.header.body.seq, ch.data.len()))
+            }
+            Message::SnapshotOffer(o) => {
+                vouched
+                    .borrow_mut()
+                    .insert(o.vouch.body.seq, o.vouch.body.len);
+            }
+            _ => {}
+        }
+        false
+    });
+    (chunks, lens)
+}
+
+fn from(i: u32, msg: Message) -> Input<Message> {
+    Input::Message {
+        from: NodeId(i),
+        msg,
+    }
+}
+
+/// n0's real snapshot, once n3 is behind every batch the others hold.
+fn n3_behind_a_snapshot(c: &mut Cluster) -> crate::snapshot::Snapshot {
+    c.cut = Box::new(|_, to, _| to == NodeId(3));
+    c.one_request_per_batch(20);
+    (**c.node(0).own_snapshot().expect("n0 took a snapshot")).clone()
 }
 
 fn one_forged_snapshot_to_a_replica_behind(mutant: crate::Mutant) -> Cluster {
@@ -816,14 +902,7 @@ fn one_forged_snapshot_to_a_replica_behind(mutant: crate::Mutant) -> Cluster {
         mutant: if i == 3 { mutant } else { crate::Mutant::None },
         ..snapshotting(i, n)
     });
-    c.cut = Box::new(|_, to, _| to == NodeId(3));
-    c.one_request_per_batch(20);
-    let real = c
-        .node(0)
-        .own_snapshot
-        .clone()
-        .expect("n0 took a snapshot")
-        .snapshot;
+    let real = n3_behind_a_snapshot(&mut c);
     // Validly signed by n0, self-consistent, and a lie: one command's bytes changed.
     let mut state = decode_state(&real.app);
     let Some(Committed {
@@ -834,14 +913,12 @@ fn one_forged_snapshot_to_a_replica_behind(mutant: crate::Mutant) -> Cluster {
         panic!("n0's snapshot holds commands");
     };
     *command = Bytes::from_static(b"forged");
-    let msg = forged_offer(&real, 0, encode_state(&state));
-    c.input(
-        3,
-        Input::Message {
-            from: NodeId(0),
-            msg,
-        },
-    );
+    let lie = crate::snapshot::Snapshot {
+        exec: real.exec.clone(),
+        app: encode_state(&state),
+    };
+    c.input(3, from(0, offer_of(&lie, 0)));
+    c.input(3, from(0, chunk_of(&lie, lie.image(), 0)));
     c
 }
 
@@ -892,50 +969,129 @@ fn snapshots_answered_later_than_the_next_point_still_bound_the_log() {
     c.assert_agree(&[0, 1, 2, 3]);
 }
 
-#[test]
-fn a_real_vouch_on_a_forged_body_is_refused_and_counted() {
-    let mut c = Cluster::with(4, snapshotting);
-    c.cut = Box::new(|_, to, _| to == NodeId(3));
-    c.one_request_per_batch(20);
-    let vouch = c.nodes[0]
-        .as_mut()
-        .unwrap()
-        .own_vouch()
-        .expect("n0 took a snapshot");
-    let real = c.node(0).own_snapshot.clone().unwrap().snapshot;
-    let forged = crate::snapshot::Snapshot {
-        exec: real.exec.clone(),
-        app: encode_state(&[]),
-    };
-    let offer = crate::snapshot::SnapshotOffer {
-        vouch,
-        snapshot: std::sync::Arc::new(forged),
-        stable: Default::default(),
-    };
-    let msg = Message::Snapshot(std::sync::Arc::new(offer));
-    c.input(
-        3,
-        Input::Message {
-            from: NodeId(0),
-            msg,
-        },
-    );
-    assert_eq!(c.node(3).last_executed(), 0);
-    let bad = c
-        .events
+fn counted(c: &Cluster, node: usize, counter: &str) -> usize {
+    c.events
         .iter()
         .filter(|(n, e)| {
-            *n == NodeId(3)
-                && matches!(
-                    e,
-                    Event::Counter {
-                        name: "bad-snapshot",
-                        ..
-                    }
-                )
+            n.index() == node && matches!(e, Event::Counter { name, .. } if *name == counter)
         })
-        .count();
-    assert_eq!(bad, 1);
+        .count()
+}
+
+#[test]
+fn a_garbled_image_under_real_vouches_is_refused_counted_and_fetched_from_another_voucher() {
+    let mut c = Cluster::with(4, snapshotting);
+    let real = n3_behind_a_snapshot(&mut c);
+    c.input(3, from(0, offer_of(&real, 0)));
+    c.input(3, from(1, offer_of(&real, 1)));
+    // f+1 vouch: n3 asks n0, the first of them, which answers with the right length
+    // and a well-formed image of another state: its first command's bytes changed.
+    let mut state = decode_state(&real.app);
+    let Some(Committed {
+        entry: CommittedEntry::Command { command, .. },
+        ..
+    }) = state.first_mut()
+    else {
+        panic!("n0's snapshot holds commands");
+    };
+    *command = Bytes::from(vec![b'x'; command.len()]);
+    let other = crate::snapshot::Snapshot {
+        exec: real.exec.clone(),
+        app: encode_state(&state),
+    };
+    assert_eq!(other.image().len(), real.image().len());
+    c.input(3, from(0, chunk_of(&real, other.image(), 0)));
+    assert_eq!(c.node(3).last_executed(), 0);
+    assert_eq!(counted(&c, 3, "bad-snapshot"), 1);
+    // n0 served that image alone: it is not asked again.
+    c.queue.clear();
+    let (chunks, _) = log_chunks(&mut c);
+    c.advance(500);
+    assert_eq!(c.node(3).stats().snapshots_installed, 1);
+    let senders: std::collections::BTreeSet<NodeId> = chunks.borrow().iter().map(|c| c.0).collect();
+    assert_eq!(senders, [NodeId(1)].into(), "fetched again from n1 alone");
+    c.request(0, 1, 21);
+    c.advance(1000);
+    assert_eq!(c.committed[3].len(), 21);
+    c.assert_agree(&[0, 1, 2, 3]);
+}
+
+#[test]
+fn a_snapshot_larger_than_a_chunk_crosses_once_in_chunks_from_one_voucher() {
+    let mut c = Cluster::with(4, |i, n| PbftConfig {
+        snapshot_chunk_bytes: 16,
+        ..snapshotting(i, n)
+    });
+    n3_behind_a_snapshot(&mut c);
+    let (chunks, lens) = log_chunks(&mut c);
+    c.request(0, 1, 21);
+    c.advance(1000);
+    assert_eq!(c.node(3).stats().snapshots_installed, 1);
+    assert_eq!(c.committed[3].len(), 21);
+    c.assert_agree(&[0, 1, 2, 3]);
+    let chunks = chunks.borrow();
+    let senders: std::collections::BTreeSet<NodeId> = chunks.iter().map(|c| c.0).collect();
+    assert_eq!(senders.len(), 1, "one voucher sent the image: {senders:?}");
+    let seqs: std::collections::BTreeSet<u64> = chunks.iter().map(|c| c.1).collect();
+    assert_eq!(seqs.len(), 1);
+    let seq = *seqs.first().unwrap();
+    assert!(chunks.iter().all(|c| c.2 <= 16));
+    let sent: usize = chunks.iter().map(|c| c.2).sum();
+    assert_eq!(sent as u64, lens.borrow()[&seq], "each byte crossed once");
+    assert!(
+        chunks.len() > 8,
+        "more chunks than the window: {}",
+        chunks.len()
+    );
+}
+
+#[test]
+fn a_voucher_that_stops_mid_download_is_replaced_and_the_bytes_so_far_kept() {
+    let mut c = Cluster::with(4, |i, n| PbftConfig {
+        snapshot_chunk_bytes: 16,
+        ..snapshotting(i, n)
+    });
+    n3_behind_a_snapshot(&mut c);
+    let delivered: ChunkLog = Default::default();
+    let lens: std::rc::Rc<std::cell::RefCell<BTreeMap<u64, u64>>> = Default::default();
+    let (seen, vouched) = (delivered.clone(), lens.clone());
+    // n0, asked first, sends its first five chunks, then goes quiet.
+    c.cut = Box::new(move |from, _, msg| {
+        if let Message::SnapshotOffer(o) = msg {
+            vouched
+                .borrow_mut()
+                .insert(o.vouch.body.seq, o.vouch.body.len);
+        }
+        let Message::SnapshotChunk(ch) = msg else {
+            return false;
+        };
+        let mut seen = seen.borrow_mut();
+        if from == NodeId(0) && seen.iter().filter(|c| c.0 == from).count() >= 5 {
+            return true;
+        }
+        seen.push((from, ch.header.body.seq, ch.data.len()));
+        false
+    });
+    c.request(0, 1, 21);
+    c.advance(2000);
+    assert_eq!(c.node(3).stats().snapshots_installed, 1);
+    assert_eq!(c.committed[3].len(), 21);
+    c.assert_agree(&[0, 1, 2, 3]);
+    assert!(counted(&c, 3, "snapshot-voucher-late") >= 1);
+    let delivered = delivered.borrow();
+    let from_n0 = delivered.iter().filter(|c| c.0 == NodeId(0)).count();
+    assert_eq!(from_n0, 5);
+    assert!(
+        delivered.iter().any(|c| c.0 != NodeId(0)),
+        "another voucher took over"
+    );
+    let seq = delivered[0].1;
+    let sent: usize = delivered.iter().map(|c| c.2).sum();
+    assert_eq!(
+        sent as u64,
+        lens.borrow()[&seq],
+        "the first five chunks were not sent again"
+    );
 }
 
 #[test]
@@ -974,4 +1130,37 @@ fn a_durable_state_written_before_snapshots_existed_still_reads() {
     let back: PbftStable = postcard::from_bytes(&postcard::to_stdvec(now).unwrap()).unwrap();
     assert_eq!(back.snapshot, now.snapshot);
     assert_eq!(back.executed.len(), now.executed.len());
+}
+
+#[test]
+fn a_replaced_snapshot_is_still_served_to_a_replica_fetching_it() {
+    let mut c = Cluster::with(4, snapshotting);
+    c.one_request_per_batch(20);
+    // Someone was sent n0's vouch for its snapshot, then n0 moved on.
+    let first = c.nodes[0]
+        .as_mut()
+        .unwrap()
+        .own_vouch()
+        .expect("a snapshot")
+        .body;
+    for s in 21..=30 {
+        c.request(0, 1, s);
+        c.advance(20);
+    }
+    assert!(c.node(0).own_snapshot().expect("a snapshot").seq() > first.seq);
+    c.run();
+    let ask = crate::snapshot_transfer::ChunkRequest {
+        seq: first.seq,
+        digest: first.digest,
+        offset: 0,
+        len: 16,
+    };
+    let key = crate::crypto::derive_key(KEY_SEED, 3);
+    let msg = Message::SnapshotFetch(crate::crypto::sign(&key, NodeId(3), ask));
+    c.input(0, from(3, msg));
+    let served = c.queue.iter().any(|(f, to, m)| {
+        (*f, *to) == (NodeId(0), NodeId(3))
+            && matches!(m, Message::SnapshotChunk(ch) if ch.header.body.seq == first.seq && ch.data.len() == 16)
+    });
+    assert!(served, "n0 served its replaced snapshot");
 }

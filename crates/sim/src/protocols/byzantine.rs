@@ -5,13 +5,18 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use ekmat_core::{DetRng, Effect, Effects, Input, NodeId, Time};
 use ekmat_pbft::crypto::SigningKey;
 use ekmat_pbft::crypto::sign;
 use ekmat_pbft::message::{
     Batch, Commit, Digest, Encode, Message, NewView, PrePrepare, Prepare, Sig, Signed, sha256,
 };
-use ekmat_pbft::snapshot::{Snapshot, SnapshotOffer, SnapshotVouch};
+use ekmat_pbft::snapshot::Snapshot;
+use ekmat_pbft::snapshot_transfer::{
+    ChunkHeader, SnapshotChunk, SnapshotOffer, SnapshotVouch, image_slice,
+};
 use ekmat_pbft::{Pbft, Write, primary_of};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,8 +44,10 @@ pub enum Adversary {
     ForgeNewView,
     /// Two honest copies with one identity, each talking to half the cluster.
     Twins,
-    /// Answer a replica that fell behind with a snapshot of an empty store claiming to
-    /// be the state at the snapshot's index, vouched for with its own valid signature.
+    /// Lie to a replica that fell behind: at every other snapshot point vouch (with its
+    /// own valid signature) for a snapshot of an empty store, a checkpoint newer than
+    /// the real one, and serve that image; at the others vouch truthfully and serve
+    /// chunks whose bytes are not its state (signed, so well-formed).
     ForgeSnapshot,
 }
 
@@ -115,6 +122,10 @@ pub struct Byzantine {
     /// The second pre-prepare (and batch) sent for a (view, seq), and the first's digest.
     twins: BTreeMap<(u64, u64), Twin>,
     received: VecDeque<Message>,
+    /// Images of the snapshots a forging replica vouched for falsely, by digest.
+    forged: BTreeMap<Digest, Bytes>,
+    /// Chunk requests for a forged image, to answer after the honest step.
+    forged_asks: Vec<(NodeId, u64, Digest, u64, u64)>,
 }
 
 impl Byzantine {
@@ -128,6 +139,8 @@ impl Byzantine {
             rng: DetRng::new(seed ^ 0xb12a_4711),
             twins: BTreeMap::new(),
             received: VecDeque::new(),
+            forged: BTreeMap::new(),
+            forged_asks: Vec::new(),
         }
     }
 
@@ -136,6 +149,13 @@ impl Byzantine {
     }
 
     pub fn remember(&mut self, msg: &Message) {
+        if let Message::SnapshotFetch(r) = msg
+            && self.forged.contains_key(&r.body.digest)
+        {
+            let b = r.body;
+            self.forged_asks
+                .push((r.signer, b.seq, b.digest, b.offset, b.len));
+        }
         if self.kind == Adversary::Replay {
             if self.received.len() == REPLAY_MEMORY {
                 self.received.pop_front();
@@ -147,6 +167,7 @@ impl Byzantine {
     /// Rewrite the effects of one honest step.
     pub fn rewrite(&mut self, now: Time, inner: &Pbft, out: &mut Fx) {
         if now >= self.until {
+            self.forged_asks.clear();
             return;
         }
         let effects: Vec<_> = out.drain().collect();
@@ -157,6 +178,7 @@ impl Byzantine {
                 other => out.push(other),
             }
         }
+        self.answer_forged(&mut sends);
         if self.kind == Adversary::Replay && !self.received.is_empty() && self.rng.chance(0.2) {
             let msg = self.received[self.rng.index(self.received.len())].clone();
             let to = NodeId(self.rng.index(self.n) as u32);
@@ -202,33 +224,83 @@ impl Byzantine {
             // The first copy talks to its half only; the twin (twins.rs) to the other.
             Adversary::Twins if super::twins::talks_to_twin(to) => {}
             Adversary::Twins => sends.push((to, msg)),
-            Adversary::ForgeSnapshot => sends.push((to, self.forge_snapshot(msg))),
+            Adversary::ForgeSnapshot => sends.push((to, self.forge_snapshot(inner, msg))),
         }
     }
 
-    /// A snapshot offer rewritten into a lie: the same execution state and index, an
-    /// empty store, and a vouch for exactly that, signed (validly) by this replica.
-    fn forge_snapshot(&self, msg: Message) -> Message {
-        let Message::Snapshot(offer) = msg else {
-            return msg;
-        };
-        let mut lie = ekmat_kv::KvStore::new();
-        for index in 1..=offer.snapshot.exec.applied {
-            lie.skip(index);
+    /// A snapshot offer rewritten into a lie (a vouch for an empty store at the same
+    /// execution state and index), or a chunk whose bytes are not the state.
+    fn forge_snapshot(&mut self, inner: &Pbft, msg: Message) -> Message {
+        match msg {
+            // Every other snapshot point: a lie. The rest are vouched for truthfully,
+            // and their chunks garbled.
+            Message::SnapshotOffer(offer)
+                if (offer.vouch.body.seq / inner.config().checkpoint_interval)
+                    .is_multiple_of(2) =>
+            {
+                let Some(real) = inner.own_snapshot() else {
+                    return Message::SnapshotOffer(offer);
+                };
+                let mut lie = ekmat_kv::KvStore::new();
+                for index in 1..=real.exec.applied {
+                    lie.skip(index);
+                }
+                // Claimed a checkpoint ahead of the real one, so a replica that takes
+                // the newest snapshot anyone vouches for takes this one.
+                let mut exec = real.exec.clone();
+                exec.seq += inner.config().checkpoint_interval;
+                let snapshot = Snapshot {
+                    exec,
+                    app: lie.snapshot(),
+                };
+                let image = snapshot.image();
+                let vouch = SnapshotVouch {
+                    seq: snapshot.seq(),
+                    digest: snapshot.digest(),
+                    len: image.len() as u64,
+                };
+                self.forged.insert(vouch.digest, image);
+                Message::SnapshotOffer(Arc::new(SnapshotOffer {
+                    vouch: sign(&self.key, self.id, vouch),
+                    stable: offer.stable.clone(),
+                }))
+            }
+            Message::SnapshotChunk(chunk) => {
+                let garbled: Vec<u8> = chunk.data.iter().map(|b| b ^ 0x5a).collect();
+                let mut header = chunk.header.body;
+                header.data = sha256(&garbled);
+                Message::SnapshotChunk(Arc::new(SnapshotChunk {
+                    header: sign(&self.key, self.id, header),
+                    data: Bytes::from(garbled),
+                }))
+            }
+            other => other,
         }
-        let snapshot = Snapshot {
-            exec: offer.snapshot.exec.clone(),
-            app: lie.snapshot(),
-        };
-        let vouch = SnapshotVouch {
-            seq: snapshot.seq(),
-            digest: snapshot.digest(),
-        };
-        Message::Snapshot(Arc::new(SnapshotOffer {
-            vouch: sign(&self.key, self.id, vouch),
-            snapshot: Arc::new(snapshot),
-            stable: offer.stable.clone(),
-        }))
+    }
+
+    /// Serve the forged images asked for.
+    fn answer_forged(&mut self, sends: &mut Vec<(NodeId, Message)>) {
+        for (to, seq, digest, offset, len) in std::mem::take(&mut self.forged_asks) {
+            let image = &self.forged[&digest];
+            if offset >= image.len() as u64 {
+                continue;
+            }
+            if len == 0 {
+                continue;
+            }
+            let data = image_slice(&Bytes::new(), image, offset, len as usize);
+            let header = ChunkHeader {
+                seq,
+                digest,
+                offset,
+                data: sha256(&data),
+            };
+            let chunk = SnapshotChunk {
+                header: sign(&self.key, self.id, header),
+                data,
+            };
+            sends.push((to, Message::SnapshotChunk(Arc::new(chunk))));
+        }
     }
 
     /// Backups of view `view` split in two: every other one (by rank) gets the twin.
@@ -495,6 +567,8 @@ fn corrupt(msg: &mut Message) {
         Message::NewView(v) => flip(Arc::make_mut(v)),
         Message::Fetch(f) => flip(f),
         Message::Transfer(t) => flip(Arc::make_mut(t)),
-        Message::Snapshot(s) => flip(&mut Arc::make_mut(s).vouch),
+        Message::SnapshotOffer(s) => flip(&mut Arc::make_mut(s).vouch),
+        Message::SnapshotFetch(r) => flip(r),
+        Message::SnapshotChunk(c) => flip(&mut Arc::make_mut(c).header),
     }
 }

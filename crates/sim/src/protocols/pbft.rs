@@ -41,6 +41,8 @@ pub struct PbftSim {
     /// A snapshot after every this many bytes of requests (0: never; see
     /// `ekmat_pbft::snapshot`).
     pub snapshot_bytes: u64,
+    /// Snapshots go to a replica behind in chunks of at most this many bytes.
+    pub snapshot_chunk_bytes: usize,
     /// The Byzantine nodes and what each does: drawn per seed by `vary`, unless set.
     pub assigned: Vec<(NodeId, Adversary)>,
 }
@@ -60,6 +62,7 @@ impl Default for PbftSim {
             batch_max: 256,
             view_timeout: Duration::from_millis(300),
             snapshot_bytes: 0,
+            snapshot_chunk_bytes: 1 << 20,
             assigned: Vec::new(),
         }
     }
@@ -76,6 +79,7 @@ impl PbftSim {
         cfg.batch_max = self.batch_max;
         cfg.view_timeout = self.view_timeout;
         cfg.snapshot_bytes = self.snapshot_bytes;
+        cfg.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
         cfg
     }
 
@@ -255,6 +259,8 @@ impl SimProtocol for PbftSim {
             // Drawn last, so the draws before it stay what they were for each seed.
             // A seed's requests add up to tens of kilobytes: tens of snapshots, or a few.
             v.snapshot_bytes = [0, 1024, 4096][rng.index(3)];
+            // A seed's store grows to a hundred kilobytes or so: one chunk, or dozens.
+            v.snapshot_chunk_bytes = [4096, 1 << 20][rng.index(2)];
         }
         let cast: Vec<String> = v
             .assigned
@@ -262,9 +268,10 @@ impl SimProtocol for PbftSim {
             .map(|(n, a)| format!("{n} {}", a.name()))
             .collect();
         let knobs = format!(
-            "pbft checkpoint every {}, snapshot every {} bytes, {} batches in flight, {} requests per batch, view timeout {:?}, byzantine: [{}]",
+            "pbft checkpoint every {}, snapshot every {} bytes (chunks of {}), {} batches in flight, {} requests per batch, view timeout {:?}, byzantine: [{}]",
             v.checkpoint_interval,
             v.snapshot_bytes,
+            v.snapshot_chunk_bytes,
             v.max_inflight,
             v.batch_max,
             v.view_timeout,
