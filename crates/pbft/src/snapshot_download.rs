@@ -7,11 +7,13 @@
 //! header names: memory stays bounded by the window, and a voucher cannot keep a
 //! download alive by trickling bytes.
 //!
-//! A voucher whose oldest outstanding chunk is a fetch timeout late is replaced by the
-//! next one; the bytes so far are kept (correct replicas' images are identical). Once
-//! every voucher was late in turn, the download moves on to a newer snapshot if f+1
-//! vouch for one. Meanwhile every other voucher is told, once per fetch timeout, that
-//! the snapshot is still being fetched, so it keeps serving it after replacing it.
+//! A voucher whose oldest outstanding chunk is a fetch timeout late, or that sends
+//! fewer than a window of chunks per fetch timeout on average, is replaced by the next
+//! one; the bytes so far are kept (correct replicas' images are identical). Once every
+//! voucher was late in turn, the download moves on to a newer snapshot if f+1 vouch
+//! for one. The vouchers are those of the download's start (and any that vouch for
+//! the same snapshot later): each is told, once per fetch timeout, that the snapshot
+//! is still being fetched, so it keeps serving it after replacing it.
 //!
 //! The whole image is checked against the vouched digest. If it does not match, its
 //! contributors are suspected, and it is fetched again from one voucher alone, start
@@ -38,8 +40,13 @@ const WINDOW: usize = 8;
 pub(crate) struct Download {
     /// What f+1 replicas vouched for.
     pub(crate) target: SnapshotVouch,
-    /// The voucher asked now.
+    /// Their vouches (with their stable checkpoints), kept for the whole download: a
+    /// voucher that moves on to a newer snapshot still serves this one while asked.
+    vouchers: BTreeMap<NodeId, Arc<SnapshotOffer>>,
+    /// The voucher asked now, since when, and how many of its chunks arrived since.
     from: NodeId,
+    turn: Time,
+    turn_chunks: u64,
     /// The image's bytes received in order so far.
     image: Vec<u8>,
     /// Chunks received ahead of `image`, by offset.
@@ -73,10 +80,18 @@ impl Pbft {
         if vouch.signer == self.cfg.id || vouch.body.seq <= self.last_executed || !newer {
             return; // its own, behind this replica, or not newer than this sender's last
         }
+        if vouch.body.len < 8 {
+            return; // no image is that short (its head alone is 8 bytes)
+        }
         if !self.keys.verify(&vouch) {
             return self.reject_signature(out);
         }
         self.note_seen(vouch.signer, vouch.body.seq, 0);
+        if let Some(d) = self.download.as_mut()
+            && d.target == vouch.body
+        {
+            d.vouchers.insert(vouch.signer, offer.clone());
+        }
         self.offers.insert(vouch.signer, offer);
         self.maybe_download(out);
     }
@@ -114,11 +129,11 @@ impl Pbft {
 
     /// The voucher to ask after `after` (in id order, round), leaving out those proven
     /// wrong, and suspected ones while others are left.
-    fn next_voucher(&self, target: &SnapshotVouch, after: NodeId, d: &Download) -> Option<NodeId> {
-        let all: Vec<NodeId> = self
-            .vouchers(target)
-            .iter()
-            .map(|o| o.vouch.signer)
+    fn next_voucher(after: NodeId, d: &Download) -> Option<NodeId> {
+        let all: Vec<NodeId> = d
+            .vouchers
+            .keys()
+            .copied()
             .filter(|id| !d.failed.contains(id))
             .collect();
         let trusted: Vec<NodeId> = all
@@ -154,7 +169,14 @@ impl Pbft {
     fn fresh_download(&self, target: SnapshotVouch) -> Download {
         Download {
             target,
+            vouchers: self
+                .vouchers(&target)
+                .into_iter()
+                .map(|o| (o.vouch.signer, o))
+                .collect(),
             from: self.cfg.id,
+            turn: self.now,
+            turn_chunks: 0,
             image: Vec::new(),
             ahead: BTreeMap::new(),
             asked: BTreeMap::new(),
@@ -170,10 +192,12 @@ impl Pbft {
 
     /// Fetch `d`'s image from its start, from the voucher after `after`.
     fn begin(&mut self, mut d: Download, after: NodeId, out: &mut Fx) {
-        let Some(from) = self.next_voucher(&d.target, after, &d) else {
+        let Some(from) = Self::next_voucher(after, &d) else {
             return;
         };
         d.from = from;
+        d.turn = self.now;
+        d.turn_chunks = 0;
         d.image.clear();
         d.ahead.clear();
         d.asked.clear();
@@ -228,26 +252,34 @@ impl Pbft {
             .asked
             .values()
             .any(|(_, at)| self.now.since(*at) >= timeout);
-        if !late {
+        // At least a window's worth of chunks per fetch timeout, on average, or the
+        // next voucher is asked: one answering just in time is replaced too.
+        let allowed = timeout * (1 + (d.turn_chunks / WINDOW as u64) as u32);
+        let slow = self.now.since(d.turn) >= allowed;
+        if !late && !slow {
             return;
         }
         self.counter("snapshot-voucher-late", out);
         let target = d.target;
-        let everyone = self.vouchers(&target).len();
         if let Some(newer) = self.best_vouched().filter(|b| b.seq > target.seq)
-            && d.late + 1 >= everyone
+            && late
+            && d.late + 1 >= d.vouchers.len()
         {
             let fresh = self.fresh_download(newer);
             return self.begin(fresh, self.cfg.id, out);
         }
         let mut d = self.download.take().expect("checked");
         let from = d.from;
-        d.late += 1;
+        d.late += usize::from(late);
         if d.solo {
+            // It served no wrong image, but it did not serve this one either.
+            d.suspects.insert(from);
             return self.begin(d, from, out);
         }
         // The bytes so far stay; what was asked is asked of the next voucher.
-        d.from = self.next_voucher(&target, from, &d).unwrap_or(from);
+        d.from = Self::next_voucher(from, &d).unwrap_or(from);
+        d.turn = self.now;
+        d.turn_chunks = 0;
         d.next = d.image.len() as u64;
         d.asked.clear();
         d.ahead.clear();
@@ -267,10 +299,10 @@ impl Pbft {
         }
         d.kept_alive = now;
         let (target, from) = (d.target, d.from);
-        let others: Vec<NodeId> = self
-            .vouchers(&target)
-            .iter()
-            .map(|o| o.vouch.signer)
+        let others: Vec<NodeId> = d
+            .vouchers
+            .keys()
+            .copied()
             .filter(|id| *id != from)
             .collect();
         let body = ChunkRequest {
@@ -306,6 +338,7 @@ impl Pbft {
         d.ahead.insert(h.body.offset, chunk.data.clone());
         d.contributors.insert(h.signer);
         d.late = 0;
+        d.turn_chunks += 1;
         while let Some(data) = d.ahead.remove(&(d.image.len() as u64)) {
             d.image.extend_from_slice(&data);
         }
@@ -318,7 +351,7 @@ impl Pbft {
         match Snapshot::from_image(&image) {
             Some(s) if s.seq() == target.seq && s.digest() == target.digest => {
                 if target.seq > self.last_executed {
-                    let vouchers = self.vouchers(&target);
+                    let vouchers: Vec<_> = d.vouchers.values().cloned().collect();
                     self.install(Arc::new(s), &vouchers, out);
                 }
             }
