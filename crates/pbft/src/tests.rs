@@ -1164,3 +1164,65 @@ fn a_replaced_snapshot_is_still_served_to_a_replica_fetching_it() {
     });
     assert!(served, "n0 served its replaced snapshot");
 }
+
+/// n = 7, f = 2. n6 is behind; only n0, n1 and n2 vouch (f+1). n0 never sends a chunk;
+/// n1 answers its first window with well-signed wrong bytes, then nothing; n2 is
+/// correct. The first image mixes n1's and n2's bytes, so both are suspected, and n0 is
+/// the only voucher left unsuspected: asked alone, it must not be asked for ever.
+#[test]
+fn two_byzantine_vouchers_cannot_keep_a_replica_from_a_correct_third() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let mut c = Cluster::with(7, |i, n| PbftConfig {
+        snapshot_chunk_bytes: 16,
+        ..snapshotting(i, n)
+    });
+    c.cut = Box::new(|_, to, _| to == NodeId(6));
+    c.one_request_per_batch(20);
+    let real = (**c.node(2).own_snapshot().expect("n2 took a snapshot")).clone();
+    let asked_of_n1: Rc<RefCell<Vec<crate::snapshot_transfer::ChunkRequest>>> = Rc::default();
+    let log = asked_of_n1.clone();
+    c.cut = Box::new(move |from, to, msg| match msg {
+        // Only the vouches given below reach n6.
+        Message::SnapshotOffer(_) => to == NodeId(6),
+        Message::SnapshotChunk(_) => from == NodeId(0) || from == NodeId(1),
+        Message::SnapshotFetch(r) if to == NodeId(1) && from == NodeId(6) => {
+            log.borrow_mut().push(r.body);
+            true
+        }
+        _ => false,
+    });
+    for i in 0..3 {
+        c.input(6, from(i, offer_of(&real, i)));
+    }
+    let key = crate::crypto::derive_key(KEY_SEED, 1);
+    let mut answered = false;
+    for _ in 0..300 {
+        c.advance(10);
+        let asks = std::mem::take(&mut *asked_of_n1.borrow_mut());
+        if answered || asks.is_empty() {
+            continue;
+        }
+        answered = true;
+        for r in asks {
+            let data = Bytes::from(vec![0x5a; r.len as usize]);
+            let header = crate::snapshot_transfer::ChunkHeader {
+                seq: r.seq,
+                digest: r.digest,
+                offset: r.offset,
+                data: crate::message::sha256(&data),
+            };
+            let chunk = crate::snapshot_transfer::SnapshotChunk {
+                header: crate::crypto::sign(&key, NodeId(1), header),
+                data,
+            };
+            c.input(
+                6,
+                from(1, Message::SnapshotChunk(std::sync::Arc::new(chunk))),
+            );
+        }
+    }
+    assert!(answered, "n6 asked n1");
+    assert_eq!(counted(&c, 6, "bad-snapshot"), 1);
+    assert_eq!(c.node(6).stats().snapshots_installed, 1);
+}
