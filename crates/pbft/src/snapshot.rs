@@ -73,8 +73,14 @@ impl Snapshot {
     /// What replicas vouch for: the execution state's canonical encoding and the state
     /// machine's bytes, under a tag of their own.
     pub fn digest(&self) -> Digest {
+        self.digest_with(&self.image_head())
+    }
+
+    /// The digest, from the image head already made (which holds the execution state's
+    /// encoding), so the state is not encoded twice.
+    pub(crate) fn digest_with(&self, head: &[u8]) -> Digest {
         let mut bytes = vec![12];
-        bytes.extend(postcard::to_stdvec(&self.exec).expect("execution state always encodes"));
+        bytes.extend_from_slice(&head[8..]);
         bytes.extend_from_slice(&sha256(&self.app));
         sha256(&bytes)
     }

@@ -133,7 +133,7 @@ impl Pbft {
             let head = own.snapshot.image_head();
             let body = SnapshotVouch {
                 seq: own.snapshot.seq(),
-                digest: own.snapshot.digest(),
+                digest: own.snapshot.digest_with(&head),
                 len: (head.len() + own.snapshot.app.len()) as u64,
             };
             own.vouch = Some((self.keys.sign(body), head));
