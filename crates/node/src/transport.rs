@@ -251,17 +251,29 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], crate::ports::unused_port()))
     }
 
-    #[tokio::test]
-    async fn messages_cross_and_other_clusters_are_refused() {
+    /// Two members of cluster 7 that know each other: n0's transport, n1's (kept
+    /// alive), n1's inbound messages, and n1's address.
+    async fn two_members() -> (
+        Transport<String>,
+        Transport<String>,
+        mpsc::Receiver<(NodeId, String)>,
+        SocketAddr,
+    ) {
         let (a, b) = (free_addr().await, free_addr().await);
         let (tx_a, _rx_a) = mpsc::channel::<(NodeId, String)>(16);
-        let (tx_b, mut rx_b) = mpsc::channel::<(NodeId, String)>(16);
+        let (tx_b, rx_b) = mpsc::channel::<(NodeId, String)>(16);
         let ta = Transport::start(NodeId(0), 7, a, &[(NodeId(1), b)], tx_a)
             .await
             .unwrap();
-        let _tb = Transport::start(NodeId(1), 7, b, &[(NodeId(0), a)], tx_b)
+        let tb = Transport::start(NodeId(1), 7, b, &[(NodeId(0), a)], tx_b)
             .await
             .unwrap();
+        (ta, tb, rx_b, b)
+    }
+
+    #[tokio::test]
+    async fn messages_cross_and_other_clusters_are_refused() {
+        let (ta, _tb, mut rx_b, b) = two_members().await;
         for i in 0..100 {
             assert!(ta.send(NodeId(1), format!("m{i}")));
         }
@@ -302,15 +314,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_too_large_to_send_is_dropped_and_the_rest_still_arrive() {
-        let (a, b) = (free_addr().await, free_addr().await);
-        let (tx_a, _rx_a) = mpsc::channel::<(NodeId, String)>(16);
-        let (tx_b, mut rx_b) = mpsc::channel::<(NodeId, String)>(16);
-        let ta = Transport::start(NodeId(0), 7, a, &[(NodeId(1), b)], tx_a)
-            .await
-            .unwrap();
-        let _tb = Transport::start(NodeId(1), 7, b, &[(NodeId(0), a)], tx_b)
-            .await
-            .unwrap();
+        let (ta, _tb, mut rx_b, _) = two_members().await;
         assert!(ta.send(NodeId(1), "before".into()));
         assert!(ta.send(NodeId(1), "x".repeat(MAX_FRAME + 1)));
         assert!(ta.send(NodeId(1), "after".into()));

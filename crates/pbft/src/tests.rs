@@ -10,7 +10,7 @@ use ekmat_core::{
     RequestId, RequestKind, Time,
 };
 
-use crate::message::{Batch, Message};
+use crate::message::{Batch, Digest, Message};
 use crate::{Pbft, PbftConfig, PbftStable, Write, evidence};
 
 const KEY_SEED: u64 = 99;
@@ -837,39 +837,75 @@ fn offer_of(snapshot: &crate::snapshot::Snapshot, signer: u32) -> Message {
 /// The whole of `image` in one chunk, signed by `signer`, for the snapshot vouched for
 /// as `vouched`.
 fn chunk_of(vouched: &crate::snapshot::Snapshot, image: Bytes, signer: u32) -> Message {
+    signed_chunk(vouched.seq(), vouched.digest(), 0, image, signer)
+}
+
+/// `data` as `signer` would send it, at `offset` of the image vouched for as (`seq`,
+/// `digest`).
+fn signed_chunk(seq: u64, digest: Digest, offset: u64, data: Bytes, signer: u32) -> Message {
     let header = crate::snapshot_transfer::ChunkHeader {
-        seq: vouched.seq(),
-        digest: vouched.digest(),
-        offset: 0,
-        data: crate::message::sha256(&image),
+        seq,
+        digest,
+        offset,
+        data: crate::message::sha256(&data),
     };
     let key = crate::crypto::derive_key(KEY_SEED, signer);
     let chunk = crate::snapshot_transfer::SnapshotChunk {
         header: crate::crypto::sign(&key, NodeId(signer), header),
-        data: image,
+        data,
     };
     Message::SnapshotChunk(std::sync::Arc::new(chunk))
+}
+
+/// `real` with its first command's bytes replaced by what `change` makes of them.
+fn with_first_command(
+    real: &crate::snapshot::Snapshot,
+    change: impl Fn(&Bytes) -> Bytes,
+) -> crate::snapshot::Snapshot {
+    let mut state = decode_state(&real.app);
+    let Some(Committed {
+        entry: CommittedEntry::Command { command, .. },
+        ..
+    }) = state.first_mut()
+    else {
+        panic!("the snapshot holds commands");
+    };
+    *command = change(command);
+    crate::snapshot::Snapshot {
+        exec: real.exec.clone(),
+        app: encode_state(&state),
+    }
 }
 
 /// Who sent each snapshot chunk, and how many bytes, as the cluster runs.
 type ChunkLog = std::rc::Rc<std::cell::RefCell<Vec<(NodeId, u64, usize)>>>;
 
+/// The image length each snapshot was vouched for with, as the cluster runs.
+type VouchedLens = std::rc::Rc<std::cell::RefCell<BTreeMap<u64, u64>>>;
+
 /// Let everything through, logging snapshot chunks (sender, snapshot, bytes) and the
 /// image length each snapshot was vouched for with.
-fn log_chunks(
+fn log_chunks(c: &mut Cluster) -> (ChunkLog, VouchedLens) {
+    log_chunks_dropping(c, |_, _| false)
+}
+
+/// As `log_chunks`, but chunks `drop` returns true for (given their sender and the
+/// chunks delivered so far) are dropped, and not logged.
+fn log_chunks_dropping(
     c: &mut Cluster,
-) -> (
-    ChunkLog,
-    std::rc::Rc<std::cell::RefCell<BTreeMap<u64, u64>>>,
-) {
+    drop: impl Fn(NodeId, &[(NodeId, u64, usize)]) -> bool + 'static,
+) -> (ChunkLog, VouchedLens) {
     let chunks: ChunkLog = Default::default();
-    let lens: std::rc::Rc<std::cell::RefCell<BTreeMap<u64, u64>>> = Default::default();
+    let lens: VouchedLens = Default::default();
     let (seen, vouched) = (chunks.clone(), lens.clone());
     c.cut = Box::new(move |from, _, msg| {
         match msg {
             Message::SnapshotChunk(ch) => {
-                seen.borrow_mut()
-                    .push((from, ch.header.body.seq, ch.data.len()))
+                let mut seen = seen.borrow_mut();
+                if drop(from, &seen) {
+                    return true;
+                }
+                seen.push((from, ch.header.body.seq, ch.data.len()));
             }
             Message::SnapshotOffer(o) => {
                 vouched
@@ -904,19 +940,7 @@ fn one_forged_snapshot_to_a_replica_behind(mutant: crate::Mutant) -> Cluster {
     });
     let real = n3_behind_a_snapshot(&mut c);
     // Validly signed by n0, self-consistent, and a lie: one command's bytes changed.
-    let mut state = decode_state(&real.app);
-    let Some(Committed {
-        entry: CommittedEntry::Command { command, .. },
-        ..
-    }) = state.first_mut()
-    else {
-        panic!("n0's snapshot holds commands");
-    };
-    *command = Bytes::from_static(b"forged");
-    let lie = crate::snapshot::Snapshot {
-        exec: real.exec.clone(),
-        app: encode_state(&state),
-    };
+    let lie = with_first_command(&real, |_| Bytes::from_static(b"forged"));
     c.input(3, from(0, offer_of(&lie, 0)));
     c.input(3, from(0, chunk_of(&lie, lie.image(), 0)));
     c
@@ -986,19 +1010,7 @@ fn a_garbled_image_under_real_vouches_is_refused_counted_and_fetched_from_anothe
     c.input(3, from(1, offer_of(&real, 1)));
     // f+1 vouch: n3 asks n0, the first of them, which answers with the right length
     // and a well-formed image of another state: its first command's bytes changed.
-    let mut state = decode_state(&real.app);
-    let Some(Committed {
-        entry: CommittedEntry::Command { command, .. },
-        ..
-    }) = state.first_mut()
-    else {
-        panic!("n0's snapshot holds commands");
-    };
-    *command = Bytes::from(vec![b'x'; command.len()]);
-    let other = crate::snapshot::Snapshot {
-        exec: real.exec.clone(),
-        app: encode_state(&state),
-    };
+    let other = with_first_command(&real, |command| Bytes::from(vec![b'x'; command.len()]));
     assert_eq!(other.image().len(), real.image().len());
     c.input(3, from(0, chunk_of(&real, other.image(), 0)));
     assert_eq!(c.node(3).last_executed(), 0);
@@ -1052,25 +1064,9 @@ fn a_voucher_that_stops_mid_download_is_replaced_and_the_bytes_so_far_kept() {
         ..snapshotting(i, n)
     });
     n3_behind_a_snapshot(&mut c);
-    let delivered: ChunkLog = Default::default();
-    let lens: std::rc::Rc<std::cell::RefCell<BTreeMap<u64, u64>>> = Default::default();
-    let (seen, vouched) = (delivered.clone(), lens.clone());
     // n0, asked first, sends its first five chunks, then goes quiet.
-    c.cut = Box::new(move |from, _, msg| {
-        if let Message::SnapshotOffer(o) = msg {
-            vouched
-                .borrow_mut()
-                .insert(o.vouch.body.seq, o.vouch.body.len);
-        }
-        let Message::SnapshotChunk(ch) = msg else {
-            return false;
-        };
-        let mut seen = seen.borrow_mut();
-        if from == NodeId(0) && seen.iter().filter(|c| c.0 == from).count() >= 5 {
-            return true;
-        }
-        seen.push((from, ch.header.body.seq, ch.data.len()));
-        false
+    let (delivered, lens) = log_chunks_dropping(&mut c, |from, seen| {
+        from == NodeId(0) && seen.iter().filter(|c| c.0 == from).count() >= 5
     });
     c.request(0, 1, 21);
     c.advance(2000);
@@ -1195,7 +1191,6 @@ fn two_byzantine_vouchers_cannot_keep_a_replica_from_a_correct_third() {
     for i in 0..3 {
         c.input(6, from(i, offer_of(&real, i)));
     }
-    let key = crate::crypto::derive_key(KEY_SEED, 1);
     let mut answered = false;
     for _ in 0..300 {
         c.advance(10);
@@ -1206,20 +1201,7 @@ fn two_byzantine_vouchers_cannot_keep_a_replica_from_a_correct_third() {
         answered = true;
         for r in asks {
             let data = Bytes::from(vec![0x5a; r.len as usize]);
-            let header = crate::snapshot_transfer::ChunkHeader {
-                seq: r.seq,
-                digest: r.digest,
-                offset: r.offset,
-                data: crate::message::sha256(&data),
-            };
-            let chunk = crate::snapshot_transfer::SnapshotChunk {
-                header: crate::crypto::sign(&key, NodeId(1), header),
-                data,
-            };
-            c.input(
-                6,
-                from(1, Message::SnapshotChunk(std::sync::Arc::new(chunk))),
-            );
+            c.input(6, from(1, signed_chunk(r.seq, r.digest, r.offset, data, 1)));
         }
     }
     assert!(answered, "n6 asked n1");
