@@ -154,6 +154,8 @@ pub enum Rejection {
     InvalidChange(ChangeError),
     /// The request's client id is one the protocol keeps for requests of its own.
     ReservedClient,
+    /// The client is registered to sign its own requests, and this one came unsigned.
+    SignatureRequired,
 }
 
 /// Something worth counting or tracing. Never needed for correctness.

@@ -87,7 +87,7 @@ pub struct SimArgs {
     pub byzantine: usize,
     /// PBFT: what Byzantine replicas do: `all` (one drawn per node per seed) or a
     /// comma-separated list of equivocate, equivocate-backup, silent, forge, corrupt,
-    /// replay, mutate, starve, forge-new-view.
+    /// replay, mutate, starve, forge-new-view, twins, forge-snapshot, forge-request.
     #[arg(long, default_value = "all")]
     pub adversary: String,
     /// How Raft confirms reads: `read-index` or `lease` (default: lease on half the

@@ -38,6 +38,10 @@ impl Pbft {
         if b.signer != b.body.gateway || !self.keys.verify_all(vec![item]) {
             return self.reject_signature(out);
         }
+        if !self.client_requests_verify(&b.body.requests) {
+            // Its gateway signed a request its client did not: never proposed here.
+            return self.counter("forged-client-request", out);
+        }
         self.add_pending_as(b, d);
         self.try_propose(out);
     }

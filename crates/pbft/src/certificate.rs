@@ -119,6 +119,7 @@ impl QuorumCertificate {
                 signer: *signer,
                 msg: msg.clone(),
                 sig: *sig,
+                key: None,
             })
             .collect()
     }

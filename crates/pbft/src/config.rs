@@ -1,11 +1,13 @@
 //! A validator's configuration: who the validators are (their public keys), its own
 //! secret key, and the protocol's knobs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use ekmat_core::NodeId;
 
+use crate::client::ClientRegistry;
 use crate::crypto::{derive_key, derive_public_keys};
 
 /// Planted bugs the simulator must catch (see `crates/sim/tests/mutants.rs`).
@@ -25,15 +27,19 @@ pub enum Mutant {
     ExcludeOnOwnEvidence,
     /// Install a snapshot one replica vouches for, instead of waiting for f+1.
     TrustOneSnapshot,
+    /// Take a registered client's requests on their gateway's word, without checking
+    /// the client's own signature.
+    SkipClientSignatures,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 5] = [
+    pub const ALL: [Mutant; 6] = [
         Mutant::CommitWithoutPrePrepare,
         Mutant::AcceptUnverifiedNewView,
         Mutant::SkipSignatureVerification,
         Mutant::ExcludeOnOwnEvidence,
         Mutant::TrustOneSnapshot,
+        Mutant::SkipClientSignatures,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +50,7 @@ impl Mutant {
             Mutant::SkipSignatureVerification => "skip-signature-verification",
             Mutant::ExcludeOnOwnEvidence => "exclude-on-own-evidence",
             Mutant::TrustOneSnapshot => "trust-one-snapshot",
+            Mutant::SkipClientSignatures => "skip-client-signatures",
         }
     }
 
@@ -81,6 +88,9 @@ pub struct PbftConfig {
     pub view_timeout: Duration,
     /// How long a replica waits, behind, before fetching committed batches.
     pub fetch_timeout: Duration,
+    /// Clients that sign their own requests, by client id (see `client.rs`): a
+    /// request in one's name counts only with its signature, whoever bundled it.
+    pub clients: Arc<ClientRegistry>,
     pub mutant: Mutant,
 }
 
@@ -101,6 +111,7 @@ impl PbftConfig {
             bundle_max: 1,
             view_timeout: Duration::from_millis(400),
             fetch_timeout: Duration::from_millis(300),
+            clients: Arc::default(),
             mutant: Mutant::None,
         }
     }
@@ -144,6 +155,13 @@ impl PbftConfig {
                 "snapshot chunks must be 1 to {max_chunk} bytes, not {}",
                 self.snapshot_chunk_bytes
             ));
+        }
+        for reserved in [crate::EXCLUSION_CLIENT, crate::client::ANONYMOUS_CLIENT] {
+            if self.clients.contains_key(&reserved) {
+                return Err(format!(
+                    "client id {reserved} is reserved by the protocol and cannot be a registered client"
+                ));
+            }
         }
         if self.max_inflight == 0 || self.batch_max == 0 || self.bundle_max == 0 {
             return Err("batch, bundle and in-flight bounds must be positive".into());

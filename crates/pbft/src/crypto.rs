@@ -36,11 +36,13 @@ pub fn derive_public_keys(seed: u64, n: usize) -> Vec<VerifyingKey> {
         .collect()
 }
 
-/// One signature to check: who claims it, over which bytes.
+/// One signature to check: who claims it, over which bytes. A validator's key is
+/// looked up by `signer`; a client's (`key`) travels with the item.
 pub struct SigItem {
     pub signer: NodeId,
     pub msg: Vec<u8>,
     pub sig: Sig,
+    pub key: Option<VerifyingKey>,
 }
 
 impl SigItem {
@@ -49,6 +51,17 @@ impl SigItem {
             signer: s.signer,
             msg: s.body.to_bytes(),
             sig: s.sig,
+            key: None,
+        }
+    }
+
+    /// A signature by a key that is not a validator's (a registered client's).
+    pub fn by_key(key: VerifyingKey, msg: Vec<u8>, sig: Sig) -> SigItem {
+        SigItem {
+            signer: NodeId(u32::MAX),
+            msg,
+            sig,
+            key: Some(key),
         }
     }
 }
@@ -67,7 +80,7 @@ pub fn sign<T: Encode>(key: &SigningKey, signer: NodeId, body: T) -> Signed<T> {
 pub fn verify_items(keys: &[VerifyingKey], items: &[SigItem]) -> bool {
     let mut pubs = Vec::with_capacity(items.len());
     for item in items {
-        match keys.get(item.signer.index()) {
+        match item.key.as_ref().or_else(|| keys.get(item.signer.index())) {
             Some(k) => pubs.push(*k),
             None => return false,
         }
@@ -164,6 +177,9 @@ impl Keyring {
 fn cache_key(item: &SigItem) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(item.signer.0.to_le_bytes());
+    if let Some(key) = &item.key {
+        h.update(key.as_bytes());
+    }
     h.update(item.sig.0);
     h.update(&item.msg);
     h.finalize().into()

@@ -44,6 +44,7 @@ impl Pbft {
         self.outbox.push(ClientRequest {
             id,
             op: Some(proof),
+            sig: None,
         });
         self.flush_bundle(out);
     }

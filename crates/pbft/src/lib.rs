@@ -8,6 +8,7 @@
 //! - [`crypto`]: ed25519 signatures, a verified-signature cache, batch verification;
 //! - `normal_case`: pre-prepare, prepare, commit, execute;
 //! - `batching`: gateways' signed bundles, the primary's batches and pipeline;
+//! - [`client`]: clients that sign their own requests and check commit proofs;
 //! - `checkpoint`: stable checkpoints, garbage collection, watermarks;
 //! - `view_change`: VIEW-CHANGE / NEW-VIEW with proofs every replica checks;
 //! - `state_transfer`: committed batches fetched with their quorum certificates;
@@ -24,6 +25,7 @@
 mod batching;
 pub mod certificate;
 mod checkpoint;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod durable;
@@ -39,6 +41,7 @@ mod state_transfer;
 mod view_change;
 
 pub use certificate::{CertError, QuorumCertificate};
+pub use client::{Client, CommitProof, ProofError};
 pub use config::{Mutant, PbftConfig};
 pub use durable::{PbftStable, Write};
 pub use ekmat_core::{NodeId, Time};

@@ -99,12 +99,63 @@ impl<T: Encode> Encode for Signed<T> {
 }
 
 /// One client operation as a gateway received it. `op` is `None` for a linearizable
-/// read, which is ordered like a write but changes nothing.
+/// read, which is ordered like a write but changes nothing. `sig` is the client's own
+/// signature (see [`crate::client`]): required of a registered client, so no gateway
+/// can write in its name; absent for the others, whose requests stand on their
+/// gateway's word.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "RequestRepr", into = "RequestRepr")]
 pub struct ClientRequest {
     pub id: RequestId,
     pub op: Option<Bytes>,
+    pub sig: Option<Sig>,
 }
+
+/// How a request is stored and sent. Postcard writes an enum's variant index as it
+/// writes an `Option`'s tag (0 none, 1 some), so the first two variants read the
+/// requests of logs written before clients signed (`id` then `Option<Bytes>`).
+#[derive(Serialize, Deserialize)]
+struct RequestRepr {
+    id: RequestId,
+    op: OpRepr,
+}
+
+#[derive(Serialize, Deserialize)]
+enum OpRepr {
+    Read,
+    Write(Bytes),
+    SignedRead(Sig),
+    SignedWrite(Bytes, Sig),
+}
+
+impl From<RequestRepr> for ClientRequest {
+    fn from(r: RequestRepr) -> ClientRequest {
+        let (op, sig) = match r.op {
+            OpRepr::Read => (None, None),
+            OpRepr::Write(op) => (Some(op), None),
+            OpRepr::SignedRead(sig) => (None, Some(sig)),
+            OpRepr::SignedWrite(op, sig) => (Some(op), Some(sig)),
+        };
+        ClientRequest { id: r.id, op, sig }
+    }
+}
+
+impl From<ClientRequest> for RequestRepr {
+    fn from(r: ClientRequest) -> RequestRepr {
+        let op = match (r.op, r.sig) {
+            (None, None) => OpRepr::Read,
+            (Some(op), None) => OpRepr::Write(op),
+            (None, Some(sig)) => OpRepr::SignedRead(sig),
+            (Some(op), Some(sig)) => OpRepr::SignedWrite(op, sig),
+        };
+        RequestRepr { id: r.id, op }
+    }
+}
+
+/// Marks a signed request's length field in [`Bundle::requests_digest`] (no request is
+/// 2^62 bytes long), so an unsigned request hashes as it always did and no signed one
+/// can hash like an unsigned one.
+const SIGNED: u64 = 1 << 62;
 
 /// Requests a gateway collected and vouches for with one signature: one signature
 /// check per bundle, not per request, is what lets batching pay off.
@@ -132,18 +183,26 @@ impl Encode for Bundle {
 
 impl Bundle {
     /// SHA-256 over the requests' canonical encoding: per request its client, its
-    /// number, and its bytes with their length (u64::MAX for a read).
+    /// number, and its bytes with their length (u64::MAX for a read); a signed
+    /// request's length has the `SIGNED` bit set (a read's is u64::MAX - 1), and its
+    /// signature follows.
     pub fn requests_digest(&self) -> Digest {
         let mut h = Sha256::new();
         for r in &self.requests {
             h.update(r.id.client.to_le_bytes());
             h.update(r.id.seq.to_le_bytes());
+            let signed = r.sig.is_some();
             match &r.op {
                 Some(op) => {
-                    h.update((op.len() as u64).to_le_bytes());
+                    let len = op.len() as u64 | if signed { SIGNED } else { 0 };
+                    h.update(len.to_le_bytes());
                     h.update(op);
                 }
+                None if signed => h.update((u64::MAX - 1).to_le_bytes()),
                 None => h.update(u64::MAX.to_le_bytes()),
+            }
+            if let Some(sig) = &r.sig {
+                h.update(sig.0);
             }
         }
         h.finalize().into()
@@ -428,6 +487,9 @@ pub enum Message {
     SnapshotFetch(Signed<crate::snapshot_transfer::ChunkRequest>),
     /// Part of a snapshot's image.
     SnapshotChunk(Arc<crate::snapshot_transfer::SnapshotChunk>),
+    /// A client's signed request, sent to a validator that is to be its gateway. The
+    /// one message a validator takes from a non-validator.
+    Request(ClientRequest),
 }
 
 impl Message {
@@ -455,6 +517,7 @@ impl Message {
             Message::SnapshotOffer(_) => "snapshot-offer",
             Message::SnapshotFetch(_) => "snapshot-fetch",
             Message::SnapshotChunk(_) => "snapshot-chunk",
+            Message::Request(_) => "request",
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use ekmat_core::{CommittedEntry, Reply};
 
 use crate::certificate::QuorumCertificate;
+use crate::client::{ANONYMOUS_CLIENT, client_sig_items};
 use crate::config::Mutant;
 use crate::crypto::SigItem;
 use crate::durable::Write;
@@ -21,9 +22,6 @@ use crate::message::{
     Signed, sha256,
 };
 use crate::replica::{Fx, Pbft, primary_of};
-
-/// The client id of requests a gateway numbered itself (the runtime's, see `deliver`).
-const ANONYMOUS_CLIENT: u64 = 0;
 
 /// Recent request numbers kept per client for at-most-once execution.
 const SESSION_DEPTH: usize = 8;
@@ -122,16 +120,18 @@ impl Pbft {
         }
         let gateways_sign = batch.bundles.iter().all(|b| b.signer == b.body.gateway);
         let mut items = vec![SigItem::of(header)];
-        items.extend(
-            batch
-                .bundles
-                .iter()
-                .zip(&digests)
-                .filter(|(_, d)| {
-                    !self.pending.contains_key(*d) && !self.executed_bundles.contains(*d)
-                })
-                .map(|(b, _)| SigItem::of(&**b)),
-        );
+        let unseen =
+            batch.bundles.iter().zip(&digests).filter(|(_, d)| {
+                !self.pending.contains_key(*d) && !self.executed_bundles.contains(*d)
+            });
+        for (b, _) in unseen {
+            items.push(SigItem::of(&**b));
+            // Registered clients' signatures too: a primary (or gateway) that made up
+            // a request in a client's name proposes a batch no correct backup accepts.
+            if self.cfg.mutant != Mutant::SkipClientSignatures {
+                items.extend(client_sig_items(&self.cfg.clients, &b.body.requests)?);
+            }
+        }
         (gateways_sign && self.keys.verify_all(items)).then_some(digests)
     }
 

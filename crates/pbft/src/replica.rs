@@ -383,11 +383,12 @@ impl Pbft {
             let reason = Rejection::ReservedClient;
             return out.reply(Reply::Rejected { id: r.id, reason });
         }
-        if self.is_excluded(self.cfg.id) {
-            // Nobody takes this replica's bundles any more: its clients go elsewhere.
-            let leader = self.normal.then(|| primary_of(self.view, self.n()));
-            let reason = Rejection::NotLeader { leader };
+        if self.cfg.clients.contains_key(&r.id.client) {
+            let reason = Rejection::SignatureRequired;
             return out.reply(Reply::Rejected { id: r.id, reason });
+        }
+        if self.refuse_if_excluded(r.id, out) {
+            return;
         }
         let op = match r.kind {
             RequestKind::Write(op) => Some(op),
@@ -401,7 +402,30 @@ impl Pbft {
                 return out.reply(Reply::Rejected { id: r.id, reason });
             }
         };
-        self.outbox.push(ClientRequest { id: r.id, op });
+        self.queue_request(
+            ClientRequest {
+                id: r.id,
+                op,
+                sig: None,
+            },
+            out,
+        );
+    }
+
+    /// Nobody takes an excluded replica's bundles any more: its clients go elsewhere.
+    pub(crate) fn refuse_if_excluded(&mut self, id: ekmat_core::RequestId, out: &mut Fx) -> bool {
+        if !self.is_excluded(self.cfg.id) {
+            return false;
+        }
+        let leader = self.normal.then(|| primary_of(self.view, self.n()));
+        let reason = Rejection::NotLeader { leader };
+        out.reply(Reply::Rejected { id, reason });
+        true
+    }
+
+    /// Into this gateway's next bundle, which is signed and sent once full (or on a tick).
+    pub(crate) fn queue_request(&mut self, r: ClientRequest, out: &mut Fx) {
+        self.outbox.push(r);
         if self.outbox.len() >= self.cfg.bundle_max {
             self.flush_bundle(out);
         }
@@ -422,10 +446,10 @@ impl Pbft {
     }
 
     fn on_message(&mut self, from: NodeId, msg: Message, out: &mut Fx) {
-        if from.index() >= self.n() {
-            return; // not a validator: nothing it says counts
-        }
         match msg {
+            Message::Request(r) => self.on_client_request(r, out),
+            // Not a validator: nothing but a request from it counts.
+            _ if from.index() >= self.n() => self.counter("non-validator", out),
             Message::Bundle(b) => self.on_bundle(b, out),
             Message::PrePrepare { header, batch } => self.on_pre_prepare(header, batch, out),
             Message::Prepare(p) => self.on_prepare(p, out),

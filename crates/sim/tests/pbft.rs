@@ -108,7 +108,8 @@ fn assert_caught(mutant: Mutant, adversary: Adversary, by_seed: u64) {
             "state-machine-safety",
             "validity",
             "snapshot-safety",
-            "exclusion"
+            "exclusion",
+            "commit-proof"
         ]
         .contains(&v.property),
         "{} caught by an unexpected property: {v}",
@@ -137,6 +138,13 @@ fn skipping_signature_verification_is_caught() {
 #[test]
 fn trusting_one_snapshot_is_caught() {
     assert_caught(Mutant::TrustOneSnapshot, Adversary::ForgeSnapshot, 20);
+}
+
+/// Caught by validity: a request the Byzantine gateway made up in a signing client's
+/// name executes (every seed of the first 20 so far).
+#[test]
+fn skipping_client_signatures_is_caught() {
+    assert_caught(Mutant::SkipClientSignatures, Adversary::ForgeRequest, 1);
 }
 
 #[test]

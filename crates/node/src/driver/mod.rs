@@ -776,6 +776,10 @@ fn rejection(reason: Rejection) -> CallError {
         Rejection::ReservedClient => {
             CallError::Unsupported("the request's client id is reserved by the protocol".into())
         }
+        Rejection::SignatureRequired => CallError::Unsupported(
+            "the request's client is registered to sign its requests, and this one is unsigned"
+                .into(),
+        ),
     }
 }
 

@@ -10,7 +10,10 @@
 //! - **at-most-once**: an honest replica delivers a given request (client, number and
 //!   bytes) at most once per incarnation;
 //! - **exclusion**: only a Byzantine replica is ever excluded, and every honest replica
-//!   that excludes one does so at the same sequence number.
+//!   that excludes one does so at the same sequence number;
+//! - **commit proof**: a signing client's request an honest replica executed has a
+//!   commit proof (quorum certificate, bundle digests, bundle) that its client accepts,
+//!   checked at every eighth sequence number (each costs a few signature checks).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -81,6 +84,9 @@ impl PbftChecker {
                     hex(&d)
                 );
                 return Err(Violation::new("agreement", now, detail));
+            }
+            if seq.is_multiple_of(PROOF_EVERY) {
+                check_commit_proof(now, node, replica, seq)?;
             }
         }
         self.checked_seq[node.index()] = r.last_executed();
@@ -156,6 +162,43 @@ impl PbftChecker {
             None => Ok(()),
         }
     }
+}
+
+/// Commit proofs are checked at sequence numbers that are multiples of this.
+const PROOF_EVERY: u64 = 8;
+
+/// The first signing client's request in the batch at `seq` has a commit proof its
+/// client accepts, built from what `node` holds.
+fn check_commit_proof(
+    now: Time,
+    node: NodeId,
+    replica: &PbftNode,
+    seq: u64,
+) -> Result<(), Violation> {
+    let r = replica.replica();
+    let Some((batch, _)) = r.executed(seq) else {
+        return Ok(());
+    };
+    let Some((_, request)) = batch.requests().find(|(_, q)| q.sig.is_some()) else {
+        return Ok(());
+    };
+    let cfg = r.config();
+    let proof = r.commit_proof(seq, request.id).ok_or_else(|| {
+        let detail = format!(
+            "{node} executed {:?} at sequence {seq} and has no proof of it",
+            request.id
+        );
+        Violation::new("commit-proof", now, detail)
+    })?;
+    proof
+        .verify(&cfg.validators, cfg.quorum(), request)
+        .map_err(|e| {
+            let detail = format!(
+                "{node}'s proof that {:?} committed at sequence {seq} is refused: {e}",
+                request.id
+            );
+            Violation::new("commit-proof", now, detail)
+        })
 }
 
 /// What another node recorded first at `key`, if it differs from `value`; the first

@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use ekmat_core::{DetRng, Effect, Effects, Input, NodeId, Time};
+use ekmat_core::{DetRng, Effect, Effects, Input, NodeId, RequestId, Time};
+use ekmat_pbft::client::sign_request;
 use ekmat_pbft::crypto::SigningKey;
 use ekmat_pbft::crypto::sign;
 use ekmat_pbft::message::{
-    Batch, Commit, Digest, Encode, Message, NewView, PrePrepare, Prepare, Sig, Signed, sha256,
+    Batch, Bundle, ClientRequest, Commit, Digest, Encode, Message, NewView, PrePrepare, Prepare,
+    Sig, Signed, bundle_digest, sha256,
 };
 use ekmat_pbft::snapshot::Snapshot;
 use ekmat_pbft::snapshot_transfer::{
@@ -49,10 +51,15 @@ pub enum Adversary {
     /// the real one, and serve that image; at the others vouch truthfully and serve
     /// chunks whose bytes are not its state (signed, so well-formed).
     ForgeSnapshot,
+    /// As a gateway, add requests in signing clients' names that they never signed to
+    /// its own bundles (a client's signed request with its operation changed, or one
+    /// unsigned, with a garbage signature, or signed with its own key); as primary,
+    /// propose those bundles.
+    ForgeRequest,
 }
 
 impl Adversary {
-    pub const ALL: [Adversary; 11] = [
+    pub const ALL: [Adversary; 12] = [
         Adversary::Equivocate,
         Adversary::EquivocateBackup,
         Adversary::Silent,
@@ -64,6 +71,7 @@ impl Adversary {
         Adversary::ForgeNewView,
         Adversary::Twins,
         Adversary::ForgeSnapshot,
+        Adversary::ForgeRequest,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +87,7 @@ impl Adversary {
             Adversary::ForgeNewView => "forge-new-view",
             Adversary::Twins => "twins",
             Adversary::ForgeSnapshot => "forge-snapshot",
+            Adversary::ForgeRequest => "forge-request",
         }
     }
 
@@ -126,6 +135,12 @@ pub struct Byzantine {
     forged: BTreeMap<Digest, Bytes>,
     /// Chunk requests for a forged image, to answer after the honest step.
     forged_asks: Vec<(NodeId, u64, Digest, u64, u64)>,
+    /// Signed client requests seen lately, to forge others from.
+    client_requests: VecDeque<ClientRequest>,
+    /// Own bundles (by digest) and pre-prepares (by view and seq) as forged, so every
+    /// replica is sent the same forgery.
+    forged_bundles: BTreeMap<Digest, Arc<Signed<Bundle>>>,
+    forged_batches: BTreeMap<(u64, u64), (Signed<PrePrepare>, Arc<Batch>)>,
 }
 
 impl Byzantine {
@@ -141,6 +156,9 @@ impl Byzantine {
             received: VecDeque::new(),
             forged: BTreeMap::new(),
             forged_asks: Vec::new(),
+            client_requests: VecDeque::new(),
+            forged_bundles: BTreeMap::new(),
+            forged_batches: BTreeMap::new(),
         }
     }
 
@@ -155,6 +173,9 @@ impl Byzantine {
             let b = r.body;
             self.forged_asks
                 .push((r.signer, b.seq, b.digest, b.offset, b.len));
+        }
+        if self.kind == Adversary::ForgeRequest {
+            self.remember_client_requests(msg);
         }
         if self.kind == Adversary::Replay {
             if self.received.len() == REPLAY_MEMORY {
@@ -225,6 +246,7 @@ impl Byzantine {
             Adversary::Twins if super::twins::talks_to_twin(to) => {}
             Adversary::Twins => sends.push((to, msg)),
             Adversary::ForgeSnapshot => sends.push((to, self.forge_snapshot(inner, msg))),
+            Adversary::ForgeRequest => sends.push((to, self.forge_request(msg))),
         }
     }
 
@@ -275,6 +297,89 @@ impl Byzantine {
                 }))
             }
             other => other,
+        }
+    }
+
+    fn remember_client_requests(&mut self, msg: &Message) {
+        let signed: Vec<ClientRequest> = match msg {
+            Message::Request(r) => vec![r.clone()],
+            Message::Bundle(b) => b.body.requests.clone(),
+            _ => return,
+        };
+        for r in signed.into_iter().filter(|r| r.sig.is_some()) {
+            if self.client_requests.len() == REPLAY_MEMORY {
+                self.client_requests.pop_front();
+            }
+            self.client_requests.push_back(r);
+        }
+    }
+
+    /// Its own bundles with a forged request added, and its pre-prepares carrying them.
+    fn forge_request(&mut self, msg: Message) -> Message {
+        match msg {
+            Message::Bundle(b) if b.signer == self.id => Message::Bundle(self.forged_bundle(&b)),
+            Message::PrePrepare { header, batch } if header.signer == self.id => {
+                let key = (header.body.view, header.body.seq);
+                if !self.forged_batches.contains_key(&key) {
+                    let bundles = batch
+                        .bundles
+                        .iter()
+                        .map(|b| {
+                            if b.signer == self.id {
+                                self.forged_bundle(b)
+                            } else {
+                                b.clone()
+                            }
+                        })
+                        .collect();
+                    let forged = Batch { bundles };
+                    let body = PrePrepare {
+                        digest: forged.digest(),
+                        ..header.body
+                    };
+                    let header = sign(&self.key, self.id, body);
+                    self.forged_batches.insert(key, (header, Arc::new(forged)));
+                }
+                let (header, batch) = self.forged_batches[&key].clone();
+                Message::PrePrepare { header, batch }
+            }
+            other => other,
+        }
+    }
+
+    fn forged_bundle(&mut self, b: &Arc<Signed<Bundle>>) -> Arc<Signed<Bundle>> {
+        let d = bundle_digest(b);
+        if let Some(f) = self.forged_bundles.get(&d) {
+            return f.clone();
+        }
+        let mut body = b.body.clone();
+        body.requests.push(self.forged_client_request(body.nonce));
+        let forged = Arc::new(sign(&self.key, self.id, body));
+        self.forged_bundles.insert(d, forged.clone());
+        forged
+    }
+
+    /// A request in a signing client's name that the client never signed.
+    fn forged_client_request(&mut self, nonce: u64) -> ClientRequest {
+        let id = RequestId {
+            client: VICTIM_CLIENT,
+            seq: 1_000_000 + nonce,
+        };
+        let op = Some(Bytes::from(format!("forged by {} #{nonce}", self.id)));
+        match self.rng.index(4) {
+            0 if !self.client_requests.is_empty() => {
+                let i = self.rng.index(self.client_requests.len());
+                let mut r = self.client_requests[i].clone();
+                r.op = op;
+                r
+            }
+            1 => ClientRequest { id, op, sig: None },
+            2 => ClientRequest {
+                id,
+                op,
+                sig: Some(Sig([0x5a; 64])),
+            },
+            _ => sign_request(&self.key, id, op),
         }
     }
 
@@ -512,6 +617,10 @@ impl Byzantine {
         match input {
             Input::Request(r) => r.id.client == VICTIM_CLIENT,
             Input::Message {
+                msg: Message::Request(r),
+                ..
+            } => r.id.client == VICTIM_CLIENT,
+            Input::Message {
                 msg: Message::Bundle(b),
                 ..
             } => b.body.requests.iter().any(|r| r.id.client == VICTIM_CLIENT),
@@ -570,5 +679,10 @@ fn corrupt(msg: &mut Message) {
         Message::SnapshotOffer(s) => flip(&mut Arc::make_mut(s).vouch),
         Message::SnapshotFetch(r) => flip(r),
         Message::SnapshotChunk(c) => flip(&mut Arc::make_mut(c).header),
+        Message::Request(r) => {
+            if let Some(sig) = &mut r.sig {
+                sig.0[7] ^= 0x01;
+            }
+        }
     }
 }

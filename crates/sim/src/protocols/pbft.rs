@@ -3,9 +3,13 @@
 //! (`byzantine.rs`), so it knows everything an honest replica knows and holds its own
 //! key, but no other replica's.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ekmat_core::{DetRng, Effects, Input, NodeId, Replica, RequestKind, Time};
+use ekmat_pbft::client::{ClientRegistry, derive_client_key, sign_request};
+use ekmat_pbft::crypto::SigningKey;
 use ekmat_pbft::message::{Digest, Message, sha256};
 use ekmat_pbft::{Mutant, Pbft, PbftConfig, PbftStable, Write};
 
@@ -17,6 +21,44 @@ use crate::protocol::SimProtocol;
 /// The validators' keys are derived from this (the same in every run: keys are not
 /// what the simulator explores).
 const KEY_SEED: u64 = 0x00ec_3a71;
+
+/// Clients with odd ids up to this sign their own requests (registered with every
+/// validator); the others' requests stand on their gateway's word. Both kinds run in
+/// every seed.
+const LAST_SIGNING_CLIENT: u64 = 255;
+
+/// Whether client `client` signs its requests.
+pub fn signs(client: u64) -> bool {
+    client % 2 == 1 && client <= LAST_SIGNING_CLIENT
+}
+
+/// The signing clients' keys (derived once per process), and the registry every
+/// validator is configured with.
+fn client_keys() -> &'static (BTreeMap<u64, SigningKey>, Arc<ClientRegistry>) {
+    static KEYS: OnceLock<(BTreeMap<u64, SigningKey>, Arc<ClientRegistry>)> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let secret: BTreeMap<u64, SigningKey> = (1..=LAST_SIGNING_CLIENT)
+            .filter(|&c| signs(c))
+            .map(|c| (c, derive_client_key(KEY_SEED, c)))
+            .collect();
+        let public = secret
+            .iter()
+            .map(|(c, k)| (*c, k.verifying_key()))
+            .collect();
+        (secret, Arc::new(public))
+    })
+}
+
+/// A signing client's request as it sends it to a validator; `None` for the others.
+fn signed_request(r: &ekmat_core::Request) -> Option<Message> {
+    let key = client_keys().0.get(&r.id.client)?;
+    let op = match &r.kind {
+        RequestKind::Write(op) => Some(op.clone()),
+        RequestKind::Read => None,
+        _ => return None,
+    };
+    Some(Message::Request(sign_request(key, r.id, op)))
+}
 
 #[derive(Clone, Debug)]
 pub struct PbftSim {
@@ -80,6 +122,7 @@ impl PbftSim {
         cfg.view_timeout = self.view_timeout;
         cfg.snapshot_bytes = self.snapshot_bytes;
         cfg.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
+        cfg.clients = client_keys().1.clone();
         cfg
     }
 
@@ -177,6 +220,17 @@ impl Replica for PbftNode {
                 delta: 1,
             });
         }
+        // A signing client signs its request and sends it to this validator.
+        let input = match &input {
+            Input::Request(r) => match signed_request(r) {
+                Some(msg) => Input::Message {
+                    from: self.inner.id(),
+                    msg,
+                },
+                None => input,
+            },
+            _ => input,
+        };
         if let (Some(b), Input::Message { msg, .. }) = (&mut self.byzantine, &input) {
             b.remember(msg);
         }

@@ -499,6 +499,7 @@ fn an_exclusion_with_a_forged_proof_excludes_nobody() {
                 seq: 2,
             },
             op: Some(Bytes::from(forged)),
+            sig: None,
         }],
     };
     let signed = std::sync::Arc::new(crate::crypto::sign(&config(1, 4).secret, NodeId(1), bundle));
@@ -695,6 +696,7 @@ fn a_bundle_signature_covers_every_request() {
     let request = |seq: u64, op: &str| ClientRequest {
         id: RequestId { client: 0, seq },
         op: Some(Bytes::from(op.to_string())),
+        sig: None,
     };
     let signed = crate::crypto::sign(
         &key,
@@ -1208,3 +1210,5 @@ fn two_byzantine_vouchers_cannot_keep_a_replica_from_a_correct_third() {
     assert_eq!(counted(&c, 6, "bad-snapshot"), 1);
     assert_eq!(c.node(6).stats().snapshots_installed, 1);
 }
+
+mod client;

@@ -1,0 +1,282 @@
+//! The Client role: a party outside consensus that signs its own requests, and trusts
+//! that one committed on a proof it checks with the validators' public keys alone.
+//!
+//! Every validator is a gateway: it bundles the requests it receives and signs the
+//! bundle. For an unregistered client that signature is all a request has, so a
+//! Byzantine gateway could write in its name. A registered client (its public key in
+//! every validator's configuration, [`PbftConfig::clients`](crate::PbftConfig)) signs
+//! each request over (client, number, SHA-256 of the operation), and every validator
+//! checks that signature before it takes a bundle or a pre-prepare holding the request:
+//! no gateway or primary can make it execute anything the client did not sign.
+//!
+//! Once its request committed, the client can be shown a [`CommitProof`]: the batch's
+//! quorum certificate, the digests of the batch's bundles, and the bundle holding the
+//! request. [`Client::verify`] checks it: the request is in a batch 2f+1 validators
+//! committed, so every correct replica executes it there (or earlier, if it was ordered
+//! twice). A client never takes part in consensus: it holds no validator key, and a
+//! validator takes nothing but requests from a non-validator.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use ekmat_core::RequestId;
+use sha2::{Digest as _, Sha256};
+
+use crate::certificate::{CertError, QuorumCertificate};
+use crate::crypto::{SigItem, verify_items};
+use crate::message::{
+    Batch, Bundle, ClientRequest, Digest, Encode, Sig, Signed, bundle_digest, put_u64, sha256,
+};
+use crate::replica::Pbft;
+
+/// The client id of requests a gateway numbered itself (the runtime's, see
+/// `normal_case::deliver`); never a registered client.
+pub const ANONYMOUS_CLIENT: u64 = 0;
+
+/// Registered clients' public keys, by client id.
+pub type ClientRegistry = BTreeMap<u64, VerifyingKey>;
+
+/// What a client signs: its id, the request's number and the operation's digest
+/// (`None` for a linearizable read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestStatement {
+    pub client: u64,
+    pub seq: u64,
+    pub op: Option<Digest>,
+}
+
+impl RequestStatement {
+    pub fn of(r: &ClientRequest) -> RequestStatement {
+        RequestStatement {
+            client: r.id.client,
+            seq: r.id.seq,
+            op: r.op.as_deref().map(sha256),
+        }
+    }
+}
+
+impl Encode for RequestStatement {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(15);
+        put_u64(out, self.client);
+        put_u64(out, self.seq);
+        match &self.op {
+            Some(d) => {
+                out.push(1);
+                out.extend_from_slice(d);
+            }
+            None => out.push(0),
+        }
+    }
+}
+
+/// Deterministic keys for client `client` of a cluster named by `seed` (the
+/// simulator's and the tests'; a real client generates its own).
+pub fn derive_client_key(seed: u64, client: u64) -> SigningKey {
+    let mut h = Sha256::new();
+    h.update(b"ekmat-pbft-client-key");
+    h.update(seed.to_le_bytes());
+    h.update(client.to_le_bytes());
+    SigningKey::from_bytes(&h.finalize().into())
+}
+
+/// `id`'s request for `op` (a read if `None`), signed with `key`.
+pub fn sign_request(key: &SigningKey, id: RequestId, op: Option<Bytes>) -> ClientRequest {
+    use ed25519_dalek::Signer;
+    let mut r = ClientRequest { id, op, sig: None };
+    let sig = key.sign(&RequestStatement::of(&r).to_bytes());
+    r.sig = Some(Sig(sig.to_bytes()));
+    r
+}
+
+/// The client signatures `requests` need checked, or `None` if one cannot be valid:
+/// a registered client's request without its signature, or a signature on an
+/// unregistered client's (a request has one canonical form).
+pub fn client_sig_items<'a>(
+    clients: &ClientRegistry,
+    requests: impl IntoIterator<Item = &'a ClientRequest>,
+) -> Option<Vec<SigItem>> {
+    let mut items = Vec::new();
+    for r in requests {
+        match (clients.get(&r.id.client), r.sig) {
+            (Some(key), Some(sig)) => {
+                let msg = RequestStatement::of(r).to_bytes();
+                items.push(SigItem::by_key(*key, msg, sig));
+            }
+            (None, None) => {}
+            _ => return None,
+        }
+    }
+    Some(items)
+}
+
+/// Why a client does not accept a [`CommitProof`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProofError {
+    /// The quorum certificate does not hold.
+    Certificate(CertError),
+    /// The bundle digests are not those of the batch the certificate names.
+    NotTheCertifiedBatch,
+    /// The bundle is not among the batch's.
+    BundleNotInBatch,
+    /// The bundle's gateway did not sign it.
+    BadGatewaySignature,
+    /// The request is not in the bundle (or is there with other bytes).
+    RequestNotInBundle,
+}
+
+impl std::fmt::Display for ProofError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProofError::Certificate(e) => write!(f, "the quorum certificate does not hold: {e}"),
+            ProofError::NotTheCertifiedBatch => {
+                write!(f, "the bundle digests are not the certified batch's")
+            }
+            ProofError::BundleNotInBatch => write!(f, "the bundle is not in the certified batch"),
+            ProofError::BadGatewaySignature => write!(f, "the bundle's signature does not verify"),
+            ProofError::RequestNotInBundle => write!(f, "the request is not in the bundle"),
+        }
+    }
+}
+
+impl std::error::Error for ProofError {}
+
+/// That a request committed: the certificate of its batch, the batch's bundle digests
+/// (which the certificate's digest covers), and the bundle holding the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitProof {
+    pub qc: QuorumCertificate,
+    pub bundle_digests: Vec<Digest>,
+    pub bundle: Arc<Signed<Bundle>>,
+}
+
+impl CommitProof {
+    /// Check the proof for `request` against the validators' keys and quorum.
+    pub fn verify(
+        &self,
+        validators: &[VerifyingKey],
+        quorum: usize,
+        request: &ClientRequest,
+    ) -> Result<(), ProofError> {
+        self.qc
+            .verify(validators, quorum)
+            .map_err(ProofError::Certificate)?;
+        if Batch::digest_of(&self.bundle_digests) != self.qc.digest {
+            return Err(ProofError::NotTheCertifiedBatch);
+        }
+        if !self.bundle_digests.contains(&bundle_digest(&self.bundle)) {
+            return Err(ProofError::BundleNotInBatch);
+        }
+        let signer_is_gateway = self.bundle.signer == self.bundle.body.gateway;
+        if !signer_is_gateway || !verify_items(validators, &[SigItem::of(&*self.bundle)]) {
+            return Err(ProofError::BadGatewaySignature);
+        }
+        if !self.bundle.body.requests.contains(request) {
+            return Err(ProofError::RequestNotInBundle);
+        }
+        Ok(())
+    }
+}
+
+/// A client: it signs its requests with its own key and checks commit proofs with the
+/// validators' public keys. Sans-IO like the replica: it makes requests and judges
+/// proofs; sending and receiving them is its host's business.
+pub struct Client {
+    id: u64,
+    key: SigningKey,
+    validators: Vec<VerifyingKey>,
+    next_seq: u64,
+}
+
+impl Client {
+    /// Client `id` of the cluster whose validators hold `validators`. Refused for the
+    /// protocol's reserved ids, and for fewer than four validators (PBFT's least n).
+    pub fn new(id: u64, key: SigningKey, validators: Vec<VerifyingKey>) -> Result<Client, String> {
+        if id == ANONYMOUS_CLIENT || id == crate::EXCLUSION_CLIENT {
+            return Err(format!("client id {id} is reserved by the protocol"));
+        }
+        if validators.len() < 4 {
+            return Err(format!(
+                "{} validators: PBFT needs at least 4 (n = 3f+1, f >= 1)",
+                validators.len()
+            ));
+        }
+        Ok(Client {
+            id,
+            key,
+            validators,
+            next_seq: 0,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn public_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// The next request, signed: a write of `op`, or a linearizable read if `None`.
+    pub fn request(&mut self, op: Option<Bytes>) -> ClientRequest {
+        self.next_seq += 1;
+        let id = RequestId {
+            client: self.id,
+            seq: self.next_seq,
+        };
+        sign_request(&self.key, id, op)
+    }
+
+    /// 2f+1 of the validators (n = 3f+1).
+    pub fn quorum(&self) -> usize {
+        2 * ((self.validators.len() - 1) / 3) + 1
+    }
+
+    /// Whether `proof` shows `request` committed.
+    pub fn verify(&self, request: &ClientRequest, proof: &CommitProof) -> Result<(), ProofError> {
+        proof.verify(&self.validators, self.quorum(), request)
+    }
+}
+
+impl Pbft {
+    /// A client's request, sent to this validator as its gateway: taken only if the
+    /// client is registered and signed it (an unsigned request comes through the
+    /// host's [`ekmat_core::Input::Request`], on the gateway's word).
+    pub(crate) fn on_client_request(&mut self, r: ClientRequest, out: &mut crate::replica::Fx) {
+        if r.sig.is_none() || !self.client_requests_verify(std::slice::from_ref(&r)) {
+            return self.counter("bad-client-request", out);
+        }
+        if !self.refuse_if_excluded(r.id, out) {
+            self.queue_request(r, out);
+        }
+    }
+
+    /// Whether every registered client's request among `requests` carries its client's
+    /// valid signature (batch-verified, through the signature cache).
+    pub(crate) fn client_requests_verify(&mut self, requests: &[ClientRequest]) -> bool {
+        if self.cfg.mutant == crate::Mutant::SkipClientSignatures {
+            return true;
+        }
+        match client_sig_items(&self.cfg.clients, requests) {
+            Some(items) => items.is_empty() || self.keys.verify_all(items),
+            None => false,
+        }
+    }
+
+    /// The proof that client request `id` committed at sequence number `seq`, while
+    /// this replica still holds that batch (until a snapshot covers it).
+    pub fn commit_proof(&self, seq: u64, id: RequestId) -> Option<CommitProof> {
+        let (batch, qc) = self.executed.get(&seq)?;
+        let bundle = batch
+            .bundles
+            .iter()
+            .find(|b| b.body.requests.iter().any(|r| r.id == id))?;
+        Some(CommitProof {
+            qc: qc.clone(),
+            bundle_digests: batch.bundle_digests(),
+            bundle: bundle.clone(),
+        })
+    }
+}
