@@ -335,6 +335,12 @@ impl Pbft {
         }
     }
 
+    /// Send once every write so far is durable: what this replica signed may rest on
+    /// them (a NEW-VIEW it passes on may be its own, whose pre-prepares it just logged).
+    pub(crate) fn send_durable(&mut self, to: NodeId, msg: Message, out: &mut Fx) {
+        self.gate.send_when_durable(to, msg, out);
+    }
+
     pub(crate) fn persist(&mut self, write: Write, out: &mut Fx) {
         self.gate.persist(write, out);
     }

@@ -74,9 +74,9 @@ impl Pbft {
         }
         if f.body.view < self.view
             && self.normal
-            && let Some(nv) = &self.last_new_view
+            && let Some(nv) = self.last_new_view.clone()
         {
-            out.send(f.signer, Message::NewView(nv.clone()));
+            self.send_durable(f.signer, Message::NewView(nv), out);
         }
     }
 

@@ -174,7 +174,7 @@ impl Pbft {
             return;
         }
         self.helped.insert(vc.signer, self.now);
-        out.send(vc.signer, Message::NewView(nv));
+        self.send_durable(vc.signer, Message::NewView(nv), out);
     }
 
     /// f+1 replicas want later views: at least one correct one suspects the primary.
