@@ -12,9 +12,19 @@
 //! Once its request committed, the client can be shown a [`CommitProof`]: the batch's
 //! quorum certificate, the digests of the batch's bundles, and the bundle holding the
 //! request. [`Client::verify`] checks it: the request is in a batch 2f+1 validators
-//! committed, so every correct replica executes it there (or earlier, if it was ordered
-//! twice). A client never takes part in consensus: it holds no validator key, and a
-//! validator takes nothing but requests from a non-validator.
+//! committed at that sequence number, so every correct replica orders it there. It
+//! executes there unless it executed before (a request ordered twice executes once) or
+//! is older than the client's last eight requests (see `normal_case::Session`): a client
+//! that waits for each request before it sends the next, or gives up on none, is never
+//! in the second case. A client never takes part in consensus: it holds no validator
+//! key, and a validator takes nothing but requests from a non-validator.
+//!
+//! Every validator must register the same clients (the registry is configuration, not
+//! ordered through consensus): with different registries they may disagree on whether
+//! a bundle is valid, which costs progress (a pre-prepare some correct backups refuse),
+//! not safety, since no replica checks client signatures at execution. A request
+//! signature names no cluster: one cluster's requests could be replayed to another
+//! registering the same client key.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -248,6 +258,18 @@ impl Pbft {
         if r.sig.is_none() || !self.client_requests_verify(std::slice::from_ref(&r)) {
             return self.counter("bad-client-request", out);
         }
+        // A replay (by anyone: requests come from any sender) must not cost a bundle
+        // and a sequence number each time: one already executed, or already waiting
+        // here, is dropped.
+        let digest = r.op.as_deref().map_or([0; 32], sha256);
+        let executed = self
+            .sessions
+            .get(&r.id.client)
+            .is_some_and(|s| r.op.is_some() && !s.would_admit(r.id.seq, &digest));
+        if executed || self.outbox.contains(&r) {
+            return self.counter("repeated-client-request", out);
+        }
+        // An excluded gateway's host learns it should send its clients elsewhere.
         if !self.refuse_if_excluded(r.id, out) {
             self.queue_request(r, out);
         }
@@ -265,14 +287,16 @@ impl Pbft {
         }
     }
 
-    /// The proof that client request `id` committed at sequence number `seq`, while
-    /// this replica still holds that batch (until a snapshot covers it).
-    pub fn commit_proof(&self, seq: u64, id: RequestId) -> Option<CommitProof> {
+    /// The proof that `request` (exactly these bytes) committed at sequence number
+    /// `seq`, while this replica still holds that batch (until a snapshot covers it).
+    /// Every certificate this replica holds is safe to hand out: its own COMMIT counts
+    /// towards one only once durable (see `count_durable_own_commits`).
+    pub fn commit_proof(&self, seq: u64, request: &ClientRequest) -> Option<CommitProof> {
         let (batch, qc) = self.executed.get(&seq)?;
         let bundle = batch
             .bundles
             .iter()
-            .find(|b| b.body.requests.iter().any(|r| r.id == id))?;
+            .find(|b| b.body.requests.contains(request))?;
         Some(CommitProof {
             qc: qc.clone(),
             bundle_digests: batch.bundle_digests(),

@@ -156,6 +156,21 @@ impl PbftConfig {
                 self.snapshot_chunk_bytes
             ));
         }
+        // A key with a small-order part can make a signature that batch verification
+        // takes and single verification refuses: correct replicas would then disagree
+        // on a message depending on what arrived with it.
+        let keys = self
+            .validators
+            .iter()
+            .map(|k| (String::from("validator"), k));
+        let clients = self.clients.iter().map(|(c, k)| (format!("client {c}"), k));
+        for (who, key) in keys.chain(clients) {
+            if key.is_weak() || !key.to_edwards().is_torsion_free() {
+                return Err(format!(
+                    "{who}'s public key has a small-order component; generate another key"
+                ));
+            }
+        }
         for reserved in [crate::EXCLUSION_CLIENT, crate::client::ANONYMOUS_CLIENT] {
             if self.clients.contains_key(&reserved) {
                 return Err(format!(

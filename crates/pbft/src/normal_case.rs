@@ -37,6 +37,11 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// Whether `admit` would take (request number, bytes) now.
+    pub(crate) fn would_admit(&self, seq: u64, digest: &Digest) -> bool {
+        seq >= self.floor && self.recent.get(&seq).is_none_or(|d| !d.contains(digest))
+    }
+
     /// True the first time (request number, bytes) is seen above the floor.
     fn admit(&mut self, seq: u64, digest: Digest) -> bool {
         if seq < self.floor {
@@ -273,10 +278,40 @@ impl Pbft {
         };
         let commit = self.keys.sign(body);
         self.broadcast_durable(Message::Commit(commit), out);
-        let slot = self.log.entry(pp.seq).or_default();
-        slot.commit_sent.insert(pp.digest);
-        slot.commits.entry(self.cfg.id).or_insert(commit);
-        self.check_committed(pp.seq);
+        self.log
+            .entry(pp.seq)
+            .or_default()
+            .commit_sent
+            .insert(pp.digest);
+        self.own_commits.push_back((self.gate.written(), commit));
+        self.count_durable_own_commits();
+    }
+
+    /// This replica's COMMIT counts towards its own certificate only once the writes
+    /// before it are durable, as it leaves for other replicas only then: a certificate
+    /// leaves in transfers and commit proofs, and one holding its COMMIT while those
+    /// writes could still be lost would let it, restarted, commit another digest there.
+    pub(crate) fn count_durable_own_commits(&mut self) {
+        let durable = self.gate.durable();
+        while self
+            .own_commits
+            .front()
+            .is_some_and(|(at, _)| *at <= durable)
+        {
+            let (_, commit) = self.own_commits.pop_front().expect("front checked");
+            let seq = commit.body.seq;
+            let Some(slot) = self.log.get_mut(&seq) else {
+                continue; // collected, or a view change cleared the log
+            };
+            let same_view = slot
+                .pre_prepare
+                .as_ref()
+                .is_some_and(|(h, _)| h.body.view == commit.body.view);
+            if same_view {
+                slot.commits.entry(self.cfg.id).or_insert(commit);
+                self.check_committed(seq);
+            }
+        }
     }
 
     pub(crate) fn on_commit(&mut self, c: Signed<Commit>, out: &mut Fx) {

@@ -66,6 +66,9 @@ pub struct Pbft {
     pub(crate) cfg: PbftConfig,
     pub(crate) keys: Keyring,
     pub(crate) gate: PersistGate<Message>,
+    /// This replica's COMMITs with the write count they wait on, until durable (see
+    /// `count_durable_own_commits`).
+    pub(crate) own_commits: VecDeque<(u64, Signed<Commit>)>,
     pub(crate) now: Time,
     pub(crate) view: u64,
     /// False while changing to `view` (waiting for its NEW-VIEW).
@@ -147,6 +150,7 @@ impl Pbft {
             cfg,
             keys,
             gate: PersistGate::new(),
+            own_commits: VecDeque::new(),
             now: Time::ZERO,
             view: 0,
             normal: true,
@@ -523,6 +527,7 @@ impl Replica for Pbft {
             Input::Tick => self.on_tick(out),
             Input::Persisted { seq } => {
                 self.gate.on_persisted(seq, out);
+                self.count_durable_own_commits();
             }
             Input::Snapshot { index, data } => self.on_snapshot_taken(index, data, out),
         }

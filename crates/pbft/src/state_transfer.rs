@@ -70,7 +70,7 @@ impl Pbft {
             .collect();
         if !entries.is_empty() {
             let t = self.keys.sign(Transfer { entries });
-            out.send(f.signer, Message::Transfer(Arc::new(t)));
+            self.send_durable(f.signer, Message::Transfer(Arc::new(t)), out);
         }
         if f.body.view < self.view
             && self.normal

@@ -83,7 +83,7 @@ fn a_signed_request_executes_everywhere_and_its_commit_proof_convinces_its_clien
     }
     // Any replica can show the proof; the client needs only the validators' keys.
     let seq = executed_at(&c, 3, request.id).expect("executed");
-    let proof = c.node(3).commit_proof(seq, request.id).expect("held");
+    let proof = c.node(3).commit_proof(seq, &request).expect("held");
     assert_eq!(me.verify(&request, &proof), Ok(()));
     assert_eq!(proof.qc.seq, seq);
 }
@@ -142,17 +142,27 @@ fn a_request_forged_in_a_signing_clients_name_never_executes() {
     }
 }
 
+/// A primary proposes its own bundle with a forgery in it, unsigned or signed with a
+/// key that is not the client's: no backup accepts the pre-prepare.
 #[test]
 fn a_primary_proposing_a_forged_request_is_not_followed() {
-    let mut c = Cluster::with(4, with_signer);
-    let forged = ClientRequest {
-        id: RequestId {
-            client: SIGNER,
-            seq: 1,
-        },
+    let id = RequestId {
+        client: SIGNER,
+        seq: 1,
+    };
+    let unsigned = ClientRequest {
+        id,
         op: op("pay mallory 9"),
         sig: None,
     };
+    let wrong_key = crate::crypto::derive_key(KEY_SEED, 0);
+    for forged in [unsigned, sign_request(&wrong_key, id, op("pay mallory 9"))] {
+        primary_proposes(forged);
+    }
+}
+
+fn primary_proposes(forged: ClientRequest) {
+    let mut c = Cluster::with(4, with_signer);
     let bundle = Bundle {
         gateway: NodeId(0),
         nonce: 1,
@@ -276,8 +286,8 @@ fn a_commit_proof_is_refused_when_any_part_is_wrong() {
     let at = |id| executed_at(&c, 0, id).expect("executed");
     let (seq, other_seq) = (at(request.id), at(other.id));
     assert_ne!(seq, other_seq);
-    let proof = c.node(0).commit_proof(seq, request.id).unwrap();
-    let other_proof = c.node(0).commit_proof(other_seq, other.id).unwrap();
+    let proof = c.node(0).commit_proof(seq, &request).unwrap();
+    let other_proof = c.node(0).commit_proof(other_seq, &other).unwrap();
     assert_eq!(me.verify(&request, &proof), Ok(()));
 
     let mut p = proof.clone();
@@ -389,5 +399,28 @@ fn requests_written_before_clients_signed_still_read() {
     assert_ne!(
         bundle(vec![signed]).requests_digest(),
         bundle(vec![unsigned]).requests_digest()
+    );
+}
+
+/// A signed request replayed to its gateway (by anyone: requests come from any sender)
+/// costs no bundle once executed or while it waits in the gateway's next bundle.
+#[test]
+fn a_replayed_client_request_is_not_bundled_again() {
+    let mut c = Cluster::with(4, |i, n| PbftConfig {
+        bundle_max: 8,
+        ..with_signer(i, n)
+    });
+    let request = client().request(op("once"));
+    send(&mut c, 1, &request);
+    send(&mut c, 1, &request); // waits in the outbox already
+    c.advance(50);
+    send(&mut c, 1, &request); // executed already
+    c.advance(50);
+    assert_eq!(counted(&c, 1, "repeated-client-request"), 2);
+    assert_eq!(commands(&c, 0).len(), 1);
+    assert_eq!(
+        c.node(0).last_executed(),
+        1,
+        "one batch, one sequence number"
     );
 }

@@ -11,9 +11,10 @@
 //!   bytes) at most once per incarnation;
 //! - **exclusion**: only a Byzantine replica is ever excluded, and every honest replica
 //!   that excludes one does so at the same sequence number;
-//! - **commit proof**: a signing client's request an honest replica executed has a
-//!   commit proof (quorum certificate, bundle digests, bundle) that its client accepts,
-//!   checked at every eighth sequence number (each costs a few signature checks).
+//! - **commit proof**: a signing client's request in a batch an honest replica
+//!   executed has a commit proof (quorum certificate, bundle digests, bundle) from that
+//!   replica that its client accepts, checked at every eighth sequence number (each
+//!   costs a few signature checks).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -183,7 +184,7 @@ fn check_commit_proof(
         return Ok(());
     };
     let cfg = r.config();
-    let proof = r.commit_proof(seq, request.id).ok_or_else(|| {
+    let proof = r.commit_proof(seq, request).ok_or_else(|| {
         let detail = format!(
             "{node} executed {:?} at sequence {seq} and has no proof of it",
             request.id
