@@ -5,7 +5,10 @@
 //! - **throughput and latency** of an in-process cluster: one thread per replica, real
 //!   ed25519 signatures on every message, 100-byte operations, gateways bundling
 //!   requests and the primary batching bundles. Writes are durable at once (no disk):
-//!   this measures the protocol and its cryptography, not fsync.
+//!   this measures the protocol and its cryptography, not fsync. With
+//!   `--signed-clients`, the same run again with each gateway's client registered and
+//!   signing its own requests (signed before the run, as a client elsewhere would), so
+//!   the cost of checking client signatures shows as a ratio.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +49,14 @@ pub struct PbftBench {
     /// Skip the message-count table.
     #[arg(long)]
     pub no_messages: bool,
+    /// Run the throughput twice, the second time with clients that sign their own
+    /// requests (every replica checks every signature), and print the ratio.
+    #[arg(long)]
+    pub signed_clients: bool,
+    /// Requests each signing client signs before the run (it stops submitting when
+    /// they run out, which the output reports).
+    #[arg(long, default_value_t = 100_000)]
+    pub signed_pool: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -60,9 +71,14 @@ pub fn run(b: &PbftBench) -> u8 {
     } else {
         [4, 7, 10, 13].into_iter().map(messages_per_batch).collect()
     };
-    let t = throughput(b);
+    let t = throughput(b, false);
+    let signed = b.signed_clients.then(|| throughput(b, true));
     if b.json {
-        let out = serde_json::json!({ "messages_per_batch": messages, "throughput": t });
+        let out = serde_json::json!({
+            "messages_per_batch": messages,
+            "throughput": t,
+            "signed_clients": signed,
+        });
         println!("{out}");
         return exit::OK;
     }
@@ -79,8 +95,24 @@ pub fn run(b: &PbftBench) -> u8 {
             m.other_per_batch
         );
     }
+    print_throughput(b, &t, "gateway-vouched requests");
+    if let Some(s) = &signed {
+        print_throughput(b, s, "requests signed by their clients");
+        println!(
+            "signed / gateway-vouched: {:.2}x throughput, {:.2}x p50 latency",
+            s.ops_per_sec / t.ops_per_sec.max(1.0),
+            s.p50_ms / t.p50_ms.max(0.001)
+        );
+        if s.pool_ran_out {
+            println!("note: a client used up its --signed-pool requests; the signed figure is low");
+        }
+    }
+    exit::OK
+}
+
+fn print_throughput(b: &PbftBench, t: &Throughput, what: &str) {
     println!(
-        "{} replicas, {}-byte ops, bundles of {}, batches up to {}: {:.0} ops/s over {:.1} s ({} ops, {} batches, {:.0} ops/batch); latency p50 {:.2} ms, p99 {:.2} ms",
+        "{} replicas, {what}, {}-byte ops, bundles of {}, batches up to {}: {:.0} ops/s over {:.1} s ({} ops, {} batches, {:.0} ops/batch); latency p50 {:.2} ms, p99 {:.2} ms",
         b.nodes,
         b.op_size,
         b.bundle,
@@ -94,13 +126,12 @@ pub fn run(b: &PbftBench) -> u8 {
         t.p99_ms
     );
     println!(
-        "signatures verified {} ({:.0}/s across replicas), cache hits {}; messages sent {}",
+        "  signatures verified {} ({:.0}/s across replicas), cache hits {}; messages sent {}",
         t.verified,
         t.verified as f64 / t.seconds,
         t.cache_hits,
         t.messages
     );
-    exit::OK
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -166,6 +197,7 @@ struct Throughput {
     verified: u64,
     cache_hits: u64,
     messages: u64,
+    pool_ran_out: bool,
 }
 
 enum Cmd {
@@ -176,9 +208,20 @@ struct Shared {
     stop: AtomicBool,
     measuring: AtomicBool,
     executed: AtomicU64,
+    /// Replica threads done signing their clients' requests.
+    ready: AtomicU64,
 }
 
-fn throughput(b: &PbftBench) -> Throughput {
+/// Gateway `i`'s client: its id, and its key if it signs.
+fn client_of(i: usize) -> u64 {
+    i as u64 + 1
+}
+
+fn client_key(i: usize) -> ekmat_pbft::crypto::SigningKey {
+    ekmat_pbft::client::derive_client_key(7, client_of(i))
+}
+
+fn throughput(b: &PbftBench, signed: bool) -> Throughput {
     let n = b.nodes;
     let (senders, receivers): (Vec<Sender<Cmd>>, Vec<Receiver<Cmd>>) =
         (0..n).map(|_| channel()).unzip();
@@ -186,6 +229,14 @@ fn throughput(b: &PbftBench) -> Throughput {
         stop: AtomicBool::new(false),
         measuring: AtomicBool::new(false),
         executed: AtomicU64::new(0),
+        ready: AtomicU64::new(0),
+    });
+    let clients: Arc<ekmat_pbft::client::ClientRegistry> = Arc::new(if signed {
+        (0..n)
+            .map(|i| (client_of(i), client_key(i).verifying_key()))
+            .collect()
+    } else {
+        Default::default()
     });
     let warmup = Duration::from_millis(500);
     let handles: Vec<_> = receivers
@@ -199,6 +250,7 @@ fn throughput(b: &PbftBench) -> Throughput {
             cfg.checkpoint_interval = 64;
             cfg.window = 256;
             cfg.view_timeout = Duration::from_secs(5);
+            cfg.clients = clients.clone();
             let node = ReplicaThread {
                 pbft: Pbft::new(cfg).expect("valid config"),
                 rx,
@@ -206,10 +258,17 @@ fn throughput(b: &PbftBench) -> Throughput {
                 shared: shared.clone(),
                 outstanding: b.outstanding,
                 op: Bytes::from(vec![0xab; b.op_size]),
+                signed_pool: if signed { b.signed_pool } else { 0 },
             };
             std::thread::spawn(move || node.run())
         })
         .collect();
+    if signed {
+        eprintln!("signing {} requests per client...", b.signed_pool);
+    }
+    while shared.ready.load(Ordering::SeqCst) < n as u64 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     std::thread::sleep(warmup);
     shared.measuring.store(true, Ordering::SeqCst);
     let start_ops = shared.executed.load(Ordering::SeqCst);
@@ -227,6 +286,7 @@ fn throughput(b: &PbftBench) -> Throughput {
         t.cache_hits += r.cache_hits;
         t.messages += r.messages;
         t.batches = t.batches.max(r.batches);
+        t.pool_ran_out |= r.pool_ran_out;
     }
     t.ops = ops;
     t.seconds = seconds;
@@ -243,6 +303,8 @@ struct ReplicaThread {
     shared: Arc<Shared>,
     outstanding: usize,
     op: Bytes,
+    /// Requests its client signs before the run (0: the client does not sign).
+    signed_pool: usize,
 }
 
 struct ThreadResult {
@@ -251,6 +313,7 @@ struct ThreadResult {
     cache_hits: u64,
     messages: u64,
     batches: u64,
+    pool_ran_out: bool,
 }
 
 impl ReplicaThread {
@@ -266,19 +329,30 @@ impl ReplicaThread {
         let mut next_seq = 0u64;
         let mut last_tick = Instant::now();
         let mut messages = 0u64;
+        let mut signed = self.sign_pool();
+        let mut pool_ran_out = false;
+        self.shared.ready.fetch_add(1, Ordering::SeqCst);
         while !self.shared.stop.load(Ordering::Relaxed) {
             while sent_at.len() < self.outstanding {
-                next_seq += 1;
-                let id = RequestId {
-                    client: me.0 as u64 + 1,
-                    seq: next_seq,
+                let (id, input) = if self.signed_pool == 0 {
+                    next_seq += 1;
+                    let id = RequestId {
+                        client: client_of(me.index()),
+                        seq: next_seq,
+                    };
+                    let kind = RequestKind::Write(self.op.clone());
+                    (id, Input::Request(Request { id, kind }))
+                } else if let Some(r) = signed.next() {
+                    // The client's message to this validator, its gateway.
+                    let from = NodeId(u32::MAX);
+                    let msg = Message::Request(r.clone());
+                    (r.id, Input::Message { from, msg })
+                } else {
+                    pool_ran_out = true;
+                    break;
                 };
                 sent_at.insert(id, Instant::now());
-                let r = Request {
-                    id,
-                    kind: RequestKind::Write(self.op.clone()),
-                };
-                self.pbft.step(now(), Input::Request(r), &mut out);
+                self.pbft.step(now(), input, &mut out);
             }
             match self.rx.recv_timeout(Duration::from_millis(1)) {
                 Ok(Cmd::Msg(from, msg)) => {
@@ -325,6 +399,20 @@ impl ReplicaThread {
             cache_hits: k.cache_hits,
             messages,
             batches: self.pbft.last_executed(),
+            pool_ran_out,
         }
+    }
+
+    /// The client's requests, signed ahead (a real client signs on its own machine).
+    fn sign_pool(&self) -> std::vec::IntoIter<ekmat_pbft::message::ClientRequest> {
+        let key = client_key(self.pbft.id().index());
+        let client = client_of(self.pbft.id().index());
+        (1..=self.signed_pool as u64)
+            .map(|seq| {
+                let id = RequestId { client, seq };
+                ekmat_pbft::client::sign_request(&key, id, Some(self.op.clone()))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 }
