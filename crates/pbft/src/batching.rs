@@ -15,6 +15,7 @@ use crate::replica::{Fx, Pbft, PendingBundle};
 impl Pbft {
     /// Sign the requests collected so far as one bundle and send it everywhere.
     pub(crate) fn flush_bundle(&mut self, out: &mut Fx) {
+        self.drop_forged_requests(out);
         if self.outbox.is_empty() {
             return;
         }
@@ -30,11 +31,37 @@ impl Pbft {
         self.try_propose(out);
     }
 
+    /// Clients' signatures are checked here, for the whole bundle at once (batch
+    /// verification is about twice as fast as one by one); only if that fails is each
+    /// checked alone, and the forged ones dropped.
+    fn drop_forged_requests(&mut self, out: &mut Fx) {
+        let outbox = std::mem::take(&mut self.outbox);
+        if self.client_requests_verify(&outbox) {
+            self.outbox = outbox;
+            return;
+        }
+        for r in outbox {
+            if self.client_requests_verify(std::slice::from_ref(&r)) {
+                self.outbox.push(r);
+            } else {
+                self.counter("bad-client-request", out);
+            }
+        }
+    }
+
     pub(crate) fn on_bundle(&mut self, b: Arc<crate::message::Signed<Bundle>>, out: &mut Fx) {
         // The signed bytes, encoded (and the requests hashed) once for both the
         // signature check and the bundle's digest.
         let item = SigItem::of(&*b);
         let d = signed_digest(&item);
+        // A bundle already taken here (from a pre-prepare, or sent twice) was checked
+        // then: its digest covers every byte and signature in it.
+        let known = self.pending.contains_key(&d)
+            || self.in_flight.contains(&d)
+            || self.executed_bundles.contains(&d);
+        if known {
+            return self.add_pending_as(b, d);
+        }
         if b.signer != b.body.gateway || !self.keys.verify_all(vec![item]) {
             return self.reject_signature(out);
         }

@@ -109,7 +109,10 @@ fn assert_caught(mutant: Mutant, adversary: Adversary, by_seed: u64) {
             "validity",
             "snapshot-safety",
             "exclusion",
-            "commit-proof"
+            "commit-proof",
+            // An invariant the core asserts (debug builds), such as a snapshot being
+            // ahead of what a replica executed in both sequence and applied index.
+            "assertion"
         ]
         .contains(&v.property),
         "{} caught by an unexpected property: {v}",
