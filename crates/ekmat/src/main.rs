@@ -8,6 +8,7 @@ mod demo;
 mod etcd;
 mod kv_cmd;
 mod node_cmd;
+mod pbft_cmd;
 mod scenario;
 mod sim;
 mod status_cmd;
@@ -44,6 +45,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Demonstrations on a real cluster: `leader-election`.
     Demo(demo::DemoArgs),
+    /// PBFT client tools: `verify` a committed batch's certificate.
+    Pbft(pbft_cmd::PbftArgs),
 }
 
 /// Exit codes other tools rely on.
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Pbft(args) => pbft_cmd::run(args),
     };
     ExitCode::from(code)
 }

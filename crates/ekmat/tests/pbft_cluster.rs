@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ekmat_api::etcdserverpb as pb;
 use ekmat_node::NodeConfig;
-use support::{Cluster, channel, metric, scrape, status};
+use support::{Cluster, channel, ekmat, http_get, metric, scrape, status};
 
 /// Member `id`'s data directory, beside `cfg`'s own (the support cluster's layout).
 fn dir_of(cfg: &NodeConfig, id: u32) -> std::path::PathBuf {
@@ -242,6 +242,63 @@ async fn a_backup_behind_every_held_batch_catches_up_from_a_snapshot() {
         }
         assert_eq!(get(&c, i, "last", false).await.as_deref(), Some("yes"));
     }
+}
+
+/// Any member serves a committed batch's certificate; `ekmat pbft verify` checks it
+/// with the configuration's public keys alone (seed 004's client that verifies quorum
+/// certificates), and refuses it once a signature or a bundle digest is altered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_certificate_from_any_member_verifies_with_the_public_keys_alone() {
+    let c = start();
+    c.leader(Duration::from_secs(20)).await;
+    put(&c, 1, "audited", "yes", Duration::from_secs(10)).await;
+    caught_up(&c, 3, 1, Duration::from_secs(10)).await;
+    let metrics_at = |i: usize| c.cfgs[i].me().metrics.expect("metrics address");
+    let response = http_get(metrics_at(3), "/pbft/certificate/latest");
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .expect("a body")
+        .to_string();
+    let verify = |cert: &str| {
+        let path = c.dir.path().join("cert.json");
+        std::fs::write(&path, cert).unwrap();
+        let out = ekmat()
+            .args(["pbft", "verify"])
+            .arg(&path)
+            .arg("--config")
+            .arg(c.config_path(0))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = verify(&body);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("certificate holds"), "{out}");
+    // One signature changed; one bundle digest changed.
+    let mut cert: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let sig = cert["commits"][0]["signature"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let flipped = if sig.starts_with('0') { "1" } else { "0" };
+    cert["commits"][0]["signature"] = format!("{flipped}{}", &sig[1..]).into();
+    let (code, out) = verify(&cert.to_string());
+    assert_eq!(code, Some(1), "{out}");
+    let mut cert: serde_json::Value = serde_json::from_str(&body).unwrap();
+    cert["bundles"][0]["digest"] = "00".repeat(32).into();
+    let (code, out) = verify(&cert.to_string());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("not those of the certified batch"), "{out}");
+    // A sequence number not executed yet, and one that is not a number.
+    let missing = http_get(metrics_at(0), "/pbft/certificate/1000000");
+    assert!(missing.starts_with("HTTP/1.0 404"), "{missing}");
+    let bad = http_get(metrics_at(0), "/pbft/certificate/x");
+    assert!(bad.starts_with("HTTP/1.0 400"), "{bad}");
 }
 
 #[test]

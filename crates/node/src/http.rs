@@ -1,14 +1,17 @@
-//! The node's HTTP endpoint: Prometheus `/metrics` and `/health`.
+//! The node's HTTP endpoint: Prometheus `/metrics`, `/health`, and (PBFT)
+//! `/pbft/certificate/{seq|latest}`, a committed batch's certificate for clients that
+//! trust the validators' public keys and nothing else.
 
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::driver::NodeStatus;
+use crate::driver::{Call, NodeStatus};
 
 /// Install the process-wide metrics recorder. Returns None if one is already installed.
 pub fn install_recorder() -> Option<PrometheusHandle> {
@@ -33,6 +36,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     handle: Option<PrometheusHandle>,
     status: watch::Receiver<NodeStatus>,
+    calls: mpsc::Sender<Call>,
 ) {
     let app = Router::new()
         .route(
@@ -63,8 +67,50 @@ pub async fn serve(
                     }
                 }
             }),
+        )
+        .route(
+            "/pbft/certificate/{seq}",
+            get(move |Path(seq): Path<String>| certificate(calls.clone(), seq)),
         );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "metrics endpoint stopped");
+    }
+}
+
+/// The certificate of the batch at `seq` (a number, or `latest`).
+async fn certificate(calls: mpsc::Sender<Call>, seq: String) -> (StatusCode, String) {
+    let n = match seq.as_str() {
+        "latest" => 0,
+        text => match text.parse::<u64>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                let msg = format!("'{seq}' is not a sequence number (1, 2, ... or latest)\n");
+                return (StatusCode::BAD_REQUEST, msg);
+            }
+        },
+    };
+    let (reply, answer) = oneshot::channel();
+    if calls
+        .send(Call::Certificate { seq: n, reply })
+        .await
+        .is_err()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is stopping\n".into(),
+        );
+    }
+    match answer.await {
+        Ok(Some(json)) => (StatusCode::OK, json + "\n"),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no certificate for sequence {seq} here: the protocol makes none (raft), the batch is not executed yet, or a snapshot covers it\n"
+            ),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is stopping\n".into(),
+        ),
     }
 }

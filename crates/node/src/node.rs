@@ -145,6 +145,7 @@ async fn run_protocol<P: RuntimeProtocol>(
             listener,
             http::install_recorder(),
             status_rx.clone(),
+            calls_tx.clone(),
         ));
     }
     let services = Services::new(

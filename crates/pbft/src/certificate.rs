@@ -251,3 +251,110 @@ mod tests {
         );
     }
 }
+
+/// A committed batch's certificate as a client outside the cluster reads it (JSON, hex
+/// digests and signatures): the quorum certificate, and the digests of the batch's
+/// bundles, which the certified digest covers. `ekmat pbft verify` checks one with the
+/// validators' public keys alone.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BatchCertificate {
+    pub view: u64,
+    pub seq: u64,
+    /// SHA-256 over the bundle digests: what the COMMITs signed.
+    pub digest: String,
+    pub commits: Vec<CommitSignature>,
+    pub bundles: Vec<BundleDigest>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommitSignature {
+    pub validator: u32,
+    pub signature: String,
+}
+
+/// A bundle's digest, with its gateway and request count as the member reports them
+/// (only the digest is certified).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BundleDigest {
+    pub gateway: u32,
+    pub requests: usize,
+    pub digest: String,
+}
+
+/// What a valid [`BatchCertificate`] shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertifiedBatch {
+    pub view: u64,
+    pub seq: u64,
+    pub signers: Vec<NodeId>,
+    pub bundles: usize,
+}
+
+impl BatchCertificate {
+    pub fn of(qc: &QuorumCertificate, batch: &crate::message::Batch) -> BatchCertificate {
+        let bundles = batch
+            .bundles
+            .iter()
+            .zip(batch.bundle_digests())
+            .map(|(b, d)| BundleDigest {
+                gateway: b.body.gateway.0,
+                requests: b.body.requests.len(),
+                digest: hex::encode(d),
+            })
+            .collect();
+        BatchCertificate {
+            view: qc.view,
+            seq: qc.seq,
+            digest: hex::encode(qc.digest),
+            commits: qc
+                .sigs
+                .iter()
+                .map(|(n, s)| CommitSignature {
+                    validator: n.0,
+                    signature: hex::encode(s.0),
+                })
+                .collect(),
+            bundles,
+        }
+    }
+
+    /// Valid iff 2f+1 distinct validators among `validators` signed COMMIT for this
+    /// (view, seq, digest), and the bundle digests are those of the certified batch.
+    pub fn verify(&self, validators: &[VerifyingKey]) -> Result<CertifiedBatch, String> {
+        let digest: Digest = decode_hex(&self.digest, "the batch digest")?;
+        let mut sigs = Vec::with_capacity(self.commits.len());
+        for c in &self.commits {
+            let what = format!("validator {}'s signature", c.validator);
+            sigs.push((NodeId(c.validator), Sig(decode_hex(&c.signature, &what)?)));
+        }
+        let qc = QuorumCertificate {
+            view: self.view,
+            seq: self.seq,
+            digest,
+            sigs,
+        };
+        let f = validators.len().saturating_sub(1) / 3;
+        qc.verify(validators, 2 * f + 1)
+            .map_err(|e| format!("the quorum certificate does not hold: {e}"))?;
+        let mut bundle_digests = Vec::with_capacity(self.bundles.len());
+        for (i, b) in self.bundles.iter().enumerate() {
+            bundle_digests.push(decode_hex(&b.digest, &format!("bundle {i}'s digest"))?);
+        }
+        if crate::message::Batch::digest_of(&bundle_digests) != digest {
+            return Err("the bundle digests are not those of the certified batch".into());
+        }
+        Ok(CertifiedBatch {
+            view: self.view,
+            seq: self.seq,
+            signers: qc.sigs.iter().map(|(n, _)| *n).collect(),
+            bundles: self.bundles.len(),
+        })
+    }
+}
+
+fn decode_hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N], String> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(text, &mut out)
+        .map_err(|e| format!("{what} is not {N} bytes of hex: {e}"))?;
+    Ok(out)
+}

@@ -232,9 +232,15 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 
 /// The `/metrics` page of a member's metrics address.
 pub fn scrape(addr: std::net::SocketAddr) -> String {
+    http_get(addr, "/metrics")
+}
+
+/// The whole HTTP/1.0 response (status line, headers, body) to `GET path`.
+#[allow(dead_code)] // not every test binary uses it
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     text

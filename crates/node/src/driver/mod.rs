@@ -81,6 +81,11 @@ pub enum Call {
         changes: Vec<MembershipChange>,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
+    /// The protocol's certificate for the batch at `seq` (0: the latest), as JSON.
+    Certificate {
+        seq: u64,
+        reply: oneshot::Sender<Option<String>>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -440,6 +445,9 @@ impl<P: RuntimeProtocol> Driver<P> {
             Call::ChangeMembership { changes, reply } => {
                 self.admin(RequestKind::ChangeMembership(changes), reply)
                     .await
+            }
+            Call::Certificate { seq, reply } => {
+                let _ = reply.send(P::certificate(&self.core, seq));
             }
         }
     }

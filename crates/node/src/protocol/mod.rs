@@ -48,6 +48,14 @@ pub trait RuntimeProtocol: 'static {
 
     fn status(node: &Self::Node) -> CoreStatus;
 
+    /// The certificate that the batch at `seq` (0: the latest this member holds)
+    /// committed, as JSON a client checks with the validators' public keys alone
+    /// (`ekmat pbft verify`); `None` if the protocol makes none or no longer holds it.
+    fn certificate(node: &Self::Node, seq: u64) -> Option<String> {
+        let _ = (node, seq);
+        None
+    }
+
     /// The longest a member waits without hearing from a leader before it campaigns:
     /// leases are never granted shorter than a few of these (see `service/lease.rs`).
     fn election_timeout(cfg: &NodeConfig) -> std::time::Duration;

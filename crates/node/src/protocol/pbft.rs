@@ -85,6 +85,13 @@ impl RuntimeProtocol for Pbft {
         VIEW_TIMEOUT
     }
 
+    fn certificate(node: &ekmat_pbft::Pbft, seq: u64) -> Option<String> {
+        let seq = if seq == 0 { node.last_executed() } else { seq };
+        let (batch, qc) = node.executed(seq)?;
+        let cert = ekmat_pbft::certificate::BatchCertificate::of(qc, batch);
+        serde_json::to_string_pretty(&cert).ok()
+    }
+
     fn status(node: &ekmat_pbft::Pbft) -> CoreStatus {
         let n = node.config().n();
         let primary = primary_of(node.view(), n);
