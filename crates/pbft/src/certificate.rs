@@ -333,9 +333,11 @@ impl BatchCertificate {
             digest,
             sigs,
         };
-        let f = validators.len().saturating_sub(1) / 3;
-        qc.verify(validators, 2 * f + 1)
-            .map_err(|e| format!("the quorum certificate does not hold: {e}"))?;
+        qc.verify(
+            validators,
+            crate::config::byzantine_quorum(validators.len()),
+        )
+        .map_err(|e| format!("the quorum certificate does not hold: {e}"))?;
         let mut bundle_digests = Vec::with_capacity(self.bundles.len());
         for (i, b) in self.bundles.iter().enumerate() {
             bundle_digests.push(decode_hex(&b.digest, &format!("bundle {i}'s digest"))?);

@@ -59,6 +59,11 @@ impl Mutant {
     }
 }
 
+/// 2f+1 of `n` validators, with f = (n-1)/3 the most that may be Byzantine.
+pub fn byzantine_quorum(n: usize) -> usize {
+    2 * (n.saturating_sub(1) / 3) + 1
+}
+
 #[derive(Clone, Debug)]
 pub struct PbftConfig {
     pub id: NodeId,
@@ -125,7 +130,7 @@ impl PbftConfig {
     }
 
     pub fn quorum(&self) -> usize {
-        self.quorum.unwrap_or(2 * self.f() + 1)
+        self.quorum.unwrap_or(byzantine_quorum(self.n()))
     }
 
     /// Refuse configurations the protocol cannot run with.

@@ -22,10 +22,16 @@ const CACHE_CAP: usize = 1 << 16;
 /// Deterministic keys for validator `i` of a cluster named by `seed` (the simulator's
 /// and the benchmark's; a real deployment generates keys and shares public ones).
 pub fn derive_key(seed: u64, i: u32) -> SigningKey {
+    derive_signing_key(b"ekmat-pbft-key", seed, &i.to_le_bytes())
+}
+
+/// A key from SHA-256 over a domain (so validators' and clients' keys never meet), a
+/// seed and an index.
+pub(crate) fn derive_signing_key(domain: &[u8], seed: u64, index: &[u8]) -> SigningKey {
     let mut h = Sha256::new();
-    h.update(b"ekmat-pbft-key");
+    h.update(domain);
     h.update(seed.to_le_bytes());
-    h.update(i.to_le_bytes());
+    h.update(index);
     SigningKey::from_bytes(&h.finalize().into())
 }
 
