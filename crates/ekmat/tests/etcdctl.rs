@@ -553,6 +553,9 @@ async fn etcdctl_endpoints_with_a_scheme_and_cluster_wide_commands() {
     for url in &urls {
         assert!(status.contains(url.as_str()), "{status}");
     }
+    for url in &urls {
+        support::wait_applied(url, 2, Duration::from_secs(10)).await;
+    }
     let hashes = ok(&["endpoint", "hashkv", "--cluster", "--rev=2"]);
     let values: std::collections::BTreeSet<&str> = hashes
         .lines()

@@ -218,6 +218,28 @@ pub async fn status(url: &str) -> Result<pb::StatusResponse, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Waits until the member at `url` has applied revision `rev`: a follower applies a
+/// write a moment after the leader acknowledged it, and etcd answers a request for a
+/// revision not applied yet with "future revision".
+pub async fn wait_applied(url: &str, rev: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let applied = status(url)
+            .await
+            .ok()
+            .and_then(|s| s.header)
+            .map_or(0, |h| h.revision);
+        if applied >= rev {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} did not apply revision {rev} within {within:?} (at {applied})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn write_config(path: &Path, cfg: &NodeConfig) {
     std::fs::write(path, cfg.to_toml()).unwrap();
 }
