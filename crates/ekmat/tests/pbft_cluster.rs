@@ -206,6 +206,34 @@ async fn pbft_cluster_survives_a_backup_and_a_primary_crash_and_catches_up() {
 /// puts), so a backup that missed more than that cannot be sent the batches: it
 /// installs a snapshot that f+1 members vouch for, then the batches after it. A member
 /// restarted later recovers from its own snapshot on disk.
+/// A member configured with another snapshot threshold would vouch for snapshots no
+/// one else takes: its peers refuse it when it connects, and both sides' logs name the
+/// setting and the two values. The three members that agree go on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_configured_differently_is_refused_by_name_and_the_rest_go_on() {
+    let c = start_with(|cfg| {
+        if cfg.id == 3 {
+            cfg.pbft_snapshot_bytes = 4096;
+        }
+    });
+    put(&c, 0, "k", "v", Duration::from_secs(30)).await;
+    let named = "pbft_snapshot_bytes: \"4096\" here";
+    let started = Instant::now();
+    while !(c.log(3).contains(named) && c.log(0).contains("at the peer")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no member named the differing setting; logs:\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        c.log(0)
+            .contains("refused a peer that runs with other cluster-wide settings")
+    );
+    assert_eq!(get(&c, 0, "k", false).await.as_deref(), Some("v"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_behind_every_held_batch_catches_up_from_a_snapshot() {
     let mut c = start_with(|cfg| cfg.pbft_snapshot_bytes = 256);

@@ -31,8 +31,9 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// PBFT: snapshot the state at the first checkpoint after every this many bytes of
     /// executed requests, and drop the executed batches it covers (0: never, and the
-    /// executed log grows without bound). Every member must use the same value:
-    /// snapshots are vouched for by members that took the same one.
+    /// executed log grows without bound). Every member must use the same value
+    /// (snapshots are vouched for by members that took the same one): peers refuse a
+    /// member whose value differs, and log both.
     #[serde(default = "default_pbft_snapshot_bytes")]
     pub pbft_snapshot_bytes: u64,
     /// Rewrite the write-ahead log as one checkpoint once it has grown by this many

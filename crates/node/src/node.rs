@@ -79,9 +79,12 @@ async fn run_protocol<P: RuntimeProtocol>(
         .map(|m| (NodeId(m.id), m.peer))
         .collect();
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let mut settings = vec![("protocol".to_string(), cfg.protocol.clone())];
+    settings.extend(P::agreed_settings(&cfg));
     let transport = Transport::start(
         NodeId(cfg.id),
         cfg.cluster_id(),
+        settings,
         me.peer,
         &peers,
         inbound_tx,

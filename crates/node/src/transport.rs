@@ -1,7 +1,8 @@
 //! Peer-to-peer messaging over TCP.
 //!
-//! Every connection opens with a hello naming the cluster and the sender, so a node never
-//! takes messages from another cluster. A sender it does not know yet is accepted: it may
+//! Every connection opens with a hello naming the cluster, the sender and the settings
+//! every member must run with alike, so a node never takes messages from another cluster,
+//! and refuses (naming the setting) a member configured differently. A sender it does not know yet is accepted: it may
 //! be a member added since this node last heard (the protocol, not the transport, decides
 //! what a message from a non-member is worth). Peers added at run time get a sender too. After it, each message is a frame:
 //! a 4-byte big-endian length and the postcard encoding of the protocol's message.
@@ -12,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ekmat_core::NodeId;
 use serde::de::DeserializeOwned;
@@ -26,16 +27,42 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE: usize = 8192;
 const MAGIC: u32 = 0x454b_4d54; // "EKMT"
-const VERSION: u16 = 1;
+/// 2: the hello carries the settings members must agree on.
+const VERSION: u16 = 2;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Hello {
     magic: u32,
     version: u16,
     cluster_id: u64,
     from: NodeId,
+    settings: Settings,
+}
+
+/// The settings every member of a cluster must run with alike, as (name, value) pairs
+/// (see `RuntimeProtocol::agreed_settings`).
+pub type Settings = Vec<(String, String)>;
+
+/// How `theirs` differs from `ours`, setting by setting; `None` if they agree.
+fn settings_differ(ours: &Settings, theirs: &Settings) -> Option<String> {
+    let find = |list: &Settings, name: &str| {
+        list.iter()
+            .find(|(n, _)| n == name)
+            .map_or("unset".to_string(), |(_, v)| format!("{v:?}"))
+    };
+    let mut names: Vec<&str> = ours.iter().chain(theirs).map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let differences: Vec<String> = names
+        .into_iter()
+        .filter_map(|name| {
+            let (here, there) = (find(ours, name), find(theirs, name));
+            (here != there).then(|| format!("{name}: {here} here, {there} at the peer"))
+        })
+        .collect();
+    (!differences.is_empty()).then(|| differences.join("; "))
 }
 
 /// Sends to peers.
@@ -49,22 +76,25 @@ where
     M: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Bind the peer listener and start connecting to `peers`. Incoming messages go to
-    /// `inbound`. Fails only if the listener cannot bind.
+    /// `inbound`, from peers of cluster `cluster_id` that run with the same `settings`.
+    /// Fails only if the listener cannot bind.
     pub async fn start(
         me: NodeId,
         cluster_id: u64,
+        settings: Settings,
         listen: SocketAddr,
         peers: &[(NodeId, SocketAddr)],
         inbound: mpsc::Sender<(NodeId, M)>,
     ) -> std::io::Result<Transport<M>> {
         let listener = TcpListener::bind(listen).await?;
-        tokio::spawn(accept_loop(listener, cluster_id, inbound));
         let hello = Hello {
             magic: MAGIC,
             version: VERSION,
             cluster_id,
             from: me,
+            settings,
         };
+        tokio::spawn(accept_loop(listener, hello.clone(), inbound));
         let mut transport = Transport {
             hello,
             peers: BTreeMap::new(),
@@ -82,7 +112,7 @@ where
             return;
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        tokio::spawn(send_loop(addr, self.hello, rx));
+        tokio::spawn(send_loop(addr, self.hello.clone(), rx));
         // Dropping the old sender ends its task.
         self.peers.insert(id, (addr, tx));
     }
@@ -158,32 +188,39 @@ async fn read_frame<T: DeserializeOwned>(
     postcard::from_bytes(&body).map_err(|e| std::io::Error::other(format!("malformed frame: {e}")))
 }
 
-/// Keep one connection to a peer up, and drain its queue into it.
+/// Keep one connection to a peer up, and drain its queue into it. A connection that
+/// breaks soon after it was made (a peer that refuses this one's hello, say) is made
+/// again only after a growing pause, not at the rate messages are sent.
 async fn send_loop<M: Serialize + Sync>(addr: SocketAddr, hello: Hello, mut rx: mpsc::Receiver<M>) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let stream = match TcpStream::connect(addr).await {
-            Ok(s) => s,
-            Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let mut w = BufWriter::new(stream);
-        if write_frame(&mut w, &hello).await.is_err() || w.flush().await.is_err() {
-            continue;
-        }
-        backoff = BACKOFF_MIN;
-        match pump(&mut w, &mut rx, addr).await {
+        let connected = Instant::now();
+        match connect_and_pump(addr, &hello, &mut rx).await {
             Ok(()) => return, // the node is shutting down
             Err(e) => {
                 tracing::debug!(peer = %addr, error = %e, "peer connection lost; reconnecting");
                 metrics::counter!("ekmat_peer_reconnects_total").increment(1);
             }
         }
+        if connected.elapsed() >= BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+async fn connect_and_pump<M: Serialize + Sync>(
+    addr: SocketAddr,
+    hello: &Hello,
+    rx: &mut mpsc::Receiver<M>,
+) -> std::io::Result<()> {
+    let stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    let mut w = BufWriter::new(stream);
+    write_frame(&mut w, hello).await?;
+    w.flush().await?;
+    pump(&mut w, rx, addr).await
 }
 
 /// Write queued messages, flushing once per batch: many messages, one syscall.
@@ -204,7 +241,7 @@ async fn pump<M: Serialize + Sync>(
 
 async fn accept_loop<M: DeserializeOwned + Send + 'static>(
     listener: TcpListener,
-    cluster_id: u64,
+    ours: Hello,
     inbound: mpsc::Sender<(NodeId, M)>,
 ) {
     loop {
@@ -213,8 +250,9 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
         };
         let _ = stream.set_nodelay(true);
         let inbound = inbound.clone();
+        let ours = ours.clone();
         tokio::spawn(async move {
-            if let Err(e) = receive(stream, cluster_id, inbound).await {
+            if let Err(e) = receive(stream, &ours, inbound).await {
                 tracing::debug!(%remote, error = %e, "peer connection closed");
             }
         });
@@ -223,16 +261,29 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
 
 async fn receive<M: DeserializeOwned>(
     mut stream: TcpStream,
-    cluster_id: u64,
+    ours: &Hello,
     inbound: mpsc::Sender<(NodeId, M)>,
 ) -> std::io::Result<()> {
-    let hello: Hello = read_frame(&mut stream).await?;
+    let hello: Hello = read_frame(&mut stream)
+        .await
+        .map_err(|e| std::io::Error::other(format!("not an ekmat peer of this version: {e}")))?;
     if hello.magic != MAGIC || hello.version != VERSION {
         return Err(std::io::Error::other("not an ekmat peer (bad hello)"));
     }
-    if hello.cluster_id != cluster_id {
+    if hello.cluster_id != ours.cluster_id {
         tracing::warn!(from = %hello.from, "refused a peer of another cluster");
         return Err(std::io::Error::other("peer belongs to another cluster"));
+    }
+    if let Some(differences) = settings_differ(&ours.settings, &hello.settings) {
+        tracing::error!(
+            from = %hello.from,
+            %differences,
+            "refused a peer that runs with other cluster-wide settings: every member's configuration must set these alike"
+        );
+        metrics::counter!("ekmat_peer_settings_refused_total").increment(1);
+        return Err(std::io::Error::other(format!(
+            "peer runs with other settings: {differences}"
+        )));
     }
     let mut r = tokio::io::BufReader::new(stream);
     loop {
@@ -262,10 +313,10 @@ mod tests {
         let (a, b) = (free_addr().await, free_addr().await);
         let (tx_a, _rx_a) = mpsc::channel::<(NodeId, String)>(16);
         let (tx_b, rx_b) = mpsc::channel::<(NodeId, String)>(16);
-        let ta = Transport::start(NodeId(0), 7, a, &[(NodeId(1), b)], tx_a)
+        let ta = Transport::start(NodeId(0), 7, Vec::new(), a, &[(NodeId(1), b)], tx_a)
             .await
             .unwrap();
-        let tb = Transport::start(NodeId(1), 7, b, &[(NodeId(0), a)], tx_b)
+        let tb = Transport::start(NodeId(1), 7, Vec::new(), b, &[(NodeId(0), a)], tx_b)
             .await
             .unwrap();
         (ta, tb, rx_b, b)
@@ -284,7 +335,7 @@ mod tests {
         // A node of another cluster is refused.
         let c = free_addr().await;
         let (tx_c, _rx_c) = mpsc::channel::<(NodeId, String)>(16);
-        let tc = Transport::start(NodeId(0), 8, c, &[(NodeId(1), b)], tx_c)
+        let tc = Transport::start(NodeId(0), 8, Vec::new(), c, &[(NodeId(1), b)], tx_c)
             .await
             .unwrap();
         tc.send(NodeId(1), "intruder".into());
@@ -292,14 +343,55 @@ mod tests {
         assert!(rx_b.try_recv().is_err());
     }
 
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_member_configured_differently_is_refused_and_the_setting_named() {
+        let ours = settings(&[("protocol", "pbft"), ("pbft_snapshot_bytes", "1024")]);
+        let (a, b) = (free_addr().await, free_addr().await);
+        let (tx_a, _rx_a) = mpsc::channel::<(NodeId, String)>(16);
+        let (tx_b, mut rx_b) = mpsc::channel::<(NodeId, String)>(16);
+        let _tb = Transport::start(NodeId(1), 7, ours.clone(), b, &[], tx_b)
+            .await
+            .unwrap();
+        let mut theirs = ours.clone();
+        theirs[1].1 = "2048".into();
+        let ta = Transport::start(NodeId(0), 7, theirs.clone(), a, &[(NodeId(1), b)], tx_a)
+            .await
+            .unwrap();
+        for i in 0..20 {
+            ta.send(NodeId(1), format!("m{i}"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rx_b.try_recv().is_err(), "nothing from a differing member");
+
+        assert_eq!(settings_differ(&ours, &ours), None);
+        assert_eq!(
+            settings_differ(&ours, &theirs).as_deref(),
+            Some("pbft_snapshot_bytes: \"1024\" here, \"2048\" at the peer")
+        );
+        assert_eq!(
+            settings_differ(&ours, &ours[..1].to_vec()).as_deref(),
+            Some("pbft_snapshot_bytes: \"1024\" here, unset at the peer")
+        );
+    }
+
     #[tokio::test]
     async fn a_member_added_at_run_time_is_heard_and_can_be_sent_to() {
         let (a, b) = (free_addr().await, free_addr().await);
         let (tx_a, mut rx_a) = mpsc::channel::<(NodeId, String)>(16);
         let (tx_b, mut rx_b) = mpsc::channel::<(NodeId, String)>(16);
-        let mut ta = Transport::start(NodeId(0), 7, a, &[], tx_a).await.unwrap();
+        let mut ta = Transport::start(NodeId(0), 7, Vec::new(), a, &[], tx_a)
+            .await
+            .unwrap();
         // The newcomer knows the cluster; the cluster does not know it yet.
-        let tb = Transport::start(NodeId(5), 7, b, &[(NodeId(0), a)], tx_b)
+        let tb = Transport::start(NodeId(5), 7, Vec::new(), b, &[(NodeId(0), a)], tx_b)
             .await
             .unwrap();
         assert!(tb.send(NodeId(0), "hello".into()));
@@ -329,14 +421,18 @@ mod tests {
         let a = free_addr().await;
         let _hold = TcpListener::bind(a).await.unwrap();
         let (tx, _rx) = mpsc::channel::<(NodeId, String)>(1);
-        assert!(Transport::start(NodeId(0), 1, a, &[], tx).await.is_err());
+        assert!(
+            Transport::start(NodeId(0), 1, Vec::new(), a, &[], tx)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
     async fn oversized_frames_close_the_connection() {
         let (a, b) = (free_addr().await, free_addr().await);
         let (tx, mut rx) = mpsc::channel::<(NodeId, String)>(4);
-        let _t = Transport::<String>::start(NodeId(0), 1, a, &[(NodeId(1), b)], tx)
+        let _t = Transport::<String>::start(NodeId(0), 1, Vec::new(), a, &[(NodeId(1), b)], tx)
             .await
             .unwrap();
         let mut s = TcpStream::connect(a).await.unwrap();
@@ -345,6 +441,7 @@ mod tests {
             version: VERSION,
             cluster_id: 1,
             from: NodeId(1),
+            settings: Vec::new(),
         };
         write_frame(&mut s, &hello).await.unwrap();
         s.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();

@@ -56,6 +56,15 @@ pub trait RuntimeProtocol: 'static {
         None
     }
 
+    /// The settings, beyond the protocol's name, that every member must run with alike,
+    /// as (name, value) pairs: peers compare them when they connect and refuse one that
+    /// differs, naming the setting, instead of failing later in ways that look like a
+    /// Byzantine peer (signatures that do not verify, snapshots at other points).
+    fn agreed_settings(cfg: &NodeConfig) -> Vec<(String, String)> {
+        let _ = cfg;
+        Vec::new()
+    }
+
     /// The longest a member waits without hearing from a leader before it campaigns:
     /// leases are never granted shorter than a few of these (see `service/lease.rs`).
     fn election_timeout(cfg: &NodeConfig) -> std::time::Duration;

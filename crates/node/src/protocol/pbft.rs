@@ -43,6 +43,21 @@ impl RuntimeProtocol for Pbft {
     const RECONFIGURES: bool = false;
     const TAKES_SNAPSHOTS: bool = false;
 
+    /// Snapshot points follow bytes executed, so a member with another threshold would
+    /// vouch for snapshots no one else takes; a member listing another key for a peer
+    /// would take every message of it for a forgery.
+    fn agreed_settings(cfg: &NodeConfig) -> Vec<(String, String)> {
+        let mut settings = vec![(
+            "pbft_snapshot_bytes".to_string(),
+            cfg.pbft_snapshot_bytes.to_string(),
+        )];
+        for m in &cfg.members {
+            let key = m.public_key.clone().unwrap_or_default().to_lowercase();
+            settings.push((format!("public_key of member {}", m.id), key));
+        }
+        settings
+    }
+
     fn recover(
         cfg: &NodeConfig,
         stable: PbftStable,
