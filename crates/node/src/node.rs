@@ -199,7 +199,9 @@ pub(crate) fn recover<P: RuntimeProtocol>(
     }
     let undecodable = |what: &str, e: postcard::Error| {
         NodeError::Storage(format!(
-            "the write-ahead log in {} holds a {what} this build cannot read: {e}",
+            "the write-ahead log in {} holds a {what} this build cannot read: {e} \
+             (a data directory written by another version of ekmat may be in a format \
+             this one does not read; run the version that wrote it)",
             dir.display()
         ))
     };

@@ -23,6 +23,7 @@ impl Pbft {
         let bundle = Bundle {
             gateway: self.cfg.id,
             nonce: self.nonce,
+            created: self.last_executed,
             requests: std::mem::take(&mut self.outbox),
         };
         let signed = Arc::new(self.keys.sign(bundle));
@@ -58,7 +59,7 @@ impl Pbft {
         // then: its digest covers every byte and signature in it.
         let known = self.pending.contains_key(&d)
             || self.in_flight.contains(&d)
-            || self.executed_bundles.contains(&d);
+            || self.executed_bundles.contains_key(&d);
         if known {
             return self.add_pending_as(b, d);
         }
@@ -80,7 +81,14 @@ impl Pbft {
 
     fn add_pending_as(&mut self, bundle: Arc<crate::message::Signed<Bundle>>, d: Digest) {
         let excluded = self.is_excluded(bundle.body.gateway);
-        if excluded || self.executed_bundles.contains(&d) || self.pending.contains_key(&d) {
+        if excluded || self.executed_bundles.contains_key(&d) || self.pending.contains_key(&d) {
+            return;
+        }
+        // An expired bundle never executes. One made more than a window past this
+        // replica's last execution is refused too (its gateway sends it again later):
+        // replicas differ by a few sequence numbers, not by windows.
+        let created = bundle.body.created;
+        if created > self.last_executed + self.cfg.window || !self.bundle_live(created) {
             return;
         }
         self.pending.insert(
@@ -120,14 +128,23 @@ impl Pbft {
     /// executing other bundles while leaving one out is still suspected. An honest
     /// primary proposes oldest first, so the oldest executes within a round or two
     /// however long the queue behind it.
+    ///
+    /// Only a bundle made at or before this replica's last execution counts: no primary
+    /// can order one made later before that point, so a gateway that claims a later
+    /// point cannot make the view change again and again.
     pub(crate) fn arm_timer(&mut self) {
-        if self.normal && self.timer.is_none() && !self.pending.is_empty() {
+        if !self.normal || self.timer.is_some() {
+            return;
+        }
+        let last = self.last_executed;
+        self.timed = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.bundle.body.created <= last)
+            .min_by_key(|(d, p)| (p.since, **d))
+            .map(|(d, _)| *d);
+        if self.timed.is_some() {
             self.timer = Some(self.now + self.timeout());
-            self.timed = self
-                .pending
-                .iter()
-                .min_by_key(|(d, p)| (p.since, **d))
-                .map(|(d, _)| *d);
         }
     }
 
@@ -174,7 +191,7 @@ impl Pbft {
         while self.next_seq < self.high_watermark()
             && self.next_seq < self.last_executed + self.cfg.max_inflight
         {
-            let batch = self.cut_batch();
+            let batch = self.cut_batch(self.next_seq + 1);
             if batch.is_null() {
                 return;
             }
@@ -183,9 +200,12 @@ impl Pbft {
         }
     }
 
-    fn cut_batch(&mut self) -> Batch {
+    /// The batch for `seq`: pending bundles oldest first, each executable there (one
+    /// made at or after `seq` waits for a later batch; an expired one is left out).
+    fn cut_batch(&mut self, seq: u64) -> Batch {
         let mut batch = Batch::default();
         let mut requests = 0;
+        let mut later = Vec::new();
         while requests < self.cfg.batch_max {
             let Some(d) = self.pending_order.pop_front() else {
                 break;
@@ -193,12 +213,21 @@ impl Pbft {
             let Some(p) = self.pending.get(&d) else {
                 continue; // executed meanwhile
             };
-            if self.in_flight.contains(&d) {
+            if p.bundle.body.created >= seq {
+                later.push(d);
+                continue;
+            }
+            if self.in_flight.contains(&d)
+                || !p.bundle.body.executable_at(seq, self.cfg.bundle_horizon)
+            {
                 continue;
             }
             requests += p.bundle.body.requests.len();
             batch.bundles.push(p.bundle.clone());
             self.in_flight.insert(d);
+        }
+        for d in later.into_iter().rev() {
+            self.pending_order.push_front(d);
         }
         batch
     }

@@ -130,6 +130,9 @@ pub enum ProofError {
     BadGatewaySignature,
     /// The request is not in the bundle (or is there with other bytes).
     RequestNotInBundle,
+    /// The bundle was past its horizon at the certified sequence number: ordered
+    /// there, but not executed.
+    BundleExpired,
 }
 
 impl std::fmt::Display for ProofError {
@@ -142,6 +145,10 @@ impl std::fmt::Display for ProofError {
             ProofError::BundleNotInBatch => write!(f, "the bundle is not in the certified batch"),
             ProofError::BadGatewaySignature => write!(f, "the bundle's signature does not verify"),
             ProofError::RequestNotInBundle => write!(f, "the request is not in the bundle"),
+            ProofError::BundleExpired => write!(
+                f,
+                "the bundle was past its horizon at the certified sequence number"
+            ),
         }
     }
 }
@@ -163,6 +170,7 @@ impl CommitProof {
         &self,
         validators: &[VerifyingKey],
         quorum: usize,
+        bundle_horizon: u64,
         request: &ClientRequest,
     ) -> Result<(), ProofError> {
         self.qc
@@ -181,6 +189,9 @@ impl CommitProof {
         if !self.bundle.body.requests.contains(request) {
             return Err(ProofError::RequestNotInBundle);
         }
+        if !self.bundle.body.executable_at(self.qc.seq, bundle_horizon) {
+            return Err(ProofError::BundleExpired);
+        }
         Ok(())
     }
 }
@@ -192,6 +203,7 @@ pub struct Client {
     id: u64,
     key: SigningKey,
     validators: Vec<VerifyingKey>,
+    bundle_horizon: u64,
     next_seq: u64,
 }
 
@@ -212,8 +224,15 @@ impl Client {
             id,
             key,
             validators,
+            bundle_horizon: crate::message::BUNDLE_HORIZON,
             next_seq: 0,
         })
+    }
+
+    /// For validators configured with another `bundle_horizon` than the default.
+    pub fn with_bundle_horizon(mut self, bundle_horizon: u64) -> Client {
+        self.bundle_horizon = bundle_horizon;
+        self
     }
 
     pub fn id(&self) -> u64 {
@@ -241,7 +260,12 @@ impl Client {
 
     /// Whether `proof` shows `request` committed.
     pub fn verify(&self, request: &ClientRequest, proof: &CommitProof) -> Result<(), ProofError> {
-        proof.verify(&self.validators, self.quorum(), request)
+        proof.verify(
+            &self.validators,
+            self.quorum(),
+            self.bundle_horizon,
+            request,
+        )
     }
 }
 
@@ -289,10 +313,11 @@ impl Pbft {
     /// towards one only once durable (see `count_durable_own_commits`).
     pub fn commit_proof(&self, seq: u64, request: &ClientRequest) -> Option<CommitProof> {
         let (batch, qc) = self.executed.get(&seq)?;
+        let horizon = self.cfg.bundle_horizon;
         let bundle = batch
             .bundles
             .iter()
-            .find(|b| b.body.requests.contains(request))?;
+            .find(|b| b.body.requests.contains(request) && b.body.executable_at(seq, horizon))?;
         Some(CommitProof {
             qc: qc.clone(),
             bundle_digests: batch.bundle_digests(),

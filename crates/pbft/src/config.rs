@@ -89,6 +89,10 @@ pub struct PbftConfig {
     pub batch_max: usize,
     /// A gateway signs and sends a bundle once it has this many requests (or on a tick).
     pub bundle_max: usize,
+    /// How many sequence numbers past the point it was made at a bundle can still
+    /// execute (see [`crate::message::Bundle::executable_at`]); executed bundles are
+    /// remembered that long. Every validator and client must use the same value.
+    pub bundle_horizon: u64,
     /// The view-change timeout; doubled per consecutive failed view, up to 8x.
     pub view_timeout: Duration,
     /// How long a replica waits, behind, before fetching committed batches.
@@ -114,6 +118,7 @@ impl PbftConfig {
             max_inflight: 8,
             batch_max: 256,
             bundle_max: 1,
+            bundle_horizon: crate::message::BUNDLE_HORIZON,
             view_timeout: Duration::from_millis(400),
             fetch_timeout: Duration::from_millis(300),
             clients: Arc::default(),
@@ -153,6 +158,14 @@ impl PbftConfig {
         }
         if self.checkpoint_interval == 0 || self.window < self.checkpoint_interval {
             return Err("the window must hold at least one checkpoint interval".into());
+        }
+        // A new view re-issues bundles up to a window past the stable checkpoint, and a
+        // gateway may be a window behind when it makes one.
+        if self.bundle_horizon < 2 * self.window {
+            return Err(format!(
+                "the bundle horizon ({}) must be at least twice the window ({})",
+                self.bundle_horizon, self.window
+            ));
         }
         let max_chunk = crate::snapshot_transfer::MAX_CHUNK_BYTES;
         if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes > max_chunk {

@@ -164,8 +164,18 @@ pub struct Bundle {
     pub gateway: NodeId,
     /// Distinguishes two bundles of the same gateway with equal contents.
     pub nonce: u64,
+    /// The last sequence number the gateway had executed when it made the bundle. The
+    /// bundle executes only at a later sequence number, and at most the bundle horizon
+    /// past this one ([`Bundle::executable_at`]), so replicas need to remember an
+    /// executed bundle only that long to execute it at most once.
+    pub created: u64,
     pub requests: Vec<ClientRequest>,
 }
+
+/// How many sequence numbers past its `created` point a bundle can still execute
+/// (`PbftConfig::bundle_horizon`'s default). An honest primary orders a bundle within a
+/// window or two of it; a gateway whose bundle outlived it bundles the requests again.
+pub const BUNDLE_HORIZON: u64 = 1024;
 
 /// A bundle's signature and digest cover its requests through their SHA-256 (as
 /// collision-resistant a binding as the bytes themselves): the requests are hashed once
@@ -173,15 +183,23 @@ pub struct Bundle {
 /// instead of every request again.
 impl Encode for Bundle {
     fn encode(&self, out: &mut Vec<u8>) {
-        out.push(1);
+        out.push(2);
         put_u64(out, self.gateway.0 as u64);
         put_u64(out, self.nonce);
+        put_u64(out, self.created);
         put_u64(out, self.requests.len() as u64);
         out.extend_from_slice(&self.requests_digest());
     }
 }
 
 impl Bundle {
+    /// Whether the bundle may execute at `seq`: after the point it was made at, and
+    /// within `horizon` of it. Every correct replica decides this alike, from the
+    /// sequence number alone.
+    pub fn executable_at(&self, seq: u64, horizon: u64) -> bool {
+        self.created < seq && seq - self.created <= horizon
+    }
+
     /// SHA-256 over the requests' canonical encoding: per request its client, its
     /// number, and its bytes with their length (u64::MAX for a read); a signed
     /// request's length has the `SIGNED` bit set (a read's is u64::MAX - 1), and its

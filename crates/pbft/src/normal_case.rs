@@ -125,10 +125,9 @@ impl Pbft {
         }
         let gateways_sign = batch.bundles.iter().all(|b| b.signer == b.body.gateway);
         let mut items = vec![SigItem::of(header)];
-        let unseen =
-            batch.bundles.iter().zip(&digests).filter(|(_, d)| {
-                !self.pending.contains_key(*d) && !self.executed_bundles.contains(*d)
-            });
+        let unseen = batch.bundles.iter().zip(&digests).filter(|(_, d)| {
+            !self.pending.contains_key(*d) && !self.executed_bundles.contains_key(*d)
+        });
         for (b, _) in unseen {
             items.push(SigItem::of(&**b));
             // Registered clients' signatures too: a primary (or gateway) that made up
@@ -412,11 +411,49 @@ impl Pbft {
             self.in_flight.remove(d);
         }
         self.executed.insert(seq, (batch, qc));
+        if seq.is_multiple_of(self.cfg.checkpoint_interval) {
+            self.forget_expired_bundles(out);
+        }
         self.on_progress();
         self.maybe_checkpoint(seq, out);
         self.maybe_want_snapshot(seq, out);
         self.maybe_write_snapshot(out);
         self.try_propose(out);
+    }
+
+    /// Whether a bundle made at `created` could still execute after this replica's
+    /// last executed sequence number.
+    pub(crate) fn bundle_live(&self, created: u64) -> bool {
+        created.saturating_add(self.cfg.bundle_horizon) > self.last_executed
+    }
+
+    /// Forget the executed bundles that could no longer execute again, and drop the
+    /// pending ones that never will; this gateway's own go into its next bundle. Done
+    /// at checkpoint sequence numbers, so every correct replica's record (which
+    /// snapshots carry) is the same at each.
+    pub(crate) fn forget_expired_bundles(&mut self, out: &mut Fx) {
+        let last = self.last_executed;
+        let horizon = self.cfg.bundle_horizon;
+        let live = |created: u64| created.saturating_add(horizon) > last;
+        self.executed_bundles.retain(|_, created| live(*created));
+        let expired: Vec<Digest> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !live(p.bundle.body.created))
+            .map(|(d, _)| *d)
+            .collect();
+        for d in expired {
+            let Some(p) = self.pending.remove(&d) else {
+                continue;
+            };
+            self.in_flight.remove(&d);
+            if p.bundle.body.gateway == self.cfg.id {
+                self.outbox.extend(p.bundle.body.requests.iter().cloned());
+                self.counter("rebundled", out);
+            }
+        }
+        let pending = &self.pending;
+        self.pending_order.retain(|d| pending.contains_key(d));
     }
 
     /// Hand a batch's requests to the state machine, each (client, request, bytes) at
@@ -436,7 +473,17 @@ impl Pbft {
         out: &mut Fx,
     ) {
         for (bundle, digest) in batch.bundles.iter().zip(digests) {
-            if !self.executed_bundles.insert(*digest) {
+            if !bundle.body.executable_at(seq, self.cfg.bundle_horizon) {
+                // Only a faulty primary orders one (or a gateway that made it "later"):
+                // every correct replica skips it alike.
+                self.counter("expired-bundle", out);
+                continue;
+            }
+            if self
+                .executed_bundles
+                .insert(*digest, bundle.body.created)
+                .is_some()
+            {
                 self.counter("duplicate-bundle", out);
                 continue;
             }

@@ -116,7 +116,9 @@ pub struct Pbft {
     pub(crate) pending: BTreeMap<Digest, PendingBundle>,
     pub(crate) pending_order: VecDeque<Digest>,
     pub(crate) in_flight: BTreeSet<Digest>,
-    pub(crate) executed_bundles: BTreeSet<Digest>,
+    /// Executed bundles, with the point each was made at: forgotten once past the
+    /// bundle horizon, when they could no longer execute anyway.
+    pub(crate) executed_bundles: BTreeMap<Digest, u64>,
     pub(crate) outbox: Vec<ClientRequest>,
     pub(crate) nonce: u64,
     pub(crate) view_changes: BTreeMap<u64, BTreeMap<NodeId, Arc<Signed<ViewChange>>>>,
@@ -178,7 +180,7 @@ impl Pbft {
             pending: BTreeMap::new(),
             pending_order: VecDeque::new(),
             in_flight: BTreeSet::new(),
-            executed_bundles: BTreeSet::new(),
+            executed_bundles: BTreeMap::new(),
             outbox: Vec::new(),
             nonce: 0,
             view_changes: BTreeMap::new(),

@@ -28,7 +28,7 @@
 //! make it durable lazily, off its log's order, since a crash that loses it leaves the
 //! batches it covers in the log. An installed one is written like any other write.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -53,7 +53,7 @@ pub struct ExecState {
     /// Bytes of requests executed through `seq` (what snapshot points follow).
     pub executed_bytes: u64,
     pub(crate) sessions: BTreeMap<u64, Session>,
-    pub(crate) executed_bundles: BTreeSet<Digest>,
+    pub(crate) executed_bundles: BTreeMap<Digest, u64>,
     pub excluded: BTreeMap<NodeId, u64>,
 }
 
@@ -270,11 +270,12 @@ impl Pbft {
         });
         // Executed, or from a gateway the snapshot excluded (nobody orders those any more).
         let (executed, excluded) = (&self.executed_bundles, &self.excluded);
-        self.pending
-            .retain(|d, p| !executed.contains(d) && !excluded.contains_key(&p.bundle.body.gateway));
-        let pending = &self.pending;
-        self.pending_order.retain(|d| pending.contains_key(d));
-        self.in_flight.retain(|d| !executed.contains(d));
+        self.pending.retain(|d, p| {
+            !executed.contains_key(d) && !excluded.contains_key(&p.bundle.body.gateway)
+        });
+        self.in_flight.retain(|d| !executed.contains_key(d));
+        // And any that expired in between.
+        self.forget_expired_bundles(out);
         self.transfers.retain(|s, _| *s > e.seq);
         self.offers.retain(|_, o| o.vouch.body.seq > e.seq);
         self.download = None;

@@ -140,7 +140,7 @@ fn skipping_signature_verification_is_caught() {
 /// at that index.
 #[test]
 fn trusting_one_snapshot_is_caught() {
-    assert_caught(Mutant::TrustOneSnapshot, Adversary::ForgeSnapshot, 20);
+    assert_caught(Mutant::TrustOneSnapshot, Adversary::ForgeSnapshot, 60);
 }
 
 /// Caught by validity: a request the Byzantine gateway made up in a signing client's

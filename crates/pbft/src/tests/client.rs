@@ -39,6 +39,7 @@ fn bundle_from(c: &mut Cluster, gateway: u32, requests: Vec<ClientRequest>) {
     let bundle = Bundle {
         gateway: NodeId(gateway),
         nonce: 900,
+        created: 0,
         requests,
     };
     let signed = Arc::new(crate::crypto::sign(
@@ -166,6 +167,7 @@ fn primary_proposes(forged: ClientRequest) {
     let bundle = Bundle {
         gateway: NodeId(0),
         nonce: 1,
+        created: 0,
         requests: vec![forged],
     };
     let batch = Arc::new(Batch {
@@ -381,6 +383,7 @@ fn requests_written_before_clients_signed_still_read() {
     let bundle = |requests| Bundle {
         gateway: NodeId(0),
         nonce: 1,
+        created: 0,
         requests,
     };
     let unsigned = ClientRequest {

@@ -593,6 +593,7 @@ fn an_exclusion_with_a_forged_proof_excludes_nobody() {
     let bundle = crate::message::Bundle {
         gateway: NodeId(1),
         nonce: 77,
+        created: 0,
         requests: vec![crate::message::ClientRequest {
             id: RequestId {
                 client: crate::EXCLUSION_CLIENT,
@@ -804,6 +805,7 @@ fn a_bundle_signature_covers_every_request() {
         Bundle {
             gateway: NodeId(1),
             nonce: 1,
+            created: 0,
             requests: vec![request(1, "a"), request(2, "b")],
         },
     );
@@ -1311,4 +1313,5 @@ fn two_byzantine_vouchers_cannot_keep_a_replica_from_a_correct_third() {
     assert_eq!(c.node(6).stats().snapshots_installed, 1);
 }
 
+mod bundle_horizon;
 mod client;

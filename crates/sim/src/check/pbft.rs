@@ -180,10 +180,16 @@ fn check_commit_proof(
     let Some((batch, _)) = r.executed(seq) else {
         return Ok(());
     };
-    let Some((_, request)) = batch.requests().find(|(_, q)| q.sig.is_some()) else {
+    let cfg = r.config();
+    let executed_there = |b: &ekmat_pbft::message::Signed<ekmat_pbft::message::Bundle>| {
+        b.body.executable_at(seq, cfg.bundle_horizon)
+    };
+    let Some((_, request)) = batch
+        .requests()
+        .find(|(b, q)| q.sig.is_some() && executed_there(b))
+    else {
         return Ok(());
     };
-    let cfg = r.config();
     let proof = r.commit_proof(seq, request).ok_or_else(|| {
         let detail = format!(
             "{node} executed {:?} at sequence {seq} and has no proof of it",
@@ -192,7 +198,7 @@ fn check_commit_proof(
         Violation::new("commit-proof", now, detail)
     })?;
     proof
-        .verify(&cfg.validators, cfg.quorum(), request)
+        .verify(&cfg.validators, cfg.quorum(), cfg.bundle_horizon, request)
         .map_err(|e| {
             let detail = format!(
                 "{node}'s proof that {:?} committed at sequence {seq} is refused: {e}",

@@ -85,6 +85,8 @@ pub struct PbftSim {
     pub snapshot_bytes: u64,
     /// Snapshots go to a replica behind in chunks of at most this many bytes.
     pub snapshot_chunk_bytes: usize,
+    /// How long past its making a bundle can execute (see `Bundle::executable_at`).
+    pub bundle_horizon: u64,
     /// The Byzantine nodes and what each does: drawn per seed by `vary`, unless set.
     pub assigned: Vec<(NodeId, Adversary)>,
 }
@@ -105,6 +107,7 @@ impl Default for PbftSim {
             view_timeout: Duration::from_millis(300),
             snapshot_bytes: 0,
             snapshot_chunk_bytes: 1 << 20,
+            bundle_horizon: ekmat_pbft::message::BUNDLE_HORIZON,
             assigned: Vec::new(),
         }
     }
@@ -122,6 +125,7 @@ impl PbftSim {
         cfg.view_timeout = self.view_timeout;
         cfg.snapshot_bytes = self.snapshot_bytes;
         cfg.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
+        cfg.bundle_horizon = self.bundle_horizon.max(2 * cfg.window);
         cfg.clients = client_keys().1.clone();
         cfg
     }
@@ -315,6 +319,12 @@ impl SimProtocol for PbftSim {
             v.snapshot_bytes = [0, 1024, 4096][rng.index(3)];
             // A seed's store grows to a hundred kilobytes or so: one chunk, or dozens.
             v.snapshot_chunk_bytes = [4096, 1 << 20][rng.index(2)];
+            // The least horizon the window allows on half the seeds: bundles then
+            // expire under view changes and slow primaries, and gateways bundle again.
+            v.bundle_horizon = [
+                4 * v.checkpoint_interval,
+                ekmat_pbft::message::BUNDLE_HORIZON,
+            ][rng.index(2)];
         }
         let cast: Vec<String> = v
             .assigned
@@ -322,10 +332,11 @@ impl SimProtocol for PbftSim {
             .map(|(n, a)| format!("{n} {}", a.name()))
             .collect();
         let knobs = format!(
-            "pbft checkpoint every {}, snapshot every {} bytes (chunks of {}), {} batches in flight, {} requests per batch, view timeout {:?}, byzantine: [{}]",
+            "pbft checkpoint every {}, snapshot every {} bytes (chunks of {}), bundle horizon {}, {} batches in flight, {} requests per batch, view timeout {:?}, byzantine: [{}]",
             v.checkpoint_interval,
             v.snapshot_bytes,
             v.snapshot_chunk_bytes,
+            v.bundle_horizon,
             v.max_inflight,
             v.batch_max,
             v.view_timeout,
