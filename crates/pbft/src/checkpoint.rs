@@ -21,7 +21,26 @@ impl Pbft {
         self.own_checkpoints.insert(seq, self.history);
         let signed = self.keys.sign(body);
         self.broadcast(Message::Checkpoint(signed), out);
+        self.checkpoint_resent = self.now;
         self.add_checkpoint_vote(signed, out);
+    }
+
+    /// Send this replica's latest checkpoint vote again, once per half view timeout,
+    /// while it is not stable. Votes lost in a partition are otherwise never sent
+    /// again, and once the primary has filled the window up to the high watermark no
+    /// later checkpoint can make up for them: every view would stop there.
+    pub(crate) fn resend_checkpoint_vote(&mut self, out: &mut Fx) {
+        let Some((&seq, &digest)) = self.own_checkpoints.last_key_value() else {
+            return;
+        };
+        if seq <= self.stable.seq
+            || self.now.since(self.checkpoint_resent) < self.cfg.view_timeout / 2
+        {
+            return;
+        }
+        self.checkpoint_resent = self.now;
+        let signed = self.keys.sign(Checkpoint { seq, digest });
+        self.broadcast(Message::Checkpoint(signed), out);
     }
 
     pub(crate) fn on_checkpoint(&mut self, c: Signed<Checkpoint>, out: &mut Fx) {

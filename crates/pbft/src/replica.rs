@@ -81,6 +81,9 @@ pub struct Pbft {
     pub(crate) checkpoint_votes: BTreeMap<u64, BTreeMap<NodeId, Signed<Checkpoint>>>,
     /// Own history digests at checkpoint sequence numbers not yet stable.
     pub(crate) own_checkpoints: BTreeMap<u64, Digest>,
+    /// When this replica last sent its checkpoint vote again (see
+    /// `resend_checkpoint_vote`).
+    pub(crate) checkpoint_resent: Time,
     /// Chained digest of every batch executed, through `last_executed`.
     pub(crate) history: Digest,
     pub(crate) last_executed: u64,
@@ -140,6 +143,8 @@ pub struct Pbft {
     pub(crate) seen: BTreeMap<NodeId, (u64, u64)>,
     pub(crate) behind_since: Option<Time>,
     pub(crate) last_fetch: Option<Time>,
+    /// What each replica was sent lately, by state and snapshot transfer.
+    pub(crate) serve_budgets: BTreeMap<NodeId, crate::state_transfer::ServeBudget>,
     pub(crate) stats: PbftStats,
 }
 
@@ -161,6 +166,7 @@ impl Pbft {
             stable: CheckpointProof::default(),
             checkpoint_votes: BTreeMap::new(),
             own_checkpoints: BTreeMap::new(),
+            checkpoint_resent: Time::ZERO,
             history: Digest::default(),
             last_executed: 0,
             applied: 0,
@@ -197,6 +203,7 @@ impl Pbft {
             seen: BTreeMap::new(),
             behind_since: None,
             last_fetch: None,
+            serve_budgets: BTreeMap::new(),
             stats: PbftStats::default(),
         })
     }
@@ -445,6 +452,7 @@ impl Pbft {
 
     fn on_tick(&mut self, out: &mut Fx) {
         self.flush_bundle(out);
+        self.resend_checkpoint_vote(out);
         self.skip_excluded_primary(out);
         if self.timer.is_some_and(|t| self.now >= t) {
             self.timer = None;
@@ -469,10 +477,10 @@ impl Pbft {
             Message::Checkpoint(c) => self.on_checkpoint(c, out),
             Message::ViewChange(vc) => self.on_view_change(vc, out),
             Message::NewView(nv) => self.on_new_view(nv, out),
-            Message::Fetch(f) => self.on_fetch(f, out),
+            Message::Fetch(f) => self.on_fetch(from, f, out),
             Message::Transfer(t) => self.on_transfer(t, out),
             Message::SnapshotOffer(s) => self.on_snapshot_offer(s, out),
-            Message::SnapshotFetch(r) => self.on_chunk_request(r, out),
+            Message::SnapshotFetch(r) => self.on_chunk_request(from, r, out),
             Message::SnapshotChunk(c) => self.on_snapshot_chunk(c, out),
         }
     }

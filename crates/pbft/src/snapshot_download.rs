@@ -33,7 +33,7 @@ use crate::snapshot::Snapshot;
 use crate::snapshot_transfer::{ChunkRequest, SnapshotChunk, SnapshotOffer, SnapshotVouch};
 
 /// Chunks asked for, or received ahead of the image, at once.
-const WINDOW: usize = 8;
+pub(crate) const WINDOW: usize = 8;
 
 /// A snapshot being fetched.
 #[derive(Clone, Debug)]

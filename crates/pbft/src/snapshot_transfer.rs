@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ekmat_core::Time;
+use ekmat_core::{NodeId, Time};
 use serde::{Deserialize, Serialize};
 
 use crate::message::{CheckpointProof, Digest, Encode, Message, Signed, put_u64, sha256};
@@ -183,7 +183,13 @@ impl Pbft {
 
     /// Serve a chunk of the own snapshot's image, or of one replaced but still fetched
     /// (a request for no bytes only keeps it).
-    pub(crate) fn on_chunk_request(&mut self, req: Signed<ChunkRequest>, out: &mut Fx) {
+    /// `link`: the replica the request came from, whose serve budget it spends.
+    pub(crate) fn on_chunk_request(
+        &mut self,
+        link: NodeId,
+        req: Signed<ChunkRequest>,
+        out: &mut Fx,
+    ) {
         if !self.keys.verify(&req) {
             return self.reject_signature(out);
         }
@@ -192,6 +198,10 @@ impl Pbft {
             return; // a snapshot this replica no longer holds
         };
         if r.len == 0 || r.offset >= len || r.len > MAX_CHUNK_BYTES as u64 {
+            return;
+        }
+        let sent = r.len.min(len - r.offset);
+        if !self.within_serve_budget(link, sent, out) {
             return;
         }
         let data = image_slice(&head, &app, r.offset, r.len as usize);

@@ -8,11 +8,32 @@
 
 use std::sync::Arc;
 
+use ekmat_core::{NodeId, Time};
+
 use crate::message::{Fetch, Message, Signed, Transfer};
 use crate::replica::{Fx, Pbft};
 
 /// Batches per transfer message.
 const TRANSFER_MAX: usize = 64;
+/// Transfers one replica is sent per fetch timeout at most: a correct one asks once.
+const FETCHES_PER_PERIOD: u32 = 4;
+/// Snapshot bytes one replica is sent per fetch timeout at most, in chunks of the
+/// configured size: eight times what a download asks at once (it keeps eight chunks
+/// asked, and replaces a voucher that sends fewer than eight per fetch timeout). With
+/// the runtime's 1 MiB chunks and 300 ms fetch timeout, about 200 MB/s per replica.
+const CHUNKS_PER_PERIOD: u64 = 8 * crate::snapshot_download::WINDOW as u64;
+/// Or this many bytes if more: tiny chunks must not make a download crawl.
+pub(crate) const SERVE_FLOOR_BYTES: u64 = 1 << 20;
+
+/// What this replica sent in answer to one other replica's requests since `since`: a
+/// faulty replica asking for the same batches or chunks again and again (its own, or
+/// others' replayed) costs it a bounded share of its time and bandwidth, not all of it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServeBudget {
+    since: Time,
+    fetches: u32,
+    chunk_bytes: u64,
+}
 
 impl Pbft {
     /// The highest sequence number and view that f+1 replicas (so at least one correct
@@ -55,9 +76,58 @@ impl Pbft {
         }
     }
 
-    pub(crate) fn on_fetch(&mut self, f: Signed<Fetch>, out: &mut Fx) {
+    /// Whether `to` may be sent one more transfer (`chunk_bytes` 0) or a snapshot chunk
+    /// of `chunk_bytes`; counted if so, counted as `over-serve-budget` if not.
+    pub(crate) fn within_serve_budget(
+        &mut self,
+        to: NodeId,
+        chunk_bytes: u64,
+        out: &mut Fx,
+    ) -> bool {
+        let (now, period) = (self.now, self.cfg.fetch_timeout);
+        let chunk_limit = self.chunk_serve_budget();
+        let b = self.serve_budgets.entry(to).or_insert(ServeBudget {
+            since: now,
+            fetches: 0,
+            chunk_bytes: 0,
+        });
+        if now.since(b.since) >= period {
+            *b = ServeBudget {
+                since: now,
+                fetches: 0,
+                chunk_bytes: 0,
+            };
+        }
+        let within = if chunk_bytes == 0 {
+            b.fetches < FETCHES_PER_PERIOD
+        } else {
+            b.chunk_bytes + chunk_bytes <= chunk_limit
+        };
+        if !within {
+            self.counter("over-serve-budget", out);
+            return false;
+        }
+        if chunk_bytes == 0 {
+            b.fetches += 1;
+        } else {
+            b.chunk_bytes += chunk_bytes;
+        }
+        true
+    }
+
+    /// Snapshot bytes one replica may be sent per fetch timeout.
+    pub(crate) fn chunk_serve_budget(&self) -> u64 {
+        (CHUNKS_PER_PERIOD * self.cfg.snapshot_chunk_bytes as u64).max(SERVE_FLOOR_BYTES)
+    }
+
+    /// `link`: the replica the fetch came from, whose budget it spends (not its
+    /// signer's: a replica replaying another's fetches spends its own).
+    pub(crate) fn on_fetch(&mut self, link: NodeId, f: Signed<Fetch>, out: &mut Fx) {
         if !self.keys.verify(&f) {
             return self.reject_signature(out);
+        }
+        if !self.within_serve_budget(link, 0, out) {
+            return;
         }
         if let Some(offer) = self.offer_for(f.body.from) {
             out.send(f.signer, Message::SnapshotOffer(offer));

@@ -292,6 +292,36 @@ fn checkpoints_become_stable_and_collect_garbage() {
     );
 }
 
+/// Every checkpoint vote is lost until the primary has filled the window: no later
+/// checkpoint can stabilise then, so the votes are sent again and the window moves.
+#[test]
+fn lost_checkpoint_votes_are_sent_again_and_the_window_moves() {
+    let mut c = Cluster::new(4);
+    c.cut = Box::new(|_, _, m| matches!(m, Message::Checkpoint(_)));
+    for s in 1..=12 {
+        c.request(0, 1, s);
+        c.run();
+    }
+    let window = c.node(0).config().window;
+    assert_eq!(
+        c.node(0).last_executed(),
+        window,
+        "stopped at the high watermark"
+    );
+    assert_eq!(c.node(0).stable.seq, 0);
+    c.cut = Box::new(|_, _, _| false);
+    c.advance(500);
+    for i in 0..4 {
+        assert!(
+            c.node(i).stable.seq >= window,
+            "n{i}: {}",
+            c.node(i).stable.seq
+        );
+    }
+    assert_eq!(c.committed[0].len(), 12);
+    c.assert_agree(&[0, 1, 2, 3]);
+}
+
 #[test]
 fn a_silent_primary_is_replaced_and_the_backlog_executes() {
     let mut c = Cluster::new(4);
@@ -1315,3 +1345,4 @@ fn two_byzantine_vouchers_cannot_keep_a_replica_from_a_correct_third() {
 
 mod bundle_horizon;
 mod client;
+mod serve_budget;
