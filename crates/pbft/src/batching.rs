@@ -88,7 +88,7 @@ impl Pbft {
         // replica's last execution is refused too (its gateway sends it again later):
         // replicas differ by a few sequence numbers, not by windows.
         let created = bundle.body.created;
-        if created > self.last_executed + self.cfg.window || !self.bundle_live(created) {
+        if created > self.last_executed + self.cfg.window || created < self.oldest_live_bundle() {
             return;
         }
         self.pending.insert(

@@ -21,7 +21,7 @@ use crate::message::{
     Batch, Bundle, ClientRequest, Commit, Digest, Message, PrePrepare, Prepare, PreparedCert,
     Signed, sha256,
 };
-use crate::replica::{Fx, Pbft, primary_of};
+use crate::replica::{Fx, Pbft, PendingBundle, primary_of};
 
 /// Recent request numbers kept per client for at-most-once execution.
 const SESSION_DEPTH: usize = 8;
@@ -421,10 +421,10 @@ impl Pbft {
         self.try_propose(out);
     }
 
-    /// Whether a bundle made at `created` could still execute after this replica's
-    /// last executed sequence number.
-    pub(crate) fn bundle_live(&self, created: u64) -> bool {
-        created.saturating_add(self.cfg.bundle_horizon) > self.last_executed
+    /// The oldest point a bundle can have been made at and still execute after this
+    /// replica's last executed sequence number (see `Bundle::executable_at`).
+    pub(crate) fn oldest_live_bundle(&self) -> u64 {
+        (self.last_executed + 1).saturating_sub(self.cfg.bundle_horizon)
     }
 
     /// Forget the executed bundles that could no longer execute again, and drop the
@@ -432,20 +432,14 @@ impl Pbft {
     /// at checkpoint sequence numbers, so every correct replica's record (which
     /// snapshots carry) is the same at each.
     pub(crate) fn forget_expired_bundles(&mut self, out: &mut Fx) {
-        let last = self.last_executed;
-        let horizon = self.cfg.bundle_horizon;
-        let live = |created: u64| created.saturating_add(horizon) > last;
-        self.executed_bundles.retain(|_, created| live(*created));
-        let expired: Vec<Digest> = self
+        let oldest = self.oldest_live_bundle();
+        self.executed_bundles
+            .retain(|_, created| *created >= oldest);
+        let expired: Vec<(Digest, PendingBundle)> = self
             .pending
-            .iter()
-            .filter(|(_, p)| !live(p.bundle.body.created))
-            .map(|(d, _)| *d)
+            .extract_if(.., |_, p| p.bundle.body.created < oldest)
             .collect();
-        for d in expired {
-            let Some(p) = self.pending.remove(&d) else {
-                continue;
-            };
+        for (d, p) in expired {
             self.in_flight.remove(&d);
             if p.bundle.body.gateway == self.cfg.id {
                 self.outbox.extend(p.bundle.body.requests.iter().cloned());

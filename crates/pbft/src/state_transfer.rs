@@ -35,6 +35,16 @@ pub(crate) struct ServeBudget {
     chunk_bytes: u64,
 }
 
+impl ServeBudget {
+    fn starting(since: Time) -> ServeBudget {
+        ServeBudget {
+            since,
+            fetches: 0,
+            chunk_bytes: 0,
+        }
+    }
+}
+
 impl Pbft {
     /// The highest sequence number and view that f+1 replicas (so at least one correct
     /// one) were seen working on.
@@ -86,17 +96,12 @@ impl Pbft {
     ) -> bool {
         let (now, period) = (self.now, self.cfg.fetch_timeout);
         let chunk_limit = self.chunk_serve_budget();
-        let b = self.serve_budgets.entry(to).or_insert(ServeBudget {
-            since: now,
-            fetches: 0,
-            chunk_bytes: 0,
-        });
+        let b = self
+            .serve_budgets
+            .entry(to)
+            .or_insert(ServeBudget::starting(now));
         if now.since(b.since) >= period {
-            *b = ServeBudget {
-                since: now,
-                fetches: 0,
-                chunk_bytes: 0,
-            };
+            *b = ServeBudget::starting(now);
         }
         let within = if chunk_bytes == 0 {
             b.fetches < FETCHES_PER_PERIOD

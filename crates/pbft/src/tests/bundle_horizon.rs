@@ -17,20 +17,11 @@ fn short_horizon(i: u32, n: usize) -> PbftConfig {
     }
 }
 
-/// n0 (the primary) orders `batch` again at its next sequence number, as a faulty
-/// primary may.
-fn primary_orders_again(c: &mut Cluster, batch: Arc<Batch>) {
-    let primary = c.nodes[0].as_mut().unwrap();
-    let next = primary.next_seq + 1;
-    let mut out = Effects::new();
-    primary.issue_pre_prepare(next, batch, &mut out);
-    primary.gate.on_persisted(u64::MAX, &mut out);
-    for e in out.drain() {
-        if let Effect::Send { to, msg } = e {
-            c.queue.push_back((NodeId(0), to, msg));
-        }
-    }
+/// The batch that executed the anonymous request 1 (gateway n1) at sequence number 1.
+fn one_anonymous_request_executed(c: &mut Cluster) -> Arc<Batch> {
+    c.request(1, 0, 1);
     c.advance(50);
+    c.node(0).executed(1).expect("executed").0.clone()
 }
 
 /// The runtime's requests are the anonymous client's (each gateway numbers its own), so
@@ -38,9 +29,7 @@ fn primary_orders_again(c: &mut Cluster, batch: Arc<Batch>) {
 #[test]
 fn a_bundle_ordered_again_past_its_horizon_executes_nowhere() {
     let mut c = Cluster::with(4, short_horizon);
-    c.request(1, 0, 1);
-    c.advance(50);
-    let (batch, _) = c.node(0).executed(1).expect("executed").clone();
+    let batch = one_anonymous_request_executed(&mut c);
     let digest = bundle_digest(&batch.bundles[0]);
     assert!(c.node(0).executed_bundles.contains_key(&digest));
     // Past the horizon, the record forgets it.
@@ -53,7 +42,7 @@ fn a_bundle_ordered_again_past_its_horizon_executes_nowhere() {
     assert!(!c.node(0).executed_bundles.contains_key(&digest));
     let before: Vec<usize> = (0..4).map(|i| c.committed[i].len()).collect();
 
-    primary_orders_again(&mut c, batch);
+    c.primary_orders_again(batch);
     for (i, before) in before.into_iter().enumerate() {
         assert_eq!(
             c.node(i).last_executed(),
@@ -74,10 +63,8 @@ fn a_bundle_ordered_again_past_its_horizon_executes_nowhere() {
 #[test]
 fn a_bundle_ordered_again_within_its_horizon_is_a_duplicate() {
     let mut c = Cluster::with(4, short_horizon);
-    c.request(1, 0, 1);
-    c.advance(50);
-    let (batch, _) = c.node(0).executed(1).expect("executed").clone();
-    primary_orders_again(&mut c, batch);
+    let batch = one_anonymous_request_executed(&mut c);
+    c.primary_orders_again(batch);
     for i in 0..4 {
         assert_eq!(c.committed[i].len(), 1, "n{i}");
         assert_eq!(counted(&c, i, "duplicate-bundle"), 1, "n{i}");

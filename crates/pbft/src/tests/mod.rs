@@ -233,6 +233,22 @@ impl Cluster {
         }
     }
 
+    /// n0 (the primary) orders `batch` again at its next sequence number, as a faulty
+    /// primary may (or one across a view change), and the cluster runs 50 ms.
+    fn primary_orders_again(&mut self, batch: std::sync::Arc<Batch>) {
+        let primary = self.nodes[0].as_mut().unwrap();
+        let next = primary.next_seq + 1;
+        let mut out = Effects::new();
+        primary.issue_pre_prepare(next, batch, &mut out);
+        primary.gate.on_persisted(u64::MAX, &mut out);
+        for e in out.drain() {
+            if let Effect::Send { to, msg } = e {
+                self.queue.push_back((NodeId(0), to, msg));
+            }
+        }
+        self.advance(50);
+    }
+
     fn node(&self, i: usize) -> &Pbft {
         self.nodes[i].as_ref().unwrap()
     }
@@ -738,21 +754,7 @@ fn a_bundle_ordered_twice_executes_once() {
     c.advance(50);
     assert_eq!(c.committed[0].len(), 1);
     let (batch, _) = c.node(0).executed(1).expect("executed").clone();
-    let primary = c.nodes[0].as_mut().unwrap();
-    let next = primary.next_seq + 1;
-    let mut out = Effects::new();
-    primary.issue_pre_prepare(next, batch, &mut out);
-    c.nodes[0]
-        .as_mut()
-        .unwrap()
-        .gate
-        .on_persisted(u64::MAX, &mut out);
-    for e in out.drain() {
-        if let Effect::Send { to, msg } = e {
-            c.queue.push_back((NodeId(0), to, msg));
-        }
-    }
-    c.advance(50);
+    c.primary_orders_again(batch);
     for i in 0..4 {
         assert_eq!(c.node(i).last_executed(), 2, "n{i}");
         assert_eq!(c.committed[i].len(), 1, "n{i} executed the bundle twice");
