@@ -2,7 +2,7 @@
 //!
 //! `etcdserverpb`, `mvccpb`, `v3electionpb` and `v3lockpb` match etcd's packages, so
 //! gRPC method paths (`/etcdserverpb.KV/Put`, `/v3lockpb.Lock/Lock`, ...) and encodings
-//! are etcd's.
+//! are etcd's. `ekmatpb` is ekmat's own: requests signed by their clients.
 
 #![allow(clippy::all, missing_docs)] // generated code
 
@@ -20,4 +20,9 @@ pub mod v3electionpb {
 
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+}
+
+/// ekmat's own service: requests signed by their clients (see `signed.proto`).
+pub mod ekmatpb {
+    tonic::include_proto!("ekmatpb");
 }

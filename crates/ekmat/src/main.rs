@@ -10,6 +10,7 @@ mod kv_cmd;
 mod node_cmd;
 mod pbft_cmd;
 mod scenario;
+mod signed_client;
 mod sim;
 mod status_cmd;
 mod up;

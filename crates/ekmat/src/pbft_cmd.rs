@@ -1,6 +1,9 @@
 //! `ekmat pbft verify`: check a committed batch's certificate (served by any PBFT member
 //! at `/pbft/certificate/{seq|latest}` on its metrics port) with the validators' public
 //! keys alone, as a client that takes no member's word would.
+//!
+//! `ekmat pbft client-key`, `put`, `get`, `del`: the Client role (`signed_client.rs`), a
+//! client that signs its own requests and believes f+1 matching results.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,6 +12,7 @@ use clap::{Args, Subcommand};
 use ekmat_pbft::certificate::BatchCertificate;
 
 use crate::exit;
+use crate::signed_client::{self, SignedClientArgs};
 
 #[derive(Args, Debug)]
 pub struct PbftArgs {
@@ -28,6 +32,36 @@ enum PbftCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Generate a client's signing key into a new file (mode 0600) and print the
+    /// `[[pbft_client]]` entry every member's configuration needs to register it.
+    ClientKey {
+        /// Where to write the secret key (refused if the file exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// The client id to register it under (not 0).
+        #[arg(long)]
+        id: u64,
+    },
+    /// Put a key as a registered client: the request is signed with the client's key,
+    /// and the result believed once f+1 members return it alike.
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        client: SignedClientArgs,
+    },
+    /// Read a key, ordered like a write, as a registered client.
+    Get {
+        key: String,
+        #[command(flatten)]
+        client: SignedClientArgs,
+    },
+    /// Delete a key as a registered client.
+    Del {
+        key: String,
+        #[command(flatten)]
+        client: SignedClientArgs,
+    },
 }
 
 pub fn run(args: PbftArgs) -> u8 {
@@ -36,6 +70,34 @@ pub fn run(args: PbftArgs) -> u8 {
             certificate,
             config,
         } => verify(&certificate, &config),
+        PbftCommand::ClientKey { out, id } => client_key(&out, id),
+        PbftCommand::Put { key, value, client } => {
+            signed_client::run(client, signed_client::put(key, value))
+        }
+        PbftCommand::Get { key, client } => signed_client::run(client, signed_client::get(key)),
+        PbftCommand::Del { key, client } => signed_client::run(client, signed_client::del(key)),
+    }
+}
+
+fn client_key(out: &Path, id: u64) -> u8 {
+    if id == ekmat_pbft::client::ANONYMOUS_CLIENT || id == ekmat_pbft::EXCLUSION_CLIENT {
+        eprintln!("error: client id {id} is reserved by the protocol: pick another");
+        return exit::USAGE;
+    }
+    match ekmat_node::keys::generate_at(out) {
+        Ok(key) => {
+            let public = ekmat_node::keys::public_key_hex(&key.verifying_key());
+            eprintln!(
+                "wrote client {id}'s secret key to {}; register it in every member's configuration:",
+                out.display()
+            );
+            println!("[[pbft_client]]\nid = {id}\npublic_key = \"{public}\"");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
     }
 }
 

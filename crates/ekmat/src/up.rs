@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use ekmat_node::config::PbftClient;
 use ekmat_node::{Member, NodeConfig};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -94,15 +95,44 @@ fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
             m.public_key = Some(ekmat_node::keys::public_key_hex(&key.verifying_key()));
         }
     }
+    let clients = if args.protocol == "pbft" {
+        vec![signing_client(data)?]
+    } else {
+        Vec::new()
+    };
     let cfgs: Vec<NodeConfig> = (0..args.nodes as u32)
         .map(|i| NodeConfig {
             protocol: args.protocol.clone(),
             unsafe_no_fsync: args.unsafe_no_fsync,
+            pbft_clients: clients.clone(),
             ..NodeConfig::new("ekmat-up", i, node_dir(data, i), members.clone())
         })
         .collect();
     cfgs[0].validate().map_err(|e| e.to_string())?;
     Ok(cfgs)
+}
+
+/// The id `ekmat up` registers a signing client under (PBFT).
+const UP_CLIENT: u64 = 1;
+
+fn client_key_path(data: &Path) -> PathBuf {
+    data.join(format!("client-{UP_CLIENT}.key"))
+}
+
+/// A PBFT client that signs its requests, its key in the cluster's data directory
+/// (kept on a rerun), registered with every member.
+fn signing_client(data: &Path) -> Result<PbftClient, String> {
+    let path = client_key_path(data);
+    let key = if path.exists() {
+        ekmat_node::keys::load_at(&path)
+    } else {
+        ekmat_node::keys::generate_at(&path)
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(PbftClient {
+        id: UP_CLIENT,
+        public_key: ekmat_node::keys::public_key_hex(&key.verifying_key()),
+    })
 }
 
 /// Fail early and clearly if a port is taken (the node would fail too, less helpfully).
@@ -291,6 +321,13 @@ async fn supervise(args: &UpArgs, data: &Path) -> u8 {
         started.elapsed().as_millis()
     );
     println!("ready: {}", cluster.endpoints().join(","));
+    if args.protocol == "pbft" {
+        println!(
+            "signing client {UP_CLIENT}: ekmat pbft put KEY VALUE --config {} --client {UP_CLIENT} --key {}",
+            node_dir(data, 0).join("ekmat.toml").display(),
+            client_key_path(data).display()
+        );
+    }
     println!("(Ctrl-C stops every node)");
 
     let mut signal = std::pin::pin!(crate::node_cmd::wait_for_signal());
@@ -405,8 +442,16 @@ mod tests {
             let public = ekmat_node::keys::public_key_hex(&secret.verifying_key());
             assert_eq!(public, keys[i]);
         }
+        // One signing client, its key beside the members' directories, registered alike.
+        let client = ekmat_node::keys::load_at(&client_key_path(&dir)).unwrap();
+        let registered = PbftClient {
+            id: UP_CLIENT,
+            public_key: ekmat_node::keys::public_key_hex(&client.verifying_key()),
+        };
+        assert!(cfgs.iter().all(|c| c.pbft_clients == [registered.clone()]));
         let again = plan(&a, &dir).unwrap();
         assert_eq!(again[0].members, cfgs[0].members, "a rerun keeps the keys");
+        assert_eq!(again[0].pbft_clients, cfgs[0].pbft_clients);
         let _ = std::fs::remove_dir_all(&dir);
         a.nodes = 3;
         let err = plan(&a, &dir).unwrap_err();

@@ -374,3 +374,92 @@ fn a_node_whose_key_does_not_match_the_configuration_refuses_to_start() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("is corrupt"), "{err}");
 }
+
+/// A client that signs its requests (`ekmat pbft put|get`): its result is believed once
+/// f+1 members return it alike, each with a commit proof checked against the public
+/// keys; no member can make a request in its name, and one number executes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_client_is_believed_on_f_plus_1_matching_results_and_cannot_be_forged() {
+    use ekmat_api::ekmatpb::{self, signed_requests_client::SignedRequestsClient};
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("client-9.key");
+    let made = ekmat()
+        .args(["pbft", "client-key", "--id", "9", "--out"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    let entry = String::from_utf8_lossy(&made.stdout).into_owned();
+    assert!(entry.starts_with("[[pbft_client]]\nid = 9\n"), "{entry}");
+    let public_key = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("public_key = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("a public key line")
+        .to_string();
+    let registered = ekmat_node::config::PbftClient { id: 9, public_key };
+    let mut c = start_with(|cfg| cfg.pbft_clients = vec![registered.clone()]);
+    c.leader(Duration::from_secs(20)).await;
+    let config = c.config_path(0);
+    let signed = |args: &[&str]| {
+        let out = ekmat()
+            .arg("pbft")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .args(["--client", "9", "--key"])
+            .arg(&key_file)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+
+    let (code, out, err) = signed(&["put", "signed", "yes", "--seq", "10"]);
+    assert_eq!(code, Some(0), "{out}{err}{}", c.logs());
+    assert!(out.starts_with("OK (revision"), "{out}");
+    assert!(err.contains("commit proof verified"), "{err}");
+    assert_eq!(get(&c, 2, "signed", false).await.as_deref(), Some("yes"));
+    let (code, out, err) = signed(&["get", "signed", "--seq", "11"]);
+    assert_eq!((code, out.as_str()), (Some(0), "signed\nyes\n"), "{err}");
+
+    // Sent again under its number it executes once; another operation under a used
+    // number never does.
+    let revision = |out: &str| out.trim().to_string();
+    let (_, first, _) = signed(&["put", "once", "a", "--seq", "12"]);
+    let (code, again, _) = signed(&["put", "once", "a", "--seq", "12"]);
+    assert_eq!((code, revision(&again)), (Some(0), revision(&first)));
+    let (code, _, err) = signed(&["put", "once", "b", "--seq", "12"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("signed another operation"), "{err}");
+    assert_eq!(get(&c, 1, "once", false).await.as_deref(), Some("a"));
+
+    // A member cannot sign for the client: another key, or an unregistered id, is
+    // refused before it is ordered.
+    let other = ekmat_node::keys::generate_at(&keys.path().join("other.key")).unwrap();
+    let forged = |client: u64| {
+        let command = ekmat_kv::Command::Put(ekmat_kv::PutRequest::new("signed", "forged"));
+        let op = ekmat_kv::Envelope::wrap(0, &command);
+        let id = ekmat_core::RequestId { client, seq: 13 };
+        let r = ekmat_pbft::client::sign_request(&other, id, Some(op.clone()));
+        ekmatpb::SignedRequest {
+            client,
+            seq: 13,
+            op: op.to_vec(),
+            signature: r.sig.unwrap().0.to_vec(),
+            wait_ms: 500,
+        }
+    };
+    let mut rpc = SignedRequestsClient::new(channel(&c.endpoint(1)).await.unwrap());
+    let refused = rpc.submit(forged(9)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    let refused = rpc.submit(forged(10)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    assert_eq!(get(&c, 3, "signed", false).await.as_deref(), Some("yes"));
+
+    // With a member down, even the one it is handed to, f+1 others still answer.
+    c.kill9(3);
+    let (code, out, err) = signed(&["put", "signed", "still", "--seq", "14", "--via", "3"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("member 3"), "{err}");
+    assert_eq!(get(&c, 0, "signed", false).await.as_deref(), Some("still"));
+}

@@ -67,6 +67,16 @@ impl KvStore {
         self.mvcc.bytes + self.leases.by_id.len() as u64 * LEASE_OVERHEAD
     }
 
+    /// Client `client`'s latest executed request: its number and result (none for the
+    /// anonymous client, whose requests are not remembered). What a host answers a
+    /// client that signed its request with, since it holds no pending call for it.
+    pub fn session(&self, client: u64) -> Option<(u64, &Result<Response, KvError>)> {
+        self.sessions
+            .by_client
+            .get(&client)
+            .map(|s| (s.seq, &s.result))
+    }
+
     /// The raised alarms of type `alarm` ([`AlarmType::None`]: all), by member.
     pub fn alarms(&self, alarm: AlarmType) -> Vec<AlarmMember> {
         self.alarms.get(alarm)

@@ -77,6 +77,20 @@ pub struct NodeConfig {
     /// Skip fsync (benchmarks only: acknowledged writes can be lost on power failure).
     #[serde(default)]
     pub unsafe_no_fsync: bool,
+    /// PBFT: clients that sign their own requests (`ekmat pbft put ...`), so no member
+    /// can write in their name. Every member must register the same ones: peers refuse
+    /// a member whose list differs.
+    #[serde(rename = "pbft_client", default, skip_serializing_if = "Vec::is_empty")]
+    pub pbft_clients: Vec<PbftClient>,
+}
+
+/// A registered PBFT client: its id (its requests' client number) and public key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PbftClient {
+    pub id: u64,
+    /// ed25519, 64 hex digits; the client keeps the secret half (`ekmat pbft client-key`).
+    pub public_key: String,
 }
 
 /// The shortest corruption-check period accepted: below it the rounds would hash the
@@ -205,6 +219,7 @@ impl NodeConfig {
             quota_backend_bytes: default_quota_backend_bytes(),
             corrupt_check_ms: 0,
             unsafe_no_fsync: false,
+            pbft_clients: Vec::new(),
         }
     }
 
@@ -289,6 +304,11 @@ impl NodeConfig {
         }
         if self.protocol == "pbft" {
             self.validate_pbft()?;
+        } else if let Some(c) = self.pbft_clients.first() {
+            return bad(format!(
+                "pbft_client {} registers a client that signs its requests, but protocol \"{}\" takes no signed requests (only \"pbft\" does)",
+                c.id, self.protocol
+            ));
         }
         let Some(read_mode) = ReadMode::from_name(&self.read_mode) else {
             return bad(format!(
@@ -354,7 +374,47 @@ impl NodeConfig {
                 ));
             }
         }
+        self.validate_pbft_clients(keys)
+    }
+
+    fn validate_pbft_clients(&self, mut keys: BTreeSet<String>) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let mut ids = BTreeSet::new();
+        for c in &self.pbft_clients {
+            if c.id == ekmat_pbft::client::ANONYMOUS_CLIENT || c.id == ekmat_pbft::EXCLUSION_CLIENT
+            {
+                return bad(format!(
+                    "pbft_client id {} is reserved by the protocol: pick another",
+                    c.id
+                ));
+            }
+            if !ids.insert(c.id) {
+                return bad(format!("pbft_client id {} is registered twice", c.id));
+            }
+            if let Err(e) = crate::keys::parse_public_key(&c.public_key) {
+                return bad(format!("pbft_client {}: {e}", c.id));
+            }
+            if !keys.insert(c.public_key.to_lowercase()) {
+                return bad(format!(
+                    "pbft_client {}'s public_key is a member's or another client's: each needs its own key",
+                    c.id
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The registered PBFT clients' public keys, by client id. Validated configurations
+    /// only.
+    pub fn client_keys(&self) -> Result<ekmat_pbft::client::ClientRegistry, String> {
+        self.pbft_clients
+            .iter()
+            .map(|c| {
+                let key = crate::keys::parse_public_key(&c.public_key)
+                    .map_err(|e| format!("pbft_client {}: {e}", c.id))?;
+                Ok((c.id, key))
+            })
+            .collect()
     }
 
     /// The members' public keys in member-id order (PBFT validator `i` is the i-th
@@ -436,23 +496,7 @@ mod tests {
     }
 
     fn sample() -> NodeConfig {
-        NodeConfig {
-            cluster: "test".into(),
-            protocol: "raft".into(),
-            id: 1,
-            data_dir: "/tmp/x".into(),
-            members: (0..3).map(member).collect(),
-            snapshot_every: default_snapshot_every(),
-            pbft_snapshot_bytes: default_pbft_snapshot_bytes(),
-            checkpoint_bytes: default_checkpoint_bytes(),
-            max_pending_writes: default_max_pending_writes(),
-            adaptive_timeouts: false,
-            read_mode: default_read_mode(),
-            max_clock_drift_ppm: default_max_clock_drift_ppm(),
-            quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
-            corrupt_check_ms: 0,
-            unsafe_no_fsync: false,
-        }
+        NodeConfig::new("test", 1, "/tmp/x".into(), (0..3).map(member).collect())
     }
 
     #[test]
@@ -558,6 +602,44 @@ mod tests {
         let mut c = sample();
         c.members[0].public_key = Some("xyz".into());
         assert!(err(c).contains("public_key"));
+    }
+
+    #[test]
+    fn registered_pbft_clients_are_checked() {
+        let key = |b: u8| {
+            crate::keys::public_key_hex(
+                &ed25519_dalek::SigningKey::from_bytes(&[b; 32]).verifying_key(),
+            )
+        };
+        let client = |id: u64, b: u8| PbftClient {
+            id,
+            public_key: key(b),
+        };
+        let mut c = pbft(4);
+        c.pbft_clients = vec![client(7, 100), client(8, 101)];
+        c.validate().unwrap();
+        assert_eq!(c.client_keys().unwrap().len(), 2);
+        let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+
+        let err = |clients: Vec<PbftClient>| {
+            let mut c = pbft(4);
+            c.pbft_clients = clients;
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(err(vec![client(0, 100)]).contains("reserved"));
+        assert!(err(vec![client(7, 100), client(7, 101)]).contains("registered twice"));
+        let e = err(vec![client(7, 1)]);
+        assert!(e.contains("a member's or another client's"), "{e}");
+        let e = err(vec![PbftClient {
+            id: 7,
+            public_key: "beef".into(),
+        }]);
+        assert!(e.contains("pbft_client 7"), "{e}");
+        let mut raft = sample();
+        raft.pbft_clients = vec![client(7, 100)];
+        let e = raft.validate().unwrap_err().to_string();
+        assert!(e.contains("takes no signed requests"), "{e}");
     }
 
     #[test]

@@ -115,15 +115,24 @@ fn load(path: &Path, text: &str) -> Result<SigningKey, KeyError> {
 /// A fresh key from the OS's randomness, written to `data_dir` (created if need be) with
 /// mode 0600, and synced. Refuses to overwrite an existing key file.
 pub fn generate(data_dir: &Path) -> Result<SigningKey, KeyError> {
-    let path = key_path(data_dir);
+    generate_at(&key_path(data_dir))
+}
+
+/// A fresh key written to the file `path` (its directory created if need be), mode
+/// 0600, synced; refuses to overwrite a file. Clients keep theirs this way too.
+pub fn generate_at(path: &Path) -> Result<SigningKey, KeyError> {
     let write_err = |source| KeyError::Write {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     let mut secret = [0u8; 32];
     getrandom::getrandom(&mut secret).map_err(|e| KeyError::Random(e.to_string()))?;
     let key = SigningKey::from_bytes(&secret);
-    std::fs::create_dir_all(data_dir).map_err(write_err)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(write_err)?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -131,15 +140,24 @@ pub fn generate(data_dir: &Path) -> Result<SigningKey, KeyError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(&path).map_err(write_err)?;
+    let mut file = options.open(path).map_err(write_err)?;
     file.write_all(format!("{}\n", to_hex(&secret)).as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(write_err)?;
     // The directory entry too, so the key survives a crash right after it was made.
-    if let Ok(dir) = std::fs::File::open(data_dir) {
+    if let Ok(dir) = std::fs::File::open(dir) {
         let _ = dir.sync_all();
     }
     Ok(key)
+}
+
+/// The key in the file `path` (one line of hex, readable by its owner only).
+pub fn load_at(path: &Path) -> Result<SigningKey, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load(path, &text)
 }
 
 #[cfg(test)]

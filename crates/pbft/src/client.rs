@@ -44,6 +44,9 @@ use crate::replica::Pbft;
 /// `normal_case::deliver`); never a registered client.
 pub const ANONYMOUS_CLIENT: u64 = 0;
 
+/// How many of the newest executed batches [`Pbft::find_commit_proof`] searches.
+pub const PROOF_SEARCH_DEPTH: usize = 4096;
+
 /// Registered clients' public keys, by client id.
 pub type ClientRegistry = BTreeMap<u64, VerifyingKey>;
 
@@ -94,6 +97,17 @@ pub fn sign_request(key: &SigningKey, id: RequestId, op: Option<Bytes>) -> Clien
     let sig = key.sign(&RequestStatement::of(&r).to_bytes());
     r.sig = Some(Sig(sig.to_bytes()));
     r
+}
+
+/// Whether `request` carries `key`'s signature over it (for a host that checks a
+/// client's request before it takes it, to tell the client at once).
+pub fn request_signed_by(key: &VerifyingKey, request: &ClientRequest) -> bool {
+    let Some(sig) = request.sig else {
+        return false;
+    };
+    let msg = RequestStatement::of(request).to_bytes();
+    key.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&sig.0))
+        .is_ok()
 }
 
 /// The client signatures `requests` need checked, or `None` if one cannot be valid:
@@ -157,7 +171,7 @@ impl std::error::Error for ProofError {}
 
 /// That a request committed: the certificate of its batch, the batch's bundle digests
 /// (which the certificate's digest covers), and the bundle holding the request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommitProof {
     pub qc: QuorumCertificate,
     pub bundle_digests: Vec<Digest>,
@@ -232,6 +246,13 @@ impl Client {
     /// For validators configured with another `bundle_horizon` than the default.
     pub fn with_bundle_horizon(mut self, bundle_horizon: u64) -> Client {
         self.bundle_horizon = bundle_horizon;
+        self
+    }
+
+    /// A client that restarted numbers its requests after `seq`, the last it used: a
+    /// number it used before would be taken for a retry of that request.
+    pub fn resume_after(mut self, seq: u64) -> Client {
+        self.next_seq = seq;
         self
     }
 
@@ -323,5 +344,31 @@ impl Pbft {
             bundle_digests: batch.bundle_digests(),
             bundle: bundle.clone(),
         })
+    }
+
+    /// Whether `request` is what executed under its client's request number here:
+    /// `Some(false)` if another operation signed under the same number executed first
+    /// (so this one never will), `None` if this replica's session no longer tells (the
+    /// client sent eight later requests since) or nothing executed under it.
+    pub fn executed_as_sent(&self, request: &ClientRequest) -> Option<bool> {
+        let first = self
+            .sessions
+            .get(&request.id.client)?
+            .first_executed(request.id.seq)?;
+        Some(request.op.as_deref().is_some_and(|op| sha256(op) == first))
+    }
+
+    /// The sequence number of the newest batch this replica holds that orders `request`
+    /// where it may execute, with the proof of it; `None` once a snapshot covers it (or
+    /// if it never committed here). A host looks a client's request up this way: it
+    /// learns of the execution from the state machine, which knows no batch numbers.
+    /// Only the newest [`PROOF_SEARCH_DEPTH`] batches are searched, so a caller asking
+    /// about an old request again and again costs a bounded amount each time.
+    pub fn find_commit_proof(&self, request: &ClientRequest) -> Option<(u64, CommitProof)> {
+        self.executed
+            .keys()
+            .rev()
+            .take(PROOF_SEARCH_DEPTH)
+            .find_map(|&seq| Some((seq, self.commit_proof(seq, request)?)))
     }
 }

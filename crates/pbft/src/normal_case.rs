@@ -42,6 +42,13 @@ impl Session {
         seq >= self.floor && self.recent.get(&seq).is_none_or(|d| !d.contains(digest))
     }
 
+    /// The digest of the operation that executed first under request number `seq`
+    /// (a client may sign two under one number; the state machine runs the first and
+    /// answers the second with its result), while the session still holds `seq`.
+    pub(crate) fn first_executed(&self, seq: u64) -> Option<Digest> {
+        self.recent.get(&seq)?.first().copied()
+    }
+
     /// True the first time (request number, bytes) is seen above the floor.
     fn admit(&mut self, seq: u64, digest: Digest) -> bool {
         if seq < self.floor {

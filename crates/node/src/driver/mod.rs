@@ -22,7 +22,7 @@ use ekmat_kv::{Applied, Command, Envelope, KvError, KvStore, Response};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::members::{MemberRecord, Members};
-use crate::protocol::{CoreStatus, RuntimeProtocol};
+use crate::protocol::{CoreStatus, RuntimeProtocol, SignedRequest};
 use crate::query::{Answer, Query, wall_clock_ms};
 use crate::transport::Transport;
 use crate::watch_hub::{Published, WatchHub};
@@ -86,6 +86,36 @@ pub enum Call {
         seq: u64,
         reply: oneshot::Sender<Option<String>>,
     },
+    /// Hand the protocol a request its client signed, this member as its gateway.
+    /// Answered once handed over; its outcome is asked for with `Outcome`.
+    Signed {
+        request: SignedRequest,
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
+    /// What became of a signed request here.
+    Outcome {
+        request: SignedRequest,
+        reply: oneshot::Sender<Outcome>,
+    },
+}
+
+/// What became of a request its client signed, at this member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not executed here (yet).
+    Pending,
+    /// Executed: its result, the same at every correct member, and where it committed
+    /// with the proof of it (JSON), while this member holds that batch.
+    Executed {
+        result: Result<Response, KvError>,
+        proof: Option<(u64, String)>,
+    },
+    /// The client's later request `latest` executed since: this one's result is no
+    /// longer kept (it executed, or never will).
+    Superseded { latest: u64 },
+    /// Another operation the client signed under the same number executed: this one
+    /// never will.
+    OtherOperation,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -449,6 +479,36 @@ impl<P: RuntimeProtocol> Driver<P> {
             Call::Certificate { seq, reply } => {
                 let _ = reply.send(P::certificate(&self.core, seq));
             }
+            Call::Signed { request, reply } => match P::signed_request(&request) {
+                Ok(msg) => {
+                    let _ = reply.send(Ok(()));
+                    let from = self.core.id();
+                    self.step(Input::Message { from, msg }).await;
+                }
+                Err(reason) => {
+                    let _ = reply.send(Err(CallError::Unsupported(reason)));
+                }
+            },
+            Call::Outcome { request, reply } => {
+                let _ = reply.send(self.outcome(&request));
+            }
+        }
+    }
+
+    fn outcome(&self, request: &SignedRequest) -> Outcome {
+        match self.kv.session(request.client) {
+            Some((seq, _))
+                if seq == request.seq
+                    && P::executed_as_sent(&self.core, request) == Some(false) =>
+            {
+                Outcome::OtherOperation
+            }
+            Some((seq, result)) if seq == request.seq => Outcome::Executed {
+                result: result.clone(),
+                proof: P::request_proof(&self.core, request),
+            },
+            Some((latest, _)) if latest > request.seq => Outcome::Superseded { latest },
+            _ => Outcome::Pending,
         }
     }
 

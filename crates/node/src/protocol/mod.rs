@@ -15,7 +15,7 @@ use crate::config::NodeConfig;
 mod pbft;
 mod raft;
 
-pub use pbft::Pbft;
+pub use pbft::{Pbft, client_request as pbft_client_request};
 pub use raft::Raft;
 
 /// The protocol's message, durable-write and durable-state types must cross the wire
@@ -56,6 +56,30 @@ pub trait RuntimeProtocol: 'static {
         None
     }
 
+    /// The message that hands `request`, which its client signed, to this replica as the
+    /// client's gateway; or why the protocol takes no such requests.
+    fn signed_request(request: &SignedRequest) -> Result<<Self::Node as Replica>::Message, String> {
+        let _ = request;
+        Err(format!(
+            "protocol {} takes no requests signed by their clients",
+            Self::NAME
+        ))
+    }
+
+    /// Where `request` committed and the proof of it (JSON its client checks with the
+    /// validators' public keys), while this replica holds that batch.
+    fn request_proof(node: &Self::Node, request: &SignedRequest) -> Option<(u64, String)> {
+        let _ = (node, request);
+        None
+    }
+
+    /// `Some(false)` if another operation its client signed under the same number
+    /// executed instead of `request` (which then never will); `None` if unknown.
+    fn executed_as_sent(node: &Self::Node, request: &SignedRequest) -> Option<bool> {
+        let _ = (node, request);
+        None
+    }
+
     /// The settings, beyond the protocol's name, that every member must run with alike,
     /// as (name, value) pairs: peers compare them when they connect and refuse one that
     /// differs, naming the setting, instead of failing later in ways that look like a
@@ -68,6 +92,17 @@ pub trait RuntimeProtocol: 'static {
     /// The longest a member waits without hearing from a leader before it campaigns:
     /// leases are never granted shorter than a few of these (see `service/lease.rs`).
     fn election_timeout(cfg: &NodeConfig) -> std::time::Duration;
+}
+
+/// A request its client signed (PBFT's registered clients), as a host receives it:
+/// the client's id, its number for the request, the operation (an encoded
+/// `ekmat_kv::Envelope`) and the client's ed25519 signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedRequest {
+    pub client: u64,
+    pub seq: u64,
+    pub op: bytes::Bytes,
+    pub signature: [u8; 64],
 }
 
 /// A protocol-neutral summary of a replica.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use ekmat_core::{NodeId, Time};
 use ekmat_pbft::{PbftConfig, PbftStable, primary_of};
 
-use super::{CoreStatus, RuntimeProtocol};
+use super::{CoreStatus, RuntimeProtocol, SignedRequest};
 use crate::config::NodeConfig;
 use crate::keys;
 
@@ -22,6 +22,18 @@ pub struct Pbft;
 /// The view-change timeout (doubled per failed view, up to 8x). Longer than the
 /// simulator's: a real disk and a loaded machine stall for hundreds of milliseconds.
 const VIEW_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// The core's form of a signed request.
+pub fn client_request(request: &SignedRequest) -> ekmat_pbft::message::ClientRequest {
+    ekmat_pbft::message::ClientRequest {
+        id: ekmat_core::RequestId {
+            client: request.client,
+            seq: request.seq,
+        },
+        op: Some(request.op.clone()),
+        sig: Some(ekmat_pbft::message::Sig(request.signature)),
+    }
+}
 
 /// The core's knobs for a real cluster.
 fn tune(pc: &mut PbftConfig, cfg: &NodeConfig) {
@@ -54,6 +66,14 @@ impl RuntimeProtocol for Pbft {
         for m in &cfg.members {
             let key = m.public_key.clone().unwrap_or_default().to_lowercase();
             settings.push((format!("public_key of member {}", m.id), key));
+        }
+        // Members registering different clients would disagree on which bundles are
+        // valid: a pre-prepare some correct members refuse costs progress.
+        let clients: Vec<String> = cfg.pbft_clients.iter().map(|c| c.id.to_string()).collect();
+        settings.push(("registered pbft_client ids".into(), clients.join(",")));
+        for c in &cfg.pbft_clients {
+            let key = c.public_key.to_lowercase();
+            settings.push((format!("public_key of pbft_client {}", c.id), key));
         }
         settings
     }
@@ -90,10 +110,24 @@ impl RuntimeProtocol for Pbft {
         let mut pc = PbftConfig {
             validators,
             secret,
+            clients: std::sync::Arc::new(cfg.client_keys()?),
             ..PbftConfig::from_seed(NodeId(cfg.id), cfg.members.len(), 0)
         };
         tune(&mut pc, cfg);
         ekmat_pbft::Pbft::recover(pc, stable, now)
+    }
+
+    fn signed_request(request: &SignedRequest) -> Result<ekmat_pbft::Message, String> {
+        Ok(ekmat_pbft::Message::Request(client_request(request)))
+    }
+
+    fn request_proof(node: &ekmat_pbft::Pbft, request: &SignedRequest) -> Option<(u64, String)> {
+        let (seq, proof) = node.find_commit_proof(&client_request(request))?;
+        Some((seq, serde_json::to_string(&proof).ok()?))
+    }
+
+    fn executed_as_sent(node: &ekmat_pbft::Pbft, request: &SignedRequest) -> Option<bool> {
+        node.executed_as_sent(&client_request(request))
     }
 
     fn election_timeout(_: &NodeConfig) -> Duration {

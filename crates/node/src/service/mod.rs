@@ -18,6 +18,7 @@ pub mod lock;
 mod maintenance;
 mod queue;
 mod quota;
+mod signed;
 pub mod snapshot;
 mod watch;
 mod watcher;
@@ -30,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ekmat_api::etcdserverpb as pb;
-use ekmat_api::{v3electionpb, v3lockpb};
+use ekmat_api::{ekmatpb, v3electionpb, v3lockpb};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
@@ -66,6 +67,12 @@ struct Inner {
     /// Writes taken from clients and not answered yet, and the most admitted.
     writes_in_flight: Arc<AtomicUsize>,
     max_pending_writes: usize,
+    /// This member's id (`[[member]] id`).
+    node_id: u32,
+    /// PBFT's registered clients, whose signed requests `signed.rs` takes.
+    clients: ekmat_pbft::client::ClientRegistry,
+    /// The protocol, which may take no signed requests at all.
+    protocol: String,
 }
 
 impl Services {
@@ -89,6 +96,9 @@ impl Services {
                 quota_bytes: cfg.quota_backend_bytes,
                 writes_in_flight: Arc::new(AtomicUsize::new(0)),
                 max_pending_writes: cfg.max_pending_writes,
+                node_id: cfg.id,
+                clients: cfg.client_keys().unwrap_or_default(),
+                protocol: cfg.protocol.clone(),
             }),
         }
     }
@@ -120,7 +130,11 @@ impl Services {
             .add_service(v3electionpb::election_server::ElectionServer::new(
                 self.clone(),
             ))
-            .add_service(v3lockpb::lock_server::LockServer::new(self))
+            .add_service(v3lockpb::lock_server::LockServer::new(self.clone()))
+            .add_service(
+                ekmatpb::signed_requests_server::SignedRequestsServer::new(self)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES * 2),
+            )
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         if let Err(e) = result {

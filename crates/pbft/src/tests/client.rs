@@ -90,6 +90,45 @@ fn a_signed_request_executes_everywhere_and_its_commit_proof_convinces_its_clien
 }
 
 #[test]
+fn a_host_finds_a_request_s_proof_by_the_request_alone_and_it_survives_the_wire() {
+    let mut c = Cluster::with(4, with_signer);
+    // A client that restarted after using number 41 goes on at 42.
+    let mut me = client().resume_after(41);
+    let first = me.request(op("a"));
+    let second = me.request(op("b"));
+    assert_eq!((first.id.seq, second.id.seq), (42, 43));
+    send(&mut c, 1, &first);
+    c.advance(50);
+    send(&mut c, 2, &second);
+    c.advance(50);
+    for (request, i) in [(&first, 0), (&second, 3)] {
+        let (seq, proof) = c.node(i).find_commit_proof(request).expect("held");
+        assert_eq!(Some(seq), executed_at(&c, i, request.id));
+        // A host hands the proof over as JSON; the client checks what it parsed.
+        let json = serde_json::to_string(&proof).unwrap();
+        let parsed: CommitProof = serde_json::from_str(&json).unwrap();
+        assert_eq!(me.verify(request, &parsed), Ok(()));
+    }
+    let never_sent = me.request(op("c"));
+    assert!(c.node(0).find_commit_proof(&never_sent).is_none());
+    assert_eq!(c.node(0).executed_as_sent(&never_sent), None);
+    assert_eq!(c.node(0).executed_as_sent(&second), Some(true));
+    // Another operation signed under a number already used is not what executed.
+    let key = derive_client_key(KEY_SEED, SIGNER);
+    let same_number = sign_request(&key, second.id, op("other"));
+    send(&mut c, 0, &same_number);
+    c.advance(50);
+    assert_eq!(c.node(1).executed_as_sent(&same_number), Some(false));
+    // It reaches the state machine after the first, which answers it as a repeat.
+    let under_43: Vec<Bytes> = commands(&c, 1)
+        .into_iter()
+        .filter(|(id, _)| *id == second.id)
+        .map(|(_, op)| op)
+        .collect();
+    assert_eq!(under_43, [op("b").unwrap(), op("other").unwrap()]);
+}
+
+#[test]
 fn a_request_forged_in_a_signing_clients_name_never_executes() {
     let mut c = Cluster::with(4, with_signer);
     let mut me = client();

@@ -1,0 +1,470 @@
+//! The Client role over a real PBFT cluster (`ekmat pbft put|get|del`): a party outside
+//! consensus that signs its own requests with its key, so no member can write in its
+//! name, and believes a result only when f+1 members return it alike (one of them is
+//! correct) — PBFT's client rule — checking each member's commit proof with the
+//! validators' public keys alone.
+//!
+//! It hands the request to one member (`Submit`) and asks every other member for the
+//! outcome (`AwaitOutcome`); if no f+1 agree within half its patience, it hands the
+//! request to every member, as a PBFT client retransmits to all when the primary is
+//! slow (the members execute it once: the request keeps its number).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Args;
+use ekmat_api::ekmatpb::{self, signed_requests_client::SignedRequestsClient};
+use ekmat_kv::{Command, Envelope, KvError, Response};
+use ekmat_node::NodeConfig;
+use ekmat_pbft::message::ClientRequest;
+use ekmat_pbft::{Client, CommitProof};
+use tokio::task::JoinSet;
+
+use crate::client::status_message;
+use crate::exit;
+
+#[derive(Args, Debug, Clone)]
+pub struct SignedClientArgs {
+    /// A member's configuration: the members' addresses and public keys, and the
+    /// registered clients.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// This client's registered id (its `[[pbft_client]]` entry).
+    #[arg(long)]
+    pub client: u64,
+    /// The file holding this client's secret key (`ekmat pbft client-key`).
+    #[arg(long = "key", value_name = "FILE")]
+    pub key_file: PathBuf,
+    /// The request's number: higher than any this client used before (default: the
+    /// microseconds since 1970, which a client sending one request at a time never
+    /// repeats). Sending a request again with its number executes it at most once.
+    #[arg(long)]
+    pub seq: Option<u64>,
+    /// The member to hand the request to (default: one picked by the request number).
+    #[arg(long)]
+    pub via: Option<u32>,
+    /// How long to wait for f+1 matching results.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Why a member gave no result: `refusal` is set when it refused the request outright
+/// (a request f+1 members refuse alike is refused by a correct one).
+struct Problem {
+    refusal: Option<String>,
+    text: String,
+}
+
+impl From<String> for Problem {
+    fn from(text: String) -> Problem {
+        Problem {
+            refusal: None,
+            text,
+        }
+    }
+}
+
+/// A member's answer, once checked.
+struct Answer {
+    member: u32,
+    result: Vec<u8>,
+    /// Where the request committed, if the member still held the proof.
+    proven_at: Option<u64>,
+}
+
+/// Run `command` as client `args.client`; print its result once f+1 members agree.
+pub fn run(args: SignedClientArgs, command: Command) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return exit::VIOLATION;
+        }
+    };
+    runtime.block_on(async move {
+        match execute(&args, command).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::USAGE
+            }
+        }
+    })
+}
+
+async fn execute(args: &SignedClientArgs, command: Command) -> Result<u8, String> {
+    let cfg = NodeConfig::load(&args.config).map_err(|e| e.to_string())?;
+    let (client, members) = prepare(args, &cfg)?;
+    let seq = args.seq.unwrap_or_else(micros_since_epoch);
+    let mut client = client.resume_after(seq.saturating_sub(1));
+    let request = client.request(Some(Envelope::wrap(0, &command)));
+    let f = (members.len() - 1) / 3;
+    let via = args
+        .via
+        .map(|v| v as usize)
+        .unwrap_or(seq as usize % members.len());
+    if via >= members.len() {
+        return Err(format!(
+            "--via {via}: the cluster has members 0..{}",
+            members.len() - 1
+        ));
+    }
+    let mut asks: Asks = JoinSet::new();
+    for (i, url) in members.iter().enumerate() {
+        asks.spawn(ask(
+            i as u32,
+            url.clone(),
+            request.clone(),
+            i == via,
+            args.timeout,
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let mut retransmitted = false;
+    let mut agreeing: BTreeMap<Vec<u8>, Vec<Answer>> = BTreeMap::new();
+    // Each member counts once (after a retransmission it may answer twice); a member
+    // that answered, or refused, is not asked again.
+    let mut heard = BTreeSet::new();
+    let mut problems = Vec::new();
+    let mut refusals: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    loop {
+        let patience = if retransmitted {
+            deadline
+        } else {
+            deadline - args.timeout / 2
+        };
+        match tokio::time::timeout_at(patience, asks.join_next()).await {
+            Ok(Some(Ok((member, answer)))) => {
+                if !heard.insert(member) {
+                    continue;
+                }
+                match answer.and_then(|o| check(&client, &request, member, o)) {
+                    Ok(answer) => {
+                        let result = answer.result.clone();
+                        let same = agreeing.entry(result.clone()).or_default();
+                        same.push(answer);
+                        if same.len() > f {
+                            return Ok(report(&request, f, &result, &agreeing, &problems));
+                        }
+                    }
+                    Err(problem) => {
+                        if let Some(why) = problem.refusal {
+                            let same = refusals.entry(why.clone()).or_default();
+                            same.push(member);
+                            if same.len() > f {
+                                return Ok(refused(&request, &why, same));
+                            }
+                        }
+                        problems.push(problem.text);
+                        // The member it went to cannot take it: go to all at once.
+                        if member as usize == via && !retransmitted {
+                            retransmitted = true;
+                            resend(&mut asks, &members, via, &heard, &request, deadline);
+                        }
+                    }
+                }
+            }
+            Ok(Some(Err(e))) => problems.push(format!("a request task failed: {e}")),
+            Ok(None) | Err(_) if retransmitted || heard.len() == members.len() => {
+                return Ok(give_up(&request, f, &agreeing, &problems));
+            }
+            Ok(None) | Err(_) => {
+                // No f+1 yet: the member it went to may be slow or faulty.
+                retransmitted = true;
+                resend(&mut asks, &members, via, &heard, &request, deadline);
+            }
+        }
+    }
+}
+
+type Asks = JoinSet<(u32, Result<ekmatpb::Outcome, Problem>)>;
+
+/// Hand the request to every member but `via` not heard from yet (PBFT's client
+/// retransmission to all replicas).
+fn resend(
+    asks: &mut Asks,
+    members: &[String],
+    via: usize,
+    heard: &BTreeSet<u32>,
+    request: &ClientRequest,
+    deadline: tokio::time::Instant,
+) {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    for (i, url) in members.iter().enumerate() {
+        if i != via && !heard.contains(&(i as u32)) {
+            asks.spawn(ask(i as u32, url.clone(), request.clone(), true, left));
+        }
+    }
+}
+
+/// The client (its key registered under its id) and the members' client URLs in id
+/// order.
+fn prepare(args: &SignedClientArgs, cfg: &NodeConfig) -> Result<(Client, Vec<String>), String> {
+    if cfg.protocol != "pbft" {
+        return Err(format!(
+            "{}: protocol {} takes no signed requests (only pbft does)",
+            args.config.display(),
+            cfg.protocol
+        ));
+    }
+    let key = ekmat_node::keys::load_at(&args.key_file).map_err(|e| e.to_string())?;
+    let mine = ekmat_node::keys::public_key_hex(&key.verifying_key());
+    match cfg.pbft_clients.iter().find(|c| c.id == args.client) {
+        Some(c) if c.public_key.eq_ignore_ascii_case(&mine) => {}
+        Some(c) => {
+            return Err(format!(
+                "{} registers client {} with public key {}, but {} holds the key of {mine}",
+                args.config.display(),
+                args.client,
+                c.public_key,
+                args.key_file.display()
+            ));
+        }
+        None => {
+            return Err(format!(
+                "client {} is not registered in {}: add to every member's configuration\n\n[[pbft_client]]\nid = {}\npublic_key = \"{mine}\"\n\nand restart the members",
+                args.client,
+                args.config.display(),
+                args.client
+            ));
+        }
+    }
+    let validators = cfg.public_keys()?;
+    let client = Client::new(args.client, key, validators)?;
+    let mut members: Vec<_> = cfg.members.iter().collect();
+    members.sort_by_key(|m| m.id);
+    let urls = members
+        .iter()
+        .map(|m| format!("http://{}", m.client))
+        .collect();
+    Ok((client, urls))
+}
+
+/// Member `member`'s outcome: it is handed the request first if `submit`.
+async fn ask(
+    member: u32,
+    url: String,
+    request: ClientRequest,
+    submit: bool,
+    wait: Duration,
+) -> (u32, Result<ekmatpb::Outcome, Problem>) {
+    (member, ask_one(member, &url, request, submit, wait).await)
+}
+
+/// Refusals that stand whoever is asked: the request itself is at fault.
+fn refusal(status: &tonic::Status) -> Option<String> {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::InvalidArgument
+    )
+    .then(|| status.message().to_string())
+}
+
+async fn ask_one(
+    member: u32,
+    url: &str,
+    request: ClientRequest,
+    submit: bool,
+    wait: Duration,
+) -> Result<ekmatpb::Outcome, Problem> {
+    let channel = crate::client::connect(url)
+        .await
+        .map_err(|e| format!("member {member} ({url}): {e}"))?;
+    let mut rpc = SignedRequestsClient::new(channel);
+    let message = ekmatpb::SignedRequest {
+        client: request.id.client,
+        seq: request.id.seq,
+        op: request.op.clone().unwrap_or_default().to_vec(),
+        signature: request.sig.map(|s| s.0.to_vec()).unwrap_or_default(),
+        wait_ms: wait.as_millis().max(1) as u64,
+    };
+    let mut call = tonic::Request::new(message);
+    call.set_timeout(wait + Duration::from_secs(1));
+    let answer = if submit {
+        rpc.submit(call).await
+    } else {
+        rpc.await_outcome(call).await
+    };
+    let outcome = answer.map_err(|s| Problem {
+        refusal: refusal(&s),
+        text: format!("member {member}: {}", status_message(&s)),
+    })?;
+    let outcome = outcome.into_inner();
+    if outcome.member != u64::from(member) {
+        let text = format!(
+            "member {member} ({url}) answered as member {}",
+            outcome.member
+        );
+        return Err(text.into());
+    }
+    Ok(outcome)
+}
+
+/// A member's outcome, if its proof (when it sends one) holds for this request.
+fn check(
+    client: &Client,
+    request: &ClientRequest,
+    member: u32,
+    o: ekmatpb::Outcome,
+) -> Result<Answer, Problem> {
+    let proven_at = if o.proof_json.is_empty() {
+        None
+    } else {
+        let proof: CommitProof = serde_json::from_str(&o.proof_json)
+            .map_err(|e| format!("member {member} sent a proof that does not parse: {e}"))?;
+        client
+            .verify(request, &proof)
+            .map_err(|e| format!("member {member} sent a proof that does not hold: {e}"))?;
+        if proof.qc.seq != o.batch_seq {
+            let text = format!(
+                "member {member} named batch {} for a proof of batch {}",
+                o.batch_seq, proof.qc.seq
+            );
+            return Err(text.into());
+        }
+        Some(proof.qc.seq)
+    };
+    Ok(Answer {
+        member,
+        result: o.result,
+        proven_at,
+    })
+}
+
+fn report(
+    request: &ClientRequest,
+    f: usize,
+    result: &[u8],
+    all: &BTreeMap<Vec<u8>, Vec<Answer>>,
+    problems: &[String],
+) -> u8 {
+    let agreed = &all[result];
+    let result: Result<Result<Response, KvError>, _> = postcard::from_bytes(&agreed[0].result);
+    let members: Vec<String> = agreed.iter().map(|a| a.member.to_string()).collect();
+    let proven: Vec<String> = agreed
+        .iter()
+        .filter_map(|a| {
+            a.proven_at
+                .map(|s| format!("member {} (batch {s})", a.member))
+        })
+        .collect();
+    let code = match result {
+        Ok(Ok(response)) => {
+            print_response(&response);
+            exit::OK
+        }
+        Ok(Err(e)) => {
+            println!("refused: {e}");
+            exit::VIOLATION
+        }
+        Err(e) => {
+            println!("the members agree on a result this client cannot read: {e}");
+            exit::VIOLATION
+        }
+    };
+    eprintln!(
+        "request {} of client {}: the same result from members {} (f+1 = {} needed)",
+        request.id.seq,
+        request.id.client,
+        members.join(", "),
+        f + 1
+    );
+    if proven.is_empty() {
+        eprintln!(
+            "commit proof: none sent (those members no longer hold the batch: a snapshot covers it)"
+        );
+    } else {
+        eprintln!(
+            "commit proof verified with the validators' public keys: {}",
+            proven.join(", ")
+        );
+    }
+    let others: usize = all
+        .values()
+        .filter(|a| a[0].result != agreed[0].result)
+        .map(Vec::len)
+        .sum();
+    if others > 0 {
+        eprintln!("warning: {others} member(s) answered a different result");
+    }
+    for p in problems {
+        eprintln!("warning: {p}");
+    }
+    code
+}
+
+fn refused(request: &ClientRequest, why: &str, members: &[u32]) -> u8 {
+    let members: Vec<String> = members.iter().map(u32::to_string).collect();
+    eprintln!(
+        "error: request {} of client {} refused by members {}: {why}",
+        request.id.seq,
+        request.id.client,
+        members.join(", ")
+    );
+    exit::VIOLATION
+}
+
+fn give_up(
+    request: &ClientRequest,
+    f: usize,
+    agreeing: &BTreeMap<Vec<u8>, Vec<Answer>>,
+    problems: &[String],
+) -> u8 {
+    let most = agreeing.values().map(Vec::len).max().unwrap_or(0);
+    eprintln!(
+        "error: no {} members returned the same result for request {} of client {} (at most {most} did); its outcome is unknown: send it again with --seq {}",
+        f + 1,
+        request.id.seq,
+        request.id.client,
+        request.id.seq
+    );
+    for p in problems {
+        eprintln!("  {p}");
+    }
+    exit::VIOLATION
+}
+
+fn print_response(response: &Response) {
+    match response {
+        Response::Put(r) => println!("OK (revision {})", r.header.revision),
+        Response::DeleteRange(r) => println!("{}", r.deleted),
+        Response::Range(r) => {
+            for kv in &r.kvs {
+                println!("{}", String::from_utf8_lossy(&kv.key));
+                println!("{}", String::from_utf8_lossy(&kv.value));
+            }
+        }
+        other => println!("{other:?}"),
+    }
+}
+
+fn micros_since_epoch() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}
+
+/// The command for `put KEY VALUE`, `get KEY`, `del KEY`.
+pub fn put(key: String, value: String) -> Command {
+    Command::Put(ekmat_kv::PutRequest::new(
+        Bytes::from(key),
+        Bytes::from(value),
+    ))
+}
+
+pub fn get(key: String) -> Command {
+    Command::Range(ekmat_kv::RangeRequest::new(Bytes::from(key)))
+}
+
+pub fn del(key: String) -> Command {
+    Command::DeleteRange(ekmat_kv::DeleteRangeRequest::new(Bytes::from(key)))
+}

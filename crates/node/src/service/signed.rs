@@ -1,0 +1,169 @@
+//! ekmat's own `SignedRequests` service (`ekmatpb`): requests a registered PBFT client
+//! signed. This member checks the signature against the client's registered key (so a
+//! bad request is told at once, not left to time out), hands the request to the
+//! protocol as the client's gateway (`Submit`), and answers once it executed here, with
+//! the result and the proof that it committed. `AwaitOutcome` only waits: a client
+//! submits through one member and asks the others, accepting a result f+1 of them
+//! return alike (no member can make up a result alone), as PBFT's clients do.
+//!
+//! The member remembers a client's latest executed request and its result (the store's
+//! session), so a client waits for each request before it sends its next.
+
+use std::time::{Duration, Instant};
+
+use ekmat_api::ekmatpb::{self, signed_requests_server::SignedRequests};
+use ekmat_kv::Envelope;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+use super::{MAX_REQUEST_BYTES, Services, call_error};
+use crate::driver::{Call, Outcome};
+use crate::protocol::SignedRequest;
+use crate::query::wall_clock_ms;
+
+/// How long a call waits for the execution unless the client says.
+const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How often a waiting call looks at the store's session again.
+const POLL: Duration = Duration::from_millis(5);
+/// How far ahead of this member's clock a client's envelope may be stamped: the store's
+/// clock is the largest stamp it applied, so a client ahead would expire leases early.
+const MAX_CLOCK_AHEAD_MS: u64 = 1_000;
+
+#[tonic::async_trait]
+impl SignedRequests for Services {
+    async fn submit(
+        &self,
+        request: Request<ekmatpb::SignedRequest>,
+    ) -> Result<Response<ekmatpb::Outcome>, Status> {
+        let (signed, wait) = self.check_signed(request.into_inner())?;
+        // A retry of what already executed is answered without ordering it again.
+        if let Outcome::Pending = self.outcome(&signed).await? {
+            let request = signed.clone();
+            self.call(|reply| Call::Signed { request, reply })
+                .await
+                .map_err(|e| call_error(&e))?;
+        }
+        self.await_outcome_of(signed, wait).await
+    }
+
+    async fn await_outcome(
+        &self,
+        request: Request<ekmatpb::SignedRequest>,
+    ) -> Result<Response<ekmatpb::Outcome>, Status> {
+        let (signed, wait) = self.check_signed(request.into_inner())?;
+        self.await_outcome_of(signed, wait).await
+    }
+}
+
+impl Services {
+    /// The request, if its client is registered here and signed it, and how long to wait.
+    fn check_signed(&self, r: ekmatpb::SignedRequest) -> Result<(SignedRequest, Duration), Status> {
+        if self.inner.protocol != "pbft" {
+            return Err(Status::unimplemented(format!(
+                "protocol {} takes no requests signed by their clients (only pbft does)",
+                self.inner.protocol
+            )));
+        }
+        let Some(key) = self.inner.clients.get(&r.client) else {
+            return Err(Status::permission_denied(format!(
+                "client {} is not registered at member {} (no [[pbft_client]] entry with that id in its configuration)",
+                r.client, self.inner.node_id
+            )));
+        };
+        if r.seq == 0 {
+            return Err(Status::invalid_argument("request numbers start at 1"));
+        }
+        if r.op.len() > MAX_REQUEST_BYTES {
+            return Err(Status::invalid_argument("etcdserver: request is too large"));
+        }
+        let envelope = Envelope::decode(&r.op).map_err(|e| {
+            Status::invalid_argument(format!("the operation is not an encoded command: {e}"))
+        })?;
+        if envelope.now_ms > wall_clock_ms().saturating_add(MAX_CLOCK_AHEAD_MS) {
+            return Err(Status::invalid_argument(format!(
+                "the operation is stamped {} ms, ahead of member {}'s clock: a client stamps 0 or its own clock",
+                envelope.now_ms, self.inner.node_id
+            )));
+        }
+        let signature: [u8; 64] = r.signature.as_slice().try_into().map_err(|_| {
+            Status::invalid_argument(format!(
+                "a signature is 64 bytes, not {}",
+                r.signature.len()
+            ))
+        })?;
+        let signed = SignedRequest {
+            client: r.client,
+            seq: r.seq,
+            op: r.op.into(),
+            signature,
+        };
+        let core = crate::protocol::pbft_client_request(&signed);
+        if !ekmat_pbft::client::request_signed_by(key, &core) {
+            return Err(Status::unauthenticated(format!(
+                "the signature does not verify with client {}'s registered public key",
+                r.client
+            )));
+        }
+        let wait = match r.wait_ms {
+            0 => DEFAULT_WAIT,
+            ms => Duration::from_millis(ms).min(MAX_WAIT),
+        };
+        Ok((signed, wait))
+    }
+
+    async fn outcome(&self, request: &SignedRequest) -> Result<Outcome, Status> {
+        let (reply, answer) = oneshot::channel();
+        let request = request.clone();
+        let stopped = || Status::unavailable("etcdserver: server stopped");
+        self.inner
+            .calls
+            .send(Call::Outcome { request, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())
+    }
+
+    async fn await_outcome_of(
+        &self,
+        request: SignedRequest,
+        wait: Duration,
+    ) -> Result<Response<ekmatpb::Outcome>, Status> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.outcome(&request).await? {
+                Outcome::Executed { result, proof } => {
+                    let (batch_seq, proof_json) = proof.unwrap_or_default();
+                    return Ok(Response::new(ekmatpb::Outcome {
+                        member: u64::from(self.inner.node_id),
+                        result: postcard::to_stdvec(&result).expect("results always serialize"),
+                        batch_seq,
+                        proof_json,
+                    }));
+                }
+                Outcome::Superseded { latest } => {
+                    return Err(Status::failed_precondition(format!(
+                        "client {} has executed its request {latest} since request {}: the result of {} is no longer kept",
+                        request.client, request.seq, request.seq
+                    )));
+                }
+                Outcome::OtherOperation => {
+                    return Err(Status::failed_precondition(format!(
+                        "client {} signed another operation under request number {}, and that one executed: this one never will (a new request needs a new number)",
+                        request.client, request.seq
+                    )));
+                }
+                Outcome::Pending if Instant::now() >= deadline => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "request {} of client {} has not executed at member {} within {} ms",
+                        request.seq,
+                        request.client,
+                        self.inner.node_id,
+                        wait.as_millis()
+                    )));
+                }
+                Outcome::Pending => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+}
