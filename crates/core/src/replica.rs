@@ -270,6 +270,10 @@ impl<M, W> Effects<M, W> {
         self.list.iter()
     }
 
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Effect<M, W>> {
+        self.list.iter_mut()
+    }
+
     pub fn drain(&mut self) -> std::vec::Drain<'_, Effect<M, W>> {
         self.list.drain(..)
     }

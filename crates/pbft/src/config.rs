@@ -30,16 +30,21 @@ pub enum Mutant {
     /// Take a registered client's requests on their gateway's word, without checking
     /// the client's own signature.
     SkipClientSignatures,
+    /// Execute a bundle again when it is ordered again (the record of executed bundles
+    /// is kept but not consulted): only the anonymous client's requests, which no
+    /// session deduplicates, execute twice.
+    ForgetExecutedBundles,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 6] = [
+    pub const ALL: [Mutant; 7] = [
         Mutant::CommitWithoutPrePrepare,
         Mutant::AcceptUnverifiedNewView,
         Mutant::SkipSignatureVerification,
         Mutant::ExcludeOnOwnEvidence,
         Mutant::TrustOneSnapshot,
         Mutant::SkipClientSignatures,
+        Mutant::ForgetExecutedBundles,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +56,7 @@ impl Mutant {
             Mutant::ExcludeOnOwnEvidence => "exclude-on-own-evidence",
             Mutant::TrustOneSnapshot => "trust-one-snapshot",
             Mutant::SkipClientSignatures => "skip-client-signatures",
+            Mutant::ForgetExecutedBundles => "forget-executed-bundles",
         }
     }
 

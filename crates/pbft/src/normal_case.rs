@@ -419,7 +419,7 @@ impl Pbft {
         }
         self.executed.insert(seq, (batch, qc));
         if seq.is_multiple_of(self.cfg.checkpoint_interval) {
-            self.forget_expired_bundles(out);
+            self.forget_expired_bundles(true, out);
         }
         self.on_progress();
         self.maybe_checkpoint(seq, out);
@@ -435,10 +435,11 @@ impl Pbft {
     }
 
     /// Forget the executed bundles that could no longer execute again, and drop the
-    /// pending ones that never will; this gateway's own go into its next bundle. Done
-    /// at checkpoint sequence numbers, so every correct replica's record (which
-    /// snapshots carry) is the same at each.
-    pub(crate) fn forget_expired_bundles(&mut self, out: &mut Fx) {
+    /// pending ones that never will; this gateway's own go into its next bundle if
+    /// `rebundle` (it executed every sequence number where they could have, so it knows
+    /// they did not). Done at checkpoint sequence numbers, so every correct replica's
+    /// record (which snapshots carry) is the same at each.
+    pub(crate) fn forget_expired_bundles(&mut self, rebundle: bool, out: &mut Fx) {
         let oldest = self.oldest_live_bundle();
         self.executed_bundles
             .retain(|_, created| *created >= oldest);
@@ -448,9 +449,16 @@ impl Pbft {
             .collect();
         for (d, p) in expired {
             self.in_flight.remove(&d);
-            if p.bundle.body.gateway == self.cfg.id {
+            if p.bundle.body.gateway != self.cfg.id {
+                continue;
+            }
+            if rebundle {
                 self.outbox.extend(p.bundle.body.requests.iter().cloned());
                 self.counter("rebundled", out);
+            } else {
+                // Their clients time out: the outcome is unknown, as it is to an etcd
+                // client whose request timed out.
+                self.counter("bundle-outcome-unknown", out);
             }
         }
         let pending = &self.pending;
@@ -484,6 +492,7 @@ impl Pbft {
                 .executed_bundles
                 .insert(*digest, bundle.body.created)
                 .is_some()
+                && self.cfg.mutant != Mutant::ForgetExecutedBundles
             {
                 self.counter("duplicate-bundle", out);
                 continue;

@@ -274,8 +274,11 @@ impl Pbft {
             !executed.contains_key(d) && !excluded.contains_key(&p.bundle.body.gateway)
         });
         self.in_flight.retain(|d| !executed.contains_key(d));
-        // And any that expired in between.
-        self.forget_expired_bundles(out);
+        // And any that expired in between. This replica did not execute the sequence
+        // numbers where its own could have, and the snapshot's record forgets bundles
+        // past the horizon: whether those executed is unknown, so they are not bundled
+        // again (an anonymous request could execute twice; the simulator found it).
+        self.forget_expired_bundles(false, out);
         self.transfers.retain(|s, _| *s > e.seq);
         self.offers.retain(|_, o| o.vouch.body.seq > e.seq);
         self.download = None;

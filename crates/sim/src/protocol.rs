@@ -29,6 +29,15 @@ pub trait SimProtocol: Sync + Clone {
     /// The term (view, ballot) in which `node` believes it leads, if it does.
     fn leading(&self, node: &Self::Node) -> Option<u64>;
 
+    /// Whether client `client` sends a request that got no answer again, to another
+    /// node. A client whose requests no session deduplicates does not: its request
+    /// may have executed, and another copy could execute again (an etcd client gives
+    /// such a request up as unknown).
+    fn resends_unanswered(&self, client: u64) -> bool {
+        let _ = client;
+        true
+    }
+
     /// `node`'s current term (view, ballot).
     fn term(&self, node: &Self::Node) -> u64;
 

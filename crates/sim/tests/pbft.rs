@@ -110,6 +110,7 @@ fn assert_caught(mutant: Mutant, adversary: Adversary, by_seed: u64) {
             "snapshot-safety",
             "exclusion",
             "commit-proof",
+            "at-most-once",
             // An invariant the core asserts (debug builds), such as a snapshot being
             // ahead of what a replica executed in both sequence and applied index.
             "assertion"
@@ -148,6 +149,14 @@ fn trusting_one_snapshot_is_caught() {
 #[test]
 fn skipping_client_signatures_is_caught() {
     assert_caught(Mutant::SkipClientSignatures, Adversary::ForgeRequest, 1);
+}
+
+/// Caught by at-most-once, through the simulator's anonymous clients (the runtime's
+/// etcd clients): a bundle ordered twice executes twice. Clients with sessions would
+/// hide it.
+#[test]
+fn forgetting_executed_bundles_is_caught() {
+    assert_caught(Mutant::ForgetExecutedBundles, Adversary::Silent, 40);
 }
 
 #[test]

@@ -195,3 +195,47 @@ fn a_bundle_made_later_than_here_waits_without_changing_the_view() {
     }
     c.assert_agree(&[0, 1, 2, 3]);
 }
+
+/// n1's bundle executes while n1 hears nothing; the others move past its horizon and
+/// drop the batches behind snapshots; n1 catches up by installing one. The snapshot's
+/// record forgot the bundle, so whether it executed is unknown to n1: bundled again,
+/// the anonymous request would execute twice (the simulator found this). It is dropped
+/// instead, its outcome unknown, as a timed-out etcd request's is.
+#[test]
+fn a_gateway_that_catches_up_by_snapshot_does_not_bundle_again_what_may_have_executed() {
+    let mut c = Cluster::with(4, |i, n| PbftConfig {
+        bundle_horizon: HORIZON,
+        ..snapshotting(i, n)
+    });
+    c.cut = Box::new(|from, to, _| to == NodeId(1) && from != NodeId(1));
+    c.request(1, 0, 7);
+    c.run();
+    for s in 1..=3 * HORIZON {
+        c.request(2, 9, s);
+        c.run();
+    }
+    let times = |c: &Cluster, i: usize| {
+        c.committed[i]
+            .iter()
+            .filter(|e| matches!(&e.entry, CommittedEntry::Command { id, .. } if id.client == 0 && id.seq == 7))
+            .count()
+    };
+    assert_eq!(times(&c, 0), 1, "the bundle reached the others");
+    // Healed, with more requests (checkpoints tell n1 how far behind it is).
+    c.cut = Box::new(|_, _, _| false);
+    for s in 3 * HORIZON + 1..=3 * HORIZON + 8 {
+        c.request(2, 9, s);
+        c.advance(200);
+    }
+    c.advance(1000);
+    assert!(
+        counted(&c, 1, "snapshot-installed") >= 1,
+        "n1 caught up by snapshot"
+    );
+    for i in [0, 2, 3] {
+        assert_eq!(times(&c, i), 1, "n{i} executed the anonymous request again");
+    }
+    assert_eq!(counted(&c, 1, "rebundled"), 0);
+    assert_eq!(counted(&c, 1, "bundle-outcome-unknown"), 1);
+    c.assert_agree(&[0, 1, 2, 3]);
+}

@@ -7,8 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ekmat_core::{DetRng, Effects, Input, NodeId, Replica, RequestKind, Time};
-use ekmat_pbft::client::{ClientRegistry, derive_client_key, sign_request};
+use ekmat_core::{
+    Committed, CommittedEntry, DetRng, Effect, Effects, Input, NodeId, Replica, Reply, RequestId,
+    RequestKind, Time,
+};
+use ekmat_pbft::client::{ANONYMOUS_CLIENT, ClientRegistry, derive_client_key, sign_request};
 use ekmat_pbft::crypto::SigningKey;
 use ekmat_pbft::message::{Digest, Message, sha256};
 use ekmat_pbft::{Mutant, Pbft, PbftConfig, PbftStable, Write};
@@ -23,13 +26,58 @@ use crate::protocol::SimProtocol;
 const KEY_SEED: u64 = 0x00ec_3a71;
 
 /// Clients with odd ids up to this sign their own requests (registered with every
-/// validator); the others' requests stand on their gateway's word. Both kinds run in
-/// every seed.
+/// validator); the others' requests stand on their gateway's word (see [`anonymous`]).
+/// Every kind runs in every seed.
 const LAST_SIGNING_CLIENT: u64 = 255;
 
 /// Whether client `client` signs its requests.
 pub fn signs(client: u64) -> bool {
     client % 2 == 1 && client <= LAST_SIGNING_CLIENT
+}
+
+/// Whether client `client` is anonymous, as the real cluster's etcd clients are: its
+/// requests reach the replica under client 0 (the runtime's gateway numbering), which
+/// no session deduplicates, so only the record of executed bundles keeps them from
+/// executing twice. Every seed has such clients (ids 2 mod 4); the other even ids
+/// carry their id on their gateway's word.
+pub fn anonymous(client: u64) -> bool {
+    client % 4 == 2
+}
+
+/// The id an anonymous client's request has inside the replica: client 0, numbered
+/// uniquely (its gateway's numbering in the runtime).
+fn anonymize(id: RequestId) -> RequestId {
+    assert!(
+        id.seq < 1 << 32,
+        "a simulated client sends fewer than 2^32 requests"
+    );
+    RequestId {
+        client: ANONYMOUS_CLIENT,
+        seq: id.client << 32 | id.seq,
+    }
+}
+
+/// The client's own id again, in what the replica answers and commits.
+fn identify(id: &mut RequestId) {
+    if id.client == ANONYMOUS_CLIENT && id.seq >> 32 != 0 {
+        *id = RequestId {
+            client: id.seq >> 32,
+            seq: id.seq & 0xffff_ffff,
+        };
+    }
+}
+
+fn identify_effect(effect: &mut Effect<Message, Write>) {
+    match effect {
+        Effect::Commit(Committed {
+            entry: CommittedEntry::Command { id, .. },
+            ..
+        })
+        | Effect::Reply(
+            Reply::Rejected { id, .. } | Reply::ReadReady { id, .. } | Reply::Done { id },
+        ) => identify(id),
+        _ => {}
+    }
 }
 
 /// The signing clients' keys (derived once per process), and the registry every
@@ -248,10 +296,18 @@ impl Replica for PbftNode {
         if self.step_twin(now, &input, out) {
             return;
         }
+        let input = match input {
+            Input::Request(mut r) if anonymous(r.id.client) => {
+                r.id = anonymize(r.id);
+                Input::Request(r)
+            }
+            other => other,
+        };
         self.inner.step(now, input, out);
         if let Some(b) = &mut self.byzantine {
             b.rewrite(now, &self.inner, out);
         }
+        out.iter_mut().for_each(identify_effect);
     }
 }
 
@@ -287,6 +343,10 @@ impl SimProtocol for PbftSim {
 
     fn term(&self, node: &PbftNode) -> u64 {
         node.inner.view()
+    }
+
+    fn resends_unanswered(&self, client: u64) -> bool {
+        !anonymous(client)
     }
 
     fn checker(&self, n: usize, voters: usize) -> PbftChecker {

@@ -499,7 +499,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 client,
                 seq,
                 attempt,
-            } => {
+            } if self.proto.resends_unanswered(client as u64 + 1) => {
                 if let Some(sent) = self.workload.retry_elsewhere(client, seq, attempt) {
                     let now = self.now;
                     self.trace.line(now, || {
@@ -508,6 +508,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
                     self.send_attempt(client, sent, Duration::ZERO);
                 }
             }
+            Ev::ClientRetry { .. } => {}
             Ev::FaultStart { index } => self.start_fault(index),
             Ev::FaultFire { index, node } => self.inject(index, Some(node)),
             Ev::FaultEnd { index, end } => self.end_fault(index, end),
