@@ -6,6 +6,7 @@ mod bench_pbft;
 mod client;
 mod demo;
 mod etcd;
+mod gateway;
 mod kv_cmd;
 mod node_cmd;
 mod pbft_cmd;
@@ -46,8 +47,12 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Demonstrations on a real cluster: `leader-election`.
     Demo(demo::DemoArgs),
-    /// PBFT client tools: `verify` a committed batch's certificate.
+    /// PBFT client tools: `verify` a committed batch's certificate; `client-key`, and
+    /// `put`/`get`/`del` as a client that signs its requests.
     Pbft(pbft_cmd::PbftArgs),
+    /// PBFT's Gateway as a process of its own: etcd's KV API for etcd clients, each
+    /// request signed and believed on f+1 matching results from the members.
+    Gateway(gateway::GatewayArgs),
 }
 
 /// Exit codes other tools rely on.
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Pbft(args) => pbft_cmd::run(args),
+        Command::Gateway(args) => gateway::run(args),
     };
     ExitCode::from(code)
 }

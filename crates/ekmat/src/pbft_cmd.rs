@@ -33,7 +33,7 @@ enum PbftCommand {
         config: PathBuf,
     },
     /// Generate a client's signing key into a new file (mode 0600) and print the
-    /// `[[pbft_client]]` entry every member's configuration needs to register it.
+    /// `[[pbft_client]]` entries every member's configuration needs to register it.
     ClientKey {
         /// Where to write the secret key (refused if the file exists).
         #[arg(long)]
@@ -41,6 +41,10 @@ enum PbftCommand {
         /// The client id to register it under (not 0).
         #[arg(long)]
         id: u64,
+        /// Register it under this many consecutive ids from `--id` (a gateway needs
+        /// one per request in flight).
+        #[arg(long, default_value_t = 1)]
+        count: u64,
     },
     /// Put a key as a registered client: the request is signed with the client's key,
     /// and the result believed once f+1 members return it alike.
@@ -70,7 +74,7 @@ pub fn run(args: PbftArgs) -> u8 {
             certificate,
             config,
         } => verify(&certificate, &config),
-        PbftCommand::ClientKey { out, id } => client_key(&out, id),
+        PbftCommand::ClientKey { out, id, count } => client_key(&out, id, count),
         PbftCommand::Put { key, value, client } => {
             signed_client::run(client, signed_client::put(key, value))
         }
@@ -79,19 +83,29 @@ pub fn run(args: PbftArgs) -> u8 {
     }
 }
 
-fn client_key(out: &Path, id: u64) -> u8 {
-    if id == ekmat_pbft::client::ANONYMOUS_CLIENT || id == ekmat_pbft::EXCLUSION_CLIENT {
-        eprintln!("error: client id {id} is reserved by the protocol: pick another");
+fn client_key(out: &Path, id: u64, count: u64) -> u8 {
+    let Some(last) = count.checked_sub(1).and_then(|c| id.checked_add(c)) else {
+        eprintln!("error: --count must be at least 1, and --id plus it must fit in 64 bits");
+        return exit::USAGE;
+    };
+    let reserved = [
+        ekmat_pbft::client::ANONYMOUS_CLIENT,
+        ekmat_pbft::EXCLUSION_CLIENT,
+    ];
+    if let Some(r) = reserved.iter().find(|r| (id..=last).contains(r)) {
+        eprintln!("error: client id {r} is reserved by the protocol: pick other ids");
         return exit::USAGE;
     }
     match ekmat_node::keys::generate_at(out) {
         Ok(key) => {
             let public = ekmat_node::keys::public_key_hex(&key.verifying_key());
             eprintln!(
-                "wrote client {id}'s secret key to {}; register it in every member's configuration:",
+                "wrote the secret key of client(s) {id}..={last} to {}; register it in every member's configuration:",
                 out.display()
             );
-            println!("[[pbft_client]]\nid = {id}\npublic_key = \"{public}\"");
+            for n in id..=last {
+                println!("[[pbft_client]]\nid = {n}\npublic_key = \"{public}\"");
+            }
             exit::OK
         }
         Err(e) => {

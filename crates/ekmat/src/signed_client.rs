@@ -10,7 +10,7 @@
 //! slow (the members execute it once: the request keeps its number).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use ekmat_node::NodeConfig;
 use ekmat_pbft::message::ClientRequest;
 use ekmat_pbft::{Client, CommitProof};
 use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::client::status_message;
 use crate::exit;
@@ -66,14 +67,6 @@ impl From<String> for Problem {
     }
 }
 
-/// A member's answer, once checked.
-struct Answer {
-    member: u32,
-    result: Vec<u8>,
-    /// Where the request committed, if the member still held the proof.
-    proven_at: Option<u64>,
-}
-
 /// Run `command` as client `args.client`; print its result once f+1 members agree.
 pub fn run(args: SignedClientArgs, command: Command) -> u8 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -103,7 +96,6 @@ async fn execute(args: &SignedClientArgs, command: Command) -> Result<u8, String
     let seq = args.seq.unwrap_or_else(micros_since_epoch);
     let mut client = client.resume_after(seq.saturating_sub(1));
     let request = client.request(Some(Envelope::wrap(0, &command)));
-    let f = (members.len() - 1) / 3;
     let via = args
         .via
         .map(|v| v as usize)
@@ -114,19 +106,62 @@ async fn execute(args: &SignedClientArgs, command: Command) -> Result<u8, String
             members.len() - 1
         ));
     }
-    let mut asks: Asks = JoinSet::new();
-    for (i, url) in members.iter().enumerate() {
-        asks.spawn(ask(
-            i as u32,
-            url.clone(),
-            request.clone(),
-            i == via,
-            args.timeout,
-        ));
+    let f = members.len().saturating_sub(1) / 3;
+    Ok(
+        match execute_signed(&client, &members, &request, via, args.timeout).await {
+            Ok(agreed) => report(&request, f, &agreed),
+            Err(Failed::Refused { why, members }) => refused(&request, &why, &members),
+            Err(Failed::NoQuorum { most, problems }) => give_up(&request, f, most, &problems),
+        },
+    )
+}
+
+/// What f+1 members returned alike for a request.
+pub struct Agreed {
+    /// The result, as the members encoded it (`Result<Response, KvError>`).
+    pub result: Vec<u8>,
+    /// Who returned it, and where each proved it committed (if it still held the batch).
+    pub members: Vec<(u32, Option<u64>)>,
+    /// Members that returned another result.
+    pub dissenting: usize,
+    /// Members that gave none, and why.
+    pub problems: Vec<String>,
+}
+
+impl Agreed {
+    pub fn decode(&self) -> Result<Result<Response, KvError>, String> {
+        postcard::from_bytes(&self.result)
+            .map_err(|e| format!("the members agree on a result this client cannot read: {e}"))
     }
-    let deadline = tokio::time::Instant::now() + args.timeout;
+}
+
+/// Why no result was believed.
+pub enum Failed {
+    /// f+1 members refused the request alike: the request itself is at fault.
+    Refused { why: String, members: Vec<u32> },
+    /// Not f+1 members returned the same result in time (`most` did): the request's
+    /// outcome is unknown.
+    NoQuorum { most: usize, problems: Vec<String> },
+}
+
+/// Hand `request` (signed by `client`) to member `via`, ask every other member for its
+/// outcome, and return the result once f+1 members return it alike, each proof checked.
+pub async fn execute_signed(
+    client: &Client,
+    members: &[Member],
+    request: &ClientRequest,
+    via: usize,
+    timeout: Duration,
+) -> Result<Agreed, Failed> {
+    let f = members.len().saturating_sub(1) / 3;
+    let mut asks: Asks = JoinSet::new();
+    for (i, member) in members.iter().enumerate() {
+        let ask = ask(i as u32, member.clone(), request.clone(), i == via, timeout);
+        asks.spawn(ask);
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut retransmitted = false;
-    let mut agreeing: BTreeMap<Vec<u8>, Vec<Answer>> = BTreeMap::new();
+    let mut agreeing: BTreeMap<Vec<u8>, Vec<(u32, Option<u64>)>> = BTreeMap::new();
     // Each member counts once (after a retransmission it may answer twice); a member
     // that answered, or refused, is not asked again.
     let mut heard = BTreeSet::new();
@@ -136,20 +171,27 @@ async fn execute(args: &SignedClientArgs, command: Command) -> Result<u8, String
         let patience = if retransmitted {
             deadline
         } else {
-            deadline - args.timeout / 2
+            deadline - timeout / 2
         };
         match tokio::time::timeout_at(patience, asks.join_next()).await {
             Ok(Some(Ok((member, answer)))) => {
                 if !heard.insert(member) {
                     continue;
                 }
-                match answer.and_then(|o| check(&client, &request, member, o)) {
-                    Ok(answer) => {
-                        let result = answer.result.clone();
+                match answer.and_then(|o| check(client, request, member, o)) {
+                    Ok((result, proven_at)) => {
                         let same = agreeing.entry(result.clone()).or_default();
-                        same.push(answer);
+                        same.push((member, proven_at));
                         if same.len() > f {
-                            return Ok(report(&request, f, &result, &agreeing, &problems));
+                            let members = same.clone();
+                            let dissenting =
+                                agreeing.values().map(Vec::len).sum::<usize>() - members.len();
+                            return Ok(Agreed {
+                                result,
+                                members,
+                                dissenting,
+                                problems,
+                            });
                         }
                     }
                     Err(problem) => {
@@ -157,26 +199,28 @@ async fn execute(args: &SignedClientArgs, command: Command) -> Result<u8, String
                             let same = refusals.entry(why.clone()).or_default();
                             same.push(member);
                             if same.len() > f {
-                                return Ok(refused(&request, &why, same));
+                                let members = same.clone();
+                                return Err(Failed::Refused { why, members });
                             }
                         }
                         problems.push(problem.text);
                         // The member it went to cannot take it: go to all at once.
                         if member as usize == via && !retransmitted {
                             retransmitted = true;
-                            resend(&mut asks, &members, via, &heard, &request, deadline);
+                            resend(&mut asks, members, via, &heard, request, deadline);
                         }
                     }
                 }
             }
             Ok(Some(Err(e))) => problems.push(format!("a request task failed: {e}")),
             Ok(None) | Err(_) if retransmitted || heard.len() == members.len() => {
-                return Ok(give_up(&request, f, &agreeing, &problems));
+                let most = agreeing.values().map(Vec::len).max().unwrap_or(0);
+                return Err(Failed::NoQuorum { most, problems });
             }
             Ok(None) | Err(_) => {
                 // No f+1 yet: the member it went to may be slow or faulty.
                 retransmitted = true;
-                resend(&mut asks, &members, via, &heard, &request, deadline);
+                resend(&mut asks, members, via, &heard, request, deadline);
             }
         }
     }
@@ -188,72 +232,98 @@ type Asks = JoinSet<(u32, Result<ekmatpb::Outcome, Problem>)>;
 /// retransmission to all replicas).
 fn resend(
     asks: &mut Asks,
-    members: &[String],
+    members: &[Member],
     via: usize,
     heard: &BTreeSet<u32>,
     request: &ClientRequest,
     deadline: tokio::time::Instant,
 ) {
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    for (i, url) in members.iter().enumerate() {
+    for (i, member) in members.iter().enumerate() {
         if i != via && !heard.contains(&(i as u32)) {
-            asks.spawn(ask(i as u32, url.clone(), request.clone(), true, left));
+            asks.spawn(ask(i as u32, member.clone(), request.clone(), true, left));
         }
     }
 }
 
 /// The client (its key registered under its id) and the members' client URLs in id
 /// order.
-fn prepare(args: &SignedClientArgs, cfg: &NodeConfig) -> Result<(Client, Vec<String>), String> {
+fn prepare(args: &SignedClientArgs, cfg: &NodeConfig) -> Result<(Client, Vec<Member>), String> {
+    registered_client(cfg, &args.config, args.client, &args.key_file)
+}
+
+/// Client `id` with the key in `key_file`, if `cfg` (read from `path`) registers that
+/// key under that id, and the members' client URLs in id order.
+pub fn registered_client(
+    cfg: &NodeConfig,
+    path: &Path,
+    id: u64,
+    key_file: &Path,
+) -> Result<(Client, Vec<Member>), String> {
     if cfg.protocol != "pbft" {
         return Err(format!(
             "{}: protocol {} takes no signed requests (only pbft does)",
-            args.config.display(),
+            path.display(),
             cfg.protocol
         ));
     }
-    let key = ekmat_node::keys::load_at(&args.key_file).map_err(|e| e.to_string())?;
+    let key = ekmat_node::keys::load_at(key_file).map_err(|e| e.to_string())?;
     let mine = ekmat_node::keys::public_key_hex(&key.verifying_key());
-    match cfg.pbft_clients.iter().find(|c| c.id == args.client) {
+    match cfg.pbft_clients.iter().find(|c| c.id == id) {
         Some(c) if c.public_key.eq_ignore_ascii_case(&mine) => {}
         Some(c) => {
             return Err(format!(
-                "{} registers client {} with public key {}, but {} holds the key of {mine}",
-                args.config.display(),
-                args.client,
+                "{} registers client {id} with public key {}, but {} holds the key of {mine}",
+                path.display(),
                 c.public_key,
-                args.key_file.display()
+                key_file.display()
             ));
         }
         None => {
             return Err(format!(
-                "client {} is not registered in {}: add to every member's configuration\n\n[[pbft_client]]\nid = {}\npublic_key = \"{mine}\"\n\nand restart the members",
-                args.client,
-                args.config.display(),
-                args.client
+                "client {id} is not registered in {}: add to every member's configuration\n\n[[pbft_client]]\nid = {id}\npublic_key = \"{mine}\"\n\nand restart the members",
+                path.display(),
             ));
         }
     }
     let validators = cfg.public_keys()?;
-    let client = Client::new(args.client, key, validators)?;
+    let client = Client::new(id, key, validators)?;
     let mut members: Vec<_> = cfg.members.iter().collect();
     members.sort_by_key(|m| m.id);
-    let urls = members
+    let members = members
         .iter()
-        .map(|m| format!("http://{}", m.client))
-        .collect();
-    Ok((client, urls))
+        .map(|m| Member::new(format!("http://{}", m.client)))
+        .collect::<Result<_, _>>()?;
+    Ok((client, members))
+}
+
+/// A member's client address and a channel to it, connected on first use (and again
+/// after it breaks), shared by every request.
+#[derive(Clone)]
+pub struct Member {
+    url: String,
+    channel: Channel,
+}
+
+impl Member {
+    fn new(url: String) -> Result<Member, String> {
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("{url}: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        Ok(Member { url, channel })
+    }
 }
 
 /// Member `member`'s outcome: it is handed the request first if `submit`.
 async fn ask(
     member: u32,
-    url: String,
+    to: Member,
     request: ClientRequest,
     submit: bool,
     wait: Duration,
 ) -> (u32, Result<ekmatpb::Outcome, Problem>) {
-    (member, ask_one(member, &url, request, submit, wait).await)
+    (member, ask_one(member, to, request, submit, wait).await)
 }
 
 /// Refusals that stand whoever is asked: the request itself is at fault.
@@ -271,15 +341,13 @@ fn refusal(status: &tonic::Status) -> Option<String> {
 
 async fn ask_one(
     member: u32,
-    url: &str,
+    to: Member,
     request: ClientRequest,
     submit: bool,
     wait: Duration,
 ) -> Result<ekmatpb::Outcome, Problem> {
-    let channel = crate::client::connect(url)
-        .await
-        .map_err(|e| format!("member {member} ({url}): {e}"))?;
-    let mut rpc = SignedRequestsClient::new(channel);
+    let url = to.url;
+    let mut rpc = SignedRequestsClient::new(to.channel);
     let message = ekmatpb::SignedRequest {
         client: request.id.client,
         seq: request.id.seq,
@@ -296,7 +364,7 @@ async fn ask_one(
     };
     let outcome = answer.map_err(|s| Problem {
         refusal: refusal(&s),
-        text: format!("member {member}: {}", status_message(&s)),
+        text: format!("member {member} ({url}): {}", status_message(&s)),
     })?;
     let outcome = outcome.into_inner();
     if outcome.member != u64::from(member) {
@@ -309,55 +377,34 @@ async fn ask_one(
     Ok(outcome)
 }
 
-/// A member's outcome, if its proof (when it sends one) holds for this request.
+/// A member's result and where it proved the request committed, if its proof (when
+/// it sends one) holds for this request.
 fn check(
     client: &Client,
     request: &ClientRequest,
     member: u32,
     o: ekmatpb::Outcome,
-) -> Result<Answer, Problem> {
-    let proven_at = if o.proof_json.is_empty() {
-        None
-    } else {
-        let proof: CommitProof = serde_json::from_str(&o.proof_json)
-            .map_err(|e| format!("member {member} sent a proof that does not parse: {e}"))?;
-        client
-            .verify(request, &proof)
-            .map_err(|e| format!("member {member} sent a proof that does not hold: {e}"))?;
-        if proof.qc.seq != o.batch_seq {
-            let text = format!(
-                "member {member} named batch {} for a proof of batch {}",
-                o.batch_seq, proof.qc.seq
-            );
-            return Err(text.into());
-        }
-        Some(proof.qc.seq)
-    };
-    Ok(Answer {
-        member,
-        result: o.result,
-        proven_at,
-    })
+) -> Result<(Vec<u8>, Option<u64>), Problem> {
+    if o.proof_json.is_empty() {
+        return Ok((o.result, None));
+    }
+    let proof: CommitProof = serde_json::from_str(&o.proof_json)
+        .map_err(|e| format!("member {member} sent a proof that does not parse: {e}"))?;
+    client
+        .verify(request, &proof)
+        .map_err(|e| format!("member {member} sent a proof that does not hold: {e}"))?;
+    if proof.qc.seq != o.batch_seq {
+        let text = format!(
+            "member {member} named batch {} for a proof of batch {}",
+            o.batch_seq, proof.qc.seq
+        );
+        return Err(text.into());
+    }
+    Ok((o.result, Some(proof.qc.seq)))
 }
 
-fn report(
-    request: &ClientRequest,
-    f: usize,
-    result: &[u8],
-    all: &BTreeMap<Vec<u8>, Vec<Answer>>,
-    problems: &[String],
-) -> u8 {
-    let agreed = &all[result];
-    let result: Result<Result<Response, KvError>, _> = postcard::from_bytes(&agreed[0].result);
-    let members: Vec<String> = agreed.iter().map(|a| a.member.to_string()).collect();
-    let proven: Vec<String> = agreed
-        .iter()
-        .filter_map(|a| {
-            a.proven_at
-                .map(|s| format!("member {} (batch {s})", a.member))
-        })
-        .collect();
-    let code = match result {
+fn report(request: &ClientRequest, f: usize, agreed: &Agreed) -> u8 {
+    let code = match agreed.decode() {
         Ok(Ok(response)) => {
             print_response(&response);
             exit::OK
@@ -367,10 +414,16 @@ fn report(
             exit::VIOLATION
         }
         Err(e) => {
-            println!("the members agree on a result this client cannot read: {e}");
+            println!("{e}");
             exit::VIOLATION
         }
     };
+    let members: Vec<String> = agreed.members.iter().map(|(m, _)| m.to_string()).collect();
+    let proven: Vec<String> = agreed
+        .members
+        .iter()
+        .filter_map(|(m, at)| at.map(|s| format!("member {m} (batch {s})")))
+        .collect();
     eprintln!(
         "request {} of client {}: the same result from members {} (f+1 = {} needed)",
         request.id.seq,
@@ -388,15 +441,13 @@ fn report(
             proven.join(", ")
         );
     }
-    let others: usize = all
-        .values()
-        .filter(|a| a[0].result != agreed[0].result)
-        .map(Vec::len)
-        .sum();
-    if others > 0 {
-        eprintln!("warning: {others} member(s) answered a different result");
+    if agreed.dissenting > 0 {
+        eprintln!(
+            "warning: {} member(s) answered a different result",
+            agreed.dissenting
+        );
     }
-    for p in problems {
+    for p in &agreed.problems {
         eprintln!("warning: {p}");
     }
     code
@@ -413,13 +464,7 @@ fn refused(request: &ClientRequest, why: &str, members: &[u32]) -> u8 {
     exit::VIOLATION
 }
 
-fn give_up(
-    request: &ClientRequest,
-    f: usize,
-    agreeing: &BTreeMap<Vec<u8>, Vec<Answer>>,
-    problems: &[String],
-) -> u8 {
-    let most = agreeing.values().map(Vec::len).max().unwrap_or(0);
+fn give_up(request: &ClientRequest, f: usize, most: usize, problems: &[String]) -> u8 {
     eprintln!(
         "error: no {} members returned the same result for request {} of client {} (at most {most} did); its outcome is unknown: send it again with --seq {}",
         f + 1,
@@ -447,7 +492,7 @@ fn print_response(response: &Response) {
     }
 }
 
-fn micros_since_epoch() -> u64 {
+pub fn micros_since_epoch() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as u64)

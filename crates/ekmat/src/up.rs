@@ -96,7 +96,7 @@ fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
         }
     }
     let clients = if args.protocol == "pbft" {
-        vec![signing_client(data)?]
+        signing_clients(data)?
     } else {
         Vec::new()
     };
@@ -112,16 +112,19 @@ fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
     Ok(cfgs)
 }
 
-/// The id `ekmat up` registers a signing client under (PBFT).
+/// The id `ekmat up` registers a signing client under (PBFT), and the first of the
+/// ids it registers, under the same key, for a gateway (`ekmat gateway`).
 const UP_CLIENT: u64 = 1;
+const UP_GATEWAY_CLIENTS: std::ops::RangeInclusive<u64> = 101..=116;
 
 fn client_key_path(data: &Path) -> PathBuf {
     data.join(format!("client-{UP_CLIENT}.key"))
 }
 
 /// A PBFT client that signs its requests, its key in the cluster's data directory
-/// (kept on a rerun), registered with every member.
-fn signing_client(data: &Path) -> Result<PbftClient, String> {
+/// (kept on a rerun), registered with every member under `UP_CLIENT` and the gateway's
+/// ids.
+fn signing_clients(data: &Path) -> Result<Vec<PbftClient>, String> {
     let path = client_key_path(data);
     let key = if path.exists() {
         ekmat_node::keys::load_at(&path)
@@ -129,10 +132,14 @@ fn signing_client(data: &Path) -> Result<PbftClient, String> {
         ekmat_node::keys::generate_at(&path)
     }
     .map_err(|e| e.to_string())?;
-    Ok(PbftClient {
-        id: UP_CLIENT,
-        public_key: ekmat_node::keys::public_key_hex(&key.verifying_key()),
-    })
+    let public_key = ekmat_node::keys::public_key_hex(&key.verifying_key());
+    Ok(std::iter::once(UP_CLIENT)
+        .chain(UP_GATEWAY_CLIENTS)
+        .map(|id| PbftClient {
+            id,
+            public_key: public_key.clone(),
+        })
+        .collect())
 }
 
 /// Fail early and clearly if a port is taken (the node would fail too, less helpfully).
@@ -322,10 +329,19 @@ async fn supervise(args: &UpArgs, data: &Path) -> u8 {
     );
     println!("ready: {}", cluster.endpoints().join(","));
     if args.protocol == "pbft" {
+        let config = node_dir(data, 0).join("ekmat.toml");
+        let key = client_key_path(data);
         println!(
             "signing client {UP_CLIENT}: ekmat pbft put KEY VALUE --config {} --client {UP_CLIENT} --key {}",
-            node_dir(data, 0).join("ekmat.toml").display(),
-            client_key_path(data).display()
+            config.display(),
+            key.display()
+        );
+        println!(
+            "gateway for etcd clients: ekmat gateway --config {} --key {} --first-client {} --clients {}",
+            config.display(),
+            key.display(),
+            UP_GATEWAY_CLIENTS.start(),
+            UP_GATEWAY_CLIENTS.count()
         );
     }
     println!("(Ctrl-C stops every node)");
@@ -444,11 +460,17 @@ mod tests {
         }
         // One signing client, its key beside the members' directories, registered alike.
         let client = ekmat_node::keys::load_at(&client_key_path(&dir)).unwrap();
-        let registered = PbftClient {
-            id: UP_CLIENT,
-            public_key: ekmat_node::keys::public_key_hex(&client.verifying_key()),
-        };
-        assert!(cfgs.iter().all(|c| c.pbft_clients == [registered.clone()]));
+        let public_key = ekmat_node::keys::public_key_hex(&client.verifying_key());
+        let ids: Vec<u64> = cfgs[0].pbft_clients.iter().map(|c| c.id).collect();
+        assert_eq!(ids[0], UP_CLIENT);
+        assert_eq!(ids[1..], UP_GATEWAY_CLIENTS.collect::<Vec<_>>());
+        assert!(
+            cfgs[0]
+                .pbft_clients
+                .iter()
+                .all(|c| c.public_key == public_key)
+        );
+        assert!(cfgs.iter().all(|c| c.pbft_clients == cfgs[0].pbft_clients));
         let again = plan(&a, &dir).unwrap();
         assert_eq!(again[0].members, cfgs[0].members, "a rerun keeps the keys");
         assert_eq!(again[0].pbft_clients, cfgs[0].pbft_clients);

@@ -463,3 +463,184 @@ async fn a_signing_client_is_believed_on_f_plus_1_matching_results_and_cannot_be
     assert!(err.contains("member 3"), "{err}");
     assert_eq!(get(&c, 0, "signed", false).await.as_deref(), Some("still"));
 }
+
+/// `ekmat gateway`: etcd's clients talk to a process outside consensus, which signs
+/// each request as one of its registered clients and answers once f+1 members agree.
+/// Writes through it are every member's; a member down does not stop it; a request
+/// the members refuse is refused with their reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_clients_through_a_gateway_process_get_answers_f_plus_1_members_agree_on() {
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("gateway.key");
+    let key = ekmat_node::keys::generate_at(&key_file).unwrap();
+    let public_key = ekmat_node::keys::public_key_hex(&key.verifying_key());
+    let registered: Vec<_> = (101..=104)
+        .map(|id| ekmat_node::config::PbftClient {
+            id,
+            public_key: public_key.clone(),
+        })
+        .collect();
+    let mut c = start_with(|cfg| cfg.pbft_clients = registered.clone());
+    c.leader(Duration::from_secs(20)).await;
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let gateway = ekmat()
+        .args([
+            "gateway",
+            "--first-client",
+            "101",
+            "--clients",
+            "4",
+            "--listen",
+            &listen,
+        ])
+        .arg("--config")
+        .arg(c.config_path(0))
+        .arg("--key")
+        .arg(&key_file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _gateway = Stop(gateway);
+    let url = format!("http://{listen}");
+    let mut kv = None;
+    for _ in 0..100 {
+        if let Ok(ch) = channel(&url).await {
+            kv = Some(pb::kv_client::KvClient::new(ch));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut kv = kv.expect("the gateway listens");
+    let put = |key: &str, value: &str| pb::PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    };
+    // Concurrent puts (more than its four client ids) all land.
+    let mut puts = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let mut kv = kv.clone();
+        let p = put(&format!("gw{i}"), "x");
+        puts.spawn(async move { kv.put(p).await.map(|_| ()) });
+    }
+    while let Some(done) = puts.join_next().await {
+        done.unwrap().expect("a put through the gateway");
+    }
+    for i in 0..12 {
+        assert_eq!(
+            get(&c, i % 4, &format!("gw{i}"), false).await.as_deref(),
+            Some("x")
+        );
+    }
+    let range = |key: &str| pb::RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    };
+    let read = kv.range(range("gw3")).await.unwrap().into_inner();
+    assert_eq!(read.kvs[0].value, b"x");
+    assert_eq!(read.header.unwrap().cluster_id, c.cfgs[0].cluster_id());
+
+    // One member down, even the one a request is handed to: answers go on.
+    c.kill9(2);
+    for i in 0..4 {
+        kv.put(put("after", &i.to_string()))
+            .await
+            .expect("put with n2 down");
+    }
+    assert_eq!(get(&c, 0, "after", false).await.as_deref(), Some("3"));
+    // A request the members refuse: their reason comes back.
+    let too_big = put("big", &"v".repeat(2 * 1024 * 1024));
+    let refused = kv.put(too_big).await.unwrap_err();
+    assert!(refused.message().contains("too large"), "{refused}");
+}
+
+/// A member that lies: it answers every signed request at once with a result of its
+/// own making (and no proof).
+struct Liar;
+
+#[tonic::async_trait]
+impl ekmat_api::ekmatpb::signed_requests_server::SignedRequests for Liar {
+    async fn submit(
+        &self,
+        r: tonic::Request<ekmat_api::ekmatpb::SignedRequest>,
+    ) -> Result<tonic::Response<ekmat_api::ekmatpb::Outcome>, tonic::Status> {
+        self.await_outcome(r).await
+    }
+
+    async fn await_outcome(
+        &self,
+        _: tonic::Request<ekmat_api::ekmatpb::SignedRequest>,
+    ) -> Result<tonic::Response<ekmat_api::ekmatpb::Outcome>, tonic::Status> {
+        let made_up: Result<ekmat_kv::Response, ekmat_kv::KvError> =
+            Ok(ekmat_kv::Response::Put(ekmat_kv::PutResponse {
+                header: ekmat_kv::ResponseHeader { revision: 999 },
+                prev_kv: None,
+            }));
+        Ok(tonic::Response::new(ekmat_api::ekmatpb::Outcome {
+            member: 3,
+            result: postcard::to_stdvec(&made_up).unwrap(),
+            batch_seq: 0,
+            proof_json: String::new(),
+        }))
+    }
+}
+
+/// One member's word is not enough: a client handed its request to a member that
+/// answers at once with a made-up result, and it waited for f+1 matching results (from
+/// the honest members, once it sent the request to them too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_client_does_not_believe_one_lying_member() {
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("client.key");
+    let key = ekmat_node::keys::generate_at(&key_file).unwrap();
+    let public_key = ekmat_node::keys::public_key_hex(&key.verifying_key());
+    let registered = ekmat_node::config::PbftClient { id: 5, public_key };
+    let c = start_with(|cfg| cfg.pbft_clients = vec![registered.clone()]);
+    c.leader(Duration::from_secs(20)).await;
+    // The client's view of the cluster: member 3's client address is the liar's.
+    let liar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = c.cfgs[0].clone();
+    cfg.members[3].client = liar.local_addr().unwrap();
+    let config = keys.path().join("client-view.toml");
+    support::write_config(&config, &cfg);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                ekmat_api::ekmatpb::signed_requests_server::SignedRequestsServer::new(Liar),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(liar)),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        ekmat()
+            .args([
+                "pbft", "put", "truth", "told", "--client", "5", "--via", "3",
+            ])
+            .args(["--timeout", "4s", "--seq", "1"])
+            .arg("--config")
+            .arg(&config)
+            .arg("--key")
+            .arg(&key_file)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(!stdout.contains("999"), "believed the liar: {stdout}");
+    assert!(
+        stderr.contains("1 member(s) answered a different result"),
+        "{stderr}"
+    );
+    assert_eq!(get(&c, 0, "truth", false).await.as_deref(), Some("told"));
+}

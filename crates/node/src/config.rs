@@ -377,7 +377,9 @@ impl NodeConfig {
         self.validate_pbft_clients(keys)
     }
 
-    fn validate_pbft_clients(&self, mut keys: BTreeSet<String>) -> Result<(), ConfigError> {
+    /// One party may register several ids under one key (a gateway keeps one per
+    /// request in flight); a member's key may not sign as a client.
+    fn validate_pbft_clients(&self, members: BTreeSet<String>) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let mut ids = BTreeSet::new();
         for c in &self.pbft_clients {
@@ -394,9 +396,9 @@ impl NodeConfig {
             if let Err(e) = crate::keys::parse_public_key(&c.public_key) {
                 return bad(format!("pbft_client {}: {e}", c.id));
             }
-            if !keys.insert(c.public_key.to_lowercase()) {
+            if members.contains(&c.public_key.to_lowercase()) {
                 return bad(format!(
-                    "pbft_client {}'s public_key is a member's or another client's: each needs its own key",
+                    "pbft_client {}'s public_key is a member's: a client needs a key of its own",
                     c.id
                 ));
             }
@@ -630,7 +632,11 @@ mod tests {
         assert!(err(vec![client(0, 100)]).contains("reserved"));
         assert!(err(vec![client(7, 100), client(7, 101)]).contains("registered twice"));
         let e = err(vec![client(7, 1)]);
-        assert!(e.contains("a member's or another client's"), "{e}");
+        assert!(e.contains("is a member's"), "{e}");
+        // One party, several ids (a gateway's): allowed.
+        let mut c = pbft(4);
+        c.pbft_clients = vec![client(7, 100), client(8, 100)];
+        c.validate().unwrap();
         let e = err(vec![PbftClient {
             id: 7,
             public_key: "beef".into(),

@@ -24,8 +24,9 @@ use crate::query::wall_clock_ms;
 /// How long a call waits for the execution unless the client says.
 const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 const MAX_WAIT: Duration = Duration::from_secs(60);
-/// How often a waiting call looks at the store's session again.
-const POLL: Duration = Duration::from_millis(5);
+/// A waiting call looks at the store's session again whenever this member applies
+/// more, and at least this often.
+const POLL: Duration = Duration::from_millis(50);
 /// How far ahead of this member's clock a client's envelope may be stamped: the store's
 /// clock is the largest stamp it applied, so a client ahead would expire leases early.
 const MAX_CLOCK_AHEAD_MS: u64 = 1_000;
@@ -130,7 +131,9 @@ impl Services {
         wait: Duration,
     ) -> Result<Response<ekmatpb::Outcome>, Status> {
         let deadline = Instant::now() + wait;
+        let mut applied = self.inner.status.clone();
         loop {
+            applied.borrow_and_update();
             match self.outcome(&request).await? {
                 Outcome::Executed { result, proof } => {
                     let (batch_seq, proof_json) = proof.unwrap_or_default();
@@ -162,7 +165,12 @@ impl Services {
                         wait.as_millis()
                     )));
                 }
-                Outcome::Pending => tokio::time::sleep(POLL).await,
+                Outcome::Pending => {
+                    if let Ok(Err(_)) = tokio::time::timeout(POLL, applied.changed()).await {
+                        // The driver stopped: nothing will change any more.
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
             }
         }
     }
