@@ -161,7 +161,7 @@ pub async fn execute_signed(
     }
     let deadline = tokio::time::Instant::now() + timeout;
     let mut retransmitted = false;
-    let mut agreeing: BTreeMap<Vec<u8>, Vec<(u32, Option<u64>)>> = BTreeMap::new();
+    let mut agreeing: BTreeMap<Vec<u8>, Vec<(u32, Option<Proven>)>> = BTreeMap::new();
     // Each member counts once (after a retransmission it may answer twice); a member
     // that answered, or refused, is not asked again.
     let mut heard = BTreeSet::new();
@@ -178,14 +178,24 @@ pub async fn execute_signed(
                 if !heard.insert(member) {
                     continue;
                 }
-                match answer.and_then(|o| check(client, request, member, o)) {
-                    Ok((result, proven_at)) => {
+                match answer.and_then(|o| decoded(member, o)) {
+                    Ok((result, proof)) => {
                         let same = agreeing.entry(result.clone()).or_default();
-                        same.push((member, proven_at));
+                        same.push((member, proof));
+                        if same.len() <= f {
+                            continue;
+                        }
+                        // f+1 alike: one proof that holds is enough; a member whose
+                        // proof does not hold no longer counts.
+                        let proven = prove(client, request, same, &mut problems);
                         if same.len() > f {
-                            let members = same.clone();
+                            let same_len = same.len();
+                            let members = same
+                                .iter()
+                                .map(|(m, _)| (*m, proven.filter(|(p, _)| p == m).map(|(_, s)| s)))
+                                .collect();
                             let dissenting =
-                                agreeing.values().map(Vec::len).sum::<usize>() - members.len();
+                                agreeing.values().map(Vec::len).sum::<usize>() - same_len;
                             return Ok(Agreed {
                                 result,
                                 members,
@@ -377,30 +387,55 @@ async fn ask_one(
     Ok(outcome)
 }
 
-/// A member's result and where it proved the request committed, if its proof (when
-/// it sends one) holds for this request.
-fn check(
-    client: &Client,
-    request: &ClientRequest,
-    member: u32,
-    o: ekmatpb::Outcome,
-) -> Result<(Vec<u8>, Option<u64>), Problem> {
+/// The batch a member named and its proof that the request committed there.
+type Proven = (u64, CommitProof);
+
+/// A member's result and the proof it sent (if it still held the batch).
+fn decoded(member: u32, o: ekmatpb::Outcome) -> Result<(Vec<u8>, Option<Proven>), Problem> {
     if o.proof_json.is_empty() {
         return Ok((o.result, None));
     }
     let proof: CommitProof = serde_json::from_str(&o.proof_json)
         .map_err(|e| format!("member {member} sent a proof that does not parse: {e}"))?;
-    client
-        .verify(request, &proof)
-        .map_err(|e| format!("member {member} sent a proof that does not hold: {e}"))?;
-    if proof.qc.seq != o.batch_seq {
-        let text = format!(
-            "member {member} named batch {} for a proof of batch {}",
-            o.batch_seq, proof.qc.seq
-        );
-        return Err(text.into());
+    Ok((o.result, Some((o.batch_seq, proof))))
+}
+
+/// The first member among `agreeing` whose proof holds for `request`, and where it
+/// proved the request committed. Members checked before it whose proof does not hold
+/// are taken out, and said why (checking signatures is what a client spends most on,
+/// so the rest are not checked: their results match f+1 others anyway).
+fn prove(
+    client: &Client,
+    request: &ClientRequest,
+    agreeing: &mut Vec<(u32, Option<Proven>)>,
+    problems: &mut Vec<String>,
+) -> Option<(u32, u64)> {
+    let mut i = 0;
+    while i < agreeing.len() {
+        let (member, proof) = &agreeing[i];
+        let Some((named, proof)) = proof else {
+            i += 1;
+            continue;
+        };
+        let held = match client.verify(request, proof) {
+            Ok(()) if proof.qc.seq == *named => Ok(*named),
+            Ok(()) => Err(format!(
+                "member {member} named batch {named} for a proof of batch {}",
+                proof.qc.seq
+            )),
+            Err(e) => Err(format!(
+                "member {member} sent a proof that does not hold: {e}"
+            )),
+        };
+        match held {
+            Ok(seq) => return Some((*member, seq)),
+            Err(problem) => {
+                problems.push(problem);
+                agreeing.remove(i);
+            }
+        }
     }
-    Ok((o.result, Some(proof.qc.seq)))
+    None
 }
 
 fn report(request: &ClientRequest, f: usize, agreed: &Agreed) -> u8 {

@@ -151,6 +151,9 @@ impl<P: RuntimeProtocol> Driver<P> {
         metrics::counter!("ekmat_applied_total").increment(1);
         self.publish_events(&mut applied);
         self.on_behalf.remove(&id);
+        if id.client != ekmat_kv::ANONYMOUS_CLIENT {
+            self.wake_signed(Some(id.client));
+        }
         let Some(PendingWrite { reply, .. }) = self.pending_writes.remove(&id) else {
             return;
         };
@@ -193,6 +196,7 @@ impl<P: RuntimeProtocol> Driver<P> {
         self.applied_bytes = 0;
         self.last_snapshot_bytes = data.len() as u64;
         self.hub.publish(Published::Reset);
+        self.wake_signed(None);
         self.serve_ready_reads();
     }
 }

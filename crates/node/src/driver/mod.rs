@@ -92,9 +92,11 @@ pub enum Call {
         request: SignedRequest,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
-    /// What became of a signed request here.
+    /// What became of a signed request here; with `wait`, answered only once it is
+    /// no longer pending (the caller times out on its own).
     Outcome {
         request: SignedRequest,
+        wait: bool,
         reply: oneshot::Sender<Outcome>,
     },
 }
@@ -248,6 +250,9 @@ pub struct Driver<P: RuntimeProtocol> {
     pending_reads: HashMap<RequestId, PendingRead>,
     pending_admin: HashMap<RequestId, PendingAdmin>,
     on_behalf: HashMap<RequestId, OnBehalf>,
+    /// Callers waiting for a signed request's outcome, by client: looked at again
+    /// when a request of that client is applied (or a snapshot restored).
+    signed_waiters: HashMap<u64, Vec<(SignedRequest, oneshot::Sender<Outcome>)>>,
     /// Who is in the cluster, as the committed configurations say.
     members: Members,
     members_tx: watch::Sender<Vec<MemberRecord>>,
@@ -324,6 +329,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             pending_reads: HashMap::new(),
             pending_admin: HashMap::new(),
             on_behalf: HashMap::new(),
+            signed_waiters: HashMap::new(),
             members: parts.members,
             members_tx: parts.members_tx,
             me: parts.me,
@@ -489,8 +495,43 @@ impl<P: RuntimeProtocol> Driver<P> {
                     let _ = reply.send(Err(CallError::Unsupported(reason)));
                 }
             },
-            Call::Outcome { request, reply } => {
-                let _ = reply.send(self.outcome(&request));
+            Call::Outcome {
+                request,
+                wait,
+                reply,
+            } => match self.outcome(&request) {
+                Outcome::Pending if wait => {
+                    let waiting = self.signed_waiters.entry(request.client).or_default();
+                    waiting.push((request, reply));
+                }
+                outcome => {
+                    let _ = reply.send(outcome);
+                }
+            },
+        }
+    }
+
+    /// Answer the callers waiting on `client`'s signed requests (all clients' if
+    /// `None`) whose outcome is known now.
+    fn wake_signed(&mut self, client: Option<u64>) {
+        let clients: Vec<u64> = match client {
+            Some(c) if self.signed_waiters.contains_key(&c) => vec![c],
+            Some(_) => return,
+            None => self.signed_waiters.keys().copied().collect(),
+        };
+        for c in clients {
+            let waiting = self.signed_waiters.remove(&c).unwrap_or_default();
+            let mut still = Vec::new();
+            for (request, reply) in waiting {
+                match self.outcome(&request) {
+                    Outcome::Pending => still.push((request, reply)),
+                    outcome => {
+                        let _ = reply.send(outcome);
+                    }
+                }
+            }
+            if !still.is_empty() {
+                self.signed_waiters.insert(c, still);
             }
         }
     }
@@ -740,6 +781,10 @@ impl<P: RuntimeProtocol> Driver<P> {
         });
         self.pending_reads.retain(|_, r| !r.reply.is_closed());
         self.pending_admin.retain(|_, a| !a.reply.is_closed());
+        self.signed_waiters.retain(|_, waiting| {
+            waiting.retain(|(_, reply)| !reply.is_closed());
+            !waiting.is_empty()
+        });
         self.on_behalf
             .retain(|_, b| b.since.elapsed() < ON_BEHALF_TTL);
     }

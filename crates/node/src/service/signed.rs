@@ -9,7 +9,7 @@
 //! The member remembers a client's latest executed request and its result (the store's
 //! session), so a client waits for each request before it sends its next.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ekmat_api::ekmatpb::{self, signed_requests_server::SignedRequests};
 use ekmat_kv::Envelope;
@@ -24,9 +24,6 @@ use crate::query::wall_clock_ms;
 /// How long a call waits for the execution unless the client says.
 const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 const MAX_WAIT: Duration = Duration::from_secs(60);
-/// A waiting call looks at the store's session again whenever this member applies
-/// more, and at least this often.
-const POLL: Duration = Duration::from_millis(50);
 /// How far ahead of this member's clock a client's envelope may be stamped: the store's
 /// clock is the largest stamp it applied, so a client ahead would expire leases early.
 const MAX_CLOCK_AHEAD_MS: u64 = 1_000;
@@ -39,7 +36,7 @@ impl SignedRequests for Services {
     ) -> Result<Response<ekmatpb::Outcome>, Status> {
         let (signed, wait) = self.check_signed(request.into_inner())?;
         // A retry of what already executed is answered without ordering it again.
-        if let Outcome::Pending = self.outcome(&signed).await? {
+        if let Outcome::Pending = self.outcome(&signed, false).await? {
             let request = signed.clone();
             self.call(|reply| Call::Signed { request, reply })
                 .await
@@ -113,13 +110,18 @@ impl Services {
         Ok((signed, wait))
     }
 
-    async fn outcome(&self, request: &SignedRequest) -> Result<Outcome, Status> {
+    /// The request's outcome here now, or with `wait` once it is no longer pending.
+    async fn outcome(&self, request: &SignedRequest, wait: bool) -> Result<Outcome, Status> {
         let (reply, answer) = oneshot::channel();
         let request = request.clone();
         let stopped = || Status::unavailable("etcdserver: server stopped");
         self.inner
             .calls
-            .send(Call::Outcome { request, reply })
+            .send(Call::Outcome {
+                request,
+                wait,
+                reply,
+            })
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())
@@ -130,48 +132,35 @@ impl Services {
         request: SignedRequest,
         wait: Duration,
     ) -> Result<Response<ekmatpb::Outcome>, Status> {
-        let deadline = Instant::now() + wait;
-        let mut applied = self.inner.status.clone();
-        loop {
-            applied.borrow_and_update();
-            match self.outcome(&request).await? {
-                Outcome::Executed { result, proof } => {
-                    let (batch_seq, proof_json) = proof.unwrap_or_default();
-                    return Ok(Response::new(ekmatpb::Outcome {
-                        member: u64::from(self.inner.node_id),
-                        result: postcard::to_stdvec(&result).expect("results always serialize"),
-                        batch_seq,
-                        proof_json,
-                    }));
-                }
-                Outcome::Superseded { latest } => {
-                    return Err(Status::failed_precondition(format!(
-                        "client {} has executed its request {latest} since request {}: the result of {} is no longer kept",
-                        request.client, request.seq, request.seq
-                    )));
-                }
-                Outcome::OtherOperation => {
-                    return Err(Status::failed_precondition(format!(
-                        "client {} signed another operation under request number {}, and that one executed: this one never will (a new request needs a new number)",
-                        request.client, request.seq
-                    )));
-                }
-                Outcome::Pending if Instant::now() >= deadline => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "request {} of client {} has not executed at member {} within {} ms",
-                        request.seq,
-                        request.client,
-                        self.inner.node_id,
-                        wait.as_millis()
-                    )));
-                }
-                Outcome::Pending => {
-                    if let Ok(Err(_)) = tokio::time::timeout(POLL, applied.changed()).await {
-                        // The driver stopped: nothing will change any more.
-                        tokio::time::sleep(POLL).await;
-                    }
-                }
+        let outcome = match tokio::time::timeout(wait, self.outcome(&request, true)).await {
+            Ok(outcome) => outcome?,
+            Err(_) => Outcome::Pending,
+        };
+        match outcome {
+            Outcome::Executed { result, proof } => {
+                let (batch_seq, proof_json) = proof.unwrap_or_default();
+                Ok(Response::new(ekmatpb::Outcome {
+                    member: u64::from(self.inner.node_id),
+                    result: postcard::to_stdvec(&result).expect("results always serialize"),
+                    batch_seq,
+                    proof_json,
+                }))
             }
+            Outcome::Superseded { latest } => Err(Status::failed_precondition(format!(
+                "client {} has executed its request {latest} since request {}: the result of {} is no longer kept",
+                request.client, request.seq, request.seq
+            ))),
+            Outcome::OtherOperation => Err(Status::failed_precondition(format!(
+                "client {} signed another operation under request number {}, and that one executed: this one never will (a new request needs a new number)",
+                request.client, request.seq
+            ))),
+            Outcome::Pending => Err(Status::deadline_exceeded(format!(
+                "request {} of client {} has not executed at member {} within {} ms",
+                request.seq,
+                request.client,
+                self.inner.node_id,
+                wait.as_millis()
+            ))),
         }
     }
 }
