@@ -168,6 +168,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         let _ = grpc_stop.wait_for(|s| *s).await;
     }));
     tracing::info!(id = cfg.id, peer = %me.peer, client = %me.client, "node started");
+    warn_if_the_quota_outgrows_memory(cfg.quota_backend_bytes);
 
     let result = driver.run(inbound_rx, calls_rx, stop).await;
     grpc.abort();
@@ -177,6 +178,38 @@ async fn run_protocol<P: RuntimeProtocol>(
     // Dropping the driver closed the writer's queue; the thread drains it and exits.
     let _ = w.thread.join();
     result.map_err(NodeError::Failed)
+}
+
+/// Measured: a member's resident memory is about this many times the store's size
+/// estimate, which the space quota bounds (the history is in memory, with the log
+/// since the last snapshot, the snapshot encoded, and the allocator's overhead).
+const MEMORY_PER_ESTIMATED_BYTE: u64 = 4;
+
+/// Say so at start if the space quota lets the store outgrow this machine's memory:
+/// the member would be killed for memory long before any write is refused.
+fn warn_if_the_quota_outgrows_memory(quota: u64) {
+    let Some(total) = physical_memory() else {
+        return;
+    };
+    let needs = quota.saturating_mul(MEMORY_PER_ESTIMATED_BYTE);
+    if quota > 0 && needs > total {
+        tracing::warn!(
+            quota_backend_bytes = quota,
+            memory_bytes = total,
+            "the space quota lets the store grow to about {} MB of memory ({MEMORY_PER_ESTIMATED_BYTE}x the quota), more than this machine's {} MB: set quota_backend_bytes to at most {} and compact",
+            needs >> 20,
+            total >> 20,
+            total / MEMORY_PER_ESTIMATED_BYTE
+        );
+    }
+}
+
+/// The machine's memory, from /proc/meminfo (Linux), if it can be read.
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Open the write-ahead log and fold what it holds into the protocol's durable state.
