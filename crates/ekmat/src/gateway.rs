@@ -28,7 +28,9 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Status};
 
 use crate::exit;
-use crate::signed_client::{Failed, Member, execute_signed, micros_since_epoch, registered_client};
+use crate::signed_client::{
+    Failed, Member, execute_signed, micros_since_epoch, registered_clients,
+};
 
 #[derive(Args, Debug)]
 pub struct GatewayArgs {
@@ -138,13 +140,9 @@ impl Gateway {
         // Each id numbers its requests from the clock's microseconds, so a gateway that
         // restarts goes on above every number it used before.
         let start = micros_since_epoch();
-        let mut idle = Vec::new();
-        let mut members = Vec::new();
-        for id in args.first_client..=last {
-            let (client, found) = registered_client(&cfg, &args.config, id, &args.key_file)?;
-            idle.push(client.resume_after(start));
-            members = found;
-        }
+        let ids = args.first_client..=last;
+        let (clients, members) = registered_clients(&cfg, &args.config, ids, &args.key_file)?;
+        let idle: Vec<Client> = clients.into_iter().map(|c| c.resume_after(start)).collect();
         Ok(Gateway {
             inner: Arc::new(Inner {
                 f: members.len().saturating_sub(1) / 3,
@@ -211,11 +209,19 @@ impl Gateway {
 
 type Reply<T> = tonic::Response<T>;
 
-/// The response of the expected kind, or a server error if the members answered another.
-fn expect<T>(answer: Option<T>) -> Result<Reply<T>, Status> {
-    answer
-        .map(Reply::new)
-        .ok_or_else(|| Status::internal("the members answered another kind of request"))
+impl Gateway {
+    /// Execute `command` and answer with what `pick` makes of its response, or a
+    /// server error if the members answered another kind of request.
+    async fn ordered<T>(
+        &self,
+        command: Command,
+        pick: impl FnOnce(Response, &convert::Header<'_>) -> Option<T>,
+    ) -> Result<Reply<T>, Status> {
+        let response = self.execute(command).await?;
+        pick(response, &|h| self.header(h))
+            .map(Reply::new)
+            .ok_or_else(|| Status::internal("the members answered another kind of request"))
+    }
 }
 
 #[tonic::async_trait]
@@ -225,20 +231,20 @@ impl pb::kv_server::Kv for Gateway {
         r: Request<pb::RangeRequest>,
     ) -> Result<Reply<pb::RangeResponse>, Status> {
         let command = Command::Range(convert::range_request(r.into_inner())?);
-        let h = |h| self.header(h);
-        expect(match self.execute(command).await? {
-            Response::Range(r) => Some(convert::range_response(r, &h)),
+        self.ordered(command, |r, h| match r {
+            Response::Range(r) => Some(convert::range_response(r, h)),
             _ => None,
         })
+        .await
     }
 
     async fn put(&self, r: Request<pb::PutRequest>) -> Result<Reply<pb::PutResponse>, Status> {
         let command = Command::Put(convert::put_request(r.into_inner()));
-        let h = |h| self.header(h);
-        expect(match self.execute(command).await? {
-            Response::Put(r) => Some(convert::put_response(r, &h)),
+        self.ordered(command, |r, h| match r {
+            Response::Put(r) => Some(convert::put_response(r, h)),
             _ => None,
         })
+        .await
     }
 
     async fn delete_range(
@@ -246,20 +252,20 @@ impl pb::kv_server::Kv for Gateway {
         r: Request<pb::DeleteRangeRequest>,
     ) -> Result<Reply<pb::DeleteRangeResponse>, Status> {
         let command = Command::DeleteRange(convert::delete_request(r.into_inner()));
-        let h = |h| self.header(h);
-        expect(match self.execute(command).await? {
-            Response::DeleteRange(r) => Some(convert::delete_response(r, &h)),
+        self.ordered(command, |r, h| match r {
+            Response::DeleteRange(r) => Some(convert::delete_response(r, h)),
             _ => None,
         })
+        .await
     }
 
     async fn txn(&self, r: Request<pb::TxnRequest>) -> Result<Reply<pb::TxnResponse>, Status> {
         let command = Command::Txn(convert::txn_request(r.into_inner())?);
-        let h = |h| self.header(h);
-        expect(match self.execute(command).await? {
-            Response::Txn(r) => Some(convert::txn_response(r, &h)),
+        self.ordered(command, |r, h| match r {
+            Response::Txn(r) => Some(convert::txn_response(r, h)),
             _ => None,
         })
+        .await
     }
 
     async fn compact(
@@ -271,11 +277,12 @@ impl pb::kv_server::Kv for Gateway {
             revision: r.revision,
             physical: r.physical,
         });
-        expect(match self.execute(command).await? {
+        self.ordered(command, |r, h| match r {
             Response::Compact(r) => Some(pb::CompactionResponse {
-                header: Some(self.header(r.header)),
+                header: Some(h(r.header)),
             }),
             _ => None,
         })
+        .await
     }
 }

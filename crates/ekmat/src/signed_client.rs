@@ -259,17 +259,19 @@ fn resend(
 /// The client (its key registered under its id) and the members' client URLs in id
 /// order.
 fn prepare(args: &SignedClientArgs, cfg: &NodeConfig) -> Result<(Client, Vec<Member>), String> {
-    registered_client(cfg, &args.config, args.client, &args.key_file)
+    let ids = args.client..=args.client;
+    let (mut clients, members) = registered_clients(cfg, &args.config, ids, &args.key_file)?;
+    Ok((clients.remove(0), members))
 }
 
-/// Client `id` with the key in `key_file`, if `cfg` (read from `path`) registers that
-/// key under that id, and the members' client URLs in id order.
-pub fn registered_client(
+/// Clients `ids`, all with the key in `key_file`, if `cfg` (read from `path`) registers
+/// that key under each of those ids; and the members in id order.
+pub fn registered_clients(
     cfg: &NodeConfig,
     path: &Path,
-    id: u64,
+    ids: std::ops::RangeInclusive<u64>,
     key_file: &Path,
-) -> Result<(Client, Vec<Member>), String> {
+) -> Result<(Vec<Client>, Vec<Member>), String> {
     if cfg.protocol != "pbft" {
         return Err(format!(
             "{}: protocol {} takes no signed requests (only pbft does)",
@@ -279,32 +281,35 @@ pub fn registered_client(
     }
     let key = ekmat_node::keys::load_at(key_file).map_err(|e| e.to_string())?;
     let mine = ekmat_node::keys::public_key_hex(&key.verifying_key());
-    match cfg.pbft_clients.iter().find(|c| c.id == id) {
-        Some(c) if c.public_key.eq_ignore_ascii_case(&mine) => {}
-        Some(c) => {
-            return Err(format!(
-                "{} registers client {id} with public key {}, but {} holds the key of {mine}",
-                path.display(),
-                c.public_key,
-                key_file.display()
-            ));
-        }
-        None => {
-            return Err(format!(
-                "client {id} is not registered in {}: add to every member's configuration\n\n[[pbft_client]]\nid = {id}\npublic_key = \"{mine}\"\n\nand restart the members",
-                path.display(),
-            ));
-        }
-    }
     let validators = cfg.public_keys()?;
-    let client = Client::new(id, key, validators)?;
+    let mut clients = Vec::new();
+    for id in ids {
+        match cfg.pbft_clients.iter().find(|c| c.id == id) {
+            Some(c) if c.public_key.eq_ignore_ascii_case(&mine) => {}
+            Some(c) => {
+                return Err(format!(
+                    "{} registers client {id} with public key {}, but {} holds the key of {mine}",
+                    path.display(),
+                    c.public_key,
+                    key_file.display()
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "client {id} is not registered in {}: add to every member's configuration\n\n[[pbft_client]]\nid = {id}\npublic_key = \"{mine}\"\n\nand restart the members",
+                    path.display(),
+                ));
+            }
+        }
+        clients.push(Client::new(id, key.clone(), validators.clone())?);
+    }
     let mut members: Vec<_> = cfg.members.iter().collect();
     members.sort_by_key(|m| m.id);
     let members = members
         .iter()
         .map(|m| Member::new(format!("http://{}", m.client)))
         .collect::<Result<_, _>>()?;
-    Ok((client, members))
+    Ok((clients, members))
 }
 
 /// A member's client address and a channel to it, connected on first use (and again

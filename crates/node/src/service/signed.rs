@@ -36,12 +36,14 @@ impl SignedRequests for Services {
     ) -> Result<Response<ekmatpb::Outcome>, Status> {
         let (signed, wait) = self.check_signed(request.into_inner())?;
         // A retry of what already executed is answered without ordering it again.
-        if let Outcome::Pending = self.outcome(&signed, false).await? {
-            let request = signed.clone();
-            self.call(|reply| Call::Signed { request, reply })
-                .await
-                .map_err(|e| call_error(&e))?;
+        let outcome = self.outcome(&signed, false).await?;
+        if outcome != Outcome::Pending {
+            return self.answer(&signed, wait, outcome);
         }
+        let request = signed.clone();
+        self.call(|reply| Call::Signed { request, reply })
+            .await
+            .map_err(|e| call_error(&e))?;
         self.await_outcome_of(signed, wait).await
     }
 
@@ -136,6 +138,17 @@ impl Services {
             Ok(outcome) => outcome?,
             Err(_) => Outcome::Pending,
         };
+        self.answer(&request, wait, outcome)
+    }
+
+    /// What the client is told of `request`'s outcome here (still pending after `wait`:
+    /// a deadline error).
+    fn answer(
+        &self,
+        request: &SignedRequest,
+        wait: Duration,
+        outcome: Outcome,
+    ) -> Result<Response<ekmatpb::Outcome>, Status> {
         match outcome {
             Outcome::Executed { result, proof } => {
                 let (batch_seq, proof_json) = proof.unwrap_or_default();
