@@ -107,6 +107,11 @@ pub struct Committed {
     /// Position in the total order (log index, sequence number, height, slot).
     pub index: u64,
     pub entry: CommittedEntry,
+    /// The time the replicas agreed this entry executes at (ms since the Unix epoch),
+    /// for protocols that must not trust one proposer's clock (PBFT's batch time). The
+    /// state machine then reads its clock (lease expiry) from this instead of the
+    /// command's own stamp. `None`: the command's stamp is the proposer's, and trusted.
+    pub clock_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -247,7 +252,16 @@ impl<M, W> Effects<M, W> {
     }
 
     pub fn commit(&mut self, index: u64, entry: CommittedEntry) {
-        self.list.push(Effect::Commit(Committed { index, entry }));
+        self.commit_at(index, entry, None);
+    }
+
+    /// [`Effects::commit`] at the time the protocol agreed for it.
+    pub fn commit_at(&mut self, index: u64, entry: CommittedEntry, clock_ms: Option<u64>) {
+        self.list.push(Effect::Commit(Committed {
+            index,
+            entry,
+            clock_ms,
+        }));
     }
 
     pub fn reply(&mut self, reply: Reply) {

@@ -144,11 +144,12 @@ fn verify(certificate: &Path, config: &Path) -> u8 {
         Ok(b) => {
             let signers: Vec<String> = b.signers.iter().map(|n| n.to_string()).collect();
             println!(
-                "certificate holds: sequence {} committed in view {} (batch {}, {} bundles), COMMIT signed by {} of {} validators",
+                "certificate holds: sequence {} committed in view {} (batch {}, {} bundles, agreed clock {} ms), COMMIT signed by {} of {} validators",
                 b.seq,
                 b.view,
                 cert.digest,
                 b.bundles,
+                b.clock_ms,
                 signers.join(", "),
                 keys.len()
             );

@@ -203,7 +203,10 @@ impl Pbft {
     /// The batch for `seq`: pending bundles oldest first, each executable there (one
     /// made at or after `seq` waits for a later batch; an expired one is left out).
     fn cut_batch(&mut self, seq: u64) -> Batch {
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            clock_ms: self.batch_clock(),
+            ..Batch::default()
+        };
         let mut requests = 0;
         let mut later = Vec::new();
         while requests < self.cfg.batch_max {
@@ -245,7 +248,7 @@ impl Pbft {
         let body = PrePrepare {
             view: self.view,
             seq,
-            digest: Batch::digest_of(&digests),
+            digest: Batch::digest_of(batch.clock_ms, &digests),
         };
         let header = self.keys.sign(body);
         self.install_pre_prepare(header, batch.clone(), &digests, out);

@@ -260,8 +260,10 @@ mod tests {
 pub struct BatchCertificate {
     pub view: u64,
     pub seq: u64,
-    /// SHA-256 over the bundle digests: what the COMMITs signed.
+    /// SHA-256 over the clock and the bundle digests: what the COMMITs signed.
     pub digest: String,
+    /// The time the batch executed at, in ms since the Unix epoch (certified).
+    pub clock_ms: u64,
     pub commits: Vec<CommitSignature>,
     pub bundles: Vec<BundleDigest>,
 }
@@ -286,6 +288,7 @@ pub struct BundleDigest {
 pub struct CertifiedBatch {
     pub view: u64,
     pub seq: u64,
+    pub clock_ms: u64,
     pub signers: Vec<NodeId>,
     pub bundles: usize,
 }
@@ -306,6 +309,7 @@ impl BatchCertificate {
             view: qc.view,
             seq: qc.seq,
             digest: hex::encode(qc.digest),
+            clock_ms: batch.clock_ms,
             commits: qc
                 .sigs
                 .iter()
@@ -319,7 +323,8 @@ impl BatchCertificate {
     }
 
     /// Valid iff 2f+1 distinct validators among `validators` signed COMMIT for this
-    /// (view, seq, digest), and the bundle digests are those of the certified batch.
+    /// (view, seq, digest), and the clock and bundle digests are those of the certified
+    /// batch.
     pub fn verify(&self, validators: &[VerifyingKey]) -> Result<CertifiedBatch, String> {
         let digest: Digest = decode_hex(&self.digest, "the batch digest")?;
         let mut sigs = Vec::with_capacity(self.commits.len());
@@ -342,12 +347,13 @@ impl BatchCertificate {
         for (i, b) in self.bundles.iter().enumerate() {
             bundle_digests.push(decode_hex(&b.digest, &format!("bundle {i}'s digest"))?);
         }
-        if crate::message::Batch::digest_of(&bundle_digests) != digest {
+        if crate::message::Batch::digest_of(self.clock_ms, &bundle_digests) != digest {
             return Err("the bundle digests are not those of the certified batch".into());
         }
         Ok(CertifiedBatch {
             view: self.view,
             seq: self.seq,
+            clock_ms: self.clock_ms,
             signers: qc.sigs.iter().map(|(n, _)| *n).collect(),
             bundles: self.bundles.len(),
         })

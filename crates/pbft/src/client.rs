@@ -169,11 +169,13 @@ impl std::fmt::Display for ProofError {
 
 impl std::error::Error for ProofError {}
 
-/// That a request committed: the certificate of its batch, the batch's bundle digests
-/// (which the certificate's digest covers), and the bundle holding the request.
+/// That a request committed: the certificate of its batch, the batch's clock and bundle
+/// digests (which the certificate's digest covers), and the bundle holding the request.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommitProof {
     pub qc: QuorumCertificate,
+    /// The time the batch executed at (see `clock.rs`), in ms since the Unix epoch.
+    pub clock_ms: u64,
     pub bundle_digests: Vec<Digest>,
     pub bundle: Arc<Signed<Bundle>>,
 }
@@ -190,7 +192,7 @@ impl CommitProof {
         self.qc
             .verify(validators, quorum)
             .map_err(ProofError::Certificate)?;
-        if Batch::digest_of(&self.bundle_digests) != self.qc.digest {
+        if Batch::digest_of(self.clock_ms, &self.bundle_digests) != self.qc.digest {
             return Err(ProofError::NotTheCertifiedBatch);
         }
         if !self.bundle_digests.contains(&bundle_digest(&self.bundle)) {
@@ -341,6 +343,7 @@ impl Pbft {
             .find(|b| b.body.requests.contains(request) && b.body.executable_at(seq, horizon))?;
         Some(CommitProof {
             qc: qc.clone(),
+            clock_ms: batch.clock_ms,
             bundle_digests: batch.bundle_digests(),
             bundle: bundle.clone(),
         })

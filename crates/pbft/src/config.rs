@@ -34,10 +34,12 @@ pub enum Mutant {
     /// is kept but not consulted): only the anonymous client's requests, which no
     /// session deduplicates, execute twice.
     ForgetExecutedBundles,
+    /// Accept any batch time a primary proposes (see `clock.rs`).
+    SkipClockCheck,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 7] = [
+    pub const ALL: [Mutant; 8] = [
         Mutant::CommitWithoutPrePrepare,
         Mutant::AcceptUnverifiedNewView,
         Mutant::SkipSignatureVerification,
@@ -45,6 +47,7 @@ impl Mutant {
         Mutant::TrustOneSnapshot,
         Mutant::SkipClientSignatures,
         Mutant::ForgetExecutedBundles,
+        Mutant::SkipClockCheck,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +60,7 @@ impl Mutant {
             Mutant::TrustOneSnapshot => "trust-one-snapshot",
             Mutant::SkipClientSignatures => "skip-client-signatures",
             Mutant::ForgetExecutedBundles => "forget-executed-bundles",
+            Mutant::SkipClockCheck => "skip-clock-check",
         }
     }
 
@@ -64,6 +68,13 @@ impl Mutant {
         Mutant::ALL.into_iter().find(|m| m.name() == name)
     }
 }
+
+/// How far a batch's time may run ahead of a backup's clock: a faulty primary can
+/// expire leases this much early at most. Clocks kept by NTP agree within milliseconds.
+pub const DEFAULT_CLOCK_AHEAD: Duration = Duration::from_secs(1);
+/// How far it may lag behind: a faulty primary can hold leases past their time this
+/// much at most. Generous, because a pre-prepare may wait in a busy backup's queue.
+pub const DEFAULT_CLOCK_BEHIND: Duration = Duration::from_secs(10);
 
 /// 2f+1 of `n` validators, with f = (n-1)/3 the most that may be Byzantine.
 pub fn byzantine_quorum(n: usize) -> usize {
@@ -103,6 +114,10 @@ pub struct PbftConfig {
     pub view_timeout: Duration,
     /// How long a replica waits, behind, before fetching committed batches.
     pub fetch_timeout: Duration,
+    /// A backup refuses a batch whose time (see `clock.rs`) is more than this past its
+    /// own wall clock, or more than `clock_behind` before it.
+    pub clock_ahead: Duration,
+    pub clock_behind: Duration,
     /// Clients that sign their own requests, by client id (see `client.rs`): a
     /// request in one's name counts only with its signature, whoever bundled it.
     pub clients: Arc<ClientRegistry>,
@@ -127,6 +142,8 @@ impl PbftConfig {
             bundle_horizon: crate::message::BUNDLE_HORIZON,
             view_timeout: Duration::from_millis(400),
             fetch_timeout: Duration::from_millis(300),
+            clock_ahead: DEFAULT_CLOCK_AHEAD,
+            clock_behind: DEFAULT_CLOCK_BEHIND,
             clients: Arc::default(),
             mutant: Mutant::None,
         }

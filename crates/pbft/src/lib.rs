@@ -8,6 +8,7 @@
 //! - [`crypto`]: ed25519 signatures, a verified-signature cache, batch verification;
 //! - `normal_case`: pre-prepare, prepare, commit, execute;
 //! - `batching`: gateways' signed bundles, the primary's batches and pipeline;
+//! - `clock`: the time each batch executes at, proposed by the primary, bounded by backups;
 //! - [`client`]: clients that sign their own requests and check commit proofs;
 //! - `checkpoint`: stable checkpoints, garbage collection, watermarks;
 //! - `view_change`: VIEW-CHANGE / NEW-VIEW with proofs every replica checks;
@@ -26,6 +27,7 @@ mod batching;
 pub mod certificate;
 mod checkpoint;
 pub mod client;
+mod clock;
 pub mod config;
 pub mod crypto;
 pub mod durable;

@@ -227,11 +227,14 @@ impl Bundle {
     }
 }
 
-/// What the primary orders at one sequence number: whole signed bundles. An empty
-/// batch is PBFT's null request.
+/// What the primary orders at one sequence number: whole signed bundles, and the time
+/// they execute at (see `clock.rs`). An empty batch is PBFT's null request.
 #[derive(Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Batch {
     pub bundles: Vec<Arc<Signed<Bundle>>>,
+    /// The agreed clock for this batch, in ms since the Unix epoch (0 for null batches
+    /// and for hosts that give the replica no wall clock).
+    pub clock_ms: u64,
 }
 
 impl fmt::Debug for Batch {
@@ -239,16 +242,18 @@ impl fmt::Debug for Batch {
         let requests: usize = self.bundles.iter().map(|b| b.body.requests.len()).sum();
         write!(
             f,
-            "batch[{} bundles, {requests} requests]",
-            self.bundles.len()
+            "batch[{} bundles, {requests} requests, clock {} ms]",
+            self.bundles.len(),
+            self.clock_ms
         )
     }
 }
 
 impl Batch {
-    /// The digest a pre-prepare names: over every bundle with its signature.
+    /// The digest a pre-prepare names: over every bundle with its signature, and the
+    /// clock (so replicas that agree on the batch agree on its time).
     pub fn digest(&self) -> Digest {
-        Batch::digest_of(&self.bundle_digests())
+        Batch::digest_of(self.clock_ms, &self.bundle_digests())
     }
 
     /// Each bundle's digest, in order (each hashes the bundle's requests once).
@@ -256,10 +261,11 @@ impl Batch {
         self.bundles.iter().map(|b| bundle_digest(b)).collect()
     }
 
-    /// The batch digest from its bundles' digests.
-    pub fn digest_of(bundle_digests: &[Digest]) -> Digest {
+    /// The batch digest from its clock and its bundles' digests.
+    pub fn digest_of(clock_ms: u64, bundle_digests: &[Digest]) -> Digest {
         let mut h = Sha256::new();
         h.update([2u8]);
+        h.update(clock_ms.to_le_bytes());
         for d in bundle_digests {
             h.update(d);
         }

@@ -107,6 +107,7 @@ impl Pbft {
             .log
             .get(&pp.seq)
             .is_some_and(|s| s.pre_prepare.is_some())
+            || !self.clock_plausible(&batch, out)
         {
             return;
         }
@@ -125,7 +126,7 @@ impl Pbft {
         batch: &Batch,
     ) -> Option<Vec<Digest>> {
         let digests = batch.bundle_digests();
-        if Batch::digest_of(&digests) != header.body.digest
+        if Batch::digest_of(batch.clock_ms, &digests) != header.body.digest
             && self.cfg.mutant != Mutant::SkipSignatureVerification
         {
             return None;
@@ -397,7 +398,7 @@ impl Pbft {
         let digests = batch.bundle_digests();
         assert_eq!(
             qc.digest,
-            Batch::digest_of(&digests),
+            Batch::digest_of(batch.clock_ms, &digests),
             "{}: a certificate for another batch at {seq}",
             self.cfg.id
         );
@@ -498,7 +499,7 @@ impl Pbft {
                 continue;
             }
             for r in &bundle.body.requests {
-                self.deliver_request(seq, bundle, r, replayed, out);
+                self.deliver_request(seq, batch.clock_ms, bundle, r, replayed, out);
             }
         }
     }
@@ -506,6 +507,7 @@ impl Pbft {
     fn deliver_request(
         &mut self,
         seq: u64,
+        clock_ms: u64,
         bundle: &Signed<Bundle>,
         r: &ClientRequest,
         replayed: bool,
@@ -539,7 +541,7 @@ impl Pbft {
             id: r.id,
             command: op.clone(),
         };
-        out.commit(self.applied, entry);
+        out.commit_at(self.applied, entry, Some(clock_ms));
     }
 
     /// Execution moved on: the primary is doing its job, unless the bundle the view

@@ -124,6 +124,8 @@ pub struct Pbft {
     pub(crate) executed_bundles: BTreeMap<Digest, u64>,
     pub(crate) outbox: Vec<ClientRequest>,
     pub(crate) nonce: u64,
+    /// The host's wall clock as last observed (see `clock.rs`).
+    pub(crate) wall_ms: u64,
     pub(crate) view_changes: BTreeMap<u64, BTreeMap<NodeId, Arc<Signed<ViewChange>>>>,
     pub(crate) last_new_view: Option<Arc<Signed<NewView>>>,
     pub(crate) timer: Option<Time>,
@@ -189,6 +191,7 @@ impl Pbft {
             executed_bundles: BTreeMap::new(),
             outbox: Vec::new(),
             nonce: 0,
+            wall_ms: 0,
             view_changes: BTreeMap::new(),
             last_new_view: None,
             timer: None,

@@ -175,4 +175,4 @@ mod pbft;
 mod twins;
 
 pub use byzantine::Adversary;
-pub use pbft::{PbftNode, PbftSim};
+pub use pbft::{PbftNode, PbftSim, wall_ms as pbft_wall_ms};

@@ -111,6 +111,7 @@ fn assert_caught(mutant: Mutant, adversary: Adversary, by_seed: u64) {
             "exclusion",
             "commit-proof",
             "at-most-once",
+            "clock",
             // An invariant the core asserts (debug builds), such as a snapshot being
             // ahead of what a replica executed in both sequence and applied index.
             "assertion"
@@ -157,6 +158,13 @@ fn skipping_client_signatures_is_caught() {
 #[test]
 fn forgetting_executed_bundles_is_caught() {
     assert_caught(Mutant::ForgetExecutedBundles, Adversary::Silent, 40);
+}
+
+/// Caught by the clock property: a primary whose clock runs an hour ahead gets its
+/// time agreed, and would expire every lease at once.
+#[test]
+fn skipping_the_clock_check_is_caught() {
+    assert_caught(Mutant::SkipClockCheck, Adversary::SkewClock, 10);
 }
 
 #[test]

@@ -215,6 +215,7 @@ fn primary_proposes(forged: ClientRequest) {
             NodeId(0),
             bundle,
         ))],
+        clock_ms: 0,
     });
     let header = crate::crypto::sign(&config(0, 4).secret, NodeId(0), header(&batch));
     for to in 1..4 {

@@ -38,7 +38,13 @@ struct Cluster {
     /// each holds back.
     slow_disk: Vec<bool>,
     unsynced: Vec<Option<u64>>,
+    /// Nodes given a wall clock (see `clock.rs`): `WALL_EPOCH_MS` plus the harness's
+    /// time plus this offset (ms). `None`: the node observes no clock.
+    wall_offset: Vec<Option<i64>>,
 }
+
+/// The wall clock at the harness's time zero, for nodes given one.
+const WALL_EPOCH_MS: u64 = 1_700_000_000_000;
 
 fn config(i: u32, n: usize) -> PbftConfig {
     let mut c = PbftConfig::from_seed(NodeId(i), n, KEY_SEED);
@@ -58,14 +64,17 @@ fn snapshotting(i: u32, n: usize) -> PbftConfig {
 }
 
 /// The harness's state machine is the list of commands a replica delivered; this is its
-/// snapshot encoding (index, client, request number, command, each length-prefixed).
+/// snapshot encoding (index, clock, client, request number, command length, command).
 fn encode_state(committed: &[Committed]) -> Bytes {
     let mut out = Vec::new();
     for c in committed {
         let CommittedEntry::Command { id, command } = &c.entry else {
             panic!("PBFT delivers commands only");
         };
-        for word in [c.index, id.client, id.seq, command.len() as u64] {
+        let clock = c
+            .clock_ms
+            .expect("PBFT delivers commands at their batch's time");
+        for word in [c.index, clock, id.client, id.seq, command.len() as u64] {
             out.extend_from_slice(&word.to_le_bytes());
         }
         out.extend_from_slice(command);
@@ -81,7 +90,8 @@ fn decode_state(mut bytes: &[u8]) -> Vec<Committed> {
     };
     let mut out = Vec::new();
     while !bytes.is_empty() {
-        let (index, client, seq, len) = (
+        let (index, clock, client, seq, len) = (
+            word(&mut bytes),
             word(&mut bytes),
             word(&mut bytes),
             word(&mut bytes),
@@ -95,6 +105,7 @@ fn decode_state(mut bytes: &[u8]) -> Vec<Committed> {
                 id: RequestId { client, seq },
                 command: Bytes::copy_from_slice(command),
             },
+            clock_ms: Some(clock),
         });
     }
     out
@@ -127,6 +138,7 @@ impl Cluster {
             ticks: 0,
             slow_disk: vec![false; n],
             unsynced: vec![None; n],
+            wall_offset: vec![None; n],
         }
     }
 
@@ -134,6 +146,10 @@ impl Cluster {
         let Some(node) = self.nodes[i].as_mut() else {
             return;
         };
+        if let Some(offset) = self.wall_offset[i] {
+            let wall = (WALL_EPOCH_MS + self.now.as_millis()).saturating_add_signed(offset);
+            node.observe_clock(wall);
+        }
         let mut out = Effects::new();
         node.step(self.now, input, &mut out);
         let me = NodeId(i as u32);
@@ -1347,4 +1363,5 @@ fn two_byzantine_vouchers_cannot_keep_a_replica_from_a_correct_third() {
 
 mod bundle_horizon;
 mod client;
+mod clock;
 mod serve_budget;

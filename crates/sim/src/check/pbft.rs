@@ -11,6 +11,9 @@
 //!   bytes) at most once per incarnation;
 //! - **exclusion**: only a Byzantine replica is ever excluded, and every honest replica
 //!   that excludes one does so at the same sequence number;
+//! - **clock**: no honest replica executes a batch at a time further past the correct
+//!   replicas' wall clocks than a backup accepts (`clock_ahead`), so a faulty primary
+//!   cannot expire leases early (its time would be agreed through consensus);
 //! - **commit proof**: a signing client's request in a batch an honest replica
 //!   executed has a commit proof (quorum certificate, bundle digests, bundle) from that
 //!   replica that its client accepts, checked at every eighth sequence number (each
@@ -75,9 +78,10 @@ impl PbftChecker {
         let r = replica.replica();
         let from = self.checked_seq[node.index()] + 1;
         for seq in from..=r.last_executed() {
-            let Some((_, qc)) = r.executed(seq) else {
+            let Some((batch, qc)) = r.executed(seq) else {
                 continue;
             };
+            check_batch_clock(now, node, replica, seq, batch.clock_ms)?;
             if let Some((d, first)) = first_other(&mut self.batches, seq, qc.digest, node) {
                 let detail = format!(
                     "{node} executed batch {} at sequence {seq}, {first} executed batch {}",
@@ -163,6 +167,27 @@ impl PbftChecker {
             None => Ok(()),
         }
     }
+}
+
+/// A batch `node` executes at `now` runs at most `clock_ahead` past the correct
+/// replicas' clocks (which keep simulated time in PBFT's runs).
+fn check_batch_clock(
+    now: Time,
+    node: NodeId,
+    replica: &PbftNode,
+    seq: u64,
+    clock_ms: u64,
+) -> Result<(), Violation> {
+    let wall = crate::protocols::pbft_wall_ms(now);
+    let ahead = replica.replica().config().clock_ahead.as_millis() as u64;
+    if clock_ms <= wall + ahead {
+        return Ok(());
+    }
+    let detail = format!(
+        "{node} executed sequence {seq} at time {clock_ms} ms, {} ms past the correct replicas' clocks (a backup accepts at most {ahead} ms)",
+        clock_ms - wall
+    );
+    Err(Violation::new("clock", now, detail))
 }
 
 /// Commit proofs are checked at sequence numbers that are multiples of this.

@@ -524,6 +524,7 @@ mod tests {
         let effect = Effect::Commit(Committed {
             index: e.index,
             entry,
+            clock_ms: None,
         });
         c.on_effect(T, NodeId(n), &node(n, term), &effect)
     }

@@ -56,10 +56,17 @@ pub enum Adversary {
     /// unsigned, with a garbage signature, or signed with its own key); as primary,
     /// propose those bundles.
     ForgeRequest,
+    /// Its wall clock is an hour off (ahead or behind, drawn per seed): as primary it
+    /// stamps its batches with that time (`ekmat_pbft`'s `clock.rs`), to expire every
+    /// lease at once or none ever; as backup it refuses correct primaries' times.
+    SkewClock,
 }
 
+/// How far off a `skew-clock` replica's clock is.
+const SKEW_MS: i64 = 3_600_000;
+
 impl Adversary {
-    pub const ALL: [Adversary; 12] = [
+    pub const ALL: [Adversary; 13] = [
         Adversary::Equivocate,
         Adversary::EquivocateBackup,
         Adversary::Silent,
@@ -72,6 +79,7 @@ impl Adversary {
         Adversary::Twins,
         Adversary::ForgeSnapshot,
         Adversary::ForgeRequest,
+        Adversary::SkewClock,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +96,7 @@ impl Adversary {
             Adversary::Twins => "twins",
             Adversary::ForgeSnapshot => "forge-snapshot",
             Adversary::ForgeRequest => "forge-request",
+            Adversary::SkewClock => "skew-clock",
         }
     }
 
@@ -141,17 +150,26 @@ pub struct Byzantine {
     /// replica is sent the same forgery.
     forged_bundles: BTreeMap<Digest, Arc<Signed<Bundle>>>,
     forged_batches: BTreeMap<(u64, u64), (Signed<PrePrepare>, Arc<Batch>)>,
+    /// How far off its wall clock is, while active (ms).
+    clock_offset: i64,
 }
 
 impl Byzantine {
     pub fn new(kind: Adversary, id: NodeId, inner: &Pbft, until: Time, seed: u64) -> Byzantine {
+        let mut rng = DetRng::new(seed ^ 0xb12a_4711);
+        let clock_offset = match kind {
+            Adversary::SkewClock if rng.chance(0.5) => SKEW_MS,
+            Adversary::SkewClock => -SKEW_MS,
+            _ => 0,
+        };
         Byzantine {
             kind,
             id,
             n: inner.config().n(),
             key: inner.keyring().secret().clone(),
             until,
-            rng: DetRng::new(seed ^ 0xb12a_4711),
+            rng,
+            clock_offset,
             twins: BTreeMap::new(),
             received: VecDeque::new(),
             forged: BTreeMap::new(),
@@ -164,6 +182,15 @@ impl Byzantine {
 
     pub fn active(&self, now: Time) -> bool {
         now < self.until
+    }
+
+    /// How far off this node's wall clock is at `now` (ms).
+    pub fn clock_offset(&self, now: Time) -> i64 {
+        if self.active(now) {
+            self.clock_offset
+        } else {
+            0
+        }
     }
 
     pub fn remember(&mut self, msg: &Message) {
@@ -247,6 +274,7 @@ impl Byzantine {
             Adversary::Twins => sends.push((to, msg)),
             Adversary::ForgeSnapshot => sends.push((to, self.forge_snapshot(inner, msg))),
             Adversary::ForgeRequest => sends.push((to, self.forge_request(msg))),
+            Adversary::SkewClock => sends.push((to, msg)), // see `clock_offset`
         }
     }
 
@@ -332,7 +360,10 @@ impl Byzantine {
                             }
                         })
                         .collect();
-                    let forged = Batch { bundles };
+                    let forged = Batch {
+                        bundles,
+                        clock_ms: batch.clock_ms,
+                    };
                     let body = PrePrepare {
                         digest: forged.digest(),
                         ..header.body

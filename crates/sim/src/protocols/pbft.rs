@@ -21,6 +21,11 @@ use super::twins::{Twin, talks_to_twin};
 use crate::check::pbft::PbftChecker;
 use crate::protocol::SimProtocol;
 
+/// The correct replicas' wall clock at simulated time zero (ms since the Unix epoch):
+/// PBFT's clocks do not drift in the simulator, so a correct replica's wall clock is
+/// this plus the simulated time.
+pub const WALL_EPOCH_MS: u64 = 1_700_000_000_000;
+
 /// The validators' keys are derived from this (the same in every run: keys are not
 /// what the simulator explores).
 const KEY_SEED: u64 = 0x00ec_3a71;
@@ -65,6 +70,11 @@ fn identify(id: &mut RequestId) {
             seq: id.seq & 0xffff_ffff,
         };
     }
+}
+
+/// A correct replica's wall clock at (its own) simulated time `now`.
+pub fn wall_ms(now: Time) -> u64 {
+    WALL_EPOCH_MS + now.as_millis()
 }
 
 fn identify_effect(effect: &mut Effect<Message, Write>) {
@@ -239,11 +249,12 @@ impl PbftNode {
         let Some(twin) = self.twin.as_mut().filter(|_| active) else {
             return false;
         };
+        let wall = wall_ms(now);
         let (sends, twin_only) = match input {
             Input::Message { from, .. } if talks_to_twin(*from) => {
-                (twin.step(now, input.clone()), true)
+                (twin.step(now, wall, input.clone()), true)
             }
-            Input::Tick => (twin.step(now, Input::Tick), false),
+            Input::Tick => (twin.step(now, wall, Input::Tick), false),
             _ => (Vec::new(), false),
         };
         for (to, msg) in sends {
@@ -303,6 +314,9 @@ impl Replica for PbftNode {
             }
             other => other,
         };
+        let offset = self.byzantine.as_ref().map_or(0, |b| b.clock_offset(now));
+        self.inner
+            .observe_clock(wall_ms(now).saturating_add_signed(offset));
         self.inner.step(now, input, out);
         if let Some(b) = &mut self.byzantine {
             b.rewrite(now, &self.inner, out);

@@ -28,7 +28,13 @@ impl Twin {
     }
 
     /// Step the twin; the messages it sends to its half of the cluster.
-    pub fn step(&mut self, now: Time, input: Input<Message>) -> Vec<(NodeId, Message)> {
+    pub fn step(
+        &mut self,
+        now: Time,
+        wall_ms: u64,
+        input: Input<Message>,
+    ) -> Vec<(NodeId, Message)> {
+        self.replica.observe_clock(wall_ms);
         let mut sends = Vec::new();
         let mut next = Some(input);
         while let Some(input) = next.take() {
