@@ -29,7 +29,16 @@ fn start() -> Cluster {
 }
 
 fn start_with(tweak: impl Fn(&mut NodeConfig)) -> Cluster {
-    Cluster::start_with(4, |cfg| {
+    let mut c = configure(tweak);
+    for i in 0..4 {
+        c.spawn(i);
+    }
+    c
+}
+
+/// [`start_with`] without starting anyone.
+fn configure(tweak: impl Fn(&mut NodeConfig)) -> Cluster {
+    Cluster::configure(4, |cfg| {
         tweak(cfg);
         cfg.protocol = "pbft".into();
         let dirs: Vec<_> = cfg.members.iter().map(|m| dir_of(cfg, m.id)).collect();
@@ -643,4 +652,96 @@ async fn a_signing_client_does_not_believe_one_lying_member() {
         "{stderr}"
     );
     assert_eq!(get(&c, 0, "truth", false).await.as_deref(), Some("told"));
+}
+
+/// Retry `attempt` until it succeeds or `within` passes (the cluster may be changing
+/// views), panicking with the last error and the logs.
+async fn eventually<T, F, Fut>(c: &Cluster, within: Duration, what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        match attempt().await {
+            Ok(v) => return v,
+            Err(e) if started.elapsed() > within => {
+                panic!(
+                    "{what}: not done within {within:?} ({e}); logs:\n{}",
+                    c.logs()
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A member whose wall clock runs an hour ahead — view 0's primary, and the member a
+/// put on a lease goes through — expires no lease early. Its own stamp on the put is
+/// not the store's clock (the batch's agreed time is), and as primary it proposes the
+/// hour-ahead time, which the backups refuse until the view changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_clock_runs_an_hour_ahead_expires_no_lease_early() {
+    let mut c = configure(|_| {});
+    let fault = ekmat_node::query::CLOCK_FAULT_ENV;
+    c.spawn_with_env(0, &[(fault, "3600000")]);
+    for i in 1..4 {
+        c.spawn(i);
+    }
+    let within = Duration::from_secs(30);
+    let lease_at = |i: usize| {
+        let endpoint = c.endpoint(i);
+        async move {
+            let ch = channel(&endpoint).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(pb::lease_client::LeaseClient::new(ch))
+        }
+    };
+    let id = eventually(&c, within, "lease grant at n2", || async {
+        let mut lease = lease_at(2).await?;
+        let req = pb::LeaseGrantRequest { ttl: 60, id: 0 };
+        let g = lease.lease_grant(req).await.map_err(|e| e.to_string())?;
+        Ok(g.into_inner().id)
+    })
+    .await;
+    eventually(&c, within, "put on the lease at n0", || async {
+        let mut client = kv(&c, 0).await.ok_or("n0 unreachable")?;
+        let req = pb::PutRequest {
+            key: "held".into(),
+            value: "by a live lease".into(),
+            lease: id,
+            ..Default::default()
+        };
+        client.put(req).await.map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .await;
+    // n0 also proposes ticks every half second, its clock being past the deadline.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in [1, 2, 3] {
+        assert_eq!(
+            get(&c, i, "held", false).await.as_deref(),
+            Some("by a live lease"),
+            "n{i}: the key's lease expired an hour early; logs:\n{}",
+            c.logs()
+        );
+    }
+    let mut lease = lease_at(3).await.expect("n3 reachable");
+    let req = pb::LeaseTimeToLiveRequest { id, keys: false };
+    let left = lease
+        .lease_time_to_live(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .ttl;
+    assert!(left > 50, "the lease has {left} s left of 60");
+    let refused: f64 = (1..4)
+        .map(|i| scrape(c.cfgs[i].me().metrics.expect("metrics address")))
+        .filter_map(|page| {
+            metric(
+                &page,
+                r#"ekmat_protocol_events_total{name="clock-ahead-refused"}"#,
+            )
+        })
+        .sum();
+    assert!(refused > 0.0, "the backups refused the primary's time");
 }

@@ -168,6 +168,13 @@ async fn run_protocol<P: RuntimeProtocol>(
         let _ = grpc_stop.wait_for(|s| *s).await;
     }));
     tracing::info!(id = cfg.id, peer = %me.peer, client = %me.client, "node started");
+    if crate::query::clock_fault_ms() != 0 {
+        tracing::warn!(
+            offset_ms = crate::query::clock_fault_ms(),
+            "fault injected ({}): this member's wall clock is off",
+            crate::query::CLOCK_FAULT_ENV
+        );
+    }
     warn_if_the_quota_outgrows_memory(cfg.quota_backend_bytes);
 
     let result = driver.run(inbound_rx, calls_rx, stop).await;

@@ -190,9 +190,26 @@ fn history(kv: &KvStore, from: i64, key: &[u8], range_end: &[u8]) -> History {
     }
 }
 
-/// Milliseconds since the Unix epoch: the clock envelopes carry and leases expire by.
+/// Milliseconds since the Unix epoch: the clock envelopes carry and leases expire by
+/// (shifted by [`CLOCK_FAULT_ENV`] when a test sets it).
 pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+        .saturating_add_signed(clock_fault_ms())
+}
+
+/// A fault tests inject: this process's wall clock runs this many milliseconds off
+/// (negative: behind), as a member whose clock is wrong would.
+pub const CLOCK_FAULT_ENV: &str = "EKMAT_FAULT_CLOCK_OFFSET_MS";
+
+/// The injected clock offset (0 unless [`CLOCK_FAULT_ENV`] holds a number).
+pub fn clock_fault_ms() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::env::var(CLOCK_FAULT_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }

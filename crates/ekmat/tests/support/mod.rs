@@ -33,6 +33,15 @@ impl Cluster {
 
     /// A cluster whose configurations `tweak` adjusts before the nodes start.
     pub fn start_with(n: u32, tweak: impl Fn(&mut NodeConfig)) -> Cluster {
+        let mut c = Cluster::configure(n, tweak);
+        for i in 0..n as usize {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// [`Cluster::start_with`] without starting anyone: the caller spawns each member.
+    pub fn configure(n: u32, tweak: impl Fn(&mut NodeConfig)) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         let members: Vec<Member> = (0..n)
@@ -54,15 +63,11 @@ impl Cluster {
                 cfg
             })
             .collect();
-        let mut c = Cluster {
+        Cluster {
             dir,
             cfgs,
             children: (0..n).map(|_| None).collect(),
-        };
-        for i in 0..n as usize {
-            c.spawn(i);
         }
-        c
     }
 
     /// Configure (not start) a node that will join the running cluster: it knows the
@@ -96,6 +101,11 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_with_env(i, &[]);
+    }
+
+    /// Start member `i` with `env` set in its environment (a fault to inject).
+    pub fn spawn_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let path = self.config_path(i);
         std::fs::write(&path, self.cfgs[i].to_toml()).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -106,6 +116,7 @@ impl Cluster {
         let child = ekmat()
             .args(["node", "--config"])
             .arg(&path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -11,7 +11,7 @@
 //! no new client call is taken until the store is back.
 
 use bytes::Bytes;
-use ekmat_core::{CommittedEntry, RequestId};
+use ekmat_core::{Committed, CommittedEntry, RequestId};
 use ekmat_kv::{Applied, DecodeError, Envelope, KvStore};
 use tokio::sync::oneshot;
 
@@ -29,7 +29,7 @@ pub(super) struct Applying {
 
 /// What the protocol handed over while the store was away, to be done in order.
 pub(super) enum Backlogged {
-    Commit(u64, CommittedEntry),
+    Commit(Committed),
     Restore(u64, Bytes),
     /// The protocol asked for a snapshot once the entries before it are applied.
     Snapshot(u64),
@@ -51,12 +51,12 @@ impl<P: RuntimeProtocol> Driver<P> {
         self.applying.is_some()
     }
 
-    pub(super) fn on_committed(&mut self, index: u64, entry: CommittedEntry) {
+    pub(super) fn on_committed(&mut self, committed: Committed) {
         if self.store_away() || !self.backlog.is_empty() {
-            self.backlog.push_back(Backlogged::Commit(index, entry));
+            self.backlog.push_back(Backlogged::Commit(committed));
             return;
         }
-        self.apply_committed(index, entry);
+        self.apply_committed(committed);
     }
 
     pub(super) fn on_restore(&mut self, index: u64, data: Bytes) {
@@ -77,7 +77,12 @@ impl<P: RuntimeProtocol> Driver<P> {
         self.snapshot_at(index);
     }
 
-    fn apply_committed(&mut self, index: u64, entry: CommittedEntry) {
+    fn apply_committed(&mut self, committed: Committed) {
+        let Committed {
+            index,
+            entry,
+            clock_ms,
+        } = committed;
         match entry {
             CommittedEntry::Noop => self.kv.skip(index),
             CommittedEntry::Membership {
@@ -91,7 +96,12 @@ impl<P: RuntimeProtocol> Driver<P> {
             CommittedEntry::Command { id, command } => {
                 self.applied_bytes += command.len() as u64;
                 // Decoded once, here: bytes that are no envelope are the store's to refuse.
-                let decoded = Envelope::decode(&command);
+                let mut decoded = Envelope::decode(&command);
+                if let (Some(agreed), Ok(envelope)) = (clock_ms, &mut decoded) {
+                    // The protocol agreed on the time (PBFT): the proposer's own stamp,
+                    // which a faulty member could set an hour ahead, is not the clock.
+                    envelope.now_ms = agreed;
+                }
                 if decoded
                     .as_ref()
                     .is_ok_and(|e| e.command.touches_many_keys())
@@ -135,7 +145,7 @@ impl<P: RuntimeProtocol> Driver<P> {
         self.finish_command(index, id, applied);
         while !self.store_away() {
             match self.backlog.pop_front() {
-                Some(Backlogged::Commit(index, entry)) => self.apply_committed(index, entry),
+                Some(Backlogged::Commit(committed)) => self.apply_committed(committed),
                 Some(Backlogged::Restore(index, data)) => self.restore(index, data),
                 Some(Backlogged::Snapshot(index)) => self.snapshot_at(index),
                 None => break,

@@ -563,7 +563,9 @@ impl<P: RuntimeProtocol> Driver<P> {
 
     /// As leader, propose a tick once this node's clock passes a lease's deadline, so
     /// leases expire even when nobody writes. Followers never do: expiry happens only
-    /// when the log's clock says so, at the same entry on every member.
+    /// when the log's clock says so, at the same entry on every member. Where the
+    /// protocol agrees on time (PBFT), every member does, so a faulty leader cannot keep
+    /// a lease alive by proposing no tick (the tick expires it at the agreed time).
     async fn expire_leases(&mut self) {
         if self.store_away() {
             return;
@@ -573,7 +575,7 @@ impl<P: RuntimeProtocol> Driver<P> {
         };
         if deadline > wall_clock_ms()
             || self.last_lease_tick.elapsed() < LEASE_TICK_EVERY
-            || !P::status(&self.core).is_leader
+            || !(P::AGREES_ON_TIME || P::status(&self.core).is_leader)
         {
             return;
         }
@@ -631,6 +633,7 @@ impl<P: RuntimeProtocol> Driver<P> {
 
     async fn step(&mut self, input: Input<Msg<P>>) {
         let now = self.clock.now(!P::status(&self.core).is_leader);
+        P::observe_clock(&mut self.core, wall_clock_ms());
         let mut out = std::mem::take(&mut self.out);
         self.core.step(now, input, &mut out);
         for effect in out.drain() {
@@ -655,7 +658,7 @@ impl<P: RuntimeProtocol> Driver<P> {
                     tracing::error!("the storage writer is gone; durable writes cannot be made");
                 }
             }
-            Effect::Commit(c) => self.on_committed(c.index, c.entry),
+            Effect::Commit(c) => self.on_committed(c),
             Effect::Restore { index, data } => self.on_restore(index, data),
             Effect::WantSnapshot { index } => self.on_snapshot_wanted(index),
             Effect::Reply(reply) => self.on_reply(reply),

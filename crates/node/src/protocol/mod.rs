@@ -39,6 +39,12 @@ pub trait RuntimeProtocol: 'static {
     /// hands it. If not, the driver makes none.
     const TAKES_SNAPSHOTS: bool;
 
+    /// Whether the protocol agrees on each entry's time itself ([`Self::observe_clock`]),
+    /// so that no one member's clock is the store's. Then every member, not only the
+    /// leader, proposes the ticks that expire leases: a faulty leader that proposes
+    /// none cannot keep leases alive past their time.
+    const AGREES_ON_TIME: bool = false;
+
     /// A replica restarted from `stable` (the default value on first start).
     fn recover(
         cfg: &NodeConfig,
@@ -47,6 +53,12 @@ pub trait RuntimeProtocol: 'static {
     ) -> Result<Self::Node, String>;
 
     fn status(node: &Self::Node) -> CoreStatus;
+
+    /// Hand the replica the wall clock (ms since the Unix epoch) before a step, for
+    /// protocols that agree on time themselves (PBFT's batch time). Cores read no clock.
+    fn observe_clock(node: &mut Self::Node, wall_ms: u64) {
+        let _ = (node, wall_ms);
+    }
 
     /// The certificate that the batch at `seq` (0: the latest this member holds)
     /// committed, as JSON a client checks with the validators' public keys alone

@@ -53,6 +53,7 @@ impl RuntimeProtocol for Pbft {
     type Node = ekmat_pbft::Pbft;
     const NAME: &'static str = "pbft";
     const RECONFIGURES: bool = false;
+    const AGREES_ON_TIME: bool = true;
     const TAKES_SNAPSHOTS: bool = false;
 
     /// Snapshot points follow bytes executed, so a member with another threshold would
@@ -139,6 +140,10 @@ impl RuntimeProtocol for Pbft {
         let (batch, qc) = node.executed(seq)?;
         let cert = ekmat_pbft::certificate::BatchCertificate::of(qc, batch);
         serde_json::to_string_pretty(&cert).ok()
+    }
+
+    fn observe_clock(node: &mut ekmat_pbft::Pbft, wall_ms: u64) {
+        node.observe_clock(wall_ms);
     }
 
     fn status(node: &ekmat_pbft::Pbft) -> CoreStatus {

@@ -19,14 +19,10 @@ use tonic::{Request, Response, Status};
 use super::{MAX_REQUEST_BYTES, Services, call_error};
 use crate::driver::{Call, Outcome};
 use crate::protocol::SignedRequest;
-use crate::query::wall_clock_ms;
 
 /// How long a call waits for the execution unless the client says.
 const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 const MAX_WAIT: Duration = Duration::from_secs(60);
-/// How far ahead of this member's clock a client's envelope may be stamped: the store's
-/// clock is the largest stamp it applied, so a client ahead would expire leases early.
-const MAX_CLOCK_AHEAD_MS: u64 = 1_000;
 
 #[tonic::async_trait]
 impl SignedRequests for Services {
@@ -77,15 +73,11 @@ impl Services {
         if r.op.len() > MAX_REQUEST_BYTES {
             return Err(Status::invalid_argument("etcdserver: request is too large"));
         }
-        let envelope = Envelope::decode(&r.op).map_err(|e| {
+        // The envelope's own stamp is not the store's clock: the batch's agreed time is
+        // (PBFT's `clock.rs`), so a client's clock cannot expire leases.
+        Envelope::decode(&r.op).map_err(|e| {
             Status::invalid_argument(format!("the operation is not an encoded command: {e}"))
         })?;
-        if envelope.now_ms > wall_clock_ms().saturating_add(MAX_CLOCK_AHEAD_MS) {
-            return Err(Status::invalid_argument(format!(
-                "the operation is stamped {} ms, ahead of member {}'s clock: a client stamps 0 or its own clock",
-                envelope.now_ms, self.inner.node_id
-            )));
-        }
         let signature: [u8; 64] = r.signature.as_slice().try_into().map_err(|_| {
             Status::invalid_argument(format!(
                 "a signature is 64 bytes, not {}",
