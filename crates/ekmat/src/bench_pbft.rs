@@ -407,10 +407,11 @@ impl ReplicaThread {
     fn sign_pool(&self) -> std::vec::IntoIter<ekmat_pbft::message::ClientRequest> {
         let key = client_key(self.pbft.id().index());
         let client = client_of(self.pbft.id().index());
+        let cluster = self.pbft.cluster_id();
         (1..=self.signed_pool as u64)
             .map(|seq| {
                 let id = RequestId { client, seq };
-                ekmat_pbft::client::sign_request(&key, id, Some(self.op.clone()))
+                ekmat_pbft::client::sign_request(&key, &cluster, id, Some(self.op.clone()))
             })
             .collect::<Vec<_>>()
             .into_iter()

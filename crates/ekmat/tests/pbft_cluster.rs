@@ -443,13 +443,16 @@ async fn a_signing_client_is_believed_on_f_plus_1_matching_results_and_cannot_be
     assert_eq!(get(&c, 1, "once", false).await.as_deref(), Some("a"));
 
     // A member cannot sign for the client: another key, or an unregistered id, is
-    // refused before it is ordered.
+    // refused before it is ordered; so is the client's own signature for another
+    // cluster (one registering the same key), replayed here.
     let other = ekmat_node::keys::generate_at(&keys.path().join("other.key")).unwrap();
-    let forged = |client: u64| {
+    let own = ekmat_node::keys::load_at(&key_file).unwrap();
+    let here = ekmat_pbft::client::cluster_id(&c.cfgs[0].public_keys().unwrap());
+    let forged = |client: u64, key: &ekmat_pbft::crypto::SigningKey, cluster| {
         let command = ekmat_kv::Command::Put(ekmat_kv::PutRequest::new("signed", "forged"));
         let op = ekmat_kv::Envelope::wrap(0, &command);
         let id = ekmat_core::RequestId { client, seq: 13 };
-        let r = ekmat_pbft::client::sign_request(&other, id, Some(op.clone()));
+        let r = ekmat_pbft::client::sign_request(key, &cluster, id, Some(op.clone()));
         ekmatpb::SignedRequest {
             client,
             seq: 13,
@@ -459,10 +462,13 @@ async fn a_signing_client_is_believed_on_f_plus_1_matching_results_and_cannot_be
         }
     };
     let mut rpc = SignedRequestsClient::new(channel(&c.endpoint(1)).await.unwrap());
-    let refused = rpc.submit(forged(9)).await.unwrap_err();
+    let refused = rpc.submit(forged(9, &other, here)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
-    let refused = rpc.submit(forged(10)).await.unwrap_err();
+    let refused = rpc.submit(forged(10, &other, here)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    let elsewhere = [7; 32];
+    let refused = rpc.submit(forged(9, &own, elsewhere)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
     assert_eq!(get(&c, 3, "signed", false).await.as_deref(), Some("yes"));
 
     // With a member down, even the one it is handed to, f+1 others still answer.

@@ -23,8 +23,9 @@
 //! ordered through consensus): with different registries they may disagree on whether
 //! a bundle is valid, which costs progress (a pre-prepare some correct backups refuse),
 //! not safety, since no replica checks client signatures at execution. A request
-//! signature names no cluster: one cluster's requests could be replayed to another
-//! registering the same client key.
+//! signature names its cluster ([`cluster_id`], a digest of the validators' public
+//! keys), so one cluster's requests cannot be replayed to another that registers the
+//! same client key.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,18 +51,34 @@ pub const PROOF_SEARCH_DEPTH: usize = 4096;
 /// Registered clients' public keys, by client id.
 pub type ClientRegistry = BTreeMap<u64, VerifyingKey>;
 
-/// What a client signs: its id, the request's number and the operation's digest
-/// (`None` for a linearizable read).
+/// Names a cluster in what its clients sign: the SHA-256 of its validators' public
+/// keys, in validator order. Nothing to configure, and two clusters share it only if
+/// they share every validator key.
+pub type ClusterId = Digest;
+
+/// The [`ClusterId`] of the cluster whose validators hold `validators`.
+pub fn cluster_id(validators: &[VerifyingKey]) -> ClusterId {
+    let mut bytes = b"ekmat-pbft-cluster".to_vec();
+    for key in validators {
+        bytes.extend_from_slice(key.as_bytes());
+    }
+    sha256(&bytes)
+}
+
+/// What a client signs: the cluster, its id, the request's number and the operation's
+/// digest (`None` for a linearizable read).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestStatement {
+    pub cluster: ClusterId,
     pub client: u64,
     pub seq: u64,
     pub op: Option<Digest>,
 }
 
 impl RequestStatement {
-    pub fn of(r: &ClientRequest) -> RequestStatement {
+    pub fn of(cluster: &ClusterId, r: &ClientRequest) -> RequestStatement {
         RequestStatement {
+            cluster: *cluster,
             client: r.id.client,
             seq: r.id.seq,
             op: r.op.as_deref().map(sha256),
@@ -72,6 +89,7 @@ impl RequestStatement {
 impl Encode for RequestStatement {
     fn encode(&self, out: &mut Vec<u8>) {
         out.push(15);
+        out.extend_from_slice(&self.cluster);
         put_u64(out, self.client);
         put_u64(out, self.seq);
         match &self.op {
@@ -90,22 +108,27 @@ pub fn derive_client_key(seed: u64, client: u64) -> SigningKey {
     crate::crypto::derive_signing_key(b"ekmat-pbft-client-key", seed, &client.to_le_bytes())
 }
 
-/// `id`'s request for `op` (a read if `None`), signed with `key`.
-pub fn sign_request(key: &SigningKey, id: RequestId, op: Option<Bytes>) -> ClientRequest {
+/// `id`'s request for `op` (a read if `None`) to `cluster`, signed with `key`.
+pub fn sign_request(
+    key: &SigningKey,
+    cluster: &ClusterId,
+    id: RequestId,
+    op: Option<Bytes>,
+) -> ClientRequest {
     use ed25519_dalek::Signer;
     let mut r = ClientRequest { id, op, sig: None };
-    let sig = key.sign(&RequestStatement::of(&r).to_bytes());
+    let sig = key.sign(&RequestStatement::of(cluster, &r).to_bytes());
     r.sig = Some(Sig(sig.to_bytes()));
     r
 }
 
-/// Whether `request` carries `key`'s signature over it (for a host that checks a
-/// client's request before it takes it, to tell the client at once).
-pub fn request_signed_by(key: &VerifyingKey, request: &ClientRequest) -> bool {
+/// Whether `request` carries `key`'s signature over it, for `cluster` (for a host that
+/// checks a client's request before it takes it, to tell the client at once).
+pub fn request_signed_by(key: &VerifyingKey, cluster: &ClusterId, request: &ClientRequest) -> bool {
     let Some(sig) = request.sig else {
         return false;
     };
-    let msg = RequestStatement::of(request).to_bytes();
+    let msg = RequestStatement::of(cluster, request).to_bytes();
     key.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&sig.0))
         .is_ok()
 }
@@ -115,13 +138,14 @@ pub fn request_signed_by(key: &VerifyingKey, request: &ClientRequest) -> bool {
 /// unregistered client's (a request has one canonical form).
 pub fn client_sig_items<'a>(
     clients: &ClientRegistry,
+    cluster: &ClusterId,
     requests: impl IntoIterator<Item = &'a ClientRequest>,
 ) -> Option<Vec<SigItem>> {
     let mut items = Vec::new();
     for r in requests {
         match (clients.get(&r.id.client), r.sig) {
             (Some(key), Some(sig)) => {
-                let msg = RequestStatement::of(r).to_bytes();
+                let msg = RequestStatement::of(cluster, r).to_bytes();
                 items.push(SigItem::by_key(*key, msg, sig));
             }
             (None, None) => {}
@@ -219,6 +243,7 @@ pub struct Client {
     id: u64,
     key: SigningKey,
     validators: Vec<VerifyingKey>,
+    cluster: ClusterId,
     bundle_horizon: u64,
     next_seq: u64,
 }
@@ -239,6 +264,7 @@ impl Client {
         Ok(Client {
             id,
             key,
+            cluster: cluster_id(&validators),
             validators,
             bundle_horizon: crate::message::BUNDLE_HORIZON,
             next_seq: 0,
@@ -273,7 +299,12 @@ impl Client {
             client: self.id,
             seq: self.next_seq,
         };
-        sign_request(&self.key, id, op)
+        sign_request(&self.key, &self.cluster, id, op)
+    }
+
+    /// The cluster this client signs its requests for.
+    pub fn cluster(&self) -> ClusterId {
+        self.cluster
     }
 
     /// 2f+1 of the validators (n = 3f+1).
@@ -293,6 +324,11 @@ impl Client {
 }
 
 impl Pbft {
+    /// The cluster this validator's clients sign their requests for.
+    pub fn cluster_id(&self) -> ClusterId {
+        self.cluster
+    }
+
     /// A client's request, sent to this validator as its gateway: taken only if the
     /// client is registered and signed it (an unsigned request comes through the
     /// host's [`ekmat_core::Input::Request`], on the gateway's word). The signature is
@@ -324,7 +360,7 @@ impl Pbft {
         if self.cfg.mutant == crate::Mutant::SkipClientSignatures {
             return true;
         }
-        match client_sig_items(&self.cfg.clients, requests) {
+        match client_sig_items(&self.cfg.clients, &self.cluster, requests) {
             Some(items) => items.is_empty() || self.keys.verify_all(items),
             None => false,
         }

@@ -141,7 +141,12 @@ impl Pbft {
             // Registered clients' signatures too: a primary (or gateway) that made up
             // a request in a client's name proposes a batch no correct backup accepts.
             if self.cfg.mutant != Mutant::SkipClientSignatures {
-                items.extend(client_sig_items(&self.cfg.clients, &b.body.requests)?);
+                let cluster = &self.cluster;
+                items.extend(client_sig_items(
+                    &self.cfg.clients,
+                    cluster,
+                    &b.body.requests,
+                )?);
             }
         }
         (gateways_sign && self.keys.verify_all(items)).then_some(digests)

@@ -126,6 +126,8 @@ pub struct Pbft {
     pub(crate) nonce: u64,
     /// The host's wall clock as last observed (see `clock.rs`).
     pub(crate) wall_ms: u64,
+    /// What this cluster's clients sign their requests for (see `client.rs`).
+    pub(crate) cluster: crate::client::ClusterId,
     pub(crate) view_changes: BTreeMap<u64, BTreeMap<NodeId, Arc<Signed<ViewChange>>>>,
     pub(crate) last_new_view: Option<Arc<Signed<NewView>>>,
     pub(crate) timer: Option<Time>,
@@ -155,6 +157,7 @@ impl Pbft {
         cfg.validate()?;
         let mut keys = Keyring::new(cfg.id, cfg.validators.clone(), cfg.secret.clone());
         keys.set_trust_all(cfg.mutant == Mutant::SkipSignatureVerification);
+        let cluster = crate::client::cluster_id(&cfg.validators);
         Ok(Pbft {
             cfg,
             keys,
@@ -192,6 +195,7 @@ impl Pbft {
             outbox: Vec::new(),
             nonce: 0,
             wall_ms: 0,
+            cluster,
             view_changes: BTreeMap::new(),
             last_new_view: None,
             timer: None,

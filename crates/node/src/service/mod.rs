@@ -71,6 +71,8 @@ struct Inner {
     node_id: u32,
     /// PBFT's registered clients, whose signed requests `signed.rs` takes.
     clients: ekmat_pbft::client::ClientRegistry,
+    /// What those clients sign their requests for (PBFT's validator keys, digested).
+    signing_cluster: ekmat_pbft::client::ClusterId,
     /// The protocol, which may take no signed requests at all.
     protocol: String,
 }
@@ -98,6 +100,10 @@ impl Services {
                 max_pending_writes: cfg.max_pending_writes,
                 node_id: cfg.id,
                 clients: cfg.client_keys().unwrap_or_default(),
+                signing_cluster: cfg
+                    .public_keys()
+                    .map(|keys| ekmat_pbft::client::cluster_id(&keys))
+                    .unwrap_or_default(),
                 protocol: cfg.protocol.clone(),
             }),
         }

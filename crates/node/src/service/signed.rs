@@ -91,9 +91,9 @@ impl Services {
             signature,
         };
         let core = crate::protocol::pbft_client_request(&signed);
-        if !ekmat_pbft::client::request_signed_by(key, &core) {
+        if !ekmat_pbft::client::request_signed_by(key, &self.inner.signing_cluster, &core) {
             return Err(Status::unauthenticated(format!(
-                "the signature does not verify with client {}'s registered public key",
+                "the signature does not verify with client {}'s registered public key for this cluster (a client signs for the cluster its validators' keys name)",
                 r.client
             )));
         }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::client::{Client, CommitProof, ProofError, derive_client_key, sign_request};
+use crate::client::{
+    Client, ClusterId, CommitProof, ProofError, cluster_id, derive_client_key, sign_request,
+};
 use crate::message::{Bundle, ClientRequest, Sig, Signed};
 
 /// Client 7 signs its requests; every validator has its key.
@@ -21,6 +23,11 @@ fn with_signer(i: u32, n: usize) -> PbftConfig {
 fn client() -> Client {
     let key = derive_client_key(KEY_SEED, SIGNER);
     Client::new(SIGNER, key, crate::crypto::derive_public_keys(KEY_SEED, 4)).unwrap()
+}
+
+/// The cluster the tests' four validators form.
+fn here() -> ClusterId {
+    cluster_id(&crate::crypto::derive_public_keys(KEY_SEED, 4))
 }
 
 fn op(text: &str) -> Option<Bytes> {
@@ -115,7 +122,7 @@ fn a_host_finds_a_request_s_proof_by_the_request_alone_and_it_survives_the_wire(
     assert_eq!(c.node(0).executed_as_sent(&second), Some(true));
     // Another operation signed under a number already used is not what executed.
     let key = derive_client_key(KEY_SEED, SIGNER);
-    let same_number = sign_request(&key, second.id, op("other"));
+    let same_number = sign_request(&key, &here(), second.id, op("other"));
     send(&mut c, 0, &same_number);
     c.advance(50);
     assert_eq!(c.node(1).executed_as_sent(&same_number), Some(false));
@@ -154,7 +161,15 @@ fn a_request_forged_in_a_signing_clients_name_never_executes() {
             op: op("pay mallory 2"),
             sig: Some(Sig([0x5a; 64])),
         },
-        sign_request(&wrong_key, id(52), op("pay mallory 3")),
+        sign_request(&wrong_key, &here(), id(52), op("pay mallory 3")),
+        // Signed by the client itself, for another cluster that registers its key: a
+        // replay from there.
+        sign_request(
+            &derive_client_key(KEY_SEED, SIGNER),
+            &cluster_id(&crate::crypto::derive_public_keys(KEY_SEED + 1, 4)),
+            id(53),
+            op("pay mallory 4"),
+        ),
     ];
     // Byzantine gateway n1 signs a bundle of each forgery (with a harmless request of
     // an unregistered client beside it) and sends it to every replica.
@@ -196,7 +211,10 @@ fn a_primary_proposing_a_forged_request_is_not_followed() {
         sig: None,
     };
     let wrong_key = crate::crypto::derive_key(KEY_SEED, 0);
-    for forged in [unsigned, sign_request(&wrong_key, id, op("pay mallory 9"))] {
+    for forged in [
+        unsigned,
+        sign_request(&wrong_key, &here(), id, op("pay mallory 9")),
+    ] {
         primary_proposes(forged);
     }
 }
@@ -284,6 +302,7 @@ fn a_signing_client_cannot_be_sent_unsigned_or_signed_wrongly() {
     // An unregistered client's request carrying a signature has no key to check it.
     let stray = sign_request(
         &derive_client_key(KEY_SEED, 8),
+        &here(),
         RequestId { client: 8, seq: 1 },
         op("y"),
     );
@@ -416,7 +435,7 @@ fn requests_written_before_clients_signed_still_read() {
         let back: Vec<ClientRequest> = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, [ClientRequest { id, op, sig: None }]);
     }
-    let signed = sign_request(&derive_client_key(KEY_SEED, 3), id, op("w"));
+    let signed = sign_request(&derive_client_key(KEY_SEED, 3), &here(), id, op("w"));
     let back: ClientRequest = postcard::from_bytes(&postcard::to_stdvec(&signed).unwrap()).unwrap();
     assert_eq!(back, signed);
     // A signature changes the requests' digest; a request unsigned hashes as it did.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use ekmat_core::{DetRng, Effect, Effects, Input, NodeId, RequestId, Time};
-use ekmat_pbft::client::sign_request;
+use ekmat_pbft::client::{ClusterId, sign_request};
 use ekmat_pbft::crypto::SigningKey;
 use ekmat_pbft::crypto::sign;
 use ekmat_pbft::message::{
@@ -53,8 +53,9 @@ pub enum Adversary {
     ForgeSnapshot,
     /// As a gateway, add requests in signing clients' names that they never signed to
     /// its own bundles (a client's signed request with its operation changed, or one
-    /// unsigned, with a garbage signature, or signed with its own key); as primary,
-    /// propose those bundles.
+    /// unsigned, with a garbage signature, signed with its own key, or signed by the
+    /// client for another cluster, as a replay from a cluster registering the same
+    /// key would be); as primary, propose those bundles.
     ForgeRequest,
     /// Its wall clock is an hour off (ahead or behind, drawn per seed): as primary it
     /// stamps its batches with that time (`ekmat_pbft`'s `clock.rs`), to expire every
@@ -152,6 +153,8 @@ pub struct Byzantine {
     forged_batches: BTreeMap<(u64, u64), (Signed<PrePrepare>, Arc<Batch>)>,
     /// How far off its wall clock is, while active (ms).
     clock_offset: i64,
+    /// The cluster its clients sign for.
+    cluster: ClusterId,
 }
 
 impl Byzantine {
@@ -170,6 +173,7 @@ impl Byzantine {
             until,
             rng,
             clock_offset,
+            cluster: inner.cluster_id(),
             twins: BTreeMap::new(),
             received: VecDeque::new(),
             forged: BTreeMap::new(),
@@ -397,7 +401,7 @@ impl Byzantine {
             seq: 1_000_000 + nonce,
         };
         let op = Some(Bytes::from(format!("forged by {} #{nonce}", self.id)));
-        match self.rng.index(4) {
+        match self.rng.index(5) {
             0 if !self.client_requests.is_empty() => {
                 let i = self.rng.index(self.client_requests.len());
                 let mut r = self.client_requests[i].clone();
@@ -410,7 +414,11 @@ impl Byzantine {
                 op,
                 sig: Some(Sig([0x5a; 64])),
             },
-            _ => sign_request(&self.key, id, op),
+            3 => {
+                let elsewhere = [0xe1; 32];
+                sign_request(super::pbft::client_key(VICTIM_CLIENT), &elsewhere, id, op)
+            }
+            _ => sign_request(&self.key, &self.cluster, id, op),
         }
     }
 

@@ -11,7 +11,9 @@ use ekmat_core::{
     Committed, CommittedEntry, DetRng, Effect, Effects, Input, NodeId, Replica, Reply, RequestId,
     RequestKind, Time,
 };
-use ekmat_pbft::client::{ANONYMOUS_CLIENT, ClientRegistry, derive_client_key, sign_request};
+use ekmat_pbft::client::{
+    ANONYMOUS_CLIENT, ClientRegistry, ClusterId, derive_client_key, sign_request,
+};
 use ekmat_pbft::crypto::SigningKey;
 use ekmat_pbft::message::{Digest, Message, sha256};
 use ekmat_pbft::{Mutant, Pbft, PbftConfig, PbftStable, Write};
@@ -107,15 +109,21 @@ fn client_keys() -> &'static (BTreeMap<u64, SigningKey>, Arc<ClientRegistry>) {
     })
 }
 
-/// A signing client's request as it sends it to a validator; `None` for the others.
-fn signed_request(r: &ekmat_core::Request) -> Option<Message> {
+/// Signing client `client`'s key.
+pub(super) fn client_key(client: u64) -> &'static SigningKey {
+    &client_keys().0[&client]
+}
+
+/// A signing client's request as it sends it to a validator of `cluster`; `None` for
+/// the others.
+fn signed_request(cluster: &ClusterId, r: &ekmat_core::Request) -> Option<Message> {
     let key = client_keys().0.get(&r.id.client)?;
     let op = match &r.kind {
         RequestKind::Write(op) => Some(op.clone()),
         RequestKind::Read => None,
         _ => return None,
     };
-    Some(Message::Request(sign_request(key, r.id, op)))
+    Some(Message::Request(sign_request(key, cluster, r.id, op)))
 }
 
 #[derive(Clone, Debug)]
@@ -285,7 +293,7 @@ impl Replica for PbftNode {
         }
         // A signing client signs its request and sends it to this validator.
         let input = match &input {
-            Input::Request(r) => match signed_request(r) {
+            Input::Request(r) => match signed_request(&self.inner.cluster_id(), r) {
                 Some(msg) => Input::Message {
                     from: self.inner.id(),
                     msg,
