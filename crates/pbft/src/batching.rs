@@ -67,8 +67,10 @@ impl Pbft {
             return self.reject_signature(out);
         }
         if !self.client_requests_verify(&b.body.requests) {
-            // Its gateway signed a request its client did not: never proposed here.
-            return self.counter("forged-client-request", out);
+            // Its gateway signed a request its client did not: never proposed here,
+            // and the bundle itself is the proof against the gateway.
+            self.counter("forged-client-request", out);
+            return self.convict_forger(&b, out);
         }
         self.add_pending_as(b, d);
         self.try_propose(out);

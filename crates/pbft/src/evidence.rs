@@ -1,10 +1,19 @@
-//! Equivocation evidence: two statements a replica signed for the same (view, sequence)
-//! that name different digests. Either one alone is legitimate; the pair proves the
-//! signer Byzantine, to anyone holding the validators' public keys, with nothing else.
+//! Evidence of misbehaviour, self-contained bytes anyone can check. Two kinds, told
+//! apart by the first byte:
 //!
-//! The proof is self-contained bytes: `signer | len a | a | sig a | len b | b | sig b`,
-//! where `a` and `b` are the canonical encodings of two PRE-PREPAREs, PREPAREs or
-//! COMMITs (each begins `tag | view | seq | digest`).
+//! - **Equivocation** (0): two statements a replica signed for the same (view,
+//!   sequence) that name different digests. Either one alone is legitimate; the pair
+//!   proves the signer Byzantine, to anyone holding the validators' public keys, with
+//!   nothing else. `0 | signer | len a | a | sig a | len b | b | sig b`, where `a` and
+//!   `b` are the canonical encodings of two PRE-PREPAREs, PREPAREs or COMMITs (each
+//!   begins `tag | view | seq | digest`).
+//! - **Forged request** (1): a bundle its gateway signed that holds a request in a
+//!   registered client's name without that client's valid signature for this cluster
+//!   (or a signature on an unregistered client's request, which has none). A correct
+//!   gateway checks every request before it bundles it, so the bundle proves its
+//!   gateway Byzantine to anyone holding the validators' keys and the client registry
+//!   (which every member is configured with alike: the runtime refuses a peer whose
+//!   registry differs). `1 | postcard(signed bundle)`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,7 +21,12 @@ use bytes::Bytes;
 use ed25519_dalek::{Signature, VerifyingKey};
 use ekmat_core::NodeId;
 
-use crate::message::{Digest, Encode, Sig, Signed};
+use crate::client::{ClientRegistry, ClusterId, client_sig_items};
+use crate::crypto::{SigItem, verify_items};
+use crate::message::{Bundle, Digest, Encode, Sig, Signed};
+
+const EQUIVOCATION: u8 = 0;
+const FORGED_REQUEST: u8 = 1;
 
 /// One signed normal-case statement, as evidence needs it.
 #[derive(Clone, Debug)]
@@ -50,6 +64,7 @@ impl Statement {
 pub fn proof(a: &Statement, b: &Statement) -> Bytes {
     debug_assert_eq!(a.signer, b.signer);
     let mut out = Vec::with_capacity(a.bytes.len() + b.bytes.len() + 160);
+    out.push(EQUIVOCATION);
     out.extend_from_slice(&a.signer.0.to_le_bytes());
     for s in [a, b] {
         out.extend_from_slice(&(s.bytes.len() as u32).to_le_bytes());
@@ -67,10 +82,69 @@ pub enum EvidenceError {
     BadSignature,
     /// The statements are for different slots or name the same digest.
     NoConflict,
+    /// Every request in the bundle is signed as its client's.
+    NoForgery,
 }
 
-/// Check a proof; on success, the replica it convicts.
-pub fn verify(proof: &[u8], keys: &[VerifyingKey]) -> Result<NodeId, EvidenceError> {
+/// A bundle `proof`'s gateway signed that holds a forged client request.
+pub fn forged_request_proof(bundle: &Signed<Bundle>) -> Bytes {
+    let mut out = vec![FORGED_REQUEST];
+    out.extend(postcard::to_stdvec(bundle).expect("a bundle encodes"));
+    Bytes::from(out)
+}
+
+/// What a proof is checked against: the validators' keys, and the registered clients
+/// of the cluster their requests are signed for.
+#[derive(Clone, Copy)]
+pub struct Judge<'a> {
+    pub validators: &'a [VerifyingKey],
+    pub clients: &'a ClientRegistry,
+    pub cluster: &'a ClusterId,
+}
+
+impl Judge<'_> {
+    /// Check a proof; on success, the replica it convicts and what of.
+    pub fn verify(&self, proof: &[u8]) -> Result<(NodeId, &'static str), EvidenceError> {
+        match proof.split_first() {
+            Some((&EQUIVOCATION, rest)) => {
+                verify_equivocation(rest, self.validators).map(|n| (n, "equivocation"))
+            }
+            Some((&FORGED_REQUEST, rest)) => self
+                .verify_forged_request(rest)
+                .map(|n| (n, "forged-client-request")),
+            _ => Err(EvidenceError::Malformed),
+        }
+    }
+
+    fn verify_forged_request(&self, bytes: &[u8]) -> Result<NodeId, EvidenceError> {
+        let bundle: Signed<Bundle> =
+            postcard::from_bytes(bytes).map_err(|_| EvidenceError::Malformed)?;
+        let gateway = bundle.body.gateway;
+        if bundle.signer != gateway {
+            return Err(EvidenceError::BadSignature);
+        }
+        if self.validators.get(gateway.index()).is_none() {
+            return Err(EvidenceError::UnknownSigner);
+        }
+        if !verify_items(self.validators, &[SigItem::of(&bundle)]) {
+            return Err(EvidenceError::BadSignature);
+        }
+        // Each client signature alone, so the verdict never depends on what it was
+        // batch-verified with.
+        let forged = match client_sig_items(self.clients, self.cluster, &bundle.body.requests) {
+            None => true,
+            Some(items) => items.into_iter().any(|i| !verify_items(&[], &[i])),
+        };
+        if forged {
+            Ok(gateway)
+        } else {
+            Err(EvidenceError::NoForgery)
+        }
+    }
+}
+
+/// Check an equivocation proof (after its kind byte); the replica it convicts.
+fn verify_equivocation(proof: &[u8], keys: &[VerifyingKey]) -> Result<NodeId, EvidenceError> {
     let take = |at: &mut usize, len: usize| -> Result<&[u8], EvidenceError> {
         let s = proof.get(*at..*at + len).ok_or(EvidenceError::Malformed)?;
         *at += len;
@@ -136,6 +210,17 @@ impl EvidenceLog {
         self.seen.retain(|((_, _, s), _), _| *s > seq);
         self.reported.retain(|((_, _, s), _)| *s > seq);
     }
+}
+
+/// A proof's verdict with no clients registered (equivocation proofs need none).
+#[cfg(test)]
+pub(crate) fn verify(proof: &[u8], keys: &[VerifyingKey]) -> Result<NodeId, EvidenceError> {
+    let judge = Judge {
+        validators: keys,
+        clients: &ClientRegistry::new(),
+        cluster: &[0; 32],
+    };
+    judge.verify(proof).map(|(convict, _)| convict)
 }
 
 #[cfg(test)]

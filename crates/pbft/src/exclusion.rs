@@ -1,6 +1,7 @@
 //! Excluding a convicted replica (seed 004's slashing), ordered through consensus.
 //!
-//! A replica that holds a proof of equivocation does not act on it alone: it submits the
+//! A replica that holds a proof (of equivocation, or a bundle its gateway signed with a
+//! forged client request in it: see `evidence.rs`) does not act on it alone: it submits the
 //! proof as a request, so the exclusion is ordered like any other request. Every honest
 //! replica checks the proof when it executes that request — a pure function of the proof
 //! and the validators' public keys — and so excludes the same replica at the same
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use ekmat_core::{NodeId, RequestId};
 
 use crate::evidence;
-use crate::message::ClientRequest;
+use crate::message::{Bundle, ClientRequest, Signed};
 use crate::replica::{Fx, Pbft, primary_of};
 
 /// The client id of exclusion requests. Client requests never carry it: the runtime's
@@ -60,7 +61,7 @@ impl Pbft {
         replayed: bool,
         out: &mut Fx,
     ) {
-        let counted = match evidence::verify(proof, &self.cfg.validators) {
+        let counted = match self.judge().verify(proof).map(|(convict, _)| convict) {
             Ok(convict) if self.excluded.contains_key(&convict) => return,
             // More than f proven faulty is outside what the protocol tolerates; dropping
             // one more replica's messages would then only cost the rest their quorum.
@@ -76,6 +77,29 @@ impl Pbft {
         };
         if !replayed {
             self.counter(counted, out);
+        }
+    }
+
+    /// What proofs are checked against here: the validators' keys and the client
+    /// registry, both configuration every member holds alike.
+    pub(crate) fn judge(&self) -> evidence::Judge<'_> {
+        evidence::Judge {
+            validators: &self.cfg.validators,
+            clients: &self.cfg.clients,
+            cluster: &self.cluster,
+        }
+    }
+
+    /// A bundle its gateway signed holding a forged client request: convict the
+    /// gateway (once), if the bundle proves it on its own terms.
+    pub(crate) fn convict_forger(&mut self, b: &Signed<Bundle>, out: &mut Fx) {
+        let gateway = b.body.gateway;
+        if self.is_excluded(gateway) || self.exclusions_proposed.contains(&gateway) {
+            return;
+        }
+        let proof = evidence::forged_request_proof(b);
+        if self.judge().verify(&proof) == Ok((gateway, "forged-client-request")) {
+            self.convict(gateway, "forged-client-request", proof, out);
         }
     }
 

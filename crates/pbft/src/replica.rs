@@ -379,14 +379,25 @@ impl Pbft {
     pub(crate) fn observe(&mut self, s: Statement, out: &mut Fx) {
         let against = s.signer;
         if let Some(proof) = self.evidence.observe(s) {
-            self.stats.evidence += 1;
-            out.event(Event::Evidence {
-                against,
-                what: "equivocation",
-                proof: proof.clone(),
-            });
-            self.propose_exclusion(against, proof, out);
+            self.convict(against, "equivocation", proof, out);
         }
+    }
+
+    /// Report `proof` against `against` and submit it for its exclusion.
+    pub(crate) fn convict(
+        &mut self,
+        against: NodeId,
+        what: &'static str,
+        proof: bytes::Bytes,
+        out: &mut Fx,
+    ) {
+        self.stats.evidence += 1;
+        out.event(Event::Evidence {
+            against,
+            what,
+            proof: proof.clone(),
+        });
+        self.propose_exclusion(against, proof, out);
     }
 
     pub(crate) fn note_seen(&mut self, who: NodeId, seq: u64, view: u64) {

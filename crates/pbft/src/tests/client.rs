@@ -195,6 +195,55 @@ fn a_request_forged_in_a_signing_clients_name_never_executes() {
             "n{i}"
         );
     }
+    // The bundles prove their gateway forged: n1 is convicted, and excluded through
+    // consensus at one sequence number on every honest replica.
+    let convicted = c.events.iter().any(|(_, e)| {
+        matches!(e, Event::Evidence { against, what: "forged-client-request", .. } if *against == NodeId(1))
+    });
+    assert!(convicted, "no evidence against the forging gateway");
+    let at = c.node(0).excluded().get(&NodeId(1)).copied();
+    assert!(at.is_some(), "n1 not excluded");
+    for i in [2, 3] {
+        assert_eq!(c.node(i).excluded().get(&NodeId(1)).copied(), at, "n{i}");
+    }
+}
+
+/// A forged-request proof holds only for a bundle its gateway signed with a request
+/// that is not its client's: an honest bundle, or one re-signed by someone else,
+/// proves nothing.
+#[test]
+fn a_forged_request_proof_convicts_only_the_gateway_that_signed_a_forgery() {
+    let c = Cluster::with(4, with_signer);
+    let judge = c.node(0).judge();
+    let honest = client().request(op("pay bob 5"));
+    let sign_bundle = |signer: u32, requests| {
+        let body = Bundle {
+            gateway: NodeId(1),
+            nonce: 3,
+            created: 0,
+            requests,
+        };
+        crate::crypto::sign(&config(signer, 4).secret, NodeId(1), body)
+    };
+    let mut forged = honest.clone();
+    forged.op = op("pay mallory 500");
+    let proof = crate::evidence::forged_request_proof;
+    assert_eq!(
+        judge.verify(&proof(&sign_bundle(
+            1,
+            vec![honest.clone(), forged.clone()]
+        ))),
+        Ok((NodeId(1), "forged-client-request"))
+    );
+    assert_eq!(
+        judge.verify(&proof(&sign_bundle(1, vec![honest]))),
+        Err(crate::evidence::EvidenceError::NoForgery)
+    );
+    assert_eq!(
+        judge.verify(&proof(&sign_bundle(2, vec![forged]))),
+        Err(crate::evidence::EvidenceError::BadSignature),
+        "n2 cannot frame n1"
+    );
 }
 
 /// A primary proposes its own bundle with a forgery in it, unsigned or signed with a
