@@ -36,6 +36,16 @@ pub struct NodeConfig {
     /// member whose value differs, and log both.
     #[serde(default = "default_pbft_snapshot_bytes")]
     pub pbft_snapshot_bytes: u64,
+    /// PBFT: a member refuses a batch whose agreed time (the primary's clock, which
+    /// lease expiry follows) is more than this many ms past its own wall clock: how
+    /// early a faulty primary can expire leases, and how far correct members' clocks
+    /// may disagree before a correct primary is refused. Peers must agree on it.
+    #[serde(default = "default_pbft_clock_ahead_ms")]
+    pub pbft_clock_ahead_ms: u64,
+    /// PBFT: ... or more than this many ms before it: how long past their time a
+    /// faulty primary can hold leases. Peers must agree on it.
+    #[serde(default = "default_pbft_clock_behind_ms")]
+    pub pbft_clock_behind_ms: u64,
     /// Rewrite the write-ahead log as one checkpoint once it has grown by this many
     /// bytes (and by twice the last checkpoint).
     #[serde(default = "default_checkpoint_bytes")]
@@ -111,6 +121,14 @@ fn default_snapshot_every() -> u64 {
 /// without a stall every few seconds.
 fn default_pbft_snapshot_bytes() -> u64 {
     256 << 20
+}
+
+fn default_pbft_clock_ahead_ms() -> u64 {
+    ekmat_pbft::config::DEFAULT_CLOCK_AHEAD.as_millis() as u64
+}
+
+fn default_pbft_clock_behind_ms() -> u64 {
+    ekmat_pbft::config::DEFAULT_CLOCK_BEHIND.as_millis() as u64
 }
 
 /// etcd's default space quota (`DefaultQuotaBytes`).
@@ -211,6 +229,8 @@ impl NodeConfig {
             members,
             snapshot_every: default_snapshot_every(),
             pbft_snapshot_bytes: default_pbft_snapshot_bytes(),
+            pbft_clock_ahead_ms: default_pbft_clock_ahead_ms(),
+            pbft_clock_behind_ms: default_pbft_clock_behind_ms(),
             checkpoint_bytes: default_checkpoint_bytes(),
             max_pending_writes: default_max_pending_writes(),
             adaptive_timeouts: false,
@@ -343,6 +363,16 @@ impl NodeConfig {
         let n = self.members.len();
         if let Some(e) = pbft_size_error(n) {
             return bad(e);
+        }
+        for (name, ms) in [
+            ("pbft_clock_ahead_ms", self.pbft_clock_ahead_ms),
+            ("pbft_clock_behind_ms", self.pbft_clock_behind_ms),
+        ] {
+            if !(1..=3_600_000).contains(&ms) {
+                return bad(format!(
+                    "{name} = {ms}: a clock bound is 1 to 3,600,000 ms (correct members' clocks must agree within it)"
+                ));
+            }
         }
         let mut ids: Vec<u32> = self.members.iter().map(|m| m.id).collect();
         ids.sort_unstable();
@@ -600,6 +630,16 @@ mod tests {
         c.members[3].id = 9;
         let e = err(c);
         assert!(e.contains("member ids must be exactly those"), "{e}");
+        let mut c = pbft(4);
+        c.pbft_clock_ahead_ms = 0;
+        let e = err(c);
+        assert!(
+            e.contains("pbft_clock_ahead_ms = 0: a clock bound is 1"),
+            "{e}"
+        );
+        let mut c = pbft(4);
+        c.pbft_clock_behind_ms = 7_200_000;
+        assert!(err(c).contains("pbft_clock_behind_ms = 7200000"));
         // Raft ignores public keys, but a malformed one is still a mistake.
         let mut c = sample();
         c.members[0].public_key = Some("xyz".into());

@@ -47,6 +47,8 @@ fn tune(pc: &mut PbftConfig, cfg: &NodeConfig) {
     pc.bundle_max = 256;
     pc.view_timeout = VIEW_TIMEOUT;
     pc.fetch_timeout = Duration::from_millis(300);
+    pc.clock_ahead = Duration::from_millis(cfg.pbft_clock_ahead_ms);
+    pc.clock_behind = Duration::from_millis(cfg.pbft_clock_behind_ms);
 }
 
 impl RuntimeProtocol for Pbft {
@@ -60,10 +62,21 @@ impl RuntimeProtocol for Pbft {
     /// vouch for snapshots no one else takes; a member listing another key for a peer
     /// would take every message of it for a forgery.
     fn agreed_settings(cfg: &NodeConfig) -> Vec<(String, String)> {
-        let mut settings = vec![(
-            "pbft_snapshot_bytes".to_string(),
-            cfg.pbft_snapshot_bytes.to_string(),
-        )];
+        let mut settings = vec![
+            (
+                "pbft_snapshot_bytes".to_string(),
+                cfg.pbft_snapshot_bytes.to_string(),
+            ),
+            // A member with other clock bounds would refuse times the rest accept.
+            (
+                "pbft_clock_ahead_ms".to_string(),
+                cfg.pbft_clock_ahead_ms.to_string(),
+            ),
+            (
+                "pbft_clock_behind_ms".to_string(),
+                cfg.pbft_clock_behind_ms.to_string(),
+            ),
+        ];
         for m in &cfg.members {
             let key = m.public_key.clone().unwrap_or_default().to_lowercase();
             settings.push((format!("public_key of member {}", m.id), key));
