@@ -168,6 +168,14 @@ async fn run_protocol<P: RuntimeProtocol>(
         let _ = grpc_stop.wait_for(|s| *s).await;
     }));
     tracing::info!(id = cfg.id, peer = %me.peer, client = %me.client, "node started");
+    let fault = std::env::var(crate::query::CLOCK_FAULT_ENV).unwrap_or_default();
+    if !fault.trim().is_empty() && fault.trim().parse::<i64>().is_err() {
+        tracing::warn!(
+            value = %fault,
+            "{} is not a number of milliseconds: ignored, the wall clock is not shifted",
+            crate::query::CLOCK_FAULT_ENV
+        );
+    }
     if crate::query::clock_fault_ms() != 0 {
         tracing::warn!(
             offset_ms = crate::query::clock_fault_ms(),
