@@ -80,6 +80,7 @@ impl Pbft {
             return self.reject_signature(out);
         }
         let Some(digests) = self.pre_prepare_verifies(&header, &batch) else {
+            self.convict_forgers_in(&header, &batch, out);
             return self.reject_signature(out);
         };
         self.note_seen(header.signer, pp.seq, pp.view);
@@ -150,6 +151,22 @@ impl Pbft {
             }
         }
         (gateways_sign && self.keys.verify_all(items)).then_some(digests)
+    }
+
+    /// A pre-prepare that failed its checks, looked at again signature by signature: a
+    /// bundle in it that its gateway signed with a forged client request proves that
+    /// gateway Byzantine, whether or not it was ever sent as a bundle of its own. Only
+    /// the primary's own signed pre-prepares are looked into, so nobody else can make a
+    /// backup check bundles one by one.
+    fn convict_forgers_in(&mut self, header: &Signed<PrePrepare>, batch: &Batch, out: &mut Fx) {
+        if self.cfg.mutant == Mutant::SkipClientSignatures
+            || !self.keys.verify_all(vec![SigItem::of(header)])
+        {
+            return;
+        }
+        for b in &batch.bundles {
+            self.convict_forger(b, out);
+        }
     }
 
     pub(crate) fn send_prepare(&mut self, header: &Signed<PrePrepare>, out: &mut Fx) {

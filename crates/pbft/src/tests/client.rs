@@ -310,6 +310,15 @@ fn primary_proposes(forged: ClientRequest) {
     }
     c.advance(100);
     assert!(commands(&c, 1).is_empty());
+    // The bundle inside the pre-prepare, signed by n0 as its gateway, proves n0
+    // forged; every backup excludes it at one sequence number (ordered by view 1's
+    // primary, since n0 orders no exclusion of itself).
+    c.advance(3_000);
+    let at = c.node(1).excluded().get(&NodeId(0)).copied();
+    assert!(at.is_some(), "the forging primary was not excluded");
+    for i in 2..4 {
+        assert_eq!(c.node(i).excluded().get(&NodeId(0)).copied(), at, "n{i}");
+    }
 }
 
 #[test]

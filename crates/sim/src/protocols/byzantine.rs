@@ -155,6 +155,9 @@ pub struct Byzantine {
     clock_offset: i64,
     /// The cluster its clients sign for.
     cluster: ClusterId,
+    /// Forges only inside its pre-prepares, sending its bundles as they were (drawn per
+    /// seed): the forgery then reaches backups only within a batch.
+    forges_only_in_pre_prepares: bool,
 }
 
 impl Byzantine {
@@ -165,7 +168,9 @@ impl Byzantine {
             Adversary::SkewClock => -SKEW_MS,
             _ => 0,
         };
+        let forges_only_in_pre_prepares = kind == Adversary::ForgeRequest && rng.chance(0.5);
         Byzantine {
+            forges_only_in_pre_prepares,
             kind,
             id,
             n: inner.config().n(),
@@ -349,7 +354,9 @@ impl Byzantine {
     /// Its own bundles with a forged request added, and its pre-prepares carrying them.
     fn forge_request(&mut self, msg: Message) -> Message {
         match msg {
-            Message::Bundle(b) if b.signer == self.id => Message::Bundle(self.forged_bundle(&b)),
+            Message::Bundle(b) if b.signer == self.id && !self.forges_only_in_pre_prepares => {
+                Message::Bundle(self.forged_bundle(&b))
+            }
             Message::PrePrepare { header, batch } if header.signer == self.id => {
                 let key = (header.body.view, header.body.seq);
                 if !self.forged_batches.contains_key(&key) {
