@@ -34,7 +34,17 @@ pub fn run(args: NodeArgs) -> u8 {
         }
     };
     init_logging();
-    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cfg.runtime_threads > 0 {
+        builder.worker_threads(cfg.runtime_threads);
+    }
+    let rt = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::VIOLATION;
+        }
+    };
     let result = rt.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {

@@ -87,6 +87,11 @@ pub struct NodeConfig {
     /// Skip fsync (benchmarks only: acknowledged writes can be lost on power failure).
     #[serde(default)]
     pub unsafe_no_fsync: bool,
+    /// Worker threads of the member's async runtime; 0, the default, runs one per core.
+    /// `ekmat up` runs every member on one machine and gives each its share of the
+    /// cores instead: more runnable threads than cores only add context switches.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub runtime_threads: usize,
     /// PBFT: clients that sign their own requests (`ekmat pbft put ...`), so no member
     /// can write in their name. Every member must register the same ones: peers refuse
     /// a member whose list differs.
@@ -106,6 +111,8 @@ pub struct PbftClient {
 /// The shortest corruption-check period accepted: below it the rounds would hash the
 /// store nearly without pause.
 pub const MIN_CORRUPT_CHECK_MS: u64 = 100;
+/// Most worker threads a member's runtime may be given (`runtime_threads`).
+pub const MAX_RUNTIME_THREADS: usize = 1024;
 
 fn default_max_pending_writes() -> usize {
     5_000
@@ -121,6 +128,10 @@ fn default_snapshot_every() -> u64 {
 /// without a stall every few seconds.
 fn default_pbft_snapshot_bytes() -> u64 {
     256 << 20
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn default_pbft_clock_ahead_ms() -> u64 {
@@ -239,6 +250,7 @@ impl NodeConfig {
             quota_backend_bytes: default_quota_backend_bytes(),
             corrupt_check_ms: 0,
             unsafe_no_fsync: false,
+            runtime_threads: 0,
             pbft_clients: Vec::new(),
         }
     }
@@ -315,6 +327,12 @@ impl NodeConfig {
             return bad(
                 "max_pending_writes = 0 would refuse every write; it must be at least 1".into(),
             );
+        }
+        if self.runtime_threads > MAX_RUNTIME_THREADS {
+            return bad(format!(
+                "runtime_threads = {} is more than {MAX_RUNTIME_THREADS}; 0 runs one per core",
+                self.runtime_threads
+            ));
         }
         if self.corrupt_check_ms > 0 && self.corrupt_check_ms < MIN_CORRUPT_CHECK_MS {
             return bad(format!(
@@ -708,6 +726,13 @@ mod tests {
         c.max_pending_writes = 0;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("max_pending_writes = 0"), "{e}");
+        let mut c = sample();
+        c.runtime_threads = MAX_RUNTIME_THREADS + 1;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("runtime_threads = 1025 is more than 1024"),
+            "{e}"
+        );
         for ok in [0, MIN_CORRUPT_CHECK_MS, 60_000] {
             let mut c = sample();
             c.corrupt_check_ms = ok;
