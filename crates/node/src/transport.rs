@@ -1,8 +1,12 @@
 //! Peer-to-peer messaging over TCP.
 //!
-//! Every connection opens with a hello naming the cluster, the sender and the settings
+//! Every connection opens with a challenge from the accepting side (32 random bytes) and
+//! a hello from the connecting side naming the cluster, the sender and the settings
 //! every member must run with alike, so a node never takes messages from another cluster,
-//! and refuses (naming the setting) a member configured differently. A sender it does not know yet is accepted: it may
+//! and refuses (naming the setting) a member configured differently. Where members hold
+//! signing keys (PBFT), the hello carries the sender's signature over the challenge, so
+//! no one opens a link in another member's name: the link's sender is what per-peer
+//! budgets are kept by. A sender it does not know yet is accepted: it may
 //! be a member added since this node last heard (the protocol, not the transport, decides
 //! what a message from a non-member is worth). Peers added at run time get a sender too. After it, each message is a frame:
 //! a 4-byte big-endian length and the postcard encoding of the protocol's message.
@@ -13,8 +17,10 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use ekmat_core::NodeId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -27,8 +33,13 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE: usize = 8192;
 const MAGIC: u32 = 0x454b_4d54; // "EKMT"
-/// 2: the hello carries the settings members must agree on.
-const VERSION: u16 = 2;
+/// 2: the hello carries the settings members must agree on. 3: it answers the
+/// accepting side's challenge.
+const VERSION: u16 = 3;
+/// How long either side of a new connection waits for the other's challenge or hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a member signs to prove a link is its own (domain separation).
+const LINK_CONTEXT: &[u8] = b"ekmat-peer-link";
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -39,6 +50,56 @@ struct Hello {
     cluster_id: u64,
     from: NodeId,
     settings: Settings,
+    /// The sender's signature over the challenge (see [`link_statement`]), where
+    /// members hold signing keys.
+    proof: Option<Vec<u8>>,
+}
+
+/// The signing keys that prove a link's sender: this member's own, and every member's
+/// public key. Without them (Raft, whose members hold no keys) a link is taken on the
+/// word of its hello.
+#[derive(Clone)]
+pub struct LinkAuth {
+    pub key: SigningKey,
+    pub members: BTreeMap<NodeId, VerifyingKey>,
+}
+
+/// The bytes a member signs to open a link: the cluster, itself, and the challenge.
+fn link_statement(cluster_id: u64, from: NodeId, challenge: &[u8; 32]) -> Vec<u8> {
+    let mut m = LINK_CONTEXT.to_vec();
+    m.extend_from_slice(&cluster_id.to_le_bytes());
+    m.extend_from_slice(&from.0.to_le_bytes());
+    m.extend_from_slice(challenge);
+    m
+}
+
+impl LinkAuth {
+    fn prove(&self, hello: &Hello, challenge: &[u8; 32]) -> Vec<u8> {
+        let statement = link_statement(hello.cluster_id, hello.from, challenge);
+        self.key.sign(&statement).to_bytes().to_vec()
+    }
+
+    /// Why `hello` does not prove its sender, if it does not.
+    fn check(&self, hello: &Hello, challenge: &[u8; 32]) -> Result<(), String> {
+        let key = self
+            .members
+            .get(&hello.from)
+            .ok_or_else(|| format!("member {} has no public key here", hello.from))?;
+        let proof = hello
+            .proof
+            .as_deref()
+            .ok_or("the hello carries no signature")?;
+        let sig = Signature::from_slice(proof).map_err(|_| "a malformed signature")?;
+        let statement = link_statement(hello.cluster_id, hello.from, challenge);
+        key.verify_strict(&statement, &sig)
+            .map_err(|_| format!("the hello is not signed with member {}'s key", hello.from))
+    }
+}
+
+/// What every connection of this member starts from.
+struct Local {
+    hello: Hello,
+    auth: Option<LinkAuth>,
 }
 
 /// The settings every member of a cluster must run with alike, as (name, value) pairs
@@ -67,7 +128,7 @@ fn settings_differ(ours: &Settings, theirs: &Settings) -> Option<String> {
 
 /// Sends to peers.
 pub struct Transport<M> {
-    hello: Hello,
+    local: Arc<Local>,
     peers: BTreeMap<NodeId, (SocketAddr, mpsc::Sender<M>)>,
 }
 
@@ -86,6 +147,21 @@ where
         peers: &[(NodeId, SocketAddr)],
         inbound: mpsc::Sender<(NodeId, M)>,
     ) -> std::io::Result<Transport<M>> {
+        let unproven = None;
+        Transport::start_with(me, cluster_id, settings, listen, peers, inbound, unproven).await
+    }
+
+    /// [`Transport::start`], with links proven by `auth`'s keys (if given): this
+    /// member signs every link it opens, and takes only links their sender signed.
+    pub async fn start_with(
+        me: NodeId,
+        cluster_id: u64,
+        settings: Settings,
+        listen: SocketAddr,
+        peers: &[(NodeId, SocketAddr)],
+        inbound: mpsc::Sender<(NodeId, M)>,
+        auth: Option<LinkAuth>,
+    ) -> std::io::Result<Transport<M>> {
         let listener = TcpListener::bind(listen).await?;
         let hello = Hello {
             magic: MAGIC,
@@ -93,10 +169,12 @@ where
             cluster_id,
             from: me,
             settings,
+            proof: None,
         };
-        tokio::spawn(accept_loop(listener, hello.clone(), inbound));
+        let local = Arc::new(Local { hello, auth });
+        tokio::spawn(accept_loop(listener, local.clone(), inbound));
         let mut transport = Transport {
-            hello,
+            local,
             peers: BTreeMap::new(),
         };
         for &(id, addr) in peers {
@@ -108,11 +186,11 @@ where
     /// Start sending to `id` at `addr` (a member added at run time). A peer already
     /// known at another address is redirected there.
     pub fn add_peer(&mut self, id: NodeId, addr: SocketAddr) {
-        if id == self.hello.from || self.peers.get(&id).is_some_and(|(a, _)| *a == addr) {
+        if id == self.local.hello.from || self.peers.get(&id).is_some_and(|(a, _)| *a == addr) {
             return;
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        tokio::spawn(send_loop(addr, self.hello.clone(), rx));
+        tokio::spawn(send_loop(addr, self.local.clone(), rx));
         // Dropping the old sender ends its task.
         self.peers.insert(id, (addr, tx));
     }
@@ -191,11 +269,15 @@ async fn read_frame<T: DeserializeOwned>(
 /// Keep one connection to a peer up, and drain its queue into it. A connection that
 /// breaks soon after it was made (a peer that refuses this one's hello, say) is made
 /// again only after a growing pause, not at the rate messages are sent.
-async fn send_loop<M: Serialize + Sync>(addr: SocketAddr, hello: Hello, mut rx: mpsc::Receiver<M>) {
+async fn send_loop<M: Serialize + Sync>(
+    addr: SocketAddr,
+    local: Arc<Local>,
+    mut rx: mpsc::Receiver<M>,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let connected = Instant::now();
-        match connect_and_pump(addr, &hello, &mut rx).await {
+        match connect_and_pump(addr, &local, &mut rx).await {
             Ok(()) => return, // the node is shutting down
             Err(e) => {
                 tracing::debug!(peer = %addr, error = %e, "peer connection lost; reconnecting");
@@ -212,13 +294,17 @@ async fn send_loop<M: Serialize + Sync>(addr: SocketAddr, hello: Hello, mut rx: 
 
 async fn connect_and_pump<M: Serialize + Sync>(
     addr: SocketAddr,
-    hello: &Hello,
+    local: &Local,
     rx: &mut mpsc::Receiver<M>,
 ) -> std::io::Result<()> {
-    let stream = TcpStream::connect(addr).await?;
+    let mut stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
+    let mut challenge = [0u8; 32];
+    within_handshake(stream.read_exact(&mut challenge)).await?;
+    let mut hello = local.hello.clone();
+    hello.proof = local.auth.as_ref().map(|a| a.prove(&hello, &challenge));
     let mut w = BufWriter::new(stream);
-    write_frame(&mut w, hello).await?;
+    write_frame(&mut w, &hello).await?;
     w.flush().await?;
     pump(&mut w, rx, addr).await
 }
@@ -239,9 +325,20 @@ async fn pump<M: Serialize + Sync>(
     Ok(())
 }
 
+/// `io`, or a timeout error if the peer takes longer than the handshake may.
+async fn within_handshake<T>(
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, io)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "peer handshake timed out")
+        })?
+}
+
 async fn accept_loop<M: DeserializeOwned + Send + 'static>(
     listener: TcpListener,
-    ours: Hello,
+    ours: Arc<Local>,
     inbound: mpsc::Sender<(NodeId, M)>,
 ) {
     loop {
@@ -261,10 +358,14 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
 
 async fn receive<M: DeserializeOwned>(
     mut stream: TcpStream,
-    ours: &Hello,
+    local: &Local,
     inbound: mpsc::Sender<(NodeId, M)>,
 ) -> std::io::Result<()> {
-    let hello: Hello = read_frame(&mut stream)
+    let ours = &local.hello;
+    let mut challenge = [0u8; 32];
+    getrandom::getrandom(&mut challenge).map_err(|e| std::io::Error::other(e.to_string()))?;
+    stream.write_all(&challenge).await?;
+    let hello: Hello = within_handshake(read_frame(&mut stream))
         .await
         .map_err(|e| std::io::Error::other(format!("not an ekmat peer of this version: {e}")))?;
     if hello.magic != MAGIC || hello.version != VERSION {
@@ -284,6 +385,11 @@ async fn receive<M: DeserializeOwned>(
         return Err(std::io::Error::other(format!(
             "peer runs with other settings: {differences}"
         )));
+    }
+    if let Some(Err(why)) = local.auth.as_ref().map(|a| a.check(&hello, &challenge)) {
+        tracing::warn!(from = %hello.from, %why, "refused a peer link that does not prove its sender");
+        metrics::counter!("ekmat_peer_links_unproven_total").increment(1);
+        return Err(std::io::Error::other(format!("unproven peer link: {why}")));
     }
     let mut r = tokio::io::BufReader::new(stream);
     loop {
@@ -416,6 +522,88 @@ mod tests {
         }
     }
 
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    /// Member `me` of cluster 7 at `addr`, proving its links with `signing` and
+    /// knowing members 0 and 1 by keys 10 and 11.
+    async fn keyed(
+        me: u32,
+        signing: SigningKey,
+        addr: SocketAddr,
+        peers: &[(NodeId, SocketAddr)],
+    ) -> (Transport<String>, mpsc::Receiver<(NodeId, String)>) {
+        let members = [(NodeId(0), key(10)), (NodeId(1), key(11))]
+            .into_iter()
+            .map(|(id, k)| (id, k.verifying_key()))
+            .collect();
+        let auth = LinkAuth {
+            key: signing,
+            members,
+        };
+        let (tx, rx) = mpsc::channel::<(NodeId, String)>(16);
+        let t = Transport::start_with(NodeId(me), 7, Vec::new(), addr, peers, tx, Some(auth));
+        (t.await.unwrap(), rx)
+    }
+
+    #[tokio::test]
+    async fn a_link_is_taken_only_from_the_member_whose_key_signed_it() {
+        let (a, b) = (free_addr().await, free_addr().await);
+        let (_tb, mut rx_b) = keyed(1, key(11), b, &[]).await;
+        let (ta, _rx_a) = keyed(0, key(10), a, &[(NodeId(1), b)]).await;
+        assert!(ta.send(NodeId(1), "signed".into()));
+        let got = tokio::time::timeout(Duration::from_secs(5), rx_b.recv()).await;
+        assert_eq!(got.unwrap().unwrap(), (NodeId(0), "signed".to_string()));
+
+        // Claiming to be n0 with another key, or with no key at all, is refused.
+        let (c, d) = (free_addr().await, free_addr().await);
+        let (tc, _rx_c) = keyed(0, key(99), c, &[(NodeId(1), b)]).await;
+        let (tx_d, _rx_d) = mpsc::channel::<(NodeId, String)>(16);
+        let td = Transport::start(NodeId(0), 7, Vec::new(), d, &[(NodeId(1), b)], tx_d)
+            .await
+            .unwrap();
+        for i in 0..10 {
+            tc.send(NodeId(1), format!("impostor {i}"));
+            td.send(NodeId(1), format!("unsigned {i}"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rx_b.try_recv().is_err(), "an unproven link was taken");
+    }
+
+    #[test]
+    fn a_link_proof_binds_the_challenge_the_cluster_and_the_sender() {
+        let auth = LinkAuth {
+            key: key(10),
+            members: [(NodeId(0), key(10).verifying_key())].into(),
+        };
+        let mut hello = Hello {
+            magic: MAGIC,
+            version: VERSION,
+            cluster_id: 7,
+            from: NodeId(0),
+            settings: Vec::new(),
+            proof: None,
+        };
+        let challenge = [3; 32];
+        assert!(auth.check(&hello, &challenge).is_err(), "no proof");
+        hello.proof = Some(auth.prove(&hello, &challenge));
+        assert_eq!(auth.check(&hello, &challenge), Ok(()));
+        assert!(auth.check(&hello, &[4; 32]).is_err(), "a replayed proof");
+        let other_cluster = Hello {
+            cluster_id: 8,
+            ..hello.clone()
+        };
+        assert!(auth.check(&other_cluster, &challenge).is_err());
+        let unknown = Hello {
+            from: NodeId(5),
+            ..hello
+        };
+        let e = auth.check(&unknown, &challenge).unwrap_err();
+        assert!(e.contains("has no public key here"), "{e}");
+    }
+
     #[tokio::test]
     async fn a_binding_conflict_is_an_error_not_a_panic() {
         let a = free_addr().await;
@@ -436,12 +624,15 @@ mod tests {
             .await
             .unwrap();
         let mut s = TcpStream::connect(a).await.unwrap();
+        let mut challenge = [0u8; 32];
+        s.read_exact(&mut challenge).await.unwrap();
         let hello = Hello {
             magic: MAGIC,
             version: VERSION,
             cluster_id: 1,
             from: NodeId(1),
             settings: Vec::new(),
+            proof: None,
         };
         write_frame(&mut s, &hello).await.unwrap();
         s.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();

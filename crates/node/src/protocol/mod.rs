@@ -101,6 +101,13 @@ pub trait RuntimeProtocol: 'static {
         Vec::new()
     }
 
+    /// The keys that prove which member opened a peer link, for protocols whose members
+    /// hold signing keys; `None` takes a link on its hello's word (crash faults only).
+    fn link_auth(cfg: &NodeConfig) -> Result<Option<crate::transport::LinkAuth>, String> {
+        let _ = cfg;
+        Ok(None)
+    }
+
     /// The longest a member waits without hearing from a leader before it campaigns:
     /// leases are never granted shorter than a few of these (see `service/lease.rs`).
     fn election_timeout(cfg: &NodeConfig) -> std::time::Duration;

@@ -131,6 +131,19 @@ impl RuntimeProtocol for Pbft {
         ekmat_pbft::Pbft::recover(pc, stable, now)
     }
 
+    /// A Byzantine member could otherwise open links in another's name and spend the
+    /// per-peer budgets (snapshot serving) kept for it.
+    fn link_auth(cfg: &NodeConfig) -> Result<Option<crate::transport::LinkAuth>, String> {
+        let validators = cfg.public_keys()?;
+        let (key, _) = keys::load_or_generate(&cfg.data_dir).map_err(|e| e.to_string())?;
+        let members = cfg
+            .members
+            .iter()
+            .filter_map(|m| Some((NodeId(m.id), *validators.get(m.id as usize)?)))
+            .collect();
+        Ok(Some(crate::transport::LinkAuth { key, members }))
+    }
+
     fn signed_request(request: &SignedRequest) -> Result<ekmat_pbft::Message, String> {
         Ok(ekmat_pbft::Message::Request(client_request(request)))
     }
