@@ -750,4 +750,6 @@ async fn a_member_whose_clock_runs_an_hour_ahead_expires_no_lease_early() {
         })
         .sum();
     assert!(refused > 0.0, "the backups refused the primary's time");
+    let warned = (1..4).any(|i| c.log(i).contains("refused primaries' batch times"));
+    assert!(warned, "no backup named the refusals in its log");
 }

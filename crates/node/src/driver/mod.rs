@@ -31,6 +31,7 @@ use crate::writer::Durability;
 
 mod apply;
 mod clock;
+mod clock_refusals;
 mod membership;
 pub(crate) mod snapshot;
 
@@ -266,6 +267,7 @@ pub struct Driver<P: RuntimeProtocol> {
     snapshots_rx: mpsc::Receiver<(u64, Bytes)>,
     /// This node's record, proposed to the cluster and not yet answered.
     publishing: Option<(Instant, oneshot::Receiver<Result<(), CallError>>)>,
+    clock_refusals: clock_refusals::ClockRefusals,
     last_ping: Instant,
     /// Reads the protocol confirmed, waiting for the state machine to reach `index`.
     ready_reads: Vec<(u64, RequestId)>,
@@ -334,6 +336,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             members_tx: parts.members_tx,
             me: parts.me,
             publishing: None,
+            clock_refusals: Default::default(),
             snapshot_in_progress: false,
             queued_snapshot: None,
             snapshots_tx,
@@ -666,6 +669,7 @@ impl<P: RuntimeProtocol> Driver<P> {
                 if let Event::BecameLeader { .. } = e {
                     self.renew_leases = true;
                 }
+                self.clock_refusals.note(&e, Instant::now());
                 on_event(&e);
             }
         }
