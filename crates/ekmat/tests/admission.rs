@@ -62,4 +62,8 @@ async fn writes_past_the_bound_are_refused_at_once_and_never_applied() {
     let metrics = scrape(c.cfgs[leader].me().metrics.expect("metrics address"));
     let counted = metric(&metrics, "ekmat_writes_refused_total").unwrap_or(0.0);
     assert_eq!(counted as usize, refused.len());
+    // The status gauges follow the member: it leads, and applied what it acknowledged.
+    assert_eq!(metric(&metrics, "ekmat_is_leader"), Some(1.0));
+    let applied = metric(&metrics, "ekmat_applied_index").unwrap_or(0.0);
+    assert!(applied as usize >= ok.len(), "applied index {applied}");
 }

@@ -124,6 +124,10 @@ async fn run_protocol<P: RuntimeProtocol>(
     let members = Members::from_config(&cfg);
     let (members_tx, members_rx) = watch::channel(members.list());
     let hub = WatchHub::new();
+    // Before the driver, which registers its gauges once, against this recorder.
+    let recorder = metrics_listener
+        .as_ref()
+        .and_then(|_| http::install_recorder());
     let driver = Driver::<P>::new(DriverParts {
         core,
         kv: KvStore::new(),
@@ -148,7 +152,7 @@ async fn run_protocol<P: RuntimeProtocol>(
     if let Some(listener) = metrics_listener {
         tokio::spawn(http::serve(
             listener,
-            http::install_recorder(),
+            recorder,
             status_rx.clone(),
             calls_tx.clone(),
         ));
