@@ -81,15 +81,14 @@ async fn run_protocol<P: RuntimeProtocol>(
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let mut settings = vec![("protocol".to_string(), cfg.protocol.clone())];
     settings.extend(P::agreed_settings(&cfg));
-    let link_auth = P::link_auth(&cfg).map_err(NodeError::Protocol)?;
-    let transport = Transport::start_with(
+    let transport = Transport::start(
         NodeId(cfg.id),
         cfg.cluster_id(),
         settings,
         me.peer,
         &peers,
         inbound_tx,
-        link_auth,
+        P::link_auth(&core),
     )
     .await
     .map_err(|source| NodeError::Bind {

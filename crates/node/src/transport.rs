@@ -138,22 +138,10 @@ where
 {
     /// Bind the peer listener and start connecting to `peers`. Incoming messages go to
     /// `inbound`, from peers of cluster `cluster_id` that run with the same `settings`.
+    /// With `auth`, this member signs every link it opens and takes only links their
+    /// sender signed; without it, a link is taken on its hello's word.
     /// Fails only if the listener cannot bind.
     pub async fn start(
-        me: NodeId,
-        cluster_id: u64,
-        settings: Settings,
-        listen: SocketAddr,
-        peers: &[(NodeId, SocketAddr)],
-        inbound: mpsc::Sender<(NodeId, M)>,
-    ) -> std::io::Result<Transport<M>> {
-        let unproven = None;
-        Transport::start_with(me, cluster_id, settings, listen, peers, inbound, unproven).await
-    }
-
-    /// [`Transport::start`], with links proven by `auth`'s keys (if given): this
-    /// member signs every link it opens, and takes only links their sender signed.
-    pub async fn start_with(
         me: NodeId,
         cluster_id: u64,
         settings: Settings,
@@ -419,10 +407,10 @@ mod tests {
         let (a, b) = (free_addr().await, free_addr().await);
         let (tx_a, _rx_a) = mpsc::channel::<(NodeId, String)>(16);
         let (tx_b, rx_b) = mpsc::channel::<(NodeId, String)>(16);
-        let ta = Transport::start(NodeId(0), 7, Vec::new(), a, &[(NodeId(1), b)], tx_a)
+        let ta = Transport::start(NodeId(0), 7, Vec::new(), a, &[(NodeId(1), b)], tx_a, None)
             .await
             .unwrap();
-        let tb = Transport::start(NodeId(1), 7, Vec::new(), b, &[(NodeId(0), a)], tx_b)
+        let tb = Transport::start(NodeId(1), 7, Vec::new(), b, &[(NodeId(0), a)], tx_b, None)
             .await
             .unwrap();
         (ta, tb, rx_b, b)
@@ -441,7 +429,7 @@ mod tests {
         // A node of another cluster is refused.
         let c = free_addr().await;
         let (tx_c, _rx_c) = mpsc::channel::<(NodeId, String)>(16);
-        let tc = Transport::start(NodeId(0), 8, Vec::new(), c, &[(NodeId(1), b)], tx_c)
+        let tc = Transport::start(NodeId(0), 8, Vec::new(), c, &[(NodeId(1), b)], tx_c, None)
             .await
             .unwrap();
         tc.send(NodeId(1), "intruder".into());
@@ -462,14 +450,22 @@ mod tests {
         let (a, b) = (free_addr().await, free_addr().await);
         let (tx_a, _rx_a) = mpsc::channel::<(NodeId, String)>(16);
         let (tx_b, mut rx_b) = mpsc::channel::<(NodeId, String)>(16);
-        let _tb = Transport::start(NodeId(1), 7, ours.clone(), b, &[], tx_b)
+        let _tb = Transport::start(NodeId(1), 7, ours.clone(), b, &[], tx_b, None)
             .await
             .unwrap();
         let mut theirs = ours.clone();
         theirs[1].1 = "2048".into();
-        let ta = Transport::start(NodeId(0), 7, theirs.clone(), a, &[(NodeId(1), b)], tx_a)
-            .await
-            .unwrap();
+        let ta = Transport::start(
+            NodeId(0),
+            7,
+            theirs.clone(),
+            a,
+            &[(NodeId(1), b)],
+            tx_a,
+            None,
+        )
+        .await
+        .unwrap();
         for i in 0..20 {
             ta.send(NodeId(1), format!("m{i}"));
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -493,11 +489,11 @@ mod tests {
         let (a, b) = (free_addr().await, free_addr().await);
         let (tx_a, mut rx_a) = mpsc::channel::<(NodeId, String)>(16);
         let (tx_b, mut rx_b) = mpsc::channel::<(NodeId, String)>(16);
-        let mut ta = Transport::start(NodeId(0), 7, Vec::new(), a, &[], tx_a)
+        let mut ta = Transport::start(NodeId(0), 7, Vec::new(), a, &[], tx_a, None)
             .await
             .unwrap();
         // The newcomer knows the cluster; the cluster does not know it yet.
-        let tb = Transport::start(NodeId(5), 7, Vec::new(), b, &[(NodeId(0), a)], tx_b)
+        let tb = Transport::start(NodeId(5), 7, Vec::new(), b, &[(NodeId(0), a)], tx_b, None)
             .await
             .unwrap();
         assert!(tb.send(NodeId(0), "hello".into()));
@@ -543,7 +539,7 @@ mod tests {
             members,
         };
         let (tx, rx) = mpsc::channel::<(NodeId, String)>(16);
-        let t = Transport::start_with(NodeId(me), 7, Vec::new(), addr, peers, tx, Some(auth));
+        let t = Transport::start(NodeId(me), 7, Vec::new(), addr, peers, tx, Some(auth));
         (t.await.unwrap(), rx)
     }
 
@@ -560,7 +556,7 @@ mod tests {
         let (c, d) = (free_addr().await, free_addr().await);
         let (tc, _rx_c) = keyed(0, key(99), c, &[(NodeId(1), b)]).await;
         let (tx_d, _rx_d) = mpsc::channel::<(NodeId, String)>(16);
-        let td = Transport::start(NodeId(0), 7, Vec::new(), d, &[(NodeId(1), b)], tx_d)
+        let td = Transport::start(NodeId(0), 7, Vec::new(), d, &[(NodeId(1), b)], tx_d, None)
             .await
             .unwrap();
         for i in 0..10 {
@@ -610,7 +606,7 @@ mod tests {
         let _hold = TcpListener::bind(a).await.unwrap();
         let (tx, _rx) = mpsc::channel::<(NodeId, String)>(1);
         assert!(
-            Transport::start(NodeId(0), 1, Vec::new(), a, &[], tx)
+            Transport::start(NodeId(0), 1, Vec::new(), a, &[], tx, None)
                 .await
                 .is_err()
         );
@@ -620,9 +616,10 @@ mod tests {
     async fn oversized_frames_close_the_connection() {
         let (a, b) = (free_addr().await, free_addr().await);
         let (tx, mut rx) = mpsc::channel::<(NodeId, String)>(4);
-        let _t = Transport::<String>::start(NodeId(0), 1, Vec::new(), a, &[(NodeId(1), b)], tx)
-            .await
-            .unwrap();
+        let _t =
+            Transport::<String>::start(NodeId(0), 1, Vec::new(), a, &[(NodeId(1), b)], tx, None)
+                .await
+                .unwrap();
         let mut s = TcpStream::connect(a).await.unwrap();
         let mut challenge = [0u8; 32];
         s.read_exact(&mut challenge).await.unwrap();

@@ -103,9 +103,9 @@ pub trait RuntimeProtocol: 'static {
 
     /// The keys that prove which member opened a peer link, for protocols whose members
     /// hold signing keys; `None` takes a link on its hello's word (crash faults only).
-    fn link_auth(cfg: &NodeConfig) -> Result<Option<crate::transport::LinkAuth>, String> {
-        let _ = cfg;
-        Ok(None)
+    fn link_auth(node: &Self::Node) -> Option<crate::transport::LinkAuth> {
+        let _ = node;
+        None
     }
 
     /// The longest a member waits without hearing from a leader before it campaigns:

@@ -132,16 +132,13 @@ impl RuntimeProtocol for Pbft {
     }
 
     /// A Byzantine member could otherwise open links in another's name and spend the
-    /// per-peer budgets (snapshot serving) kept for it.
-    fn link_auth(cfg: &NodeConfig) -> Result<Option<crate::transport::LinkAuth>, String> {
-        let validators = cfg.public_keys()?;
-        let (key, _) = keys::load_or_generate(&cfg.data_dir).map_err(|e| e.to_string())?;
-        let members = cfg
-            .members
-            .iter()
-            .filter_map(|m| Some((NodeId(m.id), *validators.get(m.id as usize)?)))
-            .collect();
-        Ok(Some(crate::transport::LinkAuth { key, members }))
+    /// per-peer budgets (snapshot serving) kept for it. The keys are the replica's own.
+    fn link_auth(node: &ekmat_pbft::Pbft) -> Option<crate::transport::LinkAuth> {
+        let validators = &node.config().validators;
+        Some(crate::transport::LinkAuth {
+            key: node.keyring().secret().clone(),
+            members: (0..).map(NodeId).zip(validators.iter().copied()).collect(),
+        })
     }
 
     fn signed_request(request: &SignedRequest) -> Result<ekmat_pbft::Message, String> {
