@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ekmat_api::etcdserverpb as pb;
@@ -343,74 +342,12 @@ async fn election_and_lock_services_on_a_follower_show_what_etcd_shows() {
     assert_eq!(seen, EXPECTED, "{}", seen.join("\n"));
 }
 
-/// A real single-member etcd on free ports, killed on drop.
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start() -> Option<Etcd> {
-        let installed = Command::new("etcd").arg("--version").output().is_ok();
-        if !installed {
-            assert!(
-                std::env::var("EKMAT_REQUIRE_ETCD").is_err(),
-                "EKMAT_REQUIRE_ETCD is set but etcd is not installed"
-            );
-            eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let client = support::unused_port_block(2);
-        let peer = client + 1;
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Some(Etcd {
-            child,
-            url,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_same_session_against_etcd_shows_the_same() {
-    let Some(etcd) = Etcd::start() else {
+    let Some(etcd) = support::Etcd::start() else {
         return;
     };
-    let started = Instant::now();
-    while support::status(&etcd.url).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "etcd did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    etcd.wait_ready().await;
     let seen = session(&etcd.url).await;
     assert_eq!(seen, EXPECTED, "{}", seen.join("\n"));
 }

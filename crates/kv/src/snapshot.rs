@@ -12,6 +12,7 @@ use crate::alarm::{AlarmMember, Alarms};
 use crate::error::KvError;
 use crate::lease::Leases;
 use crate::mvcc::{Mvcc, Version};
+use crate::rpc::KeyValue;
 use crate::session::{Session, Sessions};
 use crate::store::KvStore;
 
@@ -78,6 +79,39 @@ impl SnapshotSource {
         self.revision
     }
 
+    /// The revision before which history was compacted away (0 if never).
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
+    /// The log index the snapshot was taken at.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Every retained version, in revision order: etcd's backend keeps its key space
+    /// this way, one record per (revision, sub-revision).
+    pub fn history(&self) -> Vec<HistoryRecord<'_>> {
+        let mut records: Vec<HistoryRecord<'_>> = self
+            .keys
+            .values()
+            .flatten()
+            .map(|v| HistoryRecord {
+                main: v.main(),
+                sub: v.sub,
+                deleted: v.deleted,
+                kv: &v.kv,
+            })
+            .collect();
+        records.sort_unstable_by_key(|r| (r.main, r.sub));
+        records
+    }
+
+    /// Each lease's id and granted TTL in seconds, by id.
+    pub fn lease_ttls(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.leases.iter().map(|&(id, ttl, _)| (id, ttl))
+    }
+
     /// [`KvStore::hash32`] of the store this was taken from, computed from the snapshot
     /// alone (so off the thread that applies writes).
     pub fn hash32(&self) -> u32 {
@@ -99,6 +133,16 @@ impl SnapshotSource {
         bytes.extend(postcard::to_stdvec(&self.alarms).expect("alarms always serialize"));
         Bytes::from(bytes)
     }
+}
+
+/// One version of one key, at its place in the revision order.
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryRecord<'a> {
+    pub main: i64,
+    pub sub: u32,
+    /// A deletion: `kv` holds only the key and the deleting revision.
+    pub deleted: bool,
+    pub kv: &'a KeyValue,
 }
 
 #[derive(Deserialize)]

@@ -3,6 +3,7 @@
 //! group commit, applies committed commands to the key-value state machine, and serves
 //! the etcd v3 gRPC API, Prometheus metrics and a health check.
 
+pub mod backup;
 pub mod config;
 pub mod driver;
 mod http;

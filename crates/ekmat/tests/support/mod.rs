@@ -278,3 +278,104 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut text).unwrap();
     text
 }
+
+/// A real single-member etcd on free ports, killed on drop.
+pub struct Etcd {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The member name and peer URL an [`Etcd`] on `peer` uses; `etcdctl snapshot restore`
+/// must be given the same.
+pub fn etcd_member(peer: u16) -> (&'static str, String) {
+    ("default", format!("http://127.0.0.1:{peer}"))
+}
+
+impl Etcd {
+    /// Whether etcd is installed; if not, a test skips (unless `EKMAT_REQUIRE_ETCD` is
+    /// set, as in CI: then it fails).
+    pub fn installed() -> bool {
+        let installed = Command::new("etcd").arg("--version").output().is_ok();
+        if !installed {
+            assert!(
+                std::env::var("EKMAT_REQUIRE_ETCD").is_err(),
+                "EKMAT_REQUIRE_ETCD is set but etcd is not installed"
+            );
+            eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
+        }
+        installed
+    }
+
+    /// A fresh etcd.
+    pub fn start() -> Option<Etcd> {
+        if !Etcd::installed() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let client = unused_port_block(2);
+        Some(Etcd::spawn(dir, &data, client))
+    }
+
+    /// etcd on a data directory made by `restore(name, peer URL, directory)`, which is
+    /// given the member name and peer URL the etcd will use.
+    pub fn start_restored(restore: impl FnOnce(&str, &str, &Path)) -> Option<Etcd> {
+        if !Etcd::installed() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let client = unused_port_block(2);
+        let (name, peer_url) = etcd_member(client + 1);
+        restore(name, &peer_url, &data);
+        Some(Etcd::spawn(dir, &data, client))
+    }
+
+    fn spawn(dir: tempfile::TempDir, data: &Path, client: u16) -> Etcd {
+        let url = format!("http://127.0.0.1:{client}");
+        let (name, peer_url) = etcd_member(client + 1);
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--name", name])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("{name}={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Etcd {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+
+    /// Wait until it answers Status.
+    pub async fn wait_ready(&self) {
+        let started = Instant::now();
+        while status(&self.url).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "etcd did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

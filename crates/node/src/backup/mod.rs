@@ -1,0 +1,37 @@
+//! Backups in etcd's own format: what `Maintenance.Snapshot` streams is a bbolt database
+//! laid out as etcd 3.4's backend, so `etcdctl snapshot status` reads it and `etcdctl
+//! snapshot restore` turns it into a data directory a real etcd serves.
+
+pub mod bbolt;
+pub mod etcd_layout;
+
+use ekmat_kv::SnapshotSource;
+use sha2::{Digest, Sha256};
+
+pub use etcd_layout::{EtcdState, Revision};
+
+/// The backup of the store `source` was taken from: a bbolt file.
+pub fn encode(source: &SnapshotSource) -> Vec<u8> {
+    bbolt::write(&etcd_layout::buckets(source))
+}
+
+/// Read a backup: a file `etcdctl snapshot save` wrote (the database, then its SHA-256,
+/// which is checked) or a bare bbolt database, from ekmat or from etcd.
+pub fn decode(file: &[u8]) -> Result<EtcdState, String> {
+    let db = strip_checksum(file)?;
+    let buckets = bbolt::read(db).map_err(|e| e.to_string())?;
+    etcd_layout::read(&buckets)
+}
+
+/// A saved file is a database of 512-byte multiples followed by its 32-byte SHA-256, as
+/// etcdctl tells them apart.
+fn strip_checksum(file: &[u8]) -> Result<&[u8], String> {
+    if file.len() % 512 != Sha256::output_size() {
+        return Ok(file);
+    }
+    let (db, sha) = file.split_at(file.len() - Sha256::output_size());
+    if Sha256::digest(db)[..] != *sha {
+        return Err("the file's SHA-256 does not match its content".into());
+    }
+    Ok(db)
+}
