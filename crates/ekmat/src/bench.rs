@@ -140,6 +140,7 @@ async fn run_all(b: &KvBench) -> Result<Vec<SystemResult>, String> {
         data_dir: None,
         base_port: b.base_port,
         unsafe_no_fsync: false,
+        restore: None,
     };
     let cluster = BenchCluster::start("ekmat-bench", up).await?;
     let result = load(&format!("ekmat ({} nodes)", b.nodes), &cluster.urls, b).await;

@@ -202,6 +202,7 @@ async fn leader_election(
                 data_dir: Some(data.clone()),
                 base_port: args.base_port,
                 unsafe_no_fsync: false,
+                restore: None,
             };
             (Some(LocalCluster::start(&up, &data)?), Some(data))
         }

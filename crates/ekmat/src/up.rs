@@ -38,6 +38,10 @@ pub struct UpArgs {
     /// Skip fsync (benchmarks only: a power failure can lose acknowledged writes).
     #[arg(long)]
     pub unsafe_no_fsync: bool,
+    /// Start from a backup: a file `etcdctl snapshot save` wrote, from ekmat or from etcd
+    /// 3.4 (Raft, new data directories only).
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -288,12 +292,52 @@ pub fn run(args: UpArgs) -> u8 {
         .data_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("ekmat-up-{}", std::process::id())));
-    if let Err(e) = plan(&args, &data).and_then(|c| check_ports(&c)) {
+    let cfgs = match plan(&args, &data).and_then(|c| check_ports(&c).map(|()| c)) {
+        Ok(cfgs) => cfgs,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    if let Some(file) = &args.restore
+        && let Err(e) = restore(&cfgs, file)
+    {
         eprintln!("error: {e}");
         return exit::USAGE;
     }
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
     rt.block_on(supervise(&args, &data))
+}
+
+/// Seed every member with the backup in `file`.
+fn restore(cfgs: &[NodeConfig], file: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    // All or none: a cluster half of whose members were seeded could not start.
+    for cfg in cfgs {
+        let wal = cfg.data_dir.join("wal");
+        if std::fs::read_dir(&wal).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(format!(
+                "{} already holds a log: --restore starts a new cluster in new data directories",
+                wal.display()
+            ));
+        }
+    }
+    let mut seeded = None;
+    for cfg in cfgs {
+        let s = ekmat_node::backup::seed(cfg, &bytes)
+            .map_err(|e| format!("cannot restore {} into n{}: {e}", file.display(), cfg.id))?;
+        seeded = Some(s);
+    }
+    if let Some(s) = seeded {
+        println!(
+            "restored {}: revision {}, {} versions, {} leases",
+            file.display(),
+            s.revision,
+            s.versions,
+            s.leases
+        );
+    }
+    Ok(())
 }
 
 async fn supervise(args: &UpArgs, data: &Path) -> u8 {
@@ -430,6 +474,7 @@ mod tests {
             data_dir: None,
             base_port,
             unsafe_no_fsync: false,
+            restore: None,
         }
     }
 

@@ -75,6 +75,14 @@ fn bad_usage_exits_2_with_a_reason() {
             &["up", "--protocol", "pbft", "--nodes", "5"],
             "exactly 3f+1",
         ),
+        (
+            &["up", "--restore", "/nonexistent/backup.db", "--base-port", "31000"],
+            "cannot read /nonexistent/backup.db",
+        ),
+        (
+            &["up", "--restore", "Cargo.toml", "--base-port", "31000"],
+            "not a bbolt database",
+        ),
     ];
     for (args, reason) in cases {
         let o = ekmat(args);

@@ -615,6 +615,23 @@ async fn a_saved_snapshot_restores_into_a_real_etcd_serving_the_same_data() {
     assert_eq!(theirs_read.revisions, ours_read.revisions);
     assert_eq!(theirs_read.leases, ours_read.leases);
     assert_eq!(theirs_read.compact_revision, 3);
+
+    // And etcd's backup starts an ekmat cluster serving the same.
+    let etcd_backup = std::fs::read(&etcd_file).unwrap();
+    let mut migrated = Cluster::configure(3, |_| {});
+    for cfg in &migrated.cfgs {
+        ekmat_node::backup::seed(cfg, &etcd_backup).unwrap();
+    }
+    for i in 0..3 {
+        migrated.spawn(i);
+    }
+    migrated.leader(Duration::from_secs(15)).await;
+    let there = client_endpoints(&migrated)[0].clone();
+    let (ok, json, err) = etcdctl(&there, &everything, None);
+    assert!(ok, "{err}");
+    let migrated_all: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(migrated_all["kvs"], ours["kvs"]);
+    assert_eq!(etcdctl(&there, &["get", "a", "--rev", "3"], None).1, at_3);
 }
 
 /// Endpoints written with a scheme (as etcd's documentation writes them) and

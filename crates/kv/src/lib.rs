@@ -42,7 +42,7 @@ pub use rpc::{
     TxnResponse,
 };
 pub use session::ANONYMOUS_CLIENT;
-pub use snapshot::{HistoryRecord, SnapshotSource};
+pub use snapshot::{BackupRecord, HistoryRecord, SnapshotSource};
 pub use store::KvStore;
 pub use txn::MAX_TXN_OPS;
 pub use watch::{Event, EventKind};

@@ -178,6 +178,75 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvStore, KvError> {
     if !rest.is_empty() {
         return Err(bad(format!("{} trailing bytes", rest.len())));
     }
+    assemble(s, alarms)
+}
+
+/// A version as a backup in etcd's layout gives it back: see [`KvStore::from_backup`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupRecord {
+    pub main: i64,
+    pub sub: u32,
+    pub deleted: bool,
+    /// For a deletion only the key counts.
+    pub kv: KeyValue,
+}
+
+/// The store a backup describes (see [`KvStore::from_backup`]).
+pub(crate) fn from_backup(
+    applied: u64,
+    records: Vec<BackupRecord>,
+    leases: &[(i64, i64)],
+    compact_revision: i64,
+) -> Result<KvStore, KvError> {
+    let mut keys: OrdMap<Bytes, Vec<Version>> = OrdMap::new();
+    let mut revision = 1;
+    for r in records {
+        revision = revision.max(r.main);
+        let kv = if r.deleted {
+            KeyValue {
+                key: r.kv.key,
+                mod_revision: r.main,
+                ..KeyValue::default()
+            }
+        } else {
+            r.kv
+        };
+        if !r.deleted && kv.mod_revision != r.main {
+            return Err(bad(format!(
+                "revision {} holds a version modified at {}",
+                r.main, kv.mod_revision
+            )));
+        }
+        let version = Version {
+            sub: r.sub,
+            deleted: r.deleted,
+            kv,
+        };
+        keys.entry(version.kv.key.clone())
+            .or_default()
+            .push(version);
+    }
+    let s = Snapshot {
+        _format: FORMAT,
+        applied,
+        clock_ms: 0,
+        revision: revision.max(compact_revision),
+        compact_revision,
+        last_lease_id: leases.iter().map(|&(id, _)| id).max().unwrap_or(0),
+        keys,
+        // Deadlines on a clock at 0: the first leader's renewal of every lease, before
+        // its first entry moves the clock, restarts each from its full TTL.
+        leases: leases
+            .iter()
+            .map(|&(id, ttl)| (id, ttl, (ttl.max(0) as u64).saturating_mul(1000)))
+            .collect(),
+        sessions: BTreeMap::new(),
+    };
+    assemble(s, Vec::new())
+}
+
+/// A store from decoded parts, checked for consistency rather than trusted.
+fn assemble(s: Snapshot, alarms: Vec<AlarmMember>) -> Result<KvStore, KvError> {
     if s.revision < 1 || s.compact_revision < 0 || s.compact_revision > s.revision {
         return Err(bad(format!(
             "revision {} with compaction at {}",

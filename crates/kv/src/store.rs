@@ -308,6 +308,18 @@ impl KvStore {
         SnapshotSource::of(self)
     }
 
+    /// The store a backup in etcd's layout describes, as of log index `applied`: every
+    /// retained version in revision order, the leases (id, TTL in seconds) and the
+    /// compaction point. No client sessions, alarms or lease deadlines come with it.
+    pub fn from_backup(
+        applied: u64,
+        records: Vec<crate::BackupRecord>,
+        leases: &[(i64, i64)],
+        compact_revision: i64,
+    ) -> Result<KvStore, KvError> {
+        crate::snapshot::from_backup(applied, records, leases, compact_revision)
+    }
+
     /// The store a [`KvStore::snapshot`] was taken of.
     pub fn restore(bytes: &[u8]) -> Result<KvStore, KvError> {
         crate::snapshot::decode(bytes)

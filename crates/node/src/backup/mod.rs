@@ -4,11 +4,13 @@
 
 pub mod bbolt;
 pub mod etcd_layout;
+mod seed;
 
 use ekmat_kv::SnapshotSource;
 use sha2::{Digest, Sha256};
 
 pub use etcd_layout::{EtcdState, Revision};
+pub use seed::{Seeded, seed};
 
 /// The backup of the store `source` was taken from: a bbolt file.
 pub fn encode(source: &SnapshotSource) -> Vec<u8> {

@@ -1,0 +1,127 @@
+//! Starting a Raft member from a backup, as `etcdctl snapshot restore` starts an etcd
+//! member: the backup's store becomes the member's snapshot at log index 1, term 1, with
+//! the founding members as its configuration. Every founder is seeded alike from the
+//! same file, so they start in agreement; a member added later receives the state as a
+//! snapshot, since no member's log holds anything before index 2.
+
+use ekmat_core::{Membership, NodeId};
+use ekmat_kv::{BackupRecord, KvStore};
+use ekmat_raft::{RaftWrite, Snapshot};
+use ekmat_storage::{Wal, WalOptions};
+
+use crate::config::NodeConfig;
+use crate::identity::{self, Identity};
+use crate::members::Members;
+use crate::node::NodeError;
+
+/// The log position and term the backup's state takes.
+const SEED_INDEX: u64 = 1;
+const SEED_TERM: u64 = 1;
+
+/// What a member was seeded with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seeded {
+    pub revision: i64,
+    /// Versions retained (the history since the compaction point).
+    pub versions: usize,
+    pub leases: usize,
+}
+
+/// Seed the new member `cfg` describes with the backup in `file`. Refused for a
+/// protocol other than Raft, for a data directory that already holds a log, and for a
+/// file that is no backup (each with a one-line reason).
+pub fn seed(cfg: &NodeConfig, file: &[u8]) -> Result<Seeded, NodeError> {
+    cfg.validate()?;
+    if cfg.protocol != "raft" {
+        return Err(NodeError::Protocol(format!(
+            "starting from a backup is supported for Raft clusters, not {}",
+            cfg.protocol
+        )));
+    }
+    if cfg.me().joined {
+        return Err(NodeError::Protocol(
+            "a joining member gets its state from the cluster, not from a backup".into(),
+        ));
+    }
+    let state = super::decode(file).map_err(|e| NodeError::Storage(format!("backup: {e}")))?;
+    let seeded = Seeded {
+        revision: state.revision(),
+        versions: state.revisions.len(),
+        leases: state.leases.len(),
+    };
+    let records = state
+        .revisions
+        .into_iter()
+        .map(|r| {
+            let sub = u32::try_from(r.sub)
+                .map_err(|_| format!("revision {} has sub-revision {}", r.main, r.sub))?;
+            Ok(BackupRecord {
+                main: r.main,
+                sub,
+                deleted: r.deleted,
+                kv: ekmat_kv::KeyValue {
+                    key: r.kv.key.into(),
+                    create_revision: r.kv.create_revision,
+                    mod_revision: r.kv.mod_revision,
+                    version: r.kv.version,
+                    value: r.kv.value.into(),
+                    lease: r.kv.lease,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| NodeError::Storage(format!("backup: {e}")))?;
+    let kv = KvStore::from_backup(SEED_INDEX, records, &state.leases, state.compact_revision)
+        .map_err(|e| NodeError::Storage(format!("backup: {e}")))?;
+    let data = Members::from_config(cfg).wrap_snapshot(kv.snapshot());
+    let snapshot = Snapshot {
+        index: SEED_INDEX,
+        term: SEED_TERM,
+        membership: Membership::of(cfg.founders().map(|m| NodeId(m.id))),
+        data,
+    };
+    write_log(cfg, snapshot)?;
+    Ok(seeded)
+}
+
+/// Write the seed as the member's first log records, in a directory holding none.
+fn write_log(cfg: &NodeConfig, snapshot: Snapshot) -> Result<(), NodeError> {
+    let _lock = identity::claim(
+        &cfg.data_dir,
+        &Identity {
+            cluster: cfg.cluster.clone(),
+            cluster_id: cfg.cluster_id(),
+            member: cfg.id,
+            protocol: cfg.protocol.clone(),
+        },
+    )?;
+    let dir = cfg.data_dir.join("wal");
+    let storage = |e: ekmat_storage::WalError| NodeError::Storage(e.to_string());
+    let opts = WalOptions {
+        sync: !cfg.unsafe_no_fsync,
+        ..WalOptions::default()
+    };
+    let (mut wal, recovered) = Wal::open(&dir, opts).map_err(storage)?;
+    if recovered.checkpoint.is_some() || !recovered.records.is_empty() {
+        return Err(NodeError::Storage(format!(
+            "{} already holds a log: a backup seeds only a new member",
+            dir.display()
+        )));
+    }
+    let writes = [
+        RaftWrite::HardState {
+            term: SEED_TERM,
+            vote: None,
+        },
+        RaftWrite::Snapshot {
+            snapshot,
+            keep_from: SEED_INDEX + 1,
+        },
+    ];
+    for write in &writes {
+        let bytes = postcard::to_stdvec(write).expect("log records always serialize");
+        wal.append(&bytes).map_err(storage)?;
+    }
+    wal.sync().map_err(storage)?;
+    Ok(())
+}
