@@ -76,7 +76,13 @@ fn bad_usage_exits_2_with_a_reason() {
             "exactly 3f+1",
         ),
         (
-            &["up", "--restore", "/nonexistent/backup.db", "--base-port", "31000"],
+            &[
+                "up",
+                "--restore",
+                "/nonexistent/backup.db",
+                "--base-port",
+                "31000",
+            ],
             "cannot read /nonexistent/backup.db",
         ),
         (

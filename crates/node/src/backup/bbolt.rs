@@ -67,167 +67,315 @@ fn page_error(page: u64, why: impl Into<String>) -> BoltError {
     }
 }
 
-/// The database holding `buckets` (names unique; each bucket's keys strictly
-/// increasing, which the caller's sorted source guarantees and this checks).
+/// A bucket to write: its name and its `len` entries, produced by index in key order
+/// (keys strictly increasing, which is checked). Each entry is produced twice: once to
+/// lay the pages out, once to write them, so the database never has to be held whole.
+pub struct BucketSource<'a> {
+    pub name: Vec<u8>,
+    pub len: usize,
+    pub entry: Box<dyn Fn(usize) -> Entry + Send + 'a>,
+}
+
+impl<'a> BucketSource<'a> {
+    /// A bucket whose entries are already in memory.
+    pub fn of(name: &[u8], entries: Vec<Entry>) -> BucketSource<'a> {
+        BucketSource {
+            name: name.to_vec(),
+            len: entries.len(),
+            entry: Box::new(move |i| entries[i].clone()),
+        }
+    }
+}
+
+/// The database holding `buckets`, whole (for tests and small stores).
 pub fn write(buckets: &[Bucket]) -> Vec<u8> {
-    let mut w = Writer {
-        file: vec![0; 3 * PAGE_SIZE],
-        next: 3,
-    };
-    // Page 2: the freelist, empty.
-    w.header(2, FREELIST_PAGE, 0, 0);
-    let mut sorted: Vec<&Bucket> = buckets.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut root_entries = Vec::with_capacity(sorted.len());
-    for bucket in sorted {
-        let root = w.tree(bucket.entries.iter().map(|(k, v)| (0, &k[..], &v[..])));
-        let mut header = root.to_le_bytes().to_vec();
-        header.extend_from_slice(&0u64.to_le_bytes()); // sequence
-        root_entries.push((bucket.name.clone(), header));
-    }
-    let root = w.tree(
-        root_entries
+    let sources: Vec<BucketSource<'_>> = buckets
+        .iter()
+        .map(|b| BucketSource::of(&b.name, b.entries.clone()))
+        .collect();
+    let plan = Plan::of(&sources);
+    plan.pages(&sources).flatten().collect()
+}
+
+/// Where every page of the database goes, worked out before any is written.
+pub struct Plan {
+    pages: Vec<PagePlan>,
+    /// The page count: the file is this many pages long.
+    count: u64,
+    root: u64,
+    /// Each bucket's root page, by source index.
+    bucket_roots: Vec<u64>,
+    /// Source indexes in name order.
+    order: Vec<usize>,
+}
+
+/// One page (with its overflow), in file order.
+enum PagePlan {
+    Meta {
+        txid: u64,
+    },
+    Freelist,
+    /// Entries `start..end` of a bucket (`None`: the root bucket, listing the others).
+    Leaf {
+        bucket: Option<usize>,
+        start: usize,
+        end: usize,
+        size: usize,
+    },
+    Branch {
+        children: Vec<(Vec<u8>, u64)>,
+        size: usize,
+    },
+}
+
+impl Plan {
+    /// Lay out the database of `buckets` (names unique).
+    pub fn of(buckets: &[BucketSource<'_>]) -> Plan {
+        let mut order: Vec<usize> = (0..buckets.len()).collect();
+        order.sort_by(|&a, &b| buckets[a].name.cmp(&buckets[b].name));
+        let mut plan = Plan {
+            pages: vec![
+                PagePlan::Meta { txid: 1 },
+                PagePlan::Meta { txid: 2 },
+                PagePlan::Freelist,
+            ],
+            count: 3,
+            root: 0,
+            bucket_roots: vec![0; buckets.len()],
+            order,
+        };
+        for at in 0..plan.order.len() {
+            let b = plan.order[at];
+            let source = &buckets[b];
+            let sizes = (0..source.len).map(|i| {
+                let (k, v) = (source.entry)(i);
+                let len = ELEMENT + k.len() + v.len();
+                (k, len)
+            });
+            plan.bucket_roots[b] = plan.tree(Some(b), sizes);
+        }
+        let names: Vec<(Vec<u8>, usize)> = plan
+            .order
             .iter()
-            .map(|(k, v)| (BUCKET_LEAF, &k[..], &v[..])),
-    );
-    for (page, txid) in [(0u64, 1u64), (1, 2)] {
-        w.meta(page, root, txid);
-    }
-    w.file
-}
-
-struct Writer {
-    file: Vec<u8>,
-    next: u64,
-}
-
-impl Writer {
-    fn header(&mut self, page: u64, flags: u16, count: u16, overflow: u32) {
-        let at = page as usize * PAGE_SIZE;
-        let h = &mut self.file[at..at + HEADER];
-        h[..8].copy_from_slice(&page.to_le_bytes());
-        h[8..10].copy_from_slice(&flags.to_le_bytes());
-        h[10..12].copy_from_slice(&count.to_le_bytes());
-        h[12..16].copy_from_slice(&overflow.to_le_bytes());
+            .map(|&b| {
+                let name = buckets[b].name.clone();
+                let len = ELEMENT + name.len() + BUCKET_HEADER;
+                (name, len)
+            })
+            .collect();
+        plan.root = plan.tree(None, names.into_iter());
+        plan
     }
 
-    fn meta(&mut self, page: u64, root: u64, txid: u64) {
-        self.header(page, META_PAGE, 0, 0);
-        let mut m = Vec::with_capacity(META_LEN);
-        for word in [MAGIC, VERSION, PAGE_SIZE as u32, 0] {
-            m.extend_from_slice(&word.to_le_bytes());
-        }
-        for word in [root, 0, 2, self.next, txid] {
-            m.extend_from_slice(&word.to_le_bytes());
-        }
-        m.extend_from_slice(&fnv64a(&m).to_le_bytes());
-        let at = page as usize * PAGE_SIZE + HEADER;
-        self.file[at..at + META_LEN].copy_from_slice(&m);
+    /// The file's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.count * PAGE_SIZE as u64
     }
 
-    /// A new page of `len` bytes (spanning more pages if it must). Returns its id.
-    fn allocate(&mut self, len: usize) -> u64 {
-        let id = self.next;
-        let pages = len.div_ceil(PAGE_SIZE).max(1);
-        self.next += pages as u64;
-        self.file.resize(self.next as usize * PAGE_SIZE, 0);
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn allocate(&mut self, page: PagePlan, size: usize) -> u64 {
+        let id = self.count;
+        self.count += size.div_ceil(PAGE_SIZE).max(1) as u64;
+        self.pages.push(page);
         id
     }
 
-    /// Write a B+tree of `entries` (flags, key, value; keys increasing) and return its
-    /// root page.
-    fn tree<'a>(&mut self, entries: impl Iterator<Item = (u32, &'a [u8], &'a [u8])>) -> u64 {
+    /// Lay out a B+tree over entries given as (key, element size); returns its root.
+    fn tree(
+        &mut self,
+        bucket: Option<usize>,
+        entries: impl Iterator<Item = (Vec<u8>, usize)>,
+    ) -> u64 {
         let mut level: Vec<(Vec<u8>, u64)> = Vec::new();
-        let mut page: Vec<(u32, &[u8], &[u8])> = Vec::new();
-        let mut size = HEADER;
-        let mut last: Option<&[u8]> = None;
-        for (flags, key, value) in entries {
+        let (mut start, mut size) = (0, HEADER);
+        let mut first: Option<Vec<u8>> = None;
+        let mut last: Option<Vec<u8>> = None;
+        let mut n = 0;
+        for (key, len) in entries {
             assert!(
-                last < Some(key),
+                last.as_ref().is_none_or(|l| *l < key),
                 "bbolt keys must be written in increasing order"
             );
-            last = Some(key);
-            let len = ELEMENT + key.len() + value.len();
-            if !page.is_empty() && size + len > PAGE_SIZE {
-                level.push(self.leaf(&page, size));
-                page.clear();
-                size = HEADER;
+            if n > start && size + len > PAGE_SIZE {
+                let leaf = PagePlan::Leaf {
+                    bucket,
+                    start,
+                    end: n,
+                    size,
+                };
+                let id = self.allocate(leaf, size);
+                level.push((first.take().expect("a page's first key"), id));
+                (start, size) = (n, HEADER);
             }
-            page.push((flags, key, value));
+            if first.is_none() {
+                first = Some(key.clone());
+            }
             size += len;
+            last = Some(key);
+            n += 1;
         }
-        if !page.is_empty() || level.is_empty() {
-            level.push(self.leaf(&page, size));
+        if n > start || level.is_empty() {
+            let leaf = PagePlan::Leaf {
+                bucket,
+                start,
+                end: n,
+                size,
+            };
+            let id = self.allocate(leaf, size);
+            level.push((first.unwrap_or_default(), id));
         }
         while level.len() > 1 {
-            level = self.branches(&level);
+            level = self.branches(level);
         }
         level[0].1
     }
 
-    /// One leaf page; returns its first key and id.
-    fn leaf(&mut self, entries: &[(u32, &[u8], &[u8])], size: usize) -> (Vec<u8>, u64) {
-        let id = self.allocate(size);
-        self.header(id, LEAF_PAGE, entries.len() as u16, overflow(size));
-        let base = id as usize * PAGE_SIZE;
-        let mut data = base + HEADER + entries.len() * ELEMENT;
-        for (i, (flags, key, value)) in entries.iter().enumerate() {
-            let element = base + HEADER + i * ELEMENT;
-            let fields = [
-                *flags,
-                (data - element) as u32,
-                key.len() as u32,
-                value.len() as u32,
-            ];
-            self.put_words(element, &fields);
-            self.file[data..data + key.len()].copy_from_slice(key);
-            data += key.len();
-            self.file[data..data + value.len()].copy_from_slice(value);
-            data += value.len();
-        }
-        (entries.first().map_or_else(Vec::new, |e| e.1.to_vec()), id)
-    }
-
     /// Branch pages over `children` (first key, page); returns the level above.
-    fn branches(&mut self, children: &[(Vec<u8>, u64)]) -> Vec<(Vec<u8>, u64)> {
+    fn branches(&mut self, children: Vec<(Vec<u8>, u64)>) -> Vec<(Vec<u8>, u64)> {
         let mut above = Vec::new();
-        let mut start = 0;
-        while start < children.len() {
-            let mut size = HEADER;
-            let mut end = start;
+        let mut page: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut size = HEADER;
+        for child in children {
+            let len = ELEMENT + child.0.len();
             // At least two children per page, so every level shrinks.
-            while end < children.len()
-                && (end < start + 2 || size + ELEMENT + children[end].0.len() <= PAGE_SIZE)
-            {
-                size += ELEMENT + children[end].0.len();
-                end += 1;
+            if page.len() >= 2 && size + len > PAGE_SIZE {
+                above.push(self.branch(std::mem::take(&mut page), size));
+                size = HEADER;
             }
-            above.push(self.branch(&children[start..end], size));
-            start = end;
+            size += len;
+            page.push(child);
+        }
+        if !page.is_empty() {
+            above.push(self.branch(page, size));
         }
         above
     }
 
-    fn branch(&mut self, children: &[(Vec<u8>, u64)], size: usize) -> (Vec<u8>, u64) {
-        let id = self.allocate(size);
-        self.header(id, BRANCH_PAGE, children.len() as u16, overflow(size));
-        let base = id as usize * PAGE_SIZE;
-        let mut data = base + HEADER + children.len() * ELEMENT;
-        for (i, (key, child)) in children.iter().enumerate() {
-            let element = base + HEADER + i * ELEMENT;
-            self.put_words(element, &[(data - element) as u32, key.len() as u32]);
-            self.file[element + 8..element + 16].copy_from_slice(&child.to_le_bytes());
-            self.file[data..data + key.len()].copy_from_slice(key);
-            data += key.len();
-        }
-        (children[0].0.clone(), id)
+    fn branch(&mut self, children: Vec<(Vec<u8>, u64)>, size: usize) -> (Vec<u8>, u64) {
+        let first = children[0].0.clone();
+        let id = self.allocate(PagePlan::Branch { children, size }, size);
+        (first, id)
     }
 
-    fn put_words(&mut self, at: usize, words: &[u32]) {
-        for (i, w) in words.iter().enumerate() {
-            self.file[at + 4 * i..at + 4 * i + 4].copy_from_slice(&w.to_le_bytes());
+    /// The pages, in file order, each rendered when asked for.
+    pub fn pages<'p>(
+        &'p self,
+        buckets: &'p [BucketSource<'_>],
+    ) -> impl Iterator<Item = Vec<u8>> + 'p {
+        let mut id = 0u64;
+        self.pages.iter().map(move |page| {
+            let bytes = self.render(page, id, buckets);
+            id += (bytes.len() / PAGE_SIZE) as u64;
+            bytes
+        })
+    }
+
+    fn render(&self, page: &PagePlan, id: u64, buckets: &[BucketSource<'_>]) -> Vec<u8> {
+        match page {
+            PagePlan::Meta { txid } => {
+                let mut p = header(id, META_PAGE, 0, PAGE_SIZE);
+                p.extend_from_slice(&meta(self.root, self.count, *txid));
+                p.resize(PAGE_SIZE, 0);
+                p
+            }
+            PagePlan::Freelist => {
+                let mut p = header(id, FREELIST_PAGE, 0, PAGE_SIZE);
+                p.resize(PAGE_SIZE, 0);
+                p
+            }
+            PagePlan::Leaf {
+                bucket,
+                start,
+                end,
+                size,
+            } => {
+                let entries: Vec<(u32, Entry)> = match bucket {
+                    Some(b) => (*start..*end)
+                        .map(|i| (0, (buckets[*b].entry)(i)))
+                        .collect(),
+                    None => self.order[*start..*end]
+                        .iter()
+                        .map(|&b| {
+                            let mut value = self.bucket_roots[b].to_le_bytes().to_vec();
+                            value.extend_from_slice(&0u64.to_le_bytes()); // sequence
+                            (BUCKET_LEAF, (buckets[b].name.clone(), value))
+                        })
+                        .collect(),
+                };
+                leaf(id, &entries, *size)
+            }
+            PagePlan::Branch { children, size } => branch(id, children, *size),
         }
     }
+}
+
+fn header(id: u64, flags: u16, count: u16, size: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(size.next_multiple_of(PAGE_SIZE).max(PAGE_SIZE));
+    p.extend_from_slice(&id.to_le_bytes());
+    p.extend_from_slice(&flags.to_le_bytes());
+    p.extend_from_slice(&count.to_le_bytes());
+    p.extend_from_slice(&overflow(size).to_le_bytes());
+    p
+}
+
+fn meta(root: u64, pages: u64, txid: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(META_LEN);
+    for word in [MAGIC, VERSION, PAGE_SIZE as u32, 0] {
+        m.extend_from_slice(&word.to_le_bytes());
+    }
+    // Root bucket (root page, sequence), freelist page, page count, txid.
+    for word in [root, 0, 2, pages, txid] {
+        m.extend_from_slice(&word.to_le_bytes());
+    }
+    m.extend_from_slice(&fnv64a(&m).to_le_bytes());
+    m
+}
+
+/// A leaf page: the elements, then each key followed by its value.
+fn leaf(id: u64, entries: &[(u32, Entry)], size: usize) -> Vec<u8> {
+    let mut p = header(id, LEAF_PAGE, entries.len() as u16, size);
+    let mut data = HEADER + entries.len() * ELEMENT;
+    for (i, (flags, (key, value))) in entries.iter().enumerate() {
+        let element = HEADER + i * ELEMENT;
+        for word in [
+            *flags,
+            (data - element) as u32,
+            key.len() as u32,
+            value.len() as u32,
+        ] {
+            p.extend_from_slice(&word.to_le_bytes());
+        }
+        data += key.len() + value.len();
+    }
+    for (_, (key, value)) in entries {
+        p.extend_from_slice(key);
+        p.extend_from_slice(value);
+    }
+    debug_assert_eq!(p.len(), size);
+    p.resize(size.next_multiple_of(PAGE_SIZE).max(PAGE_SIZE), 0);
+    p
+}
+
+/// A branch page: the elements (key position, key size, child page), then the keys.
+fn branch(id: u64, children: &[(Vec<u8>, u64)], size: usize) -> Vec<u8> {
+    let mut p = header(id, BRANCH_PAGE, children.len() as u16, size);
+    let mut data = HEADER + children.len() * ELEMENT;
+    for (i, (key, child)) in children.iter().enumerate() {
+        let element = HEADER + i * ELEMENT;
+        p.extend_from_slice(&((data - element) as u32).to_le_bytes());
+        p.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        p.extend_from_slice(&child.to_le_bytes());
+        data += key.len();
+    }
+    for (key, _) in children {
+        p.extend_from_slice(key);
+    }
+    debug_assert_eq!(p.len(), size);
+    p.resize(size.next_multiple_of(PAGE_SIZE).max(PAGE_SIZE), 0);
+    p
 }
 
 fn overflow(size: usize) -> u32 {

@@ -13,10 +13,10 @@
 //! creates the members anew and etcd creates the rest empty.
 
 use ekmat_api::mvccpb;
-use ekmat_kv::{KeyValue, SnapshotSource};
+use ekmat_kv::{HistoryRecord, KeyValue, SnapshotSource};
 use prost::Message;
 
-use super::bbolt::{Bucket, Entry};
+use super::bbolt::{Bucket, BucketSource, Entry};
 
 const KEY: &[u8] = b"key";
 const LEASE: &[u8] = b"lease";
@@ -78,26 +78,17 @@ fn revision_key(main: i64, sub: i64, deleted: bool) -> Vec<u8> {
     key
 }
 
-/// The buckets etcd would hold for the store `source` was taken from.
-pub fn buckets(source: &SnapshotSource) -> Vec<Bucket> {
-    let keys: Vec<Entry> = source
-        .history()
-        .into_iter()
-        .map(|r| {
-            let value = if r.deleted {
-                mvccpb::KeyValue {
-                    key: r.kv.key.to_vec(),
-                    ..Default::default()
-                }
-            } else {
-                key_value(r.kv)
-            };
-            (
-                revision_key(r.main, i64::from(r.sub), r.deleted),
-                value.encode_to_vec(),
-            )
-        })
-        .collect();
+/// The buckets etcd would hold for the store `source` was taken from, `history` being
+/// `source.history()`. The key space's records are encoded as they are written.
+pub fn buckets<'a>(
+    source: &SnapshotSource,
+    history: &'a [HistoryRecord<'a>],
+) -> Vec<BucketSource<'a>> {
+    let keys = BucketSource {
+        name: KEY.to_vec(),
+        len: history.len(),
+        entry: Box::new(move |i| key_record(&history[i])),
+    };
     let leases: Vec<Entry> = source
         .lease_ttls()
         .map(|(id, ttl)| {
@@ -119,13 +110,27 @@ pub fn buckets(source: &SnapshotSource) -> Vec<Bucket> {
         meta.push((SCHEDULED_COMPACT.to_vec(), rev));
     }
     meta.sort();
-    [(KEY, keys), (LEASE, leases), (META, meta)]
-        .into_iter()
-        .map(|(name, entries)| Bucket {
-            name: name.to_vec(),
-            entries,
-        })
-        .collect()
+    vec![
+        keys,
+        BucketSource::of(LEASE, leases),
+        BucketSource::of(META, meta),
+    ]
+}
+
+/// One version as etcd's `key` bucket holds it.
+fn key_record(r: &HistoryRecord<'_>) -> Entry {
+    let value = if r.deleted {
+        mvccpb::KeyValue {
+            key: r.kv.key.to_vec(),
+            ..Default::default()
+        }
+    } else {
+        key_value(r.kv)
+    };
+    (
+        revision_key(r.main, i64::from(r.sub), r.deleted),
+        value.encode_to_vec(),
+    )
 }
 
 fn key_value(kv: &KeyValue) -> mvccpb::KeyValue {

@@ -12,9 +12,46 @@ use sha2::{Digest, Sha256};
 pub use etcd_layout::{EtcdState, Revision};
 pub use seed::{Seeded, seed};
 
-/// The backup of the store `source` was taken from: a bbolt file.
+/// The backup of the store `source` was taken from: a bbolt file, whole.
 pub fn encode(source: &SnapshotSource) -> Vec<u8> {
-    bbolt::write(&etcd_layout::buckets(source))
+    let mut file = Vec::new();
+    stream(source, bbolt::PAGE_SIZE, |chunks| {
+        chunks.for_each(|(chunk, _)| file.extend(chunk));
+    });
+    file
+}
+
+/// The backup of the store `source` was taken from, handed to `consume` as chunks of
+/// `chunk` bytes (the last may be shorter), each with the number of bytes still to come
+/// after it. Pages are written as the chunks are taken, so a backup of any size holds
+/// about one chunk in memory beyond the store itself.
+pub fn stream<R>(
+    source: &SnapshotSource,
+    chunk: usize,
+    consume: impl FnOnce(&mut dyn Iterator<Item = (Vec<u8>, u64)>) -> R,
+) -> R {
+    let history = source.history();
+    let buckets = etcd_layout::buckets(source, &history);
+    let plan = bbolt::Plan::of(&buckets);
+    let mut remaining = plan.len();
+    let mut pages = plan.pages(&buckets);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunks = std::iter::from_fn(|| {
+        while pending.len() < chunk {
+            match pages.next() {
+                Some(page) => pending.extend(page),
+                None => break,
+            }
+        }
+        if pending.is_empty() {
+            return None;
+        }
+        let rest = pending.split_off(chunk.min(pending.len()));
+        let out = std::mem::replace(&mut pending, rest);
+        remaining -= out.len() as u64;
+        Some((out, remaining))
+    });
+    consume(&mut chunks)
 }
 
 /// Read a backup: a file `etcdctl snapshot save` wrote (the database, then its SHA-256,

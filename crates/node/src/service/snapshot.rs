@@ -7,7 +7,6 @@
 //! file, which `etcdctl snapshot status` reads and `etcdctl snapshot restore` turns
 //! into a data directory for etcd.
 
-use bytes::Bytes;
 use ekmat_api::etcdserverpb as pb;
 use sha2::{Digest, Sha256};
 use tonic::Status;
@@ -18,6 +17,9 @@ use crate::query::{Answer, Query};
 
 /// etcd's chunk size (`snapshotSendBufferSize`).
 const CHUNK: usize = 32 * 1024;
+
+/// Frames waiting to be sent: the backup is written as the client takes it.
+const FRAMES_QUEUED: usize = 4;
 
 impl Services {
     /// A snapshot of the state this member has applied, as etcd's stream of messages.
@@ -30,42 +32,43 @@ impl Services {
             return Err(unexpected_answer());
         };
         let header = self.header(source.revision());
-        // Serializing a large store takes a while: not on a task the runtime shares.
-        let content =
-            tokio::task::spawn_blocking(move || Bytes::from(crate::backup::encode(&source)))
-                .await
-                .map_err(|e| Status::internal(format!("snapshot failed: {e}")))?;
-        Ok(Box::pin(tokio_stream::iter(
-            frames(content, header).map(Ok),
-        )))
+        let (tx, rx) = tokio::sync::mpsc::channel(FRAMES_QUEUED);
+        // Writing a large store takes a while: not on a task the runtime shares.
+        tokio::task::spawn_blocking(move || {
+            crate::backup::stream(&source, CHUNK, |chunks| {
+                for frame in frames(chunks, header) {
+                    if tx.blocking_send(Ok(frame)).is_err() {
+                        return; // the client went away
+                    }
+                }
+            });
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }
 
-/// The messages carrying `content`: its chunks, then its SHA-256. The header goes in the
-/// first message only.
-pub fn frames(
-    content: Bytes,
+/// The messages carrying `chunks` (each with the bytes still to come after it), then
+/// one whose blob is the SHA-256 of them all. The header goes in the first message only.
+pub fn frames<'a>(
+    chunks: impl Iterator<Item = (Vec<u8>, u64)> + 'a,
     header: pb::ResponseHeader,
-) -> impl Iterator<Item = pb::SnapshotResponse> + Send {
-    let sha = Sha256::digest(&content).to_vec();
-    let total = content.len();
-    let chunks = (0..total.div_ceil(CHUNK)).map(move |i| {
-        let end = ((i + 1) * CHUNK).min(total);
-        pb::SnapshotResponse {
-            header: None,
-            remaining_bytes: (total - end) as u64,
-            blob: content[i * CHUNK..end].to_vec(),
-        }
-    });
-    let trailer = std::iter::once(pb::SnapshotResponse {
-        header: None,
-        remaining_bytes: 0,
-        blob: sha,
-    });
+) -> impl Iterator<Item = pb::SnapshotResponse> + 'a {
+    let mut sha = Some(Sha256::new());
     let mut header = Some(header);
-    chunks.chain(trailer).map(move |mut frame| {
-        frame.header = header.take();
-        frame
+    let data = chunks.map(Some).chain(std::iter::once(None));
+    data.map(move |chunk| {
+        let (blob, remaining_bytes) = match chunk {
+            Some((blob, remaining)) => {
+                sha.as_mut().expect("until the end").update(&blob);
+                (blob, remaining)
+            }
+            None => (sha.take().expect("once").finalize().to_vec(), 0),
+        };
+        pb::SnapshotResponse {
+            header: header.take(),
+            remaining_bytes,
+            blob,
+        }
     })
 }
 
@@ -75,13 +78,17 @@ mod tests {
 
     #[test]
     fn content_comes_in_chunks_counting_down_then_its_sha256() {
-        let content = Bytes::from(vec![7u8; CHUNK * 2 + 10]);
-        let frames: Vec<_> = frames(content.clone(), pb::ResponseHeader::default()).collect();
+        let content = vec![7u8; CHUNK * 2 + 10];
+        let chunks = content.chunks(CHUNK).enumerate().map(|(i, c)| {
+            let sent = (i * CHUNK + c.len()) as u64;
+            (c.to_vec(), content.len() as u64 - sent)
+        });
+        let frames: Vec<_> = frames(chunks, pb::ResponseHeader::default()).collect();
         let remaining: Vec<u64> = frames.iter().map(|f| f.remaining_bytes).collect();
         assert_eq!(remaining, vec![CHUNK as u64 + 10, 10, 0, 0]);
         assert!(frames[0].header.is_some() && frames[1].header.is_none());
         let body: Vec<u8> = frames[..3].iter().flat_map(|f| f.blob.clone()).collect();
-        assert_eq!(body, content.to_vec());
+        assert_eq!(body, content);
         assert_eq!(frames[3].blob, Sha256::digest(&content).to_vec());
     }
 }
