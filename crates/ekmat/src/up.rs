@@ -309,10 +309,9 @@ pub fn run(args: UpArgs) -> u8 {
     rt.block_on(supervise(&args, &data))
 }
 
-/// Seed every member with the backup in `file`.
+/// Seed every member with the backup in `file`: all of them, or (on a failure) none.
 fn restore(cfgs: &[NodeConfig], file: &Path) -> Result<(), String> {
     let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    // All or none: a cluster half of whose members were seeded could not start.
     for cfg in cfgs {
         let wal = cfg.data_dir.join("wal");
         if std::fs::read_dir(&wal).is_ok_and(|mut d| d.next().is_some()) {
@@ -322,21 +321,31 @@ fn restore(cfgs: &[NodeConfig], file: &Path) -> Result<(), String> {
             ));
         }
     }
-    let mut seeded = None;
-    for cfg in cfgs {
-        let s = ekmat_node::backup::seed(cfg, &bytes)
-            .map_err(|e| format!("cannot restore {} into n{}: {e}", file.display(), cfg.id))?;
-        seeded = Some(s);
+    let seed = ekmat_node::backup::prepare(&cfgs[0], &bytes)
+        .map_err(|e| format!("cannot restore {}: {e}", file.display()))?;
+    drop(bytes);
+    for (i, cfg) in cfgs.iter().enumerate() {
+        if let Err(e) = ekmat_node::backup::plant(cfg, &seed) {
+            // The logs written so far (and any part of this one) would keep the
+            // cluster from starting, and a rerun from restoring.
+            for planted in &cfgs[..=i] {
+                let _ = std::fs::remove_dir_all(planted.data_dir.join("wal"));
+            }
+            return Err(format!(
+                "cannot restore {} into n{}: {e}",
+                file.display(),
+                cfg.id
+            ));
+        }
     }
-    if let Some(s) = seeded {
-        println!(
-            "restored {}: revision {}, {} versions, {} leases",
-            file.display(),
-            s.revision,
-            s.versions,
-            s.leases
-        );
-    }
+    let s = seed.summary;
+    println!(
+        "restored {}: revision {}, {} versions, {} leases",
+        file.display(),
+        s.revision,
+        s.versions,
+        s.leases
+    );
     Ok(())
 }
 

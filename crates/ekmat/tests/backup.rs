@@ -166,3 +166,33 @@ async fn a_cluster_started_from_a_backup_serves_it_and_a_later_member_receives_i
     )
     .await;
 }
+
+/// Clients that open a backup and stop reading hold a thread each: past four at once,
+/// more are refused with a reason, and the places come back when those clients go.
+#[tokio::test]
+async fn backups_in_progress_are_bounded() {
+    let c = Cluster::start(1);
+    let url = c.endpoint(c.leader(Duration::from_secs(15)).await);
+    let big = "x".repeat(100 * 1024);
+    for i in 0..50 {
+        put(&url, &format!("big/{i}"), &big, 0).await;
+    }
+    let open = async || {
+        let ch = channel(&url).await.unwrap();
+        pb::maintenance_client::MaintenanceClient::new(ch)
+            .snapshot(pb::SnapshotRequest {})
+            .await
+    };
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(open().await.unwrap());
+    }
+    let refused = open().await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(refused.message().contains("retry later"), "{refused:?}");
+    drop(stalled);
+    eventually("a place comes back", Duration::from_secs(10), async || {
+        open().await.is_ok()
+    })
+    .await;
+}

@@ -200,7 +200,16 @@ pub(crate) fn from_backup(
 ) -> Result<KvStore, KvError> {
     let mut keys: OrdMap<Bytes, Vec<Version>> = OrdMap::new();
     let mut revision = 1;
+    let mut last = None;
     for r in records {
+        // One change per (revision, sub-revision), across all keys.
+        if last >= Some((r.main, r.sub)) {
+            return Err(bad(format!(
+                "revision {}.{} out of order or repeated",
+                r.main, r.sub
+            )));
+        }
+        last = Some((r.main, r.sub));
         revision = revision.max(r.main);
         let kv = if r.deleted {
             KeyValue {

@@ -87,13 +87,14 @@ impl<'a> BucketSource<'a> {
     }
 }
 
-/// The database holding `buckets`, whole (for tests and small stores).
+/// The database holding `buckets`, whole (panics on unsorted keys).
+#[cfg(test)]
 pub fn write(buckets: &[Bucket]) -> Vec<u8> {
     let sources: Vec<BucketSource<'_>> = buckets
         .iter()
         .map(|b| BucketSource::of(&b.name, b.entries.clone()))
         .collect();
-    let plan = Plan::of(&sources);
+    let plan = Plan::of(&sources).expect("test buckets are sorted");
     plan.pages(&sources).flatten().collect()
 }
 
@@ -129,8 +130,9 @@ enum PagePlan {
 }
 
 impl Plan {
-    /// Lay out the database of `buckets` (names unique).
-    pub fn of(buckets: &[BucketSource<'_>]) -> Plan {
+    /// Lay out the database of `buckets`. Refused if two buckets share a name or a
+    /// bucket's keys are not strictly increasing.
+    pub fn of(buckets: &[BucketSource<'_>]) -> Result<Plan, String> {
         let mut order: Vec<usize> = (0..buckets.len()).collect();
         order.sort_by(|&a, &b| buckets[a].name.cmp(&buckets[b].name));
         let mut plan = Plan {
@@ -152,7 +154,9 @@ impl Plan {
                 let len = ELEMENT + k.len() + v.len();
                 (k, len)
             });
-            plan.bucket_roots[b] = plan.tree(Some(b), sizes);
+            plan.bucket_roots[b] = plan
+                .tree(Some(b), sizes)
+                .map_err(|e| format!("bucket {}: {e}", String::from_utf8_lossy(&source.name)))?;
         }
         let names: Vec<(Vec<u8>, usize)> = plan
             .order
@@ -163,8 +167,10 @@ impl Plan {
                 (name, len)
             })
             .collect();
-        plan.root = plan.tree(None, names.into_iter());
-        plan
+        plan.root = plan
+            .tree(None, names.into_iter())
+            .map_err(|_| "two buckets share a name".to_string())?;
+        Ok(plan)
     }
 
     /// The file's length in bytes.
@@ -188,17 +194,16 @@ impl Plan {
         &mut self,
         bucket: Option<usize>,
         entries: impl Iterator<Item = (Vec<u8>, usize)>,
-    ) -> u64 {
+    ) -> Result<u64, String> {
         let mut level: Vec<(Vec<u8>, u64)> = Vec::new();
         let (mut start, mut size) = (0, HEADER);
         let mut first: Option<Vec<u8>> = None;
         let mut last: Option<Vec<u8>> = None;
         let mut n = 0;
         for (key, len) in entries {
-            assert!(
-                last.as_ref().is_none_or(|l| *l < key),
-                "bbolt keys must be written in increasing order"
-            );
+            if last.as_ref().is_some_and(|l| *l >= key) {
+                return Err(format!("keys out of order at {key:?}"));
+            }
             if n > start && size + len > PAGE_SIZE {
                 let leaf = PagePlan::Leaf {
                     bucket,
@@ -230,7 +235,7 @@ impl Plan {
         while level.len() > 1 {
             level = self.branches(level);
         }
-        level[0].1
+        Ok(level[0].1)
     }
 
     /// Branch pages over `children` (first key, page); returns the level above.
@@ -398,8 +403,10 @@ pub fn read(file: &[u8]) -> Result<Vec<Bucket>, BoltError> {
     let mut r = Reader {
         file,
         page_size: meta.page_size,
-        pages: meta.pages,
+        // No page lies past the end of the file, whatever the meta page claims.
+        pages: meta.pages.min((file.len() / meta.page_size) as u64),
         seen: HashSet::new(),
+        budget: file.len(),
     };
     let mut buckets = Vec::new();
     for (flags, name, value) in r.entries(Node::Page(meta.root), 0)? {
@@ -410,14 +417,20 @@ pub fn read(file: &[u8]) -> Result<Vec<Bucket>, BoltError> {
             )));
         }
         let node = bucket_root(&value)?;
-        let mut entries = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
         for (flags, key, value) in r.entries(node, 0)? {
             if flags & BUCKET_LEAF != 0 {
                 return Err(BoltError::Invalid("a nested bucket".into()));
             }
+            if entries.last().is_some_and(|(last, _)| *last >= key) {
+                return Err(BoltError::Invalid("keys out of order in a bucket".into()));
+            }
             entries.push((key, value));
         }
         buckets.push(Bucket { name, entries });
+    }
+    if buckets.windows(2).any(|w| w[0].name >= w[1].name) {
+        return Err(BoltError::Invalid("buckets out of order".into()));
     }
     Ok(buckets)
 }
@@ -497,6 +510,9 @@ struct Reader<'a> {
     pages: u64,
     /// Pages already visited: a page reached twice means a cycle or a shared subtree.
     seen: HashSet<u64>,
+    /// Bytes of keys and values still allowed: a real file stores no byte twice, so
+    /// entries adding up to more than the file are elements pointing at shared bytes.
+    budget: usize,
 }
 
 type Element = (u32, Vec<u8>, Vec<u8>);
@@ -520,9 +536,13 @@ impl<'a> Reader<'a> {
             let word = |j: usize| u32::from_le_bytes(element[j..j + 4].try_into().expect("4"));
             if flags & LEAF_PAGE != 0 {
                 let key_at = at + word(4) as usize;
-                let key = field(page, key_at, word(8) as usize, id)?.to_vec();
-                let value = field(page, key_at + key.len(), word(12) as usize, id)?.to_vec();
-                out.push((word(0), key, value));
+                let key = field(page, key_at, word(8) as usize, id)?;
+                let value = field(page, key_at + key.len(), word(12) as usize, id)?;
+                self.budget = self
+                    .budget
+                    .checked_sub(key.len() + value.len())
+                    .ok_or_else(|| page_error(id, "elements share their bytes"))?;
+                out.push((word(0), key.to_vec(), value.to_vec()));
             } else if flags & BRANCH_PAGE != 0 {
                 let child = u64::from_le_bytes(element[8..16].try_into().expect("8 bytes"));
                 out.extend(self.entries(Node::Page(child), depth + 1)?);
@@ -535,19 +555,30 @@ impl<'a> Reader<'a> {
 
     /// Page `id` with the pages it overflows into.
     fn page(&mut self, id: u64) -> Result<&'a [u8], BoltError> {
-        if id < 2 || id >= self.pages || !self.seen.insert(id) {
-            return Err(page_error(id, "not a page a tree may use (or used twice)"));
+        let unusable = || page_error(id, "not a page a tree may use (or used twice)");
+        if id < 2 || id >= self.pages {
+            return Err(unusable());
         }
+        // Below `pages`, which the file's length bounds: no overflow.
         let start = id as usize * self.page_size;
         let head = self
             .file
             .get(start..start + HEADER)
             .ok_or_else(|| page_error(id, "beyond the end of the file"))?;
-        let overflow = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes")) as usize;
-        let end = start + (overflow + 1) * self.page_size;
-        self.file
-            .get(start..end)
-            .ok_or_else(|| page_error(id, "beyond the end of the file"))
+        let overflow = u64::from(u32::from_le_bytes(
+            head[12..16].try_into().expect("4 bytes"),
+        ));
+        let last = id + overflow;
+        if last >= self.pages {
+            return Err(page_error(id, "overflows past the end of the file"));
+        }
+        for page in id..=last {
+            if !self.seen.insert(page) {
+                return Err(unusable());
+            }
+        }
+        let end = (last as usize + 1) * self.page_size;
+        Ok(&self.file[start..end])
     }
 }
 
@@ -618,5 +649,37 @@ mod tests {
                 file[at] ^= bit;
             }
         }
+    }
+
+    #[test]
+    fn a_meta_page_claiming_pages_past_the_file_is_refused() {
+        let mut file = write(&[bucket("k", vec![(b"a".to_vec(), b"b".to_vec())])]);
+        for page in [0, PAGE_SIZE] {
+            let meta = page + HEADER;
+            file[meta + 16..meta + 24].copy_from_slice(&(1u64 << 60).to_le_bytes()); // root
+            file[meta + 40..meta + 48].copy_from_slice(&u64::MAX.to_le_bytes()); // pages
+            file[meta + 56..meta + 64].copy_from_slice(&0u64.to_le_bytes()); // no checksum
+        }
+        assert!(matches!(read(&file), Err(BoltError::Page { .. })));
+    }
+
+    #[test]
+    fn elements_sharing_their_bytes_are_refused() {
+        // A leaf whose 200 elements all point at one 800-byte value: 160 KB of
+        // entries out of a few pages.
+        let mut file = write(&[bucket("k", vec![(b"a".to_vec(), vec![1; 800])])]);
+        let leaf = 3 * PAGE_SIZE; // the bucket's only page, after meta, meta, freelist
+        assert_eq!(file[leaf + 8], LEAF_PAGE as u8);
+        file[leaf + 10..leaf + 12].copy_from_slice(&200u16.to_le_bytes());
+        let data = HEADER + ELEMENT; // where the single element's key was
+        for i in 0..200usize {
+            let at = leaf + HEADER + i * ELEMENT;
+            let pos = (data + 16 * 200).saturating_sub(HEADER + i * ELEMENT) as u32;
+            for (j, w) in [0u32, pos, 0, 800].iter().enumerate() {
+                file[at + 4 * j..at + 4 * j + 4].copy_from_slice(&w.to_le_bytes());
+            }
+        }
+        let err = read(&file).unwrap_err().to_string();
+        assert!(err.contains("share their bytes"), "{err}");
     }
 }

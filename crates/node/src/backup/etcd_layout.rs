@@ -60,10 +60,13 @@ pub struct EtcdState {
 }
 
 impl EtcdState {
-    /// The store revision: that of the last record (etcd's `snapshot status` reads it
-    /// the same way).
+    /// The store revision: that of the last record (as etcd's `snapshot status` reads
+    /// it), or the compaction point if that is later.
     pub fn revision(&self) -> i64 {
-        self.revisions.last().map_or(0, |r| r.main)
+        self.revisions
+            .last()
+            .map_or(0, |r| r.main)
+            .max(self.compact_revision)
     }
 }
 
@@ -89,7 +92,7 @@ pub fn buckets<'a>(
         len: history.len(),
         entry: Box::new(move |i| key_record(&history[i])),
     };
-    let leases: Vec<Entry> = source
+    let mut leases: Vec<Entry> = source
         .lease_ttls()
         .map(|(id, ttl)| {
             let record = LeaseRecord {
@@ -100,6 +103,8 @@ pub fn buckets<'a>(
             (id.to_be_bytes().to_vec(), record.encode_to_vec())
         })
         .collect();
+    // By key bytes, as bbolt orders them: a negative id sorts after the positive ones.
+    leases.sort();
     let mut meta: Vec<Entry> = vec![(
         CONSISTENT_INDEX.to_vec(),
         source.applied().to_be_bytes().to_vec(),
@@ -146,6 +151,15 @@ fn key_value(kv: &KeyValue) -> mvccpb::KeyValue {
 
 /// Read etcd's layout back from `buckets` (from ekmat's backups or etcd's own).
 pub fn read(buckets: &[Bucket]) -> Result<EtcdState, String> {
+    // etcd's store creates both whenever it opens a backend.
+    for needed in [KEY, META] {
+        if !buckets.iter().any(|b| b.name == needed) {
+            return Err(format!(
+                "not an etcd backend database: no '{}' bucket",
+                String::from_utf8_lossy(needed)
+            ));
+        }
+    }
     let mut state = EtcdState::default();
     for bucket in buckets {
         match &bucket.name[..] {
@@ -204,13 +218,137 @@ fn read_meta(entries: &[Entry], state: &mut EtcdState) -> Result<(), String> {
                 })?;
                 state.consistent_index = u64::from_be_bytes(bytes);
             }
-            FINISHED_COMPACT => {
-                state.compact_revision = parse_revision(value)
-                    .ok_or("meta bucket: finishedCompactRev is not a revision")?
+            // etcd records a compaction as scheduled, deletes the history below it in
+            // batches, then records it finished; a backup taken in between already
+            // misses part of that history, so the later of the two is the point.
+            FINISHED_COMPACT | SCHEDULED_COMPACT => {
+                let rev = parse_revision(value)
+                    .ok_or("meta bucket: a compaction revision is not a revision")?
                     .0;
+                state.compact_revision = state.compact_revision.max(rev);
             }
             _ => {}
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ekmat_core::RequestId;
+    use ekmat_kv::{Command, Envelope, KvStore, LeaseGrantRequest, PutRequest};
+
+    use super::*;
+    use crate::backup::{bbolt, decode, encode};
+
+    fn apply(kv: &mut KvStore, command: Command) {
+        let index = kv.applied_index() + 1;
+        let id = RequestId {
+            client: 0,
+            seq: index,
+        };
+        kv.apply(index, id, &Envelope::new(1, command).encode());
+    }
+
+    #[test]
+    fn leases_with_negative_ids_are_written_in_bbolt_key_order() {
+        let mut kv = KvStore::new();
+        for id in [7, -5] {
+            apply(
+                &mut kv,
+                Command::LeaseGrant(LeaseGrantRequest { ttl: 60, id }),
+            );
+        }
+        apply(
+            &mut kv,
+            Command::Put(PutRequest {
+                key: "k".into(),
+                value: "v".into(),
+                lease: -5,
+                ..Default::default()
+            }),
+        );
+        let file = encode(&kv.snapshot_source()).unwrap();
+        let state = decode(&file).unwrap();
+        assert_eq!(state.leases, vec![(7, 60), (-5, 60)]);
+        assert_eq!(state.revisions[0].kv.lease, -5);
+    }
+
+    fn meta(entries: Vec<Entry>) -> Bucket {
+        Bucket {
+            name: META.to_vec(),
+            entries,
+        }
+    }
+
+    #[test]
+    fn a_compaction_scheduled_but_not_finished_is_the_compaction_point() {
+        let keys = Bucket {
+            name: KEY.to_vec(),
+            entries: vec![],
+        };
+        let state = read(&[
+            keys,
+            meta(vec![
+                (FINISHED_COMPACT.to_vec(), revision_key(5, 0, false)),
+                (SCHEDULED_COMPACT.to_vec(), revision_key(10, 0, false)),
+            ]),
+        ])
+        .unwrap();
+        assert_eq!(state.compact_revision, 10);
+        assert_eq!(state.revision(), 10);
+    }
+
+    #[test]
+    fn a_bbolt_file_without_etcds_buckets_is_no_backup() {
+        let other = bbolt::write(&[Bucket {
+            name: b"something".to_vec(),
+            entries: vec![(b"a".to_vec(), b"b".to_vec())],
+        }]);
+        let err = decode(&other).unwrap_err();
+        assert!(err.contains("not an etcd backend database"), "{err}");
+    }
+
+    #[test]
+    fn two_changes_at_one_revision_are_refused_on_restore() {
+        let record = |key: &str| {
+            let kv = mvccpb::KeyValue {
+                key: key.into(),
+                create_revision: 2,
+                mod_revision: 2,
+                version: 1,
+                value: b"v".to_vec(),
+                lease: 0,
+            };
+            (revision_key(2, 0, false), kv.encode_to_vec())
+        };
+        // Two keys under one revision key cannot even be written as one bucket...
+        let keys = Bucket {
+            name: KEY.to_vec(),
+            entries: vec![record("a"), record("b")],
+        };
+        let sources: Vec<BucketSource<'_>> = vec![BucketSource::of(KEY, keys.entries.clone())];
+        assert!(bbolt::Plan::of(&sources).is_err());
+        // ...and a store holding them is refused.
+        let records = ["a", "b"]
+            .map(|k| ekmat_kv::BackupRecord {
+                main: 2,
+                sub: 0,
+                deleted: false,
+                kv: KeyValue {
+                    key: k.into(),
+                    create_revision: 2,
+                    mod_revision: 2,
+                    version: 1,
+                    value: "v".into(),
+                    lease: 0,
+                },
+            })
+            .to_vec();
+        let err = ekmat_kv::KvStore::from_backup(1, records, &[], 0).unwrap_err();
+        assert!(
+            err.to_string().contains("out of order or repeated"),
+            "{err}"
+        );
+    }
 }

@@ -10,48 +10,48 @@ use ekmat_kv::SnapshotSource;
 use sha2::{Digest, Sha256};
 
 pub use etcd_layout::{EtcdState, Revision};
-pub use seed::{Seeded, seed};
+pub use seed::{Seed, Seeded, plant, prepare, seed};
 
 /// The backup of the store `source` was taken from: a bbolt file, whole.
-pub fn encode(source: &SnapshotSource) -> Vec<u8> {
+pub fn encode(source: &SnapshotSource) -> Result<Vec<u8>, String> {
     let mut file = Vec::new();
     stream(source, bbolt::PAGE_SIZE, |chunks| {
         chunks.for_each(|(chunk, _)| file.extend(chunk));
-    });
-    file
+    })?;
+    Ok(file)
 }
 
 /// The backup of the store `source` was taken from, handed to `consume` as chunks of
 /// `chunk` bytes (the last may be shorter), each with the number of bytes still to come
 /// after it. Pages are written as the chunks are taken, so a backup of any size holds
-/// about one chunk in memory beyond the store itself.
+/// about one chunk in memory beyond the store itself. Fails, before any chunk, if the
+/// store cannot be laid out as etcd's (which a consistent store always can).
 pub fn stream<R>(
     source: &SnapshotSource,
     chunk: usize,
     consume: impl FnOnce(&mut dyn Iterator<Item = (Vec<u8>, u64)>) -> R,
-) -> R {
+) -> Result<R, String> {
     let history = source.history();
     let buckets = etcd_layout::buckets(source, &history);
-    let plan = bbolt::Plan::of(&buckets);
+    let plan = bbolt::Plan::of(&buckets)?;
     let mut remaining = plan.len();
     let mut pages = plan.pages(&buckets);
-    let mut pending: Vec<u8> = Vec::new();
+    let mut pending = bytes::BytesMut::new();
     let mut chunks = std::iter::from_fn(|| {
         while pending.len() < chunk {
             match pages.next() {
-                Some(page) => pending.extend(page),
+                Some(page) => pending.extend_from_slice(&page),
                 None => break,
             }
         }
         if pending.is_empty() {
             return None;
         }
-        let rest = pending.split_off(chunk.min(pending.len()));
-        let out = std::mem::replace(&mut pending, rest);
+        let out = pending.split_to(chunk.min(pending.len())).to_vec();
         remaining -= out.len() as u64;
         Some((out, remaining))
     });
-    consume(&mut chunks)
+    Ok(consume(&mut chunks))
 }
 
 /// Read a backup: a file `etcdctl snapshot save` wrote (the database, then its SHA-256,

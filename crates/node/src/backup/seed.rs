@@ -27,10 +27,25 @@ pub struct Seeded {
     pub leases: usize,
 }
 
-/// Seed the new member `cfg` describes with the backup in `file`. Refused for a
-/// protocol other than Raft, for a data directory that already holds a log, and for a
-/// file that is no backup (each with a one-line reason).
+/// A backup made ready to seed the founding members of one cluster.
+pub struct Seed {
+    snapshot: Snapshot,
+    pub summary: Seeded,
+}
+
+/// Seed the new member `cfg` describes with the backup in `file` ([`prepare`], then
+/// [`plant`]).
 pub fn seed(cfg: &NodeConfig, file: &[u8]) -> Result<Seeded, NodeError> {
+    let seed = prepare(cfg, file)?;
+    plant(cfg, &seed)?;
+    Ok(seed.summary)
+}
+
+/// Read the backup in `file` and build the snapshot every founding member of the
+/// cluster `cfg` belongs to starts from (the same for each). Refused for a protocol
+/// other than Raft, for a joining member, and for a file that is no backup or holds an
+/// inconsistent store (each with a one-line reason).
+pub fn prepare(cfg: &NodeConfig, file: &[u8]) -> Result<Seed, NodeError> {
     cfg.validate()?;
     if cfg.protocol != "raft" {
         return Err(NodeError::Protocol(format!(
@@ -44,7 +59,7 @@ pub fn seed(cfg: &NodeConfig, file: &[u8]) -> Result<Seeded, NodeError> {
         ));
     }
     let state = super::decode(file).map_err(|e| NodeError::Storage(format!("backup: {e}")))?;
-    let seeded = Seeded {
+    let summary = Seeded {
         revision: state.revision(),
         versions: state.revisions.len(),
         leases: state.leases.len(),
@@ -80,8 +95,21 @@ pub fn seed(cfg: &NodeConfig, file: &[u8]) -> Result<Seeded, NodeError> {
         membership: Membership::of(cfg.founders().map(|m| NodeId(m.id))),
         data,
     };
-    write_log(cfg, snapshot)?;
-    Ok(seeded)
+    Ok(Seed { snapshot, summary })
+}
+
+/// Write `seed` as the first log records of the new member `cfg` describes (one of the
+/// founders `seed` was prepared for). Refused if its data directory holds a log.
+pub fn plant(cfg: &NodeConfig, seed: &Seed) -> Result<(), NodeError> {
+    cfg.validate()?;
+    let founders: std::collections::BTreeSet<NodeId> =
+        cfg.founders().map(|m| NodeId(m.id)).collect();
+    if cfg.me().joined || founders != seed.snapshot.membership.voters {
+        return Err(NodeError::Protocol(
+            "this seed was prepared for another cluster's founding members".into(),
+        ));
+    }
+    write_log(cfg, seed.snapshot.clone())
 }
 
 /// Write the seed as the member's first log records, in a directory holding none.

@@ -7,6 +7,9 @@
 //! file, which `etcdctl snapshot status` reads and `etcdctl snapshot restore` turns
 //! into a data directory for etcd.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
 use ekmat_api::etcdserverpb as pb;
 use sha2::{Digest, Sha256};
 use tonic::Status;
@@ -20,10 +23,44 @@ const CHUNK: usize = 32 * 1024;
 
 /// Frames waiting to be sent: the backup is written as the client takes it.
 const FRAMES_QUEUED: usize = 4;
+/// Backups being written at once; more are refused, so clients that stop reading
+/// cannot pile up threads (each holds one, and a view of the store).
+const MAX_STREAMS: usize = 4;
+/// A client that takes no frame for this long is given up on.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+static STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_STREAMS`] places, given back on drop.
+struct StreamSlot;
+
+impl StreamSlot {
+    fn take() -> Option<StreamSlot> {
+        STREAMS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_STREAMS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        STREAMS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+type Frame = Result<pb::SnapshotResponse, Status>;
 
 impl Services {
     /// A snapshot of the state this member has applied, as etcd's stream of messages.
     pub(super) async fn snapshot_stream(&self) -> Result<BoxStream<pb::SnapshotResponse>, Status> {
+        let slot = StreamSlot::take().ok_or_else(|| {
+            Status::unavailable(format!(
+                "{MAX_STREAMS} backups are being sent already; retry later"
+            ))
+        })?;
         let answer = self
             .read(Query::Snapshot, false)
             .await
@@ -33,18 +70,51 @@ impl Services {
         };
         let header = self.header(source.revision());
         let (tx, rx) = tokio::sync::mpsc::channel(FRAMES_QUEUED);
-        // Writing a large store takes a while: not on a task the runtime shares.
-        tokio::task::spawn_blocking(move || {
-            crate::backup::stream(&source, CHUNK, |chunks| {
-                for frame in frames(chunks, header) {
-                    if tx.blocking_send(Ok(frame)).is_err() {
-                        return; // the client went away
-                    }
-                }
-            });
-        });
+        let runtime = tokio::runtime::Handle::current();
+        // Writing a large store takes a while, and the client sets the pace: a thread of
+        // its own, not one the runtime (or the driver's heavy entries) shares.
+        std::thread::Builder::new()
+            .name("ekmat-backup".into())
+            .spawn(move || {
+                let _slot = slot;
+                let send = |frame: Frame| {
+                    runtime.block_on(async {
+                        matches!(
+                            tokio::time::timeout(SEND_TIMEOUT, tx.send(frame)).await,
+                            Ok(Ok(()))
+                        )
+                    })
+                };
+                write_backup(&source, header, &send);
+            })
+            .map_err(|e| Status::internal(format!("cannot start the backup: {e}")))?;
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
+}
+
+/// Send the backup of `source` frame by frame; a failure ends the stream with an error,
+/// never with a short file that looks complete.
+fn write_backup(
+    source: &ekmat_kv::SnapshotSource,
+    header: pb::ResponseHeader,
+    send: &dyn Fn(Frame) -> bool,
+) {
+    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::backup::stream(source, CHUNK, |chunks| {
+            for frame in frames(chunks, header) {
+                if !send(Ok(frame)) {
+                    return; // the client went away, or stopped reading
+                }
+            }
+        })
+    }));
+    let failed = match written {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e,
+        Err(_) => "the backup writer panicked".to_string(),
+    };
+    tracing::error!(error = %failed, "a backup failed");
+    send(Err(Status::internal(format!("backup failed: {failed}"))));
 }
 
 /// The messages carrying `chunks` (each with the bytes still to come after it), then
