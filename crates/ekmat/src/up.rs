@@ -338,6 +338,9 @@ fn restore(cfgs: &[NodeConfig], file: &Path) -> Result<(), String> {
             ));
         }
     }
+    if let Some(warning) = ekmat_node::backup::Seeded::left_out(&seed.left_out) {
+        eprintln!("warning: {warning} (ekmat has no users, roles or alarms to restore them into)");
+    }
     let s = seed.summary;
     println!(
         "restored {}: revision {}, {} versions, {} leases",

@@ -57,6 +57,10 @@ pub struct EtcdState {
     pub leases: Vec<(i64, i64)>,
     pub compact_revision: i64,
     pub consistent_index: u64,
+    /// Buckets with entries that ekmat does not restore (etcd's users and roles, its
+    /// alarms), by name with their entry counts. Members are not listed: a restore
+    /// always starts a new membership, as `etcdctl snapshot restore` does.
+    pub left_out: Vec<(String, usize)>,
 }
 
 impl EtcdState {
@@ -166,6 +170,11 @@ pub fn read(buckets: &[Bucket]) -> Result<EtcdState, String> {
             KEY => state.revisions = read_revisions(&bucket.entries)?,
             LEASE => state.leases = read_leases(&bucket.entries)?,
             META => read_meta(&bucket.entries, &mut state)?,
+            b"members" | b"members_removed" | b"cluster" => {}
+            name if !bucket.entries.is_empty() => state.left_out.push((
+                String::from_utf8_lossy(name).into_owned(),
+                bucket.entries.len(),
+            )),
             _ => {}
         }
     }

@@ -27,10 +27,25 @@ pub struct Seeded {
     pub leases: usize,
 }
 
+impl Seeded {
+    /// What the backup held that the restore leaves out, if anything, for a warning.
+    pub fn left_out(left_out: &[(String, usize)]) -> Option<String> {
+        (!left_out.is_empty()).then(|| {
+            let parts: Vec<String> = left_out
+                .iter()
+                .map(|(name, n)| format!("{name} ({n} entries)"))
+                .collect();
+            format!("left out of the restore: {}", parts.join(", "))
+        })
+    }
+}
+
 /// A backup made ready to seed the founding members of one cluster.
 pub struct Seed {
     snapshot: Snapshot,
     pub summary: Seeded,
+    /// Buckets the backup held that are not restored, with their entry counts.
+    pub left_out: Vec<(String, usize)>,
 }
 
 /// Seed the new member `cfg` describes with the backup in `file` ([`prepare`], then
@@ -95,7 +110,11 @@ pub fn prepare(cfg: &NodeConfig, file: &[u8]) -> Result<Seed, NodeError> {
         membership: Membership::of(cfg.founders().map(|m| NodeId(m.id))),
         data,
     };
-    Ok(Seed { snapshot, summary })
+    Ok(Seed {
+        snapshot,
+        summary,
+        left_out: state.left_out,
+    })
 }
 
 /// Write `seed` as the first log records of the new member `cfg` describes (one of the
