@@ -10,6 +10,7 @@ mod gateway;
 mod kv_cmd;
 mod node_cmd;
 mod pbft_cmd;
+mod restore_cmd;
 mod scenario;
 mod signed_client;
 mod sim;
@@ -37,6 +38,9 @@ enum Command {
     Up(up::UpArgs),
     /// Run one cluster member from a configuration file.
     Node(node_cmd::NodeArgs),
+    /// Seed a new member's data directory from a backup (`etcdctl snapshot save`'s file,
+    /// from ekmat or etcd 3.4), as `etcdctl snapshot restore` does for etcd.
+    Restore(restore_cmd::RestoreArgs),
     /// Read and write keys (etcdctl-compatible output).
     Kv(kv_cmd::KvArgs),
     /// Show each member's leader, term, indexes and lag.
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Up(args) => up::run(args),
         Command::Node(args) => node_cmd::run(args),
+        Command::Restore(args) => restore_cmd::run(args),
         Command::Kv(args) => kv_cmd::run(args),
         Command::Status(args) => status_cmd::run(args),
         Command::Sim(args) => sim::run(args),

@@ -60,6 +60,16 @@ async fn backup(url: &str) -> Vec<u8> {
     file
 }
 
+fn restore(file: &std::path::Path, config: &std::path::Path) -> std::process::Output {
+    support::ekmat()
+        .arg("restore")
+        .arg(file)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 async fn eventually(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> bool) {
     let started = Instant::now();
     while !ok().await {
@@ -106,14 +116,27 @@ async fn a_cluster_started_from_a_backup_serves_it_and_a_later_member_receives_i
     drop(old);
 
     let mut new = Cluster::configure(3, |_| {});
-    for cfg in &new.cfgs {
-        let seeded = ekmat_node::backup::seed(cfg, &file).unwrap();
-        assert_eq!(seeded.revision, ours.header.as_ref().unwrap().revision);
-        assert_eq!(seeded.leases, 1);
+    let saved = new.dir.path().join("backup.db");
+    std::fs::write(&saved, &file).unwrap();
+    let revision = ours.header.as_ref().unwrap().revision;
+    for i in 0..3 {
+        // As an operator would: `ekmat restore FILE --config` for each member.
+        support::write_config(&new.config_path(i), &new.cfgs[i]);
+        let out = restore(&saved, &new.config_path(i));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains(&format!("revision {revision}, ")), "{said}");
+        assert!(said.contains("1 leases"), "{said}");
     }
     // Seeding twice would lose what the member has written since: refused.
-    let again = ekmat_node::backup::seed(&new.cfgs[0], &file).unwrap_err();
-    assert!(again.to_string().contains("already holds a log"), "{again}");
+    let again = restore(&saved, &new.config_path(0));
+    assert_eq!(again.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&again.stderr);
+    assert!(why.contains("already holds a log"), "{why}");
     for i in 0..3 {
         new.spawn(i);
     }
