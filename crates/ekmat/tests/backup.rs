@@ -119,6 +119,10 @@ async fn a_cluster_started_from_a_backup_serves_it_and_a_later_member_receives_i
     let saved = new.dir.path().join("backup.db");
     std::fs::write(&saved, &file).unwrap();
     let revision = ours.header.as_ref().unwrap().revision;
+    // What a restore that crashed midway leaves behind is replaced, not mistaken for a log.
+    let leftover = new.cfgs[0].data_dir.join("wal.seeding");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("00000000000000000001.wal"), b"torn").unwrap();
     for i in 0..3 {
         // As an operator would: `ekmat restore FILE --config` for each member.
         support::write_config(&new.config_path(i), &new.cfgs[i]);

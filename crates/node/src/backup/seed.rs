@@ -144,17 +144,30 @@ fn write_log(cfg: &NodeConfig, snapshot: Snapshot) -> Result<(), NodeError> {
     )?;
     let dir = cfg.data_dir.join("wal");
     let storage = |e: ekmat_storage::WalError| NodeError::Storage(e.to_string());
+    let io = |what: &str, path: &std::path::Path, e: std::io::Error| {
+        NodeError::Storage(format!("cannot {what} {}: {e}", path.display()))
+    };
+    if dir.exists() {
+        let (_, recovered) = Wal::open(&dir, WalOptions::default()).map_err(storage)?;
+        if recovered.checkpoint.is_some() || !recovered.records.is_empty() {
+            return Err(NodeError::Storage(format!(
+                "{} already holds a log: a backup seeds only a new member",
+                dir.display()
+            )));
+        }
+    }
+    // Written beside the log and renamed into place once durable: a crash midway
+    // leaves no log that starts without the seed (a member restarted on it would
+    // start from an empty store), only a directory the next restore replaces.
+    let seeding = cfg.data_dir.join("wal.seeding");
+    if seeding.exists() {
+        std::fs::remove_dir_all(&seeding).map_err(|e| io("remove", &seeding, e))?;
+    }
     let opts = WalOptions {
         sync: !cfg.unsafe_no_fsync,
         ..WalOptions::default()
     };
-    let (mut wal, recovered) = Wal::open(&dir, opts).map_err(storage)?;
-    if recovered.checkpoint.is_some() || !recovered.records.is_empty() {
-        return Err(NodeError::Storage(format!(
-            "{} already holds a log: a backup seeds only a new member",
-            dir.display()
-        )));
-    }
+    let (mut wal, _) = Wal::open(&seeding, opts).map_err(storage)?;
     let writes = [
         RaftWrite::HardState {
             term: SEED_TERM,
@@ -170,5 +183,13 @@ fn write_log(cfg: &NodeConfig, snapshot: Snapshot) -> Result<(), NodeError> {
         wal.append(&bytes).map_err(storage)?;
     }
     wal.sync().map_err(storage)?;
+    drop(wal);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| io("remove", &dir, e))?;
+    }
+    std::fs::rename(&seeding, &dir).map_err(|e| io("rename into place", &seeding, e))?;
+    std::fs::File::open(&cfg.data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync", &cfg.data_dir, e))?;
     Ok(())
 }
