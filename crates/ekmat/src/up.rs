@@ -329,7 +329,9 @@ fn restore(cfgs: &[NodeConfig], file: &Path) -> Result<(), String> {
             // The logs written so far (and any part of this one) would keep the
             // cluster from starting, and a rerun from restoring.
             for planted in &cfgs[..=i] {
-                let _ = std::fs::remove_dir_all(planted.data_dir.join("wal"));
+                for dir in ["wal", "wal.seeding"] {
+                    let _ = std::fs::remove_dir_all(planted.data_dir.join(dir));
+                }
             }
             return Err(format!(
                 "cannot restore {} into n{}: {e}",
