@@ -36,8 +36,7 @@ fn restore(args: &RestoreArgs) -> Result<(), String> {
     let file = &args.file;
     let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let seed =
-        prepare(&cfg, &bytes).map_err(|e| format!("cannot restore {}: {e}", file.display()))?;
-    drop(bytes);
+        prepare(&cfg, bytes).map_err(|e| format!("cannot restore {}: {e}", file.display()))?;
     plant(&cfg, &seed).map_err(|e| format!("cannot restore {}: {e}", file.display()))?;
     if let Some(warning) = Seeded::left_out(&seed.left_out) {
         eprintln!("warning: {warning} (ekmat has no users, roles or alarms to restore them into)");

@@ -321,9 +321,8 @@ fn restore(cfgs: &[NodeConfig], file: &Path) -> Result<(), String> {
             ));
         }
     }
-    let seed = ekmat_node::backup::prepare(&cfgs[0], &bytes)
+    let seed = ekmat_node::backup::prepare(&cfgs[0], bytes)
         .map_err(|e| format!("cannot restore {}: {e}", file.display()))?;
-    drop(bytes);
     for (i, cfg) in cfgs.iter().enumerate() {
         if let Err(e) = ekmat_node::backup::plant(cfg, &seed) {
             // The logs written so far (and any part of this one) would keep the

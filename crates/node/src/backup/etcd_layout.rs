@@ -153,8 +153,9 @@ fn key_value(kv: &KeyValue) -> mvccpb::KeyValue {
     }
 }
 
-/// Read etcd's layout back from `buckets` (from ekmat's backups or etcd's own).
-pub fn read(buckets: &[Bucket]) -> Result<EtcdState, String> {
+/// Read etcd's layout back from `buckets` (from ekmat's backups or etcd's own), freeing
+/// each entry once decoded.
+pub fn read(buckets: Vec<Bucket>) -> Result<EtcdState, String> {
     // etcd's store creates both whenever it opens a backend.
     for needed in [KEY, META] {
         if !buckets.iter().any(|b| b.name == needed) {
@@ -167,7 +168,7 @@ pub fn read(buckets: &[Bucket]) -> Result<EtcdState, String> {
     let mut state = EtcdState::default();
     for bucket in buckets {
         match &bucket.name[..] {
-            KEY => state.revisions = read_revisions(&bucket.entries)?,
+            KEY => state.revisions = read_revisions(bucket.entries)?,
             LEASE => state.leases = read_leases(&bucket.entries)?,
             META => read_meta(&bucket.entries, &mut state)?,
             b"members" | b"members_removed" | b"cluster" => {}
@@ -181,12 +182,12 @@ pub fn read(buckets: &[Bucket]) -> Result<EtcdState, String> {
     Ok(state)
 }
 
-fn read_revisions(entries: &[Entry]) -> Result<Vec<Revision>, String> {
+fn read_revisions(entries: Vec<Entry>) -> Result<Vec<Revision>, String> {
     entries
-        .iter()
+        .into_iter()
         .map(|(key, value)| {
             let deleted = key.len() == REVISION_LEN + 1 && key[REVISION_LEN] == TOMBSTONE;
-            let (main, sub) = parse_revision(key)
+            let (main, sub) = parse_revision(&key)
                 .filter(|_| key.len() == REVISION_LEN || deleted)
                 .ok_or_else(|| format!("key bucket: {key:?} is not a revision"))?;
             let kv = mvccpb::KeyValue::decode(&value[..])
@@ -296,7 +297,7 @@ mod tests {
             name: KEY.to_vec(),
             entries: vec![],
         };
-        let state = read(&[
+        let state = read(vec![
             keys,
             meta(vec![
                 (FINISHED_COMPACT.to_vec(), revision_key(5, 0, false)),

@@ -59,7 +59,7 @@ pub fn stream<R>(
 pub fn decode(file: &[u8]) -> Result<EtcdState, String> {
     let db = strip_checksum(file)?;
     let buckets = bbolt::read(db).map_err(|e| e.to_string())?;
-    etcd_layout::read(&buckets)
+    etcd_layout::read(buckets)
 }
 
 /// A saved file is a database of 512-byte multiples followed by its 32-byte SHA-256, as

@@ -51,7 +51,7 @@ pub struct Seed {
 /// Seed the new member `cfg` describes with the backup in `file` ([`prepare`], then
 /// [`plant`]).
 pub fn seed(cfg: &NodeConfig, file: &[u8]) -> Result<Seeded, NodeError> {
-    let seed = prepare(cfg, file)?;
+    let seed = prepare(cfg, file.to_vec())?;
     plant(cfg, &seed)?;
     Ok(seed.summary)
 }
@@ -60,7 +60,7 @@ pub fn seed(cfg: &NodeConfig, file: &[u8]) -> Result<Seeded, NodeError> {
 /// cluster `cfg` belongs to starts from (the same for each). Refused for a protocol
 /// other than Raft, for a joining member, and for a file that is no backup or holds an
 /// inconsistent store (each with a one-line reason).
-pub fn prepare(cfg: &NodeConfig, file: &[u8]) -> Result<Seed, NodeError> {
+pub fn prepare(cfg: &NodeConfig, file: Vec<u8>) -> Result<Seed, NodeError> {
     cfg.validate()?;
     if cfg.protocol != "raft" {
         return Err(NodeError::Protocol(format!(
@@ -73,7 +73,8 @@ pub fn prepare(cfg: &NodeConfig, file: &[u8]) -> Result<Seed, NodeError> {
             "a joining member gets its state from the cluster, not from a backup".into(),
         ));
     }
-    let state = super::decode(file).map_err(|e| NodeError::Storage(format!("backup: {e}")))?;
+    let state = super::decode(&file).map_err(|e| NodeError::Storage(format!("backup: {e}")))?;
+    drop(file);
     let summary = Seeded {
         revision: state.revision(),
         versions: state.revisions.len(),
@@ -103,7 +104,11 @@ pub fn prepare(cfg: &NodeConfig, file: &[u8]) -> Result<Seed, NodeError> {
         .map_err(|e| NodeError::Storage(format!("backup: {e}")))?;
     let kv = KvStore::from_backup(SEED_INDEX, records, &state.leases, state.compact_revision)
         .map_err(|e| NodeError::Storage(format!("backup: {e}")))?;
-    let data = Members::from_config(cfg).wrap_snapshot(kv.snapshot());
+    // Each form of the store is let go once the next is made: a large backup is held
+    // about twice, not four times.
+    let encoded = kv.snapshot();
+    drop(kv);
+    let data = Members::from_config(cfg).wrap_snapshot(encoded);
     let snapshot = Snapshot {
         index: SEED_INDEX,
         term: SEED_TERM,
