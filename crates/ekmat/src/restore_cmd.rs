@@ -3,11 +3,11 @@
 //! founding member, each with its own configuration and the same file, then start them
 //! with `ekmat node`. (`ekmat up --restore` does both for a local cluster.)
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use ekmat_node::NodeConfig;
-use ekmat_node::backup::{Seeded, plant, prepare};
+use ekmat_node::backup::{Seed, plant, prepare};
 
 use crate::exit;
 
@@ -34,13 +34,8 @@ pub fn run(args: RestoreArgs) -> u8 {
 fn restore(args: &RestoreArgs) -> Result<(), String> {
     let cfg = NodeConfig::load(&args.config).map_err(|e| e.to_string())?;
     let file = &args.file;
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let seed =
-        prepare(&cfg, bytes).map_err(|e| format!("cannot restore {}: {e}", file.display()))?;
+    let seed = prepare_file(&cfg, file)?;
     plant(&cfg, &seed).map_err(|e| format!("cannot restore {}: {e}", file.display()))?;
-    if let Some(warning) = Seeded::left_out(&seed.left_out) {
-        eprintln!("warning: {warning} (ekmat has no users, roles or alarms to restore them into)");
-    }
     let s = seed.summary;
     println!(
         "restored {} into {}: revision {}, {} versions, {} leases; start it with `ekmat node --config {}`",
@@ -52,4 +47,16 @@ fn restore(args: &RestoreArgs) -> Result<(), String> {
         args.config.display()
     );
     Ok(())
+}
+
+/// Read the backup in `file` and make it ready to seed the founders of `cfg`'s cluster,
+/// warning about what it holds that is not restored.
+pub fn prepare_file(cfg: &NodeConfig, file: &Path) -> Result<Seed, String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let seed =
+        prepare(cfg, bytes).map_err(|e| format!("cannot restore {}: {e}", file.display()))?;
+    if let Some(warning) = seed.warning() {
+        eprintln!("warning: {warning}");
+    }
+    Ok(seed)
 }

@@ -311,7 +311,6 @@ pub fn run(args: UpArgs) -> u8 {
 
 /// Seed every member with the backup in `file`: all of them, or (on a failure) none.
 fn restore(cfgs: &[NodeConfig], file: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     for cfg in cfgs {
         let wal = cfg.data_dir.join("wal");
         if std::fs::read_dir(&wal).is_ok_and(|mut d| d.next().is_some()) {
@@ -321,8 +320,7 @@ fn restore(cfgs: &[NodeConfig], file: &Path) -> Result<(), String> {
             ));
         }
     }
-    let seed = ekmat_node::backup::prepare(&cfgs[0], bytes)
-        .map_err(|e| format!("cannot restore {}: {e}", file.display()))?;
+    let seed = crate::restore_cmd::prepare_file(&cfgs[0], file)?;
     for (i, cfg) in cfgs.iter().enumerate() {
         if let Err(e) = ekmat_node::backup::plant(cfg, &seed) {
             // The logs written so far (and any part of this one) would keep the
@@ -338,9 +336,6 @@ fn restore(cfgs: &[NodeConfig], file: &Path) -> Result<(), String> {
                 cfg.id
             ));
         }
-    }
-    if let Some(warning) = ekmat_node::backup::Seeded::left_out(&seed.left_out) {
-        eprintln!("warning: {warning} (ekmat has no users, roles or alarms to restore them into)");
     }
     let s = seed.summary;
     println!(

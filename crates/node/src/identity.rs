@@ -16,6 +16,18 @@ pub struct Identity {
     pub protocol: String,
 }
 
+impl Identity {
+    /// The identity the member `cfg` describes gives its data directory.
+    pub fn of(cfg: &crate::config::NodeConfig) -> Identity {
+        Identity {
+            cluster: cfg.cluster.clone(),
+            cluster_id: cfg.cluster_id(),
+            member: cfg.id,
+            protocol: cfg.protocol.clone(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("data directory {dir} is not usable: {source}")]

@@ -59,15 +59,7 @@ async fn run_protocol<P: RuntimeProtocol>(
     stop: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     let started = Instant::now();
-    let _lock = identity::claim(
-        &cfg.data_dir,
-        &Identity {
-            cluster: cfg.cluster.clone(),
-            cluster_id: cfg.cluster_id(),
-            member: cfg.id,
-            protocol: cfg.protocol.clone(),
-        },
-    )?;
+    let _lock = identity::claim(&cfg.data_dir, &Identity::of(&cfg))?;
     let (wal, stable) = recover::<P>(&cfg)?;
     let core = P::recover(&cfg, stable.clone(), Time::ZERO).map_err(NodeError::Protocol)?;
 

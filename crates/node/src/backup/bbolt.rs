@@ -174,12 +174,8 @@ impl Plan {
     }
 
     /// The file's length in bytes.
-    pub fn len(&self) -> u64 {
+    pub fn file_len(&self) -> u64 {
         self.count * PAGE_SIZE as u64
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
     }
 
     fn allocate(&mut self, page: PagePlan, size: usize) -> u64 {
@@ -205,13 +201,7 @@ impl Plan {
                 return Err(format!("keys out of order at {key:?}"));
             }
             if n > start && size + len > PAGE_SIZE {
-                let leaf = PagePlan::Leaf {
-                    bucket,
-                    start,
-                    end: n,
-                    size,
-                };
-                let id = self.allocate(leaf, size);
+                let id = self.leaf(bucket, start..n, size);
                 level.push((first.take().expect("a page's first key"), id));
                 (start, size) = (n, HEADER);
             }
@@ -223,19 +213,24 @@ impl Plan {
             n += 1;
         }
         if n > start || level.is_empty() {
-            let leaf = PagePlan::Leaf {
-                bucket,
-                start,
-                end: n,
-                size,
-            };
-            let id = self.allocate(leaf, size);
+            let id = self.leaf(bucket, start..n, size);
             level.push((first.unwrap_or_default(), id));
         }
         while level.len() > 1 {
             level = self.branches(level);
         }
         Ok(level[0].1)
+    }
+
+    /// A leaf page holding entries `range` of `bucket`; returns its id.
+    fn leaf(&mut self, bucket: Option<usize>, range: std::ops::Range<usize>, size: usize) -> u64 {
+        let leaf = PagePlan::Leaf {
+            bucket,
+            start: range.start,
+            end: range.end,
+            size,
+        };
+        self.allocate(leaf, size)
     }
 
     /// Branch pages over `children` (first key, page); returns the level above.

@@ -13,7 +13,7 @@
 //! creates the members anew and etcd creates the rest empty.
 
 use ekmat_api::mvccpb;
-use ekmat_kv::{HistoryRecord, KeyValue, SnapshotSource};
+use ekmat_kv::{HistoryRecord, SnapshotSource};
 use prost::Message;
 
 use super::bbolt::{Bucket, BucketSource, Entry};
@@ -134,23 +134,12 @@ fn key_record(r: &HistoryRecord<'_>) -> Entry {
             ..Default::default()
         }
     } else {
-        key_value(r.kv)
+        crate::service::convert::key_value(r.kv.clone())
     };
     (
         revision_key(r.main, i64::from(r.sub), r.deleted),
         value.encode_to_vec(),
     )
-}
-
-fn key_value(kv: &KeyValue) -> mvccpb::KeyValue {
-    mvccpb::KeyValue {
-        key: kv.key.to_vec(),
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-        version: kv.version,
-        value: kv.value.to_vec(),
-        lease: kv.lease,
-    }
 }
 
 /// Read etcd's layout back from `buckets` (from ekmat's backups or etcd's own), freeing
@@ -345,7 +334,7 @@ mod tests {
                 main: 2,
                 sub: 0,
                 deleted: false,
-                kv: KeyValue {
+                kv: ekmat_kv::KeyValue {
                     key: k.into(),
                     create_revision: 2,
                     mod_revision: 2,

@@ -13,6 +13,7 @@ pub use etcd_layout::{EtcdState, Revision};
 pub use seed::{Seed, Seeded, plant, prepare, seed};
 
 /// The backup of the store `source` was taken from: a bbolt file, whole.
+#[cfg(test)]
 pub fn encode(source: &SnapshotSource) -> Result<Vec<u8>, String> {
     let mut file = Vec::new();
     stream(source, bbolt::PAGE_SIZE, |chunks| {
@@ -34,7 +35,7 @@ pub fn stream<R>(
     let history = source.history();
     let buckets = etcd_layout::buckets(source, &history);
     let plan = bbolt::Plan::of(&buckets)?;
-    let mut remaining = plan.len();
+    let mut remaining = plan.file_len();
     let mut pages = plan.pages(&buckets);
     let mut pending = bytes::BytesMut::new();
     let mut chunks = std::iter::from_fn(|| {

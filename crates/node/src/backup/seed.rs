@@ -27,25 +27,29 @@ pub struct Seeded {
     pub leases: usize,
 }
 
-impl Seeded {
-    /// What the backup held that the restore leaves out, if anything, for a warning.
-    pub fn left_out(left_out: &[(String, usize)]) -> Option<String> {
-        (!left_out.is_empty()).then(|| {
-            let parts: Vec<String> = left_out
-                .iter()
-                .map(|(name, n)| format!("{name} ({n} entries)"))
-                .collect();
-            format!("left out of the restore: {}", parts.join(", "))
-        })
-    }
-}
-
 /// A backup made ready to seed the founding members of one cluster.
 pub struct Seed {
     snapshot: Snapshot,
     pub summary: Seeded,
     /// Buckets the backup held that are not restored, with their entry counts.
     pub left_out: Vec<(String, usize)>,
+}
+
+impl Seed {
+    /// What the backup held that the restore leaves out, if anything, as a warning.
+    pub fn warning(&self) -> Option<String> {
+        (!self.left_out.is_empty()).then(|| {
+            let parts: Vec<String> = self
+                .left_out
+                .iter()
+                .map(|(name, n)| format!("{name} ({n} entries)"))
+                .collect();
+            format!(
+                "left out of the restore: {} (ekmat has no users, roles or alarms to restore them into)",
+                parts.join(", ")
+            )
+        })
+    }
 }
 
 /// Seed the new member `cfg` describes with the backup in `file` ([`prepare`], then
@@ -138,15 +142,7 @@ pub fn plant(cfg: &NodeConfig, seed: &Seed) -> Result<(), NodeError> {
 
 /// Write the seed as the member's first log records, in a directory holding none.
 fn write_log(cfg: &NodeConfig, snapshot: Snapshot) -> Result<(), NodeError> {
-    let _lock = identity::claim(
-        &cfg.data_dir,
-        &Identity {
-            cluster: cfg.cluster.clone(),
-            cluster_id: cfg.cluster_id(),
-            member: cfg.id,
-            protocol: cfg.protocol.clone(),
-        },
-    )?;
+    let _lock = identity::claim(&cfg.data_dir, &Identity::of(cfg))?;
     let dir = cfg.data_dir.join("wal");
     let storage = |e: ekmat_storage::WalError| NodeError::Storage(e.to_string());
     let io = |what: &str, path: &std::path::Path, e: std::io::Error| {
