@@ -15,8 +15,8 @@ use crate::exit;
 pub struct RestoreArgs {
     /// A file `etcdctl snapshot save` wrote, from ekmat or from etcd 3.4.
     pub file: PathBuf,
-    /// The new member's configuration: a founding member of a Raft cluster whose data
-    /// directory holds no log yet.
+    /// The new member's configuration: a founding member of a Raft or PBFT cluster
+    /// whose data directory holds no log yet.
     #[arg(long)]
     pub config: PathBuf,
 }

@@ -39,7 +39,7 @@ pub struct UpArgs {
     #[arg(long)]
     pub unsafe_no_fsync: bool,
     /// Start from a backup: a file `etcdctl snapshot save` wrote, from ekmat or from etcd
-    /// 3.4 (Raft, new data directories only).
+    /// 3.4 (new data directories only).
     #[arg(long, value_name = "FILE")]
     pub restore: Option<PathBuf>,
 }

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ekmat_api::etcdserverpb as pb;
-use support::{Cluster, channel};
+use support::{Cluster, backup, channel, restore};
 use tonic::transport::Channel;
 
 async fn kv(url: &str) -> pb::kv_client::KvClient<Channel> {
@@ -42,32 +42,6 @@ async fn everything(url: &str, rev: i64, serializable: bool) -> Result<pb::Range
         .await
         .map(tonic::Response::into_inner)
         .map_err(|e| e.to_string())
-}
-
-/// The backup file `etcdctl snapshot save` would write: the stream's data, then its
-/// SHA-256.
-async fn backup(url: &str) -> Vec<u8> {
-    let ch = channel(url).await.unwrap();
-    let mut stream = pb::maintenance_client::MaintenanceClient::new(ch)
-        .snapshot(pb::SnapshotRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let mut file = Vec::new();
-    while let Some(frame) = stream.message().await.unwrap() {
-        file.extend(frame.blob);
-    }
-    file
-}
-
-fn restore(file: &std::path::Path, config: &std::path::Path) -> std::process::Output {
-    support::ekmat()
-        .arg("restore")
-        .arg(file)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap()
 }
 
 async fn eventually(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> bool) {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ekmat_api::etcdserverpb as pb;
 use ekmat_node::NodeConfig;
-use support::{Cluster, channel, ekmat, http_get, metric, scrape, status};
+use support::{Cluster, backup, channel, ekmat, http_get, metric, restore, scrape, status};
 
 /// Member `id`'s data directory, beside `cfg`'s own (the support cluster's layout).
 fn dir_of(cfg: &NodeConfig, id: u32) -> std::path::PathBuf {
@@ -752,4 +752,112 @@ async fn a_member_whose_clock_runs_an_hour_ahead_expires_no_lease_early() {
     assert!(refused > 0.0, "the backups refused the primary's time");
     let warned = (1..4).any(|i| c.log(i).contains("refused primaries' batch times"));
     assert!(warned, "no backup named the refusals in its log");
+}
+
+/// A PBFT cluster started from a backup — here a Raft cluster's, so a store moves from
+/// one protocol to the other — serves its keys, history, compaction point and lease at
+/// every member; a member restarted keeps them; writes go on at the next revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pbft_cluster_started_from_a_backup_serves_it_at_every_member() {
+    let raft = Cluster::start(3);
+    let url = raft.endpoint(raft.leader(Duration::from_secs(15)).await);
+    let ch = channel(&url).await.unwrap();
+    let lease = pb::lease_client::LeaseClient::new(ch.clone())
+        .lease_grant(pb::LeaseGrantRequest { ttl: 600, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut old = pb::kv_client::KvClient::new(ch);
+    let mut revision = 0;
+    let mut compact_at = 0;
+    for (key, value, lease) in [
+        ("a", "1", 0),
+        ("b", "2", 0),
+        ("a", "3", 0),
+        ("l", "x", lease),
+    ] {
+        let req = pb::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            lease,
+            ..Default::default()
+        };
+        revision = old
+            .put(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision;
+        if (key, value) == ("a", "3") {
+            compact_at = revision;
+        }
+    }
+    let compact = pb::CompactionRequest {
+        revision: compact_at,
+        physical: false,
+    };
+    old.compact(compact).await.unwrap();
+    let file = backup(&url).await;
+    drop(raft);
+
+    let mut c = configure(|_| {});
+    let saved = c.dir.path().join("backup.db");
+    std::fs::write(&saved, &file).unwrap();
+    for i in 0..4 {
+        support::write_config(&c.config_path(i), &c.cfgs[i]);
+        let out = restore(&saved, &c.config_path(i));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains(&format!("revision {revision}, ")), "{said}");
+    }
+    for i in 0..4 {
+        c.spawn(i);
+    }
+    let within = Duration::from_secs(30);
+    put(&c, 1, "after", "restore", within).await;
+    c.kill9(2);
+    c.spawn(2);
+    for i in 0..4 {
+        caught_up(&c, i, 1, within).await;
+        let mut kv = kv(&c, i).await.expect("member reachable");
+        let read = |key: &str, revision: i64| pb::RangeRequest {
+            key: key.into(),
+            revision,
+            serializable: true,
+            ..Default::default()
+        };
+        let now = kv.range(read("a", 0)).await.unwrap().into_inner();
+        assert_eq!(now.kvs[0].value, b"3", "n{i}");
+        assert_eq!(
+            now.header.unwrap().revision,
+            revision + 1,
+            "n{i}: the put after"
+        );
+        let then = kv.range(read("b", compact_at)).await.unwrap().into_inner();
+        assert_eq!(then.kvs[0].value, b"2", "n{i}: history from the backup");
+        let gone = kv.range(read("a", compact_at - 1)).await.unwrap_err();
+        assert!(gone.message().contains("compacted"), "n{i}: {gone}");
+        let ch = channel(&c.endpoint(i)).await.unwrap();
+        let ttl = pb::lease_client::LeaseClient::new(ch)
+            .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+                id: lease,
+                keys: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            ttl.ttl > 590,
+            "n{i}: the lease restarts from its TTL: {}",
+            ttl.ttl
+        );
+        assert_eq!(ttl.keys, vec![b"l".to_vec()], "n{i}");
+    }
 }

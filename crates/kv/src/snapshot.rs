@@ -243,8 +243,8 @@ pub(crate) fn from_backup(
         compact_revision,
         last_lease_id: leases.iter().map(|&(id, _)| id).max().unwrap_or(0),
         keys,
-        // Deadlines on a clock at 0: the first leader's renewal of every lease, before
-        // its first entry moves the clock, restarts each from its full TTL.
+        // Deadlines on a clock at 0: when the clock starts, each lease restarts from its
+        // full TTL (`KvStore::advance_clock`).
         leases: leases
             .iter()
             .map(|&(id, ttl)| (id, ttl, (ttl.max(0) as u64).saturating_mul(1000)))

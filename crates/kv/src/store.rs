@@ -145,6 +145,11 @@ impl KvStore {
         if now_ms <= self.clock_ms {
             return;
         }
+        if self.clock_ms == 0 {
+            // A clock that never ran: deadlines counted from 0 (a store restored from a
+            // backup) restart their TTLs now, whatever entry starts it.
+            self.leases.renew_all(now_ms);
+        }
         self.clock_ms = now_ms;
         if !self.leases.any_expired(now_ms) {
             return;

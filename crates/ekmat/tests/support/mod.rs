@@ -251,6 +251,33 @@ pub async fn wait_applied(url: &str, rev: i64, within: Duration) {
     }
 }
 
+/// The backup file `etcdctl snapshot save` would write of the member at `url`: the
+/// stream's data, then its SHA-256.
+pub async fn backup(url: &str) -> Vec<u8> {
+    let ch = channel(url).await.unwrap();
+    let mut stream = pb::maintenance_client::MaintenanceClient::new(ch)
+        .snapshot(pb::SnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut file = Vec::new();
+    while let Some(frame) = stream.message().await.unwrap() {
+        file.extend(frame.blob);
+    }
+    file
+}
+
+/// `ekmat restore FILE --config CONFIG`, run to completion.
+pub fn restore(file: &Path, config: &Path) -> std::process::Output {
+    ekmat()
+        .arg("restore")
+        .arg(file)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 pub fn write_config(path: &Path, cfg: &NodeConfig) {
     std::fs::write(path, cfg.to_toml()).unwrap();
 }

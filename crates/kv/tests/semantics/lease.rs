@@ -123,6 +123,7 @@ fn leases_expire_by_the_log_clock() {
 #[test]
 fn any_command_moves_the_clock_and_expiry_comes_first() {
     let mut h = Harness::new();
+    h.now_ms = 1_000;
     h.grant(1, 1).unwrap();
     put_with_lease(&mut h, "a", 1).unwrap(); // 2
     h.now_ms = 5_000;
@@ -232,4 +233,37 @@ fn time_to_live_at_counts_from_the_later_of_two_clocks() {
     assert_eq!(h.kv.lease_time_to_live_at(1, false, 4_500).unwrap().ttl, 6);
     assert_eq!(h.kv.lease_time_to_live_at(1, false, 0).unwrap().ttl, 10);
     assert_eq!(h.kv.lease_time_to_live_at(1, false, 99_000).unwrap().ttl, 0);
+}
+
+/// A backup's leases carry no time: their deadlines count from a clock at 0, and each
+/// restarts its full TTL when the restored store's clock starts, whatever entry starts
+/// it (under PBFT another member's put may be ordered before any renewal).
+#[test]
+fn restored_leases_restart_their_ttl_when_the_clock_starts() {
+    let leased = BackupRecord {
+        main: 2,
+        sub: 0,
+        deleted: false,
+        kv: KeyValue {
+            key: b("a"),
+            create_revision: 2,
+            mod_revision: 2,
+            version: 1,
+            value: b("v"),
+            lease: 5,
+        },
+    };
+    let start = 1_700_000_000_000;
+    let mut h = Harness {
+        kv: KvStore::from_backup(1, vec![leased], &[(5, 60)], 0).unwrap(),
+        now_ms: start,
+    };
+    h.put("b", "v");
+    assert!(
+        h.tick(start + 59_999).is_empty(),
+        "a full TTL from the start"
+    );
+    let expired = h.tick(start + 60_000);
+    assert_eq!(expired.len(), 1);
+    assert_eq!(h.get("a"), None);
 }

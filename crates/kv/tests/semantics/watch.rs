@@ -148,13 +148,14 @@ fn a_watch_can_start_at_the_compaction_point_but_not_before() {
 #[test]
 fn lease_expiry_events_reach_watchers_too() {
     let mut h = Harness::new();
+    h.now_ms = 1_000;
     h.grant(1, 1).unwrap();
     h.put_req(PutRequest {
         lease: 1,
         ..PutRequest::new(b("eph"), b("x"))
     })
     .unwrap();
-    let expired = h.tick(1_000);
+    let expired = h.tick(2_000);
     assert_eq!(summary(&expired), ["eph@3 del eph= (was x)"]);
     assert_eq!(h.kv.events_between(3, b"eph", b"").unwrap(), expired);
 }

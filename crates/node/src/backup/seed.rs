@@ -1,9 +1,17 @@
-//! Starting a Raft member from a backup, as `etcdctl snapshot restore` starts an etcd
-//! member: the backup's store becomes the member's snapshot at log index 1, term 1, with
-//! the founding members as its configuration. Every founder is seeded alike from the
-//! same file, so they start in agreement; a member added later receives the state as a
-//! snapshot, since no member's log holds anything before index 2.
+//! Starting a member from a backup, as `etcdctl snapshot restore` starts an etcd member.
+//! Every founder is seeded alike from the same file, so they start in agreement:
+//!
+//! - Raft: the backup's store becomes the member's snapshot at log index 1, term 1, with
+//!   the founding members as its configuration. A member added later receives the state
+//!   as a snapshot, since no member's log holds anything before index 2.
+//! - PBFT: the store becomes the replica's snapshot at sequence number 0 (index 1),
+//!   whose history digest is the store's own (`ekmat_pbft::snapshot::Snapshot::seed`):
+//!   members seeded from different files never form a stable checkpoint together.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
 use ekmat_core::{Membership, NodeId};
 use ekmat_kv::{BackupRecord, KvStore};
 use ekmat_raft::{RaftWrite, Snapshot};
@@ -14,7 +22,7 @@ use crate::identity::{self, Identity};
 use crate::members::Members;
 use crate::node::NodeError;
 
-/// The log position and term the backup's state takes.
+/// The log position (the store's applied index) and Raft term the backup's state takes.
 const SEED_INDEX: u64 = 1;
 const SEED_TERM: u64 = 1;
 
@@ -29,7 +37,11 @@ pub struct Seeded {
 
 /// A backup made ready to seed the founding members of one cluster.
 pub struct Seed {
-    snapshot: Snapshot,
+    /// The member's first log records, encoded.
+    records: Vec<Vec<u8>>,
+    /// The cluster it was prepared for: its protocol and founding members.
+    protocol: String,
+    founders: BTreeSet<NodeId>,
     pub summary: Seeded,
     /// Buckets the backup held that are not restored, with their entry counts.
     pub left_out: Vec<(String, usize)>,
@@ -60,15 +72,15 @@ pub fn seed(cfg: &NodeConfig, file: &[u8]) -> Result<Seeded, NodeError> {
     Ok(seed.summary)
 }
 
-/// Read the backup in `file` and build the snapshot every founding member of the
+/// Read the backup in `file` and build the log records every founding member of the
 /// cluster `cfg` belongs to starts from (the same for each). Refused for a protocol
-/// other than Raft, for a joining member, and for a file that is no backup or holds an
-/// inconsistent store (each with a one-line reason).
+/// other than Raft and PBFT, for a joining member, and for a file that is no backup or
+/// holds an inconsistent store (each with a one-line reason).
 pub fn prepare(cfg: &NodeConfig, file: Vec<u8>) -> Result<Seed, NodeError> {
     cfg.validate()?;
-    if cfg.protocol != "raft" {
+    if !matches!(cfg.protocol.as_str(), "raft" | "pbft") {
         return Err(NodeError::Protocol(format!(
-            "starting from a backup is supported for Raft clusters, not {}",
+            "starting from a backup is supported for Raft and PBFT clusters, not {}",
             cfg.protocol
         )));
     }
@@ -112,36 +124,71 @@ pub fn prepare(cfg: &NodeConfig, file: Vec<u8>) -> Result<Seed, NodeError> {
     // about twice, not four times.
     let encoded = kv.snapshot();
     drop(kv);
-    let data = Members::from_config(cfg).wrap_snapshot(encoded);
-    let snapshot = Snapshot {
-        index: SEED_INDEX,
-        term: SEED_TERM,
-        membership: Membership::of(cfg.founders().map(|m| NodeId(m.id))),
-        data,
+    let founders: BTreeSet<NodeId> = cfg.founders().map(|m| NodeId(m.id)).collect();
+    let records = if cfg.protocol == "pbft" {
+        pbft_records(encoded)
+    } else {
+        raft_records(cfg, encoded, &founders)
     };
     Ok(Seed {
-        snapshot,
+        records,
+        protocol: cfg.protocol.clone(),
+        founders,
         summary,
         left_out: state.left_out,
     })
+}
+
+/// A term to start in, and the store as the snapshot at index 1 with the founders as
+/// the configuration.
+fn raft_records(cfg: &NodeConfig, kv: Bytes, founders: &BTreeSet<NodeId>) -> Vec<Vec<u8>> {
+    let snapshot = Snapshot {
+        index: SEED_INDEX,
+        term: SEED_TERM,
+        membership: Membership::of(founders.iter().copied()),
+        data: Members::from_config(cfg).wrap_snapshot(kv),
+    };
+    let writes = [
+        RaftWrite::HardState {
+            term: SEED_TERM,
+            vote: None,
+        },
+        RaftWrite::Snapshot {
+            snapshot,
+            keep_from: SEED_INDEX + 1,
+        },
+    ];
+    writes.iter().map(encode).collect()
+}
+
+/// The store as the replica's snapshot at sequence number 0. PBFT keeps the member
+/// table out of its snapshots (replicas vouch for them byte for byte; the table comes
+/// from each member's configuration), so the seed does too.
+fn pbft_records(kv: Bytes) -> Vec<Vec<u8>> {
+    let app = Members::default().wrap_snapshot(kv);
+    let snapshot = ekmat_pbft::snapshot::Snapshot::seed(app, SEED_INDEX);
+    vec![encode(&ekmat_pbft::Write::Snapshot(Arc::new(snapshot)))]
+}
+
+fn encode<T: serde::Serialize>(write: &T) -> Vec<u8> {
+    postcard::to_stdvec(write).expect("log records always serialize")
 }
 
 /// Write `seed` as the first log records of the new member `cfg` describes (one of the
 /// founders `seed` was prepared for). Refused if its data directory holds a log.
 pub fn plant(cfg: &NodeConfig, seed: &Seed) -> Result<(), NodeError> {
     cfg.validate()?;
-    let founders: std::collections::BTreeSet<NodeId> =
-        cfg.founders().map(|m| NodeId(m.id)).collect();
-    if cfg.me().joined || founders != seed.snapshot.membership.voters {
+    let founders: BTreeSet<NodeId> = cfg.founders().map(|m| NodeId(m.id)).collect();
+    if cfg.me().joined || founders != seed.founders || cfg.protocol != seed.protocol {
         return Err(NodeError::Protocol(
             "this seed was prepared for another cluster's founding members".into(),
         ));
     }
-    write_log(cfg, seed.snapshot.clone())
+    write_log(cfg, &seed.records)
 }
 
 /// Write the seed as the member's first log records, in a directory holding none.
-fn write_log(cfg: &NodeConfig, snapshot: Snapshot) -> Result<(), NodeError> {
+fn write_log(cfg: &NodeConfig, records: &[Vec<u8>]) -> Result<(), NodeError> {
     let _lock = identity::claim(&cfg.data_dir, &Identity::of(cfg))?;
     let dir = cfg.data_dir.join("wal");
     let storage = |e: ekmat_storage::WalError| NodeError::Storage(e.to_string());
@@ -169,19 +216,8 @@ fn write_log(cfg: &NodeConfig, snapshot: Snapshot) -> Result<(), NodeError> {
         ..WalOptions::default()
     };
     let (mut wal, _) = Wal::open(&seeding, opts).map_err(storage)?;
-    let writes = [
-        RaftWrite::HardState {
-            term: SEED_TERM,
-            vote: None,
-        },
-        RaftWrite::Snapshot {
-            snapshot,
-            keep_from: SEED_INDEX + 1,
-        },
-    ];
-    for write in &writes {
-        let bytes = postcard::to_stdvec(write).expect("log records always serialize");
-        wal.append(&bytes).map_err(storage)?;
+    for record in records {
+        wal.append(record).map_err(storage)?;
     }
     wal.sync().map_err(storage)?;
     drop(wal);

@@ -1364,4 +1364,5 @@ fn two_byzantine_vouchers_cannot_keep_a_replica_from_a_correct_third() {
 mod bundle_horizon;
 mod client;
 mod clock;
+mod seed;
 mod serve_budget;
