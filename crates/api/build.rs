@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/v3electionpb/v3election.proto",
         "proto/v3lockpb/v3lock.proto",
         "proto/ekmatpb/signed.proto",
+        "proto/ekmatpb/exclusion.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

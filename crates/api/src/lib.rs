@@ -2,7 +2,7 @@
 //!
 //! `etcdserverpb`, `mvccpb`, `v3electionpb` and `v3lockpb` match etcd's packages, so
 //! gRPC method paths (`/etcdserverpb.KV/Put`, `/v3lockpb.Lock/Lock`, ...) and encodings
-//! are etcd's. `ekmatpb` is ekmat's own: requests signed by their clients.
+//! are etcd's. `ekmatpb` is ekmat's own: requests signed by their clients, and PBFT's exclusions.
 
 #![allow(clippy::all, missing_docs)] // generated code
 

@@ -10,6 +10,7 @@ mod gateway;
 mod kv_cmd;
 mod node_cmd;
 mod pbft_cmd;
+mod readmit_cmd;
 mod restore_cmd;
 mod scenario;
 mod signed_client;

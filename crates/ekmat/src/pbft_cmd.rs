@@ -4,6 +4,9 @@
 //!
 //! `ekmat pbft client-key`, `put`, `get`, `del`: the Client role (`signed_client.rs`), a
 //! client that signs its own requests and believes f+1 matching results.
+//!
+//! `ekmat pbft readmit-vote`, `readmit`: re-admitting an excluded member
+//! (`readmit_cmd.rs`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -66,6 +69,12 @@ enum PbftCommand {
         #[command(flatten)]
         client: SignedClientArgs,
     },
+    /// Sign this member's vote to re-admit an excluded member (its operator's
+    /// decision); f+1 members' votes re-admit it (`readmit`).
+    ReadmitVote(crate::readmit_cmd::VoteArgs),
+    /// Hand f+1 validators' votes to a member and wait until it re-admitted the
+    /// excluded member (every correct member does, at the same sequence number).
+    Readmit(crate::readmit_cmd::ReadmitArgs),
 }
 
 pub fn run(args: PbftArgs) -> u8 {
@@ -80,6 +89,8 @@ pub fn run(args: PbftArgs) -> u8 {
         }
         PbftCommand::Get { key, client } => signed_client::run(client, signed_client::get(key)),
         PbftCommand::Del { key, client } => signed_client::run(client, signed_client::del(key)),
+        PbftCommand::ReadmitVote(args) => crate::readmit_cmd::run_vote(args),
+        PbftCommand::Readmit(args) => crate::readmit_cmd::run_readmit(args),
     }
 }
 
@@ -91,6 +102,7 @@ fn client_key(out: &Path, id: u64, count: u64) -> u8 {
     let reserved = [
         ekmat_pbft::client::ANONYMOUS_CLIENT,
         ekmat_pbft::EXCLUSION_CLIENT,
+        ekmat_pbft::READMISSION_CLIENT,
     ];
     if let Some(r) = reserved.iter().find(|r| (id..=last).contains(r)) {
         eprintln!("error: client id {r} is reserved by the protocol: pick other ids");

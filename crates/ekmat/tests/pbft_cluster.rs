@@ -861,3 +861,119 @@ async fn a_pbft_cluster_started_from_a_backup_serves_it_at_every_member() {
         assert_eq!(ttl.keys, vec![b"l".to_vec()], "n{i}");
     }
 }
+
+/// Member `i`'s view of the exclusions.
+async fn exclusions(
+    c: &Cluster,
+    i: usize,
+) -> Result<ekmat_api::ekmatpb::ExclusionsResponse, String> {
+    let ch = channel(&c.endpoint(i)).await.map_err(|e| e.to_string())?;
+    ekmat_api::ekmatpb::exclusions_client::ExclusionsClient::new(ch)
+        .list(ekmat_api::ekmatpb::ListExclusionsRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| s.message().to_string())
+}
+
+fn decided(list: &[ekmat_api::ekmatpb::Decision], member: u64) -> Option<u64> {
+    list.iter().find(|d| d.member == member).map(|d| d.seq)
+}
+
+/// A member that equivocates once (a second COMMIT for another digest, to n0) is
+/// excluded by every member at one sequence number; two other members' operators vote
+/// to re-admit it (f+1 = 2), and every member re-admits it at one sequence number,
+/// after which it serves writes again. Too few votes, or a member's vote for itself,
+/// are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_excluded_member_is_readmitted_on_the_votes_of_f_plus_1_validators() {
+    let mut c = configure(|_| {});
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.spawn_with_env(3, &[(ekmat_node::query::EQUIVOCATE_ONCE_ENV, "0")]);
+    let within = Duration::from_secs(30);
+    for k in 0..5 {
+        put(&c, 1, &format!("before/{k}"), "v", within).await;
+    }
+    let mut excluded_at = Vec::new();
+    for i in 0..4 {
+        let at = eventually(&c, within, "n3 excluded", || async {
+            decided(&exclusions(&c, i).await?.excluded, 3).ok_or("not yet".to_string())
+        })
+        .await;
+        excluded_at.push(at);
+    }
+    assert!(
+        excluded_at.iter().all(|&s| s == excluded_at[0]),
+        "{excluded_at:?}"
+    );
+
+    let dir = c.dir.path().to_path_buf();
+    let pbft = |args: &[&str]| ekmat().arg("pbft").args(args).output().unwrap();
+    let config = |i: usize| c.config_path(i).display().to_string();
+    let vote_file = |i: usize| dir.join(format!("vote-{i}")).display().to_string();
+    for i in [1, 2] {
+        let out = pbft(&[
+            "readmit-vote",
+            "3",
+            "--config",
+            &config(i),
+            "--out",
+            &vote_file(i),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let own = pbft(&["readmit-vote", "3", "--config", &config(3)]);
+    assert_eq!(own.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&own.stderr).contains("cannot vote to re-admit itself"));
+    let one = pbft(&["readmit", &vote_file(1), "--config", &config(0)]);
+    assert_eq!(one.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&one.stderr);
+    assert!(
+        why.contains("1 votes of other validators, 2 needed"),
+        "{why}"
+    );
+    assert!(decided(&exclusions(&c, 0).await.unwrap().excluded, 3).is_some());
+
+    let out = pbft(&[
+        "readmit",
+        &vote_file(1),
+        &vote_file(2),
+        "--config",
+        &config(0),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("member 3 re-admitted at sequence"), "{said}");
+    let mut readmitted_at = Vec::new();
+    for i in 0..4 {
+        let at = eventually(&c, within, "n3 re-admitted", || async {
+            let now = exclusions(&c, i).await?;
+            match (decided(&now.excluded, 3), decided(&now.readmitted, 3)) {
+                (None, Some(at)) => Ok(at),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        readmitted_at.push(at);
+    }
+    assert!(
+        readmitted_at
+            .iter()
+            .all(|&s| s == readmitted_at[0] && s > excluded_at[0])
+    );
+    // Its bundles are taken again: a put through it is acknowledged.
+    put(&c, 3, "after", "readmitted", within).await;
+    assert_eq!(
+        get(&c, 0, "after", false).await.as_deref(),
+        Some("readmitted")
+    );
+}

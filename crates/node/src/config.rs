@@ -431,8 +431,12 @@ impl NodeConfig {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let mut ids = BTreeSet::new();
         for c in &self.pbft_clients {
-            if c.id == ekmat_pbft::client::ANONYMOUS_CLIENT || c.id == ekmat_pbft::EXCLUSION_CLIENT
-            {
+            let reserved = [
+                ekmat_pbft::client::ANONYMOUS_CLIENT,
+                ekmat_pbft::EXCLUSION_CLIENT,
+                ekmat_pbft::READMISSION_CLIENT,
+            ];
+            if reserved.contains(&c.id) {
                 return bad(format!(
                     "pbft_client id {} is reserved by the protocol: pick another",
                     c.id

@@ -203,6 +203,23 @@ pub fn wall_clock_ms() -> u64 {
 /// (negative: behind), as a member whose clock is wrong would.
 pub const CLOCK_FAULT_ENV: &str = "EKMAT_FAULT_CLOCK_OFFSET_MS";
 
+/// A fault tests inject: this member, a Byzantine PBFT replica, sends the member this
+/// names a second COMMIT for another digest beside its first one (once per process):
+/// evidence of equivocation that member turns into its exclusion.
+pub const EQUIVOCATE_ONCE_ENV: &str = "EKMAT_FAULT_EQUIVOCATE_ONCE_TO";
+
+/// Whether to equivocate now to `to` under [`EQUIVOCATE_ONCE_ENV`]: true once at most.
+pub fn equivocate_now(to: u32) -> bool {
+    static TARGET: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let target = *TARGET.get_or_init(|| {
+        std::env::var(EQUIVOCATE_ONCE_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+    });
+    target == Some(to) && !DONE.swap(true, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The injected clock offset (0 unless [`CLOCK_FAULT_ENV`] holds a number).
 pub fn clock_fault_ms() -> i64 {
     static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();

@@ -143,6 +143,25 @@ impl Judge<'_> {
     }
 }
 
+/// The sequence number a proof's misbehaviour is anchored at: the conflicting
+/// statements' (an equivocation), or the point a forged bundle says it was made at.
+/// `None` for bytes that are no proof. A re-admission pardons what is anchored at or
+/// before it (`readmission.rs`).
+pub fn anchor(proof: &[u8]) -> Option<u64> {
+    match proof.split_first()? {
+        (&EQUIVOCATION, rest) => {
+            let len = u32::from_le_bytes(rest.get(4..8)?.try_into().ok()?) as usize;
+            let (slot, _) = parse(rest.get(8..8usize.checked_add(len)?)?)?;
+            Some(slot.2)
+        }
+        (&FORGED_REQUEST, rest) => {
+            let bundle: Signed<Bundle> = postcard::from_bytes(rest).ok()?;
+            Some(bundle.body.created)
+        }
+        _ => None,
+    }
+}
+
 /// Check an equivocation proof (after its kind byte); the replica it convicts.
 fn verify_equivocation(proof: &[u8], keys: &[VerifyingKey]) -> Result<NodeId, EvidenceError> {
     let take = |at: &mut usize, len: usize| -> Result<&[u8], EvidenceError> {

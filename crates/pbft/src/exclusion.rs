@@ -35,7 +35,12 @@ impl Pbft {
             self.excluded.entry(convict).or_insert(self.last_executed);
             return;
         }
-        if self.excluded.contains_key(&convict) || !self.exclusions_proposed.insert(convict) {
+        // Evidence a re-admission pardoned would be ordered for nothing, and would keep
+        // newer evidence from being proposed.
+        if self.excluded.contains_key(&convict)
+            || self.pardoned(convict, evidence::anchor(&proof))
+            || !self.exclusions_proposed.insert(convict)
+        {
             return;
         }
         let id = RequestId {
@@ -63,6 +68,7 @@ impl Pbft {
     ) {
         let counted = match self.judge().verify(proof).map(|(convict, _)| convict) {
             Ok(convict) if self.excluded.contains_key(&convict) => return,
+            Ok(convict) if self.pardoned(convict, evidence::anchor(proof)) => "pardoned-evidence",
             // More than f proven faulty is outside what the protocol tolerates; dropping
             // one more replica's messages would then only cost the rest their quorum.
             Ok(_) if self.excluded.len() >= self.f() => "exclusion-beyond-f",

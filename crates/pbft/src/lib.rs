@@ -19,6 +19,7 @@
 //! - [`certificate`]: quorum certificates anyone can verify with the public keys;
 //! - [`evidence`]: equivocation turned into self-contained proofs;
 //! - `exclusion`: a convicted replica excluded at one sequence number, through consensus;
+//! - [`readmission`]: an excluded replica re-admitted on f+1 validators' votes, likewise;
 //! - [`durable`]: what is persisted so a restarted replica never contradicts itself.
 //!
 //! Deterministic: no clock, no threads, no randomness; `BTreeMap`s only.
@@ -35,6 +36,7 @@ pub mod evidence;
 mod exclusion;
 pub mod message;
 mod normal_case;
+pub mod readmission;
 mod replica;
 pub mod snapshot;
 mod snapshot_download;
@@ -49,6 +51,7 @@ pub use durable::{PbftStable, Write};
 pub use ekmat_core::{NodeId, Time};
 pub use exclusion::EXCLUSION_CLIENT;
 pub use message::Message;
+pub use readmission::READMISSION_CLIENT;
 pub use replica::{Pbft, PbftStats, primary_of};
 
 #[cfg(test)]

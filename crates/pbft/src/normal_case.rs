@@ -539,6 +539,10 @@ impl Pbft {
             let proof = r.op.as_deref().unwrap_or_default();
             return self.execute_exclusion(seq, proof, replayed, out);
         }
+        if r.id.client == crate::READMISSION_CLIENT {
+            let votes = r.op.as_deref().unwrap_or_default();
+            return self.execute_readmission(seq, votes, replayed, out);
+        }
         let Some(op) = &r.op else {
             if bundle.body.gateway == self.cfg.id {
                 out.reply(Reply::ReadReady {

@@ -141,6 +141,9 @@ pub struct Pbft {
     pub(crate) evidence: EvidenceLog,
     /// Replicas excluded (see `exclusion.rs`), with the sequence number that excluded them.
     pub(crate) excluded: BTreeMap<NodeId, u64>,
+    /// Replicas re-admitted (see `readmission.rs`), with the sequence number of each one's
+    /// latest re-admission.
+    pub(crate) readmitted: BTreeMap<NodeId, u64>,
     /// Replicas this one submitted a proof against.
     pub(crate) exclusions_proposed: BTreeSet<NodeId>,
     /// The highest sequence number and view each replica was seen working on.
@@ -206,6 +209,7 @@ impl Pbft {
             future: Vec::new(),
             evidence: EvidenceLog::default(),
             excluded: BTreeMap::new(),
+            readmitted: BTreeMap::new(),
             exclusions_proposed: BTreeSet::new(),
             seen: BTreeMap::new(),
             behind_since: None,
@@ -416,7 +420,7 @@ impl Pbft {
     }
 
     fn on_request(&mut self, r: Request, out: &mut Fx) {
-        if r.id.client == crate::EXCLUSION_CLIENT {
+        if [crate::EXCLUSION_CLIENT, crate::READMISSION_CLIENT].contains(&r.id.client) {
             let reason = Rejection::ReservedClient;
             return out.reply(Reply::Rejected { id: r.id, reason });
         }
@@ -485,6 +489,9 @@ impl Pbft {
 
     fn on_message(&mut self, from: NodeId, msg: Message, out: &mut Fx) {
         match msg {
+            Message::Request(r) if r.id.client == crate::READMISSION_CLIENT => {
+                self.on_readmission(r, out)
+            }
             Message::Request(r) => self.on_client_request(r, out),
             // Not a validator: nothing but a request from it counts.
             _ if from.index() >= self.n() => self.counter("non-validator", out),

@@ -55,6 +55,7 @@ pub struct ExecState {
     pub(crate) sessions: BTreeMap<u64, Session>,
     pub(crate) executed_bundles: BTreeMap<Digest, u64>,
     pub excluded: BTreeMap<NodeId, u64>,
+    pub readmitted: BTreeMap<NodeId, u64>,
 }
 
 /// A replica's whole state at a snapshot point: its own and its state machine's.
@@ -72,7 +73,7 @@ impl Snapshot {
     /// empty history's, so replicas started from different states sign different
     /// checkpoints from the first one on and never form a stable checkpoint together.
     pub fn seed(app: Bytes, applied: u64) -> Snapshot {
-        let mut tagged = vec![13];
+        let mut tagged = vec![16];
         tagged.extend_from_slice(&sha256(&app));
         Snapshot {
             exec: ExecState {
@@ -191,6 +192,7 @@ impl Pbft {
             sessions: self.sessions.clone(),
             executed_bundles: self.executed_bundles.clone(),
             excluded: self.excluded.clone(),
+            readmitted: self.readmitted.clone(),
         }
     }
 
@@ -338,6 +340,7 @@ impl Pbft {
         self.sessions = e.sessions.clone();
         self.executed_bundles = e.executed_bundles.clone();
         self.excluded = e.excluded.clone();
+        self.readmitted = e.readmitted.clone();
         self.last_executed = e.seq;
         self.behind_since = None;
     }

@@ -93,6 +93,16 @@ pub enum Call {
         request: SignedRequest,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
+    /// The members the protocol excluded and re-admitted (`None`: it excludes no one).
+    Exclusions {
+        reply: oneshot::Sender<Option<crate::protocol::Exclusions>>,
+    },
+    /// Hand the protocol a re-admission (validators' signed votes) for ordering.
+    /// Answered once handed over, or with why it does not hold here.
+    Readmit {
+        votes: Vec<Bytes>,
+        reply: oneshot::Sender<Result<(), crate::protocol::Readmit>>,
+    },
     /// What became of a signed request here; with `wait`, answered only once it is
     /// no longer pending (the caller times out on its own).
     Outcome {
@@ -500,6 +510,19 @@ impl<P: RuntimeProtocol> Driver<P> {
                     let _ = reply.send(Err(CallError::Unsupported(reason)));
                 }
             },
+            Call::Exclusions { reply } => {
+                let _ = reply.send(P::exclusions(&self.core));
+            }
+            Call::Readmit { votes, reply } => match P::readmission(&self.core, &votes) {
+                Ok(msg) => {
+                    let _ = reply.send(Ok(()));
+                    let from = self.core.id();
+                    self.step(Input::Message { from, msg }).await;
+                }
+                Err(why) => {
+                    let _ = reply.send(Err(why));
+                }
+            },
             Call::Outcome {
                 request,
                 wait,
@@ -652,10 +675,14 @@ impl<P: RuntimeProtocol> Driver<P> {
     async fn apply_effect(&mut self, effect: Effect<Msg<P>, Write<P>>) {
         match effect {
             Effect::Send { to, msg } => {
+                let forged = P::injected_fault(&self.core, to, &msg);
                 if !self.transport.send(to, Wire::Protocol(msg)) {
                     metrics::counter!("ekmat_messages_dropped_total").increment(1);
                 }
                 metrics::counter!("ekmat_messages_sent_total").increment(1);
+                if let Some(forged) = forged {
+                    self.transport.send(to, Wire::Protocol(forged));
+                }
             }
             Effect::Persist { seq, write } => {
                 // Awaiting here is the back-pressure: the core runs no faster than the disk.

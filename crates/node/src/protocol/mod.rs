@@ -92,6 +92,37 @@ pub trait RuntimeProtocol: 'static {
         None
     }
 
+    /// The members this replica excluded and re-admitted; `None` if the protocol
+    /// excludes no one.
+    fn exclusions(node: &Self::Node) -> Option<Exclusions> {
+        let _ = node;
+        None
+    }
+
+    /// The message that hands a re-admission (validators' signed `votes`) to this
+    /// replica for ordering, or why it does not hold here.
+    fn readmission(
+        node: &Self::Node,
+        votes: &[bytes::Bytes],
+    ) -> Result<<Self::Node as Replica>::Message, Readmit> {
+        let _ = (node, votes);
+        Err(Readmit::Unsupported(format!(
+            "protocol {} excludes no member (only pbft does)",
+            Self::NAME
+        )))
+    }
+
+    /// A message a test makes this member send to `to` besides `msg`, as a Byzantine
+    /// member would (see `query::EQUIVOCATE_ONCE_ENV`); `None` without such a fault.
+    fn injected_fault(
+        node: &Self::Node,
+        to: NodeId,
+        msg: &<Self::Node as Replica>::Message,
+    ) -> Option<<Self::Node as Replica>::Message> {
+        let _ = (node, to, msg);
+        None
+    }
+
     /// The settings, beyond the protocol's name, that every member must run with alike,
     /// as (name, value) pairs: peers compare them when they connect and refuse one that
     /// differs, naming the setting, instead of failing later in ways that look like a
@@ -122,6 +153,22 @@ pub struct SignedRequest {
     pub seq: u64,
     pub op: bytes::Bytes,
     pub signature: [u8; 64],
+}
+
+/// Members excluded and re-admitted, each with the sequence number that decided it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exclusions {
+    pub excluded: Vec<(NodeId, u64)>,
+    pub readmitted: Vec<(NodeId, u64)>,
+}
+
+/// Why a re-admission is not ordered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readmit {
+    /// The protocol excludes no one.
+    Unsupported(String),
+    /// The votes do not hold here (too few, forged, for another exclusion...).
+    Refused(String),
 }
 
 /// A protocol-neutral summary of a replica.

@@ -13,7 +13,9 @@ use std::time::Duration;
 use ekmat_core::{NodeId, Time};
 use ekmat_pbft::{PbftConfig, PbftStable, primary_of};
 
-use super::{CoreStatus, RuntimeProtocol, SignedRequest};
+use ekmat_pbft::readmission::Readmission;
+
+use super::{CoreStatus, Exclusions, Readmit, RuntimeProtocol, SignedRequest};
 use crate::config::NodeConfig;
 use crate::keys;
 
@@ -152,6 +154,61 @@ impl RuntimeProtocol for Pbft {
 
     fn executed_as_sent(node: &ekmat_pbft::Pbft, request: &SignedRequest) -> Option<bool> {
         node.executed_as_sent(&client_request(request))
+    }
+
+    fn exclusions(node: &ekmat_pbft::Pbft) -> Option<Exclusions> {
+        let list = |m: &std::collections::BTreeMap<NodeId, u64>| {
+            m.iter().map(|(&id, &seq)| (id, seq)).collect()
+        };
+        Some(Exclusions {
+            excluded: list(node.excluded()),
+            readmitted: list(node.readmitted()),
+        })
+    }
+
+    fn readmission(
+        node: &ekmat_pbft::Pbft,
+        votes: &[bytes::Bytes],
+    ) -> Result<ekmat_pbft::Message, Readmit> {
+        let refused = |why: String| Readmit::Refused(why);
+        let votes = votes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                postcard::from_bytes(v)
+                    .map_err(|_| refused(format!("vote {} is not a vote", i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let encoded = Readmission { votes }.encode();
+        node.check_readmission(&encoded)
+            .map_err(|e| refused(e.to_string()))?;
+        Ok(ekmat_pbft::Message::Request(
+            ekmat_pbft::message::ClientRequest {
+                id: ekmat_core::RequestId {
+                    client: ekmat_pbft::READMISSION_CLIENT,
+                    seq: 0,
+                },
+                op: Some(encoded),
+                sig: None,
+            },
+        ))
+    }
+
+    fn injected_fault(
+        node: &ekmat_pbft::Pbft,
+        to: NodeId,
+        msg: &ekmat_pbft::Message,
+    ) -> Option<ekmat_pbft::Message> {
+        let ekmat_pbft::Message::Commit(c) = msg else {
+            return None;
+        };
+        if !crate::query::equivocate_now(to.0) {
+            return None;
+        }
+        let mut body = c.body;
+        body.digest[0] ^= 1;
+        tracing::warn!(to = %to, seq = body.seq, "injected fault: equivocating");
+        Some(ekmat_pbft::Message::Commit(node.keyring().sign(body)))
     }
 
     fn election_timeout(_: &NodeConfig) -> Duration {

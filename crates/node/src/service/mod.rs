@@ -12,6 +12,7 @@ mod cluster;
 pub mod convert;
 pub mod corruption;
 pub mod election;
+mod exclusion;
 mod kv;
 mod lease;
 pub mod lock;
@@ -137,6 +138,9 @@ impl Services {
                 self.clone(),
             ))
             .add_service(v3lockpb::lock_server::LockServer::new(self.clone()))
+            .add_service(ekmatpb::exclusions_server::ExclusionsServer::new(
+                self.clone(),
+            ))
             .add_service(
                 ekmatpb::signed_requests_server::SignedRequestsServer::new(self)
                     .max_decoding_message_size(MAX_REQUEST_BYTES * 2),

@@ -1364,5 +1364,6 @@ fn two_byzantine_vouchers_cannot_keep_a_replica_from_a_correct_third() {
 mod bundle_horizon;
 mod client;
 mod clock;
+mod readmission;
 mod seed;
 mod serve_budget;

@@ -1,0 +1,190 @@
+//! Re-admitting an excluded replica: f+1 validators' votes, ordered and executed by
+//! every replica at one sequence number; old evidence pardoned, new evidence not.
+
+use bytes::Bytes;
+use ekmat_core::{Event, NodeId, RequestId};
+
+use super::{Cluster, config, primary_equivocates_to_3};
+use crate::message::{Bundle, ClientRequest, Commit, Message};
+use crate::readmission::{Readmission, ReadmissionError, ReadmitVote, vote};
+use crate::{EXCLUSION_CLIENT, Pbft, READMISSION_CLIENT, evidence};
+
+/// A cluster whose primary n0 equivocated and was excluded; the sequence number.
+fn with_n0_excluded() -> (Cluster, u64) {
+    let mut c = Cluster::new(4);
+    c.request(0, 1, 1);
+    primary_equivocates_to_3(&mut c);
+    c.advance(3000);
+    let at = c.node(1).excluded()[&NodeId(0)];
+    (c, at)
+}
+
+fn votes(c: &Cluster, signers: &[u32], excluded_at: u64) -> Readmission {
+    let target = ReadmitVote {
+        cluster: c.node(1).cluster_id(),
+        convict: NodeId(0),
+        excluded_at,
+    };
+    let votes = signers
+        .iter()
+        .map(|&i| vote(&config(i, 4).secret, NodeId(i), target))
+        .collect();
+    Readmission { votes }
+}
+
+/// Hand `r` to replica `at`, as its host does with an operator's re-admission.
+fn hand_in(c: &mut Cluster, at: usize, r: &Readmission) {
+    let request = ClientRequest {
+        id: RequestId {
+            client: READMISSION_CLIENT,
+            seq: 0,
+        },
+        op: Some(r.encode()),
+        sig: None,
+    };
+    let from = NodeId(at as u32);
+    c.input(
+        at,
+        ekmat_core::Input::Message {
+            from,
+            msg: Message::Request(request),
+        },
+    );
+}
+
+/// Replica n1, as a Byzantine gateway would, bundles `proof` as an exclusion request.
+fn submit_proof(c: &mut Cluster, proof: Bytes, nonce: u64) {
+    let created = c.node(1).last_executed();
+    let bundle = Bundle {
+        gateway: NodeId(1),
+        nonce,
+        created,
+        requests: vec![ClientRequest {
+            id: RequestId {
+                client: EXCLUSION_CLIENT,
+                seq: nonce,
+            },
+            op: Some(proof),
+            sig: None,
+        }],
+    };
+    let signed = std::sync::Arc::new(crate::crypto::sign(&config(1, 4).secret, NodeId(1), bundle));
+    for to in [0, 2, 3] {
+        c.queue
+            .push_back((NodeId(1), NodeId(to), Message::Bundle(signed.clone())));
+    }
+}
+
+/// n0's two conflicting COMMITs for sequence number `seq`.
+fn n0_equivocates_at(seq: u64) -> Bytes {
+    let statement = |digest: u8| {
+        let body = Commit {
+            view: 0,
+            seq,
+            digest: [digest; 32],
+        };
+        evidence::Statement::of(&crate::crypto::sign(&config(0, 4).secret, NodeId(0), body))
+    };
+    evidence::proof(&statement(1), &statement(2))
+}
+
+fn count(c: &Cluster, name: &str) -> usize {
+    c.events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Counter { name: n, .. } if *n == name))
+        .count()
+}
+
+#[test]
+fn f_plus_1_votes_readmit_at_one_sequence_number_and_old_evidence_is_pardoned() {
+    let (mut c, at) = with_n0_excluded();
+    let r = votes(&c, &[1, 2], at);
+    hand_in(&mut c, 2, &r);
+    c.advance(500);
+    let readmitted = c.node(1).readmitted().get(&NodeId(0)).copied();
+    let r = readmitted.expect("ordered and executed");
+    assert!(r > at);
+    for i in 0..4 {
+        assert!(c.node(i).excluded().is_empty(), "n{i}");
+        assert_eq!(c.node(i).readmitted().get(&NodeId(0)), Some(&r), "n{i}");
+    }
+    // Its bundles are taken again.
+    let before = c.committed[1].len();
+    c.request(0, 5, 1);
+    c.advance(500);
+    assert_eq!(
+        c.committed[1].len(),
+        before + 1,
+        "n0's client request executed"
+    );
+    c.assert_agree(&[0, 1, 2, 3]);
+
+    // The old misbehaviour, proven again, excludes nobody; new misbehaviour does.
+    submit_proof(&mut c, n0_equivocates_at(at.min(1)), 901);
+    c.request(1, 1, 2);
+    c.advance(500);
+    assert!(c.node(2).excluded().is_empty());
+    assert!(
+        count(&c, "pardoned-evidence") >= 3,
+        "every replica executed it"
+    );
+    let later = c.node(1).last_executed() + 1;
+    submit_proof(&mut c, n0_equivocates_at(later), 902);
+    c.request(1, 1, 3);
+    c.advance(500);
+    let again = c.node(2).excluded().get(&NodeId(0)).copied();
+    assert!(again.is_some_and(|s| s > r), "excluded again: {again:?}");
+
+    // A restarted replica replays both decisions at the same sequence numbers.
+    let stable = c.disks[3].clone();
+    c.nodes[3] = Some(Pbft::recover(config(3, 4), stable, c.now).unwrap());
+    c.advance(500);
+    assert_eq!(c.node(3).readmitted().get(&NodeId(0)), Some(&r));
+    assert_eq!(c.node(3).excluded().get(&NodeId(0)).copied(), again);
+}
+
+#[test]
+fn too_few_or_wrong_votes_readmit_nobody() {
+    let (mut c, at) = with_n0_excluded();
+    let node = c.node(1);
+    let check = |r: &Readmission| node.check_readmission(&r.encode());
+    let need = ReadmissionError::TooFew { have: 1, need: 2 };
+    assert_eq!(check(&votes(&c, &[1], at)), Err(need));
+    assert_eq!(
+        check(&votes(&c, &[0, 1], at)),
+        Err(ReadmissionError::ConvictVotes)
+    );
+    assert_eq!(
+        check(&votes(&c, &[1, 1], at)),
+        Err(ReadmissionError::RepeatedSigner)
+    );
+    assert_eq!(
+        check(&votes(&c, &[1, 2], at + 1)),
+        Err(ReadmissionError::OtherExclusion { in_force: at })
+    );
+    let mut mixed = votes(&c, &[1, 2], at);
+    mixed.votes[1] = votes(&c, &[2], at + 1).votes[0];
+    assert_eq!(check(&mixed), Err(ReadmissionError::Mixed));
+    let mut forged = votes(&c, &[1, 2], at);
+    forged.votes[1].sig.0[3] ^= 1;
+    assert_eq!(check(&forged), Err(ReadmissionError::BadSignature));
+    let mut elsewhere = votes(&c, &[1, 2], at);
+    for v in &mut elsewhere.votes {
+        v.body.cluster[0] ^= 1;
+        *v = vote(&config(v.signer.0, 4).secret, v.signer, v.body);
+    }
+    assert_eq!(check(&elsewhere), Err(ReadmissionError::WrongCluster));
+    assert_eq!(
+        node.check_readmission(b"junk"),
+        Err(ReadmissionError::Malformed)
+    );
+
+    // Handed in anyway (a Byzantine member may order anything): nobody re-admits.
+    let one = votes(&c, &[1], at);
+    hand_in(&mut c, 2, &one);
+    c.advance(500);
+    for i in 0..4 {
+        assert_eq!(c.node(i).excluded().get(&NodeId(0)), Some(&at), "n{i}");
+    }
+    assert!(count(&c, "invalid-readmission") >= 1);
+}
