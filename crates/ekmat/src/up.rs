@@ -329,6 +329,7 @@ fn restore(cfgs: &[NodeConfig], file: &Path) -> Result<(), String> {
                 for dir in ["wal", "wal.seeding"] {
                     let _ = std::fs::remove_dir_all(planted.data_dir.join(dir));
                 }
+                let _ = std::fs::remove_file(planted.data_dir.join(ekmat_node::backup::SEED_FILE));
             }
             return Err(format!(
                 "cannot restore {} into n{}: {e}",

@@ -822,6 +822,23 @@ async fn a_pbft_cluster_started_from_a_backup_serves_it_at_every_member() {
     }
     let within = Duration::from_secs(30);
     put(&c, 1, "after", "restore", within).await;
+    // Past a checkpoint (every 16 sequence numbers): the seeded members sign the same
+    // history, so it becomes stable at every one of them.
+    for k in 0..40 {
+        put(&c, k % 4, &format!("more/{k}"), "v", within).await;
+    }
+    for i in 0..4 {
+        eventually(&c, within, "a stable checkpoint", || async {
+            let stable = metric(
+                &scrape(c.cfgs[i].me().metrics.expect("a metrics address")),
+                "ekmat_protocol_events_total{name=\"stable-checkpoint\"}",
+            );
+            stable
+                .filter(|&n| n > 0.0)
+                .ok_or(format!("n{i}: {stable:?}"))
+        })
+        .await;
+    }
     c.kill9(2);
     c.spawn(2);
     for i in 0..4 {
@@ -837,8 +854,8 @@ async fn a_pbft_cluster_started_from_a_backup_serves_it_at_every_member() {
         assert_eq!(now.kvs[0].value, b"3", "n{i}");
         assert_eq!(
             now.header.unwrap().revision,
-            revision + 1,
-            "n{i}: the put after"
+            revision + 41,
+            "n{i}: the puts after"
         );
         let then = kv.range(read("b", compact_at)).await.unwrap().into_inner();
         assert_eq!(then.kvs[0].value, b"2", "n{i}: history from the backup");
@@ -860,6 +877,20 @@ async fn a_pbft_cluster_started_from_a_backup_serves_it_at_every_member() {
         );
         assert_eq!(ttl.keys, vec![b"l".to_vec()], "n{i}");
     }
+    // A member that lost its log (and seed) but kept its key would run the batches on
+    // an empty store: its peers refuse it, naming the backup.
+    c.kill9(3);
+    std::fs::remove_dir_all(c.cfgs[3].data_dir.join("wal")).unwrap();
+    std::fs::remove_file(c.cfgs[3].data_dir.join("pbft.seed")).unwrap();
+    c.spawn(3);
+    eventually(&c, within, "n3 refused", || async {
+        let refused = c
+            .log(3)
+            .contains("backup the cluster started from: \"none\" here");
+        refused.then_some(()).ok_or("not yet".to_string())
+    })
+    .await;
+    put(&c, 0, "without", "n3", within).await;
 }
 
 /// Member `i`'s view of the exclusions.

@@ -43,7 +43,7 @@ pub enum Write {
     OwnSnapshot(Arc<Snapshot>),
 }
 
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct PbftStable {
     pub view: u64,
     pub normal: bool,
@@ -55,53 +55,6 @@ pub struct PbftStable {
     /// Executed batches after `snapshot`'s point.
     pub executed: BTreeMap<u64, (Arc<Batch>, QuorumCertificate)>,
     pub snapshot: Option<Arc<Snapshot>>,
-}
-
-/// Field by field, so a state written before snapshots existed (which ends before
-/// `snapshot`) still reads: a replica upgraded in place keeps its data directory.
-impl<'de> serde::Deserialize<'de> for PbftStable {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PbftStable, D::Error> {
-        const FIELDS: &[&str] = &[
-            "view",
-            "normal",
-            "accepted",
-            "prepared",
-            "checkpoint",
-            "executed",
-            "snapshot",
-        ];
-        d.deserialize_struct("PbftStable", FIELDS, StableVisitor)
-    }
-}
-
-struct StableVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StableVisitor {
-    type Value = PbftStable;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "a PBFT replica's durable state")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<PbftStable, A::Error> {
-        fn field<'de, T: serde::Deserialize<'de>, A: serde::de::SeqAccess<'de>>(
-            seq: &mut A,
-            i: usize,
-        ) -> Result<T, A::Error> {
-            seq.next_element()?
-                .ok_or_else(|| serde::de::Error::invalid_length(i, &"7 fields"))
-        }
-        Ok(PbftStable {
-            view: field(&mut seq, 0)?,
-            normal: field(&mut seq, 1)?,
-            accepted: field(&mut seq, 2)?,
-            prepared: field(&mut seq, 3)?,
-            checkpoint: field(&mut seq, 4)?,
-            executed: field(&mut seq, 5)?,
-            // Absent in a state written before snapshots existed.
-            snapshot: seq.next_element().ok().flatten().flatten(),
-        })
-    }
 }
 
 impl Durable<Write> for PbftStable {

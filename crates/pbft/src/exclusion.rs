@@ -35,12 +35,22 @@ impl Pbft {
             self.excluded.entry(convict).or_insert(self.last_executed);
             return;
         }
+        let anchor = evidence::anchor(&proof);
+        if self.excluded.contains_key(&convict) {
+            // Kept for a re-admission that pardons less than it covers.
+            let anchor = anchor.unwrap_or(0);
+            if self
+                .held_evidence
+                .get(&convict)
+                .is_none_or(|(a, _)| *a < anchor)
+            {
+                self.held_evidence.insert(convict, (anchor, proof));
+            }
+            return;
+        }
         // Evidence a re-admission pardoned would be ordered for nothing, and would keep
         // newer evidence from being proposed.
-        if self.excluded.contains_key(&convict)
-            || self.pardoned(convict, evidence::anchor(&proof))
-            || !self.exclusions_proposed.insert(convict)
-        {
+        if self.pardoned(convict, anchor) || !self.exclusions_proposed.insert(convict) {
             return;
         }
         let id = RequestId {

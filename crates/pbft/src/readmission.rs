@@ -175,10 +175,18 @@ impl Pbft {
     }
 
     /// A re-admission handed in (by this replica's host, or forwarded by another
-    /// member): ordered if it holds here and now, dropped and counted if not.
+    /// member): ordered if it holds here and now, dropped and counted if not. The
+    /// excluded replica itself (whose bundles nobody takes) passes it to the others.
     pub(crate) fn on_readmission(&mut self, r: ClientRequest, out: &mut Fx) {
         let bytes = r.op.unwrap_or_default();
         match self.check_readmission(&bytes) {
+            Ok(_) if self.is_excluded(self.cfg.id) => {
+                let request = ClientRequest {
+                    op: Some(bytes),
+                    ..r
+                };
+                self.broadcast(crate::message::Message::Request(request), out);
+            }
             Ok(convict) => {
                 let id = RequestId {
                     client: READMISSION_CLIENT,
@@ -211,8 +219,14 @@ impl Pbft {
             Ok(convict) => {
                 self.excluded.remove(&convict);
                 self.readmitted.insert(convict, seq);
-                // New evidence against it may be proposed again.
+                // New evidence against it may be proposed again, and what was found
+                // while it was excluded that the pardon does not cover, now.
                 self.exclusions_proposed.remove(&convict);
+                if let Some((anchor, proof)) = self.held_evidence.remove(&convict)
+                    && anchor > seq
+                {
+                    self.propose_exclusion(convict, proof, out);
+                }
                 "readmission"
             }
             Err(_) => "invalid-readmission",

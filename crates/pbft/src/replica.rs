@@ -146,6 +146,11 @@ pub struct Pbft {
     pub(crate) readmitted: BTreeMap<NodeId, u64>,
     /// Replicas this one submitted a proof against.
     pub(crate) exclusions_proposed: BTreeSet<NodeId>,
+    /// Per excluded replica, the latest-anchored proof found against it while excluded:
+    /// proposed once a re-admission pardons less than it covers (`readmission.rs`).
+    /// Local, like the evidence log: it decides what this replica proposes, not what
+    /// anyone executes.
+    pub(crate) held_evidence: BTreeMap<NodeId, (u64, bytes::Bytes)>,
     /// The highest sequence number and view each replica was seen working on.
     pub(crate) seen: BTreeMap<NodeId, (u64, u64)>,
     pub(crate) behind_since: Option<Time>,
@@ -211,6 +216,7 @@ impl Pbft {
             excluded: BTreeMap::new(),
             readmitted: BTreeMap::new(),
             exclusions_proposed: BTreeSet::new(),
+            held_evidence: BTreeMap::new(),
             seen: BTreeMap::new(),
             behind_since: None,
             last_fetch: None,

@@ -341,6 +341,12 @@ impl Pbft {
         self.executed_bundles = e.executed_bundles.clone();
         self.excluded = e.excluded.clone();
         self.readmitted = e.readmitted.clone();
+        // Proposals against a replica the snapshot re-admitted are not in flight any
+        // more: new evidence against it must be proposed again.
+        let readmitted = &self.readmitted;
+        let excluded = &self.excluded;
+        self.exclusions_proposed
+            .retain(|c| excluded.contains_key(c) || !readmitted.contains_key(c));
         self.last_executed = e.seq;
         self.behind_since = None;
     }

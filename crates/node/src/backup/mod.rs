@@ -10,7 +10,7 @@ use ekmat_kv::SnapshotSource;
 use sha2::{Digest, Sha256};
 
 pub use etcd_layout::{EtcdState, Revision};
-pub use seed::{Seed, Seeded, plant, prepare, seed};
+pub use seed::{SEED_FILE, Seed, Seeded, plant, prepare, seed};
 
 /// The backup of the store `source` was taken from: a bbolt file, whole.
 #[cfg(test)]

@@ -6,7 +6,10 @@
 //!   as a snapshot, since no member's log holds anything before index 2.
 //! - PBFT: the store becomes the replica's snapshot at sequence number 0 (index 1),
 //!   whose history digest is the store's own (`ekmat_pbft::snapshot::Snapshot::seed`):
-//!   members seeded from different files never form a stable checkpoint together.
+//!   members seeded from different files never form a stable checkpoint together. The
+//!   digest is also written beside the log ([`SEED_FILE`]) and compared by peers when
+//!   they connect (`protocol/pbft.rs`), so a founder started without the seed (or
+//!   with another) is refused rather than running the batches on an empty store.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,6 +24,9 @@ use crate::config::NodeConfig;
 use crate::identity::{self, Identity};
 use crate::members::Members;
 use crate::node::NodeError;
+
+/// Where a seeded PBFT member keeps its seed's history digest (hex).
+pub const SEED_FILE: &str = "pbft.seed";
 
 /// The log position (the store's applied index) and Raft term the backup's state takes.
 const SEED_INDEX: u64 = 1;
@@ -39,6 +45,8 @@ pub struct Seeded {
 pub struct Seed {
     /// The member's first log records, encoded.
     records: Vec<Vec<u8>>,
+    /// PBFT: the seed's history digest, which peers compare.
+    pbft_seed: Option<String>,
     /// The cluster it was prepared for: its protocol and founding members.
     protocol: String,
     founders: BTreeSet<NodeId>,
@@ -125,13 +133,15 @@ pub fn prepare(cfg: &NodeConfig, file: Vec<u8>) -> Result<Seed, NodeError> {
     let encoded = kv.snapshot();
     drop(kv);
     let founders: BTreeSet<NodeId> = cfg.founders().map(|m| NodeId(m.id)).collect();
-    let records = if cfg.protocol == "pbft" {
-        pbft_records(encoded)
+    let (records, pbft_seed) = if cfg.protocol == "pbft" {
+        let (records, digest) = pbft_records(encoded);
+        (records, Some(digest))
     } else {
-        raft_records(cfg, encoded, &founders)
+        (raft_records(cfg, encoded, &founders), None)
     };
     Ok(Seed {
         records,
+        pbft_seed,
         protocol: cfg.protocol.clone(),
         founders,
         summary,
@@ -161,13 +171,16 @@ fn raft_records(cfg: &NodeConfig, kv: Bytes, founders: &BTreeSet<NodeId>) -> Vec
     writes.iter().map(encode).collect()
 }
 
-/// The store as the replica's snapshot at sequence number 0. PBFT keeps the member
-/// table out of its snapshots (replicas vouch for them byte for byte; the table comes
-/// from each member's configuration), so the seed does too.
-fn pbft_records(kv: Bytes) -> Vec<Vec<u8>> {
+/// The store as the replica's snapshot at sequence number 0, and its history digest
+/// (hex). PBFT keeps the member table out of its snapshots (replicas vouch for them
+/// byte for byte; the table comes from each member's configuration), so the seed does
+/// too.
+fn pbft_records(kv: Bytes) -> (Vec<Vec<u8>>, String) {
     let app = Members::default().wrap_snapshot(kv);
     let snapshot = ekmat_pbft::snapshot::Snapshot::seed(app, SEED_INDEX);
-    vec![encode(&ekmat_pbft::Write::Snapshot(Arc::new(snapshot)))]
+    let digest = crate::keys::to_hex(&snapshot.exec.history);
+    let records = vec![encode(&ekmat_pbft::Write::Snapshot(Arc::new(snapshot)))];
+    (records, digest)
 }
 
 fn encode<T: serde::Serialize>(write: &T) -> Vec<u8> {
@@ -184,7 +197,21 @@ pub fn plant(cfg: &NodeConfig, seed: &Seed) -> Result<(), NodeError> {
             "this seed was prepared for another cluster's founding members".into(),
         ));
     }
+    if let Some(digest) = &seed.pbft_seed {
+        write_synced(
+            &cfg.data_dir.join(SEED_FILE),
+            format!("{digest}\n").as_bytes(),
+        )?;
+    }
     write_log(cfg, &seed.records)
+}
+
+fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<(), NodeError> {
+    let cannot =
+        |e: std::io::Error| NodeError::Storage(format!("cannot write {}: {e}", path.display()));
+    let mut file = std::fs::File::create(path).map_err(cannot)?;
+    std::io::Write::write_all(&mut file, bytes).map_err(cannot)?;
+    file.sync_all().map_err(cannot)
 }
 
 /// Write the seed as the member's first log records, in a directory holding none.

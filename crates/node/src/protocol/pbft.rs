@@ -37,6 +37,17 @@ pub fn client_request(request: &SignedRequest) -> ekmat_pbft::message::ClientReq
     }
 }
 
+/// The history digest of the backup this member was seeded with (see
+/// `backup/seed.rs`), or that it was seeded with none.
+fn seed_of(cfg: &NodeConfig) -> String {
+    let path = cfg.data_dir.join(crate::backup::SEED_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => format!("history digest {}", text.trim()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "none".into(),
+        Err(e) => format!("unreadable {}: {e}", path.display()),
+    }
+}
+
 /// The core's knobs for a real cluster.
 fn tune(pc: &mut PbftConfig, cfg: &NodeConfig) {
     pc.checkpoint_interval = 16;
@@ -87,6 +98,9 @@ impl RuntimeProtocol for Pbft {
         // valid: a pre-prepare some correct members refuse costs progress.
         let clients: Vec<String> = cfg.pbft_clients.iter().map(|c| c.id.to_string()).collect();
         settings.push(("registered pbft_client ids".into(), clients.join(",")));
+        // Members started from different backups, or one from none, would run the same
+        // batches on different stores.
+        settings.push(("backup the cluster started from".into(), seed_of(cfg)));
         for c in &cfg.pbft_clients {
             let key = c.public_key.to_lowercase();
             settings.push((format!("public_key of pbft_client {}", c.id), key));

@@ -4,14 +4,19 @@
 use bytes::Bytes;
 use ekmat_core::{Event, NodeId, RequestId};
 
-use super::{Cluster, config, primary_equivocates_to_3};
+use super::{Cluster, config, primary_equivocates_to_3, snapshotting};
+use crate::PbftConfig;
 use crate::message::{Bundle, ClientRequest, Commit, Message};
 use crate::readmission::{Readmission, ReadmissionError, ReadmitVote, vote};
 use crate::{EXCLUSION_CLIENT, Pbft, READMISSION_CLIENT, evidence};
 
 /// A cluster whose primary n0 equivocated and was excluded; the sequence number.
 fn with_n0_excluded() -> (Cluster, u64) {
-    let mut c = Cluster::new(4);
+    excluding_n0(config)
+}
+
+fn excluding_n0(config: impl Fn(u32, usize) -> PbftConfig) -> (Cluster, u64) {
+    let mut c = Cluster::with(4, config);
     c.request(0, 1, 1);
     primary_equivocates_to_3(&mut c);
     c.advance(3000);
@@ -54,17 +59,19 @@ fn hand_in(c: &mut Cluster, at: usize, r: &Readmission) {
 
 /// Replica n1, as a Byzantine gateway would, bundles `proof` as an exclusion request.
 fn submit_proof(c: &mut Cluster, proof: Bytes, nonce: u64) {
+    bundle_as_n1(c, EXCLUSION_CLIENT, proof, nonce);
+}
+
+/// Replica n1 bundles `op` as a request of the reserved `client` and sends it to all.
+fn bundle_as_n1(c: &mut Cluster, client: u64, op: Bytes, nonce: u64) {
     let created = c.node(1).last_executed();
     let bundle = Bundle {
         gateway: NodeId(1),
         nonce,
         created,
         requests: vec![ClientRequest {
-            id: RequestId {
-                client: EXCLUSION_CLIENT,
-                seq: nonce,
-            },
-            op: Some(proof),
+            id: RequestId { client, seq: nonce },
+            op: Some(op),
             sig: None,
         }],
     };
@@ -187,4 +194,101 @@ fn too_few_or_wrong_votes_readmit_nobody() {
         assert_eq!(c.node(i).excluded().get(&NodeId(0)), Some(&at), "n{i}");
     }
     assert!(count(&c, "invalid-readmission") >= 1);
+}
+
+/// A Byzantine gateway may order anything: votes too few to hold re-admit nobody when
+/// executed.
+#[test]
+fn a_readmission_ordered_without_enough_votes_readmits_nobody() {
+    let (mut c, at) = with_n0_excluded();
+    let one = votes(&c, &[1], at);
+    bundle_as_n1(&mut c, READMISSION_CLIENT, one.encode(), 777);
+    c.request(1, 1, 2);
+    c.advance(500);
+    for i in 0..4 {
+        assert_eq!(c.node(i).excluded().get(&NodeId(0)), Some(&at), "n{i}");
+        assert!(c.node(i).readmitted().is_empty(), "n{i}");
+    }
+    assert!(
+        count(&c, "invalid-readmission") >= 3,
+        "executed, and refused, by all"
+    );
+}
+
+/// The excluded member's own operator hands the votes in there: nobody takes its
+/// bundles, so it passes them to the others.
+#[test]
+fn votes_handed_to_the_excluded_member_readmit_it() {
+    let (mut c, at) = with_n0_excluded();
+    let r = votes(&c, &[1, 2], at);
+    hand_in(&mut c, 0, &r);
+    c.advance(500);
+    for i in 0..4 {
+        assert!(c.node(i).excluded().is_empty(), "n{i}");
+        assert!(c.node(i).readmitted().contains_key(&NodeId(0)), "n{i}");
+    }
+}
+
+/// Misbehaviour seen while the replica is still excluded, after the slot its
+/// re-admission will take, excludes it again once the re-admission executes.
+#[test]
+fn evidence_found_while_excluded_and_newer_than_the_pardon_excludes_again() {
+    let (mut c, at) = with_n0_excluded();
+    let r = votes(&c, &[1, 2], at);
+    hand_in(&mut c, 2, &r);
+    let ahead = c.node(1).last_executed() + 6;
+    let view = c.node(1).view();
+    for d in [1u8, 2] {
+        let body = Commit {
+            view,
+            seq: ahead,
+            digest: [d; 32],
+        };
+        let signed = crate::crypto::sign(&config(0, 4).secret, NodeId(0), body);
+        for to in [1, 2, 3] {
+            c.queue
+                .push_front((NodeId(0), NodeId(to), Message::Commit(signed)));
+        }
+    }
+    c.advance(500);
+    for s in 2..8 {
+        c.request(1, 1, s);
+        c.advance(100);
+    }
+    let readmitted = c.node(1).readmitted()[&NodeId(0)];
+    assert!(
+        readmitted < ahead,
+        "the equivocation is newer than the pardon"
+    );
+    for i in 1..4 {
+        let again = c.node(i).excluded().get(&NodeId(0)).copied();
+        assert!(again.is_some_and(|s| s > readmitted), "n{i}: {again:?}");
+    }
+}
+
+/// A replica that missed the re-admission and installs a snapshot taken after it
+/// holds it as the others do.
+#[test]
+fn a_snapshot_carries_the_readmission_to_a_replica_behind() {
+    let (mut c, at) = excluding_n0(snapshotting);
+    c.cut = Box::new(|_, to, _| to == NodeId(2));
+    let r = votes(&c, &[1, 3], at);
+    hand_in(&mut c, 1, &r);
+    c.advance(300);
+    let readmitted = c.node(1).readmitted()[&NodeId(0)];
+    for s in 2..40 {
+        c.request(1, 1, s);
+        c.advance(20);
+    }
+    assert!(
+        c.node(1).executed(readmitted).is_none(),
+        "dropped behind a snapshot"
+    );
+    assert!(c.node(2).readmitted().is_empty());
+    c.cut = Box::new(|_, _, _| false);
+    c.request(1, 1, 40);
+    c.advance(2000);
+    assert!(c.node(2).stats().snapshots_installed >= 1);
+    assert!(c.node(2).excluded().is_empty());
+    assert_eq!(c.node(2).readmitted().get(&NodeId(0)), Some(&readmitted));
 }
