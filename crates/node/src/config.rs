@@ -77,6 +77,12 @@ pub struct NodeConfig {
     /// [`MIN_CORRUPT_CHECK_MS`] is refused.
     #[serde(default)]
     pub corrupt_check_ms: u64,
+    /// Before serving clients, compare this member's HashKV with every reachable
+    /// peer's at this member's revision, and refuse to start if one with the same
+    /// compaction revision differs (etcd's `--experimental-initial-corrupt-check`; off
+    /// by default, as in etcd).
+    #[serde(default)]
+    pub initial_corrupt_check: bool,
     /// Admission control: the most writes this member holds from its clients without
     /// an answer yet. Past it, writes are refused at once with etcd's `etcdserver: too
     /// many requests` (a client backs off and retries) instead of queueing: a queue
@@ -249,6 +255,7 @@ impl NodeConfig {
             max_clock_drift_ppm: default_max_clock_drift_ppm(),
             quota_backend_bytes: default_quota_backend_bytes(),
             corrupt_check_ms: 0,
+            initial_corrupt_check: false,
             unsafe_no_fsync: false,
             runtime_threads: 0,
             pbft_clients: Vec::new(),

@@ -148,6 +148,7 @@ async fn run_protocol<P: RuntimeProtocol>(
             calls_tx.clone(),
         ));
     }
+    let calls_tx_for_checks = calls_tx.clone();
     let services = Services::new(
         &cfg,
         calls_tx,
@@ -161,9 +162,26 @@ async fn run_protocol<P: RuntimeProtocol>(
         tokio::spawn(services.clone().check_corruption_every(every))
     });
     let mut grpc_stop = stop.clone();
-    let grpc = tokio::spawn(services.serve(client_listener, async move {
+    let initial_check = cfg.initial_corrupt_check.then(|| services.clone());
+    let fail = calls_tx_for_checks;
+    let (open_tx, open_rx) = watch::channel(initial_check.is_none());
+    let grpc = tokio::spawn(services.serve(client_listener, open_rx, async move {
         let _ = grpc_stop.wait_for(|s| *s).await;
     }));
+    if let Some(services) = initial_check {
+        tokio::spawn(async move {
+            match services.check_initial_hashkv().await {
+                Ok(compared) => {
+                    tracing::info!(compared, "initial corruption check passed");
+                    let _ = open_tx.send(true);
+                }
+                Err(why) => {
+                    tracing::error!(error = %why, "initial corruption check failed: not serving");
+                    let _ = fail.send(crate::driver::Call::Fail(why)).await;
+                }
+            }
+        });
+    }
     tracing::info!(id = cfg.id, peer = %me.peer, client = %me.client, "node started");
     let fault = std::env::var(crate::query::CLOCK_FAULT_ENV).unwrap_or_default();
     if !fault.trim().is_empty() && fault.trim().parse::<i64>().is_err() {

@@ -93,6 +93,8 @@ pub enum Call {
         request: SignedRequest,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
+    /// Stop the node with this error (a check at start found it must not serve).
+    Fail(String),
     /// The members the protocol excluded and re-admitted (`None`: it excludes no one).
     Exclusions {
         reply: oneshot::Sender<Option<crate::protocol::Exclusions>>,
@@ -510,6 +512,7 @@ impl<P: RuntimeProtocol> Driver<P> {
                     let _ = reply.send(Err(CallError::Unsupported(reason)));
                 }
             },
+            Call::Fail(why) => self.fatal = Some(why),
             Call::Exclusions { reply } => {
                 let _ = reply.send(P::exclusions(&self.core));
             }

@@ -6,6 +6,12 @@
 //! Members are compared only when their compaction revisions match (a hash covers the
 //! versions above compaction). The majority of the compared members is taken as right;
 //! with no majority, every member that differs from the leader is named, as etcd does.
+//!
+//! And etcd's check at start (`--experimental-initial-corrupt-check`): before a member
+//! serves clients, its HashKV at its own revision is compared with each reachable
+//! peer's at that revision; a peer with the same compaction revision and another hash
+//! keeps it from starting. A peer that cannot answer (unreachable, behind that
+//! revision, compacted past it) is skipped with a warning, as etcd skips it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +26,9 @@ use crate::query::{Answer, Query};
 
 /// How long one peer may take to answer a request of the check.
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the check at start tries to catch up with the cluster before it compares.
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(5);
 
 /// One member's HashKV at the compared revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,15 +102,7 @@ impl Services {
         if !self.inner.status.borrow().core.is_leader {
             return Ok(CheckRound::default());
         }
-        let peers: Vec<(u64, SocketAddr)> = self
-            .inner
-            .members
-            .borrow()
-            .iter()
-            .map(|m| (NodeConfig::member_id(m.id), m.client))
-            .filter(|(id, _)| *id != self.inner.member_id)
-            .filter_map(|(id, client)| Some((id, client?)))
-            .collect();
+        let peers = self.peer_clients();
         // One connection per reachable peer serves both of its requests.
         let mut clients = Vec::new();
         for (member_id, peer) in peers {
@@ -150,6 +151,97 @@ impl Services {
             compared: hashes.len(),
             corrupt,
         })
+    }
+
+    /// The check at start: the number of peers compared, or why this member must not
+    /// serve (every peer whose data differs, named).
+    pub async fn check_initial_hashkv(&self) -> Result<usize, String> {
+        let (own, revision) = self.own_hash_now().await?;
+        let mut compared = 0;
+        let mut differ = Vec::new();
+        for (member_id, peer) in self.peer_clients() {
+            let answer = match maintenance(peer).await {
+                Ok(mut client) => peer_hash(&mut client, revision).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(h) if h.member_id != member_id => tracing::warn!(%peer, expected = member_id,
+                    answered = h.member_id, "initial corruption check: another member answers at this member's address"),
+                Ok(h) if h.compact_revision != own.compact_revision => tracing::warn!(%peer,
+                    compact_revision = h.compact_revision, own = own.compact_revision,
+                    "initial corruption check: the peer compacted elsewhere; not compared"),
+                Ok(h) => {
+                    compared += 1;
+                    if h.hash != own.hash {
+                        differ.push(format!(
+                            "member {member_id:x} has hash {} where this member has {}",
+                            h.hash, own.hash
+                        ));
+                    }
+                }
+                Err(e) => tracing::warn!(%peer, error = %e,
+                    "initial corruption check: cannot compare with this peer"),
+            }
+        }
+        if differ.is_empty() {
+            return Ok(compared);
+        }
+        Err(format!(
+            "{:x} found data inconsistency with peers at revision {revision} (compaction revision {}): {}",
+            self.inner.member_id,
+            own.compact_revision,
+            differ.join("; ")
+        ))
+    }
+
+    /// The peers' member ids and client addresses.
+    fn peer_clients(&self) -> Vec<(u64, SocketAddr)> {
+        self.inner
+            .members
+            .borrow()
+            .iter()
+            .map(|m| (NodeConfig::member_id(m.id), m.client))
+            .filter(|(id, _)| *id != self.inner.member_id)
+            .filter_map(|(id, client)| Some((id, client?)))
+            .collect()
+    }
+
+    /// This member's HashKV at its current revision, and that revision: once caught up
+    /// with the cluster (a linearizable read), since a restarted member rebuilds its
+    /// store from its log as it learns what is committed, and at start holds only its
+    /// snapshot's revision; or, with no quorum to catch up through, as it stands.
+    async fn own_hash_now(&self) -> Result<(MemberHash, i64), String> {
+        let query = Query::HashKv { revision: 0 };
+        let started = std::time::Instant::now();
+        let answer = loop {
+            match self.read(query.clone(), true).await {
+                Ok(answer) => break Ok(answer),
+                // A member just started knows no leader yet.
+                Err(_) if started.elapsed() < CATCH_UP_WITHIN => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "initial corruption check: cannot catch up with the cluster first; comparing the data as it stands");
+                    break self.read(query, false).await;
+                }
+            }
+        };
+        match answer {
+            Ok(Answer::HashKv {
+                header,
+                hash,
+                compact_revision,
+            }) => Ok((
+                MemberHash {
+                    member_id: self.inner.member_id,
+                    hash,
+                    compact_revision,
+                },
+                header.revision,
+            )),
+            Ok(_) => Err("unexpected answer to HashKV".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     async fn own_hash(&self, revision: i64) -> Result<MemberHash, String> {

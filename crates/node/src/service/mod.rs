@@ -13,6 +13,7 @@ pub mod convert;
 pub mod corruption;
 pub mod election;
 mod exclusion;
+mod gate;
 mod kv;
 mod lease;
 pub mod lock;
@@ -110,9 +111,12 @@ impl Services {
         }
     }
 
+    /// Serve clients on `listener` until `shutdown`; while `open` is false, only what
+    /// peers' checks at start need (`gate.rs`).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
+        open: tokio::sync::watch::Receiver<bool>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
         use tokio_stream::StreamExt;
@@ -126,6 +130,7 @@ impl Services {
             })
         });
         let result = tonic::transport::Server::builder()
+            .layer(gate::layer(open))
             .add_service(
                 pb::kv_server::KvServer::new(self.clone())
                     .max_decoding_message_size(MAX_REQUEST_BYTES * 2),
