@@ -419,6 +419,10 @@ fn print_table(args: &SimArgs, s: &Summary) {
         ),
         ("evidence of misbehaviour", s.evidence.to_string()),
         ("exclusions applied (per replica)", s.exclusions.to_string()),
+        (
+            "re-admissions applied (per replica)",
+            s.readmissions.to_string(),
+        ),
         ("configurations committed", s.reconfigurations.to_string()),
         (
             "faults injected",
@@ -508,6 +512,7 @@ fn print_json(args: &SimArgs, s: &Summary, replay: Option<&str>, shrunk: Option<
         "view_changes": s.elections,
         "evidence": s.evidence,
         "exclusions": s.exclusions,
+        "readmissions": s.readmissions,
         "byzantine": args.byzantine,
         "adversary": args.adversary,
         "faults_injected": s.faults,

@@ -354,6 +354,8 @@ pub struct Summary {
     pub evidence: u64,
     /// Exclusions of convicted replicas, as each replica applied them.
     pub exclusions: u64,
+    /// Re-admissions of excluded replicas, as each replica applied them.
+    pub readmissions: u64,
     pub faults: u64,
     pub crashes: u64,
     pub reconfigurations: u64,
@@ -384,6 +386,7 @@ impl Summary {
         self.elections += r.stats.elections;
         self.evidence += r.stats.evidence;
         self.exclusions += r.stats.exclusions;
+        self.readmissions += r.stats.readmissions;
         self.faults += r.stats.faults;
         self.crashes += r.stats.crashes;
         self.reconfigurations += r.stats.reconfigurations;

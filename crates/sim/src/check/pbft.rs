@@ -9,8 +9,9 @@
 //! - **validity**: only commands some client submitted are executed;
 //! - **at-most-once**: an honest replica delivers a given request (client, number and
 //!   bytes) at most once per incarnation;
-//! - **exclusion**: only a Byzantine replica is ever excluded, and every honest replica
-//!   that excludes one does so at the same sequence number;
+//! - **exclusion**: only a Byzantine replica is ever excluded, and honest replicas agree
+//!   on every exclusion and re-admission: each decided at one sequence number, the
+//!   same kind of decision at each, and none missed by a replica that executed past it;
 //! - **clock**: no honest replica executes a batch at a time further past the correct
 //!   replicas' wall clocks than a backup accepts (`clock_ahead`), so a faulty primary
 //!   cannot expire leases early (its time would be agreed through consensus);
@@ -42,8 +43,9 @@ pub struct PbftChecker {
     submitted: BTreeSet<(RequestId, Digest)>,
     submitted_read: Vec<usize>,
     delivered: Vec<BTreeSet<(RequestId, Digest)>>,
-    /// The sequence number each excluded replica was excluded at, and by whom first.
-    exclusions: BTreeMap<NodeId, (u64, NodeId)>,
+    /// Every exclusion and re-admission honest replicas reported: (replica, sequence
+    /// number) to the kind of decision (true: excluded) and who reported it first.
+    decisions: BTreeMap<(NodeId, u64), (bool, NodeId)>,
 }
 
 impl PbftChecker {
@@ -58,7 +60,7 @@ impl PbftChecker {
             submitted: BTreeSet::new(),
             submitted_read: vec![0; n],
             delivered: vec![BTreeSet::new(); n],
-            exclusions: BTreeMap::new(),
+            decisions: BTreeMap::new(),
         }
     }
 
@@ -113,24 +115,37 @@ impl PbftChecker {
         node: NodeId,
         replica: &PbftNode,
     ) -> Result<(), Violation> {
-        for (&convict, &seq) in replica.replica().excluded() {
+        let r = replica.replica();
+        for (&convict, &seq) in r.excluded() {
             if self.honest.get(convict.index()).copied().unwrap_or(true) {
                 let detail = format!("{node} excluded honest {convict} at sequence {seq}");
                 return Err(Violation::new("exclusion", now, detail));
             }
-            if let Some((at, first)) = first_other(&mut self.exclusions, convict, seq, node) {
+        }
+        let reported = r.excluded().iter().map(|(&c, &s)| (c, s, true));
+        let reported = reported.chain(r.readmitted().iter().map(|(&c, &s)| (c, s, false)));
+        for (convict, seq, excluded) in reported {
+            let (kind, first) = *self
+                .decisions
+                .entry((convict, seq))
+                .or_insert((excluded, node));
+            if kind != excluded {
                 let detail = format!(
-                    "{node} excluded {convict} at sequence {seq}, {first} at sequence {at}"
+                    "{node} {} {convict} at sequence {seq}, where {first} {} it",
+                    decided(excluded),
+                    decided(kind)
                 );
                 return Err(Violation::new("exclusion", now, detail));
             }
         }
-        let r = replica.replica();
-        for (&convict, &(seq, first)) in &self.exclusions {
-            if r.last_executed() >= seq && !r.excluded().contains_key(&convict) {
+        // A replica that executed past a decision holds it, or a later one.
+        for (&(convict, seq), &(kind, first)) in &self.decisions {
+            let latest = r.excluded().get(&convict).max(r.readmitted().get(&convict));
+            if r.last_executed() >= seq && latest.is_none_or(|&l| l < seq) {
                 let detail = format!(
-                    "{node} executed through {} without excluding {convict}, whom {first} excluded at sequence {seq}",
-                    r.last_executed()
+                    "{node} executed through {} without having {} {convict}, as {first} did at sequence {seq}",
+                    r.last_executed(),
+                    decided(kind)
                 );
                 return Err(Violation::new("exclusion", now, detail));
             }
@@ -243,6 +258,10 @@ fn first_other<K: Ord, V: PartialEq + Copy>(
 ) -> Option<(V, NodeId)> {
     let &mut (first_value, first) = seen.entry(key).or_insert((value, node));
     (first_value != value).then_some((first_value, first))
+}
+
+fn decided(excluded: bool) -> &'static str {
+    if excluded { "excluded" } else { "re-admitted" }
 }
 
 fn hex(d: &Digest) -> String {

@@ -3,7 +3,7 @@
 //! (`byzantine.rs`), so it knows everything an honest replica knows and holds its own
 //! key, but no other replica's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,9 +14,10 @@ use ekmat_core::{
 use ekmat_pbft::client::{
     ANONYMOUS_CLIENT, ClientRegistry, ClusterId, derive_client_key, sign_request,
 };
-use ekmat_pbft::crypto::SigningKey;
-use ekmat_pbft::message::{Digest, Message, sha256};
-use ekmat_pbft::{Mutant, Pbft, PbftConfig, PbftStable, Write};
+use ekmat_pbft::crypto::{SigningKey, derive_key};
+use ekmat_pbft::message::{ClientRequest, Digest, Message, sha256};
+use ekmat_pbft::readmission::{Readmission, ReadmitVote, vote};
+use ekmat_pbft::{Mutant, Pbft, PbftConfig, PbftStable, READMISSION_CLIENT, Write};
 
 use super::byzantine::{Adversary, Byzantine};
 use super::twins::{Twin, talks_to_twin};
@@ -206,11 +207,18 @@ impl PbftSim {
         let twin = (adversary == Some(Adversary::Twins))
             .then(|| Twin::new(&inner))
             .flatten();
+        let operators = (0..self.nodes as u32)
+            .map(NodeId)
+            .filter(|&n| !self.is_byzantine(n))
+            .collect();
         PbftNode {
             byzantine: adversary.map(|a| Byzantine::new(a, id, &inner, until, seed)),
             inner,
             twin,
             submitted: Vec::new(),
+            readmit_at: until + READMIT_AFTER,
+            operators,
+            readmissions_asked: BTreeSet::new(),
         }
     }
 
@@ -218,6 +226,10 @@ impl PbftSim {
         self.assigned.iter().any(|(n, _)| *n == id)
     }
 }
+
+/// How long after the Byzantine replicas turn honest the honest validators' operators
+/// vote to re-admit the replicas excluded meanwhile (`ekmat_pbft::readmission`).
+const READMIT_AFTER: Duration = Duration::from_secs(1);
 
 /// A validator as the simulator runs it: the replica, what clients submitted to it
 /// (for the validity check), and, if Byzantine, its adversary.
@@ -227,9 +239,63 @@ pub struct PbftNode {
     /// The second copy of a Twins node.
     twin: Option<Twin>,
     submitted: Vec<(ekmat_core::RequestId, Digest)>,
+    /// From this time on, an honest node hands in the re-admission of every replica it
+    /// holds excluded, on the votes of f+1 honest validators (their operators').
+    readmit_at: Time,
+    /// The honest validators, whose operators vote.
+    operators: Vec<NodeId>,
+    /// Exclusions (replica, sequence number) this node handed a re-admission in for.
+    readmissions_asked: BTreeSet<(NodeId, u64)>,
 }
 
 impl PbftNode {
+    /// Once the faults stopped, hand in the re-admission of each replica excluded here
+    /// (once per exclusion), signed by f+1 honest validators other than it.
+    fn readmit(&mut self, now: Time, out: &mut Effects<Message, Write>) {
+        if self.byzantine.is_some() || now < self.readmit_at {
+            return;
+        }
+        let need = (self.inner.config().n() - 1) / 3 + 1;
+        let cluster = self.inner.cluster_id();
+        let excluded: Vec<(NodeId, u64)> = self
+            .inner
+            .excluded()
+            .iter()
+            .map(|(&c, &s)| (c, s))
+            .collect();
+        for (convict, excluded_at) in excluded {
+            if !self.readmissions_asked.insert((convict, excluded_at)) {
+                continue;
+            }
+            let target = ReadmitVote {
+                cluster,
+                convict,
+                excluded_at,
+            };
+            let votes: Vec<_> = self
+                .operators
+                .iter()
+                .filter(|&&v| v != convict)
+                .take(need)
+                .map(|&v| vote(&derive_key(KEY_SEED, v.0), v, target))
+                .collect();
+            if votes.len() < need {
+                continue;
+            }
+            let request = ClientRequest {
+                id: RequestId {
+                    client: READMISSION_CLIENT,
+                    seq: 0,
+                },
+                op: Some(Readmission { votes }.encode()),
+                sig: None,
+            };
+            let from = self.inner.id();
+            let msg = Message::Request(request);
+            self.inner.step(now, Input::Message { from, msg }, out);
+        }
+    }
+
     pub fn replica(&self) -> &Pbft {
         &self.inner
     }
@@ -325,7 +391,11 @@ impl Replica for PbftNode {
         let offset = self.byzantine.as_ref().map_or(0, |b| b.clock_offset(now));
         self.inner
             .observe_clock(wall_ms(now).saturating_add_signed(offset));
+        let tick = matches!(input, Input::Tick);
         self.inner.step(now, input, out);
+        if tick {
+            self.readmit(now, out);
+        }
         if let Some(b) = &mut self.byzantine {
             b.rewrite(now, &self.inner, out);
         }

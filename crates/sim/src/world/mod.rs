@@ -72,6 +72,8 @@ pub struct RunStats {
     pub evidence: u64,
     /// Exclusions replicas applied (each replica counts its own).
     pub exclusions: u64,
+    /// Re-admissions replicas applied (each replica counts its own).
+    pub readmissions: u64,
 }
 
 type Msg<P> = <<P as SimProtocol>::Node as Replica>::Message;
@@ -765,6 +767,10 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 name: "exclusion",
                 delta,
             } => self.stats.exclusions += delta,
+            Event::Counter {
+                name: "readmission",
+                delta,
+            } => self.stats.readmissions += delta,
             _ => {}
         }
         if let Event::BecameLeader { term } = e {
