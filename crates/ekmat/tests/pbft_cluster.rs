@@ -891,6 +891,26 @@ async fn a_pbft_cluster_started_from_a_backup_serves_it_at_every_member() {
     })
     .await;
     put(&c, 0, "without", "n3", within).await;
+    // Given the seed file back without the log (an operator copying it over), it is let
+    // in, runs the batches on an empty store, and stops at the next stable checkpoint,
+    // which certifies another history than its own.
+    c.kill9(3);
+    let seed = std::fs::read(c.cfgs[0].data_dir.join("pbft.seed")).unwrap();
+    std::fs::write(c.cfgs[3].data_dir.join("pbft.seed"), seed).unwrap();
+    std::fs::remove_dir_all(c.cfgs[3].data_dir.join("wal")).unwrap();
+    c.spawn(3);
+    let stopped = "executed another history than a quorum of its peers";
+    let started = Instant::now();
+    let mut k = 0;
+    while !c.log(3).contains(stopped) {
+        assert!(
+            started.elapsed() < within,
+            "n3 did not stop; logs:\n{}",
+            c.logs()
+        );
+        put(&c, k % 3, &format!("later/{k}"), "v", within).await;
+        k += 1;
+    }
 }
 
 /// Member `i`'s view of the exclusions.

@@ -9,6 +9,10 @@ use crate::durable::Write;
 use crate::message::{Checkpoint, CheckpointProof, Message, Signed};
 use crate::replica::{Fx, Pbft};
 
+/// Counted when a quorum's stable checkpoint certifies another history than the one
+/// this replica executed through that sequence number.
+pub const DIVERGED_HISTORY: &str = "diverged-history";
+
 impl Pbft {
     pub(crate) fn maybe_checkpoint(&mut self, seq: u64, out: &mut Fx) {
         if !seq.is_multiple_of(self.cfg.checkpoint_interval) || seq <= self.stable.seq {
@@ -87,14 +91,16 @@ impl Pbft {
         }
         let quorum = self.quorum();
         debug_assert!(checkpoint_proof_valid(&proof, &mut self.keys, quorum));
-        if let Some(own) = self.own_checkpoints.get(&proof.seq) {
-            // Agreement guarantees this among correct replicas.
-            debug_assert!(
-                *own == proof.digest || self.cfg.mutant != crate::Mutant::None,
-                "{} executed a different history than a quorum through {}",
-                self.cfg.id,
-                proof.seq
-            );
+        // Agreement guarantees this among correct replicas: one that differs executed
+        // another history (its store was damaged, or it started from another one) and
+        // says so; its host stops it rather than serve that state.
+        if self
+            .own_checkpoints
+            .get(&proof.seq)
+            .is_some_and(|own| *own != proof.digest)
+            && self.cfg.mutant == crate::Mutant::None
+        {
+            self.counter(DIVERGED_HISTORY, out);
         }
         let seq = proof.seq;
         for s in &proof.sigs {

@@ -45,6 +45,7 @@ mod state_transfer;
 mod view_change;
 
 pub use certificate::{CertError, QuorumCertificate};
+pub use checkpoint::DIVERGED_HISTORY;
 pub use client::{Client, CommitProof, ProofError};
 pub use config::{Mutant, PbftConfig};
 pub use durable::{PbftStable, Write};

@@ -702,6 +702,13 @@ impl<P: RuntimeProtocol> Driver<P> {
                     self.renew_leases = true;
                 }
                 self.clock_refusals.note(&e, Instant::now());
+                if matches!(e, Event::Counter { name, .. } if name == ekmat_pbft::DIVERGED_HISTORY)
+                {
+                    self.fatal = Some(
+                        "this member executed another history than a quorum of its peers (its data differs: restore it from a backup or a peer): stopping rather than serve it"
+                            .into(),
+                    );
+                }
                 on_event(&e);
             }
         }

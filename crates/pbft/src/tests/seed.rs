@@ -76,3 +76,28 @@ fn a_replica_seeded_with_another_state_signs_another_history() {
         fresh.node(0).history()
     );
 }
+
+/// A founder started without the seed runs the batches on an empty store: the first
+/// stable checkpoint shows it another history than its own, and it says so (its host
+/// stops it) instead of going on.
+#[test]
+fn a_replica_that_executed_another_history_says_so_at_the_next_stable_checkpoint() {
+    let diverged = |c: &Cluster, i: u32| {
+        c.events.iter().any(|(n, e)| {
+            *n == ekmat_core::NodeId(i)
+                && matches!(e, ekmat_core::Event::Counter { name, .. } if *name == crate::DIVERGED_HISTORY)
+        })
+    };
+    let mut c = seeded_cluster(["backup"; 4]);
+    c.nodes[3] = Some(Pbft::new(config(3, 4)).unwrap());
+    c.disks[3] = PbftStable::default();
+    c.logged[3] = PbftStable::default();
+    for s in 1..=12 {
+        c.request((s % 3) as usize, 1, s);
+        c.run();
+    }
+    c.advance(50);
+    assert!(c.node(3).low_watermark() >= 4, "a checkpoint became stable");
+    assert!(diverged(&c, 3));
+    assert!((0..3).all(|i| !diverged(&c, i)));
+}
