@@ -129,14 +129,7 @@ async fn a_cluster_started_from_a_backup_serves_it_and_a_later_member_receives_i
     assert!(at.kvs.iter().any(|kv| kv.key == b"a" && kv.value == b"3"));
     let compacted = everything(&url, before_compaction - 1, false).await;
     assert!(compacted.unwrap_err().contains("compacted"));
-    let ttl = pb::lease_client::LeaseClient::new(channel(&url).await.unwrap())
-        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
-            id: lease,
-            keys: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ttl = support::lease_ttl(&url, lease).await;
     assert!(
         ttl.ttl > 590,
         "the lease restarts from its TTL: {}",

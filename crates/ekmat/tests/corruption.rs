@@ -46,6 +46,44 @@ async fn alarms(url: &str) -> Result<Vec<(u64, i32)>, String> {
     }
 }
 
+/// Put at member `i`, retrying until it serves (electing, or checking its data at
+/// start), for up to 15 s.
+async fn put_once_served(c: &Cluster, i: usize, key: &str, value: &str) {
+    let started = Instant::now();
+    while put(&c.endpoint(i), key, value).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(15), "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Member 2 comes back on its addresses with other data: a store of its own (another
+/// cluster name, so its peers refuse its protocol connections), written differently
+/// and further than members 0 and 1 (5 writes there, 10 on it). The leader of 0 and
+/// 1, and member 2's own configuration.
+async fn replace_2_with_an_impostor(c: &mut Cluster) -> (usize, NodeConfig) {
+    c.stop(2);
+    let mut other = c.cfgs[2].clone();
+    other.cluster = "elsewhere".into();
+    other.members = vec![other.me().clone()];
+    other.data_dir = c.dir.path().join("n2-other-data");
+    let own = std::mem::replace(&mut c.cfgs[2], other);
+    c.spawn(2);
+    let leader = leader_of_0_and_1(c).await; // the impostor leads only itself
+    put_once_served(c, leader, "k0", "v").await;
+    for i in 1..5 {
+        put(&c.endpoint(leader), &format!("k{i}"), "v")
+            .await
+            .unwrap();
+    }
+    put_once_served(c, 2, "x", "other").await;
+    for i in 0..9 {
+        put(&c.endpoint(2), &format!("x{i}"), "other")
+            .await
+            .unwrap();
+    }
+    (leader, own)
+}
+
 /// Which of members 0 and 1 leads them.
 async fn leader_of_0_and_1(c: &Cluster) -> usize {
     let started = Instant::now();
@@ -65,30 +103,7 @@ async fn leader_of_0_and_1(c: &Cluster) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_data_differs_is_reported_corrupt_and_writes_stop() {
     let mut c = Cluster::start_with(3, |cfg| cfg.corrupt_check_ms = CHECK_MS);
-    c.stop(2);
-    // Member 2 comes back on its addresses with other data: a store of its own (another
-    // cluster name, so its peers refuse its protocol connections), written differently.
-    let mut other = c.cfgs[2].clone();
-    other.cluster = "elsewhere".into();
-    other.members = vec![other.me().clone()];
-    other.data_dir = c.dir.path().join("n2-other-data");
-    c.cfgs[2] = NodeConfig { ..other };
-    c.spawn(2);
-    let leader = leader_of_0_and_1(&c).await; // the impostor leads only itself
-    for i in 0..5 {
-        put(&c.endpoint(leader), &format!("k{i}"), "v")
-            .await
-            .unwrap();
-    }
-    let impostor = c.endpoint(2);
-    let started = Instant::now();
-    while put(&impostor, "x", "other").await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(15), "{}", c.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for i in 0..9 {
-        put(&impostor, &format!("x{i}"), "other").await.unwrap();
-    }
+    let (leader, _) = replace_2_with_an_impostor(&mut c).await;
 
     let corrupt = (NodeConfig::member_id(2), pb::AlarmType::Corrupt as i32);
     let started = Instant::now();
@@ -144,37 +159,7 @@ async fn members_with_the_same_data_are_compared_and_never_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_checked_at_start_refuses_to_serve_beside_a_peer_whose_data_differs() {
     let mut c = Cluster::start_with(3, |cfg| cfg.initial_corrupt_check = true);
-    c.stop(2);
-    // Member 2 comes back on its addresses with a store of its own (as in the test
-    // above), written further than the others.
-    let mut other = c.cfgs[2].clone();
-    other.cluster = "elsewhere".into();
-    other.members = vec![other.me().clone()];
-    other.data_dir = c.dir.path().join("n2-other-data");
-    let healthy = c.cfgs[2].clone();
-    c.cfgs[2] = other;
-    c.spawn(2);
-    let leader = leader_of_0_and_1(&c).await;
-    // Each member serves once its own check at start passed.
-    let started = Instant::now();
-    while put(&c.endpoint(leader), "k0", "v").await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(15), "{}", c.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for i in 1..5 {
-        put(&c.endpoint(leader), &format!("k{i}"), "v")
-            .await
-            .unwrap();
-    }
-    let impostor = c.endpoint(2);
-    let started = Instant::now();
-    while put(&impostor, "x", "other").await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(15), "{}", c.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for i in 0..9 {
-        put(&impostor, &format!("x{i}"), "other").await.unwrap();
-    }
+    let (leader, healthy) = replace_2_with_an_impostor(&mut c).await;
 
     let follower = 1 - leader;
     c.stop(follower);
@@ -197,12 +182,8 @@ async fn a_member_checked_at_start_refuses_to_serve_beside_a_peer_whose_data_dif
     c.stop(2);
     c.cfgs[2] = healthy;
     c.spawn(follower);
-    let started = Instant::now();
     // Status answers at once (peers' checks need it); a put only once the gate opens.
-    while put(&c.endpoint(follower), "after", "v").await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(15), "{}", c.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    put_once_served(&c, follower, "after", "v").await;
     assert!(
         c.log(follower)
             .contains("initial corruption check passed compared=1")

@@ -861,15 +861,7 @@ async fn a_pbft_cluster_started_from_a_backup_serves_it_at_every_member() {
         assert_eq!(then.kvs[0].value, b"2", "n{i}: history from the backup");
         let gone = kv.range(read("a", compact_at - 1)).await.unwrap_err();
         assert!(gone.message().contains("compacted"), "n{i}: {gone}");
-        let ch = channel(&c.endpoint(i)).await.unwrap();
-        let ttl = pb::lease_client::LeaseClient::new(ch)
-            .lease_time_to_live(pb::LeaseTimeToLiveRequest {
-                id: lease,
-                keys: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let ttl = support::lease_ttl(&c.endpoint(i), lease).await;
         assert!(
             ttl.ttl > 590,
             "n{i}: the lease restarts from its TTL: {}",

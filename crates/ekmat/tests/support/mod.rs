@@ -267,6 +267,15 @@ pub async fn backup(url: &str) -> Vec<u8> {
     file
 }
 
+/// Lease `id`'s time to live at the member at `url`, with its keys.
+pub async fn lease_ttl(url: &str, id: i64) -> pb::LeaseTimeToLiveResponse {
+    pb::lease_client::LeaseClient::new(channel(url).await.unwrap())
+        .lease_time_to_live(pb::LeaseTimeToLiveRequest { id, keys: true })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// `ekmat restore FILE --config CONFIG`, run to completion.
 pub fn restore(file: &Path, config: &Path) -> std::process::Output {
     ekmat()
