@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ekmat_api::etcdserverpb as pb;
 use ekmat_api::mvccpb;
 use pb::watch_request::RequestUnion;
-use support::{Cluster, channel, metric, scrape};
+use support::{Cluster, Etcd, channel, metric, scrape};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -200,23 +200,32 @@ async fn leases_survive_a_leader_kill_while_kept_alive_and_the_new_leader_expire
     );
 }
 
-/// A watch stream on a channel of its own (no request timeout: it lives long).
+/// A watch stream on a channel of its own (no request timeout: it lives long), opened
+/// with watcher `first`, and that watcher's `created` response. The create goes out
+/// with the stream: etcd (grpc-go) sends a stream's headers only with its first
+/// message, which the client would otherwise wait for before sending anything.
 async fn watch_stream(
-    c: &Cluster,
-    i: usize,
-) -> (mpsc::Sender<pb::WatchRequest>, Streaming<pb::WatchResponse>) {
-    let ch = Endpoint::from_shared(c.endpoint(i))
+    url: &str,
+    first: pb::WatchCreateRequest,
+) -> (
+    mpsc::Sender<pb::WatchRequest>,
+    Streaming<pb::WatchResponse>,
+    pb::WatchResponse,
+) {
+    let ch = Endpoint::from_shared(url.to_string())
         .unwrap()
         .connect()
         .await
         .unwrap();
     let (tx, rx) = mpsc::channel(16);
-    let stream = pb::watch_client::WatchClient::new(ch)
+    send(&tx, RequestUnion::CreateRequest(first)).await;
+    let mut stream = pb::watch_client::WatchClient::new(ch)
         .watch(ReceiverStream::new(rx))
         .await
         .unwrap()
         .into_inner();
-    (tx, stream)
+    let created = next(&mut stream).await;
+    (tx, stream, created)
 }
 
 fn create(key: &str, range_end: &str) -> pb::WatchCreateRequest {
@@ -259,10 +268,8 @@ async fn a_watcher_on_a_follower_sees_writes_made_through_the_leader() {
     let c = Cluster::start(3);
     let leader = c.leader(Duration::from_secs(15)).await;
     let follower = (leader + 2) % 3;
-    let (tx, mut stream) = watch_stream(&c, follower).await;
-
-    send(&tx, RequestUnion::CreateRequest(create("app/", "app0"))).await;
-    let created = next(&mut stream).await;
+    let first = create("app/", "app0");
+    let (tx, mut stream, created) = watch_stream(&c.endpoint(follower), first).await;
     assert!(created.created && !created.canceled);
     assert_eq!(created.watch_id, 0, "ids start at 0 on each stream");
     let mut no_puts = create("app/", "app0");
@@ -359,9 +366,8 @@ async fn a_watcher_that_stops_reading_stalls_nothing_and_catches_up_from_history
     const WRITES: usize = 8000;
     let c = Cluster::start(3);
     let leader = c.leader(Duration::from_secs(15)).await;
-    let (tx, mut stream) = watch_stream(&c, leader).await;
-    send(&tx, RequestUnion::CreateRequest(create("k/", "k0"))).await;
-    assert!(next(&mut stream).await.created);
+    let (_tx, mut stream, created) = watch_stream(&c.endpoint(leader), create("k/", "k0")).await;
+    assert!(created.created);
 
     // The watcher reads nothing while many more entries apply than the node buffers.
     let started = Instant::now();
@@ -395,6 +401,144 @@ async fn a_watcher_that_stops_reading_stalls_nothing_and_catches_up_from_history
     assert!(
         metric(&text, "ekmat_watch_resyncs_total").is_some_and(|n| n >= 1.0),
         "the watcher lagged and resynced from history"
+    );
+}
+
+/// What watchers see of one revision too large for one response (a ranged delete of
+/// keys holding 2.4 MB, watched with `prev_kv`).
+#[derive(Debug, PartialEq)]
+struct Watched {
+    /// Per response, (events, fragment), for a live watcher that asked for fragments,
+    live: Vec<(usize, bool)>,
+    /// one that did not,
+    whole: Vec<(usize, bool)>,
+    /// and one that asked for fragments and replays the revision from history.
+    replayed: Vec<(usize, bool)>,
+    /// Per response to a watcher replaying every revision, the revisions it holds.
+    history: Vec<Vec<i64>>,
+}
+
+/// [`Watched`], at the server at `url`.
+async fn big_revision_as_watched(url: &str) -> Watched {
+    const KEYS: usize = 80;
+    let mut kv = pb::kv_client::KvClient::new(channel(url).await.unwrap());
+    let value = "v".repeat(30_000);
+    let mut first = 0;
+    for i in 0..KEYS {
+        let put = pb::PutRequest {
+            key: format!("f/{i:02}").into(),
+            value: value.clone().into(),
+            ..Default::default()
+        };
+        let rev = kv
+            .put(put)
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision;
+        first = if first == 0 { rev } else { first };
+    }
+    let watcher = |fragment: bool, start_revision: i64| pb::WatchCreateRequest {
+        prev_kv: true,
+        fragment,
+        start_revision,
+        ..create("f/", "f0")
+    };
+    let mut fragmented = watch_stream(url, watcher(true, 0)).await;
+    let mut whole = watch_stream(url, watcher(false, 0)).await;
+    assert!(fragmented.2.created && whole.2.created);
+    let delete = pb::DeleteRangeRequest {
+        key: "f/".into(),
+        range_end: "f0".into(),
+        ..Default::default()
+    };
+    let deleted = kv.delete_range(delete).await.unwrap().into_inner();
+    assert_eq!(deleted.deleted, KEYS as i64);
+    let rev = deleted.header.unwrap().revision;
+
+    let mut replayed = watch_stream(url, watcher(true, rev)).await;
+    assert!(replayed.2.created);
+    let mut shapes = Vec::new();
+    for stream in [&mut fragmented.1, &mut whole.1, &mut replayed.1] {
+        let (mut shape, mut events) = (Vec::new(), 0);
+        while events < KEYS {
+            let r = next(stream).await;
+            assert!(
+                r.events.iter().all(|e| e.prev_kv.is_some()),
+                "prev_kv asked for"
+            );
+            events += r.events.len();
+            shape.push((r.events.len(), r.fragment));
+        }
+        shapes.push(shape);
+    }
+
+    // Every revision from the first put on, without prev_kv: 80 puts and 80 deletes.
+    let every = pb::WatchCreateRequest {
+        start_revision: first,
+        ..create("f/", "f0")
+    };
+    let mut all = watch_stream(url, every).await;
+    assert!(all.2.created);
+    let (mut groups, mut events) = (Vec::new(), 0);
+    while events < 2 * KEYS {
+        let r = next(&mut all.1).await;
+        assert!(!r.fragment);
+        events += r.events.len();
+        let mut revs: Vec<i64> = r
+            .events
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect();
+        revs.dedup();
+        groups.push(revs);
+    }
+    let [live, whole, replayed] = <[_; 3]>::try_from(shapes).unwrap();
+    Watched {
+        live,
+        whole,
+        replayed,
+        history: groups,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_too_large_for_one_response_is_fragmented_as_etcd_does_when_asked() {
+    let c = Cluster::start(3);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let ours = big_revision_as_watched(&c.endpoint(leader)).await;
+    // 80 events of ~30 KB: 69 fit under etcd's 1.5 MiB request limit plus 512 KiB.
+    assert_eq!(ours.live, [(69, true), (11, false)]);
+    assert_eq!(ours.replayed, ours.live);
+    assert_eq!(ours.whole, [(80, false)], "no fragments unless asked");
+    // History is cut between revisions only, each revision's events together.
+    let revisions: Vec<i64> = ours.history.concat();
+    assert!(
+        revisions.len() == 81 && revisions.is_sorted(),
+        "80 puts and one delete, each revision in one response: {:?}",
+        ours.history
+    );
+    assert!(ours.history.len() > 1, "cut at ~1 MiB");
+
+    // etcd itself answers the same, except that it sends that history (2.4 MB) in one
+    // response where ekmat cuts it at ~1 MiB.
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    etcd.wait_ready().await;
+    let theirs = big_revision_as_watched(&etcd.url).await;
+    assert_eq!(theirs.history.concat(), ours.history.concat());
+    assert_eq!(
+        Watched {
+            history: vec![],
+            ..theirs
+        },
+        Watched {
+            history: vec![],
+            ..ours
+        }
     );
 }
 

@@ -4,13 +4,16 @@
 use bytes::Bytes;
 use ekmat_api::{etcdserverpb as pb, mvccpb};
 use ekmat_kv::{Event, EventKind, KeyRange};
+use prost::Message;
 
 use super::convert::key_value;
 
-/// Events per response when replaying history (etcd batches history too).
-const MAX_HISTORY_EVENTS: usize = 1000;
+/// Revisions per response when replaying history, as in etcd (`watchBatchMaxRevs`).
+const MAX_HISTORY_REVISIONS: usize = 1000;
 /// Roughly the most key and value bytes per history response, well under the 4 MiB
-/// that many gRPC clients accept by default.
+/// that many gRPC clients accept by default (etcd has no such bound). Responses are
+/// only ever cut between revisions, as etcd cuts them past 1,000 revisions: a client
+/// sees each revision's events together, and one revision larger than this goes whole.
 const MAX_HISTORY_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone, Debug)]
@@ -21,6 +24,8 @@ pub(super) struct Watcher {
     no_delete: bool,
     prev_kv: bool,
     pub progress_notify: bool,
+    /// Whether responses of etcd's request size limit or more go out in fragments.
+    pub fragment: bool,
     /// The first revision this watcher has not been sent yet.
     pub next_rev: i64,
     /// Whether events went out since the last progress notification (which they make
@@ -46,6 +51,7 @@ impl Watcher {
             no_delete: has(pb::watch_create_request::FilterType::Nodelete),
             prev_kv: c.prev_kv,
             progress_notify: c.progress_notify,
+            fragment: c.fragment,
             next_rev,
             sent_since_progress: false,
         }
@@ -86,13 +92,7 @@ impl Watcher {
     /// one `(revision, events)` group per revision, as etcd notifies per revision. Moves
     /// the watcher past them, wanted or not.
     pub fn take_live(&mut self, events: &[Event]) -> Vec<(i64, Vec<mvccpb::Event>)> {
-        let mut groups: Vec<(i64, Vec<mvccpb::Event>)> = Vec::new();
-        for e in events.iter().filter(|e| self.wants(e)) {
-            match groups.last_mut() {
-                Some((rev, group)) if *rev == e.revision() => group.push(self.event(e)),
-                _ => groups.push((e.revision(), vec![self.event(e)])),
-            }
-        }
+        let groups = self.per_revision(events);
         if let Some(last) = events.last() {
             self.passed(last.revision());
         }
@@ -100,21 +100,23 @@ impl Watcher {
     }
 
     /// This watcher's share of `history` (read at store revision `revision`), in
-    /// batches of bounded size. Moves the watcher past `revision`.
+    /// batches of whole revisions, bounded in revisions and bytes. Moves the watcher
+    /// past `revision`.
     pub fn take_history(&mut self, history: &[Event], revision: i64) -> Vec<Vec<mvccpb::Event>> {
         let mut batches = Vec::new();
         let mut batch = Vec::new();
-        let mut bytes = 0;
-        for e in history.iter().filter(|e| self.wants(e)) {
-            let size = e.kv.key.len() + e.kv.value.len();
-            if !batch.is_empty()
-                && (batch.len() >= MAX_HISTORY_EVENTS || bytes + size > MAX_HISTORY_BYTES)
+        let (mut revisions, mut bytes) = (0, 0);
+        for (_, group) in self.per_revision(history) {
+            let size: usize = group.iter().map(payload).sum();
+            if revisions > 0
+                && (revisions >= MAX_HISTORY_REVISIONS || bytes + size > MAX_HISTORY_BYTES)
             {
                 batches.push(std::mem::take(&mut batch));
-                bytes = 0;
+                (revisions, bytes) = (0, 0);
             }
+            revisions += 1;
             bytes += size;
-            batch.push(self.event(e));
+            batch.extend(group);
         }
         if !batch.is_empty() {
             batches.push(batch);
@@ -123,11 +125,65 @@ impl Watcher {
         batches
     }
 
+    /// The events this watcher wants, grouped by revision.
+    fn per_revision(&self, events: &[Event]) -> Vec<(i64, Vec<mvccpb::Event>)> {
+        let mut groups: Vec<(i64, Vec<mvccpb::Event>)> = Vec::new();
+        for e in events.iter().filter(|e| self.wants(e)) {
+            match groups.last_mut() {
+                Some((rev, group)) if *rev == e.revision() => group.push(self.event(e)),
+                _ => groups.push((e.revision(), vec![self.event(e)])),
+            }
+        }
+        groups
+    }
+
     /// Everything up to `revision` has been considered.
     fn passed(&mut self, revision: i64) {
         self.next_rev = self.next_rev.max(revision + 1);
     }
 }
+
+/// The key and value bytes an event carries (its previous version's too).
+fn payload(e: &mvccpb::Event) -> usize {
+    [&e.kv, &e.prev_kv]
+        .into_iter()
+        .flatten()
+        .map(|kv| kv.key.len() + kv.value.len())
+        .sum()
+}
+
+/// etcd's fragmentation, for a watcher that asked for it: a response of `limit` bytes
+/// or more (encoded) with several events goes out in pieces of fewer than `limit`
+/// bytes each (a piece of one event may be larger), every piece but the last marked
+/// `fragment`, for the client to join. Anything else goes out as it is.
+pub fn fragments(mut resp: pb::WatchResponse, limit: usize) -> Vec<pb::WatchResponse> {
+    if resp.events.len() < 2 || resp.encoded_len() < limit {
+        return vec![resp];
+    }
+    let events = std::mem::take(&mut resp.events);
+    let template = pb::WatchResponse {
+        fragment: true,
+        ..resp
+    };
+    let empty = template.encoded_len();
+    let mut pieces = vec![template.clone()];
+    let mut size = empty;
+    for event in events {
+        let grown = prost::encoding::message::encoded_len(EVENTS_TAG, &event);
+        let piece = pieces.last_mut().expect("one piece at least");
+        if !piece.events.is_empty() && size + grown >= limit {
+            pieces.push(template.clone());
+            size = empty;
+        }
+        size += grown;
+        pieces.last_mut().expect("just pushed").events.push(event);
+    }
+    pieces.last_mut().expect("one piece at least").fragment = false;
+    pieces
+}
+
+/// `WatchResponse.events`' field number.
+const EVENTS_TAG: u32 = 11;
 
 #[cfg(test)]
 mod tests {
@@ -192,13 +248,107 @@ mod tests {
         assert!(prefix.take_live(&events).is_empty());
     }
 
+    fn valued(key: &str, rev: i64, value_len: usize) -> Event {
+        let mut e = event(EventKind::Put, key, rev);
+        e.kv.value = Bytes::from(vec![b'v'; value_len]);
+        e
+    }
+
+    fn revisions(batch: &[mvccpb::Event]) -> Vec<i64> {
+        let mut revs: Vec<i64> = batch
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect();
+        revs.dedup();
+        revs
+    }
+
     #[test]
-    fn history_is_batched_and_moves_the_watcher_past_its_revision() {
-        let mut w = Watcher::new(&create("k", ""), 1);
-        let history: Vec<Event> = (1..=2500).map(|r| event(EventKind::Put, "k", r)).collect();
+    fn history_is_batched_by_whole_revisions_and_moves_the_watcher_past_its_revision() {
+        let mut w = Watcher::new(&create("k", "l"), 1);
+        // Two keys per revision: 2,500 revisions, 5,000 events.
+        let history: Vec<Event> = (1..=2500)
+            .flat_map(|r| {
+                [
+                    event(EventKind::Put, "k1", r),
+                    event(EventKind::Put, "k2", r),
+                ]
+            })
+            .collect();
         let batches = w.take_history(&history, 2600);
-        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
-        assert_eq!(sizes, [1000, 1000, 500]);
+        let shape: Vec<usize> = batches.iter().map(|b| revisions(b).len()).collect();
+        assert_eq!(
+            shape,
+            [1000, 1000, 500],
+            "1,000 revisions per response, as etcd"
+        );
+        assert!(batches.iter().all(|b| b.len() == 2 * revisions(b).len()));
         assert_eq!(w.next_rev, 2601);
+    }
+
+    #[test]
+    fn a_byte_bound_cuts_history_between_revisions_never_inside_one() {
+        let mut w = Watcher::new(&create("k", "l"), 1);
+        // Revision 2 alone is bigger than the bound: it goes whole, in one response.
+        let big = MAX_HISTORY_BYTES / 4 + 1;
+        let mut history = vec![valued("k0", 1, 10)];
+        history.extend((0..6).map(|i| valued(&format!("k{i}"), 2, big)));
+        history.push(valued("k0", 3, 10));
+        let batches = w.take_history(&history, 3);
+        let shape: Vec<Vec<i64>> = batches.iter().map(|b| revisions(b)).collect();
+        assert_eq!(shape, [vec![1], vec![2], vec![3]]);
+        assert_eq!(batches[1].len(), 6);
+    }
+
+    fn response(events: usize, value_len: usize) -> pb::WatchResponse {
+        let w = Watcher::new(&create("k", "l"), 1);
+        pb::WatchResponse {
+            header: Some(pb::ResponseHeader {
+                revision: 9,
+                ..Default::default()
+            }),
+            watch_id: 3,
+            events: (0..events)
+                .map(|i| w.event(&valued(&format!("k{i}"), 9, value_len)))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_large_response_goes_out_in_fragments_under_the_limit_that_join_up_again() {
+        let limit = 10_000;
+        let whole = response(25, 1_000);
+        let pieces = fragments(whole.clone(), limit);
+        assert_eq!(pieces.len(), 3);
+        let flags: Vec<bool> = pieces.iter().map(|p| p.fragment).collect();
+        assert_eq!(flags, [true, true, false], "all but the last are fragments");
+        for p in &pieces {
+            assert!(p.encoded_len() < limit, "{} bytes", p.encoded_len());
+            assert_eq!((p.watch_id, p.header), (3, whole.header));
+        }
+        // Each piece but the last is as full as the limit allows.
+        for (p, next) in pieces.iter().zip(&pieces[1..]) {
+            let mut fuller = p.clone();
+            fuller.events.push(next.events[0].clone());
+            assert!(fuller.encoded_len() >= limit);
+        }
+        let joined: Vec<mvccpb::Event> = pieces.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(joined, whole.events);
+    }
+
+    #[test]
+    fn small_responses_and_single_events_are_never_fragmented() {
+        let small = response(3, 10);
+        assert_eq!(fragments(small.clone(), 10_000), [small]);
+        let one_big = response(1, 50_000);
+        assert_eq!(fragments(one_big.clone(), 10_000), [one_big]);
+        // Two events that each exceed the limit: one per piece.
+        let pieces = fragments(response(2, 50_000), 10_000);
+        let shape: Vec<(usize, bool)> = pieces
+            .iter()
+            .map(|p| (p.events.len(), p.fragment))
+            .collect();
+        assert_eq!(shape, [(1, true), (1, false)]);
     }
 }
