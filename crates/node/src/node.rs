@@ -183,21 +183,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         });
     }
     tracing::info!(id = cfg.id, peer = %me.peer, client = %me.client, "node started");
-    let fault = std::env::var(crate::query::CLOCK_FAULT_ENV).unwrap_or_default();
-    if !fault.trim().is_empty() && fault.trim().parse::<i64>().is_err() {
-        tracing::warn!(
-            value = %fault,
-            "{} is not a number of milliseconds: ignored, the wall clock is not shifted",
-            crate::query::CLOCK_FAULT_ENV
-        );
-    }
-    if crate::query::clock_fault_ms() != 0 {
-        tracing::warn!(
-            offset_ms = crate::query::clock_fault_ms(),
-            "fault injected ({}): this member's wall clock is off",
-            crate::query::CLOCK_FAULT_ENV
-        );
-    }
+    warn_about_injected_faults();
     warn_if_the_quota_outgrows_memory(cfg.quota_backend_bytes);
 
     let result = driver.run(inbound_rx, calls_rx, stop).await;
@@ -208,6 +194,38 @@ async fn run_protocol<P: RuntimeProtocol>(
     // Dropping the driver closed the writer's queue; the thread drains it and exits.
     let _ = w.thread.join();
     result.map_err(NodeError::Failed)
+}
+
+/// Say which injected faults this process runs with, and which it ignores.
+fn warn_about_injected_faults() {
+    use crate::query::{CLOCK_FAULT_ENV, EQUIVOCATE_ONCE_ENV, FAULTS_INJECTABLE, clock_fault_ms};
+    let set = |name: &str| std::env::var(name).unwrap_or_default().trim().to_string();
+    if !FAULTS_INJECTABLE {
+        for name in [CLOCK_FAULT_ENV, EQUIVOCATE_ONCE_ENV] {
+            if !set(name).is_empty() {
+                tracing::warn!(
+                    "{name} is set but ignored: this build injects no faults (only test builds do)"
+                );
+            }
+        }
+        return;
+    }
+    let clock = set(CLOCK_FAULT_ENV);
+    if !clock.is_empty() && clock.parse::<i64>().is_err() {
+        tracing::warn!(
+            value = %clock,
+            "{CLOCK_FAULT_ENV} is not a number of milliseconds: ignored, the wall clock is not shifted"
+        );
+    }
+    if clock_fault_ms() != 0 {
+        tracing::warn!(
+            offset_ms = clock_fault_ms(),
+            "fault injected ({CLOCK_FAULT_ENV}): this member's wall clock is off"
+        );
+    }
+    if !set(EQUIVOCATE_ONCE_ENV).is_empty() {
+        tracing::warn!("fault injected ({EQUIVOCATE_ONCE_ENV}): this member will equivocate once");
+    }
 }
 
 /// Measured: a member's resident memory is about this many times the store's size

@@ -208,8 +208,15 @@ pub const CLOCK_FAULT_ENV: &str = "EKMAT_FAULT_CLOCK_OFFSET_MS";
 /// evidence of equivocation that member turns into its exclusion.
 pub const EQUIVOCATE_ONCE_ENV: &str = "EKMAT_FAULT_EQUIVOCATE_ONCE_TO";
 
+/// Whether this build takes the faults tests inject (the `fault-injection` feature,
+/// which `cargo test` turns on and a plain build leaves off).
+pub const FAULTS_INJECTABLE: bool = cfg!(feature = "fault-injection");
+
 /// Whether to equivocate now to `to` under [`EQUIVOCATE_ONCE_ENV`]: true once at most.
 pub fn equivocate_now(to: u32) -> bool {
+    if !FAULTS_INJECTABLE {
+        return false;
+    }
     static TARGET: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
     static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let target = *TARGET.get_or_init(|| {
@@ -222,6 +229,9 @@ pub fn equivocate_now(to: u32) -> bool {
 
 /// The injected clock offset (0 unless [`CLOCK_FAULT_ENV`] holds a number).
 pub fn clock_fault_ms() -> i64 {
+    if !FAULTS_INJECTABLE {
+        return 0;
+    }
     static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *OFFSET.get_or_init(|| {
         std::env::var(CLOCK_FAULT_ENV)
