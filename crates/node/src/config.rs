@@ -9,6 +9,8 @@ use ekmat_core::NodeId;
 use ekmat_raft::{RaftConfig, ReadMode};
 use serde::{Deserialize, Serialize};
 
+use crate::service::compactor::Retention;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -83,6 +85,15 @@ pub struct NodeConfig {
     /// by default, as in etcd).
     #[serde(default)]
     pub initial_corrupt_check: bool,
+    /// etcd's `--auto-compaction-mode`: `periodic` (the default) keeps a time's worth
+    /// of key history, `revision` a number of revisions (see `service::compactor`).
+    #[serde(default = "default_auto_compaction_mode")]
+    pub auto_compaction_mode: String,
+    /// etcd's `--auto-compaction-retention`: for `periodic` a duration (`30m`, `1h30m`)
+    /// or a number of hours, for `revision` a number of revisions; `"0"`, the default as
+    /// in etcd, compacts nothing automatically.
+    #[serde(default = "default_auto_compaction_retention")]
+    pub auto_compaction_retention: String,
     /// Admission control: the most writes this member holds from its clients without
     /// an answer yet. Past it, writes are refused at once with etcd's `etcdserver: too
     /// many requests` (a client backs off and retries) instead of queueing: a queue
@@ -119,6 +130,14 @@ pub struct PbftClient {
 pub const MIN_CORRUPT_CHECK_MS: u64 = 100;
 /// Most worker threads a member's runtime may be given (`runtime_threads`).
 pub const MAX_RUNTIME_THREADS: usize = 1024;
+
+fn default_auto_compaction_mode() -> String {
+    "periodic".into()
+}
+
+fn default_auto_compaction_retention() -> String {
+    "0".into()
+}
 
 fn default_max_pending_writes() -> usize {
     5_000
@@ -256,6 +275,8 @@ impl NodeConfig {
             quota_backend_bytes: default_quota_backend_bytes(),
             corrupt_check_ms: 0,
             initial_corrupt_check: false,
+            auto_compaction_mode: default_auto_compaction_mode(),
+            auto_compaction_retention: default_auto_compaction_retention(),
             unsafe_no_fsync: false,
             runtime_threads: 0,
             pbft_clients: Vec::new(),
@@ -347,6 +368,7 @@ impl NodeConfig {
                 self.corrupt_check_ms
             ));
         }
+        self.auto_compaction()?;
         if self.protocol == "pbft" {
             self.validate_pbft()?;
         } else if let Some(c) = self.pbft_clients.first() {
@@ -373,6 +395,12 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+
+    /// What `auto_compaction_mode` and `auto_compaction_retention` ask for.
+    pub fn auto_compaction(&self) -> Result<Retention, ConfigError> {
+        Retention::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)
+            .map_err(ConfigError::Invalid)
     }
 
     /// PBFT's needs: n = 3f+1 members with f >= 1 (its quorums of 2f+1 intersect in a
@@ -749,6 +777,30 @@ mod tests {
             c.corrupt_check_ms = ok;
             assert!(c.validate().is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn auto_compaction_settings_are_read_from_the_file_and_refused_by_name_if_wrong() {
+        let text = sample().to_toml().replace(
+            "auto_compaction_retention = \"0\"",
+            "auto_compaction_retention = \"30m\"",
+        );
+        let c: NodeConfig = toml::from_str(&text).unwrap();
+        let half_an_hour = Retention::Periodic(std::time::Duration::from_secs(1800));
+        assert_eq!(c.auto_compaction().unwrap(), half_an_hour);
+        assert_eq!(
+            sample().auto_compaction().unwrap(),
+            Retention::Off,
+            "off by default"
+        );
+        let mut c = sample();
+        c.auto_compaction_mode = "revision".into();
+        c.auto_compaction_retention = "30m".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("auto_compaction_retention = \"30m\" for mode \"revision\""),
+            "{e}"
+        );
     }
 
     #[test]

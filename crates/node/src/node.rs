@@ -157,6 +157,8 @@ async fn run_protocol<P: RuntimeProtocol>(
         hub,
         min_lease_ttl(P::election_timeout(&cfg)),
     );
+    let retention = cfg.auto_compaction()?;
+    let auto_compaction = tokio::spawn(services.clone().compact_automatically(retention));
     let corruption_check = (cfg.corrupt_check_ms > 0).then(|| {
         let every = std::time::Duration::from_millis(cfg.corrupt_check_ms);
         tokio::spawn(services.clone().check_corruption_every(every))
@@ -188,6 +190,7 @@ async fn run_protocol<P: RuntimeProtocol>(
 
     let result = driver.run(inbound_rx, calls_rx, stop).await;
     grpc.abort();
+    auto_compaction.abort();
     if let Some(task) = corruption_check {
         task.abort();
     }

@@ -9,6 +9,7 @@
 mod alarm;
 mod authority;
 mod cluster;
+pub mod compactor;
 pub mod convert;
 pub mod corruption;
 pub mod election;
