@@ -752,6 +752,8 @@ async fn a_member_whose_clock_runs_an_hour_ahead_expires_no_lease_early() {
     assert!(refused > 0.0, "the backups refused the primary's time");
     let warned = (1..4).any(|i| c.log(i).contains("refused primaries' batch times"));
     assert!(warned, "no backup named the refusals in its log");
+    let injected = format!("fault injected ({fault})");
+    assert!(c.log(0).contains(&injected), "n0 did not take the fault");
 }
 
 /// A PBFT cluster started from a backup — here a Raft cluster's, so a store moves from

@@ -226,8 +226,16 @@ fn warn_about_injected_faults() {
             "fault injected ({CLOCK_FAULT_ENV}): this member's wall clock is off"
         );
     }
-    if !set(EQUIVOCATE_ONCE_ENV).is_empty() {
-        tracing::warn!("fault injected ({EQUIVOCATE_ONCE_ENV}): this member will equivocate once");
+    let equivocate = set(EQUIVOCATE_ONCE_ENV);
+    match equivocate.parse::<u32>() {
+        Ok(to) => tracing::warn!(
+            "fault injected ({EQUIVOCATE_ONCE_ENV}): this member will equivocate once, to member {to}"
+        ),
+        Err(_) if !equivocate.is_empty() => tracing::warn!(
+            value = %equivocate,
+            "{EQUIVOCATE_ONCE_ENV} is not a member id: ignored, this member equivocates to nobody"
+        ),
+        Err(_) => {}
     }
 }
 

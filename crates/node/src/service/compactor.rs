@@ -3,8 +3,11 @@
 //! Compact, so the history kept in memory stays bounded without an operator.
 //!
 //! - `periodic` keeps at least the retention period of history: the first compaction
-//!   runs once the member has watched the store for one period, then every period (at
-//!   most an hour apart), each to the revision the store had one period earlier.
+//!   runs once the member has sampled the store for a little over one period, then one
+//!   every period (at most an hour apart), each to the revision the store had at least
+//!   one period earlier (a sample is taken every tenth of the interval). The retention
+//!   is read with `humantime` (`30m`, `1h30m`, `1h 30m`), not Go's parser as etcd's is:
+//!   `1.5h` is refused (write `1h30m`).
 //! - `revision` keeps the last `retention` revisions: every five minutes it compacts to
 //!   the current revision minus the retention.
 //!
@@ -25,6 +28,9 @@ const REVISION_MODE_EVERY: Duration = Duration::from_secs(300);
 const LONGEST_PERIOD: Duration = Duration::from_secs(3600);
 /// `periodic` mode samples the revision this many times per compaction interval.
 const SAMPLES_PER_INTERVAL: u32 = 10;
+/// The shortest `periodic` retention accepted: below it compactions would follow each
+/// other nearly without pause, filling the log with them.
+pub const MIN_PERIOD: Duration = Duration::from_secs(1);
 
 /// What the configuration asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,22 +53,24 @@ impl Retention {
         };
         match mode {
             "periodic" => {
-                if let Ok(hours) = retention.parse::<u64>() {
-                    return Ok(match hours {
-                        0 => Retention::Off,
-                        h => Retention::Periodic(Duration::from_secs(h.saturating_mul(3600))),
-                    });
-                }
-                let period = humantime::parse_duration(retention).map_err(|e| {
-                    bad(&format!(
-                        "{e} (a duration such as 30m or 1h, or a number of hours)"
-                    ))
-                })?;
-                Ok(if period.is_zero() {
-                    Retention::Off
+                let period = match retention.parse::<u64>() {
+                    Ok(hours) => Duration::from_secs(hours.saturating_mul(3600)),
+                    Err(_) => humantime::parse_duration(retention).map_err(|e| {
+                        bad(&format!(
+                            "{e} (a duration such as 30m or 1h30m, or a number of hours)"
+                        ))
+                    })?,
+                };
+                if period.is_zero() {
+                    Ok(Retention::Off)
+                } else if period < MIN_PERIOD {
+                    Err(bad(&format!(
+                        "shorter than {} (or 0, off): compactions would follow each other without pause",
+                        humantime::format_duration(MIN_PERIOD)
+                    )))
                 } else {
-                    Retention::Periodic(period)
-                })
+                    Ok(Retention::Periodic(period))
+                }
             }
             "revision" => match retention.parse::<i64>() {
                 Ok(0) => Ok(Retention::Off),
@@ -116,8 +124,9 @@ impl Schedule {
         let target = match self.retention {
             Retention::Off => return None,
             Retention::Periodic(period) => {
-                // The oldest sample is the revision one period ago, once a period passed.
-                let keep = (period.as_nanos() / every.as_nanos().max(1)) as usize + 1;
+                // The oldest sample is the revision at least one period ago, once a
+                // period passed (rounded up: never less history than the retention).
+                let keep = period.as_nanos().div_ceil(every.as_nanos().max(1)) as usize + 1;
                 self.samples.push_back(revision);
                 while self.samples.len() > keep {
                     self.samples.pop_front();
@@ -217,6 +226,7 @@ mod tests {
         for (mode, retention, says) in [
             ("periodic", "soon", "a duration such as 30m"),
             ("periodic", "-1", "a duration such as 30m"),
+            ("periodic", "500ms", "shorter than 1s"),
             ("revision", "1h", "not a number of revisions"),
             ("revision", "-5", "not a number of revisions"),
             ("hourly", "1", "unknown auto_compaction_mode \"hourly\""),
@@ -257,6 +267,11 @@ mod tests {
         // to the revision five hours back.
         let done = run(&mut s, 75, 1, true);
         assert_eq!(done, [(51, 101), (61, 111), (71, 121)]);
+        // 1h1m is not a whole number of samples (6 minutes apart): it keeps 66 minutes
+        // rather than 60, never less than the retention.
+        let mut s = Schedule::new(Retention::Periodic(Duration::from_secs(3660)));
+        let done = run(&mut s, 12, 1, true);
+        assert_eq!(done, [(12, 101)]);
     }
 
     #[test]

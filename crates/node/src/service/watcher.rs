@@ -24,7 +24,8 @@ pub(super) struct Watcher {
     no_delete: bool,
     prev_kv: bool,
     pub progress_notify: bool,
-    /// Whether responses of etcd's request size limit or more go out in fragments.
+    /// Whether responses past etcd's fragment size (its request size limit plus 512
+    /// KiB) go out in fragments.
     pub fragment: bool,
     /// The first revision this watcher has not been sent yet.
     pub next_rev: i64,
