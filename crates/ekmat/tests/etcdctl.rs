@@ -674,3 +674,33 @@ async fn etcdctl_endpoints_with_a_scheme_and_cluster_wide_commands() {
     let moved = ok(&["move-leader", &format!("{target:x}")]);
     assert!(moved.contains("Leadership transferred"), "{moved}");
 }
+
+/// etcd serves `/health`, `/version` and `/metrics` over HTTP/1.1 on its client port,
+/// beside gRPC; `etcdctl check datascale` reads the process's memory there.
+#[tokio::test]
+async fn the_client_port_serves_etcds_http_endpoints_and_check_datascale_passes() {
+    let c = Cluster::start(3);
+    c.leader(Duration::from_secs(15)).await;
+    let addr = c.cfgs[0].members[1].client;
+    let health = support::http_get(addr, "/health");
+    assert!(
+        health.starts_with("HTTP/1.0 200") && health.contains(r#"{"health":"true""#),
+        "{health}"
+    );
+    let version = support::http_get(addr, "/version");
+    assert!(
+        version.contains(r#"{"etcdserver":"3.4.0","etcdcluster":"3.4.0"}"#),
+        "{version}"
+    );
+    assert!(version.contains("application/json"), "{version}");
+    let metrics = support::http_get(addr, "/metrics");
+    for name in ["process_resident_memory_bytes", "etcd_server_has_leader 1"] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    if !etcdctl_available() {
+        return;
+    }
+    let eps = client_endpoints(&c).join(",");
+    let (ok, out, err) = etcdctl(&eps, &["check", "datascale", "--load=s"], None);
+    assert!(ok && out.contains("PASS"), "{out}{err}");
+}

@@ -1,6 +1,8 @@
-//! The node's HTTP endpoint: Prometheus `/metrics`, `/health`, and (PBFT)
-//! `/pbft/certificate/{seq|latest}`, a committed batch's certificate for clients that
-//! trust the validators' public keys and nothing else.
+//! The node's HTTP endpoints: Prometheus `/metrics`, `/health` and `/version`, as etcd
+//! serves them, and (PBFT) `/pbft/certificate/{seq|latest}`, a committed batch's
+//! certificate for clients that trust the validators' public keys and nothing else.
+//! They are served on the metrics address, and on the client port to HTTP/1.1 clients,
+//! where etcd serves them (`etcdctl check datascale` and health probes look there).
 
 use std::net::SocketAddr;
 
@@ -31,50 +33,94 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
-/// Serve until the process ends. `/health` is 200 while a leader is known, 503 otherwise.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// Serve `router` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) {
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!(error = %e, "metrics endpoint stopped");
+    }
+}
+
+/// The endpoints. `/health` is 200 while a leader is known, 503 otherwise.
+pub fn router(
     handle: Option<PrometheusHandle>,
     status: watch::Receiver<NodeStatus>,
     calls: mpsc::Sender<Call>,
-) {
-    let app = Router::new()
+) -> Router {
+    let metrics_status = status.clone();
+    let health_status = status;
+    Router::new()
         .route(
             "/metrics",
             get(move || {
                 let handle = handle.clone();
-                async move { handle.map(|h| h.render()).unwrap_or_default() }
+                let status = *metrics_status.borrow();
+                async move {
+                    record_gauges(&status);
+                    handle.map(|h| h.render()).unwrap_or_default()
+                }
             }),
         )
         .route(
             "/health",
             get(move || {
-                let status = status.clone();
-                async move {
-                    let s = *status.borrow();
-                    match s.core.leader {
-                        Some(leader) => (
-                            StatusCode::OK,
-                            format!(
-                                "{{\"health\":\"true\",\"leader\":{},\"term\":{},\"applied\":{}}}\n",
-                                leader.0, s.core.term, s.applied
-                            ),
-                        ),
-                        None => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "{\"health\":\"false\",\"reason\":\"no leader\"}\n".to_string(),
-                        ),
-                    }
-                }
+                let s = *health_status.borrow();
+                async move { health(&s) }
+            }),
+        )
+        .route(
+            "/version",
+            get(|| async {
+                let v = crate::service::API_VERSION;
+                let body = format!("{{\"etcdserver\":\"{v}\",\"etcdcluster\":\"{v}\"}}");
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
             }),
         )
         .route(
             "/pbft/certificate/{seq}",
             get(move |Path(seq): Path<String>| certificate(calls.clone(), seq)),
-        );
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "metrics endpoint stopped");
+        )
+}
+
+fn health(s: &NodeStatus) -> (StatusCode, String) {
+    match s.core.leader {
+        Some(leader) => (
+            StatusCode::OK,
+            format!(
+                "{{\"health\":\"true\",\"leader\":{},\"term\":{},\"applied\":{}}}\n",
+                leader.0, s.core.term, s.applied
+            ),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"health\":\"false\",\"reason\":\"no leader\"}\n".to_string(),
+        ),
     }
+}
+
+/// Gauges read at scrape time: the process's own (named as Prometheus' Go client names
+/// them, which etcd's tools read) and etcd's server gauges.
+fn record_gauges(s: &NodeStatus) {
+    if let Some(rss) = resident_memory_bytes() {
+        metrics::gauge!("process_resident_memory_bytes").set(rss as f64);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("process_open_fds").set(fds.count() as f64);
+    }
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    metrics::gauge!("etcd_server_has_leader").set(flag(s.core.leader.is_some()));
+    metrics::gauge!("etcd_server_is_leader").set(flag(s.core.is_leader));
+    metrics::gauge!("etcd_mvcc_db_total_size_in_bytes").set(s.db_size as f64);
+}
+
+/// This process's resident set (Linux: `VmRSS` of `/proc/self/status`).
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The certificate of the batch at `seq` (a number, or `latest`).

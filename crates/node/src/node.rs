@@ -116,9 +116,7 @@ async fn run_protocol<P: RuntimeProtocol>(
     let (members_tx, members_rx) = watch::channel(members.list());
     let hub = WatchHub::new();
     // Before the driver, which registers its gauges once, against this recorder.
-    let recorder = metrics_listener
-        .as_ref()
-        .and_then(|_| http::install_recorder());
+    let recorder = http::install_recorder();
     let driver = Driver::<P>::new(DriverParts {
         core,
         kv: KvStore::new(),
@@ -140,13 +138,9 @@ async fn run_protocol<P: RuntimeProtocol>(
         hub: hub.clone(),
     });
 
+    let http_routes = http::router(recorder, status_rx.clone(), calls_tx.clone());
     if let Some(listener) = metrics_listener {
-        tokio::spawn(http::serve(
-            listener,
-            recorder,
-            status_rx.clone(),
-            calls_tx.clone(),
-        ));
+        tokio::spawn(http::serve(listener, http_routes.clone()));
     }
     let calls_tx_for_checks = calls_tx.clone();
     let services = Services::new(
@@ -167,9 +161,11 @@ async fn run_protocol<P: RuntimeProtocol>(
     let initial_check = cfg.initial_corrupt_check.then(|| services.clone());
     let fail = calls_tx_for_checks;
     let (open_tx, open_rx) = watch::channel(initial_check.is_none());
-    let grpc = tokio::spawn(services.serve(client_listener, open_rx, async move {
-        let _ = grpc_stop.wait_for(|s| *s).await;
-    }));
+    let grpc = tokio::spawn(
+        services.serve(client_listener, open_rx, http_routes, async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        }),
+    );
     if let Some(services) = initial_check {
         tokio::spawn(async move {
             match services.check_initial_hashkv().await {

@@ -23,7 +23,10 @@ use bytes::{Buf, BufMut, BytesMut};
 use loona_hpack::Decoder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const PREFACE_LEN: usize = 24;
+/// HTTP/2's connection preface. A connection that starts otherwise is HTTP/1.1 (the
+/// `/health`, `/metrics` and `/version` beside the API) and is passed through untouched.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const PREFACE_LEN: usize = PREFACE.len();
 const FRAME_HEADER_LEN: usize = 9;
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
@@ -79,6 +82,10 @@ impl<S> AuthorityFix<S> {
     fn process(&mut self) {
         if self.preface_left > 0 {
             let n = self.preface_left.min(self.raw.len());
+            let at = PREFACE_LEN - self.preface_left;
+            if self.raw[..n] != PREFACE[at..at + n] {
+                self.opaque = true;
+            }
             self.ready.put(self.raw.split_to(n));
             self.preface_left -= n;
         }
@@ -384,6 +391,17 @@ mod tests {
         client.extend([0, 0, 4, 0, 1, 0, 0, 0, 1, 1, 2, 3, 4]); // a DATA frame
         client.extend([0, 0, 9]); // and the start of one cut off by the close
         assert_eq!(through(client.clone()).await, client);
+    }
+
+    #[tokio::test]
+    async fn an_http1_request_passes_through_untouched() {
+        // Longer than the preface, and shaped like frames past it: never parsed as such.
+        let request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1:2379\r\n\r\n".to_vec();
+        let mut fix = AuthorityFix::new(&request[..]);
+        let mut out = Vec::new();
+        fix.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, request);
+        assert!(fix.opaque);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ mod alarm;
 mod authority;
 mod cluster;
 pub mod compactor;
+pub use maintenance::API_VERSION;
 pub mod convert;
 pub mod corruption;
 pub mod election;
@@ -112,12 +113,14 @@ impl Services {
         }
     }
 
-    /// Serve clients on `listener` until `shutdown`; while `open` is false, only what
-    /// peers' checks at start need (`gate.rs`).
+    /// Serve clients on `listener` until `shutdown`: etcd's gRPC API, and `http` (the
+    /// `/metrics`, `/health` and `/version` etcd serves on its client port) to HTTP/1.1
+    /// clients; while `open` is false, only what peers' checks at start need (`gate.rs`).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         open: tokio::sync::watch::Receiver<bool>,
+        http: axum::Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
         use tokio_stream::StreamExt;
@@ -130,27 +133,31 @@ impl Services {
                 authority::AuthorityFix::new(stream)
             })
         });
+        let mut routes = tonic::service::Routes::new(
+            pb::kv_server::KvServer::new(self.clone())
+                .max_decoding_message_size(MAX_REQUEST_BYTES * 2),
+        )
+        .add_service(pb::lease_server::LeaseServer::new(self.clone()))
+        .add_service(pb::watch_server::WatchServer::new(self.clone()))
+        .add_service(pb::maintenance_server::MaintenanceServer::new(self.clone()))
+        .add_service(pb::cluster_server::ClusterServer::new(self.clone()))
+        .add_service(v3electionpb::election_server::ElectionServer::new(
+            self.clone(),
+        ))
+        .add_service(v3lockpb::lock_server::LockServer::new(self.clone()))
+        .add_service(ekmatpb::exclusions_server::ExclusionsServer::new(
+            self.clone(),
+        ))
+        .add_service(
+            ekmatpb::signed_requests_server::SignedRequestsServer::new(self)
+                .max_decoding_message_size(MAX_REQUEST_BYTES * 2),
+        );
+        let grpc = std::mem::take(routes.axum_router_mut());
+        *routes.axum_router_mut() = grpc.merge(http);
         let result = tonic::transport::Server::builder()
+            .accept_http1(true)
             .layer(gate::layer(open))
-            .add_service(
-                pb::kv_server::KvServer::new(self.clone())
-                    .max_decoding_message_size(MAX_REQUEST_BYTES * 2),
-            )
-            .add_service(pb::lease_server::LeaseServer::new(self.clone()))
-            .add_service(pb::watch_server::WatchServer::new(self.clone()))
-            .add_service(pb::maintenance_server::MaintenanceServer::new(self.clone()))
-            .add_service(pb::cluster_server::ClusterServer::new(self.clone()))
-            .add_service(v3electionpb::election_server::ElectionServer::new(
-                self.clone(),
-            ))
-            .add_service(v3lockpb::lock_server::LockServer::new(self.clone()))
-            .add_service(ekmatpb::exclusions_server::ExclusionsServer::new(
-                self.clone(),
-            ))
-            .add_service(
-                ekmatpb::signed_requests_server::SignedRequestsServer::new(self)
-                    .max_decoding_message_size(MAX_REQUEST_BYTES * 2),
-            )
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         if let Err(e) = result {
