@@ -697,10 +697,15 @@ async fn the_client_port_serves_etcds_http_endpoints_and_check_datascale_passes(
     for name in ["process_resident_memory_bytes", "etcd_server_has_leader 1"] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+    let unknown = support::http_get(addr, "/livez");
+    assert!(unknown.starts_with("HTTP/1.0 404"), "{unknown}");
     if !etcdctl_available() {
         return;
     }
     let eps = client_endpoints(&c).join(",");
+    // A gRPC service ekmat does not have is still answered as gRPC.
+    let (ok, out, err) = etcdctl(&eps, &["user", "list"], None);
+    assert!(!ok && err.contains("code = Unimplemented"), "{out}{err}");
     let (ok, out, err) = etcdctl(&eps, &["check", "datascale", "--load=s"], None);
     assert!(ok && out.contains("PASS"), "{out}{err}");
 }

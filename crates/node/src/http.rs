@@ -1,8 +1,9 @@
 //! The node's HTTP endpoints: Prometheus `/metrics`, `/health` and `/version`, as etcd
 //! serves them, and (PBFT) `/pbft/certificate/{seq|latest}`, a committed batch's
 //! certificate for clients that trust the validators' public keys and nothing else.
-//! They are served on the metrics address, and on the client port to HTTP/1.1 clients,
-//! where etcd serves them (`etcdctl check datascale` and health probes look there).
+//! They are served on the metrics address, and on the client port to requests that are
+//! not gRPC, where etcd serves them (`etcdctl check datascale` and health probes look
+//! there); anything else there that is not gRPC gets 404, as from etcd.
 
 use std::net::SocketAddr;
 
@@ -15,8 +16,30 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::{Call, NodeStatus};
 
-/// Install the process-wide metrics recorder. Returns None if one is already installed.
+/// How often histograms' samples are folded into their buckets when nobody scrapes:
+/// until then the recorder holds every sample.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Install the process-wide metrics recorder, and the task that keeps its memory
+/// bounded. None if one is already installed (then `/metrics` is served empty).
 pub fn install_recorder() -> Option<PrometheusHandle> {
+    let handle = new_recorder();
+    if handle.is_none() {
+        tracing::warn!("a metrics recorder was installed already: /metrics will be empty");
+    }
+    if let Some(handle) = handle.clone() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+    handle
+}
+
+fn new_recorder() -> Option<PrometheusHandle> {
     let recorder = PrometheusBuilder::new()
         .set_buckets(&[
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -40,10 +63,12 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router) {
     }
 }
 
-/// The endpoints. `/health` is 200 while a leader is known, 503 otherwise.
+/// The endpoints. `/health` is 200 while a leader is known and the member serves
+/// (`open`: not while it checks its data at start), 503 otherwise.
 pub fn router(
     handle: Option<PrometheusHandle>,
     status: watch::Receiver<NodeStatus>,
+    open: watch::Receiver<bool>,
     calls: mpsc::Sender<Call>,
 ) -> Router {
     let metrics_status = status.clone();
@@ -64,7 +89,8 @@ pub fn router(
             "/health",
             get(move || {
                 let s = *health_status.borrow();
-                async move { health(&s) }
+                let serving = *open.borrow();
+                async move { health(&s, serving) }
             }),
         )
         .route(
@@ -84,8 +110,13 @@ pub fn router(
         )
 }
 
-fn health(s: &NodeStatus) -> (StatusCode, String) {
+fn health(s: &NodeStatus, serving: bool) -> (StatusCode, String) {
     match s.core.leader {
+        Some(_) if !serving => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"health\":\"false\",\"reason\":\"checking its data against its peers'\"}\n"
+                .to_string(),
+        ),
         Some(leader) => (
             StatusCode::OK,
             format!(
@@ -123,6 +154,25 @@ fn resident_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The answer to a request on the client port that no route takes: gRPC's
+/// Unimplemented to a gRPC call, 404 to anything else (as etcd answers a probe of a
+/// path it does not serve).
+pub async fn not_found(request: axum::http::Request<axum::body::Body>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let path = request.uri().path().to_string();
+        tonic::Status::unimplemented(format!("unknown method {path}"))
+            .into_http::<axum::body::Body>()
+            .into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
+    }
+}
+
 /// The certificate of the batch at `seq` (a number, or `latest`).
 async fn certificate(calls: mpsc::Sender<Call>, seq: String) -> (StatusCode, String) {
     let n = match seq.as_str() {
@@ -158,5 +208,22 @@ async fn certificate(calls: mpsc::Sender<Call>, seq: String) -> (StatusCode, Str
             StatusCode::SERVICE_UNAVAILABLE,
             "the node is stopping\n".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ekmat_core::NodeId;
+
+    #[test]
+    fn health_needs_a_leader_and_a_member_that_serves() {
+        let mut s = NodeStatus::default();
+        assert_eq!(health(&s, true).0, StatusCode::SERVICE_UNAVAILABLE);
+        s.core.leader = Some(NodeId(1));
+        assert_eq!(health(&s, true).0, StatusCode::OK);
+        let (code, body) = health(&s, false);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("checking its data"), "{body}");
     }
 }

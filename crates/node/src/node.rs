@@ -138,7 +138,14 @@ async fn run_protocol<P: RuntimeProtocol>(
         hub: hub.clone(),
     });
 
-    let http_routes = http::router(recorder, status_rx.clone(), calls_tx.clone());
+    // Open once the member serves (at once, or after its data is checked at start).
+    let (open_tx, open_rx) = watch::channel(!cfg.initial_corrupt_check);
+    let http_routes = http::router(
+        recorder,
+        status_rx.clone(),
+        open_rx.clone(),
+        calls_tx.clone(),
+    );
     if let Some(listener) = metrics_listener {
         tokio::spawn(http::serve(listener, http_routes.clone()));
     }
@@ -160,7 +167,6 @@ async fn run_protocol<P: RuntimeProtocol>(
     let mut grpc_stop = stop.clone();
     let initial_check = cfg.initial_corrupt_check.then(|| services.clone());
     let fail = calls_tx_for_checks;
-    let (open_tx, open_rx) = watch::channel(initial_check.is_none());
     let grpc = tokio::spawn(
         services.serve(client_listener, open_rx, http_routes, async move {
             let _ = grpc_stop.wait_for(|s| *s).await;

@@ -29,20 +29,12 @@ pub fn layer<S>(open: watch::Receiver<bool>) -> impl tower::Layer<S, Service = G
     })
 }
 
-/// Whether `request` is a gRPC call (the HTTP endpoints beside the API, `/health` and
-/// the like, are always served).
-fn is_grpc<B>(request: &http::Request<B>) -> bool {
-    request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"))
-}
-
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
-impl<S, B> tower::Service<http::Request<B>> for Gate<S>
+impl<S, B, R> tower::Service<http::Request<B>> for Gate<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    R: Default + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
@@ -55,7 +47,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if !*self.open.borrow() && is_grpc(&request) && !ALWAYS.contains(&request.uri().path()) {
+        if !*self.open.borrow() && !ALWAYS.contains(&request.uri().path()) {
             let status = tonic::Status::unavailable(
                 "etcdserver: not capable: this member is checking its data against its peers' before it serves",
             );

@@ -133,7 +133,7 @@ impl Services {
                 authority::AuthorityFix::new(stream)
             })
         });
-        let mut routes = tonic::service::Routes::new(
+        let routes = tonic::service::Routes::new(
             pb::kv_server::KvServer::new(self.clone())
                 .max_decoding_message_size(MAX_REQUEST_BYTES * 2),
         )
@@ -152,11 +152,11 @@ impl Services {
             ekmatpb::signed_requests_server::SignedRequestsServer::new(self)
                 .max_decoding_message_size(MAX_REQUEST_BYTES * 2),
         );
-        let grpc = std::mem::take(routes.axum_router_mut());
-        *routes.axum_router_mut() = grpc.merge(http);
+        // The gate applies to the API alone: etcd's HTTP endpoints are always served.
+        let api = routes.into_axum_router().layer(gate::layer(open));
+        let routes = tonic::service::Routes::from(api.merge(http).fallback(crate::http::not_found));
         let result = tonic::transport::Server::builder()
             .accept_http1(true)
-            .layer(gate::layer(open))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
