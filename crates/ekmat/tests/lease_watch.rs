@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ekmat_api::etcdserverpb as pb;
 use ekmat_api::mvccpb;
 use pb::watch_request::RequestUnion;
-use support::{Cluster, Etcd, channel, metric, scrape};
+use support::{Cluster, Etcd, channel, metric, put_revision, scrape};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -425,19 +425,7 @@ async fn big_revision_as_watched(url: &str) -> Watched {
     let value = "v".repeat(30_000);
     let mut first = 0;
     for i in 0..KEYS {
-        let put = pb::PutRequest {
-            key: format!("f/{i:02}").into(),
-            value: value.clone().into(),
-            ..Default::default()
-        };
-        let rev = kv
-            .put(put)
-            .await
-            .unwrap()
-            .into_inner()
-            .header
-            .unwrap()
-            .revision;
+        let rev = put_revision(&mut kv, format!("f/{i:02}"), value.clone()).await;
         first = if first == 0 { rev } else { first };
     }
     let watcher = |fragment: bool, start_revision: i64| pb::WatchCreateRequest {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ekmat_api::etcdserverpb as pb;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::{Cluster, channel, ekmat, free_port, unused_port_block, write_config};
+use support::{Cluster, channel, ekmat, free_port, put_revision, unused_port_block, write_config};
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let o = ekmat().args(args).output().unwrap();
@@ -475,21 +475,6 @@ async fn every_member_reports_the_same_hash_kv_for_a_revision() {
             .contains("required revision is a future revision"),
         "{err}"
     );
-}
-
-/// Put `key`, returning the revision the put made.
-async fn put_revision(
-    kv: &mut pb::kv_client::KvClient<tonic::transport::Channel>,
-    key: String,
-    value: String,
-) -> i64 {
-    let put = pb::PutRequest {
-        key: key.into_bytes(),
-        value: value.into_bytes(),
-        ..Default::default()
-    };
-    let reply = kv.put(put).await.unwrap().into_inner();
-    reply.header.unwrap().revision
 }
 
 /// Maintenance.Hash of member `i` once it has applied `revision` (it hashes the whole

@@ -299,6 +299,22 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Put `key`, returning the revision the put made.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn put_revision(
+    kv: &mut pb::kv_client::KvClient<Channel>,
+    key: String,
+    value: String,
+) -> i64 {
+    let put = pb::PutRequest {
+        key: key.into_bytes(),
+        value: value.into_bytes(),
+        ..Default::default()
+    };
+    let reply = kv.put(put).await.unwrap().into_inner();
+    reply.header.unwrap().revision
+}
+
 /// The `/metrics` page of a member's metrics address.
 pub fn scrape(addr: std::net::SocketAddr) -> String {
     http_get(addr, "/metrics")

@@ -30,7 +30,7 @@ const LONGEST_PERIOD: Duration = Duration::from_secs(3600);
 const SAMPLES_PER_INTERVAL: u32 = 10;
 /// The shortest `periodic` retention accepted: below it compactions would follow each
 /// other nearly without pause, filling the log with them.
-pub const MIN_PERIOD: Duration = Duration::from_secs(1);
+const MIN_PERIOD: Duration = Duration::from_secs(1);
 
 /// What the configuration asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +93,7 @@ pub struct Schedule {
     samples: VecDeque<i64>,
     /// Time since the last compaction that held (or since the start).
     since_compaction: Duration,
-    /// `revision`: the last revision compacted to.
+    /// The last revision compacted to (never compacted to again).
     last: i64,
 }
 
@@ -131,12 +131,9 @@ impl Schedule {
                 while self.samples.len() > keep {
                     self.samples.pop_front();
                 }
-                let due = if self.last == 0 {
-                    period
-                } else {
-                    interval(period)
-                };
-                if self.since_compaction < due || self.samples.len() < keep {
+                // A full window of samples already spans more than a period, so the
+                // first compaction waits for it; later ones come an interval apart.
+                if self.since_compaction < interval(period) || self.samples.len() < keep {
                     return None;
                 }
                 self.samples[0]

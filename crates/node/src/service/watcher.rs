@@ -167,19 +167,20 @@ pub fn fragments(mut resp: pb::WatchResponse, limit: usize) -> Vec<pb::WatchResp
         ..resp
     };
     let empty = template.encoded_len();
-    let mut pieces = vec![template.clone()];
+    let mut pieces = Vec::new();
+    let mut piece = template.clone();
     let mut size = empty;
     for event in events {
         let grown = prost::encoding::message::encoded_len(EVENTS_TAG, &event);
-        let piece = pieces.last_mut().expect("one piece at least");
         if !piece.events.is_empty() && size + grown >= limit {
-            pieces.push(template.clone());
+            pieces.push(std::mem::replace(&mut piece, template.clone()));
             size = empty;
         }
         size += grown;
-        pieces.last_mut().expect("just pushed").events.push(event);
+        piece.events.push(event);
     }
-    pieces.last_mut().expect("one piece at least").fragment = false;
+    piece.fragment = false;
+    pieces.push(piece);
     pieces
 }
 
