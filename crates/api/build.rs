@@ -14,9 +14,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
+    let encoded = prost::Message::encode_to_vec(&descriptors);
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;
+    // The JSON etcd's gateway speaks: proto3's mapping with the fields' names as the
+    // .proto spells them (`cluster_id`, `dbSize`), and unknown fields ignored, as etcd does.
+    pbjson_build::Builder::new()
+        .register_descriptors(&encoded)?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[".mvccpb", ".etcdserverpb", ".v3electionpb", ".v3lockpb"])?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod config;
 pub mod driver;
+mod gateway;
 mod http;
 mod identity;
 pub mod keys;

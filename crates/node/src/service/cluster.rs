@@ -129,7 +129,7 @@ impl pb::cluster_server::Cluster for Services {
             }
         });
         Ok(Response::new(pb::MemberAddResponse {
-            header: Some(self.header(self.revision())),
+            header: Some(self.cluster_header()),
             member: Some(to_pb(&record)),
             members,
         }))
@@ -143,7 +143,7 @@ impl pb::cluster_server::Cluster for Services {
         self.change(ChangeAction::Remove, m.id, Bytes::new())
             .await?;
         Ok(Response::new(pb::MemberRemoveResponse {
-            header: Some(self.header(self.revision())),
+            header: Some(self.cluster_header()),
             members: self.members_after(|list| list.retain(|r| r.id != m.id)),
         }))
     }
@@ -165,7 +165,7 @@ impl pb::cluster_server::Cluster for Services {
             }
         });
         Ok(Response::new(pb::MemberUpdateResponse {
-            header: Some(self.header(self.revision())),
+            header: Some(self.cluster_header()),
             members,
         }))
     }
@@ -175,7 +175,7 @@ impl pb::cluster_server::Cluster for Services {
         _: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.header(self.revision())),
+            header: Some(self.cluster_header()),
             members: self.members(),
         }))
     }
@@ -198,9 +198,17 @@ impl pb::cluster_server::Cluster for Services {
             }
         });
         Ok(Response::new(pb::MemberPromoteResponse {
-            header: Some(self.header(self.revision())),
+            header: Some(self.cluster_header()),
             members,
         }))
+    }
+}
+
+impl Services {
+    /// Cluster answers' header: etcd's carries no store revision (its cluster service
+    /// answers from membership, not from the store).
+    fn cluster_header(&self) -> pb::ResponseHeader {
+        self.header(0)
     }
 }
 

@@ -81,11 +81,26 @@ impl Services {
     }
 }
 
+impl Services {
+    /// Serve one keep-alive stream (gRPC's, or the JSON gateway's).
+    pub(crate) fn keep_alive_session(
+        &self,
+        requests: impl tokio_stream::Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>>
+        + Unpin
+        + Send
+        + 'static,
+    ) -> ReceiverStream<Result<pb::LeaseKeepAliveResponse, Status>> {
+        let (tx, rx) = mpsc::channel(KEEP_ALIVE_QUEUE);
+        tokio::spawn(keep_alive_loop(self.clone(), requests, tx));
+        ReceiverStream::new(rx)
+    }
+}
+
 /// Answer each keep-alive request on `requests` in turn, until the client closes its side
 /// or goes away, or an error that is not "lease not found" ends the stream (as in etcd).
 async fn keep_alive_loop(
     services: Services,
-    mut requests: Streaming<pb::LeaseKeepAliveRequest>,
+    mut requests: impl tokio_stream::Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>> + Unpin,
     answers: mpsc::Sender<Result<pb::LeaseKeepAliveResponse, Status>>,
 ) {
     while let Some(Ok(req)) = requests.next().await {
@@ -142,9 +157,7 @@ impl pb::lease_server::Lease for Services {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Reply<Self::LeaseKeepAliveStream>, Status> {
-        let (tx, rx) = mpsc::channel(KEEP_ALIVE_QUEUE);
-        tokio::spawn(keep_alive_loop(self.clone(), request.into_inner(), tx));
-        Ok(Reply::new(ReceiverStream::new(rx)))
+        Ok(Reply::new(self.keep_alive_session(request.into_inner())))
     }
 
     async fn lease_time_to_live(

@@ -149,12 +149,17 @@ impl Services {
             self.clone(),
         ))
         .add_service(
-            ekmatpb::signed_requests_server::SignedRequestsServer::new(self)
+            ekmatpb::signed_requests_server::SignedRequestsServer::new(self.clone())
                 .max_decoding_message_size(MAX_REQUEST_BYTES * 2),
         );
         // The gate applies to the API alone: etcd's HTTP endpoints are always served.
+        let gateway = crate::gateway::router(self.clone(), open.clone());
         let api = routes.into_axum_router().layer(gate::layer(open));
-        let routes = tonic::service::Routes::from(api.merge(http).fallback(crate::http::not_found));
+        let routes = api
+            .merge(http)
+            .merge(gateway)
+            .fallback(crate::http::not_found);
+        let routes = tonic::service::Routes::from(routes);
         let result = tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(routes)

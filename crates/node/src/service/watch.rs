@@ -49,6 +49,26 @@ impl pb::watch_server::Watch for Services {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Reply<Self::WatchStream>, Status> {
+        Ok(Reply::new(self.watch_session(request.into_inner())))
+    }
+}
+
+/// A client's stream of watch requests, whatever carries it (gRPC, or the JSON gateway).
+pub trait WatchRequests:
+    tokio_stream::Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static
+{
+}
+impl<S> WatchRequests for S where
+    S: tokio_stream::Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static
+{
+}
+
+impl Services {
+    /// Serve one watch stream: the responses to `requests`, and the events they ask for.
+    pub(crate) fn watch_session(
+        &self,
+        requests: impl WatchRequests,
+    ) -> ReceiverStream<Result<pb::WatchResponse, Status>> {
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         // Subscribe before any create is read, so no applied entry falls between a
         // watcher's history and the live events.
@@ -60,8 +80,8 @@ impl pb::watch_server::Watch for Services {
             next_id: 0,
             revision: 0,
         };
-        tokio::spawn(session.run(request.into_inner(), hub));
-        Ok(Reply::new(ReceiverStream::new(rx)))
+        tokio::spawn(session.run(requests, hub));
+        ReceiverStream::new(rx)
     }
 }
 
@@ -83,7 +103,7 @@ type Go = bool;
 impl Session {
     async fn run(
         mut self,
-        mut requests: Streaming<pb::WatchRequest>,
+        mut requests: impl WatchRequests,
         mut hub: broadcast::Receiver<Published>,
     ) {
         let mut progress = tokio::time::interval(PROGRESS_NOTIFY_EVERY);
