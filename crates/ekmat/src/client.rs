@@ -17,7 +17,7 @@ pub fn parse_endpoints(list: &str) -> Result<Vec<String>, String> {
         };
         if url.starts_with("https://") {
             return Err(format!(
-                "endpoint '{raw}': TLS is not supported yet; use http://"
+                "endpoint '{raw}': ekmat's own client commands speak no TLS yet; use http://, or etcdctl with --cacert, --cert and --key for a member that serves TLS"
             ));
         }
         Endpoint::from_shared(url.clone()).map_err(|e| format!("endpoint '{raw}': {e}"))?;

@@ -56,6 +56,10 @@ pub fn run(args: NodeArgs) -> u8 {
     });
     match result {
         Ok(()) => exit::OK,
+        Err(e @ (ekmat_node::NodeError::Config(_) | ekmat_node::NodeError::Tls(_))) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
         Err(e) => {
             eprintln!("error: {e}");
             exit::VIOLATION

@@ -114,6 +114,11 @@ pub struct NodeConfig {
     /// a member whose list differs.
     #[serde(rename = "pbft_client", default, skip_serializing_if = "Vec::is_empty")]
     pub pbft_clients: Vec<PbftClient>,
+    /// TLS on the client port (etcd's client transport security); none: plain TCP.
+    /// Every member of a cluster must have it or none: members advertise their client
+    /// URLs as https:// or http:// by their own setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_transport_security: Option<crate::tls::ClientTransportSecurity>,
 }
 
 /// A registered PBFT client: its id (its requests' client number) and public key.
@@ -280,6 +285,7 @@ impl NodeConfig {
             unsafe_no_fsync: false,
             runtime_threads: 0,
             pbft_clients: Vec::new(),
+            client_transport_security: None,
         }
     }
 
@@ -369,6 +375,9 @@ impl NodeConfig {
             ));
         }
         self.auto_compaction()?;
+        if let Some(tls) = &self.client_transport_security {
+            tls.validate().map_err(ConfigError::Invalid)?;
+        }
         if self.protocol == "pbft" {
             self.validate_pbft()?;
         } else if let Some(c) = self.pbft_clients.first() {

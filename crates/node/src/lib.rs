@@ -16,6 +16,7 @@ pub mod ports;
 pub mod protocol;
 pub mod query;
 pub mod service;
+pub mod tls;
 pub mod transport;
 pub mod watch_hub;
 pub mod wire;

@@ -26,6 +26,9 @@ const INBOUND_QUEUE: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// A certificate, key or CA file of the configuration cannot be used.
+    #[error("invalid configuration: {0}")]
+    Tls(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
@@ -47,15 +50,21 @@ pub enum NodeError {
 /// Run the node `cfg` describes until `stop` becomes true.
 pub async fn run(cfg: NodeConfig, stop: watch::Receiver<bool>) -> Result<(), NodeError> {
     cfg.validate()?;
+    // Read before anything else, so a bad file stops the member before it touches its data.
+    let client_tls = match &cfg.client_transport_security {
+        Some(security) => Some(crate::tls::ClientTls::load(security).map_err(NodeError::Tls)?),
+        None => None,
+    };
     match cfg.protocol.as_str() {
-        "raft" => run_protocol::<Raft>(cfg, stop).await,
-        "pbft" => run_protocol::<Pbft>(cfg, stop).await,
+        "raft" => run_protocol::<Raft>(cfg, client_tls, stop).await,
+        "pbft" => run_protocol::<Pbft>(cfg, client_tls, stop).await,
         other => Err(NodeError::Protocol(format!("unknown protocol '{other}'"))),
     }
 }
 
 async fn run_protocol<P: RuntimeProtocol>(
     cfg: NodeConfig,
+    client_tls: Option<crate::tls::ClientTls>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     let started = Instant::now();
@@ -157,6 +166,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         members_rx,
         hub,
         min_lease_ttl(P::election_timeout(&cfg)),
+        client_tls,
     );
     let retention = cfg.auto_compaction()?;
     let auto_compaction = tokio::spawn(services.clone().compact_automatically(retention));

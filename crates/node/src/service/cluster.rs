@@ -14,7 +14,7 @@ use crate::config::NodeConfig;
 use crate::driver::Call;
 use crate::members::{MemberRecord, encode_context, next_id};
 
-fn to_pb(m: &MemberRecord) -> pb::Member {
+fn to_pb(m: &MemberRecord, client_scheme: &str) -> pb::Member {
     pb::Member {
         id: NodeConfig::member_id(m.id),
         // etcd shows a member that has not started yet with no name and no client URLs.
@@ -24,7 +24,11 @@ fn to_pb(m: &MemberRecord) -> pb::Member {
             (Some(_), false) => m.name.clone(),
         },
         peer_ur_ls: vec![format!("http://{}", m.peer)],
-        client_ur_ls: m.client.iter().map(|c| format!("http://{c}")).collect(),
+        client_ur_ls: m
+            .client
+            .iter()
+            .map(|c| format!("{client_scheme}://{c}"))
+            .collect(),
         is_learner: m.learner,
     }
 }
@@ -43,7 +47,13 @@ fn peer_addr(url: &str) -> Result<SocketAddr, Status> {
 
 impl Services {
     pub(crate) fn members(&self) -> Vec<pb::Member> {
-        self.inner.members.borrow().iter().map(to_pb).collect()
+        let scheme = self.client_scheme();
+        self.inner
+            .members
+            .borrow()
+            .iter()
+            .map(|m| to_pb(m, scheme))
+            .collect()
     }
 
     /// The member with etcd's 64-bit `id`, if there is one.
@@ -61,7 +71,9 @@ impl Services {
     fn members_after(&self, edit: impl Fn(&mut Vec<MemberRecord>)) -> Vec<pb::Member> {
         let mut list = self.inner.members.borrow().clone();
         edit(&mut list);
-        list.iter().map(to_pb).collect()
+        list.iter()
+            .map(|m| to_pb(m, self.client_scheme()))
+            .collect()
     }
 
     async fn change(&self, action: ChangeAction, node: u32, context: Bytes) -> Result<(), Status> {
@@ -130,7 +142,7 @@ impl pb::cluster_server::Cluster for Services {
         });
         Ok(Response::new(pb::MemberAddResponse {
             header: Some(self.cluster_header()),
-            member: Some(to_pb(&record)),
+            member: Some(to_pb(&record, self.client_scheme())),
             members,
         }))
     }

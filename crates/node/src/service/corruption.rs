@@ -106,7 +106,7 @@ impl Services {
         // One connection per reachable peer serves both of its requests.
         let mut clients = Vec::new();
         for (member_id, peer) in peers {
-            match maintenance(peer).await {
+            match maintenance(peer, self.inner.tls.as_ref()).await {
                 Ok(client) => clients.push((member_id, peer, client)),
                 Err(e) => tracing::debug!(%peer, error = %e, "corruption check skips a peer"),
             }
@@ -160,7 +160,7 @@ impl Services {
         let mut compared = 0;
         let mut differ = Vec::new();
         for (member_id, peer) in self.peer_clients() {
-            let answer = match maintenance(peer).await {
+            let answer = match maintenance(peer, self.inner.tls.as_ref()).await {
                 Ok(mut client) => peer_hash(&mut client, revision).await,
                 Err(e) => Err(e),
             };
@@ -291,9 +291,20 @@ impl Services {
 
 type MaintenanceClient = pb::maintenance_client::MaintenanceClient<tonic::transport::Channel>;
 
-async fn maintenance(peer: SocketAddr) -> Result<MaintenanceClient, String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{peer}"))
-        .map_err(|e| e.to_string())?
+/// A client of `peer`'s client port (over TLS as this member serves its own).
+async fn maintenance(
+    peer: SocketAddr,
+    tls: Option<&crate::tls::ClientTls>,
+) -> Result<MaintenanceClient, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{peer}"))
+        .map_err(|e| e.to_string())?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.peer_client.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    let channel = endpoint
         .connect_timeout(PEER_TIMEOUT)
         .timeout(PEER_TIMEOUT)
         .connect()

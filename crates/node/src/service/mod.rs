@@ -8,6 +8,7 @@
 
 mod alarm;
 mod authority;
+pub(crate) use authority::AuthorityFix;
 mod cluster;
 pub mod compactor;
 pub use maintenance::API_VERSION;
@@ -79,6 +80,8 @@ struct Inner {
     signing_cluster: ekmat_pbft::client::ClusterId,
     /// The protocol, which may take no signed requests at all.
     protocol: String,
+    /// TLS on the client ports (this member's, and by assumption every member's).
+    tls: Option<crate::tls::ClientTls>,
 }
 
 impl Services {
@@ -89,6 +92,7 @@ impl Services {
         members: tokio::sync::watch::Receiver<Vec<MemberRecord>>,
         hub: WatchHub,
         min_lease_ttl: i64,
+        tls: Option<crate::tls::ClientTls>,
     ) -> Services {
         Services {
             inner: Arc::new(Inner {
@@ -109,6 +113,7 @@ impl Services {
                     .map(|keys| ekmat_pbft::client::cluster_id(&keys))
                     .unwrap_or_default(),
                 protocol: cfg.protocol.clone(),
+                tls,
             }),
         }
     }
@@ -124,15 +129,45 @@ impl Services {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
         use tokio_stream::StreamExt;
-        // The listener was bound by the node (so a taken port fails at start), which
-        // means tonic never sets TCP_NODELAY on what it accepts: without it, Nagle's
-        // algorithm and delayed ACKs hold small responses back ~40 ms.
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-            conn.map(|stream| {
-                let _ = stream.set_nodelay(true);
-                authority::AuthorityFix::new(stream)
-            })
-        });
+        let tls = self.inner.tls.clone();
+        let routes = self.routes(open, http);
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(routes);
+        let result = match tls {
+            Some(tls) => {
+                let incoming = tls.incoming(listener);
+                server
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+            None => {
+                // The listener was bound by the node (so a taken port fails at start),
+                // which means tonic never sets TCP_NODELAY on what it accepts: without
+                // it, Nagle's algorithm and delayed ACKs hold small responses back ~40 ms.
+                let incoming =
+                    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+                        conn.map(|stream| {
+                            let _ = stream.set_nodelay(true);
+                            AuthorityFix::new(stream)
+                        })
+                    });
+                server
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "client API stopped");
+        }
+    }
+
+    /// etcd's gRPC services, its JSON gateway and `http`, on one port.
+    fn routes(
+        &self,
+        open: tokio::sync::watch::Receiver<bool>,
+        http: axum::Router,
+    ) -> tonic::service::Routes {
         let routes = tonic::service::Routes::new(
             pb::kv_server::KvServer::new(self.clone())
                 .max_decoding_message_size(MAX_REQUEST_BYTES * 2),
@@ -159,14 +194,15 @@ impl Services {
             .merge(http)
             .merge(gateway)
             .fallback(crate::http::not_found);
-        let routes = tonic::service::Routes::from(routes);
-        let result = tonic::transport::Server::builder()
-            .accept_http1(true)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "client API stopped");
+        tonic::service::Routes::from(routes)
+    }
+
+    /// The scheme of the members' client URLs.
+    fn client_scheme(&self) -> &'static str {
+        if self.inner.tls.is_some() {
+            "https"
+        } else {
+            "http"
         }
     }
 

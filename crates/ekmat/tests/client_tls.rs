@@ -1,0 +1,206 @@
+//! TLS on the client port, configured as etcd's client transport security: etcd's own
+//! `etcdctl` talks to a 3-process cluster over https with a client certificate, and is
+//! refused without one, with one from another CA, and over plain http; the members
+//! read each other's client ports over TLS too (the data check at start).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ekmat_node::tls::ClientTransportSecurity;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use support::Cluster;
+
+/// PEM files in `dir`: a CA, a certificate for 127.0.0.1 and localhost that the members
+/// serve with, a client's, and a client's from a CA nobody trusts.
+struct Pki {
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+    stranger: (PathBuf, PathBuf),
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+fn issue(
+    dir: &Path,
+    name: &str,
+    names: &[&str],
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+) -> (PathBuf, PathBuf) {
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+fn pki(dir: &Path) -> Pki {
+    let trusted = ca("ekmat test CA");
+    let other = ca("another CA");
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, trusted.pem()).unwrap();
+    Pki {
+        ca: ca_path,
+        server: issue(dir, "member", &["127.0.0.1", "localhost"], &trusted),
+        client: issue(dir, "client", &[], &trusted),
+        stranger: issue(dir, "stranger", &[], &other),
+    }
+}
+
+fn etcdctl(endpoint: &str, tls: &[String], args: &[&str]) -> (bool, String) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(["--dial-timeout=2s", "--command-timeout=5s"])
+        .args(tls)
+        .args(args)
+        .output()
+        .expect("etcdctl runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn etcdctl_installed() -> bool {
+    let found = Command::new("etcdctl").arg("version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var("EKMAT_REQUIRE_ETCDCTL").is_err(),
+            "EKMAT_REQUIRE_ETCDCTL is set but etcdctl is not installed"
+        );
+        eprintln!("skipped: etcdctl is not installed (apt-get install etcd-client)");
+    }
+    found
+}
+
+fn flags(ca: &Path, identity: Option<&(PathBuf, PathBuf)>) -> Vec<String> {
+    let mut v = vec![format!("--cacert={}", ca.display())];
+    if let Some((cert, key)) = identity {
+        v.push(format!("--cert={}", cert.display()));
+        v.push(format!("--key={}", key.display()));
+    }
+    v
+}
+
+fn wait_until(within: Duration, what: &str, mut ok: impl FnMut() -> Result<(), String>) {
+    let started = Instant::now();
+    loop {
+        match ok() {
+            Ok(()) => return,
+            Err(e) if started.elapsed() > within => panic!("{what} within {within:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+#[test]
+fn etcdctl_speaks_to_a_cluster_over_tls_with_a_client_certificate_and_nothing_else_gets_in() {
+    if !etcdctl_installed() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let pki = pki(certs.path());
+    let security = ClientTransportSecurity {
+        cert_file: pki.server.0.clone(),
+        key_file: pki.server.1.clone(),
+        trusted_ca_file: Some(pki.ca.clone()),
+        client_cert_auth: true,
+    };
+    let mut c = Cluster::start_with(3, |cfg| {
+        cfg.client_transport_security = Some(security.clone());
+        cfg.initial_corrupt_check = true;
+    });
+    let https = |i: usize| c.endpoint(i).replace("http://", "https://");
+    let trusted = flags(&pki.ca, Some(&pki.client));
+    wait_until(
+        Duration::from_secs(20),
+        "the cluster serves over TLS",
+        || {
+            let (ok, text) = etcdctl(&https(1), &trusted, &["put", "k", "over tls"]);
+            ok.then_some(()).ok_or(text)
+        },
+    );
+    let (ok, text) = etcdctl(&https(2), &trusted, &["get", "k", "--print-value-only"]);
+    assert!(ok && text.trim() == "over tls", "{text}");
+    let (ok, text) = etcdctl(&https(0), &trusted, &["member", "list"]);
+    assert!(
+        ok && text.matches("https://127.0.0.1:").count() == 3,
+        "client URLs are https: {text}"
+    );
+    // --cluster dials every member's advertised URL.
+    let (ok, text) = etcdctl(&https(0), &trusted, &["endpoint", "health", "--cluster"]);
+    assert!(ok && text.matches("is healthy").count() == 3, "{text}");
+
+    let refused = [
+        ("no client certificate", flags(&pki.ca, None), https(0)),
+        (
+            "another CA's certificate",
+            flags(&pki.ca, Some(&pki.stranger)),
+            https(0),
+        ),
+        ("plain http", vec![], c.endpoint(0)),
+    ];
+    for (what, tls, endpoint) in refused {
+        let (ok, text) = etcdctl(&endpoint, &tls, &["get", "k"]);
+        assert!(!ok, "{what} got in: {text}");
+    }
+
+    // A member restarted compares its data with both peers, over TLS, before it serves.
+    assert!(c.stop(0).success());
+    c.spawn(0);
+    wait_until(
+        Duration::from_secs(20),
+        "n0 checks its data against both peers",
+        || {
+            let log = c.log(0);
+            log.contains("initial corruption check passed compared=2")
+                .then_some(())
+                .ok_or_else(|| support::tail(&log, 10))
+        },
+    );
+}
+
+#[test]
+fn a_member_whose_key_file_is_missing_stops_at_start_naming_it_with_code_2() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = pki(certs.path());
+    let c = Cluster::configure(1, |cfg| {
+        cfg.client_transport_security = Some(ClientTransportSecurity {
+            cert_file: pki.server.0.clone(),
+            key_file: certs.path().join("no-such-key.pem"),
+            ..Default::default()
+        });
+    });
+    let path = c.config_path(0);
+    std::fs::write(&path, c.cfgs[0].to_toml()).unwrap();
+    let out = support::ekmat()
+        .args(["node", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a configuration mistake: {stderr}"
+    );
+    assert!(
+        stderr.contains("key_file") && stderr.contains("no-such-key.pem"),
+        "{stderr}"
+    );
+}
