@@ -227,16 +227,45 @@ async fn the_json_gateway_answers_as_etcds_does() {
         "etcd's carries none: {members}"
     );
 
+    // Beyond any request etcd takes: refused before it is read whole.
+    let huge = format!(
+        r#"{{"key":"{}","value":"{}"}}"#,
+        b64("k"),
+        "A".repeat(4 << 20)
+    );
+    let (code, too_large) = post(&url, "/v3/kv/put", &huge);
+    assert_eq!(code, 400, "{too_large}");
+    assert_eq!(too_large["error"], "etcdserver: request is too large");
+    // A stream whose first request is malformed is refused whole.
+    let (code, mut reader) = request(&url, "POST", "/v3/watch", r#"{"create_request":{"key":1}}"#);
+    let mut text = String::new();
+    reader.read_to_string(&mut text).unwrap();
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains(r#""code":3"#), "{text}");
+
     let key = b64("foo");
     let watch =
         format!(r#"{{"create_request":{{"key":"{key}","start_revision":"4","prev_kv":true}}}}"#);
     let our_watch = post_stream(&url, "/v3/watch", &watch, 2);
     let keep_alive = post_stream(&url, "/v3/lease/keepalive", r#"{"ID":"1000"}{"ID":"7"}"#, 2);
 
+    // Just over etcd's request limit (1.5 MiB), and a later malformed request in a
+    // stream, which ends the client's side only: the watch is still created.
+    let over_limit = format!(r#"{{"key":"{key}","value":"{}"}}"#, "A".repeat(2_200_000));
+    let ours_over_limit = post(&url, "/v3/kv/put", &over_limit);
+    let broken_watch = format!(r#"{{"create_request":{{"key":"{key}"}}}} xx"#);
+    let our_broken_watch = post_stream(&url, "/v3/watch", &broken_watch, 1);
+    let (our_preflight, _) = request(&url, "OPTIONS", "/v3/kv/put", "");
+
     let Some(etcd) = Etcd::start() else {
         return;
     };
     etcd.wait_ready().await;
+    assert_eq!(post(&etcd.url, "/v3/kv/put", &over_limit), ours_over_limit);
+    assert_eq!(
+        request(&etcd.url, "OPTIONS", "/v3/kv/put", "").0,
+        our_preflight
+    );
     let theirs = script(&etcd.url);
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         assert_eq!(a, b, "step {i}: ekmat's answer, then etcd's");
@@ -250,4 +279,9 @@ async fn the_json_gateway_answers_as_etcds_does() {
         2,
     );
     assert_eq!(their_keep_alive, keep_alive);
+    let their_broken_watch = post_stream(&etcd.url, "/v3/watch", &broken_watch, 1);
+    // Only whether the watch was made: the revisions differ by then.
+    let created = |lines: &[Value]| lines[0]["result"]["created"].clone();
+    assert_eq!(created(&their_broken_watch), created(&our_broken_watch));
+    assert_eq!(created(&our_broken_watch), Value::Bool(true));
 }

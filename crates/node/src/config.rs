@@ -377,6 +377,12 @@ impl NodeConfig {
         self.auto_compaction()?;
         if let Some(tls) = &self.client_transport_security {
             tls.validate().map_err(ConfigError::Invalid)?;
+            let checks = self.initial_corrupt_check || self.corrupt_check_ms > 0;
+            if checks && tls.trusted_ca_file.is_none() {
+                return bad(
+                    "the corruption checks read the other members' client ports over TLS, so client_transport_security needs trusted_ca_file to verify them with".into(),
+                );
+            }
         }
         if self.protocol == "pbft" {
             self.validate_pbft()?;
@@ -752,6 +758,23 @@ mod tests {
         raft.pbft_clients = vec![client(7, 100)];
         let e = raft.validate().unwrap_err().to_string();
         assert!(e.contains("takes no signed requests"), "{e}");
+    }
+
+    #[test]
+    fn corruption_checks_over_tls_need_a_ca_to_verify_the_members_with() {
+        let mut c = sample();
+        c.initial_corrupt_check = true;
+        c.client_transport_security = Some(crate::tls::ClientTransportSecurity {
+            cert_file: "member.pem".into(),
+            key_file: "member-key.pem".into(),
+            ..Default::default()
+        });
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("needs trusted_ca_file"), "{e}");
+        if let Some(tls) = c.client_transport_security.as_mut() {
+            tls.trusted_ca_file = Some("ca.pem".into());
+        }
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -9,9 +9,12 @@
 //! Each route calls the same service the gRPC method does, so the two cannot disagree.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
@@ -31,10 +34,15 @@ use pb::kv_server::Kv;
 use pb::lease_server::Lease;
 use pb::maintenance_server::Maintenance;
 
-use crate::service::Services;
+use crate::service::{MAX_REQUEST_BYTES, Services};
 
 /// Requests queued from a streaming body before the service has taken them.
 const REQUEST_QUEUE: usize = 16;
+/// The largest body taken: etcd's request limit in base64 (4/3 of it), with room for
+/// the JSON around it. What passes is then held to etcd's limit by the service itself.
+const MAX_BODY: usize = 2 * MAX_REQUEST_BYTES;
+/// etcd's error for a request over its size limit.
+const TOO_LARGE: &str = "etcdserver: request is too large";
 
 /// The gateway's routes, under `/v3` and `/v3beta`. While `open` is false (the member
 /// checks its data at start) every route answers 503, as its gRPC twin answers Unavailable.
@@ -43,6 +51,7 @@ pub fn router(services: Services, open: watch::Receiver<bool>) -> Router {
     Router::new()
         .nest("/v3", api.clone())
         .nest("/v3beta", api)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(allow_cross_origin))
 }
 
@@ -127,19 +136,40 @@ fn routes(g: &Gateway) -> Router {
         .route("/election/resign", g.unary(method!(Election::resign)))
         .route("/lock/lock", g.unary(method!(Lock::lock)))
         .route("/lock/unlock", g.unary(method!(Lock::unlock)))
-        .route("/auth/{*method}", post(|| async { unimplemented_auth() }))
+        .route(
+            "/auth/{*method}",
+            with_preflight(post(|| async { unimplemented_auth() })),
+        )
 }
 
 type Answer<T> = Result<tonic::Response<T>, Status>;
+/// A bidirectional call's requests, as its session takes them.
+type Requests<Req> = Pin<Box<dyn Stream<Item = Result<Req, Status>> + Send>>;
+/// A body as the unary routes take it: whole, within [`MAX_BODY`].
+type WholeBody = Result<Bytes, BytesRejection>;
 
 impl Gateway {
     /// Refused while the member does not serve clients yet.
-    fn closed(&self) -> Option<Response> {
-        (!*self.open.borrow()).then(|| {
-            error(Status::unavailable(
-                "etcdserver: not capable: this member is checking its data against its peers' before it serves",
-            ))
-        })
+    fn serving(&self) -> Result<(), Status> {
+        if *self.open.borrow() {
+            return Ok(());
+        }
+        Err(Status::unavailable(
+            "etcdserver: not capable: this member is checking its data against its peers' before it serves",
+        ))
+    }
+
+    /// The one request of a unary or server-streaming call, or the answer refusing it.
+    fn request<Req: DeserializeOwned + Default>(&self, body: WholeBody) -> Result<Req, Status> {
+        self.serving()?;
+        let body = body.map_err(|rejected| {
+            if rejected.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Status::invalid_argument(TOO_LARGE)
+            } else {
+                Status::invalid_argument(rejected.body_text())
+            }
+        })?;
+        first_value(&body)
     }
 
     /// A route for a method that takes one request and gives one response.
@@ -151,19 +181,16 @@ impl Gateway {
         Fut: Future<Output = Answer<Resp>> + Send + 'static,
     {
         let g = self.clone();
-        post(move |body: Bytes| async move {
-            if let Some(refused) = g.closed() {
-                return refused;
-            }
-            let request = match first_value::<Req>(&body) {
+        with_preflight(post(move |body: WholeBody| async move {
+            let request = match g.request(body) {
                 Ok(r) => r,
-                Err(e) => return error(e),
+                Err(refused) => return error(refused),
             };
             match call(g.services.clone(), Request::new(request)).await {
                 Ok(reply) => json(StatusCode::OK, reply.get_ref()),
                 Err(status) => error(status),
             }
-        })
+        }))
     }
 
     /// A route for a method that takes one request and answers a stream.
@@ -176,44 +203,50 @@ impl Gateway {
         Fut: Future<Output = Answer<S>> + Send + 'static,
     {
         let g = self.clone();
-        post(move |body: Bytes| async move {
-            if let Some(refused) = g.closed() {
-                return refused;
-            }
-            let request = match first_value::<Req>(&body) {
+        with_preflight(post(move |body: WholeBody| async move {
+            let request = match g.request(body) {
                 Ok(r) => r,
-                Err(e) => return error(e),
+                Err(refused) => return error(refused),
             };
             match call(g.services.clone(), Request::new(request)).await {
                 Ok(reply) => results(reply.into_inner()),
                 Err(status) => error(status),
             }
-        })
+        }))
     }
 
     /// A route for a bidirectional stream: the body's JSON values are the requests, taken
-    /// as they arrive.
-    fn bidi<Req, Resp, F>(&self, session: F) -> MethodRouter
+    /// as they arrive. A malformed first request is refused with an error answer, as
+    /// grpc-gateway refuses it; a later one ends the client's side of the stream only
+    /// (a watch then goes on sending events).
+    fn bidi<Req, Resp, S, F>(&self, session: F) -> MethodRouter
     where
         Req: DeserializeOwned + Send + 'static,
         Resp: Serialize + Send + 'static,
-        F: Fn(
-                &Services,
-                ReceiverStream<Result<Req, Status>>,
-            ) -> ReceiverStream<Result<Resp, Status>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: Stream<Item = Result<Resp, Status>> + Send + 'static,
+        F: Fn(&Services, Requests<Req>) -> S + Clone + Send + Sync + 'static,
     {
         let g = self.clone();
-        post(move |body: Body| async move {
-            if let Some(refused) = g.closed() {
-                return refused;
+        with_preflight(post(move |body: Body| async move {
+            if let Err(refused) = g.serving() {
+                return error(refused);
             }
-            results(session(&g.services, json_values(body)))
-        })
+            let mut values = json_values::<Req>(body);
+            let requests: Requests<Req> = match values.next().await {
+                Some(Ok(first)) => {
+                    Box::pin(tokio_stream::once(Ok(first)).chain(values.take_while(Result::is_ok)))
+                }
+                Some(Err(status)) => return error(status),
+                None => Box::pin(tokio_stream::empty()),
+            };
+            results(session(&g.services, requests))
+        }))
     }
+}
+
+/// Answer a CORS preflight (`OPTIONS`) as etcd does, so pages may call the route.
+fn with_preflight(route: MethodRouter) -> MethodRouter {
+    route.options(|| async { StatusCode::OK })
 }
 
 /// The body's first JSON value; an empty body or `null` is the empty request, as in
@@ -228,6 +261,8 @@ fn first_value<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> 
 }
 
 /// The JSON values of a body that may arrive in pieces, each as soon as it is whole.
+/// A value that grows past [`MAX_BODY`] unfinished ends the stream with etcd's
+/// "request is too large", so a client cannot make the member buffer without bound.
 fn json_values<T: DeserializeOwned + Send + 'static>(
     body: Body,
 ) -> ReceiverStream<Result<T, Status>> {
@@ -243,13 +278,22 @@ fn json_values<T: DeserializeOwned + Send + 'static>(
                     }
                     continue;
                 }
+                Ok(None) if pending.len() > MAX_BODY => {
+                    let _ = tx.send(Err(Status::invalid_argument(TOO_LARGE))).await;
+                    return;
+                }
                 Ok(None) => {}
                 Err(e) => {
                     let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
                     return;
                 }
             }
-            match chunks.next().await {
+            // The session may end first (a keep-alive failed, the client went away).
+            let chunk = tokio::select! {
+                chunk = chunks.next() => chunk,
+                () = tx.closed() => return,
+            };
+            match chunk {
                 Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
                 Some(Err(e)) => {
                     let _ = tx.send(Err(Status::cancelled(e.to_string()))).await;

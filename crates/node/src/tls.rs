@@ -5,8 +5,8 @@
 //! other's client ports too (the data check at start, the corruption check), as TLS
 //! clients presenting their own certificate.
 //!
-//! Handshakes run in their own tasks, each bounded in time, so a client that stalls
-//! its handshake holds up no one else's connection.
+//! Handshakes run in their own tasks, so a client that stalls its handshake holds up no
+//! one else's connection; each is bounded in time, and so is how many run at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +27,8 @@ use crate::service::AuthorityFix;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections whose handshake finished, not yet taken by the server.
 const ACCEPTED_QUEUE: usize = 128;
+/// Handshakes under way at once; past it, new connections wait in the listen backlog.
+const MAX_HANDSHAKES: usize = 1024;
 
 /// `[client_transport_security]` in a member's configuration; the field names are
 /// those of etcd's configuration file.
@@ -38,9 +40,11 @@ pub struct ClientTransportSecurity {
     /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
     /// CA certificates (PEM) that sign clients' certificates, and the other members'.
+    /// As in etcd, setting it makes clients need a certificate it signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_ca_file: Option<PathBuf>,
-    /// Refuse clients without a certificate that `trusted_ca_file` signed.
+    /// Refuse clients without a certificate that `trusted_ca_file` signed (which
+    /// `trusted_ca_file` alone already asks, as in etcd).
     #[serde(default)]
     pub client_cert_auth: bool,
 }
@@ -68,44 +72,44 @@ pub struct ClientTls {
 impl ClientTls {
     /// Read the certificate, key and CA files; every problem names its setting.
     pub fn load(cfg: &ClientTransportSecurity) -> Result<ClientTls, String> {
-        let certs = read_certs(&cfg.cert_file, "cert_file")?;
-        let key = PrivateKeyDer::from_pem_file(&cfg.key_file).map_err(|e| {
+        let cert_pem = read(&cfg.cert_file, "cert_file")?;
+        let key_pem = read(&cfg.key_file, "key_file")?;
+        let ca_pem = match &cfg.trusted_ca_file {
+            Some(path) => Some((read(path, "trusted_ca_file")?, path)),
+            None => None,
+        };
+        let certs = parse_certs(&cert_pem, &cfg.cert_file, "cert_file")?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
             setting_error("key_file", &cfg.key_file, &format!("no private key: {e}"))
         })?;
         let provider = Arc::new(ring_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
-        let builder = if cfg.client_cert_auth {
-            let path = cfg
-                .trusted_ca_file
-                .as_deref()
-                .ok_or("client_cert_auth needs trusted_ca_file")?;
-            let roots = root_store(path)?;
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .map_err(|e| setting_error("trusted_ca_file", path, &e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        } else {
-            builder.with_no_client_auth()
+        // As etcd: a CA to check clients' certificates with means clients need one.
+        let builder = match &ca_pem {
+            Some((pem, path)) => {
+                let roots = Arc::new(root_store(pem, path)?);
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+                        .build()
+                        .map_err(|e| setting_error("trusted_ca_file", path, &e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
         };
-        let mut server = builder
-            .with_single_cert(certs, key.clone_key())
-            .map_err(|e| {
-                format!(
-                    "client_transport_security: cert_file {} and key_file {} do not make a usable pair: {e}",
-                    cfg.cert_file.display(),
-                    cfg.key_file.display()
-                )
-            })?;
+        let mut server = builder.with_single_cert(certs, key).map_err(|e| {
+            format!(
+                "client_transport_security: cert_file {} and key_file {} do not make a usable pair: {e}",
+                cfg.cert_file.display(),
+                cfg.key_file.display()
+            )
+        })?;
         // gRPC over HTTP/2, and /health, /metrics and /version over HTTP/1.1.
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(ClientTls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            peer_client: peer_client_config(cfg)?,
+            peer_client: peer_client_config(cert_pem, key_pem, ca_pem.map(|(pem, _)| pem)),
         })
     }
 
@@ -116,9 +120,19 @@ impl ClientTls {
     ) -> ReceiverStream<std::io::Result<AuthorityFix<TlsStream<TcpStream>>>> {
         let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
         let acceptor = self.acceptor.clone();
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
-                let (tcp, peer) = match listener.accept().await {
+                let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                    return;
+                };
+                // Ends with the server, which drops the stream and so closes `tx`: the
+                // port is released.
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = tx.closed() => return,
+                };
+                let (tcp, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of descriptors, say: let some close before trying again.
@@ -128,12 +142,12 @@ impl ClientTls {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                if tx.is_closed() {
-                    return;
-                }
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    let result = handshake.await;
+                    drop(permit);
+                    match result {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(AuthorityFix::new(tls))).await;
                         }
@@ -162,30 +176,31 @@ fn handshake_failed(peer: std::net::SocketAddr, why: &str) {
 
 /// How this member connects to other members' client ports: trusting
 /// `trusted_ca_file`, and presenting its own certificate (which their
-/// `client_cert_auth` then checks).
+/// `trusted_ca_file` then checks).
 fn peer_client_config(
-    cfg: &ClientTransportSecurity,
-) -> Result<tonic::transport::ClientTlsConfig, String> {
-    let read = |path: &Path, setting: &str| {
-        std::fs::read(path).map_err(|e| setting_error(setting, path, &e.to_string()))
-    };
-    let identity = tonic::transport::Identity::from_pem(
-        read(&cfg.cert_file, "cert_file")?,
-        read(&cfg.key_file, "key_file")?,
-    );
-    let mut client = tonic::transport::ClientTlsConfig::new().identity(identity);
-    if let Some(ca) = &cfg.trusted_ca_file {
-        client = client.ca_certificate(tonic::transport::Certificate::from_pem(read(
-            ca,
-            "trusted_ca_file",
-        )?));
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    ca_pem: Option<Vec<u8>>,
+) -> tonic::transport::ClientTlsConfig {
+    let identity = tonic::transport::Identity::from_pem(cert_pem, key_pem);
+    let client = tonic::transport::ClientTlsConfig::new().identity(identity);
+    match ca_pem {
+        Some(ca) => client.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        None => client,
     }
-    Ok(client)
 }
 
-fn read_certs(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+fn read(path: &Path, setting: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| setting_error(setting, path, &e.to_string()))
+}
+
+fn parse_certs(
+    pem: &[u8],
+    path: &Path,
+    setting: &str,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| setting_error(setting, path, &e.to_string()))?;
     if certs.is_empty() {
         return Err(setting_error(setting, path, "no PEM certificate in it"));
@@ -193,9 +208,9 @@ fn read_certs(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
-fn root_store(path: &Path) -> Result<rustls::RootCertStore, String> {
+fn root_store(pem: &[u8], path: &Path) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in read_certs(path, "trusted_ca_file")? {
+    for cert in parse_certs(pem, path, "trusted_ca_file")? {
         roots
             .add(cert)
             .map_err(|e| setting_error("trusted_ca_file", path, &e.to_string()))?;
@@ -241,6 +256,7 @@ mod tests {
             "{err}"
         );
         std::fs::write(&cfg.cert_file, "not a certificate").unwrap();
+        std::fs::write(&cfg.key_file, "not a key either").unwrap();
         let err = ClientTls::load(&cfg).err().unwrap();
         assert!(err.contains("no PEM certificate"), "{err}");
     }

@@ -108,7 +108,7 @@ impl Services {
         for (member_id, peer) in peers {
             match maintenance(peer, self.inner.tls.as_ref()).await {
                 Ok(client) => clients.push((member_id, peer, client)),
-                Err(e) => tracing::debug!(%peer, error = %e, "corruption check skips a peer"),
+                Err(e) => tracing::warn!(%peer, error = %e, "corruption check skips a peer"),
             }
         }
         // The lowest revision every member has applied; a member behind the compaction
@@ -135,7 +135,7 @@ impl Services {
                 Ok(h) if h.member_id == member_id => hashes.push(h),
                 Ok(h) => tracing::warn!(%peer, expected = member_id, answered = h.member_id,
                     "corruption check: another member answers at this member's address"),
-                Err(e) => tracing::debug!(%peer, error = %e, "corruption check skips a peer"),
+                Err(e) => tracing::warn!(%peer, error = %e, "corruption check skips a peer"),
             }
         }
         metrics::counter!("ekmat_corruption_checks_total").increment(1);

@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as Reply, Status, Streaming};
 
-use super::{Services, call_error, unexpected_answer};
+use super::{RequestStream, Services, call_error, unexpected_answer};
 use crate::driver::CallError;
 use crate::query::{Answer, Query};
 
@@ -85,10 +85,7 @@ impl Services {
     /// Serve one keep-alive stream (gRPC's, or the JSON gateway's).
     pub(crate) fn keep_alive_session(
         &self,
-        requests: impl tokio_stream::Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>>
-        + Unpin
-        + Send
-        + 'static,
+        requests: impl RequestStream<pb::LeaseKeepAliveRequest>,
     ) -> ReceiverStream<Result<pb::LeaseKeepAliveResponse, Status>> {
         let (tx, rx) = mpsc::channel(KEEP_ALIVE_QUEUE);
         tokio::spawn(keep_alive_loop(self.clone(), requests, tx));
@@ -100,7 +97,7 @@ impl Services {
 /// or goes away, or an error that is not "lease not found" ends the stream (as in etcd).
 async fn keep_alive_loop(
     services: Services,
-    mut requests: impl tokio_stream::Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>> + Unpin,
+    mut requests: impl RequestStream<pb::LeaseKeepAliveRequest>,
     answers: mpsc::Sender<Result<pb::LeaseKeepAliveResponse, Status>>,
 ) {
     while let Some(Ok(req)) = requests.next().await {

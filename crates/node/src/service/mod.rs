@@ -52,6 +52,16 @@ pub const MAX_REQUEST_BYTES: usize = 3 * 512 * 1024;
 /// (its outcome is then unknown, as with etcd).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 
+/// A client's stream of requests, whatever carries it: gRPC, or the JSON gateway.
+pub trait RequestStream<T>:
+    tokio_stream::Stream<Item = Result<T, Status>> + Unpin + Send + 'static
+{
+}
+impl<T, S> RequestStream<T> for S where
+    S: tokio_stream::Stream<Item = Result<T, Status>> + Unpin + Send + 'static
+{
+}
+
 #[derive(Clone)]
 pub struct Services {
     inner: Arc<Inner>,

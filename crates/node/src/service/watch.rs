@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as Reply, Status, Streaming};
 
 use super::watcher::{Watcher, fragments};
-use super::{MAX_REQUEST_BYTES, Services};
+use super::{MAX_REQUEST_BYTES, RequestStream, Services};
 use crate::driver::CallError;
 use crate::query::{Answer, History, Query};
 use crate::watch_hub::Published;
@@ -53,21 +53,11 @@ impl pb::watch_server::Watch for Services {
     }
 }
 
-/// A client's stream of watch requests, whatever carries it (gRPC, or the JSON gateway).
-pub trait WatchRequests:
-    tokio_stream::Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static
-{
-}
-impl<S> WatchRequests for S where
-    S: tokio_stream::Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static
-{
-}
-
 impl Services {
     /// Serve one watch stream: the responses to `requests`, and the events they ask for.
     pub(crate) fn watch_session(
         &self,
-        requests: impl WatchRequests,
+        requests: impl RequestStream<pb::WatchRequest>,
     ) -> ReceiverStream<Result<pb::WatchResponse, Status>> {
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         // Subscribe before any create is read, so no applied entry falls between a
@@ -103,7 +93,7 @@ type Go = bool;
 impl Session {
     async fn run(
         mut self,
-        mut requests: impl WatchRequests,
+        mut requests: impl RequestStream<pb::WatchRequest>,
         mut hub: broadcast::Receiver<Published>,
     ) {
         let mut progress = tokio::time::interval(PROGRESS_NOTIFY_EVERY);
