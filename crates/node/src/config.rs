@@ -118,7 +118,11 @@ pub struct NodeConfig {
     /// Every member of a cluster must have it or none: members advertise their client
     /// URLs as https:// or http:// by their own setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_transport_security: Option<crate::tls::ClientTransportSecurity>,
+    pub client_transport_security: Option<crate::tls::TransportSecurity>,
+    /// TLS between members (etcd's peer transport security), mutually authenticated
+    /// with certificates `trusted_ca_file` signed; none: plain TCP. Every member alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_transport_security: Option<crate::tls::TransportSecurity>,
 }
 
 /// A registered PBFT client: its id (its requests' client number) and public key.
@@ -286,6 +290,7 @@ impl NodeConfig {
             runtime_threads: 0,
             pbft_clients: Vec::new(),
             client_transport_security: None,
+            peer_transport_security: None,
         }
     }
 
@@ -376,13 +381,16 @@ impl NodeConfig {
         }
         self.auto_compaction()?;
         if let Some(tls) = &self.client_transport_security {
-            tls.validate().map_err(ConfigError::Invalid)?;
+            tls.validate_client().map_err(ConfigError::Invalid)?;
             let checks = self.initial_corrupt_check || self.corrupt_check_ms > 0;
             if checks && tls.trusted_ca_file.is_none() {
                 return bad(
                     "the corruption checks read the other members' client ports over TLS, so client_transport_security needs trusted_ca_file to verify them with".into(),
                 );
             }
+        }
+        if let Some(tls) = &self.peer_transport_security {
+            tls.validate_peer().map_err(ConfigError::Invalid)?;
         }
         if self.protocol == "pbft" {
             self.validate_pbft()?;
@@ -764,7 +772,7 @@ mod tests {
     fn corruption_checks_over_tls_need_a_ca_to_verify_the_members_with() {
         let mut c = sample();
         c.initial_corrupt_check = true;
-        c.client_transport_security = Some(crate::tls::ClientTransportSecurity {
+        c.client_transport_security = Some(crate::tls::TransportSecurity {
             cert_file: "member.pem".into(),
             key_file: "member-key.pem".into(),
             ..Default::default()

@@ -17,7 +17,7 @@ use crate::identity::{self, Identity};
 use crate::members::Members;
 use crate::protocol::{Pbft, Raft, RuntimeProtocol};
 use crate::service::{Services, min_lease_ttl};
-use crate::transport::Transport;
+use crate::transport::{Security, Transport};
 use crate::watch_hub::WatchHub;
 use crate::{http, writer};
 
@@ -47,24 +47,38 @@ pub enum NodeError {
     Failed(String),
 }
 
+/// The member's TLS, from its configuration's files.
+struct Tls {
+    client: Option<crate::tls::ClientTls>,
+    peer: Option<crate::tls::PeerTls>,
+}
+
+impl Tls {
+    fn load(cfg: &NodeConfig) -> Result<Tls, String> {
+        let client = cfg.client_transport_security.as_ref();
+        let peer = cfg.peer_transport_security.as_ref();
+        Ok(Tls {
+            client: client.map(crate::tls::ClientTls::load).transpose()?,
+            peer: peer.map(crate::tls::PeerTls::load).transpose()?,
+        })
+    }
+}
+
 /// Run the node `cfg` describes until `stop` becomes true.
 pub async fn run(cfg: NodeConfig, stop: watch::Receiver<bool>) -> Result<(), NodeError> {
     cfg.validate()?;
     // Read before anything else, so a bad file stops the member before it touches its data.
-    let client_tls = match &cfg.client_transport_security {
-        Some(security) => Some(crate::tls::ClientTls::load(security).map_err(NodeError::Tls)?),
-        None => None,
-    };
+    let tls = Tls::load(&cfg).map_err(NodeError::Tls)?;
     match cfg.protocol.as_str() {
-        "raft" => run_protocol::<Raft>(cfg, client_tls, stop).await,
-        "pbft" => run_protocol::<Pbft>(cfg, client_tls, stop).await,
+        "raft" => run_protocol::<Raft>(cfg, tls, stop).await,
+        "pbft" => run_protocol::<Pbft>(cfg, tls, stop).await,
         other => Err(NodeError::Protocol(format!("unknown protocol '{other}'"))),
     }
 }
 
 async fn run_protocol<P: RuntimeProtocol>(
     cfg: NodeConfig,
-    client_tls: Option<crate::tls::ClientTls>,
+    tls: Tls,
     stop: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     let started = Instant::now();
@@ -89,7 +103,10 @@ async fn run_protocol<P: RuntimeProtocol>(
         me.peer,
         &peers,
         inbound_tx,
-        P::link_auth(&core),
+        Security {
+            auth: P::link_auth(&core),
+            tls: tls.peer,
+        },
     )
     .await
     .map_err(|source| NodeError::Bind {
@@ -166,7 +183,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         members_rx,
         hub,
         min_lease_ttl(P::election_timeout(&cfg)),
-        client_tls,
+        tls.client,
     );
     let retention = cfg.auto_compaction()?;
     let auto_compaction = tokio::spawn(services.clone().compact_automatically(retention));

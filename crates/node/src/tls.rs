@@ -1,12 +1,17 @@
-//! TLS on the client port, configured as etcd's client transport security
-//! (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`): the member
-//! serves gRPC, the JSON gateway and `/health` over TLS, and with `client_cert_auth`
-//! lets in only clients whose certificate the trusted CA signed. Members read each
-//! other's client ports too (the data check at start, the corruption check), as TLS
-//! clients presenting their own certificate.
+//! TLS, configured as etcd's transport security, on both of a member's ports:
 //!
-//! Handshakes run in their own tasks, so a client that stalls its handshake holds up no
-//! one else's connection; each is bounded in time, and so is how many run at once.
+//! - the client port (`[client_transport_security]`, etcd's `--cert-file`,
+//!   `--key-file`, `--trusted-ca-file`, `--client-cert-auth`) serves gRPC, the JSON
+//!   gateway and `/health` over TLS; with a trusted CA, only clients whose certificate it
+//!   signed get in. Members read each other's client ports too (the data checks), as TLS
+//!   clients presenting their own certificate.
+//! - the peer port (`[peer_transport_security]`, etcd's `--peer-*` flags) carries the
+//!   protocol's messages over mutually authenticated TLS: each member proves itself with
+//!   a certificate the trusted CA signed, so no one without one can speak to a member as
+//!   a peer.
+//!
+//! Client handshakes run in their own tasks, so a client that stalls its handshake holds
+//! up no one else's connection; each is bounded in time, and so is how many run at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,8 +22,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::service::AuthorityFix;
@@ -29,35 +34,135 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPTED_QUEUE: usize = 128;
 /// Handshakes under way at once; past it, new connections wait in the listen backlog.
 const MAX_HANDSHAKES: usize = 1024;
+const CLIENT_SECTION: &str = "client_transport_security";
+const PEER_SECTION: &str = "peer_transport_security";
 
-/// `[client_transport_security]` in a member's configuration; the field names are
-/// those of etcd's configuration file.
+/// `[client_transport_security]` or `[peer_transport_security]` in a member's
+/// configuration; the field names are those of etcd's configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClientTransportSecurity {
+pub struct TransportSecurity {
     /// The member's certificate chain (PEM), leaf first.
     pub cert_file: PathBuf,
     /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
-    /// CA certificates (PEM) that sign clients' certificates, and the other members'.
-    /// As in etcd, setting it makes clients need a certificate it signed.
+    /// CA certificates (PEM) that sign the certificates of those who connect (clients,
+    /// or members). As in etcd, setting it makes them need a certificate it signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_ca_file: Option<PathBuf>,
-    /// Refuse clients without a certificate that `trusted_ca_file` signed (which
+    /// Refuse connections without a certificate that `trusted_ca_file` signed (which
     /// `trusted_ca_file` alone already asks, as in etcd).
     #[serde(default)]
     pub client_cert_auth: bool,
 }
 
-impl ClientTransportSecurity {
-    /// The configuration's own consistency (the files are read at start).
-    pub fn validate(&self) -> Result<(), String> {
+impl TransportSecurity {
+    /// The client port's settings, on their own (the files are read at start).
+    pub fn validate_client(&self) -> Result<(), String> {
         if self.client_cert_auth && self.trusted_ca_file.is_none() {
-            return Err(
-                "client_transport_security: client_cert_auth = true needs trusted_ca_file, the CA that signs clients' certificates".into(),
-            );
+            return Err(format!(
+                "{CLIENT_SECTION}: client_cert_auth = true needs trusted_ca_file, the CA that signs clients' certificates"
+            ));
         }
         Ok(())
+    }
+
+    /// The peer port's settings: members authenticate each other, so a CA is required.
+    pub fn validate_peer(&self) -> Result<(), String> {
+        if self.trusted_ca_file.is_none() {
+            return Err(format!(
+                "{PEER_SECTION}: trusted_ca_file is required, the CA that signs every member's certificate"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A section's files, read and parsed.
+struct Loaded {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// The trusted CA's PEM and certificates.
+    ca: Option<(Vec<u8>, Arc<rustls::RootCertStore>)>,
+}
+
+impl Loaded {
+    /// Read the certificate, key and CA files; every problem names its setting.
+    fn read(cfg: &TransportSecurity, section: &str) -> Result<Loaded, String> {
+        let named = |setting: &str, path: &Path, why: String| {
+            format!("{section}: {setting} {}: {why}", path.display())
+        };
+        let read = |setting: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| named(setting, path, e.to_string()))
+        };
+        let certs = |setting: &str, path: &Path, pem: &[u8]| {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| named(setting, path, e.to_string()))?;
+            if certs.is_empty() {
+                return Err(named(setting, path, "no PEM certificate in it".into()));
+            }
+            Ok(certs)
+        };
+        let cert_pem = read("cert_file", &cfg.cert_file)?;
+        let key_pem = read("key_file", &cfg.key_file)?;
+        let ca = match &cfg.trusted_ca_file {
+            Some(path) => {
+                let pem = read("trusted_ca_file", path)?;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in certs("trusted_ca_file", path, &pem)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| named("trusted_ca_file", path, e.to_string()))?;
+                }
+                Some((pem, Arc::new(roots)))
+            }
+            None => None,
+        };
+        Ok(Loaded {
+            certs: certs("cert_file", &cfg.cert_file, &cert_pem)?,
+            key: PrivateKeyDer::from_pem_slice(&key_pem)
+                .map_err(|e| named("key_file", &cfg.key_file, format!("no private key: {e}")))?,
+            cert_pem,
+            key_pem,
+            ca,
+        })
+    }
+
+    /// What the port serves with: this member's certificate, and, with a trusted CA,
+    /// a demand for a certificate it signed from whoever connects.
+    fn server_config(
+        &self,
+        cfg: &TransportSecurity,
+        section: &str,
+    ) -> Result<rustls::ServerConfig, String> {
+        let provider = Arc::new(ring_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = match &self.ca {
+            Some((_, roots)) => {
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots.clone(),
+                    provider,
+                )
+                .build()
+                .map_err(|e| format!("{section}: trusted_ca_file: {e}"))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        builder
+            .with_single_cert(self.certs.clone(), self.key.clone_key())
+            .map_err(|e| {
+                format!(
+                    "{section}: cert_file {} and key_file {} do not make a usable pair: {e}",
+                    cfg.cert_file.display(),
+                    cfg.key_file.display()
+                )
+            })
     }
 }
 
@@ -70,46 +175,20 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
-    /// Read the certificate, key and CA files; every problem names its setting.
-    pub fn load(cfg: &ClientTransportSecurity) -> Result<ClientTls, String> {
-        let cert_pem = read(&cfg.cert_file, "cert_file")?;
-        let key_pem = read(&cfg.key_file, "key_file")?;
-        let ca_pem = match &cfg.trusted_ca_file {
-            Some(path) => Some((read(path, "trusted_ca_file")?, path)),
-            None => None,
-        };
-        let certs = parse_certs(&cert_pem, &cfg.cert_file, "cert_file")?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-            setting_error("key_file", &cfg.key_file, &format!("no private key: {e}"))
-        })?;
-        let provider = Arc::new(ring_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
-        // As etcd: a CA to check clients' certificates with means clients need one.
-        let builder = match &ca_pem {
-            Some((pem, path)) => {
-                let roots = Arc::new(root_store(pem, path)?);
-                let verifier =
-                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
-                        .build()
-                        .map_err(|e| setting_error("trusted_ca_file", path, &e.to_string()))?;
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let mut server = builder.with_single_cert(certs, key).map_err(|e| {
-            format!(
-                "client_transport_security: cert_file {} and key_file {} do not make a usable pair: {e}",
-                cfg.cert_file.display(),
-                cfg.key_file.display()
-            )
-        })?;
+    pub fn load(cfg: &TransportSecurity) -> Result<ClientTls, String> {
+        let loaded = Loaded::read(cfg, CLIENT_SECTION)?;
+        let mut server = loaded.server_config(cfg, CLIENT_SECTION)?;
         // gRPC over HTTP/2, and /health, /metrics and /version over HTTP/1.1.
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Reading a member's client port: trust the CA, present this member's certificate.
+        let identity = tonic::transport::Identity::from_pem(&loaded.cert_pem, &loaded.key_pem);
+        let mut peer_client = tonic::transport::ClientTlsConfig::new().identity(identity);
+        if let Some((pem, _)) = &loaded.ca {
+            peer_client = peer_client.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
         Ok(ClientTls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            peer_client: peer_client_config(cert_pem, key_pem, ca_pem.map(|(pem, _)| pem)),
+            peer_client,
         })
     }
 
@@ -161,6 +240,36 @@ impl ClientTls {
     }
 }
 
+/// The peer port's TLS, loaded: what a member accepts its peers' links with, and what
+/// it opens its own with; both sides show a certificate the trusted CA signed.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub acceptor: TlsAcceptor,
+    pub connector: TlsConnector,
+}
+
+impl PeerTls {
+    pub fn load(cfg: &TransportSecurity) -> Result<PeerTls, String> {
+        cfg.validate_peer()?;
+        let loaded = Loaded::read(cfg, PEER_SECTION)?;
+        let server = loaded.server_config(cfg, PEER_SECTION)?;
+        let (_, roots) = loaded
+            .ca
+            .as_ref()
+            .ok_or("peer_transport_security needs trusted_ca_file")?;
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(loaded.certs.clone(), loaded.key.clone_key())
+            .map_err(|e| format!("{PEER_SECTION}: cert_file and key_file: {e}"))?;
+        Ok(PeerTls {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            connector: TlsConnector::from(Arc::new(client)),
+        })
+    }
+}
+
 /// ring, not aws-lc-rs: rustls 0.23.48 deprecates ring's provider for lacking
 /// post-quantum key exchange, but aws-lc-rs is a large C build (see the README's note
 /// on build times) and the classical suites are what etcd's Go clients offer anyway.
@@ -174,55 +283,43 @@ fn handshake_failed(peer: std::net::SocketAddr, why: &str) {
     tracing::debug!(%peer, why, "a client's TLS handshake failed");
 }
 
-/// How this member connects to other members' client ports: trusting
-/// `trusted_ca_file`, and presenting its own certificate (which their
-/// `trusted_ca_file` then checks).
-fn peer_client_config(
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
-    ca_pem: Option<Vec<u8>>,
-) -> tonic::transport::ClientTlsConfig {
-    let identity = tonic::transport::Identity::from_pem(cert_pem, key_pem);
-    let client = tonic::transport::ClientTlsConfig::new().identity(identity);
-    match ca_pem {
-        Some(ca) => client.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-        None => client,
+/// Certificates for tests: a CA, and members' certificates for 127.0.0.1.
+#[cfg(test)]
+pub(crate) mod test_pki {
+    use std::path::Path;
+
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+    use super::TransportSecurity;
+
+    pub struct Ca(CertifiedIssuer<'static, KeyPair>);
+
+    impl Ca {
+        pub fn new() -> Ca {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            Ca(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
+        }
+
+        /// Files in `dir` for a member named `name` whose certificate this CA signed,
+        /// trusting `trusted` (this CA or another).
+        pub fn member(&self, dir: &Path, name: &str, trusted: &Ca) -> TransportSecurity {
+            let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.0).unwrap();
+            let file = |suffix: &str, text: String| {
+                let path = dir.join(format!("{name}-{suffix}.pem"));
+                std::fs::write(&path, text).unwrap();
+                path
+            };
+            TransportSecurity {
+                cert_file: file("cert", cert.pem()),
+                key_file: file("key", key.serialize_pem()),
+                trusted_ca_file: Some(file("ca", trusted.0.pem())),
+                client_cert_auth: true,
+            }
+        }
     }
-}
-
-fn read(path: &Path, setting: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| setting_error(setting, path, &e.to_string()))
-}
-
-fn parse_certs(
-    pem: &[u8],
-    path: &Path,
-    setting: &str,
-) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| setting_error(setting, path, &e.to_string()))?;
-    if certs.is_empty() {
-        return Err(setting_error(setting, path, "no PEM certificate in it"));
-    }
-    Ok(certs)
-}
-
-fn root_store(pem: &[u8], path: &Path) -> Result<rustls::RootCertStore, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in parse_certs(pem, path, "trusted_ca_file")? {
-        roots
-            .add(cert)
-            .map_err(|e| setting_error("trusted_ca_file", path, &e.to_string()))?;
-    }
-    Ok(roots)
-}
-
-fn setting_error(setting: &str, path: &Path, why: &str) -> String {
-    format!(
-        "client_transport_security: {setting} {}: {why}",
-        path.display()
-    )
 }
 
 #[cfg(test)]
@@ -230,29 +327,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_cert_auth_needs_a_ca() {
-        let mut cfg = ClientTransportSecurity {
+    fn client_cert_auth_needs_a_ca_and_peers_always_do() {
+        let mut cfg = TransportSecurity {
             cert_file: "c.pem".into(),
             key_file: "k.pem".into(),
             trusted_ca_file: None,
             client_cert_auth: true,
         };
-        assert!(cfg.validate().unwrap_err().contains("trusted_ca_file"));
+        assert!(
+            cfg.validate_client()
+                .unwrap_err()
+                .contains("trusted_ca_file")
+        );
+        cfg.client_cert_auth = false;
+        assert!(cfg.validate_client().is_ok());
+        assert!(
+            cfg.validate_peer()
+                .unwrap_err()
+                .contains("trusted_ca_file is required")
+        );
         cfg.trusted_ca_file = Some("ca.pem".into());
-        assert!(cfg.validate().is_ok());
+        assert!(cfg.validate_client().is_ok() && cfg.validate_peer().is_ok());
     }
 
     #[test]
     fn unreadable_files_are_named_with_their_setting() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = ClientTransportSecurity {
+        let cfg = TransportSecurity {
             cert_file: dir.path().join("missing.pem"),
             key_file: dir.path().join("key.pem"),
             ..Default::default()
         };
         let err = ClientTls::load(&cfg).err().unwrap();
         assert!(
-            err.contains("cert_file") && err.contains("missing.pem"),
+            err.contains("client_transport_security: cert_file") && err.contains("missing.pem"),
             "{err}"
         );
         std::fs::write(&cfg.cert_file, "not a certificate").unwrap();

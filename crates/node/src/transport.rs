@@ -1,4 +1,5 @@
-//! Peer-to-peer messaging over TCP.
+//! Peer-to-peer messaging over TCP, or over mutually authenticated TLS where members
+//! are configured with certificates (`tls.rs`).
 //!
 //! Every connection opens with a challenge from the accepting side (32 random bytes) and
 //! a hello from the connecting side naming the cluster, the sender and the settings
@@ -24,7 +25,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use ekmat_core::NodeId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -96,10 +97,19 @@ impl LinkAuth {
     }
 }
 
+/// How a member's links are secured: signed hellos (members with signing keys), TLS
+/// (members with certificates), both or neither.
+#[derive(Clone, Default)]
+pub struct Security {
+    pub auth: Option<LinkAuth>,
+    pub tls: Option<crate::tls::PeerTls>,
+}
+
 /// What every connection of this member starts from.
 struct Local {
     hello: Hello,
     auth: Option<LinkAuth>,
+    tls: Option<crate::tls::PeerTls>,
 }
 
 /// The settings every member of a cluster must run with alike, as (name, value) pairs
@@ -138,8 +148,9 @@ where
 {
     /// Bind the peer listener and start connecting to `peers`. Incoming messages go to
     /// `inbound`, from peers of cluster `cluster_id` that run with the same `settings`.
-    /// With `auth`, this member signs every link it opens and takes only links their
-    /// sender signed; without it, a link is taken on its hello's word.
+    /// With `security.auth`, this member signs every link it opens and takes only links
+    /// their sender signed; without it, a link is taken on its hello's word. With
+    /// `security.tls`, every link runs over TLS with certificates on both sides.
     /// Fails only if the listener cannot bind.
     pub async fn start(
         me: NodeId,
@@ -148,7 +159,7 @@ where
         listen: SocketAddr,
         peers: &[(NodeId, SocketAddr)],
         inbound: mpsc::Sender<(NodeId, M)>,
-        auth: Option<LinkAuth>,
+        security: Security,
     ) -> std::io::Result<Transport<M>> {
         let listener = TcpListener::bind(listen).await?;
         let hello = Hello {
@@ -159,7 +170,11 @@ where
             settings,
             proof: None,
         };
-        let local = Arc::new(Local { hello, auth });
+        let local = Arc::new(Local {
+            hello,
+            auth: security.auth,
+            tls: security.tls,
+        });
         tokio::spawn(accept_loop(listener, local.clone(), inbound));
         let mut transport = Transport {
             local,
@@ -285,8 +300,25 @@ async fn connect_and_pump<M: Serialize + Sync>(
     local: &Local,
     rx: &mut mpsc::Receiver<M>,
 ) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(addr).await?;
+    let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
+    match &local.tls {
+        None => hello_and_pump(stream, addr, local, rx).await,
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let stream = within_handshake(tls.connector.connect(name, stream)).await?;
+            hello_and_pump(stream, addr, local, rx).await
+        }
+    }
+}
+
+/// Answer the peer's challenge with this member's hello, then send it the queue.
+async fn hello_and_pump<M: Serialize + Sync>(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    addr: SocketAddr,
+    local: &Local,
+    rx: &mut mpsc::Receiver<M>,
+) -> std::io::Result<()> {
     let mut challenge = [0u8; 32];
     within_handshake(stream.read_exact(&mut challenge)).await?;
     let mut hello = local.hello.clone();
@@ -299,7 +331,7 @@ async fn connect_and_pump<M: Serialize + Sync>(
 
 /// Write queued messages, flushing once per batch: many messages, one syscall.
 async fn pump<M: Serialize + Sync>(
-    w: &mut BufWriter<TcpStream>,
+    w: &mut BufWriter<impl AsyncWrite + Unpin>,
     rx: &mut mpsc::Receiver<M>,
     peer: SocketAddr,
 ) -> std::io::Result<()> {
@@ -337,7 +369,20 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
         let inbound = inbound.clone();
         let ours = ours.clone();
         tokio::spawn(async move {
-            if let Err(e) = receive(stream, &ours, inbound).await {
+            let received = match &ours.tls {
+                None => receive(stream, &ours, inbound).await,
+                Some(tls) => match within_handshake(tls.acceptor.accept(stream)).await {
+                    Ok(stream) => receive(stream, &ours, inbound).await,
+                    Err(e) => {
+                        // Someone without a certificate the CA signed, or a member
+                        // whose peer_transport_security differs from this one's.
+                        tracing::warn!(%remote, error = %e, "refused a peer link: its TLS handshake failed");
+                        metrics::counter!("ekmat_peer_tls_handshake_failures_total").increment(1);
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = received {
                 tracing::debug!(%remote, error = %e, "peer connection closed");
             }
         });
@@ -345,7 +390,7 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
 }
 
 async fn receive<M: DeserializeOwned>(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
     local: &Local,
     inbound: mpsc::Sender<(NodeId, M)>,
 ) -> std::io::Result<()> {
@@ -407,12 +452,28 @@ mod tests {
         let (a, b) = (free_addr().await, free_addr().await);
         let (tx_a, _rx_a) = mpsc::channel::<(NodeId, String)>(16);
         let (tx_b, rx_b) = mpsc::channel::<(NodeId, String)>(16);
-        let ta = Transport::start(NodeId(0), 7, Vec::new(), a, &[(NodeId(1), b)], tx_a, None)
-            .await
-            .unwrap();
-        let tb = Transport::start(NodeId(1), 7, Vec::new(), b, &[(NodeId(0), a)], tx_b, None)
-            .await
-            .unwrap();
+        let ta = Transport::start(
+            NodeId(0),
+            7,
+            Vec::new(),
+            a,
+            &[(NodeId(1), b)],
+            tx_a,
+            Security::default(),
+        )
+        .await
+        .unwrap();
+        let tb = Transport::start(
+            NodeId(1),
+            7,
+            Vec::new(),
+            b,
+            &[(NodeId(0), a)],
+            tx_b,
+            Security::default(),
+        )
+        .await
+        .unwrap();
         (ta, tb, rx_b, b)
     }
 
@@ -429,9 +490,17 @@ mod tests {
         // A node of another cluster is refused.
         let c = free_addr().await;
         let (tx_c, _rx_c) = mpsc::channel::<(NodeId, String)>(16);
-        let tc = Transport::start(NodeId(0), 8, Vec::new(), c, &[(NodeId(1), b)], tx_c, None)
-            .await
-            .unwrap();
+        let tc = Transport::start(
+            NodeId(0),
+            8,
+            Vec::new(),
+            c,
+            &[(NodeId(1), b)],
+            tx_c,
+            Security::default(),
+        )
+        .await
+        .unwrap();
         tc.send(NodeId(1), "intruder".into());
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(rx_b.try_recv().is_err());
@@ -450,9 +519,17 @@ mod tests {
         let (a, b) = (free_addr().await, free_addr().await);
         let (tx_a, _rx_a) = mpsc::channel::<(NodeId, String)>(16);
         let (tx_b, mut rx_b) = mpsc::channel::<(NodeId, String)>(16);
-        let _tb = Transport::start(NodeId(1), 7, ours.clone(), b, &[], tx_b, None)
-            .await
-            .unwrap();
+        let _tb = Transport::start(
+            NodeId(1),
+            7,
+            ours.clone(),
+            b,
+            &[],
+            tx_b,
+            Security::default(),
+        )
+        .await
+        .unwrap();
         let mut theirs = ours.clone();
         theirs[1].1 = "2048".into();
         let ta = Transport::start(
@@ -462,7 +539,7 @@ mod tests {
             a,
             &[(NodeId(1), b)],
             tx_a,
-            None,
+            Security::default(),
         )
         .await
         .unwrap();
@@ -489,13 +566,21 @@ mod tests {
         let (a, b) = (free_addr().await, free_addr().await);
         let (tx_a, mut rx_a) = mpsc::channel::<(NodeId, String)>(16);
         let (tx_b, mut rx_b) = mpsc::channel::<(NodeId, String)>(16);
-        let mut ta = Transport::start(NodeId(0), 7, Vec::new(), a, &[], tx_a, None)
+        let mut ta = Transport::start(NodeId(0), 7, Vec::new(), a, &[], tx_a, Security::default())
             .await
             .unwrap();
         // The newcomer knows the cluster; the cluster does not know it yet.
-        let tb = Transport::start(NodeId(5), 7, Vec::new(), b, &[(NodeId(0), a)], tx_b, None)
-            .await
-            .unwrap();
+        let tb = Transport::start(
+            NodeId(5),
+            7,
+            Vec::new(),
+            b,
+            &[(NodeId(0), a)],
+            tx_b,
+            Security::default(),
+        )
+        .await
+        .unwrap();
         assert!(tb.send(NodeId(0), "hello".into()));
         assert_eq!(rx_a.recv().await.unwrap(), (NodeId(5), "hello".into()));
         assert!(!ta.send(NodeId(5), "too early".into()));
@@ -539,7 +624,18 @@ mod tests {
             members,
         };
         let (tx, rx) = mpsc::channel::<(NodeId, String)>(16);
-        let t = Transport::start(NodeId(me), 7, Vec::new(), addr, peers, tx, Some(auth));
+        let t = Transport::start(
+            NodeId(me),
+            7,
+            Vec::new(),
+            addr,
+            peers,
+            tx,
+            Security {
+                auth: Some(auth),
+                tls: None,
+            },
+        );
         (t.await.unwrap(), rx)
     }
 
@@ -556,9 +652,17 @@ mod tests {
         let (c, d) = (free_addr().await, free_addr().await);
         let (tc, _rx_c) = keyed(0, key(99), c, &[(NodeId(1), b)]).await;
         let (tx_d, _rx_d) = mpsc::channel::<(NodeId, String)>(16);
-        let td = Transport::start(NodeId(0), 7, Vec::new(), d, &[(NodeId(1), b)], tx_d, None)
-            .await
-            .unwrap();
+        let td = Transport::start(
+            NodeId(0),
+            7,
+            Vec::new(),
+            d,
+            &[(NodeId(1), b)],
+            tx_d,
+            Security::default(),
+        )
+        .await
+        .unwrap();
         for i in 0..10 {
             tc.send(NodeId(1), format!("impostor {i}"));
             td.send(NodeId(1), format!("unsigned {i}"));
@@ -606,7 +710,7 @@ mod tests {
         let _hold = TcpListener::bind(a).await.unwrap();
         let (tx, _rx) = mpsc::channel::<(NodeId, String)>(1);
         assert!(
-            Transport::start(NodeId(0), 1, Vec::new(), a, &[], tx, None)
+            Transport::start(NodeId(0), 1, Vec::new(), a, &[], tx, Security::default())
                 .await
                 .is_err()
         );
@@ -616,10 +720,17 @@ mod tests {
     async fn oversized_frames_close_the_connection() {
         let (a, b) = (free_addr().await, free_addr().await);
         let (tx, mut rx) = mpsc::channel::<(NodeId, String)>(4);
-        let _t =
-            Transport::<String>::start(NodeId(0), 1, Vec::new(), a, &[(NodeId(1), b)], tx, None)
-                .await
-                .unwrap();
+        let _t = Transport::<String>::start(
+            NodeId(0),
+            1,
+            Vec::new(),
+            a,
+            &[(NodeId(1), b)],
+            tx,
+            Security::default(),
+        )
+        .await
+        .unwrap();
         let mut s = TcpStream::connect(a).await.unwrap();
         let mut challenge = [0u8; 32];
         s.read_exact(&mut challenge).await.unwrap();
@@ -637,5 +748,65 @@ mod tests {
         let closed = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
         assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the node hung up");
         assert!(rx.try_recv().is_err());
+    }
+
+    /// A member on `addr` whose links use TLS with `security`, knowing `peers`.
+    async fn over_tls(
+        me: u32,
+        addr: SocketAddr,
+        peers: &[(NodeId, SocketAddr)],
+        security: &crate::tls::TransportSecurity,
+    ) -> (Transport<String>, mpsc::Receiver<(NodeId, String)>) {
+        let (tx, rx) = mpsc::channel(16);
+        let tls = crate::tls::PeerTls::load(security).unwrap();
+        let security = Security {
+            auth: None,
+            tls: Some(tls),
+        };
+        let t = Transport::start(NodeId(me), 7, Vec::new(), addr, peers, tx, security)
+            .await
+            .unwrap();
+        (t, rx)
+    }
+
+    #[tokio::test]
+    async fn over_tls_only_members_with_a_certificate_the_ca_signed_are_heard() {
+        use crate::tls::test_pki::Ca;
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, other) = (Ca::new(), Ca::new());
+        let (a, b, c, d) = (
+            free_addr().await,
+            free_addr().await,
+            free_addr().await,
+            free_addr().await,
+        );
+        let (_tb, mut rx_b) = over_tls(1, b, &[], &ca.member(dir.path(), "n1", &ca)).await;
+        let (ta, _) = over_tls(0, a, &[(NodeId(1), b)], &ca.member(dir.path(), "n0", &ca)).await;
+        for i in 0..20 {
+            assert!(ta.send(NodeId(1), format!("m{i}")));
+        }
+        for i in 0..20 {
+            let (from, m) = rx_b.recv().await.unwrap();
+            assert_eq!((from, m), (NodeId(0), format!("m{i}")));
+        }
+        // Another CA's certificate, and no TLS at all: neither is heard.
+        let stranger = other.member(dir.path(), "n9", &ca);
+        let (tc, _) = over_tls(2, c, &[(NodeId(1), b)], &stranger).await;
+        tc.send(NodeId(1), "from another CA".into());
+        let (tx_d, _rx_d) = mpsc::channel::<(NodeId, String)>(16);
+        let td = Transport::start(
+            NodeId(3),
+            7,
+            Vec::new(),
+            d,
+            &[(NodeId(1), b)],
+            tx_d,
+            Security::default(),
+        )
+        .await
+        .unwrap();
+        td.send(NodeId(1), "in the clear".into());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(rx_b.try_recv().is_err());
     }
 }

@@ -14,7 +14,14 @@ use crate::config::NodeConfig;
 use crate::driver::Call;
 use crate::members::{MemberRecord, encode_context, next_id};
 
-fn to_pb(m: &MemberRecord, client_scheme: &str) -> pb::Member {
+/// The schemes of the members' URLs: `https` where their ports serve TLS.
+#[derive(Clone, Copy)]
+struct Schemes {
+    client: &'static str,
+    peer: &'static str,
+}
+
+fn to_pb(m: &MemberRecord, schemes: Schemes) -> pb::Member {
     pb::Member {
         id: NodeConfig::member_id(m.id),
         // etcd shows a member that has not started yet with no name and no client URLs.
@@ -23,36 +30,42 @@ fn to_pb(m: &MemberRecord, client_scheme: &str) -> pb::Member {
             (Some(_), true) => format!("n{}", m.id),
             (Some(_), false) => m.name.clone(),
         },
-        peer_ur_ls: vec![format!("http://{}", m.peer)],
+        peer_ur_ls: vec![format!("{}://{}", schemes.peer, m.peer)],
         client_ur_ls: m
             .client
             .iter()
-            .map(|c| format!("{client_scheme}://{c}"))
+            .map(|c| format!("{}://{c}", schemes.client))
             .collect(),
         is_learner: m.learner,
     }
 }
 
-/// `http://host:port` as a socket address (ekmat speaks no TLS between peers yet).
-fn peer_addr(url: &str) -> Result<SocketAddr, Status> {
-    let Some(rest) = url.strip_prefix("http://") else {
+/// `scheme://IP:PORT` as a socket address; the scheme must be the one the members'
+/// peer ports speak (`https` with peer TLS).
+fn peer_addr(url: &str, scheme: &str) -> Result<SocketAddr, Status> {
+    let Some(rest) = url.strip_prefix(scheme).and_then(|r| r.strip_prefix("://")) else {
+        let why = if scheme == "https" {
+            "the members' peer ports speak TLS (peer_transport_security)"
+        } else {
+            "the members' peer ports speak no TLS (no peer_transport_security)"
+        };
         return Err(Status::invalid_argument(format!(
-            "peer URL {url:?} must be http://IP:PORT (TLS between peers is not supported)"
+            "peer URL {url:?} must be {scheme}://IP:PORT: {why}"
         )));
     };
-    rest.trim_end_matches('/')
-        .parse()
-        .map_err(|_| Status::invalid_argument(format!("peer URL {url:?} is not http://IP:PORT")))
+    rest.trim_end_matches('/').parse().map_err(|_| {
+        Status::invalid_argument(format!("peer URL {url:?} is not {scheme}://IP:PORT"))
+    })
 }
 
 impl Services {
     pub(crate) fn members(&self) -> Vec<pb::Member> {
-        let scheme = self.client_scheme();
+        let schemes = self.schemes();
         self.inner
             .members
             .borrow()
             .iter()
-            .map(|m| to_pb(m, scheme))
+            .map(|m| to_pb(m, schemes))
             .collect()
     }
 
@@ -71,9 +84,7 @@ impl Services {
     fn members_after(&self, edit: impl Fn(&mut Vec<MemberRecord>)) -> Vec<pb::Member> {
         let mut list = self.inner.members.borrow().clone();
         edit(&mut list);
-        list.iter()
-            .map(|m| to_pb(m, self.client_scheme()))
-            .collect()
+        list.iter().map(|m| to_pb(m, self.schemes())).collect()
     }
 
     async fn change(&self, action: ChangeAction, node: u32, context: Bytes) -> Result<(), Status> {
@@ -94,7 +105,7 @@ impl Services {
                 "give exactly one peer URL (http://IP:PORT)",
             ));
         };
-        let peer = peer_addr(url)?;
+        let peer = peer_addr(url, self.schemes().peer)?;
         let members = self.inner.members.borrow();
         if members
             .iter()
@@ -142,7 +153,7 @@ impl pb::cluster_server::Cluster for Services {
         });
         Ok(Response::new(pb::MemberAddResponse {
             header: Some(self.cluster_header()),
-            member: Some(to_pb(&record, self.client_scheme())),
+            member: Some(to_pb(&record, self.schemes())),
             members,
         }))
     }
@@ -217,6 +228,14 @@ impl pb::cluster_server::Cluster for Services {
 }
 
 impl Services {
+    fn schemes(&self) -> Schemes {
+        let scheme = |tls: bool| if tls { "https" } else { "http" };
+        Schemes {
+            client: scheme(self.inner.tls.is_some()),
+            peer: scheme(self.inner.peer_tls),
+        }
+    }
+
     /// Cluster answers' header: etcd's carries no store revision (its cluster service
     /// answers from membership, not from the store).
     fn cluster_header(&self) -> pb::ResponseHeader {
@@ -231,10 +250,13 @@ mod tests {
     #[test]
     fn peer_urls_must_be_plain_http_addresses() {
         assert_eq!(
-            peer_addr("http://127.0.0.1:2380").unwrap(),
+            peer_addr("http://127.0.0.1:2380", "http").unwrap(),
             "127.0.0.1:2380".parse().unwrap()
         );
-        assert!(peer_addr("https://127.0.0.1:2380").is_err());
-        assert!(peer_addr("http://example.com:2380").is_err());
+        assert!(peer_addr("https://127.0.0.1:2380", "http").is_err());
+        assert!(peer_addr("http://example.com:2380", "http").is_err());
+        assert!(peer_addr("https://127.0.0.1:2380", "https").is_ok());
+        let e = peer_addr("http://127.0.0.1:2380", "https").unwrap_err();
+        assert!(e.message().contains("speak TLS"), "{e}");
     }
 }

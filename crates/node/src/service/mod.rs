@@ -92,6 +92,8 @@ struct Inner {
     protocol: String,
     /// TLS on the client ports (this member's, and by assumption every member's).
     tls: Option<crate::tls::ClientTls>,
+    /// Whether the peer ports speak TLS (every member's alike).
+    peer_tls: bool,
 }
 
 impl Services {
@@ -124,6 +126,7 @@ impl Services {
                     .unwrap_or_default(),
                 protocol: cfg.protocol.clone(),
                 tls,
+                peer_tls: cfg.peer_transport_security.is_some(),
             }),
         }
     }
@@ -205,15 +208,6 @@ impl Services {
             .merge(gateway)
             .fallback(crate::http::not_found);
         tonic::service::Routes::from(routes)
-    }
-
-    /// The scheme of the members' client URLs.
-    fn client_scheme(&self) -> &'static str {
-        if self.inner.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        }
     }
 
     fn header(&self, revision: i64) -> pb::ResponseHeader {

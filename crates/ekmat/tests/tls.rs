@@ -1,7 +1,8 @@
-//! TLS on the client port, configured as etcd's client transport security: etcd's own
-//! `etcdctl` talks to a 3-process cluster over https with a client certificate, and is
-//! refused without one, with one from another CA, and over plain http; the members
-//! read each other's client ports over TLS too (the data check at start).
+//! TLS configured as etcd's transport security: etcd's own `etcdctl` talks to a
+//! 3-process cluster over https with a client certificate, and is refused without one,
+//! with one from another CA, and over plain http; the members speak to each other over
+//! mutually authenticated TLS (peer port), and read each other's client ports over TLS
+//! too (the data check at start).
 
 mod support;
 
@@ -12,7 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ekmat_node::tls::ClientTransportSecurity;
+use ekmat_node::tls::TransportSecurity;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use support::Cluster;
 
@@ -164,13 +165,13 @@ fn wait_until(within: Duration, what: &str, mut ok: impl FnMut() -> Result<(), S
 }
 
 #[test]
-fn etcdctl_speaks_to_a_cluster_over_tls_with_a_client_certificate_and_nothing_else_gets_in() {
+fn a_cluster_over_tls_serves_etcdctl_with_a_client_certificate_and_nothing_else_gets_in() {
     if !etcdctl_installed() {
         return;
     }
     let certs = tempfile::tempdir().unwrap();
     let pki = pki(certs.path());
-    let security = ClientTransportSecurity {
+    let security = TransportSecurity {
         cert_file: pki.server.0.clone(),
         key_file: pki.server.1.clone(),
         trusted_ca_file: Some(pki.ca.clone()),
@@ -179,6 +180,7 @@ fn etcdctl_speaks_to_a_cluster_over_tls_with_a_client_certificate_and_nothing_el
     };
     let mut c = Cluster::start_with(3, |cfg| {
         cfg.client_transport_security = Some(security.clone());
+        cfg.peer_transport_security = Some(security.clone());
         cfg.initial_corrupt_check = true;
     });
     let https = |i: usize| c.endpoint(i).replace("http://", "https://");
@@ -195,8 +197,8 @@ fn etcdctl_speaks_to_a_cluster_over_tls_with_a_client_certificate_and_nothing_el
     assert!(ok && text.trim() == "over tls", "{text}");
     let (ok, text) = etcdctl(&https(0), &trusted, &["member", "list"]);
     assert!(
-        ok && text.matches("https://127.0.0.1:").count() == 3,
-        "client URLs are https: {text}"
+        ok && text.matches("https://127.0.0.1:").count() == 6,
+        "client and peer URLs are https: {text}"
     );
     // --cluster dials every member's advertised URL.
     let (ok, text) = etcdctl(&https(0), &trusted, &["endpoint", "health", "--cluster"]);
@@ -263,7 +265,7 @@ fn a_member_whose_key_file_is_missing_stops_at_start_naming_it_with_code_2() {
     let certs = tempfile::tempdir().unwrap();
     let pki = pki(certs.path());
     let c = Cluster::configure(1, |cfg| {
-        cfg.client_transport_security = Some(ClientTransportSecurity {
+        cfg.client_transport_security = Some(TransportSecurity {
             cert_file: pki.server.0.clone(),
             key_file: certs.path().join("no-such-key.pem"),
             ..Default::default()
