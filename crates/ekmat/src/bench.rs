@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::client::{connect, parse_endpoints};
+use crate::client::{Dialer, TlsArgs};
 use crate::etcd::EtcdCluster;
 use crate::exit;
 use crate::up::{LocalCluster, UpArgs};
@@ -58,6 +58,9 @@ pub struct KvBench {
     /// Run against this cluster instead of starting one.
     #[arg(long)]
     pub endpoints: Option<String>,
+    /// TLS for the cluster at --endpoints (etcdctl's flags).
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Also start a local etcd (Debian's etcd-server) and run the same load against it.
     #[arg(long)]
     pub against_etcd: bool,
@@ -130,8 +133,9 @@ pub fn run(args: BenchArgs) -> u8 {
 async fn run_all(b: &KvBench) -> Result<Vec<SystemResult>, String> {
     let mut results = Vec::new();
     if let Some(list) = &b.endpoints {
-        let eps = parse_endpoints(list)?;
-        results.push(load("cluster at --endpoints", &eps, b).await?);
+        let dialer = Dialer::from_args(&b.tls)?;
+        let eps = dialer.endpoints(list)?;
+        results.push(load("cluster at --endpoints", &dialer, &eps, b).await?);
         return Ok(results);
     }
     let up = UpArgs {
@@ -143,14 +147,26 @@ async fn run_all(b: &KvBench) -> Result<Vec<SystemResult>, String> {
         restore: None,
     };
     let cluster = BenchCluster::start("ekmat-bench", up).await?;
-    let result = load(&format!("ekmat ({} nodes)", b.nodes), &cluster.urls, b).await;
+    let result = load(
+        &format!("ekmat ({} nodes)", b.nodes),
+        &Dialer::plain(),
+        &cluster.urls,
+        b,
+    )
+    .await;
     cluster.stop().await;
     results.push(result?);
     if b.against_etcd {
         let data = tempdir("ekmat-bench-etcd")?;
         let mut etcd = EtcdCluster::start(b.nodes, b.base_port + 1000, &data).await?;
         let eps = urls(&etcd.endpoints);
-        let result = load(&format!("etcd 3.4 ({} nodes)", b.nodes), &eps, b).await;
+        let result = load(
+            &format!("etcd 3.4 ({} nodes)", b.nodes),
+            &Dialer::plain(),
+            &eps,
+            b,
+        )
+        .await;
         etcd.stop().await;
         let _ = std::fs::remove_dir_all(&data);
         results.push(result?);
@@ -233,11 +249,16 @@ impl Op {
     }
 }
 
-async fn load(system: &str, endpoints: &[String], b: &KvBench) -> Result<SystemResult, String> {
+async fn load(
+    system: &str,
+    dialer: &Dialer,
+    endpoints: &[String],
+    b: &KvBench,
+) -> Result<SystemResult, String> {
     let mut channels = Vec::new();
     for i in 0..b.conns {
         let ep = &endpoints[i % endpoints.len()];
-        channels.push(connect(ep).await.map_err(|e| format!("{ep}: {e}"))?);
+        channels.push(dialer.connect(ep).await.map_err(|e| format!("{ep}: {e}"))?);
     }
     let mut phases = Vec::new();
     for &op in &b.phases {

@@ -1,52 +1,131 @@
 //! Talking to a cluster as a client: endpoints in etcdctl's form, tried in order until
 //! one answers.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Args;
 use ekmat_api::etcdserverpb as pb;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-/// Parse etcdctl-style endpoints: `host:port` or `http://host:port`, comma-separated.
-pub fn parse_endpoints(list: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for raw in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let url = if raw.contains("://") {
-            raw.to_string()
-        } else {
-            format!("http://{raw}")
+/// etcdctl's TLS flags, for members that serve TLS on their client port.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) to verify the members with; endpoints without a scheme are
+    /// then dialled over TLS.
+    #[arg(long, global = true)]
+    pub cacert: Option<PathBuf>,
+    /// This client's certificate (PEM), for members that ask for one.
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        value_name = "CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The key of --cert (PEM).
+    #[arg(
+        long = "key",
+        id = "client_key",
+        value_name = "KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub key: Option<PathBuf>,
+}
+
+/// How a client command reaches the members: over TLS (with etcdctl's flags) or not.
+#[derive(Clone, Debug, Default)]
+pub struct Dialer {
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Dialer {
+    /// Plain connections, for commands that take no TLS flags.
+    pub fn plain() -> Dialer {
+        Dialer::default()
+    }
+
+    pub fn from_args(args: &TlsArgs) -> Result<Dialer, String> {
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))
         };
-        if url.starts_with("https://") {
-            return Err(format!(
-                "endpoint '{raw}': ekmat's own client commands speak no TLS yet; use http://, or etcdctl with --cacert, --cert and --key for a member that serves TLS"
-            ));
+        let mut tls = None;
+        if let Some(ca) = &args.cacert {
+            let config =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("cacert", ca)?));
+            tls = Some(config);
         }
-        Endpoint::from_shared(url.clone()).map_err(|e| format!("endpoint '{raw}': {e}"))?;
-        out.push(url);
+        if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+            let identity = Identity::from_pem(read("cert", cert)?, read("key", key)?);
+            let Some(config) = tls.take() else {
+                return Err(
+                    "--cert and --key need --cacert, the CA to verify the members with".into(),
+                );
+            };
+            tls = Some(config.identity(identity));
+        }
+        Ok(Dialer { tls })
     }
-    if out.is_empty() {
-        return Err("no endpoints given".into());
+
+    /// Parse etcdctl-style endpoints: `host:port` or `http(s)://host:port`,
+    /// comma-separated. Without a scheme, a dialer with TLS uses https, as etcdctl does.
+    pub fn endpoints(&self, list: &str) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        for raw in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let url = match (raw.contains("://"), self.tls.is_some()) {
+                (true, _) => raw.to_string(),
+                (false, true) => format!("https://{raw}"),
+                (false, false) => format!("http://{raw}"),
+            };
+            if url.starts_with("https://") && self.tls.is_none() {
+                return Err(format!(
+                    "endpoint '{raw}' speaks TLS: give --cacert (and --cert and --key if the members ask clients for a certificate); `ekmat kv`, `status` and `bench kv` take them, other commands speak no TLS yet"
+                ));
+            }
+            Endpoint::from_shared(url.clone()).map_err(|e| format!("endpoint '{raw}': {e}"))?;
+            out.push(url);
+        }
+        if out.is_empty() {
+            return Err("no endpoints given".into());
+        }
+        Ok(out)
     }
-    Ok(out)
+
+    pub async fn connect(&self, url: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut endpoint = Endpoint::from_shared(url.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10));
+        if let Some(tls) = &self.tls
+            && url.starts_with("https://")
+        {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        endpoint.connect().await
+    }
+
+    /// The first endpoint that accepts a connection.
+    pub async fn connect_any(&self, endpoints: &[String]) -> Result<(String, Channel), String> {
+        let mut errors = Vec::new();
+        for url in endpoints {
+            match self.connect(url).await {
+                Ok(ch) => return Ok((url.clone(), ch)),
+                Err(e) => errors.push(format!("{url}: {e}")),
+            }
+        }
+        Err(format!("no endpoint answered ({})", errors.join("; ")))
+    }
 }
 
+/// [`Dialer::endpoints`] of a plain dialer.
+pub fn parse_endpoints(list: &str) -> Result<Vec<String>, String> {
+    Dialer::plain().endpoints(list)
+}
+
+/// [`Dialer::connect`] of a plain dialer.
 pub async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-}
-
-/// The first endpoint that accepts a connection.
-pub async fn connect_any(endpoints: &[String]) -> Result<(String, Channel), String> {
-    let mut errors = Vec::new();
-    for url in endpoints {
-        match connect(url).await {
-            Ok(ch) => return Ok((url.clone(), ch)),
-            Err(e) => errors.push(format!("{url}: {e}")),
-        }
-    }
-    Err(format!("no endpoint answered ({})", errors.join("; ")))
+    Dialer::plain().connect(url).await
 }
 
 pub fn kv(ch: Channel) -> pb::kv_client::KvClient<Channel> {

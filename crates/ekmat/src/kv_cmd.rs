@@ -5,7 +5,7 @@ use std::io::Read;
 use clap::{Args, Subcommand};
 use ekmat_api::etcdserverpb as pb;
 
-use crate::client::{connect_any, kv, parse_endpoints, status_message};
+use crate::client::{Dialer, TlsArgs, kv, status_message};
 use crate::exit;
 
 #[derive(Args, Debug)]
@@ -13,6 +13,8 @@ pub struct KvArgs {
     /// Cluster endpoints, etcdctl style: host:port[,host:port...].
     #[arg(long, global = true, default_value = "127.0.0.1:2379")]
     pub endpoints: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(subcommand)]
     pub command: KvCommand,
 }
@@ -99,7 +101,8 @@ fn range_end(key: &str, end: Option<&String>, prefix: bool, from_key: bool) -> (
 }
 
 pub fn run(args: KvArgs) -> u8 {
-    let endpoints = match parse_endpoints(&args.endpoints) {
+    let dialer = Dialer::from_args(&args.tls);
+    let endpoints = match dialer.and_then(|d| Ok((d.endpoints(&args.endpoints)?, d))) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
@@ -134,18 +137,27 @@ fn server(s: tonic::Status) -> Failure {
     Failure::Server(status_message(&s))
 }
 
-async fn execute(endpoints: &[String], command: KvCommand) -> Result<Vec<String>, Failure> {
+async fn execute(
+    (endpoints, dialer): &(Vec<String>, Dialer),
+    command: KvCommand,
+) -> Result<Vec<String>, Failure> {
     if let KvCommand::Txn = command {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
             .map_err(|e| Failure::Usage(format!("reading the transaction from stdin: {e}")))?;
         let txn = parse_txn(&text).map_err(Failure::Usage)?;
-        let (_, ch) = connect_any(endpoints).await.map_err(Failure::Server)?;
+        let (_, ch) = dialer
+            .connect_any(endpoints)
+            .await
+            .map_err(Failure::Server)?;
         let r = kv(ch).txn(txn).await.map_err(server)?.into_inner();
         return Ok(print_txn(&r));
     }
-    let (_, ch) = connect_any(endpoints).await.map_err(Failure::Server)?;
+    let (_, ch) = dialer
+        .connect_any(endpoints)
+        .await
+        .map_err(Failure::Server)?;
     let mut client = kv(ch);
     match command {
         KvCommand::Put {

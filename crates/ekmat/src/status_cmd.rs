@@ -7,13 +7,15 @@ use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use ekmat_api::etcdserverpb as pb;
 
-use crate::client::{connect, parse_endpoints, status_message};
+use crate::client::{Dialer, TlsArgs, status_message};
 use crate::exit;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub endpoints: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -24,8 +26,8 @@ struct Row {
     status: Result<pb::StatusResponse, String>,
 }
 
-async fn query(url: &str) -> Result<pb::StatusResponse, String> {
-    let ch = connect(url).await.map_err(|e| e.to_string())?;
+async fn query(dialer: &Dialer, url: &str) -> Result<pb::StatusResponse, String> {
+    let ch = dialer.connect(url).await.map_err(|e| e.to_string())?;
     let mut m = pb::maintenance_client::MaintenanceClient::new(ch);
     let fut = m.status(pb::StatusRequest {});
     match tokio::time::timeout(Duration::from_secs(3), fut).await {
@@ -36,7 +38,8 @@ async fn query(url: &str) -> Result<pb::StatusResponse, String> {
 }
 
 pub fn run(args: StatusArgs) -> u8 {
-    let endpoints = match parse_endpoints(&args.endpoints) {
+    let dialer = Dialer::from_args(&args.tls);
+    let endpoints = match dialer.and_then(|d| Ok((d.endpoints(&args.endpoints)?, d))) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
@@ -46,10 +49,11 @@ pub fn run(args: StatusArgs) -> u8 {
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let rows: Vec<Row> = rt.block_on(async {
         let mut rows = Vec::new();
-        for url in &endpoints {
+        let (urls, dialer) = &endpoints;
+        for url in urls {
             rows.push(Row {
                 endpoint: url.clone(),
-                status: query(url).await,
+                status: query(dialer, url).await,
             });
         }
         rows

@@ -245,6 +245,24 @@ fn a_cluster_over_tls_serves_etcdctl_with_a_client_certificate_and_nothing_else_
         assert!(ok, "n0 still serves trusted clients after {what}: {text}");
     }
 
+    // ekmat's own client commands, with etcdctl's flags.
+    let ekmat = |args: &[&str]| {
+        let out = support::ekmat().args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let bare = c.cfgs[2].me().client.to_string(); // no scheme: TLS, given --cacert
+    let mut with_flags: Vec<&str> = vec!["--endpoints", &bare];
+    with_flags.extend(trusted.iter().map(String::as_str));
+    let (code, text) = ekmat(&[&["kv", "get", "k"][..], &with_flags].concat());
+    assert_eq!((code, text.as_str()), (Some(0), "k\nover tls\n"));
+    let (code, text) = ekmat(&[&["status"][..], &with_flags].concat());
+    assert!(code == Some(0) && text.contains("https://"), "{text}");
+    let https2 = https(2);
+    let (code, text) = ekmat(&["kv", "get", "k", "--endpoints", &https2]);
+    assert!(code == Some(2) && text.contains("give --cacert"), "{text}");
+
     // A member restarted compares its data with both peers, over TLS, before it serves.
     assert!(c.stop(0).success());
     c.spawn(0);
