@@ -10,15 +10,21 @@
 //!   a certificate the trusted CA signed, so no one without one can speak to a member as
 //!   a peer.
 //!
+//! The certificate and key files are read again when they change, as etcd reads them
+//! for each new connection: a renewed certificate is served without a restart. The CA
+//! is read at start.
+//!
 //! Client handshakes run in their own tasks, so a client that stalls its handshake holds
 //! up no one else's connection; each is bounded in time, and so is how many run at once.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -78,67 +84,172 @@ impl TransportSecurity {
     }
 }
 
+/// A certificate chain and its key, as PEM.
+type PairPem = (Vec<u8>, Vec<u8>);
+
+/// When a file was last changed, and its size: a new pair is read when either moves.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// The member's certificate and key, read again on the next handshake after either
+/// file changes. A pair that no longer reads or matches keeps the last good one in use
+/// (and says so once).
+#[derive(Debug)]
+struct ReloadingCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    section: &'static str,
+    provider: Arc<CryptoProvider>,
+    current: Mutex<Current>,
+}
+
+#[derive(Debug)]
+struct Current {
+    stamps: (Stamp, Stamp),
+    key: Arc<CertifiedKey>,
+    /// The pair's PEM, for clients built from it (tonic's).
+    pem: PairPem,
+}
+
+impl ReloadingCert {
+    fn load(cfg: &TransportSecurity, section: &'static str) -> Result<ReloadingCert, String> {
+        let provider = Arc::new(ring_provider());
+        let stamps = (stamp(&cfg.cert_file), stamp(&cfg.key_file));
+        let (key, pem) = read_pair(&cfg.cert_file, &cfg.key_file, section, &provider)?;
+        Ok(ReloadingCert {
+            cert_file: cfg.cert_file.clone(),
+            key_file: cfg.key_file.clone(),
+            section,
+            provider,
+            current: Mutex::new(Current { stamps, key, pem }),
+        })
+    }
+
+    /// The pair to use now.
+    fn current(&self) -> (Arc<CertifiedKey>, PairPem) {
+        let stamps = (stamp(&self.cert_file), stamp(&self.key_file));
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.stamps != stamps {
+            current.stamps = stamps;
+            match read_pair(
+                &self.cert_file,
+                &self.key_file,
+                self.section,
+                &self.provider,
+            ) {
+                Ok((key, pem)) => {
+                    tracing::info!(section = self.section, "read a changed certificate and key");
+                    (current.key, current.pem) = (key, pem);
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "the certificate or key changed and cannot be used: keeping the last good pair"
+                ),
+            }
+        }
+        (current.key.clone(), current.pem.clone())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current().0)
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ReloadingCert {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current().0)
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A certificate chain and its key, read, parsed and checked to belong together.
+fn read_pair(
+    cert_file: &Path,
+    key_file: &Path,
+    section: &str,
+    provider: &CryptoProvider,
+) -> Result<(Arc<CertifiedKey>, PairPem), String> {
+    let cert_pem = read(cert_file, section, "cert_file")?;
+    let key_pem = read(key_file, section, "key_file")?;
+    let certs = parse_certs(&cert_pem, cert_file, section, "cert_file")?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        format!(
+            "{section}: key_file {}: no private key: {e}",
+            key_file.display()
+        )
+    })?;
+    let key = CertifiedKey::from_der(certs, key, provider).map_err(|e| {
+        format!(
+            "{section}: cert_file {} and key_file {} do not make a usable pair: {e}",
+            cert_file.display(),
+            key_file.display()
+        )
+    })?;
+    Ok((Arc::new(key), (cert_pem, key_pem)))
+}
+
+fn read(path: &Path, section: &str, setting: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{section}: {setting} {}: {e}", path.display()))
+}
+
+fn parse_certs(
+    pem: &[u8],
+    path: &Path,
+    section: &str,
+    setting: &str,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let named = |why: String| format!("{section}: {setting} {}: {why}", path.display());
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| named(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(named("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
 /// A section's files, read and parsed.
 struct Loaded {
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    pair: Arc<ReloadingCert>,
     /// The trusted CA's PEM and certificates.
     ca: Option<(Vec<u8>, Arc<rustls::RootCertStore>)>,
 }
 
 impl Loaded {
     /// Read the certificate, key and CA files; every problem names its setting.
-    fn read(cfg: &TransportSecurity, section: &str) -> Result<Loaded, String> {
-        let named = |setting: &str, path: &Path, why: String| {
-            format!("{section}: {setting} {}: {why}", path.display())
-        };
-        let read = |setting: &str, path: &Path| {
-            std::fs::read(path).map_err(|e| named(setting, path, e.to_string()))
-        };
-        let certs = |setting: &str, path: &Path, pem: &[u8]| {
-            let certs = CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| named(setting, path, e.to_string()))?;
-            if certs.is_empty() {
-                return Err(named(setting, path, "no PEM certificate in it".into()));
-            }
-            Ok(certs)
-        };
-        let cert_pem = read("cert_file", &cfg.cert_file)?;
-        let key_pem = read("key_file", &cfg.key_file)?;
+    fn read(cfg: &TransportSecurity, section: &'static str) -> Result<Loaded, String> {
         let ca = match &cfg.trusted_ca_file {
             Some(path) => {
-                let pem = read("trusted_ca_file", path)?;
+                let pem = read(path, section, "trusted_ca_file")?;
                 let mut roots = rustls::RootCertStore::empty();
-                for cert in certs("trusted_ca_file", path, &pem)? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| named("trusted_ca_file", path, e.to_string()))?;
+                for cert in parse_certs(&pem, path, section, "trusted_ca_file")? {
+                    roots.add(cert).map_err(|e| {
+                        format!("{section}: trusted_ca_file {}: {e}", path.display())
+                    })?;
                 }
                 Some((pem, Arc::new(roots)))
             }
             None => None,
         };
         Ok(Loaded {
-            certs: certs("cert_file", &cfg.cert_file, &cert_pem)?,
-            key: PrivateKeyDer::from_pem_slice(&key_pem)
-                .map_err(|e| named("key_file", &cfg.key_file, format!("no private key: {e}")))?,
-            cert_pem,
-            key_pem,
+            pair: Arc::new(ReloadingCert::load(cfg, section)?),
             ca,
         })
     }
 
     /// What the port serves with: this member's certificate, and, with a trusted CA,
     /// a demand for a certificate it signed from whoever connects.
-    fn server_config(
-        &self,
-        cfg: &TransportSecurity,
-        section: &str,
-    ) -> Result<rustls::ServerConfig, String> {
-        let provider = Arc::new(ring_provider());
+    fn server_config(&self, section: &str) -> Result<rustls::ServerConfig, String> {
+        let provider = self.pair.provider.clone();
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
@@ -154,15 +265,7 @@ impl Loaded {
             }
             None => builder.with_no_client_auth(),
         };
-        builder
-            .with_single_cert(self.certs.clone(), self.key.clone_key())
-            .map_err(|e| {
-                format!(
-                    "{section}: cert_file {} and key_file {} do not make a usable pair: {e}",
-                    cfg.cert_file.display(),
-                    cfg.key_file.display()
-                )
-            })
+        Ok(builder.with_cert_resolver(self.pair.clone()))
     }
 }
 
@@ -171,25 +274,33 @@ impl Loaded {
 #[derive(Clone)]
 pub struct ClientTls {
     acceptor: TlsAcceptor,
-    pub peer_client: tonic::transport::ClientTlsConfig,
+    pair: Arc<ReloadingCert>,
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl ClientTls {
     pub fn load(cfg: &TransportSecurity) -> Result<ClientTls, String> {
         let loaded = Loaded::read(cfg, CLIENT_SECTION)?;
-        let mut server = loaded.server_config(cfg, CLIENT_SECTION)?;
+        let mut server = loaded.server_config(CLIENT_SECTION)?;
         // gRPC over HTTP/2, and /health, /metrics and /version over HTTP/1.1.
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        // Reading a member's client port: trust the CA, present this member's certificate.
-        let identity = tonic::transport::Identity::from_pem(&loaded.cert_pem, &loaded.key_pem);
-        let mut peer_client = tonic::transport::ClientTlsConfig::new().identity(identity);
-        if let Some((pem, _)) = &loaded.ca {
-            peer_client = peer_client.ca_certificate(tonic::transport::Certificate::from_pem(pem));
-        }
         Ok(ClientTls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            peer_client,
+            pair: loaded.pair,
+            ca_pem: loaded.ca.map(|(pem, _)| pem),
         })
+    }
+
+    /// How to read a member's client port: trusting the CA, presenting this member's
+    /// current certificate.
+    pub fn peer_client(&self) -> tonic::transport::ClientTlsConfig {
+        let (_, (cert, key)) = self.pair.current();
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        let client = tonic::transport::ClientTlsConfig::new().identity(identity);
+        match &self.ca_pem {
+            Some(ca) => client.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            None => client,
+        }
     }
 
     /// The connections `listener` accepts, once their handshake is done.
@@ -252,7 +363,7 @@ impl PeerTls {
     pub fn load(cfg: &TransportSecurity) -> Result<PeerTls, String> {
         cfg.validate_peer()?;
         let loaded = Loaded::read(cfg, PEER_SECTION)?;
-        let server = loaded.server_config(cfg, PEER_SECTION)?;
+        let server = loaded.server_config(PEER_SECTION)?;
         let (_, roots) = loaded
             .ca
             .as_ref()
@@ -261,8 +372,7 @@ impl PeerTls {
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots.clone())
-            .with_client_auth_cert(loaded.certs.clone(), loaded.key.clone_key())
-            .map_err(|e| format!("{PEER_SECTION}: cert_file and key_file: {e}"))?;
+            .with_client_cert_resolver(loaded.pair.clone());
         Ok(PeerTls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             connector: TlsConnector::from(Arc::new(client)),
@@ -367,5 +477,62 @@ mod tests {
         std::fs::write(&cfg.key_file, "not a key either").unwrap();
         let err = ClientTls::load(&cfg).err().unwrap();
         assert!(err.contains("no PEM certificate"), "{err}");
+    }
+
+    /// The certificate a client sees when it connects to `addr` now.
+    async fn served_certificate(addr: std::net::SocketAddr, client: &TransportSecurity) -> Vec<u8> {
+        let provider = Arc::new(ring_provider());
+        let ca = std::fs::read(client.trusted_ca_file.as_ref().unwrap()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(&ca).unwrap())
+            .unwrap();
+        let chain = vec![CertificateDer::from_pem_file(&client.cert_file).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(&client.key_file).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    fn file_certificate(cfg: &TransportSecurity) -> Vec<u8> {
+        CertificateDer::from_pem_file(&cfg.cert_file)
+            .unwrap()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
+        use tokio_stream::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = test_pki::Ca::new();
+        let member = ca.member(dir.path(), "member", &ca);
+        let client = ca.member(dir.path(), "client", &ca);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = ClientTls::load(&member).unwrap().incoming(listener);
+        tokio::spawn(async move { while incoming.next().await.is_some() {} });
+
+        let first = served_certificate(addr, &client).await;
+        assert_eq!(first, file_certificate(&member));
+        let renewed = ca.member(dir.path(), "member", &ca); // new key and certificate, same files
+        let second = served_certificate(addr, &client).await;
+        assert_ne!(second, first);
+        assert_eq!(second, file_certificate(&renewed));
+        std::fs::write(&member.cert_file, "half-written").unwrap();
+        assert_eq!(
+            served_certificate(addr, &client).await,
+            second,
+            "the last good pair"
+        );
     }
 }

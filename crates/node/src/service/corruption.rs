@@ -301,7 +301,7 @@ async fn maintenance(
         .map_err(|e| e.to_string())?;
     if let Some(tls) = tls {
         endpoint = endpoint
-            .tls_config(tls.peer_client.clone())
+            .tls_config(tls.peer_client())
             .map_err(|e| e.to_string())?;
     }
     let channel = endpoint
