@@ -145,6 +145,7 @@ async fn run_all(b: &KvBench) -> Result<Vec<SystemResult>, String> {
         base_port: b.base_port,
         unsafe_no_fsync: false,
         restore: None,
+        tls: false,
     };
     let cluster = BenchCluster::start("ekmat-bench", up).await?;
     let result = load(

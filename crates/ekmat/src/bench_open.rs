@@ -146,6 +146,7 @@ async fn one_rate(b: &OpenLoopBench, rate: u64) -> Result<RatePoint, String> {
         base_port: b.base_port,
         unsafe_no_fsync: b.unsafe_no_fsync,
         restore: None,
+        tls: false,
     };
     let cluster = BenchCluster::start("ekmat-bench-open", up).await?;
     let result = load(b, rate, &cluster.urls).await;

@@ -203,6 +203,7 @@ async fn leader_election(
                 base_port: args.base_port,
                 unsafe_no_fsync: false,
                 restore: None,
+                tls: false,
             };
             (Some(LocalCluster::start(&up, &data)?), Some(data))
         }

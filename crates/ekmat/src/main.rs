@@ -17,6 +17,7 @@ mod signed_client;
 mod sim;
 mod status_cmd;
 mod up;
+mod up_tls;
 
 use std::process::ExitCode;
 

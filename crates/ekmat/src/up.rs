@@ -18,8 +18,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-use crate::client::connect;
+use crate::client::Dialer;
 use crate::exit;
+use crate::up_tls::LocalPki;
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
@@ -42,6 +43,10 @@ pub struct UpArgs {
     /// 3.4 (new data directories only).
     #[arg(long, value_name = "FILE")]
     pub restore: Option<PathBuf>,
+    /// Serve TLS on every port, clients' and peers': a CA and certificates are made in
+    /// <data-dir>/tls, and the etcdctl flags to use are printed.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -112,12 +117,24 @@ fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
     } else {
         Vec::new()
     };
+    let security = match args.tls {
+        true if args.protocol == "pbft" => {
+            return Err(
+                "--tls with --protocol pbft: ekmat's PBFT client and gateway speak no TLS yet"
+                    .into(),
+            );
+        }
+        true => Some(LocalPki::ensure(data)?.member_security()),
+        false => None,
+    };
     let cfgs: Vec<NodeConfig> = (0..args.nodes as u32)
         .map(|i| NodeConfig {
             protocol: args.protocol.clone(),
             unsafe_no_fsync: args.unsafe_no_fsync,
             runtime_threads: share_of_cores(args.nodes),
             pbft_clients: clients.clone(),
+            client_transport_security: security.clone(),
+            peer_transport_security: security.clone(),
             ..NodeConfig::new("ekmat-up", i, node_dir(data, i), members.clone())
         })
         .collect();
@@ -214,10 +231,14 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// Some member names a leader that itself agrees it leads. Returns (leader name, term).
-async fn find_leader(cfgs: &[NodeConfig]) -> Option<(u32, u64)> {
+async fn find_leader(cfgs: &[NodeConfig], dialer: &Dialer) -> Option<(u32, u64)> {
     use ekmat_api::etcdserverpb as pb;
+    let scheme = match cfgs[0].client_transport_security {
+        Some(_) => "https",
+        None => "http",
+    };
     for m in &cfgs[0].members {
-        let Ok(ch) = connect(&format!("http://{}", m.client)).await else {
+        let Ok(ch) = dialer.connect(&format!("{scheme}://{}", m.client)).await else {
             continue;
         };
         let mut c = pb::maintenance_client::MaintenanceClient::new(ch);
@@ -236,6 +257,8 @@ async fn find_leader(cfgs: &[NodeConfig]) -> Option<(u32, u64)> {
 pub struct LocalCluster {
     pub cfgs: Vec<NodeConfig>,
     nodes: Vec<Running>,
+    /// How to reach the members' client ports (with `--tls`, as a client of the CA).
+    dialer: Dialer,
 }
 
 impl LocalCluster {
@@ -243,9 +266,14 @@ impl LocalCluster {
     pub fn start(args: &UpArgs, data: &Path) -> Result<LocalCluster, String> {
         let cfgs = plan(args, data)?;
         check_ports(&cfgs)?;
+        let dialer = match args.tls {
+            true => Dialer::from_args(&LocalPki::ensure(data)?.client_args())?,
+            false => Dialer::plain(),
+        };
         let mut cluster = LocalCluster {
             cfgs,
             nodes: Vec::new(),
+            dialer,
         };
         for i in 0..cluster.cfgs.len() {
             let running = spawn(&cluster.cfgs[i])?;
@@ -258,7 +286,7 @@ impl LocalCluster {
     pub async fn wait_for_leader(&mut self) -> Result<(u32, u64), String> {
         let started = Instant::now();
         loop {
-            if let Some(found) = find_leader(&self.cfgs).await {
+            if let Some(found) = find_leader(&self.cfgs, &self.dialer).await {
                 return Ok(found);
             }
             if check_exits(&mut self.nodes, true).is_some() {
@@ -390,6 +418,14 @@ async fn supervise(args: &UpArgs, data: &Path) -> u8 {
         started.elapsed().as_millis()
     );
     println!("ready: {}", cluster.endpoints().join(","));
+    if args.tls {
+        let flags = LocalPki::ensure(data).map(|p| p.etcdctl_flags());
+        println!(
+            "TLS on every port: etcdctl --endpoints https://{} {} get k",
+            cluster.endpoints()[0],
+            flags.unwrap_or_default()
+        );
+    }
     if args.protocol == "pbft" {
         let config = node_dir(data, 0).join("ekmat.toml");
         let key = client_key_path(data);
@@ -484,6 +520,7 @@ mod tests {
             base_port,
             unsafe_no_fsync: false,
             restore: None,
+            tls: false,
         }
     }
 

@@ -307,3 +307,58 @@ fn a_member_whose_key_file_is_missing_stops_at_start_naming_it_with_code_2() {
         "{stderr}"
     );
 }
+
+#[test]
+fn ekmat_up_with_tls_makes_certificates_and_prints_the_flags_that_reach_it() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let base = support::unused_port_block(203);
+    let mut up = support::ekmat()
+        .args([
+            "up",
+            "--tls",
+            "--nodes",
+            "1",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(up.stdout.take().unwrap()).lines();
+    let line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("TLS on every port: etcdctl "))
+        .expect("ekmat up --tls prints how to reach it");
+    // `... etcdctl --endpoints https://127.0.0.1:PORT --cacert A --cert B --key C get k`
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let flags: Vec<&str> =
+        words[words.iter().position(|w| *w == "--cacert").unwrap()..words.len() - 2].to_vec();
+    let endpoint = format!("127.0.0.1:{base}");
+    let kv = |args: &[&str]| {
+        let mut all = vec!["kv"];
+        all.extend_from_slice(args);
+        all.extend(["--endpoints", endpoint.as_str()]);
+        all.extend(flags.iter().copied());
+        support::ekmat().args(&all).output().unwrap()
+    };
+    assert!(kv(&["put", "k", "v"]).status.success());
+    assert_eq!(String::from_utf8_lossy(&kv(&["get", "k"]).stdout), "k\nv\n");
+    let key = std::fs::metadata(dir.path().join("tls/client-key.pem")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        key.permissions().mode() & 0o077,
+        0,
+        "a private key is its owner's alone"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(up.wait().unwrap().success());
+}
