@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use ekmat_node::tls::TransportSecurity;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose as Usage,
+    IsCa, KeyPair,
+};
 
 use crate::client::TlsArgs;
 
@@ -43,12 +46,20 @@ impl LocalPki {
             .push(DnType::CommonName, "ekmat up CA");
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
         write(&self.dir.join("ca.pem"), &ca.pem(), false)?;
-        for (name, names) in [
-            ("member", vec!["127.0.0.1", "localhost"]),
-            ("client", vec![]),
-        ] {
-            let mut params =
-                CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        // A member's certificate serves and opens links; a client's only opens them, and
+        // names no address, so it can never speak for a member.
+        let kinds = [
+            (
+                "member",
+                vec!["127.0.0.1", "localhost"],
+                vec![Usage::ServerAuth, Usage::ClientAuth],
+            ),
+            ("client", vec![], vec![Usage::ClientAuth]),
+        ];
+        for (name, names, usages) in kinds {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names)?;
+            params.extended_key_usages = usages;
             params
                 .distinguished_name
                 .push(DnType::CommonName, format!("ekmat up {name}"));
@@ -106,5 +117,8 @@ fn write(path: &Path, text: &str, private: bool) -> std::io::Result<()> {
         .truncate(true)
         .mode(if private { 0o600 } else { 0o644 })
         .open(path)?;
+    // The mode above applies to a new file only.
+    let mode = if private { 0o600 } else { 0o644 };
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     file.write_all(text.as_bytes())
 }

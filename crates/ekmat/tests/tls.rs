@@ -318,7 +318,7 @@ fn ekmat_up_with_tls_makes_certificates_and_prints_the_flags_that_reach_it() {
             "up",
             "--tls",
             "--nodes",
-            "1",
+            "3",
             "--base-port",
             &base.to_string(),
             "--data-dir",

@@ -85,19 +85,31 @@ impl TransportSecurity {
 }
 
 /// A certificate chain and its key, as PEM.
-type PairPem = (Vec<u8>, Vec<u8>);
+type PairPem = Arc<(Vec<u8>, Vec<u8>)>;
 
-/// When a file was last changed, and its size: a new pair is read when either moves.
-type Stamp = Option<(SystemTime, u64)>;
+/// What identifies a file's contents without reading it: inode, change and
+/// modification times, size. A copy that keeps the modification time (`cp -p`) still
+/// changes the inode or the change time.
+type Stamp = Option<(u64, i64, i64, SystemTime, u64)>;
 
 fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    Some((
+        meta.ino(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+        meta.modified().ok()?,
+        meta.len(),
+    ))
 }
 
-/// The member's certificate and key, read again on the next handshake after either
-/// file changes. A pair that no longer reads or matches keeps the last good one in use
-/// (and says so once).
+/// How often the files are looked at: a handshake costs no file access otherwise.
+const RELOAD_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The member's certificate and key, read again soon after either file changes. A pair
+/// that does not read or match keeps the last good one in use (and is tried again
+/// each check until it reads, in case it was caught half-written).
 #[derive(Debug)]
 struct ReloadingCert {
     cert_file: PathBuf,
@@ -109,10 +121,14 @@ struct ReloadingCert {
 
 #[derive(Debug)]
 struct Current {
+    /// The files' stamps when the pair in use was read.
     stamps: (Stamp, Stamp),
+    checked: std::time::Instant,
     key: Arc<CertifiedKey>,
     /// The pair's PEM, for clients built from it (tonic's).
     pem: PairPem,
+    /// The last reload's failure, logged once.
+    failure: Option<String>,
 }
 
 impl ReloadingCert {
@@ -125,33 +141,57 @@ impl ReloadingCert {
             key_file: cfg.key_file.clone(),
             section,
             provider,
-            current: Mutex::new(Current { stamps, key, pem }),
+            current: Mutex::new(Current {
+                stamps,
+                checked: std::time::Instant::now(),
+                key,
+                pem,
+                failure: None,
+            }),
         })
     }
 
-    /// The pair to use now.
+    /// The pair to use now. Handshakes on other threads are not held up while one
+    /// re-reads the files: they use the pair in use until then.
     fn current(&self) -> (Arc<CertifiedKey>, PairPem) {
-        let stamps = (stamp(&self.cert_file), stamp(&self.key_file));
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if current.stamps != stamps {
-            current.stamps = stamps;
-            match read_pair(
-                &self.cert_file,
-                &self.key_file,
-                self.section,
-                &self.provider,
-            ) {
-                Ok((key, pem)) => {
-                    tracing::info!(section = self.section, "read a changed certificate and key");
-                    (current.key, current.pem) = (key, pem);
-                }
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "the certificate or key changed and cannot be used: keeping the last good pair"
-                ),
+        let mut current = match self.current.try_lock() {
+            Ok(current) => current,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+                return (current.key.clone(), current.pem.clone());
             }
+        };
+        if current.checked.elapsed() >= RELOAD_CHECK_EVERY {
+            current.checked = std::time::Instant::now();
+            self.reload_if_changed(&mut current);
         }
         (current.key.clone(), current.pem.clone())
+    }
+
+    fn reload_if_changed(&self, current: &mut Current) {
+        let stamps = (stamp(&self.cert_file), stamp(&self.key_file));
+        if current.stamps == stamps {
+            return;
+        }
+        match read_pair(
+            &self.cert_file,
+            &self.key_file,
+            self.section,
+            &self.provider,
+        ) {
+            Ok((key, pem)) => {
+                tracing::info!(section = self.section, "read a changed certificate and key");
+                (current.key, current.pem, current.stamps) = (key, pem, stamps);
+                current.failure = None;
+            }
+            Err(e) => {
+                if current.failure.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "the certificate or key changed and cannot be used: keeping the last good pair");
+                    current.failure = Some(e);
+                }
+            }
+        }
     }
 }
 
@@ -194,7 +234,7 @@ fn read_pair(
             key_file.display()
         )
     })?;
-    Ok((Arc::new(key), (cert_pem, key_pem)))
+    Ok((Arc::new(key), Arc::new((cert_pem, key_pem))))
 }
 
 fn read(path: &Path, section: &str, setting: &str) -> Result<Vec<u8>, String> {
@@ -294,8 +334,8 @@ impl ClientTls {
     /// How to read a member's client port: trusting the CA, presenting this member's
     /// current certificate.
     pub fn peer_client(&self) -> tonic::transport::ClientTlsConfig {
-        let (_, (cert, key)) = self.pair.current();
-        let identity = tonic::transport::Identity::from_pem(cert, key);
+        let (_, pem) = self.pair.current();
+        let identity = tonic::transport::Identity::from_pem(&pem.0, &pem.1);
         let client = tonic::transport::ClientTlsConfig::new().identity(identity);
         match &self.ca_pem {
             Some(ca) => client.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
@@ -411,10 +451,22 @@ pub(crate) mod test_pki {
             Ca(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
         }
 
-        /// Files in `dir` for a member named `name` whose certificate this CA signed,
-        /// trusting `trusted` (this CA or another).
+        /// Files in `dir` for a member named `name` whose certificate this CA signed
+        /// for 127.0.0.1, trusting `trusted` (this CA or another).
         pub fn member(&self, dir: &Path, name: &str, trusted: &Ca) -> TransportSecurity {
-            let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+            self.certificate(dir, name, &["127.0.0.1"], trusted)
+        }
+
+        /// The same for a certificate that names `names` (none: a client's).
+        pub fn certificate(
+            &self,
+            dir: &Path,
+            name: &str,
+            names: &[&str],
+            trusted: &Ca,
+        ) -> TransportSecurity {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let params = CertificateParams::new(names).unwrap();
             let key = KeyPair::generate().unwrap();
             let cert = params.signed_by(&key, &self.0).unwrap();
             let file = |suffix: &str, text: String| {
@@ -525,14 +577,21 @@ mod tests {
         let first = served_certificate(addr, &client).await;
         assert_eq!(first, file_certificate(&member));
         let renewed = ca.member(dir.path(), "member", &ca); // new key and certificate, same files
+        tokio::time::sleep(RELOAD_CHECK_EVERY).await;
         let second = served_certificate(addr, &client).await;
         assert_ne!(second, first);
         assert_eq!(second, file_certificate(&renewed));
-        std::fs::write(&member.cert_file, "half-written").unwrap();
+        let whole = std::fs::read(&member.cert_file).unwrap();
+        std::fs::write(&member.cert_file, &whole[..whole.len() / 2]).unwrap();
+        tokio::time::sleep(RELOAD_CHECK_EVERY).await;
+        let served = served_certificate(addr, &client).await;
+        assert_eq!(served, second, "the last good pair");
+        // Written whole at last: taken, though it failed to read before.
+        let third = ca.member(dir.path(), "member", &ca);
+        tokio::time::sleep(RELOAD_CHECK_EVERY).await;
         assert_eq!(
             served_certificate(addr, &client).await,
-            second,
-            "the last good pair"
+            file_certificate(&third)
         );
     }
 }

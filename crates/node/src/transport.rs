@@ -7,10 +7,14 @@
 //! and refuses (naming the setting) a member configured differently. Where members hold
 //! signing keys (PBFT), the hello carries the sender's signature over the challenge, so
 //! no one opens a link in another member's name: the link's sender is what per-peer
-//! budgets are kept by. A sender it does not know yet is accepted: it may
-//! be a member added since this node last heard (the protocol, not the transport, decides
-//! what a message from a non-member is worth). Peers added at run time get a sender too. After it, each message is a frame:
-//! a 4-byte big-endian length and the postcard encoding of the protocol's message.
+//! budgets are kept by. Over TLS, the certificate a link was opened with must name the
+//! IP of the claimed sender's peer address, so no holder of another certificate the CA
+//! signed (a client's, say) can claim to be a member. Otherwise a sender it does not
+//! know yet is accepted: it may be a member added since this node last heard (the
+//! protocol, not the transport, decides what a message from a non-member is worth);
+//! over TLS it is refused until it is known, and its link is retried. Peers added at run
+//! time get a sender too. After the hello, each message is a frame: a 4-byte big-endian
+//! length and the postcard encoding of the protocol's message.
 //! Each peer has a bounded outgoing queue drained by one task that reconnects with
 //! backoff; a full queue drops the message (consensus protocols tolerate loss, and a slow
 //! peer must not stall the node). Incoming frames go to the driver through a bounded
@@ -110,6 +114,30 @@ struct Local {
     hello: Hello,
     auth: Option<LinkAuth>,
     tls: Option<crate::tls::PeerTls>,
+    /// The members' peer addresses, which their certificates must name over TLS.
+    members: std::sync::RwLock<BTreeMap<NodeId, SocketAddr>>,
+}
+
+impl Local {
+    /// Over TLS, whether `cert` may speak for member `from`: it must name the IP of
+    /// the peer address the member table has for it, so a certificate the CA signed
+    /// for someone else (a client's, another host's member) cannot claim to be it.
+    fn certificate_speaks_for(&self, from: NodeId, cert: &[u8]) -> Result<(), String> {
+        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        let addr = members.get(&from).ok_or_else(|| {
+            format!("member {from} is not known here yet, so its certificate cannot be checked")
+        })?;
+        let der = rustls::pki_types::CertificateDer::from(cert);
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        webpki::EndEntityCert::try_from(&der)
+            .and_then(|c| c.verify_is_valid_for_subject_name(&name))
+            .map_err(|_| {
+                format!(
+                    "its certificate does not name member {from}'s peer address {}",
+                    addr.ip()
+                )
+            })
+    }
 }
 
 /// The settings every member of a cluster must run with alike, as (name, value) pairs
@@ -174,6 +202,7 @@ where
             hello,
             auth: security.auth,
             tls: security.tls,
+            members: std::sync::RwLock::new(peers.iter().copied().collect()),
         });
         tokio::spawn(accept_loop(listener, local.clone(), inbound));
         let mut transport = Transport {
@@ -196,11 +225,23 @@ where
         tokio::spawn(send_loop(addr, self.local.clone(), rx));
         // Dropping the old sender ends its task.
         self.peers.insert(id, (addr, tx));
+        let mut members = self
+            .local
+            .members
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        members.insert(id, addr);
     }
 
     /// Stop sending to `id` (a removed member).
     pub fn remove_peer(&mut self, id: NodeId) {
         self.peers.remove(&id);
+        let mut members = self
+            .local
+            .members
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        members.remove(&id);
     }
 
     /// Queue `msg` for `to`. Returns false if it was dropped (unknown peer, full queue).
@@ -356,27 +397,49 @@ async fn within_handshake<T>(
         })?
 }
 
+/// Links being set up at once (handshake and hello); past it, new connections wait in
+/// the listen backlog, so no one can use up the member's descriptors with idle ones.
+const MAX_LINKS_SETTING_UP: usize = 256;
+
 async fn accept_loop<M: DeserializeOwned + Send + 'static>(
     listener: TcpListener,
     ours: Arc<Local>,
     inbound: mpsc::Sender<(NodeId, M)>,
 ) {
+    let setting_up = Arc::new(tokio::sync::Semaphore::new(MAX_LINKS_SETTING_UP));
     loop {
-        let Ok((stream, remote)) = listener.accept().await else {
-            continue;
+        let Ok(permit) = setting_up.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors, say: let some close before trying again.
+                tracing::warn!(error = %e, "accepting a peer connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let inbound = inbound.clone();
         let ours = ours.clone();
         tokio::spawn(async move {
             let received = match &ours.tls {
-                None => receive(stream, &ours, inbound).await,
+                None => receive(stream, &ours, None, inbound, permit).await,
                 Some(tls) => match within_handshake(tls.acceptor.accept(stream)).await {
-                    Ok(stream) => receive(stream, &ours, inbound).await,
+                    Ok(stream) => {
+                        let cert = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .map(|c| c.to_vec());
+                        receive(stream, &ours, cert, inbound, permit).await
+                    }
                     Err(e) => {
                         // Someone without a certificate the CA signed, or a member
                         // whose peer_transport_security differs from this one's.
-                        tracing::warn!(%remote, error = %e, "refused a peer link: its TLS handshake failed");
+                        tracing::debug!(%remote, error = %e, "refused a peer link: its TLS handshake failed");
                         metrics::counter!("ekmat_peer_tls_handshake_failures_total").increment(1);
                         return;
                     }
@@ -389,10 +452,14 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
     }
 }
 
+/// Take a link: its hello, checked, then its messages. `cert` is the certificate it
+/// was opened with (over TLS); `setting_up` is held until the link is taken.
 async fn receive<M: DeserializeOwned>(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
     local: &Local,
+    cert: Option<Vec<u8>>,
     inbound: mpsc::Sender<(NodeId, M)>,
+    setting_up: tokio::sync::OwnedSemaphorePermit,
 ) -> std::io::Result<()> {
     let ours = &local.hello;
     let mut challenge = [0u8; 32];
@@ -424,6 +491,12 @@ async fn receive<M: DeserializeOwned>(
         metrics::counter!("ekmat_peer_links_unproven_total").increment(1);
         return Err(std::io::Error::other(format!("unproven peer link: {why}")));
     }
+    if let Some(Err(why)) = cert.map(|c| local.certificate_speaks_for(hello.from, &c)) {
+        tracing::warn!(from = %hello.from, %why, "refused a peer link whose certificate does not speak for its sender");
+        metrics::counter!("ekmat_peer_links_unproven_total").increment(1);
+        return Err(std::io::Error::other(format!("unproven peer link: {why}")));
+    }
+    drop(setting_up);
     let mut r = tokio::io::BufReader::new(stream);
     loop {
         let msg: M = read_frame(&mut r).await?;
@@ -769,19 +842,50 @@ mod tests {
         (t, rx)
     }
 
+    /// Whether member `to` refuses a link opened with `security`'s certificate that
+    /// claims to come from `claimed`: a refused link is closed at once, a taken one
+    /// stays open for messages.
+    async fn link_refused(
+        to: SocketAddr,
+        security: &crate::tls::TransportSecurity,
+        claimed: NodeId,
+    ) -> bool {
+        let tls = crate::tls::PeerTls::load(security).unwrap();
+        let tcp = TcpStream::connect(to).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(to.ip().into());
+        let Ok(mut stream) = tls.connector.connect(name, tcp).await else {
+            return true;
+        };
+        let mut challenge = [0u8; 32];
+        if stream.read_exact(&mut challenge).await.is_err() {
+            return true;
+        }
+        let hello = Hello {
+            magic: MAGIC,
+            version: VERSION,
+            cluster_id: 7,
+            from: claimed,
+            settings: Vec::new(),
+            proof: None,
+        };
+        if write_frame(&mut stream, &hello).await.is_err() || stream.flush().await.is_err() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte)).await;
+        matches!(read, Ok(Ok(0) | Err(_)))
+    }
+
     #[tokio::test]
-    async fn over_tls_only_members_with_a_certificate_the_ca_signed_are_heard() {
+    async fn over_tls_a_link_is_taken_only_with_a_certificate_the_ca_signed_for_its_sender() {
         use crate::tls::test_pki::Ca;
         let dir = tempfile::tempdir().unwrap();
         let (ca, other) = (Ca::new(), Ca::new());
-        let (a, b, c, d) = (
-            free_addr().await,
-            free_addr().await,
-            free_addr().await,
-            free_addr().await,
-        );
-        let (_tb, mut rx_b) = over_tls(1, b, &[], &ca.member(dir.path(), "n1", &ca)).await;
-        let (ta, _) = over_tls(0, a, &[(NodeId(1), b)], &ca.member(dir.path(), "n0", &ca)).await;
+        let (a, b) = (free_addr().await, free_addr().await);
+        let n0 = ca.member(dir.path(), "n0", &ca);
+        let n1 = ca.member(dir.path(), "n1", &ca);
+        let (_tb, mut rx_b) = over_tls(1, b, &[(NodeId(0), a)], &n1).await;
+        let (ta, _) = over_tls(0, a, &[(NodeId(1), b)], &n0).await;
         for i in 0..20 {
             assert!(ta.send(NodeId(1), format!("m{i}")));
         }
@@ -789,13 +893,34 @@ mod tests {
             let (from, m) = rx_b.recv().await.unwrap();
             assert_eq!((from, m), (NodeId(0), format!("m{i}")));
         }
-        // Another CA's certificate, and no TLS at all: neither is heard.
+        assert!(
+            !link_refused(b, &n0, NodeId(0)).await,
+            "n0's own certificate speaks for n0"
+        );
         let stranger = other.member(dir.path(), "n9", &ca);
-        let (tc, _) = over_tls(2, c, &[(NodeId(1), b)], &stranger).await;
-        tc.send(NodeId(1), "from another CA".into());
+        assert!(
+            link_refused(b, &stranger, NodeId(0)).await,
+            "another CA's certificate"
+        );
+        let client = ca.certificate(dir.path(), "client", &[], &ca);
+        assert!(
+            link_refused(b, &client, NodeId(0)).await,
+            "a client's certificate, same CA"
+        );
+        let elsewhere = ca.certificate(dir.path(), "n2", &["10.1.2.3"], &ca);
+        assert!(
+            link_refused(b, &elsewhere, NodeId(0)).await,
+            "another host's member"
+        );
+        assert!(
+            link_refused(b, &n0, NodeId(5)).await,
+            "a member not known here"
+        );
+        // And no TLS at all.
         let (tx_d, _rx_d) = mpsc::channel::<(NodeId, String)>(16);
+        let d = free_addr().await;
         let td = Transport::start(
-            NodeId(3),
+            NodeId(0),
             7,
             Vec::new(),
             d,

@@ -101,9 +101,10 @@ impl Services {
     /// The one peer address `urls` names, if no member other than `except` has it.
     fn free_peer(&self, urls: &[String], except: Option<u32>) -> Result<SocketAddr, Status> {
         let [url] = urls else {
-            return Err(Status::invalid_argument(
-                "give exactly one peer URL (http://IP:PORT)",
-            ));
+            let scheme = self.schemes().peer;
+            return Err(Status::invalid_argument(format!(
+                "give exactly one peer URL ({scheme}://IP:PORT)"
+            )));
         };
         let peer = peer_addr(url, self.schemes().peer)?;
         let members = self.inner.members.borrow();
