@@ -8,18 +8,20 @@ use clap::Args;
 use ekmat_api::etcdserverpb as pb;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-/// etcdctl's TLS flags, for members that serve TLS on their client port.
+/// etcdctl's TLS flags, for members that serve TLS on their client port; as with
+/// etcdctl, `ETCDCTL_CACERT`, `ETCDCTL_CERT` and `ETCDCTL_KEY` stand in for them.
 #[derive(Args, Debug, Clone, Default)]
 pub struct TlsArgs {
     /// CA certificate (PEM) to verify the members with; endpoints without a scheme are
     /// then dialled over TLS.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "ETCDCTL_CACERT")]
     pub cacert: Option<PathBuf>,
     /// This client's certificate (PEM), for members that ask for one.
     #[arg(
         long = "cert",
         id = "client_cert",
         value_name = "CERT",
+        env = "ETCDCTL_CERT",
         global = true,
         requires = "client_key"
     )]
@@ -29,6 +31,7 @@ pub struct TlsArgs {
         long = "key",
         id = "client_key",
         value_name = "KEY",
+        env = "ETCDCTL_KEY",
         global = true,
         requires = "client_cert"
     )]

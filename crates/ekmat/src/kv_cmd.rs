@@ -11,7 +11,12 @@ use crate::exit;
 #[derive(Args, Debug)]
 pub struct KvArgs {
     /// Cluster endpoints, etcdctl style: host:port[,host:port...].
-    #[arg(long, global = true, default_value = "127.0.0.1:2379")]
+    #[arg(
+        long,
+        global = true,
+        env = "ETCDCTL_ENDPOINTS",
+        default_value = "127.0.0.1:2379"
+    )]
     pub endpoints: String,
     #[command(flatten)]
     pub tls: TlsArgs,

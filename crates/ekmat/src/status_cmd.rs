@@ -12,7 +12,7 @@ use crate::exit;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    #[arg(long, default_value = "127.0.0.1:2379")]
+    #[arg(long, env = "ETCDCTL_ENDPOINTS", default_value = "127.0.0.1:2379")]
     pub endpoints: String,
     #[command(flatten)]
     pub tls: TlsArgs,

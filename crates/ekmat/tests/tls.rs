@@ -259,6 +259,17 @@ fn a_cluster_over_tls_serves_etcdctl_with_a_client_certificate_and_nothing_else_
     assert_eq!((code, text.as_str()), (Some(0), "k\nover tls\n"));
     let (code, text) = ekmat(&[&["status"][..], &with_flags].concat());
     assert!(code == Some(0) && text.contains("https://"), "{text}");
+    // etcdctl's environment variables stand in for its flags.
+    let out = support::ekmat()
+        .args(["kv", "get", "k", "--print-value-only"])
+        .env("ETCDCTL_ENDPOINTS", &bare)
+        .env("ETCDCTL_CACERT", &pki.ca)
+        .env("ETCDCTL_CERT", &pki.client.0)
+        .env("ETCDCTL_KEY", &pki.client.1)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text == "over tls\n", "{text}");
     let https2 = https(2);
     let (code, text) = ekmat(&["kv", "get", "k", "--endpoints", &https2]);
     assert!(code == Some(2) && text.contains("give --cacert"), "{text}");
