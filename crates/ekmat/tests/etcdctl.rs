@@ -9,23 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::Cluster;
-
-fn etcdctl_available() -> bool {
-    let found = Command::new("etcdctl")
-        .arg("version")
-        .env("ETCDCTL_API", "3")
-        .output()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var("EKMAT_REQUIRE_ETCDCTL").is_err(),
-            "EKMAT_REQUIRE_ETCDCTL is set but etcdctl is not installed"
-        );
-        eprintln!("skipped: etcdctl is not installed (apt-get install etcd-client)");
-    }
-    found
-}
+use support::{Cluster, etcdctl_available};
 
 fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut child = Command::new("etcdctl")

@@ -80,18 +80,6 @@ fn etcdctl(endpoint: &str, tls: &[String], args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn etcdctl_installed() -> bool {
-    let found = Command::new("etcdctl").arg("version").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var("EKMAT_REQUIRE_ETCDCTL").is_err(),
-            "EKMAT_REQUIRE_ETCDCTL is set but etcdctl is not installed"
-        );
-        eprintln!("skipped: etcdctl is not installed (apt-get install etcd-client)");
-    }
-    found
-}
-
 fn flags(ca: &Path, identity: Option<&(PathBuf, PathBuf)>) -> Vec<String> {
     let mut v = vec![format!("--cacert={}", ca.display())];
     if let Some((cert, key)) = identity {
@@ -166,7 +154,7 @@ fn wait_until(within: Duration, what: &str, mut ok: impl FnMut() -> Result<(), S
 
 #[test]
 fn a_cluster_over_tls_serves_etcdctl_with_a_client_certificate_and_nothing_else_gets_in() {
-    if !etcdctl_installed() {
+    if !support::etcdctl_available() {
         return;
     }
     let certs = tempfile::tempdir().unwrap();

@@ -331,6 +331,25 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     text
 }
 
+/// Whether etcd's `etcdctl` is installed; if not, a test skips (unless
+/// `EKMAT_REQUIRE_ETCDCTL` is set, as in CI: then it fails).
+#[allow(dead_code)] // not every test binary uses it
+pub fn etcdctl_available() -> bool {
+    let found = Command::new("etcdctl")
+        .arg("version")
+        .env("ETCDCTL_API", "3")
+        .output()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var("EKMAT_REQUIRE_ETCDCTL").is_err(),
+            "EKMAT_REQUIRE_ETCDCTL is set but etcdctl is not installed"
+        );
+        eprintln!("skipped: etcdctl is not installed (apt-get install etcd-client)");
+    }
+    found
+}
+
 /// A real single-member etcd on free ports, killed on drop.
 pub struct Etcd {
     child: Child,
