@@ -180,17 +180,7 @@ impl Gateway {
         F: Fn(Services, Request<Req>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Answer<Resp>> + Send + 'static,
     {
-        let g = self.clone();
-        with_preflight(post(move |body: WholeBody| async move {
-            let request = match g.request(body) {
-                Ok(r) => r,
-                Err(refused) => return error(refused),
-            };
-            match call(g.services.clone(), Request::new(request)).await {
-                Ok(reply) => json(StatusCode::OK, reply.get_ref()),
-                Err(status) => error(status),
-            }
-        }))
+        self.one_request(call, |reply: Resp| json(StatusCode::OK, &reply))
     }
 
     /// A route for a method that takes one request and answers a stream.
@@ -202,6 +192,17 @@ impl Gateway {
         F: Fn(Services, Request<Req>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Answer<S>> + Send + 'static,
     {
+        self.one_request(call, results::<Resp, S>)
+    }
+
+    /// A route for a method that takes one request: its reply as `answer` writes it.
+    fn one_request<Req, Out, F, Fut>(&self, call: F, answer: fn(Out) -> Response) -> MethodRouter
+    where
+        Req: DeserializeOwned + Default + Send + 'static,
+        Out: Send + 'static,
+        F: Fn(Services, Request<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Answer<Out>> + Send + 'static,
+    {
         let g = self.clone();
         with_preflight(post(move |body: WholeBody| async move {
             let request = match g.request(body) {
@@ -209,7 +210,7 @@ impl Gateway {
                 Err(refused) => return error(refused),
             };
             match call(g.services.clone(), Request::new(request)).await {
-                Ok(reply) => results(reply.into_inner()),
+                Ok(reply) => answer(reply.into_inner()),
                 Err(status) => error(status),
             }
         }))

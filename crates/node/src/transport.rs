@@ -486,13 +486,12 @@ async fn receive<M: DeserializeOwned>(
             "peer runs with other settings: {differences}"
         )));
     }
-    if let Some(Err(why)) = local.auth.as_ref().map(|a| a.check(&hello, &challenge)) {
+    // The sender proves itself by its signature (members with keys) and, over TLS, by
+    // the certificate the link was opened with.
+    let signed = local.auth.as_ref().map(|a| a.check(&hello, &challenge));
+    let certified = || cert.map(|c| local.certificate_speaks_for(hello.from, &c));
+    if let Some(Err(why)) = signed.filter(Result::is_err).or_else(certified) {
         tracing::warn!(from = %hello.from, %why, "refused a peer link that does not prove its sender");
-        metrics::counter!("ekmat_peer_links_unproven_total").increment(1);
-        return Err(std::io::Error::other(format!("unproven peer link: {why}")));
-    }
-    if let Some(Err(why)) = cert.map(|c| local.certificate_speaks_for(hello.from, &c)) {
-        tracing::warn!(from = %hello.from, %why, "refused a peer link whose certificate does not speak for its sender");
         metrics::counter!("ekmat_peer_links_unproven_total").increment(1);
         return Err(std::io::Error::other(format!("unproven peer link: {why}")));
     }
