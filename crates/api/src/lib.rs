@@ -1,6 +1,6 @@
 //! The etcd v3 gRPC API as generated Rust types, servers and clients.
 //!
-//! `etcdserverpb`, `mvccpb`, `v3electionpb` and `v3lockpb` match etcd's packages, so
+//! `etcdserverpb`, `authpb`, `mvccpb`, `v3electionpb` and `v3lockpb` match etcd's packages, so
 //! gRPC method paths (`/etcdserverpb.KV/Put`, `/v3lockpb.Lock/Lock`, ...) and encodings
 //! are etcd's. `ekmatpb` is ekmat's own: requests signed by their clients, and PBFT's exclusions.
 
@@ -9,6 +9,11 @@
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
     include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
+}
+
+pub mod authpb {
+    tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 pub mod etcdserverpb {

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::alarm::{AlarmRequest, AlarmResponse};
+use crate::auth::{AuthRequest, AuthResponse, Caller};
 use crate::error::{DecodeError, KvError};
 use crate::lease::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -89,16 +90,34 @@ pub enum Command {
     /// List, raise or clear an alarm. Raised alarms are replicated state: every member
     /// refuses the same writes from the same entry on.
     Alarm(AlarmRequest),
+    // Variants are serialized by position (entries live in logs): new ones go last.
+    /// Read or change users, roles and permissions, or turn auth on or off.
+    Auth(AuthRequest),
+    /// A client's command with who sent it, for the permission check when it applies.
+    As(Caller, Box<Command>),
 }
 
 impl Command {
+    /// `self` as `caller`'s: what a member proposes for a client.
+    pub fn from_caller(self, caller: Caller) -> Command {
+        Command::As(caller, Box::new(self))
+    }
+
+    /// The command itself, whoever sent it.
+    pub fn inner(&self) -> &Command {
+        match self {
+            Command::As(_, inner) => inner.inner(),
+            command => command,
+        }
+    }
+
     /// Whether applying this may touch many keys: a ranged delete (alone or in a txn), a
     /// compaction, a lease revocation, a tick that may expire leases. With half a million
     /// keys such a command takes a second; the rest take microseconds.
     pub fn touches_many_keys(&self) -> bool {
         let ranged =
             |op: &RequestOp| matches!(op, RequestOp::DeleteRange(d) if !d.range_end.is_empty());
-        match self {
+        match self.inner() {
             Command::DeleteRange(d) => !d.range_end.is_empty(),
             Command::Txn(t) => t.success.iter().chain(&t.failure).any(ranged),
             Command::Compact(_) | Command::LeaseRevoke(_) | Command::Tick => true,
@@ -127,6 +146,7 @@ pub enum Response {
     LeaseKeepAlive(LeaseKeepAliveResponse),
     LeaseRenewAll(TickResponse),
     Alarm(AlarmResponse),
+    Auth(AuthResponse),
 }
 
 impl Response {
@@ -144,6 +164,7 @@ impl Response {
             Response::LeaseKeepAlive(r) => r.header,
             Response::LeaseRenewAll(r) => r.header,
             Response::Alarm(r) => r.header,
+            Response::Auth(r) => r.header,
         }
     }
 }

@@ -50,6 +50,41 @@ pub enum KvError {
     /// A CORRUPT alarm is raised: no write runs until it is cleared.
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    /// Auth is on and the request came without a token (or a user was named empty).
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name already exists")]
+    UserExists,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: role name already exists")]
+    RoleExists,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    /// A wrong user name or password.
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// The caller's roles do not allow the request.
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// A token that does not verify, expired, or whose user changed since.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// Deleting the root user or role, or taking root's role, while auth is on.
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthManagement,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
 }
 
 /// Bytes that do not decode as an [`crate::Envelope`].

@@ -144,6 +144,7 @@ pub(crate) struct StateParts<'a, L, A> {
     pub sessions: &'a BTreeMap<u64, Session>,
     /// Raised alarms, in order.
     pub alarms: A,
+    pub auth: &'a crate::auth::AuthState,
 }
 
 pub(crate) fn hash(store: &KvStore) -> u64 {
@@ -160,6 +161,7 @@ pub(crate) fn hash(store: &KvStore) -> u64 {
             .map(|(&id, l)| (id, l.ttl, l.deadline_ms)),
         sessions: &store.sessions.by_client,
         alarms: store.alarms.active.iter().copied(),
+        auth: &store.auth,
     })
 }
 
@@ -202,6 +204,11 @@ where
             h.word(a.member_id);
             h.word(a.alarm as u64);
         }
+    }
+    // Likewise only once auth was ever touched; its encoding is canonical (ordered maps).
+    if *parts.auth != crate::auth::AuthState::default() {
+        let auth = postcard::to_stdvec(parts.auth).expect("auth state always serializes");
+        h.bytes(&auth);
     }
     h.finish()
 }

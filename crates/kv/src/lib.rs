@@ -12,11 +12,13 @@
 //! gRPC layer can expose the store as the etcd API one to one.
 
 mod alarm;
+mod auth;
 mod command;
 mod error;
 mod hash;
 mod lease;
 mod mvcc;
+mod permission;
 mod range;
 mod rpc;
 mod session;
@@ -27,6 +29,9 @@ mod watch;
 mod write;
 
 pub use alarm::{AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, txn_puts};
+pub use auth::{
+    AuthRequest, AuthResponse, AuthState, Caller, Permission, PermissionType, ROOT_ROLE, ROOT_USER,
+};
 pub use command::{Applied, Command, Envelope, Response, TickResponse};
 pub use error::{DecodeError, KvError};
 pub use hash::KeyHistory;

@@ -9,6 +9,7 @@ use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use crate::alarm::{AlarmMember, Alarms};
+use crate::auth::AuthState;
 use crate::error::KvError;
 use crate::lease::Leases;
 use crate::mvcc::{Mvcc, Version};
@@ -17,9 +18,10 @@ use crate::session::{Session, Sessions};
 use crate::store::KvStore;
 
 /// Bumped whenever the layout changes; unknown formats are refused, not misread.
-/// Format 2 appends the raised alarms to format 1's layout, so format 1 (no alarms) is
-/// still read.
-const FORMAT: u32 = 2;
+/// Format 2 appends the raised alarms to format 1's layout, and format 3 the auth state
+/// to format 2's, so the older ones (no alarms, no auth) are still read.
+const FORMAT: u32 = 3;
+const FORMAT_WITHOUT_AUTH: u32 = 2;
 const FORMAT_WITHOUT_ALARMS: u32 = 1;
 
 /// Everything a snapshot holds, taken from the store without copying its data (the key
@@ -39,6 +41,8 @@ pub struct SnapshotSource {
     sessions: BTreeMap<u64, Session>,
     #[serde(skip)]
     alarms: Vec<AlarmMember>,
+    #[serde(skip)]
+    auth: AuthState,
 }
 
 /// A summary: the whole key index would flood any log it reached.
@@ -71,6 +75,7 @@ impl SnapshotSource {
                 .collect(),
             sessions: store.sessions.by_client.clone(),
             alarms: store.alarms.active.iter().copied().collect(),
+            auth: store.auth.clone(),
         }
     }
 
@@ -124,6 +129,7 @@ impl SnapshotSource {
             leases: self.leases.iter().copied(),
             sessions: &self.sessions,
             alarms: self.alarms.iter().copied(),
+            auth: &self.auth,
         }))
     }
 
@@ -131,6 +137,7 @@ impl SnapshotSource {
     pub fn encode(&self) -> Bytes {
         let mut bytes = postcard::to_stdvec(self).expect("snapshots always serialize");
         bytes.extend(postcard::to_stdvec(&self.alarms).expect("alarms always serialize"));
+        bytes.extend(postcard::to_stdvec(&self.auth).expect("auth state always serializes"));
         Bytes::from(bytes)
     }
 }
@@ -165,20 +172,25 @@ fn bad(why: impl Into<String>) -> KvError {
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<KvStore, KvError> {
     let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(|e| bad(e.to_string()))?;
-    if format != FORMAT && format != FORMAT_WITHOUT_ALARMS {
+    if !(FORMAT_WITHOUT_ALARMS..=FORMAT).contains(&format) {
         return Err(bad(format!("format {format}, expected {FORMAT}")));
     }
     let (s, rest): (Snapshot, &[u8]) =
         postcard::take_from_bytes(bytes).map_err(|e| bad(e.to_string()))?;
-    let (alarms, rest): (Vec<AlarmMember>, &[u8]) = if format == FORMAT {
+    let (alarms, rest): (Vec<AlarmMember>, &[u8]) = if format >= FORMAT_WITHOUT_AUTH {
         postcard::take_from_bytes(rest).map_err(|e| bad(e.to_string()))?
     } else {
         (Vec::new(), rest)
     };
+    let (auth, rest): (AuthState, &[u8]) = if format >= FORMAT {
+        postcard::take_from_bytes(rest).map_err(|e| bad(e.to_string()))?
+    } else {
+        (AuthState::default(), rest)
+    };
     if !rest.is_empty() {
         return Err(bad(format!("{} trailing bytes", rest.len())));
     }
-    assemble(s, alarms)
+    assemble(s, alarms, auth)
 }
 
 /// A version as a backup in etcd's layout gives it back: see [`KvStore::from_backup`].
@@ -251,11 +263,11 @@ pub(crate) fn from_backup(
             .collect(),
         sessions: BTreeMap::new(),
     };
-    assemble(s, Vec::new())
+    assemble(s, Vec::new(), AuthState::default())
 }
 
 /// A store from decoded parts, checked for consistency rather than trusted.
-fn assemble(s: Snapshot, alarms: Vec<AlarmMember>) -> Result<KvStore, KvError> {
+fn assemble(s: Snapshot, alarms: Vec<AlarmMember>, auth: AuthState) -> Result<KvStore, KvError> {
     if s.revision < 1 || s.compact_revision < 0 || s.compact_revision > s.revision {
         return Err(bad(format!(
             "revision {} with compaction at {}",
@@ -286,6 +298,7 @@ fn assemble(s: Snapshot, alarms: Vec<AlarmMember>) -> Result<KvStore, KvError> {
         alarms: Alarms {
             active: alarms.into_iter().collect(),
         },
+        auth,
         clock_ms: s.clock_ms,
         applied: s.applied,
     })

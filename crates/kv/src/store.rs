@@ -4,6 +4,7 @@ use bytes::Bytes;
 use ekmat_core::RequestId;
 
 use crate::alarm::{AlarmMember, AlarmResponse, AlarmType, Alarms};
+use crate::auth::AuthState;
 use crate::command::{Applied, Command, Envelope, Response, TickResponse};
 use crate::error::{DecodeError, KvError};
 use crate::lease::{
@@ -30,6 +31,7 @@ pub struct KvStore {
     pub(crate) leases: Leases,
     pub(crate) sessions: Sessions,
     pub(crate) alarms: Alarms,
+    pub(crate) auth: AuthState,
     /// The largest `now_ms` applied: the clock leases expire by.
     pub(crate) clock_ms: u64,
     pub(crate) applied: u64,
@@ -80,6 +82,11 @@ impl KvStore {
     /// The raised alarms of type `alarm` ([`AlarmType::None`]: all), by member.
     pub fn alarms(&self, alarm: AlarmType) -> Vec<AlarmMember> {
         self.alarms.get(alarm)
+    }
+
+    /// Users, roles, permissions and whether auth is on.
+    pub fn auth(&self) -> &AuthState {
+        &self.auth
     }
 
     fn header(&self) -> ResponseHeader {
@@ -236,6 +243,11 @@ impl KvStore {
                 alarms: self.alarms.apply(&req),
                 header: self.header(),
             }),
+            Command::Auth(req) => Response::Auth(self.auth.apply(req, self.header())?),
+            Command::As(caller, command) => {
+                crate::permission::authorize(&self.auth, &self.leases, &caller, &command)?;
+                return self.execute(*command, events);
+            }
         };
         Ok(response)
     }

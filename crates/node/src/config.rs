@@ -101,6 +101,14 @@ pub struct NodeConfig {
     /// bundles that wait past the view timeout change views, which costs throughput.
     #[serde(default = "default_max_pending_writes")]
     pub max_pending_writes: usize,
+    /// How long an auth token lasts, in seconds (etcd's `--auth-token-ttl`, default 300).
+    /// etcd's clients log in again when theirs expires.
+    #[serde(default = "default_auth_token_ttl")]
+    pub auth_token_ttl: u64,
+    /// bcrypt's cost for hashing users' passwords (etcd's `--bcrypt-cost`, default 10,
+    /// from 4 to 31): each login checks a hash, which at 10 takes tens of milliseconds.
+    #[serde(default = "default_bcrypt_cost")]
+    pub bcrypt_cost: u32,
     /// Skip fsync (benchmarks only: acknowledged writes can be lost on power failure).
     #[serde(default)]
     pub unsafe_no_fsync: bool,
@@ -146,6 +154,14 @@ fn default_auto_compaction_mode() -> String {
 
 fn default_auto_compaction_retention() -> String {
     "0".into()
+}
+
+fn default_auth_token_ttl() -> u64 {
+    300
+}
+
+fn default_bcrypt_cost() -> u32 {
+    10
 }
 
 fn default_max_pending_writes() -> usize {
@@ -278,6 +294,8 @@ impl NodeConfig {
             pbft_clock_behind_ms: default_pbft_clock_behind_ms(),
             checkpoint_bytes: default_checkpoint_bytes(),
             max_pending_writes: default_max_pending_writes(),
+            auth_token_ttl: default_auth_token_ttl(),
+            bcrypt_cost: default_bcrypt_cost(),
             adaptive_timeouts: false,
             read_mode: default_read_mode(),
             max_clock_drift_ppm: default_max_clock_drift_ppm(),
@@ -366,6 +384,15 @@ impl NodeConfig {
             return bad(
                 "max_pending_writes = 0 would refuse every write; it must be at least 1".into(),
             );
+        }
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return bad(format!(
+                "bcrypt_cost = {} is outside bcrypt's costs, 4 to 31",
+                self.bcrypt_cost
+            ));
+        }
+        if self.auth_token_ttl == 0 {
+            return bad("auth_token_ttl = 0 would expire every token at once".into());
         }
         if self.runtime_threads > MAX_RUNTIME_THREADS {
             return bad(format!(

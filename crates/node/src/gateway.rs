@@ -15,20 +15,23 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
 use ekmat_api::etcdserverpb as pb;
 use ekmat_api::{v3electionpb as election, v3lockpb as lock};
+use ekmat_kv::Caller;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Status};
 
 use election::election_server::Election;
 use lock::lock_server::Lock;
+use pb::auth_server::Auth;
 use pb::cluster_server::Cluster;
 use pb::kv_server::Kv;
 use pb::lease_server::Lease;
@@ -70,10 +73,13 @@ macro_rules! method {
 
 fn routes(g: &Gateway) -> Router {
     Router::new()
-        .route("/watch", g.bidi(|s, requests| s.watch_session(requests)))
+        .route(
+            "/watch",
+            g.bidi(|s, caller, requests| s.watch_session(caller, requests)),
+        )
         .route(
             "/lease/keepalive",
-            g.bidi(|s, requests| s.keep_alive_session(requests)),
+            g.bidi(|s, _, requests| s.keep_alive_session(requests)),
         )
         .route("/kv/range", g.unary(method!(Kv::range)))
         .route("/kv/put", g.unary(method!(Kv::put)))
@@ -136,9 +142,34 @@ fn routes(g: &Gateway) -> Router {
         .route("/election/resign", g.unary(method!(Election::resign)))
         .route("/lock/lock", g.unary(method!(Lock::lock)))
         .route("/lock/unlock", g.unary(method!(Lock::unlock)))
+        .route("/auth/enable", g.unary(method!(Auth::auth_enable)))
+        .route("/auth/disable", g.unary(method!(Auth::auth_disable)))
+        .route("/auth/status", g.unary(method!(Auth::auth_status)))
+        .route("/auth/authenticate", g.unary(method!(Auth::authenticate)))
+        .route("/auth/user/add", g.unary(method!(Auth::user_add)))
+        .route("/auth/user/get", g.unary(method!(Auth::user_get)))
+        .route("/auth/user/list", g.unary(method!(Auth::user_list)))
+        .route("/auth/user/delete", g.unary(method!(Auth::user_delete)))
         .route(
-            "/auth/{*method}",
-            with_preflight(post(|| async { unimplemented_auth() })),
+            "/auth/user/changepw",
+            g.unary(method!(Auth::user_change_password)),
+        )
+        .route("/auth/user/grant", g.unary(method!(Auth::user_grant_role)))
+        .route(
+            "/auth/user/revoke",
+            g.unary(method!(Auth::user_revoke_role)),
+        )
+        .route("/auth/role/add", g.unary(method!(Auth::role_add)))
+        .route("/auth/role/get", g.unary(method!(Auth::role_get)))
+        .route("/auth/role/list", g.unary(method!(Auth::role_list)))
+        .route("/auth/role/delete", g.unary(method!(Auth::role_delete)))
+        .route(
+            "/auth/role/grant",
+            g.unary(method!(Auth::role_grant_permission)),
+        )
+        .route(
+            "/auth/role/revoke",
+            g.unary(method!(Auth::role_revoke_permission)),
         )
 }
 
@@ -204,16 +235,24 @@ impl Gateway {
         Fut: Future<Output = Answer<Out>> + Send + 'static,
     {
         let g = self.clone();
-        with_preflight(post(move |body: WholeBody| async move {
-            let request = match g.request(body) {
-                Ok(r) => r,
-                Err(refused) => return error(refused),
-            };
-            match call(g.services.clone(), Request::new(request)).await {
-                Ok(reply) => answer(reply.into_inner()),
-                Err(status) => error(status),
-            }
-        }))
+        with_preflight(post(
+            move |headers: HeaderMap, body: WholeBody| async move {
+                let request = match g.request(body) {
+                    Ok(r) => r,
+                    Err(refused) => return error(refused),
+                };
+                // The Authorization header reaches the service as grpc-gateway passes it.
+                let request = Request::from_parts(
+                    MetadataMap::from_headers(headers),
+                    Default::default(),
+                    request,
+                );
+                match call(g.services.clone(), request).await {
+                    Ok(reply) => answer(reply.into_inner()),
+                    Err(status) => error(status),
+                }
+            },
+        ))
     }
 
     /// A route for a bidirectional stream: the body's JSON values are the requests, taken
@@ -225,13 +264,21 @@ impl Gateway {
         Req: DeserializeOwned + Send + 'static,
         Resp: Serialize + Send + 'static,
         S: Stream<Item = Result<Resp, Status>> + Send + 'static,
-        F: Fn(&Services, Requests<Req>) -> S + Clone + Send + Sync + 'static,
+        F: Fn(&Services, Caller, Requests<Req>) -> S + Clone + Send + Sync + 'static,
     {
         let g = self.clone();
-        with_preflight(post(move |body: Body| async move {
+        with_preflight(post(move |headers: HeaderMap, body: Body| async move {
             if let Err(refused) = g.serving() {
                 return error(refused);
             }
+            let caller = match g
+                .services
+                .caller_of(&MetadataMap::from_headers(headers))
+                .await
+            {
+                Ok(caller) => caller,
+                Err(refused) => return error(refused),
+            };
             let mut values = json_values::<Req>(body);
             let requests: Requests<Req> = match values.next().await {
                 Some(Ok(first)) => {
@@ -240,7 +287,7 @@ impl Gateway {
                 Some(Err(status)) => return error(status),
                 None => Box::pin(tokio_stream::empty()),
             };
-            results(session(&g.services, requests))
+            results(session(&g.services, caller, requests))
         }))
     }
 }
@@ -397,12 +444,6 @@ fn error(status: Status) -> Response {
         code: status.code() as i32,
     };
     json(http_status(status.code()), &body)
-}
-
-fn unimplemented_auth() -> Response {
-    error(Status::unimplemented(
-        "etcdserver: authentication is not supported by ekmat",
-    ))
 }
 
 /// The HTTP status grpc-gateway (v1, as in etcd 3.4) answers a gRPC code with.

@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod query;
 pub mod service;
 pub mod tls;
+mod token;
 pub mod transport;
 pub mod watch_hub;
 pub mod wire;

@@ -137,6 +137,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         cfg.stagger(cfg.checkpoint_bytes),
     );
     let (status_tx, status_rx) = watch::channel(NodeStatus::default());
+    let (auth_tx, auth_rx) = watch::channel(ekmat_kv::AuthState::default());
     let (calls_tx, calls_rx) = mpsc::channel::<Call>(CALL_QUEUE);
     let members = Members::from_config(&cfg);
     let (members_tx, members_rx) = watch::channel(members.list());
@@ -151,6 +152,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         writes: w.queue,
         durable: w.durable,
         status: status_tx,
+        auth: auth_tx,
         members,
         members_tx,
         me: Members::own_record(&cfg),
@@ -179,8 +181,11 @@ async fn run_protocol<P: RuntimeProtocol>(
     let services = Services::new(
         &cfg,
         calls_tx,
-        status_rx,
-        members_rx,
+        crate::service::Views {
+            status: status_rx,
+            members: members_rx,
+            auth: auth_rx,
+        },
         hub,
         min_lease_ttl(P::election_timeout(&cfg)),
         tls.client,

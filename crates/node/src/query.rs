@@ -46,6 +46,13 @@ pub enum Query {
     /// What a snapshot of the state machine is made of, taken in O(1); the caller
     /// encodes it off the driver's task.
     Snapshot,
+    /// Users, roles and the auth switch (a login checks a password against them after a
+    /// read barrier, so a user just added anywhere can log in here).
+    Auth,
+    /// A client's [`Query::Range`] or [`Query::History`] with who sent it: refused
+    /// unless the caller may read its keys as the store stands when it is served (after
+    /// the read barrier, so a change to auth the barrier covers counts).
+    As(ekmat_kv::Caller, Box<Query>),
 }
 
 /// The answer to a [`Query`], variant for variant.
@@ -77,6 +84,7 @@ pub enum Answer {
         alarms: Vec<AlarmMember>,
     },
     Snapshot(Box<SnapshotSource>),
+    Auth(Box<ekmat_kv::AuthState>),
 }
 
 /// Where a watch starts.
@@ -161,6 +169,18 @@ impl Query {
             } => Ok(Answer::History(history(kv, *from, key, range_end))),
             Query::Hash | Query::HashKv { .. } => {
                 self.offload(kv).expect("whole-store hashes are offloaded")()
+            }
+            Query::Auth => Ok(Answer::Auth(Box::new(kv.auth().clone()))),
+            Query::As(caller, query) => {
+                let auth = kv.auth();
+                match query.as_ref() {
+                    Query::Range(r) => auth.may_read(caller, &r.key, &r.range_end)?,
+                    Query::History { key, range_end, .. } => {
+                        auth.may_read(caller, key, range_end)?
+                    }
+                    _ => {}
+                }
+                query.serve(kv)
             }
             Query::Alarms { alarm } => Ok(Answer::Alarms {
                 header: ResponseHeader {

@@ -1,6 +1,7 @@
 //! etcd v3 semantics of the state machine, scenario by scenario, through the public API.
 
 mod alarm;
+mod auth;
 mod compaction;
 mod harness;
 mod hash_kv;

@@ -247,6 +247,9 @@ pub struct Driver<P: RuntimeProtocol> {
     writes: mpsc::Sender<(u64, Write<P>)>,
     durable: watch::Receiver<Durability>,
     status: watch::Sender<NodeStatus>,
+    /// Users, roles and the auth switch as applied, for checking requests' tokens and
+    /// permissions without a call here.
+    auth: watch::Sender<ekmat_kv::AuthState>,
     snapshot_every: u64,
     last_snapshot: u64,
     /// Command bytes applied since the last snapshot, and that snapshot's size: a
@@ -305,6 +308,7 @@ pub struct DriverParts<P: RuntimeProtocol> {
     pub writes: mpsc::Sender<(u64, Write<P>)>,
     pub durable: watch::Receiver<Durability>,
     pub status: watch::Sender<NodeStatus>,
+    pub auth: watch::Sender<ekmat_kv::AuthState>,
     pub members: Members,
     pub members_tx: watch::Sender<Vec<MemberRecord>>,
     pub me: MemberRecord,
@@ -333,6 +337,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             writes: parts.writes,
             durable: parts.durable,
             status: parts.status,
+            auth: parts.auth,
             snapshot_every: parts.snapshot_every,
             last_snapshot: parts.snapshot_stagger,
             applied_bytes: 0,
@@ -851,6 +856,12 @@ impl<P: RuntimeProtocol> Driver<P> {
             *s = status;
             changed
         });
+        // Each change moves the auth revision, and a restored store holds the same
+        // state at the same revision (both come from the one committed log).
+        let auth = self.kv.auth();
+        if auth.revision() != self.auth.borrow().revision() {
+            self.auth.send_replace(auth.clone());
+        }
         let g = &self.gauges;
         g.term.set(status.core.term as f64);
         g.commit.set(status.core.commit as f64);

@@ -131,6 +131,7 @@ impl pb::cluster_server::Cluster for Services {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.check_admin(&request).await?;
         let req = request.into_inner();
         let peer = self.free_peer(&req.peer_ur_ls, None)?;
         let id = next_id(&self.inner.members.borrow());
@@ -163,6 +164,7 @@ impl pb::cluster_server::Cluster for Services {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        self.check_admin(&request).await?;
         let m = self.existing(request.get_ref().id)?;
         self.change(ChangeAction::Remove, m.id, Bytes::new())
             .await?;
@@ -177,6 +179,7 @@ impl pb::cluster_server::Cluster for Services {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        self.check_admin(&request).await?;
         let req = request.into_inner();
         let m = self.existing(req.id)?;
         let peer = self.free_peer(&req.peer_ur_ls, Some(m.id))?;
@@ -208,6 +211,7 @@ impl pb::cluster_server::Cluster for Services {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        self.check_admin(&request).await?;
         let m = self.existing(request.get_ref().id)?;
         if !m.learner {
             return Err(Status::failed_precondition(

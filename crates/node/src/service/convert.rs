@@ -211,6 +211,17 @@ pub fn kv_error(e: &kv::KvError) -> Status {
         E::LeaseExists => Status::failed_precondition(message),
         E::NoSpace => Status::resource_exhausted(message),
         E::Corrupt => Status::data_loss(message),
+        E::PermissionDenied => Status::permission_denied(message),
+        E::InvalidAuthToken => Status::unauthenticated(message),
+        E::UserExists
+        | E::UserNotFound
+        | E::RoleExists
+        | E::RoleNotFound
+        | E::RoleNotGranted
+        | E::PermissionNotGranted
+        | E::AuthNotEnabled
+        | E::RootUserNotExist
+        | E::RootRoleNotExist => Status::failed_precondition(message),
         // Including a missing key for ignore_value/ignore_lease, as in etcd.
         _ => Status::invalid_argument(message),
     }

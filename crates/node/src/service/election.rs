@@ -7,8 +7,8 @@
 use bytes::Bytes;
 use ekmat_api::v3electionpb as pb;
 use ekmat_kv::{
-    EventKind, KeyValue, PutRequest, RangeRequest, RequestOp, ResponseOp, SortOrder, SortTarget,
-    TxnRequest, prefix_end,
+    EventKind, KeyValue, PermissionType, PutRequest, RangeRequest, RequestOp, ResponseOp,
+    SortOrder, SortTarget, TxnRequest, prefix_end,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -89,12 +89,17 @@ fn place_of(leader: Option<pb::LeaderKey>) -> Result<(Vec<u8>, Place), Status> {
     ))
 }
 
+/// What joining a line takes: reading it, and writing one's own key in it.
+pub(super) const READ_WRITE: &[PermissionType] = &[PermissionType::Read, PermissionType::Write];
+
 #[tonic::async_trait]
 impl pb::election_server::Election for Services {
     async fn campaign(
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Reply<pb::CampaignResponse>, Status> {
+        self.check_line(&request, &request.get_ref().name, true, READ_WRITE)
+            .await?;
         let req = request.into_inner();
         let lease = self.session_lease(req.lease).await?;
         let value = Bytes::from(req.value);
@@ -137,8 +142,10 @@ impl pb::election_server::Election for Services {
         &self,
         request: Request<pb::ProclaimRequest>,
     ) -> Result<Reply<pb::ProclaimResponse>, Status> {
+        let (_, place) = place_of(request.get_ref().leader.clone())?;
+        self.check_line(&request, &place.key, false, &[PermissionType::Write])
+            .await?;
         let req = request.into_inner();
-        let (_, place) = place_of(req.leader)?;
         let revision = self.proclaim_at(&place, Bytes::from(req.value)).await?;
         Ok(Reply::new(pb::ProclaimResponse {
             header: Some(self.header(revision)),
@@ -149,6 +156,13 @@ impl pb::election_server::Election for Services {
         &self,
         request: Request<pb::LeaderRequest>,
     ) -> Result<Reply<pb::LeaderResponse>, Status> {
+        self.check_line(
+            &request,
+            &request.get_ref().name,
+            true,
+            &[PermissionType::Read],
+        )
+        .await?;
         let name = request.into_inner().name;
         let (first, revision) = self.first_created(&line_prefix(&name)).await?;
         let kv = first.ok_or_else(|| Status::unknown(NO_LEADER))?;
@@ -164,6 +178,13 @@ impl pb::election_server::Election for Services {
         &self,
         request: Request<pb::LeaderRequest>,
     ) -> Result<Reply<Self::ObserveStream>, Status> {
+        self.check_line(
+            &request,
+            &request.get_ref().name,
+            true,
+            &[PermissionType::Read],
+        )
+        .await?;
         let prefix = line_prefix(&request.into_inner().name);
         let (tx, rx) = mpsc::channel(OBSERVE_QUEUE);
         let services = self.clone();
@@ -180,7 +201,9 @@ impl pb::election_server::Election for Services {
         &self,
         request: Request<pb::ResignRequest>,
     ) -> Result<Reply<pb::ResignResponse>, Status> {
-        let (_, place) = place_of(request.into_inner().leader)?;
+        let (_, place) = place_of(request.get_ref().leader.clone())?;
+        self.check_line(&request, &place.key, false, &[PermissionType::Write])
+            .await?;
         // Not (or no longer) the leader's key: nothing to do, and no error, as in etcd.
         let revision = self.delete_if_created(place.key, place.rev).await?;
         Ok(Reply::new(pb::ResignResponse {

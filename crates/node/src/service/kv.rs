@@ -27,10 +27,12 @@ impl pb::kv_server::Kv for Services {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Reply<pb::RangeResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let req = convert::range_request(request.into_inner())?;
         let linearizable = !req.serializable;
+        let query = Query::As(caller, Box::new(Query::Range(req)));
         let answer = self
-            .read(Query::Range(req), linearizable)
+            .read(query, linearizable)
             .await
             .map_err(|e| call_error(&e))?;
         let Answer::Range(response) = answer else {
@@ -47,8 +49,9 @@ impl pb::kv_server::Kv for Services {
         request: Request<pb::PutRequest>,
     ) -> Result<Reply<pb::PutResponse>, Status> {
         check_size(request.get_ref())?;
+        let caller = self.caller(&request).await?;
         self.check_quota(quota::put_cost(request.get_ref())).await?;
-        let command = Command::Put(convert::put_request(request.into_inner()));
+        let command = Command::Put(convert::put_request(request.into_inner())).from_caller(caller);
         self.ordered(command, |s, r| match r {
             Response::Put(r) => Some(convert::put_response(r, &s.header_fn())),
             _ => None,
@@ -61,7 +64,9 @@ impl pb::kv_server::Kv for Services {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Reply<pb::DeleteRangeResponse>, Status> {
         check_size(request.get_ref())?;
-        let command = Command::DeleteRange(convert::delete_request(request.into_inner()));
+        let caller = self.caller(&request).await?;
+        let command =
+            Command::DeleteRange(convert::delete_request(request.into_inner())).from_caller(caller);
         self.ordered(command, |s, r| match r {
             Response::DeleteRange(r) => Some(convert::delete_response(r, &s.header_fn())),
             _ => None,
@@ -74,8 +79,9 @@ impl pb::kv_server::Kv for Services {
         request: Request<pb::TxnRequest>,
     ) -> Result<Reply<pb::TxnResponse>, Status> {
         check_size(request.get_ref())?;
+        let caller = self.caller(&request).await?;
         self.check_quota(quota::txn_cost(request.get_ref())).await?;
-        let command = Command::Txn(convert::txn_request(request.into_inner())?);
+        let command = Command::Txn(convert::txn_request(request.into_inner())?).from_caller(caller);
         self.ordered(command, |s, r| match r {
             Response::Txn(r) => Some(convert::txn_response(r, &s.header_fn())),
             _ => None,
@@ -87,11 +93,13 @@ impl pb::kv_server::Kv for Services {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Reply<pb::CompactionResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let command = Command::Compact(ekmat_kv::CompactionRequest {
             revision: r.revision,
             physical: r.physical,
-        });
+        })
+        .from_caller(caller);
         self.ordered(command, |s, r| match r {
             Response::Compact(r) => Some(pb::CompactionResponse {
                 header: Some(s.header(r.header.revision)),

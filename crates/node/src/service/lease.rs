@@ -115,6 +115,8 @@ impl pb::lease_server::Lease for Services {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Reply<pb::LeaseGrantResponse>, Status> {
+        // Any caller may grant a lease (etcd asks no permission); a bad token is refused.
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         // Checked before proposing, as etcd does: nothing too large enters the log.
         if r.ttl > MAX_LEASE_TTL {
@@ -122,7 +124,7 @@ impl pb::lease_server::Lease for Services {
         }
         self.check_quota(super::quota::LEASE_COST).await?;
         let ttl = r.ttl.max(self.inner.min_lease_ttl);
-        let command = Command::LeaseGrant(LeaseGrantRequest { ttl, id: r.id });
+        let command = Command::LeaseGrant(LeaseGrantRequest { ttl, id: r.id }).from_caller(caller);
         match self.write(command).await.map_err(|e| call_error(&e))? {
             Response::LeaseGrant(g) => Ok(Reply::new(pb::LeaseGrantResponse {
                 header: Some(self.header(g.header.revision)),
@@ -138,8 +140,9 @@ impl pb::lease_server::Lease for Services {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Reply<pb::LeaseRevokeResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let id = request.into_inner().id;
-        let command = Command::LeaseRevoke(LeaseRevokeRequest { id });
+        let command = Command::LeaseRevoke(LeaseRevokeRequest { id }).from_caller(caller);
         match self.write(command).await.map_err(|e| call_error(&e))? {
             Response::LeaseRevoke(r) => Ok(Reply::new(pb::LeaseRevokeResponse {
                 header: Some(self.header(r.header.revision)),

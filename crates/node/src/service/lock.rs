@@ -19,6 +19,13 @@ impl pb::lock_server::Lock for Services {
         &self,
         request: Request<pb::LockRequest>,
     ) -> Result<Reply<pb::LockResponse>, Status> {
+        self.check_line(
+            &request,
+            &request.get_ref().name,
+            true,
+            super::election::READ_WRITE,
+        )
+        .await?;
         let req = request.into_inner();
         let lease = self.session_lease(req.lease).await?;
         let (place, joined, first) = self.join(&req.name, lease, Bytes::new()).await?;
@@ -51,6 +58,9 @@ impl pb::lock_server::Lock for Services {
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Reply<pb::UnlockResponse>, Status> {
+        let write = [ekmat_kv::PermissionType::Write];
+        self.check_line(&request, &request.get_ref().key, false, &write)
+            .await?;
         let key = Bytes::from(request.into_inner().key);
         let revision = self.delete_key(key).await?;
         Ok(Reply::new(pb::UnlockResponse {

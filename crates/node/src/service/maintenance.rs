@@ -50,8 +50,9 @@ impl pb::maintenance_server::Maintenance for Services {
 
     async fn defragment(
         &self,
-        _: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        self.check_maintainer(&request).await?;
         // The state machine lives in memory: there is nothing to defragment.
         Ok(Response::new(pb::DefragmentResponse {
             header: Some(self.header(self.inner.status.borrow().revision)),
@@ -65,8 +66,9 @@ impl pb::maintenance_server::Maintenance for Services {
     /// HashKV, it is computed off the driver, from a view of the state taken when asked.
     async fn hash(
         &self,
-        _: Request<pb::HashRequest>,
+        request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        self.check_maintainer(&request).await?;
         match self.read(Query::Hash, false).await {
             Ok(Answer::Hash { header, hash }) => Ok(Response::new(pb::HashResponse {
                 header: Some(self.header(header.revision)),
@@ -103,8 +105,9 @@ impl pb::maintenance_server::Maintenance for Services {
 
     async fn snapshot(
         &self,
-        _: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.check_maintainer(&request).await?;
         self.snapshot_stream().await.map(Response::new)
     }
 
@@ -114,6 +117,7 @@ impl pb::maintenance_server::Maintenance for Services {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        self.check_maintainer(&request).await?;
         let target = request.get_ref().target_id;
         let Some(to) = self
             .member_by_etcd_id(target)

@@ -7,6 +7,7 @@
 //! cannot order to the leader, so clients may talk to any member.
 
 mod alarm;
+mod auth;
 mod authority;
 pub(crate) use authority::AuthorityFix;
 mod cluster;
@@ -74,6 +75,11 @@ struct Inner {
     status: tokio::sync::watch::Receiver<NodeStatus>,
     /// The member table, as the driver follows committed configurations.
     members: tokio::sync::watch::Receiver<Vec<MemberRecord>>,
+    /// Users, roles and the auth switch, as this member applied them.
+    auth: tokio::sync::watch::Receiver<ekmat_kv::AuthState>,
+    /// How long tokens last, in seconds, and bcrypt's cost for new passwords.
+    auth_token_ttl: u64,
+    bcrypt_cost: u32,
     hub: WatchHub,
     /// Granted TTLs below this many seconds are raised to it.
     min_lease_ttl: i64,
@@ -96,12 +102,18 @@ struct Inner {
     peer_tls: bool,
 }
 
+/// What the driver publishes for the services to read without calling it.
+pub struct Views {
+    pub status: tokio::sync::watch::Receiver<NodeStatus>,
+    pub members: tokio::sync::watch::Receiver<Vec<MemberRecord>>,
+    pub auth: tokio::sync::watch::Receiver<ekmat_kv::AuthState>,
+}
+
 impl Services {
     pub fn new(
         cfg: &NodeConfig,
         calls: mpsc::Sender<Call>,
-        status: tokio::sync::watch::Receiver<NodeStatus>,
-        members: tokio::sync::watch::Receiver<Vec<MemberRecord>>,
+        views: Views,
         hub: WatchHub,
         min_lease_ttl: i64,
         tls: Option<crate::tls::ClientTls>,
@@ -111,8 +123,11 @@ impl Services {
                 cluster_id: cfg.cluster_id(),
                 member_id: NodeConfig::member_id(cfg.id),
                 calls,
-                status,
-                members,
+                status: views.status,
+                members: views.members,
+                auth: views.auth,
+                auth_token_ttl: cfg.auth_token_ttl,
+                bcrypt_cost: cfg.bcrypt_cost,
                 hub,
                 min_lease_ttl,
                 quota_bytes: cfg.quota_backend_bytes,
@@ -189,6 +204,7 @@ impl Services {
         .add_service(pb::watch_server::WatchServer::new(self.clone()))
         .add_service(pb::maintenance_server::MaintenanceServer::new(self.clone()))
         .add_service(pb::cluster_server::ClusterServer::new(self.clone()))
+        .add_service(pb::auth_server::AuthServer::new(self.clone()))
         .add_service(v3electionpb::election_server::ElectionServer::new(
             self.clone(),
         ))

@@ -49,14 +49,17 @@ impl pb::watch_server::Watch for Services {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Reply<Self::WatchStream>, Status> {
-        Ok(Reply::new(self.watch_session(request.into_inner())))
+        let caller = self.caller(&request).await?;
+        Ok(Reply::new(self.watch_session(caller, request.into_inner())))
     }
 }
 
 impl Services {
-    /// Serve one watch stream: the responses to `requests`, and the events they ask for.
+    /// Serve one watch stream: the responses to `requests`, and the events they ask for
+    /// (where `caller` may read them).
     pub(crate) fn watch_session(
         &self,
+        caller: ekmat_kv::Caller,
         requests: impl RequestStream<pb::WatchRequest>,
     ) -> ReceiverStream<Result<pb::WatchResponse, Status>> {
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
@@ -65,6 +68,7 @@ impl Services {
         let hub = self.inner.hub.subscribe();
         let session = Session {
             services: self.clone(),
+            caller,
             out: tx,
             watchers: BTreeMap::new(),
             next_id: 0,
@@ -78,6 +82,8 @@ impl Services {
 /// One client's watch stream.
 struct Session {
     services: Services,
+    /// Who opened the stream: each watch needs read permission on its keys.
+    caller: ekmat_kv::Caller,
     out: Out,
     watchers: BTreeMap<i64, Watcher>,
     /// The next watch id to try for a create that asks for none.
@@ -172,18 +178,36 @@ impl Session {
     }
 
     async fn create(&mut self, c: pb::WatchCreateRequest) -> Go {
-        let Some(id) = self.assign_id(c.watch_id) else {
-            let mut refused = self.response(-1, self.progress_revision());
-            refused.created = true;
-            refused.canceled = true;
-            refused.cancel_reason = DUPLICATE_ID.to_string();
-            return self.send(refused).await;
-        };
         let mut watcher = Watcher::new(&c, 0);
         let from = c.start_revision.max(0);
+        // Read first: it is where the caller's permission to watch these keys is checked.
         let history = match self.history(from, &watcher).await {
-            Ok(history) => history,
+            Ok(history) => Ok(history),
+            Err(CallError::Kv(denied)) => Err(super::convert::kv_error(&denied)),
             Err(_) => return false,
+        };
+        let assigned = match history {
+            Ok(history) => self
+                .assign_id(c.watch_id)
+                .ok_or(DUPLICATE_ID.to_string())
+                .map(|id| (id, history)),
+            // etcd 3.4 gives the gRPC error's text as the reason.
+            Err(denied) => Err(format!(
+                "rpc error: code = {:?} desc = {}",
+                denied.code(),
+                denied.message()
+            )),
+        };
+        let (id, history) = match assigned {
+            Ok(assigned) => assigned,
+            Err(reason) => {
+                // As etcd refuses them: created and canceled at once, with the reason.
+                let mut refused = self.response(-1, self.progress_revision());
+                refused.created = true;
+                refused.canceled = true;
+                refused.cancel_reason = reason;
+                return self.send(refused).await;
+            }
         };
         match history {
             History::Compacted {
@@ -215,6 +239,7 @@ impl Session {
             key: w.key().clone(),
             range_end: w.range_end().clone(),
         };
+        let query = Query::As(self.caller.clone(), Box::new(query));
         match self.services.read(query, false).await? {
             Answer::History(h) => Ok(h),
             _ => Err(CallError::Stopped),
@@ -314,6 +339,13 @@ impl Session {
                 continue;
             };
             let go = match self.history(w.next_rev, &w).await {
+                // Its caller may no longer read its keys.
+                Err(CallError::Kv(e)) => {
+                    let mut canceled = self.response(id, self.progress_revision());
+                    canceled.canceled = true;
+                    canceled.cancel_reason = super::convert::kv_error(&e).message().to_owned();
+                    self.send(canceled).await
+                }
                 Err(_) => false,
                 Ok(History::Compacted {
                     compact_revision, ..
