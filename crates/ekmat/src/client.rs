@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use clap::Args;
 use ekmat_api::etcdserverpb as pb;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// etcdctl's TLS flags, for members that serve TLS on their client port; as with
@@ -131,8 +134,52 @@ pub async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
     Dialer::plain().connect(url).await
 }
 
-pub fn kv(ch: Channel) -> pb::kv_client::KvClient<Channel> {
-    pb::kv_client::KvClient::new(ch)
+/// A KV client that sends `token` with every request.
+pub fn kv(
+    ch: Channel,
+    token: Token,
+) -> pb::kv_client::KvClient<InterceptedService<Channel, Token>> {
+    pb::kv_client::KvClient::with_interceptor(ch, token)
+}
+
+/// What a logged-in client sends with each request (etcd's `token` metadata); none for
+/// a client that did not log in.
+#[derive(Clone, Debug, Default)]
+pub struct Token(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Token {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("token", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Log in over `ch` as `user`, given as etcdctl's `--user` takes it (`name:password`);
+/// none: stay anonymous.
+pub async fn login(ch: &Channel, user: Option<&str>) -> Result<Token, String> {
+    let Some(user) = user else {
+        return Ok(Token::default());
+    };
+    let Some((name, password)) = user.split_once(':') else {
+        return Err(format!("--user '{user}': give it as name:password"));
+    };
+    let request = pb::AuthenticateRequest {
+        name: name.into(),
+        password: password.into(),
+    };
+    let token = pb::auth_client::AuthClient::new(ch.clone())
+        .authenticate(request)
+        .await
+        .map_err(|s| status_message(&s))?
+        .into_inner()
+        .token;
+    let token = MetadataValue::try_from(token).map_err(|e| format!("the token: {e}"))?;
+    Ok(Token(Some(token)))
 }
 
 /// A gRPC failure as a one-line message (etcd's message when the server sent one).

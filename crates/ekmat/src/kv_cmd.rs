@@ -5,7 +5,7 @@ use std::io::Read;
 use clap::{Args, Subcommand};
 use ekmat_api::etcdserverpb as pb;
 
-use crate::client::{Dialer, TlsArgs, kv, status_message};
+use crate::client::{Dialer, TlsArgs, kv, login, status_message};
 use crate::exit;
 
 #[derive(Args, Debug)]
@@ -20,6 +20,10 @@ pub struct KvArgs {
     pub endpoints: String,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Log in as this user, `name:password`, for a cluster with auth enabled (etcdctl's
+    /// `--user`).
+    #[arg(long, global = true, env = "ETCDCTL_USER")]
+    pub user: Option<String>,
     #[command(subcommand)]
     pub command: KvCommand,
 }
@@ -115,7 +119,7 @@ pub fn run(args: KvArgs) -> u8 {
         }
     };
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    match rt.block_on(execute(&endpoints, args.command)) {
+    match rt.block_on(execute(&endpoints, args.user.as_deref(), args.command)) {
         Ok(lines) => {
             for line in lines {
                 println!("{line}");
@@ -144,6 +148,7 @@ fn server(s: tonic::Status) -> Failure {
 
 async fn execute(
     (endpoints, dialer): &(Vec<String>, Dialer),
+    user: Option<&str>,
     command: KvCommand,
 ) -> Result<Vec<String>, Failure> {
     if let KvCommand::Txn = command {
@@ -156,14 +161,16 @@ async fn execute(
             .connect_any(endpoints)
             .await
             .map_err(Failure::Server)?;
-        let r = kv(ch).txn(txn).await.map_err(server)?.into_inner();
+        let token = login(&ch, user).await.map_err(Failure::Server)?;
+        let r = kv(ch, token).txn(txn).await.map_err(server)?.into_inner();
         return Ok(print_txn(&r));
     }
     let (_, ch) = dialer
         .connect_any(endpoints)
         .await
         .map_err(Failure::Server)?;
-    let mut client = kv(ch);
+    let token = login(&ch, user).await.map_err(Failure::Server)?;
+    let mut client = kv(ch, token);
     match command {
         KvCommand::Put {
             key,

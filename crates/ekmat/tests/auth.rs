@@ -193,4 +193,29 @@ async fn etcdctls_auth_commands_answer_as_etcds_do() {
         let ours = run(endpoints, user, args, stdin);
         assert_eq!(ours, theirs, "step {i}: etcdctl {args:?} as {user:?}");
     }
+
+    // ekmat's own client logs in as etcdctl does.
+    assert!(run(&all, None, &["auth", "enable"], None).ok);
+    let kv = |user: Option<&str>, args: &[&str]| {
+        let mut command = support::ekmat();
+        command.args(["kv", "--endpoints", &all]).args(args);
+        if let Some(user) = user {
+            command.env("ETCDCTL_USER", user);
+        }
+        let o = command.output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (o.status.code(), text(&o.stdout), text(&o.stderr))
+    };
+    assert_eq!(kv(ROOT, &["put", "k", "v"]).1, "OK\n");
+    assert_eq!(kv(ROOT, &["get", "k"]).1, "k\nv\n");
+    let (code, _, err) = kv(None, &["get", "k"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (Some(1), "Error: etcdserver: user name is empty\n")
+    );
+    let (_, _, err) = kv(Some("root:wrong"), &["get", "k"]);
+    assert_eq!(
+        err,
+        "Error: etcdserver: authentication failed, invalid user ID or password\n"
+    );
 }

@@ -7,9 +7,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    AlarmAction, AlarmOptions, AlarmType, Client, Compare, CompareOp, Error, EventType, GetOptions,
-    LeaseTimeToLiveOptions, LockOptions, ProclaimOptions, PutOptions, ResignOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
+    AlarmAction, AlarmOptions, AlarmType, Client, Compare, CompareOp, ConnectOptions, Error,
+    EventType, GetOptions, LeaseTimeToLiveOptions, LockOptions, Permission, ProclaimOptions,
+    PutOptions, ResignOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
 };
 use sha2::{Digest, Sha256};
 use support::Cluster;
@@ -562,4 +562,75 @@ async fn election_campaign_leader_proclaim_observe_resign_and_lock() {
         .unwrap()
         .unwrap();
     assert!(next_holder.key().starts_with(b"mutex/") && next_holder.key() != held.key());
+}
+
+#[tokio::test]
+async fn a_user_writes_only_where_its_role_allows_and_logs_in_again_when_its_token_expires() {
+    let c = cluster_with(|cfg| {
+        cfg.auth_token_ttl = 2;
+        cfg.bcrypt_cost = 4;
+    })
+    .await;
+    let mut admin = client(&c, 0).await;
+    admin.user_add("root", "rootpw", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("app").await.unwrap();
+    let prefix = Permission::read_write("app/").with_prefix();
+    admin.role_grant_permission("app", prefix).await.unwrap();
+    admin.user_add("svc", "svcpw", None).await.unwrap();
+    admin.user_grant_role("svc", "app").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let login = |refresh: bool| {
+        let endpoints = c.endpoints();
+        async move {
+            let options = ConnectOptions::new()
+                .with_user("svc", "svcpw")
+                .with_auto_token_refresh(refresh);
+            Client::connect(endpoints, Some(options)).await.unwrap()
+        }
+    };
+    let mut svc = login(true).await;
+    svc.put("app/a", "1", None).await.unwrap();
+    assert_eq!(
+        grpc(svc.put("other", "1", None).await),
+        (
+            tonic::Code::PermissionDenied,
+            "etcdserver: permission denied".into()
+        )
+    );
+    assert_eq!(
+        grpc(admin.get("app/a", None).await),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: user name is empty".into()
+        ),
+        "the client without a user is now refused"
+    );
+    let mut stale = login(false).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        grpc(stale.get("app/a", None).await),
+        (
+            tonic::Code::Unauthenticated,
+            "etcdserver: invalid auth token".into()
+        ),
+        "tokens expire"
+    );
+    // The refreshing client logs in again and goes on, on every member.
+    for _ in 0..3 {
+        let got = svc.get("app/a", None).await.unwrap();
+        assert_eq!(got.kvs()[0].value(), b"1");
+    }
+    let wrong = ConnectOptions::new().with_user("svc", "nope");
+    let refused = Client::connect(c.endpoints(), Some(wrong))
+        .await
+        .map(|_| ());
+    assert_eq!(
+        grpc(refused),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: authentication failed, invalid user ID or password".into()
+        )
+    );
 }

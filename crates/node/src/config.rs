@@ -823,6 +823,23 @@ mod tests {
     }
 
     #[test]
+    fn bcrypt_costs_are_bcrypts_and_tokens_last_some_time() {
+        let mut c = sample();
+        assert_eq!(
+            (c.bcrypt_cost, c.auth_token_ttl),
+            (10, 300),
+            "etcd's defaults"
+        );
+        c.bcrypt_cost = 3;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("bcrypt_cost = 3 is outside"), "{e}");
+        let mut c = sample();
+        c.auth_token_ttl = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("auth_token_ttl = 0"), "{e}");
+    }
+
+    #[test]
     fn a_corruption_check_period_is_off_or_not_too_short_and_some_write_is_admitted() {
         let mut c = sample();
         c.corrupt_check_ms = 1;
