@@ -15,10 +15,11 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::client::{Dialer, TlsArgs};
+use crate::client::{Dialer, TlsArgs, Token, kv, login};
 use crate::etcd::EtcdCluster;
 use crate::exit;
 use crate::up::{LocalCluster, UpArgs};
+use tonic::service::interceptor::InterceptedService;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -61,6 +62,10 @@ pub struct KvBench {
     /// TLS for the cluster at --endpoints (etcdctl's flags).
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Log in to the cluster at --endpoints as this user (`name:password`, etcdctl's
+    /// `--user`), for a cluster with auth enabled: every request then carries the token.
+    #[arg(long, env = "ETCDCTL_USER", requires = "endpoints")]
+    pub user: Option<String>,
     /// Also start a local etcd (Debian's etcd-server) and run the same load against it.
     #[arg(long)]
     pub against_etcd: bool,
@@ -261,9 +266,15 @@ async fn load(
         let ep = &endpoints[i % endpoints.len()];
         channels.push(dialer.connect(ep).await.map_err(|e| format!("{ep}: {e}"))?);
     }
+    let token = match (&b.user, endpoints) {
+        (Some(user), [ep, ..]) => login(&channels[0], Some(user))
+            .await
+            .map_err(|e| format!("logging in at {ep}: {e}"))?,
+        _ => Token::default(),
+    };
     let mut phases = Vec::new();
     for &op in &b.phases {
-        phases.push(phase(&channels, b, op).await);
+        phases.push(phase(&channels, &token, b, op).await);
     }
     Ok(SystemResult {
         system: system.to_string(),
@@ -279,8 +290,8 @@ struct KeepAlive {
 }
 
 impl KeepAlive {
-    async fn open(channel: Channel) -> Result<KeepAlive, tonic::Status> {
-        let mut lease = pb::lease_client::LeaseClient::new(channel);
+    async fn open(channel: Channel, token: Token) -> Result<KeepAlive, tonic::Status> {
+        let mut lease = pb::lease_client::LeaseClient::with_interceptor(channel, token);
         let id = lease
             .lease_grant(pb::LeaseGrantRequest { ttl: 60, id: 0 })
             .await?
@@ -322,18 +333,18 @@ impl KeepAlive {
 
 /// One client's connection and, in the keep-alive phase, its lease.
 struct Worker {
-    kv: pb::kv_client::KvClient<Channel>,
+    kv: pb::kv_client::KvClient<InterceptedService<Channel, Token>>,
     keep_alive: Option<KeepAlive>,
 }
 
 impl Worker {
-    async fn start(channel: Channel, op: Op) -> Result<Worker, tonic::Status> {
+    async fn start(channel: Channel, token: Token, op: Op) -> Result<Worker, tonic::Status> {
         let keep_alive = match op {
-            Op::LeaseKeepalives => Some(KeepAlive::open(channel.clone()).await?),
+            Op::LeaseKeepalives => Some(KeepAlive::open(channel.clone(), token.clone()).await?),
             _ => None,
         };
         Ok(Worker {
-            kv: pb::kv_client::KvClient::new(channel),
+            kv: kv(channel, token),
             keep_alive,
         })
     }
@@ -400,7 +411,7 @@ fn histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
 }
 
-async fn phase(channels: &[Channel], b: &KvBench, op: Op) -> Phase {
+async fn phase(channels: &[Channel], token: &Token, b: &KvBench, op: Op) -> Phase {
     let errors = Errors::default();
     let started = Instant::now();
     let until = started + b.duration;
@@ -408,12 +419,13 @@ async fn phase(channels: &[Channel], b: &KvBench, op: Op) -> Phase {
     let tasks: Vec<_> = (0..b.clients)
         .map(|c| {
             let channel = channels[c % channels.len()].clone();
+            let token = token.clone();
             let errors = errors.clone();
             let value = value.clone();
             let keys = b.keys;
             tokio::spawn(async move {
                 let mut hist = histogram();
-                let mut worker = match Worker::start(channel, op).await {
+                let mut worker = match Worker::start(channel, token, op).await {
                     Ok(w) => w,
                     Err(status) => {
                         errors.record(&status);

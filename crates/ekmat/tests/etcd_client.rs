@@ -607,6 +607,31 @@ async fn a_user_writes_only_where_its_role_allows_and_logs_in_again_when_its_tok
         ),
         "the client without a user is now refused"
     );
+    // A lease's keys are shown only to those who may read them (etcd's fix for
+    // CVE-2023-32082, after 3.4.23).
+    let as_root = ConnectOptions::new().with_user("root", "rootpw");
+    let mut root = Client::connect(c.endpoints(), Some(as_root)).await.unwrap();
+    let lease = root.lease_grant(60, None).await.unwrap().id();
+    let leased = PutOptions::new().with_lease(lease);
+    root.put("secret", "s", Some(leased)).await.unwrap();
+    let with_keys = LeaseTimeToLiveOptions::new().with_keys();
+    assert_eq!(
+        grpc(svc.lease_time_to_live(lease, Some(with_keys.clone())).await),
+        (
+            tonic::Code::PermissionDenied,
+            "etcdserver: permission denied".into()
+        )
+    );
+    let shown = root
+        .lease_time_to_live(lease, Some(with_keys))
+        .await
+        .unwrap();
+    assert_eq!(shown.keys(), [b"secret".to_vec()]);
+    assert!(
+        svc.lease_time_to_live(lease, None).await.is_ok(),
+        "without keys"
+    );
+
     let mut stale = login(false).await;
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(

@@ -51,7 +51,8 @@ pub(crate) struct User {
     /// with a password (etcd's `--no-password`).
     pub password_hash: Option<String>,
     pub roles: BTreeSet<String>,
-    /// The auth revision at which the user was made or last given a password.
+    /// The auth revision at which the user was made, last given a password, or auth
+    /// last enabled: tokens name it, and older ones no longer count.
     pub generation: u64,
 }
 
@@ -258,6 +259,11 @@ impl AuthState {
                 }
                 self.enabled = true;
                 self.token_secret = token_secret;
+                // Tokens from an earlier time auth was on end here, on every member,
+                // even one that checked such a token before it applied this.
+                for user in self.users.values_mut() {
+                    user.generation = next;
+                }
             }
             AuthRequest::Disable => {
                 if !self.enabled {
@@ -544,7 +550,7 @@ mod tests {
     fn users_read_what_their_roles_grant_and_nothing_else() {
         let h = ResponseHeader::default();
         let mut s = state_with_root();
-        let alice = user(&s, "alice");
+        let before = user(&s, "alice");
         let grant = AuthRequest::RoleGrantPermission {
             role: "r".into(),
             permission: Permission {
@@ -566,6 +572,12 @@ mod tests {
             h,
         )
         .unwrap();
+        assert_eq!(
+            s.may_read(&before, b"k1", b""),
+            Err(KvError::InvalidAuthToken),
+            "enabling auth ends tokens from before"
+        );
+        let alice = user(&s, "alice");
         assert_eq!(s.may_read(&alice, b"k1", b""), Ok(()));
         assert_eq!(s.may_read(&alice, b"k", b"l"), Ok(()));
         assert_eq!(

@@ -94,7 +94,34 @@ pub enum Command {
     /// Read or change users, roles and permissions, or turn auth on or off.
     Auth(AuthRequest),
     /// A client's command with who sent it, for the permission check when it applies.
-    As(Caller, Box<Command>),
+    /// One level only: a caller inside a caller does not decode (hostile nesting would
+    /// otherwise exhaust the stack while decoding).
+    As(
+        Caller,
+        #[serde(deserialize_with = "one_caller")] Box<Command>,
+    ),
+}
+
+thread_local! {
+    static IN_AS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks a decode inside an [`Command::As`] on this thread, until dropped.
+struct InAs;
+
+impl Drop for InAs {
+    fn drop(&mut self) {
+        IN_AS.with(|f| f.set(false));
+    }
+}
+
+fn one_caller<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Box<Command>, D::Error> {
+    if IN_AS.with(|f| f.replace(true)) {
+        // Still inside the outer one: leave the flag to its guard.
+        return Err(serde::de::Error::custom("a caller inside a caller"));
+    }
+    let _guard = InAs;
+    Box::<Command>::deserialize(d)
 }
 
 impl Command {
@@ -199,6 +226,23 @@ mod tests {
             range_end: Bytes::from_static(range_end),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_caller_inside_a_caller_does_not_decode_however_deep() {
+        let once = Command::Put(PutRequest::default()).from_caller(Caller::Anonymous);
+        let bytes = Envelope::new(1, once.clone()).encode();
+        assert_eq!(Envelope::decode(&bytes).unwrap().command, once);
+        // Encoded by hand: building and serializing it would recurse as deep.
+        let mut bytes = vec![1]; // now_ms
+        for _ in 0..100_000 {
+            bytes.extend([12, 0]); // Command::As, Caller::Anonymous
+        }
+        bytes.extend(Envelope::new(0, Command::Put(PutRequest::default())).encode()[1..].iter());
+        assert!(Envelope::decode(&bytes).is_err());
+        // And the flag is down again: a later single caller decodes.
+        let bytes = Envelope::new(1, once.clone()).encode();
+        assert_eq!(Envelope::decode(&bytes).unwrap().command, once);
     }
 
     #[test]

@@ -49,9 +49,10 @@ pub enum Query {
     /// Users, roles and the auth switch (a login checks a password against them after a
     /// read barrier, so a user just added anywhere can log in here).
     Auth,
-    /// A client's [`Query::Range`] or [`Query::History`] with who sent it: refused
-    /// unless the caller may read its keys as the store stands when it is served (after
-    /// the read barrier, so a change to auth the barrier covers counts).
+    /// A client's [`Query::Range`], [`Query::History`] or [`Query::LeaseTimeToLive`]
+    /// with who sent it: refused unless the caller may read the keys it shows, as the
+    /// store stands when it is served (after the read barrier, so a change to auth the
+    /// barrier covers counts).
     As(ekmat_kv::Caller, Box<Query>),
 }
 
@@ -180,7 +181,15 @@ impl Query {
                     }
                     _ => {}
                 }
-                query.serve(kv)
+                let answer = query.serve(kv)?;
+                // A lease's keys are shown only to a caller who may read them all (etcd's
+                // fix for CVE-2023-32082).
+                if let Answer::LeaseTimeToLive(t) = &answer {
+                    for key in &t.keys {
+                        auth.may_read(caller, key, b"")?;
+                    }
+                }
+                Ok(answer)
             }
             Query::Alarms { alarm } => Ok(Answer::Alarms {
                 header: ResponseHeader {

@@ -18,29 +18,68 @@ pub fn mint(auth: &AuthState, name: &str, generation: u64, expires: u64) -> Stri
     format!("{claims}.{}", B64.encode(tag.as_ref()))
 }
 
-/// Who `token` speaks for at `now` (seconds since the epoch), under `auth`.
-pub fn verify(auth: &AuthState, token: &str, now: u64) -> Result<Caller, KvError> {
-    let invalid = KvError::InvalidAuthToken;
-    let (claims, tag) = token.rsplit_once('.').ok_or(invalid.clone())?;
-    let tag = B64.decode(tag).map_err(|_| invalid.clone())?;
-    hmac::verify(&key(auth), claims.as_bytes(), &tag).map_err(|_| invalid.clone())?;
-    let mut parts = claims.split('.');
+/// What a token says, before its signature is checked.
+struct Claims<'a> {
+    /// What the signature covers.
+    signed: &'a str,
+    tag: Vec<u8>,
+    name: String,
+    generation: u64,
+    expires: u64,
+}
+
+fn claims(token: &str) -> Option<Claims<'_>> {
+    let (signed, tag) = token.rsplit_once('.')?;
+    let mut parts = signed.split('.');
     let (Some(name), Some(generation), Some(expires), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(invalid);
+        return None;
     };
-    let name = B64
-        .decode(name)
-        .ok()
-        .and_then(|n| String::from_utf8(n).ok())
-        .ok_or(invalid.clone())?;
-    let generation: u64 = generation.parse().map_err(|_| invalid.clone())?;
-    let expires: u64 = expires.parse().map_err(|_| invalid.clone())?;
-    if now >= expires || !auth.is_current(&name, generation) {
+    Some(Claims {
+        signed,
+        tag: B64.decode(tag).ok()?,
+        name: String::from_utf8(B64.decode(name).ok()?).ok()?,
+        generation: generation.parse().ok()?,
+        expires: expires.parse().ok()?,
+    })
+}
+
+/// Who `token` speaks for at `now` (seconds since the epoch), under `auth`.
+pub fn verify(auth: &AuthState, token: &str, now: u64) -> Result<Caller, KvError> {
+    let invalid = KvError::InvalidAuthToken;
+    let c = claims(token).ok_or(invalid.clone())?;
+    hmac::verify(&key(auth), c.signed.as_bytes(), &c.tag).map_err(|_| invalid.clone())?;
+    if now >= c.expires || !auth.is_current(&c.name, c.generation) {
         return Err(invalid);
     }
-    Ok(Caller::User { name, generation })
+    Ok(Caller::User {
+        name: c.name,
+        generation: c.generation,
+    })
+}
+
+/// Who a request carrying `token` comes from, judged under `auth` (a member's applied
+/// state), or none if that state may be older than the token: it names a user this
+/// state does not know, or an older generation of them (auth enabled, the user made
+/// or given a password since). A member judges again once it has caught up.
+/// While auth is off, tokens are ignored, as etcd ignores them.
+pub fn judge(auth: &AuthState, token: &str, now: u64) -> Option<Result<Caller, KvError>> {
+    let Some(c) = claims(token) else {
+        return Some(if auth.enabled() {
+            Err(KvError::InvalidAuthToken)
+        } else {
+            Ok(Caller::Anonymous)
+        });
+    };
+    match auth.credentials(&c.name) {
+        Some((_, generation)) if generation >= c.generation => {}
+        _ => return None,
+    }
+    if !auth.enabled() {
+        return Some(Ok(Caller::Anonymous));
+    }
+    Some(verify(auth, token, now))
 }
 
 fn key(auth: &AuthState) -> hmac::Key {
@@ -78,6 +117,30 @@ mod tests {
         }
         assert!(kv.auth().enabled());
         kv
+    }
+
+    #[test]
+    fn a_member_that_may_be_behind_a_token_says_so_instead_of_refusing_it() {
+        let kv = store(b"secret");
+        let (_, generation) = kv.auth().credentials("root").unwrap();
+        let newer = mint(kv.auth(), "root", generation + 1, 100);
+        assert_eq!(judge(kv.auth(), &newer, 1), None, "a newer generation");
+        let stranger = mint(kv.auth(), "nobody", 1, 100);
+        assert_eq!(
+            judge(kv.auth(), &stranger, 1),
+            None,
+            "a user not known here"
+        );
+        let current = mint(kv.auth(), "root", generation, 100);
+        assert!(matches!(judge(kv.auth(), &current, 1), Some(Ok(_))));
+        assert_eq!(
+            judge(kv.auth(), "junk", 1),
+            Some(Err(KvError::InvalidAuthToken))
+        );
+        assert_eq!(
+            judge(&AuthState::default(), "junk", 1),
+            Some(Ok(Caller::Anonymous))
+        );
     }
 
     #[test]
@@ -120,6 +183,21 @@ mod tests {
             verify(kv.auth(), &token, 99),
             Err(KvError::InvalidAuthToken),
             "a new password ends older tokens"
+        );
+        let (_, generation) = kv.auth().credentials("root").unwrap();
+        let token = mint(kv.auth(), "root", generation, 100);
+        for request in [
+            AuthRequest::Disable,
+            AuthRequest::Enable {
+                token_secret: bytes::Bytes::from_static(b"one secret"),
+            },
+        ] {
+            apply(&mut kv, Command::Auth(request));
+        }
+        assert_eq!(
+            verify(kv.auth(), &token, 99),
+            Err(KvError::InvalidAuthToken),
+            "enabling auth again ends older tokens, even with the same secret"
         );
     }
 }

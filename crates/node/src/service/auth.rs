@@ -26,13 +26,6 @@ fn refused(e: KvError) -> Status {
     convert::kv_error(&e)
 }
 
-/// Who `token` speaks for under `auth`; none while auth is off (tokens are then ignored,
-/// as by etcd).
-fn caller_under(auth: &ekmat_kv::AuthState, token: &str) -> Option<Result<Caller, Status>> {
-    auth.enabled()
-        .then(|| token::verify(auth, token, now_secs()).map_err(refused))
-}
-
 impl Services {
     /// Who sent `request`: anonymous while auth is off (tokens are then ignored, as by
     /// etcd) or when no token came; a bad or expired token is refused.
@@ -51,8 +44,9 @@ impl Services {
         let token = token
             .to_str()
             .map_err(|_| refused(KvError::InvalidAuthToken))?;
-        if let Some(Ok(caller)) = caller_under(&self.inner.auth.borrow(), token) {
-            return Ok(caller);
+        let judged = token::judge(&self.inner.auth.borrow(), token, now_secs());
+        if let Some(judged) = judged {
+            return judged.map_err(refused);
         }
         // This member may not have applied yet what the token was issued under (auth
         // turned on, the user made or given a password): look again after a read
@@ -64,21 +58,26 @@ impl Services {
         let Answer::Auth(auth) = answer else {
             return Err(unexpected_answer());
         };
-        caller_under(&auth, token).unwrap_or(Ok(Caller::Anonymous))
+        match token::judge(&auth, token, now_secs()) {
+            Some(judged) => judged.map_err(refused),
+            None if auth.enabled() => Err(refused(KvError::InvalidAuthToken)),
+            None => Ok(Caller::Anonymous),
+        }
     }
 
-    /// Refused unless `request`'s sender may access the keys of a Lock's or Election's
-    /// line for `name` (or, with `key`, that one key) for each of `wanted`: etcd runs
-    /// these services as clients of its own KV with the caller's token, so the caller
-    /// needs the permissions those KV requests need. Checked before the service runs;
-    /// the KV requests it then makes are the member's own.
+    /// `request`'s sender, refused unless it may access the keys of a Lock's or
+    /// Election's line for `name` (or, with `key`, that one key) for each of `wanted`:
+    /// etcd runs these services as clients of its own KV with the caller's token, so the
+    /// caller needs the permissions those KV requests need. Checked here before the
+    /// service starts (so no session lease is granted for nothing), and again where its
+    /// writes apply, which are the caller's.
     pub(super) async fn check_line<T>(
         &self,
         request: &Request<T>,
         name_or_key: &[u8],
         whole_line: bool,
         wanted: &[PermissionType],
-    ) -> Result<(), Status> {
+    ) -> Result<Caller, Status> {
         let caller = self.caller(request).await?;
         let auth = self.inner.auth.borrow();
         let (key, end) = if whole_line {
@@ -94,7 +93,8 @@ impl Services {
         wanted
             .iter()
             .try_for_each(|&kind| auth.check_keys(&caller, &key, &end, kind))
-            .map_err(refused)
+            .map_err(refused)?;
+        Ok(caller)
     }
 
     /// Refused unless the request's sender holds the root role (while auth is on): what
@@ -146,6 +146,18 @@ impl Services {
         let caller = self.caller(request).await?;
         let r = self.auth_write(change, caller).await?;
         Ok(Some(self.header(r.header.revision)))
+    }
+
+    /// A hash at the configured cost that no password matches (made once).
+    fn unmatchable_hash(&self) -> String {
+        static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let cost = self.inner.bcrypt_cost;
+        HASH.get_or_init(|| {
+            let mut random = [0u8; 32];
+            let _ = getrandom::getrandom(&mut random);
+            bcrypt::hash(random, cost).unwrap_or_default()
+        })
+        .clone()
     }
 
     /// bcrypt `password` at the configured cost, off the async threads. Only an
@@ -269,17 +281,19 @@ impl pb::auth_server::Auth for Services {
         if !auth.enabled() {
             return Err(refused(KvError::AuthNotEnabled));
         }
-        let Some((Some(hash), generation)) = auth.credentials(&name) else {
-            return Err(refused(KvError::AuthFailed));
+        // An unknown user (or one without a password) costs a hash check too, so the
+        // time an answer takes does not tell which users exist.
+        let (hash, generation) = match auth.credentials(&name) {
+            Some((Some(hash), generation)) => (hash.to_owned(), Some(generation)),
+            _ => (self.unmatchable_hash(), None),
         };
-        let hash = hash.to_owned();
         let matches =
             tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
                 .await
                 .unwrap_or(false);
-        if !matches {
+        let Some(generation) = generation.filter(|_| matches) else {
             return Err(refused(KvError::AuthFailed));
-        }
+        };
         let expires = now_secs().saturating_add(self.inner.auth_token_ttl);
         Ok(Reply::new(pb::AuthenticateResponse {
             header: Some(self.header(self.revision())),

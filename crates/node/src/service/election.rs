@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use ekmat_api::v3electionpb as pb;
 use ekmat_kv::{
-    EventKind, KeyValue, PermissionType, PutRequest, RangeRequest, RequestOp, ResponseOp,
+    Caller, EventKind, KeyValue, PermissionType, PutRequest, RangeRequest, RequestOp, ResponseOp,
     SortOrder, SortTarget, TxnRequest, prefix_end,
 };
 use tokio::sync::broadcast::error::RecvError;
@@ -38,7 +38,12 @@ type Observed = mpsc::Sender<Result<pb::LeaderResponse, Status>>;
 impl Services {
     /// Put `value` at the leader's key if the key is still the one created at `rev`
     /// (etcd's `Proclaim`); the revision after.
-    async fn proclaim_at(&self, place: &Place, value: Bytes) -> Result<i64, Status> {
+    async fn proclaim_at(
+        &self,
+        caller: &Caller,
+        place: &Place,
+        value: Bytes,
+    ) -> Result<i64, Status> {
         let put = PutRequest {
             lease: place.lease,
             ..PutRequest::new(place.key.clone(), value)
@@ -48,7 +53,7 @@ impl Services {
             success: vec![RequestOp::Put(put)],
             failure: vec![],
         };
-        let resp = self.txn(txn).await?;
+        let resp = self.txn(caller, txn).await?;
         if !resp.succeeded {
             return Err(Status::unknown(NOT_LEADER));
         }
@@ -98,12 +103,13 @@ impl pb::election_server::Election for Services {
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Reply<pb::CampaignResponse>, Status> {
-        self.check_line(&request, &request.get_ref().name, true, READ_WRITE)
+        let caller = self
+            .check_line(&request, &request.get_ref().name, true, READ_WRITE)
             .await?;
         let req = request.into_inner();
         let lease = self.session_lease(req.lease).await?;
         let value = Bytes::from(req.value);
-        let (place, joined, _) = self.join(&req.name, lease, value.clone()).await?;
+        let (place, joined, _) = self.join(&caller, &req.name, lease, value.clone()).await?;
         // Until it leads, a campaign whose client goes away resigns, as in etcd.
         let abandon = Abandon::new(self, &place);
         if !joined.succeeded {
@@ -114,7 +120,7 @@ impl pb::election_server::Election for Services {
                 _ => None,
             };
             if current.as_ref() != Some(&value) {
-                self.proclaim_at(&place, value).await?;
+                self.proclaim_at(&caller, &place, value).await?;
             }
         }
         let waited = self.wait_turn(&line_prefix(&req.name), &place).await;
@@ -143,10 +149,14 @@ impl pb::election_server::Election for Services {
         request: Request<pb::ProclaimRequest>,
     ) -> Result<Reply<pb::ProclaimResponse>, Status> {
         let (_, place) = place_of(request.get_ref().leader.clone())?;
-        self.check_line(&request, &place.key, false, &[PermissionType::Write])
+        // The txn compares the key and puts it: both read and write, as in etcd.
+        let caller = self
+            .check_line(&request, &place.key, false, READ_WRITE)
             .await?;
         let req = request.into_inner();
-        let revision = self.proclaim_at(&place, Bytes::from(req.value)).await?;
+        let revision = self
+            .proclaim_at(&caller, &place, Bytes::from(req.value))
+            .await?;
         Ok(Reply::new(pb::ProclaimResponse {
             header: Some(self.header(revision)),
         }))
@@ -202,7 +212,7 @@ impl pb::election_server::Election for Services {
         request: Request<pb::ResignRequest>,
     ) -> Result<Reply<pb::ResignResponse>, Status> {
         let (_, place) = place_of(request.get_ref().leader.clone())?;
-        self.check_line(&request, &place.key, false, &[PermissionType::Write])
+        self.check_line(&request, &place.key, false, READ_WRITE)
             .await?;
         // Not (or no longer) the leader's key: nothing to do, and no error, as in etcd.
         let revision = self.delete_if_created(place.key, place.rev).await?;

@@ -164,11 +164,13 @@ impl pb::lease_server::Lease for Services {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Reply<pb::LeaseTimeToLiveResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let query = Query::LeaseTimeToLive {
             id: r.id,
             keys: r.keys,
         };
+        let query = Query::As(caller, Box::new(query));
         let answer = match self.read(query, true).await {
             Ok(Answer::LeaseTimeToLive(t)) => pb::LeaseTimeToLiveResponse {
                 header: Some(self.header(t.header.revision)),

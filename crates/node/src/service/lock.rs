@@ -19,16 +19,17 @@ impl pb::lock_server::Lock for Services {
         &self,
         request: Request<pb::LockRequest>,
     ) -> Result<Reply<pb::LockResponse>, Status> {
-        self.check_line(
-            &request,
-            &request.get_ref().name,
-            true,
-            super::election::READ_WRITE,
-        )
-        .await?;
+        let caller = self
+            .check_line(
+                &request,
+                &request.get_ref().name,
+                true,
+                super::election::READ_WRITE,
+            )
+            .await?;
         let req = request.into_inner();
         let lease = self.session_lease(req.lease).await?;
-        let (place, joined, first) = self.join(&req.name, lease, Bytes::new()).await?;
+        let (place, joined, first) = self.join(&caller, &req.name, lease, Bytes::new()).await?;
         // Uncontended (or already held by this lease): no wait, the txn's header.
         let revision = if first.is_none_or(|kv| kv.create_revision == place.rev) {
             joined.header.revision
@@ -59,10 +60,11 @@ impl pb::lock_server::Lock for Services {
         request: Request<pb::UnlockRequest>,
     ) -> Result<Reply<pb::UnlockResponse>, Status> {
         let write = [ekmat_kv::PermissionType::Write];
-        self.check_line(&request, &request.get_ref().key, false, &write)
+        let caller = self
+            .check_line(&request, &request.get_ref().key, false, &write)
             .await?;
         let key = Bytes::from(request.into_inner().key);
-        let revision = self.delete_key(key).await?;
+        let revision = self.delete_key(&caller, key).await?;
         Ok(Reply::new(pb::UnlockResponse {
             header: Some(self.header(revision)),
         }))

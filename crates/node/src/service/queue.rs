@@ -11,9 +11,9 @@
 
 use bytes::Bytes;
 use ekmat_kv::{
-    Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, EventKind, KeyValue,
-    LeaseGrantRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, Response, ResponseOp,
-    SortOrder, SortTarget, TxnRequest, TxnResponse, prefix_end,
+    Caller, Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, EventKind,
+    KeyValue, LeaseGrantRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, Response,
+    ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse, prefix_end,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
@@ -73,8 +73,16 @@ impl Services {
         self.write(command).await.map_err(|e| inner_error(&e))
     }
 
-    pub(super) async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse, Status> {
-        match self.order(Command::Txn(txn)).await? {
+    /// `caller`'s txn.
+    pub(super) async fn txn(
+        &self,
+        caller: &Caller,
+        txn: TxnRequest,
+    ) -> Result<TxnResponse, Status> {
+        match self
+            .order(Command::Txn(txn).from_caller(caller.clone()))
+            .await?
+        {
             Response::Txn(r) => Ok(r),
             _ => Err(unexpected_answer()),
         }
@@ -89,12 +97,10 @@ impl Services {
         }
     }
 
-    /// The revision after deleting `key` unconditionally (etcd's Unlock).
-    pub(super) async fn delete_key(&self, key: Bytes) -> Result<i64, Status> {
-        match self
-            .order(Command::DeleteRange(DeleteRangeRequest::new(key)))
-            .await?
-        {
+    /// The revision after deleting `key` unconditionally, as `caller` (etcd's Unlock).
+    pub(super) async fn delete_key(&self, caller: &Caller, key: Bytes) -> Result<i64, Status> {
+        let delete = Command::DeleteRange(DeleteRangeRequest::new(key));
+        match self.order(delete.from_caller(caller.clone())).await? {
             Response::DeleteRange(r) => Ok(r.header.revision),
             _ => Err(unexpected_answer()),
         }
@@ -137,6 +143,7 @@ impl Services {
     /// txn, the line's first key. Returns the place, the txn's answer and the first key.
     pub(super) async fn join(
         &self,
+        caller: &Caller,
         name: &[u8],
         lease: i64,
         value: Bytes,
@@ -158,7 +165,7 @@ impl Services {
             success: vec![RequestOp::Put(put), first.clone()],
             failure: vec![RequestOp::Range(RangeRequest::new(key.clone())), first],
         };
-        let resp = self.txn(txn).await?;
+        let resp = self.txn(caller, txn).await?;
         let rev = if resp.succeeded {
             resp.header.revision
         } else {

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use ekmat_api::ekmatpb::{self, signed_requests_server::SignedRequests};
-use ekmat_kv::Envelope;
+use ekmat_kv::{Command, Envelope};
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
@@ -75,9 +75,16 @@ impl Services {
         }
         // The envelope's own stamp is not the store's clock: the batch's agreed time is
         // (PBFT's `clock.rs`), so a client's clock cannot expire leases.
-        Envelope::decode(&r.op).map_err(|e| {
+        let envelope = Envelope::decode(&r.op).map_err(|e| {
             Status::invalid_argument(format!("the operation is not an encoded command: {e}"))
         })?;
+        // A registered client's key is its credential: it writes keys as itself, and
+        // neither manages auth nor speaks in a user's name.
+        if matches!(envelope.command, Command::Auth(_) | Command::As(..)) {
+            return Err(Status::permission_denied(
+                "a signed request carries a key-value command; users and roles are managed through the Auth service",
+            ));
+        }
         let signature: [u8; 64] = r.signature.as_slice().try_into().map_err(|_| {
             Status::invalid_argument(format!(
                 "a signature is 64 bytes, not {}",
