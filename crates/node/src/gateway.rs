@@ -4,7 +4,8 @@
 //! names, 64-bit integers as strings, bytes in base64, zero values left out. Errors come
 //! as `{"error","message","code"}` with the HTTP status grpc-gateway gives the gRPC code.
 //! Streams (watch, lease keep-alive, election observe, snapshot) take a sequence of JSON
-//! requests as the body and answer one `{"result": ...}` line per response.
+//! requests as the body and answer one `{"result": ...}` line per response. A login's
+//! token comes in the `Authorization` header, as etcd's gateway takes it.
 //!
 //! Each route calls the same service the gRPC method does, so the two cannot disagree.
 

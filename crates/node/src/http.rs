@@ -226,4 +226,23 @@ mod tests {
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("checking its data"), "{body}");
     }
+
+    #[tokio::test]
+    async fn an_unknown_grpc_method_is_answered_as_grpc_and_anything_else_with_404() {
+        let ask = |content_type: &'static str| {
+            let request = axum::http::Request::post("/etcdserverpb.Nothing/Here")
+                .header(axum::http::header::CONTENT_TYPE, content_type)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            not_found(request)
+        };
+        let grpc = ask("application/grpc").await;
+        assert_eq!(
+            grpc.status(),
+            StatusCode::OK,
+            "gRPC errors travel in trailers"
+        );
+        assert_eq!(grpc.headers()["grpc-status"], "12", "Unimplemented");
+        assert_eq!(ask("text/plain").await.status(), StatusCode::NOT_FOUND);
+    }
 }

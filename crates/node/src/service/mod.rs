@@ -1,7 +1,8 @@
 //! The etcd v3 gRPC API: KV, Lease, Watch, Maintenance (status, alarms, HashKV, snapshot,
-//! defragment, move-leader), Cluster (members), and the Election and Lock services built
-//! on them. Writes that add data pass the space quota first (`quota.rs`); the leader can
-//! compare members' data now and then (`corruption.rs`).
+//! defragment, move-leader), Cluster (members), Auth (users, roles, permissions, login:
+//! `auth.rs`), and the Election and Lock services built on them. Writes that add data
+//! pass the space quota first (`quota.rs`); the leader can compare members' data now and
+//! then (`corruption.rs`).
 //!
 //! Handlers turn requests into calls on the driver; the driver forwards what this member
 //! cannot order to the leader, so clients may talk to any member.
