@@ -212,10 +212,13 @@ impl pb::election_server::Election for Services {
         request: Request<pb::ResignRequest>,
     ) -> Result<Reply<pb::ResignResponse>, Status> {
         let (_, place) = place_of(request.get_ref().leader.clone())?;
-        self.check_line(&request, &place.key, false, READ_WRITE)
+        let caller = self
+            .check_line(&request, &place.key, false, READ_WRITE)
             .await?;
         // Not (or no longer) the leader's key: nothing to do, and no error, as in etcd.
-        let revision = self.delete_if_created(place.key, place.rev).await?;
+        let revision = self
+            .delete_if_created(place.key, place.rev, Some(&caller))
+            .await?;
         Ok(Reply::new(pb::ResignResponse {
             header: Some(self.header(revision)),
         }))

@@ -106,16 +106,26 @@ impl Services {
         }
     }
 
-    /// Delete `key` if it is still the version created at `rev` (etcd's Resign); the
+    /// Delete `key` if it is still the version created at `rev` (etcd's Resign, as
+    /// `caller`; none: the member's own cleanup of an abandoned waiter's key); the
     /// revision after.
-    pub(super) async fn delete_if_created(&self, key: Bytes, rev: i64) -> Result<i64, Status> {
+    pub(super) async fn delete_if_created(
+        &self,
+        key: Bytes,
+        rev: i64,
+        caller: Option<&Caller>,
+    ) -> Result<i64, Status> {
         let txn = TxnRequest {
             compare: vec![created_at(&key, rev)],
             success: vec![RequestOp::DeleteRange(DeleteRangeRequest::new(key))],
             failure: vec![],
         };
+        let command = match caller {
+            Some(caller) => Command::Txn(txn).from_caller(caller.clone()),
+            None => Command::Txn(txn),
+        };
         // Also the cleanup of an abandoned waiter's key, which must not be shed.
-        match self.write_internal(Command::Txn(txn)).await {
+        match self.write_internal(command).await {
             Ok(Response::Txn(r)) => Ok(r.header.revision),
             Ok(_) => Err(unexpected_answer()),
             Err(e) => Err(inner_error(&e)),
@@ -277,7 +287,7 @@ impl Drop for Abandon {
         };
         let services = self.services.clone();
         runtime.spawn(async move {
-            if let Err(e) = services.delete_if_created(place.key, place.rev).await {
+            if let Err(e) = services.delete_if_created(place.key, place.rev, None).await {
                 tracing::debug!(error = %e, "could not delete an abandoned waiter's key");
             }
         });
