@@ -231,4 +231,40 @@ async fn etcdctls_auth_commands_answer_as_etcds_do() {
         err,
         "Error: etcdserver: authentication failed, invalid user ID or password\n"
     );
+
+    // A backup keeps users, roles and the switch: restored into etcd and into ekmat,
+    // the cluster comes back with auth on, and root's password still works.
+    let file = c.dir.path().join("auth-backup.db");
+    let save = ["snapshot", "save", file.to_str().unwrap()];
+    let saved = run(&ekmat[0], ROOT, &save, None);
+    assert!(saved.ok, "{saved:?}");
+    let restored = Etcd::start_restored(|name, peer, dir| {
+        let args = support::etcd_restore_args(&file, name, peer, dir);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert!(run(&etcd.url, None, &args, None).ok);
+    })
+    .expect("etcd is installed");
+    restored.wait_ready().await;
+    let mut fresh = Cluster::configure(3, |_| {});
+    for i in 0..3 {
+        support::write_config(&fresh.config_path(i), &fresh.cfgs[i]);
+        let out = support::restore(&file, &fresh.config_path(i));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !said.contains("left out"), "{said}");
+    }
+    for i in 0..3 {
+        fresh.spawn(i);
+    }
+    fresh.leader(Duration::from_secs(15)).await;
+    for endpoints in [restored.url.clone(), fresh.endpoints().join(",")] {
+        let anonymous = run(&endpoints, None, &["get", "k"], None);
+        assert_eq!(
+            anonymous.error, "Error: etcdserver: user name is empty",
+            "{endpoints}"
+        );
+        let as_root = run(&endpoints, ROOT, &["get", "k"], None);
+        assert_eq!(as_root.out, "k\nv\n", "{endpoints}: {as_root:?}");
+        let users = run(&endpoints, ROOT, &["user", "list"], None);
+        assert_eq!(users.out, "root\n", "{endpoints}");
+    }
 }

@@ -554,19 +554,8 @@ async fn a_saved_snapshot_restores_into_a_real_etcd_serving_the_same_data() {
     assert_eq!(status["revision"], ours["header"]["revision"]);
 
     let restored = support::Etcd::start_restored(|name, peer, dir| {
-        run(&[
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--name",
-            name,
-            "--initial-cluster",
-            &format!("{name}={peer}"),
-            "--initial-advertise-peer-urls",
-            peer,
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ]);
+        let args = support::etcd_restore_args(&file, name, peer, dir);
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     });
     let Some(etcd) = restored else {
         return;

@@ -69,6 +69,22 @@ pub struct AuthState {
     pub(crate) token_secret: Bytes,
 }
 
+/// A user as a backup holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    /// None: a user without a password.
+    pub password_hash: Option<String>,
+    pub roles: Vec<String>,
+}
+
+/// A role as a backup holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleRecord {
+    pub name: String,
+    pub permissions: Vec<Permission>,
+}
+
 /// Who sent a client's command, as the member that took it established.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Caller {
@@ -81,7 +97,8 @@ pub enum Caller {
 /// A change to (or a read of) the auth state, ordered through the log as etcd orders them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthRequest {
-    /// Turn auth on; `token_secret` is fresh random bytes from the proposer.
+    /// Turn auth on; `token_secret` is fresh random bytes from the proposer. While auth
+    /// is on with no secret (restored from a backup), it sets the secret only.
     Enable {
         token_secret: Bytes,
     },
@@ -165,9 +182,72 @@ impl AuthState {
         self.revision
     }
 
-    /// What tokens are signed with (empty until auth is first enabled).
+    /// What tokens are signed with (empty until auth is first enabled, and in a store
+    /// restored from a backup until its first login chooses one).
     pub fn token_secret(&self) -> &[u8] {
         &self.token_secret
+    }
+
+    /// Every user, by name, as a backup holds them.
+    pub fn user_records(&self) -> Vec<UserRecord> {
+        self.users
+            .iter()
+            .map(|(name, u)| UserRecord {
+                name: name.clone(),
+                password_hash: u.password_hash.clone(),
+                roles: u.roles.iter().cloned().collect(),
+            })
+            .collect()
+    }
+
+    /// Every role, by name, with its permissions by key.
+    pub fn role_records(&self) -> Vec<RoleRecord> {
+        self.roles
+            .keys()
+            .map(|name| RoleRecord {
+                name: name.clone(),
+                permissions: self.role_permissions(name).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The state a backup describes. It has no token secret: the first login after
+    /// the restore has one chosen through the log (see [`AuthRequest::Enable`]).
+    pub fn from_records(
+        enabled: bool,
+        revision: u64,
+        users: Vec<UserRecord>,
+        roles: Vec<RoleRecord>,
+    ) -> AuthState {
+        let users = users
+            .into_iter()
+            .map(|u| {
+                let user = User {
+                    password_hash: u.password_hash,
+                    roles: u.roles.into_iter().collect(),
+                    generation: revision,
+                };
+                (u.name, user)
+            })
+            .collect();
+        let roles = roles
+            .into_iter()
+            .map(|r| {
+                let perms = r
+                    .permissions
+                    .into_iter()
+                    .map(|p| ((p.key, p.range_end), p.kind))
+                    .collect();
+                (r.name, perms)
+            })
+            .collect();
+        AuthState {
+            enabled,
+            revision,
+            users,
+            roles,
+            token_secret: Bytes::new(),
+        }
     }
 
     /// `name`'s password hash and generation, if `name` exists; the hash is none for a
@@ -251,7 +331,11 @@ impl AuthState {
         match request {
             AuthRequest::Enable { token_secret } => {
                 if self.enabled {
-                    return Ok(false);
+                    if !self.token_secret.is_empty() || token_secret.is_empty() {
+                        return Ok(false);
+                    }
+                    self.token_secret = token_secret;
+                    return Ok(true);
                 }
                 let root = self.users.get(ROOT_USER).ok_or(KvError::RootUserNotExist)?;
                 if !root.roles.contains(ROOT_ROLE) {

@@ -31,6 +31,7 @@ mod write;
 pub use alarm::{AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, txn_puts};
 pub use auth::{
     AuthRequest, AuthResponse, AuthState, Caller, Permission, PermissionType, ROOT_ROLE, ROOT_USER,
+    RoleRecord, UserRecord,
 };
 pub use command::{Applied, Command, Envelope, Response, TickResponse};
 pub use error::{DecodeError, KvError};

@@ -94,6 +94,11 @@ impl SnapshotSource {
         self.applied
     }
 
+    /// Users, roles and the auth switch.
+    pub fn auth(&self) -> &AuthState {
+        &self.auth
+    }
+
     /// Every retained version, in revision order: etcd's backend keeps its key space
     /// this way, one record per (revision, sub-revision).
     pub fn history(&self) -> Vec<HistoryRecord<'_>> {
@@ -209,6 +214,7 @@ pub(crate) fn from_backup(
     records: Vec<BackupRecord>,
     leases: &[(i64, i64)],
     compact_revision: i64,
+    auth: AuthState,
 ) -> Result<KvStore, KvError> {
     let mut keys: OrdMap<Bytes, Vec<Version>> = OrdMap::new();
     let mut revision = 1;
@@ -263,7 +269,7 @@ pub(crate) fn from_backup(
             .collect(),
         sessions: BTreeMap::new(),
     };
-    assemble(s, Vec::new(), AuthState::default())
+    assemble(s, Vec::new(), auth)
 }
 
 /// A store from decoded parts, checked for consistency rather than trusted.

@@ -326,15 +326,17 @@ impl KvStore {
     }
 
     /// The store a backup in etcd's layout describes, as of log index `applied`: every
-    /// retained version in revision order, the leases (id, TTL in seconds) and the
-    /// compaction point. No client sessions, alarms or lease deadlines come with it.
+    /// retained version in revision order, the leases (id, TTL in seconds), the
+    /// compaction point, and users and roles. No client sessions, alarms or lease
+    /// deadlines come with it.
     pub fn from_backup(
         applied: u64,
         records: Vec<crate::BackupRecord>,
         leases: &[(i64, i64)],
         compact_revision: i64,
+        auth: AuthState,
     ) -> Result<KvStore, KvError> {
-        crate::snapshot::from_backup(applied, records, leases, compact_revision)
+        crate::snapshot::from_backup(applied, records, leases, compact_revision, auth)
     }
 
     /// The store a [`KvStore::snapshot`] was taken of.

@@ -357,6 +357,30 @@ pub struct Etcd {
     _dir: tempfile::TempDir,
 }
 
+/// `etcdctl snapshot restore`'s arguments that make `dir` the data of an [`Etcd`]
+/// member called `name` at `peer` (what [`Etcd::start_restored`] gives its closure).
+#[allow(dead_code)] // not every test binary uses it
+pub fn etcd_restore_args(file: &Path, name: &str, peer: &str, dir: &Path) -> Vec<String> {
+    let file = file.to_str().unwrap();
+    let cluster = format!("{name}={peer}");
+    let dir = dir.to_str().unwrap();
+    [
+        "snapshot",
+        "restore",
+        file,
+        "--name",
+        name,
+        "--initial-cluster",
+        &cluster,
+        "--initial-advertise-peer-urls",
+        peer,
+        "--data-dir",
+        dir,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// The member name and peer URL an [`Etcd`] on `peer` uses; `etcdctl snapshot restore`
 /// must be given the same.
 pub fn etcd_member(peer: u16) -> (&'static str, String) {

@@ -255,7 +255,7 @@ fn restored_leases_restart_their_ttl_when_the_clock_starts() {
     };
     let start = 1_700_000_000_000;
     let mut h = Harness {
-        kv: KvStore::from_backup(1, vec![leased], &[(5, 60)], 0).unwrap(),
+        kv: KvStore::from_backup(1, vec![leased], &[(5, 60)], 0, AuthState::default()).unwrap(),
         now_ms: start,
     };
     h.put("b", "v");

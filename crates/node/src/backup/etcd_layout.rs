@@ -9,14 +9,19 @@
 //!   snapshot restore` rewrites it), and the compaction point under
 //!   `finishedCompactRev` and `scheduledCompactRev` as revision keys.
 //!
-//! etcd's other buckets (members, auth, alarms) are left out: `snapshot restore`
-//! creates the members anew and etcd creates the rest empty.
+//! - `auth`: `authEnabled` (one byte, 1 or 0) and `authRevision` (8 bytes big-endian);
+//!   `authUsers` and `authRoles`: a name to an `authpb.User` (its bcrypt hash as the
+//!   password) or an `authpb.Role`.
+//!
+//! etcd's other buckets (members, alarms) are left out: `snapshot restore` creates the
+//! members anew and etcd creates the rest empty.
 
-use ekmat_api::mvccpb;
+use ekmat_api::{authpb, mvccpb};
 use ekmat_kv::{HistoryRecord, SnapshotSource};
 use prost::Message;
 
 use super::bbolt::{Bucket, BucketSource, Entry};
+use crate::service::convert;
 
 const KEY: &[u8] = b"key";
 const LEASE: &[u8] = b"lease";
@@ -24,6 +29,11 @@ const META: &[u8] = b"meta";
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
 const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
 const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
+const AUTH: &[u8] = b"auth";
+const AUTH_USERS: &[u8] = b"authUsers";
+const AUTH_ROLES: &[u8] = b"authRoles";
+const AUTH_ENABLED: &[u8] = b"authEnabled";
+const AUTH_REVISION: &[u8] = b"authRevision";
 /// A revision key: main, `_`, sub.
 const REVISION_LEN: usize = 17;
 const TOMBSTONE: u8 = b't';
@@ -57,6 +67,8 @@ pub struct EtcdState {
     pub leases: Vec<(i64, i64)>,
     pub compact_revision: i64,
     pub consistent_index: u64,
+    /// Users, roles and the switch (no token secret: a restored cluster chooses one).
+    pub auth: ekmat_kv::AuthState,
     /// Buckets with entries that ekmat does not restore (etcd's users and roles, its
     /// alarms), by name with their entry counts. Members are not listed: a restore
     /// always starts a new membership, as `etcdctl snapshot restore` does.
@@ -119,11 +131,124 @@ pub fn buckets<'a>(
         meta.push((SCHEDULED_COMPACT.to_vec(), rev));
     }
     meta.sort();
-    vec![
+    let mut buckets = vec![
         keys,
         BucketSource::of(LEASE, leases),
         BucketSource::of(META, meta),
+    ];
+    buckets.extend(auth_buckets(source.auth()));
+    buckets
+}
+
+/// etcd's three auth buckets, as etcd creates them (none for a store that never had
+/// users, roles or auth on: etcd then has them empty).
+fn auth_buckets<'a>(auth: &ekmat_kv::AuthState) -> Vec<BucketSource<'a>> {
+    let users: Vec<Entry> = auth
+        .user_records()
+        .into_iter()
+        .map(|u| {
+            let record = authpb::User {
+                name: u.name.clone().into_bytes(),
+                password: u.password_hash.clone().unwrap_or_default().into_bytes(),
+                roles: u.roles,
+                options: Some(authpb::UserAddOptions {
+                    no_password: u.password_hash.is_none(),
+                }),
+            };
+            (u.name.into_bytes(), record.encode_to_vec())
+        })
+        .collect();
+    let roles: Vec<Entry> = auth
+        .role_records()
+        .into_iter()
+        .map(|r| {
+            let record = authpb::Role {
+                name: r.name.clone().into_bytes(),
+                key_permission: r
+                    .permissions
+                    .into_iter()
+                    .map(convert::permission_out)
+                    .collect(),
+            };
+            (r.name.into_bytes(), record.encode_to_vec())
+        })
+        .collect();
+    if users.is_empty() && roles.is_empty() && !auth.enabled() {
+        return Vec::new();
+    }
+    let switch = vec![
+        (AUTH_ENABLED.to_vec(), vec![u8::from(auth.enabled())]),
+        (
+            AUTH_REVISION.to_vec(),
+            auth.revision().to_be_bytes().to_vec(),
+        ),
+    ];
+    // Names are map keys, so each bucket is in key order already.
+    vec![
+        BucketSource::of(AUTH, switch),
+        BucketSource::of(AUTH_USERS, users),
+        BucketSource::of(AUTH_ROLES, roles),
     ]
+}
+
+/// The auth state etcd's three buckets describe.
+fn read_auth(
+    switch: &[Entry],
+    users: Vec<Entry>,
+    roles: Vec<Entry>,
+) -> Result<ekmat_kv::AuthState, String> {
+    let mut enabled = false;
+    let mut revision = 0;
+    for (key, value) in switch {
+        match &key[..] {
+            AUTH_ENABLED => enabled = value.as_slice() == [1],
+            AUTH_REVISION => {
+                let bytes = value
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| format!("auth bucket: authRevision of {} bytes", value.len()))?;
+                revision = u64::from_be_bytes(bytes);
+            }
+            _ => {}
+        }
+    }
+    let users = users
+        .into_iter()
+        .map(|(_, value)| {
+            let u =
+                authpb::User::decode(&value[..]).map_err(|e| format!("authUsers bucket: {e}"))?;
+            let no_password = u.options.is_some_and(|o| o.no_password) || u.password.is_empty();
+            Ok(ekmat_kv::UserRecord {
+                name: String::from_utf8(u.name).map_err(|e| format!("authUsers bucket: {e}"))?,
+                password_hash: (!no_password)
+                    .then(|| String::from_utf8(u.password))
+                    .transpose()
+                    .map_err(|e| format!("authUsers bucket: {e}"))?,
+                roles: u.roles,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let roles = roles
+        .into_iter()
+        .map(|(_, value)| {
+            let r =
+                authpb::Role::decode(&value[..]).map_err(|e| format!("authRoles bucket: {e}"))?;
+            Ok(ekmat_kv::RoleRecord {
+                name: String::from_utf8(r.name).map_err(|e| format!("authRoles bucket: {e}"))?,
+                permissions: r
+                    .key_permission
+                    .into_iter()
+                    .map(|p| {
+                        convert::permission_in(p)
+                            .map_err(|kind| format!("authRoles bucket: permission type {kind}"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(ekmat_kv::AuthState::from_records(
+        enabled, revision, users, roles,
+    ))
 }
 
 /// One version as etcd's `key` bucket holds it.
@@ -155,11 +280,15 @@ pub fn read(buckets: Vec<Bucket>) -> Result<EtcdState, String> {
         }
     }
     let mut state = EtcdState::default();
+    let (mut switch, mut users, mut roles) = (Vec::new(), Vec::new(), Vec::new());
     for bucket in buckets {
         match &bucket.name[..] {
             KEY => state.revisions = read_revisions(bucket.entries)?,
             LEASE => state.leases = read_leases(&bucket.entries)?,
             META => read_meta(&bucket.entries, &mut state)?,
+            AUTH => switch = bucket.entries,
+            AUTH_USERS => users = bucket.entries,
+            AUTH_ROLES => roles = bucket.entries,
             b"members" | b"members_removed" | b"cluster" => {}
             name if !bucket.entries.is_empty() => state.left_out.push((
                 String::from_utf8_lossy(name).into_owned(),
@@ -168,6 +297,7 @@ pub fn read(buckets: Vec<Bucket>) -> Result<EtcdState, String> {
             _ => {}
         }
     }
+    state.auth = read_auth(&switch, users, roles)?;
     Ok(state)
 }
 
@@ -273,6 +403,65 @@ mod tests {
         assert_eq!(state.revisions[0].kv.lease, -5);
     }
 
+    #[test]
+    fn users_roles_and_the_switch_go_into_a_backup_and_come_back() {
+        use ekmat_kv::{AuthRequest, Permission, PermissionType};
+        let mut kv = KvStore::new();
+        let perm = |kind, key: &'static str, end: &'static str| Permission {
+            kind,
+            key: key.into(),
+            range_end: end.into(),
+        };
+        for request in [
+            AuthRequest::UserAdd {
+                name: "root".into(),
+                password_hash: Some("$2b$10$hash".into()),
+            },
+            AuthRequest::UserAdd {
+                name: "nopw".into(),
+                password_hash: None,
+            },
+            AuthRequest::UserGrantRole {
+                user: "root".into(),
+                role: "root".into(),
+            },
+            AuthRequest::RoleAdd { name: "r".into() },
+            AuthRequest::RoleGrantPermission {
+                role: "r".into(),
+                permission: perm(PermissionType::Read, "a", "b"),
+            },
+            AuthRequest::RoleGrantPermission {
+                role: "r".into(),
+                permission: perm(PermissionType::ReadWrite, "k", ""),
+            },
+            AuthRequest::UserGrantRole {
+                user: "nopw".into(),
+                role: "r".into(),
+            },
+            AuthRequest::Enable {
+                token_secret: "secret".into(),
+            },
+        ] {
+            apply(&mut kv, Command::Auth(request));
+        }
+        let file = encode(&kv.snapshot_source()).unwrap();
+        let back = decode(&file).unwrap().auth;
+        let auth = kv.auth();
+        assert!(back.enabled());
+        assert_eq!(back.revision(), auth.revision());
+        assert_eq!(back.user_records(), auth.user_records());
+        assert_eq!(back.role_records(), auth.role_records());
+        assert!(
+            back.token_secret().is_empty(),
+            "the secret stays in the cluster"
+        );
+        let (hash, _) = back.credentials("root").unwrap();
+        assert_eq!(hash, Some("$2b$10$hash"));
+        // A store that never had auth writes no auth buckets, as etcd's are then empty.
+        let plain = encode(&KvStore::new().snapshot_source()).unwrap();
+        assert_eq!(decode(&plain).unwrap().auth, ekmat_kv::AuthState::default());
+    }
+
     fn meta(entries: Vec<Entry>) -> Bucket {
         Bucket {
             name: META.to_vec(),
@@ -344,7 +533,8 @@ mod tests {
                 },
             })
             .to_vec();
-        let err = ekmat_kv::KvStore::from_backup(1, records, &[], 0).unwrap_err();
+        let err =
+            ekmat_kv::KvStore::from_backup(1, records, &[], 0, Default::default()).unwrap_err();
         assert!(
             err.to_string().contains("out of order or repeated"),
             "{err}"

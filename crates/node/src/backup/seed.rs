@@ -65,7 +65,7 @@ impl Seed {
                 .map(|(name, n)| format!("{name} ({n} entries)"))
                 .collect();
             format!(
-                "left out of the restore: {} (ekmat has no users, roles or alarms to restore them into)",
+                "left out of the restore: {} (ekmat has no alarms to restore them into)",
                 parts.join(", ")
             )
         })
@@ -126,8 +126,14 @@ pub fn prepare(cfg: &NodeConfig, file: Vec<u8>) -> Result<Seed, NodeError> {
         })
         .collect::<Result<Vec<_>, String>>()
         .map_err(|e| NodeError::Storage(format!("backup: {e}")))?;
-    let kv = KvStore::from_backup(SEED_INDEX, records, &state.leases, state.compact_revision)
-        .map_err(|e| NodeError::Storage(format!("backup: {e}")))?;
+    let kv = KvStore::from_backup(
+        SEED_INDEX,
+        records,
+        &state.leases,
+        state.compact_revision,
+        state.auth,
+    )
+    .map_err(|e| NodeError::Storage(format!("backup: {e}")))?;
     // Each form of the store is let go once the next is made: a large backup is held
     // about twice, not four times.
     let encoded = kv.snapshot();

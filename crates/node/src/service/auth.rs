@@ -4,8 +4,8 @@
 //! against the caller's permissions where they apply (the state machine's `permission.rs`),
 //! reads and watches here, before they are served.
 
-use ekmat_api::{authpb, etcdserverpb as pb};
-use ekmat_kv::{AuthRequest, AuthResponse, Caller, Command, KvError, Permission, PermissionType};
+use ekmat_api::etcdserverpb as pb;
+use ekmat_kv::{AuthRequest, AuthResponse, Caller, Command, KvError, PermissionType};
 use tonic::{Request, Response as Reply, Status};
 
 use super::{Services, call_error, convert, unexpected_answer};
@@ -20,6 +20,13 @@ fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Fresh random bytes to sign tokens with.
+fn fresh_secret() -> Result<bytes::Bytes, Status> {
+    let mut secret = [0u8; 32];
+    getrandom::getrandom(&mut secret).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(bytes::Bytes::copy_from_slice(&secret))
 }
 
 fn refused(e: KvError) -> Status {
@@ -148,6 +155,23 @@ impl Services {
         Ok(Some(self.header(r.header.revision)))
     }
 
+    /// Have the cluster choose a token secret (a store restored from a backup with auth
+    /// on has none) and return the auth state with it. Logins racing here each propose
+    /// one; the first ordered wins and the rest change nothing.
+    async fn choose_token_secret(&self) -> Result<Box<ekmat_kv::AuthState>, Status> {
+        let enable = AuthRequest::Enable {
+            token_secret: fresh_secret()?,
+        };
+        self.write_internal(Command::Auth(enable))
+            .await
+            .map_err(|e| call_error(&e))?;
+        match self.read(Query::Auth, true).await {
+            Ok(Answer::Auth(auth)) if !auth.token_secret().is_empty() => Ok(auth),
+            Ok(_) => Err(unexpected_answer()),
+            Err(e) => Err(call_error(&e)),
+        }
+    }
+
     /// A hash at the configured cost that no password matches (made once).
     fn unmatchable_hash(&self) -> String {
         static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -196,48 +220,14 @@ impl Services {
     }
 }
 
-fn permission_in(p: authpb::Permission) -> Result<Permission, Status> {
-    let kind = match authpb::permission::Type::try_from(p.perm_type) {
-        Ok(authpb::permission::Type::Read) => PermissionType::Read,
-        Ok(authpb::permission::Type::Write) => PermissionType::Write,
-        Ok(authpb::permission::Type::Readwrite) => PermissionType::ReadWrite,
-        Err(_) => {
-            return Err(Status::invalid_argument(format!(
-                "etcdserver: invalid permission type {}",
-                p.perm_type
-            )));
-        }
-    };
-    Ok(Permission {
-        kind,
-        key: p.key.into(),
-        range_end: p.range_end.into(),
-    })
-}
-
-fn permission_out(p: Permission) -> authpb::Permission {
-    let kind = match p.kind {
-        PermissionType::Read => authpb::permission::Type::Read,
-        PermissionType::Write => authpb::permission::Type::Write,
-        PermissionType::ReadWrite => authpb::permission::Type::Readwrite,
-    };
-    authpb::Permission {
-        perm_type: kind as i32,
-        key: p.key.to_vec(),
-        range_end: p.range_end.to_vec(),
-    }
-}
-
 #[tonic::async_trait]
 impl pb::auth_server::Auth for Services {
     async fn auth_enable(
         &self,
         request: Request<pb::AuthEnableRequest>,
     ) -> Result<Reply<pb::AuthEnableResponse>, Status> {
-        let mut secret = [0u8; 32];
-        getrandom::getrandom(&mut secret).map_err(|e| Status::internal(e.to_string()))?;
         let enable = AuthRequest::Enable {
-            token_secret: bytes::Bytes::copy_from_slice(&secret),
+            token_secret: fresh_secret()?,
         };
         let header = self.auth_change(&request, enable).await?;
         Ok(Reply::new(pb::AuthEnableResponse { header }))
@@ -293,6 +283,11 @@ impl pb::auth_server::Auth for Services {
                 .unwrap_or(false);
         let Some(generation) = generation.filter(|_| matches) else {
             return Err(refused(KvError::AuthFailed));
+        };
+        let auth = if auth.token_secret().is_empty() {
+            self.choose_token_secret().await?
+        } else {
+            auth
         };
         let expires = now_secs().saturating_add(self.inner.auth_token_ttl);
         Ok(Reply::new(pb::AuthenticateResponse {
@@ -424,7 +419,11 @@ impl pb::auth_server::Auth for Services {
         let r = self.auth_write(get, caller).await?;
         Ok(Reply::new(pb::AuthRoleGetResponse {
             header: Some(self.header(r.header.revision)),
-            perm: r.permissions.into_iter().map(permission_out).collect(),
+            perm: r
+                .permissions
+                .into_iter()
+                .map(convert::permission_out)
+                .collect(),
         }))
     }
 
@@ -456,7 +455,10 @@ impl pb::auth_server::Auth for Services {
         request: Request<pb::AuthRoleGrantPermissionRequest>,
     ) -> Result<Reply<pb::AuthRoleGrantPermissionResponse>, Status> {
         let r = request.get_ref();
-        let permission = permission_in(r.perm.clone().unwrap_or_default())?;
+        let permission =
+            convert::permission_in(r.perm.clone().unwrap_or_default()).map_err(|kind| {
+                Status::invalid_argument(format!("etcdserver: invalid permission type {kind}"))
+            })?;
         let grant = AuthRequest::RoleGrantPermission {
             role: r.name.clone(),
             permission,

@@ -227,6 +227,37 @@ pub fn kv_error(e: &kv::KvError) -> Status {
     }
 }
 
+/// etcd's permission as ekmat's; an unknown permission type is given back as `Err`.
+pub fn permission_in(p: ekmat_api::authpb::Permission) -> Result<kv::Permission, i32> {
+    use ekmat_api::authpb::permission::Type;
+    let kind = match Type::try_from(p.perm_type) {
+        Ok(Type::Read) => kv::PermissionType::Read,
+        Ok(Type::Write) => kv::PermissionType::Write,
+        Ok(Type::Readwrite) => kv::PermissionType::ReadWrite,
+        Err(_) => return Err(p.perm_type),
+    };
+    Ok(kv::Permission {
+        kind,
+        key: p.key.into(),
+        range_end: p.range_end.into(),
+    })
+}
+
+/// ekmat's permission as etcd's.
+pub fn permission_out(p: kv::Permission) -> ekmat_api::authpb::Permission {
+    use ekmat_api::authpb::permission::Type;
+    let kind = match p.kind {
+        kv::PermissionType::Read => Type::Read,
+        kv::PermissionType::Write => Type::Write,
+        kv::PermissionType::ReadWrite => Type::Readwrite,
+    };
+    ekmat_api::authpb::Permission {
+        perm_type: kind as i32,
+        key: p.key.to_vec(),
+        range_end: p.range_end.to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
