@@ -857,9 +857,14 @@ impl<P: RuntimeProtocol> Driver<P> {
             changed
         });
         // Each change moves the auth revision, and a restored store holds the same
-        // state at the same revision (both come from the one committed log).
+        // state at the same revision (both come from the one committed log); the switch
+        // is compared too, for a backup that gave no revision.
         let auth = self.kv.auth();
-        if auth.revision() != self.auth.borrow().revision() {
+        let published = self.auth.borrow();
+        let stale =
+            (auth.revision(), auth.enabled()) != (published.revision(), published.enabled());
+        drop(published);
+        if stale {
             self.auth.send_replace(auth.clone());
         }
         let g = &self.gauges;
