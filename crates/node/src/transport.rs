@@ -666,6 +666,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_peer_of_an_earlier_protocol_version_is_refused() {
+        let b = free_addr().await;
+        let (tx, _rx) = mpsc::channel::<(NodeId, String)>(16);
+        let _tb = Transport::start(NodeId(1), 7, Vec::new(), b, &[], tx, Security::default())
+            .await
+            .unwrap();
+        for (version, refused) in [(VERSION - 1, true), (VERSION, false)] {
+            let mut stream = TcpStream::connect(b).await.unwrap();
+            let mut challenge = [0u8; 32];
+            stream.read_exact(&mut challenge).await.unwrap();
+            let hello = Hello {
+                magic: MAGIC,
+                version,
+                cluster_id: 7,
+                from: NodeId(0),
+                settings: Vec::new(),
+                proof: None,
+            };
+            write_frame(&mut stream, &hello).await.unwrap();
+            stream.flush().await.unwrap();
+            // Refused: the member closes the link. Taken: it stays open, and silent.
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte)).await;
+            assert_eq!(
+                matches!(read, Ok(Ok(0) | Err(_))),
+                refused,
+                "version {version}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_message_too_large_to_send_is_dropped_and_the_rest_still_arrive() {
         let (ta, _tb, mut rx_b, _) = two_members().await;
         assert!(ta.send(NodeId(1), "before".into()));
