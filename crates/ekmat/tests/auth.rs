@@ -6,11 +6,9 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Cluster, Etcd, etcdctl_available};
+use support::{Cluster, Etcd, etcdctl, etcdctl_available};
 
 /// What a user sees of one etcdctl run: whether it succeeded, its output, and its
 /// `Error:` line (etcdctl's other stderr lines name endpoints and differ by cluster).
@@ -22,31 +20,14 @@ struct Seen {
 }
 
 fn run(endpoints: &str, user: Option<&str>, args: &[&str], stdin: Option<&str>) -> Seen {
-    let mut command = Command::new("etcdctl");
-    command
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .arg("--command-timeout=10s");
-    if let Some(user) = user {
-        command.arg(format!("--user={user}"));
-    }
-    let mut child = command
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    let o = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
+    let user = user.map(|u| format!("--user={u}"));
+    let mut all = vec!["--command-timeout=10s"];
+    all.extend(user.as_deref());
+    all.extend(args);
+    let (ok, out, stderr) = etcdctl(endpoints, &all, stdin);
     Seen {
-        ok: o.status.success(),
-        out: String::from_utf8_lossy(&o.stdout).into_owned(),
+        ok,
+        out,
         error: stderr
             .lines()
             .filter(|l| l.starts_with("Error:"))

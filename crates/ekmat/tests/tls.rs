@@ -9,7 +9,6 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,17 +66,11 @@ fn pki(dir: &Path) -> Pki {
 }
 
 fn etcdctl(endpoint: &str, tls: &[String], args: &[&str]) -> (bool, String) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(["--dial-timeout=2s", "--command-timeout=5s"])
-        .args(tls)
-        .args(args)
-        .output()
-        .expect("etcdctl runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    let mut all = vec!["--dial-timeout=2s", "--command-timeout=5s"];
+    all.extend(tls.iter().map(String::as_str));
+    all.extend(args);
+    let (ok, out, err) = support::etcdctl(endpoint, &all, None);
+    (ok, out + &err)
 }
 
 fn flags(ca: &Path, identity: Option<&(PathBuf, PathBuf)>) -> Vec<String> {
