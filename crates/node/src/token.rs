@@ -45,13 +45,20 @@ fn claims(token: &str) -> Option<Claims<'_>> {
     })
 }
 
-/// Who `token` speaks for at `now` (seconds since the epoch), under `auth`.
-pub fn verify(auth: &AuthState, token: &str, now: u64) -> Result<Caller, KvError> {
+/// Who `token` speaks for at `now` (seconds since the epoch), under `auth` (members
+/// call [`judge`], which parses the token once and may defer).
+#[cfg(test)]
+fn verify(auth: &AuthState, token: &str, now: u64) -> Result<Caller, KvError> {
+    let c = claims(token).ok_or(KvError::InvalidAuthToken)?;
+    verify_claims(auth, c, now)
+}
+
+/// [`verify`] of a token already parsed.
+fn verify_claims(auth: &AuthState, c: Claims<'_>, now: u64) -> Result<Caller, KvError> {
     let invalid = KvError::InvalidAuthToken;
     if auth.token_secret().is_empty() {
         return Err(invalid); // nothing was signed with no secret
     }
-    let c = claims(token).ok_or(invalid.clone())?;
     hmac::verify(&key(auth), c.signed.as_bytes(), &c.tag).map_err(|_| invalid.clone())?;
     if now >= c.expires || !auth.is_current(&c.name, c.generation) {
         return Err(invalid);
@@ -82,7 +89,7 @@ pub fn judge(auth: &AuthState, token: &str, now: u64) -> Option<Result<Caller, K
     if !auth.enabled() {
         return Some(Ok(Caller::Anonymous));
     }
-    Some(verify(auth, token, now))
+    Some(verify_claims(auth, c, now))
 }
 
 fn key(auth: &AuthState) -> hmac::Key {

@@ -107,27 +107,24 @@ impl Services {
     /// Refused unless the request's sender holds the root role (while auth is on): what
     /// etcd asks of membership changes and auth management.
     pub(super) async fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let caller = self.caller(request).await?;
-        self.inner
-            .auth
-            .borrow()
-            .may_administer(&caller)
-            .map_err(refused)
+        self.administrator(request).await?.map_err(refused)
     }
 
     /// [`Services::check_admin`] for the Maintenance service, refused as etcd 3.4 refuses
     /// there: its auth layer's own error, which reaches clients with code Unknown
     /// (`auth: permission denied`).
     pub(super) async fn check_maintainer<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.administrator(request).await?.map_err(|e| {
+            let why = e.to_string();
+            Status::unknown(format!("auth: {}", why.trim_start_matches("etcdserver: ")))
+        })
+    }
+
+    /// Whether the request's sender may administer (the inner result), once its token
+    /// is judged (the outer one).
+    async fn administrator<T>(&self, request: &Request<T>) -> Result<Result<(), KvError>, Status> {
         let caller = self.caller(request).await?;
-        self.inner
-            .auth
-            .borrow()
-            .may_administer(&caller)
-            .map_err(|e| {
-                let why = e.to_string();
-                Status::unknown(format!("auth: {}", why.trim_start_matches("etcdserver: ")))
-            })
+        Ok(self.inner.auth.borrow().may_administer(&caller))
     }
 
     /// Order an auth request as `caller`'s and return its answer.

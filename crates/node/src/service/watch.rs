@@ -182,32 +182,21 @@ impl Session {
         let from = c.start_revision.max(0);
         // Read first: it is where the caller's permission to watch these keys is checked.
         let history = match self.history(from, &watcher).await {
-            Ok(history) => Ok(history),
-            Err(CallError::Kv(denied)) => Err(super::convert::kv_error(&denied)),
+            Ok(history) => history,
+            Err(CallError::Kv(denied)) => {
+                // etcd 3.4 gives the gRPC error's text as the reason.
+                let denied = super::convert::kv_error(&denied);
+                let reason = format!(
+                    "rpc error: code = {:?} desc = {}",
+                    denied.code(),
+                    denied.message()
+                );
+                return self.refuse(reason).await;
+            }
             Err(_) => return false,
         };
-        let assigned = match history {
-            Ok(history) => self
-                .assign_id(c.watch_id)
-                .ok_or(DUPLICATE_ID.to_string())
-                .map(|id| (id, history)),
-            // etcd 3.4 gives the gRPC error's text as the reason.
-            Err(denied) => Err(format!(
-                "rpc error: code = {:?} desc = {}",
-                denied.code(),
-                denied.message()
-            )),
-        };
-        let (id, history) = match assigned {
-            Ok(assigned) => assigned,
-            Err(reason) => {
-                // As etcd refuses them: created and canceled at once, with the reason.
-                let mut refused = self.response(-1, self.progress_revision());
-                refused.created = true;
-                refused.canceled = true;
-                refused.cancel_reason = reason;
-                return self.send(refused).await;
-            }
+        let Some(id) = self.assign_id(c.watch_id) else {
+            return self.refuse(DUPLICATE_ID.to_string()).await;
         };
         match history {
             History::Compacted {
@@ -231,6 +220,15 @@ impl Session {
                 go
             }
         }
+    }
+
+    /// Refuse a create as etcd does: created and canceled at once, with the reason.
+    async fn refuse(&self, reason: String) -> Go {
+        let mut refused = self.response(-1, self.progress_revision());
+        refused.created = true;
+        refused.canceled = true;
+        refused.cancel_reason = reason;
+        self.send(refused).await
     }
 
     async fn history(&self, from: i64, w: &Watcher) -> Result<History, CallError> {
