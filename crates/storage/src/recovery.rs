@@ -6,6 +6,11 @@
 //! a bad record there with nothing valid after it is a torn write, cut off and reported.
 //! Anything else — a bad record with a valid one after it, a bad record in an earlier
 //! segment, a sequence number out of place, a missing segment — is corruption.
+//!
+//! A segment may end in zeros written ahead of its records (see
+//! [`crate::WalOptions::preallocate`]): an all-zero rest is its clean end, left in place.
+//! Zeros cannot hide records: the next segment's name says which sequence number comes
+//! next, and a gap is corruption.
 
 use std::fs::{self, OpenOptions};
 use std::ops::RangeInclusive;
@@ -31,8 +36,17 @@ pub struct Recovery {
 pub struct Tail {
     pub base: u64,
     pub path: PathBuf,
+    /// Bytes of records.
     pub len: u64,
+    /// Bytes in the file: `len`, then zeros.
+    pub file_len: u64,
     pub data_records: u64,
+}
+
+/// How far a segment's records go, and whether only zeros follow them.
+struct SegmentEnd {
+    good: usize,
+    zeros_after: bool,
 }
 
 /// Records read so far and the sequence number the next one must carry.
@@ -150,15 +164,18 @@ fn read_live(
         let is_last = index + 1 == live.len();
         let bytes = fs::read(&segment.path).map_err(WalError::io(&segment.path))?;
         let before = reader.records.len();
-        let good_len = reader.read_segment(segment, &bytes, index == 0, is_last)?;
-        if good_len < bytes.len() {
-            repaired = Some(truncate(segment, good_len, bytes.len(), opts)?);
+        let end = reader.read_segment(segment, &bytes, index == 0, is_last)?;
+        let mut file_len = bytes.len();
+        if end.good < bytes.len() && !end.zeros_after {
+            repaired = Some(truncate(segment, end.good, bytes.len(), opts)?);
+            file_len = end.good;
         }
         if is_last {
             tail = Some(Tail {
                 base: segment.base,
                 path: segment.path.clone(),
-                len: good_len as u64,
+                len: end.good as u64,
+                file_len: file_len as u64,
                 data_records: (reader.records.len() - before) as u64,
             });
         }
@@ -178,15 +195,15 @@ fn read_live(
 }
 
 impl Reader {
-    /// Reads one segment's records; returns how many bytes of it are good (less than its
-    /// length only for a torn tail of the last segment).
+    /// Reads one segment's records; returns how many bytes of it are good: less than its
+    /// length for zeros written ahead, or a torn tail of the last segment.
     fn read_segment(
         &mut self,
         segment: &SegmentFile,
         bytes: &[u8],
         is_first: bool,
         is_last: bool,
-    ) -> Result<usize> {
+    ) -> Result<SegmentEnd> {
         let file = segment.path.as_path();
         let mut offset = 0;
         if is_first {
@@ -212,9 +229,22 @@ impl Reader {
                 }
                 Decoded::Incomplete(reason) | Decoded::Invalid(reason) => reason,
             };
-            return self.bad_record(file, bytes, offset, problem, is_last);
+            if bytes[offset..].iter().all(|&b| b == 0) {
+                return Ok(SegmentEnd {
+                    good: offset,
+                    zeros_after: true,
+                });
+            }
+            let good = self.bad_record(file, bytes, offset, problem, is_last)?;
+            return Ok(SegmentEnd {
+                good,
+                zeros_after: false,
+            });
         }
-        Ok(offset)
+        Ok(SegmentEnd {
+            good: offset,
+            zeros_after: false,
+        })
     }
 
     /// Reads the first live segment's checkpoint, if it has one; returns where its data

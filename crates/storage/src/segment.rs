@@ -6,11 +6,13 @@
 //! `n + 1`: its checkpoint record carries `n`, and the data records after it start at `n + 1`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, WalError};
 use crate::record::{self, Decoded, HEADER_LEN, Kind};
+use crate::recovery::Tail;
 
 const SUFFIX: &str = ".wal";
 /// A checkpoint is written under this suffix and renamed into place once durable, so a
@@ -26,6 +28,15 @@ const DIGITS: usize = 20;
 /// Writes are handed to the kernel once this much is buffered, so a long batch between
 /// syncs neither grows memory without bound nor leaves all the copying to `sync`.
 const FLUSH_AT: usize = 1 << 20;
+
+/// When preallocating, the file is kept zero-filled at least this far past its records.
+/// Appends then overwrite blocks that already exist, so an fsync writes the data without
+/// a journal commit for the file's new size: on ext4 here, 170 µs a sync instead of 220–250
+/// µs, and two fifths less kernel CPU. (`fallocate` would not do: writing into its
+/// unwritten extents changes metadata too.)
+const ZEROED_AHEAD: u64 = 1 << 20;
+/// Zeros written per call while extending.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// The file name of the segment with this base.
 pub fn file_name(base: u64) -> String {
@@ -141,13 +152,21 @@ pub fn leading_checkpoint(path: &Path) -> Result<Option<u64>> {
 }
 
 /// The segment being appended to, with the records not yet handed to the kernel.
+///
+/// With preallocation on, the file holds its records and then zeros (see
+/// [`ZEROED_AHEAD`]); recovery reads an all-zero rest of the last segment as its clean end.
+/// A segment is cut back to its records before a newer one is created, so only the last
+/// segment ever has zeros after its records.
 #[derive(Debug)]
 pub struct ActiveSegment {
     pub base: u64,
     pub path: PathBuf,
     file: File,
-    /// Bytes in the file plus bytes buffered.
+    /// Bytes of records in the file plus bytes buffered.
     len: u64,
+    /// The file's length: its records, then any zeros written ahead of them.
+    file_len: u64,
+    preallocate: bool,
     /// Data records in the segment (a checkpoint record is not counted): a segment only
     /// rolls over once it holds one, so no two segments can share a base.
     pub data_records: u64,
@@ -157,33 +176,39 @@ pub struct ActiveSegment {
 }
 
 impl ActiveSegment {
-    /// Opens an existing segment to append after its `len` bytes.
-    pub fn open(base: u64, path: PathBuf, len: u64, data_records: u64) -> Result<Self> {
+    /// Opens an existing segment to write after its `len` bytes of records; the file may
+    /// be longer (`file_len`) only by zeros.
+    pub fn open(tail: Tail, preallocate: bool) -> Result<Self> {
         let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(WalError::io(&path))?;
-        Ok(Self::new(base, path, file, len, data_records))
+            .write(true)
+            .open(&tail.path)
+            .map_err(WalError::io(&tail.path))?;
+        let mut segment = Self::new(tail.base, tail.path, file, tail.data_records, preallocate);
+        segment.len = tail.len;
+        segment.file_len = tail.file_len;
+        Ok(segment)
     }
 
     /// Creates a new, empty segment. Fails if the file exists: that would mean two
     /// segments claim the same base.
-    pub fn create(dir: &Path, base: u64) -> Result<Self> {
+    pub fn create(dir: &Path, base: u64, preallocate: bool) -> Result<Self> {
         let path = dir.join(file_name(base));
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .create_new(true)
             .open(&path)
             .map_err(WalError::io(&path))?;
-        Ok(Self::new(base, path, file, 0, 0))
+        Ok(Self::new(base, path, file, 0, preallocate))
     }
 
-    fn new(base: u64, path: PathBuf, file: File, len: u64, data_records: u64) -> Self {
+    fn new(base: u64, path: PathBuf, file: File, data_records: u64, preallocate: bool) -> Self {
         ActiveSegment {
             base,
             path,
             file,
-            len,
+            len: 0,
+            file_len: 0,
+            preallocate,
             data_records,
             buffer: Vec::new(),
             unsynced: false,
@@ -208,17 +233,50 @@ impl ActiveSegment {
         Ok(0)
     }
 
-    /// Hands the buffered bytes to the kernel (no fsync); returns how many.
+    /// Hands the buffered bytes to the kernel (no fsync); returns how many, zeros written
+    /// ahead of them included.
     pub fn flush(&mut self) -> Result<u64> {
         if self.buffer.is_empty() {
             return Ok(0);
         }
+        let at = self.len - self.buffer.len() as u64;
         self.file
-            .write_all(&self.buffer)
+            .write_all_at(&self.buffer, at)
             .map_err(WalError::io(&self.path))?;
-        let written = self.buffer.len() as u64;
+        let mut written = self.buffer.len() as u64;
         self.buffer.clear();
         self.unsynced = true;
+        self.file_len = self.file_len.max(self.len);
+        if self.preallocate && self.file_len - self.len < ZEROED_AHEAD / 2 {
+            written += self.zero_fill(self.len + ZEROED_AHEAD)?;
+        }
+        Ok(written)
+    }
+
+    /// Writes zeros from the end of the file up to `end`; returns how many.
+    fn zero_fill(&mut self, end: u64) -> Result<u64> {
+        let start = self.file_len;
+        while self.file_len < end {
+            let n = (end - self.file_len).min(ZEROS.len() as u64) as usize;
+            self.file
+                .write_all_at(&ZEROS[..n], self.file_len)
+                .map_err(WalError::io(&self.path))?;
+            self.file_len += n as u64;
+        }
+        Ok(self.file_len - start)
+    }
+
+    /// Hands the buffered bytes to the kernel and cuts the zeros written ahead of them,
+    /// for a segment no more records go into.
+    pub fn finish(&mut self) -> Result<u64> {
+        let written = self.flush()?;
+        if self.file_len > self.len {
+            self.file
+                .set_len(self.len)
+                .map_err(WalError::io(&self.path))?;
+            self.file_len = self.len;
+            self.unsynced = true;
+        }
         Ok(written)
     }
 
@@ -228,7 +286,7 @@ impl ActiveSegment {
     }
 
     /// fsyncs the file's data. `fdatasync` suffices: it also persists the file size, which
-    /// is the only metadata an append changes.
+    /// is the only metadata an append (or cutting the zeros off) changes.
     pub fn fsync(&mut self) -> Result<()> {
         self.file.sync_data().map_err(WalError::io(&self.path))?;
         self.unsynced = false;

@@ -21,6 +21,10 @@ pub struct WalOptions {
     /// crash can lose any record, including ones `sync` "acknowledged".** Only for
     /// benchmarks and tests that measure or exercise everything but the disk. Default `true`.
     pub sync: bool,
+    /// Keep the last segment zero-filled ahead of its records, so that a sync overwrites
+    /// blocks the file already has instead of growing it (no journal commit for the new
+    /// size). Costs writing each byte of the log twice, once as a zero. Default `true`.
+    pub preallocate: bool,
 }
 
 impl Default for WalOptions {
@@ -28,6 +32,7 @@ impl Default for WalOptions {
         WalOptions {
             segment_bytes: 64 << 20,
             sync: true,
+            preallocate: true,
         }
     }
 }
@@ -63,7 +68,7 @@ pub struct TornTail {
 /// Counters for metrics, cheap to read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalStats {
-    /// Bytes handed to the kernel since open (records, checkpoints).
+    /// Bytes handed to the kernel since open (records, checkpoints, zeros written ahead).
     pub bytes_written: u64,
     /// `sync` calls that had something new to make durable.
     pub syncs: u64,
@@ -121,12 +126,12 @@ impl Wal {
             mut live,
         } = recovery::recover(dir, &opts)?;
         let active = match tail {
-            Some(tail) => ActiveSegment::open(tail.base, tail.path, tail.len, tail.data_records)?,
+            Some(tail) => ActiveSegment::open(tail, opts.preallocate)?,
             None => {
                 // Empty, or everything is in a checkpoint file: appends go on after it.
                 let base = recovered.last_seq + 1;
                 live.push(base);
-                ActiveSegment::create(dir, base)?
+                ActiveSegment::create(dir, base, opts.preallocate)?
             }
         };
         let mut wal = Wal {
@@ -183,8 +188,9 @@ impl Wal {
     fn roll(&mut self, base: u64) -> Result<()> {
         // Recovery treats damage in any segment but the last as corruption, so the old
         // segment, and its directory entry, must be complete on disk before a newer one
-        // exists. This costs an fsync per segment, not per batch.
-        self.bytes_written += self.active.flush()?;
+        // exists, without the zeros written ahead of its records. This costs an fsync per
+        // segment, not per batch.
+        self.bytes_written += self.active.finish()?;
         if self.opts.sync && self.active.needs_fsync() {
             self.active.fsync()?;
             self.fsyncs += 1;
@@ -192,7 +198,7 @@ impl Wal {
         if self.dir_dirty {
             self.sync_dir()?;
         }
-        self.active = ActiveSegment::create(&self.dir, base)?;
+        self.active = ActiveSegment::create(&self.dir, base, self.opts.preallocate)?;
         self.live.push(base);
         self.dir_dirty = true;
         Ok(())
@@ -247,7 +253,7 @@ impl Wal {
         let base = covered + 1;
         // Buffered records are covered by the checkpoint, so they need no fsync; writing
         // them out keeps the old segment a faithful prefix if we crash before the rename.
-        self.bytes_written += self.active.flush()?;
+        self.bytes_written += self.active.finish()?;
         let mut bytes = Vec::with_capacity(HEADER_LEN + state.len());
         record::encode(Kind::Checkpoint, covered, state, &mut bytes);
         let tmp = self.dir.join(segment::tmp_name(base));
@@ -260,7 +266,14 @@ impl Wal {
         // neither the old log nor the checkpoint.
         self.dir_dirty = true;
         self.sync_dir()?;
-        self.active = ActiveSegment::open(base, path, bytes.len() as u64, 0)?;
+        let tail = recovery::Tail {
+            base,
+            path,
+            len: bytes.len() as u64,
+            file_len: bytes.len() as u64,
+            data_records: 0,
+        };
+        self.active = ActiveSegment::open(tail, self.opts.preallocate)?;
         self.durable_seq = covered;
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::fs;
 
 use crate::{
     append_synced, corrupt, encode_record, encoded_len, fast, flip_byte, open, payload, payloads,
-    record_offsets, segment_path, segments,
+    record_offsets, records_only, segment_path, segments,
 };
 
 /// A log in one segment holding records `1..=count`.
@@ -152,7 +152,7 @@ fn a_missing_first_segment_is_corruption() {
 fn a_record_out_of_sequence_is_corruption() {
     let tmp = single_segment(5);
     let file = segment_path(tmp.path(), 1);
-    let mut bytes = fs::read(&file).unwrap();
+    let mut bytes = records_only(&file);
     // A valid record, but for seq 3 again, where 6 belongs.
     bytes.extend(encode_record(1, 3, &payload(3)));
     fs::write(&file, &bytes).unwrap();

@@ -1,14 +1,16 @@
 //! A crash can stop a write anywhere: every cut of the last segment, and every kind of
-//! garbage after its last good record, recovers exactly the complete records before it.
+//! garbage after its last good record, recovers exactly the complete records before it —
+//! whether the segment ends at its records or in the zeros a preallocating log writes
+//! ahead of them (where a torn write lands).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ekmat_storage::{TornTail, WalOptions};
 
 use crate::{
-    append_synced, encode_record, encoded_len, fast, open, opts, payload, payloads, record_offsets,
-    segments,
+    append_synced, base_of, encode_record, encoded_len, fast, open, opts, payload, payloads,
+    record_offsets, records_only, segments,
 };
 
 const RECORDS: u64 = 44;
@@ -20,7 +22,10 @@ struct Log {
     dir: PathBuf,
     files: Vec<PathBuf>,
     last: PathBuf,
+    /// The last segment's records, without the zeros written ahead of them.
     last_bytes: Vec<u8>,
+    /// The last segment's length with those zeros.
+    padded_len: usize,
     /// Sequence number of the last segment's first record.
     last_base: u64,
 }
@@ -40,8 +45,12 @@ impl Log {
             RECORDS - last_base >= 3,
             "want several records in the last segment"
         );
+        let padded_len = fs::metadata(&last).unwrap().len() as usize;
+        let last_bytes = records_only(&last);
+        assert!(padded_len > last_bytes.len(), "the log writes zeros ahead");
         Log {
-            last_bytes: fs::read(&last).unwrap(),
+            last_bytes,
+            padded_len,
             _tmp: tmp,
             dir,
             files,
@@ -50,14 +59,31 @@ impl Log {
         }
     }
 
-    /// Puts the last segment back as `bytes` and removes segments created since.
-    fn reset_last(&self, bytes: &[u8]) {
-        fs::write(&self.last, bytes).unwrap();
+    /// Puts the last segment back as `bytes`, followed by zeros up to its preallocated
+    /// length if `padded`, and removes segments created since. Returns the file's bytes.
+    fn reset_last(&self, bytes: &[u8], padded: bool) -> Vec<u8> {
+        let mut file = bytes.to_vec();
+        if padded && file.len() < self.padded_len {
+            file.resize(self.padded_len, 0);
+        }
+        fs::write(&self.last, &file).unwrap();
         for file in segments(&self.dir) {
             if !self.files.contains(&file) {
                 fs::remove_file(file).unwrap();
             }
         }
+        file
+    }
+
+    /// The repair recovery must report for a last segment of `file` whose records are good
+    /// up to `good`: none if only zeros follow, else everything after `good` cut off.
+    fn repair(&self, file: &[u8], good: u64) -> Option<TornTail> {
+        let rest = &file[good as usize..];
+        (!rest.iter().all(|&b| b == 0)).then(|| TornTail {
+            file: self.last.clone(),
+            offset: good,
+            discarded_bytes: rest.len() as u64,
+        })
     }
 
     /// Offsets in the last segment where a record starts, and its end.
@@ -87,24 +113,24 @@ impl Log {
     }
 }
 
-fn base_of(path: &Path) -> u64 {
-    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
-}
-
 #[test]
 fn every_cut_of_the_last_segment_recovers_the_complete_records() {
     let log = Log::build();
     let boundaries = log.boundaries();
-    for cut in 0..=log.last_bytes.len() as u64 {
-        log.reset_last(&log.last_bytes[..cut as usize]);
-        let whole = boundaries.iter().filter(|&&b| b <= cut).count() as u64 - 1;
-        let good = boundaries[whole as usize];
-        let repaired = (cut != good).then(|| TornTail {
-            file: log.last.clone(),
-            offset: good,
-            discarded_bytes: cut - good,
-        });
-        log.check_recovers(log.last_base - 1 + whole, repaired, fast(SEGMENT));
+    for padded in [false, true] {
+        for cut in 0..=log.last_bytes.len() as u64 {
+            let file = log.reset_last(&log.last_bytes[..cut as usize], padded);
+            // Whole records are those whose bytes are all there; with zeros after the
+            // cut, a record whose missing bytes were zeros is whole too.
+            let intact = |&end: &u64| {
+                let end = end as usize;
+                file.len() >= end && file[..end] == log.last_bytes[..end]
+            };
+            let whole = boundaries.iter().take_while(|end| intact(end)).count() as u64 - 1;
+            let good = boundaries[whole as usize];
+            let repaired = log.repair(&file, good);
+            log.check_recovers(log.last_base - 1 + whole, repaired, fast(SEGMENT));
+        }
     }
 }
 
@@ -114,13 +140,12 @@ fn a_torn_tail_is_repaired_with_real_fsyncs() {
     let boundaries = log.boundaries();
     let last_start = boundaries[boundaries.len() - 2];
     let cut = last_start + encoded_len(RECORDS) / 2;
-    log.reset_last(&log.last_bytes[..cut as usize]);
-    let torn = TornTail {
-        file: log.last.clone(),
-        offset: last_start,
-        discarded_bytes: cut - last_start,
-    };
-    log.check_recovers(RECORDS - 1, Some(torn), opts(SEGMENT));
+    for padded in [false, true] {
+        let file = log.reset_last(&log.last_bytes[..cut as usize], padded);
+        let torn = log.repair(&file, last_start);
+        assert!(torn.is_some());
+        log.check_recovers(RECORDS - 1, torn, opts(SEGMENT));
+    }
 }
 
 #[test]
@@ -154,16 +179,17 @@ fn garbage_after_the_last_good_record_is_cut_off() {
                 .collect(),
         );
     }
-    for tail in garbage {
+    for (tail, padded) in garbage
+        .iter()
+        .flat_map(|tail| [(tail, false), (tail, true)])
+    {
         let mut bytes = log.last_bytes.clone();
-        bytes.extend_from_slice(&tail);
-        log.reset_last(&bytes);
-        let torn = TornTail {
-            file: log.last.clone(),
-            offset: log.last_bytes.len() as u64,
-            discarded_bytes: tail.len() as u64,
-        };
-        log.check_recovers(RECORDS, Some(torn), fast(SEGMENT));
+        bytes.extend_from_slice(tail);
+        let file = log.reset_last(&bytes, padded);
+        // Zeros alone are what a preallocating log leaves after its records: no repair.
+        let torn = log.repair(&file, log.last_bytes.len() as u64);
+        assert_eq!(torn.is_none(), tail.iter().all(|&b| b == 0));
+        log.check_recovers(RECORDS, torn, fast(SEGMENT));
     }
 }
 

@@ -8,6 +8,7 @@ mod crash;
 mod detached;
 mod io_errors;
 mod model;
+mod preallocate;
 mod round_trip;
 
 use std::fs;
@@ -20,6 +21,7 @@ pub fn opts(segment_bytes: u64) -> WalOptions {
     WalOptions {
         segment_bytes,
         sync: true,
+        ..WalOptions::default()
     }
 }
 
@@ -29,6 +31,7 @@ pub fn fast(segment_bytes: u64) -> WalOptions {
     WalOptions {
         segment_bytes,
         sync: false,
+        ..WalOptions::default()
     }
 }
 
@@ -112,6 +115,26 @@ pub fn encode_record(kind: u8, seq: u64, payload: &[u8]) -> Vec<u8> {
     let mut out = crc32c::crc32c(&tail).to_le_bytes().to_vec();
     out.extend_from_slice(&tail);
     out
+}
+
+/// The sequence number a segment file is named after.
+pub fn base_of(path: &Path) -> u64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+/// Cuts a segment file back to its records: the zeros a preallocating log writes ahead
+/// of them go (see `WalOptions::preallocate`). Returns the records' bytes.
+pub fn records_only(path: &Path) -> Vec<u8> {
+    let mut bytes = fs::read(path).expect("read");
+    let mut at = 0;
+    while at + HEADER_LEN <= bytes.len() && matches!(bytes[at + 8], 1 | 2) {
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        at += HEADER_LEN + len;
+    }
+    assert!(bytes[at.min(bytes.len())..].iter().all(|&b| b == 0));
+    bytes.truncate(at);
+    fs::write(path, &bytes).expect("write");
+    bytes
 }
 
 /// Start offsets of the records in a segment whose first record is `payload(first)`.

@@ -61,7 +61,8 @@ fn segments_roll_over_and_recover_in_order() {
     let files = segments(tmp.path());
     assert!(files.len() > 20, "only {} segments", files.len());
     assert_eq!(wal.stats().segments, files.len() as u64);
-    for file in &files {
+    // Every segment but the one being appended to was cut back to its records.
+    for file in &files[..files.len() - 1] {
         assert!(fs::metadata(file).unwrap().len() <= 300);
     }
     drop(wal);
@@ -82,7 +83,7 @@ fn segments_roll_over_and_recover_in_order() {
 
 /// Counts the records in one segment by walking its headers.
 fn records_in(file: &std::path::Path) -> u64 {
-    let bytes = fs::read(file).unwrap();
+    let bytes = crate::records_only(file);
     let (mut at, mut count) = (0usize, 0u64);
     while at < bytes.len() {
         let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
@@ -111,7 +112,11 @@ fn a_record_larger_than_a_segment_gets_its_own() {
 #[test]
 fn one_fsync_covers_a_batch_and_an_idle_sync_does_none() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut wal, _) = open(tmp.path(), opts(1 << 20));
+    let unpadded = WalOptions {
+        preallocate: false,
+        ..opts(1 << 20)
+    };
+    let (mut wal, _) = open(tmp.path(), unpadded);
     let before = wal.stats();
     for i in 1..=50 {
         wal.append(&payload(i)).unwrap();
