@@ -222,7 +222,14 @@ async fn run_protocol<P: RuntimeProtocol>(
     warn_about_injected_faults();
     warn_if_the_quota_outgrows_memory(cfg.quota_backend_bytes);
 
-    let result = driver.run(inbound_rx, calls_rx, stop).await;
+    // The driver runs as a task beside the gRPC and peer tasks rather than on the thread
+    // that blocks on this future: on a one-worker runtime every call, reply and peer
+    // message then stays on one thread instead of costing a cross-thread wake-up.
+    let mut task = DriverTask(tokio::spawn(driver.run(inbound_rx, calls_rx, stop)));
+    let result = match (&mut task.0).await {
+        Ok(result) => result,
+        Err(e) => Err(format!("the driver task failed: {e}")),
+    };
     grpc.abort();
     auto_compaction.abort();
     if let Some(task) = corruption_check {
@@ -231,6 +238,16 @@ async fn run_protocol<P: RuntimeProtocol>(
     // Dropping the driver closed the writer's queue; the thread drains it and exits.
     let _ = w.thread.join();
     result.map_err(NodeError::Failed)
+}
+
+/// The driver's task, stopped if [`run`] is dropped before it finishes, as it was when
+/// the driver ran inside `run`'s own future.
+struct DriverTask(tokio::task::JoinHandle<Result<(), String>>);
+
+impl Drop for DriverTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Say which injected faults this process runs with, and which it ignores.
