@@ -126,6 +126,7 @@ fn script() -> Vec<Step> {
         (ALICE, &["elect", "bar", "v"], None),
         (ALICE, &["snapshot", "save", "/dev/null"], None),
         (ALICE, &["defrag"], None),
+        (ALICE, &["endpoint", "hashkv"], None),
         (ALICE, &["user", "list"], None),
         (ALICE, &["user", "get", "alice"], None),
         (ALICE, &["user", "get", "root"], None),

@@ -152,6 +152,87 @@ async fn members_with_the_same_data_are_compared_and_never_reported() {
     assert!(alarms(&c.endpoint(leader)).await.unwrap().is_empty());
 }
 
+/// Turns auth on at `url` with a root user; returns root's token.
+async fn enable_auth(url: &str) -> String {
+    let mut auth = pb::auth_client::AuthClient::new(channel(url).await.unwrap());
+    auth.user_add(pb::AuthUserAddRequest {
+        name: "root".into(),
+        password: "rootpw".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    auth.user_grant_role(pb::AuthUserGrantRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    })
+    .await
+    .unwrap();
+    auth.auth_enable(pb::AuthEnableRequest {}).await.unwrap();
+    let login = pb::AuthenticateRequest {
+        name: "root".into(),
+        password: "rootpw".into(),
+    };
+    auth.authenticate(login).await.unwrap().into_inner().token
+}
+
+/// `ekmat_corruption_peers_compared_total`, summed over the members (the leader, which
+/// compares, may change).
+fn peers_compared(c: &Cluster) -> f64 {
+    (0..c.cfgs.len())
+        .map(|i| {
+            let text = scrape(c.cfgs[i].me().metrics.expect("metrics address"));
+            metric(&text, "ekmat_corruption_peers_compared_total").unwrap_or(0.0)
+        })
+        .sum()
+}
+
+/// With auth on, HashKV needs root, as in etcd 3.4 — and members still compare their
+/// hashes, asking each other with a member token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_members_still_compare_while_clients_need_root() {
+    let c = Cluster::start_with(3, |cfg| cfg.corrupt_check_ms = CHECK_MS);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let root = enable_auth(&c.endpoint(leader)).await;
+
+    let hash_kv = |i: usize, token: Option<String>| {
+        let url = c.endpoint(i);
+        async move {
+            let mut request = tonic::Request::new(pb::HashKvRequest { revision: 0 });
+            if let Some(token) = token {
+                request
+                    .metadata_mut()
+                    .insert("token", token.parse().unwrap());
+            }
+            pb::maintenance_client::MaintenanceClient::new(channel(&url).await.unwrap())
+                .hash_kv(request)
+                .await
+        }
+    };
+    for i in 0..3 {
+        let refused = hash_kv(i, None).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unknown, "{refused:?}");
+        assert!(refused.message().starts_with("auth: "), "{refused:?}");
+        hash_kv(i, Some(root.clone())).await.unwrap();
+    }
+
+    let before = peers_compared(&c);
+    let started = Instant::now();
+    while peers_compared(&c) < before + 6.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "members stopped comparing hashes with auth on\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(CHECK_MS)).await;
+    }
+    assert!(
+        alarms(&c.endpoint(leader))
+            .await
+            .is_ok_and(|a| a.is_empty())
+    );
+}
+
 /// etcd's check at start (`initial_corrupt_check`, `--experimental-initial-corrupt-check`):
 /// a member restarted while a peer holds other data at its revision refuses to start,
 /// naming that peer; restarted once that peer is gone, it compares with the rest and

@@ -18,6 +18,24 @@ pub fn mint(auth: &AuthState, name: &str, generation: u64, expires: u64) -> Stri
     format!("{claims}.{}", B64.encode(tag.as_ref()))
 }
 
+/// A token with which member `member_id` asks another for its hash (Maintenance.HashKV,
+/// which otherwise needs root), valid until `expires`. It names no user (no user can
+/// have an empty name), so it stands for nobody anywhere else: a member's own
+/// comparison needs no root credentials, and an intercepted one grants only hashes.
+pub fn mint_member(auth: &AuthState, member_id: u64, expires: u64) -> String {
+    mint(auth, "", member_id, expires)
+}
+
+/// Whether `token` is a member's ([`mint_member`]), valid at `now` under `auth`.
+pub fn is_member(auth: &AuthState, token: &str, now: u64) -> bool {
+    claims(token).is_some_and(|c| {
+        c.name.is_empty()
+            && now < c.expires
+            && !auth.token_secret().is_empty()
+            && hmac::verify(&key(auth), c.signed.as_bytes(), &c.tag).is_ok()
+    })
+}
+
 /// What a token says, before its signature is checked.
 struct Claims<'a> {
     /// What the signature covers.
@@ -150,6 +168,37 @@ mod tests {
         assert_eq!(
             judge(&AuthState::default(), "junk", 1),
             Some(Ok(Caller::Anonymous))
+        );
+    }
+
+    #[test]
+    fn a_member_token_lets_a_member_read_hashes_and_stands_for_no_user() {
+        let kv = store(b"secret");
+        let token = mint_member(kv.auth(), 7, 100);
+        assert!(is_member(kv.auth(), &token, 99));
+        assert!(!is_member(kv.auth(), &token, 100), "expired");
+        assert!(
+            !is_member(store(b"another").auth(), &token, 99),
+            "signed with another secret"
+        );
+        let forged = token.replacen(".100.", ".900.", 1);
+        assert_ne!(forged, token);
+        assert!(
+            !is_member(kv.auth(), &forged, 99),
+            "a later expiry, unsigned"
+        );
+        let (_, generation) = kv.auth().credentials("root").unwrap();
+        let root = mint(kv.auth(), "root", generation, 100);
+        assert!(
+            !is_member(kv.auth(), &root, 99),
+            "a user's token is no member's"
+        );
+        assert!(!is_member(&AuthState::default(), &token, 99), "no secret");
+        // Anywhere else it names a user no member knows: refused after a read barrier.
+        assert_eq!(judge(kv.auth(), &token, 99), None);
+        assert_eq!(
+            verify(kv.auth(), &token, 99),
+            Err(KvError::InvalidAuthToken)
         );
     }
 

@@ -15,6 +15,8 @@ use crate::token;
 /// Where a client puts its token: etcd's clients use `token`; etcd's JSON gateway passes
 /// the `Authorization` header on as `authorization`.
 const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
+/// How long a member token lasts: one corruption-check round and its retries.
+const MEMBER_TOKEN_SECS: u64 = 60;
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -117,6 +119,29 @@ impl Services {
         self.administrator(request).await?.map_err(|e| {
             let why = e.to_string();
             Status::unknown(format!("auth: {}", why.trim_start_matches("etcdserver: ")))
+        })
+    }
+
+    /// [`Services::check_maintainer`] for HashKV, which other members may also ask with
+    /// a member token ([`token::mint_member`]) for their corruption checks.
+    pub(super) async fn check_hash_reader<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let from_member = TOKEN_KEYS
+            .iter()
+            .find_map(|key| request.metadata().get(*key))
+            .and_then(|token| token.to_str().ok())
+            .is_some_and(|token| token::is_member(&self.inner.auth.borrow(), token, now_secs()));
+        if from_member {
+            return Ok(());
+        }
+        self.check_maintainer(request).await
+    }
+
+    /// A token for this member's requests to its peers' HashKV, if auth is on (with it
+    /// off, HashKV needs none).
+    pub(super) fn member_token(&self) -> Option<String> {
+        let auth = self.inner.auth.borrow();
+        (auth.enabled() && !auth.token_secret().is_empty()).then(|| {
+            token::mint_member(&auth, self.inner.member_id, now_secs() + MEMBER_TOKEN_SECS)
         })
     }
 

@@ -126,10 +126,11 @@ impl Services {
             return Ok(CheckRound::default());
         }
         let leader = self.own_hash(revision).await?;
+        let token = self.member_token();
         let mut hashes = Vec::new();
         for (member_id, peer, client) in &mut clients {
             let (member_id, peer) = (*member_id, *peer);
-            match peer_hash(client, revision).await {
+            match peer_hash(client, revision, token.as_deref()).await {
                 // An answer from another member than the one at that address (a stale
                 // address, say) must not count as this member's, nor twice.
                 Ok(h) if h.member_id == member_id => hashes.push(h),
@@ -157,11 +158,12 @@ impl Services {
     /// serve (every peer whose data differs, named).
     pub async fn check_initial_hashkv(&self) -> Result<usize, String> {
         let (own, revision) = self.own_hash_now().await?;
+        let token = self.member_token();
         let mut compared = 0;
         let mut differ = Vec::new();
         for (member_id, peer) in self.peer_clients() {
             let answer = match maintenance(peer, self.inner.tls.as_ref()).await {
-                Ok(mut client) => peer_hash(&mut client, revision).await,
+                Ok(mut client) => peer_hash(&mut client, revision, token.as_deref()).await,
                 Err(e) => Err(e),
             };
             match answer {
@@ -321,9 +323,21 @@ async fn peer_revision(client: &mut MaintenanceClient) -> Result<i64, String> {
     Ok(status.into_inner().header.map_or(0, |h| h.revision))
 }
 
-async fn peer_hash(client: &mut MaintenanceClient, revision: i64) -> Result<MemberHash, String> {
+/// `peer`'s hash at `revision`, asked with this member's `token` if auth is on.
+async fn peer_hash(
+    client: &mut MaintenanceClient,
+    revision: i64,
+    token: Option<&str>,
+) -> Result<MemberHash, String> {
+    let mut request = tonic::Request::new(pb::HashKvRequest { revision });
+    if let Some(token) = token {
+        let value = token
+            .parse()
+            .map_err(|_| "unusable member token".to_string())?;
+        request.metadata_mut().insert("token", value);
+    }
     let r = client
-        .hash_kv(pb::HashKvRequest { revision })
+        .hash_kv(request)
         .await
         .map_err(|e| e.message().to_string())?
         .into_inner();

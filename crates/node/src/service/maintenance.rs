@@ -87,6 +87,8 @@ impl pb::maintenance_server::Maintenance for Services {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        // Root only, as in etcd 3.4, or another member checking for corruption.
+        self.check_hash_reader(&request).await?;
         let revision = request.get_ref().revision;
         match self.read(Query::HashKv { revision }, false).await {
             Ok(Answer::HashKv {
