@@ -248,9 +248,28 @@ async fn a_backup_behind_every_held_batch_catches_up_from_a_snapshot() {
     let mut c = start_with(|cfg| cfg.pbft_snapshot_bytes = 256);
     c.leader(Duration::from_secs(20)).await;
     c.kill9(3);
-    for k in 0..80 {
+    // Until every live member has snapshotted (and so dropped the batches before): a
+    // slow machine packs more puts into each batch, so 80 puts may not reach the
+    // checkpoint a snapshot waits for.
+    let snapshotted = |i: usize| {
+        let metrics = scrape(c.cfgs[i].me().metrics.expect("metrics address"));
+        metric(
+            &metrics,
+            "ekmat_protocol_events_total{name=\"snapshot-taken\"}",
+        )
+        .is_some_and(|n| n >= 1.0)
+    };
+    let started = Instant::now();
+    let mut k = 0;
+    while k < 80 || !(0..3).all(snapshotted) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no snapshot after {k} puts\n{}",
+            c.logs()
+        );
         let (key, value) = (format!("k{k}"), format!("v{k}"));
         put(&c, k % 3, &key, &value, Duration::from_secs(10)).await;
+        k += 1;
     }
     c.spawn(3);
     caught_up(&c, 3, 1, Duration::from_secs(30)).await;
