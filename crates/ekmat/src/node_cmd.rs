@@ -34,8 +34,13 @@ pub fn run(args: NodeArgs) -> u8 {
         }
     };
     init_logging();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if cfg.runtime_threads > 0 {
+    // One thread: the runtime runs on this one, with no worker to hand tasks to.
+    let mut builder = if cfg.runtime_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if cfg.runtime_threads > 1 {
         builder.worker_threads(cfg.runtime_threads);
     }
     let rt = match builder.enable_all().build() {

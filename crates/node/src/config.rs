@@ -112,9 +112,10 @@ pub struct NodeConfig {
     /// Skip fsync (benchmarks only: acknowledged writes can be lost on power failure).
     #[serde(default)]
     pub unsafe_no_fsync: bool,
-    /// Worker threads of the member's async runtime; 0, the default, runs one per core.
-    /// `ekmat up` runs every member on one machine and gives each its share of the
-    /// cores instead: more runnable threads than cores only add context switches.
+    /// Worker threads of the member's async runtime; 0, the default, runs one per core,
+    /// and 1 runs everything on the process's main thread (tokio's current-thread
+    /// scheduler). `ekmat up` runs every member on one machine and gives each its share
+    /// of the cores instead: more runnable threads than cores only add context switches.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub runtime_threads: usize,
     /// PBFT: clients that sign their own requests (`ekmat pbft put ...`), so no member
