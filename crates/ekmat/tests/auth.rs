@@ -227,7 +227,7 @@ async fn etcdctls_auth_commands_answer_as_etcds_do() {
     })
     .expect("etcd is installed");
     restored.wait_ready().await;
-    let mut fresh = Cluster::configure(3, |_| {});
+    let mut fresh = Cluster::configure(3, |cfg| cfg.corrupt_check_ms = 200);
     for i in 0..3 {
         support::write_config(&fresh.config_path(i), &fresh.cfgs[i]);
         let out = support::restore(&file, &fresh.config_path(i));
@@ -238,6 +238,25 @@ async fn etcdctls_auth_commands_answer_as_etcds_do() {
         fresh.spawn(i);
     }
     fresh.leader(Duration::from_secs(15)).await;
+    // Restored with auth on but no token secret (a backup holds none): before anyone
+    // logs in, the leader's corruption check has the cluster choose one and compares.
+    let compared = || -> f64 {
+        (0..3)
+            .map(|i| {
+                let text = support::scrape(fresh.cfgs[i].me().metrics.expect("metrics"));
+                support::metric(&text, "ekmat_corruption_peers_compared_total").unwrap_or(0.0)
+            })
+            .sum()
+    };
+    let started = std::time::Instant::now();
+    while compared() < 2.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the restored cluster never compared hashes\n{}",
+            fresh.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for endpoints in [restored.url.clone(), fresh.endpoints().join(",")] {
         let anonymous = run(&endpoints, None, &["get", "k"], None);
         assert_eq!(

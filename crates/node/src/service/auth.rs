@@ -145,6 +145,28 @@ impl Services {
         })
     }
 
+    /// [`Services::member_token`], having the cluster choose a token secret first if auth
+    /// is on without one (a store restored from a backup that nobody logged in to yet),
+    /// as a login would. `None` if auth is off, or if no secret could be chosen (said).
+    pub(super) async fn member_token_choosing(&self) -> Option<String> {
+        if let Some(token) = self.member_token() {
+            return Some(token);
+        }
+        if !self.inner.auth.borrow().enabled() {
+            return None;
+        }
+        match self.choose_token_secret().await {
+            Ok(auth) => {
+                let expires = now_secs() + MEMBER_TOKEN_SECS;
+                Some(token::mint_member(&auth, self.inner.member_id, expires))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "no token secret for the corruption check");
+                None
+            }
+        }
+    }
+
     /// Whether the request's sender may administer (the inner result), once its token
     /// is judged (the outer one).
     async fn administrator<T>(&self, request: &Request<T>) -> Result<Result<(), KvError>, Status> {

@@ -126,7 +126,7 @@ impl Services {
             return Ok(CheckRound::default());
         }
         let leader = self.own_hash(revision).await?;
-        let token = self.member_token();
+        let token = self.member_token_choosing().await;
         let mut hashes = Vec::new();
         for (member_id, peer, client) in &mut clients {
             let (member_id, peer) = (*member_id, *peer);
