@@ -240,14 +240,7 @@ async fn etcdctls_auth_commands_answer_as_etcds_do() {
     fresh.leader(Duration::from_secs(15)).await;
     // Restored with auth on but no token secret (a backup holds none): before anyone
     // logs in, the leader's corruption check has the cluster choose one and compares.
-    let compared = || -> f64 {
-        (0..3)
-            .map(|i| {
-                let text = support::scrape(fresh.cfgs[i].me().metrics.expect("metrics"));
-                support::metric(&text, "ekmat_corruption_peers_compared_total").unwrap_or(0.0)
-            })
-            .sum()
-    };
+    let compared = || support::metric_sum(&fresh, "ekmat_corruption_peers_compared_total");
     let started = std::time::Instant::now();
     while compared() < 2.0 {
         assert!(

@@ -176,15 +176,10 @@ async fn enable_auth(url: &str) -> String {
     auth.authenticate(login).await.unwrap().into_inner().token
 }
 
-/// `ekmat_corruption_peers_compared_total`, summed over the members (the leader, which
-/// compares, may change).
+/// Peers compared so far, summed over the members (the leader, which compares, may
+/// change).
 fn peers_compared(c: &Cluster) -> f64 {
-    (0..c.cfgs.len())
-        .map(|i| {
-            let text = scrape(c.cfgs[i].me().metrics.expect("metrics address"));
-            metric(&text, "ekmat_corruption_peers_compared_total").unwrap_or(0.0)
-        })
-        .sum()
+    support::metric_sum(c, "ekmat_corruption_peers_compared_total")
 }
 
 /// With auth on, HashKV needs root, as in etcd 3.4 — and members still compare their

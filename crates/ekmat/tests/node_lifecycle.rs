@@ -171,8 +171,7 @@ async fn a_corrupted_log_is_refused_with_file_and_offset() {
         .unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
     // A byte among the records, not in the zeros the log writes ahead of them.
-    let records = bytes.len() - bytes.iter().rev().take_while(|&&b| b == 0).count();
-    let middle = records / 3;
+    let middle = held(&bytes) / 3;
     bytes[middle] ^= 0xff;
     std::fs::write(&segment, bytes).unwrap();
     let (code, _, err) = run(&["node", "--config", c.config_path(0).to_str().unwrap()]);
@@ -300,15 +299,17 @@ fn kv_commands_explain_bad_endpoints_and_unreachable_clusters() {
     assert!(err.contains("no endpoint answered"), "{err}");
 }
 
-/// Bytes the files in `dir` hold, not counting the zeros the log writes ahead of its
-/// records (at most ~1.5 MiB, whatever the log holds).
+/// How many of a log file's bytes are held, not counting the zeros the log writes
+/// ahead of its records (at most ~1.5 MiB, whatever the log holds).
+fn held(bytes: &[u8]) -> usize {
+    bytes.len() - bytes.iter().rev().take_while(|&&b| b == 0).count()
+}
+
+/// Bytes the files in `dir` hold (see [`held`]).
 fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let held = |path: std::path::PathBuf| {
-        let bytes = std::fs::read(path).unwrap();
-        (bytes.len() - bytes.iter().rev().take_while(|&&b| b == 0).count()) as u64
-    };
+    let file = |path: std::path::PathBuf| held(&std::fs::read(path).unwrap()) as u64;
     std::fs::read_dir(dir)
-        .map(|entries| entries.map(|e| held(e.unwrap().path())).sum())
+        .map(|entries| entries.map(|e| file(e.unwrap().path())).sum())
         .unwrap_or(0)
 }
 

@@ -300,6 +300,16 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A metric summed over every member of `c` (the one that counts may change).
+#[allow(dead_code)] // not every test binary uses it
+pub fn metric_sum(c: &Cluster, name: &str) -> f64 {
+    c.cfgs
+        .iter()
+        .map(|cfg| metric(&scrape(cfg.me().metrics.expect("metrics address")), name))
+        .map(|v| v.unwrap_or(0.0))
+        .sum()
+}
+
 /// Put `key`, returning the revision the put made.
 #[allow(dead_code)] // not every test binary uses it
 pub async fn put_revision(

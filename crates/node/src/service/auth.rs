@@ -18,6 +18,13 @@ const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 /// How long a member token lasts: one corruption-check round and its retries.
 const MEMBER_TOKEN_SECS: u64 = 60;
 
+/// The token a request carries, if any.
+fn token_in(
+    metadata: &tonic::metadata::MetadataMap,
+) -> Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    TOKEN_KEYS.iter().find_map(|key| metadata.get(*key))
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -47,7 +54,7 @@ impl Services {
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Caller, Status> {
-        let Some(token) = TOKEN_KEYS.iter().find_map(|key| metadata.get(*key)) else {
+        let Some(token) = token_in(metadata) else {
             return Ok(Caller::Anonymous);
         };
         let token = token
@@ -125,9 +132,7 @@ impl Services {
     /// [`Services::check_maintainer`] for HashKV, which other members may also ask with
     /// a member token ([`token::mint_member`]) for their corruption checks.
     pub(super) async fn check_hash_reader<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let from_member = TOKEN_KEYS
-            .iter()
-            .find_map(|key| request.metadata().get(*key))
+        let from_member = token_in(request.metadata())
             .and_then(|token| token.to_str().ok())
             .is_some_and(|token| token::is_member(&self.inner.auth.borrow(), token, now_secs()));
         if from_member {
@@ -140,9 +145,12 @@ impl Services {
     /// off, HashKV needs none).
     pub(super) fn member_token(&self) -> Option<String> {
         let auth = self.inner.auth.borrow();
-        (auth.enabled() && !auth.token_secret().is_empty()).then(|| {
-            token::mint_member(&auth, self.inner.member_id, now_secs() + MEMBER_TOKEN_SECS)
-        })
+        (auth.enabled() && !auth.token_secret().is_empty()).then(|| self.mint_member(&auth))
+    }
+
+    /// This member's token under `auth`, valid for [`MEMBER_TOKEN_SECS`] from now.
+    fn mint_member(&self, auth: &ekmat_kv::AuthState) -> String {
+        token::mint_member(auth, self.inner.member_id, now_secs() + MEMBER_TOKEN_SECS)
     }
 
     /// [`Services::member_token`], having the cluster choose a token secret first if auth
@@ -156,10 +164,7 @@ impl Services {
             return None;
         }
         match self.choose_token_secret().await {
-            Ok(auth) => {
-                let expires = now_secs() + MEMBER_TOKEN_SECS;
-                Some(token::mint_member(&auth, self.inner.member_id, expires))
-            }
+            Ok(auth) => Some(self.mint_member(&auth)),
             Err(e) => {
                 tracing::warn!(error = %e.message(), "no token secret for the corruption check");
                 None

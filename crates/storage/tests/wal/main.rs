@@ -35,6 +35,14 @@ pub fn fast(segment_bytes: u64) -> WalOptions {
     }
 }
 
+/// [`opts`] without preallocation: segments end at their records.
+pub fn unpadded(segment_bytes: u64) -> WalOptions {
+    WalOptions {
+        preallocate: false,
+        ..opts(segment_bytes)
+    }
+}
+
 /// A recognisable payload of varying length (0 to 40 bytes).
 pub fn payload(i: u64) -> Vec<u8> {
     let len = (i * 7 % 41) as usize;

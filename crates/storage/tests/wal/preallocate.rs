@@ -4,8 +4,6 @@
 
 use std::fs;
 
-use ekmat_storage::WalOptions;
-
 use crate::{
     append_synced, corrupt, encoded_len, fast, open, opts, payloads, record_offsets, segment_path,
     segments,
@@ -50,11 +48,7 @@ fn the_last_segment_is_zero_filled_ahead_and_appends_go_on_over_the_zeros() {
 #[test]
 fn without_preallocation_a_segment_ends_at_its_records() {
     let tmp = tempfile::tempdir().unwrap();
-    let unpadded = WalOptions {
-        preallocate: false,
-        ..opts(64 << 20)
-    };
-    let (mut wal, _) = open(tmp.path(), unpadded);
+    let (mut wal, _) = open(tmp.path(), crate::unpadded(64 << 20));
     append_synced(&mut wal, 1..=50);
     drop(wal);
     let len = fs::metadata(segment_path(tmp.path(), 1)).unwrap().len();

@@ -112,11 +112,7 @@ fn a_record_larger_than_a_segment_gets_its_own() {
 #[test]
 fn one_fsync_covers_a_batch_and_an_idle_sync_does_none() {
     let tmp = tempfile::tempdir().unwrap();
-    let unpadded = WalOptions {
-        preallocate: false,
-        ..opts(1 << 20)
-    };
-    let (mut wal, _) = open(tmp.path(), unpadded);
+    let (mut wal, _) = open(tmp.path(), crate::unpadded(1 << 20));
     let before = wal.stats();
     for i in 1..=50 {
         wal.append(&payload(i)).unwrap();
