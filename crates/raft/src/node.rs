@@ -320,6 +320,7 @@ impl RaftNode {
         self.log.on_persisted(seq);
         if self.role == Role::Leader {
             self.maybe_commit(out);
+            self.tell_commit(out);
         }
     }
 

@@ -40,6 +40,8 @@ pub struct Progress {
     pub recent_active: bool,
     /// Highest ReadIndex round this follower has confirmed.
     pub read_ack: u64,
+    /// Highest commit index an append sent to this follower let it learn.
+    pub commit_told: u64,
     /// The snapshot being sent, pinned until the transfer finishes (a newer one taken
     /// meanwhile would otherwise restart it forever).
     pub sending: Option<Snapshot>,
@@ -57,6 +59,7 @@ impl Progress {
             last_progress: now,
             recent_active: false,
             read_ack: 0,
+            commit_told: 0,
             sending: None,
         }
     }

@@ -46,10 +46,50 @@ impl RaftNode {
         }
         let last = prev_index + entries.len() as u64;
         let carried = !entries.is_empty();
-        out.send(to, self.append_request(prev_index, prev_term, entries));
+        self.send_append_request(to, prev_index, prev_term, entries, out);
         let pr = self.progress.get_mut(&to).expect("checked above");
         pr.sent(last, carried);
         carried && !probing
+    }
+
+    /// Send `to` an AppendEntries after `prev_index`, noting the commit index it lets
+    /// the follower learn (no further than the entries it vouches for).
+    fn send_append_request(
+        &mut self,
+        to: NodeId,
+        prev_index: u64,
+        prev_term: u64,
+        entries: Vec<crate::Entry>,
+        out: &mut Out,
+    ) {
+        let told = self.commit.min(prev_index + entries.len() as u64);
+        if let Some(pr) = self.progress.get_mut(&to) {
+            pr.commit_told = pr.commit_told.max(told);
+        }
+        out.send(to, self.append_request(prev_index, prev_term, entries));
+    }
+
+    /// Tell each follower whose pipeline has drained a commit index it could not learn
+    /// otherwise until the next heartbeat. A client waiting on a follower (a write it
+    /// forwarded, a read it serves) would otherwise wait a heartbeat interval for its
+    /// entry to apply there; under load, appends carrying new entries tell it anyway.
+    pub(crate) fn tell_commit(&mut self, out: &mut Out) {
+        for peer in self.peers().collect::<Vec<_>>() {
+            let Some(pr) = self.progress.get(&peer) else {
+                continue;
+            };
+            let learnable = self.commit.min(pr.match_index);
+            if pr.state != ReplicationState::Replicate
+                || pr.has_inflight()
+                || pr.commit_told >= learnable
+            {
+                continue;
+            }
+            let matched = pr.match_index;
+            if let Some(term) = self.log.term_at(matched) {
+                self.send_append_request(peer, matched, term, Vec::new(), out);
+            }
+        }
     }
 
     fn append_request(
@@ -100,7 +140,7 @@ impl RaftNode {
                         continue;
                     }
                     if let Some(term) = self.log.term_at(matched) {
-                        out.send(peer, self.append_request(matched, term, Vec::new()));
+                        self.send_append_request(peer, matched, term, Vec::new(), out);
                     }
                     continue;
                 }
@@ -117,7 +157,7 @@ impl RaftNode {
                 self.start_snapshot(peer, out);
                 continue;
             };
-            out.send(peer, self.append_request(prev_index, prev_term, Vec::new()));
+            self.send_append_request(peer, prev_index, prev_term, Vec::new(), out);
         }
     }
 
@@ -301,6 +341,7 @@ impl RaftNode {
                     self.continue_transfer(out);
                 }
                 while self.send_append(from, out) {}
+                self.tell_commit(out);
             }
             AppendOutcome::Rejected {
                 prev_index,
@@ -338,7 +379,6 @@ impl RaftNode {
         let current_term = self.log.term_at(index) == Some(self.term);
         if current_term || self.cfg.mutant == Mutant::CommitOldTerm {
             self.advance_commit(index, out);
-            // Followers learn the new commit index with the next append or heartbeat.
         }
     }
 }

@@ -53,6 +53,20 @@ fn three_nodes_elect_one_leader_and_replicate_everywhere() {
 }
 
 #[test]
+fn followers_learn_a_commit_within_a_round_trip_not_a_heartbeat() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.write(leader, 1, "a");
+    // No time passes, so no heartbeat is due: what carries the commit index is the
+    // leader's answer to the acknowledgements. A client waiting on a follower for its
+    // entry to apply there would otherwise wait a heartbeat interval.
+    c.deliver_all();
+    for i in 0..3 {
+        assert_eq!(commands(&c, NodeId(i)), vec![2], "node {i}");
+    }
+}
+
+#[test]
 fn followers_refuse_writes_and_name_the_leader() {
     let mut c = Cluster::new(3);
     let leader = c.elect();
