@@ -135,6 +135,12 @@ async fn run_protocol<P: RuntimeProtocol>(
         stable,
         cfg.checkpoint_bytes,
         cfg.stagger(cfg.checkpoint_bytes),
+        // Without fsyncs, there is nothing to share.
+        std::time::Duration::from_micros(if cfg.unsafe_no_fsync {
+            0
+        } else {
+            cfg.group_commit_us
+        }),
     );
     let (status_tx, status_rx) = watch::channel(NodeStatus::default());
     let (auth_tx, auth_rx) = watch::channel(ekmat_kv::AuthState::default());
