@@ -248,22 +248,35 @@ impl ActiveSegment {
         self.unsynced = true;
         self.file_len = self.file_len.max(self.len);
         if self.preallocate && self.file_len - self.len < ZEROED_AHEAD / 2 {
-            written += self.zero_fill(self.len + ZEROED_AHEAD)?;
+            written += self.zero_fill(self.len + ZEROED_AHEAD);
         }
         Ok(written)
     }
 
-    /// Writes zeros from the end of the file up to `end`; returns how many.
-    fn zero_fill(&mut self, end: u64) -> Result<u64> {
+    /// Writes zeros from the end of the file up to `end`; returns how many. The zeros
+    /// are only a head start: if they cannot be written (a full disk, a file size
+    /// limit), this segment goes on without them, growing as records come, and the log
+    /// fails only when a record itself cannot be written. Dying with room left for
+    /// records would stop a member up to a megabyte early.
+    fn zero_fill(&mut self, end: u64) -> u64 {
         let start = self.file_len;
         while self.file_len < end {
             let n = (end - self.file_len).min(ZEROS.len() as u64) as usize;
-            self.file
-                .write_all_at(&ZEROS[..n], self.file_len)
-                .map_err(WalError::io(&self.path))?;
+            if let Err(e) = self.file.write_all_at(&ZEROS[..n], self.file_len) {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    error = %e,
+                    "cannot write zeros ahead of the write-ahead log's records; appending without them"
+                );
+                self.preallocate = false;
+                // Some of the chunk may be written: cut it, so the file ends where its
+                // length says (zeros past it would be read as the clean end anyway).
+                let _ = self.file.set_len(self.file_len);
+                break;
+            }
             self.file_len += n as u64;
         }
-        Ok(self.file_len - start)
+        self.file_len - start
     }
 
     /// Hands the buffered bytes to the kernel and cuts the zeros written ahead of them,

@@ -6,6 +6,7 @@ mod checkpoint;
 mod corruption;
 mod crash;
 mod detached;
+mod full_disk;
 mod io_errors;
 mod model;
 mod preallocate;
