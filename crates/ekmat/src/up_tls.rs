@@ -82,6 +82,7 @@ impl LocalPki {
             key_file: self.dir.join("member-key.pem"),
             trusted_ca_file: Some(self.dir.join("ca.pem")),
             client_cert_auth: true,
+            crl_file: None,
         }
     }
 

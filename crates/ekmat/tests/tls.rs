@@ -158,6 +158,7 @@ fn a_cluster_over_tls_serves_etcdctl_with_a_client_certificate_and_nothing_else_
         trusted_ca_file: Some(pki.ca.clone()),
         // As in etcd, a trusted CA alone makes clients need a certificate.
         client_cert_auth: false,
+        crl_file: None,
     };
     let mut c = Cluster::start_with(3, |cfg| {
         cfg.client_transport_security = Some(security.clone());

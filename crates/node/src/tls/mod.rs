@@ -11,8 +11,8 @@
 //!   a peer.
 //!
 //! The certificate and key files are read again when they change, as etcd reads them
-//! for each new connection: a renewed certificate is served without a restart. The CA
-//! is read at start.
+//! for each new connection: a renewed certificate is served without a restart. So is
+//! a revocation list (`crl_file`, `revocation.rs`). The CA is read at start.
 //!
 //! Client handshakes run in their own tasks, so a client that stalls its handshake holds
 //! up no one else's connection; each is bounded in time, and so is how many run at once.
@@ -33,6 +33,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::service::AuthorityFix;
+
+mod revocation;
+use revocation::Revocations;
 
 /// How long a client may take over its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +63,11 @@ pub struct TransportSecurity {
     /// `trusted_ca_file` alone already asks, as in etcd).
     #[serde(default)]
     pub client_cert_auth: bool,
+    /// Certificate revocation lists (PEM) from the CA in `trusted_ca_file` (etcd's
+    /// `--client-crl-file` and `--peer-crl-file`): a certificate it revoked is refused.
+    /// Read again soon after the file changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_file: Option<PathBuf>,
 }
 
 impl TransportSecurity {
@@ -68,6 +76,11 @@ impl TransportSecurity {
         if self.client_cert_auth && self.trusted_ca_file.is_none() {
             return Err(format!(
                 "{CLIENT_SECTION}: client_cert_auth = true needs trusted_ca_file, the CA that signs clients' certificates"
+            ));
+        }
+        if self.crl_file.is_some() && self.trusted_ca_file.is_none() {
+            return Err(format!(
+                "{CLIENT_SECTION}: crl_file needs trusted_ca_file: revocation lists are checked against the certificates that CA signed"
             ));
         }
         Ok(())
@@ -262,6 +275,8 @@ struct Loaded {
     pair: Arc<ReloadingCert>,
     /// The trusted CA's PEM and certificates.
     ca: Option<(Vec<u8>, Arc<rustls::RootCertStore>)>,
+    /// Verifiers that also check the revocation list, if there is one.
+    revocations: Option<Arc<Revocations>>,
 }
 
 impl Loaded {
@@ -280,9 +295,23 @@ impl Loaded {
             }
             None => None,
         };
+        let pair = Arc::new(ReloadingCert::load(cfg, section)?);
+        let revocations = match (&cfg.crl_file, &ca) {
+            (Some(path), Some((_, roots))) => Some(Revocations::load(
+                path.clone(),
+                section,
+                roots.clone(),
+                pair.provider.clone(),
+            )?),
+            (Some(_), None) => {
+                return Err(format!("{section}: crl_file needs trusted_ca_file"));
+            }
+            (None, _) => None,
+        };
         Ok(Loaded {
-            pair: Arc::new(ReloadingCert::load(cfg, section)?),
+            pair,
             ca,
+            revocations,
         })
     }
 
@@ -293,8 +322,11 @@ impl Loaded {
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
-        let builder = match &self.ca {
-            Some((_, roots)) => {
+        let builder = match (&self.ca, &self.revocations) {
+            (_, Some(revocations)) => {
+                builder.with_client_cert_verifier(revocations.client_verifier())
+            }
+            (Some((_, roots)), None) => {
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     roots.clone(),
                     provider,
@@ -303,7 +335,7 @@ impl Loaded {
                 .map_err(|e| format!("{section}: trusted_ca_file: {e}"))?;
                 builder.with_client_cert_verifier(verifier)
             }
-            None => builder.with_no_client_auth(),
+            (None, None) => builder.with_no_client_auth(),
         };
         Ok(builder.with_cert_resolver(self.pair.clone()))
     }
@@ -408,11 +440,17 @@ impl PeerTls {
             .ca
             .as_ref()
             .ok_or("peer_transport_security needs trusted_ca_file")?;
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots.clone())
-            .with_client_cert_resolver(loaded.pair.clone());
+            .map_err(|e| e.to_string())?;
+        let builder = match &loaded.revocations {
+            // The standard checks, with the revocation list's besides.
+            Some(revocations) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(revocations.server_verifier()),
+            None => builder.with_root_certificates(roots.clone()),
+        };
+        let client = builder.with_client_cert_resolver(loaded.pair.clone());
         Ok(PeerTls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             connector: TlsConnector::from(Arc::new(client)),
@@ -438,7 +476,11 @@ fn handshake_failed(peer: std::net::SocketAddr, why: &str) {
 pub(crate) mod test_pki {
     use std::path::Path;
 
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
+        IsCa, KeyIdMethod, KeyPair, RevocationReason, RevokedCertParams, SerialNumber,
+        date_time_ymd,
+    };
 
     use super::TransportSecurity;
 
@@ -465,8 +507,21 @@ pub(crate) mod test_pki {
             names: &[&str],
             trusted: &Ca,
         ) -> TransportSecurity {
+            self.certificate_numbered(dir, name, names, trusted, None)
+        }
+
+        /// The same with serial number `serial` (one a revocation list can name).
+        pub fn certificate_numbered(
+            &self,
+            dir: &Path,
+            name: &str,
+            names: &[&str],
+            trusted: &Ca,
+            serial: Option<u64>,
+        ) -> TransportSecurity {
             let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            let params = CertificateParams::new(names).unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.serial_number = serial.map(SerialNumber::from);
             let key = KeyPair::generate().unwrap();
             let cert = params.signed_by(&key, &self.0).unwrap();
             let file = |suffix: &str, text: String| {
@@ -479,7 +534,28 @@ pub(crate) mod test_pki {
                 key_file: file("key", key.serialize_pem()),
                 trusted_ca_file: Some(file("ca", trusted.0.pem())),
                 client_cert_auth: true,
+                crl_file: None,
             }
+        }
+
+        /// Writes this CA's revocation list number `number`, revoking `serials`, to `path`.
+        pub fn revocation_list(&self, path: &Path, number: u64, serials: &[u64]) {
+            let revoked = serials.iter().map(|&serial| RevokedCertParams {
+                serial_number: SerialNumber::from(serial),
+                revocation_time: date_time_ymd(2024, 1, 1),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+            let crl = CertificateRevocationListParams {
+                this_update: date_time_ymd(2024, 1, 1),
+                next_update: date_time_ymd(2100, 1, 1),
+                crl_number: SerialNumber::from(number),
+                issuing_distribution_point: None,
+                revoked_certs: revoked.collect(),
+                key_identifier_method: KeyIdMethod::Sha256,
+            };
+            let pem = crl.signed_by(&self.0).unwrap().pem().unwrap();
+            std::fs::write(path, pem).unwrap();
         }
     }
 }
@@ -495,6 +571,7 @@ mod tests {
             key_file: "k.pem".into(),
             trusted_ca_file: None,
             client_cert_auth: true,
+            crl_file: None,
         };
         assert!(
             cfg.validate_client()
@@ -592,6 +669,148 @@ mod tests {
         assert_eq!(
             served_certificate(addr, &client).await,
             file_certificate(&third)
+        );
+    }
+}
+
+#[cfg(test)]
+mod revocation_tests {
+    use tokio::io::AsyncReadExt;
+    use tokio_stream::StreamExt;
+
+    use super::test_pki::Ca;
+    use super::*;
+
+    /// Whether the port at `addr` keeps a connection made with `client`'s certificate
+    /// (a refused certificate ends the handshake, or, in TLS 1.3, the connection right
+    /// after it).
+    async fn kept(addr: std::net::SocketAddr, client: &TransportSecurity) -> bool {
+        let provider = Arc::new(ring_provider());
+        let ca = std::fs::read(client.trusted_ca_file.as_ref().unwrap()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(&ca).unwrap())
+            .unwrap();
+        let chain = vec![CertificateDer::from_pem_file(&client.cert_file).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(&client.key_file).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let Ok(mut tls) = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+        else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(500), tls.read(&mut byte));
+        read.await.is_err()
+    }
+
+    /// Serves `member`'s client port, keeping every connection it accepts open.
+    async fn serve(member: &TransportSecurity) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = ClientTls::load(member).unwrap().incoming(listener);
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Some(conn) = incoming.next().await {
+                open.push(conn);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_revoked_client_certificate_is_refused_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new();
+        let crl = dir.path().join("crl.pem");
+        ca.revocation_list(&crl, 1, &[]);
+        let mut member = ca.member(dir.path(), "member", &ca);
+        member.crl_file = Some(crl.clone());
+        let alice = ca.certificate_numbered(dir.path(), "alice", &[], &ca, Some(1001));
+        let bob = ca.certificate_numbered(dir.path(), "bob", &[], &ca, Some(1002));
+        let addr = serve(&member).await;
+        assert!(kept(addr, &alice).await && kept(addr, &bob).await);
+
+        ca.revocation_list(&crl, 2, &[1001]);
+        tokio::time::sleep(RELOAD_CHECK_EVERY).await;
+        assert!(!kept(addr, &alice).await, "alice's certificate is revoked");
+        assert!(kept(addr, &bob).await);
+
+        // A list that no longer reads keeps the last good one in force.
+        std::fs::write(&crl, "-----BEGIN X509 CRL-----\ngarbage\n").unwrap();
+        tokio::time::sleep(RELOAD_CHECK_EVERY).await;
+        assert!(!kept(addr, &alice).await && kept(addr, &bob).await);
+    }
+
+    #[tokio::test]
+    async fn a_list_from_another_ca_refuses_everyone_rather_than_check_no_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, other) = (Ca::new(), Ca::new());
+        let crl = dir.path().join("crl.pem");
+        other.revocation_list(&crl, 1, &[]);
+        let mut member = ca.member(dir.path(), "member", &ca);
+        member.crl_file = Some(crl);
+        let alice = ca.certificate_numbered(dir.path(), "alice", &[], &ca, Some(1001));
+        let addr = serve(&member).await;
+        assert!(!kept(addr, &alice).await);
+    }
+
+    #[tokio::test]
+    async fn a_member_does_not_link_to_a_peer_whose_certificate_is_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new();
+        let crl = dir.path().join("crl.pem");
+        ca.revocation_list(&crl, 1, &[7]);
+        let mut me = ca.member(dir.path(), "me", &ca);
+        me.crl_file = Some(crl);
+        let revoked = ca.certificate_numbered(dir.path(), "peer", &["127.0.0.1"], &ca, Some(7));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = PeerTls::load(&revoked).unwrap().acceptor;
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let _ = acceptor.accept(tcp).await;
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let linked = PeerTls::load(&me)
+            .unwrap()
+            .connector
+            .connect(name, tcp)
+            .await;
+        let err = linked.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("Revoked"), "{err}");
+    }
+
+    #[test]
+    fn a_revocation_list_without_a_ca_or_that_does_not_read_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new();
+        let mut member = ca.member(dir.path(), "member", &ca);
+        member.crl_file = Some(dir.path().join("missing.pem"));
+        let err = ClientTls::load(&member).err().unwrap();
+        assert!(
+            err.contains("crl_file") && err.contains("missing.pem"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("missing.pem"), "no list here").unwrap();
+        let err = ClientTls::load(&member).err().unwrap();
+        assert!(err.contains("no PEM revocation list"), "{err}");
+        member.trusted_ca_file = None;
+        member.client_cert_auth = false;
+        assert!(
+            member
+                .validate_client()
+                .unwrap_err()
+                .contains("needs trusted_ca_file")
         );
     }
 }
