@@ -87,7 +87,7 @@ impl Dialer {
             };
             if url.starts_with("https://") && self.tls.is_none() {
                 return Err(format!(
-                    "endpoint '{raw}' speaks TLS: give --cacert (and --cert and --key if the members ask clients for a certificate); `ekmat kv`, `status` and `bench kv` take them, other commands speak no TLS yet"
+                    "endpoint '{raw}' speaks TLS: give --cacert (and --cert and --key if the members ask clients for a certificate); `ekmat kv`, `status`, `bench kv` and `demo` take them, other commands speak no TLS yet"
                 ));
             }
             Endpoint::from_shared(url.clone()).map_err(|e| format!("endpoint '{raw}': {e}"))?;
@@ -100,15 +100,28 @@ impl Dialer {
     }
 
     pub async fn connect(&self, url: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut endpoint = Endpoint::from_shared(url.to_string())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10));
-        if let Some(tls) = &self.tls
-            && url.starts_with("https://")
-        {
-            endpoint = endpoint.tls_config(tls.clone())?;
+        self.endpoint(url)?
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+    }
+
+    /// A channel with no per-call deadline, for calls that wait as long as they must (a
+    /// campaign waits as long as the leader leads).
+    pub async fn connect_without_deadline(
+        &self,
+        url: &str,
+    ) -> Result<Channel, tonic::transport::Error> {
+        self.endpoint(url)?.connect().await
+    }
+
+    fn endpoint(&self, url: &str) -> Result<Endpoint, tonic::transport::Error> {
+        let endpoint =
+            Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(2));
+        match &self.tls {
+            Some(tls) if url.starts_with("https://") => endpoint.tls_config(tls.clone()),
+            _ => Ok(endpoint),
         }
-        endpoint.connect().await
     }
 
     /// The first endpoint that accepts a connection.
@@ -122,11 +135,6 @@ impl Dialer {
         }
         Err(format!("no endpoint answered ({})", errors.join("; ")))
     }
-}
-
-/// [`Dialer::endpoints`] of a plain dialer.
-pub fn parse_endpoints(list: &str) -> Result<Vec<String>, String> {
-    Dialer::plain().endpoints(list)
 }
 
 /// [`Dialer::connect`] of a plain dialer.

@@ -12,9 +12,9 @@ use ekmat_api::v3electionpb::{self as el, election_client::ElectionClient};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::client::{parse_endpoints, status_message};
+use crate::client::{Dialer, TlsArgs, status_message};
 use crate::exit;
 use crate::up::{LocalCluster, UpArgs};
 
@@ -59,6 +59,8 @@ pub struct LeaderElectionArgs {
     /// Client port of the local cluster's first member (peers at +100, metrics at +200).
     #[arg(long, default_value_t = 24_379)]
     base_port: u16,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 const WORKERS: usize = 3;
@@ -72,7 +74,19 @@ pub fn run(args: DemoArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    let endpoints = match args.endpoints.as_deref().map(parse_endpoints).transpose() {
+    let dialer = match Dialer::from_args(&args.tls) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let endpoints = match args
+        .endpoints
+        .as_deref()
+        .map(|e| dialer.endpoints(e))
+        .transpose()
+    {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: --endpoints: {e}");
@@ -87,7 +101,7 @@ pub fn run(args: DemoArgs) -> u8 {
         }
     };
     let clock = Clock::new();
-    match rt.block_on(leader_election(&args, timings, endpoints, &clock)) {
+    match rt.block_on(leader_election(&args, timings, endpoints, &dialer, &clock)) {
         Ok(()) => exit::OK,
         Err(e) => {
             clock.say(&format!("error: {e}"));
@@ -177,6 +191,7 @@ async fn leader_election(
     args: &LeaderElectionArgs,
     t: Timings,
     endpoints: Option<Vec<String>>,
+    dialer: &Dialer,
     clock: &Clock,
 ) -> Result<(), String> {
     clock.say(&format!(
@@ -226,7 +241,7 @@ async fn leader_election(
             }
             (None, None) => return Err("no cluster".to_string()),
         };
-        compete(args, t, &endpoints, clock).await
+        compete(args, t, &endpoints, dialer, clock).await
     }
     .await;
     if let Some(mut c) = cluster {
@@ -239,25 +254,17 @@ async fn leader_election(
     result
 }
 
-/// A channel with no per-call deadline: a campaign waits as long as the leader leads.
-async fn connect(url: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("{url}: {e}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {url}: {e}"))
-}
-
 async fn compete(
     args: &LeaderElectionArgs,
     t: Timings,
     endpoints: &[String],
+    dialer: &Dialer,
     clock: &Clock,
 ) -> Result<(), String> {
     let mut channels = Vec::new();
     for url in endpoints {
-        channels.push(connect(url).await?);
+        let channel = dialer.connect_without_deadline(url).await;
+        channels.push(channel.map_err(|e| format!("cannot connect to {url}: {e}"))?);
     }
     let (tx, mut reports) = mpsc::channel(64);
     // Each worker talks to its own member (round robin): any member serves elections.
@@ -472,6 +479,7 @@ mod tests {
             election: "e".into(),
             endpoints: None,
             base_port: 24_379,
+            tls: TlsArgs::default(),
         }
     }
 

@@ -279,6 +279,12 @@ pub fn registered_clients(
             cfg.protocol
         ));
     }
+    if cfg.client_transport_security.is_some() {
+        return Err(format!(
+            "{}: the members serve TLS on their client ports, which ekmat's signing client and gateway do not speak yet",
+            path.display()
+        ));
+    }
     let key = ekmat_node::keys::load_at(key_file).map_err(|e| e.to_string())?;
     let mine = ekmat_node::keys::public_key_hex(&key.verifying_key());
     let validators = cfg.public_keys()?;
@@ -552,4 +558,24 @@ pub fn get(key: String) -> Command {
 
 pub fn del(key: String) -> Command {
     Command::DeleteRange(ekmat_kv::DeleteRangeRequest::new(Bytes::from(key)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_serving_tls_are_refused_with_the_reason() {
+        let mut cfg = NodeConfig::new("c", 0, "/tmp/none".into(), Vec::new());
+        cfg.protocol = "pbft".into();
+        cfg.client_transport_security = Some(ekmat_node::tls::TransportSecurity::default());
+        let path = Path::new("member.toml");
+        let err = registered_clients(&cfg, path, 1..=1, Path::new("k"))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("member.toml: the members serve TLS"),
+            "{err}"
+        );
+    }
 }

@@ -255,6 +255,20 @@ fn a_cluster_over_tls_serves_etcdctl_with_a_client_certificate_and_nothing_else_
     let https2 = https(2);
     let (code, text) = ekmat(&["kv", "get", "k", "--endpoints", &https2]);
     assert!(code == Some(2) && text.contains("give --cacert"), "{text}");
+    // The leader-election demo on this cluster, over TLS: a leader, killed, replaced.
+    let demo = [
+        "demo",
+        "leader-election",
+        "--lease",
+        "2s",
+        "--renew",
+        "500ms",
+    ];
+    let quick = ["--retry", "200ms", "--lead-for", "1s"];
+    let (code, text) = ekmat(&[&demo[..], &quick, &with_flags].concat());
+    assert!(code == Some(0) && text.contains("handover: "), "{text}");
+    let (code, text) = ekmat(&[&demo[..], &["--endpoints", &https2]].concat());
+    assert!(code == Some(2) && text.contains("give --cacert"), "{text}");
 
     // A member restarted compares its data with both peers, over TLS, before it serves.
     assert!(c.stop(0).success());
