@@ -18,7 +18,7 @@
 //! up no one else's connection; each is bounded in time, and so is how many run at once.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
@@ -34,7 +34,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::service::AuthorityFix;
 
+mod reloading;
 mod revocation;
+use reloading::Reloading;
 use revocation::Revocations;
 
 /// How long a client may take over its handshake.
@@ -117,94 +119,29 @@ fn stamp(path: &Path) -> Stamp {
     ))
 }
 
-/// How often the files are looked at: a handshake costs no file access otherwise.
-const RELOAD_CHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// The member's certificate and key, read again soon after either file changes. A pair
-/// that does not read or match keeps the last good one in use (and is tried again
-/// each check until it reads, in case it was caught half-written).
+/// The member's certificate and key, read again soon after either file changes (a pair
+/// that does not read or match keeps the last good one in use).
 #[derive(Debug)]
 struct ReloadingCert {
-    cert_file: PathBuf,
-    key_file: PathBuf,
-    section: &'static str,
     provider: Arc<CryptoProvider>,
-    current: Mutex<Current>,
-}
-
-#[derive(Debug)]
-struct Current {
-    /// The files' stamps when the pair in use was read.
-    stamps: (Stamp, Stamp),
-    checked: std::time::Instant,
-    key: Arc<CertifiedKey>,
-    /// The pair's PEM, for clients built from it (tonic's).
-    pem: PairPem,
-    /// The last reload's failure, logged once.
-    failure: Option<String>,
+    pair: Reloading<(Arc<CertifiedKey>, PairPem)>,
 }
 
 impl ReloadingCert {
     fn load(cfg: &TransportSecurity, section: &'static str) -> Result<ReloadingCert, String> {
         let provider = Arc::new(ring_provider());
-        let stamps = (stamp(&cfg.cert_file), stamp(&cfg.key_file));
-        let (key, pem) = read_pair(&cfg.cert_file, &cfg.key_file, section, &provider)?;
-        Ok(ReloadingCert {
-            cert_file: cfg.cert_file.clone(),
-            key_file: cfg.key_file.clone(),
-            section,
-            provider,
-            current: Mutex::new(Current {
-                stamps,
-                checked: std::time::Instant::now(),
-                key,
-                pem,
-                failure: None,
-            }),
-        })
+        let (cert_file, key_file) = (cfg.cert_file.clone(), cfg.key_file.clone());
+        let files = vec![cert_file.clone(), key_file.clone()];
+        let read_with = provider.clone();
+        let pair = Reloading::load(files, section, "certificate and key", move || {
+            read_pair(&cert_file, &key_file, section, &read_with)
+        })?;
+        Ok(ReloadingCert { provider, pair })
     }
 
-    /// The pair to use now. Handshakes on other threads are not held up while one
-    /// re-reads the files: they use the pair in use until then.
+    /// The pair to use now, and its PEM (for clients built from it, tonic's).
     fn current(&self) -> (Arc<CertifiedKey>, PairPem) {
-        let mut current = match self.current.try_lock() {
-            Ok(current) => current,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-                return (current.key.clone(), current.pem.clone());
-            }
-        };
-        if current.checked.elapsed() >= RELOAD_CHECK_EVERY {
-            current.checked = std::time::Instant::now();
-            self.reload_if_changed(&mut current);
-        }
-        (current.key.clone(), current.pem.clone())
-    }
-
-    fn reload_if_changed(&self, current: &mut Current) {
-        let stamps = (stamp(&self.cert_file), stamp(&self.key_file));
-        if current.stamps == stamps {
-            return;
-        }
-        match read_pair(
-            &self.cert_file,
-            &self.key_file,
-            self.section,
-            &self.provider,
-        ) {
-            Ok((key, pem)) => {
-                tracing::info!(section = self.section, "read a changed certificate and key");
-                (current.key, current.pem, current.stamps) = (key, pem, stamps);
-                current.failure = None;
-            }
-            Err(e) => {
-                if current.failure.as_ref() != Some(&e) {
-                    tracing::warn!(error = %e, "the certificate or key changed and cannot be used: keeping the last good pair");
-                    current.failure = Some(e);
-                }
-            }
-        }
+        self.pair.get()
     }
 }
 
@@ -482,7 +419,40 @@ pub(crate) mod test_pki {
         date_time_ymd,
     };
 
-    use super::TransportSecurity;
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::net::TcpStream;
+    use tokio_rustls::{TlsConnector, client::TlsStream};
+
+    use super::{TransportSecurity, ring_provider};
+
+    /// A TLS connection to `addr` as a client holding `client`'s certificate, trusting
+    /// its CA: the handshake's error if it fails.
+    pub async fn connect_as(
+        addr: std::net::SocketAddr,
+        client: &TransportSecurity,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let ca = std::fs::read(client.trusted_ca_file.as_ref().unwrap()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(&ca).unwrap())
+            .unwrap();
+        let chain = vec![CertificateDer::from_pem_file(&client.cert_file).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(&client.key_file).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+    }
 
     pub struct Ca(CertifiedIssuer<'static, KeyPair>);
 
@@ -562,6 +532,7 @@ pub(crate) mod test_pki {
 
 #[cfg(test)]
 mod tests {
+    use super::reloading::RELOAD_CHECK_EVERY;
     use super::*;
 
     #[test]
@@ -610,26 +581,7 @@ mod tests {
 
     /// The certificate a client sees when it connects to `addr` now.
     async fn served_certificate(addr: std::net::SocketAddr, client: &TransportSecurity) -> Vec<u8> {
-        let provider = Arc::new(ring_provider());
-        let ca = std::fs::read(client.trusted_ca_file.as_ref().unwrap()).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(&ca).unwrap())
-            .unwrap();
-        let chain = vec![CertificateDer::from_pem_file(&client.cert_file).unwrap()];
-        let key = PrivateKeyDer::from_pem_file(&client.key_file).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .unwrap();
+        let tls = test_pki::connect_as(addr, client).await.unwrap();
         tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
     }
 
@@ -678,6 +630,7 @@ mod revocation_tests {
     use tokio::io::AsyncReadExt;
     use tokio_stream::StreamExt;
 
+    use super::reloading::RELOAD_CHECK_EVERY;
     use super::test_pki::Ca;
     use super::*;
 
@@ -685,26 +638,7 @@ mod revocation_tests {
     /// (a refused certificate ends the handshake, or, in TLS 1.3, the connection right
     /// after it).
     async fn kept(addr: std::net::SocketAddr, client: &TransportSecurity) -> bool {
-        let provider = Arc::new(ring_provider());
-        let ca = std::fs::read(client.trusted_ca_file.as_ref().unwrap()).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(&ca).unwrap())
-            .unwrap();
-        let chain = vec![CertificateDer::from_pem_file(&client.cert_file).unwrap()];
-        let key = PrivateKeyDer::from_pem_file(&client.key_file).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        let Ok(mut tls) = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-        else {
+        let Ok(mut tls) = super::test_pki::connect_as(addr, client).await else {
             return false;
         };
         let mut byte = [0u8; 1];

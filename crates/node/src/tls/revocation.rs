@@ -8,8 +8,7 @@
 //! has no list in the file is refused rather than let through unchecked.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -18,27 +17,15 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
-use super::{RELOAD_CHECK_EVERY, Stamp, read, stamp};
+use super::Reloading;
+use super::read;
 
 /// Verifiers built from the trusted CA and the revocation list in `crl_file`, rebuilt
 /// soon after the file changes. A list that does not read keeps the last good one.
 #[derive(Debug)]
 pub(super) struct Revocations {
-    crl_file: PathBuf,
-    section: &'static str,
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
     subjects: Vec<DistinguishedName>,
-    current: Mutex<Current>,
-}
-
-#[derive(Debug)]
-struct Current {
-    stamp: Stamp,
-    checked: Instant,
-    client: Arc<dyn ClientCertVerifier>,
-    server: Arc<dyn ServerCertVerifier>,
-    failure: Option<String>,
+    verifiers: Reloading<Verifiers>,
 }
 
 impl Revocations {
@@ -48,51 +35,19 @@ impl Revocations {
         roots: Arc<RootCertStore>,
         provider: Arc<CryptoProvider>,
     ) -> Result<Arc<Revocations>, String> {
-        let stamp = stamp(&crl_file);
-        let (client, server) = verifiers(&crl_file, section, &roots, &provider)?;
+        let subjects = roots.subjects();
+        let files = vec![crl_file.clone()];
+        let verifiers = Reloading::load(files, section, "revocation list", move || {
+            verifiers(&crl_file, section, &roots, &provider)
+        })?;
         Ok(Arc::new(Revocations {
-            subjects: roots.subjects(),
-            crl_file,
-            section,
-            roots,
-            provider,
-            current: Mutex::new(Current {
-                stamp,
-                checked: Instant::now(),
-                client,
-                server,
-                failure: None,
-            }),
+            subjects,
+            verifiers,
         }))
     }
 
     fn current(&self) -> Verifiers {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if current.checked.elapsed() >= RELOAD_CHECK_EVERY {
-            current.checked = Instant::now();
-            self.reload_if_changed(&mut current);
-        }
-        (current.client.clone(), current.server.clone())
-    }
-
-    fn reload_if_changed(&self, current: &mut Current) {
-        let stamp = stamp(&self.crl_file);
-        if current.stamp == stamp {
-            return;
-        }
-        match verifiers(&self.crl_file, self.section, &self.roots, &self.provider) {
-            Ok((client, server)) => {
-                tracing::info!(section = self.section, "read a changed revocation list");
-                (current.client, current.server, current.stamp) = (client, server, stamp);
-                current.failure = None;
-            }
-            Err(e) => {
-                if current.failure.as_ref() != Some(&e) {
-                    tracing::warn!(error = %e, "the revocation list changed and cannot be used: keeping the last good one");
-                    current.failure = Some(e);
-                }
-            }
-        }
+        self.verifiers.get()
     }
 
     /// Checks the certificates that connect to this port.
