@@ -264,29 +264,91 @@ where
     W: AsyncWriteExt + Unpin,
     T: Serialize,
 {
-    let body = postcard::to_stdvec(value).map_err(std::io::Error::other)?;
-    if body.len() > MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "message of {} bytes exceeds the {MAX_FRAME}-byte frame limit",
-                body.len()
-            ),
-        ));
+    FrameBuf::default().write(w, value).await
+}
+
+async fn read_frame<T: DeserializeOwned>(
+    r: &mut (impl AsyncReadExt + Unpin),
+) -> std::io::Result<T> {
+    FrameBuf::default().read(r).await
+}
+
+/// One link's frame buffer, kept from frame to frame: a batch's frame is hundreds of
+/// kilobytes, and a fresh buffer per frame cost page faults and zeroing on every one.
+#[derive(Default)]
+struct FrameBuf(Vec<u8>);
+
+/// Beyond this a buffer is not kept for the next frame (one huge message should not
+/// pin its memory for the link's life).
+const FRAME_BUF_KEPT: usize = 4 << 20;
+
+impl FrameBuf {
+    async fn write<W, T>(&mut self, w: &mut W, value: &T) -> std::io::Result<()>
+    where
+        W: AsyncWriteExt + Unpin,
+        T: Serialize,
+    {
+        let mut buf = std::mem::take(&mut self.0);
+        buf.clear();
+        buf.extend_from_slice(&[0; 4]);
+        let mut buf = postcard::to_extend(value, buf).map_err(std::io::Error::other)?;
+        let len = buf.len() - 4;
+        let result = if len > MAX_FRAME {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("message of {len} bytes exceeds the {MAX_FRAME}-byte frame limit"),
+            ))
+        } else {
+            buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
+            w.write_all(&buf).await
+        };
+        self.keep(buf);
+        result
     }
-    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    w.write_all(&body).await
+
+    async fn read<T: DeserializeOwned>(
+        &mut self,
+        r: &mut (impl AsyncReadExt + Unpin),
+    ) -> std::io::Result<T> {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_FRAME {
+            return Err(std::io::Error::other(format!(
+                "frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"
+            )));
+        }
+        let mut buf = std::mem::take(&mut self.0);
+        // Only bytes past the old length are zeroed; all are overwritten below.
+        buf.resize(len, 0);
+        r.read_exact(&mut buf).await?;
+        let msg = postcard::from_bytes(&buf)
+            .map_err(|e| std::io::Error::other(format!("malformed frame: {e}")));
+        self.keep(buf);
+        msg
+    }
+
+    fn keep(&mut self, buf: Vec<u8>) {
+        if buf.capacity() <= FRAME_BUF_KEPT {
+            self.0 = buf;
+        }
+    }
 }
 
 /// Write one queued message; one too large for a frame is dropped, loudly, and the
 /// connection (with the messages buffered before it) is kept: the peer could never
 /// receive it, and tearing the connection down for it would lose the others too.
-async fn write_queued<W, T>(w: &mut W, value: &T, peer: SocketAddr) -> std::io::Result<()>
+async fn write_queued<W, T>(
+    w: &mut W,
+    frames: &mut FrameBuf,
+    value: &T,
+    peer: SocketAddr,
+) -> std::io::Result<()>
 where
     W: AsyncWriteExt + Unpin,
     T: Serialize,
 {
-    match write_frame(w, value).await {
+    match frames.write(w, value).await {
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
             tracing::error!(%peer, error = %e, "message dropped");
             metrics::counter!("ekmat_messages_oversize_total").increment(1);
@@ -294,22 +356,6 @@ where
         }
         other => other,
     }
-}
-
-async fn read_frame<T: DeserializeOwned>(
-    r: &mut (impl AsyncReadExt + Unpin),
-) -> std::io::Result<T> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::other(format!(
-            "frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
-    postcard::from_bytes(&body).map_err(|e| std::io::Error::other(format!("malformed frame: {e}")))
 }
 
 /// Keep one connection to a peer up, and drain its queue into it. A connection that
@@ -378,10 +424,11 @@ async fn pump<M: Serialize + Sync>(
     rx: &mut mpsc::Receiver<M>,
     peer: SocketAddr,
 ) -> std::io::Result<()> {
+    let mut frames = FrameBuf::default();
     while let Some(first) = rx.recv().await {
-        write_queued(w, &first, peer).await?;
+        write_queued(w, &mut frames, &first, peer).await?;
         while let Ok(more) = rx.try_recv() {
-            write_queued(w, &more, peer).await?;
+            write_queued(w, &mut frames, &more, peer).await?;
         }
         w.flush().await?;
     }
@@ -499,8 +546,9 @@ async fn receive<M: DeserializeOwned>(
     }
     drop(setting_up);
     let mut r = tokio::io::BufReader::new(stream);
+    let mut frames = FrameBuf::default();
     loop {
-        let msg: M = read_frame(&mut r).await?;
+        let msg: M = frames.read(&mut r).await?;
         if inbound.send((hello.from, msg)).await.is_err() {
             return Ok(()); // the driver is gone
         }
