@@ -20,13 +20,14 @@ impl Pbft {
             return;
         }
         self.nonce += 1;
-        let bundle = Bundle {
-            gateway: self.cfg.id,
-            nonce: self.nonce,
-            created: self.last_executed,
-            requests: std::mem::take(&mut self.outbox),
-        };
+        let bundle = Bundle::new(
+            self.cfg.id,
+            self.nonce,
+            self.last_executed,
+            std::mem::take(&mut self.outbox),
+        );
         let signed = Arc::new(self.keys.sign(bundle));
+        self.recent_bundles.remember(&signed);
         self.broadcast(Message::Bundle(signed.clone()), out);
         self.add_pending(signed);
         self.try_propose(out);
@@ -66,12 +67,13 @@ impl Pbft {
         if b.signer != b.body.gateway || !self.keys.verify_all(vec![item]) {
             return self.reject_signature(out);
         }
-        if !self.client_requests_verify(&b.body.requests) {
+        if !self.client_requests_verify(b.body.requests()) {
             // Its gateway signed a request its client did not: never proposed here,
             // and the bundle itself is the proof against the gateway.
             self.counter("forged-client-request", out);
             return self.convict_forger(&b, out);
         }
+        self.recent_bundles.remember(&b);
         self.add_pending_as(b, d);
         self.try_propose(out);
     }
@@ -209,7 +211,7 @@ impl Pbft {
             clock_ms: self.batch_clock(),
             ..Batch::default()
         };
-        let mut requests = 0;
+        let (mut requests, mut bytes) = (0, 0);
         let mut later = Vec::new();
         while requests < self.cfg.batch_max {
             let Some(d) = self.pending_order.pop_front() else {
@@ -227,7 +229,13 @@ impl Pbft {
             {
                 continue;
             }
-            requests += p.bundle.body.requests.len();
+            let size = p.bundle.body.size();
+            if !batch.bundles.is_empty() && bytes + size > self.cfg.batch_max_bytes {
+                later.push(d); // the next batch's first
+                break;
+            }
+            requests += p.bundle.body.requests().len();
+            bytes += size;
             batch.bundles.push(p.bundle.clone());
             self.in_flight.insert(d);
         }

@@ -301,7 +301,7 @@ impl BatchCertificate {
             .zip(batch.bundle_digests())
             .map(|(b, d)| BundleDigest {
                 gateway: b.body.gateway.0,
-                requests: b.body.requests.len(),
+                requests: b.body.requests().len(),
                 digest: hex::encode(d),
             })
             .collect();

@@ -226,7 +226,7 @@ impl CommitProof {
         if !signer_is_gateway || !verify_items(validators, &[SigItem::of(&*self.bundle)]) {
             return Err(ProofError::BadGatewaySignature);
         }
-        if !self.bundle.body.requests.contains(request) {
+        if !self.bundle.body.requests().contains(request) {
             return Err(ProofError::RequestNotInBundle);
         }
         if !self.bundle.body.executable_at(self.qc.seq, bundle_horizon) {
@@ -376,7 +376,7 @@ impl Pbft {
         let bundle = batch
             .bundles
             .iter()
-            .find(|b| b.body.requests.contains(request) && b.body.executable_at(seq, horizon))?;
+            .find(|b| b.body.requests().contains(request) && b.body.executable_at(seq, horizon))?;
         Some(CommitProof {
             qc: qc.clone(),
             clock_ms: batch.clock_ms,

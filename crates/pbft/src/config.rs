@@ -104,8 +104,14 @@ pub struct PbftConfig {
     pub max_inflight: u64,
     /// Requests at most per batch.
     pub batch_max: usize,
+    /// Request bytes at most per batch ([`crate::message::ClientRequest::size`]); a bundle larger than
+    /// this is a batch of its own. Every message must fit the transport's frame, and
+    /// a view change carries the batches it prepared.
+    pub batch_max_bytes: usize,
     /// A gateway signs and sends a bundle once it has this many requests (or on a tick).
     pub bundle_max: usize,
+    /// ... or this many request bytes.
+    pub bundle_max_bytes: usize,
     /// How many sequence numbers past the point it was made at a bundle can still
     /// execute (see [`crate::message::Bundle::executable_at`]); executed bundles are
     /// remembered that long. Every validator and client must use the same value.
@@ -138,7 +144,9 @@ impl PbftConfig {
             window: 32,
             max_inflight: 8,
             batch_max: 256,
+            batch_max_bytes: 1 << 20,
             bundle_max: 1,
+            bundle_max_bytes: 1 << 20,
             bundle_horizon: crate::message::BUNDLE_HORIZON,
             view_timeout: Duration::from_millis(400),
             fetch_timeout: Duration::from_millis(300),
@@ -219,7 +227,14 @@ impl PbftConfig {
                 ));
             }
         }
-        if self.max_inflight == 0 || self.batch_max == 0 || self.bundle_max == 0 {
+        let bounds = [
+            self.max_inflight as usize,
+            self.batch_max,
+            self.batch_max_bytes,
+            self.bundle_max,
+            self.bundle_max_bytes,
+        ];
+        if bounds.contains(&0) {
             return Err("batch, bundle and in-flight bounds must be positive".into());
         }
         Ok(())

@@ -131,7 +131,7 @@ impl Judge<'_> {
         }
         // Each client signature alone, so the verdict never depends on what it was
         // batch-verified with.
-        let forged = match client_sig_items(self.clients, self.cluster, &bundle.body.requests) {
+        let forged = match client_sig_items(self.clients, self.cluster, bundle.body.requests()) {
             None => true,
             Some(items) => items.into_iter().any(|i| !verify_items(&[], &[i])),
         };

@@ -8,6 +8,7 @@
 //! - [`crypto`]: ed25519 signatures, a verified-signature cache, batch verification;
 //! - `normal_case`: pre-prepare, prepare, commit, execute;
 //! - `batching`: gateways' signed bundles, the primary's batches and pipeline;
+//! - `recent_bundles`: bundles a backup holds, reused when a pre-prepare repeats them;
 //! - `clock`: the time each batch executes at, proposed by the primary, bounded by backups;
 //! - [`client`]: clients that sign their own requests and check commit proofs;
 //! - `checkpoint`: stable checkpoints, garbage collection, watermarks;
@@ -37,6 +38,7 @@ mod exclusion;
 pub mod message;
 mod normal_case;
 pub mod readmission;
+mod recent_bundles;
 mod replica;
 pub mod snapshot;
 mod snapshot_download;

@@ -111,6 +111,13 @@ pub struct ClientRequest {
     pub sig: Option<Sig>,
 }
 
+impl ClientRequest {
+    /// About the bytes it takes in a message: what batches and bundles are bounded by.
+    pub fn size(&self) -> usize {
+        24 + self.op.as_ref().map_or(0, Bytes::len) + if self.sig.is_some() { 64 } else { 0 }
+    }
+}
+
 /// How a request is stored and sent. Postcard writes an enum's variant index as it
 /// writes an `Option`'s tag (0 none, 1 some), so the first two variants read the
 /// requests of logs written before clients signed (`id` then `Option<Bytes>`).
@@ -169,7 +176,35 @@ pub struct Bundle {
     /// past this one ([`Bundle::executable_at`]), so replicas need to remember an
     /// executed bundle only that long to execute it at most once.
     pub created: u64,
-    pub requests: Vec<ClientRequest>,
+    /// Private so a change to them also forgets their memoised digest.
+    requests: Vec<ClientRequest>,
+    #[serde(skip)]
+    requests_digest: DigestMemo,
+}
+
+/// A bundle's requests digest, computed on first use: a bundle is hashed for its
+/// signature, its pending-queue key, every batch digest it is part of and its quorum
+/// certificate, and rehashing its requests each time was a quarter of a loaded
+/// member's CPU. It is a function of the requests, so it takes no part in equality.
+#[derive(Clone, Default)]
+struct DigestMemo(std::sync::OnceLock<Digest>);
+
+impl PartialEq for DigestMemo {
+    fn eq(&self, _: &DigestMemo) -> bool {
+        true
+    }
+}
+
+impl Eq for DigestMemo {}
+
+impl std::hash::Hash for DigestMemo {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl fmt::Debug for DigestMemo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("..")
+    }
 }
 
 /// How many sequence numbers past its `created` point a bundle can still execute
@@ -193,6 +228,31 @@ impl Encode for Bundle {
 }
 
 impl Bundle {
+    pub fn new(gateway: NodeId, nonce: u64, created: u64, requests: Vec<ClientRequest>) -> Bundle {
+        Bundle {
+            gateway,
+            nonce,
+            created,
+            requests,
+            requests_digest: DigestMemo::default(),
+        }
+    }
+
+    pub fn requests(&self) -> &[ClientRequest] {
+        &self.requests
+    }
+
+    /// Its requests' [`ClientRequest::size`]s, summed.
+    pub fn size(&self) -> usize {
+        self.requests.iter().map(ClientRequest::size).sum()
+    }
+
+    /// The requests to change (tests and adversaries): the digest is computed afresh.
+    pub fn requests_mut(&mut self) -> &mut Vec<ClientRequest> {
+        self.requests_digest = DigestMemo::default();
+        &mut self.requests
+    }
+
     /// Whether the bundle may execute at `seq`: after the point it was made at, and
     /// within `horizon` of it. Every correct replica decides this alike, from the
     /// sequence number alone.
@@ -205,6 +265,10 @@ impl Bundle {
     /// request's length has the `SIGNED` bit set (a read's is u64::MAX - 1), and its
     /// signature follows.
     pub fn requests_digest(&self) -> Digest {
+        *self.requests_digest.0.get_or_init(|| self.hash_requests())
+    }
+
+    fn hash_requests(&self) -> Digest {
         let mut h = Sha256::new();
         for r in &self.requests {
             h.update(r.id.client.to_le_bytes());
@@ -239,7 +303,7 @@ pub struct Batch {
 
 impl fmt::Debug for Batch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let requests: usize = self.bundles.iter().map(|b| b.body.requests.len()).sum();
+        let requests: usize = self.bundles.iter().map(|b| b.body.requests().len()).sum();
         write!(
             f,
             "batch[{} bundles, {requests} requests, clock {} ms]",
@@ -279,7 +343,7 @@ impl Batch {
     pub fn requests(&self) -> impl Iterator<Item = (&Signed<Bundle>, &ClientRequest)> {
         self.bundles
             .iter()
-            .flat_map(|b| b.body.requests.iter().map(move |r| (&**b, r)))
+            .flat_map(|b| b.body.requests().iter().map(move |r| (&**b, r)))
     }
 }
 

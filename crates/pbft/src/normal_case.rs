@@ -79,6 +79,7 @@ impl Pbft {
         if header.signer != primary_of(pp.view, self.n()) {
             return self.reject_signature(out);
         }
+        let batch = self.recent_bundles.reuse(batch);
         let Some(digests) = self.pre_prepare_verifies(&header, &batch) else {
             self.convict_forgers_in(&header, &batch, out);
             return self.reject_signature(out);
@@ -146,7 +147,7 @@ impl Pbft {
                 items.extend(client_sig_items(
                     &self.cfg.clients,
                     cluster,
-                    &b.body.requests,
+                    b.body.requests(),
                 )?);
             }
         }
@@ -476,7 +477,7 @@ impl Pbft {
                 continue;
             }
             if rebundle {
-                self.outbox.extend(p.bundle.body.requests.iter().cloned());
+                self.outbox.extend(p.bundle.body.requests().iter().cloned());
                 self.counter("rebundled", out);
             } else {
                 // Their clients time out: the outcome is unknown, as it is to an etcd
@@ -520,7 +521,7 @@ impl Pbft {
                 self.counter("duplicate-bundle", out);
                 continue;
             }
-            for r in &bundle.body.requests {
+            for r in bundle.body.requests() {
                 self.deliver_request(seq, batch.clock_ms, bundle, r, replayed, out);
             }
         }

@@ -122,6 +122,7 @@ pub struct Pbft {
     /// Executed bundles, with the point each was made at: forgotten once past the
     /// bundle horizon, when they could no longer execute anyway.
     pub(crate) executed_bundles: BTreeMap<Digest, u64>,
+    pub(crate) recent_bundles: crate::recent_bundles::RecentBundles,
     pub(crate) outbox: Vec<ClientRequest>,
     pub(crate) nonce: u64,
     /// The host's wall clock as last observed (see `clock.rs`).
@@ -200,6 +201,7 @@ impl Pbft {
             pending_order: VecDeque::new(),
             in_flight: BTreeSet::new(),
             executed_bundles: BTreeMap::new(),
+            recent_bundles: Default::default(),
             outbox: Vec::new(),
             nonce: 0,
             wall_ms: 0,
@@ -473,7 +475,10 @@ impl Pbft {
     /// Into this gateway's next bundle, which is signed and sent once full (or on a tick).
     pub(crate) fn queue_request(&mut self, r: ClientRequest, out: &mut Fx) {
         self.outbox.push(r);
-        if self.outbox.len() >= self.cfg.bundle_max {
+        let full = self.outbox.len() >= self.cfg.bundle_max
+            || self.outbox.iter().map(ClientRequest::size).sum::<usize>()
+                >= self.cfg.bundle_max_bytes;
+        if full {
             self.flush_bundle(out);
         }
     }

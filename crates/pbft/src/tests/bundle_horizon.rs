@@ -142,12 +142,7 @@ fn bundle_made_at(c: &mut Cluster, created: u64) {
         op: Some(Bytes::from_static(b"op 0/42")),
         sig: None,
     };
-    let bundle = crate::message::Bundle {
-        gateway: NodeId(1),
-        nonce: 5,
-        created,
-        requests: vec![request],
-    };
+    let bundle = crate::message::Bundle::new(NodeId(1), 5, created, vec![request]);
     let signed = Arc::new(crate::crypto::sign(&config(1, 4).secret, NodeId(1), bundle));
     for to in [0, 2, 3] {
         let msg = Message::Bundle(signed.clone());

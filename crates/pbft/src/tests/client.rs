@@ -43,12 +43,7 @@ fn send(c: &mut Cluster, at: usize, request: &ClientRequest) {
 
 /// Validator `gateway`'s bundle of `requests`, signed by it, sent to every other one.
 fn bundle_from(c: &mut Cluster, gateway: u32, requests: Vec<ClientRequest>) {
-    let bundle = Bundle {
-        gateway: NodeId(gateway),
-        nonce: 900,
-        created: 0,
-        requests,
-    };
+    let bundle = Bundle::new(NodeId(gateway), 900, 0, requests);
     let signed = Arc::new(crate::crypto::sign(
         &config(gateway, 4).secret,
         NodeId(gateway),
@@ -217,12 +212,7 @@ fn a_forged_request_proof_convicts_only_the_gateway_that_signed_a_forgery() {
     let judge = c.node(0).judge();
     let honest = client().request(op("pay bob 5"));
     let sign_bundle = |signer: u32, requests| {
-        let body = Bundle {
-            gateway: NodeId(1),
-            nonce: 3,
-            created: 0,
-            requests,
-        };
+        let body = Bundle::new(NodeId(1), 3, 0, requests);
         crate::crypto::sign(&config(signer, 4).secret, NodeId(1), body)
     };
     let mut forged = honest.clone();
@@ -270,12 +260,7 @@ fn a_primary_proposing_a_forged_request_is_not_followed() {
 
 fn primary_proposes(forged: ClientRequest) {
     let mut c = Cluster::with(4, with_signer);
-    let bundle = Bundle {
-        gateway: NodeId(0),
-        nonce: 1,
-        created: 0,
-        requests: vec![forged],
-    };
+    let bundle = Bundle::new(NodeId(0), 1, 0, vec![forged]);
     let batch = Arc::new(Batch {
         bundles: vec![Arc::new(crate::crypto::sign(
             &config(0, 4).secret,
@@ -497,12 +482,7 @@ fn requests_written_before_clients_signed_still_read() {
     let back: ClientRequest = postcard::from_bytes(&postcard::to_stdvec(&signed).unwrap()).unwrap();
     assert_eq!(back, signed);
     // A signature changes the requests' digest; a request unsigned hashes as it did.
-    let bundle = |requests| Bundle {
-        gateway: NodeId(0),
-        nonce: 1,
-        created: 0,
-        requests,
-    };
+    let bundle = |requests| Bundle::new(NodeId(0), 1, 0, requests);
     let unsigned = ClientRequest {
         sig: None,
         ..signed.clone()

@@ -292,6 +292,42 @@ fn four_replicas_order_requests_and_agree() {
 }
 
 #[test]
+fn batches_are_cut_by_bytes_as_well_as_by_requests() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let bound = 100; // three of these requests ("op 1/N", 6-7 bytes each: 30-31)
+    let mut c = Cluster::with(4, |i, n| PbftConfig {
+        batch_max_bytes: bound,
+        max_inflight: 1,
+        ..config(i, n)
+    });
+    let batches = Rc::new(RefCell::new(Vec::new()));
+    let seen = batches.clone();
+    c.cut = Box::new(move |_, _, msg| {
+        if let Message::PrePrepare { batch, .. } = msg {
+            let bytes: usize = batch.bundles.iter().map(|b| b.body.size()).sum();
+            seen.borrow_mut().push((batch.bundles.len(), bytes));
+        }
+        false
+    });
+    for s in 1..=20 {
+        c.request(0, 1, s); // the primary's own requests queue behind one in flight
+    }
+    c.advance(500);
+    assert_eq!(c.committed[0].len(), 20);
+    c.assert_agree(&[0, 1, 2, 3]);
+    let batches = batches.borrow();
+    assert!(
+        batches.iter().all(|&(_, bytes)| bytes <= bound),
+        "{batches:?}"
+    );
+    assert!(
+        batches.iter().any(|&(bundles, _)| bundles == 3),
+        "{batches:?}"
+    );
+}
+
+#[test]
 fn every_executed_batch_carries_a_verifiable_quorum_certificate() {
     let mut c = Cluster::new(4);
     c.request(1, 1, 1);
@@ -463,7 +499,7 @@ fn a_primary_that_leaves_one_client_out_while_executing_others_is_replaced() {
     // it never saw them; it proposes the others).
     c.cut = Box::new(|_, to, m| {
         to == NodeId(0)
-            && matches!(m, Message::Bundle(b) if b.body.requests.iter().any(|r| r.id.client == 1))
+            && matches!(m, Message::Bundle(b) if b.body.requests().iter().any(|r| r.id.client == 1))
     });
     c.request(1, 1, 1);
     // Others' requests keep executing all along: progress alone must not excuse the
@@ -652,11 +688,11 @@ fn an_exclusion_with_a_forged_proof_excludes_nobody() {
     forged[20] ^= 1;
     assert!(evidence::verify(&forged, &keys).is_err());
     // A Byzantine gateway (replica 1) submits the forged proof as an exclusion.
-    let bundle = crate::message::Bundle {
-        gateway: NodeId(1),
-        nonce: 77,
-        created: 0,
-        requests: vec![crate::message::ClientRequest {
+    let bundle = crate::message::Bundle::new(
+        NodeId(1),
+        77,
+        0,
+        vec![crate::message::ClientRequest {
             id: RequestId {
                 client: crate::EXCLUSION_CLIENT,
                 seq: 2,
@@ -664,7 +700,7 @@ fn an_exclusion_with_a_forged_proof_excludes_nobody() {
             op: Some(Bytes::from(forged)),
             sig: None,
         }],
-    };
+    );
     let signed = std::sync::Arc::new(crate::crypto::sign(&config(1, 4).secret, NodeId(1), bundle));
     for to in [0, 2, 3] {
         c.queue
@@ -850,12 +886,7 @@ fn a_bundle_signature_covers_every_request() {
     let signed = crate::crypto::sign(
         &key,
         NodeId(1),
-        Bundle {
-            gateway: NodeId(1),
-            nonce: 1,
-            created: 0,
-            requests: vec![request(1, "a"), request(2, "b")],
-        },
+        Bundle::new(NodeId(1), 1, 0, vec![request(1, "a"), request(2, "b")]),
     );
     assert!(ring.verify(&signed));
     assert_eq!(
@@ -864,10 +895,10 @@ fn a_bundle_signature_covers_every_request() {
         "the digest from the verified bytes is the bundle's digest"
     );
     let changes: [fn(&mut Bundle); 4] = [
-        |b| b.requests[1].op = Some(Bytes::from_static(b"c")),
-        |b| b.requests[1].id.seq = 3,
-        |b| b.requests[0].id.client = 9,
-        |b| b.requests[1].op = None,
+        |b| b.requests_mut()[1].op = Some(Bytes::from_static(b"c")),
+        |b| b.requests_mut()[1].id.seq = 3,
+        |b| b.requests_mut()[0].id.client = 9,
+        |b| b.requests_mut()[1].op = None,
     ];
     for change in changes {
         let mut forged = signed.clone();

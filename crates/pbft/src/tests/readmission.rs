@@ -65,16 +65,16 @@ fn submit_proof(c: &mut Cluster, proof: Bytes, nonce: u64) {
 /// Replica n1 bundles `op` as a request of the reserved `client` and sends it to all.
 fn bundle_as_n1(c: &mut Cluster, client: u64, op: Bytes, nonce: u64) {
     let created = c.node(1).last_executed();
-    let bundle = Bundle {
-        gateway: NodeId(1),
+    let bundle = Bundle::new(
+        NodeId(1),
         nonce,
         created,
-        requests: vec![ClientRequest {
+        vec![ClientRequest {
             id: RequestId { client, seq: nonce },
             op: Some(op),
             sig: None,
         }],
-    };
+    );
     let signed = std::sync::Arc::new(crate::crypto::sign(&config(1, 4).secret, NodeId(1), bundle));
     for to in [0, 2, 3] {
         c.queue

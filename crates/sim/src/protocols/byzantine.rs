@@ -340,7 +340,7 @@ impl Byzantine {
     fn remember_client_requests(&mut self, msg: &Message) {
         let signed: Vec<ClientRequest> = match msg {
             Message::Request(r) => vec![r.clone()],
-            Message::Bundle(b) => b.body.requests.clone(),
+            Message::Bundle(b) => b.body.requests().to_vec(),
             _ => return,
         };
         for r in signed.into_iter().filter(|r| r.sig.is_some()) {
@@ -395,7 +395,8 @@ impl Byzantine {
             return f.clone();
         }
         let mut body = b.body.clone();
-        body.requests.push(self.forged_client_request(body.nonce));
+        let forged_request = self.forged_client_request(body.nonce);
+        body.requests_mut().push(forged_request);
         let forged = Arc::new(sign(&self.key, self.id, body));
         self.forged_bundles.insert(d, forged.clone());
         forged
@@ -669,7 +670,11 @@ impl Byzantine {
             Input::Message {
                 msg: Message::Bundle(b),
                 ..
-            } => b.body.requests.iter().any(|r| r.id.client == VICTIM_CLIENT),
+            } => b
+                .body
+                .requests()
+                .iter()
+                .any(|r| r.id.client == VICTIM_CLIENT),
             _ => false,
         }
     }

@@ -146,6 +146,7 @@ pub struct PbftSim {
     pub checkpoint_interval: u64,
     pub max_inflight: u64,
     pub batch_max: usize,
+    pub batch_max_bytes: usize,
     pub view_timeout: Duration,
     /// A snapshot after every this many bytes of requests (0: never; see
     /// `ekmat_pbft::snapshot`).
@@ -171,6 +172,7 @@ impl Default for PbftSim {
             checkpoint_interval: 16,
             max_inflight: 8,
             batch_max: 256,
+            batch_max_bytes: 1 << 20,
             view_timeout: Duration::from_millis(300),
             snapshot_bytes: 0,
             snapshot_chunk_bytes: 1 << 20,
@@ -189,6 +191,7 @@ impl PbftSim {
         cfg.window = 2 * self.checkpoint_interval;
         cfg.max_inflight = self.max_inflight;
         cfg.batch_max = self.batch_max;
+        cfg.batch_max_bytes = self.batch_max_bytes;
         cfg.view_timeout = self.view_timeout;
         cfg.snapshot_bytes = self.snapshot_bytes;
         cfg.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
@@ -477,6 +480,8 @@ impl SimProtocol for PbftSim {
                 4 * v.checkpoint_interval,
                 ekmat_pbft::message::BUNDLE_HORIZON,
             ][rng.index(2)];
+            // Batches cut by bytes (a few requests each) on half the seeds.
+            v.batch_max_bytes = [1 << 20, 256][rng.index(2)];
         }
         let cast: Vec<String> = v
             .assigned
@@ -484,13 +489,14 @@ impl SimProtocol for PbftSim {
             .map(|(n, a)| format!("{n} {}", a.name()))
             .collect();
         let knobs = format!(
-            "pbft checkpoint every {}, snapshot every {} bytes (chunks of {}), bundle horizon {}, {} batches in flight, {} requests per batch, view timeout {:?}, byzantine: [{}]",
+            "pbft checkpoint every {}, snapshot every {} bytes (chunks of {}), bundle horizon {}, {} batches in flight, {} requests and {} bytes per batch, view timeout {:?}, byzantine: [{}]",
             v.checkpoint_interval,
             v.snapshot_bytes,
             v.snapshot_chunk_bytes,
             v.bundle_horizon,
             v.max_inflight,
             v.batch_max,
+            v.batch_max_bytes,
             v.view_timeout,
             cast.join(", ")
         );
