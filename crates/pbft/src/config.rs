@@ -104,9 +104,9 @@ pub struct PbftConfig {
     pub max_inflight: u64,
     /// Requests at most per batch.
     pub batch_max: usize,
-    /// Request bytes at most per batch ([`crate::message::ClientRequest::size`]); a bundle larger than
-    /// this is a batch of its own. Every message must fit the transport's frame, and
-    /// a view change carries the batches it prepared.
+    /// Request bytes at most per batch ([`crate::message::ClientRequest::size`]); a
+    /// bundle larger than this is a batch of its own. Every message must fit the
+    /// transport's frame, and a view change carries the batches it prepared.
     pub batch_max_bytes: usize,
     /// A gateway signs and sends a bundle once it has this many requests (or on a tick).
     pub bundle_max: usize,
