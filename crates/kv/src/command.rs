@@ -138,6 +138,16 @@ impl Command {
         }
     }
 
+    /// How many key operations this command orders: a txn counts those of its larger
+    /// branch (nested txns counted through), anything else one. Admission control
+    /// weighs writes by it, since a txn of a hundred puts is a hundred puts' work.
+    pub fn operations(&self) -> usize {
+        match self.inner() {
+            Command::Txn(t) => txn_operations(t),
+            _ => 1,
+        }
+    }
+
     /// Whether applying this may touch many keys: a ranged delete (alone or in a txn), a
     /// compaction, a lease revocation, a tick that may expire leases. With half a million
     /// keys such a command takes a second; the rest take microseconds.
@@ -151,6 +161,18 @@ impl Command {
             _ => false,
         }
     }
+}
+
+fn txn_operations(t: &TxnRequest) -> usize {
+    let branch = |ops: &[RequestOp]| -> usize {
+        ops.iter()
+            .map(|op| match op {
+                RequestOp::Txn(inner) => txn_operations(inner),
+                _ => 1,
+            })
+            .sum()
+    };
+    branch(&t.success).max(branch(&t.failure)).max(1)
 }
 
 /// The answer to a [`Tick`](Command::Tick) or a [`LeaseRenewAll`](Command::LeaseRenewAll).
@@ -262,5 +284,30 @@ mod tests {
         assert!(heavy(Command::LeaseRevoke(LeaseRevokeRequest::default())));
         assert!(heavy(Command::Tick));
         assert!(!heavy(Command::Put(PutRequest::default())));
+    }
+
+    #[test]
+    fn a_txn_weighs_the_operations_of_its_larger_branch() {
+        let put = || RequestOp::Put(PutRequest::default());
+        let txn = |success: Vec<RequestOp>, failure: Vec<RequestOp>| TxnRequest {
+            success,
+            failure,
+            ..Default::default()
+        };
+        let nested = txn(vec![put(), put()], vec![put()]);
+        let outer = txn(
+            vec![put(), RequestOp::Txn(nested)],
+            vec![put(), put(), put(), put()],
+        );
+        assert_eq!(Command::Txn(outer.clone()).operations(), 4);
+        let outer = txn(vec![RequestOp::Txn(outer), put()], vec![]);
+        assert_eq!(
+            Command::Txn(outer)
+                .from_caller(Caller::Anonymous)
+                .operations(),
+            5
+        );
+        assert_eq!(Command::Txn(TxnRequest::default()).operations(), 1);
+        assert_eq!(Command::Put(PutRequest::default()).operations(), 1);
     }
 }

@@ -94,11 +94,13 @@ pub struct NodeConfig {
     /// in etcd, compacts nothing automatically.
     #[serde(default = "default_auto_compaction_retention")]
     pub auto_compaction_retention: String,
-    /// Admission control: the most writes this member holds from its clients without
-    /// an answer yet. Past it, writes are refused at once with etcd's `etcdserver: too
-    /// many requests` (a client backs off and retries) instead of queueing: a queue
-    /// longer than the cluster drains in a moment only adds latency, and for PBFT,
-    /// bundles that wait past the view timeout change views, which costs throughput.
+    /// Admission control: the most key operations this member holds in its clients'
+    /// writes without an answer yet (a put counts one, a txn its operations: one of a
+    /// hundred puts is a hundred puts' work). Past it, writes are refused at once with
+    /// etcd's `etcdserver: too many requests` (a client backs off and retries) instead
+    /// of queueing: a queue longer than the cluster drains in a moment only adds
+    /// latency, and for PBFT, bundles that wait past the view timeout change views,
+    /// which costs throughput.
     #[serde(default = "default_max_pending_writes")]
     pub max_pending_writes: usize,
     /// How long an auth token lasts, in seconds (etcd's `--auth-token-ttl`, default 300).

@@ -189,18 +189,21 @@ pub struct NodeStatus {
 /// A client write's place among those a member holds (admission control), given back
 /// when the driver is done with the write.
 #[derive(Debug)]
-pub struct WriteSlot(Arc<AtomicUsize>);
+pub struct WriteSlot {
+    in_flight: Arc<AtomicUsize>,
+    weight: usize,
+}
 
 impl WriteSlot {
-    /// Take a place in `in_flight` (the caller has counted it there).
-    pub fn new(in_flight: Arc<AtomicUsize>) -> WriteSlot {
-        WriteSlot(in_flight)
+    /// Take `weight` places in `in_flight` (the caller has counted them there).
+    pub fn new(in_flight: Arc<AtomicUsize>, weight: usize) -> WriteSlot {
+        WriteSlot { in_flight, weight }
     }
 }
 
 impl Drop for WriteSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.in_flight.fetch_sub(self.weight, Ordering::Relaxed);
     }
 }
 

@@ -261,18 +261,20 @@ impl Services {
     /// Order a client's `command` through the log and return the state machine's
     /// response.
     ///
-    /// Admission control: with `max_pending_writes` clients' writes already waiting for
-    /// their answers, it is refused at once with etcd's "too many requests" (clients
-    /// back off and retry) rather than queued where the driver or the protocol is the
-    /// bottleneck: a longer queue only adds latency, and for PBFT, bundles waiting past
-    /// the view timeout change views. The driver holds the write's slot until the write
+    /// Admission control: with `max_pending_writes` of clients' key operations already
+    /// waiting for their answers (a txn counts its operations, see
+    /// [`ekmat_kv::Command::operations`]), it is refused at once with etcd's "too many
+    /// requests" (clients back off and retry) rather than queued where the driver or the
+    /// protocol is the bottleneck: a longer queue only adds latency (past the request
+    /// timeout, work done for nothing), and for PBFT, bundles waiting past the view
+    /// timeout change views. The driver holds the write's slot until the write
     /// is answered or refused, even if its caller gave up meanwhile (it may still be
     /// ordered), or, if it never is, for a while after (see `ABANDONED_WRITE_TTL`).
     pub(super) async fn write(
         &self,
         command: ekmat_kv::Command,
     ) -> Result<ekmat_kv::Response, CallError> {
-        let slot = Some(self.admit_write()?);
+        let slot = Some(self.admit_write(command.operations())?);
         self.call(|reply| Call::Write {
             command,
             reply,
@@ -296,10 +298,12 @@ impl Services {
         .await
     }
 
-    fn admit_write(&self) -> Result<WriteSlot, CallError> {
+    /// A write of `weight` operations is taken while fewer than the bound wait, so one
+    /// larger than the bound still gets in when the member is idle enough.
+    fn admit_write(&self, weight: usize) -> Result<WriteSlot, CallError> {
         let in_flight = &self.inner.writes_in_flight;
-        let slot = WriteSlot::new(in_flight.clone());
-        if in_flight.fetch_add(1, Ordering::Relaxed) >= self.inner.max_pending_writes {
+        let slot = WriteSlot::new(in_flight.clone(), weight);
+        if in_flight.fetch_add(weight, Ordering::Relaxed) >= self.inner.max_pending_writes {
             metrics::counter!("ekmat_writes_refused_total").increment(1);
             return Err(CallError::Busy);
         }
