@@ -41,6 +41,10 @@ pub enum Write {
     /// (see [`Durable::is_compaction`]), which storage may make durable lazily, off the
     /// log's order, since recovering without it replays those batches instead.
     OwnSnapshot(Arc<Snapshot>),
+    /// It executed the batch certified by this certificate, which the log holds already
+    /// in its prepared certificate for that sequence number (see [`PreparedOnDisk`]):
+    /// [`Write::Executed`] without writing the batch a second time.
+    ExecutedPrepared(QuorumCertificate),
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -55,6 +59,64 @@ pub struct PbftStable {
     /// Executed batches after `snapshot`'s point.
     pub executed: BTreeMap<u64, (Arc<Batch>, QuorumCertificate)>,
     pub snapshot: Option<Arc<Snapshot>>,
+}
+
+impl PbftStable {
+    fn executed(&mut self, batch: &Arc<Batch>, qc: &QuorumCertificate) {
+        if qc.seq > self.snapshot.as_ref().map_or(0, |s| s.seq()) {
+            self.executed.insert(qc.seq, (batch.clone(), qc.clone()));
+        }
+    }
+}
+
+/// Whether a prepared certificate of `view` replaces the one of `held` (if any) at its
+/// sequence number: the later view's does.
+fn replaces(held: Option<u64>, view: u64) -> bool {
+    held.is_none_or(|held| held <= view)
+}
+
+/// Which batch the log holds prepared at each sequence number (its view and digest),
+/// kept by [`PbftStable::apply`]'s rules from the same writes. The replica keeps it beside
+/// what it writes, to know when a batch it executes is on disk already: it prepared it,
+/// and no stable checkpoint since has dropped the certificate. A batch then costs one
+/// write, not two (under load, the log's bytes halve).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PreparedOnDisk {
+    checkpoint: u64,
+    batches: BTreeMap<u64, (u64, Digest)>,
+}
+
+impl PreparedOnDisk {
+    pub(crate) fn of(stable: &PbftStable) -> PreparedOnDisk {
+        let batches = stable.prepared.iter();
+        PreparedOnDisk {
+            checkpoint: stable.checkpoint.seq,
+            batches: batches
+                .map(|(seq, c)| (*seq, (c.pre_prepare.body.view, c.pre_prepare.body.digest)))
+                .collect(),
+        }
+    }
+
+    /// Follow `write` as [`PbftStable::apply`] does.
+    pub(crate) fn note(&mut self, write: &Write) {
+        match write {
+            Write::Prepared(cert) => {
+                let body = &cert.pre_prepare.body;
+                if replaces(self.batches.get(&body.seq).map(|b| b.0), body.view) {
+                    self.batches.insert(body.seq, (body.view, body.digest));
+                }
+            }
+            Write::Checkpoint(proof) if proof.seq > self.checkpoint => {
+                self.checkpoint = proof.seq;
+                self.batches.retain(|s, _| *s > proof.seq);
+            }
+            _ => {}
+        }
+    }
+
+    pub(crate) fn holds(&self, seq: u64, digest: &Digest) -> bool {
+        self.batches.get(&seq).is_some_and(|(_, d)| d == digest)
+    }
 }
 
 impl Durable<Write> for PbftStable {
@@ -74,11 +136,8 @@ impl Durable<Write> for PbftStable {
             }
             Write::Prepared(cert) => {
                 let seq = cert.pre_prepare.body.seq;
-                let newer = self
-                    .prepared
-                    .get(&seq)
-                    .is_none_or(|c| c.pre_prepare.body.view <= cert.pre_prepare.body.view);
-                if newer {
+                let held = self.prepared.get(&seq).map(|c| c.pre_prepare.body.view);
+                if replaces(held, cert.pre_prepare.body.view) {
                     self.prepared.insert(seq, cert.clone());
                 }
             }
@@ -89,10 +148,20 @@ impl Durable<Write> for PbftStable {
                     self.prepared.retain(|s, _| *s > proof.seq);
                 }
             }
-            Write::Executed { batch, qc } => {
-                if qc.seq > self.snapshot.as_ref().map_or(0, |s| s.seq()) {
-                    self.executed.insert(qc.seq, (batch.clone(), qc.clone()));
-                }
+            Write::Executed { batch, qc } => self.executed(batch, qc),
+            Write::ExecutedPrepared(qc) => {
+                let batch = self
+                    .prepared
+                    .get(&qc.seq)
+                    .filter(|c| c.pre_prepare.body.digest == qc.digest)
+                    .map(|c| c.batch.clone())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "the batch executed at {} was written as prepared, and the log holds no such certificate",
+                            qc.seq
+                        )
+                    });
+                self.executed(&batch, qc);
             }
             Write::Snapshot(snapshot) | Write::OwnSnapshot(snapshot) => {
                 let seq = snapshot.seq();

@@ -426,9 +426,13 @@ impl Pbft {
             self.cfg.id
         );
         if !from_disk {
-            let write = Write::Executed {
-                batch: batch.clone(),
-                qc: qc.clone(),
+            let write = if self.prepared_on_disk.holds(seq, &qc.digest) {
+                Write::ExecutedPrepared(qc.clone())
+            } else {
+                Write::Executed {
+                    batch: batch.clone(),
+                    qc: qc.clone(),
+                }
             };
             self.persist(write, out);
         }

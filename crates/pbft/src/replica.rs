@@ -14,7 +14,7 @@ use ekmat_core::{
 use crate::certificate::QuorumCertificate;
 use crate::config::{Mutant, PbftConfig};
 use crate::crypto::Keyring;
-use crate::durable::{PbftStable, Write};
+use crate::durable::{PbftStable, PreparedOnDisk, Write};
 use crate::evidence::{EvidenceLog, Statement};
 use crate::message::{
     Batch, Checkpoint, CheckpointProof, ClientRequest, Commit, Digest, Message, NewView,
@@ -116,6 +116,8 @@ pub struct Pbft {
     pub(crate) sessions: BTreeMap<u64, crate::normal_case::Session>,
     pub(crate) accepted: BTreeMap<u64, (u64, Digest)>,
     pub(crate) prepared_certs: BTreeMap<u64, PreparedCert>,
+    /// What the log holds prepared: an executed batch found there is not written again.
+    pub(crate) prepared_on_disk: PreparedOnDisk,
     pub(crate) pending: BTreeMap<Digest, PendingBundle>,
     pub(crate) pending_order: VecDeque<Digest>,
     pub(crate) in_flight: BTreeSet<Digest>,
@@ -197,6 +199,7 @@ impl Pbft {
             sessions: BTreeMap::new(),
             accepted: BTreeMap::new(),
             prepared_certs: BTreeMap::new(),
+            prepared_on_disk: PreparedOnDisk::default(),
             pending: BTreeMap::new(),
             pending_order: VecDeque::new(),
             in_flight: BTreeSet::new(),
@@ -232,6 +235,7 @@ impl Pbft {
     /// signs anything that contradicts what it accepted or prepared before the crash.
     pub fn recover(cfg: PbftConfig, stable: PbftStable, now: Time) -> Result<Pbft, String> {
         let mut p = Pbft::new(cfg)?;
+        p.prepared_on_disk = PreparedOnDisk::of(&stable);
         p.now = now;
         p.view = stable.view;
         p.normal = stable.normal || stable.view == 0;
@@ -374,6 +378,7 @@ impl Pbft {
     }
 
     pub(crate) fn persist(&mut self, write: Write, out: &mut Fx) {
+        self.prepared_on_disk.note(&write);
         self.gate.persist(write, out);
     }
 

@@ -41,6 +41,8 @@ struct Cluster {
     /// Nodes given a wall clock (see `clock.rs`): `WALL_EPOCH_MS` plus the harness's
     /// time plus this offset (ms). `None`: the node observes no clock.
     wall_offset: Vec<Option<i64>>,
+    /// Bytes each node wrote (its writes encoded as the log encodes them).
+    written: Vec<usize>,
 }
 
 /// The wall clock at the harness's time zero, for nodes given one.
@@ -139,6 +141,7 @@ impl Cluster {
             slow_disk: vec![false; n],
             unsynced: vec![None; n],
             wall_offset: vec![None; n],
+            written: vec![0; n],
         }
     }
 
@@ -163,6 +166,7 @@ impl Cluster {
                     }
                 }
                 Effect::Persist { seq, write } => {
+                    self.written[i] += postcard::to_stdvec(&write).unwrap().len();
                     self.disks[i].apply(&write);
                     if !<PbftStable as Durable<Write>>::is_compaction(&write) {
                         self.logged[i].apply(&write);
@@ -552,6 +556,52 @@ fn a_restarted_replica_replays_its_executed_batches_and_keeps_its_view() {
     c.request(3, 1, 6);
     c.advance(100);
     assert_eq!(c.committed[2].len(), 6);
+    c.assert_agree(&[0, 1, 2, 3]);
+}
+
+/// A batch a replica prepared is on its disk (in the prepared certificate) when it
+/// executes it, and is not written again; one it only fetched is written whole. Either
+/// way a restart from the disk replays every executed batch.
+#[test]
+fn an_executed_batch_is_written_once() {
+    const OP: usize = 4 << 10;
+    let mut c = Cluster::new(4);
+    let request = |s: u64| Request {
+        id: RequestId { client: 1, seq: s },
+        kind: RequestKind::Write(Bytes::from(vec![s as u8; OP])),
+    };
+    c.cut = Box::new(|_, to, _| to == NodeId(3));
+    for s in 1..=20 {
+        c.input(0, Input::Request(request(s)));
+        c.advance(20);
+    }
+    let batches = 20 * OP;
+    assert_eq!(c.node(1).last_executed(), 20);
+    assert!(
+        c.written[1] < batches * 3 / 2,
+        "n1 prepared and executed {batches} bytes of batches and wrote {}",
+        c.written[1]
+    );
+    c.cut = Box::new(|_, _, _| false);
+    c.input(0, Input::Request(request(21)));
+    c.advance(2000);
+    assert_eq!(c.node(3).last_executed(), 21);
+    assert!(c.node(3).stats().fetched > 0, "n3 fetched what it missed");
+    assert!(c.written[3] >= batches, "n3 wrote {}", c.written[3]);
+    for i in [1, 3] {
+        let stable = c.disks[i].clone();
+        assert_eq!(stable.executed.len(), 21, "n{i}'s disk");
+        c.nodes[i] = Some(Pbft::recover(config(i as u32, 4), stable, c.now).unwrap());
+        c.committed[i].clear();
+    }
+    c.advance(100);
+    for i in [1, 3] {
+        assert_eq!(
+            c.committed[i].len(),
+            21,
+            "n{i} replayed its executed batches"
+        );
+    }
     c.assert_agree(&[0, 1, 2, 3]);
 }
 
