@@ -161,6 +161,8 @@ pub enum Rejection {
     ReservedClient,
     /// The client is registered to sign its own requests, and this one came unsigned.
     SignatureRequired,
+    /// The request is larger than the protocol orders (`limit` bytes, as it counts them).
+    TooLarge { limit: usize },
 }
 
 /// Something worth counting or tracing. Never needed for correctness.

@@ -300,6 +300,39 @@ async fn a_backup_behind_every_held_batch_catches_up_from_a_snapshot() {
     }
 }
 
+/// A request larger than a batch (512 KiB of requests for four members: a view change
+/// carries a window of batches, and must fit one frame) is refused with etcd's "request
+/// is too large"; one within it is stored and read back at another member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_larger_than_a_batch_is_refused_as_too_large() {
+    let c = start();
+    c.leader(Duration::from_secs(20)).await;
+    let mut client = kv(&c, 2).await.expect("connect");
+    let put = |len: usize| pb::PutRequest {
+        key: b"big".to_vec(),
+        value: vec![b'v'; len],
+        ..Default::default()
+    };
+    let refused = client.put(put(600 << 10)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(refused.message(), "etcdserver: request is too large");
+    let stored = 400 << 10;
+    client
+        .put(put(stored))
+        .await
+        .expect("a value within the bound");
+    let mut other = kv(&c, 0).await.expect("connect");
+    let got = other
+        .range(pb::RangeRequest {
+            key: b"big".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("read back")
+        .into_inner();
+    assert_eq!(got.kvs[0].value.len(), stored);
+}
+
 /// Any member serves a committed batch's certificate; `ekmat pbft verify` checks it
 /// with the configuration's public keys alone (seed 004's client that verifies quorum
 /// certificates), and refuses it once a signature or a bundle digest is altered.

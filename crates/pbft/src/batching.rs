@@ -9,28 +9,48 @@ use std::sync::Arc;
 
 use crate::crypto::SigItem;
 use crate::durable::Write;
-use crate::message::{Batch, Bundle, Digest, Message, PrePrepare, bundle_digest, signed_digest};
+use crate::message::{
+    Batch, Bundle, ClientRequest, Digest, Message, PrePrepare, bundle_digest, signed_digest,
+};
 use crate::replica::{Fx, Pbft, PendingBundle};
 
 impl Pbft {
     /// Sign the requests collected so far as one bundle and send it everywhere.
     pub(crate) fn flush_bundle(&mut self, out: &mut Fx) {
         self.drop_forged_requests(out);
-        if self.outbox.is_empty() {
-            return;
+        let mut requests = std::mem::take(&mut self.outbox).into_iter().peekable();
+        while requests.peek().is_some() {
+            let (mut bundle, mut bytes) = (Vec::new(), 0);
+            while let Some(r) = requests.peek() {
+                let full = bundle.len() >= self.cfg.bundle_max
+                    || bytes + r.size() > self.cfg.bundle_bytes();
+                if full && !bundle.is_empty() {
+                    break;
+                }
+                bytes += r.size();
+                bundle.extend(requests.next());
+            }
+            self.send_bundle(bundle, out);
         }
+        self.try_propose(out);
+    }
+
+    /// Sign `requests` as this gateway's next bundle and send it to every replica. Each
+    /// request is within the batch bound (`on_request`; a proof against a gateway within
+    /// its slack), so the bundle is too: no replica would take one over it.
+    fn send_bundle(&mut self, requests: Vec<ClientRequest>, out: &mut Fx) {
         self.nonce += 1;
-        let bundle = Bundle::new(
+        let bundle = Bundle::new(self.cfg.id, self.nonce, self.last_executed, requests);
+        assert!(
+            bundle.size() <= self.cfg.batch_limit(),
+            "{}: a bundle of {} bytes",
             self.cfg.id,
-            self.nonce,
-            self.last_executed,
-            std::mem::take(&mut self.outbox),
+            bundle.size()
         );
         let signed = Arc::new(self.keys.sign(bundle));
         self.recent_bundles.remember(&signed);
         self.broadcast(Message::Bundle(signed.clone()), out);
         self.add_pending(signed);
-        self.try_propose(out);
     }
 
     /// Clients' signatures are checked here, for the whole bundle at once (batch
@@ -63,6 +83,11 @@ impl Pbft {
             || self.executed_bundles.contains_key(&d);
         if known {
             return self.add_pending_as(b, d);
+        }
+        if b.body.size() > self.cfg.batch_limit() {
+            // No honest gateway makes one: it could not be ordered in a batch within
+            // the bound (see `PbftConfig::batch_max_bytes`).
+            return self.counter("oversize-bundle", out);
         }
         if b.signer != b.body.gateway || !self.keys.verify_all(vec![item]) {
             return self.reject_signature(out);

@@ -337,6 +337,9 @@ impl Pbft {
         if r.sig.is_none() || !self.cfg.clients.contains_key(&r.id.client) {
             return self.counter("bad-client-request", out);
         }
+        if r.size() > self.cfg.batch_max_bytes {
+            return self.counter("oversize-client-request", out);
+        }
         // A replay (by anyone: requests come from any sender) must not cost a bundle
         // and a sequence number each time: one already executed, or already waiting
         // here, is dropped.

@@ -104,13 +104,15 @@ pub struct PbftConfig {
     pub max_inflight: u64,
     /// Requests at most per batch.
     pub batch_max: usize,
-    /// Request bytes at most per batch ([`crate::message::ClientRequest::size`]); a
-    /// bundle larger than this is a batch of its own. Every message must fit the
-    /// transport's frame, and a view change carries the batches it prepared.
+    /// Request bytes at most per batch ([`crate::message::ClientRequest::size`]), and
+    /// so per bundle and per request: a larger request is refused
+    /// ([`ekmat_core::Rejection::TooLarge`]), and a bundle or a batch over
+    /// [`PbftConfig::batch_limit`] is ignored. Every message must fit the transport's
+    /// frame, and a view change carries the batches its sender prepared: this bounds it.
     pub batch_max_bytes: usize,
     /// A gateway signs and sends a bundle once it has this many requests (or on a tick).
     pub bundle_max: usize,
-    /// ... or this many request bytes.
+    /// ... or this many request bytes (at most `batch_max_bytes`).
     pub bundle_max_bytes: usize,
     /// How many sequence numbers past the point it was made at a bundle can still
     /// execute (see [`crate::message::Bundle::executable_at`]); executed bundles are
@@ -130,7 +132,23 @@ pub struct PbftConfig {
     pub mutant: Mutant,
 }
 
+/// How much larger than a bundle a proof against its gateway is (the bundle, signed and
+/// encoded, with a tag): the request ordering that proof may exceed `batch_max_bytes`
+/// by this much, and so may its bundle and batch.
+pub const EVIDENCE_SLACK: usize = 1024;
+
 impl PbftConfig {
+    /// The most request bytes a bundle or a batch may hold: `batch_max_bytes`, plus
+    /// room for a proof of misbehaviour that carries a whole bundle.
+    pub fn batch_limit(&self) -> usize {
+        self.batch_max_bytes + EVIDENCE_SLACK
+    }
+
+    /// Request bytes at which a gateway's bundle is full.
+    pub(crate) fn bundle_bytes(&self) -> usize {
+        self.bundle_max_bytes.min(self.batch_max_bytes)
+    }
+
     /// Validator `id` of `n`, with keys derived from `key_seed`.
     pub fn from_seed(id: NodeId, n: usize, key_seed: u64) -> PbftConfig {
         PbftConfig {

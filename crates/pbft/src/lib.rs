@@ -49,7 +49,7 @@ mod view_change;
 pub use certificate::{CertError, QuorumCertificate};
 pub use checkpoint::DIVERGED_HISTORY;
 pub use client::{Client, CommitProof, ProofError};
-pub use config::{Mutant, PbftConfig};
+pub use config::{EVIDENCE_SLACK, Mutant, PbftConfig};
 pub use durable::{PbftStable, Write};
 pub use ekmat_core::{NodeId, Time};
 pub use exclusion::EXCLUSION_CLIENT;

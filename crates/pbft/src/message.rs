@@ -314,6 +314,11 @@ impl fmt::Debug for Batch {
 }
 
 impl Batch {
+    /// Its bundles' [`Bundle::size`]s, summed: what batches are bounded by.
+    pub fn size(&self) -> usize {
+        self.bundles.iter().map(|b| b.body.size()).sum()
+    }
+
     /// The digest a pre-prepare names: over every bundle with its signature, and the
     /// clock (so replicas that agree on the batch agree on its time).
     pub fn digest(&self) -> Digest {

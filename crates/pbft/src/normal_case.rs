@@ -79,6 +79,10 @@ impl Pbft {
         if header.signer != primary_of(pp.view, self.n()) {
             return self.reject_signature(out);
         }
+        if batch.size() > self.cfg.batch_limit() {
+            // A primary past the bound would make view changes no frame can carry.
+            return self.counter("oversize-batch", out);
+        }
         let batch = self.recent_bundles.reuse(batch);
         let Some(digests) = self.pre_prepare_verifies(&header, &batch) else {
             self.convict_forgers_in(&header, &batch, out);

@@ -456,14 +456,18 @@ impl Pbft {
                 return out.reply(Reply::Rejected { id: r.id, reason });
             }
         };
-        self.queue_request(
-            ClientRequest {
-                id: r.id,
-                op,
-                sig: None,
-            },
-            out,
-        );
+        let request = ClientRequest {
+            id: r.id,
+            op,
+            sig: None,
+        };
+        if request.size() > self.cfg.batch_max_bytes {
+            let reason = Rejection::TooLarge {
+                limit: self.cfg.batch_max_bytes,
+            };
+            return out.reply(Reply::Rejected { id: r.id, reason });
+        }
+        self.queue_request(request, out);
     }
 
     /// Nobody takes an excluded replica's bundles any more: its clients go elsewhere.
@@ -482,7 +486,7 @@ impl Pbft {
         self.outbox.push(r);
         let full = self.outbox.len() >= self.cfg.bundle_max
             || self.outbox.iter().map(ClientRequest::size).sum::<usize>()
-                >= self.cfg.bundle_max_bytes;
+                >= self.cfg.bundle_bytes();
         if full {
             self.flush_bundle(out);
         }

@@ -158,6 +158,9 @@ pub enum CallError {
     /// The protocol does not do this at all (PBFT: membership changes, leader transfer).
     #[error("{0}")]
     Unsupported(String),
+    /// Larger than the protocol orders (PBFT bounds requests by its batches).
+    #[error("etcdserver: request is too large")]
+    TooLarge,
 }
 
 /// etcd's wording for membership changes that make no sense (its clients match on it).
@@ -959,6 +962,7 @@ fn rejection(reason: Rejection) -> CallError {
             "the request's client is registered to sign its requests, and this one is unsigned"
                 .into(),
         ),
+        Rejection::TooLarge { .. } => CallError::TooLarge,
     }
 }
 

@@ -15,7 +15,9 @@ use crate::config::NodeConfig;
 mod pbft;
 mod raft;
 
-pub use pbft::{Pbft, client_request as pbft_client_request};
+pub use pbft::{
+    Pbft, client_request as pbft_client_request, max_request_bytes as pbft_max_request_bytes,
+};
 pub use raft::Raft;
 
 /// The protocol's message, durable-write and durable-state types must cross the wire

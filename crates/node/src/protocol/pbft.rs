@@ -54,10 +54,10 @@ fn tune(pc: &mut PbftConfig, cfg: &NodeConfig) {
     // The executed log (memory and disk) stays within about this many bytes of
     // requests; a snapshot of the store is encoded that often.
     pc.snapshot_bytes = cfg.pbft_snapshot_bytes;
-    pc.window = 32;
+    pc.window = WINDOW;
     pc.max_inflight = 8;
     pc.batch_max = 2048;
-    pc.batch_max_bytes = batch_bytes_that_fit(cfg.members.len(), pc.window);
+    pc.batch_max_bytes = max_request_bytes(cfg);
     pc.bundle_max = 256;
     pc.bundle_max_bytes = pc.batch_max_bytes / 2;
     pc.view_timeout = VIEW_TIMEOUT;
@@ -66,13 +66,22 @@ fn tune(pc: &mut PbftConfig, cfg: &NodeConfig) {
     pc.clock_behind = Duration::from_millis(cfg.pbft_clock_behind_ms);
 }
 
+/// Sequence numbers between the watermarks.
+const WINDOW: u64 = 32;
+
+/// The most request bytes a batch takes, and so a request ([`ekmat_pbft::message::
+/// ClientRequest::size`]): the core refuses a larger one as too large.
+pub fn max_request_bytes(cfg: &NodeConfig) -> usize {
+    batch_bytes_that_fit(cfg.members.len(), WINDOW)
+}
+
 /// The most request bytes a batch takes. A VIEW-CHANGE carries every batch its sender
 /// prepared above its stable checkpoint (a window's worth at most) and a NEW-VIEW 2f+1
 /// of those, all in one transport frame; a quarter of the frame is left for the rest.
 /// Batches of half a megabyte carry as much as unbounded ones (2,048 transactions of 100
 /// puts made a 100 MB pre-prepare no backup could receive), where a quarter megabyte
-/// lost a fifth of the throughput: a batch's round trip has fsyncs in it. A request
-/// larger than the bound still travels in a batch of its own.
+/// lost a fifth of the throughput: a batch's round trip has fsyncs in it. A bundle or
+/// batch may exceed the bound by `EVIDENCE_SLACK` (a proof against a gateway).
 fn batch_bytes_that_fit(n: usize, window: u64) -> usize {
     const MOST: usize = 512 << 10;
     let f = n.saturating_sub(1) / 3;
@@ -277,10 +286,10 @@ mod tests {
     #[test]
     fn a_new_view_of_full_batches_fits_one_frame_at_every_cluster_size() {
         for n in 1..=31 {
-            let bytes = batch_bytes_that_fit(n, 32);
+            let bytes = batch_bytes_that_fit(n, 32) + ekmat_pbft::EVIDENCE_SLACK;
             let view_changes = 2 * ((n - 1) / 3) + 1;
             assert!(
-                view_changes * 32 * bytes <= crate::transport::MAX_FRAME,
+                view_changes * 32 * bytes <= crate::transport::MAX_FRAME * 4 / 5,
                 "n = {n}"
             );
             assert!(bytes >= 32 << 10, "n = {n}: batches of {bytes} bytes");

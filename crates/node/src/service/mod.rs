@@ -97,6 +97,8 @@ struct Inner {
     signing_cluster: ekmat_pbft::client::ClusterId,
     /// The protocol, which may take no signed requests at all.
     protocol: String,
+    /// The largest signed request PBFT orders (see `protocol::pbft_max_request_bytes`).
+    pbft_request_bytes: usize,
     /// TLS on the client ports (this member's, and by assumption every member's).
     tls: Option<crate::tls::ClientTls>,
     /// Whether the peer ports speak TLS (every member's alike).
@@ -141,6 +143,7 @@ impl Services {
                     .map(|keys| ekmat_pbft::client::cluster_id(&keys))
                     .unwrap_or_default(),
                 protocol: cfg.protocol.clone(),
+                pbft_request_bytes: crate::protocol::pbft_max_request_bytes(cfg),
                 tls,
                 peer_tls: cfg.peer_transport_security.is_some(),
             }),
@@ -350,6 +353,7 @@ pub fn call_error(e: &CallError) -> Status {
         }
         CallError::InvalidChange(_) => Status::failed_precondition(e.to_string()),
         CallError::Unsupported(why) => Status::unimplemented(why.clone()),
+        CallError::TooLarge => Status::invalid_argument(e.to_string()),
     }
 }
 

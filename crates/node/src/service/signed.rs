@@ -98,6 +98,10 @@ impl Services {
             signature,
         };
         let core = crate::protocol::pbft_client_request(&signed);
+        if core.size() > self.inner.pbft_request_bytes {
+            // PBFT orders nothing larger than a batch (the core would drop it).
+            return Err(Status::invalid_argument("etcdserver: request is too large"));
+        }
         if !ekmat_pbft::client::request_signed_by(key, &self.inner.signing_cluster, &core) {
             return Err(Status::unauthenticated(format!(
                 "the signature does not verify with client {}'s registered public key for this cluster (a client signs for the cluster its validators' keys name)",

@@ -1436,3 +1436,4 @@ mod clock;
 mod readmission;
 mod seed;
 mod serve_budget;
+mod size_bounds;
