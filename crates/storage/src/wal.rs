@@ -23,7 +23,8 @@ pub struct WalOptions {
     pub sync: bool,
     /// Keep the last segment zero-filled ahead of its records, so that a sync overwrites
     /// blocks the file already has instead of growing it (no journal commit for the new
-    /// size). Costs writing each byte of the log twice, once as a zero. Default `true`.
+    /// size). Costs writing each byte of the log twice, once as a zero, so it is done
+    /// only while appends between syncs are small (see `segment.rs`). Default `true`.
     pub preallocate: bool,
 }
 
