@@ -69,8 +69,8 @@ fn tune(pc: &mut PbftConfig, cfg: &NodeConfig) {
 /// Sequence numbers between the watermarks.
 const WINDOW: u64 = 32;
 
-/// The most request bytes a batch takes, and so a request ([`ekmat_pbft::message::
-/// ClientRequest::size`]): the core refuses a larger one as too large.
+/// The most bytes a batch of requests takes here, and so a request (as
+/// `ClientRequest::size` counts them): the core refuses a larger one as too large.
 pub fn max_request_bytes(cfg: &NodeConfig) -> usize {
     batch_bytes_that_fit(cfg.members.len(), WINDOW)
 }
