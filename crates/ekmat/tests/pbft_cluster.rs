@@ -531,6 +531,71 @@ async fn a_signing_client_is_believed_on_f_plus_1_matching_results_and_cannot_be
     assert_eq!(get(&c, 0, "signed", false).await.as_deref(), Some("still"));
 }
 
+/// A member holds at most `max_pending_writes` of its clients' operations, signed
+/// requests too: past it one is refused at once with etcd's "too many requests" and
+/// never ordered; the ones taken execute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_requests_past_the_admission_bound_are_refused_at_once() {
+    use ekmat_api::ekmatpb::{self, signed_requests_client::SignedRequestsClient};
+    const CLIENTS: u64 = 16;
+    let keys = tempfile::tempdir().unwrap();
+    let clients: Vec<_> = (1..=CLIENTS)
+        .map(|id| {
+            let path = keys.path().join(format!("client-{id}.key"));
+            ekmat_node::keys::generate_at(&path).unwrap()
+        })
+        .collect();
+    let registered: Vec<_> = (1..=CLIENTS)
+        .zip(&clients)
+        .map(|(id, key)| ekmat_node::config::PbftClient {
+            id,
+            public_key: ekmat_node::keys::public_key_hex(&key.verifying_key()),
+        })
+        .collect();
+    let c = start_with(|cfg| {
+        cfg.pbft_clients = registered.clone();
+        cfg.max_pending_writes = 2;
+    });
+    c.leader(Duration::from_secs(20)).await;
+    let cluster = ekmat_pbft::client::cluster_id(&c.cfgs[0].public_keys().unwrap());
+    let rpc = SignedRequestsClient::new(channel(&c.endpoint(1)).await.unwrap());
+    let mut calls = tokio::task::JoinSet::new();
+    for (client, key) in (1..=CLIENTS).zip(&clients) {
+        let command = ekmat_kv::Command::Put(ekmat_kv::PutRequest::new(format!("s{client}"), "v"));
+        let op = ekmat_kv::Envelope::wrap(0, &command);
+        let id = ekmat_core::RequestId { client, seq: 1 };
+        let signed = ekmat_pbft::client::sign_request(key, &cluster, id, Some(op.clone()));
+        let request = ekmatpb::SignedRequest {
+            client,
+            seq: 1,
+            op: op.to_vec(),
+            signature: signed.sig.unwrap().0.to_vec(),
+            wait_ms: 10_000,
+        };
+        let mut rpc = rpc.clone();
+        calls.spawn(async move { (client, rpc.submit(request).await) });
+    }
+    let (mut taken, mut refused) = (Vec::new(), Vec::new());
+    while let Some(joined) = calls.join_next().await {
+        match joined.expect("submit task") {
+            (client, Ok(_)) => taken.push(client),
+            (client, Err(s)) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                assert_eq!(s.message(), "etcdserver: too many requests");
+                refused.push(client);
+            }
+        }
+    }
+    assert!(!taken.is_empty() && !refused.is_empty(), "taken {taken:?}");
+    for client in taken {
+        let key = format!("s{client}");
+        assert_eq!(get(&c, 2, &key, false).await.as_deref(), Some("v"), "{key}");
+    }
+    for client in refused {
+        assert_eq!(get(&c, 2, &format!("s{client}"), false).await, None);
+    }
+}
+
 /// `ekmat gateway`: etcd's clients talk to a process outside consensus, which signs
 /// each request as one of its registered clients and answers once f+1 members agree.
 /// Writes through it are every member's; a member down does not stop it; a request

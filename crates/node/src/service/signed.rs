@@ -30,12 +30,15 @@ impl SignedRequests for Services {
         &self,
         request: Request<ekmatpb::SignedRequest>,
     ) -> Result<Response<ekmatpb::Outcome>, Status> {
-        let (signed, wait) = self.check_signed(request.into_inner())?;
+        let (signed, wait, operations) = self.check_signed(request.into_inner())?;
         // A retry of what already executed is answered without ordering it again.
         let outcome = self.outcome(&signed, false).await?;
         if outcome != Outcome::Pending {
             return self.answer(&signed, wait, outcome);
         }
+        // Admission control, as for etcd's writes: the slot is held while this call
+        // waits for the outcome.
+        let _slot = self.admit_write(operations).map_err(|e| call_error(&e))?;
         let request = signed.clone();
         self.call(|reply| Call::Signed { request, reply })
             .await
@@ -47,14 +50,18 @@ impl SignedRequests for Services {
         &self,
         request: Request<ekmatpb::SignedRequest>,
     ) -> Result<Response<ekmatpb::Outcome>, Status> {
-        let (signed, wait) = self.check_signed(request.into_inner())?;
+        let (signed, wait, _) = self.check_signed(request.into_inner())?;
         self.await_outcome_of(signed, wait).await
     }
 }
 
 impl Services {
-    /// The request, if its client is registered here and signed it, and how long to wait.
-    fn check_signed(&self, r: ekmatpb::SignedRequest) -> Result<(SignedRequest, Duration), Status> {
+    /// The request, if its client is registered here and signed it; how long to wait;
+    /// and the key operations it orders ([`Command::operations`]).
+    fn check_signed(
+        &self,
+        r: ekmatpb::SignedRequest,
+    ) -> Result<(SignedRequest, Duration, usize), Status> {
         if self.inner.protocol != "pbft" {
             return Err(Status::unimplemented(format!(
                 "protocol {} takes no requests signed by their clients (only pbft does)",
@@ -112,7 +119,7 @@ impl Services {
             0 => DEFAULT_WAIT,
             ms => Duration::from_millis(ms).min(MAX_WAIT),
         };
-        Ok((signed, wait))
+        Ok((signed, wait, envelope.command.operations()))
     }
 
     /// The request's outcome here now, or with `wait` once it is no longer pending.
