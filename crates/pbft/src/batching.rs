@@ -53,6 +53,23 @@ impl Pbft {
         self.add_pending(signed);
     }
 
+    /// Whether `bundle` is within the batch bound: clients' requests up to
+    /// `batch_max_bytes`; the slack above it only for a bundle of the protocol's own
+    /// requests (a proof against a gateway carries a whole bundle of at most the bound,
+    /// so it fits the slack, and a gateway bundles a request that large alone).
+    pub(crate) fn bundle_fits(&self, bundle: &Bundle) -> bool {
+        let protocol_only = bundle
+            .requests()
+            .iter()
+            .all(|r| [crate::EXCLUSION_CLIENT, crate::READMISSION_CLIENT].contains(&r.id.client));
+        let bound = if protocol_only {
+            self.cfg.batch_limit()
+        } else {
+            self.cfg.batch_max_bytes
+        };
+        bundle.size() <= bound
+    }
+
     /// Clients' signatures are checked here, for the whole bundle at once (batch
     /// verification is about twice as fast as one by one); only if that fails is each
     /// checked alone, and the forged ones dropped.
@@ -84,7 +101,7 @@ impl Pbft {
         if known {
             return self.add_pending_as(b, d);
         }
-        if b.body.size() > self.cfg.batch_limit() {
+        if !self.bundle_fits(&b.body) {
             // No honest gateway makes one: it could not be ordered in a batch within
             // the bound (see `PbftConfig::batch_max_bytes`).
             return self.counter("oversize-bundle", out);

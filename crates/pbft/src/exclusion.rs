@@ -114,6 +114,19 @@ impl Pbft {
             return;
         }
         let proof = evidence::forged_request_proof(b);
+        let request = ClientRequest {
+            id: RequestId {
+                client: EXCLUSION_CLIENT,
+                seq: u64::from(gateway.0),
+            },
+            op: Some(proof.clone()),
+            sig: None,
+        };
+        if request.size() > self.cfg.batch_limit() {
+            // Unreachable while bundles over the bound are ignored (`bundle_fits`):
+            // the proof could not be ordered.
+            return self.counter("evidence-too-large", out);
+        }
         if self.judge().verify(&proof) == Ok((gateway, "forged-client-request")) {
             self.convict(gateway, "forged-client-request", proof, out);
         }

@@ -79,7 +79,8 @@ impl Pbft {
         if header.signer != primary_of(pp.view, self.n()) {
             return self.reject_signature(out);
         }
-        if batch.size() > self.cfg.batch_limit() {
+        let fits = batch.bundles.iter().all(|b| self.bundle_fits(&b.body));
+        if !fits || batch.size() > self.cfg.batch_limit() {
             // A primary past the bound would make view changes no frame can carry.
             return self.counter("oversize-batch", out);
         }
