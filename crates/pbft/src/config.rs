@@ -134,7 +134,8 @@ pub struct PbftConfig {
 
 /// How much larger than a bundle a proof against its gateway is (the bundle, signed and
 /// encoded, with a tag): the request ordering that proof may exceed `batch_max_bytes`
-/// by this much, and so may its bundle and batch.
+/// by this much, and so may its bundle and batch. Bundles of clients' requests get no
+/// slack (see `Pbft::bundle_fits`), so every proof fits it.
 pub const EVIDENCE_SLACK: usize = 1024;
 
 impl PbftConfig {
