@@ -284,13 +284,7 @@ fn primary_proposes(forged: ClientRequest) {
         );
     }
     for i in 1..4 {
-        assert!(
-            c.node(i)
-                .log
-                .get(&1)
-                .is_none_or(|s| s.pre_prepare.is_none()),
-            "n{i} accepted it"
-        );
+        assert!(!c.took_pre_prepare(i, 1), "n{i} accepted it");
         assert_eq!(c.node(i).stats().bad_signatures, 1, "n{i}");
     }
     c.advance(100);

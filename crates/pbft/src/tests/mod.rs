@@ -269,6 +269,14 @@ impl Cluster {
         self.advance(50);
     }
 
+    /// Whether node `i` holds a pre-prepare for `seq`.
+    fn took_pre_prepare(&self, i: usize, seq: u64) -> bool {
+        self.node(i)
+            .log
+            .get(&seq)
+            .is_some_and(|s| s.pre_prepare.is_some())
+    }
+
     fn node(&self, i: usize) -> &Pbft {
         self.nodes[i].as_ref().unwrap()
     }
@@ -309,8 +317,7 @@ fn batches_are_cut_by_bytes_as_well_as_by_requests() {
     let seen = batches.clone();
     c.cut = Box::new(move |_, _, msg| {
         if let Message::PrePrepare { batch, .. } = msg {
-            let bytes: usize = batch.bundles.iter().map(|b| b.body.size()).sum();
-            seen.borrow_mut().push((batch.bundles.len(), bytes));
+            seen.borrow_mut().push((batch.bundles.len(), batch.size()));
         }
         false
     });
