@@ -55,6 +55,14 @@ pub trait Durable<W> {
         let _ = write;
         false
     }
+
+    /// About how many bytes the state encodes to, if the protocol can tell cheaply.
+    /// Storage rewrites its log as a checkpoint only once the log holds about twice
+    /// this: a state that grows as fast as the log (batches kept until a snapshot)
+    /// would otherwise be rewritten again and again for no space gained.
+    fn encoded_len_hint(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Everything that can happen to a replica.

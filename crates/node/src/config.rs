@@ -49,7 +49,8 @@ pub struct NodeConfig {
     #[serde(default = "default_pbft_clock_behind_ms")]
     pub pbft_clock_behind_ms: u64,
     /// Rewrite the write-ahead log as one checkpoint once it has grown by this many
-    /// bytes (and by twice the last checkpoint).
+    /// bytes (and by twice the last checkpoint, and to twice the protocol's state, so
+    /// that the rewrite at least halves it).
     #[serde(default = "default_checkpoint_bytes")]
     pub checkpoint_bytes: u64,
     /// Adapt heartbeat and election timeouts to measured round trips (heartbeat =

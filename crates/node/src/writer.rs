@@ -10,6 +10,9 @@
 //! It also folds the writes into the protocol's durable state, exactly as recovery would,
 //! and every so often has that state written as a checkpoint that replaces the log files
 //! before it, so with snapshots compacting the protocol's log, the disk stays bounded.
+//! A checkpoint is written only when it would at least halve the log (by the protocol's
+//! estimate of its state's size): a state that grows with the log, like PBFT's executed
+//! batches kept until its next snapshot, is not copied again and again for nothing.
 //! The checkpoint is written by a thread of its own at the lowest priority while the
 //! writer goes on appending and syncing: encoding a large state takes seconds, and a
 //! replica whose log stops for seconds stops acknowledging, so its leader stops sending
@@ -59,6 +62,9 @@ struct State<P: RuntimeProtocol> {
     checkpoint_bytes: u64,
     /// Bytes added to the first checkpoint's threshold (see `NodeConfig::stagger`).
     stagger: u64,
+    /// Log bytes since the last checkpoint before its state is worth rewriting, by the
+    /// protocol's last estimate of the state's size (see [`State::grown_enough`]).
+    worth_it_at: u64,
     /// The checkpoint being written, if one is.
     checkpointing: Option<std_mpsc::Receiver<CheckpointDone>>,
     /// A compaction was folded into `stable` but into no checkpoint yet.
@@ -67,7 +73,8 @@ struct State<P: RuntimeProtocol> {
 
 /// Start the writer over `wal`, whose records fold into `stable`. The log is
 /// checkpointed once it has grown by `checkpoint_bytes` and by twice the last
-/// checkpoint's size (so rewriting a large state stays a small fraction of the writing).
+/// checkpoint's size (so rewriting a large state stays a small fraction of the writing),
+/// and holds twice the state (so the rewrite at least halves it).
 pub fn spawn<P: RuntimeProtocol>(
     wal: Wal,
     stable: StableOf<P>,
@@ -84,6 +91,7 @@ pub fn spawn<P: RuntimeProtocol>(
         last_checkpoint: 0,
         checkpoint_bytes,
         stagger,
+        worth_it_at: 0,
         checkpointing: None,
         compaction_pending: false,
     };
@@ -177,16 +185,39 @@ impl<P: RuntimeProtocol> State<P> {
     /// Finish a checkpoint that is done, and start one if the log has grown enough.
     fn checkpoint_if_due(&mut self) -> Result<(), String> {
         self.finish_checkpoint(false)?;
-        let threshold = self.checkpoint_bytes.max(2 * self.last_checkpoint) + self.stagger;
-        let due = self.compaction_pending || self.since_checkpoint >= threshold;
-        if self.checkpointing.is_none() && due {
-            self.compaction_pending = false;
-            let job = self.wal.begin_checkpoint().map_err(|e| e.to_string())?;
-            self.checkpointing = Some(write_checkpoint::<P>(job, self.stable.clone()));
-            self.since_checkpoint = 0;
-            self.stagger = 0;
+        if self.checkpointing.is_some() || !(self.compaction_pending || self.grown_enough()) {
+            return Ok(());
         }
+        self.compaction_pending = false;
+        let job = self.wal.begin_checkpoint().map_err(|e| e.to_string())?;
+        self.checkpointing = Some(write_checkpoint::<P>(job, self.stable.clone()));
+        self.since_checkpoint = 0;
+        self.stagger = 0;
+        self.worth_it_at = 0;
         Ok(())
+    }
+
+    /// Whether the log has grown by `checkpoint_bytes` and by twice the last checkpoint,
+    /// and now holds at least twice what a checkpoint would (where the protocol can
+    /// tell). Estimating walks the state, so a "not yet" is remembered as the growth
+    /// that would make it worth it.
+    fn grown_enough(&mut self) -> bool {
+        let threshold = self
+            .checkpoint_bytes
+            .max(2 * self.last_checkpoint)
+            .max(self.worth_it_at)
+            + self.stagger;
+        if self.since_checkpoint < threshold {
+            return false;
+        }
+        let Some(state) = self.stable.encoded_len_hint() else {
+            return true;
+        };
+        if self.last_checkpoint + self.since_checkpoint >= 2 * state {
+            return true;
+        }
+        self.worth_it_at = (2 * state).saturating_sub(self.last_checkpoint);
+        false
     }
 
     /// If a checkpoint is being written and is done (or `wait`), let it replace the log
@@ -330,15 +361,27 @@ mod tests {
             term: 1,
             vote: Some(NodeId(0)),
         }];
-        // Large writes: every few of them cross the threshold and become a checkpoint.
-        writes.extend((1..=40).map(|i| append(i, 10_000)));
+        // Large writes over the same four indexes (as new leaders overwrite entries): the
+        // log outgrows the state, and every few writes cross the threshold and become a
+        // checkpoint.
+        writes.extend((0..40).map(|i| append(i % 4 + 1, 10_000)));
         let (expected, recovered, checkpoints) = write_and_recover(&writes, 32 << 10);
         assert_eq!(recovered, expected);
-        assert_eq!(recovered.log.len(), 40);
+        assert_eq!(recovered.log.len(), 4);
         assert_eq!(
             checkpoints, 1,
             "the last checkpoint replaced the ones before it"
         );
+    }
+
+    #[test]
+    fn a_log_that_holds_little_besides_its_state_is_not_rewritten() {
+        // Every write stays in the state: a checkpoint would be as large as the log.
+        let writes: Vec<RaftWrite> = (1..=40).map(|i| append(i, 10_000)).collect();
+        let (expected, recovered, checkpoints) = write_and_recover(&writes, 32 << 10);
+        assert_eq!(recovered, expected);
+        assert_eq!(recovered.log.len(), 40);
+        assert_eq!(checkpoints, 0, "400 KB of log past a 32 KB threshold");
     }
 
     #[test]

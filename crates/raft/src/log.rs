@@ -94,6 +94,18 @@ impl Durable<RaftWrite> for RaftStable {
         write.is_compaction()
     }
 
+    /// The snapshot's data and the entries' commands, with a little for each entry's
+    /// header.
+    fn encoded_len_hint(&self) -> Option<u64> {
+        const ENTRY: usize = 32;
+        let entries = self.log.iter().map(|e| match &e.payload {
+            Payload::Command { command, .. } => command.len() + ENTRY,
+            Payload::Noop | Payload::Config { .. } => ENTRY,
+        });
+        let snapshot = self.snapshot.as_ref().map_or(0, |s| s.data.len());
+        Some((entries.sum::<usize>() + snapshot) as u64)
+    }
+
     fn apply(&mut self, write: &RaftWrite) {
         match write {
             RaftWrite::HardState { term, vote } => {
