@@ -536,7 +536,7 @@ async fn a_signing_client_is_believed_on_f_plus_1_matching_results_and_cannot_be
 /// never ordered; the ones taken execute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_requests_past_the_admission_bound_are_refused_at_once() {
-    use ekmat_api::ekmatpb::{self, signed_requests_client::SignedRequestsClient};
+    use ekmat_api::ekmatpb::signed_requests_client::SignedRequestsClient;
     const CLIENTS: u64 = 16;
     let keys = tempfile::tempdir().unwrap();
     let clients: Vec<_> = (1..=CLIENTS)
@@ -561,17 +561,7 @@ async fn signed_requests_past_the_admission_bound_are_refused_at_once() {
     let rpc = SignedRequestsClient::new(channel(&c.endpoint(1)).await.unwrap());
     let mut calls = tokio::task::JoinSet::new();
     for (client, key) in (1..=CLIENTS).zip(&clients) {
-        let command = ekmat_kv::Command::Put(ekmat_kv::PutRequest::new(format!("s{client}"), "v"));
-        let op = ekmat_kv::Envelope::wrap(0, &command);
-        let id = ekmat_core::RequestId { client, seq: 1 };
-        let signed = ekmat_pbft::client::sign_request(key, &cluster, id, Some(op.clone()));
-        let request = ekmatpb::SignedRequest {
-            client,
-            seq: 1,
-            op: op.to_vec(),
-            signature: signed.sig.unwrap().0.to_vec(),
-            wait_ms: 10_000,
-        };
+        let request = signed_put(key, &cluster, client, 10_000);
         let mut rpc = rpc.clone();
         calls.spawn(async move { (client, rpc.submit(request).await) });
     }
@@ -594,6 +584,77 @@ async fn signed_requests_past_the_admission_bound_are_refused_at_once() {
     for client in refused {
         assert_eq!(get(&c, 2, &format!("s{client}"), false).await, None);
     }
+}
+
+/// Client `client`'s request 1, signed with `key`: put `s{client}` = `v`.
+fn signed_put(
+    key: &ekmat_node::keys::SigningKey,
+    cluster: &ekmat_pbft::client::ClusterId,
+    client: u64,
+    wait_ms: u64,
+) -> ekmat_api::ekmatpb::SignedRequest {
+    let command = ekmat_kv::Command::Put(ekmat_kv::PutRequest::new(format!("s{client}"), "v"));
+    let op = ekmat_kv::Envelope::wrap(0, &command);
+    let id = ekmat_core::RequestId { client, seq: 1 };
+    let signed = ekmat_pbft::client::sign_request(key, cluster, id, Some(op.clone()));
+    ekmat_api::ekmatpb::SignedRequest {
+        client,
+        seq: 1,
+        op: op.to_vec(),
+        signature: signed.sig.unwrap().0.to_vec(),
+        wait_ms,
+    }
+}
+
+/// A signed request keeps its place under admission control until it executes, not
+/// only while its caller waits: a caller that gives up does not make room for more
+/// work while its request may still be ordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_request_keeps_its_admission_slot_until_it_executes() {
+    use ekmat_api::ekmatpb::signed_requests_client::SignedRequestsClient;
+    let keys = tempfile::tempdir().unwrap();
+    let clients: Vec<_> = (1..=2)
+        .map(|id| ekmat_node::keys::generate_at(&keys.path().join(format!("c{id}.key"))).unwrap())
+        .collect();
+    let registered: Vec<_> = (1..=2)
+        .zip(&clients)
+        .map(|(id, key)| ekmat_node::config::PbftClient {
+            id,
+            public_key: ekmat_node::keys::public_key_hex(&key.verifying_key()),
+        })
+        .collect();
+    let c = start_with(|cfg| {
+        cfg.pbft_clients = registered.clone();
+        cfg.max_pending_writes = 1;
+    });
+    c.leader(Duration::from_secs(20)).await;
+    let cluster = ekmat_pbft::client::cluster_id(&c.cfgs[0].public_keys().unwrap());
+    let mut rpc = SignedRequestsClient::new(channel(&c.endpoint(0)).await.unwrap());
+    // Two of four members stopped: nothing can be ordered.
+    c.pause(2);
+    c.pause(3);
+    let first = rpc.submit(signed_put(&clients[0], &cluster, 1, 300)).await;
+    assert_eq!(first.unwrap_err().code(), tonic::Code::DeadlineExceeded);
+    let second = rpc.submit(signed_put(&clients[1], &cluster, 2, 300)).await;
+    let refused = second.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    // Once the first executes, its place is free again.
+    c.resume(2);
+    c.resume(3);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while get(&c, 0, "s1", true).await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = rpc
+        .submit(signed_put(&clients[1], &cluster, 2, 10_000))
+        .await;
+    assert!(again.is_ok(), "{again:?}");
+    assert_eq!(get(&c, 0, "s2", false).await.as_deref(), Some("v"));
 }
 
 /// `ekmat gateway`: etcd's clients talk to a process outside consensus, which signs

@@ -91,6 +91,9 @@ pub enum Call {
     /// Answered once handed over; its outcome is asked for with `Outcome`.
     Signed {
         request: SignedRequest,
+        /// Its place under admission control, held until it executes here (or is
+        /// forgotten), not only while its caller waits.
+        slot: Option<WriteSlot>,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
     /// Stop the node with this error (a check at start found it must not serve).
@@ -275,6 +278,9 @@ pub struct Driver<P: RuntimeProtocol> {
     /// Callers waiting for a signed request's outcome, by client: looked at again
     /// when a request of that client is applied (or a snapshot restored).
     signed_waiters: HashMap<u64, Vec<(SignedRequest, oneshot::Sender<Outcome>)>>,
+    /// Signed requests handed to the protocol and not executed here yet, by client and
+    /// number: their admission slots and when they were handed over.
+    signed_slots: HashMap<(u64, u64), (WriteSlot, Instant)>,
     /// Who is in the cluster, as the committed configurations say.
     members: Members,
     members_tx: watch::Sender<Vec<MemberRecord>>,
@@ -356,6 +362,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             pending_admin: HashMap::new(),
             on_behalf: HashMap::new(),
             signed_waiters: HashMap::new(),
+            signed_slots: HashMap::new(),
             members: parts.members,
             members_tx: parts.members_tx,
             me: parts.me,
@@ -513,8 +520,16 @@ impl<P: RuntimeProtocol> Driver<P> {
             Call::Certificate { seq, reply } => {
                 let _ = reply.send(P::certificate(&self.core, seq));
             }
-            Call::Signed { request, reply } => match P::signed_request(&request) {
+            Call::Signed {
+                request,
+                slot,
+                reply,
+            } => match P::signed_request(&request) {
                 Ok(msg) => {
+                    if let Some(slot) = slot {
+                        let key = (request.client, request.seq);
+                        self.signed_slots.insert(key, (slot, Instant::now()));
+                    }
                     let _ = reply.send(Ok(()));
                     let from = self.core.id();
                     self.step(Input::Message { from, msg }).await;
@@ -556,6 +571,7 @@ impl<P: RuntimeProtocol> Driver<P> {
     /// Answer the callers waiting on `client`'s signed requests (all clients' if
     /// `None`) whose outcome is known now.
     fn wake_signed(&mut self, client: Option<u64>) {
+        self.release_signed_slots(client);
         let clients: Vec<u64> = match client {
             Some(c) if self.signed_waiters.contains_key(&c) => vec![c],
             Some(_) => return,
@@ -576,6 +592,16 @@ impl<P: RuntimeProtocol> Driver<P> {
                 self.signed_waiters.insert(c, still);
             }
         }
+    }
+
+    /// Give back the admission slots of `client`'s (every client's, if `None`) signed
+    /// requests that are no longer pending here: executed, or passed by a later one.
+    fn release_signed_slots(&mut self, client: Option<u64>) {
+        let kv = &self.kv;
+        self.signed_slots.retain(|(c, seq), _| {
+            client.is_some_and(|client| client != *c)
+                || kv.session(*c).is_none_or(|(latest, _)| latest < *seq)
+        });
     }
 
     fn outcome(&self, request: &SignedRequest) -> Outcome {
@@ -842,6 +868,11 @@ impl<P: RuntimeProtocol> Driver<P> {
             waiting.retain(|(_, reply)| !reply.is_closed());
             !waiting.is_empty()
         });
+        // A signed request that has not executed in this long most likely never will
+        // (a faulty primary dropped it, or the client's next request passed it by
+        // elsewhere): its place goes back, as an abandoned write's does.
+        self.signed_slots
+            .retain(|_, (_, since)| since.elapsed() < ABANDONED_WRITE_TTL);
         self.on_behalf
             .retain(|_, b| b.since.elapsed() < ON_BEHALF_TTL);
     }

@@ -36,13 +36,17 @@ impl SignedRequests for Services {
         if outcome != Outcome::Pending {
             return self.answer(&signed, wait, outcome);
         }
-        // Admission control, as for etcd's writes: the slot is held while this call
-        // waits for the outcome.
-        let _slot = self.admit_write(operations).map_err(|e| call_error(&e))?;
+        // Admission control, as for etcd's writes: the driver holds the slot until
+        // the request executes here, whether or not this call waits that long.
+        let slot = Some(self.admit_write(operations).map_err(|e| call_error(&e))?);
         let request = signed.clone();
-        self.call(|reply| Call::Signed { request, reply })
-            .await
-            .map_err(|e| call_error(&e))?;
+        self.call(|reply| Call::Signed {
+            request,
+            slot,
+            reply,
+        })
+        .await
+        .map_err(|e| call_error(&e))?;
         self.await_outcome_of(signed, wait).await
     }
 
