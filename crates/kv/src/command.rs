@@ -58,6 +58,12 @@ impl Envelope {
             Err(e) => Err(DecodeError(e.to_string())),
         }
     }
+
+    /// [`Envelope::decode`], with put values slices of `bytes` rather than copies where
+    /// they are a fair part of it (`shared_bytes.rs`): what the store keeps of a put.
+    pub fn decode_shared(bytes: &Bytes) -> Result<Envelope, DecodeError> {
+        crate::shared_bytes::decoding(bytes, Envelope::decode)
+    }
 }
 
 /// A request the state machine executes in log order.
@@ -248,6 +254,51 @@ mod tests {
             range_end: Bytes::from_static(range_end),
             ..Default::default()
         }
+    }
+
+    fn put_value(command: &Command, i: usize) -> &Bytes {
+        match command {
+            Command::Put(put) => &put.value,
+            Command::Txn(txn) => match &txn.success[i] {
+                RequestOp::Put(put) => &put.value,
+                other => panic!("not a put: {other:?}"),
+            },
+            other => panic!("not a put: {other:?}"),
+        }
+    }
+
+    fn within(part: &Bytes, whole: &Bytes) -> bool {
+        let whole = whole.as_ptr_range();
+        whole.start <= part.as_ptr() && part.as_ptr_range().end <= whole.end
+    }
+
+    #[test]
+    fn a_put_value_decoded_from_a_logged_command_is_a_slice_of_it() {
+        let command = Command::Put(PutRequest::new("k", vec![7; 512]));
+        let bytes = Envelope::new(1, command.clone()).encode();
+        let shared = Envelope::decode_shared(&bytes).unwrap();
+        assert_eq!(shared.command, command);
+        assert!(within(put_value(&shared.command, 0), &bytes));
+        // Decoded from a plain slice (and after the shared decoding): a copy.
+        let copied = Envelope::decode(&bytes).unwrap();
+        assert_eq!(copied.command, command);
+        assert!(!within(put_value(&copied.command, 0), &bytes));
+    }
+
+    #[test]
+    fn a_value_small_beside_its_command_is_copied_so_it_cannot_hold_the_command_alive() {
+        let puts = [vec![1u8; 4], vec![2u8; 100_000]]
+            .map(|v| RequestOp::Put(PutRequest::new("k", v)))
+            .to_vec();
+        let command = Command::Txn(TxnRequest {
+            success: puts,
+            ..TxnRequest::default()
+        });
+        let bytes = Envelope::new(1, command.clone()).encode();
+        let decoded = Envelope::decode_shared(&bytes).unwrap();
+        assert_eq!(decoded.command, command);
+        assert!(!within(put_value(&decoded.command, 0), &bytes));
+        assert!(within(put_value(&decoded.command, 1), &bytes));
     }
 
     #[test]

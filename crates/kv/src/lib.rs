@@ -22,6 +22,7 @@ mod permission;
 mod range;
 mod rpc;
 mod session;
+mod shared_bytes;
 mod snapshot;
 mod store;
 mod txn;

@@ -111,6 +111,8 @@ pub struct RangeResponse {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutRequest {
     pub key: Bytes,
+    /// Decoded from a logged command, a slice of it (`shared_bytes.rs`).
+    #[serde(deserialize_with = "crate::shared_bytes::deserialize")]
     pub value: Bytes,
     /// Attach the key to this lease (0: none; detaches it from any earlier lease).
     pub lease: i64,

@@ -96,7 +96,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             CommittedEntry::Command { id, command } => {
                 self.applied_bytes += command.len() as u64;
                 // Decoded once, here: bytes that are no envelope are the store's to refuse.
-                let mut decoded = Envelope::decode(&command);
+                let mut decoded = Envelope::decode_shared(&command);
                 if let (Some(agreed), Ok(envelope)) = (clock_ms, &mut decoded) {
                     // The protocol agreed on the time (PBFT): the proposer's own stamp,
                     // which a faulty member could set an hour ahead, is not the clock.
