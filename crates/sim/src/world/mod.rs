@@ -789,7 +789,9 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 self.config_committed(node, index, &membership);
             }
             CommittedEntry::Command { id, command } => {
-                let applied = slot.kv.apply(index, id, &command);
+                // Decoded as the runtime's driver decodes it (values share the command).
+                let decoded = ekmat_kv::Envelope::decode_shared(&command);
+                let applied = slot.kv.apply_decoded(index, id, decoded);
                 if let Some(p) = slot.pending.remove(&id) {
                     let response = match applied {
                         Applied::Executed { result, .. } | Applied::Repeated(result) => result.ok(),
