@@ -77,6 +77,11 @@ impl<'de> Visitor<'de> for SharedBytes {
         Ok(Bytes::from(v))
     }
 
+    // As `Bytes`'s own deserializer does, for formats that write bytes as text.
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Bytes, E> {
+        Ok(Bytes::copy_from_slice(v.as_bytes()))
+    }
+
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
         let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
         while let Some(b) = seq.next_element::<u8>()? {
