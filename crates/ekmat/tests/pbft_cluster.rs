@@ -539,19 +539,7 @@ async fn signed_requests_past_the_admission_bound_are_refused_at_once() {
     use ekmat_api::ekmatpb::signed_requests_client::SignedRequestsClient;
     const CLIENTS: u64 = 16;
     let keys = tempfile::tempdir().unwrap();
-    let clients: Vec<_> = (1..=CLIENTS)
-        .map(|id| {
-            let path = keys.path().join(format!("client-{id}.key"));
-            ekmat_node::keys::generate_at(&path).unwrap()
-        })
-        .collect();
-    let registered: Vec<_> = (1..=CLIENTS)
-        .zip(&clients)
-        .map(|(id, key)| ekmat_node::config::PbftClient {
-            id,
-            public_key: ekmat_node::keys::public_key_hex(&key.verifying_key()),
-        })
-        .collect();
+    let (clients, registered) = registered_clients(keys.path(), CLIENTS);
     let c = start_with(|cfg| {
         cfg.pbft_clients = registered.clone();
         cfg.max_pending_writes = 2;
@@ -586,6 +574,27 @@ async fn signed_requests_past_the_admission_bound_are_refused_at_once() {
     }
 }
 
+/// Keys for clients 1..=`count`, written into `dir`, and their registry entries.
+fn registered_clients(
+    dir: &std::path::Path,
+    count: u64,
+) -> (
+    Vec<ekmat_node::keys::SigningKey>,
+    Vec<ekmat_node::config::PbftClient>,
+) {
+    let keys: Vec<_> = (1..=count)
+        .map(|id| ekmat_node::keys::generate_at(&dir.join(format!("client-{id}.key"))).unwrap())
+        .collect();
+    let registered = (1..=count)
+        .zip(&keys)
+        .map(|(id, key)| ekmat_node::config::PbftClient {
+            id,
+            public_key: ekmat_node::keys::public_key_hex(&key.verifying_key()),
+        })
+        .collect();
+    (keys, registered)
+}
+
 /// Client `client`'s request 1, signed with `key`: put `s{client}` = `v`.
 fn signed_put(
     key: &ekmat_node::keys::SigningKey,
@@ -613,16 +622,7 @@ fn signed_put(
 async fn a_signed_request_keeps_its_admission_slot_until_it_executes() {
     use ekmat_api::ekmatpb::signed_requests_client::SignedRequestsClient;
     let keys = tempfile::tempdir().unwrap();
-    let clients: Vec<_> = (1..=2)
-        .map(|id| ekmat_node::keys::generate_at(&keys.path().join(format!("c{id}.key"))).unwrap())
-        .collect();
-    let registered: Vec<_> = (1..=2)
-        .zip(&clients)
-        .map(|(id, key)| ekmat_node::config::PbftClient {
-            id,
-            public_key: ekmat_node::keys::public_key_hex(&key.verifying_key()),
-        })
-        .collect();
+    let (clients, registered) = registered_clients(keys.path(), 2);
     let c = start_with(|cfg| {
         cfg.pbft_clients = registered.clone();
         cfg.max_pending_writes = 1;

@@ -175,7 +175,7 @@ pub struct ActiveSegment {
     /// The file's length: its records, then any zeros written ahead of them.
     file_len: u64,
     preallocate: bool,
-    /// A moving average of the bytes each flush hands to the kernel.
+    /// A moving average of the record bytes each flush writes (zeros not counted).
     mean_flush: u64,
     /// Data records in the segment (a checkpoint record is not counted): a segment only
     /// rolls over once it holds one, so no two segments can share a base.

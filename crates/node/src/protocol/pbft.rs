@@ -286,14 +286,14 @@ mod tests {
     #[test]
     fn a_new_view_of_full_batches_fits_one_frame_at_every_cluster_size() {
         for n in 1..=31 {
-            let bytes = batch_bytes_that_fit(n, 32) + ekmat_pbft::EVIDENCE_SLACK;
+            let bytes = batch_bytes_that_fit(n, WINDOW) + ekmat_pbft::EVIDENCE_SLACK;
             let view_changes = 2 * ((n - 1) / 3) + 1;
             assert!(
-                view_changes * 32 * bytes <= crate::transport::MAX_FRAME * 4 / 5,
+                view_changes * WINDOW as usize * bytes <= crate::transport::MAX_FRAME * 4 / 5,
                 "n = {n}"
             );
             assert!(bytes >= 32 << 10, "n = {n}: batches of {bytes} bytes");
         }
-        assert_eq!(batch_bytes_that_fit(4, 32), 512 << 10);
+        assert_eq!(batch_bytes_that_fit(4, WINDOW), 512 << 10);
     }
 }
