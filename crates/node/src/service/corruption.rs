@@ -298,21 +298,34 @@ async fn maintenance(
     peer: SocketAddr,
     tls: Option<&crate::tls::ClientTls>,
 ) -> Result<MaintenanceClient, String> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{peer}"))
-        .map_err(|e| e.to_string())?;
-    if let Some(tls) = tls {
-        endpoint = endpoint
-            .tls_config(tls.peer_client())
-            .map_err(|e| e.to_string())?;
-    }
-    let channel = endpoint
+    // Over TLS too the address says http: the connector, not tonic, speaks TLS.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{peer}"))
+        .map_err(|e| e.to_string())?
         .connect_timeout(PEER_TIMEOUT)
-        .timeout(PEER_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
+        .timeout(PEER_TIMEOUT);
+    let channel = match tls {
+        Some(tls) => {
+            let dial = tls
+                .peer_dialer()
+                .ok_or("reading a member's client port over TLS needs trusted_ca_file")?;
+            endpoint.connect_with_connector(dial).await
+        }
+        None => endpoint.connect().await,
+    };
+    let channel = channel.map_err(|e| error_chain(&e))?;
     Ok(MaintenanceClient::new(channel))
+}
+
+/// An error and its causes, one line: tonic's own message is only "transport error".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 async fn peer_revision(client: &mut MaintenanceClient) -> Result<i64, String> {

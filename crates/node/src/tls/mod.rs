@@ -252,6 +252,24 @@ impl Loaded {
         })
     }
 
+    /// What the member connects to others with: its current certificate, and the trusted
+    /// CA's checks (the revocation list's besides, if there is one) of theirs.
+    fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+        let Some((_, roots)) = &self.ca else {
+            return Err("a client of other members needs trusted_ca_file".into());
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(self.pair.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = match &self.revocations {
+            Some(revocations) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(revocations.server_verifier()),
+            None => builder.with_root_certificates(roots.clone()),
+        };
+        Ok(builder.with_client_cert_resolver(self.pair.clone()))
+    }
+
     /// What the port serves with: this member's certificate, and, with a trusted CA,
     /// a demand for a certificate it signed from whoever connects.
     fn server_config(&self, section: &str) -> Result<rustls::ServerConfig, String> {
@@ -278,13 +296,13 @@ impl Loaded {
     }
 }
 
-/// The client port's TLS, loaded: what it serves with, and what the member presents
-/// when it reads other members' client ports.
+/// The client port's TLS, loaded: what it serves with, and how the member reads other
+/// members' client ports.
 #[derive(Clone)]
 pub struct ClientTls {
     acceptor: TlsAcceptor,
-    pair: Arc<ReloadingCert>,
-    ca_pem: Option<Vec<u8>>,
+    /// Set when the section names a CA to check the other members' certificates with.
+    dial: Option<TlsDial>,
 }
 
 impl ClientTls {
@@ -293,23 +311,24 @@ impl ClientTls {
         let mut server = loaded.server_config(CLIENT_SECTION)?;
         // gRPC over HTTP/2, and /health, /metrics and /version over HTTP/1.1.
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let dial = match loaded.ca.is_some() {
+            true => {
+                let mut client = loaded.client_config()?;
+                client.alpn_protocols = vec![b"h2".to_vec()];
+                Some(TlsDial(TlsConnector::from(Arc::new(client))))
+            }
+            false => None,
+        };
         Ok(ClientTls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            pair: loaded.pair,
-            ca_pem: loaded.ca.map(|(pem, _)| pem),
+            dial,
         })
     }
 
-    /// How to read a member's client port: trusting the CA, presenting this member's
-    /// current certificate.
-    pub fn peer_client(&self) -> tonic::transport::ClientTlsConfig {
-        let (_, pem) = self.pair.current();
-        let identity = tonic::transport::Identity::from_pem(&pem.0, &pem.1);
-        let client = tonic::transport::ClientTlsConfig::new().identity(identity);
-        match &self.ca_pem {
-            Some(ca) => client.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-            None => client,
-        }
+    /// How to read a member's client port: trusting the CA (and its revocation list, if
+    /// configured), presenting this member's current certificate. None without a CA.
+    pub fn peer_dialer(&self) -> Option<TlsDial> {
+        self.dial.clone()
     }
 
     /// The connections `listener` accepts, once their handshake is done.
@@ -373,24 +392,56 @@ impl PeerTls {
         cfg.validate_peer()?;
         let loaded = Loaded::read(cfg, PEER_SECTION)?;
         let server = loaded.server_config(PEER_SECTION)?;
-        let (_, roots) = loaded
-            .ca
-            .as_ref()
-            .ok_or("peer_transport_security needs trusted_ca_file")?;
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
-        let builder = match &loaded.revocations {
-            // The standard checks, with the revocation list's besides.
-            Some(revocations) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(revocations.server_verifier()),
-            None => builder.with_root_certificates(roots.clone()),
-        };
-        let client = builder.with_client_cert_resolver(loaded.pair.clone());
+        let client = loaded.client_config()?;
         Ok(PeerTls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             connector: TlsConnector::from(Arc::new(client)),
+        })
+    }
+}
+
+/// Opens TLS connections for a gRPC channel (`Endpoint::connect_with_connector`, given
+/// an `http://` address: the TLS is this connector's): tonic's own TLS takes no
+/// verifier of ours, so it could not check the revocation list, nor pick up a renewed
+/// certificate.
+#[derive(Clone)]
+pub struct TlsDial(TlsConnector);
+
+type Dialed = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl tower::Service<http::Uri> for TlsDial {
+    type Response = Dialed;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = std::io::Result<Dialed>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connector = self.0.clone();
+        Box::pin(async move {
+            let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+            let host = uri
+                .host()
+                .ok_or_else(|| invalid("no host in the address"))?;
+            let port = uri
+                .port_u16()
+                .ok_or_else(|| invalid("no port in the address"))?;
+            // An IPv6 literal comes bracketed; the certificate names the bare address.
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| invalid(&e.to_string()))?;
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = connector.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
         })
     }
 }
@@ -722,6 +773,27 @@ mod revocation_tests {
             .await;
         let err = linked.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("Revoked"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_member_does_not_read_a_client_port_whose_certificate_is_revoked() {
+        use tower::Service;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new();
+        let crl = dir.path().join("crl.pem");
+        ca.revocation_list(&crl, 1, &[]);
+        let mut me = ca.member(dir.path(), "me", &ca);
+        me.crl_file = Some(crl.clone());
+        let other = ca.certificate_numbered(dir.path(), "other", &["127.0.0.1"], &ca, Some(9));
+        let addr = serve(&other).await;
+        let mut dial = ClientTls::load(&me).unwrap().peer_dialer().unwrap();
+        let uri: http::Uri = format!("http://{addr}").parse().unwrap();
+        assert!(dial.call(uri.clone()).await.is_ok(), "not revoked yet");
+
+        ca.revocation_list(&crl, 2, &[9]);
+        tokio::time::sleep(RELOAD_CHECK_EVERY).await;
+        let err = dial.call(uri).await.err().map(|e| e.to_string());
+        assert!(err.as_deref().unwrap_or("").contains("Revoked"), "{err:?}");
     }
 
     #[test]
