@@ -45,6 +45,8 @@ pub struct TlsArgs {
 #[derive(Clone, Debug, Default)]
 pub struct Dialer {
     tls: Option<ClientTlsConfig>,
+    /// Whether it shows a client certificate.
+    certified: bool,
 }
 
 impl Dialer {
@@ -54,6 +56,11 @@ impl Dialer {
     }
 
     pub fn from_args(args: &TlsArgs) -> Result<Dialer, String> {
+        Dialer::from_flags(args, "key")
+    }
+
+    /// As [`Dialer::from_args`], the client certificate's key given as `--{key_flag}`.
+    pub fn from_flags(args: &TlsArgs, key_flag: &str) -> Result<Dialer, String> {
         let read = |flag: &str, path: &PathBuf| {
             std::fs::read(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))
         };
@@ -64,15 +71,16 @@ impl Dialer {
             tls = Some(config);
         }
         if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
-            let identity = Identity::from_pem(read("cert", cert)?, read("key", key)?);
+            let identity = Identity::from_pem(read("cert", cert)?, read(key_flag, key)?);
             let Some(config) = tls.take() else {
-                return Err(
-                    "--cert and --key need --cacert, the CA to verify the members with".into(),
-                );
+                return Err(format!(
+                    "--cert and --{key_flag} need --cacert, the CA to verify the members with"
+                ));
             };
             tls = Some(config.identity(identity));
         }
-        Ok(Dialer { tls })
+        let certified = args.cert.is_some() && tls.is_some();
+        Ok(Dialer { tls, certified })
     }
 
     /// Parse etcdctl-style endpoints: `host:port` or `http(s)://host:port`,
@@ -113,6 +121,22 @@ impl Dialer {
         url: &str,
     ) -> Result<Channel, tonic::transport::Error> {
         self.endpoint(url)?.connect().await
+    }
+
+    /// Whether it dials over TLS.
+    pub fn speaks_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Whether it shows a client certificate when it does.
+    pub fn shows_certificate(&self) -> bool {
+        self.certified
+    }
+
+    /// A channel that connects on first use, and again after it breaks.
+    pub fn connect_lazy(&self, url: &str) -> Result<Channel, String> {
+        let endpoint = self.endpoint(url).map_err(|e| format!("{url}: {e}"))?;
+        Ok(endpoint.connect_lazy())
     }
 
     fn endpoint(&self, url: &str) -> Result<Endpoint, tonic::transport::Error> {

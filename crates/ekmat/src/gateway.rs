@@ -23,13 +23,14 @@ use ekmat_api::etcdserverpb::{self as pb, kv_server::KvServer};
 use ekmat_kv::{Command, Envelope, Response};
 use ekmat_node::NodeConfig;
 use ekmat_node::service::convert;
+use ekmat_node::tls::{ClientTls, TransportSecurity};
 use ekmat_pbft::Client;
 use tokio::sync::Semaphore;
 use tonic::{Request, Status};
 
 use crate::exit;
 use crate::signed_client::{
-    Failed, Member, execute_signed, micros_since_epoch, registered_clients,
+    Failed, Member, SigningTlsArgs, execute_signed, micros_since_epoch, registered_clients,
 };
 
 #[derive(Args, Debug)]
@@ -54,6 +55,38 @@ pub struct GatewayArgs {
     /// "request timed out" (its outcome unknown, as etcd's).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// How it reaches members that serve TLS.
+    #[command(flatten)]
+    members_tls: SigningTlsArgs,
+    /// Serve TLS at --listen with this certificate (PEM, leaf first), as etcd's
+    /// grpc-proxy does with its --cert-file.
+    #[arg(long, requires = "key_file_tls", value_name = "FILE")]
+    cert_file: Option<PathBuf>,
+    /// The key of --cert-file (PEM).
+    #[arg(
+        long = "key-file",
+        id = "key_file_tls",
+        requires = "cert_file",
+        value_name = "FILE"
+    )]
+    key_file_tls: Option<PathBuf>,
+    /// Admit only clients with a certificate this CA (PEM) signed.
+    #[arg(long, requires = "cert_file", value_name = "FILE")]
+    trusted_ca_file: Option<PathBuf>,
+}
+
+impl GatewayArgs {
+    /// What --listen serves with, if TLS.
+    fn serving_tls(&self) -> Option<TransportSecurity> {
+        let (cert_file, key_file) = (self.cert_file.clone()?, self.key_file_tls.clone()?);
+        Some(TransportSecurity {
+            cert_file,
+            key_file,
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.trusted_ca_file.is_some(),
+            crl_file: None,
+        })
+    }
 }
 
 pub fn run(args: GatewayArgs) -> u8 {
@@ -79,26 +112,44 @@ pub fn run(args: GatewayArgs) -> u8 {
                 return exit::USAGE;
             }
         };
+        let tls = match args.serving_tls().map(|t| ClientTls::load(&t)).transpose() {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("error: {}", e.replace("client_transport_security: ", ""));
+                return exit::USAGE;
+            }
+        };
         eprintln!(
-            "ekmat gateway: etcd KV API on {} for a {}-member PBFT cluster, clients {}..={} (f+1 = {} matching results per answer)",
+            "ekmat gateway: etcd KV API on {}{} for a {}-member PBFT cluster, clients {}..={} (f+1 = {} matching results per answer)",
             args.listen,
+            if tls.is_some() { " (TLS)" } else { "" },
             gateway.inner.members.len(),
             args.first_client,
             args.first_client + args.clients - 1,
             gateway.inner.f + 1
         );
-        // As the members do (see `Services::serve`): without TCP_NODELAY on accepted
-        // connections, Nagle's algorithm and delayed ACKs hold small answers back.
-        use tokio_stream::StreamExt;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-            conn.inspect(|stream| {
-                let _ = stream.set_nodelay(true);
-            })
-        });
-        let served = tonic::transport::Server::builder()
-            .add_service(KvServer::new(gateway))
-            .serve_with_incoming_shutdown(incoming, crate::node_cmd::wait_for_signal())
-            .await;
+        let server = tonic::transport::Server::builder().add_service(KvServer::new(gateway));
+        let stop = crate::node_cmd::wait_for_signal();
+        let served = match tls {
+            // Sets TCP_NODELAY on what it accepts, as below.
+            Some(tls) => {
+                let incoming = tls.incoming(listener);
+                server.serve_with_incoming_shutdown(incoming, stop).await
+            }
+            None => {
+                // As the members do (see `Services::serve`): without TCP_NODELAY on
+                // accepted connections, Nagle's algorithm and delayed ACKs hold small
+                // answers back.
+                use tokio_stream::StreamExt;
+                let incoming =
+                    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+                        conn.inspect(|stream| {
+                            let _ = stream.set_nodelay(true);
+                        })
+                    });
+                server.serve_with_incoming_shutdown(incoming, stop).await
+            }
+        };
         match served {
             Ok(()) => exit::OK,
             Err(e) => {
@@ -141,7 +192,9 @@ impl Gateway {
         // restarts goes on above every number it used before.
         let start = micros_since_epoch();
         let ids = args.first_client..=last;
-        let (clients, members) = registered_clients(&cfg, &args.config, ids, &args.key_file)?;
+        let dialer = args.members_tls.dialer()?;
+        let (clients, members) =
+            registered_clients(&cfg, &args.config, ids, &args.key_file, &dialer)?;
         let idle: Vec<Client> = clients.into_iter().map(|c| c.resume_after(start)).collect();
         Ok(Gateway {
             inner: Arc::new(Inner {

@@ -21,9 +21,9 @@ use ekmat_node::NodeConfig;
 use ekmat_pbft::message::ClientRequest;
 use ekmat_pbft::{Client, CommitProof};
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::client::status_message;
+use crate::client::{Dialer, TlsArgs, status_message};
 use crate::exit;
 
 #[derive(Args, Debug, Clone)]
@@ -49,6 +49,35 @@ pub struct SignedClientArgs {
     /// How long to wait for f+1 matching results.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub tls: SigningTlsArgs,
+}
+
+/// etcdctl's TLS flags, for members that serve TLS on their client port; the client
+/// certificate's key is `--cert-key`, as `--key` is the signing key. `ETCDCTL_CACERT`,
+/// `ETCDCTL_CERT` and `ETCDCTL_KEY` stand in for them, as with etcdctl.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SigningTlsArgs {
+    /// CA certificate (PEM) to verify the members with.
+    #[arg(long, env = "ETCDCTL_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate (PEM) the members' CA signed, for members that ask for one.
+    #[arg(long, env = "ETCDCTL_CERT", requires = "cert_key")]
+    pub cert: Option<PathBuf>,
+    /// The key of --cert (PEM).
+    #[arg(long, env = "ETCDCTL_KEY", requires = "cert")]
+    pub cert_key: Option<PathBuf>,
+}
+
+impl SigningTlsArgs {
+    pub fn dialer(&self) -> Result<Dialer, String> {
+        let args = TlsArgs {
+            cacert: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.cert_key.clone(),
+        };
+        Dialer::from_flags(&args, "cert-key")
+    }
 }
 
 /// Why a member gave no result: `refusal` is set when it refused the request outright
@@ -260,17 +289,21 @@ fn resend(
 /// order.
 fn prepare(args: &SignedClientArgs, cfg: &NodeConfig) -> Result<(Client, Vec<Member>), String> {
     let ids = args.client..=args.client;
-    let (mut clients, members) = registered_clients(cfg, &args.config, ids, &args.key_file)?;
+    let dialer = args.tls.dialer()?;
+    let (mut clients, members) =
+        registered_clients(cfg, &args.config, ids, &args.key_file, &dialer)?;
     Ok((clients.remove(0), members))
 }
 
 /// Clients `ids`, all with the key in `key_file`, if `cfg` (read from `path`) registers
-/// that key under each of those ids; and the members in id order.
+/// that key under each of those ids; and the members in id order, reached through
+/// `dialer` (which must speak TLS if the members serve it).
 pub fn registered_clients(
     cfg: &NodeConfig,
     path: &Path,
     ids: std::ops::RangeInclusive<u64>,
     key_file: &Path,
+    dialer: &Dialer,
 ) -> Result<(Vec<Client>, Vec<Member>), String> {
     if cfg.protocol != "pbft" {
         return Err(format!(
@@ -279,9 +312,19 @@ pub fn registered_clients(
             cfg.protocol
         ));
     }
-    if cfg.client_transport_security.is_some() {
+    let security = cfg.client_transport_security.as_ref();
+    let tls = security.is_some();
+    if tls && !dialer.speaks_tls() {
         return Err(format!(
-            "{}: the members serve TLS on their client ports, which ekmat's signing client and gateway do not speak yet",
+            "{}: the members serve TLS on their client ports: give --cacert, the CA that signed their certificates (and --cert and --cert-key, a client certificate it signed, if they ask for one)",
+            path.display()
+        ));
+    }
+    // As in etcd, a trusted CA on the client port means clients need its certificate.
+    let asked = security.is_some_and(|s| s.trusted_ca_file.is_some() || s.client_cert_auth);
+    if asked && !dialer.shows_certificate() {
+        return Err(format!(
+            "{}: the members admit only clients with a certificate their CA signed: give --cert and --cert-key",
             path.display()
         ));
     }
@@ -313,7 +356,10 @@ pub fn registered_clients(
     members.sort_by_key(|m| m.id);
     let members = members
         .iter()
-        .map(|m| Member::new(format!("http://{}", m.client)))
+        .map(|m| {
+            let scheme = if tls { "https" } else { "http" };
+            Member::new(format!("{scheme}://{}", m.client), dialer)
+        })
         .collect::<Result<_, _>>()?;
     Ok((clients, members))
 }
@@ -327,11 +373,8 @@ pub struct Member {
 }
 
 impl Member {
-    fn new(url: String) -> Result<Member, String> {
-        let channel = Endpoint::from_shared(url.clone())
-            .map_err(|e| format!("{url}: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
+    fn new(url: String, dialer: &Dialer) -> Result<Member, String> {
+        let channel = dialer.connect_lazy(&url)?;
         Ok(Member { url, channel })
     }
 }
@@ -345,6 +388,19 @@ async fn ask(
     wait: Duration,
 ) -> (u32, Result<ekmatpb::Outcome, Problem>) {
     (member, ask_one(member, to, request, submit, wait).await)
+}
+
+/// A call's failure and what caused it: tonic says only "transport error" when, say, a
+/// member refused the TLS handshake; the reason is in its causes.
+fn with_causes(status: &tonic::Status) -> String {
+    let mut text = status_message(status);
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Refusals that stand whoever is asked: the request itself is at fault.
@@ -385,7 +441,7 @@ async fn ask_one(
     };
     let outcome = answer.map_err(|s| Problem {
         refusal: refusal(&s),
-        text: format!("member {member} ({url}): {}", status_message(&s)),
+        text: format!("member {member} ({url}): {}", with_causes(&s)),
     })?;
     let outcome = outcome.into_inner();
     if outcome.member != u64::from(member) {
@@ -565,17 +621,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn members_serving_tls_are_refused_with_the_reason() {
+    fn members_serving_tls_need_the_tls_flags_and_are_told_which() {
         let mut cfg = NodeConfig::new("c", 0, "/tmp/none".into(), Vec::new());
         cfg.protocol = "pbft".into();
         cfg.client_transport_security = Some(ekmat_node::tls::TransportSecurity::default());
         let path = Path::new("member.toml");
-        let err = registered_clients(&cfg, path, 1..=1, Path::new("k"))
+        let plain = Dialer::plain();
+        let err = registered_clients(&cfg, path, 1..=1, Path::new("k"), &plain)
             .err()
             .unwrap_or_default();
         assert!(
-            err.starts_with("member.toml: the members serve TLS"),
+            err.starts_with("member.toml: the members serve TLS") && err.contains("--cacert"),
             "{err}"
+        );
+        // Members with a trusted CA admit only clients with its certificate.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "a CA").unwrap();
+        let ca_only = SigningTlsArgs {
+            cacert: Some(ca.clone()),
+            ..Default::default()
+        };
+        let security = cfg.client_transport_security.as_mut().unwrap();
+        security.trusted_ca_file = Some(ca);
+        let err = registered_clients(
+            &cfg,
+            path,
+            1..=1,
+            Path::new("k"),
+            &ca_only.dialer().unwrap(),
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(err.ends_with("give --cert and --cert-key"), "{err}");
+    }
+
+    #[test]
+    fn the_tls_key_flag_is_named_in_its_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        std::fs::write(&cert, "a certificate").unwrap();
+        let args = SigningTlsArgs {
+            cacert: None,
+            cert: Some(cert),
+            cert_key: Some(dir.path().join("missing-key.pem")),
+        };
+        let err = args.dialer().err().unwrap_or_default();
+        assert!(
+            err.starts_with("--cert-key ") && err.contains("missing-key.pem"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("missing-key.pem"), "a key").unwrap();
+        let err = args.dialer().err().unwrap_or_default();
+        assert_eq!(
+            err,
+            "--cert and --cert-key need --cacert, the CA to verify the members with"
         );
     }
 }

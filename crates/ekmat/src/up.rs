@@ -118,12 +118,6 @@ fn plan(args: &UpArgs, data: &Path) -> Result<Vec<NodeConfig>, String> {
         Vec::new()
     };
     let security = match args.tls {
-        true if args.protocol == "pbft" => {
-            return Err(
-                "--tls with --protocol pbft: ekmat's PBFT client and gateway speak no TLS yet"
-                    .into(),
-            );
-        }
         true => Some(LocalPki::ensure(data)?.member_security()),
         false => None,
     };
@@ -429,17 +423,25 @@ async fn supervise(args: &UpArgs, data: &Path) -> u8 {
     if args.protocol == "pbft" {
         let config = node_dir(data, 0).join("ekmat.toml");
         let key = client_key_path(data);
+        let pki = match args.tls {
+            true => LocalPki::ensure(data).ok(),
+            false => None,
+        };
+        let dial = pki.as_ref().map(|p| p.signing_client_flags());
         println!(
-            "signing client {UP_CLIENT}: ekmat pbft put KEY VALUE --config {} --client {UP_CLIENT} --key {}",
+            "signing client {UP_CLIENT}: ekmat pbft put KEY VALUE --config {} --client {UP_CLIENT} --key {}{}",
             config.display(),
-            key.display()
+            key.display(),
+            dial.clone().unwrap_or_default()
         );
         println!(
-            "gateway for etcd clients: ekmat gateway --config {} --key {} --first-client {} --clients {}",
+            "gateway for etcd clients: ekmat gateway --config {} --key {} --first-client {} --clients {}{}{}",
             config.display(),
             key.display(),
             UP_GATEWAY_CLIENTS.start(),
-            UP_GATEWAY_CLIENTS.count()
+            UP_GATEWAY_CLIENTS.count(),
+            dial.unwrap_or_default(),
+            pki.map(|p| p.gateway_serving_flags()).unwrap_or_default()
         );
     }
     println!("(Ctrl-C stops every node)");

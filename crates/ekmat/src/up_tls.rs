@@ -108,6 +108,34 @@ impl LocalPki {
     }
 }
 
+impl LocalPki {
+    /// The flags with which `ekmat pbft` and `ekmat gateway` reach the members (a
+    /// leading space; `--key` is their signing key, so the certificate's is `--cert-key`).
+    pub fn signing_client_flags(&self) -> String {
+        let a = self.client_args();
+        let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
+        format!(
+            " --cacert {} --cert {} --cert-key {}",
+            path(a.cacert),
+            path(a.cert),
+            path(a.key)
+        )
+    }
+
+    /// What a local gateway serves TLS with: the members' certificate (it names
+    /// 127.0.0.1), admitting clients of the same CA (a leading space).
+    pub fn gateway_serving_flags(&self) -> String {
+        let m = self.member_security();
+        let ca = m.trusted_ca_file.unwrap_or_default();
+        format!(
+            " --cert-file {} --key-file {} --trusted-ca-file {}",
+            m.cert_file.display(),
+            m.key_file.display(),
+            ca.display()
+        )
+    }
+}
+
 /// Write `text` to `path`; a private key readable by its owner only.
 fn write(path: &Path, text: &str, private: bool) -> std::io::Result<()> {
     use std::io::Write;

@@ -76,10 +76,6 @@ fn bad_usage_exits_2_with_a_reason() {
             "exactly 3f+1",
         ),
         (
-            &["up", "--protocol", "pbft", "--nodes", "4", "--tls"],
-            "speak no TLS yet",
-        ),
-        (
             &[
                 "up",
                 "--restore",

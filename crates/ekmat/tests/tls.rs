@@ -369,3 +369,132 @@ fn ekmat_up_with_tls_makes_certificates_and_prints_the_flags_that_reach_it() {
     .unwrap();
     assert!(up.wait().unwrap().success());
 }
+
+/// The words of `line` after `marker` (a command line `ekmat up` printed), without the
+/// leading `ekmat`.
+fn printed_command(line: &str, marker: &str) -> Vec<String> {
+    let at = line.find(marker).expect("the marker") + marker.len();
+    let mut words: Vec<String> = line[at..].split_whitespace().map(String::from).collect();
+    assert_eq!(words.remove(0), "ekmat", "{line}");
+    words
+}
+
+/// Drop `--flag VALUE` pairs for each of `flags` from `words`.
+fn without(words: &[String], flags: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        if flags.contains(&w.as_str()) {
+            it.next();
+        } else {
+            out.push(w.clone());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_pbft_cluster_over_tls_serves_the_signing_client_and_a_gateway_that_serves_tls() {
+    use std::io::BufRead;
+    if !support::etcdctl_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = support::unused_port_block(204);
+    let mut up = support::ekmat()
+        .args(["up", "--tls", "--protocol", "pbft", "--nodes", "4"])
+        .args(["--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = self.0.wait();
+        }
+    }
+    let lines = std::io::BufReader::new(up.stdout.take().unwrap()).lines();
+    let _up = Stop(up);
+    let (mut etcdctl_line, mut client, mut gateway) = (None, None, None);
+    for line in lines.map_while(Result::ok) {
+        if line.starts_with("TLS on every port: ") {
+            etcdctl_line = Some(line);
+        } else if line.starts_with("signing client ") {
+            client = Some(printed_command(&line, ": "));
+        } else if line.starts_with("gateway for etcd clients: ") {
+            gateway = Some(printed_command(&line, ": "));
+            break;
+        }
+    }
+    let (etcdctl_line, client, gateway) = (
+        etcdctl_line.expect("the etcdctl line"),
+        client.expect("the signing client's line"),
+        gateway.expect("the gateway's line"),
+    );
+
+    // The signing client, with the TLS flags printed: believed on f+1 results.
+    let put = |words: &[String]| {
+        let args: Vec<String> = words
+            .iter()
+            .map(|w| match w.as_str() {
+                "KEY" => "k".into(),
+                "VALUE" => "v".into(),
+                _ => w.clone(),
+            })
+            .collect();
+        support::ekmat().args(&args).output().unwrap()
+    };
+    let done = put(&client);
+    let out = String::from_utf8_lossy(&done.stdout).to_string();
+    let err = String::from_utf8_lossy(&done.stderr).to_string();
+    assert!(
+        done.status.success() && out.starts_with("OK (revision"),
+        "{out}{err}"
+    );
+    // Without them: told what to give.
+    let plain = put(&without(&client, &["--cacert", "--cert", "--cert-key"]));
+    let err = String::from_utf8_lossy(&plain.stderr).to_string();
+    assert_eq!(plain.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("serve TLS") && err.contains("--cacert"),
+        "{err}"
+    );
+
+    // The gateway dials the members over TLS and serves TLS to etcdctl.
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let gateway = support::ekmat()
+        .args(&gateway)
+        .args(["--listen", &listen])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _gateway = Stop(gateway);
+    let words: Vec<&str> = etcdctl_line.split_whitespace().collect();
+    let from = words.iter().position(|w| *w == "--cacert").unwrap();
+    let tls: Vec<String> = words[from..words.len() - 2]
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
+    let endpoint = format!("https://{listen}");
+    let mut got = (false, String::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        got = etcdctl(&endpoint, &tls, &["get", "k"]);
+        if got.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(got, (true, "k\nv\n".to_string()));
+    assert!(etcdctl(&endpoint, &tls, &["put", "g", "w"]).0);
+    assert_eq!(etcdctl(&endpoint, &tls, &["get", "g"]).1, "g\nw\n");
+    // A client without a certificate is refused by the gateway.
+    let (ok, said) = etcdctl(&endpoint, &tls[..2], &["get", "k"]);
+    assert!(!ok, "{said}");
+}
