@@ -48,6 +48,10 @@ enum PbftCommand {
         /// one per request in flight).
         #[arg(long, default_value_t = 1)]
         count: u64,
+        /// Bind it to this user: while auth is on, its requests have the user's
+        /// permissions (without: every right on keys).
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Put a key as a registered client: the request is signed with the client's key,
     /// and the result believed once f+1 members return it alike.
@@ -83,7 +87,12 @@ pub fn run(args: PbftArgs) -> u8 {
             certificate,
             config,
         } => verify(&certificate, &config),
-        PbftCommand::ClientKey { out, id, count } => client_key(&out, id, count),
+        PbftCommand::ClientKey {
+            out,
+            id,
+            count,
+            user,
+        } => client_key(&out, id, count, user.as_deref()),
         PbftCommand::Put { key, value, client } => {
             signed_client::run(client, signed_client::put(key, value))
         }
@@ -94,7 +103,11 @@ pub fn run(args: PbftArgs) -> u8 {
     }
 }
 
-fn client_key(out: &Path, id: u64, count: u64) -> u8 {
+fn client_key(out: &Path, id: u64, count: u64, user: Option<&str>) -> u8 {
+    if user == Some("") {
+        eprintln!("error: --user is empty; leave it out for a client with every right on keys");
+        return exit::USAGE;
+    }
     let Some(last) = count.checked_sub(1).and_then(|c| id.checked_add(c)) else {
         eprintln!("error: --count must be at least 1, and --id plus it must fit in 64 bits");
         return exit::USAGE;
@@ -115,8 +128,13 @@ fn client_key(out: &Path, id: u64, count: u64) -> u8 {
                 "wrote the secret key of client(s) {id}..={last} to {}; register it in every member's configuration:",
                 out.display()
             );
-            for n in id..=last {
-                println!("[[pbft_client]]\nid = {n}\npublic_key = \"{public}\"");
+            for id in id..=last {
+                let entry = ekmat_node::config::PbftClient {
+                    id,
+                    public_key: public.clone(),
+                    user: user.map(String::from),
+                };
+                print!("{}", entry.to_toml_entry());
             }
             exit::OK
         }

@@ -162,6 +162,7 @@ fn signing_clients(data: &Path) -> Result<Vec<PbftClient>, String> {
         .map(|id| PbftClient {
             id,
             public_key: public_key.clone(),
+            user: None,
         })
         .collect())
 }

@@ -457,7 +457,11 @@ async fn a_signing_client_is_believed_on_f_plus_1_matching_results_and_cannot_be
         .and_then(|rest| rest.strip_suffix('"'))
         .expect("a public key line")
         .to_string();
-    let registered = ekmat_node::config::PbftClient { id: 9, public_key };
+    let registered = ekmat_node::config::PbftClient {
+        id: 9,
+        public_key,
+        user: None,
+    };
     let mut c = start_with(|cfg| cfg.pbft_clients = vec![registered.clone()]);
     c.leader(Duration::from_secs(20)).await;
     let config = c.config_path(0);
@@ -531,6 +535,92 @@ async fn a_signing_client_is_believed_on_f_plus_1_matching_results_and_cannot_be
     assert_eq!(get(&c, 0, "signed", false).await.as_deref(), Some("still"));
 }
 
+/// A registered client bound to a user (`user` in its `[[pbft_client]]` entry, which
+/// `ekmat pbft client-key --user` prints) has that user's permissions once auth is on,
+/// decided where its request executes: every member alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_client_bound_to_a_user_has_its_permissions_once_auth_is_on() {
+    if !support::etcdctl_available() {
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("svc.key");
+    let made = ekmat()
+        .args(["pbft", "client-key", "--id", "9", "--user", "svc", "--out"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    let entry = String::from_utf8_lossy(&made.stdout).into_owned();
+    assert!(entry.ends_with("\nuser = \"svc\"\n"), "{entry}");
+    let public_key = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("public_key = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("a public key line")
+        .to_string();
+    let registered = ekmat_node::config::PbftClient {
+        id: 9,
+        public_key,
+        user: Some("svc".into()),
+    };
+    let c = start_with(|cfg| cfg.pbft_clients = vec![registered.clone()]);
+    c.leader(Duration::from_secs(20)).await;
+    let config = c.config_path(0);
+    let signed = |args: &[&str]| {
+        let out = ekmat()
+            .arg("pbft")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .args(["--client", "9", "--key"])
+            .arg(&key_file)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout))
+    };
+    assert_eq!(signed(&["put", "other", "1"]).0, Some(0), "auth is off");
+
+    let endpoint = c.endpoint(0);
+    let root = ["--user", "root:rootpw"];
+    let steps: [&[&str]; 6] = [
+        &["user", "add", "root:rootpw"],
+        &["user", "add", "svc:svcpw"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "--prefix",
+            "app",
+            "readwrite",
+            "app/",
+        ],
+        &["user", "grant-role", "svc", "app"],
+        &["auth", "enable"],
+    ];
+    for step in steps {
+        let (ok, out, err) = support::etcdctl(&endpoint, step, None);
+        assert!(ok, "{step:?}: {out}{err}");
+    }
+    let (code, out) = signed(&["put", "app/x", "1"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = signed(&["put", "other", "2"]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(1), "refused: etcdserver: permission denied")
+    );
+    let (ok, out, _) = support::etcdctl(&endpoint, &[&root[..], &["get", "other"]].concat(), None);
+    assert!(ok && out == "other\n1\n", "{out}");
+    // Its rights follow the user's roles, as they stand where the request executes.
+    let revoke = ["role", "revoke-permission", "--prefix", "app", "app/"];
+    assert!(support::etcdctl(&endpoint, &[&root[..], &revoke].concat(), None).0);
+    let (code, out) = signed(&["put", "app/y", "1"]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(1), "refused: etcdserver: permission denied")
+    );
+}
+
 /// A member holds at most `max_pending_writes` of its clients' operations, signed
 /// requests too: past it one is refused at once with etcd's "too many requests" and
 /// never ordered; the ones taken execute.
@@ -590,6 +680,7 @@ fn registered_clients(
         .map(|(id, key)| ekmat_node::config::PbftClient {
             id,
             public_key: ekmat_node::keys::public_key_hex(&key.verifying_key()),
+            user: None,
         })
         .collect();
     (keys, registered)
@@ -671,6 +762,7 @@ async fn etcd_clients_through_a_gateway_process_get_answers_f_plus_1_members_agr
         .map(|id| ekmat_node::config::PbftClient {
             id,
             public_key: public_key.clone(),
+            user: None,
         })
         .collect();
     let mut c = start_with(|cfg| cfg.pbft_clients = registered.clone());
@@ -794,7 +886,11 @@ async fn a_signing_client_does_not_believe_one_lying_member() {
     let key_file = keys.path().join("client.key");
     let key = ekmat_node::keys::generate_at(&key_file).unwrap();
     let public_key = ekmat_node::keys::public_key_hex(&key.verifying_key());
-    let registered = ekmat_node::config::PbftClient { id: 5, public_key };
+    let registered = ekmat_node::config::PbftClient {
+        id: 5,
+        public_key,
+        user: None,
+    };
     let c = start_with(|cfg| cfg.pbft_clients = vec![registered.clone()]);
     c.leader(Duration::from_secs(20)).await;
     // The client's view of the cluster: member 3's client address is the liar's.

@@ -183,6 +183,11 @@ impl AuthState {
         self.revision
     }
 
+    /// User `name`'s generation (what a token for it must name), if the user exists.
+    pub fn user_generation(&self, name: &str) -> Option<u64> {
+        self.users.get(name).map(|u| u.generation)
+    }
+
     /// What tokens are signed with (empty until auth is first enabled, and in a store
     /// restored from a backup until its first login chooses one).
     pub fn token_secret(&self) -> &[u8] {

@@ -50,6 +50,6 @@ pub use rpc::{
 };
 pub use session::ANONYMOUS_CLIENT;
 pub use snapshot::{BackupRecord, HistoryRecord, SnapshotSource};
-pub use store::KvStore;
+pub use store::{KvStore, SignedBy};
 pub use txn::MAX_TXN_OPS;
 pub use watch::{Event, EventKind};

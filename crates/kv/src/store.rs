@@ -4,7 +4,7 @@ use bytes::Bytes;
 use ekmat_core::RequestId;
 
 use crate::alarm::{AlarmMember, AlarmResponse, AlarmType, Alarms};
-use crate::auth::AuthState;
+use crate::auth::{AuthState, Caller};
 use crate::command::{Applied, Command, Envelope, Response, TickResponse};
 use crate::error::{DecodeError, KvError};
 use crate::lease::{
@@ -22,6 +22,15 @@ use crate::write::{Writer, check_delete_shape, check_put_shape, check_put_state}
 
 /// What a lease adds to [`KvStore::size_bytes`] (etcd's `leaseOverhead`).
 const LEASE_OVERHEAD: u64 = 64;
+
+/// Who signed a request that executes (PBFT's registered clients, authenticated by
+/// their signature rather than a token): the user, if the client's registration binds
+/// it to one, whose permissions it executes with while auth is on. Unbound, it has
+/// every right on keys. Every member must bind alike (the runtime compares them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SignedBy {
+    pub user: Option<String>,
+}
 
 /// etcd's v3 data model as a deterministic state machine: every replica that applies the
 /// same log holds the same store.
@@ -114,6 +123,28 @@ impl KvStore {
         id: RequestId,
         decoded: Result<Envelope, DecodeError>,
     ) -> Applied {
+        self.apply_from(index, id, decoded, None)
+    }
+
+    /// [`KvStore::apply_decoded`] for a request its client signed (PBFT's registered
+    /// clients), executed as [`SignedBy`] says.
+    pub fn apply_signed(
+        &mut self,
+        index: u64,
+        id: RequestId,
+        decoded: Result<Envelope, DecodeError>,
+        signer: &SignedBy,
+    ) -> Applied {
+        self.apply_from(index, id, decoded, Some(signer))
+    }
+
+    fn apply_from(
+        &mut self,
+        index: u64,
+        id: RequestId,
+        decoded: Result<Envelope, DecodeError>,
+        signer: Option<&SignedBy>,
+    ) -> Applied {
         self.advance(index);
         match self.sessions.check(id) {
             Seen::New => {}
@@ -131,7 +162,10 @@ impl KvStore {
             self.leases.renew_all(envelope.now_ms.max(self.clock_ms));
         }
         self.advance_clock(envelope.now_ms, &mut events);
-        let result = self.execute(envelope.command, &mut events);
+        let result = match signer {
+            Some(signer) => self.execute_signed(envelope.command, signer, &mut events),
+            None => self.execute(envelope.command, &mut events),
+        };
         self.sessions.record(id, &result);
         Applied::Executed { result, events }
     }
@@ -174,6 +208,35 @@ impl KvStore {
             leases: &mut self.leases,
             events,
         }
+    }
+
+    /// A signed request's key is its credential: it never manages auth nor names a
+    /// caller (checked here too, where every member decides alike, not only by the
+    /// member it reached), and runs with its bound user's permissions, if any.
+    fn execute_signed(
+        &mut self,
+        command: Command,
+        signer: &SignedBy,
+        events: &mut Vec<Event>,
+    ) -> Result<Response, KvError> {
+        if matches!(command, Command::Auth(_) | Command::As(..)) {
+            return Err(KvError::PermissionDenied);
+        }
+        let Some(name) = &signer.user else {
+            return self.execute(command, events);
+        };
+        if !self.auth.enabled() {
+            return self.execute(command, events);
+        }
+        let generation = self
+            .auth
+            .user_generation(name)
+            .ok_or(KvError::UserNotFound)?;
+        let caller = Caller::User {
+            name: name.clone(),
+            generation,
+        };
+        self.execute(Command::As(caller, Box::new(command)), events)
     }
 
     fn execute(&mut self, command: Command, events: &mut Vec<Event>) -> Result<Response, KvError> {
@@ -367,5 +430,149 @@ impl KvStore {
     /// apply path gives what [`KvStore::hash_kv`] gives now.
     pub fn key_history(&self) -> crate::KeyHistory {
         crate::KeyHistory::of(self)
+    }
+}
+
+#[cfg(test)]
+mod signed_tests {
+    use super::*;
+    use crate::auth::{AuthRequest, Permission, PermissionType};
+    use crate::rpc::PutRequest;
+
+    /// Runs commands as members run them: each at the next index, the member's own
+    /// (client 0) or signed by client `id` as `signer` says.
+    struct Log {
+        kv: KvStore,
+        index: u64,
+    }
+
+    impl Log {
+        fn run(
+            &mut self,
+            command: Command,
+            signed: Option<(u64, &SignedBy)>,
+        ) -> Result<Response, KvError> {
+            self.index += 1;
+            let decoded = Ok(Envelope::new(1, command));
+            let applied = match signed {
+                Some((client, signer)) => {
+                    let id = RequestId {
+                        client,
+                        seq: self.index,
+                    };
+                    self.kv.apply_signed(self.index, id, decoded, signer)
+                }
+                None => self
+                    .kv
+                    .apply_decoded(self.index, RequestId { client: 0, seq: 0 }, decoded),
+            };
+            match applied {
+                Applied::Executed { result, .. } => result,
+                other => panic!("not executed: {other:?}"),
+            }
+        }
+
+        fn auth(&mut self, request: AuthRequest) {
+            self.run(Command::Auth(request), None)
+                .expect("an auth change");
+        }
+    }
+
+    fn put(key: &str) -> Command {
+        Command::Put(PutRequest::new(key.to_string(), "v"))
+    }
+
+    /// Users root and svc; svc's role may write app/ only.
+    fn cluster() -> Log {
+        let mut log = Log {
+            kv: KvStore::new(),
+            index: 0,
+        };
+        for name in ["root", "svc"] {
+            log.auth(AuthRequest::UserAdd {
+                name: name.into(),
+                password_hash: Some("hash".into()),
+            });
+        }
+        log.auth(AuthRequest::RoleAdd { name: "app".into() });
+        log.auth(AuthRequest::RoleGrantPermission {
+            role: "app".into(),
+            permission: Permission {
+                kind: PermissionType::ReadWrite,
+                key: "app/".into(),
+                range_end: "app0".into(),
+            },
+        });
+        for (user, role) in [("root", "root"), ("svc", "app")] {
+            log.auth(AuthRequest::UserGrantRole {
+                user: user.into(),
+                role: role.into(),
+            });
+        }
+        log
+    }
+
+    fn enable(log: &mut Log) {
+        log.auth(AuthRequest::Enable {
+            token_secret: "secret".into(),
+        });
+    }
+
+    #[test]
+    fn a_client_bound_to_a_user_has_its_rights_once_auth_is_on() {
+        let mut log = cluster();
+        let svc = SignedBy {
+            user: Some("svc".into()),
+        };
+        assert!(
+            log.run(put("other"), Some((7, &svc))).is_ok(),
+            "auth is off"
+        );
+        enable(&mut log);
+        assert!(log.run(put("app/x"), Some((7, &svc))).is_ok());
+        assert_eq!(
+            log.run(put("other"), Some((7, &svc))),
+            Err(KvError::PermissionDenied)
+        );
+        let unbound = SignedBy::default();
+        assert!(
+            log.run(put("other"), Some((8, &unbound))).is_ok(),
+            "every right on keys"
+        );
+        let ghost = SignedBy {
+            user: Some("ghost".into()),
+        };
+        assert_eq!(
+            log.run(put("app/y"), Some((9, &ghost))),
+            Err(KvError::UserNotFound)
+        );
+    }
+
+    #[test]
+    fn a_signed_request_never_manages_auth_nor_names_a_caller() {
+        let mut log = cluster();
+        let unbound = SignedBy::default();
+        let disable = Command::Auth(AuthRequest::Disable);
+        assert_eq!(
+            log.run(disable, Some((7, &unbound))),
+            Err(KvError::PermissionDenied)
+        );
+        enable(&mut log);
+        let generation = log.kv.auth().user_generation("root").unwrap();
+        let as_root = put("other").from_caller(Caller::User {
+            name: "root".into(),
+            generation,
+        });
+        let svc = SignedBy {
+            user: Some("svc".into()),
+        };
+        assert_eq!(
+            log.run(as_root.clone(), Some((7, &svc))),
+            Err(KvError::PermissionDenied)
+        );
+        assert!(
+            log.run(as_root, None).is_ok(),
+            "a member's own caller stands"
+        );
     }
 }

@@ -152,6 +152,24 @@ pub struct PbftClient {
     pub id: u64,
     /// ed25519, 64 hex digits; the client keeps the secret half (`ekmat pbft client-key`).
     pub public_key: String,
+    /// The user whose permissions its requests execute with while auth is on (none:
+    /// every right on keys). Its key is its credential: no password or token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl PbftClient {
+    /// Its `[[pbft_client]]` entry, as a member's configuration file holds it.
+    pub fn to_toml_entry(&self) -> String {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            pbft_client: [&'a PbftClient; 1],
+        }
+        toml::to_string(&Entry {
+            pbft_client: [self],
+        })
+        .expect("a client entry serializes")
+    }
 }
 
 /// The shortest corruption-check period accepted: below it the rounds would hash the
@@ -558,6 +576,12 @@ impl NodeConfig {
             if let Err(e) = crate::keys::parse_public_key(&c.public_key) {
                 return bad(format!("pbft_client {}: {e}", c.id));
             }
+            if c.user.as_deref() == Some("") {
+                return bad(format!(
+                    "pbft_client {}: user is empty; leave it out for a client with every right on keys",
+                    c.id
+                ));
+            }
             if members.contains(&c.public_key.to_lowercase()) {
                 return bad(format!(
                     "pbft_client {}'s public_key is a member's: a client needs a key of its own",
@@ -566,6 +590,21 @@ impl NodeConfig {
             }
         }
         Ok(())
+    }
+
+    /// The registered PBFT clients, by id, as their committed requests execute (none
+    /// for another protocol, which takes no signed requests).
+    pub fn signers(&self) -> std::collections::HashMap<u64, ekmat_kv::SignedBy> {
+        if self.protocol != "pbft" {
+            return Default::default();
+        }
+        let signer = |c: &PbftClient| ekmat_kv::SignedBy {
+            user: c.user.clone(),
+        };
+        self.pbft_clients
+            .iter()
+            .map(|c| (c.id, signer(c)))
+            .collect()
     }
 
     /// The registered PBFT clients' public keys, by client id. Validated configurations
@@ -788,6 +827,7 @@ mod tests {
         let client = |id: u64, b: u8| PbftClient {
             id,
             public_key: key(b),
+            user: None,
         };
         let mut c = pbft(4);
         c.pbft_clients = vec![client(7, 100), client(8, 101)];
@@ -812,8 +852,22 @@ mod tests {
         let e = err(vec![PbftClient {
             id: 7,
             public_key: "beef".into(),
+            user: None,
         }]);
         assert!(e.contains("pbft_client 7"), "{e}");
+        let bound = |user: &str| PbftClient {
+            user: Some(user.into()),
+            ..client(7, 100)
+        };
+        assert!(err(vec![bound("")]).contains("user is empty"));
+        let mut c = pbft(4);
+        c.pbft_clients = vec![bound("svc"), client(8, 100)];
+        c.validate().unwrap();
+        let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c, "a bound user survives the file");
+        let signers = c.signers();
+        assert_eq!(signers[&7].user.as_deref(), Some("svc"));
+        assert_eq!(signers[&8].user, None);
         let mut raft = sample();
         raft.pbft_clients = vec![client(7, 100)];
         let e = raft.validate().unwrap_err().to_string();

@@ -170,6 +170,7 @@ async fn run_protocol<P: RuntimeProtocol>(
         },
         snapshot_stagger: cfg.stagger(cfg.snapshot_every),
         hub: hub.clone(),
+        signers: cfg.signers(),
     });
 
     // Open once the member serves (at once, or after its data is checked at start).

@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 use ekmat_core::{Committed, CommittedEntry, RequestId};
-use ekmat_kv::{Applied, DecodeError, Envelope, KvStore};
+use ekmat_kv::{Applied, DecodeError, Envelope, KvStore, SignedBy};
 use tokio::sync::oneshot;
 
 use super::{CallError, Driver, PendingWrite};
@@ -102,13 +102,14 @@ impl<P: RuntimeProtocol> Driver<P> {
                     // which a faulty member could set an hour ahead, is not the clock.
                     envelope.now_ms = agreed;
                 }
+                let signer = self.signers.get(&id.client).cloned();
                 if decoded
                     .as_ref()
                     .is_ok_and(|e| e.command.touches_many_keys())
                 {
-                    return self.apply_elsewhere(index, id, decoded);
+                    return self.apply_elsewhere(index, id, decoded, signer);
                 }
-                let applied = self.kv.apply_decoded(index, id, decoded);
+                let applied = apply_to(&mut self.kv, index, id, decoded, signer.as_ref());
                 self.finish_command(index, id, applied);
             }
         }
@@ -120,11 +121,12 @@ impl<P: RuntimeProtocol> Driver<P> {
         index: u64,
         id: RequestId,
         decoded: Result<Envelope, DecodeError>,
+        signer: Option<SignedBy>,
     ) {
         let mut kv = std::mem::take(&mut self.kv);
         let (tx, done) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let applied = kv.apply_decoded(index, id, decoded);
+            let applied = apply_to(&mut kv, index, id, decoded, signer.as_ref());
             // The driver may have stopped meanwhile: then nobody needs the store.
             let _ = tx.send((kv, applied));
         });
@@ -208,5 +210,19 @@ impl<P: RuntimeProtocol> Driver<P> {
         self.hub.publish(Published::Reset);
         self.wake_signed(None);
         self.serve_ready_reads();
+    }
+}
+
+/// Apply a committed request, as its signer's if a registered client signed it.
+fn apply_to(
+    kv: &mut KvStore,
+    index: u64,
+    id: RequestId,
+    decoded: Result<Envelope, DecodeError>,
+    signer: Option<&SignedBy>,
+) -> Applied {
+    match signer {
+        Some(signer) => kv.apply_signed(index, id, decoded, signer),
+        None => kv.apply_decoded(index, id, decoded),
     }
 }

@@ -310,6 +310,8 @@ pub struct Driver<P: RuntimeProtocol> {
     last_lease_tick: Instant,
     /// This node just became leader and owes the log a [`Command::LeaseRenewAll`].
     renew_leases: bool,
+    /// The registered clients (PBFT), by id: whose committed requests execute as signed.
+    signers: HashMap<u64, ekmat_kv::SignedBy>,
 }
 
 pub struct DriverParts<P: RuntimeProtocol> {
@@ -330,6 +332,8 @@ pub struct DriverParts<P: RuntimeProtocol> {
     /// `NodeConfig::stagger`).
     pub snapshot_stagger: u64,
     pub hub: WatchHub,
+    /// The registered clients (PBFT), by id: whose committed requests execute as signed.
+    pub signers: HashMap<u64, ekmat_kv::SignedBy>,
 }
 
 impl<P: RuntimeProtocol> Driver<P> {
@@ -381,6 +385,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             applying: None,
             backlog: std::collections::VecDeque::new(),
             renew_leases: false,
+            signers: parts.signers,
         }
     }
 

@@ -130,6 +130,12 @@ impl RuntimeProtocol for Pbft {
         for c in &cfg.pbft_clients {
             let key = c.public_key.to_lowercase();
             settings.push((format!("public_key of pbft_client {}", c.id), key));
+            // Members binding a client to different users would execute its requests
+            // with different rights, and so diverge. (Listed only when set, so members
+            // of an earlier build, which bind none, still agree with these.)
+            if let Some(user) = &c.user {
+                settings.push((format!("user of pbft_client {}", c.id), user.clone()));
+            }
         }
         settings
     }
