@@ -115,7 +115,7 @@ pub fn run(args: GatewayArgs) -> u8 {
         let tls = match args.serving_tls().map(|t| ClientTls::load(&t)).transpose() {
             Ok(tls) => tls,
             Err(e) => {
-                eprintln!("error: {}", e.replace("client_transport_security: ", ""));
+                eprintln!("error: {}", as_flags(&e));
                 return exit::USAGE;
             }
         };
@@ -158,6 +158,19 @@ pub fn run(args: GatewayArgs) -> u8 {
             }
         }
     })
+}
+
+/// A member's TLS error, which names its configuration's settings, in the gateway's
+/// flags instead.
+fn as_flags(error: &str) -> String {
+    let error = error.replace("client_transport_security: ", "");
+    [
+        ("cert_file", "--cert-file"),
+        ("key_file", "--key-file"),
+        ("trusted_ca_file", "--trusted-ca-file"),
+    ]
+    .iter()
+    .fold(error, |e, (setting, flag)| e.replace(setting, flag))
 }
 
 #[derive(Clone)]
@@ -337,5 +350,25 @@ impl pb::kv_server::Kv for Gateway {
             _ => None,
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_serving_file_that_does_not_read_is_named_by_its_flag() {
+        let missing = TransportSecurity {
+            cert_file: "/nonexistent/gw.pem".into(),
+            key_file: "/nonexistent/gw-key.pem".into(),
+            ..Default::default()
+        };
+        let err = ClientTls::load(&missing).err().unwrap_or_default();
+        let err = as_flags(&err);
+        assert!(
+            err.starts_with("--cert-file /nonexistent/gw.pem: "),
+            "{err}"
+        );
     }
 }
