@@ -8,8 +8,7 @@
 //! The containers run this build's `ekmat` (bind-mounted) on an image holding only the
 //! C libraries it links, imported from the host: nothing is pulled from a registry.
 //! Skipped, saying so, where Docker, `nsenter` or `iptables` is missing or the test is
-//! not root; with
-//! `EKMAT_REQUIRE_DOCKER` set (as in CI) it fails instead.
+//! not root; with `EKMAT_REQUIRE_DOCKER` set it fails instead.
 
 mod support;
 
