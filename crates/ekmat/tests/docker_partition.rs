@@ -16,8 +16,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use ekmat_api::etcdserverpb as pb;
+use ekmat_linearizability::kv::KvModel;
+use ekmat_linearizability::{CheckOptions, Verdict, check};
 use ekmat_node::{Member, NodeConfig};
+use support::workload::{CLIENTS, History, client_loop, final_reads};
+
+/// How long the clients run: from before the partition until after it heals.
+const LOAD_FOR: Duration = Duration::from_secs(14);
 
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
@@ -325,6 +333,16 @@ async fn cut_off_the_leader(protocol: &'static str, members: u32) {
     put(&lab, old, "before")
         .await
         .expect("a put before the partition");
+    // Clients on every member all along, their history checked at the end.
+    let history: History = Arc::default();
+    let t0 = Instant::now();
+    let urls: Vec<String> = all.iter().map(|&m| lab.url(m)).collect();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            let (urls, history) = (urls.clone(), history.clone());
+            tokio::spawn(client_loop(id, urls, history, t0, t0 + LOAD_FOR))
+        })
+        .collect();
 
     eprintln!("leader n{old}; cutting it off from its peers");
     lab.isolate(old);
@@ -376,9 +394,26 @@ async fn cut_off_the_leader(protocol: &'static str, members: u32) {
     let last = put(&lab, old, "healed")
         .await
         .expect("a put at the healed member");
-    for m in all {
+    for &m in &all {
         support::wait_applied(&lab.url(m), last, Duration::from_secs(30)).await;
         let value = get(&lab, m, true).await.unwrap();
         assert_eq!(value.as_deref(), Some("healed"), "member {m}");
     }
+
+    for c in clients {
+        c.await.unwrap();
+    }
+    if let Err(e) = final_reads(&lab.url(old), &history, t0).await {
+        panic!("{e}\n{}", lab.logs());
+    }
+    let history = history.lock().unwrap().clone();
+    let ok = history.iter().filter(|o| o.ret.is_some()).count();
+    let unknown = history.len() - ok;
+    let verdict = check(&KvModel, &history, &CheckOptions::default()).unwrap();
+    assert_eq!(verdict, Verdict::Linearizable, "{ok} ok, {unknown} unknown");
+    assert!(
+        ok > 50,
+        "the clients got too little done: {ok} ok, {unknown} unknown"
+    );
+    eprintln!("{protocol}: history of {ok} ok and {unknown} unknown operations, linearizable");
 }

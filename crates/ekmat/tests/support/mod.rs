@@ -14,6 +14,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod workload;
+
 pub fn ekmat() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ekmat"))
 }
