@@ -391,9 +391,7 @@ async fn cut_off_the_leader(protocol: &'static str, members: u32) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The healed member takes writes again, and every member ends with the same value.
-    let last = put(&lab, old, "healed")
-        .await
-        .expect("a put at the healed member");
+    let last = put_until_taken(&lab, &[old], "healed").await;
     for &m in &all {
         support::wait_applied(&lab.url(m), last, Duration::from_secs(30)).await;
         let value = get(&lab, m, true).await.unwrap();
