@@ -4,6 +4,9 @@
 //! the test (on the host) still reaches it. The cut-off member must acknowledge no
 //! write and serve no stale linearizable read; the others elect a leader (change
 //! views) and go on; once the partition heals, every member holds the same value.
+//! Then random partitions follow (a member cut off, the members split in halves, or
+//! none, each for 1–2.5 s) for 8 s, or `EKMAT_PARTITION_SECS` (a soak). Clients on
+//! every member run throughout, and their history must be linearizable.
 //!
 //! The containers run this build's `ekmat` (bind-mounted) on an image holding only the
 //! C libraries it links, imported from the host: nothing is pulled from a registry.
@@ -24,8 +27,8 @@ use ekmat_linearizability::{CheckOptions, Verdict, check};
 use ekmat_node::{Member, NodeConfig};
 use support::workload::{CLIENTS, History, client_loop, final_reads};
 
-/// How long the clients run: from before the partition until after it heals.
-const LOAD_FOR: Duration = Duration::from_secs(14);
+/// How long the clients run around the targeted partition (random ones follow).
+const TARGETED_FOR: Duration = Duration::from_secs(14);
 
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
@@ -66,6 +69,8 @@ struct Lab {
     dir: tempfile::TempDir,
     subnet_prefix: String,
     containers: Vec<String>,
+    /// Each container's first process, whose network namespace is the member's.
+    pids: Vec<String>,
 }
 
 impl Drop for Lab {
@@ -93,6 +98,7 @@ impl Lab {
                 _ => format!("172.30.{}", 1 + pid % 250),
             },
             containers: Vec::new(),
+            pids: Vec::new(),
         }
     }
 
@@ -179,7 +185,9 @@ impl Lab {
                 "/data/ekmat.toml",
             ])
             .unwrap();
+            let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &name]).unwrap();
             self.containers.push(name);
+            self.pids.push(pid);
         }
     }
 
@@ -191,30 +199,64 @@ impl Lab {
 
     /// Run `iptables` in member `id`'s network namespace.
     fn iptables(&self, id: u32, args: &[&str]) {
-        let pid = docker(&[
-            "inspect",
-            "-f",
-            "{{.State.Pid}}",
-            &self.containers[id as usize],
-        ])
-        .unwrap();
+        let pid = &self.pids[id as usize];
         run(Command::new("nsenter")
-            .args(["-t", &pid, "-n", "iptables"])
+            .args(["-t", pid, "-n", "iptables"])
             .args(args))
         .unwrap();
     }
 
-    /// Cut member `id` off from every other member, both ways; the host still reaches it.
+    /// Cut the link between members `a` and `b`, both ways (rules at `a` only).
+    fn cut(&self, a: u32, b: u32) {
+        let ip = self.ip(b);
+        self.iptables(a, &["-A", "INPUT", "-s", &ip, "-j", "DROP"]);
+        self.iptables(a, &["-A", "OUTPUT", "-d", &ip, "-j", "DROP"]);
+    }
+
+    /// Cut member `id` off from every other member; the host still reaches it.
     fn isolate(&self, id: u32) {
         for other in (0..self.members).filter(|&o| o != id) {
-            let ip = self.ip(other);
-            self.iptables(id, &["-A", "INPUT", "-s", &ip, "-j", "DROP"]);
-            self.iptables(id, &["-A", "OUTPUT", "-d", &ip, "-j", "DROP"]);
+            self.cut(id, other);
         }
     }
 
     fn heal(&self, id: u32) {
         self.iptables(id, &["-F"]);
+    }
+
+    fn heal_all(&self) {
+        for id in 0..self.members {
+            self.heal(id);
+        }
+    }
+
+    /// One random fault for a while: a member cut off, the members split in two
+    /// halves (none of which is a quorum for PBFT's four), or none. Says which.
+    fn random_partition(&self, rng: &mut u64) -> String {
+        self.heal_all();
+        let n = u64::from(self.members);
+        match next(rng) % 3 {
+            0 => {
+                let id = (next(rng) % n) as u32;
+                self.isolate(id);
+                format!("n{id} cut off")
+            }
+            1 => {
+                // Shuffle, then the first half against the rest.
+                let mut order: Vec<u32> = (0..self.members).collect();
+                for i in (1..order.len()).rev() {
+                    order.swap(i, (next(rng) % (i as u64 + 1)) as usize);
+                }
+                let (a, b) = order.split_at(order.len() / 2);
+                for &x in a {
+                    for &y in b {
+                        self.cut(x, y);
+                    }
+                }
+                format!("{a:?} split from {b:?}")
+            }
+            _ => "healed".into(),
+        }
     }
 
     fn logs(&self) -> String {
@@ -229,6 +271,24 @@ impl Lab {
             })
             .collect()
     }
+}
+
+/// xorshift64*: the nemesis's choices, reproducible from the seed it prints.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// How long random partitions go on after the targeted one: `EKMAT_PARTITION_SECS`
+/// (a soak), else a few seconds.
+fn nemesis_for() -> Duration {
+    let secs = std::env::var("EKMAT_PARTITION_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    Duration::from_secs(secs)
 }
 
 /// The leader member `from` reports, as an ekmat member id.
@@ -306,16 +366,16 @@ async fn get(lab: &Lab, id: u32, serializable: bool) -> Result<Option<String>, t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_raft_leader_cut_off_from_its_peers_acknowledges_nothing_and_the_majority_goes_on() {
-    cut_off_the_leader("raft", 3).await;
+async fn raft_through_real_partitions_loses_nothing_and_stays_linearizable() {
+    through_partitions("raft", 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pbft_primary_cut_off_from_its_peers_acknowledges_nothing_and_the_rest_go_on() {
-    cut_off_the_leader("pbft", 4).await;
+async fn pbft_through_real_partitions_loses_nothing_and_stays_linearizable() {
+    through_partitions("pbft", 4).await;
 }
 
-async fn cut_off_the_leader(protocol: &'static str, members: u32) {
+async fn through_partitions(protocol: &'static str, members: u32) {
     if let Some(why) = unavailable() {
         assert!(
             std::env::var("EKMAT_REQUIRE_DOCKER").is_err(),
@@ -337,10 +397,12 @@ async fn cut_off_the_leader(protocol: &'static str, members: u32) {
     let history: History = Arc::default();
     let t0 = Instant::now();
     let urls: Vec<String> = all.iter().map(|&m| lab.url(m)).collect();
+    let nemesis_for = nemesis_for();
+    let load_until = t0 + TARGETED_FOR + nemesis_for;
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
             let (urls, history) = (urls.clone(), history.clone());
-            tokio::spawn(client_loop(id, urls, history, t0, t0 + LOAD_FOR))
+            tokio::spawn(client_loop(id, urls, history, t0, load_until))
         })
         .collect();
 
@@ -396,6 +458,20 @@ async fn cut_off_the_leader(protocol: &'static str, members: u32) {
         support::wait_applied(&lab.url(m), last, Duration::from_secs(30)).await;
         let value = get(&lab, m, true).await.unwrap();
         assert_eq!(value.as_deref(), Some("healed"), "member {m}");
+    }
+
+    // Then random partitions until shortly before the clients stop, and all healed.
+    let mut rng = t0.elapsed().as_nanos() as u64 | 1;
+    eprintln!("{protocol}: random partitions for {nemesis_for:?}, seed {rng}");
+    while Instant::now() + Duration::from_secs(3) < load_until {
+        let fault = lab.random_partition(&mut rng);
+        eprintln!("{protocol}: {fault}");
+        tokio::time::sleep(Duration::from_millis(1000 + next(&mut rng) % 1500)).await;
+    }
+    lab.heal_all();
+    let settled = put_until_taken(&lab, &all, "settled").await;
+    for &m in &all {
+        support::wait_applied(&lab.url(m), settled, Duration::from_secs(30)).await;
     }
 
     for c in clients {
