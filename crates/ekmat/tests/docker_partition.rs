@@ -284,11 +284,13 @@ fn next(state: &mut u64) -> u64 {
 /// How long random partitions go on after the targeted one: `EKMAT_PARTITION_SECS`
 /// (a soak), else a few seconds.
 fn nemesis_for() -> Duration {
-    let secs = std::env::var("EKMAT_PARTITION_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
-    Duration::from_secs(secs)
+    match std::env::var("EKMAT_PARTITION_SECS") {
+        Ok(s) => match s.parse() {
+            Ok(secs) => Duration::from_secs(secs),
+            Err(e) => panic!("EKMAT_PARTITION_SECS={s}: {e} (give whole seconds)"),
+        },
+        Err(_) => Duration::from_secs(8),
+    }
 }
 
 /// The leader member `from` reports, as an ekmat member id.
