@@ -4,8 +4,8 @@
 //! the test (on the host) still reaches it. The cut-off member must acknowledge no
 //! write and serve no stale linearizable read; the others elect a leader (change
 //! views) and go on; once the partition heals, every member holds the same value.
-//! Then random partitions follow (a member cut off, the members split in halves, or
-//! none, each for 1–2.5 s) for 8 s, or `EKMAT_PARTITION_SECS` (a soak). Clients on
+//! Then random partitions follow (a member cut off, the members split in halves, a
+//! link's packets dropped one way, or none, each for 1–2.5 s) for 8 s, or `EKMAT_PARTITION_SECS` (a soak). Clients on
 //! every member run throughout, and their history must be linearizable.
 //!
 //! The containers run this build's `ekmat` (bind-mounted) on an image holding only the
@@ -231,11 +231,13 @@ impl Lab {
     }
 
     /// One random fault for a while: a member cut off, the members split in two
-    /// halves (none of which is a quorum for PBFT's four), or none. Says which.
+    /// halves (none of which is a quorum for PBFT's four), a half-open link (packets
+    /// dropped one way only: TCP then stalls both ways, but the other end's segments
+    /// still arrive), or none. Says which.
     fn random_partition(&self, rng: &mut u64) -> String {
         self.heal_all();
         let n = u64::from(self.members);
-        match next(rng) % 3 {
+        match next(rng) % 4 {
             0 => {
                 let id = (next(rng) % n) as u32;
                 self.isolate(id);
@@ -254,6 +256,13 @@ impl Lab {
                     }
                 }
                 format!("{a:?} split from {b:?}")
+            }
+            2 => {
+                let a = (next(rng) % n) as u32;
+                let b = (a + 1 + (next(rng) % (n - 1)) as u32) % self.members;
+                let ip = self.ip(b);
+                self.iptables(a, &["-A", "INPUT", "-s", &ip, "-j", "DROP"]);
+                format!("n{b}'s packets to n{a} dropped, n{a}'s to n{b} not")
             }
             _ => "healed".into(),
         }
