@@ -4,8 +4,8 @@
 //! the test (on the host) still reaches it. The cut-off member must acknowledge no
 //! write and serve no stale linearizable read; the others elect a leader (change
 //! views) and go on; once the partition heals, every member holds the same value.
-//! Then random partitions follow (a member cut off, the members split in halves, a
-//! link's packets dropped one way, or none, each for 1–2.5 s) for 8 s, or `EKMAT_PARTITION_SECS` (a soak). Clients on
+//! Then random faults follow (a member cut off, the members split in halves, a link's
+//! packets dropped one way, a member killed and restarted, or none, each for 1–2.5 s) for 8 s, or `EKMAT_PARTITION_SECS` (a soak). Clients on
 //! every member run throughout, and their history must be linearizable.
 //!
 //! The containers run this build's `ekmat` (bind-mounted) on an image holding only the
@@ -233,11 +233,12 @@ impl Lab {
     /// One random fault for a while: a member cut off, the members split in two
     /// halves (none of which is a quorum for PBFT's four), a half-open link (packets
     /// dropped one way only: TCP then stalls both ways, but the other end's segments
-    /// still arrive), or none. Says which.
-    fn random_partition(&self, rng: &mut u64) -> String {
+    /// still arrive), a member killed (SIGKILL) and started again on its data, or
+    /// none. Says which.
+    fn random_fault(&mut self, rng: &mut u64) -> String {
         self.heal_all();
         let n = u64::from(self.members);
-        match next(rng) % 4 {
+        match next(rng) % 5 {
             0 => {
                 let id = (next(rng) % n) as u32;
                 self.isolate(id);
@@ -264,8 +265,22 @@ impl Lab {
                 self.iptables(a, &["-A", "INPUT", "-s", &ip, "-j", "DROP"]);
                 format!("n{b}'s packets to n{a} dropped, n{a}'s to n{b} not")
             }
+            3 => {
+                let id = (next(rng) % n) as u32;
+                self.crash_restart(id);
+                format!("n{id} killed and restarted")
+            }
             _ => "healed".into(),
         }
+    }
+
+    /// Kill member `id` with SIGKILL and start it again: it recovers from its data
+    /// directory, in a new network namespace (its address is kept).
+    fn crash_restart(&mut self, id: u32) {
+        let name = &self.containers[id as usize];
+        docker(&["kill", "-s", "KILL", name]).unwrap();
+        docker(&["start", name]).unwrap();
+        self.pids[id as usize] = docker(&["inspect", "-f", "{{.State.Pid}}", name]).unwrap();
     }
 
     fn logs(&self) -> String {
@@ -290,7 +305,7 @@ fn next(state: &mut u64) -> u64 {
     state.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
-/// How long random partitions go on after the targeted one: `EKMAT_PARTITION_SECS`
+/// How long random faults go on after the targeted one: `EKMAT_PARTITION_SECS`
 /// (a soak), else a few seconds.
 fn nemesis_for() -> Duration {
     match std::env::var("EKMAT_PARTITION_SECS") {
@@ -471,11 +486,11 @@ async fn through_partitions(protocol: &'static str, members: u32) {
         assert_eq!(value.as_deref(), Some("healed"), "member {m}");
     }
 
-    // Then random partitions until shortly before the clients stop, and all healed.
+    // Then random faults until shortly before the clients stop, and all healed.
     let mut rng = t0.elapsed().as_nanos() as u64 | 1;
-    eprintln!("{protocol}: random partitions for {nemesis_for:?}, seed {rng}");
+    eprintln!("{protocol}: random faults for {nemesis_for:?}, seed {rng}");
     while Instant::now() + Duration::from_secs(3) < load_until {
-        let fault = lab.random_partition(&mut rng);
+        let fault = lab.random_fault(&mut rng);
         eprintln!("{protocol}: {fault}");
         tokio::time::sleep(Duration::from_millis(1000 + next(&mut rng) % 1500)).await;
     }
