@@ -495,7 +495,10 @@ async fn through_partitions(protocol: &'static str, members: u32) {
         tokio::time::sleep(Duration::from_millis(1000 + next(&mut rng) % 1500)).await;
     }
     lab.heal_all();
+    let healed_at = Instant::now();
     let settled = put_until_taken(&lab, &all, "settled").await;
+    let took = healed_at.elapsed();
+    eprintln!("{protocol}: all healed; a write taken {took:?} later");
     for &m in &all {
         support::wait_applied(&lab.url(m), settled, Duration::from_secs(30)).await;
     }
@@ -509,7 +512,12 @@ async fn through_partitions(protocol: &'static str, members: u32) {
     let history = history.lock().unwrap().clone();
     let ok = history.iter().filter(|o| o.ret.is_some()).count();
     let unknown = history.len() - ok;
-    let verdict = check(&KvModel, &history, &CheckOptions::default()).unwrap();
+    // The default search budget suits the default run; a soak's history is hundreds of
+    // times longer, and so is the search it needs.
+    let options = CheckOptions {
+        max_steps: (history.len() as u64 * 200).max(CheckOptions::DEFAULT_MAX_STEPS),
+    };
+    let verdict = check(&KvModel, &history, &options).unwrap();
     assert_eq!(verdict, Verdict::Linearizable, "{ok} ok, {unknown} unknown");
     assert!(
         ok > 50,
