@@ -5,8 +5,9 @@
 //! write and serve no stale linearizable read; the others elect a leader (change
 //! views) and go on; once the partition heals, every member holds the same value.
 //! Then random faults follow (a member cut off, the members split in halves, a link's
-//! packets dropped one way, a member killed and restarted, or none, each for 1–2.5 s) for 8 s, or `EKMAT_PARTITION_SECS` (a soak). Clients on
-//! every member run throughout, and their history must be linearizable.
+//! packets dropped one way, a member killed and restarted, or none, each for 1–2.5 s)
+//! for 8 s, or `EKMAT_PARTITION_SECS` (a soak). Clients on every member run
+//! throughout, and their history must be linearizable.
 //!
 //! The containers run this build's `ekmat` (bind-mounted) on an image holding only the
 //! C libraries it links, imported from the host: nothing is pulled from a registry.
@@ -17,9 +18,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ekmat_api::etcdserverpb as pb;
 use ekmat_linearizability::kv::KvModel;
