@@ -102,14 +102,15 @@ impl<P: RuntimeProtocol> Driver<P> {
                     // which a faulty member could set an hour ahead, is not the clock.
                     envelope.now_ms = agreed;
                 }
-                let signer = self.signers.get(&id.client).cloned();
                 if decoded
                     .as_ref()
                     .is_ok_and(|e| e.command.touches_many_keys())
                 {
+                    let signer = self.signers.get(&id.client).cloned();
                     return self.apply_elsewhere(index, id, decoded, signer);
                 }
-                let applied = apply_to(&mut self.kv, index, id, decoded, signer.as_ref());
+                let signer = self.signers.get(&id.client);
+                let applied = apply_to(&mut self.kv, index, id, decoded, signer);
                 self.finish_command(index, id, applied);
             }
         }
