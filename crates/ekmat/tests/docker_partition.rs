@@ -317,6 +317,49 @@ fn nemesis_for() -> Duration {
     }
 }
 
+/// Remove what runs of this test left behind when they were killed before cleaning up
+/// (their process is gone): containers, networks and images named after them.
+fn sweep_leftovers() {
+    let gone = |name: &str| {
+        let pid = name
+            .trim_start_matches("ekmat-partition-")
+            .split(['-', ':'])
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+    };
+    let list = |args: &[&str]| docker(args).unwrap_or_default();
+    let containers = list(&[
+        "ps",
+        "-a",
+        "--filter",
+        "name=ekmat-partition-",
+        "--format",
+        "{{.Names}}",
+    ]);
+    for c in containers.lines().filter(|c| gone(c)) {
+        let _ = docker(&["rm", "-f", c]);
+    }
+    let networks = list(&[
+        "network",
+        "ls",
+        "--filter",
+        "name=ekmat-partition-",
+        "--format",
+        "{{.Name}}",
+    ]);
+    for n in networks.lines().filter(|n| gone(n)) {
+        let _ = docker(&["network", "rm", n]);
+    }
+    let images = list(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    for i in images
+        .lines()
+        .filter(|i| i.starts_with("ekmat-partition-") && gone(i))
+    {
+        let _ = docker(&["rmi", i]);
+    }
+}
+
 /// The leader member `from` reports, as an ekmat member id.
 async fn leader_seen_by(lab: &Lab, from: u32) -> Option<u32> {
     let status = support::status(&lab.url(from)).await.ok()?;
@@ -411,6 +454,7 @@ async fn through_partitions(protocol: &'static str, members: u32) {
         return;
     }
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_ekmat"));
+    sweep_leftovers();
     let mut lab = Lab::new(protocol, members);
     lab.import_image(&binary);
     lab.start(&binary);
