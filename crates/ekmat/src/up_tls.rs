@@ -97,25 +97,21 @@ impl LocalPki {
 
     /// The same, as etcdctl takes them on its command line.
     pub fn etcdctl_flags(&self) -> String {
-        let a = self.client_args();
-        let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
-        format!(
-            "--cacert {} --cert {} --key {}",
-            path(a.cacert),
-            path(a.cert),
-            path(a.key)
-        )
+        self.client_flags("key")
     }
-}
 
-impl LocalPki {
     /// The flags with which `ekmat pbft` and `ekmat gateway` reach the members (a
     /// leading space; `--key` is their signing key, so the certificate's is `--cert-key`).
     pub fn signing_client_flags(&self) -> String {
+        format!(" {}", self.client_flags("cert-key"))
+    }
+
+    /// The client certificate's flags, its key given as `--{key_flag}`.
+    fn client_flags(&self, key_flag: &str) -> String {
         let a = self.client_args();
         let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
         format!(
-            " --cacert {} --cert {} --cert-key {}",
+            "--cacert {} --cert {} --{key_flag} {}",
             path(a.cacert),
             path(a.cert),
             path(a.key)

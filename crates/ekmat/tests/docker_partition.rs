@@ -328,35 +328,25 @@ fn sweep_leftovers() {
             .and_then(|p| p.parse::<u32>().ok());
         pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists())
     };
-    let list = |args: &[&str]| docker(args).unwrap_or_default();
-    let containers = list(&[
-        "ps",
-        "-a",
-        "--filter",
-        "name=ekmat-partition-",
-        "--format",
-        "{{.Names}}",
-    ]);
-    for c in containers.lines().filter(|c| gone(c)) {
-        let _ = docker(&["rm", "-f", c]);
-    }
-    let networks = list(&[
-        "network",
-        "ls",
-        "--filter",
-        "name=ekmat-partition-",
-        "--format",
-        "{{.Name}}",
-    ]);
-    for n in networks.lines().filter(|n| gone(n)) {
-        let _ = docker(&["network", "rm", n]);
-    }
-    let images = list(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
-    for i in images
-        .lines()
-        .filter(|i| i.starts_with("ekmat-partition-") && gone(i))
-    {
-        let _ = docker(&["rmi", i]);
+    // What lists each kind by name, and what removes one.
+    let kinds: [(&[&str], &[&str]); 3] = [
+        (&["ps", "-a", "--format", "{{.Names}}"], &["rm", "-f"]),
+        (
+            &["network", "ls", "--format", "{{.Name}}"],
+            &["network", "rm"],
+        ),
+        (
+            &["images", "--format", "{{.Repository}}:{{.Tag}}"],
+            &["rmi"],
+        ),
+    ];
+    for (list, remove) in kinds {
+        let names = docker(list).unwrap_or_default();
+        for name in names.lines() {
+            if name.starts_with("ekmat-partition-") && gone(name) {
+                let _ = docker(&[remove, &[name]].concat());
+            }
+        }
     }
 }
 

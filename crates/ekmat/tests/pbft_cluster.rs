@@ -444,40 +444,12 @@ async fn a_signing_client_is_believed_on_f_plus_1_matching_results_and_cannot_be
     use ekmat_api::ekmatpb::{self, signed_requests_client::SignedRequestsClient};
     let keys = tempfile::tempdir().unwrap();
     let key_file = keys.path().join("client-9.key");
-    let made = ekmat()
-        .args(["pbft", "client-key", "--id", "9", "--out"])
-        .arg(&key_file)
-        .output()
-        .unwrap();
-    let entry = String::from_utf8_lossy(&made.stdout).into_owned();
+    let (entry, registered) = client_key(&key_file, &[]);
     assert!(entry.starts_with("[[pbft_client]]\nid = 9\n"), "{entry}");
-    let public_key = entry
-        .lines()
-        .find_map(|l| l.strip_prefix("public_key = \""))
-        .and_then(|rest| rest.strip_suffix('"'))
-        .expect("a public key line")
-        .to_string();
-    let registered = ekmat_node::config::PbftClient {
-        id: 9,
-        public_key,
-        user: None,
-    };
     let mut c = start_with(|cfg| cfg.pbft_clients = vec![registered.clone()]);
     c.leader(Duration::from_secs(20)).await;
     let config = c.config_path(0);
-    let signed = |args: &[&str]| {
-        let out = ekmat()
-            .arg("pbft")
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .args(["--client", "9", "--key"])
-            .arg(&key_file)
-            .output()
-            .unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (out.status.code(), text(&out.stdout), text(&out.stderr))
-    };
+    let signed = |args: &[&str]| signed_as_9(&config, &key_file, args);
 
     let (code, out, err) = signed(&["put", "signed", "yes", "--seq", "10"]);
     assert_eq!(code, Some(0), "{out}{err}{}", c.logs());
@@ -545,39 +517,15 @@ async fn a_signing_client_bound_to_a_user_has_its_permissions_once_auth_is_on() 
     }
     let keys = tempfile::tempdir().unwrap();
     let key_file = keys.path().join("svc.key");
-    let made = ekmat()
-        .args(["pbft", "client-key", "--id", "9", "--user", "svc", "--out"])
-        .arg(&key_file)
-        .output()
-        .unwrap();
-    let entry = String::from_utf8_lossy(&made.stdout).into_owned();
+    let (entry, registered) = client_key(&key_file, &["--user", "svc"]);
     assert!(entry.ends_with("\nuser = \"svc\"\n"), "{entry}");
-    let public_key = entry
-        .lines()
-        .find_map(|l| l.strip_prefix("public_key = \""))
-        .and_then(|rest| rest.strip_suffix('"'))
-        .expect("a public key line")
-        .to_string();
-    let registered = ekmat_node::config::PbftClient {
-        id: 9,
-        public_key,
-        user: Some("svc".into()),
-    };
+    assert_eq!(registered.user.as_deref(), Some("svc"), "{entry}");
     let c = start_with(|cfg| cfg.pbft_clients = vec![registered.clone()]);
     c.leader(Duration::from_secs(20)).await;
     let config = c.config_path(0);
     let signed = |args: &[&str]| {
-        let out = ekmat()
-            .arg("pbft")
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .args(["--client", "9", "--key"])
-            .arg(&key_file)
-            .output()
-            .unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (out.status.code(), text(&out.stdout))
+        let (code, out, _) = signed_as_9(&config, &key_file, args);
+        (code, out)
     };
     assert_eq!(signed(&["put", "other", "1"]).0, Some(0), "auth is off");
 
@@ -619,6 +567,47 @@ async fn a_signing_client_bound_to_a_user_has_its_permissions_once_auth_is_on() 
         (code, out.trim()),
         (Some(1), "refused: etcdserver: permission denied")
     );
+}
+
+/// `ekmat pbft client-key --id 9 --out KEY_FILE` with `extra` flags: the entry it
+/// printed, and that entry as a configuration holds it (public key and any user).
+fn client_key(key_file: &Path, extra: &[&str]) -> (String, ekmat_node::config::PbftClient) {
+    let made = ekmat()
+        .args(["pbft", "client-key", "--id", "9"])
+        .args(extra)
+        .arg("--out")
+        .arg(key_file)
+        .output()
+        .unwrap();
+    let entry = String::from_utf8_lossy(&made.stdout).into_owned();
+    let field = |name: &str| {
+        entry
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = \"")))
+            .and_then(|rest| rest.strip_suffix('"'))
+            .map(String::from)
+    };
+    let registered = ekmat_node::config::PbftClient {
+        id: 9,
+        public_key: field("public_key").expect("a public key line"),
+        user: field("user"),
+    };
+    (entry, registered)
+}
+
+/// `ekmat pbft ARGS` as client 9 with `key_file`: its exit code, stdout and stderr.
+fn signed_as_9(config: &Path, key_file: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = ekmat()
+        .arg("pbft")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .args(["--client", "9", "--key"])
+        .arg(key_file)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
 /// A member holds at most `max_pending_writes` of its clients' operations, signed
@@ -785,14 +774,7 @@ async fn etcd_clients_through_a_gateway_process_get_answers_f_plus_1_members_agr
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _gateway = Stop(gateway);
+    let _gateway = support::Stopped(gateway);
     let url = format!("http://{listen}");
     let mut kv = None;
     for _ in 0..100 {

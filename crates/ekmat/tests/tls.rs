@@ -409,18 +409,8 @@ fn a_pbft_cluster_over_tls_serves_the_signing_client_and_a_gateway_that_serves_t
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0.id() as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-            let _ = self.0.wait();
-        }
-    }
     let lines = std::io::BufReader::new(up.stdout.take().unwrap()).lines();
-    let _up = Stop(up);
+    let _up = support::Stopped(up);
     let (mut etcdctl_line, mut client, mut gateway) = (None, None, None);
     for line in lines.map_while(Result::ok) {
         if line.starts_with("TLS on every port: ") {
@@ -474,7 +464,7 @@ fn a_pbft_cluster_over_tls_serves_the_signing_client_and_a_gateway_that_serves_t
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let _gateway = Stop(gateway);
+    let _gateway = support::Stopped(gateway);
     let words: Vec<&str> = etcdctl_line.split_whitespace().collect();
     let from = words.iter().position(|w| *w == "--cacert").unwrap();
     let tls: Vec<String> = words[from..words.len() - 2]
