@@ -135,7 +135,9 @@ impl Dialer {
 
     /// A channel that connects on first use, and again after it breaks.
     pub fn connect_lazy(&self, url: &str) -> Result<Channel, String> {
-        let endpoint = self.endpoint(url).map_err(|e| format!("{url}: {e}"))?;
+        let endpoint = self
+            .endpoint(url)
+            .map_err(|e| ekmat_node::with_causes(format!("{url}: {e}"), &e))?;
         Ok(endpoint.connect_lazy())
     }
 

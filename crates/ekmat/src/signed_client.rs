@@ -390,19 +390,6 @@ async fn ask(
     (member, ask_one(member, to, request, submit, wait).await)
 }
 
-/// A call's failure and what caused it: tonic says only "transport error" when, say, a
-/// member refused the TLS handshake; the reason is in its causes.
-fn with_causes(status: &tonic::Status) -> String {
-    let mut text = status_message(status);
-    let mut cause = std::error::Error::source(status);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 /// Refusals that stand whoever is asked: the request itself is at fault.
 fn refusal(status: &tonic::Status) -> Option<String> {
     use tonic::Code;
@@ -441,7 +428,10 @@ async fn ask_one(
     };
     let outcome = answer.map_err(|s| Problem {
         refusal: refusal(&s),
-        text: format!("member {member} ({url}): {}", with_causes(&s)),
+        text: format!(
+            "member {member} ({url}): {}",
+            ekmat_node::with_causes(status_message(&s), &s)
+        ),
     })?;
     let outcome = outcome.into_inner();
     if outcome.member != u64::from(member) {

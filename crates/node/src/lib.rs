@@ -25,3 +25,16 @@ mod writer;
 
 pub use config::{Member, NodeConfig};
 pub use node::{NodeError, run};
+
+/// `text`, then each cause of `error` in turn, `: `-separated: tonic's transport
+/// errors say only "transport error", the reason (a refused handshake, say) is in
+/// their causes.
+pub fn with_causes(mut text: String, error: &dyn std::error::Error) -> String {
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

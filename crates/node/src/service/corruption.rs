@@ -312,20 +312,8 @@ async fn maintenance(
         }
         None => endpoint.connect().await,
     };
-    let channel = channel.map_err(|e| error_chain(&e))?;
+    let channel = channel.map_err(|e| crate::with_causes(e.to_string(), &e))?;
     Ok(MaintenanceClient::new(channel))
-}
-
-/// An error and its causes, one line: tonic's own message is only "transport error".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 async fn peer_revision(client: &mut MaintenanceClient) -> Result<i64, String> {
