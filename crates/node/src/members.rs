@@ -112,7 +112,13 @@ impl Members {
             members: self.list(),
             kv,
         };
-        Bytes::from(postcard::to_stdvec(&snapshot).expect("snapshots always serialize"))
+        // One copy of the store's bytes, into a buffer of the right size (see
+        // `SnapshotSource::encode`).
+        let len =
+            postcard::experimental::serialized_size(&snapshot).expect("snapshots always serialize");
+        let bytes = postcard::to_extend(&snapshot, Vec::with_capacity(len))
+            .expect("snapshots always serialize");
+        Bytes::from(bytes)
     }
 
     /// Split a snapshot into the member table and the store's snapshot.

@@ -92,9 +92,11 @@
 //! | `record.rs` | one record's encoding and checksum |
 //! | `segment.rs` | segment names, the directory listing, the segment being appended to |
 //! | `recovery.rs` | reading the log back, torn-tail repair, corruption checks |
+//! | `paced.rs` | writing a checkpoint without starving the log's fsyncs |
 //! | `error.rs` | errors worded for operators |
 
 mod error;
+mod paced;
 mod record;
 mod recovery;
 mod segment;

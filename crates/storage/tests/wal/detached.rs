@@ -1,6 +1,6 @@
 //! Checkpoints written beside the log while appends go on: the records they cover stay
 //! in the log until the checkpoint is durable, so a crash at any step recovers every
-//! record, and once finished the checkpoint replaces the segments before it.
+//! record, and once durable the checkpoint replaces the segments before it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -40,13 +40,17 @@ fn appends_go_on_while_a_checkpoint_is_written_and_it_then_replaces_the_old_segm
     let writer =
         std::thread::spawn(move || job.write(state.len(), |out| out.write_all(&state)).unwrap());
     let done = writer.join().unwrap();
-    append_synced(&mut wal, 61..=62);
-    wal.finish_checkpoint(done).unwrap();
+    // Durable, it has replaced the segments before it (removed by the thread that
+    // wrote it, not the log's).
     assert!(
         segments(tmp.path())
             .iter()
             .all(|s| *s >= segment_path(tmp.path(), 51))
     );
+    append_synced(&mut wal, 61..=62);
+    wal.finish_checkpoint(done).unwrap();
+    let on_disk = segments(tmp.path()).len() as u64;
+    assert_eq!(wal.stats().segments, on_disk, "the log forgets them");
     assert!(checkpoint_path(tmp.path(), 51).exists());
     drop(wal);
 
@@ -67,15 +71,16 @@ fn a_crash_before_the_checkpoint_is_renamed_or_finished_loses_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let (mut wal, _) = open(tmp.path(), fast(SEGMENT));
         append_synced(&mut wal, 1..=30);
-        let done = write_state(&mut wal, b"through 30");
-        append_synced(&mut wal, 31..=35);
-        let _ = done; // the process dies before finish_checkpoint
-        drop(wal);
         if step == "writing" {
-            let file = checkpoint_path(tmp.path(), 31);
+            // The process dies with the checkpoint half written, under its temporary name.
+            let _job = wal.begin_checkpoint().unwrap();
             let tmp_file = tmp.path().join(format!("{:020}.checkpoint.tmp", 31));
-            fs::rename(&file, &tmp_file).unwrap();
+            fs::write(&tmp_file, b"half a checkp").unwrap();
+        } else {
+            let _ = write_state(&mut wal, b"through 30"); // dies before finish_checkpoint
         }
+        append_synced(&mut wal, 31..=35);
+        drop(wal);
         let (_, recovered) = open(tmp.path(), fast(SEGMENT));
         assert_eq!(recovered.last_seq, 35, "{step}");
         if step == "writing" {
@@ -84,7 +89,6 @@ fn a_crash_before_the_checkpoint_is_renamed_or_finished_loses_nothing() {
         } else {
             assert_eq!(recovered.checkpoint.as_deref(), Some(&b"through 30"[..]));
             assert_eq!(recovered.records, payloads(31..=35));
-            // Recovery finished the deletions the crash cut short.
             let first = segments(tmp.path()).into_iter().next();
             assert_eq!(first, Some(segment_path(tmp.path(), 31)));
         }
