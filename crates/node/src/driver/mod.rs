@@ -261,6 +261,7 @@ pub struct Driver<P: RuntimeProtocol> {
     auth: watch::Sender<ekmat_kv::AuthState>,
     snapshot_every: u64,
     last_snapshot: u64,
+    requested_snapshot_delay: Duration,
     /// Command bytes applied since the last snapshot, and that snapshot's size: a
     /// snapshot waits until the log has grown by as much as the state, so writing
     /// snapshots costs at most as much disk bandwidth as writing entries.
@@ -331,6 +332,9 @@ pub struct DriverParts<P: RuntimeProtocol> {
     /// How many entries later than `snapshot_every` the first snapshot comes (see
     /// `NodeConfig::stagger`).
     pub snapshot_stagger: u64,
+    /// How long after the protocol asks for a snapshot this member starts encoding it
+    /// (see `snapshot_at`).
+    pub requested_snapshot_delay: Duration,
     pub hub: WatchHub,
     /// The registered clients (PBFT), by id: whose committed requests execute as signed.
     pub signers: HashMap<u64, ekmat_kv::SignedBy>,
@@ -356,6 +360,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             auth: parts.auth,
             snapshot_every: parts.snapshot_every,
             last_snapshot: parts.snapshot_stagger,
+            requested_snapshot_delay: parts.requested_snapshot_delay,
             applied_bytes: 0,
             last_snapshot_bytes: 0,
             fatal: None,

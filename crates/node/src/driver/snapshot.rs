@@ -1,6 +1,6 @@
 //! Handing the protocol snapshots of the state machine, serialized off the driver.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ekmat_core::Input;
@@ -30,13 +30,19 @@ impl<P: RuntimeProtocol> Driver<P> {
         self.last_snapshot = applied;
         self.applied_bytes = 0;
         let source = self.kv.snapshot_source();
-        self.encode_snapshot(applied, source);
+        self.encode_snapshot(applied, source, Duration::ZERO);
     }
 
     /// The snapshot the protocol asked for at `index` (PBFT's points), where the store
     /// stands now. Its parts are taken at once; encodings run one at a time, and of
     /// those asked for while one runs only the latest waits (the protocol takes any it
     /// asked for, and the latest covers the most).
+    ///
+    /// Every replica reaches a point at once, and encoding a large store, then writing
+    /// it into a log checkpoint, slows a member for seconds: all at once, they stalled
+    /// the cluster (p99 of 0.5-0.8 s at 70,000 puts/s, PBFT, 4 members). So each member
+    /// starts its encoding its place among the members later (the first at once), and
+    /// a quorum of members not snapshotting keeps ordering.
     pub(super) fn snapshot_at(&mut self, index: u64) {
         let applied = self.kv.applied_index();
         if applied != index {
@@ -49,13 +55,13 @@ impl<P: RuntimeProtocol> Driver<P> {
         if self.snapshot_in_progress {
             self.queued_snapshot = Some((applied, source));
         } else {
-            self.encode_snapshot(applied, source);
+            self.encode_snapshot(applied, source, self.requested_snapshot_delay);
         }
     }
 
     /// Encode `source` (taken at `applied`) on a thread of its own; the protocol gets
     /// the snapshot when it is ready (`on_snapshot_ready`).
-    fn encode_snapshot(&mut self, applied: u64, source: ekmat_kv::SnapshotSource) {
+    fn encode_snapshot(&mut self, applied: u64, source: ekmat_kv::SnapshotSource, delay: Duration) {
         self.snapshot_in_progress = true;
         let started = Instant::now();
         // A protocol with a fixed membership keeps its member table out of snapshots:
@@ -70,6 +76,7 @@ impl<P: RuntimeProtocol> Driver<P> {
         let spawned = std::thread::Builder::new()
             .name("ekmat-snapshot".into())
             .spawn(move || {
+                std::thread::sleep(delay);
                 lower_priority();
                 let data = members.wrap_snapshot(source.encode());
                 tracing::info!(
@@ -90,7 +97,7 @@ impl<P: RuntimeProtocol> Driver<P> {
     pub(super) async fn on_snapshot_ready(&mut self, index: u64, data: Bytes) {
         self.snapshot_in_progress = false;
         if let Some((applied, source)) = self.queued_snapshot.take() {
-            self.encode_snapshot(applied, source);
+            self.encode_snapshot(applied, source, self.requested_snapshot_delay);
         }
         self.last_snapshot_bytes = data.len() as u64;
         metrics::counter!("ekmat_snapshots_total").increment(1);
