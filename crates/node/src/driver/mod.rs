@@ -262,6 +262,10 @@ pub struct Driver<P: RuntimeProtocol> {
     snapshot_every: u64,
     last_snapshot: u64,
     requested_snapshot_delay: Duration,
+    /// When the protocol last asked for a snapshot (at first: when the driver started),
+    /// and how long before that it asked the time before.
+    last_snapshot_request: Instant,
+    snapshot_request_interval: Duration,
     /// Command bytes applied since the last snapshot, and that snapshot's size: a
     /// snapshot waits until the log has grown by as much as the state, so writing
     /// snapshots costs at most as much disk bandwidth as writing entries.
@@ -361,6 +365,8 @@ impl<P: RuntimeProtocol> Driver<P> {
             snapshot_every: parts.snapshot_every,
             last_snapshot: parts.snapshot_stagger,
             requested_snapshot_delay: parts.requested_snapshot_delay,
+            last_snapshot_request: Instant::now(),
+            snapshot_request_interval: Duration::MAX,
             applied_bytes: 0,
             last_snapshot_bytes: 0,
             fatal: None,

@@ -42,7 +42,9 @@ impl<P: RuntimeProtocol> Driver<P> {
     /// it into a log checkpoint, slows a member for seconds: all at once, they stalled
     /// the cluster (p99 of 0.5-0.8 s at 70,000 puts/s, PBFT, 4 members). So each member
     /// starts its encoding its place among the members later (the first at once), and
-    /// a quorum of members not snapshotting keeps ordering.
+    /// a quorum of members not snapshotting keeps ordering. Never later than twice the
+    /// time between the protocol's last two requests, though: a request is forgotten
+    /// once a few newer ones come, and a snapshot for a forgotten point is thrown away.
     pub(super) fn snapshot_at(&mut self, index: u64) {
         let applied = self.kv.applied_index();
         if applied != index {
@@ -52,11 +54,18 @@ impl<P: RuntimeProtocol> Driver<P> {
             return;
         }
         let source = self.kv.snapshot_source();
+        self.snapshot_request_interval = self.last_snapshot_request.elapsed();
+        self.last_snapshot_request = Instant::now();
         if self.snapshot_in_progress {
             self.queued_snapshot = Some((applied, source));
         } else {
-            self.encode_snapshot(applied, source, self.requested_snapshot_delay);
+            self.encode_snapshot(applied, source, self.requested_snapshot_delay());
         }
+    }
+
+    fn requested_snapshot_delay(&self) -> Duration {
+        self.requested_snapshot_delay
+            .min(self.snapshot_request_interval.saturating_mul(2))
     }
 
     /// Encode `source` (taken at `applied`) on a thread of its own; the protocol gets
@@ -97,7 +106,7 @@ impl<P: RuntimeProtocol> Driver<P> {
     pub(super) async fn on_snapshot_ready(&mut self, index: u64, data: Bytes) {
         self.snapshot_in_progress = false;
         if let Some((applied, source)) = self.queued_snapshot.take() {
-            self.encode_snapshot(applied, source, self.requested_snapshot_delay);
+            self.encode_snapshot(applied, source, self.requested_snapshot_delay());
         }
         self.last_snapshot_bytes = data.len() as u64;
         metrics::counter!("ekmat_snapshots_total").increment(1);
