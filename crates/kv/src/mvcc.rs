@@ -184,36 +184,17 @@ impl Mvcc {
         let sub = self.next_sub();
         // Share the index's copy of a known key: cloning a freshly decoded `Bytes` costs an
         // allocation, and a put is the hot path of every replica. One lookup finds both.
-        let (key, versions) = match self.keys.get_key_value_mut(&key) {
-            Some((known, versions)) => (known.clone(), versions),
-            None => {
-                self.keys.insert(key.clone(), Vec::new());
-                let versions = self.keys.get_mut(&key).expect("just inserted");
-                (key, versions)
-            }
+        let Some((known, versions)) = self.keys.get_key_value_mut(&key) else {
+            // A new key: one more walk of the index, to insert it with its version.
+            let (kv, version) = new_version(key.clone(), main, sub, None, value, lease);
+            self.bytes += version.cost();
+            self.keys.insert(key.clone(), vec![version]);
+            self.log(main, sub, key);
+            return (kv, None);
         };
+        let key = known.clone();
         let prev = versions.last().and_then(Version::live).cloned();
-        let (create_revision, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
-            None => (main, 1),
-        };
-        let kv = KeyValue {
-            key: key.clone(),
-            create_revision,
-            mod_revision: main,
-            version,
-            value: value
-                .or_else(|| prev.as_ref().map(|p| p.value.clone()))
-                .unwrap_or_default(),
-            lease: lease
-                .or_else(|| prev.as_ref().map(|p| p.lease))
-                .unwrap_or_default(),
-        };
-        let version = Version {
-            sub,
-            deleted: false,
-            kv: kv.clone(),
-        };
+        let (kv, version) = new_version(key.clone(), main, sub, prev.as_ref(), value, lease);
         self.bytes += version.cost();
         versions.push(version);
         self.log(main, sub, key);
@@ -321,6 +302,38 @@ fn compacted_prefix(versions: &[Version], rev: i64) -> usize {
         Some(last_before) if !versions[last_before].deleted => last_before,
         _ => first_kept,
     }
+}
+
+/// The version a put at (`main`, `sub`) writes over `prev`, the key's live version if
+/// any (`None` keeps its value or lease), and the key-value it shows.
+fn new_version(
+    key: Bytes,
+    main: i64,
+    sub: u32,
+    prev: Option<&KeyValue>,
+    value: Option<Bytes>,
+    lease: Option<i64>,
+) -> (KeyValue, Version) {
+    let (create_revision, version) = match prev {
+        Some(p) => (p.create_revision, p.version + 1),
+        None => (main, 1),
+    };
+    let kv = KeyValue {
+        key,
+        create_revision,
+        mod_revision: main,
+        version,
+        value: value
+            .or_else(|| prev.map(|p| p.value.clone()))
+            .unwrap_or_default(),
+        lease: lease.or_else(|| prev.map(|p| p.lease)).unwrap_or_default(),
+    };
+    let version = Version {
+        sub,
+        deleted: false,
+        kv: kv.clone(),
+    };
+    (kv, version)
 }
 
 /// The latest version at or before `rev`, if it is not a deletion.
