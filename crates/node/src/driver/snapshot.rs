@@ -72,7 +72,6 @@ impl<P: RuntimeProtocol> Driver<P> {
     /// the snapshot when it is ready (`on_snapshot_ready`).
     fn encode_snapshot(&mut self, applied: u64, source: ekmat_kv::SnapshotSource, delay: Duration) {
         self.snapshot_in_progress = true;
-        let started = Instant::now();
         // A protocol with a fixed membership keeps its member table out of snapshots:
         // replicas vouch for each other's snapshots byte for byte, and the table comes
         // from each member's own configuration file.
@@ -86,12 +85,14 @@ impl<P: RuntimeProtocol> Driver<P> {
             .name("ekmat-snapshot".into())
             .spawn(move || {
                 std::thread::sleep(delay);
+                let started = Instant::now();
                 lower_priority();
                 let data = members.wrap_snapshot(source.encode());
                 tracing::info!(
                     index = applied,
                     bytes = data.len(),
                     took_ms = started.elapsed().as_millis() as u64,
+                    delayed_ms = delay.as_millis() as u64,
                     "snapshot"
                 );
                 let _ = done.blocking_send((applied, data));
