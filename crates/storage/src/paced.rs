@@ -68,7 +68,10 @@ impl Write for Paced<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // Never past the chunk: a state serialized as one large slice (a snapshot's
         // bytes) would otherwise go to the kernel, and to the disk, in one piece.
-        let room = (CHUNK - (self.written - self.synced)) as usize;
+        let room = match self.sync {
+            true => (CHUNK - (self.written - self.synced)) as usize,
+            false => buf.len(),
+        };
         let n = self.file.write(&buf[..buf.len().min(room)])?;
         self.written += n as u64;
         if self.sync && self.written - self.synced >= CHUNK {
@@ -86,6 +89,19 @@ impl Write for Paced<'_> {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn without_sync_it_only_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let file = File::create(&path).unwrap();
+        let data = vec![7u8; 3 * CHUNK as usize];
+        let mut out = Paced::new(&file, false);
+        out.write_all(&data).unwrap();
+        out.write_all(&data).unwrap();
+        assert_eq!(out.syncs, 0);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 6 * CHUNK);
+    }
 
     #[test]
     fn syncs_every_chunk_and_writes_every_byte_in_order() {
