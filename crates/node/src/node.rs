@@ -173,7 +173,7 @@ async fn run_protocol<P: RuntimeProtocol>(
             0
         },
         snapshot_stagger: cfg.stagger(cfg.snapshot_every),
-        requested_snapshot_delay: Duration::from_millis(
+        requested_snapshot_stagger: Duration::from_millis(
             cfg.stagger(cfg.members.len() as u64 * REQUESTED_SNAPSHOT_STAGGER_MS),
         ),
         hub: hub.clone(),

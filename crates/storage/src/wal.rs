@@ -432,12 +432,18 @@ fn remove_checkpoint_files_below(
     limit: u64,
     first_error: &mut Option<WalError>,
 ) -> Result<()> {
-    for old in segment::list(dir)?.checkpoints {
-        if old.base < limit {
-            remove(&old.path, first_error);
-        }
-    }
+    remove_checkpoints_below(&segment::list(dir)?.checkpoints, limit, first_error);
     Ok(())
+}
+
+fn remove_checkpoints_below(
+    checkpoints: &[segment::SegmentFile],
+    limit: u64,
+    first_error: &mut Option<WalError>,
+) {
+    for old in checkpoints.iter().filter(|old| old.base < limit) {
+        remove(&old.path, first_error);
+    }
 }
 
 /// A checkpoint started by [`Wal::begin_checkpoint`], to be written on any thread.
@@ -488,9 +494,7 @@ fn remove_replaced(dir: &Path, base: u64) -> LeftBehind {
         .filter(|old| old.base < base && remove(&old.path, &mut error))
         .map(|old| old.base)
         .collect();
-    for old in listing.checkpoints.iter().filter(|old| old.base < base) {
-        remove(&old.path, &mut error);
-    }
+    remove_checkpoints_below(&listing.checkpoints, base, &mut error);
     LeftBehind {
         segments: Some(segments),
         error,
@@ -533,9 +537,9 @@ impl CheckpointJob {
             ))));
         }
         let header = out.record.header();
+        let mut fsyncs = out.out.get_ref().syncs();
         drop(out.out);
         std::os::unix::fs::FileExt::write_all_at(&file, &header, 0).map_err(WalError::io(&tmp))?;
-        let mut fsyncs = 0;
         if self.sync {
             file.sync_data().map_err(WalError::io(&tmp))?;
             fsyncs += 1;

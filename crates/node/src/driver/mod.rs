@@ -261,7 +261,7 @@ pub struct Driver<P: RuntimeProtocol> {
     auth: watch::Sender<ekmat_kv::AuthState>,
     snapshot_every: u64,
     last_snapshot: u64,
-    requested_snapshot_delay: Duration,
+    requested_snapshot_stagger: Duration,
     /// When the protocol last asked for a snapshot (at first: when the driver started),
     /// and how long before that it asked the time before.
     last_snapshot_request: Instant,
@@ -338,7 +338,7 @@ pub struct DriverParts<P: RuntimeProtocol> {
     pub snapshot_stagger: u64,
     /// How long after the protocol asks for a snapshot this member starts encoding it
     /// (see `snapshot_at`).
-    pub requested_snapshot_delay: Duration,
+    pub requested_snapshot_stagger: Duration,
     pub hub: WatchHub,
     /// The registered clients (PBFT), by id: whose committed requests execute as signed.
     pub signers: HashMap<u64, ekmat_kv::SignedBy>,
@@ -364,7 +364,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             auth: parts.auth,
             snapshot_every: parts.snapshot_every,
             last_snapshot: parts.snapshot_stagger,
-            requested_snapshot_delay: parts.requested_snapshot_delay,
+            requested_snapshot_stagger: parts.requested_snapshot_stagger,
             last_snapshot_request: Instant::now(),
             snapshot_request_interval: Duration::MAX,
             applied_bytes: 0,

@@ -64,7 +64,7 @@ impl<P: RuntimeProtocol> Driver<P> {
     }
 
     fn requested_snapshot_delay(&self) -> Duration {
-        self.requested_snapshot_delay
+        self.requested_snapshot_stagger
             .min(self.snapshot_request_interval.saturating_mul(2))
     }
 
