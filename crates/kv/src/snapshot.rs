@@ -140,22 +140,33 @@ impl SnapshotSource {
 
     /// The snapshot's bytes: what [`KvStore::restore`] reads.
     pub fn encode(&self) -> Bytes {
-        // Sized first, then written once: a store of hundreds of megabytes grown by
-        // doubling was copied about twice over, into fresh memory each time.
-        let len = [
+        let len = self.encoded_len();
+        Bytes::from(self.encode_into(Vec::with_capacity(len)))
+    }
+
+    /// How many bytes [`SnapshotSource::encode`] gives. Sizing first lets a caller
+    /// write the store once, into a buffer of the right size: a store of hundreds of
+    /// megabytes grown by doubling was copied about twice over, into fresh memory.
+    pub fn encoded_len(&self) -> usize {
+        [
             postcard::experimental::serialized_size(self),
             postcard::experimental::serialized_size(&self.alarms),
             postcard::experimental::serialized_size(&self.auth),
         ]
         .into_iter()
         .map(|size| size.expect("snapshots always serialize"))
-        .sum();
-        let bytes = postcard::to_extend(self, Vec::with_capacity(len))
+        .sum()
+    }
+
+    /// Append the snapshot's bytes (what [`SnapshotSource::encode`] gives) to `buf`.
+    pub fn encode_into(&self, buf: Vec<u8>) -> Vec<u8> {
+        let start = buf.len();
+        let bytes = postcard::to_extend(self, buf)
             .and_then(|bytes| postcard::to_extend(&self.alarms, bytes))
             .and_then(|bytes| postcard::to_extend(&self.auth, bytes))
             .expect("snapshots always serialize");
-        debug_assert_eq!(bytes.len(), len, "sized as written");
-        Bytes::from(bytes)
+        debug_assert_eq!(bytes.len() - start, self.encoded_len(), "sized as written");
+        bytes
     }
 }
 

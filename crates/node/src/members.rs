@@ -108,17 +108,36 @@ impl Members {
 
     /// The snapshot the protocol keeps: this table and the store's snapshot.
     pub fn wrap_snapshot(&self, kv: Bytes) -> Bytes {
-        let snapshot = NodeSnapshot {
-            members: self.list(),
-            kv,
-        };
-        // One copy of the store's bytes, into a buffer of the right size (see
-        // `SnapshotSource::encode`).
-        let len =
-            postcard::experimental::serialized_size(&snapshot).expect("snapshots always serialize");
-        let bytes = postcard::to_extend(&snapshot, Vec::with_capacity(len))
+        self.wrap_with(kv.len(), |mut buf| {
+            buf.extend_from_slice(&kv);
+            buf
+        })
+    }
+
+    /// [`Members::wrap_snapshot`] of `source.encode()`, with the store encoded straight
+    /// into the snapshot's buffer: a copy of hundreds of megabytes fewer.
+    pub fn snapshot_of(&self, source: &ekmat_kv::SnapshotSource) -> Bytes {
+        self.wrap_with(source.encoded_len(), |buf| source.encode_into(buf))
+    }
+
+    /// A [`NodeSnapshot`]'s encoding, written field by field: the table, then the
+    /// store's `kv_len` bytes as postcard frames a byte string (its length as a varint,
+    /// then the bytes), which `write_kv` appends to the buffer it is given.
+    fn wrap_with(&self, kv_len: usize, write_kv: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Bytes {
+        let members = self.list();
+        let head = postcard::experimental::serialized_size(&members)
+            .and_then(|m| Ok(m + postcard::experimental::serialized_size(&kv_len)?))
             .expect("snapshots always serialize");
-        Bytes::from(bytes)
+        let buf = postcard::to_extend(&members, Vec::with_capacity(head + kv_len))
+            .and_then(|buf| postcard::to_extend(&kv_len, buf))
+            .expect("snapshots always serialize");
+        let buf = write_kv(buf);
+        assert_eq!(
+            buf.len(),
+            head + kv_len,
+            "the store wrote the bytes it sized"
+        );
+        Bytes::from(buf)
     }
 
     /// Split a snapshot into the member table and the store's snapshot.
@@ -181,6 +200,21 @@ mod tests {
         m.apply(&promoted, &[]);
         assert!(!m.get(3).unwrap().learner);
         assert!(m.get(2).is_none(), "no longer in the configuration");
+    }
+
+    #[test]
+    fn a_snapshot_written_field_by_field_is_the_serialized_struct() {
+        let m = founders();
+        let kv = Bytes::from(vec![7u8; 300]);
+        let whole = NodeSnapshot {
+            members: m.list(),
+            kv: kv.clone(),
+        };
+        let expected = postcard::to_stdvec(&whole).unwrap();
+        assert_eq!(&m.wrap_snapshot(kv)[..], &expected[..]);
+        let source = ekmat_kv::KvStore::default().snapshot_source();
+        let store = source.encode();
+        assert_eq!(m.snapshot_of(&source), m.wrap_snapshot(store));
     }
 
     #[test]

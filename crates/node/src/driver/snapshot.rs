@@ -87,7 +87,7 @@ impl<P: RuntimeProtocol> Driver<P> {
                 std::thread::sleep(delay);
                 let started = Instant::now();
                 lower_priority();
-                let data = members.wrap_snapshot(source.encode());
+                let data = members.snapshot_of(&source);
                 tracing::info!(
                     index = applied,
                     bytes = data.len(),
