@@ -209,11 +209,33 @@ impl BenchCluster {
         })
     }
 
+    /// CPU time (user and system) the members have used so far, in seconds; `None`
+    /// where the platform does not tell (it is read from Linux's `/proc`).
+    pub fn members_cpu_seconds(&self) -> Option<f64> {
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+        let mut total = 0u64;
+        for pid in self.cluster.pids() {
+            total += process_cpu_ticks(pid)?;
+        }
+        Some(total as f64 / ticks as f64)
+    }
+
     /// Stop every member and remove the data.
     pub async fn stop(mut self) {
         self.cluster.stop().await;
         let _ = std::fs::remove_dir_all(&self.data);
     }
+}
+
+/// A process's user and system time, in clock ticks, from `/proc/<pid>/stat` (fields
+/// 14 and 15, counted after the command name, which may hold spaces).
+fn process_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// `host:port` endpoints as the URLs gRPC connects to.

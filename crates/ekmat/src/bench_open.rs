@@ -86,6 +86,13 @@ pub struct RatePoint {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The members' CPU time over the window, per second of it: how many of the
+    /// machine's cores they kept busy (Linux only).
+    pub members_cpu_cores: Option<f64>,
+    /// The members' CPU time over the window per 1,000 puts acknowledged in it (all
+    /// members summed): what a put costs the cluster, steadier run to run than
+    /// throughput on a busy machine.
+    pub cpu_ms_per_1000_puts: Option<f64>,
 }
 
 pub fn run(b: &OpenLoopBench) -> u8 {
@@ -108,8 +115,12 @@ pub fn run(b: &OpenLoopBench) -> u8 {
             Ok(p) => {
                 if !b.json {
                     eprintln!(
-                        "{rate}/s offered: {:.0}/s acknowledged, p50 {:.1} ms, p99 {:.1} ms",
-                        p.acknowledged_per_second, p.p50_ms, p.p99_ms
+                        "{rate}/s offered: {:.0}/s acknowledged, p50 {:.1} ms, p99 {:.1} ms{}",
+                        p.acknowledged_per_second,
+                        p.p50_ms,
+                        p.p99_ms,
+                        p.cpu_ms_per_1000_puts
+                            .map_or(String::new(), |c| format!(", {c:.1} CPU ms per 1,000 puts"))
                     );
                 }
                 points.push(p);
@@ -149,9 +160,17 @@ async fn one_rate(b: &OpenLoopBench, rate: u64) -> Result<RatePoint, String> {
         tls: false,
     };
     let cluster = BenchCluster::start("ekmat-bench-open", up).await?;
-    let result = load(b, rate, &cluster.urls).await;
+    let result = load(b, rate, &cluster).await;
     cluster.stop().await;
     result
+}
+
+/// The members' CPU time over the measured window, sampled at its start and its end.
+async fn window_cpu(cluster: &BenchCluster, window: (Instant, Instant)) -> Option<f64> {
+    tokio::time::sleep_until(window.0.into()).await;
+    let before = cluster.members_cpu_seconds()?;
+    tokio::time::sleep_until(window.1.into()).await;
+    Some(cluster.members_cpu_seconds()? - before)
 }
 
 /// What one worker measured.
@@ -164,7 +183,8 @@ struct Measured {
     first_error: Option<String>,
 }
 
-async fn load(b: &OpenLoopBench, rate: u64, endpoints: &[String]) -> Result<RatePoint, String> {
+async fn load(b: &OpenLoopBench, rate: u64, cluster: &BenchCluster) -> Result<RatePoint, String> {
+    let endpoints = &cluster.urls;
     let mut channels = Vec::new();
     for i in 0..b.conns {
         let ep = &endpoints[i % endpoints.len()];
@@ -189,6 +209,8 @@ async fn load(b: &OpenLoopBench, rate: u64, endpoints: &[String]) -> Result<Rate
         };
         tasks.spawn(worker(channel, plan));
     }
+    // The workers run on as spawned tasks while this waits out the window.
+    let cpu_seconds = window_cpu(cluster, (start + b.warmup, start + b.duration)).await;
     let mut all = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
     let (mut scheduled, mut acked, mut errors, mut timed_out) = (0, 0, 0, 0);
     let mut first_error = None;
@@ -215,6 +237,10 @@ async fn load(b: &OpenLoopBench, rate: u64, endpoints: &[String]) -> Result<Rate
         p90_ms: ms(0.9),
         p99_ms: ms(0.99),
         max_ms: all.max() as f64 / 1000.0,
+        members_cpu_cores: cpu_seconds.map(|c| c / window),
+        cpu_ms_per_1000_puts: cpu_seconds
+            .filter(|_| acked > 0)
+            .map(|c| c * 1e6 / acked as f64),
     })
 }
 
@@ -362,6 +388,8 @@ fn print(b: &OpenLoopBench, points: &[RatePoint]) {
         "max ms",
         "errors",
         "timed out",
+        "members' cores",
+        "CPU ms / 1k puts",
     ]);
     for p in points {
         let errors = match &p.first_error {
@@ -377,6 +405,10 @@ fn print(b: &OpenLoopBench, points: &[RatePoint]) {
             format!("{:.1}", p.max_ms),
             errors,
             p.timed_out.to_string(),
+            p.members_cpu_cores
+                .map_or("-".into(), |c| format!("{c:.2}")),
+            p.cpu_ms_per_1000_puts
+                .map_or("-".into(), |c| format!("{c:.1}")),
         ]);
     }
     println!("{t}");

@@ -225,27 +225,69 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Some member names a leader that itself agrees it leads. Returns (leader name, term).
-async fn find_leader(cfgs: &[NodeConfig], dialer: &Dialer) -> Option<(u32, u64)> {
+/// Each member's answer to Status, by member id (`None`: it did not answer).
+async fn statuses(
+    cfgs: &[NodeConfig],
+    dialer: &Dialer,
+) -> Vec<(u32, Option<ekmat_api::etcdserverpb::StatusResponse>)> {
     use ekmat_api::etcdserverpb as pb;
     let scheme = match cfgs[0].client_transport_security {
         Some(_) => "https",
         None => "http",
     };
+    let mut all = Vec::new();
     for m in &cfgs[0].members {
-        let Ok(ch) = dialer.connect(&format!("{scheme}://{}", m.client)).await else {
-            continue;
+        let status = match dialer.connect(&format!("{scheme}://{}", m.client)).await {
+            Ok(ch) => pb::maintenance_client::MaintenanceClient::new(ch)
+                .status(pb::StatusRequest {})
+                .await
+                .ok()
+                .map(|r| r.into_inner()),
+            Err(_) => None,
         };
-        let mut c = pb::maintenance_client::MaintenanceClient::new(ch);
-        let Ok(r) = c.status(pb::StatusRequest {}).await else {
-            continue;
-        };
-        let s = r.into_inner();
-        if s.leader != 0 && s.header.is_some_and(|h| h.member_id == s.leader) {
-            return Some((m.id, s.raft_term));
+        all.push((m.id, status));
+    }
+    all
+}
+
+/// Whether a cluster is ready for clients.
+enum Ready {
+    /// Some member names a leader that itself agrees it leads, and every member
+    /// answers on its client port: (leader's id, term).
+    Yes((u32, u64)),
+    /// These members did not answer.
+    Silent(Vec<u32>),
+    NoLeader,
+}
+
+impl Ready {
+    fn of(all: Vec<(u32, Option<ekmat_api::etcdserverpb::StatusResponse>)>) -> Ready {
+        let silent: Vec<u32> = all
+            .iter()
+            .filter(|(_, s)| s.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let leader = all.into_iter().find_map(|(id, s)| {
+            let s = s?;
+            let agrees = s.leader != 0 && s.header.is_some_and(|h| h.member_id == s.leader);
+            agrees.then_some((id, s.raft_term))
+        });
+        match leader {
+            Some(_) if !silent.is_empty() => Ready::Silent(silent),
+            Some(found) => Ready::Yes(found),
+            None => Ready::NoLeader,
         }
     }
-    None
+
+    fn why_not(&self) -> String {
+        match self {
+            Ready::Silent(ids) => format!(
+                "a leader was elected but member(s) {ids:?} did not answer on their client \
+                 ports within {READY_TIMEOUT:?}; see their logs"
+            ),
+            _ => format!("no leader was elected within {READY_TIMEOUT:?}; see the members' logs"),
+        }
+    }
 }
 
 /// A cluster of `ekmat node` children, as `ekmat up` and `ekmat bench` run it.
@@ -277,23 +319,32 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// Wait for a leader: (its id, its term).
+    /// Wait until a leader is elected and every member answers on its client port (a
+    /// client given every endpoint, as the benchmarks are, must find each serving):
+    /// (the leader's id, its term).
     pub async fn wait_for_leader(&mut self) -> Result<(u32, u64), String> {
         let started = Instant::now();
         loop {
-            if let Some(found) = find_leader(&self.cfgs, &self.dialer).await {
+            let ready = Ready::of(statuses(&self.cfgs, &self.dialer).await);
+            if let Ready::Yes(found) = ready {
                 return Ok(found);
             }
             if check_exits(&mut self.nodes, true).is_some() {
-                return Err("a member exited before a leader was elected".into());
+                return Err("a member exited before the cluster was ready".into());
             }
             if started.elapsed() > READY_TIMEOUT {
-                return Err(format!(
-                    "no leader was elected within {READY_TIMEOUT:?}; see the members' logs"
-                ));
+                return Err(ready.why_not());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The process ids of the members still running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref()?.id())
+            .collect()
     }
 
     /// Client endpoints, `host:port`.
