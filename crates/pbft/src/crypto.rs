@@ -152,6 +152,19 @@ impl Keyring {
         self.verify_all(vec![SigItem::of(s)])
     }
 
+    /// Verify `items` as one batch and remember them if all hold; if any fails,
+    /// remember none (each is checked again, alone, where it is used, and the bad one
+    /// rejected there). Items by unknown signers are left out.
+    pub fn verify_ahead(&mut self, items: Vec<SigItem>) {
+        let items: Vec<SigItem> = items
+            .into_iter()
+            .filter(|i| i.key.is_some() || self.public.get(i.signer.index()).is_some())
+            .collect();
+        if items.len() > 1 {
+            self.verify_all(items);
+        }
+    }
+
     /// Verify every item (batch verification for those not cached); true if all hold.
     pub fn verify_all(&mut self, items: Vec<SigItem>) -> bool {
         if self.trust_all {

@@ -69,6 +69,23 @@ impl Session {
 }
 
 impl Pbft {
+    /// Verify the signatures of the small normal-case messages that arrived together as
+    /// one batch (see [`ekmat_core::Replica::preview`]): each handler then finds its
+    /// message's signature checked already. Bundles are left to their handler, which
+    /// encodes and hashes one once for both its signature and its digest.
+    pub(crate) fn preverify(&mut self, msgs: &[&Message]) {
+        let items = msgs
+            .iter()
+            .filter_map(|m| match m {
+                Message::PrePrepare { header, .. } => Some(SigItem::of(header)),
+                Message::Prepare(p) => Some(SigItem::of(p)),
+                Message::Commit(c) => Some(SigItem::of(c)),
+                Message::Checkpoint(c) => Some(SigItem::of(c)),
+                _ => None,
+            })
+            .collect();
+        self.keys.verify_ahead(items);
+    }
     pub(crate) fn on_pre_prepare(
         &mut self,
         header: Signed<PrePrepare>,

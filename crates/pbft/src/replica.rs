@@ -588,6 +588,10 @@ impl Replica for Pbft {
         }
         self.execute_ready(out);
     }
+
+    fn preview(&mut self, msgs: &[&Message]) {
+        self.preverify(msgs);
+    }
 }
 
 impl std::fmt::Debug for Pbft {

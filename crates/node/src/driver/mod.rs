@@ -54,6 +54,11 @@ pub const LEASE_TICK_EVERY: Duration = Duration::from_millis(500);
 const PUBLISH_RETRY: Duration = Duration::from_secs(3);
 
 type Msg<P> = <<P as RuntimeProtocol>::Node as Replica>::Message;
+
+/// Peer messages taken off the inbound queue at once (see `Driver::on_wires`): enough
+/// for a batch of signatures to pay, few enough that durability and timer events
+/// behind them wait little.
+const MAX_BURST: usize = 32;
 type Write<P> = <<P as RuntimeProtocol>::Node as Replica>::Write;
 
 /// A request from the client API.
@@ -438,7 +443,7 @@ impl<P: RuntimeProtocol> Driver<P> {
                     }
                     self.step(Input::Persisted { seq: d.seq }).await;
                 }
-                Some((from, wire)) = inbound.recv() => self.on_wire(from, wire).await,
+                Some(first) = inbound.recv() => self.on_wires(first, &mut inbound).await,
                 result = apply::applied(&mut self.applying) => self.on_applied(result),
                 Some(call) = calls.recv(), if !store_away => self.on_call(call).await,
                 Some((index, data)) = self.snapshots_rx.recv() => {
@@ -665,6 +670,36 @@ impl<P: RuntimeProtocol> Driver<P> {
         }
         self.last_lease_tick = Instant::now();
         self.propose(Command::Tick).await;
+    }
+
+    /// A peer's message and those queued behind it (up to [`MAX_BURST`]): the core
+    /// previews their protocol messages together (PBFT batch-verifies signatures), then
+    /// each is handled in arrival order.
+    async fn on_wires(
+        &mut self,
+        first: (NodeId, Wire<Msg<P>>),
+        inbound: &mut mpsc::Receiver<(NodeId, Wire<Msg<P>>)>,
+    ) {
+        let mut burst = vec![first];
+        while burst.len() < MAX_BURST {
+            match inbound.try_recv() {
+                Ok(next) => burst.push(next),
+                Err(_) => break,
+            }
+        }
+        if burst.len() > 1 {
+            let msgs: Vec<&Msg<P>> = burst
+                .iter()
+                .filter_map(|(_, wire)| match wire {
+                    Wire::Protocol(msg) => Some(msg),
+                    _ => None,
+                })
+                .collect();
+            self.core.preview(&msgs);
+        }
+        for (from, wire) in burst {
+            self.on_wire(from, wire).await;
+        }
     }
 
     async fn on_wire(&mut self, from: NodeId, wire: Wire<Msg<P>>) {
