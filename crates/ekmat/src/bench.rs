@@ -212,12 +212,7 @@ impl BenchCluster {
     /// CPU time (user and system) the members have used so far, in seconds; `None`
     /// where the platform does not tell (it is read from Linux's `/proc`).
     pub fn members_cpu_seconds(&self) -> Option<f64> {
-        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
-        let mut total = 0u64;
-        for pid in self.cluster.pids() {
-            total += process_cpu_ticks(pid)?;
-        }
-        Some(total as f64 / ticks as f64)
+        cpu_seconds(&self.cluster.pids())
     }
 
     /// Stop every member and remove the data.
@@ -225,6 +220,17 @@ impl BenchCluster {
         self.cluster.stop().await;
         let _ = std::fs::remove_dir_all(&self.data);
     }
+}
+
+/// The CPU time (user and system) processes `pids` have used so far, in seconds; `None`
+/// where the platform does not tell (it is read from Linux's `/proc`).
+pub fn cpu_seconds(pids: &[u32]) -> Option<f64> {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    let mut total = 0u64;
+    for &pid in pids {
+        total += process_cpu_ticks(pid)?;
+    }
+    Some(total as f64 / ticks as f64)
 }
 
 /// A process's user and system time, in clock ticks, from `/proc/<pid>/stat` (fields

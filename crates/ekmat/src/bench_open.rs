@@ -89,6 +89,8 @@ pub struct RatePoint {
     /// The members' CPU time over the window, per second of it: how many of the
     /// machine's cores they kept busy (Linux only).
     pub members_cpu_cores: Option<f64>,
+    /// The same for this load generator, which shares the machine with them.
+    pub client_cpu_cores: Option<f64>,
     /// The members' CPU time over the window per 1,000 puts acknowledged in it (all
     /// members summed): what a put costs the cluster, steadier run to run than
     /// throughput on a busy machine.
@@ -165,12 +167,19 @@ async fn one_rate(b: &OpenLoopBench, rate: u64) -> Result<RatePoint, String> {
     result
 }
 
-/// The members' CPU time over the measured window, sampled at its start and its end.
-async fn window_cpu(cluster: &BenchCluster, window: (Instant, Instant)) -> Option<f64> {
+/// CPU time over the measured window, sampled at its start and its end: the members'
+/// and this load generator's own.
+async fn window_cpu(
+    cluster: &BenchCluster,
+    window: (Instant, Instant),
+) -> (Option<f64>, Option<f64>) {
+    let own = || crate::bench::cpu_seconds(&[std::process::id()]);
     tokio::time::sleep_until(window.0.into()).await;
-    let before = cluster.members_cpu_seconds()?;
+    let before = (cluster.members_cpu_seconds(), own());
     tokio::time::sleep_until(window.1.into()).await;
-    Some(cluster.members_cpu_seconds()? - before)
+    let after = (cluster.members_cpu_seconds(), own());
+    let spent = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
+    (spent(after.0, before.0), spent(after.1, before.1))
 }
 
 /// What one worker measured.
@@ -210,7 +219,8 @@ async fn load(b: &OpenLoopBench, rate: u64, cluster: &BenchCluster) -> Result<Ra
         tasks.spawn(worker(channel, plan));
     }
     // The workers run on as spawned tasks while this waits out the window.
-    let cpu_seconds = window_cpu(cluster, (start + b.warmup, start + b.duration)).await;
+    let (cpu_seconds, client_cpu_seconds) =
+        window_cpu(cluster, (start + b.warmup, start + b.duration)).await;
     let mut all = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
     let (mut scheduled, mut acked, mut errors, mut timed_out) = (0, 0, 0, 0);
     let mut first_error = None;
@@ -238,6 +248,7 @@ async fn load(b: &OpenLoopBench, rate: u64, cluster: &BenchCluster) -> Result<Ra
         p99_ms: ms(0.99),
         max_ms: all.max() as f64 / 1000.0,
         members_cpu_cores: cpu_seconds.map(|c| c / window),
+        client_cpu_cores: client_cpu_seconds.map(|c| c / window),
         cpu_ms_per_1000_puts: cpu_seconds
             .filter(|_| acked > 0)
             .map(|c| c * 1e6 / acked as f64),
@@ -389,6 +400,7 @@ fn print(b: &OpenLoopBench, points: &[RatePoint]) {
         "errors",
         "timed out",
         "members' cores",
+        "client's cores",
         "CPU ms / 1k puts",
     ]);
     for p in points {
@@ -407,6 +419,7 @@ fn print(b: &OpenLoopBench, points: &[RatePoint]) {
             p.timed_out.to_string(),
             p.members_cpu_cores
                 .map_or("-".into(), |c| format!("{c:.2}")),
+            p.client_cpu_cores.map_or("-".into(), |c| format!("{c:.2}")),
             p.cpu_ms_per_1000_puts
                 .map_or("-".into(), |c| format!("{c:.1}")),
         ]);
