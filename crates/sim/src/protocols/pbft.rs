@@ -350,6 +350,10 @@ impl Replica for PbftNode {
         self.inner.id()
     }
 
+    fn preview(&mut self, msgs: &[&Message]) {
+        self.inner.preview(msgs);
+    }
+
     fn step(&mut self, now: Time, input: Input<Message>, out: &mut Effects<Message, Write>) {
         if let Input::Request(r) = &input
             && let RequestKind::Write(op) = &r.kind

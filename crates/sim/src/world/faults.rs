@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ekmat_core::{ChangeAction, Input, MembershipChange, NodeId};
+use ekmat_core::{ChangeAction, Input, MembershipChange, NodeId, Replica};
 use ekmat_kv::KvStore;
 
-use super::{Ev, FaultEnd, World};
+use super::{Ev, FaultEnd, Msg, World};
 use crate::protocol::{ProtocolChecker, SimProtocol, Violation};
 use crate::schedule::{Churn, Fault, Target};
 
@@ -409,6 +409,18 @@ impl<'p, P: SimProtocol> World<'p, P> {
         // its timers get to run first, as they may in a real event loop.
         self.trace.hash_event(now, (4u8, node));
         self.step(node, Input::Tick);
+        // ... and then takes in what queued up, shown to the core together first, as the
+        // runtime's driver shows it what arrived together (`Replica::preview`).
+        let queued: Vec<&Msg<P>> = backlog
+            .iter()
+            .filter_map(|ev| match ev {
+                Ev::Deliver { msg, .. } => Some(msg),
+                _ => None,
+            })
+            .collect();
+        if let Some(replica) = self.nodes[node.index()].replica.as_mut() {
+            replica.preview(&queued);
+        }
         for ev in backlog {
             if self.nodes[node.index()].replica.is_none() || self.violation.is_some() {
                 break;
