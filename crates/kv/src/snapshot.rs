@@ -141,7 +141,9 @@ impl SnapshotSource {
     /// The snapshot's bytes: what [`KvStore::restore`] reads.
     pub fn encode(&self) -> Bytes {
         let len = self.encoded_len();
-        Bytes::from(self.encode_into(Vec::with_capacity(len)))
+        let bytes = self.encode_into(Vec::with_capacity(len));
+        debug_assert_eq!(bytes.len(), len, "sized as written");
+        Bytes::from(bytes)
     }
 
     /// How many bytes [`SnapshotSource::encode`] gives. Sizing first lets a caller
@@ -159,14 +161,13 @@ impl SnapshotSource {
     }
 
     /// Append the snapshot's bytes (what [`SnapshotSource::encode`] gives) to `buf`.
+    /// Callers that sized the buffer with [`SnapshotSource::encoded_len`] check the
+    /// length themselves (a second sizing would walk the whole store again).
     pub fn encode_into(&self, buf: Vec<u8>) -> Vec<u8> {
-        let start = buf.len();
-        let bytes = postcard::to_extend(self, buf)
+        postcard::to_extend(self, buf)
             .and_then(|bytes| postcard::to_extend(&self.alarms, bytes))
             .and_then(|bytes| postcard::to_extend(&self.auth, bytes))
-            .expect("snapshots always serialize");
-        debug_assert_eq!(bytes.len() - start, self.encoded_len(), "sized as written");
-        bytes
+            .expect("snapshots always serialize")
     }
 }
 
