@@ -540,3 +540,22 @@ fn print(b: &KvBench, results: &[SystemResult]) {
     }
     println!("{t}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_cpu_time_is_read_and_grows_as_it_works() {
+        let me = [std::process::id()];
+        let before = cpu_seconds(&me).expect("Linux's /proc tells");
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let after = cpu_seconds(&me).unwrap();
+        assert!(after - before >= 0.1, "{before} -> {after}");
+        assert!(cpu_seconds(&[u32::MAX]).is_none(), "no such process");
+    }
+}

@@ -578,6 +578,41 @@ mod tests {
         }
     }
 
+    fn status(member_id: u64, leader: u64) -> Option<ekmat_api::etcdserverpb::StatusResponse> {
+        Some(ekmat_api::etcdserverpb::StatusResponse {
+            header: Some(ekmat_api::etcdserverpb::ResponseHeader {
+                member_id,
+                ..Default::default()
+            }),
+            leader,
+            raft_term: 3,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_cluster_is_ready_only_with_a_leader_and_every_member_answering() {
+        let all = || {
+            vec![
+                (0, status(10, 11)),
+                (1, status(11, 11)),
+                (2, status(12, 11)),
+            ]
+        };
+        assert!(matches!(Ready::of(all()), Ready::Yes((1, 3))));
+        let mut one_silent = all();
+        one_silent[2].1 = None;
+        let ready = Ready::of(one_silent);
+        assert!(matches!(&ready, Ready::Silent(ids) if ids == &[2]));
+        assert!(
+            ready.why_not().contains("[2] did not answer"),
+            "{}",
+            ready.why_not()
+        );
+        let leaderless = vec![(0, status(10, 0)), (1, status(11, 0)), (2, status(12, 0))];
+        assert!(matches!(Ready::of(leaderless), Ready::NoLeader));
+    }
+
     #[test]
     fn ports_follow_the_documented_layout() {
         let cfgs = plan(&args(3, 2379), Path::new("/tmp/x")).unwrap();
