@@ -89,6 +89,11 @@ pub enum Input<M> {
     /// driver has applied. The protocol keeps it as a snapshot, may compact its log
     /// behind it, and sends it to replicas that fall too far behind.
     Snapshot { index: u64, data: Bytes },
+    /// How many bytes the [`Input::Snapshot`] at `index` will hold, once a driver knows
+    /// it, before the encoding is done (optional: a core learns the size from the data
+    /// too). PBFT's snapshot points follow the snapshots' sizes, and a replica that must
+    /// know one to go on waits for it.
+    SnapshotSize { index: u64, size: u64 },
 }
 
 /// A client's request as a replica receives it.
@@ -234,7 +239,8 @@ pub enum Effect<M, W> {
     },
     /// Take a snapshot of the state machine as it stands after applying every entry up
     /// to `index`, and none after, and hand it back with [`Input::Snapshot`] (perhaps
-    /// much later: encoding takes time; a core keeps a few requests outstanding). PBFT's
+    /// much later: encoding takes time; a core keeps a few requests outstanding), and
+    /// its size with [`Input::SnapshotSize`] before that if the driver can. PBFT's
     /// replicas must snapshot at the same sequence numbers to vouch for one another's
     /// snapshots, so they ask with this; a host that ignores it leaves their log to grow.
     WantSnapshot {

@@ -416,7 +416,9 @@ impl Pbft {
 
     /// Execute every batch that is committed, in sequence order, with no gaps.
     pub(crate) fn execute_ready(&mut self, out: &mut Fx) {
-        loop {
+        // Held at a checkpoint that may be a snapshot point: the host's state machine
+        // must stay there until that is decided.
+        while self.held_at.is_none() {
             let next = self.last_executed + 1;
             let from_log = self.log.get(&next).and_then(|s| {
                 let qc = s.committed.clone()?;

@@ -96,10 +96,13 @@ pub struct Pbft {
     pub(crate) wanted_snapshots: BTreeMap<u64, crate::snapshot::ExecState>,
     /// This replica's latest snapshot.
     pub(crate) own_snapshot: Option<crate::snapshot::OwnSnapshot>,
-    /// Bytes of requests executed since the start, and as of the last checkpoint
-    /// executed (snapshot points follow them).
+    /// Bytes of requests executed since the start (snapshot points follow them).
     pub(crate) executed_bytes: u64,
-    pub(crate) bytes_at_checkpoint: u64,
+    /// Where the next snapshot point is (see `snapshot.rs`).
+    pub(crate) next_point: crate::snapshot::NextPoint,
+    /// A checkpoint executed but not yet known to be a snapshot point or not: execution
+    /// waits there for the size of the last snapshot (see `snapshot.rs`).
+    pub(crate) held_at: Option<u64>,
     /// Vouches for snapshots ahead of this replica, the latest per sender (see
     /// `snapshot_transfer.rs`).
     pub(crate) offers: BTreeMap<NodeId, Arc<crate::snapshot_transfer::SnapshotOffer>>,
@@ -169,6 +172,7 @@ impl Pbft {
         let mut keys = Keyring::new(cfg.id, cfg.validators.clone(), cfg.secret.clone());
         keys.set_trust_all(cfg.mutant == Mutant::SkipSignatureVerification);
         let cluster = crate::client::cluster_id(&cfg.validators);
+        let next_point = crate::snapshot::NextPoint::after(0, 0, &cfg);
         Ok(Pbft {
             cfg,
             keys,
@@ -190,7 +194,8 @@ impl Pbft {
             wanted_snapshots: BTreeMap::new(),
             own_snapshot: None,
             executed_bytes: 0,
-            bytes_at_checkpoint: 0,
+            next_point,
+            held_at: None,
             offers: BTreeMap::new(),
             download: None,
             serving: Vec::new(),
@@ -585,6 +590,7 @@ impl Replica for Pbft {
                 self.count_durable_own_commits();
             }
             Input::Snapshot { index, data } => self.on_snapshot_taken(index, data, out),
+            Input::SnapshotSize { index, size } => self.learn_snapshot_size(index, size, out),
         }
         self.execute_ready(out);
     }

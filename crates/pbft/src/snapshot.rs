@@ -6,7 +6,18 @@
 //! same points, and that keeps the log's size, not its length in batches, bounded) a
 //! replica asks its host for the state machine as it stands after that batch
 //! ([`Effect::WantSnapshot`]) and keeps it beside its own execution state: the history
-//! digest, the at-most-once records, the exclusions. With the snapshot in hand, the
+//! digest, the at-most-once records, the exclusions.
+//!
+//! With `snapshot_follows_size` (a real cluster's setting), the next point also waits
+//! until the bytes executed since the last one reach that snapshot's size. Each
+//! snapshot encodes and writes the whole state, so with points every `snapshot_bytes`
+//! alone a state of 1 GB cost four bytes encoded per byte executed at 256 MiB, and more
+//! as it grew; this way it is about one, whatever the size. Correct replicas' snapshots
+//! at a point are the same bytes, so its size is the same number at every one of them,
+//! but a host hands it over when it has it ([`Input::SnapshotSize`] ahead of the
+//! encoding, or the snapshot itself): a replica reaching a checkpoint that only that
+//! size can place waits there, executing nothing further, until it has it
+//! (`held_at`). Installing or recovering a snapshot brings its size along. With the snapshot in hand, the
 //! executed batches at or below its point are dropped from memory and, once the
 //! snapshot is durable, from disk. Its digest is computed, and vouched for, only when
 //! a replica behind asks: hashing a large store costs the driver's thread real time.
@@ -32,6 +43,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+#[cfg(doc)]
+use ekmat_core::Input;
 use ekmat_core::{Effect, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -151,6 +164,30 @@ pub struct OwnSnapshot {
     pub installed: bool,
 }
 
+/// Where the next snapshot point is: the first checkpoint at which the bytes executed
+/// reach `At`'s; or, after the point at applied index `index` and `bytes` executed,
+/// where the size of its snapshot (which the host has yet to hand over) puts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NextPoint {
+    At(u64),
+    AfterSizeOf { index: u64, bytes: u64 },
+}
+
+impl NextPoint {
+    /// The point after one at `bytes` executed whose snapshot has `size` bytes (the
+    /// start is a point of size 0): if the points follow the size, `snapshot_bytes` or
+    /// the size later, whichever is more; otherwise at the next multiple of
+    /// `snapshot_bytes`.
+    pub(crate) fn after(bytes: u64, size: u64, cfg: &crate::PbftConfig) -> NextPoint {
+        let every = cfg.snapshot_bytes.max(1);
+        if cfg.snapshot_follows_size {
+            NextPoint::At(bytes.saturating_add(every.max(size)))
+        } else {
+            NextPoint::At((bytes / every).saturating_add(1).saturating_mul(every))
+        }
+    }
+}
+
 /// Sequence numbers, in checkpoint intervals, between one replica's snapshot write and
 /// the next one's.
 const WRITE_STAGGER_CHECKPOINTS: u64 = 4;
@@ -160,17 +197,29 @@ const WRITE_STAGGER_CHECKPOINTS: u64 = 4;
 const MAX_WANTED: usize = 4;
 
 impl Pbft {
-    /// After executing `seq`: at a snapshot point (a checkpoint after the executed
-    /// bytes crossed a multiple of `snapshot_bytes`), ask the host for the state machine.
+    /// After executing checkpoint `seq`: at a snapshot point, ask the host for the state
+    /// machine. If only the last snapshot's size, not handed over yet, can tell, hold
+    /// execution here until it is (`on_snapshot_taken`).
     pub(crate) fn maybe_want_snapshot(&mut self, seq: u64, out: &mut Fx) {
         let every = self.cfg.snapshot_bytes;
-        if !seq.is_multiple_of(self.cfg.checkpoint_interval) {
+        if every == 0 || !seq.is_multiple_of(self.cfg.checkpoint_interval) {
             return;
         }
-        let before = std::mem::replace(&mut self.bytes_at_checkpoint, self.executed_bytes);
-        if every == 0 || self.executed_bytes / every == before / every {
-            return;
+        match self.next_point {
+            NextPoint::At(bytes) if self.executed_bytes >= bytes => self.want_snapshot(out),
+            NextPoint::At(_) => {}
+            // Not a point, whatever the size turns out to be.
+            NextPoint::AfterSizeOf { bytes, .. }
+                if self.executed_bytes < bytes.saturating_add(every) => {}
+            NextPoint::AfterSizeOf { .. } => {
+                debug_assert_eq!(seq, self.last_executed);
+                self.held_at = Some(seq);
+                self.counter("snapshot-point-held", out);
+            }
         }
+    }
+
+    fn want_snapshot(&mut self, out: &mut Fx) {
         // Two points with no command between share an index (and a state machine):
         // the later execution state is the one to keep.
         self.wanted_snapshots
@@ -178,9 +227,34 @@ impl Pbft {
         while self.wanted_snapshots.len() > MAX_WANTED {
             self.wanted_snapshots.pop_first();
         }
+        self.next_point = if self.cfg.snapshot_follows_size {
+            NextPoint::AfterSizeOf {
+                index: self.applied,
+                bytes: self.executed_bytes,
+            }
+        } else {
+            NextPoint::after(self.executed_bytes, 0, &self.cfg)
+        };
         out.push(Effect::WantSnapshot {
             index: self.applied,
         });
+    }
+
+    /// The size of the snapshot the next point waits on, now known (from the host,
+    /// ahead of the data, or from the data): where the next point is, and if execution
+    /// waits at a checkpoint for that, whether it is one.
+    pub(crate) fn learn_snapshot_size(&mut self, index: u64, size: u64, out: &mut Fx) {
+        let NextPoint::AfterSizeOf { index: at, bytes } = self.next_point else {
+            return;
+        };
+        if at != index {
+            return;
+        }
+        self.next_point = NextPoint::after(bytes, size, &self.cfg);
+        if let Some(seq) = self.held_at.take() {
+            self.maybe_want_snapshot(seq, out);
+            self.execute_ready(out);
+        }
     }
 
     fn exec_state(&self) -> ExecState {
@@ -199,6 +273,12 @@ impl Pbft {
     /// The host's snapshot at `index`: if it is one asked for, keep it, vouch for it,
     /// persist it, and drop the batches it covers.
     pub(crate) fn on_snapshot_taken(&mut self, index: u64, data: Bytes, out: &mut Fx) {
+        let size = data.len() as u64;
+        self.keep_taken_snapshot(index, data, out);
+        self.learn_snapshot_size(index, size, out);
+    }
+
+    fn keep_taken_snapshot(&mut self, index: u64, data: Bytes, out: &mut Fx) {
         let Some(exec) = self.wanted_snapshots.remove(&index) else {
             return; // a snapshot of the host's own cadence, or a forgotten request
         };
@@ -281,7 +361,7 @@ impl Pbft {
     ) {
         let e = &snapshot.exec;
         debug_assert!(e.seq > self.last_executed && e.applied >= self.applied);
-        self.adopt_exec_state(e);
+        self.adopt_snapshot_state(&snapshot);
         self.next_seq = self.next_seq.max(e.seq);
         self.wanted_snapshots.clear();
         out.push(Effect::Restore {
@@ -332,11 +412,15 @@ impl Pbft {
             .cloned()
     }
 
-    fn adopt_exec_state(&mut self, e: &ExecState) {
+    /// Take on the execution state of a snapshot (a point: the next one follows it).
+    fn adopt_snapshot_state(&mut self, snapshot: &Snapshot) {
+        let e = &snapshot.exec;
+        let size = snapshot.app.len() as u64;
+        self.next_point = NextPoint::after(e.executed_bytes, size, &self.cfg);
+        self.held_at = None;
         self.history = e.history;
         self.applied = e.applied;
         self.executed_bytes = e.executed_bytes;
-        self.bytes_at_checkpoint = e.executed_bytes;
         self.sessions = e.sessions.clone();
         self.executed_bundles = e.executed_bundles.clone();
         self.excluded = e.excluded.clone();
@@ -354,7 +438,7 @@ impl Pbft {
     /// A restarted replica's snapshot from disk: its state, and the state machine's to
     /// hand the host on the first step.
     pub(crate) fn recover_snapshot(&mut self, snapshot: Arc<Snapshot>) {
-        self.adopt_exec_state(&snapshot.exec);
+        self.adopt_snapshot_state(&snapshot);
         self.restore_due = Some((snapshot.exec.applied, snapshot.app.clone()));
         self.own_snapshot = Some(OwnSnapshot {
             snapshot,

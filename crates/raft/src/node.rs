@@ -387,6 +387,7 @@ impl Replica for RaftNode {
             Input::Tick => self.on_tick(out),
             Input::Persisted { seq } => self.on_persisted(seq, out),
             Input::Snapshot { index, data } => self.on_snapshot_taken(index, data, out),
+            Input::SnapshotSize { .. } => {}
         }
         debug_assert!(self.applied <= self.commit && self.commit <= self.log.last_index());
     }

@@ -29,8 +29,10 @@ struct Cluster {
     events: Vec<(NodeId, Event)>,
     /// Drop messages this returns true for.
     cut: Cut,
-    /// Answer snapshot requests this many ticks late (0: at once).
-    snapshot_delay: u64,
+    /// Per node, answer snapshot requests this many ticks late (0: at once).
+    snapshot_delay: Vec<u64>,
+    /// Tell a snapshot's size at once when the snapshot itself comes late.
+    size_first: bool,
     /// Requested snapshots not handed over yet: (due tick, node, index, data).
     asked: VecDeque<(u64, usize, u64, Bytes)>,
     ticks: u64,
@@ -43,6 +45,8 @@ struct Cluster {
     wall_offset: Vec<Option<i64>>,
     /// Bytes each node wrote (its writes encoded as the log encodes them).
     written: Vec<usize>,
+    /// The indexes each node asked for snapshots at (its snapshot points).
+    points: Vec<Vec<u64>>,
 }
 
 /// The wall clock at the harness's time zero, for nodes given one.
@@ -135,13 +139,15 @@ impl Cluster {
             replies: vec![Vec::new(); n],
             events: Vec::new(),
             cut: Box::new(|_, _, _| false),
-            snapshot_delay: 0,
+            snapshot_delay: vec![0; n],
+            size_first: false,
             asked: VecDeque::new(),
             ticks: 0,
             slow_disk: vec![false; n],
             unsynced: vec![None; n],
             wall_offset: vec![None; n],
             written: vec![0; n],
+            points: vec![Vec::new(); n],
         }
     }
 
@@ -187,6 +193,7 @@ impl Cluster {
                 }
                 Effect::WantSnapshot { index } => {
                     assert_eq!(last_index(&self.committed[i]), index);
+                    self.points[i].push(index);
                     snapshot = Some((index, encode_state(&self.committed[i])));
                 }
             }
@@ -199,11 +206,16 @@ impl Cluster {
             }
         }
         if let Some((index, data)) = snapshot {
-            if self.snapshot_delay == 0 {
+            if self.snapshot_delay[i] == 0 {
                 self.input(i, Input::Snapshot { index, data });
             } else {
-                let due = self.ticks + self.snapshot_delay;
+                let due = self.ticks + self.snapshot_delay[i];
+                let size = data.len() as u64;
                 self.asked.push_back((due, i, index, data));
+                self.asked.make_contiguous().sort_by_key(|a| a.0);
+                if self.size_first {
+                    self.input(i, Input::SnapshotSize { index, size });
+                }
             }
         }
     }
@@ -1287,7 +1299,7 @@ fn snapshots_answered_later_than_the_next_point_still_bound_the_log() {
     let mut c = Cluster::with(4, snapshotting);
     // Points come every 8 batches, 16 ticks apart; each answer takes 24 ticks, so the
     // next request is always out before the last answer is in.
-    c.snapshot_delay = 24;
+    c.snapshot_delay = vec![24; 4];
     c.one_request_per_batch(60);
     // Checked while requests are still coming, not once they stop and the last
     // answer is the newest request.
@@ -1520,3 +1532,4 @@ mod readmission;
 mod seed;
 mod serve_budget;
 mod size_bounds;
+mod snapshot_points;
