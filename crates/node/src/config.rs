@@ -31,9 +31,10 @@ pub struct NodeConfig {
     /// writing snapshots cause to what the entries themselves cost.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
-    /// PBFT: snapshot the state at the first checkpoint after every this many bytes of
-    /// executed requests, and drop the executed batches it covers (0: never, and the
-    /// executed log grows without bound). Every member must use the same value
+    /// PBFT: snapshot the state at the first checkpoint after this many bytes of
+    /// executed requests since the last snapshot, or as many as that snapshot's size if
+    /// more, and drop the executed batches it covers (0: never, and the executed log
+    /// grows without bound). Every member must use the same value
     /// (snapshots are vouched for by members that took the same one): peers refuse a
     /// member whose value differs, and log both.
     #[serde(default = "default_pbft_snapshot_bytes")]

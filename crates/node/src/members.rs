@@ -117,7 +117,25 @@ impl Members {
     /// [`Members::wrap_snapshot`] of `source.encode()`, with the store encoded straight
     /// into the snapshot's buffer: a copy of hundreds of megabytes fewer.
     pub fn snapshot_of(&self, source: &ekmat_kv::SnapshotSource) -> Bytes {
-        self.wrap_with(source.encoded_len(), |buf| source.encode_into(buf))
+        self.snapshot_sized(source, source.encoded_len())
+    }
+
+    /// [`Members::snapshot_of`] a store whose encoding is `kv_len` bytes
+    /// (`source.encoded_len()`, a walk of the store that encoding would repeat).
+    pub fn snapshot_sized(&self, source: &ekmat_kv::SnapshotSource, kv_len: usize) -> Bytes {
+        self.wrap_with(kv_len, |buf| source.encode_into(buf))
+    }
+
+    /// The length of a snapshot whose store's encoding is `kv_len` bytes.
+    pub fn snapshot_len(&self, kv_len: usize) -> usize {
+        self.head_len(kv_len) + kv_len
+    }
+
+    /// The bytes before the store's in a snapshot whose store takes `kv_len`.
+    fn head_len(&self, kv_len: usize) -> usize {
+        postcard::experimental::serialized_size(&self.list())
+            .and_then(|m| Ok(m + postcard::experimental::serialized_size(&kv_len)?))
+            .expect("snapshots always serialize")
     }
 
     /// A [`NodeSnapshot`]'s encoding, written field by field: the table, then the
@@ -125,9 +143,7 @@ impl Members {
     /// then the bytes), which `write_kv` appends to the buffer it is given.
     fn wrap_with(&self, kv_len: usize, write_kv: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Bytes {
         let members = self.list();
-        let head = postcard::experimental::serialized_size(&members)
-            .and_then(|m| Ok(m + postcard::experimental::serialized_size(&kv_len)?))
-            .expect("snapshots always serialize");
+        let head = self.head_len(kv_len);
         let buf = postcard::to_extend(&members, Vec::with_capacity(head + kv_len))
             .and_then(|buf| postcard::to_extend(&kv_len, buf))
             .expect("snapshots always serialize");
@@ -215,6 +231,10 @@ mod tests {
         let source = ekmat_kv::KvStore::default().snapshot_source();
         let store = source.encode();
         assert_eq!(m.snapshot_of(&source), m.wrap_snapshot(store));
+        for members in [m, Members::default()] {
+            let sized = members.snapshot_len(source.encoded_len());
+            assert_eq!(sized, members.snapshot_of(&source).len());
+        }
     }
 
     #[test]

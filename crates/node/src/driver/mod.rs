@@ -300,8 +300,8 @@ pub struct Driver<P: RuntimeProtocol> {
     snapshot_in_progress: bool,
     /// A snapshot the protocol asked for while another was being serialized.
     queued_snapshot: Option<(u64, ekmat_kv::SnapshotSource)>,
-    snapshots_tx: mpsc::Sender<(u64, Bytes)>,
-    snapshots_rx: mpsc::Receiver<(u64, Bytes)>,
+    snapshots_tx: mpsc::Sender<snapshot::Encoded>,
+    snapshots_rx: mpsc::Receiver<snapshot::Encoded>,
     /// This node's record, proposed to the cluster and not yet answered.
     publishing: Option<(Instant, oneshot::Receiver<Result<(), CallError>>)>,
     clock_refusals: clock_refusals::ClockRefusals,
@@ -446,8 +446,8 @@ impl<P: RuntimeProtocol> Driver<P> {
                 Some(first) = inbound.recv() => self.on_wires(first, &mut inbound).await,
                 result = apply::applied(&mut self.applying) => self.on_applied(result),
                 Some(call) = calls.recv(), if !store_away => self.on_call(call).await,
-                Some((index, data)) = self.snapshots_rx.recv() => {
-                    self.on_snapshot_ready(index, data).await;
+                Some(encoded) = self.snapshots_rx.recv() => {
+                    self.on_snapshot_encoded(encoded).await;
                 }
                 due = ticker.tick() => {
                     note_lateness(due);

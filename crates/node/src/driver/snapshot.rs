@@ -8,6 +8,13 @@ use ekmat_core::Input;
 use super::Driver;
 use crate::protocol::RuntimeProtocol;
 
+/// What a snapshot thread hands the driver: the snapshot's size as soon as it is
+/// known, then the snapshot.
+pub(super) enum Encoded {
+    Size { index: u64, size: u64 },
+    Done { index: u64, data: Bytes },
+}
+
 impl<P: RuntimeProtocol> Driver<P> {
     /// Every `snapshot_every` applied entries (and once the log has grown by the last
     /// snapshot's size), hand the protocol the state machine, so it can compact its log.
@@ -81,13 +88,20 @@ impl<P: RuntimeProtocol> Driver<P> {
             crate::members::Members::default()
         };
         let done = self.snapshots_tx.clone();
+        let (members_here, source_here) = (members.clone(), source.clone());
         let spawned = std::thread::Builder::new()
             .name("ekmat-snapshot".into())
             .spawn(move || {
+                lower_priority();
+                // The size first, before waiting for this member's turn: PBFT may
+                // need it to go on executing before the snapshot itself is done.
+                let kv_len = source.encoded_len();
+                let size = members.snapshot_len(kv_len) as u64;
+                let index = applied;
+                let _ = done.blocking_send(Encoded::Size { index, size });
                 std::thread::sleep(delay);
                 let started = Instant::now();
-                lower_priority();
-                let data = members.snapshot_of(&source);
+                let data = members.snapshot_sized(&source, kv_len);
                 tracing::info!(
                     index = applied,
                     bytes = data.len(),
@@ -95,16 +109,29 @@ impl<P: RuntimeProtocol> Driver<P> {
                     delayed_ms = delay.as_millis() as u64,
                     "snapshot"
                 );
-                let _ = done.blocking_send((applied, data));
+                let _ = done.blocking_send(Encoded::Done { index, data });
             });
         if let Err(e) = spawned {
-            // Without a thread the snapshot is skipped; the next one is tried later.
-            tracing::warn!(error = %e, "cannot start a snapshot thread");
-            self.snapshot_in_progress = false;
+            // Encoded here then, however long it takes: PBFT may hold execution until
+            // it has this snapshot's size, and asks for no other meanwhile.
+            tracing::warn!(error = %e, "cannot start a snapshot thread; encoding on the driver");
+            let data = members_here.snapshot_of(&source_here);
+            let (index, sent) = (applied, self.snapshots_tx.clone());
+            if sent.try_send(Encoded::Done { index, data }).is_err() {
+                tracing::error!(index = applied, "a snapshot could not be handed over");
+                self.snapshot_in_progress = false;
+            }
         }
     }
 
-    pub(super) async fn on_snapshot_ready(&mut self, index: u64, data: Bytes) {
+    pub(super) async fn on_snapshot_encoded(&mut self, encoded: Encoded) {
+        match encoded {
+            Encoded::Size { index, size } => self.step(Input::SnapshotSize { index, size }).await,
+            Encoded::Done { index, data } => self.on_snapshot_ready(index, data).await,
+        }
+    }
+
+    async fn on_snapshot_ready(&mut self, index: u64, data: Bytes) {
         self.snapshot_in_progress = false;
         if let Some((applied, source)) = self.queued_snapshot.take() {
             self.encode_snapshot(applied, source, self.requested_snapshot_delay());
