@@ -1,6 +1,8 @@
 //! PBFT under the simulator's faults and Byzantine adversaries: clean with n = 3f+1,
 //! broken with n = 3f, and every planted bug caught.
 
+use std::time::Duration;
+
 use ekmat_pbft::Mutant;
 use ekmat_sim::FaultKind;
 use ekmat_sim::protocols::{Adversary, PbftSim};
@@ -96,12 +98,17 @@ fn four_replicas_survive_the_same_traitor() {
 }
 
 fn assert_caught(mutant: Mutant, adversary: Adversary, by_seed: u64) {
-    let proto = sim(4, 1, &[adversary], mutant);
-    let s = sweep(&proto, 4, by_seed + 1);
+    assert_caught_by(&sim(4, 1, &[adversary], mutant), by_seed);
+}
+
+fn assert_caught_by(proto: &PbftSim, by_seed: u64) {
+    let mutant = proto.mutant;
+    let s = sweep(proto, 4, by_seed + 1);
     let f = s
         .first_failure
         .unwrap_or_else(|| panic!("{} survived {} seeds", mutant.name(), by_seed + 1));
     let v = f.violation.expect("a failure carries its violation");
+    eprintln!("{} caught on seed {}: {v}", mutant.name(), f.seed);
     assert!(
         [
             "agreement",
@@ -155,9 +162,21 @@ fn skipping_client_signatures_is_caught() {
 /// Caught by at-most-once, through the simulator's anonymous clients (the runtime's
 /// etcd clients): a bundle ordered twice executes twice. Clients with sessions would
 /// hide it.
+///
+/// With every knob drawn per seed, about one seed in sixty finds it (17 and 18 of
+/// 1,000, before and after snapshot points followed the size): too few for a test.
+/// Nearly all of those checkpoint every 2 batches and snapshot, which is where bundles
+/// are ordered again most; with those knobs fixed, 15 of the first 100 seeds find it.
 #[test]
 fn forgetting_executed_bundles_is_caught() {
-    assert_caught(Mutant::ForgetExecutedBundles, Adversary::Silent, 40);
+    let proto = PbftSim {
+        vary_knobs: false,
+        checkpoint_interval: 2,
+        snapshot_bytes: 4096,
+        view_timeout: Duration::from_millis(150),
+        ..sim(4, 1, &[Adversary::Silent], Mutant::ForgetExecutedBundles)
+    };
+    assert_caught_by(&proto, 40);
 }
 
 /// Caught by the clock property: a primary whose clock runs an hour ahead gets its

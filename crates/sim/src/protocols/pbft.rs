@@ -151,6 +151,8 @@ pub struct PbftSim {
     /// A snapshot after every this many bytes of requests (0: never; see
     /// `ekmat_pbft::snapshot`).
     pub snapshot_bytes: u64,
+    /// Snapshot points also wait for bytes executed to reach the last snapshot's size.
+    pub snapshot_follows_size: bool,
     /// Snapshots go to a replica behind in chunks of at most this many bytes.
     pub snapshot_chunk_bytes: usize,
     /// How long past its making a bundle can execute (see `Bundle::executable_at`).
@@ -175,6 +177,7 @@ impl Default for PbftSim {
             batch_max_bytes: 1 << 20,
             view_timeout: Duration::from_millis(300),
             snapshot_bytes: 0,
+            snapshot_follows_size: false,
             snapshot_chunk_bytes: 1 << 20,
             bundle_horizon: ekmat_pbft::message::BUNDLE_HORIZON,
             assigned: Vec::new(),
@@ -194,6 +197,7 @@ impl PbftSim {
         cfg.batch_max_bytes = self.batch_max_bytes;
         cfg.view_timeout = self.view_timeout;
         cfg.snapshot_bytes = self.snapshot_bytes;
+        cfg.snapshot_follows_size = self.snapshot_follows_size;
         cfg.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
         cfg.bundle_horizon = self.bundle_horizon.max(2 * cfg.window);
         cfg.clients = client_keys().1.clone();
@@ -486,6 +490,8 @@ impl SimProtocol for PbftSim {
             ][rng.index(2)];
             // Batches cut by bytes (a few requests each) on half the seeds.
             v.batch_max_bytes = [1 << 20, 256][rng.index(2)];
+            // Points that follow the state's size, as a real cluster's do, on half.
+            v.snapshot_follows_size = rng.index(4) == 3;
         }
         let cast: Vec<String> = v
             .assigned
@@ -493,9 +499,14 @@ impl SimProtocol for PbftSim {
             .map(|(n, a)| format!("{n} {}", a.name()))
             .collect();
         let knobs = format!(
-            "pbft checkpoint every {}, snapshot every {} bytes (chunks of {}), bundle horizon {}, {} batches in flight, {} requests and {} bytes per batch, view timeout {:?}, byzantine: [{}]",
+            "pbft checkpoint every {}, snapshot every {} bytes{} (chunks of {}), bundle horizon {}, {} batches in flight, {} requests and {} bytes per batch, view timeout {:?}, byzantine: [{}]",
             v.checkpoint_interval,
             v.snapshot_bytes,
+            if v.snapshot_follows_size {
+                " or the last snapshot's size"
+            } else {
+                ""
+            },
             v.snapshot_chunk_bytes,
             v.bundle_horizon,
             v.max_inflight,

@@ -106,6 +106,21 @@ enum Ev<M> {
         epoch: u32,
         seq: u64,
     },
+    /// A snapshot the protocol asked for, taken at `index`, done encoding (the runtime
+    /// encodes on a thread of its own, for up to seconds).
+    SnapshotReady {
+        node: NodeId,
+        epoch: u32,
+        index: u64,
+        data: bytes::Bytes,
+    },
+    /// The size of that snapshot, known before it is done (the runtime sends it first).
+    SnapshotSized {
+        node: NodeId,
+        epoch: u32,
+        index: u64,
+        size: u64,
+    },
     FaultStart {
         index: usize,
     },
@@ -186,6 +201,7 @@ pub struct World<'p, P: SimProtocol> {
     net_rng: DetRng,
     disk_rng: DetRng,
     fault_rng: DetRng,
+    snapshot_rng: DetRng,
     node_seeds: DetRng,
     stats: RunStats,
     trace: Trace,
@@ -219,6 +235,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
         let fault_rng = root.fork();
         let mut node_seeds = root.fork();
         let workload = Workload::new(cfg.workload.clone(), cfg.nodes, root.fork());
+        let snapshot_rng = root.fork();
         let mut nodes = Vec::with_capacity(cfg.nodes);
         for i in 0..cfg.nodes {
             let id = NodeId(i as u32);
@@ -253,6 +270,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
             net_rng,
             disk_rng,
             fault_rng,
+            snapshot_rng,
             node_seeds,
             stats: RunStats::default(),
             violation: None,
@@ -477,6 +495,11 @@ impl<'p, P: SimProtocol> World<'p, P> {
                     self.deliver_to(node, Ev::Synced { node, epoch, seq });
                 }
             }
+            Ev::SnapshotReady { node, epoch, .. } | Ev::SnapshotSized { node, epoch, .. } => {
+                if self.nodes[node.index()].epoch == epoch {
+                    self.deliver_to(node, ev);
+                }
+            }
             Ev::Request { client, sent } => {
                 self.deliver_to(sent.node, Ev::Request { client, sent })
             }
@@ -539,6 +562,22 @@ impl<'p, P: SimProtocol> World<'p, P> {
                 self.nodes[node.index()].disk.sync(seq);
                 self.trace.hash_event(self.now, (2u8, node, seq));
                 self.step(node, Input::Persisted { seq });
+            }
+            Ev::SnapshotReady { index, data, .. } => {
+                self.trace.hash_event(self.now, (10u8, node, index));
+                let now = self.now;
+                self.trace.line(now, || {
+                    format!("{node} <- snapshot at {index} ({} bytes)", data.len())
+                });
+                self.step(node, Input::Snapshot { index, data });
+            }
+            Ev::SnapshotSized { index, size, .. } => {
+                self.trace.hash_event(self.now, (11u8, node, index));
+                let now = self.now;
+                self.trace.line(now, || {
+                    format!("{node} <- snapshot size at {index}: {size} bytes")
+                });
+                self.step(node, Input::SnapshotSize { index, size });
             }
             Ev::Request { client, sent } => {
                 let request = sent.request(self.now);
@@ -731,7 +770,42 @@ impl<'p, P: SimProtocol> World<'p, P> {
                     return self.fail(Violation::new("snapshot-safety", self.now, detail));
                 }
                 let taken = self.take_snapshot(node);
-                self.nodes[node.index()].asked_snapshot = taken;
+                // Handed over at once on a third of the requests, after up to half a
+                // second of encoding on the rest; on half of those, its size earlier.
+                let (delay, sized) = match self.snapshot_rng.index(3) {
+                    0 => (0, false),
+                    early => (self.snapshot_rng.range(1, 500_000), early == 2),
+                };
+                let epoch = self.nodes[node.index()].epoch;
+                match taken {
+                    Some((index, data)) if delay > 0 => {
+                        if sized {
+                            let size = data.len() as u64;
+                            let at =
+                                self.now + Duration::from_micros(self.snapshot_rng.range(0, delay));
+                            self.push(
+                                at,
+                                Ev::SnapshotSized {
+                                    node,
+                                    epoch,
+                                    index,
+                                    size,
+                                },
+                            );
+                        }
+                        let at = self.now + Duration::from_micros(delay);
+                        self.push(
+                            at,
+                            Ev::SnapshotReady {
+                                node,
+                                epoch,
+                                index,
+                                data,
+                            },
+                        );
+                    }
+                    taken => self.nodes[node.index()].asked_snapshot = taken,
+                }
             }
             Effect::Reply(reply) => self.on_protocol_reply(node, reply),
             Effect::Event(e) => self.on_event(node, e),
