@@ -110,6 +110,13 @@ impl RuntimeProtocol for Pbft {
                 "pbft_snapshot_bytes".to_string(),
                 cfg.pbft_snapshot_bytes.to_string(),
             ),
+            // How points follow from it (`tune`): a member of a build that snapshots
+            // every `pbft_snapshot_bytes` alone sends no such setting, and is refused
+            // rather than vouching for snapshots at points no one else takes.
+            (
+                "pbft_snapshot_points".to_string(),
+                "after the bytes or the last snapshot's size".to_string(),
+            ),
             // A member with other clock bounds would refuse times the rest accept.
             (
                 "pbft_clock_ahead_ms".to_string(),
