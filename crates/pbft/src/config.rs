@@ -36,10 +36,14 @@ pub enum Mutant {
     ForgetExecutedBundles,
     /// Accept any batch time a primary proposes (see `clock.rs`).
     SkipClockCheck,
+    /// Execute on past a checkpoint whose being a snapshot point depends on a size not
+    /// known yet, and decide it later (see `snapshot.rs`): points then follow the
+    /// host's speed, and differ between replicas.
+    SkipSnapshotHold,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 8] = [
+    pub const ALL: [Mutant; 9] = [
         Mutant::CommitWithoutPrePrepare,
         Mutant::AcceptUnverifiedNewView,
         Mutant::SkipSignatureVerification,
@@ -48,6 +52,7 @@ impl Mutant {
         Mutant::SkipClientSignatures,
         Mutant::ForgetExecutedBundles,
         Mutant::SkipClockCheck,
+        Mutant::SkipSnapshotHold,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +66,7 @@ impl Mutant {
             Mutant::SkipClientSignatures => "skip-client-signatures",
             Mutant::ForgetExecutedBundles => "forget-executed-bundles",
             Mutant::SkipClockCheck => "skip-clock-check",
+            Mutant::SkipSnapshotHold => "skip-snapshot-hold",
         }
     }
 

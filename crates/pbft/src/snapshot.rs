@@ -211,6 +211,8 @@ impl Pbft {
             // Not a point, whatever the size turns out to be.
             NextPoint::AfterSizeOf { bytes, .. }
                 if self.executed_bytes < bytes.saturating_add(every) => {}
+            NextPoint::AfterSizeOf { .. } if self.cfg.mutant == crate::Mutant::SkipSnapshotHold => {
+            }
             NextPoint::AfterSizeOf { .. } => {
                 debug_assert_eq!(seq, self.last_executed);
                 self.held_at = Some(seq);

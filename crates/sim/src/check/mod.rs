@@ -1,6 +1,7 @@
 //! Checkers: per-protocol invariants, and linearizability of the client history.
 
 pub mod pbft;
+mod pbft_points;
 pub mod raft;
 
 use ekmat_core::Time;

@@ -18,7 +18,8 @@
 //! - **commit proof**: a signing client's request in a batch an honest replica
 //!   executed has a commit proof (quorum certificate, bundle digests, bundle) from that
 //!   replica that its client accepts, checked at every eighth sequence number (each
-//!   costs a few signature checks).
+//!   costs a few signature checks);
+//! - **snapshot points**: honest replicas snapshot at the same points (`pbft_points.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -46,6 +47,7 @@ pub struct PbftChecker {
     /// Every exclusion and re-admission honest replicas reported: (replica, sequence
     /// number) to the kind of decision (true: excluded) and who reported it first.
     decisions: BTreeMap<(NodeId, u64), (bool, NodeId)>,
+    points: super::pbft_points::SnapshotPoints,
 }
 
 impl PbftChecker {
@@ -60,6 +62,7 @@ impl PbftChecker {
             submitted: BTreeSet::new(),
             submitted_read: vec![0; n],
             delivered: vec![BTreeSet::new(); n],
+            points: super::pbft_points::SnapshotPoints::new(n),
             decisions: BTreeMap::new(),
         }
     }
@@ -289,6 +292,11 @@ impl ProtocolChecker<PbftNode> for PbftChecker {
                 }
                 _ => Ok(()),
             },
+            Effect::WantSnapshot { index } => self.points.asked(now, node, *index),
+            Effect::Restore { index, .. } => {
+                self.points.restored(node, *index);
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -302,6 +310,7 @@ impl ProtocolChecker<PbftNode> for PbftChecker {
         self.checked_seq[node.index()] = 0;
         self.submitted_read[node.index()] = 0;
         self.delivered[node.index()].clear();
+        self.points.restarted(node);
         Ok(())
     }
 }
