@@ -17,10 +17,12 @@
 //! but a host hands it over when it has it ([`Input::SnapshotSize`] ahead of the
 //! encoding, or the snapshot itself): a replica reaching a checkpoint that only that
 //! size can place waits there, executing nothing further, until it has it
-//! (`held_at`). Installing or recovering a snapshot brings its size along. With the snapshot in hand, the
-//! executed batches at or below its point are dropped from memory and, once the
-//! snapshot is durable, from disk. Its digest is computed, and vouched for, only when
-//! a replica behind asks: hashing a large store costs the driver's thread real time.
+//! (`held_at`). Installing or recovering a snapshot brings its size along.
+//!
+//! With the snapshot in hand, the executed batches at or below its point are dropped
+//! from memory and, once the snapshot is durable, from disk. Its digest is computed,
+//! and vouched for, only when a replica behind asks: hashing a large store costs the
+//! driver's thread real time.
 //!
 //! A replica behind the batches the others still hold fetches a snapshot instead
 //! (`snapshot_transfer.rs`, `snapshot_download.rs`). Nothing in a checkpoint

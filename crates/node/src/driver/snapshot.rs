@@ -1,5 +1,6 @@
 //! Handing the protocol snapshots of the state machine, serialized off the driver.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -88,10 +89,16 @@ impl<P: RuntimeProtocol> Driver<P> {
             crate::members::Members::default()
         };
         let done = self.snapshots_tx.clone();
-        let (members_here, source_here) = (members.clone(), source.clone());
+        // Handed to the thread through a slot, so that if it cannot start, the job is
+        // still here to do (no copy of the store's parts for that rare case).
+        let job = Arc::new(Mutex::new(Some((members, source))));
+        let slot = job.clone();
         let spawned = std::thread::Builder::new()
             .name("ekmat-snapshot".into())
             .spawn(move || {
+                let Some((members, source)) = take(&slot) else {
+                    return;
+                };
                 lower_priority();
                 // The size first, before waiting for this member's turn: PBFT may
                 // need it to go on executing before the snapshot itself is done.
@@ -115,9 +122,16 @@ impl<P: RuntimeProtocol> Driver<P> {
             // Encoded here then, however long it takes: PBFT may hold execution until
             // it has this snapshot's size, and asks for no other meanwhile.
             tracing::warn!(error = %e, "cannot start a snapshot thread; encoding on the driver");
-            let data = members_here.snapshot_of(&source_here);
-            let (index, sent) = (applied, self.snapshots_tx.clone());
-            if sent.try_send(Encoded::Done { index, data }).is_err() {
+            let Some((members, source)) = take(&job) else {
+                return;
+            };
+            let data = members.snapshot_of(&source);
+            let index = applied;
+            if self
+                .snapshots_tx
+                .try_send(Encoded::Done { index, data })
+                .is_err()
+            {
                 tracing::error!(index = applied, "a snapshot could not be handed over");
                 self.snapshot_in_progress = false;
             }
@@ -140,6 +154,13 @@ impl<P: RuntimeProtocol> Driver<P> {
         metrics::counter!("ekmat_snapshots_total").increment(1);
         self.step(Input::Snapshot { index, data }).await;
     }
+}
+
+/// The job in `slot`, if no one took it yet.
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take()
 }
 
 /// Encoding a large store takes seconds of CPU: on a small machine, at normal priority,

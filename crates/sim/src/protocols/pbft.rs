@@ -490,7 +490,7 @@ impl SimProtocol for PbftSim {
             ][rng.index(2)];
             // Batches cut by bytes (a few requests each) on half the seeds.
             v.batch_max_bytes = [1 << 20, 256][rng.index(2)];
-            // Points that follow the state's size, as a real cluster's do, on half.
+            // Points that follow the state's size, as a real cluster's do, on a quarter.
             v.snapshot_follows_size = rng.index(4) == 3;
         }
         let cast: Vec<String> = v
