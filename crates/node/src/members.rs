@@ -108,22 +108,29 @@ impl Members {
 
     /// The snapshot the protocol keeps: this table and the store's snapshot.
     pub fn wrap_snapshot(&self, kv: Bytes) -> Bytes {
-        self.wrap_with(kv.len(), |mut buf| {
+        let buf = self.wrap_with(Vec::new(), kv.len(), |mut buf| {
             buf.extend_from_slice(&kv);
             buf
-        })
+        });
+        Bytes::from(buf)
     }
 
     /// [`Members::wrap_snapshot`] of `source.encode()`, with the store encoded straight
     /// into the snapshot's buffer: a copy of hundreds of megabytes fewer.
     pub fn snapshot_of(&self, source: &ekmat_kv::SnapshotSource) -> Bytes {
-        self.snapshot_sized(source, source.encoded_len())
+        Bytes::from(self.snapshot_into(Vec::new(), source, source.encoded_len()))
     }
 
     /// [`Members::snapshot_of`] a store whose encoding is `kv_len` bytes
-    /// (`source.encoded_len()`, a walk of the store that encoding would repeat).
-    pub fn snapshot_sized(&self, source: &ekmat_kv::SnapshotSource, kv_len: usize) -> Bytes {
-        self.wrap_with(kv_len, |buf| source.encode_into(buf))
+    /// (`source.encoded_len()`, a walk of the store that encoding would repeat),
+    /// written into `buf` (emptied first), which grows as it must.
+    pub fn snapshot_into(
+        &self,
+        buf: Vec<u8>,
+        source: &ekmat_kv::SnapshotSource,
+        kv_len: usize,
+    ) -> Vec<u8> {
+        self.wrap_with(buf, kv_len, |buf| source.encode_into(buf))
     }
 
     /// The length of a snapshot whose store's encoding is `kv_len` bytes.
@@ -141,10 +148,17 @@ impl Members {
     /// A [`NodeSnapshot`]'s encoding, written field by field: the table, then the
     /// store's `kv_len` bytes as postcard frames a byte string (its length as a varint,
     /// then the bytes), which `write_kv` appends to the buffer it is given.
-    fn wrap_with(&self, kv_len: usize, write_kv: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Bytes {
+    fn wrap_with(
+        &self,
+        mut buf: Vec<u8>,
+        kv_len: usize,
+        write_kv: impl FnOnce(Vec<u8>) -> Vec<u8>,
+    ) -> Vec<u8> {
         let members = self.list();
         let head = self.head_len(kv_len);
-        let buf = postcard::to_extend(&members, Vec::with_capacity(head + kv_len))
+        buf.clear();
+        buf.reserve(head + kv_len);
+        let buf = postcard::to_extend(&members, buf)
             .and_then(|buf| postcard::to_extend(&kv_len, buf))
             .expect("snapshots always serialize");
         let buf = write_kv(buf);
@@ -153,7 +167,7 @@ impl Members {
             head + kv_len,
             "the store wrote the bytes it sized"
         );
-        Bytes::from(buf)
+        buf
     }
 
     /// Split a snapshot into the member table and the store's snapshot.
@@ -231,6 +245,9 @@ mod tests {
         let source = ekmat_kv::KvStore::default().snapshot_source();
         let store = source.encode();
         assert_eq!(m.snapshot_of(&source), m.wrap_snapshot(store));
+        // A buffer used before (a spare snapshot's) is emptied, not appended to.
+        let used = m.snapshot_into(vec![9; 4096], &source, source.encoded_len());
+        assert_eq!(&used[..], &m.snapshot_of(&source)[..]);
         for members in [m, Members::default()] {
             let sized = members.snapshot_len(source.encoded_len());
             assert_eq!(sized, members.snapshot_of(&source).len());

@@ -34,6 +34,7 @@ mod clock;
 mod clock_refusals;
 mod membership;
 pub(crate) mod snapshot;
+mod snapshot_buffer;
 
 /// How often the core is ticked. Its timers are 10 ms-granular.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -301,6 +302,7 @@ pub struct Driver<P: RuntimeProtocol> {
     /// A snapshot the protocol asked for while another was being serialized.
     queued_snapshot: Option<(u64, ekmat_kv::SnapshotSource)>,
     snapshots_tx: mpsc::Sender<snapshot::Encoded>,
+    snapshot_buffers: snapshot_buffer::SnapshotBuffers,
     snapshots_rx: mpsc::Receiver<snapshot::Encoded>,
     /// This node's record, proposed to the cluster and not yet answered.
     publishing: Option<(Instant, oneshot::Receiver<Result<(), CallError>>)>,
@@ -392,6 +394,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             snapshot_in_progress: false,
             queued_snapshot: None,
             snapshots_tx,
+            snapshot_buffers: Default::default(),
             snapshots_rx,
             last_ping: parts.started,
             ready_reads: Vec::new(),

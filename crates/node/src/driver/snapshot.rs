@@ -89,6 +89,7 @@ impl<P: RuntimeProtocol> Driver<P> {
             crate::members::Members::default()
         };
         let done = self.snapshots_tx.clone();
+        let buffers = self.snapshot_buffers.clone();
         // Handed to the thread through a slot, so that if it cannot start, the job is
         // still here to do (no copy of the store's parts for that rare case).
         let job = Arc::new(Mutex::new(Some((members, source))));
@@ -108,7 +109,8 @@ impl<P: RuntimeProtocol> Driver<P> {
                 let _ = done.blocking_send(Encoded::Size { index, size });
                 std::thread::sleep(delay);
                 let started = Instant::now();
-                let data = members.snapshot_sized(&source, kv_len);
+                let buf = buffers.take(size as usize);
+                let data = buffers.freeze(members.snapshot_into(buf, &source, kv_len));
                 tracing::info!(
                     index = applied,
                     bytes = data.len(),
