@@ -19,6 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Keys and values as slices of the request's buffer, not a copy each: a Txn of
+        // 100 puts was 200 allocations and copies before it reached the service.
+        .bytes(".etcdserverpb")
+        .bytes(".mvccpb")
         .compile_fds(descriptors)?;
     // The JSON etcd's gateway speaks: proto3's mapping with the fields' names as the
     // .proto spells them (`cluster_id`, `dbSize`), and unknown fields ignored, as etcd does.

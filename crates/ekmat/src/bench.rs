@@ -377,7 +377,13 @@ impl Worker {
         })
     }
 
-    async fn run(&mut self, op: Op, key: Vec<u8>, value: &[u8]) -> Result<(), tonic::Status> {
+    async fn run(
+        &mut self,
+        op: Op,
+        key: Vec<u8>,
+        value: &bytes::Bytes,
+    ) -> Result<(), tonic::Status> {
+        let key = bytes::Bytes::from(key);
         let read = |serializable| pb::RangeRequest {
             key: key.clone(),
             serializable,
@@ -385,7 +391,7 @@ impl Worker {
         };
         let put = || pb::PutRequest {
             key: key.clone(),
-            value: value.to_vec(),
+            value: value.clone(),
             ..Default::default()
         };
         match op {
@@ -443,7 +449,7 @@ async fn phase(channels: &[Channel], token: &Token, b: &KvBench, op: Op) -> Phas
     let errors = Errors::default();
     let started = Instant::now();
     let until = started + b.duration;
-    let value = vec![b'x'; b.value_size];
+    let value = bytes::Bytes::from(vec![b'x'; b.value_size]);
     let tasks: Vec<_> = (0..b.clients)
         .map(|c| {
             let channel = channels[c % channels.len()].clone();

@@ -211,7 +211,7 @@ async fn load(b: &OpenLoopBench, rate: u64, cluster: &BenchCluster) -> Result<Ra
             offset: Duration::from_secs_f64(w as f64 * k as f64 / rate as f64),
             window: (start + b.warmup, start + b.duration),
             drain: b.drain,
-            value: vec![b'x'; b.value_size],
+            value: bytes::Bytes::from(vec![b'x'; b.value_size]),
             keys: b.keys,
             puts: k,
             seed: w as u64 + 1,
@@ -264,7 +264,7 @@ struct Plan {
     /// Puts scheduled in [window.0, window.1) are measured; none are sent after window.1.
     window: (Instant, Instant),
     drain: Duration,
-    value: Vec<u8>,
+    value: bytes::Bytes,
     keys: u64,
     /// Puts per request (more than one: a Txn).
     puts: u64,
@@ -326,7 +326,7 @@ async fn worker(channel: Channel, plan: Plan) -> Measured {
                     let mut kv = kv.clone();
                     let first = rng.range(0, plan.keys - 1);
                     let put = |i: u64| pb::PutRequest {
-                        key: format!("bench/{:08}", (first + i) % plan.keys).into_bytes(),
+                        key: format!("bench/{:08}", (first + i) % plan.keys).into_bytes().into(),
                         value: plan.value.clone(),
                         ..Default::default()
                     };

@@ -461,7 +461,7 @@ async fn observe(ch: Channel, election: String, clock: Clock) {
                 "observer: the leader is now {}",
                 String::from_utf8_lossy(&kv.value)
             ));
-            last = kv.key;
+            last = kv.key.to_vec();
         }
     }
 }

@@ -184,8 +184,8 @@ async fn execute(
                     .map_err(|_| Failure::Usage(format!("bad lease id '{l}' (hexadecimal)")))?,
             };
             let req = pb::PutRequest {
-                key: key.into_bytes(),
-                value: value.into_bytes(),
+                key: key.into_bytes().into(),
+                value: value.into_bytes().into(),
                 lease,
                 prev_kv,
                 ..Default::default()
@@ -220,8 +220,8 @@ async fn execute(
             };
             let (key, range_end) = range_end(&key, end.as_ref(), prefix, from_key);
             let req = pb::RangeRequest {
-                key,
-                range_end,
+                key: key.into(),
+                range_end: range_end.into(),
                 revision: rev,
                 limit,
                 keys_only,
@@ -247,8 +247,8 @@ async fn execute(
         } => {
             let (key, range_end) = range_end(&key, end.as_ref(), prefix, from_key);
             let req = pb::DeleteRangeRequest {
-                key,
-                range_end,
+                key: key.into(),
+                range_end: range_end.into(),
                 prev_kv,
             };
             let r = client.delete_range(req).await.map_err(server)?.into_inner();
@@ -361,7 +361,7 @@ fn parse_compare(line: &str) -> Result<pb::Compare, String> {
             .map_err(|_| format!("bad compare '{line}': '{operand}' is not a number"))
     };
     let (target, union) = match target.trim() {
-        "value" | "val" => (T::Value, U::Value(operand.clone().into_bytes())),
+        "value" | "val" => (T::Value, U::Value(operand.clone().into_bytes().into())),
         "version" | "ver" => (T::Version, U::Version(number()?)),
         "create" | "c" => (T::Create, U::CreateRevision(number()?)),
         "mod" | "m" => (T::Mod, U::ModRevision(number()?)),
@@ -371,9 +371,9 @@ fn parse_compare(line: &str) -> Result<pb::Compare, String> {
     Ok(pb::Compare {
         result: result as i32,
         target: target as i32,
-        key: key.into_bytes(),
+        key: key.into_bytes().into(),
         target_union: Some(union),
-        range_end: vec![],
+        range_end: vec![].into(),
     })
 }
 
@@ -383,26 +383,26 @@ fn parse_op(line: &str) -> Result<pb::RequestOp, String> {
     let w = words(line)?;
     let request = match w.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["put", k, v] => Q::RequestPut(pb::PutRequest {
-            key: k.as_bytes().to_vec(),
-            value: v.as_bytes().to_vec(),
+            key: k.as_bytes().to_vec().into(),
+            value: v.as_bytes().to_vec().into(),
             ..Default::default()
         }),
         ["get", k] | ["get", k, ""] => Q::RequestRange(pb::RangeRequest {
-            key: k.as_bytes().to_vec(),
+            key: k.as_bytes().to_vec().into(),
             ..Default::default()
         }),
         ["get", k, end] => Q::RequestRange(pb::RangeRequest {
-            key: k.as_bytes().to_vec(),
-            range_end: end.as_bytes().to_vec(),
+            key: k.as_bytes().to_vec().into(),
+            range_end: end.as_bytes().to_vec().into(),
             ..Default::default()
         }),
         ["del", k] => Q::RequestDeleteRange(pb::DeleteRangeRequest {
-            key: k.as_bytes().to_vec(),
+            key: k.as_bytes().to_vec().into(),
             ..Default::default()
         }),
         ["del", k, end] => Q::RequestDeleteRange(pb::DeleteRangeRequest {
-            key: k.as_bytes().to_vec(),
-            range_end: end.as_bytes().to_vec(),
+            key: k.as_bytes().to_vec().into(),
+            range_end: end.as_bytes().to_vec().into(),
             ..Default::default()
         }),
         _ => {
@@ -464,7 +464,7 @@ mod tests {
         let Some(pb::compare::TargetUnion::Value(v)) = &t.compare[1].target_union else {
             panic!()
         };
-        assert_eq!(v, b"a b");
+        assert_eq!(&v[..], b"a b");
     }
 
     #[test]

@@ -20,7 +20,7 @@ async fn writes_past_the_bound_are_refused_at_once_and_never_applied() {
         puts.spawn(async move {
             let put = pb::PutRequest {
                 key: format!("k{i}").into(),
-                value: b"v".to_vec(),
+                value: b"v".to_vec().into(),
                 ..Default::default()
             };
             (i, kv.put(put).await)
@@ -71,7 +71,7 @@ async fn a_txn_counts_as_many_writes_as_it_has_puts() {
             .map(|p| pb::RequestOp {
                 request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
                     key: format!("k{}", t * PUTS + p).into(),
-                    value: b"v".to_vec(),
+                    value: b"v".to_vec().into(),
                     ..Default::default()
                 })),
             })
@@ -111,8 +111,8 @@ async fn stored_numbers(ch: tonic::transport::Channel) -> Vec<usize> {
     let mut kv = pb::kv_client::KvClient::new(ch);
     let all = kv
         .range(pb::RangeRequest {
-            key: b"k".to_vec(),
-            range_end: b"l".to_vec(),
+            key: b"k".to_vec().into(),
+            range_end: b"l".to_vec().into(),
             ..Default::default()
         })
         .await

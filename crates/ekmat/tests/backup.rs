@@ -18,8 +18,8 @@ async fn put(url: &str, key: &str, value: &str, lease: i64) -> i64 {
     let r = kv(url)
         .await
         .put(pb::PutRequest {
-            key: key.into(),
-            value: value.into(),
+            key: key.as_bytes().to_vec().into(),
+            value: value.as_bytes().to_vec().into(),
             lease,
             ..Default::default()
         })
@@ -33,8 +33,8 @@ async fn everything(url: &str, rev: i64, serializable: bool) -> Result<pb::Range
     let ch = channel(url).await.map_err(|e| e.to_string())?;
     pb::kv_client::KvClient::new(ch)
         .range(pb::RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
+            key: vec![0].into(),
+            range_end: vec![0].into(),
             revision: rev,
             serializable,
             ..Default::default()
@@ -72,7 +72,7 @@ async fn a_cluster_started_from_a_backup_serves_it_and_a_later_member_receives_i
     kv(&url)
         .await
         .delete_range(pb::DeleteRangeRequest {
-            key: b"b".to_vec(),
+            key: b"b".to_vec().into(),
             ..Default::default()
         })
         .await
@@ -126,7 +126,11 @@ async fn a_cluster_started_from_a_backup_serves_it_and_a_later_member_receives_i
         ours.header.unwrap().revision
     );
     let at = everything(&url, before_compaction, false).await.unwrap();
-    assert!(at.kvs.iter().any(|kv| kv.key == b"a" && kv.value == b"3"));
+    assert!(
+        at.kvs
+            .iter()
+            .any(|kv| kv.key[..] == b"a"[..] && kv.value[..] == b"3"[..])
+    );
     let compacted = everything(&url, before_compaction - 1, false).await;
     assert!(compacted.unwrap_err().contains("compacted"));
     let ttl = support::lease_ttl(&url, lease).await;

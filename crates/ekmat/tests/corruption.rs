@@ -17,8 +17,8 @@ async fn put(url: &str, key: &str, value: &str) -> Result<(), tonic::Status> {
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     pb::kv_client::KvClient::new(ch)
         .put(pb::PutRequest {
-            key: key.into(),
-            value: value.into(),
+            key: key.as_bytes().to_vec().into(),
+            value: value.as_bytes().to_vec().into(),
             ..Default::default()
         })
         .await

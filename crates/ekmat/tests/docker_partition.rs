@@ -403,8 +403,8 @@ async fn put_until_taken(lab: &Lab, among: &[u32], value: &str) -> i64 {
 /// Put `k` = `value` at member `id`: the revision it was written at.
 async fn put(lab: &Lab, id: u32, value: &str) -> Result<i64, tonic::Status> {
     let request = pb::PutRequest {
-        key: b"k".to_vec(),
-        value: value.as_bytes().to_vec(),
+        key: b"k".to_vec().into(),
+        value: value.as_bytes().to_vec().into(),
         ..Default::default()
     };
     let answer = kv(lab, id).await.put(request).await?.into_inner();
@@ -413,7 +413,7 @@ async fn put(lab: &Lab, id: u32, value: &str) -> Result<i64, tonic::Status> {
 
 async fn get(lab: &Lab, id: u32, serializable: bool) -> Result<Option<String>, tonic::Status> {
     let request = pb::RangeRequest {
-        key: b"k".to_vec(),
+        key: b"k".to_vec().into(),
         serializable,
         ..Default::default()
     };

@@ -59,7 +59,7 @@ impl Client {
 
     async fn exists(&mut self, key: &[u8]) -> bool {
         let r = self.kv.range(pb::RangeRequest {
-            key: key.to_vec(),
+            key: key.to_vec().into(),
             ..Default::default()
         });
         !r.await.unwrap().into_inner().kvs.is_empty()

@@ -361,9 +361,9 @@ async fn snapshot_holds_the_data(cl: &mut Client) {
         .revisions
         .iter()
         .rev()
-        .find(|r| r.kv.key == b"k7")
+        .find(|r| r.kv.key[..] == b"k7"[..])
         .expect("k7 is in the backup");
-    assert_eq!(k7.kv.value, b"v7");
+    assert_eq!(k7.kv.value, &b"v7"[..]);
     let now = cl.get("k7", None).await.unwrap();
     assert_eq!(now.kvs()[0].mod_revision(), k7.main);
 }

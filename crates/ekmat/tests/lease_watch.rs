@@ -29,8 +29,8 @@ async fn lease(c: &Cluster, i: usize) -> Lease {
 
 async fn put(kv: &mut Kv, key: &str, value: &str, lease: i64) {
     kv.put(pb::PutRequest {
-        key: key.into(),
-        value: value.into(),
+        key: key.as_bytes().to_vec().into(),
+        value: value.as_bytes().to_vec().into(),
         lease,
         ..Default::default()
     })
@@ -45,7 +45,7 @@ async fn has_key(c: &Cluster, i: usize, key: &str) -> bool {
     };
     pb::kv_client::KvClient::new(ch)
         .range(pb::RangeRequest {
-            key: key.into(),
+            key: key.as_bytes().to_vec().into(),
             serializable: true,
             ..Default::default()
         })
@@ -230,8 +230,8 @@ async fn watch_stream(
 
 fn create(key: &str, range_end: &str) -> pb::WatchCreateRequest {
     pb::WatchCreateRequest {
-        key: key.into(),
-        range_end: range_end.into(),
+        key: key.as_bytes().to_vec().into(),
+        range_end: range_end.as_bytes().to_vec().into(),
         ..Default::default()
     }
 }
@@ -258,7 +258,7 @@ fn summary(events: &[mvccpb::Event]) -> Vec<(i32, String, String)> {
         .map(|e| {
             let kv = e.kv.clone().unwrap_or_default();
             let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-            (e.r#type, text(kv.key), text(kv.value))
+            (e.r#type, text(kv.key.to_vec()), text(kv.value.to_vec()))
         })
         .collect()
 }
@@ -321,7 +321,7 @@ async fn a_watcher_on_a_follower_sees_writes_made_through_the_leader() {
         ]
     );
     assert_eq!(deletes.len(), 1);
-    assert_eq!(deletes[0].prev_kv.as_ref().unwrap().value, b"2");
+    assert_eq!(deletes[0].prev_kv.as_ref().unwrap().value, &b"2"[..]);
 
     // Progress: every event up to the header's revision has been sent.
     send(

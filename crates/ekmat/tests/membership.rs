@@ -19,8 +19,8 @@ async fn put(url: &str, key: &str) -> Result<(), tonic::Status> {
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     pb::kv_client::KvClient::new(ch)
         .put(pb::PutRequest {
-            key: key.into(),
-            value: b"v".to_vec(),
+            key: key.as_bytes().to_vec().into(),
+            value: b"v".to_vec().into(),
             ..Default::default()
         })
         .await
@@ -34,8 +34,8 @@ async fn local_count(url: &str, prefix: &str) -> Option<i64> {
     *end.last_mut().unwrap() += 1;
     let r = pb::kv_client::KvClient::new(ch)
         .range(pb::RangeRequest {
-            key: prefix.into(),
-            range_end: end,
+            key: prefix.as_bytes().to_vec().into(),
+            range_end: end.into(),
             serializable: true,
             count_only: true,
             ..Default::default()

@@ -117,8 +117,8 @@ async fn a_cluster_restarted_from_disk_keeps_its_data() {
     let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
     for i in 0..50 {
         kv.put(pb::PutRequest {
-            key: format!("k{i}").into_bytes(),
-            value: format!("v{i}").into_bytes(),
+            key: format!("k{i}").into_bytes().into(),
+            value: format!("v{i}").into_bytes().into(),
             ..Default::default()
         })
         .await
@@ -134,8 +134,8 @@ async fn a_cluster_restarted_from_disk_keeps_its_data() {
     let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
     let r = kv
         .range(pb::RangeRequest {
-            key: b"k".to_vec(),
-            range_end: b"l".to_vec(),
+            key: b"k".to_vec().into(),
+            range_end: b"l".to_vec().into(),
             ..Default::default()
         })
         .await
@@ -155,8 +155,8 @@ async fn a_corrupted_log_is_refused_with_file_and_offset() {
     let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
     for i in 0..20 {
         kv.put(pb::PutRequest {
-            key: format!("k{i}").into_bytes(),
-            value: vec![b'x'; 100],
+            key: format!("k{i}").into_bytes().into(),
+            value: vec![b'x'; 100].into(),
             ..Default::default()
         })
         .await
@@ -191,8 +191,8 @@ async fn oversized_and_malformed_requests_get_grpc_errors() {
     let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
     let err = kv
         .put(pb::PutRequest {
-            key: b"big".to_vec(),
-            value: vec![0; 2 << 20],
+            key: b"big".to_vec().into(),
+            value: vec![0; 2 << 20].into(),
             ..Default::default()
         })
         .await
@@ -201,8 +201,8 @@ async fn oversized_and_malformed_requests_get_grpc_errors() {
     assert_eq!(err.message(), "etcdserver: request is too large");
     let err = kv
         .put(pb::PutRequest {
-            key: vec![],
-            value: b"v".to_vec(),
+            key: vec![].into(),
+            value: b"v".to_vec().into(),
             ..Default::default()
         })
         .await
@@ -325,8 +325,8 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot_and_the_log_stays_boun
     let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
     for i in 0..2000 {
         kv.put(pb::PutRequest {
-            key: format!("k{i:04}").into_bytes(),
-            value: vec![b'v'; 100],
+            key: format!("k{i:04}").into_bytes().into(),
+            value: vec![b'v'; 100].into(),
             ..Default::default()
         })
         .await
@@ -358,8 +358,8 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot_and_the_log_stays_boun
     let mut follower = pb::kv_client::KvClient::new(channel(&c.endpoint(behind)).await.unwrap());
     let all = follower
         .range(pb::RangeRequest {
-            key: b"k".to_vec(),
-            range_end: b"l".to_vec(),
+            key: b"k".to_vec().into(),
+            range_end: b"l".to_vec().into(),
             serializable: true,
             count_only: true,
             ..Default::default()
@@ -390,8 +390,8 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot_and_the_log_stays_boun
     let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(leader)).await.unwrap());
     let all = kv
         .range(pb::RangeRequest {
-            key: b"k".to_vec(),
-            range_end: b"l".to_vec(),
+            key: b"k".to_vec().into(),
+            range_end: b"l".to_vec().into(),
             count_only: true,
             ..Default::default()
         })
@@ -527,7 +527,7 @@ async fn every_member_reports_the_same_whole_state_hash_and_a_write_changes_it()
 async fn read_at(c: &Cluster, i: usize, key: &str, revision: i64) -> Result<(), String> {
     let mut kv = pb::kv_client::KvClient::new(channel(&c.endpoint(i)).await.unwrap());
     let range = pb::RangeRequest {
-        key: key.into(),
+        key: key.as_bytes().to_vec().into(),
         revision,
         serializable: true,
         ..Default::default()

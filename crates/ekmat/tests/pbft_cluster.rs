@@ -63,8 +63,8 @@ async fn put(c: &Cluster, i: usize, key: &str, value: &str, within: Duration) {
     while started.elapsed() < within {
         if let Some(mut client) = kv(c, i).await {
             let req = pb::PutRequest {
-                key: key.into(),
-                value: value.into(),
+                key: key.as_bytes().to_vec().into(),
+                value: value.as_bytes().to_vec().into(),
                 ..Default::default()
             };
             match client.put(req).await {
@@ -84,14 +84,14 @@ async fn put(c: &Cluster, i: usize, key: &str, value: &str, within: Duration) {
 async fn get(c: &Cluster, i: usize, key: &str, serializable: bool) -> Option<String> {
     let mut client = kv(c, i).await.expect("member reachable");
     let req = pb::RangeRequest {
-        key: key.into(),
+        key: key.as_bytes().to_vec().into(),
         serializable,
         ..Default::default()
     };
     let r = client.range(req).await.expect("read answered").into_inner();
     r.kvs
         .first()
-        .map(|kv| String::from_utf8(kv.value.clone()).unwrap())
+        .map(|kv| String::from_utf8(kv.value.to_vec()).unwrap())
 }
 
 /// Wait until member `i` has applied everything member `of` has.
@@ -309,8 +309,8 @@ async fn a_value_larger_than_a_batch_is_refused_as_too_large() {
     c.leader(Duration::from_secs(20)).await;
     let mut client = kv(&c, 2).await.expect("connect");
     let put = |len: usize| pb::PutRequest {
-        key: b"big".to_vec(),
-        value: vec![b'v'; len],
+        key: b"big".to_vec().into(),
+        value: vec![b'v'; len].into(),
         ..Default::default()
     };
     let refused = client.put(put(600 << 10)).await.unwrap_err();
@@ -324,7 +324,7 @@ async fn a_value_larger_than_a_batch_is_refused_as_too_large() {
     let mut other = kv(&c, 0).await.expect("connect");
     let got = other
         .range(pb::RangeRequest {
-            key: b"big".to_vec(),
+            key: b"big".to_vec().into(),
             ..Default::default()
         })
         .await
@@ -786,8 +786,8 @@ async fn etcd_clients_through_a_gateway_process_get_answers_f_plus_1_members_agr
     }
     let mut kv = kv.expect("the gateway listens");
     let put = |key: &str, value: &str| pb::PutRequest {
-        key: key.into(),
-        value: value.into(),
+        key: key.as_bytes().to_vec().into(),
+        value: value.as_bytes().to_vec().into(),
         ..Default::default()
     };
     // Concurrent puts (more than its four client ids) all land.
@@ -807,11 +807,11 @@ async fn etcd_clients_through_a_gateway_process_get_answers_f_plus_1_members_agr
         );
     }
     let range = |key: &str| pb::RangeRequest {
-        key: key.into(),
+        key: key.as_bytes().to_vec().into(),
         ..Default::default()
     };
     let read = kv.range(range("gw3")).await.unwrap().into_inner();
-    assert_eq!(read.kvs[0].value, b"x");
+    assert_eq!(read.kvs[0].value, &b"x"[..]);
     assert_eq!(read.header.unwrap().cluster_id, c.cfgs[0].cluster_id());
 
     // One member down, even the one a request is handed to: answers go on.
@@ -1103,20 +1103,24 @@ async fn a_pbft_cluster_started_from_a_backup_serves_it_at_every_member() {
         caught_up(&c, i, 1, within).await;
         let mut kv = kv(&c, i).await.expect("member reachable");
         let read = |key: &str, revision: i64| pb::RangeRequest {
-            key: key.into(),
+            key: key.as_bytes().to_vec().into(),
             revision,
             serializable: true,
             ..Default::default()
         };
         let now = kv.range(read("a", 0)).await.unwrap().into_inner();
-        assert_eq!(now.kvs[0].value, b"3", "n{i}");
+        assert_eq!(now.kvs[0].value, &b"3"[..], "n{i}");
         assert_eq!(
             now.header.unwrap().revision,
             revision + 41,
             "n{i}: the puts after"
         );
         let then = kv.range(read("b", compact_at)).await.unwrap().into_inner();
-        assert_eq!(then.kvs[0].value, b"2", "n{i}: history from the backup");
+        assert_eq!(
+            then.kvs[0].value,
+            &b"2"[..],
+            "n{i}: history from the backup"
+        );
         let gone = kv.range(read("a", compact_at - 1)).await.unwrap_err();
         assert!(gone.message().contains("compacted"), "n{i}: {gone}");
         let ttl = support::lease_ttl(&c.endpoint(i), lease).await;

@@ -499,7 +499,7 @@ mod tests {
             first_value(br#"{"key":"Zm9v","revision":"3","keys_only":true,"limit":2,"x":1}"#)
                 .unwrap();
         assert_eq!(
-            (r.key.as_slice(), r.revision, r.keys_only, r.limit),
+            (&r.key[..], r.revision, r.keys_only, r.limit),
             (&b"foo"[..], 3, true, 2)
         );
         let camel: pb::RangeRequest =

@@ -339,8 +339,8 @@ pub async fn put_revision(
     value: String,
 ) -> i64 {
     let put = pb::PutRequest {
-        key: key.into_bytes(),
-        value: value.into_bytes(),
+        key: key.into_bytes().into(),
+        value: value.into_bytes().into(),
         ..Default::default()
     };
     let reply = kv.put(put).await.unwrap().into_inner();

@@ -48,22 +48,22 @@ pub async fn perform(
     let result = match input {
         KvInput::Get { key: k } => client
             .range(pb::RangeRequest {
-                key: key(k),
+                key: key(k).into(),
                 ..Default::default()
             })
             .await
             .map(|r| KvOutput::Value(r.into_inner().kvs.first().map(|kv| value_of(&kv.value)))),
         KvInput::Put { key: k, value } => client
             .put(pb::PutRequest {
-                key: key(k),
-                value: value.to_string().into_bytes(),
+                key: key(k).into(),
+                value: value.to_string().into_bytes().into(),
                 ..Default::default()
             })
             .await
             .map(|_| KvOutput::Done),
         KvInput::Delete { key: k } => client
             .delete_range(pb::DeleteRangeRequest {
-                key: key(k),
+                key: key(k).into(),
                 ..Default::default()
             })
             .await
@@ -78,22 +78,22 @@ pub async fn perform(
                 Some(v) => pb::Compare {
                     result: CompareResult::Equal as i32,
                     target: CompareTarget::Value as i32,
-                    key: key(k),
-                    target_union: Some(TargetUnion::Value(v.to_string().into_bytes())),
-                    range_end: vec![],
+                    key: key(k).into(),
+                    target_union: Some(TargetUnion::Value(v.to_string().into_bytes().into())),
+                    range_end: vec![].into(),
                 },
                 None => pb::Compare {
                     result: CompareResult::Equal as i32,
                     target: CompareTarget::Create as i32,
-                    key: key(k),
+                    key: key(k).into(),
                     target_union: Some(TargetUnion::CreateRevision(0)),
-                    range_end: vec![],
+                    range_end: vec![].into(),
                 },
             };
             let put = pb::RequestOp {
                 request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-                    key: key(k),
-                    value: new.to_string().into_bytes(),
+                    key: key(k).into(),
+                    value: new.to_string().into_bytes().into(),
                     ..Default::default()
                 })),
             };

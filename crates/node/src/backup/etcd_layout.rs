@@ -255,7 +255,7 @@ fn read_auth(
 fn key_record(r: &HistoryRecord<'_>) -> Entry {
     let value = if r.deleted {
         mvccpb::KeyValue {
-            key: r.kv.key.to_vec(),
+            key: r.kv.key.clone(),
             ..Default::default()
         }
     } else {
@@ -501,11 +501,11 @@ mod tests {
     fn two_changes_at_one_revision_are_refused_on_restore() {
         let record = |key: &str| {
             let kv = mvccpb::KeyValue {
-                key: key.into(),
+                key: bytes::Bytes::copy_from_slice(key.as_bytes()),
                 create_revision: 2,
                 mod_revision: 2,
                 version: 1,
-                value: b"v".to_vec(),
+                value: b"v".to_vec().into(),
                 lease: 0,
             };
             (revision_key(2, 0, false), kv.encode_to_vec())

@@ -115,11 +115,11 @@ pub fn prepare(cfg: &NodeConfig, file: Vec<u8>) -> Result<Seed, NodeError> {
                 sub,
                 deleted: r.deleted,
                 kv: ekmat_kv::KeyValue {
-                    key: r.kv.key.into(),
+                    key: r.kv.key,
                     create_revision: r.kv.create_revision,
                     mod_revision: r.kv.mod_revision,
                     version: r.kv.version,
-                    value: r.kv.value.into(),
+                    value: r.kv.value,
                     lease: r.kv.lease,
                 },
             })

@@ -523,8 +523,8 @@ impl pb::auth_server::Auth for Services {
         let r = request.get_ref();
         let revoke = AuthRequest::RoleRevokePermission {
             role: r.role.clone(),
-            key: r.key.clone().into(),
-            range_end: r.range_end.clone().into(),
+            key: r.key.clone(),
+            range_end: r.range_end.clone(),
         };
         let header = self.auth_change(&request, revoke).await?;
         Ok(Reply::new(pb::AuthRoleRevokePermissionResponse { header }))

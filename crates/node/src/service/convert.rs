@@ -8,10 +8,6 @@ use ekmat_api::{etcdserverpb as pb, mvccpb};
 use ekmat_kv as kv;
 use tonic::Status;
 
-fn bytes(v: Vec<u8>) -> Bytes {
-    Bytes::from(v)
-}
-
 fn invalid(msg: &str) -> Status {
     Status::invalid_argument(format!("etcdserver: {msg}"))
 }
@@ -30,8 +26,8 @@ pub fn range_request(r: pb::RangeRequest) -> Result<kv::RangeRequest, Status> {
         pb::range_request::SortTarget::Value => kv::SortTarget::Value,
     };
     Ok(kv::RangeRequest {
-        key: bytes(r.key),
-        range_end: bytes(r.range_end),
+        key: r.key,
+        range_end: r.range_end,
         limit: r.limit,
         revision: r.revision,
         sort_order,
@@ -48,8 +44,8 @@ pub fn range_request(r: pb::RangeRequest) -> Result<kv::RangeRequest, Status> {
 
 pub fn put_request(r: pb::PutRequest) -> kv::PutRequest {
     kv::PutRequest {
-        key: bytes(r.key),
-        value: bytes(r.value),
+        key: r.key,
+        value: r.value,
         lease: r.lease,
         prev_kv: r.prev_kv,
         ignore_value: r.ignore_value,
@@ -59,8 +55,8 @@ pub fn put_request(r: pb::PutRequest) -> kv::PutRequest {
 
 pub fn delete_request(r: pb::DeleteRangeRequest) -> kv::DeleteRangeRequest {
     kv::DeleteRangeRequest {
-        key: bytes(r.key),
-        range_end: bytes(r.range_end),
+        key: r.key,
+        range_end: r.range_end,
         prev_kv: r.prev_kv,
     }
 }
@@ -111,7 +107,7 @@ fn compare(c: pb::Compare) -> Result<kv::Compare, Status> {
             _ => 0,
         }),
         (Ok(pb::compare::CompareTarget::Value), v) => kv::CompareTarget::Value(match v {
-            Some(U::Value(x)) => bytes(x),
+            Some(U::Value(x)) => x,
             _ => Bytes::new(),
         }),
         (Ok(pb::compare::CompareTarget::Lease), v) => kv::CompareTarget::Lease(match v {
@@ -123,8 +119,8 @@ fn compare(c: pb::Compare) -> Result<kv::Compare, Status> {
     Ok(kv::Compare {
         result,
         target,
-        key: bytes(c.key),
-        range_end: bytes(c.range_end),
+        key: c.key,
+        range_end: c.range_end,
     })
 }
 
@@ -141,11 +137,11 @@ fn request_op(op: pb::RequestOp) -> Result<kv::RequestOp, Status> {
 
 pub fn key_value(kv: kv::KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
-        key: kv.key.to_vec(),
+        key: kv.key,
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
-        value: kv.value.to_vec(),
+        value: kv.value,
         lease: kv.lease,
     }
 }
@@ -268,14 +264,14 @@ mod tests {
             compare: vec![pb::Compare {
                 result: pb::compare::CompareResult::Equal as i32,
                 target: pb::compare::CompareTarget::Value as i32,
-                key: b"k".to_vec(),
-                target_union: Some(pb::compare::TargetUnion::Value(b"v".to_vec())),
-                range_end: vec![],
+                key: Bytes::from_static(b"k"),
+                target_union: Some(pb::compare::TargetUnion::Value(Bytes::from_static(b"v"))),
+                range_end: vec![].into(),
             }],
             success: vec![pb::RequestOp {
                 request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-                    key: b"k".to_vec(),
-                    value: b"w".to_vec(),
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from_static(b"w"),
                     ..Default::default()
                 })),
             }],

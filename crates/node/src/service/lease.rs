@@ -177,7 +177,7 @@ impl pb::lease_server::Lease for Services {
                 id: t.id,
                 ttl: t.ttl,
                 granted_ttl: t.granted_ttl,
-                keys: t.keys.into_iter().map(|k| k.to_vec()).collect(),
+                keys: t.keys,
             },
             Ok(_) => return Err(unexpected_answer()),
             // etcd answers an unknown lease with TTL -1, not an error.

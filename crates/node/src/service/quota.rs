@@ -69,8 +69,8 @@ mod tests {
     fn put(key: &str, value: &str) -> pb::RequestOp {
         pb::RequestOp {
             request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-                key: key.into(),
-                value: value.into(),
+                key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+                value: bytes::Bytes::copy_from_slice(value.as_bytes()),
                 ..Default::default()
             })),
         }
@@ -79,8 +79,8 @@ mod tests {
     #[test]
     fn costs_are_etcds() {
         let p = pb::PutRequest {
-            key: b"key".to_vec(),
-            value: b"value".to_vec(),
+            key: b"key".to_vec().into(),
+            value: b"value".to_vec().into(),
             ..Default::default()
         };
         assert_eq!(put_cost(&p), 256 + 8);

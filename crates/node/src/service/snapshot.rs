@@ -137,7 +137,7 @@ pub fn frames<'a>(
         pb::SnapshotResponse {
             header: header.take(),
             remaining_bytes,
-            blob,
+            blob: blob.into(),
         }
     })
 }

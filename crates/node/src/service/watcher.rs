@@ -206,8 +206,8 @@ mod tests {
 
     fn create(key: &str, range_end: &str) -> pb::WatchCreateRequest {
         pb::WatchCreateRequest {
-            key: key.as_bytes().to_vec(),
-            range_end: range_end.as_bytes().to_vec(),
+            key: key.as_bytes().to_vec().into(),
+            range_end: range_end.as_bytes().to_vec().into(),
             ..Default::default()
         }
     }
