@@ -135,9 +135,23 @@ fn committing_without_the_pre_prepare_is_caught() {
     assert_caught(Mutant::CommitWithoutPrePrepare, Adversary::Equivocate, 1);
 }
 
+/// With every knob drawn, 8 of the first 100 seeds catch it, the first on seed 34:
+/// one seed inside a budget of 41. Views change most with a short view timeout; with it
+/// fixed at 150 ms, 27 of 100 seeds catch it, the first on seed 2 (and none without
+/// the mutant).
 #[test]
 fn accepting_an_unverified_new_view_is_caught() {
-    assert_caught(Mutant::AcceptUnverifiedNewView, Adversary::ForgeNewView, 40);
+    let proto = PbftSim {
+        vary_knobs: false,
+        view_timeout: Duration::from_millis(150),
+        ..sim(
+            4,
+            1,
+            &[Adversary::ForgeNewView],
+            Mutant::AcceptUnverifiedNewView,
+        )
+    };
+    assert_caught_by(&proto, 20);
 }
 
 #[test]
@@ -148,9 +162,21 @@ fn skipping_signature_verification_is_caught() {
 /// A replica that installs a snapshot on one replica's word takes a forger's empty store
 /// for the cluster's state: the restore is checked against the state every replica had
 /// at that index.
+///
+/// With every knob drawn, 5 of the first 100 seeds catch it (two inside a budget of
+/// 61). Replicas install snapshots most when they snapshot often and views change
+/// often: checkpoints every 2, snapshots every KiB and a 150 ms view timeout give 12 of
+/// 100, the first on seed 6 (and none without the mutant).
 #[test]
 fn trusting_one_snapshot_is_caught() {
-    assert_caught(Mutant::TrustOneSnapshot, Adversary::ForgeSnapshot, 60);
+    let proto = PbftSim {
+        vary_knobs: false,
+        checkpoint_interval: 2,
+        snapshot_bytes: 1024,
+        view_timeout: Duration::from_millis(150),
+        ..sim(4, 1, &[Adversary::ForgeSnapshot], Mutant::TrustOneSnapshot)
+    };
+    assert_caught_by(&proto, 40);
 }
 
 /// Caught by validity: a request the Byzantine gateway made up in a signing client's
