@@ -89,6 +89,10 @@ impl Pbft {
     }
 
     pub(crate) fn on_bundle(&mut self, b: Arc<crate::message::Signed<Bundle>>, out: &mut Fx) {
+        // A bundle sent again (see `resend_stale_bundles`) is usually held: under
+        // load every replica resends every bundle still pending, and hashing each copy's
+        // requests again was most of the SHA-256 a member did.
+        let b = self.recent_bundles.held_equal(&b).unwrap_or(b);
         // The signed bytes, encoded (and the requests hashed) once for both the
         // signature check and the bundle's digest.
         let item = SigItem::of(&*b);

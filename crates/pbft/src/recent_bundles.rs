@@ -1,8 +1,10 @@
 //! The bundles a replica took lately, so that a pre-prepare carrying them again (every
 //! backup receives each bundle once from its gateway and once inside the primary's
-//! batch) reuses the copy already held, whose requests digest is already computed,
-//! instead of hashing every request a second time. A bundle is reused only if it is
-//! equal byte for byte to the one held, so a primary cannot slip anything in by it.
+//! batch), or a bundle sent again (every replica resends the bundles still pending
+//! half-way to the view timeout), reuses the copy already held, whose requests digest
+//! is already computed, instead of hashing every request a second time. A bundle is
+//! reused only if it is equal byte for byte to the one held, so no sender can slip
+//! anything in by it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -41,15 +43,17 @@ impl RecentBundles {
         }
     }
 
+    /// The bundle held that is equal to `b` byte for byte, if it is not `b` itself.
+    pub(crate) fn held_equal(&self, b: &Arc<Signed<Bundle>>) -> Option<Arc<Signed<Bundle>>> {
+        self.held
+            .get(&(b.body.gateway, b.body.nonce))
+            .filter(|h| !Arc::ptr_eq(h, b) && **h == *b)
+            .cloned()
+    }
+
     /// `batch` with every bundle equal to one held replaced by the held one.
     pub(crate) fn reuse(&self, mut batch: Arc<Batch>) -> Arc<Batch> {
-        let held = |b: &Arc<Signed<Bundle>>| {
-            self.held
-                .get(&(b.body.gateway, b.body.nonce))
-                .filter(|h| !Arc::ptr_eq(h, b) && **h == *b)
-                .cloned()
-        };
-        let found: Vec<_> = batch.bundles.iter().map(held).collect();
+        let found: Vec<_> = batch.bundles.iter().map(|b| self.held_equal(b)).collect();
         if found.iter().all(Option::is_none) {
             return batch;
         }
@@ -108,6 +112,21 @@ mod tests {
         assert!(Arc::ptr_eq(&out.bundles[1], &impostor));
         assert!(Arc::ptr_eq(&out.bundles[2], &other));
         assert_eq!(out.digest(), batch(vec![equal, impostor, other]).digest());
+    }
+
+    #[test]
+    fn a_bundle_sent_again_is_the_one_held_unless_a_byte_differs() {
+        let mut recent = RecentBundles::default();
+        let held = bundle(1, "a", 10);
+        recent.remember(&held);
+        let again = Arc::new((*held).clone());
+        assert!(Arc::ptr_eq(&recent.held_equal(&again).unwrap(), &held));
+        assert!(recent.held_equal(&held).is_none(), "the held copy itself");
+        let mut resigned = (*held).clone();
+        resigned.sig = Sig([9; 64]);
+        assert!(recent.held_equal(&Arc::new(resigned)).is_none());
+        assert!(recent.held_equal(&bundle(1, "b", 10)).is_none());
+        assert!(recent.held_equal(&bundle(3, "a", 10)).is_none());
     }
 
     #[test]
