@@ -157,7 +157,7 @@ impl Members {
         let members = self.list();
         let head = self.head_len(kv_len);
         buf.clear();
-        buf.reserve(head + kv_len);
+        buf.reserve_exact(head + kv_len);
         let buf = postcard::to_extend(&members, buf)
             .and_then(|buf| postcard::to_extend(&kv_len, buf))
             .expect("snapshots always serialize");
