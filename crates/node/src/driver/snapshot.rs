@@ -109,8 +109,8 @@ impl<P: RuntimeProtocol> Driver<P> {
                 let _ = done.blocking_send(Encoded::Size { index, size });
                 std::thread::sleep(delay);
                 let started = Instant::now();
-                let buf = buffers.take(size as usize);
-                let data = buffers.freeze(members.snapshot_into(buf, &source, kv_len));
+                let buf = members.snapshot_into(buffers.take(), &source, kv_len);
+                let data = buffers.freeze(buf);
                 tracing::info!(
                     index = applied,
                     bytes = data.len(),
