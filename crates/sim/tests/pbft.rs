@@ -186,14 +186,6 @@ fn skipping_client_signatures_is_caught() {
     assert_caught(Mutant::SkipClientSignatures, Adversary::ForgeRequest, 1);
 }
 
-/// Caught by at-most-once, through the simulator's anonymous clients (the runtime's
-/// etcd clients): a bundle ordered twice executes twice. Clients with sessions would
-/// hide it.
-///
-/// With every knob drawn per seed, about one seed in sixty finds it (17 and 18 of
-/// 1,000, before and after snapshot points followed the size): too few for a test.
-/// Nearly all of those checkpoint every 2 batches and snapshot, which is where bundles
-/// are ordered again most; with those knobs fixed, 15 of the first 100 seeds find it.
 /// Caught by the snapshot-points property, where points follow the size and
 /// snapshots come late (the simulator hands two thirds of them over after up to 0.5 s):
 /// 21 of the first 100 seeds with these knobs, and none without the mutant.
@@ -209,6 +201,14 @@ fn skipping_the_snapshot_hold_is_caught() {
     assert_caught_by(&proto, 40);
 }
 
+/// Caught by at-most-once, through the simulator's anonymous clients (the runtime's
+/// etcd clients): a bundle ordered twice executes twice. Clients with sessions would
+/// hide it.
+///
+/// With every knob drawn per seed, about one seed in sixty finds it (17 and 18 of
+/// 1,000, before and after snapshot points followed the size): too few for a test.
+/// Nearly all of those checkpoint every 2 batches and snapshot, which is where bundles
+/// are ordered again most; with those knobs fixed, 15 of the first 100 seeds find it.
 #[test]
 fn forgetting_executed_bundles_is_caught() {
     let proto = PbftSim {
