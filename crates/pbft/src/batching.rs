@@ -2,8 +2,12 @@
 //! several sequence numbers in flight between the watermarks (pipelining).
 //!
 //! Every replica is a gateway for the clients that talk to it: it signs their requests
-//! as a bundle and sends the bundle to every replica, so backups know what the primary
-//! owes them and can suspect it (start the view-change timer) when it does not deliver.
+//! as a bundle and sends the bundle to the primary, which orders it inside a
+//! pre-prepare that every backup receives. A bundle still unordered half-way to the view
+//! timeout goes to every replica (PBFT's client retransmission), so backups then know
+//! what the primary owes them and suspect it (start the view-change timer) if it does
+//! not deliver. Sending every bundle to every replica at once instead made each backup
+//! receive, decode and compare every request twice, once more in the pre-prepare.
 
 use std::sync::Arc;
 
@@ -35,7 +39,7 @@ impl Pbft {
         self.try_propose(out);
     }
 
-    /// Sign `requests` as this gateway's next bundle and send it to every replica. Each
+    /// Sign `requests` as this gateway's next bundle and send it to the primary. Each
     /// request is within the batch bound (`on_request`; a proof against a gateway within
     /// its slack), so the bundle is too: no replica would take one over it.
     fn send_bundle(&mut self, requests: Vec<ClientRequest>, out: &mut Fx) {
@@ -49,8 +53,33 @@ impl Pbft {
         );
         let signed = Arc::new(self.keys.sign(bundle));
         self.recent_bundles.remember(&signed);
-        self.broadcast(Message::Bundle(signed.clone()), out);
+        self.send_to_primary(Message::Bundle(signed.clone()), out);
         self.add_pending(signed);
+    }
+
+    /// The primary of this replica's view, unless that is this replica.
+    fn send_to_primary(&self, msg: Message, out: &mut Fx) {
+        let primary = crate::replica::primary_of(self.view, self.n());
+        if primary != self.cfg.id {
+            out.send(primary, msg);
+        }
+    }
+
+    /// A new view's primary never received the bundles this replica made for the old
+    /// one: they go to it at once, not half a view timeout later, and before any made
+    /// for the new one, in the order they were made (a client's requests executed out
+    /// of order by more than its session's window are refused as old).
+    pub(crate) fn send_own_pending_to_primary(&self, out: &mut Fx) {
+        let mut own: Vec<_> = self
+            .pending
+            .values()
+            .filter(|p| p.bundle.body.gateway == self.cfg.id)
+            .map(|p| &p.bundle)
+            .collect();
+        own.sort_unstable_by_key(|b| b.body.nonce);
+        for b in own {
+            self.send_to_primary(Message::Bundle(b.clone()), out);
+        }
     }
 
     /// Whether `bundle` is within the batch bound: clients' requests up to
@@ -154,14 +183,14 @@ impl Pbft {
     }
 
     /// After a view change every bundle not executed nor re-issued is proposable again,
-    /// oldest first.
+    /// oldest first (see [`arrival_order`]).
     pub(crate) fn requeue_pending(&mut self) {
         let mut order: Vec<_> = self
             .pending
             .iter_mut()
             .map(|(d, p)| {
                 p.resent = false;
-                (p.since, *d)
+                (arrival_order(p), *d)
             })
             .filter(|(_, d)| !self.in_flight.contains(d))
             .collect();
@@ -208,16 +237,17 @@ impl Pbft {
     /// never saw it cannot suspect the primary (PBFT's client retransmission).
     pub(crate) fn resend_stale_bundles(&mut self, out: &mut Fx) {
         let (now, half) = (self.now, self.cfg.view_timeout / 2);
-        let stale: Vec<_> = self
+        let mut stale: Vec<_> = self
             .pending
             .values_mut()
             .filter(|p| !p.resent && now.since(p.since) >= half)
             .map(|p| {
                 p.resent = true;
-                p.bundle.clone()
+                (arrival_order(p), p.bundle.clone())
             })
             .collect();
-        for b in stale {
+        stale.sort_unstable_by_key(|(order, _)| *order);
+        for (_, b) in stale {
             self.broadcast(Message::Bundle(b), out);
         }
     }
@@ -329,4 +359,12 @@ impl Pbft {
         self.observe(crate::evidence::Statement::of(&header), out);
         self.log.entry(seq).or_default().pre_prepare = Some((header, batch));
     }
+}
+
+/// The order pending bundles are proposed and sent again in: as they arrived, and a
+/// gateway's own in the order it made them where they arrived together. Bundles sent
+/// again arrive in bursts, and a client's requests executed out of order by more than
+/// its session's window are refused as old (`normal_case.rs`).
+fn arrival_order(p: &PendingBundle) -> (ekmat_core::Time, ekmat_core::NodeId, u64) {
+    (p.since, p.bundle.body.gateway, p.bundle.body.nonce)
 }

@@ -53,6 +53,7 @@ impl Pbft {
             },
             out,
         );
+        self.send_own_pending_to_primary(out);
         self.send_own_view_change(out);
         self.start_timer_on_quorum();
         self.try_new_view(out);
@@ -273,7 +274,10 @@ impl Pbft {
         out: &mut Fx,
     ) {
         let view = nv.body.view;
-        if self.view < view {
+        // A replica that joins without having changed views itself has not yet sent
+        // the new primary its own bundles.
+        let skipped_change = self.view < view;
+        if skipped_change {
             self.step_down_if_primary(out);
         }
         self.view = view;
@@ -317,6 +321,9 @@ impl Pbft {
             self.check_prepared(seq, out);
         }
         self.requeue_pending();
+        if skipped_change {
+            self.send_own_pending_to_primary(out);
+        }
         self.arm_timer();
         self.try_propose(out);
     }

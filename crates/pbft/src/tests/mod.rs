@@ -838,9 +838,27 @@ fn a_client_cannot_use_the_exclusion_client_id() {
 }
 
 #[test]
+fn a_gateway_sends_its_bundle_to_the_primary_alone() {
+    let mut c = Cluster::new(4);
+    c.request(2, 1, 1);
+    let bundles: Vec<NodeId> = c
+        .queue
+        .iter()
+        .filter(|(_, _, m)| matches!(m, Message::Bundle(_)))
+        .map(|(_, to, _)| *to)
+        .collect();
+    assert_eq!(bundles, vec![NodeId(0)]);
+    c.run();
+    for i in 0..4 {
+        assert_eq!(c.committed[i].len(), 1, "n{i}");
+    }
+}
+
+#[test]
 fn a_message_with_a_bad_signature_is_dropped_and_counted() {
     let mut c = Cluster::new(4);
-    c.request(0, 1, 1);
+    // n2's bundle goes to the primary, n0.
+    c.request(2, 1, 1);
     for (_, _, msg) in c.queue.iter_mut() {
         if let Message::Bundle(b) = msg {
             let mut forged = (**b).clone();
@@ -849,7 +867,7 @@ fn a_message_with_a_bad_signature_is_dropped_and_counted() {
         }
     }
     c.run();
-    assert_eq!(c.node(1).stats().bad_signatures, 1);
+    assert_eq!(c.node(0).stats().bad_signatures, 1);
 }
 
 #[test]
