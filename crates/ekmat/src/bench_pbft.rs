@@ -83,16 +83,19 @@ pub fn run(b: &PbftBench) -> u8 {
         return exit::OK;
     }
     for m in &messages {
+        let kinds: Vec<String> = m
+            .by_kind
+            .iter()
+            .map(|(kind, per)| format!("{kind} {per:.1}"))
+            .collect();
         println!(
-            "n={:>2}: {:>6.1} messages per committed batch ({} batches, {} requests); normal case 2n(n-1) = {}, + bundles {:.1}, checkpoints {:.1}, other {:.1}",
+            "n={:>2}: {:>6.1} messages per committed batch ({} batches, {} requests); normal case 2n(n-1) = {}; sent: {}",
             m.n,
             m.per_batch,
             m.batches,
             m.requests,
             m.formula,
-            m.bundles_per_batch,
-            m.checkpoints_per_batch,
-            m.other_per_batch
+            kinds.join(", ")
         );
     }
     print_throughput(b, &t, "gateway-vouched requests");
@@ -141,9 +144,8 @@ struct MessageCount {
     requests: u64,
     per_batch: f64,
     formula: u64,
-    bundles_per_batch: f64,
-    checkpoints_per_batch: f64,
-    other_per_batch: f64,
+    /// Per committed batch, by message kind, as the simulator counted them sent.
+    by_kind: std::collections::BTreeMap<&'static str, f64>,
 }
 
 /// One fault-free simulated run of n honest replicas; every message sent, by kind.
@@ -166,23 +168,19 @@ fn messages_per_batch(n: usize) -> MessageCount {
         }
     });
     let per = |x: u64| x as f64 / batches.max(1) as f64;
-    let requests = report.ops as u64;
     let n64 = n as u64;
-    let bundles = requests * (n64 - 1);
-    let checkpoints = batches / proto.checkpoint_interval * n64 * (n64 - 1);
-    let normal = batches * 2 * n64 * (n64 - 1);
     MessageCount {
         n,
         batches,
-        requests,
+        requests: report.ops as u64,
         per_batch: per(report.stats.messages),
         formula: 2 * n64 * (n64 - 1),
-        bundles_per_batch: per(bundles),
-        checkpoints_per_batch: per(checkpoints),
-        other_per_batch: per(report
+        by_kind: report
             .stats
-            .messages
-            .saturating_sub(normal + bundles + checkpoints)),
+            .messages_by_kind
+            .iter()
+            .map(|(kind, count)| (*kind, per(*count)))
+            .collect(),
     }
 }
 

@@ -29,6 +29,13 @@ pub trait SimProtocol: Sync + Clone {
     /// The term (view, ballot) in which `node` believes it leads, if it does.
     fn leading(&self, node: &Self::Node) -> Option<u64>;
 
+    /// A short name of `msg`'s kind, by which [`crate::RunStats::messages_by_kind`]
+    /// counts what was sent (a protocol that names none is counted as one kind).
+    fn message_kind(&self, msg: &<Self::Node as Replica>::Message) -> &'static str {
+        let _ = msg;
+        "message"
+    }
+
     /// Whether client `client` sends a request that got no answer again, to another
     /// node. A client whose requests no session deduplicates does not: its request
     /// may have executed, and another copy could execute again (an etcd client gives

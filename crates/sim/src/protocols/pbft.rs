@@ -444,6 +444,10 @@ impl SimProtocol for PbftSim {
         (r.is_primary() && r.is_normal()).then(|| r.view())
     }
 
+    fn message_kind(&self, msg: &Message) -> &'static str {
+        msg.kind()
+    }
+
     fn term(&self, node: &PbftNode) -> u64 {
         node.inner.view()
     }

@@ -61,6 +61,8 @@ pub struct RunStats {
     pub snapshots_taken: u64,
     pub snapshots_restored: u64,
     pub messages: u64,
+    /// What `messages` counts, by the protocol's names for its message kinds.
+    pub messages_by_kind: std::collections::BTreeMap<&'static str, u64>,
     pub elections: u64,
     pub faults: u64,
     pub crashes: u64,
@@ -814,6 +816,11 @@ impl<'p, P: SimProtocol> World<'p, P> {
 
     fn send(&mut self, from: NodeId, to: NodeId, msg: Msg<P>) {
         self.stats.messages += 1;
+        *self
+            .stats
+            .messages_by_kind
+            .entry(self.proto.message_kind(&msg))
+            .or_default() += 1;
         let times = self.net.deliveries(from, to, self.now, &mut self.net_rng);
         let Some((&last, duplicates)) = times.split_last() else {
             return; // lost or cut
