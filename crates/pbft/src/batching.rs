@@ -59,9 +59,8 @@ impl Pbft {
 
     /// The primary of this replica's view, unless that is this replica.
     fn send_to_primary(&self, msg: Message, out: &mut Fx) {
-        let primary = crate::replica::primary_of(self.view, self.n());
-        if primary != self.cfg.id {
-            out.send(primary, msg);
+        if !self.is_primary() {
+            out.send(crate::replica::primary_of(self.view, self.n()), msg);
         }
     }
 
