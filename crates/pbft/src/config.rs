@@ -102,11 +102,13 @@ pub struct PbftConfig {
     /// this many bytes of executed requests; the executed batches it covers are dropped.
     /// 0: never, and the executed log is kept whole.
     pub snapshot_bytes: u64,
-    /// Also wait, from one snapshot point to the next, until the bytes executed in
-    /// between reach the earlier snapshot's size. Encoding and writing the whole state
-    /// then costs at most about a byte per byte executed however large the state grows;
-    /// with points every `snapshot_bytes` alone, that cost grows with the state.
-    pub snapshot_follows_size: bool,
+    /// If not 0, also wait, from one snapshot point to the next, until the bytes
+    /// executed in between reach this many times the earlier snapshot's size (K).
+    /// Encoding and writing the whole state then costs at most about 1/K byte per byte
+    /// executed however large the state grows, and the executed log stays within K
+    /// times the state; with points every `snapshot_bytes` alone (0), that cost grows
+    /// with the state.
+    pub snapshot_size_factor: u64,
     /// A snapshot is sent to a replica behind in chunks of at most this many bytes.
     pub snapshot_chunk_bytes: usize,
     /// Sequence numbers in flight between the watermarks: H = h + this (L = 2K).
@@ -170,7 +172,7 @@ impl PbftConfig {
             quorum: None,
             checkpoint_interval: 16,
             snapshot_bytes: 0,
-            snapshot_follows_size: false,
+            snapshot_size_factor: 0,
             snapshot_chunk_bytes: 1 << 20,
             window: 32,
             max_inflight: 8,

@@ -8,11 +8,13 @@
 //! ([`Effect::WantSnapshot`]) and keeps it beside its own execution state: the history
 //! digest, the at-most-once records, the exclusions.
 //!
-//! With `snapshot_follows_size` (a real cluster's setting), the next point also waits
-//! until the bytes executed since the last one reach that snapshot's size. Each
-//! snapshot encodes and writes the whole state, so with points every `snapshot_bytes`
-//! alone a state of 1 GB cost four bytes encoded per byte executed at 256 MiB, and more
-//! as it grew; this way it is about one, whatever the size. Correct replicas' snapshots
+//! With a `snapshot_size_factor` K (a real cluster's setting), the next point also
+//! waits until the bytes executed since the last one reach K times that snapshot's
+//! size. Each snapshot encodes and writes the whole state, so with points every
+//! `snapshot_bytes` alone a state of 1 GB cost four bytes encoded per byte executed at
+//! 256 MiB, and more as it grew; this way it is about 1/K, whatever the size, for a
+//! log (in memory until the point, and on disk until the snapshot is written) of up to
+//! K times the state. Correct replicas' snapshots
 //! at a point are the same bytes, so its size is the same number at every one of them,
 //! but a host hands it over when it has it ([`Input::SnapshotSize`] ahead of the
 //! encoding, or the snapshot itself): a replica reaching a checkpoint that only that
@@ -178,12 +180,13 @@ pub(crate) enum NextPoint {
 impl NextPoint {
     /// The point after one at `bytes` executed whose snapshot has `size` bytes (the
     /// start is a point of size 0): if the points follow the size, `snapshot_bytes` or
-    /// the size later, whichever is more; otherwise at the next multiple of
+    /// K times the size later, whichever is more; otherwise at the next multiple of
     /// `snapshot_bytes`.
     pub(crate) fn after(bytes: u64, size: u64, cfg: &crate::PbftConfig) -> NextPoint {
         let every = cfg.snapshot_bytes.max(1);
-        if cfg.snapshot_follows_size {
-            NextPoint::At(bytes.saturating_add(every.max(size)))
+        let factor = cfg.snapshot_size_factor;
+        if factor > 0 {
+            NextPoint::At(bytes.saturating_add(every.max(size.saturating_mul(factor))))
         } else {
             NextPoint::At((bytes / every).saturating_add(1).saturating_mul(every))
         }
@@ -231,7 +234,7 @@ impl Pbft {
         while self.wanted_snapshots.len() > MAX_WANTED {
             self.wanted_snapshots.pop_first();
         }
-        self.next_point = if self.cfg.snapshot_follows_size {
+        self.next_point = if self.cfg.snapshot_size_factor > 0 {
             NextPoint::AfterSizeOf {
                 index: self.applied,
                 bytes: self.executed_bytes,

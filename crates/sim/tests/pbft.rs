@@ -195,7 +195,7 @@ fn skipping_the_snapshot_hold_is_caught() {
         vary_knobs: false,
         checkpoint_interval: 2,
         snapshot_bytes: 1024,
-        snapshot_follows_size: true,
+        snapshot_size_factor: 1,
         ..sim(4, 1, &Adversary::ALL, Mutant::SkipSnapshotHold)
     };
     assert_caught_by(&proto, 40);

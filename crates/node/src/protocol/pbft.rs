@@ -52,12 +52,12 @@ fn seed_of(cfg: &NodeConfig) -> String {
 fn tune(pc: &mut PbftConfig, cfg: &NodeConfig) {
     pc.checkpoint_interval = 8;
     // The executed log (memory and disk) stays within about this many bytes of
-    // requests, or the store's size once that is more: a snapshot encodes the whole
-    // store, so one every 256 MiB cost, at 1 GB of store, four bytes encoded and
+    // requests, or K times the store's size once that is more: a snapshot encodes the
+    // whole store, so one every 256 MiB cost, at 1 GB of store, four bytes encoded and
     // written per byte executed (a sixth to a quarter of the members' CPU at 85,000
     // puts/s in a 20 s run, measured with snapshots off).
     pc.snapshot_bytes = cfg.pbft_snapshot_bytes;
-    pc.snapshot_follows_size = true;
+    pc.snapshot_size_factor = cfg.pbft_snapshot_factor;
     pc.window = WINDOW;
     pc.max_inflight = 8;
     pc.batch_max = 2048;
@@ -116,6 +116,10 @@ impl RuntimeProtocol for Pbft {
             (
                 "pbft_snapshot_points".to_string(),
                 "after the bytes or the last snapshot's size".to_string(),
+            ),
+            (
+                "pbft_snapshot_factor".to_string(),
+                cfg.pbft_snapshot_factor.to_string(),
             ),
             // A member with other clock bounds would refuse times the rest accept.
             (

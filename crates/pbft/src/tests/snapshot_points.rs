@@ -1,10 +1,14 @@
-//! Snapshot points that follow the state's size (`PbftConfig::snapshot_follows_size`).
+//! Snapshot points that follow the state's size (`PbftConfig::snapshot_size_factor`).
 
 use super::*;
 
 fn following_size(i: u32, n: usize) -> PbftConfig {
-    PbftConfig {
-        snapshot_follows_size: true,
+    following_size_times(1)(i, n)
+}
+
+fn following_size_times(factor: u64) -> impl Fn(u32, usize) -> PbftConfig {
+    move |i, n| PbftConfig {
+        snapshot_size_factor: factor,
         ..snapshotting(i, n)
     }
 }
@@ -31,17 +35,39 @@ fn size_at(c: &Cluster, i: usize, index: u64) -> u64 {
     encode_state(&upto).len() as u64
 }
 
-#[test]
-fn snapshot_points_that_follow_the_size_space_out_as_the_state_grows() {
-    let mut fixed = Cluster::with(4, snapshotting);
-    fixed.one_request_per_batch(120);
-    let mut growing = Cluster::with(4, following_size);
+/// The points of a 4-replica cluster that executed 120 requests with `factor`: the same
+/// at every replica, each at least 48 bytes and `factor` times the last snapshot's size
+/// after the one before.
+fn points_following_size(factor: u64) -> Vec<u64> {
+    let mut growing = Cluster::with(4, following_size_times(factor));
     growing.one_request_per_batch(120);
     growing.assert_agree(&[0, 1, 2, 3]);
     let points = growing.points[0].clone();
     for i in 1..4 {
         assert_eq!(growing.points[i], points, "n{i} snapshots elsewhere");
     }
+    let mut last = 0;
+    for &p in &points {
+        let between = executed_between(&growing, 0, last, p);
+        let wanted = 48.max(if last == 0 {
+            0
+        } else {
+            factor * size_at(&growing, 0, last)
+        });
+        assert!(
+            between >= wanted,
+            "{between} bytes executed from {last} to {p}, {wanted} wanted (at least 48, and {factor} times the last snapshot)"
+        );
+        last = p;
+    }
+    points
+}
+
+#[test]
+fn snapshot_points_that_follow_the_size_space_out_as_the_state_grows() {
+    let mut fixed = Cluster::with(4, snapshotting);
+    fixed.one_request_per_batch(120);
+    let points = points_following_size(1);
     // The harness's state takes ~6 bytes per byte of command: points every 48 bytes
     // encode it ~40 times, points that follow its size a handful of times.
     assert!(points.len() >= 2, "points {points:?}");
@@ -50,20 +76,19 @@ fn snapshot_points_that_follow_the_size_space_out_as_the_state_grows() {
         "{points:?} against {:?}",
         fixed.points[0]
     );
-    let mut last = 0;
-    for &p in &points {
-        let between = executed_between(&growing, 0, last, p);
-        let wanted = 48.max(if last == 0 {
-            0
-        } else {
-            size_at(&growing, 0, last)
-        });
-        assert!(
-            between >= wanted,
-            "{between} bytes executed from {last} to {p}, the last snapshot had {wanted}"
-        );
-        last = p;
-    }
+}
+
+/// Each gap at least twice the last snapshot's size (`points_following_size` checks
+/// that): the second point comes later than at once the size.
+#[test]
+fn points_at_twice_the_size_come_later() {
+    let once = points_following_size(1);
+    let twice = points_following_size(2);
+    assert!(twice.len() >= 2 && once.len() >= 2, "{twice:?}, {once:?}");
+    assert!(
+        twice[1] > once[1],
+        "{twice:?} against {once:?} at once the size"
+    );
 }
 
 #[test]

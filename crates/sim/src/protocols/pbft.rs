@@ -152,7 +152,7 @@ pub struct PbftSim {
     /// `ekmat_pbft::snapshot`).
     pub snapshot_bytes: u64,
     /// Snapshot points also wait for bytes executed to reach the last snapshot's size.
-    pub snapshot_follows_size: bool,
+    pub snapshot_size_factor: u64,
     /// Snapshots go to a replica behind in chunks of at most this many bytes.
     pub snapshot_chunk_bytes: usize,
     /// How long past its making a bundle can execute (see `Bundle::executable_at`).
@@ -177,7 +177,7 @@ impl Default for PbftSim {
             batch_max_bytes: 1 << 20,
             view_timeout: Duration::from_millis(300),
             snapshot_bytes: 0,
-            snapshot_follows_size: false,
+            snapshot_size_factor: 0,
             snapshot_chunk_bytes: 1 << 20,
             bundle_horizon: ekmat_pbft::message::BUNDLE_HORIZON,
             assigned: Vec::new(),
@@ -197,7 +197,7 @@ impl PbftSim {
         cfg.batch_max_bytes = self.batch_max_bytes;
         cfg.view_timeout = self.view_timeout;
         cfg.snapshot_bytes = self.snapshot_bytes;
-        cfg.snapshot_follows_size = self.snapshot_follows_size;
+        cfg.snapshot_size_factor = self.snapshot_size_factor;
         cfg.snapshot_chunk_bytes = self.snapshot_chunk_bytes;
         cfg.bundle_horizon = self.bundle_horizon.max(2 * cfg.window);
         cfg.clients = client_keys().1.clone();
@@ -494,8 +494,9 @@ impl SimProtocol for PbftSim {
             ][rng.index(2)];
             // Batches cut by bytes (a few requests each) on half the seeds.
             v.batch_max_bytes = [1 << 20, 256][rng.index(2)];
-            // Points that follow the state's size, as a real cluster's do, on a quarter.
-            v.snapshot_follows_size = rng.index(4) == 3;
+            // Points that follow the state's size, as a real cluster's do, on a quarter:
+            // at once or at twice the size (a real cluster's default) after the last.
+            v.snapshot_size_factor = [0, 0, 0, 0, 0, 0, 1, 2][rng.index(8)];
         }
         let cast: Vec<String> = v
             .assigned
@@ -506,10 +507,10 @@ impl SimProtocol for PbftSim {
             "pbft checkpoint every {}, snapshot every {} bytes{} (chunks of {}), bundle horizon {}, {} batches in flight, {} requests and {} bytes per batch, view timeout {:?}, byzantine: [{}]",
             v.checkpoint_interval,
             v.snapshot_bytes,
-            if v.snapshot_follows_size {
-                " or the last snapshot's size"
-            } else {
-                ""
+            match v.snapshot_size_factor {
+                0 => String::new(),
+                1 => " or the last snapshot's size".to_string(),
+                k => format!(" or {k} times the last snapshot's size"),
             },
             v.snapshot_chunk_bytes,
             v.bundle_horizon,
