@@ -151,7 +151,8 @@ pub struct PbftSim {
     /// A snapshot after every this many bytes of requests (0: never; see
     /// `ekmat_pbft::snapshot`).
     pub snapshot_bytes: u64,
-    /// Snapshot points also wait for bytes executed to reach the last snapshot's size.
+    /// If not 0, snapshot points also wait for bytes executed to reach this many times
+    /// the last snapshot's size (`PbftConfig::snapshot_size_factor`).
     pub snapshot_size_factor: u64,
     /// Snapshots go to a replica behind in chunks of at most this many bytes.
     pub snapshot_chunk_bytes: usize,
