@@ -231,7 +231,7 @@ fn build(args: &SimArgs) -> Result<(RaftSim, SimOptions), String> {
     let opts = sim_options(args, FaultKind::parse_list(&args.faults)?)?;
     if mutant == Mutant::ConfigBeforeJoint && !opts.faults.contains(&FaultKind::Membership) {
         return Err(
-            "the config-before-joint mutant only shows under membership churn: add --faults all,membership"
+            "the config-before-joint mutant only shows under membership churn: add --faults membership (or all,membership)"
                 .into(),
         );
     }

@@ -13,7 +13,8 @@ use ekmat_core::{DetRng, NodeId, Time};
 /// The families of faults a run may inject (`--faults`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FaultKind {
-    /// Symmetric partitions: majority/minority, 2|2|1, isolate one node or the leader.
+    /// Symmetric partitions: majority/minority, 2|2|1, isolate one node or the leader,
+    /// and swap (the leader cut off, then the next one in its place as the first rejoins).
     Partition,
     /// A bridge node that both halves of a split can reach.
     Bridge,
@@ -161,6 +162,11 @@ pub enum Fault {
     Split {
         target: Target,
     },
+    /// The leader of the moment cut off alone; the moment another node wins an
+    /// election, that node is cut off in its place and the first rejoins. Each of the
+    /// two leaders may hold entries of its own term that the other lacks, and the first
+    /// comes back to re-replicate its own: the histories of the Raft paper's Figure 8.
+    Swap,
     /// `left` and `right` cannot reach each other; `bridge` reaches both.
     Bridge {
         bridge: NodeId,
@@ -200,6 +206,12 @@ pub enum Fault {
     Churn {
         change: Churn,
     },
+    /// The moment a node (a leader, first) takes a new configuration into its log, cut
+    /// the network between it, the voters it adds and enough others to be a majority
+    /// of the new voters, and the rest: with the joint configuration only one side can
+    /// decide; switching straight to the new voters lets both, when a majority of each
+    /// set can be disjoint (replacing a voter).
+    ConfigSplit,
     /// `target`'s clock runs slow by the drift bound, every other node's fast by it.
     Clock {
         target: Target,
@@ -258,13 +270,15 @@ impl Fault {
             | Fault::Transfer { target }
             | Fault::Clock { target }
             | Fault::LeaseCut { target } => Some(*target),
+            Fault::Swap => Some(Target::Leader),
+            Fault::ConfigSplit => Some(Target::NextReconfiguration),
             _ => None,
         }
     }
 
     pub fn kind(&self) -> FaultKind {
         match self {
-            Fault::Partition { .. } | Fault::Isolate { .. } | Fault::Split { .. } => {
+            Fault::Partition { .. } | Fault::Isolate { .. } | Fault::Split { .. } | Fault::Swap => {
                 FaultKind::Partition
             }
             Fault::Bridge { .. } => FaultKind::Bridge,
@@ -276,7 +290,7 @@ impl Fault {
             Fault::Crash { .. } => FaultKind::Crash,
             Fault::Pause { .. } => FaultKind::Pause,
             Fault::Transfer { .. } => FaultKind::Transfer,
-            Fault::Churn { .. } => FaultKind::Membership,
+            Fault::Churn { .. } | Fault::ConfigSplit => FaultKind::Membership,
             Fault::Clock { .. } | Fault::LeaseCut { .. } => FaultKind::Clock,
         }
     }
@@ -408,7 +422,7 @@ fn draw(kind: FaultKind, n: usize, rng: &mut DetRng) -> (Fault, u64) {
     let ids = shuffled_nodes(n, rng);
     match kind {
         FaultKind::Partition => {
-            let fault = match rng.range(0, 4) {
+            let fault = match rng.range(0, 5) {
                 0 if n >= 2 => {
                     let minority = (n - 1) / 2;
                     let (a, b) = ids.split_at(minority.max(1));
@@ -425,6 +439,7 @@ fn draw(kind: FaultKind, n: usize, rng: &mut DetRng) -> (Fault, u64) {
                 3 => Fault::Split {
                     target: target(n, rng),
                 },
+                4 => Fault::Swap,
                 _ => Fault::Partition {
                     groups: vec![vec![ids[0]], sorted(&ids[1..])],
                 },
@@ -492,7 +507,7 @@ fn draw(kind: FaultKind, n: usize, rng: &mut DetRng) -> (Fault, u64) {
             0,
         ),
         // Churn, and crashes timed to hit a node mid-change or mid-install.
-        FaultKind::Membership => match rng.range(0, 9) {
+        FaultKind::Membership => match rng.range(0, 10) {
             0 => (
                 Fault::Crash {
                     target: Target::NextReconfiguration,
@@ -505,6 +520,7 @@ fn draw(kind: FaultKind, n: usize, rng: &mut DetRng) -> (Fault, u64) {
                 },
                 rng.range(50, 2000),
             ),
+            2 => (Fault::ConfigSplit, rng.range(300, 3000)),
             _ => (
                 Fault::Churn {
                     change: Churn::ALL[rng.index(Churn::ALL.len())],
@@ -566,6 +582,8 @@ impl fmt::Display for Fault {
             }
             Fault::Isolate { target } => write!(f, "isolate({target})"),
             Fault::Split { target } => write!(f, "split({target})"),
+            Fault::Swap => write!(f, "swap(leader)"),
+            Fault::ConfigSplit => write!(f, "config-split(next-reconfiguration)"),
             Fault::Bridge {
                 bridge,
                 left,
@@ -704,6 +722,12 @@ fn parse_fault(s: &str) -> Result<Fault, String> {
         "split" => Ok(Fault::Split {
             target: parse_target(args)?,
         }),
+        "swap" if args == "leader" => Ok(Fault::Swap),
+        "swap" => Err(format!("'{s}': swap takes no node: swap(leader)")),
+        "config-split" if args == "next-reconfiguration" => Ok(Fault::ConfigSplit),
+        "config-split" => Err(format!(
+            "'{s}': config-split takes no node: config-split(next-reconfiguration)"
+        )),
         "bridge" => {
             let (b, sides) = split_pair(args, '/', "bridge(B/L,..|R,..)")?;
             let (l, r) = split_pair(sides, '|', "bridge(B/L,..|R,..)")?;
@@ -843,6 +867,16 @@ mod tests {
         ] {
             assert!(bad.parse::<Schedule>().is_err(), "{bad}");
         }
+        let err = "@1ms+1ms swap(2)".parse::<Schedule>().unwrap_err();
+        assert!(err.contains("swap(leader)"), "{err}");
+        let s: Schedule = "@1ms+1ms swap(leader)".parse().unwrap();
+        assert_eq!(s.faults[0].fault, Fault::Swap);
+        assert_eq!(s.to_string(), "@1ms+1ms swap(leader)");
+        let s: Schedule = "@1ms+1ms config-split(next-reconfiguration)"
+            .parse()
+            .unwrap();
+        assert_eq!(s.faults[0].fault, Fault::ConfigSplit);
+        assert!("@1ms+1ms config-split(3)".parse::<Schedule>().is_err());
         let s: Schedule = "@5ms+10ms crash(3)".parse().unwrap();
         assert_eq!(
             s.validate(3).unwrap_err(),

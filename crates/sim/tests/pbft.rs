@@ -130,9 +130,11 @@ fn assert_caught_by(proto: &PbftSim, by_seed: u64) {
     );
 }
 
+/// 16 of the first 40 seeds catch it (2026-12-07), the first on seed 2: a budget of
+/// eight seeds leaves room for the simulator's draws to move.
 #[test]
 fn committing_without_the_pre_prepare_is_caught() {
-    assert_caught(Mutant::CommitWithoutPrePrepare, Adversary::Equivocate, 1);
+    assert_caught(Mutant::CommitWithoutPrePrepare, Adversary::Equivocate, 7);
 }
 
 /// With every knob drawn, 8 of the first 100 seeds catch it, the first on seed 34:

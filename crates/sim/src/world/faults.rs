@@ -62,13 +62,15 @@ impl<'p, P: SimProtocol> World<'p, P> {
             .into_iter()
             .partition(|(_, t, _)| *t == moment);
         self.armed = keep;
-        // A lease renewal is struck at once: any delay only shortens the race.
-        let within = if moment == Target::NextLeaseRenewal {
-            1_000
-        } else {
-            30_000
-        };
         for (index, _, _) in fire {
+            // A lease renewal is struck at once: any delay only shortens the race. So is
+            // a swap's second leader, before its first entries reach anyone.
+            let at_once = moment == Target::NextLeaseRenewal
+                || matches!(
+                    self.schedule.faults[index].fault,
+                    Fault::Swap | Fault::ConfigSplit
+                );
+            let within = if at_once { 1_000 } else { 30_000 };
             let delay = self.fault_rng.range(0, within);
             self.push(
                 now + Duration::from_micros(delay),
@@ -88,6 +90,41 @@ impl<'p, P: SimProtocol> World<'p, P> {
         let mut side = vec![node];
         side.extend(others.into_iter().take(companions.saturating_sub(1)));
         side
+    }
+
+    /// For `config-split`: `node`, which just took in a new configuration, with the
+    /// voters that configuration adds and as many of the voters it keeps as make a
+    /// majority of its voters. `None` if `node` was not the one whose change was seen.
+    fn new_majority_side(&mut self, node: NodeId) -> Option<Vec<NodeId>> {
+        let (seen, before, after) = self.last_reconfiguration.clone()?;
+        if seen != node {
+            return None;
+        }
+        let incoming = &after.voters;
+        let outgoing = if after.outgoing.is_empty() {
+            &before.voters
+        } else {
+            &after.outgoing
+        };
+        let mut side: Vec<NodeId> = std::iter::once(node)
+            .chain(incoming.difference(outgoing).copied())
+            .collect();
+        side.dedup();
+        let mut kept: Vec<NodeId> = incoming
+            .intersection(outgoing)
+            .copied()
+            .filter(|n| !side.contains(n))
+            .collect();
+        self.fault_rng.shuffle(&mut kept);
+        let holds = |side: &[NodeId]| side.iter().filter(|n| incoming.contains(n)).count();
+        for n in kept {
+            if holds(&side) > incoming.len() / 2 {
+                break;
+            }
+            side.push(n);
+        }
+        side.sort_unstable();
+        Some(side)
     }
 
     /// Ask the live leader, if any, to hand over to `to`. The request's id is no
@@ -170,6 +207,10 @@ impl<'p, P: SimProtocol> World<'p, P> {
         if self.healed_at.is_some() {
             return;
         }
+        if let Some(winner) = next_leader.filter(|_| self.swaps.contains(&index)) {
+            self.swap_in(index, winner);
+            return;
+        }
         let sf = self.schedule.faults[index].clone();
         let id = index as u64;
         let end_at = self.now + sf.lasts;
@@ -192,6 +233,21 @@ impl<'p, P: SimProtocol> World<'p, P> {
             }
             Fault::Split { .. } => {
                 let side = self.minority_with(target.expect("split has a target"));
+                self.net.partition(id, &[side]);
+                FaultEnd::Network
+            }
+            Fault::Swap => {
+                let node = target.expect("swap has a target");
+                self.net.partition(id, &[vec![node]]);
+                self.swaps.push(index);
+                self.armed.push((index, Target::NextLeader, end_at));
+                FaultEnd::Network
+            }
+            Fault::ConfigSplit => {
+                let node = target.expect("config-split has a target");
+                let Some(side) = self.new_majority_side(node) else {
+                    return;
+                };
                 self.net.partition(id, &[side]);
                 FaultEnd::Network
             }
@@ -276,12 +332,27 @@ impl<'p, P: SimProtocol> World<'p, P> {
         self.push(end_at, Ev::FaultEnd { index, end });
     }
 
+    /// A `swap`'s second act: `winner`, just elected while the first leader was cut
+    /// off, is cut off in its place, and the first rejoins.
+    fn swap_in(&mut self, index: usize, winner: NodeId) {
+        self.swaps.retain(|&i| i != index);
+        let id = index as u64;
+        self.net.remove(id);
+        self.net.partition(id, &[vec![winner]]);
+        let now = self.now;
+        self.trace.hash_event(now, (8u8, index));
+        self.trace.line(now, || {
+            format!("SWAP fault #{index}: {winner} cut off in its turn")
+        });
+    }
+
     pub(super) fn end_fault(&mut self, index: usize, end: FaultEnd) {
         let now = self.now;
         self.trace.hash_event(now, (7u8, index));
         match end {
             FaultEnd::Instant => {}
             FaultEnd::Network => {
+                self.swaps.retain(|&i| i != index);
                 self.net.remove(index as u64);
                 self.trace.line(now, || format!("HEAL fault #{index}"));
             }

@@ -126,7 +126,7 @@ enum Ev<M> {
     FaultStart {
         index: usize,
     },
-    /// An armed `next-leader` fault strikes `node`, which just won an election.
+    /// An armed fault strikes `node`, whose moment came (it won an election, ...).
     FaultFire {
         index: usize,
         node: NodeId,
@@ -213,6 +213,10 @@ pub struct World<'p, P: SimProtocol> {
     armed: Vec<(usize, Target, Time)>,
     /// Clock faults in force (fault index, slow node), latest last; the latest decides.
     clock_faults: Vec<(usize, NodeId)>,
+    /// `swap` faults in force whose first leader is still the one cut off.
+    swaps: Vec<usize>,
+    /// The latest configuration change a watched node took in: (node, before, after).
+    last_reconfiguration: Option<(NodeId, Membership, Membership)>,
     healed_at: Option<Time>,
     /// The members (voters and learners) of the latest configuration any replica
     /// applied, and the index that committed it: they must converge.
@@ -278,6 +282,8 @@ impl<'p, P: SimProtocol> World<'p, P> {
             violation: None,
             armed: Vec::new(),
             clock_faults: Vec::new(),
+            swaps: Vec::new(),
+            last_reconfiguration: None,
             healed_at: None,
             snapshot_hashes: FxHashMap::default(),
             first_write_after_heal: None,
@@ -637,9 +643,15 @@ impl<'p, P: SimProtocol> World<'p, P> {
         let config_before = watch_config.then(|| self.proto.membership(replica));
         let lease_before = watch_lease.then(|| self.proto.lease_expires(replica));
         replica.step(local, input, &mut out);
-        let reconfigured = config_before.is_some_and(|b| self.proto.membership(replica) != b);
+        let config_after = config_before
+            .is_some()
+            .then(|| self.proto.membership(replica));
+        let reconfigured = config_before.is_some() && config_after != config_before;
         let renewed = lease_before.is_some_and(|b| self.proto.lease_expires(replica) > b);
         if reconfigured {
+            if let (Some(Some(before)), Some(Some(after))) = (config_before, config_after) {
+                self.last_reconfiguration = Some((node, before, after));
+            }
             self.fire_armed(node, Target::NextReconfiguration);
         }
         if renewed {
