@@ -126,7 +126,8 @@ enum Ev<M> {
     FaultStart {
         index: usize,
     },
-    /// An armed fault strikes `node`, whose moment came (it won an election, ...).
+    /// An armed fault strikes `node`, whose moment came: it won an election, installed
+    /// a snapshot, took in a configuration or had its read lease renewed.
     FaultFire {
         index: usize,
         node: NodeId,
