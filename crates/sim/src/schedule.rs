@@ -206,11 +206,11 @@ pub enum Fault {
     Churn {
         change: Churn,
     },
-    /// The moment a node (a leader, first) takes a new configuration into its log, cut
-    /// the network between it, the voters it adds and enough others to be a majority
-    /// of the new voters, and the rest: with the joint configuration only one side can
-    /// decide; switching straight to the new voters lets both, when a majority of each
-    /// set can be disjoint (replacing a voter).
+    /// The moment a node (a leader, first) takes into its log a configuration that adds
+    /// voters, cut the network between it, the voters it adds and enough others to be a
+    /// majority of the new voters, and the rest: with the joint configuration at most
+    /// one side can decide; switching straight to the new voters lets both, when a
+    /// majority of each set can be disjoint (replacing a voter).
     ConfigSplit,
     /// `target`'s clock runs slow by the drift bound, every other node's fast by it.
     Clock {

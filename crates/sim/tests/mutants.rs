@@ -86,8 +86,8 @@ fn installing_a_stale_snapshot_is_caught() {
 }
 
 /// Under membership faults alone (churn, and `config-split` striking the moment a
-/// leader takes a new set of voters into its log) 58 of 500 seeds catch it, the first
-/// on seed 4; mixed with every other kind, 5 of 500 (2026-12-07).
+/// leader takes in voters it adds) 81 of 500 seeds catch it, the first on seed 1;
+/// mixed with every other kind, 7 of 500 (2026-12-07).
 #[test]
 fn skipping_the_joint_configuration_is_caught_under_membership_churn() {
     let opts = SimOptions {

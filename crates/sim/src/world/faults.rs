@@ -1,6 +1,7 @@
 //! Faults: when each one strikes, whom it strikes, and how it is undone — network cuts,
 //! crashes and restarts, pauses, clock drift, leadership transfers and membership churn.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -63,8 +64,9 @@ impl<'p, P: SimProtocol> World<'p, P> {
             .partition(|(_, t, _)| *t == moment);
         self.armed = keep;
         for (index, _, _) in fire {
-            // A lease renewal is struck at once: any delay only shortens the race. So is
-            // a swap's second leader, before its first entries reach anyone.
+            // Struck at once: a lease renewal (any delay only shortens the race), a
+            // swap's second leader and a leader taking in new voters (before their
+            // first entries reach anyone).
             let at_once = moment == Target::NextLeaseRenewal
                 || matches!(
                     self.schedule.faults[index].fault,
@@ -94,24 +96,20 @@ impl<'p, P: SimProtocol> World<'p, P> {
 
     /// For `config-split`: `node`, which just took in a new configuration, with the
     /// voters that configuration adds and as many of the voters it keeps as make a
-    /// majority of its voters. `None` if `node` was not the one whose change was seen.
+    /// majority of its voters. `None` if the change added no voter.
     fn new_majority_side(&mut self, node: NodeId) -> Option<Vec<NodeId>> {
-        let (seen, before, after) = self.last_reconfiguration.clone()?;
-        if seen != node {
+        let (before, after) = self.reconfigurations.get(&node)?.clone();
+        let incoming = &after.voters;
+        let outgoing: BTreeSet<NodeId> = before.voters.union(&before.outgoing).copied().collect();
+        let added: Vec<NodeId> = incoming.difference(&outgoing).copied().collect();
+        if added.is_empty() {
             return None;
         }
-        let incoming = &after.voters;
-        let outgoing = if after.outgoing.is_empty() {
-            &before.voters
-        } else {
-            &after.outgoing
-        };
         let mut side: Vec<NodeId> = std::iter::once(node)
-            .chain(incoming.difference(outgoing).copied())
+            .chain(added.into_iter().filter(|&n| n != node))
             .collect();
-        side.dedup();
         let mut kept: Vec<NodeId> = incoming
-            .intersection(outgoing)
+            .intersection(&outgoing)
             .copied()
             .filter(|n| !side.contains(n))
             .collect();
@@ -207,8 +205,11 @@ impl<'p, P: SimProtocol> World<'p, P> {
         if self.healed_at.is_some() {
             return;
         }
-        if let Some(winner) = next_leader.filter(|_| self.swaps.contains(&index)) {
-            self.swap_in(index, winner);
+        if self.schedule.faults[index].fault == Fault::Swap && next_leader.is_some() {
+            // The second act, unless the fault ended while it was on its way.
+            if let Some(winner) = next_leader.filter(|_| self.swaps.contains(&index)) {
+                self.swap_in(index, winner);
+            }
             return;
         }
         let sf = self.schedule.faults[index].clone();
@@ -246,6 +247,10 @@ impl<'p, P: SimProtocol> World<'p, P> {
             Fault::ConfigSplit => {
                 let node = target.expect("config-split has a target");
                 let Some(side) = self.new_majority_side(node) else {
+                    // A change that adds no voter (learners, leaving a joint
+                    // configuration): wait for one that does.
+                    let until = self.now + Self::ARM_WINDOW;
+                    self.armed.push((index, Target::NextReconfiguration, until));
                     return;
                 };
                 self.net.partition(id, &[side]);
@@ -353,6 +358,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
             FaultEnd::Instant => {}
             FaultEnd::Network => {
                 self.swaps.retain(|&i| i != index);
+                self.armed.retain(|&(i, _, _)| i != index);
                 self.net.remove(index as u64);
                 self.trace.line(now, || format!("HEAL fault #{index}"));
             }

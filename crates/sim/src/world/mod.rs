@@ -216,8 +216,8 @@ pub struct World<'p, P: SimProtocol> {
     clock_faults: Vec<(usize, NodeId)>,
     /// `swap` faults in force whose first leader is still the one cut off.
     swaps: Vec<usize>,
-    /// The latest configuration change a watched node took in: (node, before, after).
-    last_reconfiguration: Option<(NodeId, Membership, Membership)>,
+    /// Each watched node's latest configuration change: (before, after).
+    reconfigurations: FxHashMap<NodeId, (Membership, Membership)>,
     healed_at: Option<Time>,
     /// The members (voters and learners) of the latest configuration any replica
     /// applied, and the index that committed it: they must converge.
@@ -284,7 +284,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
             armed: Vec::new(),
             clock_faults: Vec::new(),
             swaps: Vec::new(),
-            last_reconfiguration: None,
+            reconfigurations: FxHashMap::default(),
             healed_at: None,
             snapshot_hashes: FxHashMap::default(),
             first_write_after_heal: None,
@@ -651,7 +651,7 @@ impl<'p, P: SimProtocol> World<'p, P> {
         let renewed = lease_before.is_some_and(|b| self.proto.lease_expires(replica) > b);
         if reconfigured {
             if let (Some(Some(before)), Some(Some(after))) = (config_before, config_after) {
-                self.last_reconfiguration = Some((node, before, after));
+                self.reconfigurations.insert(node, (before, after));
             }
             self.fire_armed(node, Target::NextReconfiguration);
         }
