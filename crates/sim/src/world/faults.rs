@@ -205,9 +205,9 @@ impl<'p, P: SimProtocol> World<'p, P> {
         if self.healed_at.is_some() {
             return;
         }
-        if self.schedule.faults[index].fault == Fault::Swap && next_leader.is_some() {
+        if let (Fault::Swap, Some(winner)) = (&self.schedule.faults[index].fault, next_leader) {
             // The second act, unless the fault ended while it was on its way.
-            if let Some(winner) = next_leader.filter(|_| self.swaps.contains(&index)) {
+            if self.swaps.contains(&index) {
                 self.swap_in(index, winner);
             }
             return;

@@ -644,13 +644,13 @@ impl<'p, P: SimProtocol> World<'p, P> {
         let config_before = watch_config.then(|| self.proto.membership(replica));
         let lease_before = watch_lease.then(|| self.proto.lease_expires(replica));
         replica.step(local, input, &mut out);
-        let config_after = config_before
-            .is_some()
-            .then(|| self.proto.membership(replica));
-        let reconfigured = config_before.is_some() && config_after != config_before;
+        let config_change = config_before.and_then(|before| {
+            let after = self.proto.membership(replica);
+            (after != before).then_some((before, after))
+        });
         let renewed = lease_before.is_some_and(|b| self.proto.lease_expires(replica) > b);
-        if reconfigured {
-            if let (Some(Some(before)), Some(Some(after))) = (config_before, config_after) {
+        if let Some(change) = config_change {
+            if let (Some(before), Some(after)) = change {
                 self.reconfigurations.insert(node, (before, after));
             }
             self.fire_armed(node, Target::NextReconfiguration);
