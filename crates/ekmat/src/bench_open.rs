@@ -58,6 +58,14 @@ pub struct OpenLoopBench {
     /// when the cost of one gRPC call per put (client and server side) is shared.
     #[arg(long, default_value_t = 1)]
     pub puts_per_request: u64,
+    /// Compact the history this often during each run (etcd's `benchmark put
+    /// --compact-interval`); 0 never compacts, and the store keeps every revision.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub compact_every: Duration,
+    /// How many revisions each compaction keeps behind the current one (etcd's
+    /// `--compact-index-delta`).
+    #[arg(long, default_value_t = 1_000)]
+    pub compact_keep: i64,
     /// gRPC connections, spread over every member (each member takes client requests).
     #[arg(long, default_value_t = 16)]
     pub conns: usize,
@@ -95,15 +103,28 @@ pub struct RatePoint {
     /// members summed): what a put costs the cluster, steadier run to run than
     /// throughput on a busy machine.
     pub cpu_ms_per_1000_puts: Option<f64>,
+    /// Compactions made during the run (`--compact-every`).
+    pub compactions: u64,
 }
+
+/// The most distinct keys a run writes: each is made in memory before the run.
+const MAX_KEYS: u64 = 10_000_000;
 
 pub fn run(b: &OpenLoopBench) -> u8 {
     if b.rates.is_empty() || b.rates.contains(&0) || b.conns == 0 || b.keys == 0 {
         eprintln!("error: --rates, --conns and --keys must be positive");
         return exit::USAGE;
     }
+    if b.keys > MAX_KEYS {
+        eprintln!("error: --keys must be at most {MAX_KEYS} (the keys are made up front)");
+        return exit::USAGE;
+    }
     if b.puts_per_request == 0 || b.puts_per_request > b.keys {
         eprintln!("error: --puts-per-request must be between 1 and --keys");
+        return exit::USAGE;
+    }
+    if b.compact_keep < 0 {
+        eprintln!("error: --compact-keep must not be negative");
         return exit::USAGE;
     }
     if b.duration <= b.warmup {
@@ -202,8 +223,13 @@ async fn load(b: &OpenLoopBench, rate: u64, cluster: &BenchCluster) -> Result<Ra
     // One worker per connection, each with an equal share of the arrivals, interleaved.
     let workers = b.conns as u64;
     let k = b.puts_per_request;
+    // Made once: formatting each put's key cost the generator CPU the members could use.
+    let keys: std::sync::Arc<[bytes::Bytes]> = (0..b.keys)
+        .map(|i| bytes::Bytes::from(format!("bench/{i:08}")))
+        .collect();
     let start = Instant::now() + Duration::from_millis(50);
     let mut tasks = JoinSet::new();
+    let mut compactor_channel = None;
     for (w, channel) in channels.into_iter().enumerate() {
         let plan = Plan {
             start,
@@ -212,12 +238,24 @@ async fn load(b: &OpenLoopBench, rate: u64, cluster: &BenchCluster) -> Result<Ra
             window: (start + b.warmup, start + b.duration),
             drain: b.drain,
             value: bytes::Bytes::from(vec![b'x'; b.value_size]),
-            keys: b.keys,
+            keys: keys.clone(),
             puts: k,
             seed: w as u64 + 1,
         };
-        tasks.spawn(worker(channel, plan));
+        tasks.spawn(worker(channel.clone(), plan));
+        compactor_channel.get_or_insert(channel);
     }
+    let compactor = compactor_channel
+        .filter(|_| !b.compact_every.is_zero())
+        .map(|channel| {
+            let every = b.compact_every;
+            tokio::spawn(compact_periodically(
+                channel,
+                every,
+                b.compact_keep,
+                start + b.duration,
+            ))
+        });
     // The workers run on as spawned tasks while this waits out the window.
     let (cpu_seconds, client_cpu_seconds) =
         window_cpu(cluster, (start + b.warmup, start + b.duration)).await;
@@ -233,6 +271,12 @@ async fn load(b: &OpenLoopBench, rate: u64, cluster: &BenchCluster) -> Result<Ra
         timed_out += m.timed_out;
         first_error = first_error.or(m.first_error);
     }
+    let compactions = match compactor {
+        Some(task) => task
+            .await
+            .map_err(|e| format!("the compactor failed: {e}"))??,
+        None => 0,
+    };
     let window = (b.duration - b.warmup).as_secs_f64();
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
     Ok(RatePoint {
@@ -252,7 +296,63 @@ async fn load(b: &OpenLoopBench, rate: u64, cluster: &BenchCluster) -> Result<Ra
         cpu_ms_per_1000_puts: cpu_seconds
             .filter(|_| acked > 0)
             .map(|c| c * 1e6 / acked as f64),
+        compactions,
     })
+}
+
+/// A compaction refused for a reason that passes: the cluster shedding load (a
+/// saturating rate is what the benchmark measures), a leader change, or a member whose
+/// revision is behind one already compacted. The next round tries again.
+fn passing(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(s.code(), Code::ResourceExhausted | Code::Unavailable)
+        || s.message().contains("required revision has been compacted")
+}
+
+/// Every `every` until `until`, compact the history to `keep` revisions behind the
+/// current one, as etcd's benchmark does: the store then holds about the keys' latest
+/// values rather than every revision. Returns the compactions made; a failed one ends
+/// the run with its error.
+async fn compact_periodically(
+    channel: Channel,
+    every: Duration,
+    keep: i64,
+    until: Instant,
+) -> Result<u64, String> {
+    let mut kv = pb::kv_client::KvClient::new(channel);
+    let mut made = 0;
+    loop {
+        let next = Instant::now() + every;
+        if next >= until {
+            return Ok(made);
+        }
+        tokio::time::sleep_until(next.into()).await;
+        let probe = pb::RangeRequest {
+            key: b"bench/".to_vec().into(),
+            limit: 1,
+            serializable: true,
+            ..Default::default()
+        };
+        let status = |s: tonic::Status| format!("compaction: {:?}: {}", s.code(), s.message());
+        let head = match kv.range(probe).await {
+            Ok(r) => r.into_inner().header,
+            Err(s) if passing(&s) => continue,
+            Err(s) => return Err(status(s)),
+        };
+        let revision = head.map_or(0, |h| h.revision) - keep;
+        if revision <= 0 {
+            continue;
+        }
+        let compact = pb::CompactionRequest {
+            revision,
+            physical: false,
+        };
+        match kv.compact(compact).await {
+            Ok(_) => made += 1,
+            Err(s) if passing(&s) => {}
+            Err(s) => return Err(status(s)),
+        }
+    }
 }
 
 struct Plan {
@@ -265,7 +365,8 @@ struct Plan {
     window: (Instant, Instant),
     drain: Duration,
     value: bytes::Bytes,
-    keys: u64,
+    /// The keys written, one picked at random per request (and the ones after it).
+    keys: std::sync::Arc<[bytes::Bytes]>,
     /// Puts per request (more than one: a Txn).
     puts: u64,
     seed: u64,
@@ -324,9 +425,10 @@ async fn worker(channel: Channel, plan: Plan) -> Measured {
                         m.scheduled += plan.puts;
                     }
                     let mut kv = kv.clone();
-                    let first = rng.range(0, plan.keys - 1);
+                    let n = plan.keys.len() as u64;
+                    let first = rng.range(0, n - 1);
                     let put = |i: u64| pb::PutRequest {
-                        key: format!("bench/{:08}", (first + i) % plan.keys).into_bytes().into(),
+                        key: plan.keys[((first + i) % n) as usize].clone(),
                         value: plan.value.clone(),
                         ..Default::default()
                     };
@@ -373,7 +475,7 @@ async fn worker(channel: Channel, plan: Plan) -> Measured {
 
 fn print(b: &OpenLoopBench, points: &[RatePoint]) {
     println!(
-        "{} nodes, {}, open loop: {}-byte puts ({}) over {} keys, {} connections spread over every member, {:?} per rate ({:?} warm-up), fsync {}",
+        "{} nodes, {}, open loop: {}-byte puts ({}) over {} keys, {} connections spread over every member, {:?} per rate ({:?} warm-up), fsync {}, {}",
         b.nodes,
         b.protocol,
         b.value_size,
@@ -386,7 +488,17 @@ fn print(b: &OpenLoopBench, points: &[RatePoint]) {
         b.conns,
         b.duration,
         b.warmup,
-        if b.unsafe_no_fsync { "off" } else { "on" }
+        if b.unsafe_no_fsync { "off" } else { "on" },
+        if b.compact_every.is_zero() {
+            "every revision kept".to_string()
+        } else {
+            format!(
+                "compacted every {:?} to {} revisions back ({} compactions)",
+                b.compact_every,
+                b.compact_keep,
+                points.iter().map(|p| p.compactions).sum::<u64>()
+            )
+        }
     );
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);

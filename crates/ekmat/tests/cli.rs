@@ -89,6 +89,14 @@ fn bad_usage_exits_2_with_a_reason() {
             &["up", "--restore", "Cargo.toml", "--base-port", "31000"],
             "not a bbolt database",
         ),
+        (
+            &["bench", "open-loop", "--compact-keep=-1"],
+            "--compact-keep must not be negative",
+        ),
+        (
+            &["bench", "open-loop", "--keys", "20000000"],
+            "--keys must be at most 10000000",
+        ),
     ];
     for (args, reason) in cases {
         let o = ekmat(args);
@@ -234,4 +242,43 @@ fn pbft_with_three_generals_and_one_traitor_exits_1_on_agreement() {
         replay.contains("--byzantine 1 --adversary equivocate"),
         "{replay}"
     );
+}
+
+#[test]
+fn an_open_loop_run_that_compacts_reports_its_compactions() {
+    // `bench` lays a cluster out like `up`: base+i, base+100+i and base+200+i.
+    let base = ekmat_node::ports::unused_port_block(201).to_string();
+    let o = ekmat(&[
+        "bench",
+        "open-loop",
+        "--protocol",
+        "raft",
+        "--nodes",
+        "1",
+        "--rates",
+        "500",
+        "--duration",
+        "3s",
+        "--warmup",
+        "500ms",
+        "--drain",
+        "3s",
+        "--keys",
+        "50",
+        "--compact-every",
+        "400ms",
+        "--compact-keep",
+        "20",
+        "--base-port",
+        &base,
+        "--unsafe-no-fsync",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let point = &json(&o)["points"][0];
+    assert!(point["acknowledged"].as_u64().unwrap() > 0, "{point}");
+    // Six rounds fit in 3 s, and 500 puts/s leave 20 revisions behind each time.
+    let compactions = point["compactions"].as_u64().unwrap();
+    assert!(compactions >= 3, "{compactions} compactions: {point}");
+    assert_eq!(point["errors"].as_u64(), Some(0), "{point}");
 }
