@@ -64,7 +64,7 @@ pub struct OpenLoopBench {
     pub compact_every: Duration,
     /// How many revisions each compaction keeps behind the current one (etcd's
     /// `--compact-index-delta`).
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(i64).range(0..))]
     pub compact_keep: i64,
     /// gRPC connections, spread over every member (each member takes client requests).
     #[arg(long, default_value_t = 16)]
@@ -105,10 +105,17 @@ pub struct RatePoint {
     pub cpu_ms_per_1000_puts: Option<f64>,
     /// Compactions made during the run (`--compact-every`).
     pub compactions: u64,
+    /// Compactions that failed for another reason than load, a leader change or a
+    /// revision already compacted (those skip a round), and the first one's error.
+    pub compaction_errors: u64,
+    pub first_compaction_error: Option<String>,
 }
 
 /// The most distinct keys a run writes: each is made in memory before the run.
 const MAX_KEYS: u64 = 10_000_000;
+
+/// The shortest compaction interval: each round is two requests through consensus.
+const MIN_COMPACT_EVERY: Duration = Duration::from_millis(10);
 
 pub fn run(b: &OpenLoopBench) -> u8 {
     if b.rates.is_empty() || b.rates.contains(&0) || b.conns == 0 || b.keys == 0 {
@@ -123,8 +130,12 @@ pub fn run(b: &OpenLoopBench) -> u8 {
         eprintln!("error: --puts-per-request must be between 1 and --keys");
         return exit::USAGE;
     }
-    if b.compact_keep < 0 {
-        eprintln!("error: --compact-keep must not be negative");
+    if !b.compact_every.is_zero()
+        && (b.compact_every < MIN_COMPACT_EVERY || b.compact_every >= b.duration)
+    {
+        eprintln!(
+            "error: --compact-every must be 0 (never) or from {MIN_COMPACT_EVERY:?} to less than --duration"
+        );
         return exit::USAGE;
     }
     if b.duration <= b.warmup {
@@ -132,9 +143,13 @@ pub fn run(b: &OpenLoopBench) -> u8 {
         return exit::USAGE;
     }
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    // Made once: formatting each put's key cost the generator CPU the members could use.
+    let keys: Keys = (0..b.keys)
+        .map(|i| bytes::Bytes::from(format!("bench/{i:08}")))
+        .collect();
     let mut points = Vec::new();
     for &rate in &b.rates {
-        match rt.block_on(one_rate(b, rate)) {
+        match rt.block_on(one_rate(b, rate, &keys)) {
             Ok(p) => {
                 if !b.json {
                     eprintln!(
@@ -163,6 +178,8 @@ pub fn run(b: &OpenLoopBench) -> u8 {
                 "value_size": b.value_size,
                 "puts_per_request": b.puts_per_request,
                 "fsync": !b.unsafe_no_fsync,
+                "compact_every_ms": b.compact_every.as_millis() as u64,
+                "compact_keep": b.compact_keep,
                 "points": points,
             })
         );
@@ -172,7 +189,10 @@ pub fn run(b: &OpenLoopBench) -> u8 {
     exit::OK
 }
 
-async fn one_rate(b: &OpenLoopBench, rate: u64) -> Result<RatePoint, String> {
+/// The keys a run writes.
+type Keys = std::sync::Arc<[bytes::Bytes]>;
+
+async fn one_rate(b: &OpenLoopBench, rate: u64, keys: &Keys) -> Result<RatePoint, String> {
     let up = UpArgs {
         nodes: b.nodes,
         protocol: b.protocol.clone(),
@@ -183,7 +203,7 @@ async fn one_rate(b: &OpenLoopBench, rate: u64) -> Result<RatePoint, String> {
         tls: false,
     };
     let cluster = BenchCluster::start("ekmat-bench-open", up).await?;
-    let result = load(b, rate, &cluster).await;
+    let result = load(b, rate, keys, &cluster).await;
     cluster.stop().await;
     result
 }
@@ -213,7 +233,12 @@ struct Measured {
     first_error: Option<String>,
 }
 
-async fn load(b: &OpenLoopBench, rate: u64, cluster: &BenchCluster) -> Result<RatePoint, String> {
+async fn load(
+    b: &OpenLoopBench,
+    rate: u64,
+    keys: &Keys,
+    cluster: &BenchCluster,
+) -> Result<RatePoint, String> {
     let endpoints = &cluster.urls;
     let mut channels = Vec::new();
     for i in 0..b.conns {
@@ -223,10 +248,6 @@ async fn load(b: &OpenLoopBench, rate: u64, cluster: &BenchCluster) -> Result<Ra
     // One worker per connection, each with an equal share of the arrivals, interleaved.
     let workers = b.conns as u64;
     let k = b.puts_per_request;
-    // Made once: formatting each put's key cost the generator CPU the members could use.
-    let keys: std::sync::Arc<[bytes::Bytes]> = (0..b.keys)
-        .map(|i| bytes::Bytes::from(format!("bench/{i:08}")))
-        .collect();
     let start = Instant::now() + Duration::from_millis(50);
     let mut tasks = JoinSet::new();
     let mut compactor_channel = None;
@@ -245,17 +266,17 @@ async fn load(b: &OpenLoopBench, rate: u64, cluster: &BenchCluster) -> Result<Ra
         tasks.spawn(worker(channel.clone(), plan));
         compactor_channel.get_or_insert(channel);
     }
-    let compactor = compactor_channel
-        .filter(|_| !b.compact_every.is_zero())
-        .map(|channel| {
-            let every = b.compact_every;
-            tokio::spawn(compact_periodically(
-                channel,
-                every,
-                b.compact_keep,
-                start + b.duration,
-            ))
-        });
+    // In a set, so that it is aborted if this returns early.
+    let mut compactor = JoinSet::new();
+    if let Some(channel) = compactor_channel.filter(|_| !b.compact_every.is_zero()) {
+        let until = start + b.duration;
+        compactor.spawn(compact_periodically(
+            channel,
+            b.compact_every,
+            b.compact_keep,
+            until,
+        ));
+    }
     // The workers run on as spawned tasks while this waits out the window.
     let (cpu_seconds, client_cpu_seconds) =
         window_cpu(cluster, (start + b.warmup, start + b.duration)).await;
@@ -271,11 +292,9 @@ async fn load(b: &OpenLoopBench, rate: u64, cluster: &BenchCluster) -> Result<Ra
         timed_out += m.timed_out;
         first_error = first_error.or(m.first_error);
     }
-    let compactions = match compactor {
-        Some(task) => task
-            .await
-            .map_err(|e| format!("the compactor failed: {e}"))??,
-        None => 0,
+    let compacted = match compactor.join_next().await {
+        Some(done) => done.map_err(|e| format!("the compactor failed: {e}"))?,
+        None => Compacted::default(),
     };
     let window = (b.duration - b.warmup).as_secs_f64();
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
@@ -296,63 +315,83 @@ async fn load(b: &OpenLoopBench, rate: u64, cluster: &BenchCluster) -> Result<Ra
         cpu_ms_per_1000_puts: cpu_seconds
             .filter(|_| acked > 0)
             .map(|c| c * 1e6 / acked as f64),
-        compactions,
+        compactions: compacted.made,
+        compaction_errors: compacted.errors,
+        first_compaction_error: compacted.first_error,
     })
 }
 
-/// A compaction refused for a reason that passes: the cluster shedding load (a
-/// saturating rate is what the benchmark measures), a leader change, or a member whose
-/// revision is behind one already compacted. The next round tries again.
-fn passing(s: &tonic::Status) -> bool {
-    use tonic::Code;
-    matches!(s.code(), Code::ResourceExhausted | Code::Unavailable)
-        || s.message().contains("required revision has been compacted")
+/// What the compactor did in one run.
+#[derive(Default)]
+struct Compacted {
+    made: u64,
+    errors: u64,
+    first_error: Option<String>,
 }
 
 /// Every `every` until `until`, compact the history to `keep` revisions behind the
 /// current one, as etcd's benchmark does: the store then holds about the keys' latest
-/// values rather than every revision. Returns the compactions made; a failed one ends
-/// the run with its error.
+/// values rather than every revision. A failed round is counted, not fatal: the puts'
+/// measurements are what the run is for.
 async fn compact_periodically(
     channel: Channel,
     every: Duration,
     keep: i64,
     until: Instant,
-) -> Result<u64, String> {
+) -> Compacted {
     let mut kv = pb::kv_client::KvClient::new(channel);
-    let mut made = 0;
+    let mut done = Compacted::default();
     loop {
         let next = Instant::now() + every;
         if next >= until {
-            return Ok(made);
+            return done;
         }
         tokio::time::sleep_until(next.into()).await;
-        let probe = pb::RangeRequest {
-            key: b"bench/".to_vec().into(),
-            limit: 1,
-            serializable: true,
-            ..Default::default()
-        };
-        let status = |s: tonic::Status| format!("compaction: {:?}: {}", s.code(), s.message());
-        let head = match kv.range(probe).await {
-            Ok(r) => r.into_inner().header,
-            Err(s) if passing(&s) => continue,
-            Err(s) => return Err(status(s)),
-        };
-        let revision = head.map_or(0, |h| h.revision) - keep;
-        if revision <= 0 {
-            continue;
-        }
-        let compact = pb::CompactionRequest {
-            revision,
-            physical: false,
-        };
-        match kv.compact(compact).await {
-            Ok(_) => made += 1,
-            Err(s) if passing(&s) => {}
-            Err(s) => return Err(status(s)),
+        match compact_once(&mut kv, keep).await {
+            Ok(true) => done.made += 1,
+            Ok(false) => {}
+            Err(s) if transient(&s) => {}
+            Err(s) => {
+                done.errors += 1;
+                let error = format!("{:?}: {}", s.code(), s.message());
+                done.first_error.get_or_insert(error);
+            }
         }
     }
+}
+
+/// Compact to `keep` revisions behind the revision the member answers with. Returns
+/// false if there is no revision that far back yet.
+async fn compact_once(
+    kv: &mut pb::kv_client::KvClient<Channel>,
+    keep: i64,
+) -> Result<bool, tonic::Status> {
+    // Read for its header only: the member's current revision.
+    let probe = pb::RangeRequest {
+        key: b"bench/".to_vec().into(),
+        limit: 1,
+        serializable: true,
+        ..Default::default()
+    };
+    let header = kv.range(probe).await?.into_inner().header;
+    let revision = header.map_or(0, |h| h.revision) - keep;
+    if revision <= 0 {
+        return Ok(false);
+    }
+    let compact = pb::CompactionRequest {
+        revision,
+        physical: false,
+    };
+    kv.compact(compact).await.map(|_| true)
+}
+
+/// A refusal the next round may not meet: the cluster shedding load (a saturating rate
+/// is what the benchmark measures), a leader change, or a member whose revision is
+/// behind one already compacted.
+fn transient(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(s.code(), Code::ResourceExhausted | Code::Unavailable)
+        || s.message().contains("required revision has been compacted")
 }
 
 struct Plan {
@@ -492,11 +531,16 @@ fn print(b: &OpenLoopBench, points: &[RatePoint]) {
         if b.compact_every.is_zero() {
             "every revision kept".to_string()
         } else {
+            let failed: u64 = points.iter().map(|p| p.compaction_errors).sum();
+            let first = points
+                .iter()
+                .find_map(|p| p.first_compaction_error.as_ref());
             format!(
-                "compacted every {:?} to {} revisions back ({} compactions)",
+                "compacted every {:?} to {} revisions back ({} compactions{})",
                 b.compact_every,
                 b.compact_keep,
-                points.iter().map(|p| p.compactions).sum::<u64>()
+                points.iter().map(|p| p.compactions).sum::<u64>(),
+                first.map_or(String::new(), |e| format!(", {failed} failed, first: {e}"))
             )
         }
     );

@@ -23,10 +23,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// jemalloc rather than glibc's malloc: with a store that compacts, a PBFT member under
-/// load spent a tenth of its CPU in glibc's `_int_malloc`, and with jemalloc acknowledged
-/// 5-12% more puts at 5-10% less CPU each; a Raft cluster served 25-30% more txns
-/// (docs/pbft.md, "jemalloc").
+/// jemalloc rather than glibc's malloc: with a store that compacts, PBFT members under
+/// load spent a tenth of their CPU in glibc's `_int_malloc`, and with jemalloc
+/// acknowledged 3-11% more puts at 4-10% less CPU each; Raft's puts rose 26-30% (README,
+/// "Speed"; docs/pbft.md, "jemalloc").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

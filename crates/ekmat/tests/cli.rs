@@ -91,7 +91,15 @@ fn bad_usage_exits_2_with_a_reason() {
         ),
         (
             &["bench", "open-loop", "--compact-keep=-1"],
-            "--compact-keep must not be negative",
+            "-1 is not in 0..",
+        ),
+        (
+            &["bench", "open-loop", "--compact-every", "1ns"],
+            "--compact-every must be 0 (never) or from 10ms",
+        ),
+        (
+            &["bench", "open-loop", "--compact-every", "6s"],
+            "to less than --duration",
         ),
         (
             &["bench", "open-loop", "--keys", "20000000"],
@@ -277,8 +285,9 @@ fn an_open_loop_run_that_compacts_reports_its_compactions() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let point = &json(&o)["points"][0];
     assert!(point["acknowledged"].as_u64().unwrap() > 0, "{point}");
-    // Six rounds fit in 3 s, and 500 puts/s leave 20 revisions behind each time.
+    // Seven rounds fit in 3 s, and 500 puts/s leave more than 20 revisions behind each.
     let compactions = point["compactions"].as_u64().unwrap();
     assert!(compactions >= 3, "{compactions} compactions: {point}");
     assert_eq!(point["errors"].as_u64(), Some(0), "{point}");
+    assert_eq!(point["compaction_errors"].as_u64(), Some(0), "{point}");
 }
