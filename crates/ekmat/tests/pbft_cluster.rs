@@ -56,6 +56,23 @@ async fn kv(c: &Cluster, i: usize) -> Option<pb::kv_client::KvClient<tonic::tran
         .map(pb::kv_client::KvClient::new)
 }
 
+/// A KV client of member `i`, which may not serve yet: the primary answering is all
+/// `leader` waits for, and a member still starting refuses connections.
+async fn kv_when_up(c: &Cluster, i: usize) -> pb::kv_client::KvClient<tonic::transport::Channel> {
+    let started = Instant::now();
+    loop {
+        if let Some(client) = kv(c, i).await {
+            return client;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "n{i} accepts no connection; logs:\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Put through member `i`, retrying until it is acknowledged (or `within` passes).
 async fn put(c: &Cluster, i: usize, key: &str, value: &str, within: Duration) {
     let started = Instant::now();
@@ -307,7 +324,7 @@ async fn a_backup_behind_every_held_batch_catches_up_from_a_snapshot() {
 async fn a_value_larger_than_a_batch_is_refused_as_too_large() {
     let c = start();
     c.leader(Duration::from_secs(20)).await;
-    let mut client = kv(&c, 2).await.expect("connect");
+    let mut client = kv_when_up(&c, 2).await;
     let put = |len: usize| pb::PutRequest {
         key: b"big".to_vec().into(),
         value: vec![b'v'; len].into(),
@@ -321,7 +338,7 @@ async fn a_value_larger_than_a_batch_is_refused_as_too_large() {
         .put(put(stored))
         .await
         .expect("a value within the bound");
-    let mut other = kv(&c, 0).await.expect("connect");
+    let mut other = kv_when_up(&c, 0).await;
     let got = other
         .range(pb::RangeRequest {
             key: b"big".to_vec().into(),
