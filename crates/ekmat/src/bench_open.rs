@@ -250,7 +250,7 @@ async fn load(
     let k = b.puts_per_request;
     let start = Instant::now() + Duration::from_millis(50);
     let mut tasks = JoinSet::new();
-    let mut compactor_channel = None;
+    let compactor_channel = channels.first().cloned();
     for (w, channel) in channels.into_iter().enumerate() {
         let plan = Plan {
             start,
@@ -263,8 +263,7 @@ async fn load(
             puts: k,
             seed: w as u64 + 1,
         };
-        tasks.spawn(worker(channel.clone(), plan));
-        compactor_channel.get_or_insert(channel);
+        tasks.spawn(worker(channel, plan));
     }
     // In a set, so that it is aborted if this returns early.
     let mut compactor = JoinSet::new();
@@ -405,7 +404,7 @@ struct Plan {
     drain: Duration,
     value: bytes::Bytes,
     /// The keys written, one picked at random per request (and the ones after it).
-    keys: std::sync::Arc<[bytes::Bytes]>,
+    keys: Keys,
     /// Puts per request (more than one: a Txn).
     puts: u64,
     seed: u64,
