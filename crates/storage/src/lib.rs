@@ -52,6 +52,16 @@
 //! all-zero rest of a segment as its end; a segment is cut back to its records before the
 //! next one is created.
 //!
+//! Segments a checkpoint replaced are kept, up to [`WalOptions::spare_segments`], as
+//! `<base>.wal.spare`, and a new segment is a spare renamed and written over: its blocks
+//! exist and its pages may still be cached, so a write costs about half the CPU of one
+//! into a new file and an fsync commits no metadata. Behind the new records the file
+//! then holds records of an earlier part of the log; each write of records ends with a
+//! zero header, and recovery also reads a record whose sequence number is below the
+//! segment's base (one less, for a checkpoint leading it) as the segment's clean end:
+//! every record a spare held belongs before the checkpoint that replaced it. Recovery
+//! never reads a spare.
+//!
 //! A checkpoint written while appends go on ([`Wal::begin_checkpoint`]) is a file of its
 //! own, `<base>.checkpoint`, holding one checkpoint record that covers records up to
 //! `base - 1`; the log had rolled over to a segment named `base` when it began. It too is

@@ -11,6 +11,14 @@
 //! [`crate::WalOptions::preallocate`]): an all-zero rest is its clean end, left in place.
 //! Zeros cannot hide records: the next segment's name says which sequence number comes
 //! next, and a gap is corruption.
+//!
+//! The last segment may also be a reused spare (see [`crate::WalOptions::spare_segments`])
+//! with records of an earlier part of the log after its own. Those are told apart by
+//! their sequence numbers: every record a spare held belongs before the checkpoint that
+//! replaced it, so below the base of any segment made after, where a record of the
+//! segment carries its base or more (or, a checkpoint leading it, one less). The
+//! segment's records end at such a stale record, or at the zero header each write puts
+//! after them, with nothing that could follow them behind it: a clean end, left in place.
 
 use std::fs::{self, OpenOptions};
 use std::ops::RangeInclusive;
@@ -29,6 +37,8 @@ pub struct Recovery {
     pub tail: Option<Tail>,
     /// Bases of the live segments, in order.
     pub live: Vec<u64>,
+    /// Replaced segments kept to be written over.
+    pub spares: Vec<PathBuf>,
 }
 
 /// The last segment, where appends go next.
@@ -38,15 +48,29 @@ pub struct Tail {
     pub path: PathBuf,
     /// Bytes of records.
     pub len: u64,
-    /// Bytes in the file: `len`, then zeros.
+    /// Bytes in the file: `len`, then zeros or stale bytes.
     pub file_len: u64,
+    /// Up to here, bytes after the records may be stale (see the module's documentation).
+    pub stale_until: u64,
     pub data_records: u64,
 }
 
-/// How far a segment's records go, and whether only zeros follow them.
+/// How far a segment's records go, and what follows them.
 struct SegmentEnd {
     good: usize,
-    zeros_after: bool,
+    after: After,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Nothing: the records end the file.
+    Nothing,
+    /// Zeros written ahead of the records.
+    Zeros,
+    /// Bytes of the file's earlier life as another segment.
+    Stale,
+    /// A torn write, to be cut off.
+    Torn,
 }
 
 /// Records read so far and the sequence number the next one must carry.
@@ -78,7 +102,8 @@ pub fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovery> {
     };
     let base = from_file.as_ref().map(|(base, _)| *base);
     let (obsolete, live) = listing.segments.split_at(start);
-    let recovery = read_live(live, opts, from_file)?;
+    let mut recovery = read_live(live, opts, from_file)?;
+    recovery.spares = listing.spares;
     // Only now that the rest is known good: a crash between a checkpoint and the deletion
     // of what it replaced leaves segments and older checkpoint files behind.
     for old in obsolete {
@@ -92,14 +117,22 @@ pub fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovery> {
     Ok(recovery)
 }
 
-/// Index of the newest segment that begins with a valid checkpoint.
+/// Index of the newest segment that begins with a valid checkpoint of its own (not a
+/// stale one, left from the file's life as an earlier segment).
 fn newest_checkpoint(segments: &[SegmentFile]) -> Result<Option<usize>> {
     for (index, segment) in segments.iter().enumerate().rev() {
-        if segment::leading_checkpoint(&segment.path)?.is_some() {
+        let leading = segment::leading_checkpoint(&segment.path)?;
+        if leading.is_some_and(|seq| seq.saturating_add(1) >= segment.base) {
             return Ok(Some(index));
         }
     }
     Ok(None)
+}
+
+/// Whether `record`, found in the segment of this base, is left from the file's life as
+/// an earlier segment: its sequence number is below any this segment's records carry.
+fn is_stale(record: &record::Record<'_>, base: u64) -> bool {
+    record.seq.saturating_add(1) < base
 }
 
 /// The newest checkpoint file's base and state. It was fsynced before its rename, so
@@ -166,16 +199,22 @@ fn read_live(
         let before = reader.records.len();
         let end = reader.read_segment(segment, &bytes, index == 0, is_last)?;
         let mut file_len = bytes.len();
-        if end.good < bytes.len() && !end.zeros_after {
+        if end.after == After::Torn {
             repaired = Some(truncate(segment, end.good, bytes.len(), opts)?);
             file_len = end.good;
         }
         if is_last {
+            let stale_until = if end.after == After::Stale {
+                file_len
+            } else {
+                end.good
+            };
             tail = Some(Tail {
                 base: segment.base,
                 path: segment.path.clone(),
                 len: end.good as u64,
                 file_len: file_len as u64,
+                stale_until: stale_until as u64,
                 data_records: (reader.records.len() - before) as u64,
             });
         }
@@ -191,6 +230,7 @@ fn read_live(
         },
         tail,
         live: live.iter().map(|segment| segment.base).collect(),
+        spares: Vec::new(),
     })
 }
 
@@ -221,29 +261,46 @@ impl Reader {
             ));
         }
         while offset < bytes.len() {
-            let problem = match record::decode(&bytes[offset..]) {
+            let (problem, ends_records) = match record::decode(&bytes[offset..]) {
+                Decoded::Record(record) if is_stale(&record, segment.base) => {
+                    (format!("a stale record of seq {}", record.seq), true)
+                }
                 Decoded::Record(record) => {
                     self.accept(file, offset, &record)?;
                     offset += record.encoded_len();
                     continue;
                 }
-                Decoded::Incomplete(reason) | Decoded::Invalid(reason) => reason,
+                Decoded::Incomplete(reason) | Decoded::Invalid(reason) => {
+                    let zero_header = bytes[offset..].len() >= HEADER_LEN
+                        && bytes[offset..offset + HEADER_LEN].iter().all(|&b| b == 0);
+                    (reason, zero_header)
+                }
             };
             if bytes[offset..].iter().all(|&b| b == 0) {
                 return Ok(SegmentEnd {
                     good: offset,
-                    zeros_after: true,
+                    after: After::Zeros,
+                });
+            }
+            if ends_records {
+                // In any segment: one cut back to its records before the next began is
+                // not refused if the cut did not last, as the next one's base shows
+                // whether records are missing.
+                self.nothing_valid_after(file, bytes, offset, &problem)?;
+                return Ok(SegmentEnd {
+                    good: offset,
+                    after: After::Stale,
                 });
             }
             let good = self.bad_record(file, bytes, offset, problem, is_last)?;
             return Ok(SegmentEnd {
                 good,
-                zeros_after: false,
+                after: After::Torn,
             });
         }
         Ok(SegmentEnd {
             good: offset,
-            zeros_after: false,
+            after: After::Nothing,
         })
     }
 
@@ -266,7 +323,11 @@ impl Reader {
             }
             // An in-segment checkpoint here covers the same records: the file supersedes it.
             return Ok(match record::decode(bytes) {
-                Decoded::Record(record) if record.kind == Kind::Checkpoint => record.encoded_len(),
+                Decoded::Record(record)
+                    if record.kind == Kind::Checkpoint && !is_stale(&record, segment.base) =>
+                {
+                    record.encoded_len()
+                }
                 _ => 0,
             });
         }
@@ -353,14 +414,26 @@ impl Reader {
                 format!("{problem}, in a segment that is not the last one"),
             ));
         }
-        if let Some(found) = find_valid_after(bytes, offset, self.expected) {
-            return Err(WalError::corrupt(
+        self.nothing_valid_after(file, bytes, offset, &problem)?;
+        Ok(offset)
+    }
+
+    /// Corruption if a record that could follow the last good one lies beyond `offset`.
+    fn nothing_valid_after(
+        &self,
+        file: &Path,
+        bytes: &[u8],
+        offset: usize,
+        problem: &str,
+    ) -> Result<()> {
+        match find_valid_after(bytes, offset, self.expected) {
+            Some(found) => Err(WalError::corrupt(
                 file,
                 offset as u64,
                 format!("{problem}, but a valid record follows at byte {found}"),
-            ));
+            )),
+            None => Ok(()),
         }
-        Ok(offset)
     }
 }
 

@@ -11,6 +11,7 @@ mod io_errors;
 mod model;
 mod preallocate;
 mod round_trip;
+mod spares;
 
 use std::fs;
 use std::path::{Path, PathBuf};
