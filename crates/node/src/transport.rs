@@ -41,9 +41,8 @@ const MAGIC: u32 = 0x454b_4d54; // "EKMT"
 /// 2: the hello carries the settings members must agree on. 3: it answers the
 /// accepting side's challenge. 4: log entries may name a client's sender (auth's
 /// `Command::As`), which an older member would skip as malformed and so diverge: the
-/// versions refuse each other instead. 5: PBFT sessions fingerprint operations with
-/// BLAKE3, not SHA-256 (replicated state: the snapshots of mixed members would differ).
-const VERSION: u16 = 5;
+/// versions refuse each other instead.
+const VERSION: u16 = 4;
 /// How long either side of a new connection waits for the other's challenge or hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a member signs to prove a link is its own (domain separation).

@@ -37,8 +37,7 @@ use ekmat_core::RequestId;
 use crate::certificate::{CertError, QuorumCertificate};
 use crate::crypto::{SigItem, verify_items};
 use crate::message::{
-    Batch, Bundle, ClientRequest, Digest, Encode, Sig, Signed, bundle_digest, op_digest, put_u64,
-    sha256,
+    Batch, Bundle, ClientRequest, Digest, Encode, Sig, Signed, bundle_digest, put_u64, sha256,
 };
 use crate::replica::Pbft;
 
@@ -344,7 +343,7 @@ impl Pbft {
         // A replay (by anyone: requests come from any sender) must not cost a bundle
         // and a sequence number each time: one already executed, or already waiting
         // here, is dropped.
-        let digest = r.op.as_deref().map_or([0; 32], op_digest);
+        let digest = r.op.as_deref().map_or([0; 32], sha256);
         let executed = self
             .sessions
             .get(&r.id.client)
@@ -398,12 +397,7 @@ impl Pbft {
             .sessions
             .get(&request.id.client)?
             .first_executed(request.id.seq)?;
-        Some(
-            request
-                .op
-                .as_deref()
-                .is_some_and(|op| op_digest(op) == first),
-        )
+        Some(request.op.as_deref().is_some_and(|op| sha256(op) == first))
     }
 
     /// The sequence number of the newest batch this replica holds that orders `request`

@@ -19,7 +19,7 @@ use crate::durable::Write;
 use crate::evidence::Statement;
 use crate::message::{
     Batch, Bundle, ClientRequest, Commit, Digest, Message, PrePrepare, Prepare, PreparedCert,
-    Signed, op_digest, sha256,
+    Signed, sha256,
 };
 use crate::replica::{Fx, Pbft, PendingBundle, primary_of};
 
@@ -586,7 +586,7 @@ impl Pbft {
                 .sessions
                 .entry(r.id.client)
                 .or_default()
-                .admit(r.id.seq, op_digest(op))
+                .admit(r.id.seq, sha256(op))
         {
             return;
         }
