@@ -4,7 +4,7 @@
 //! offset  size  field
 //!      0     4  crc32c (little-endian) over bytes 4..17 of the header and the payload
 //!      4     4  payload length in bytes (little-endian)
-//!      8     1  kind: 1 = data, 2 = checkpoint
+//!      8     1  kind: 1 = data, 2 = checkpoint, 3 = end mark
 //!      9     8  sequence number (little-endian)
 //!     17     n  payload
 //! ```
@@ -27,6 +27,10 @@ pub enum Kind {
     Data = 1,
     /// The caller's serialized state covering every data record up to its sequence number.
     Checkpoint = 2,
+    /// No payload: the segment's records end here, and its sequence number is the next
+    /// record's. Written after the records in a reused segment, whose earlier life
+    /// follows (see [`crate::WalOptions::spare_segments`]); overwritten by the next write.
+    End = 3,
 }
 
 impl Kind {
@@ -34,6 +38,7 @@ impl Kind {
         match byte {
             1 => Some(Kind::Data),
             2 => Some(Kind::Checkpoint),
+            3 => Some(Kind::End),
             _ => None,
         }
     }
@@ -168,11 +173,16 @@ pub fn decode(bytes: &[u8]) -> Decoded<'_> {
 /// `bytes`. Used to tell a torn tail (nothing valid after the damage) from damage in the
 /// middle; the cheap header tests run first so scanning garbage rarely computes a checksum.
 pub fn is_plausible_data_record(bytes: &[u8], seqs: &RangeInclusive<u64>) -> bool {
+    is_valid_record_where(bytes, |kind, seq| {
+        kind == Kind::Data as u8 && seqs.contains(&seq)
+    })
+}
+
+fn is_valid_record_where(bytes: &[u8], header_ok: impl Fn(u8, u64) -> bool) -> bool {
     let Some(header) = read_header(bytes) else {
         return false;
     };
-    header.kind == Kind::Data as u8
-        && seqs.contains(&header.seq)
+    header_ok(header.kind, header.seq)
         && header.len <= bytes.len() - HEADER_LEN
         && matches!(decode(bytes), Decoded::Record(_))
 }

@@ -5,7 +5,8 @@
 //! *last* segment (every earlier segment was fsynced before the next one was created), so
 //! a bad record there with nothing valid after it is a torn write, cut off and reported.
 //! Anything else — a bad record with a valid one after it, a bad record in an earlier
-//! segment, a sequence number out of place, a missing segment — is corruption.
+//! segment (unless it is the end of a reused one's records, below), a sequence number
+//! out of place, a missing segment — is corruption.
 //!
 //! A segment may end in zeros written ahead of its records (see
 //! [`crate::WalOptions::preallocate`]): an all-zero rest is its clean end, left in place.
@@ -15,10 +16,11 @@
 //! The last segment may also be a reused spare (see [`crate::WalOptions::spare_segments`])
 //! with records of an earlier part of the log after its own. Those are told apart by
 //! their sequence numbers: every record a spare held belongs before the checkpoint that
-//! replaced it, so below the base of any segment made after, where a record of the
-//! segment carries its base or more (or, a checkpoint leading it, one less). The
-//! segment's records end at such a stale record, or at the zero header each write puts
-//! after them, with nothing that could follow them behind it: a clean end, left in place.
+//! replaced it, so more than one below the base of any segment made after, where a
+//! record of the segment carries its base or more (or, a checkpoint leading it, one
+//! less). The segment's records end at such a stale record, or at the end mark each
+//! write puts after them (a record of its own kind carrying the next sequence number),
+//! with nothing that could follow them behind it: a clean end, left in place.
 
 use std::fs::{self, OpenOptions};
 use std::ops::RangeInclusive;
@@ -265,16 +267,20 @@ impl Reader {
                 Decoded::Record(record) if is_stale(&record, segment.base) => {
                     (format!("a stale record of seq {}", record.seq), true)
                 }
+                Decoded::Record(record) if record.kind == Kind::End => {
+                    let here = record.seq == self.expected;
+                    let problem = format!(
+                        "an end mark of seq {} where seq {} belongs",
+                        record.seq, self.expected
+                    );
+                    (problem, here)
+                }
                 Decoded::Record(record) => {
                     self.accept(file, offset, &record)?;
                     offset += record.encoded_len();
                     continue;
                 }
-                Decoded::Incomplete(reason) | Decoded::Invalid(reason) => {
-                    let zero_header = bytes[offset..].len() >= HEADER_LEN
-                        && bytes[offset..offset + HEADER_LEN].iter().all(|&b| b == 0);
-                    (reason, zero_header)
-                }
+                Decoded::Incomplete(reason) | Decoded::Invalid(reason) => (reason, false),
             };
             if bytes[offset..].iter().all(|&b| b == 0) {
                 return Ok(SegmentEnd {

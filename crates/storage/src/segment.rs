@@ -181,8 +181,8 @@ pub fn leading_checkpoint(path: &Path) -> Result<Option<u64>> {
 /// With preallocation on, the file holds its records and then zeros (see
 /// [`ZEROED_AHEAD`]); recovery reads an all-zero rest of the last segment as its clean end.
 /// A reused spare holds its records and then what it held before: records of an earlier
-/// part of the log, which every write here ends with a zero header, recovery's mark of a
-/// clean end, until the records have covered them. A segment is cut back to its records
+/// part of the log, which every write here ends with an end mark (a record of its own
+/// kind), recovery's sign of a clean end, until the records have covered them. A segment is cut back to its records
 /// before a newer one is created, so only the last segment ever has anything after them.
 #[derive(Debug)]
 pub struct ActiveSegment {
@@ -191,10 +191,11 @@ pub struct ActiveSegment {
     file: File,
     /// Bytes of records in the file plus bytes buffered.
     len: u64,
-    /// The file's length: its records, then any zeros written ahead of them.
+    /// The file's length: its records, then any zeros written ahead of them, or (a
+    /// reused spare) an end mark and what the file held before.
     file_len: u64,
     /// Up to here the file may hold bytes of its earlier life (a reused spare): each
-    /// write ends with a zero header while the records stop short of it.
+    /// write ends with an end mark while the records stop short of it.
     stale_until: u64,
     preallocate: bool,
     /// A moving average of the record bytes each flush writes (zeros not counted).
@@ -302,7 +303,9 @@ impl ActiveSegment {
         let records = self.buffer.len() as u64;
         if self.len < self.stale_until {
             // Overwritten by the next write; ends the records until then.
-            self.buffer.extend_from_slice(&[0; HEADER_LEN]);
+            // Its data records run from the base, so the next one is this.
+            let next = self.base + self.data_records;
+            record::encode(Kind::End, next, &[], &mut self.buffer);
         }
         self.file
             .write_all_at(&self.buffer, at)

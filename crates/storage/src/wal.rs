@@ -226,19 +226,28 @@ impl Wal {
         }
         self.active = self.new_segment(base)?;
         self.live.push(base);
-        self.dir_dirty = true;
         Ok(())
     }
 
-    /// A new segment of this base, written over a spare if there is one (the one
-    /// replaced last: its pages are the likeliest to be cached).
+    /// A new segment of this base, written over a spare if there is one (the
+    /// highest-named: replaced last, its pages are the likeliest to be cached).
     fn new_segment(&mut self, base: u64) -> Result<ActiveSegment> {
         while let Some(spare) = self.spares.pop() {
             // One removed behind the log's back: a new file does as well.
-            if spare.exists() {
-                return ActiveSegment::reuse(&self.dir, base, &spare, self.opts.preallocate);
+            if !spare.exists() {
+                continue;
             }
+            let segment = ActiveSegment::reuse(&self.dir, base, &spare, self.opts.preallocate)?;
+            // The rename is durable before any record goes into the file. An fdatasync
+            // of a file written over commits no metadata, so records could otherwise
+            // be durable in a file still named as a spare after a crash, with sequence
+            // numbers that are no longer stale when it is reused at this base again.
+            self.dir_dirty = true;
+            self.sync_dir()?;
+            return Ok(segment);
         }
+        // Its directory entry is made durable by the next sync, with its records.
+        self.dir_dirty = true;
         ActiveSegment::create(&self.dir, base, self.opts.preallocate)
     }
 
@@ -501,7 +510,7 @@ impl Retiring {
     /// Renames segment `base` to a spare or removes it; records the first failure and
     /// returns whether it is still there as a segment. Not made durable: a crash that
     /// undoes the rename leaves a segment the checkpoint replaced, which recovery
-    /// removes, and one that keeps it a spare nobody reads.
+    /// removes, and one that keeps it a spare, which recovery does not read.
     fn retire(&mut self, dir: &Path, base: u64, first_error: &mut Option<WalError>) -> bool {
         let path = dir.join(segment::file_name(base));
         let long_enough = || fs::metadata(&path).is_ok_and(|m| m.len() >= self.room.min_len);
