@@ -36,8 +36,9 @@
 //! The log is a directory of segment files, `<base>.wal`, where `<base>` is the 20-digit
 //! zero-padded sequence number of the first data record the segment holds, so name order
 //! is log order. A segment is a plain concatenation of records, each a 17-byte header —
-//! CRC32C (4 bytes), payload length (4), kind (1: data, 2: checkpoint, 3: end mark), sequence number
-//! (8), all little-endian, the checksum covering the other header fields and the payload —
+//! CRC32C (4 bytes), payload length (4), kind (1: data, 2: checkpoint, 3: end mark),
+//! sequence number (8), all little-endian, the checksum covering the other header
+//! fields and the payload —
 //! followed by the payload. A checkpoint record is always the first record of its segment
 //! and carries the sequence number of the last record it covers, `n`; its segment is named
 //! `n + 1`, and the data records after it continue from `n + 1`. A checkpoint is written
@@ -59,11 +60,11 @@
 //! then holds records of an earlier part of the log; each write of records ends with an
 //! end mark (a record of kind 3, no payload, carrying the next sequence number), and
 //! recovery reads that mark, or a record whose sequence number is more than one below
-//! the segment's base, as the segment's clean end: every record a spare held belongs before the checkpoint that replaced it,
-//! and any segment made after has a larger base by at least two. A spare is renamed
-//! into place durably (the directory fsynced) before anything is written into it, so
-//! no record can become durable in a file still named as a spare. Recovery never reads
-//! a spare.
+//! the segment's base, as the segment's clean end: every record a spare held belongs
+//! before the checkpoint that replaced it, and any segment made after has a larger base
+//! by at least two. A spare is renamed into place durably (the directory fsynced)
+//! before anything is written into it, so no record can become durable in a file still
+//! named as a spare. Recovery never reads a spare.
 //!
 //! A checkpoint written while appends go on ([`Wal::begin_checkpoint`]) is a file of its
 //! own, `<base>.checkpoint`, holding one checkpoint record that covers records up to

@@ -182,8 +182,9 @@ pub fn leading_checkpoint(path: &Path) -> Result<Option<u64>> {
 /// [`ZEROED_AHEAD`]); recovery reads an all-zero rest of the last segment as its clean end.
 /// A reused spare holds its records and then what it held before: records of an earlier
 /// part of the log, which every write here ends with an end mark (a record of its own
-/// kind), recovery's sign of a clean end, until the records have covered them. A segment is cut back to its records
-/// before a newer one is created, so only the last segment ever has anything after them.
+/// kind), recovery's sign of a clean end, until the records have covered them. A
+/// segment is cut back to its records before a newer one is created, so only the last
+/// segment ever has anything after them.
 #[derive(Debug)]
 pub struct ActiveSegment {
     pub base: u64,
