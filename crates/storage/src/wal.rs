@@ -675,9 +675,7 @@ impl CheckpointJob {
             left_behind: remove_replaced(&self.dir, self.base, self.spares),
         })
     }
-}
 
-impl CheckpointJob {
     /// The file to write the checkpoint into under `tmp`: the spare checkpoint file if
     /// there is one (its blocks exist: see [`WalOptions::spare_segments`]), else a new one.
     fn create_over_spare(&self, tmp: &Path) -> Result<File> {

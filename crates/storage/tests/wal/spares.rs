@@ -13,10 +13,11 @@ use crate::{append_synced, fast, open, opts, payloads, segment_path, segments};
 
 const SEGMENT: u64 = 256;
 
-fn four_spares() -> WalOptions {
+/// `options` keeping at most `n` spares.
+fn with_spares(n: usize, options: WalOptions) -> WalOptions {
     WalOptions {
-        spare_segments: 4,
-        ..opts(SEGMENT)
+        spare_segments: n,
+        ..options
     }
 }
 
@@ -38,7 +39,7 @@ fn inode(path: &Path) -> u64 {
 fn a_replaced_segment_is_written_over_as_a_later_one_and_its_old_records_stay_dead() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (mut wal, _) = open(dir, four_spares());
+    let (mut wal, _) = open(dir, with_spares(4, opts(SEGMENT)));
     append_synced(&mut wal, 1..=60);
     let replaced = segments(dir).len();
     assert!(replaced >= 4, "{replaced} segments");
@@ -71,10 +72,7 @@ fn a_replaced_segment_is_written_over_as_a_later_one_and_its_old_records_stay_de
 fn with_no_spares_allowed_replaced_segments_are_deleted() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let no_spares = WalOptions {
-        spare_segments: 0,
-        ..opts(SEGMENT)
-    };
+    let no_spares = with_spares(0, opts(SEGMENT));
     let (mut wal, _) = open(dir, no_spares);
     append_synced(&mut wal, 1..=60);
     wal.checkpoint(b"state").unwrap();
@@ -83,15 +81,12 @@ fn with_no_spares_allowed_replaced_segments_are_deleted() {
     drop(wal);
 
     // Spares a run with more allowed left behind are let go down to the new limit.
-    let (mut wal, _) = open(dir, four_spares());
+    let (mut wal, _) = open(dir, with_spares(4, opts(SEGMENT)));
     append_synced(&mut wal, 61..=120);
     wal.checkpoint(b"state").unwrap();
     assert_eq!(spares(dir).len(), 4);
     drop(wal);
-    let one = WalOptions {
-        spare_segments: 1,
-        ..opts(SEGMENT)
-    };
+    let one = with_spares(1, opts(SEGMENT));
     let (wal, recovered) = open(dir, one);
     assert_eq!(recovered.checkpoint.as_deref(), Some(&b"state"[..]));
     assert_eq!(spares(dir).len(), 1);
@@ -104,10 +99,7 @@ fn with_no_spares_allowed_replaced_segments_are_deleted() {
 fn a_stale_checkpoint_at_the_front_of_a_reused_segment_is_not_a_starting_point() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let one = WalOptions {
-        spare_segments: 1,
-        ..fast(SEGMENT)
-    };
+    let one = with_spares(1, fast(SEGMENT));
     let (mut wal, _) = open(dir, one);
     let old_state = vec![1u8; 200];
     wal.checkpoint(&old_state).unwrap();
@@ -191,10 +183,7 @@ fn a_replaced_checkpoint_file_is_written_over_by_the_next_and_cut_to_its_length(
     assert_eq!(recovered.checkpoint, Some(vec![3; 500]));
     assert_eq!(recovered.records, payloads(31..=32));
 
-    let none = WalOptions {
-        spare_segments: 0,
-        ..opts(SEGMENT)
-    };
+    let none = with_spares(0, opts(SEGMENT));
     let _ = open(dir, none);
     assert!(!spare.exists(), "let go when spares are not wanted");
 }
