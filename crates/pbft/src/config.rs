@@ -223,6 +223,11 @@ impl PbftConfig {
         if self.checkpoint_interval == 0 || self.window < self.checkpoint_interval {
             return Err("the window must hold at least one checkpoint interval".into());
         }
+        if self.max_inflight == 0 {
+            return Err(
+                "max_inflight is 0: a primary with no batch in flight orders nothing".into(),
+            );
+        }
         // A new view re-issues bundles up to a window past the stable checkpoint, and a
         // gateway may be a window behind when it makes one.
         if self.bundle_horizon < 2 * self.window {

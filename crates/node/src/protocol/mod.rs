@@ -15,6 +15,7 @@ use crate::config::NodeConfig;
 mod pbft;
 mod raft;
 
+pub(crate) use pbft::WINDOW as PBFT_WINDOW;
 pub use pbft::{
     Pbft, client_request as pbft_client_request, max_request_bytes as pbft_max_request_bytes,
 };

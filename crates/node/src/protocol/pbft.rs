@@ -59,7 +59,7 @@ fn tune(pc: &mut PbftConfig, cfg: &NodeConfig) {
     pc.snapshot_bytes = cfg.pbft_snapshot_bytes;
     pc.snapshot_size_factor = cfg.pbft_snapshot_factor;
     pc.window = WINDOW;
-    pc.max_inflight = 8;
+    pc.max_inflight = cfg.pbft_max_inflight;
     pc.batch_max = 2048;
     pc.batch_max_bytes = max_request_bytes(cfg);
     pc.bundle_max = 256;
@@ -71,7 +71,7 @@ fn tune(pc: &mut PbftConfig, cfg: &NodeConfig) {
 }
 
 /// Sequence numbers between the watermarks.
-const WINDOW: u64 = 32;
+pub(crate) const WINDOW: u64 = 32;
 
 /// The most bytes a batch of requests takes here, and so a request (as
 /// `ClientRequest::size` counts them): the core refuses a larger one as too large.

@@ -134,6 +134,16 @@ fn a_horizon_shorter_than_two_windows_is_refused() {
     assert!(e.contains("bundle horizon"), "{e}");
 }
 
+#[test]
+fn a_primary_with_no_batch_in_flight_is_refused() {
+    let cfg = PbftConfig {
+        max_inflight: 0,
+        ..config(0, 4)
+    };
+    let e = cfg.validate().unwrap_err();
+    assert!(e.contains("max_inflight is 0"), "{e}");
+}
+
 /// n1's signed bundle of the anonymous request 42, made "at" `created`, sent to every
 /// other replica.
 fn bundle_made_at(c: &mut Cluster, created: u64) {
