@@ -317,4 +317,15 @@ mod tests {
         }
         assert_eq!(batch_bytes_that_fit(4, WINDOW), 512 << 10);
     }
+
+    #[test]
+    fn the_primary_keeps_as_many_batches_in_flight_as_configured() {
+        let mut cfg = NodeConfig::new("test", 0, "/tmp/x".into(), Vec::new());
+        let mut pc = PbftConfig::from_seed(NodeId(0), 4, 0);
+        tune(&mut pc, &cfg);
+        assert_eq!(pc.max_inflight, 3, "the default");
+        cfg.pbft_max_inflight = 5;
+        tune(&mut pc, &cfg);
+        assert_eq!(pc.max_inflight, 5);
+    }
 }
