@@ -3,9 +3,11 @@
 //! durable with one fsync, and publishes how far durability reached. Under load, one
 //! fsync covers many writes; when idle, a lone write is synced at once.
 //!
-//! Once an fsync has covered several writes, the next waits until a short window
-//! (`group_commit`) after it began, so more writes join it: fewer fsyncs, and fewer
-//! wake-ups of the threads around them, for a little latency under load only.
+//! Optionally (`group_commit`, off by default), once an fsync has covered several
+//! writes the next waits until a short window after it began, so more writes join it:
+//! fewer fsyncs and wake-ups, at the cost of holding every write back by up to the
+//! window, which halves what a few concurrent clients get (see
+//! `NodeConfig::group_commit_us`).
 //!
 //! It also folds the writes into the protocol's durable state, exactly as recovery would,
 //! and every so often has that state written as a checkpoint that replaces the log files
